@@ -1,0 +1,127 @@
+// The compute backend the model is written against once: memory plus every op of the forward.
+// Float tensors and weights live in backend memory (host for cpu, VRAM for cuda); integer
+// metadata (ids, positions, row indices, offsets) is passed from host memory, see types.h.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+
+#include "kernels/common/bf16.h"
+#include "kernels/types.h"
+
+namespace moe::kernels {
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+  virtual bool is_host_memory() const = 0;
+
+  // Memory. Bytes are spelled _bytes; allocate never returns null (throws).
+  virtual void* allocate(size_t size_bytes) = 0;
+  virtual void deallocate(void* ptr, size_t size_bytes) noexcept = 0;
+  virtual void upload(void* dst, const void* host_src, size_t size_bytes) = 0;
+  virtual void download(void* host_dst, const void* src, size_t size_bytes) = 0;
+  virtual void copy(void* dst, const void* src, size_t size_bytes) = 0;
+  virtual void fill_zero(void* dst, size_t size_bytes) = 0;
+  virtual void synchronize() = 0;
+  size_t allocated_bytes() const { return allocated_bytes_; }
+  size_t peak_allocated_bytes() const { return peak_allocated_bytes_; }
+
+  // Ops: same contracts as kernels/cpu/ops.h.
+  virtual void embedding(const bf16* table, int64_t vocab, int64_t hidden, const int32_t* ids,
+                         int64_t n, float* out) = 0;
+  virtual void rmsnorm(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps,
+                       float* y) = 0;
+  virtual void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out,
+                      float* y) = 0;
+  virtual void rope(float* x, const int32_t* positions, int64_t rows, int64_t heads,
+                    int64_t head_dim, double theta) = 0;
+  virtual void attention(const float* q, const float* k, const float* v, const AttentionSeq* seqs,
+                         int64_t num_seqs, AttentionShape shape, KvCacheView cache,
+                         float* out) = 0;
+  // ids and weights are written to HOST memory: the dispatcher lays tokens out on the host.
+  virtual void router_topk(const float* logits, int64_t rows, int64_t experts, int64_t k,
+                           bool renormalise, int32_t* host_ids, float* host_weights) = 0;
+  virtual void swiglu_mlp(const float* x, ExpertWeights w, int64_t rows, int64_t hidden,
+                          int64_t inter, float* y) = 0;
+  virtual void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
+                                     const ExpertGroup* groups, int64_t num_groups,
+                                     const int32_t* row_index, float* out) = 0;
+  virtual void add_inplace(float* x, const float* y, int64_t n) = 0;
+  virtual void gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n,
+                           float* dst) = 0;
+  // dst[i] = sum over j in [offsets[i], offsets[i+1]) of weights[j] * src[src_index[j]], summed
+  // in j order in fp32; weights == nullptr means 1. src [*, width], dst [n, width].
+  virtual void weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
+                                const float* weights, const int64_t* offsets, int64_t n,
+                                float* dst) = 0;
+
+ protected:
+  void note_alloc(size_t size_bytes) {
+    allocated_bytes_ += size_bytes;
+    if (allocated_bytes_ > peak_allocated_bytes_) peak_allocated_bytes_ = allocated_bytes_;
+  }
+  void note_free(size_t size_bytes) { allocated_bytes_ -= size_bytes; }
+
+ private:
+  size_t allocated_bytes_ = 0;
+  size_t peak_allocated_bytes_ = 0;
+};
+
+// Move-only typed buffer in a backend's memory. Size in elements.
+template <class T>
+class Buffer {
+ public:
+  Buffer() = default;
+  Buffer(Backend& backend, size_t size) : backend_(&backend), size_(size) {
+    if (size_ > 0) data_ = static_cast<T*>(backend.allocate(size_ * sizeof(T)));
+  }
+  ~Buffer() { reset(); }
+  Buffer(const Buffer&) = delete;
+  Buffer& operator=(const Buffer&) = delete;
+  Buffer(Buffer&& o) noexcept
+      : backend_(std::exchange(o.backend_, nullptr)),
+        data_(std::exchange(o.data_, nullptr)),
+        size_(std::exchange(o.size_, 0)) {}
+  Buffer& operator=(Buffer&& o) noexcept {
+    if (this != &o) {
+      reset();
+      backend_ = std::exchange(o.backend_, nullptr);
+      data_ = std::exchange(o.data_, nullptr);
+      size_ = std::exchange(o.size_, 0);
+    }
+    return *this;
+  }
+  void reset() noexcept {
+    if (data_ != nullptr) backend_->deallocate(data_, size_ * sizeof(T));
+    data_ = nullptr;
+    size_ = 0;
+  }
+  // Grows (never shrinks) to at least `size` elements; contents are not preserved.
+  void ensure(Backend& backend, size_t size) {
+    if (size <= size_ && backend_ == &backend) return;
+    reset();
+    backend_ = &backend;
+    size_ = size;
+    if (size_ > 0) data_ = static_cast<T*>(backend.allocate(size_ * sizeof(T)));
+  }
+  T* data() { return data_; }
+  const T* data() const { return data_; }
+  size_t size() const { return size_; }
+  size_t size_bytes() const { return size_ * sizeof(T); }
+
+ private:
+  Backend* backend_ = nullptr;
+  T* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// Backends known to this build: "cpu" always, "cuda" when built with CUDA. Throws on others.
+std::unique_ptr<Backend> make_backend(const std::string& name, int local_rank);
+bool cuda_available_in_build();
+
+}  // namespace moe::kernels

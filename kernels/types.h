@@ -1,0 +1,50 @@
+// Plain structs shared by every backend's launch API: attention batches and expert groups.
+// Integer metadata (ids, positions, row indices) always lives in host memory; float tensors and
+// weights live in the backend's memory. Shapes are given in the comments, sizes in elements.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/common/bf16.h"
+
+namespace moe::kernels {
+
+// One sequence's slice of an attention step: rows [row_begin, row_begin + num_new) of q/k/v are
+// its new tokens at positions past_len .. past_len + num_new - 1; its cache lives in cache_slot.
+struct AttentionSeq {
+  int64_t row_begin = 0;
+  int64_t num_new = 0;
+  int64_t past_len = 0;
+  int64_t cache_slot = 0;
+};
+
+// One layer's KV cache: k and v are [num_slots, max_len, num_kv_heads * head_dim] each.
+struct KvCacheView {
+  float* k = nullptr;
+  float* v = nullptr;
+  int64_t num_slots = 0;
+  int64_t max_len = 0;
+};
+
+// Attention geometry (GQA: query head h reads kv head h / (num_heads / num_kv_heads)).
+struct AttentionShape {
+  int64_t num_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+};
+
+// One expert's SwiGLU weights, row-major as checkpoints store them (y = x W^T).
+struct ExpertWeights {
+  const bf16* gate = nullptr;  // [inter, hidden]
+  const bf16* up = nullptr;    // [inter, hidden]
+  const bf16* down = nullptr;  // [hidden, inter]
+};
+
+// Entries [begin, begin + count) of a grouped-expert call all use these weights.
+struct ExpertGroup {
+  ExpertWeights weights;
+  int64_t begin = 0;
+  int64_t count = 0;
+};
+
+}  // namespace moe::kernels

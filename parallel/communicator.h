@@ -1,0 +1,115 @@
+// Communicator: the collectives expert parallelism needs, typed so counts are always elements of
+// T (never bytes). Every call is collective over all ranks and must be entered by every rank in
+// the same order. Blocking calls give up after the timeout and throw, so no rank waits forever.
+// Teardown is explicit (shutdown()); destructors never start a collective.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <type_traits>
+
+namespace moe::parallel {
+
+enum class ReduceOp { kSum, kMax, kMin };
+enum class ScalarType { kI32, kI64, kF32, kF64 };
+
+template <class T>
+constexpr ScalarType scalar_type_of() {
+  if constexpr (std::is_same_v<T, int32_t>) return ScalarType::kI32;
+  else if constexpr (std::is_same_v<T, int64_t>) return ScalarType::kI64;
+  else if constexpr (std::is_same_v<T, float>) return ScalarType::kF32;
+  else {
+    static_assert(std::is_same_v<T, double>, "reductions support int32, int64, float, double");
+    return ScalarType::kF64;
+  }
+}
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual int local_rank() const = 0;
+  virtual std::string name() const = 0;
+  // True when buffers passed to all_to_all_v live in device memory (NCCL).
+  virtual bool device_buffers() const = 0;
+
+  // Rank r sends send[displ_s(d) .. + send_counts[d]) to every rank d and receives
+  // recv_counts[s] elements from every rank s, placed in rank order. Counts: [size()] each.
+  template <class T>
+  void all_to_all_v(std::span<const T> send, std::span<const int64_t> send_counts, std::span<T> recv,
+                    std::span<const int64_t> recv_counts) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    all_to_all_v_raw(send.data(), send.size(), send_counts.data(), recv.data(), recv.size(),
+                     recv_counts.data(), sizeof(T));
+  }
+  // Host memory: send [size() * n], recv [size() * n]; block d of send goes to rank d.
+  virtual void all_to_all(std::span<const int64_t> send, std::span<int64_t> recv) = 0;
+
+  // Host-memory collectives.
+  template <class T>
+  void all_reduce(std::span<T> data, ReduceOp op) {
+    all_reduce_raw(data.data(), data.size(), scalar_type_of<T>(), op);
+  }
+  template <class T>
+  void broadcast(std::span<T> data, int root) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    broadcast_raw(data.data(), data.size() * sizeof(T), root);
+  }
+  // recv [size() * send.size()]: rank r's block at r * send.size().
+  template <class T>
+  void all_gather(std::span<const T> send, std::span<T> recv) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    all_gather_raw(send.data(), send.size() * sizeof(T), recv.data(), recv.size() * sizeof(T));
+  }
+  // Root receives recv_counts[r] elements from rank r in rank order; other ranks pass an empty
+  // recv (recv_counts is read on root only).
+  template <class T>
+  void gather_v(std::span<const T> send, std::span<T> recv, std::span<const int64_t> recv_counts,
+                int root) {
+    static_assert(std::is_trivially_copyable_v<T>);
+    gather_v_raw(send.data(), send.size(), recv.data(), recv.size(), recv_counts.data(), sizeof(T),
+                 root);
+  }
+  virtual void barrier() = 0;
+  // Ends every rank of the job now, with this reason printed once. Never returns.
+  [[noreturn]] virtual void abort(const std::string& reason, int exit_code) = 0;
+  // Collective teardown; after it no other call is allowed.
+  virtual void shutdown() = 0;
+
+ protected:
+  virtual void all_to_all_v_raw(const void* send, size_t send_size, const int64_t* send_counts,
+                                void* recv, size_t recv_size, const int64_t* recv_counts,
+                                size_t elem_bytes) = 0;
+  virtual void all_reduce_raw(void* data, size_t count, ScalarType type, ReduceOp op) = 0;
+  virtual void broadcast_raw(void* data, size_t size_bytes, int root) = 0;
+  virtual void all_gather_raw(const void* send, size_t send_bytes, void* recv,
+                              size_t recv_bytes) = 0;
+  virtual void gather_v_raw(const void* send, size_t send_size, void* recv, size_t recv_size,
+                            const int64_t* recv_counts, size_t elem_bytes, int root) = 0;
+};
+
+struct CommOptions {
+  double timeout_s = 60.0;  // a collective not complete by then throws (and the job aborts)
+};
+
+// MPI must be initialised (see init_mpi / MpiSession); the MPI communicator uses MPI_COMM_WORLD.
+std::unique_ptr<Communicator> make_mpi_communicator(const CommOptions& options);
+
+// Process-wide MPI lifetime, owned by main. init() is idempotent; finalize() runs at most once.
+class MpiSession {
+ public:
+  MpiSession(int* argc, char*** argv);
+  ~MpiSession();  // MPI_Finalize if still initialised and not aborted
+  MpiSession(const MpiSession&) = delete;
+  MpiSession& operator=(const MpiSession&) = delete;
+  int world_rank() const;
+  int world_size() const;
+  // MPI_Abort(MPI_COMM_WORLD) after printing `line` to stderr. For main's catch block.
+  [[noreturn]] static void abort_job(const std::string& line, int exit_code);
+};
+
+}  // namespace moe::parallel

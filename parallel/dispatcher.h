@@ -1,0 +1,114 @@
+// Expert-parallel token exchange for one MoE layer: layout (who goes where, deduplicated),
+// dispatch (all_to_all_v of hidden rows + route entries), combine (all_to_all_v back and the
+// weighted sum). The layout is a pure function of (top-k ids, weights, placement, rank) shared
+// by every backend; data movement goes through kernels::Backend and Communicator.
+//
+// Buffer layouts on rank r (T own tokens, k = top_k, N ranks):
+//
+//   send rows   [S, H]   S = sum_d send_counts[d]; rows for rank 0 first, then rank 1, ...;
+//                        within a destination in ascending token order; a token appears ONCE
+//                        per destination holding any of its experts (dedup).
+//   send routes [S, k]   RouteEntry per row: (local_slot on the destination, weight), in the
+//                        token's top-k order; unused entries have local_slot = -1.
+//   recv rows   [R, H]   R = sum_s recv_counts[s], in source-rank order.
+//   expert in   row_index [P] -> recv row; grouped by local slot ascending, rows ascending.
+//   expert out  [P, H]   one row per (recv row, route entry) pair, same order as row_index.
+//   partial     [R, H]   partial[r] = sum_j weight_j * expert_out[pair(r, j)] in route order.
+//   returned    [S, H]   combine sends partial rows back: the exact reverse of dispatch.
+//   y           [T, H]   y[t] = sum of returned rows of t in destination order (fp32).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "kernels/backend.h"
+#include "parallel/communicator.h"
+#include "parallel/placement.h"
+
+namespace moe::parallel {
+
+struct RouteEntry {
+  int32_t local_slot = -1;
+  float weight = 0.0f;
+};
+
+// Pure layout for the source side of one layer (no communication).
+struct DispatchLayout {
+  int num_ranks = 0;
+  int top_k = 0;
+  int64_t num_tokens = 0;
+  std::vector<int64_t> send_counts;   // [N] rows per destination
+  std::vector<int32_t> send_token;    // [S] token index of each sent row
+  std::vector<RouteEntry> send_routes;  // [S * k]
+  std::vector<int64_t> token_offsets;   // [T + 1] into token_rows
+  std::vector<int32_t> token_rows;      // sent-row indices of each token, destination order
+  std::vector<int64_t> pairs_per_rank;  // [N] (token, expert) pairs routed to each rank
+  std::vector<int64_t> expert_tokens;   // [num_experts] pairs per logical expert
+
+  int64_t num_send_rows() const { return static_cast<int64_t>(send_token.size()); }
+};
+
+// Builds the layout. topk_ids / topk_weights: [num_tokens, top_k] (host). A replicated expert
+// sends to the replica on this rank if there is one, else to replica (token + rank) mod count.
+DispatchLayout build_dispatch_layout(const LayerPlacement& placement, int rank,
+                                     std::span<const int32_t> topk_ids,
+                                     std::span<const float> topk_weights, int64_t num_tokens,
+                                     int top_k);
+
+// Receiver-side grouping of received rows by local slot (pure).
+struct ExpertBatch {
+  std::vector<int32_t> row_index;         // [P] recv row of each pair
+  std::vector<int64_t> slot_begin;        // [num_local_slots + 1] range of each slot in row_index
+  std::vector<int32_t> pair_of_entry;     // [R * k] pair index of each route entry, -1 if unused
+};
+ExpertBatch group_by_slot(std::span<const RouteEntry> recv_routes, int64_t num_recv_rows,
+                          int top_k, int num_local_slots);
+
+// Per-layer traffic and timing of one dispatch+combine on this rank.
+struct ExchangeStats {
+  int64_t rows_sent_remote = 0;  // rows to other ranks
+  int64_t rows_kept_local = 0;   // rows to this rank
+  int64_t pairs_remote = 0;      // (token, expert) pairs to other ranks (no-dedup row count)
+  int64_t rows_received = 0;
+  int64_t bytes_sent_remote = 0;        // dispatch + combine payload to other ranks (rows + routes)
+  int64_t bytes_kept_local = 0;
+  int64_t bytes_remote_without_dedup = 0;  // same traffic at one row per (token, expert)
+  double layout_s = 0, dispatch_s = 0, combine_s = 0;
+};
+
+// What dispatch hands to expert compute, and what combine needs to undo it.
+struct DispatchResult {
+  const float* recv_rows = nullptr;  // [R, H] in backend memory
+  int64_t num_recv_rows = 0;
+  ExpertBatch batch;                 // groups for grouped_expert_swiglu
+  DispatchLayout layout;             // source-side layout (combine's handle)
+  std::vector<int64_t> recv_counts;  // [N]
+  std::vector<RouteEntry> recv_routes;  // [R * k]
+};
+
+class Dispatcher {
+ public:
+  Dispatcher(Communicator& comm, kernels::Backend& backend, int64_t hidden, int top_k);
+
+  // hidden: [num_tokens, H] in backend memory; ids/weights [num_tokens, k] on the host.
+  // Collective: every rank calls it, with num_tokens == 0 allowed.
+  DispatchResult dispatch(const float* hidden, int64_t num_tokens, std::span<const int32_t> topk_ids,
+                          std::span<const float> topk_weights, const LayerPlacement& placement);
+
+  // expert_out: [P, H] in backend memory (P = result.batch.row_index.size()); writes y
+  // [num_tokens, H] (backend memory). Collective.
+  void combine(const float* expert_out, const DispatchResult& result, float* y);
+
+  const ExchangeStats& last_stats() const { return stats_; }
+
+ private:
+  Communicator& comm_;
+  kernels::Backend& backend_;
+  int64_t hidden_;
+  int top_k_;
+  ExchangeStats stats_;
+  kernels::Buffer<float> send_rows_, recv_rows_, partial_, returned_;
+};
+
+}  // namespace moe::parallel
