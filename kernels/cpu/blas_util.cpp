@@ -1,0 +1,47 @@
+// OpenBLAS thread control and the sgemm yardstick.
+#include "kernels/cpu/blas_util.h"
+
+#include <cblas.h>
+
+#include <chrono>
+#include <random>
+
+namespace moe::kernels::cpu {
+
+void set_blas_threads(int num_threads) { openblas_set_num_threads(num_threads < 1 ? 1 : num_threads); }
+int blas_threads() { return openblas_get_num_threads(); }
+
+SgemmProbe measure_sgemm(const std::vector<GemmShape>& shapes) {
+  int64_t max_a = 1, max_b = 1, max_c = 1;
+  for (const auto& s : shapes) {
+    max_a = std::max(max_a, s.m * s.k);
+    max_b = std::max(max_b, s.n * s.k);
+    max_c = std::max(max_c, s.m * s.n);
+  }
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> a(static_cast<size_t>(max_a)), b(static_cast<size_t>(max_b)),
+      c(static_cast<size_t>(max_c));
+  for (auto& v : a) v = u(rng);
+  for (auto& v : b) v = u(rng);
+  auto run_all = [&](bool timed) {
+    SgemmProbe p;
+    auto t0 = std::chrono::steady_clock::now();
+    for (const auto& s : shapes) {
+      if (s.m == 0 || s.n == 0 || s.k == 0) continue;
+      for (int64_t i = 0; i < (timed ? s.count : 1); ++i) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(s.m),
+                    static_cast<int>(s.n), static_cast<int>(s.k), 1.0f, a.data(),
+                    static_cast<int>(s.k), b.data(), static_cast<int>(s.k), 0.0f, c.data(),
+                    static_cast<int>(s.n));
+        p.flops += 2.0 * static_cast<double>(s.m * s.n * s.k);
+      }
+    }
+    p.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    return p;
+  };
+  run_all(false);
+  return run_all(true);
+}
+
+}  // namespace moe::kernels::cpu

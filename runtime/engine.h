@@ -1,0 +1,56 @@
+// The engine: spreads a batch of sequences over ranks (sequence i on rank i mod N, cache slot
+// i / N), drives Model::step for prefill and decode, gathers outputs on rank 0 and times the
+// phases. Every public call is collective: all ranks call it with the same arguments.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "runtime/metrics.h"
+#include "runtime/model.h"
+
+namespace moe::runtime {
+
+using TokenBatch = std::vector<std::vector<int32_t>>;
+
+// Parses "1,2,3;4,5" into sequences; throws moe::Error naming the bad piece.
+TokenBatch parse_token_batch(const std::string& text, int64_t vocab_size);
+
+struct ForwardOutput {
+  std::vector<int64_t> shape;  // [num_sequences, max_len, vocab] (rank 0 only)
+  std::vector<float> logits;   // rows past a sequence's end are NaN (rank 0 only)
+};
+
+struct GenerateOutput {
+  TokenBatch tokens;  // new tokens per sequence (rank 0 only)
+  double prefill_s = 0, decode_s = 0;  // max over ranks
+  std::vector<double> decode_step_s;   // per step, max over ranks
+};
+
+class Engine {
+ public:
+  Engine(Model& model, parallel::Communicator& comm);
+
+  // Prefill every sequence; rank 0 receives all logits.
+  ForwardOutput forward(const TokenBatch& seqs);
+  // Greedy decode of max_new tokens after each prompt (prefill, then one-token steps reusing the
+  // KV cache). Rank 0 receives the tokens.
+  GenerateOutput generate(const TokenBatch& prompts, int64_t max_new);
+
+  MetricsCollector& metrics() { return metrics_; }
+  static int64_t slots_needed(int64_t num_sequences, int num_ranks) {
+    return (num_sequences + num_ranks - 1) / num_ranks;
+  }
+  double prefill_flops() const { return prefill_flops_; }  // summed over ranks
+
+ private:
+  std::vector<int64_t> local_indices(int64_t num_sequences) const;
+
+  Model& model_;
+  parallel::Communicator& comm_;
+  MetricsCollector metrics_;
+  double prefill_flops_ = 0;
+};
+
+}  // namespace moe::runtime

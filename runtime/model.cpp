@@ -1,0 +1,348 @@
+// Qwen3-MoE forward on one rank (semantics: shared/QWEN3_MOE.md, HF modeling_qwen3_moe.py).
+// Invariant: step() issues the same collectives in the same order on every rank (one dispatch
+// and one combine per MoE layer), whatever this rank's batch holds.
+#include "runtime/model.h"
+
+#include <chrono>
+#include <cstdlib>
+#include <sstream>
+#include <thread>
+
+#include "kernels/common/check.h"
+
+namespace moe::runtime {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+std::string layer_name(int64_t l, const std::string& suffix) {
+  return fmt::format("model.layers.{}.{}", l, suffix);
+}
+
+int64_t numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+}  // namespace
+
+ModelShapes::ModelShapes(const ModelConfig& c)
+    : hidden(c.hidden_size),
+      vocab(c.vocab_size),
+      num_layers(c.num_hidden_layers),
+      num_heads(c.num_attention_heads),
+      num_kv_heads(c.num_key_value_heads),
+      head_dim(c.head_dim),
+      q_width(c.q_width()),
+      kv_width(c.kv_width()),
+      expert_inter(c.moe_intermediate_size),
+      dense_inter(c.intermediate_size),
+      num_experts(c.num_experts),
+      top_k(c.num_experts_per_tok) {}
+
+PhaseTimes& PhaseTimes::operator+=(const PhaseTimes& o) {
+  embed += o.embed;
+  attention += o.attention;
+  router += o.router;
+  layout += o.layout;
+  dispatch += o.dispatch;
+  expert += o.expert;
+  combine += o.combine;
+  dense_mlp += o.dense_mlp;
+  lm_head += o.lm_head;
+  return *this;
+}
+
+FaultInjection FaultInjection::from_env() {
+  FaultInjection f;
+  const char* env = std::getenv("MOE_EP_FAULT");
+  if (env == nullptr || *env == '\0') return f;
+  std::stringstream ss(env);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    auto eq = item.find('=');
+    MOE_CHECK_AS("config", eq != std::string::npos,
+                 "MOE_EP_FAULT='{}': expected rank=R,layer=L[,mode=throw|hang]", env);
+    std::string key = item.substr(0, eq), value = item.substr(eq + 1);
+    try {
+      if (key == "rank") f.rank = std::stoi(value);
+      else if (key == "layer") f.layer = std::stoi(value);
+      else if (key == "mode") f.mode = value;
+      else MOE_THROW("config", "MOE_EP_FAULT='{}': unknown key '{}'", env, key);
+    } catch (const std::logic_error&) {
+      MOE_THROW("config", "MOE_EP_FAULT='{}': '{}' is not a number", env, value);
+    }
+  }
+  MOE_CHECK_AS("config", f.mode == "throw" || f.mode == "hang",
+               "MOE_EP_FAULT='{}': mode must be throw or hang", env);
+  return f;
+}
+
+kernels::Buffer<bf16> Model::load(WeightSource& w, const std::string& name,
+                                  std::vector<int64_t> shape) {
+  const int64_t n = numel(shape);
+  std::vector<bf16> host(static_cast<size_t>(n));
+  w.read(name, shape, host);
+  kernels::Buffer<bf16> buf(backend_, static_cast<size_t>(n));
+  backend_.upload(buf.data(), host.data(), buf.size_bytes());
+  load_done_bytes_ += n * static_cast<int64_t>(sizeof(bf16));
+  if (progress_) progress_(load_done_bytes_, load_total_bytes_);
+  return buf;
+}
+
+Model::Model(const ModelConfig& config, const parallel::Placement& placement,
+             parallel::Communicator& comm, kernels::Backend& backend, WeightSource& weights,
+             int64_t max_seqs, int64_t max_len, const Progress& progress)
+    : config_(config),
+      shapes_(config),
+      placement_(placement),
+      comm_(comm),
+      backend_(backend),
+      dispatcher_(comm, backend, config.hidden_size, static_cast<int>(config.num_experts_per_tok)),
+      fault_(FaultInjection::from_env()),
+      max_seqs_(max_seqs),
+      max_len_(max_len),
+      progress_(progress) {
+  const ModelShapes& s = shapes_;
+  const int rank = comm.rank();
+  MOE_CHECK(placement.num_layers() == s.num_layers, "placement has {} layers, model has {}",
+            placement.num_layers(), s.num_layers);
+  MOE_CHECK_AS("config", max_len <= config.max_position_embeddings,
+               "sequence length {} exceeds max_position_embeddings {}", max_len,
+               config.max_position_embeddings);
+
+  // Sizes first, for the progress line.
+  const int64_t attn_params =
+      2 * s.hidden + s.q_width * s.hidden + 2 * s.kv_width * s.hidden + s.hidden * s.q_width +
+      2 * s.head_dim;
+  const int64_t expert_params = 3 * s.expert_inter * s.hidden;
+  const bool tied = config.tie_word_embeddings;
+  int64_t dense_params = s.vocab * s.hidden * (tied ? 1 : 2) + s.hidden;
+  int64_t local_experts = 0;
+  for (int64_t l = 0; l < s.num_layers; ++l) {
+    dense_params += attn_params;
+    if (config.layer_is_moe(l)) {
+      dense_params += s.num_experts * s.hidden;
+      local_experts += placement.layer(static_cast<int>(l)).num_local_slots(rank);
+    } else {
+      dense_params += 3 * s.dense_inter * s.hidden;
+    }
+  }
+  dense_bytes_ = dense_params * static_cast<int64_t>(sizeof(bf16));
+  expert_bytes_ = local_experts * expert_params * static_cast<int64_t>(sizeof(bf16));
+  num_local_experts_ = local_experts;
+  load_total_bytes_ = dense_bytes_ + expert_bytes_;
+
+  embed_ = load(weights, "model.embed_tokens.weight", {s.vocab, s.hidden});
+  layers_.resize(static_cast<size_t>(s.num_layers));
+  for (int64_t l = 0; l < s.num_layers; ++l) {
+    Layer& L = layers_[static_cast<size_t>(l)];
+    L.input_norm = load(weights, layer_name(l, "input_layernorm.weight"), {s.hidden});
+    L.post_norm = load(weights, layer_name(l, "post_attention_layernorm.weight"), {s.hidden});
+    L.q_proj = load(weights, layer_name(l, "self_attn.q_proj.weight"), {s.q_width, s.hidden});
+    L.k_proj = load(weights, layer_name(l, "self_attn.k_proj.weight"), {s.kv_width, s.hidden});
+    L.v_proj = load(weights, layer_name(l, "self_attn.v_proj.weight"), {s.kv_width, s.hidden});
+    L.o_proj = load(weights, layer_name(l, "self_attn.o_proj.weight"), {s.hidden, s.q_width});
+    L.q_norm = load(weights, layer_name(l, "self_attn.q_norm.weight"), {s.head_dim});
+    L.k_norm = load(weights, layer_name(l, "self_attn.k_norm.weight"), {s.head_dim});
+    L.is_moe = config.layer_is_moe(l);
+    if (L.is_moe) {
+      L.router = load(weights, layer_name(l, "mlp.gate.weight"), {s.num_experts, s.hidden});
+      for (int expert : placement.layer(static_cast<int>(l)).rank_experts[rank]) {
+        ExpertBuf e;
+        e.logical = expert;
+        const std::string p = fmt::format("mlp.experts.{}.", expert);
+        e.gate = load(weights, layer_name(l, p + "gate_proj.weight"), {s.expert_inter, s.hidden});
+        e.up = load(weights, layer_name(l, p + "up_proj.weight"), {s.expert_inter, s.hidden});
+        e.down = load(weights, layer_name(l, p + "down_proj.weight"), {s.hidden, s.expert_inter});
+        L.experts.push_back(std::move(e));
+      }
+    } else {
+      L.mlp_gate = load(weights, layer_name(l, "mlp.gate_proj.weight"), {s.dense_inter, s.hidden});
+      L.mlp_up = load(weights, layer_name(l, "mlp.up_proj.weight"), {s.dense_inter, s.hidden});
+      L.mlp_down = load(weights, layer_name(l, "mlp.down_proj.weight"), {s.hidden, s.dense_inter});
+    }
+    const size_t cache_elems = static_cast<size_t>(max_seqs * max_len * s.kv_width);
+    L.k_cache = kernels::Buffer<float>(backend, cache_elems);
+    L.v_cache = kernels::Buffer<float>(backend, cache_elems);
+    kv_cache_bytes_ += static_cast<int64_t>(L.k_cache.size_bytes() + L.v_cache.size_bytes());
+  }
+  final_norm_ = load(weights, "model.norm.weight", {s.hidden});
+  if (!tied) lm_head_ = load(weights, "lm_head.weight", {s.vocab, s.hidden});
+}
+
+void Model::moe_block(int layer, const float* h, int64_t num_tokens, float* y,
+                      LayerTraffic& traffic) {
+  const ModelShapes& s = shapes_;
+  Layer& L = layers_[static_cast<size_t>(layer)];
+  const int64_t T = num_tokens;
+
+  auto t0 = Clock::now();
+  router_logits_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(T, 1) * s.num_experts));
+  std::vector<int32_t> ids(static_cast<size_t>(T * s.top_k));
+  std::vector<float> weights(static_cast<size_t>(T * s.top_k));
+  if (T > 0) {
+    backend_.linear(h, L.router.data(), T, s.hidden, s.num_experts, router_logits_.data());
+    backend_.router_topk(router_logits_.data(), T, s.num_experts, s.top_k, config_.norm_topk_prob,
+                         ids.data(), weights.data());
+  }
+  times_.router += seconds_since(t0);
+
+  const parallel::LayerPlacement& lp = placement_.layer(layer);
+  parallel::DispatchResult r = dispatcher_.dispatch(h, T, ids, weights, lp);
+
+  // Expert compute: one group per local slot, all its rows in one GEMM per projection.
+  t0 = Clock::now();
+  const auto& batch = r.batch;
+  const int64_t num_pairs = static_cast<int64_t>(batch.row_index.size());
+  std::vector<kernels::ExpertGroup> groups;
+  groups.reserve(L.experts.size());
+  for (size_t slot = 0; slot < L.experts.size(); ++slot) {
+    const int64_t begin = batch.slot_begin[slot], end = batch.slot_begin[slot + 1];
+    if (end == begin) continue;
+    const ExpertBuf& e = L.experts[slot];
+    groups.push_back({{e.gate.data(), e.up.data(), e.down.data()}, begin, end - begin});
+  }
+  expert_out_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(num_pairs, 1) * s.hidden));
+  if (num_pairs > 0) {
+    backend_.grouped_expert_swiglu(r.recv_rows, s.hidden, s.expert_inter, groups.data(),
+                                   static_cast<int64_t>(groups.size()), batch.row_index.data(),
+                                   expert_out_.data());
+  }
+  times_.expert += seconds_since(t0);
+  last_step_flops_ += 2.0 * 3.0 * static_cast<double>(num_pairs * s.hidden * s.expert_inter);
+
+  dispatcher_.combine(expert_out_.data(), r, y);
+
+  const parallel::ExchangeStats& st = dispatcher_.last_stats();
+  times_.layout += st.layout_s;
+  times_.dispatch += st.dispatch_s;
+  times_.combine += st.combine_s;
+  traffic.tokens_per_expert = r.layout.expert_tokens;
+  traffic.pairs_per_rank = r.layout.pairs_per_rank;
+  traffic.rows_per_rank = r.layout.send_counts;
+  traffic.recv_rows = r.num_recv_rows;
+  traffic.exchange = st;
+}
+
+StepResult Model::step(const std::vector<SeqStep>& seqs, const std::vector<int64_t>& logit_rows) {
+  const ModelShapes& s = shapes_;
+  last_step_flops_ = 0;
+
+  // Host-side batch description.
+  std::vector<int32_t> ids;
+  std::vector<int32_t> positions;
+  std::vector<kernels::AttentionSeq> attn_seqs;
+  for (const SeqStep& q : seqs) {
+    MOE_CHECK(q.cache_slot >= 0 && q.cache_slot < max_seqs_, "cache slot {} out of range [0, {})",
+              q.cache_slot, max_seqs_);
+    MOE_CHECK_AS("input", q.past_len + static_cast<int64_t>(q.tokens.size()) <= max_len_,
+                 "sequence of {} tokens exceeds the context of {} this run was sized for",
+                 q.past_len + static_cast<int64_t>(q.tokens.size()), max_len_);
+    attn_seqs.push_back({static_cast<int64_t>(ids.size()), static_cast<int64_t>(q.tokens.size()),
+                         q.past_len, q.cache_slot});
+    for (size_t i = 0; i < q.tokens.size(); ++i) {
+      ids.push_back(q.tokens[i]);
+      positions.push_back(static_cast<int32_t>(q.past_len + static_cast<int64_t>(i)));
+    }
+  }
+  const int64_t T = static_cast<int64_t>(ids.size());
+  const size_t rows = static_cast<size_t>(std::max<int64_t>(T, 1));
+  x_.ensure(backend_, rows * s.hidden);
+  h_.ensure(backend_, rows * s.hidden);
+  q_.ensure(backend_, rows * s.q_width);
+  k_.ensure(backend_, rows * s.kv_width);
+  v_.ensure(backend_, rows * s.kv_width);
+  attn_.ensure(backend_, rows * s.q_width);
+  tmp_.ensure(backend_, rows * s.hidden);
+
+  StepResult result;
+  result.traffic.resize(static_cast<size_t>(s.num_layers));
+
+  auto t0 = Clock::now();
+  if (T > 0) backend_.embedding(embed_.data(), s.vocab, s.hidden, ids.data(), T, x_.data());
+  times_.embed += seconds_since(t0);
+
+  for (int64_t l = 0; l < s.num_layers; ++l) {
+    Layer& L = layers_[static_cast<size_t>(l)];
+    if (fault_.layer == l && fault_.rank == comm_.rank()) {
+      if (fault_.mode == "hang") {
+        // Simulates a stuck rank: the others must time out and end the job.
+        for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+      }
+      MOE_THROW("fault", "injected fault at layer {} (MOE_EP_FAULT)", l);
+    }
+
+    // Attention block (data-parallel replica).
+    t0 = Clock::now();
+    if (T > 0) {
+      backend_.rmsnorm(x_.data(), L.input_norm.data(), T, s.hidden, config_.rms_norm_eps, h_.data());
+      backend_.linear(h_.data(), L.q_proj.data(), T, s.hidden, s.q_width, q_.data());
+      backend_.linear(h_.data(), L.k_proj.data(), T, s.hidden, s.kv_width, k_.data());
+      backend_.linear(h_.data(), L.v_proj.data(), T, s.hidden, s.kv_width, v_.data());
+      backend_.rmsnorm(q_.data(), L.q_norm.data(), T * s.num_heads, s.head_dim,
+                       config_.rms_norm_eps, q_.data());
+      backend_.rmsnorm(k_.data(), L.k_norm.data(), T * s.num_kv_heads, s.head_dim,
+                       config_.rms_norm_eps, k_.data());
+      backend_.rope(q_.data(), positions.data(), T, s.num_heads, s.head_dim, config_.rope_theta);
+      backend_.rope(k_.data(), positions.data(), T, s.num_kv_heads, s.head_dim,
+                    config_.rope_theta);
+      kernels::KvCacheView cache{L.k_cache.data(), L.v_cache.data(), max_seqs_, max_len_};
+      backend_.attention(q_.data(), k_.data(), v_.data(), attn_seqs.data(),
+                         static_cast<int64_t>(attn_seqs.size()),
+                         {s.num_heads, s.num_kv_heads, s.head_dim}, cache, attn_.data());
+      backend_.linear(attn_.data(), L.o_proj.data(), T, s.q_width, s.hidden, tmp_.data());
+      backend_.add_inplace(x_.data(), tmp_.data(), T * s.hidden);
+      backend_.rmsnorm(x_.data(), L.post_norm.data(), T, s.hidden, config_.rms_norm_eps, h_.data());
+      last_step_flops_ += 2.0 * T * s.hidden * (2.0 * s.q_width + 2.0 * s.kv_width);
+      for (const auto& a : attn_seqs) {
+        // QK^T and PV over the causal window: 4 * heads * head_dim per (query, key) pair.
+        const double pairs = a.num_new * (a.past_len + (a.num_new + 1) / 2.0);
+        last_step_flops_ += 4.0 * s.num_heads * s.head_dim * pairs;
+      }
+    }
+    times_.attention += seconds_since(t0);
+
+    // MLP block: experts across ranks, or a dense SwiGLU.
+    if (L.is_moe) {
+      moe_block(static_cast<int>(l), h_.data(), T, tmp_.data(), result.traffic[l]);
+      last_step_flops_ += 2.0 * T * s.hidden * s.num_experts;
+    } else {
+      t0 = Clock::now();
+      if (T > 0) {
+        backend_.swiglu_mlp(h_.data(), {L.mlp_gate.data(), L.mlp_up.data(), L.mlp_down.data()}, T,
+                            s.hidden, s.dense_inter, tmp_.data());
+      }
+      last_step_flops_ += 2.0 * 3.0 * T * s.hidden * s.dense_inter;
+      times_.dense_mlp += seconds_since(t0);
+    }
+    if (T > 0) backend_.add_inplace(x_.data(), tmp_.data(), T * s.hidden);
+  }
+
+  // Final norm + lm_head on the requested rows only.
+  t0 = Clock::now();
+  const int64_t n = static_cast<int64_t>(logit_rows.size());
+  if (n > 0) {
+    std::vector<int32_t> idx(logit_rows.begin(), logit_rows.end());
+    for (int32_t r : idx) MOE_CHECK(r >= 0 && r < T, "logit row {} out of range [0, {})", r, T);
+    sel_.ensure(backend_, static_cast<size_t>(n * s.hidden));
+    logits_.ensure(backend_, static_cast<size_t>(n * s.vocab));
+    backend_.gather_rows(x_.data(), s.hidden, idx.data(), n, sel_.data());
+    backend_.rmsnorm(sel_.data(), final_norm_.data(), n, s.hidden, config_.rms_norm_eps,
+                     sel_.data());
+    const bf16* head = config_.tie_word_embeddings ? embed_.data() : lm_head_.data();
+    backend_.linear(sel_.data(), head, n, s.hidden, s.vocab, logits_.data());
+    result.logits.resize(static_cast<size_t>(n * s.vocab));
+    backend_.download(result.logits.data(), logits_.data(), result.logits.size() * sizeof(float));
+    last_step_flops_ += 2.0 * n * s.hidden * s.vocab;
+  }
+  times_.lm_head += seconds_since(t0);
+  return result;
+}
+
+}  // namespace moe::runtime

@@ -1,0 +1,90 @@
+// Synthetic weights: element i of tensor `name` is a pure function of (seed, name, i), so every
+// rank builds exactly the tensors it owns with no communication, whatever the world size.
+// Scales keep activations well-conditioned through any depth (see scale_for).
+#include <cmath>
+#include <string_view>
+
+#include "kernels/common/check.h"
+#include "runtime/weights.h"
+
+namespace moe::runtime {
+namespace {
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+uint64_t fnv1a(std::string_view s) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (unsigned char c : s) h = (h ^ c) * 0x100000001b3ull;
+  return h;
+}
+
+bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
+// Uniform(-1, 1) has variance 1/3: a linear layer with a = gain/sqrt(in) scales the variance of
+// its input by gain^2/3. sqrt(3) keeps it; residual-branch outputs (o_proj, down_proj) use less
+// so the residual stream grows slowly; the router and lm_head get more spread so routing is
+// decisive and logits are not flat.
+struct Scale {
+  float offset = 0.0f;
+  float amplitude = 1.0f;
+};
+
+Scale scale_for(std::string_view name, std::span<const int64_t> shape) {
+  if (ends_with(name, "norm.weight")) return {1.0f, 0.1f};
+  if (ends_with(name, "embed_tokens.weight")) return {0.0f, 1.0f};
+  const float in = static_cast<float>(shape.size() >= 2 ? shape[shape.size() - 1] : 1);
+  float gain = std::sqrt(3.0f);
+  if (ends_with(name, "o_proj.weight") || ends_with(name, "down_proj.weight")) gain = 1.0f;
+  if (ends_with(name, "mlp.gate.weight")) gain = 4.0f;
+  if (ends_with(name, "lm_head.weight")) gain = 4.0f;
+  return {0.0f, gain / std::sqrt(in)};
+}
+
+class SyntheticWeights final : public WeightSource {
+ public:
+  SyntheticWeights(const ModelConfig& config, uint64_t seed) : config_(config), seed_(seed) {}
+
+  void read(const std::string& name, std::span<const int64_t> shape,
+            std::span<bf16> dst) override {
+    int64_t numel = 1;
+    for (int64_t d : shape) numel *= d;
+    MOE_CHECK_AS("weights", static_cast<int64_t>(dst.size()) == numel,
+                 "synthetic tensor '{}': destination holds {} elements, shape needs {}", name,
+                 dst.size(), numel);
+    const Scale s = scale_for(name, shape);
+    const uint64_t key = splitmix64(seed_ ^ fnv1a(name));
+    for (int64_t i = 0; i < numel; ++i) {
+      const uint64_t r = splitmix64(key + static_cast<uint64_t>(i));
+      // 24 random bits -> uniform in [-1, 1).
+      const float u = static_cast<float>(r >> 40) * (2.0f / 16777216.0f) - 1.0f;
+      dst[i] = float_to_bf16(s.offset + s.amplitude * u);
+    }
+    ++stats_.tensors_read;
+  }
+  bool contains(const std::string& name) const override {
+    // Tied models have no lm_head tensor; everything else exists.
+    return !(config_.tie_word_embeddings && name == "lm_head.weight");
+  }
+  LoadStats stats() const override { return stats_; }
+  std::string describe() const override { return fmt::format("synthetic (seed {})", seed_); }
+
+ private:
+  ModelConfig config_;
+  uint64_t seed_;
+  LoadStats stats_;
+};
+
+}  // namespace
+
+std::unique_ptr<WeightSource> make_synthetic_weights(const ModelConfig& config, uint64_t seed) {
+  return std::make_unique<SyntheticWeights>(config, seed);
+}
+
+}  // namespace moe::runtime
