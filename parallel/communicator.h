@@ -43,6 +43,7 @@ class Communicator {
   void all_to_all_v(std::span<const T> send, std::span<const int64_t> send_counts, std::span<T> recv,
                     std::span<const int64_t> recv_counts) {
     static_assert(std::is_trivially_copyable_v<T>);
+    check_count_spans(send_counts.size(), recv_counts.size(), size());
     all_to_all_v_raw(send.data(), send.size(), send_counts.data(), recv.data(), recv.size(),
                      recv_counts.data(), sizeof(T));
   }
@@ -81,6 +82,8 @@ class Communicator {
   virtual void shutdown() = 0;
 
  protected:
+  // Throws moe::Error("comm") unless both count spans have one entry per rank.
+  static void check_count_spans(size_t num_send_counts, size_t num_recv_counts, int num_ranks);
   virtual void all_to_all_v_raw(const void* send, size_t send_size, const int64_t* send_counts,
                                 void* recv, size_t recv_size, const int64_t* recv_counts,
                                 size_t elem_bytes) = 0;

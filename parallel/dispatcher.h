@@ -61,11 +61,15 @@ struct ExpertBatch {
   std::vector<int32_t> row_index;         // [P] recv row of each pair
   std::vector<int64_t> slot_begin;        // [num_local_slots + 1] range of each slot in row_index
   std::vector<int32_t> pair_of_entry;     // [R * k] pair index of each route entry, -1 if unused
+
+  int64_t num_pairs() const { return static_cast<int64_t>(row_index.size()); }
 };
 ExpertBatch group_by_slot(std::span<const RouteEntry> recv_routes, int64_t num_recv_rows,
                           int top_k, int num_local_slots);
 
 // Per-layer traffic and timing of one dispatch+combine on this rank.
+// bytes_remote_without_dedup counts, per remote (token, expert) pair, one hidden row plus one
+// RouteEntry going out and one hidden row coming back: what an exchange without dedup would move.
 struct ExchangeStats {
   int64_t rows_sent_remote = 0;  // rows to other ranks
   int64_t rows_kept_local = 0;   // rows to this rank
@@ -75,9 +79,14 @@ struct ExchangeStats {
   int64_t bytes_kept_local = 0;
   int64_t bytes_remote_without_dedup = 0;  // same traffic at one row per (token, expert)
   double layout_s = 0, dispatch_s = 0, combine_s = 0;
+  int64_t pairs_received = 0;  // (row, expert) pairs computed on this rank (all sources)
+
+  // Accumulates counters and times (e.g. over the layers and steps of a run).
+  ExchangeStats& operator+=(const ExchangeStats& o);
 };
 
 // What dispatch hands to expert compute, and what combine needs to undo it.
+// recv_rows points into the Dispatcher's own buffer: valid until its next dispatch().
 struct DispatchResult {
   const float* recv_rows = nullptr;  // [R, H] in backend memory
   int64_t num_recv_rows = 0;
@@ -109,6 +118,21 @@ class Dispatcher {
   int top_k_;
   ExchangeStats stats_;
   kernels::Buffer<float> send_rows_, recv_rows_, partial_, returned_;
+
+  // Moves float rows between backend buffers, staging through host memory when the backend is
+  // a device and the communicator is host-only. Counts are rows.
+  void exchange_rows(const float* send, std::span<const int64_t> send_rows, float* recv,
+                     std::span<const int64_t> recv_rows);
+  // Moves route entries (host vectors), staging through backend memory for device communicators.
+  void exchange_routes(const std::vector<RouteEntry>& send, std::span<const int64_t> send_rows,
+                       std::vector<RouteEntry>& recv, std::span<const int64_t> recv_rows);
+  // Host scratch reused across layers.
+  std::vector<int64_t> send_elems_, recv_elems_;
+  std::vector<float> host_send_, host_recv_;
+  kernels::Buffer<RouteEntry> dev_send_routes_, dev_recv_routes_;
+  std::vector<int64_t> partial_offsets_;
+  std::vector<int32_t> partial_src_;
+  std::vector<float> partial_weights_;
 };
 
 }  // namespace moe::parallel

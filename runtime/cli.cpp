@@ -188,6 +188,13 @@ void write_json(const std::string& path, const nlohmann::json& j) {
   MOE_CHECK_AS("io", out.good(), "--json {}: write failed", path);
 }
 
+// Fails before any weights load when the sequences cannot fit the model's positions.
+void check_context_fits(const ModelConfig& config, int64_t needed, const std::string& what) {
+  MOE_CHECK_AS("input", needed <= config.max_position_embeddings,
+               "{} needs {} positions but {} allows max_position_embeddings {}", what, needed,
+               config.source, config.max_position_embeddings);
+}
+
 int64_t max_length(const TokenBatch& b) {
   int64_t m = 0;
   for (const auto& s : b) m = std::max<int64_t>(m, static_cast<int64_t>(s.size()));
@@ -241,6 +248,7 @@ int cmd_forward(const CommonOptions& o, const std::string& tokens, const std::st
   // Parse once before building anything so a bad --tokens fails fast on every rank alike.
   ModelConfig probe = load_model_config(o.model);
   TokenBatch batch = parse_token_batch(tokens, probe.vocab_size);
+  check_context_fits(probe, max_length(batch), "--tokens");
   auto s = open_session(o, static_cast<int64_t>(batch.size()), max_length(batch));
   Engine engine(*s->model, *s->comm);
   ForwardOutput out = engine.forward(batch);
@@ -265,6 +273,7 @@ int cmd_forward(const CommonOptions& o, const std::string& tokens, const std::st
 int cmd_generate(const CommonOptions& o, const std::string& tokens, int64_t max_new) {
   ModelConfig probe = load_model_config(o.model);
   TokenBatch batch = parse_token_batch(tokens, probe.vocab_size);
+  check_context_fits(probe, max_length(batch) + max_new, "--tokens plus --max-new-tokens");
   auto s = open_session(o, static_cast<int64_t>(batch.size()), max_length(batch) + max_new);
   Engine engine(*s->model, *s->comm);
   GenerateOutput out = engine.generate(batch, max_new);
@@ -335,6 +344,8 @@ int cmd_run(const std::string& config_path, const std::vector<std::string>& sets
   if (o.threads == 0) o.threads = static_cast<int>(rc.threads);
   if (cmd.count("--timeout") == 0) o.timeout_s = rc.timeout_s;
   const Workload& w = rc.workload;
+  check_context_fits(load_model_config(o.model), w.prompt_len + w.decode_steps,
+                     fmt::format("{}: workload.prompt_len + workload.decode_steps", rc.source));
 
   auto s = open_session(o, w.num_sequences, w.prompt_len + std::max<int64_t>(w.decode_steps, 1));
   // Deterministic prompts: sequence i from (seed, i), whatever the world size.

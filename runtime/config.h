@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,7 @@ struct ModelConfig {
   int64_t eos_token_id = -1;
   uint64_t seed = 0;       // synthetic weights (model YAML key `seed`)
   std::string source;      // file it was read from, for messages
+  std::map<std::string, int> key_lines;  // 1-based line of each key in `source` (0/absent: unknown)
 
   // Throws moe::Error("config", ...) naming `source` and the offending key.
   void validate() const;
@@ -41,6 +43,9 @@ struct ModelConfig {
   int64_t q_width() const { return num_attention_heads * head_dim; }
   int64_t kv_width() const { return num_key_value_heads * head_dim; }
 };
+
+// The resolved configuration as "key: value" lines (rank 0 prints it once).
+std::string format_config(const ModelConfig& config);
 
 // Model YAML (keys as in config.json, plus optional `name` and `seed`).
 ModelConfig load_model_yaml(const std::string& path);

@@ -8,6 +8,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "kernels/common/bf16.h"
 #include "runtime/config.h"
@@ -19,6 +20,10 @@ struct LoadStats {
   int64_t bytes_read = 0;     // bytes of checkpoint data touched (0 for synthetic)
   int64_t files_opened = 0;
   double seconds = 0.0;
+  // Checkpoints only, and only when the environment sets MOE_EP_TRACE_READS=1: one
+  // "file:tensor" entry per read ("file:tensor[expert E, gate|up|down]" for a fused slice), so
+  // tests can see exactly what a rank touched.
+  std::vector<std::string> tensors_touched;
 };
 
 class WeightSource {

@@ -1,0 +1,228 @@
+// Microbenchmark of the CPU kernels (kernels/cpu/ops.h) next to a plain fp32 cblas_sgemm of the
+// same shapes. Prints one fixed table (best-of-N wall time per call); optional --csv FILE.
+// Not a test: nothing here passes or fails. Thread count is OpenBLAS's (OPENBLAS_NUM_THREADS).
+#include <cblas.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/common/bf16.h"
+#include "kernels/cpu/ops.h"
+
+namespace {
+
+namespace cpu = moe::kernels::cpu;
+using moe::bf16;
+
+struct Row {
+  std::string op, shape;
+  double ms = 0, gflops = 0, gbytes = 0;
+};
+
+// Best wall time of one call in ms: one warm-up, then repeats until ~min_seconds have passed.
+double time_ms(const std::function<void()>& fn, double min_seconds) {
+  fn();
+  double best = 1e30, total = 0;
+  int reps = 0;
+  while (reps < 3 || total < min_seconds) {
+    auto t0 = std::chrono::steady_clock::now();
+    fn();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    best = std::min(best, s);
+    total += s;
+    ++reps;
+  }
+  return best * 1e3;
+}
+
+std::vector<float> rand_f32(int64_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = d(rng);
+  return v;
+}
+
+std::vector<bf16> rand_bf16(int64_t n, uint32_t seed, float scale) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> d(-scale, scale);
+  std::vector<bf16> v(static_cast<size_t>(n));
+  for (auto& x : v) x = moe::float_to_bf16(d(rng));
+  return v;
+}
+
+std::string dims(std::initializer_list<int64_t> d) {
+  std::string s;
+  for (int64_t x : d) s += (s.empty() ? "" : "x") + std::to_string(x);
+  return s;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string csv_path;
+  double min_seconds = 0.3;
+  for (int i = 1; i < argc; ++i) {
+    if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) {
+      csv_path = argv[++i];
+    } else if (!std::strcmp(argv[i], "--quick")) {
+      min_seconds = 0.05;
+    } else {
+      std::fprintf(stderr, "usage: %s [--csv FILE] [--quick]\n", argv[0]);
+      return 2;
+    }
+  }
+  std::vector<Row> rows;
+
+  // linear vs sgemm: rows x in -> out, plus the mid model's expert shapes and decode GEMVs.
+  struct LinearShape {
+    int64_t rows, in, out;
+  };
+  for (LinearShape s : {LinearShape{512, 1024, 2048}, {1024, 1024, 1024}, {64, 1024, 256},
+                        {64, 256, 1024}, {16, 1024, 768}, {8, 1024, 768}, {4, 1024, 768},
+                        {3, 1024, 768}, {2, 1024, 768}, {1, 1024, 2048}, {1, 2048, 8192}}) {
+    auto x = rand_f32(s.rows * s.in, 1);
+    auto w = rand_bf16(s.out * s.in, 2, 0.03f);
+    std::vector<float> wf(s.out * s.in);
+    cpu::bf16_to_f32(w.data(), s.out * s.in, wf.data());
+    std::vector<float> y(s.rows * s.out);
+    const double flops = 2.0 * s.rows * s.in * s.out;
+    const std::string shape = dims({s.rows, s.in, s.out});
+    const double t_sgemm = time_ms(
+        [&] {
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, s.rows, s.out, s.in, 1.0f, x.data(),
+                      s.in, wf.data(), s.in, 0.0f, y.data(), s.out);
+        },
+        min_seconds);
+    rows.push_back({"sgemm_f32", shape, t_sgemm, flops / t_sgemm * 1e-6,
+                    4.0 * s.out * s.in / t_sgemm * 1e-6});
+    const double t_lin =
+        time_ms([&] { cpu::linear(x.data(), w.data(), s.rows, s.in, s.out, y.data()); },
+                min_seconds);
+    rows.push_back({"linear_bf16", shape, t_lin, flops / t_lin * 1e-6,
+                    2.0 * s.out * s.in / t_lin * 1e-6});
+  }
+
+  // Attention, mid-model geometry (16 heads, 4 kv heads, head_dim 64): prefill and decode.
+  {
+    moe::kernels::AttentionShape shape{16, 4, 64};
+    const int64_t max_len = 1024, qw = 16 * 64, kvw = 4 * 64;
+    std::vector<float> kc(max_len * kvw), vc(max_len * kvw);
+    moe::kernels::KvCacheView cache{kc.data(), vc.data(), 1, max_len};
+    for (int64_t n : {128, 512}) {
+      auto q = rand_f32(n * qw, 3), k = rand_f32(n * kvw, 4), v = rand_f32(n * kvw, 5);
+      std::vector<float> out(n * qw);
+      moe::kernels::AttentionSeq seq{0, n, 0, 0};
+      const double t = time_ms(
+          [&] { cpu::attention(q.data(), k.data(), v.data(), &seq, 1, shape, cache, out.data()); },
+          min_seconds);
+      // QK^T and PV over the causal half: 2 * 2 * heads * n^2/2 * head_dim.
+      const double flops = 2.0 * 16 * static_cast<double>(n) * n * 64;
+      rows.push_back({"attn_prefill", dims({n, 16, 4, 64}), t, flops / t * 1e-6, 0});
+    }
+    auto q = rand_f32(qw, 6), k = rand_f32(kvw, 7), v = rand_f32(kvw, 8);
+    std::vector<float> out(qw);
+    moe::kernels::AttentionSeq seq{0, 1, 1000, 0};
+    const double t = time_ms(
+        [&] { cpu::attention(q.data(), k.data(), v.data(), &seq, 1, shape, cache, out.data()); },
+        min_seconds);
+    rows.push_back({"attn_decode", "past1000x16x4x64", t, 4.0 * 16 * 1001 * 64 / t * 1e-6,
+                    2.0 * 4 * 1001 * kvw / t * 1e-6});
+  }
+
+  // Grouped experts, mid model prefill: 1024 tokens, top-4 of 64 experts (64 rows each).
+  {
+    const int64_t hidden = 1024, inter = 256, experts = 64, tokens = 1024, k = 4;
+    std::vector<std::vector<bf16>> w;
+    for (int64_t e = 0; e < experts; ++e) w.push_back(rand_bf16(3 * inter * hidden, 10 + e, 0.03f));
+    std::vector<moe::kernels::ExpertGroup> groups;
+    const int64_t per = tokens * k / experts;
+    for (int64_t e = 0; e < experts; ++e) {
+      const bf16* base = w[e].data();
+      groups.push_back({{base, base + inter * hidden, base + 2 * inter * hidden}, e * per, per});
+    }
+    std::vector<int32_t> row_index(tokens * k);
+    for (int64_t p = 0; p < tokens * k; ++p) row_index[p] = static_cast<int32_t>((p * 7) % tokens);
+    auto x = rand_f32(tokens * hidden, 9);
+    std::vector<float> out(tokens * k * hidden);
+    const double t = time_ms(
+        [&] {
+          cpu::grouped_expert_swiglu(x.data(), hidden, inter, groups.data(), experts,
+                                     row_index.data(), out.data());
+        },
+        min_seconds);
+    const double flops = 2.0 * 3 * tokens * k * hidden * inter;
+    rows.push_back({"grouped_experts", "1024tok_top4_of64_1024x256", t, flops / t * 1e-6, 0});
+    // The same work as plain fp32 sgemm (no gather, no bf16 conversion): the yardstick.
+    std::vector<float> wf(3 * inter * hidden), a(per * inter), b(per * inter);
+    cpu::bf16_to_f32(w[0].data(), 3 * inter * hidden, wf.data());
+    const double ts = time_ms(
+        [&] {
+          for (int64_t e = 0; e < experts; ++e) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, per, inter, hidden, 1.0f,
+                        x.data(), hidden, wf.data(), hidden, 0.0f, a.data(), inter);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, per, inter, hidden, 1.0f,
+                        x.data(), hidden, wf.data() + inter * hidden, hidden, 0.0f, b.data(),
+                        inter);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, per, hidden, inter, 1.0f,
+                        a.data(), inter, wf.data() + 2 * inter * hidden, inter, 0.0f,
+                        out.data(), hidden);
+          }
+        },
+        min_seconds);
+    rows.push_back({"sgemm_f32", "same_as_grouped_experts", ts, flops / ts * 1e-6, 0});
+  }
+
+  // Row-wise ops on [1024, 1024].
+  {
+    const int64_t n = 1024, dim = 1024;
+    auto x = rand_f32(n * dim, 20);
+    auto w = rand_bf16(dim, 21, 1.0f);
+    std::vector<float> y(n * dim);
+    double t = time_ms([&] { cpu::rmsnorm(x.data(), w.data(), n, dim, 1e-6f, y.data()); },
+                       min_seconds);
+    rows.push_back({"rmsnorm", dims({n, dim}), t, 0, 8.0 * n * dim / t * 1e-6});
+    std::vector<int32_t> pos(n);
+    for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(i);
+    t = time_ms([&] { cpu::rope(y.data(), pos.data(), n, 16, 64, 1e6); }, min_seconds);
+    rows.push_back({"rope", dims({n, 16, 64}), t, 0, 8.0 * n * dim / t * 1e-6});
+    auto logits = rand_f32(n * 64, 22);
+    std::vector<int32_t> ids(n * 4);
+    std::vector<float> wts(n * 4);
+    t = time_ms(
+        [&] { cpu::router_topk(logits.data(), n, 64, 4, true, ids.data(), wts.data()); },
+        min_seconds);
+    rows.push_back({"router_topk", "1024x64_top4", t, 0, 0});
+  }
+
+  std::printf("%-16s %-28s %10s %10s %10s\n", "op", "shape", "ms", "GFLOP/s", "GB/s");
+  for (const Row& r : rows) {
+    std::printf("%-16s %-28s %10.4f %10.2f %10.2f\n", r.op.c_str(), r.shape.c_str(), r.ms,
+                r.gflops, r.gbytes);
+  }
+  std::printf("(best of repeated calls; GB/s counts weight/input bytes read once; "
+              "OPENBLAS_NUM_THREADS=%s)\n",
+              std::getenv("OPENBLAS_NUM_THREADS") ? std::getenv("OPENBLAS_NUM_THREADS")
+                                                  : "unset");
+  if (!csv_path.empty()) {
+    FILE* f = std::fopen(csv_path.c_str(), "w");
+    if (f == nullptr) {
+      std::fprintf(stderr, "cannot write %s\n", csv_path.c_str());
+      return 1;
+    }
+    std::fprintf(f, "op,shape,ms,gflops,gbytes_per_s\n");
+    for (const Row& r : rows) {
+      std::fprintf(f, "%s,%s,%.6f,%.4f,%.4f\n", r.op.c_str(), r.shape.c_str(), r.ms, r.gflops,
+                   r.gbytes);
+    }
+    std::fclose(f);
+  }
+  return 0;
+}

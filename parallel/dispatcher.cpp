@@ -1,0 +1,359 @@
+// Dispatcher: deduplicated layout, dispatch and combine for one MoE layer (layouts drawn in
+// dispatcher.h). Layout and grouping are pure host code shared by every backend; all float data
+// moves through kernels::Backend, so device backends work unchanged (staged through host memory
+// when the communicator is host-only). Sums run in a fixed order with fp32 accumulation.
+#include "parallel/dispatcher.h"
+
+#include <algorithm>
+#include <chrono>
+#include <climits>
+
+#include "kernels/common/check.h"
+
+namespace moe::parallel {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+int64_t sum(std::span<const int64_t> v) {
+  int64_t s = 0;
+  for (int64_t x : v) s += x;
+  return s;
+}
+
+}  // namespace
+
+ExchangeStats& ExchangeStats::operator+=(const ExchangeStats& o) {
+  rows_sent_remote += o.rows_sent_remote;
+  rows_kept_local += o.rows_kept_local;
+  pairs_remote += o.pairs_remote;
+  rows_received += o.rows_received;
+  bytes_sent_remote += o.bytes_sent_remote;
+  bytes_kept_local += o.bytes_kept_local;
+  bytes_remote_without_dedup += o.bytes_remote_without_dedup;
+  layout_s += o.layout_s;
+  dispatch_s += o.dispatch_s;
+  combine_s += o.combine_s;
+  pairs_received += o.pairs_received;
+  return *this;
+}
+
+DispatchLayout build_dispatch_layout(const LayerPlacement& placement, int rank,
+                                     std::span<const int32_t> topk_ids,
+                                     std::span<const float> topk_weights, int64_t num_tokens,
+                                     int top_k) {
+  const int num_ranks = placement.num_ranks();
+  const int num_experts = placement.num_experts();
+  MOE_CHECK_AS("dispatch", num_ranks >= 1 && rank >= 0 && rank < num_ranks,
+               "layout: rank {} outside a placement of {} ranks", rank, num_ranks);
+  MOE_CHECK_AS("dispatch", num_experts >= 1, "layout: the placement has no experts (dense layer?)");
+  MOE_CHECK_AS("dispatch", top_k >= 1, "layout: top_k must be >= 1, got {}", top_k);
+  MOE_CHECK_AS("dispatch", num_tokens >= 0 && num_tokens * top_k < INT32_MAX,
+               "layout: {} tokens x top-{} is outside the supported range", num_tokens, top_k);
+  const int64_t num_pairs = num_tokens * top_k;
+  MOE_CHECK_AS("dispatch",
+               static_cast<int64_t>(topk_ids.size()) >= num_pairs &&
+                   static_cast<int64_t>(topk_weights.size()) >= num_pairs,
+               "layout: {} tokens x top-{} needs {} ids and weights, got {} and {}", num_tokens,
+               top_k, num_pairs, topk_ids.size(), topk_weights.size());
+
+  DispatchLayout L;
+  L.num_ranks = num_ranks;
+  L.top_k = top_k;
+  L.num_tokens = num_tokens;
+  L.send_counts.assign(num_ranks, 0);
+  L.pairs_per_rank.assign(num_ranks, 0);
+  L.expert_tokens.assign(num_experts, 0);
+  L.token_offsets.assign(num_tokens + 1, 0);
+
+  // A replica on this rank avoids the network entirely, so it always wins.
+  std::vector<int32_t> local_slot_of(num_experts, -1);
+  for (int e = 0; e < num_experts; ++e) {
+    for (const Slot& s : placement.expert_slots[e]) {
+      if (s.rank == rank) {
+        local_slot_of[e] = s.local_slot;
+        break;
+      }
+    }
+  }
+
+  // Pass 1: pick a slot per (token, k) pair; per token, the ascending distinct destinations.
+  std::vector<int32_t> pair_dest(num_pairs), pair_slot(num_pairs);
+  std::vector<int32_t> token_dests;  // [S] destinations of each token, in token order
+  token_dests.reserve(num_pairs);
+  std::vector<int32_t> dests(top_k);
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    for (int j = 0; j < top_k; ++j) {
+      const int64_t p = t * top_k + j;
+      const int32_t e = topk_ids[p];
+      MOE_CHECK_AS("dispatch", e >= 0 && e < num_experts,
+                   "layout: token {} routes to expert {}, but experts are 0..{}", t, e,
+                   num_experts - 1);
+      int dest, slot;
+      if (local_slot_of[e] >= 0) {
+        dest = rank;
+        slot = local_slot_of[e];
+      } else {
+        const auto& replicas = placement.expert_slots[e];
+        MOE_CHECK_AS("dispatch", !replicas.empty(), "layout: expert {} has no slot", e);
+        const Slot& s = replicas[static_cast<size_t>(t + rank) % replicas.size()];
+        dest = s.rank;
+        slot = s.local_slot;
+      }
+      pair_dest[p] = dest;
+      pair_slot[p] = slot;
+      dests[j] = dest;
+      ++L.pairs_per_rank[dest];
+      ++L.expert_tokens[e];
+    }
+    std::sort(dests.begin(), dests.end());
+    const auto end = std::unique(dests.begin(), dests.end());
+    for (auto it = dests.begin(); it != end; ++it) {
+      token_dests.push_back(*it);
+      ++L.send_counts[*it];
+    }
+    L.token_offsets[t + 1] = static_cast<int64_t>(token_dests.size());
+  }
+
+  // Pass 2: rows by destination, then ascending token (tokens are visited in order).
+  const int64_t num_rows = static_cast<int64_t>(token_dests.size());
+  std::vector<int64_t> cursor(num_ranks, 0);
+  for (int d = 1; d < num_ranks; ++d) cursor[d] = cursor[d - 1] + L.send_counts[d - 1];
+  L.send_token.resize(num_rows);
+  L.token_rows.resize(num_rows);
+  L.send_routes.assign(static_cast<size_t>(num_rows) * top_k, RouteEntry{});
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    for (int64_t i = L.token_offsets[t]; i < L.token_offsets[t + 1]; ++i) {
+      const int32_t d = token_dests[i];
+      const int64_t row = cursor[d]++;
+      L.send_token[row] = static_cast<int32_t>(t);
+      L.token_rows[i] = static_cast<int32_t>(row);
+      RouteEntry* routes = &L.send_routes[static_cast<size_t>(row) * top_k];
+      for (int j = 0; j < top_k; ++j) {
+        const int64_t p = t * top_k + j;
+        if (pair_dest[p] == d) routes[j] = RouteEntry{pair_slot[p], topk_weights[p]};
+      }
+    }
+  }
+  return L;
+}
+
+ExpertBatch group_by_slot(std::span<const RouteEntry> recv_routes, int64_t num_recv_rows, int top_k,
+                          int num_local_slots) {
+  MOE_CHECK_AS("dispatch", top_k >= 1 && num_recv_rows >= 0 && num_local_slots >= 0,
+               "group_by_slot: bad sizes (rows {}, top_k {}, slots {})", num_recv_rows, top_k,
+               num_local_slots);
+  const int64_t num_entries = num_recv_rows * top_k;
+  MOE_CHECK_AS("dispatch", static_cast<int64_t>(recv_routes.size()) >= num_entries,
+               "group_by_slot: {} rows x top-{} need {} route entries, got {}", num_recv_rows,
+               top_k, num_entries, recv_routes.size());
+  MOE_CHECK_AS("dispatch", num_entries < INT32_MAX, "group_by_slot: {} route entries is too many",
+               num_entries);
+  ExpertBatch b;
+  b.slot_begin.assign(static_cast<size_t>(num_local_slots) + 1, 0);
+  for (int64_t i = 0; i < num_entries; ++i) {
+    const int32_t s = recv_routes[i].local_slot;
+    if (s < 0) continue;
+    MOE_CHECK_AS("dispatch", s < num_local_slots,
+                 "group_by_slot: received row {} names local slot {}, but this rank has {} slots",
+                 i / top_k, s, num_local_slots);
+    ++b.slot_begin[s + 1];
+  }
+  for (int s = 0; s < num_local_slots; ++s) b.slot_begin[s + 1] += b.slot_begin[s];
+  std::vector<int64_t> cursor(b.slot_begin.begin(), b.slot_begin.end() - 1);
+  b.row_index.resize(b.slot_begin.back());
+  b.pair_of_entry.assign(num_entries, -1);
+  for (int64_t r = 0; r < num_recv_rows; ++r) {
+    for (int j = 0; j < top_k; ++j) {
+      const int32_t s = recv_routes[r * top_k + j].local_slot;
+      if (s < 0) continue;
+      const int64_t p = cursor[s]++;
+      b.row_index[p] = static_cast<int32_t>(r);
+      b.pair_of_entry[r * top_k + j] = static_cast<int32_t>(p);
+    }
+  }
+  return b;
+}
+
+Dispatcher::Dispatcher(Communicator& comm, kernels::Backend& backend, int64_t hidden, int top_k)
+    : comm_(comm), backend_(backend), hidden_(hidden), top_k_(top_k) {
+  MOE_CHECK_AS("dispatch", hidden_ >= 1 && top_k_ >= 1,
+               "dispatcher needs hidden >= 1 and top_k >= 1 (got {}, {})", hidden_, top_k_);
+  MOE_CHECK_AS("dispatch", !comm_.device_buffers() || !backend_.is_host_memory(),
+               "communicator {} moves device buffers but backend {} keeps tensors in host memory",
+               comm_.name(), backend_.name());
+}
+
+void Dispatcher::exchange_rows(const float* send, std::span<const int64_t> send_rows, float* recv,
+                               std::span<const int64_t> recv_rows) {
+  const int n = comm_.size();
+  send_elems_.resize(n);
+  recv_elems_.resize(n);
+  for (int r = 0; r < n; ++r) {
+    send_elems_[r] = send_rows[r] * hidden_;
+    recv_elems_[r] = recv_rows[r] * hidden_;
+  }
+  const size_t send_size = static_cast<size_t>(sum(send_rows) * hidden_);
+  const size_t recv_size = static_cast<size_t>(sum(recv_rows) * hidden_);
+  if (comm_.device_buffers() || backend_.is_host_memory()) {
+    comm_.all_to_all_v<float>({send, send_size}, send_elems_, {recv, recv_size}, recv_elems_);
+    return;
+  }
+  host_send_.resize(send_size);
+  host_recv_.resize(recv_size);
+  if (send_size > 0) backend_.download(host_send_.data(), send, send_size * sizeof(float));
+  comm_.all_to_all_v<float>(host_send_, send_elems_, host_recv_, recv_elems_);
+  if (recv_size > 0) backend_.upload(recv, host_recv_.data(), recv_size * sizeof(float));
+}
+
+void Dispatcher::exchange_routes(const std::vector<RouteEntry>& send,
+                                 std::span<const int64_t> send_rows, std::vector<RouteEntry>& recv,
+                                 std::span<const int64_t> recv_rows) {
+  const int n = comm_.size();
+  send_elems_.resize(n);
+  recv_elems_.resize(n);
+  for (int r = 0; r < n; ++r) {
+    send_elems_[r] = send_rows[r] * top_k_;
+    recv_elems_[r] = recv_rows[r] * top_k_;
+  }
+  recv.resize(static_cast<size_t>(sum(recv_rows) * top_k_));
+  if (!comm_.device_buffers()) {
+    comm_.all_to_all_v<RouteEntry>(send, send_elems_, recv, recv_elems_);
+    return;
+  }
+  dev_send_routes_.ensure(backend_, send.size());
+  dev_recv_routes_.ensure(backend_, recv.size());
+  if (!send.empty()) {
+    backend_.upload(dev_send_routes_.data(), send.data(), send.size() * sizeof(RouteEntry));
+  }
+  comm_.all_to_all_v<RouteEntry>({dev_send_routes_.data(), send.size()}, send_elems_,
+                                 {dev_recv_routes_.data(), recv.size()}, recv_elems_);
+  if (!recv.empty()) {
+    backend_.download(recv.data(), dev_recv_routes_.data(), recv.size() * sizeof(RouteEntry));
+  }
+}
+
+DispatchResult Dispatcher::dispatch(const float* hidden, int64_t num_tokens,
+                                    std::span<const int32_t> topk_ids,
+                                    std::span<const float> topk_weights,
+                                    const LayerPlacement& placement) {
+  const int rank = comm_.rank();
+  const int num_ranks = comm_.size();
+  MOE_CHECK_AS("dispatch", placement.num_ranks() == num_ranks,
+               "dispatch: placement is for {} ranks but the job has {}", placement.num_ranks(),
+               num_ranks);
+  MOE_CHECK_AS("dispatch", num_tokens == 0 || hidden != nullptr,
+               "dispatch: {} tokens but no hidden states", num_tokens);
+  stats_ = ExchangeStats{};
+  auto t0 = Clock::now();
+  DispatchResult res;
+  res.layout = build_dispatch_layout(placement, rank, topk_ids, topk_weights, num_tokens, top_k_);
+  const DispatchLayout& L = res.layout;
+  stats_.layout_s = seconds_since(t0);
+
+  auto t1 = Clock::now();
+  res.recv_counts.assign(num_ranks, 0);
+  comm_.all_to_all(L.send_counts, res.recv_counts);
+  const int64_t num_send = L.num_send_rows();
+  const int64_t num_recv = sum(res.recv_counts);
+  MOE_CHECK_AS("dispatch", num_recv < INT32_MAX, "dispatch: {} received rows is too many",
+               num_recv);
+
+  send_rows_.ensure(backend_, static_cast<size_t>(num_send * hidden_));
+  recv_rows_.ensure(backend_, static_cast<size_t>(num_recv * hidden_));
+  if (num_send > 0) {
+    backend_.gather_rows(hidden, hidden_, L.send_token.data(), num_send, send_rows_.data());
+  }
+  exchange_rows(send_rows_.data(), L.send_counts, recv_rows_.data(), res.recv_counts);
+  exchange_routes(L.send_routes, L.send_counts, res.recv_routes, res.recv_counts);
+  res.batch = group_by_slot(res.recv_routes, num_recv, top_k_, placement.num_local_slots(rank));
+  res.recv_rows = recv_rows_.data();
+  res.num_recv_rows = num_recv;
+  stats_.dispatch_s = seconds_since(t1);
+
+  // Traffic: dispatch sends rows + routes, combine returns one partial row per received row.
+  const int64_t row_bytes = hidden_ * static_cast<int64_t>(sizeof(float));
+  const int64_t routes_bytes = top_k_ * static_cast<int64_t>(sizeof(RouteEntry));
+  const int64_t sent_local = L.send_counts[rank];
+  const int64_t recv_local = res.recv_counts[rank];
+  int64_t pairs_from_remote = 0;
+  {
+    int64_t row = 0;
+    for (int s = 0; s < num_ranks; ++s) {
+      for (int64_t i = 0; i < res.recv_counts[s]; ++i, ++row) {
+        if (s == rank) continue;
+        for (int j = 0; j < top_k_; ++j) {
+          pairs_from_remote += res.recv_routes[row * top_k_ + j].local_slot >= 0 ? 1 : 0;
+        }
+      }
+    }
+  }
+  stats_.rows_sent_remote = num_send - sent_local;
+  stats_.rows_kept_local = sent_local;
+  stats_.pairs_remote = sum(L.pairs_per_rank) - L.pairs_per_rank[rank];
+  stats_.rows_received = num_recv;
+  stats_.pairs_received = res.batch.num_pairs();
+  stats_.bytes_sent_remote =
+      stats_.rows_sent_remote * (row_bytes + routes_bytes) + (num_recv - recv_local) * row_bytes;
+  stats_.bytes_kept_local = sent_local * (row_bytes + routes_bytes) + recv_local * row_bytes;
+  stats_.bytes_remote_without_dedup =
+      stats_.pairs_remote * (row_bytes + static_cast<int64_t>(sizeof(RouteEntry))) +
+      pairs_from_remote * row_bytes;
+  return res;
+}
+
+void Dispatcher::combine(const float* expert_out, const DispatchResult& result, float* y) {
+  auto t0 = Clock::now();
+  const DispatchLayout& L = result.layout;
+  const int64_t num_recv = result.num_recv_rows;
+  const int64_t num_pairs = result.batch.num_pairs();
+  MOE_CHECK_AS("dispatch", L.top_k == top_k_ && L.num_ranks == comm_.size(),
+               "combine: the result was built for top-{} on {} ranks, this dispatcher is top-{} "
+               "on {}",
+               L.top_k, L.num_ranks, top_k_, comm_.size());
+  MOE_CHECK_AS("dispatch",
+               static_cast<int64_t>(result.batch.pair_of_entry.size()) == num_recv * top_k_ &&
+                   static_cast<int64_t>(result.recv_routes.size()) == num_recv * top_k_,
+               "combine: result holds {} route entries for {} received rows x top-{}",
+               result.recv_routes.size(), num_recv, top_k_);
+  MOE_CHECK_AS("dispatch", num_pairs == 0 || expert_out != nullptr,
+               "combine: {} expert rows expected but expert_out is null", num_pairs);
+  MOE_CHECK_AS("dispatch", L.num_tokens == 0 || y != nullptr, "combine: y is null");
+
+  // partial[r] = sum_j weight_j * expert_out[pair(r, j)], j in the token's top-k order.
+  partial_offsets_.assign(static_cast<size_t>(num_recv) + 1, 0);
+  partial_src_.clear();
+  partial_weights_.clear();
+  for (int64_t r = 0; r < num_recv; ++r) {
+    for (int j = 0; j < top_k_; ++j) {
+      const int32_t p = result.batch.pair_of_entry[r * top_k_ + j];
+      if (p < 0) continue;
+      partial_src_.push_back(p);
+      partial_weights_.push_back(result.recv_routes[r * top_k_ + j].weight);
+    }
+    partial_offsets_[r + 1] = static_cast<int64_t>(partial_src_.size());
+  }
+  partial_.ensure(backend_, static_cast<size_t>(num_recv * hidden_));
+  if (num_recv > 0) {
+    backend_.weighted_row_sum(expert_out, hidden_, partial_src_.data(), partial_weights_.data(),
+                              partial_offsets_.data(), num_recv, partial_.data());
+  }
+
+  // The reverse exchange: received rows go back to where they came from, in the same order.
+  const int64_t num_send = L.num_send_rows();
+  returned_.ensure(backend_, static_cast<size_t>(num_send * hidden_));
+  exchange_rows(partial_.data(), result.recv_counts, returned_.data(), L.send_counts);
+
+  // y[t] = sum of its returned rows in destination order (fp32, fixed order).
+  if (L.num_tokens > 0) {
+    backend_.weighted_row_sum(returned_.data(), hidden_, L.token_rows.data(), nullptr,
+                              L.token_offsets.data(), L.num_tokens, y);
+  }
+  stats_.combine_s = seconds_since(t0);
+}
+
+}  // namespace moe::parallel

@@ -1,0 +1,449 @@
+// MpiCommunicator (host memory, MPI_COMM_WORLD) and MpiSession (process-wide MPI lifetime).
+// Every collective is started non-blocking and completed by polling MPI_Test against a deadline,
+// so a stuck or dead peer turns into a moe::Error("comm") instead of a hang. After a timeout the
+// communicator refuses further calls: the abandoned operation may still touch its buffers.
+#include <mpi.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <climits>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <thread>
+#include <vector>
+
+#include "kernels/common/check.h"
+#include "parallel/communicator.h"
+
+namespace moe::parallel {
+
+void Communicator::check_count_spans(size_t num_send_counts, size_t num_recv_counts,
+                                     int num_ranks) {
+  MOE_CHECK_AS("comm",
+               num_send_counts == static_cast<size_t>(num_ranks) &&
+                   num_recv_counts == static_cast<size_t>(num_ranks),
+               "all_to_all_v: send/recv counts have {}/{} entries, expected one per rank ({})",
+               num_send_counts, num_recv_counts, num_ranks);
+}
+
+namespace {
+
+// Polling schedule: a burst of MPI_Test calls keeps latency low when peers are ready; after it,
+// yielding and then short sleeps let oversubscribed ranks (8 ranks on 2 cores) run their part.
+constexpr int kSpinTests = 4000;
+constexpr int kYieldTests = 2000;
+constexpr auto kMinSleep = std::chrono::microseconds(20);
+constexpr auto kMaxSleep = std::chrono::microseconds(100);
+// Tags of the point-to-point all-to-all exchanges (cycled per call; MPI guarantees >= 32767).
+constexpr int kExchangeTagBase = 1000;
+constexpr uint64_t kExchangeTags = 16384;
+
+// A stand-in address for empty buffers: some MPI paths reject null even with zero counts.
+alignas(16) unsigned char g_empty[16];
+
+void* nonnull(void* p) {
+  return p != nullptr ? p : g_empty;
+}
+const void* nonnull(const void* p) {
+  return p != nullptr ? p : g_empty;
+}
+
+int to_int(int64_t v, const char* what, const char* op) {
+  MOE_CHECK_AS("comm", v >= 0 && v <= INT_MAX,
+               "{}: {} is {}, outside MPI's count range 0..{} (split the message)", op, what, v,
+               INT_MAX);
+  return static_cast<int>(v);
+}
+
+MPI_Op to_mpi(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::kSum:
+      return MPI_SUM;
+    case ReduceOp::kMax:
+      return MPI_MAX;
+    case ReduceOp::kMin:
+      return MPI_MIN;
+  }
+  MOE_THROW("comm", "unknown reduce op {}", static_cast<int>(op));
+}
+
+MPI_Datatype to_mpi(ScalarType t) {
+  switch (t) {
+    case ScalarType::kI32:
+      return MPI_INT32_T;
+    case ScalarType::kI64:
+      return MPI_INT64_T;
+    case ScalarType::kF32:
+      return MPI_FLOAT;
+    case ScalarType::kF64:
+      return MPI_DOUBLE;
+  }
+  MOE_THROW("comm", "unknown scalar type {}", static_cast<int>(t));
+}
+
+bool mpi_live() {
+  int init = 0, fin = 0;
+  MPI_Initialized(&init);
+  MPI_Finalized(&fin);
+  return init && !fin;
+}
+
+class MpiCommunicator final : public Communicator {
+ public:
+  explicit MpiCommunicator(const CommOptions& options) : options_(options) {
+    MOE_CHECK_AS("comm", mpi_live(),
+                 "the MPI communicator needs MPI to be initialised (create an MpiSession first)");
+    MOE_CHECK_AS("comm", options_.timeout_s > 0, "collective timeout must be > 0 s, got {}",
+                 options_.timeout_s);
+    // Errors come back as return codes so MOE_MPI_CHECK can turn them into moe::Error.
+    MOE_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+    MOE_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
+    MOE_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size_));
+    local_rank_ = compute_local_rank();
+  }
+
+  ~MpiCommunicator() override {
+    // Local cleanup only (MPI_Type_free is not a collective); shutdown() may have done it.
+    if (mpi_live()) free_types();
+  }
+
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  int local_rank() const override { return local_rank_; }
+  std::string name() const override { return "mpi"; }
+  bool device_buffers() const override { return false; }
+
+  void all_to_all(std::span<const int64_t> send, std::span<int64_t> recv) override {
+    check_usable("all_to_all");
+    MOE_CHECK_AS("comm",
+                 send.size() % static_cast<size_t>(size_) == 0 && recv.size() == send.size(),
+                 "all_to_all: send has {} and recv {} elements; both must be the same multiple "
+                 "of the world size {}",
+                 send.size(), recv.size(), size_);
+    const int n = to_int(static_cast<int64_t>(send.size() / size_), "block size", "all_to_all");
+    Pending p;
+    for (int peer = 0; peer < size_; ++peer) {
+      p.send_counts.push_back(n);
+      p.recv_counts.push_back(n);
+      p.send_displs.push_back(n * peer);
+      p.recv_displs.push_back(n * peer);
+    }
+    start_exchange(send.data(), recv.data(), MPI_INT64_T, sizeof(int64_t), p);
+    wait(p, "all_to_all");
+  }
+
+  void barrier() override {
+    check_usable("barrier");
+    MPI_Request req;
+    MOE_MPI_CHECK(MPI_Ibarrier(MPI_COMM_WORLD, &req));
+    wait(req, "barrier");
+  }
+
+  [[noreturn]] void abort(const std::string& reason, int exit_code) override {
+    static std::atomic<bool> printed{false};
+    if (!printed.exchange(true)) {
+      std::fprintf(stderr, "%s\n", reason.c_str());
+      std::fflush(stderr);
+    }
+    if (mpi_live()) MPI_Abort(MPI_COMM_WORLD, exit_code);
+    // MPI_Abort does not return; this only satisfies [[noreturn]] if MPI is already gone.
+    std::_Exit(exit_code);
+  }
+
+  void shutdown() override {
+    if (shut_down_) return;
+    shut_down_ = true;
+    if (mpi_live()) free_types();
+  }
+
+ protected:
+  void all_to_all_v_raw(const void* send, size_t send_size, const int64_t* send_counts, void* recv,
+                        size_t recv_size, const int64_t* recv_counts, size_t elem_bytes) override {
+    check_usable("all_to_all_v");
+    MOE_CHECK_AS("comm", elem_bytes > 0, "all_to_all_v: zero-sized elements");
+    Pending p;
+    p.send_counts.resize(size_);
+    p.send_displs.resize(size_);
+    p.recv_counts.resize(size_);
+    p.recv_displs.resize(size_);
+    fill_counts(send_counts, send_size, "send", p.send_counts, p.send_displs);
+    fill_counts(recv_counts, recv_size, "recv", p.recv_counts, p.recv_displs);
+    start_exchange(send, recv, element_type(elem_bytes), elem_bytes, p);
+    wait(p, "all_to_all_v");
+  }
+
+  void all_reduce_raw(void* data, size_t count, ScalarType type, ReduceOp op) override {
+    check_usable("all_reduce");
+    const int n = to_int(static_cast<int64_t>(count), "element count", "all_reduce");
+    MPI_Request req;
+    MOE_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, nonnull(data), n, to_mpi(type), to_mpi(op),
+                                 MPI_COMM_WORLD, &req));
+    wait(req, "all_reduce");
+  }
+
+  void broadcast_raw(void* data, size_t size_bytes, int root) override {
+    check_usable("broadcast");
+    check_root(root, "broadcast");
+    const int n = to_int(static_cast<int64_t>(size_bytes), "byte count", "broadcast");
+    MPI_Request req;
+    MOE_MPI_CHECK(MPI_Ibcast(nonnull(data), n, MPI_BYTE, root, MPI_COMM_WORLD, &req));
+    wait(req, "broadcast");
+  }
+
+  void all_gather_raw(const void* send, size_t send_bytes, void* recv, size_t recv_bytes) override {
+    check_usable("all_gather");
+    MOE_CHECK_AS("comm", recv_bytes == send_bytes * static_cast<size_t>(size_),
+                 "all_gather: recv holds {} bytes, expected world size {} x {} bytes", recv_bytes,
+                 size_, send_bytes);
+    const int n = to_int(static_cast<int64_t>(send_bytes), "byte count", "all_gather");
+    MPI_Request req;
+    MOE_MPI_CHECK(MPI_Iallgather(nonnull(send), n, MPI_BYTE, nonnull(recv), n, MPI_BYTE,
+                                 MPI_COMM_WORLD, &req));
+    wait(req, "all_gather");
+  }
+
+  void gather_v_raw(const void* send, size_t send_size, void* recv, size_t recv_size,
+                    const int64_t* recv_counts, size_t elem_bytes, int root) override {
+    check_usable("gather_v");
+    check_root(root, "gather_v");
+    MOE_CHECK_AS("comm", elem_bytes > 0, "gather_v: zero-sized elements");
+    const int n = to_int(static_cast<int64_t>(send_size), "send count", "gather_v");
+    Pending p;
+    if (rank_ == root) {
+      MOE_CHECK_AS("comm", recv_counts != nullptr, "gather_v: root {} needs recv_counts", root);
+      p.recv_counts.resize(size_);
+      p.recv_displs.resize(size_);
+      fill_counts(recv_counts, recv_size, "recv", p.recv_counts, p.recv_displs);
+      MOE_CHECK_AS("comm", p.recv_counts[root] == n,
+                   "gather_v: root {} sends {} elements but expects {} from itself", root, n,
+                   p.recv_counts[root]);
+    }
+    MPI_Datatype type = element_type(elem_bytes);
+    MOE_MPI_CHECK(MPI_Igatherv(
+        nonnull(send), n, type, nonnull(recv), rank_ == root ? p.recv_counts.data() : nullptr,
+        rank_ == root ? p.recv_displs.data() : nullptr, type, root, MPI_COMM_WORLD, &p.request));
+    wait(p, "gather_v");
+  }
+
+ private:
+  // A started collective plus the count arrays MPI reads until it completes.
+  struct Pending {
+    MPI_Request request = MPI_REQUEST_NULL;
+    std::vector<MPI_Request> peers;  // point-to-point exchanges: one request per message
+    std::vector<int> send_counts, send_displs, recv_counts, recv_displs;
+  };
+
+  // All-to-all as point-to-point messages (receives posted first, empty blocks skipped on both
+  // sides, the own block copied locally). Open MPI 4.1's libnbc MPI_Ialltoall(v) was seen to
+  // hang after an MPI_Ialltoallv with empty blocks (4 ranks, one without tokens); p2p requests
+  // complete reliably, and this is the shape NCCL's grouped send/recv has as well. A per-call tag
+  // keeps consecutive exchanges apart.
+  void start_exchange(const void* send, void* recv, MPI_Datatype type, size_t elem_bytes,
+                      Pending& p) {
+    const int tag = kExchangeTagBase + static_cast<int>(exchange_seq_++ % kExchangeTags);
+    for (int peer = 0; peer < size_; ++peer) {
+      if (peer == rank_ || p.recv_counts[peer] == 0) continue;
+      MPI_Request r;
+      MOE_MPI_CHECK(MPI_Irecv(static_cast<char*>(recv) + p.recv_displs[peer] * elem_bytes,
+                              p.recv_counts[peer], type, peer, tag, MPI_COMM_WORLD, &r));
+      p.peers.push_back(r);
+    }
+    for (int peer = 0; peer < size_; ++peer) {
+      if (peer == rank_ || p.send_counts[peer] == 0) continue;
+      MPI_Request r;
+      MOE_MPI_CHECK(MPI_Isend(static_cast<const char*>(send) + p.send_displs[peer] * elem_bytes,
+                              p.send_counts[peer], type, peer, tag, MPI_COMM_WORLD, &r));
+      p.peers.push_back(r);
+    }
+    MOE_CHECK_AS("comm", p.send_counts[rank_] == p.recv_counts[rank_],
+                 "all_to_all_v: rank {} sends {} elements to itself but expects {}", rank_,
+                 p.send_counts[rank_], p.recv_counts[rank_]);
+    if (p.send_counts[rank_] > 0) {
+      std::memcpy(static_cast<char*>(recv) + p.recv_displs[rank_] * elem_bytes,
+                  static_cast<const char*>(send) + p.send_displs[rank_] * elem_bytes,
+                  static_cast<size_t>(p.send_counts[rank_]) * elem_bytes);
+    }
+  }
+
+  void check_usable(const char* op) const {
+    MOE_CHECK_AS("comm", !shut_down_, "{}: the communicator was shut down", op);
+    MOE_CHECK_AS("comm", failed_op_.empty(),
+                 "{}: the communicator is unusable since collective {} timed out on rank {}", op,
+                 failed_op_, rank_);
+  }
+
+  void check_root(int root, const char* op) const {
+    MOE_CHECK_AS("comm", root >= 0 && root < size_, "{}: root {} is not a rank (0..{})", op, root,
+                 size_ - 1);
+  }
+
+  // Element counts -> MPI int counts and prefix-sum displacements, checking every bound.
+  void fill_counts(const int64_t* counts, size_t buffer_size, const char* side,
+                   std::vector<int>& out_counts, std::vector<int>& out_displs) const {
+    MOE_CHECK_AS("comm", counts != nullptr, "all_to_all_v: {} counts missing", side);
+    int64_t total = 0;
+    for (int r = 0; r < size_; ++r) {
+      MOE_CHECK_AS("comm", counts[r] >= 0, "all_to_all_v: {} count for rank {} is negative ({})",
+                   side, r, counts[r]);
+      out_displs[r] = to_int(total, "displacement", "all_to_all_v");
+      out_counts[r] = to_int(counts[r], "count", "all_to_all_v");
+      total += counts[r];
+    }
+    MOE_CHECK_AS("comm", static_cast<uint64_t>(total) <= buffer_size,
+                 "all_to_all_v: {} counts add up to {} elements but the {} buffer holds {}", side,
+                 total, side, buffer_size);
+  }
+
+  // Contiguous element types are cached per size so counts stay in elements, not bytes.
+  MPI_Datatype element_type(size_t elem_bytes) {
+    if (elem_bytes == 1) return MPI_BYTE;
+    auto it = types_.find(elem_bytes);
+    if (it != types_.end()) return it->second;
+    MPI_Datatype t;
+    MOE_MPI_CHECK(MPI_Type_contiguous(
+        to_int(static_cast<int64_t>(elem_bytes), "element size", "datatype"), MPI_BYTE, &t));
+    MOE_MPI_CHECK(MPI_Type_commit(&t));
+    types_.emplace(elem_bytes, t);
+    return t;
+  }
+
+  void free_types() {
+    for (auto& [bytes, t] : types_) MPI_Type_free(&t);
+    types_.clear();
+  }
+
+  void wait(MPI_Request& req, const char* op) {
+    Pending p;
+    p.request = req;
+    wait(p, op);
+  }
+
+  // Polls until the collective completes or the deadline passes. On timeout the request (and its
+  // count arrays) is parked, since MPI may still use them, and the communicator is poisoned.
+  void wait(Pending& p, const char* op) {
+    int done = 0;
+    auto test = [&p, &done] {
+      if (p.peers.empty()) {
+        MOE_MPI_CHECK(MPI_Test(&p.request, &done, MPI_STATUS_IGNORE));
+      } else {
+        MOE_MPI_CHECK(MPI_Testall(static_cast<int>(p.peers.size()), p.peers.data(), &done,
+                                  MPI_STATUSES_IGNORE));
+      }
+    };
+    if (p.peers.empty() && p.request == MPI_REQUEST_NULL) return;  // nothing to exchange
+    for (int i = 0; i < kSpinTests; ++i) {
+      test();
+      if (done) return;
+    }
+    using Clock = std::chrono::steady_clock;
+    const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                             std::chrono::duration<double>(options_.timeout_s));
+    auto sleep = kMinSleep;
+    for (int i = 0;; ++i) {
+      test();
+      if (done) return;
+      if (Clock::now() >= deadline) break;
+      if (i < kYieldTests) {
+        sched_yield();
+      } else {
+        std::this_thread::sleep_for(sleep);
+        sleep = std::min(sleep * 2, kMaxSleep);
+      }
+    }
+    failed_op_ = op;
+    abandoned_.push_back(std::move(p));
+    MOE_THROW("comm",
+              "collective {} did not complete within {:g} s on rank {} (another rank failed or is "
+              "stuck)",
+              op, options_.timeout_s, rank_);
+  }
+
+  // Local rank = position among the ranks on the same host. No non-blocking MPI_Comm_split_type
+  // exists, so the host names are exchanged with a timed all-gather instead.
+  int compute_local_rank() {
+    char name[MPI_MAX_PROCESSOR_NAME] = {};
+    int len = 0;
+    MOE_MPI_CHECK(MPI_Get_processor_name(name, &len));
+    std::vector<char> all(static_cast<size_t>(MPI_MAX_PROCESSOR_NAME) * size_);
+    all_gather_raw(name, MPI_MAX_PROCESSOR_NAME, all.data(), all.size());
+    int local = 0;
+    for (int r = 0; r < rank_; ++r) {
+      const char* other = all.data() + static_cast<size_t>(r) * MPI_MAX_PROCESSOR_NAME;
+      if (std::equal(name, name + MPI_MAX_PROCESSOR_NAME, other)) ++local;
+    }
+    return local;
+  }
+
+  CommOptions options_;
+  int rank_ = 0, size_ = 1, local_rank_ = 0;
+  bool shut_down_ = false;
+  std::string failed_op_;           // non-empty after a timeout
+  uint64_t exchange_seq_ = 0;        // calls of start_exchange, for its tags
+  std::vector<Pending> abandoned_;  // timed-out requests MPI may still complete
+  std::map<size_t, MPI_Datatype> types_;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_mpi_communicator(const CommOptions& options) {
+  return std::make_unique<MpiCommunicator>(options);
+}
+
+MpiSession::MpiSession(int* argc, char*** argv) {
+  int init = 0;
+  MPI_Initialized(&init);
+  if (!init) {
+    int provided = 0;
+    // FUNNELED: only the main thread calls MPI (BLAS threads never do).
+    MOE_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
+  }
+  set_error_rank(world_rank());
+}
+
+MpiSession::~MpiSession() {
+  if (mpi_live()) MPI_Finalize();
+}
+
+int MpiSession::world_rank() const {
+  if (!mpi_live()) return 0;
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+
+int MpiSession::world_size() const {
+  if (!mpi_live()) return 1;
+  int n = 1;
+  MPI_Comm_size(MPI_COMM_WORLD, &n);
+  return n;
+}
+
+void MpiSession::abort_job(const std::string& line, int exit_code) {
+  int rank = 0, size = 1;
+  const bool live = mpi_live();
+  if (live) {
+    MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+  }
+  if (size <= 1) {
+    std::fprintf(stderr, "%s\n", line.c_str());
+    std::fflush(stderr);
+    if (live) MPI_Finalize();
+    // main's terminal path: nothing above us may run destructors that touch MPI again.
+    std::_Exit(exit_code);
+  }
+  // When every rank hits the same error (a bad config read everywhere), rank 0's MPI_Abort ends
+  // the others during their pause, so the job prints one line instead of N.
+  if (rank != 0) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  std::fprintf(stderr, "%s\n", line.c_str());
+  std::fflush(stderr);
+  std::fflush(stdout);
+  MPI_Abort(MPI_COMM_WORLD, exit_code);
+  std::_Exit(exit_code);
+}
+
+}  // namespace moe::parallel

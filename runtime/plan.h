@@ -1,0 +1,111 @@
+// `moe-ep plan`: what a MoE model costs, computed from its config alone (no MPI, no weights).
+// Parameter counts are exact (they follow the checkpoint's tensor list in QWEN3_MOE.md);
+// memory beyond weights (KV cache, activation and communication buffers) is a stated estimate
+// for the largest rank, so "fits" errs on the side of "does not fit".
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "runtime/config.h"
+
+namespace moe::runtime {
+
+// Weights are bf16 on every backend (checkpoints store them so).
+inline constexpr int64_t kWeightBytes = 2;
+
+struct PlanOptions {
+  int64_t batch = 1;       // sequences in the whole job; attention is data-parallel, so they are
+                           // spread over ranks (rank r holds ceil(batch / N) at most)
+  int64_t context = 4096;  // tokens per sequence (KV cache length, prefill length)
+  double gpu_mem_gib = 80;
+  std::vector<int> ranks = {1, 2, 4, 8};
+  // Bytes per KV-cache / activation / communication element: 2 for the CUDA backend (bf16),
+  // 4 for the CPU backend (fp32). Router logits, top-k data and logits are fp32 everywhere.
+  int activation_bytes = 2;
+  // Optional placement override: expert slots (summed over all MoE layers, replicas included)
+  // held by each rank. When non-empty its size is the one rank count reported (replacing
+  // `ranks`) and the largest entry sizes the expert shard.
+  std::vector<int64_t> expert_slots_per_rank;
+  std::string placement_name;  // shown next to the override ("contiguous" otherwise)
+};
+
+// Parameters by role (each over the whole model).
+struct ParamBreakdown {
+  int64_t embedding = 0;    // vocab x H
+  int64_t lm_head = 0;      // vocab x H; 0 when tied to the embedding
+  int64_t final_norm = 0;   // H
+  int64_t attention = 0;    // q,k,v,o projections + q_norm, k_norm, all layers
+  int64_t layer_norms = 0;  // input + post-attention RMSNorm weights, all layers
+  int64_t router = 0;       // E x H per MoE layer
+  int64_t experts = 0;      // E x 3 H I per MoE layer
+  int64_t dense_mlp = 0;    // 3 H intermediate_size per dense layer
+  int64_t per_expert = 0;   // 3 H I: one expert of one layer
+  int64_t num_moe_layers = 0;
+  int64_t num_dense_layers = 0;
+  int64_t total = 0;
+};
+
+// Parameters that touch one token at a given top-k.
+struct ActiveRow {
+  int64_t top_k = 0;
+  int64_t active_params = 0;
+  double share = 0;            // active_params / total
+  int64_t matmul_params = 0;   // active weights used in a matmul (no embedding lookup, norms)
+  double flops_per_token = 0;  // 2 x matmul_params + attention FLOPs at options.context
+  bool configured = false;     // the model's own num_experts_per_tok
+};
+
+// Memory of the most loaded rank for one rank count N.
+struct RankMemory {
+  int num_ranks = 1;
+  int64_t expert_slots = 0;            // experts held, summed over MoE layers
+  int64_t expert_slots_per_layer = 0;  // ceil(E / N) for contiguous placement
+  int64_t sequences = 0;               // ceil(batch / N)
+  int64_t tokens = 0;                  // sequences x context (one prefill step)
+  int64_t dense_replica_bytes = 0;     // everything but experts, bf16
+  int64_t expert_shard_bytes = 0;      // expert_slots x 3 H I, bf16
+  int64_t kv_cache_bytes = 0;
+  int64_t activation_buffer_bytes = 0;
+  int64_t communication_bytes = 0;
+  int64_t total_bytes = 0;
+  bool fits = false;
+};
+
+struct PlanReport {
+  std::string model_name;
+  std::string source;
+  ModelConfig config;
+  PlanOptions options;
+  ParamBreakdown params;
+  int64_t total_params = 0;
+  int64_t total_bytes = 0;  // bf16
+  int64_t configured_top_k = 0;
+  int64_t active_params = 0;  // at configured_top_k
+  double active_share = 0;
+  int64_t active_bytes = 0;              // bf16 weights touched per token
+  int64_t matmul_params_per_token = 0;   // at configured_top_k
+  double matmul_flops_per_token = 0;     // 2 x matmul_params_per_token
+  double attention_flops_per_token = 0;  // 4 x layers x heads x head_dim x context
+  double flops_per_token = 0;
+  std::vector<ActiveRow> active;  // top-k 1, 2, 4, 8, 16 (<= E) and the configured k
+  std::vector<RankMemory> ranks;
+};
+
+ParamBreakdown count_params(const ModelConfig& config);
+int64_t count_total_params(const ModelConfig& config);
+// Embedding and lm_head count as active (lm_head not again when tied). 0 <= k <= num_experts.
+int64_t count_active_params(const ModelConfig& config, int64_t top_k);
+
+// Throws moe::Error("config") on bad options (batch/context < 1, no ranks, ...).
+PlanReport make_plan(const ModelConfig& config, const PlanOptions& options);
+// Human tables, counts with thousands separators (30,532,122,624).
+std::string format_plan(const PlanReport& report);
+nlohmann::json plan_to_json(const PlanReport& report);
+
+// 30532122624 -> "30,532,122,624".
+std::string with_thousands(int64_t value);
+
+}  // namespace moe::runtime

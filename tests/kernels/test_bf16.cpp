@@ -1,0 +1,156 @@
+// bf16 and fp16 conversions: kernels/common/bf16.h scalar helpers, the bulk fast ops and the
+// independent reference rounding agree; round-to-nearest-even, NaN/inf/subnormal cases.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "kernel_test_util.h"
+#include "kernels/common/bf16.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/reference.h"
+
+namespace moe::kernels::test {
+namespace {
+
+namespace cpu = moe::kernels::cpu;
+namespace ref = moe::kernels::cpu::reference;
+
+float from_bits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+uint32_t to_bits(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+TEST(Bf16, EveryBitPatternRoundTripsThroughFloat) {
+  for (uint32_t b = 0; b < 0x10000u; ++b) {
+    const bf16 v{static_cast<uint16_t>(b)};
+    const float f = bf16_to_float(v);
+    EXPECT_EQ(to_bits(f), b << 16) << "bits " << b;
+    const bf16 back = float_to_bf16(f);
+    if (std::isnan(f)) {
+      EXPECT_TRUE(std::isnan(bf16_to_float(back))) << "NaN lost its NaN-ness, bits " << b;
+      EXPECT_EQ(back.bits & 0x8000u, b & 0x8000u) << "NaN sign, bits " << b;
+    } else {
+      EXPECT_EQ(back.bits, b) << "bits " << b;
+    }
+  }
+}
+
+TEST(Bf16, RoundsHalfwayCasesToEvenMantissa) {
+  // 1 + 2^-8 lies exactly between 1 (even) and 1 + 2^-7 (odd): goes down to 1.
+  EXPECT_EQ(float_to_bf16(1.0f + std::ldexp(1.0f, -8)).bits, 0x3f80u);
+  // 1 + 3*2^-8 lies between 1 + 2^-7 (odd) and 1 + 2^-6 (even): goes up.
+  EXPECT_EQ(float_to_bf16(1.0f + 3.0f * std::ldexp(1.0f, -8)).bits, 0x3f82u);
+  // Just above the halfway point rounds up, just below rounds down.
+  EXPECT_EQ(float_to_bf16(from_bits(0x3f808001u)).bits, 0x3f81u);
+  EXPECT_EQ(float_to_bf16(from_bits(0x3f807fffu)).bits, 0x3f80u);
+  // Negative values mirror positive ones.
+  EXPECT_EQ(float_to_bf16(-(1.0f + std::ldexp(1.0f, -8))).bits, 0xbf80u);
+  EXPECT_EQ(float_to_bf16(-(1.0f + 3.0f * std::ldexp(1.0f, -8))).bits, 0xbf82u);
+  // A carry out of the mantissa bumps the exponent: 0x3fffffff -> 2.0.
+  EXPECT_EQ(float_to_bf16(from_bits(0x3fffffffu)).bits, 0x4000u);
+  // Largest float rounds to +inf (beyond the largest bf16 + half ulp).
+  EXPECT_EQ(float_to_bf16(std::numeric_limits<float>::max()).bits, 0x7f80u);
+  // Largest bf16 stays; smallest subnormal halfway case rounds to even (zero).
+  EXPECT_EQ(float_to_bf16(from_bits(0x7f7f0000u)).bits, 0x7f7fu);
+  EXPECT_EQ(float_to_bf16(from_bits(0x00008000u)).bits, 0x0000u);
+  EXPECT_EQ(float_to_bf16(from_bits(0x00018000u)).bits, 0x0002u);
+  EXPECT_EQ(round_to_bf16(3.14159265f), 3.140625f);
+}
+
+TEST(Bf16, InfinitiesAndNansSurvive) {
+  EXPECT_EQ(float_to_bf16(std::numeric_limits<float>::infinity()).bits, 0x7f80u);
+  EXPECT_EQ(float_to_bf16(-std::numeric_limits<float>::infinity()).bits, 0xff80u);
+  // A signalling NaN whose payload sits only in the low 16 bits must not become inf.
+  const bf16 n = float_to_bf16(from_bits(0x7f800001u));
+  EXPECT_TRUE(std::isnan(bf16_to_float(n)));
+  EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(std::nanf("")))));
+  EXPECT_EQ(float_to_bf16(-0.0f).bits, 0x8000u);
+}
+
+TEST(Bf16, ScalarRoundingMatchesIndependentReferenceOnRandomBits) {
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<uint32_t> bits;
+  const int64_t n = 1 << 20;
+  std::vector<float> src(n);
+  for (float& f : src) f = from_bits(bits(rng));
+  std::vector<bf16> want(n);
+  ref::f32_to_bf16(src.data(), n, want.data());
+  for (int64_t i = 0; i < n; ++i) {
+    ASSERT_EQ(float_to_bf16(src[i]).bits, want[i].bits) << "input bits " << to_bits(src[i]);
+  }
+}
+
+TEST(Bf16, BulkConversionsMatchScalarHelpers) {
+  std::mt19937 rng(11);
+  std::uniform_int_distribution<uint32_t> bits;
+  for (int64_t n : {0, 1, 7, 33, 1000, 4099}) {
+    std::vector<float> src(n);
+    for (float& f : src) f = from_bits(bits(rng));
+    std::vector<bf16> fast(n), slow(n);
+    cpu::f32_to_bf16(src.data(), n, fast.data());
+    ref::f32_to_bf16(src.data(), n, slow.data());
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_EQ(fast[i].bits, slow[i].bits) << "n " << n << " i " << i;
+      ASSERT_EQ(fast[i].bits, float_to_bf16(src[i]).bits);
+    }
+    std::vector<float> back_fast(n), back_ref(n);
+    cpu::bf16_to_f32(fast.data(), n, back_fast.data());
+    ref::bf16_to_f32(fast.data(), n, back_ref.data());
+    for (int64_t i = 0; i < n; ++i) {
+      ASSERT_EQ(to_bits(back_fast[i]), to_bits(back_ref[i]));
+      ASSERT_EQ(to_bits(back_fast[i]), static_cast<uint32_t>(fast[i].bits) << 16);
+    }
+  }
+}
+
+TEST(HalfToFloat, KnownValues) {
+  EXPECT_EQ(half_to_float(0x3c00), 1.0f);
+  EXPECT_EQ(half_to_float(0xc000), -2.0f);
+  EXPECT_EQ(half_to_float(0x7bff), 65504.0f);                       // largest normal
+  EXPECT_EQ(half_to_float(0x0400), std::ldexp(1.0f, -14));          // smallest normal
+  EXPECT_EQ(half_to_float(0x0001), std::ldexp(1.0f, -24));          // smallest subnormal
+  EXPECT_EQ(half_to_float(0x03ff), 1023.0f * std::ldexp(1.0f, -24));  // largest subnormal
+  EXPECT_EQ(half_to_float(0x3555), 0.333251953125f);
+  EXPECT_EQ(half_to_float(0x7c00), std::numeric_limits<float>::infinity());
+  EXPECT_EQ(half_to_float(0xfc00), -std::numeric_limits<float>::infinity());
+  EXPECT_TRUE(std::isnan(half_to_float(0x7e00)));
+  EXPECT_TRUE(std::isnan(half_to_float(0x7c01)));
+  EXPECT_EQ(to_bits(half_to_float(0x0000)), 0x00000000u);
+  EXPECT_EQ(to_bits(half_to_float(0x8000)), 0x80000000u);  // -0 keeps its sign
+}
+
+TEST(HalfToFloat, EveryBitPatternMatchesTheDefiningFormula) {
+  for (uint32_t h = 0; h < 0x10000u; ++h) {
+    const int sign = (h & 0x8000u) ? -1 : 1;
+    const int exp = (h >> 10) & 0x1f;
+    const int mant = h & 0x3ff;
+    const float got = half_to_float(static_cast<uint16_t>(h));
+    if (exp == 31) {
+      if (mant == 0) {
+        EXPECT_EQ(got, sign * std::numeric_limits<float>::infinity()) << h;
+      } else {
+        EXPECT_TRUE(std::isnan(got)) << h;
+      }
+      continue;
+    }
+    // subnormal: mant * 2^-24; normal: (1024 + mant) * 2^(exp - 25)
+    const double want = exp == 0 ? sign * std::ldexp(static_cast<double>(mant), -24)
+                                 : sign * std::ldexp(1024.0 + mant, exp - 25);
+    EXPECT_EQ(static_cast<double>(got), want) << "half bits " << h;
+    EXPECT_EQ(std::signbit(got), sign < 0) << h;
+  }
+}
+
+}  // namespace
+}  // namespace moe::kernels::test

@@ -1,0 +1,241 @@
+// Dispatcher under mpirun: dispatch -> grouped SwiGLU on each rank's own slots -> combine equals
+// the single-process reference for this rank's tokens, for contiguous, round-robin, explicit maps
+// with replicas and the shipped tiny-model maps; with ranks that have no tokens and experts that
+// get none. Also the traffic numbers (dedup saves bytes when experts are collocated) and the
+// load statistics reduced over ranks.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <numeric>
+
+#include "kernels/common/check.h"
+#include "moe_layer_fixture.h"
+#include "parallel/dispatcher.h"
+#include "parallel/load_stats.h"
+
+namespace moe::parallel {
+namespace {
+
+std::unique_ptr<Communicator> make_comm() {
+  CommOptions options;
+  options.timeout_s = 60;
+  return make_mpi_communicator(options);
+}
+
+// Rank 1 has no tokens (when there is a rank 1); the others differ in count.
+int64_t tokens_of(int rank) {
+  return rank == 1 ? 0 : 3 + (7 * rank) % 11;
+}
+
+// Contiguous, plus expert 0 on every rank, expert 1 also on the last rank, expert 2 also on
+// rank 0: replicas both on and off the source ranks.
+std::vector<std::vector<int>> replicated_lists(int num_experts, int num_ranks) {
+  auto lists = contiguous_placement(num_experts, num_ranks);
+  auto add = [&](int r, int e) {
+    if (std::find(lists[r].begin(), lists[r].end(), e) == lists[r].end()) lists[r].push_back(e);
+  };
+  for (int r = 0; r < num_ranks; ++r) add(r, 0);
+  add(num_ranks - 1, 1);
+  add(0, 2);
+  return lists;
+}
+
+struct LayerCheck {
+  double rel_diff = 0;
+  int64_t rows_sent = 0, rows_received = 0, pairs = 0;
+};
+
+LayerCheck check_layer(Communicator& comm, kernels::Backend& backend, Dispatcher& dispatcher,
+                       const LayerPlacement& placement, testing::ExpertBank& bank, int top_k,
+                       const std::vector<int>& allowed, uint64_t seed) {
+  const int me = comm.rank();
+  const int64_t T = tokens_of(me), H = bank.hidden();
+  auto routing = testing::make_routing(testing::mix_seed(seed, me), T, top_k, allowed);
+  auto x = testing::random_floats(testing::mix_seed(seed + 1, me), static_cast<size_t>(T * H), 1.f);
+  DispatchResult r;
+  auto y = testing::run_moe_layer(dispatcher, backend, placement, me, bank, x, T, routing, &r);
+  auto ref = testing::reference_moe_layer(backend, bank, x, T, top_k, routing);
+  LayerCheck c;
+  c.rel_diff = testing::relative_max_diff(y, ref);
+  c.rows_sent = r.layout.num_send_rows();
+  c.rows_received = r.num_recv_rows;
+  c.pairs = r.batch.num_pairs();
+  return c;
+}
+
+TEST(DispatcherMpi, CombineEqualsSingleProcessReferenceForEveryPlacement) {
+  auto comm = make_comm();
+  auto backend = kernels::make_backend("cpu", 0);
+  const int n = comm->size();
+  const int E = 24, k = 4;
+  testing::ExpertBank bank(2024, 32, 16);
+  Dispatcher dispatcher(*comm, *backend, bank.hidden(), k);  // reused: buffers grow and shrink
+  std::vector<int> allowed;
+  for (int e = 0; e < E; ++e) {
+    if (e % 5 != 3) allowed.push_back(e);  // experts 3, 8, 13, 18, 23 get no token
+  }
+  struct Case {
+    const char* name;
+    std::vector<std::vector<int>> lists;
+  };
+  std::vector<Case> cases = {{"contiguous", contiguous_placement(E, n)},
+                             {"round_robin", round_robin_placement(E, n)},
+                             {"explicit_replicas", replicated_lists(E, n)}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    auto placement = LayerPlacement::from_rank_experts(c.lists, E);
+    placement.validate(E, n, c.name);
+    for (uint64_t seed : {1u, 2u}) {
+      LayerCheck got = check_layer(*comm, *backend, dispatcher, placement, bank, k, allowed, seed);
+      EXPECT_LE(got.rel_diff, 1e-5) << "seed " << seed;
+      // Conservation over the job: every sent row arrives once; every pair is computed once.
+      std::vector<int64_t> totals = {got.rows_sent, got.rows_received, got.pairs,
+                                     tokens_of(comm->rank()) * k};
+      comm->all_reduce<int64_t>(totals, ReduceOp::kSum);
+      EXPECT_EQ(totals[0], totals[1]);
+      EXPECT_EQ(totals[2], totals[3]);
+    }
+  }
+}
+
+TEST(DispatcherMpi, ShippedTinyExplicitMapsMatchTheReferenceAtTop8) {
+  auto comm = make_comm();
+  const int n = comm->size();
+  const auto path = std::filesystem::path(MOE_SOURCE_DIR) / "configs" / "placements" /
+                    ("explicit_tiny_" + std::to_string(n) + "ranks.yaml");
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << "no shipped map for " << n << " ranks";
+  auto backend = kernels::make_backend("cpu", 0);
+  PlacementSpec spec = load_placement_spec(path.string());
+  Placement placement = Placement::build(spec, {true, true, true}, 128, n);  // tiny: 3 MoE layers
+  testing::ExpertBank bank(77, 64, 32);                                      // tiny widths
+  Dispatcher dispatcher(*comm, *backend, bank.hidden(), 8);
+  std::vector<int> allowed(120);
+  std::iota(allowed.begin(), allowed.end(), 0);  // experts 120..127 idle
+  for (int l = 0; l < placement.num_layers(); ++l) {
+    LayerCheck got =
+        check_layer(*comm, *backend, dispatcher, placement.layer(l), bank, 8, allowed, 10 + l);
+    EXPECT_LE(got.rel_diff, 1e-5) << "layer " << l;
+  }
+}
+
+TEST(DispatcherMpi, CollocatedExpertsSendFewerBytesThanOneRowPerPair) {
+  auto comm = make_comm();
+  auto backend = kernels::make_backend("cpu", 0);
+  const int n = comm->size(), me = comm->rank();
+  const int k = 4, per_rank = 8, E = per_rank * n;
+  const int64_t H = 32, T = 10;
+  auto placement = LayerPlacement::from_rank_experts(contiguous_placement(E, n), E);
+  // Token t's k experts all live on rank (me + 1 + t) % n: one row per token, k pairs.
+  testing::Routing routing;
+  for (int64_t t = 0; t < T; ++t) {
+    const int dest = static_cast<int>((me + 1 + t) % n);
+    for (int j = 0; j < k; ++j) {
+      routing.ids.push_back(dest * per_rank + static_cast<int>((t + 2 * j) % per_rank));
+      routing.weights.push_back(0.25f);
+    }
+  }
+  testing::ExpertBank bank(5, H, 16);
+  auto x = testing::random_floats(testing::mix_seed(9, me), static_cast<size_t>(T * H), 1.f);
+  Dispatcher dispatcher(*comm, *backend, H, k);
+  DispatchResult r;
+  auto y = testing::run_moe_layer(dispatcher, *backend, placement, me, bank, x, T, routing, &r);
+  EXPECT_LE(
+      testing::relative_max_diff(y, testing::reference_moe_layer(*backend, bank, x, T, k, routing)),
+      1e-5);
+
+  const ExchangeStats& s = dispatcher.last_stats();
+  const int64_t row_bytes = H * 4, route_bytes = k * 8;
+  int64_t remote_tokens = 0;
+  for (int64_t t = 0; t < T; ++t) remote_tokens += (me + 1 + t) % n != me ? 1 : 0;
+  EXPECT_EQ(s.rows_sent_remote, remote_tokens);
+  EXPECT_EQ(s.rows_kept_local, T - remote_tokens);
+  EXPECT_EQ(s.pairs_remote, remote_tokens * k);
+  EXPECT_EQ(s.rows_received, r.num_recv_rows);
+  const int64_t recv_remote = r.num_recv_rows - r.recv_counts[me];
+  EXPECT_EQ(s.bytes_sent_remote,
+            remote_tokens * (row_bytes + route_bytes) + recv_remote * row_bytes);
+  EXPECT_EQ(s.bytes_remote_without_dedup,
+            remote_tokens * k * (row_bytes + 8) + recv_remote * k * row_bytes);
+  EXPECT_GE(s.layout_s, 0);
+  EXPECT_GE(s.dispatch_s, 0);
+  EXPECT_GE(s.combine_s, 0);
+
+  ExchangeStats job = sum_over_ranks(*comm, s);
+  if (n > 1) {
+    EXPECT_GT(job.bytes_sent_remote, 0);
+    EXPECT_LT(job.bytes_sent_remote, job.bytes_remote_without_dedup);
+  } else {
+    EXPECT_EQ(job.bytes_sent_remote, 0);
+    EXPECT_EQ(job.bytes_remote_without_dedup, 0);
+  }
+  EXPECT_EQ(job.rows_sent_remote + job.rows_kept_local, job.rows_received);
+}
+
+TEST(DispatcherMpi, EveryRankWithoutTokensStillCompletesTheExchange) {
+  auto comm = make_comm();
+  auto backend = kernels::make_backend("cpu", 0);
+  const int n = comm->size();
+  auto placement = LayerPlacement::from_rank_experts(round_robin_placement(8, n), 8);
+  testing::ExpertBank bank(3, 16, 8);
+  Dispatcher dispatcher(*comm, *backend, 16, 2);
+  DispatchResult r;
+  auto y = testing::run_moe_layer(dispatcher, *backend, placement, comm->rank(), bank, {}, 0,
+                                  testing::Routing{}, &r);
+  EXPECT_TRUE(y.empty());
+  EXPECT_EQ(r.num_recv_rows, 0);
+  EXPECT_EQ(dispatcher.last_stats().bytes_sent_remote, 0);
+}
+
+TEST(DispatcherMpi, PlacementForAnotherWorldSizeIsRejectedOnEveryRank) {
+  auto comm = make_comm();
+  auto backend = kernels::make_backend("cpu", 0);
+  const int n = comm->size();
+  auto placement = LayerPlacement::from_rank_experts(contiguous_placement(8, n + 1), 8);
+  Dispatcher dispatcher(*comm, *backend, 16, 2);
+  std::vector<int32_t> ids = {0, 1};
+  std::vector<float> w = {0.5f, 0.5f};
+  std::vector<float> x(16, 1.0f);
+  EXPECT_THROW(dispatcher.dispatch(x.data(), 1, ids, w, placement), moe::Error);
+  comm->barrier();
+}
+
+TEST(LoadStatsMpi, LayerLoadAndSpreadsAreSummedOverRanks) {
+  auto comm = make_comm();
+  const int n = comm->size(), me = comm->rank();
+  const int E = 12, k = 3;
+  auto placement = LayerPlacement::from_rank_experts(round_robin_placement(E, n), E);
+  std::vector<int> all(E);
+  std::iota(all.begin(), all.end(), 0);
+  const int64_t T = tokens_of(me);
+  auto routing = testing::make_routing(testing::mix_seed(31, me), T, k, all);
+  DispatchLayout L = build_dispatch_layout(placement, me, routing.ids, routing.weights, T, k);
+  LayerLoad load = reduce_layer_load(*comm, L);
+
+  // Expected totals: every rank's layout, rebuilt here from the same seeds.
+  std::vector<int64_t> per_expert(E, 0), per_rank(n, 0), rows(n, 0);
+  for (int r = 0; r < n; ++r) {
+    auto other = testing::make_routing(testing::mix_seed(31, r), tokens_of(r), k, all);
+    DispatchLayout Lr =
+        build_dispatch_layout(placement, r, other.ids, other.weights, tokens_of(r), k);
+    for (int e = 0; e < E; ++e) per_expert[e] += Lr.expert_tokens[e];
+    for (int d = 0; d < n; ++d) {
+      per_rank[d] += Lr.pairs_per_rank[d];
+      rows[d] += Lr.send_counts[d];
+    }
+  }
+  EXPECT_EQ(load.tokens_per_expert, per_expert);
+  EXPECT_EQ(load.tokens_per_rank, per_rank);
+  EXPECT_EQ(load.rows_per_rank, rows);
+  EXPECT_DOUBLE_EQ(load.balancedness(), balancedness(per_rank));
+  EXPECT_DOUBLE_EQ(load.max_violation(), max_violation(per_expert));
+
+  std::vector<double> values = {static_cast<double>(me), -2.0 * me};
+  RankSpread spread = spread_over_ranks(*comm, values);
+  EXPECT_DOUBLE_EQ(spread.max[0], n - 1);
+  EXPECT_DOUBLE_EQ(spread.mean[0], (n - 1) / 2.0);
+  EXPECT_DOUBLE_EQ(spread.max[1], 0.0);
+  EXPECT_DOUBLE_EQ(spread.mean[1], -(n - 1.0));
+}
+
+}  // namespace
+}  // namespace moe::parallel
