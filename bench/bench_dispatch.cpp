@@ -74,7 +74,7 @@ int main(int argc, char** argv) {
     std::vector<float> expert_out;
 
     // Dispatcher: layout + counts + dispatch + combine.
-    std::vector<double> ours;
+    std::vector<double> ours, layout_s, dispatch_s, combine_s;
     moe::parallel::DispatchResult last;
     for (int i = 0; i < iters + 2; ++i) {
       comm->barrier();
@@ -83,7 +83,12 @@ int main(int argc, char** argv) {
       expert_out.resize(std::max<size_t>(1, r.batch.row_index.size() * hidden));
       dispatcher.combine(expert_out.data(), r, y.data());
       double s = std::chrono::duration<double>(Clock::now() - t0).count();
-      if (i >= 2) ours.push_back(s);
+      if (i >= 2) {
+        ours.push_back(s);
+        layout_s.push_back(dispatcher.last_stats().layout_s);
+        dispatch_s.push_back(dispatcher.last_stats().dispatch_s);
+        combine_s.push_back(dispatcher.last_stats().combine_s);
+      }
       if (i == iters + 1) last = std::move(r);
     }
 
@@ -119,8 +124,9 @@ int main(int argc, char** argv) {
     }
 
     // Slowest rank's median decides (an all-to-all finishes when its last rank does).
-    double v[2] = {median(ours), median(raw)};
-    comm->all_reduce<double>(std::span<double>(v, 2), moe::parallel::ReduceOp::kMax);
+    double v[5] = {median(ours), median(raw), median(layout_s), median(dispatch_s),
+                   median(combine_s)};
+    comm->all_reduce<double>(std::span<double>(v, 5), moe::parallel::ReduceOp::kMax);
     std::vector<int64_t> bytes{s_total};
     comm->all_reduce<int64_t>(bytes, moe::parallel::ReduceOp::kSum);
     if (rank == 0) {
@@ -129,12 +135,18 @@ int main(int argc, char** argv) {
                  "k", "bytes/iter", "dispatch+comb", "raw alltoallv", "ratio");
       fmt::print("{:>5} {:>7} {:>6} {:>4} {:>12} {:>12.1f}us {:>12.1f}us {:>8.3f}\n", n, tokens,
                  hidden, top_k, bytes[0], v[0] * 1e6, v[1] * 1e6, ratio);
+      fmt::print("      of which (max over ranks of medians): layout {:.1f}us, dispatch {:.1f}us, "
+                 "combine {:.1f}us\n",
+                 v[2] * 1e6, v[3] * 1e6, v[4] * 1e6);
       if (!json_path.empty()) {
         nlohmann::json j = {{"ranks", n},          {"tokens_per_rank", tokens}, {"hidden", hidden},
                             {"experts", experts},  {"top_k", top_k},            {"iters", iters},
                             {"dispatch_bytes_all_ranks", bytes[0]},
                             {"dispatch_combine_us", v[0] * 1e6},
                             {"raw_alltoallv_us", v[1] * 1e6},
+                            {"layout_us", v[2] * 1e6},
+                            {"dispatch_us", v[3] * 1e6},
+                            {"combine_us", v[4] * 1e6},
                             {"ratio", ratio}};
         std::ofstream(json_path) << j.dump(2) << "\n";
       }

@@ -85,9 +85,17 @@ int main(int argc, char** argv) {
   struct LinearShape {
     int64_t rows, in, out;
   };
-  for (LinearShape s : {LinearShape{512, 1024, 2048}, {1024, 1024, 1024}, {64, 1024, 256},
-                        {64, 256, 1024}, {16, 1024, 768}, {8, 1024, 768}, {4, 1024, 768},
-                        {3, 1024, 768}, {2, 1024, 768}, {1, 1024, 2048}, {1, 2048, 8192}}) {
+  for (LinearShape s : {LinearShape{512, 1024, 2048},
+                        {1024, 1024, 1024},
+                        {64, 1024, 256},
+                        {64, 256, 1024},
+                        {16, 1024, 768},
+                        {8, 1024, 768},
+                        {4, 1024, 768},
+                        {3, 1024, 768},
+                        {2, 1024, 768},
+                        {1, 1024, 2048},
+                        {1, 2048, 8192}}) {
     auto x = rand_f32(s.rows * s.in, 1);
     auto w = rand_bf16(s.out * s.in, 2, 0.03f);
     std::vector<float> wf(s.out * s.in);
@@ -101,13 +109,12 @@ int main(int argc, char** argv) {
                       s.in, wf.data(), s.in, 0.0f, y.data(), s.out);
         },
         min_seconds);
-    rows.push_back({"sgemm_f32", shape, t_sgemm, flops / t_sgemm * 1e-6,
-                    4.0 * s.out * s.in / t_sgemm * 1e-6});
-    const double t_lin =
-        time_ms([&] { cpu::linear(x.data(), w.data(), s.rows, s.in, s.out, y.data()); },
-                min_seconds);
-    rows.push_back({"linear_bf16", shape, t_lin, flops / t_lin * 1e-6,
-                    2.0 * s.out * s.in / t_lin * 1e-6});
+    rows.push_back(
+        {"sgemm_f32", shape, t_sgemm, flops / t_sgemm * 1e-6, 4.0 * s.out * s.in / t_sgemm * 1e-6});
+    const double t_lin = time_ms(
+        [&] { cpu::linear(x.data(), w.data(), s.rows, s.in, s.out, y.data()); }, min_seconds);
+    rows.push_back(
+        {"linear_bf16", shape, t_lin, flops / t_lin * 1e-6, 2.0 * s.out * s.in / t_lin * 1e-6});
   }
 
   // Attention, mid-model geometry (16 heads, 4 kv heads, head_dim 64): prefill and decode.
@@ -166,14 +173,12 @@ int main(int argc, char** argv) {
     const double ts = time_ms(
         [&] {
           for (int64_t e = 0; e < experts; ++e) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, per, inter, hidden, 1.0f,
-                        x.data(), hidden, wf.data(), hidden, 0.0f, a.data(), inter);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, per, inter, hidden, 1.0f,
-                        x.data(), hidden, wf.data() + inter * hidden, hidden, 0.0f, b.data(),
-                        inter);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, per, hidden, inter, 1.0f,
-                        a.data(), inter, wf.data() + 2 * inter * hidden, inter, 0.0f,
-                        out.data(), hidden);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, per, inter, hidden, 1.0f, x.data(),
+                        hidden, wf.data(), hidden, 0.0f, a.data(), inter);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, per, inter, hidden, 1.0f, x.data(),
+                        hidden, wf.data() + inter * hidden, hidden, 0.0f, b.data(), inter);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, per, hidden, inter, 1.0f, a.data(),
+                        inter, wf.data() + 2 * inter * hidden, inter, 0.0f, out.data(), hidden);
           }
         },
         min_seconds);
@@ -186,8 +191,8 @@ int main(int argc, char** argv) {
     auto x = rand_f32(n * dim, 20);
     auto w = rand_bf16(dim, 21, 1.0f);
     std::vector<float> y(n * dim);
-    double t = time_ms([&] { cpu::rmsnorm(x.data(), w.data(), n, dim, 1e-6f, y.data()); },
-                       min_seconds);
+    double t =
+        time_ms([&] { cpu::rmsnorm(x.data(), w.data(), n, dim, 1e-6f, y.data()); }, min_seconds);
     rows.push_back({"rmsnorm", dims({n, dim}), t, 0, 8.0 * n * dim / t * 1e-6});
     std::vector<int32_t> pos(n);
     for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(i);
@@ -196,21 +201,20 @@ int main(int argc, char** argv) {
     auto logits = rand_f32(n * 64, 22);
     std::vector<int32_t> ids(n * 4);
     std::vector<float> wts(n * 4);
-    t = time_ms(
-        [&] { cpu::router_topk(logits.data(), n, 64, 4, true, ids.data(), wts.data()); },
-        min_seconds);
+    t = time_ms([&] { cpu::router_topk(logits.data(), n, 64, 4, true, ids.data(), wts.data()); },
+                min_seconds);
     rows.push_back({"router_topk", "1024x64_top4", t, 0, 0});
   }
 
   std::printf("%-16s %-28s %10s %10s %10s\n", "op", "shape", "ms", "GFLOP/s", "GB/s");
   for (const Row& r : rows) {
-    std::printf("%-16s %-28s %10.4f %10.2f %10.2f\n", r.op.c_str(), r.shape.c_str(), r.ms,
-                r.gflops, r.gbytes);
+    std::printf("%-16s %-28s %10.4f %10.2f %10.2f\n", r.op.c_str(), r.shape.c_str(), r.ms, r.gflops,
+                r.gbytes);
   }
-  std::printf("(best of repeated calls; GB/s counts weight/input bytes read once; "
-              "OPENBLAS_NUM_THREADS=%s)\n",
-              std::getenv("OPENBLAS_NUM_THREADS") ? std::getenv("OPENBLAS_NUM_THREADS")
-                                                  : "unset");
+  std::printf(
+      "(best of repeated calls; GB/s counts weight/input bytes read once; "
+      "OPENBLAS_NUM_THREADS=%s)\n",
+      std::getenv("OPENBLAS_NUM_THREADS") ? std::getenv("OPENBLAS_NUM_THREADS") : "unset");
   if (!csv_path.empty()) {
     FILE* f = std::fopen(csv_path.c_str(), "w");
     if (f == nullptr) {

@@ -95,6 +95,7 @@ struct Session {
   std::unique_ptr<WeightSource> weights;
   std::unique_ptr<Model> model;
   double load_s = 0;
+  nlohmann::json load_per_rank = nlohmann::json::array();  // what each rank read and holds
 
   int rank() const { return comm->rank(); }
   ~Session() {
@@ -178,6 +179,33 @@ std::unique_ptr<Session> open_session(const CommonOptions& o, int64_t max_seqs, 
   s->model = std::make_unique<Model>(s->config, *s->placement, *s->comm, *s->backend, *s->weights,
                                      std::max<int64_t>(slots, 1), max_len, progress);
   s->load_s = std::chrono::duration<double>(Clock::now() - t0).count();
+
+  // Per-rank load report: what each rank read (checkpoints) and held, gathered on every rank.
+  const LoadStats ls = s->weights->stats();
+  std::vector<double> mine{static_cast<double>(ls.bytes_read), static_cast<double>(ls.files_opened),
+                           static_cast<double>(ls.tensors_read), s->load_s,
+                           static_cast<double>(s->model->dense_bytes()),
+                           static_cast<double>(s->model->expert_bytes()),
+                           static_cast<double>(s->model->num_local_experts())};
+  std::vector<double> all(mine.size() * static_cast<size_t>(N));
+  s->comm->all_gather<double>(mine, all);
+  for (int r = 0; r < N; ++r) {
+    const double* v = all.data() + r * mine.size();
+    s->load_per_rank.push_back({{"rank", r},
+                                {"bytes_read", static_cast<int64_t>(v[0])},
+                                {"files_opened", static_cast<int64_t>(v[1])},
+                                {"tensors_read", static_cast<int64_t>(v[2])},
+                                {"load_s", v[3]},
+                                {"dense_replica_bytes", static_cast<int64_t>(v[4])},
+                                {"expert_shard_bytes", static_cast<int64_t>(v[5])},
+                                {"local_experts", static_cast<int64_t>(v[6])}});
+    if (!weights_dir.empty()) {
+      log0(*s, o.quiet,
+           fmt::format("rank {}: read {:.2f} MB from {} file(s), {} tensors, {} experts, {:.2f} s",
+                       r, v[0] / 1e6, static_cast<int64_t>(v[1]), static_cast<int64_t>(v[2]),
+                       static_cast<int64_t>(v[6]), v[3]));
+    }
+  }
   return s;
 }
 
@@ -264,6 +292,7 @@ int cmd_forward(const CommonOptions& o, const std::string& tokens, const std::st
                           {"logits_shape", out.shape},
                           {"logits_out", logits_out},
                           {"memory_rank0", memory_json(*s)},
+                          {"load_per_rank", s->load_per_rank},
                           {"metrics", metrics.to_json(true)}});
     }
   }
@@ -286,6 +315,7 @@ int cmd_generate(const CommonOptions& o, const std::string& tokens, int64_t max_
                           {"prefill_s", out.prefill_s},
                           {"decode_s", out.decode_s},
                           {"memory_rank0", memory_json(*s)},
+                          {"load_per_rank", s->load_per_rank},
                           {"metrics", metrics.to_json(true)}});
     }
   }
@@ -433,6 +463,7 @@ int cmd_run(const std::string& config_path, const std::vector<std::string>& sets
                             {"kv_cache_bytes", mem[2]},
                             {"peak_backend_bytes", mem[3]},
                             {"peak_rss_bytes", mem[4]}}},
+                          {"load_per_rank", s->load_per_rank},
                           {"metrics", metrics.to_json(true)}};
       write_json(o.json, j);
     }

@@ -79,15 +79,11 @@ MetricsReport MetricsCollector::reduce(parallel::Communicator& comm,
       {"layout", times.layout},       {"dispatch", times.dispatch},   {"expert", times.expert},
       {"combine", times.combine},     {"dense_mlp", times.dense_mlp}, {"lm_head", times.lm_head},
       {"total", times.total()}};
-  std::vector<double> max_v, sum_v;
-  for (const auto& p : phases) {
-    max_v.push_back(p.second);
-    sum_v.push_back(p.second);
-  }
-  comm.all_reduce<double>(max_v, parallel::ReduceOp::kMax);
-  comm.all_reduce<double>(sum_v, parallel::ReduceOp::kSum);
+  std::vector<double> values;
+  for (const auto& p : phases) values.push_back(p.second);
+  const parallel::RankSpread spread = parallel::spread_over_ranks(comm, values);
   for (size_t i = 0; i < phases.size(); ++i) {
-    r.phases.push_back({phases[i].first, max_v[i], sum_v[i] / comm.size()});
+    r.phases.push_back({phases[i].first, spread.max[i], spread.mean[i]});
   }
   return r;
 }

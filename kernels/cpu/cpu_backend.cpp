@@ -79,15 +79,7 @@ class CpuBackend final : public Backend {
   void weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
                         const float* weights, const int64_t* offsets, int64_t n,
                         float* dst) override {
-    for (int64_t i = 0; i < n; ++i) {
-      float* d = dst + i * width;
-      std::memset(d, 0, sizeof(float) * width);
-      for (int64_t j = offsets[i]; j < offsets[i + 1]; ++j) {
-        const float* s = src + static_cast<int64_t>(src_index[j]) * width;
-        const float w = weights ? weights[j] : 1.0f;
-        for (int64_t c = 0; c < width; ++c) d[c] += w * s[c];
-      }
-    }
+    cpu::weighted_row_sum(src, width, src_index, weights, offsets, n, dst);
   }
 };
 

@@ -1,15 +1,16 @@
 // Fast CPU ops of kernels/cpu/ops.h: fp32 activations, bf16 weights, fp32 accumulation.
 // Invariants: weights are never converted as a whole (only cache-sized blocks, into
-// thread_local scratch that only grows); every op is a no-op on zero rows; inputs are checked
-// before anything is written, so a throwing call leaves its outputs and the KV cache untouched.
+// thread_local scratch that only grows); every op is a no-op on zero rows; argument checks
+// (shapes, ids, indices, cache bounds) run before anything is written, so a call that throws on
+// them leaves its outputs and the KV cache untouched.
 #include "kernels/cpu/ops.h"
 
 #include <cblas.h>
 
 #include <algorithm>
 #include <bit>
-#include <climits>
 #include <cctype>
+#include <climits>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -68,7 +69,8 @@ bool blas_has_direct_small_gemm() {
   static const bool has = [] {
     int major = 0, minor = 0, patch = 0;
     const char* config = openblas_get_config();
-    if (config == nullptr || std::sscanf(config, "OpenBLAS %d.%d.%d", &major, &minor, &patch) != 3) {
+    if (config == nullptr ||
+        std::sscanf(config, "OpenBLAS %d.%d.%d", &major, &minor, &patch) != 3) {
       return false;
     }
     if (major == 0 && (minor < 3 || (minor == 3 && patch < 17))) return false;
@@ -139,8 +141,13 @@ void linear_small_rows(const float* x, const bf16* w, int64_t rows, int64_t in, 
 // 2^n built from bits). Plain arithmetic only, so loops over it vectorise; scalar expf would
 // dominate long-prefill attention. Results below e^-88 flush to 0; NaN stays NaN.
 inline float exp_approx(float x) {
-  x = x < -88.0f ? -88.0f : x;
-  x = x > 88.0f ? 88.0f : x;
+  // Clamp |x| to 88 with integer selects: GCC will not if-convert float compares under the
+  // default -ftrapping-math, which would keep the loop scalar. NaN is left alone.
+  constexpr uint32_t kBits88 = 0x42b00000u;  // 88.0f
+  const uint32_t u = std::bit_cast<uint32_t>(x);
+  const uint32_t mag = u & 0x7fffffffu;
+  const bool clamp = mag > kBits88 && mag <= 0x7f800000u;
+  x = std::bit_cast<float>(clamp ? ((u & 0x80000000u) | kBits88) : u);
   // Round x / ln2 to an integer n with the 1.5 * 2^23 trick (no float->int conversion).
   constexpr float kRound = 12582912.0f;
   const float shifted = x * 1.44269504088896341f + kRound;
@@ -161,8 +168,14 @@ inline float exp_approx(float x) {
 
 // In-place softmax of row[0..n) in fp32 (max subtracted); the row then sums to 1.
 MOE_HOT_CLONES void softmax_inplace(float* row, int64_t n) {
-  float m = row[0];
-  for (int64_t j = 1; j < n; ++j) m = row[j] > m ? row[j] : m;
+  // Max through order-preserving integer keys (vectorises, unlike a float compare reduction).
+  int32_t m_key = INT32_MIN;
+  for (int64_t j = 0; j < n; ++j) {
+    const int32_t i = std::bit_cast<int32_t>(row[j]);
+    const int32_t key = i ^ ((i >> 31) & 0x7fffffff);
+    m_key = key > m_key ? key : m_key;
+  }
+  const float m = std::bit_cast<float>(m_key ^ ((m_key >> 31) & 0x7fffffff));
   for (int64_t j = 0; j < n; ++j) row[j] = exp_approx(row[j] - m);
   float acc[kLanes] = {};
   int64_t j = 0;
@@ -305,10 +318,10 @@ void attention(const float* q, const float* k, const float* v, const AttentionSe
   const int64_t num_kv = shape.num_kv_heads;
   const int64_t head_dim = shape.head_dim;
   MOE_CHECK(num_heads > 0 && num_kv > 0 && head_dim > 0,
-            "attention: heads {}, kv heads {}, head_dim {} must all be positive", num_heads,
-            num_kv, head_dim);
-  MOE_CHECK(num_heads % num_kv == 0,
-            "attention: num_heads {} is not a multiple of num_kv_heads {}", num_heads, num_kv);
+            "attention: heads {}, kv heads {}, head_dim {} must all be positive", num_heads, num_kv,
+            head_dim);
+  MOE_CHECK(num_heads % num_kv == 0, "attention: num_heads {} is not a multiple of num_kv_heads {}",
+            num_heads, num_kv);
   for (int64_t s = 0; s < num_seqs; ++s) {
     const AttentionSeq& sq = seqs[s];
     MOE_CHECK(sq.num_new >= 0 && sq.past_len >= 0 && sq.row_begin >= 0,
@@ -439,10 +452,11 @@ void router_topk(const float* logits, int64_t rows, int64_t experts, int64_t k, 
   }
 }
 
-void silu_mul(const float* gate, const float* up, int64_t n, float* out) {
+MOE_HOT_CLONES void silu_mul(const float* gate, const float* up, int64_t n, float* out) {
+  // exp_approx keeps this loop vectorised; for g < -88 it gives ~1e-36 instead of -0.
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
-    out[i] = g / (1.0f + std::exp(-g)) * up[i];
+    out[i] = g / (1.0f + exp_approx(-g)) * up[i];
   }
 }
 
@@ -460,9 +474,8 @@ void swiglu_mlp(const float* x, ExpertWeights w, int64_t rows, int64_t hidden, i
   linear(gate, w.down, rows, inter, hidden, y);
 }
 
-void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
-                           const ExpertGroup* groups, int64_t num_groups,
-                           const int32_t* row_index, float* out) {
+void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter, const ExpertGroup* groups,
+                           int64_t num_groups, const int32_t* row_index, float* out) {
   for (int64_t gi = 0; gi < num_groups; ++gi) {
     MOE_CHECK(groups[gi].begin >= 0 && groups[gi].count >= 0,
               "grouped_expert_swiglu: group {} has begin {} count {}", gi, groups[gi].begin,
@@ -482,10 +495,37 @@ void add_inplace(float* x, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
+void weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
+                      const float* weights, const int64_t* offsets, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+    float* __restrict d = dst + i * width;
+    const int64_t begin = offsets[i], end = offsets[i + 1];
+    MOE_CHECK(begin <= end, "weighted_row_sum: offsets decrease at row {}", i);
+    // Same order and rounding as 0 + w0*s0 + w1*s1 + ...: the first term is stored, not added
+    // to a zeroed row (0 + x == x exactly, so nothing changes but one pass over memory).
+    if (begin == end) {
+      std::memset(d, 0, sizeof(float) * width);
+      continue;
+    }
+    for (int64_t j = begin; j < end; ++j) {
+      MOE_CHECK(src_index[j] >= 0, "weighted_row_sum: negative row index {} at {}", src_index[j], j);
+      const float* __restrict s = src + static_cast<int64_t>(src_index[j]) * width;
+      const float w = weights ? weights[j] : 1.0f;
+      if (j == begin) {
+        for (int64_t c = 0; c < width; ++c) d[c] = w * s[c];
+      } else {
+        for (int64_t c = 0; c < width; ++c) d[c] += w * s[c];
+      }
+    }
+  }
+}
+
 void gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n, float* dst) {
   for (int64_t i = 0; i < n; ++i) {
     MOE_CHECK(idx[i] >= 0, "gather_rows: negative row index {} at {}", idx[i], i);
-    std::memcpy(dst + i * width, src + idx[i] * width, sizeof(float) * width);
+  }
+  for (int64_t i = 0; i < n; ++i) {
+    std::memcpy(dst + i * width, src + static_cast<int64_t>(idx[i]) * width, sizeof(float) * width);
   }
 }
 

@@ -25,7 +25,9 @@ uint32_t float_to_bits(float f) {
   return u;
 }
 
-float silu(float g) { return g / (1.0f + std::exp(-g)); }
+float silu(float g) {
+  return g / (1.0f + std::exp(-g));
+}
 
 }  // namespace
 
@@ -52,8 +54,9 @@ void f32_to_bf16(const float* src, int64_t n, bf16* dst) {
     const double mag = std::fabs(static_cast<double>(f));
     const double lo = std::fabs(static_cast<double>(bits_to_float(lo_bits)));
     const uint32_t hi_mag_bits = hi_bits & 0x7fffffffu;
-    const double hi = hi_mag_bits == 0x7f800000u ? std::ldexp(1.0, 128)
-                                                 : std::fabs(static_cast<double>(bits_to_float(hi_bits)));
+    const double hi = hi_mag_bits == 0x7f800000u
+                          ? std::ldexp(1.0, 128)
+                          : std::fabs(static_cast<double>(bits_to_float(hi_bits)));
     const double d_lo = mag - lo;  // exact: both are floats of nearby magnitude
     const double d_hi = hi - mag;
     bool take_hi;
@@ -80,7 +83,8 @@ void embedding(const bf16* table, int64_t vocab, int64_t hidden, const int32_t* 
 void rmsnorm(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps, float* y) {
   for (int64_t r = 0; r < rows; ++r) {
     double sum_sq = 0.0;
-    for (int64_t j = 0; j < dim; ++j) sum_sq += static_cast<double>(x[r * dim + j]) * x[r * dim + j];
+    for (int64_t j = 0; j < dim; ++j)
+      sum_sq += static_cast<double>(x[r * dim + j]) * x[r * dim + j];
     const double inv_rms = 1.0 / std::sqrt(sum_sq / static_cast<double>(dim) + eps);
     for (int64_t j = 0; j < dim; ++j) {
       y[r * dim + j] = static_cast<float>(x[r * dim + j] * inv_rms * bf16_to_float(w[j]));
@@ -222,9 +226,8 @@ void swiglu_mlp(const float* x, ExpertWeights w, int64_t rows, int64_t hidden, i
   }
 }
 
-void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
-                           const ExpertGroup* groups, int64_t num_groups,
-                           const int32_t* row_index, float* out) {
+void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter, const ExpertGroup* groups,
+                           int64_t num_groups, const int32_t* row_index, float* out) {
   for (int64_t g = 0; g < num_groups; ++g) {
     for (int64_t p = groups[g].begin; p < groups[g].begin + groups[g].count; ++p) {
       swiglu_mlp(x + static_cast<int64_t>(row_index[p]) * hidden, groups[g].weights, 1, hidden,
@@ -235,6 +238,19 @@ void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
 
 void add_inplace(float* x, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] = x[i] + y[i];
+}
+
+void weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
+                      const float* weights, const int64_t* offsets, int64_t n, float* dst) {
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t c = 0; c < width; ++c) {
+      float acc = 0.0f;
+      for (int64_t j = offsets[i]; j < offsets[i + 1]; ++j) {
+        acc += (weights ? weights[j] : 1.0f) * src[src_index[j] * width + c];
+      }
+      dst[i * width + c] = acc;
+    }
+  }
 }
 
 void gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n, float* dst) {

@@ -32,11 +32,13 @@ void silu_mul(const float* gate, const float* up, int64_t n, float* out);
 void swiglu_mlp(const float* x, ExpertWeights w, int64_t rows, int64_t hidden, int64_t inter,
                 float* y);
 // Computed one entry at a time (no grouping): out[p] = expert_g(x[row_index[p]]).
-void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
-                           const ExpertGroup* groups, int64_t num_groups,
-                           const int32_t* row_index, float* out);
+void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter, const ExpertGroup* groups,
+                           int64_t num_groups, const int32_t* row_index, float* out);
 void add_inplace(float* x, const float* y, int64_t n);
 void gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n, float* dst);
+// Sums in j order starting from 0.0f, in fp32 (the contract is fp32 order, not double).
+void weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
+                      const float* weights, const int64_t* offsets, int64_t n, float* dst);
 int64_t argmax(const float* x, int64_t n);
 
 }  // namespace moe::kernels::cpu::reference

@@ -100,3 +100,30 @@ TEST(HfCheckpointFault, MissingExpertTensorSeenByOneRankEndsTheJobNamingRankAndT
 
 }  // namespace
 }  // namespace moe::test
+
+namespace moe::test {
+namespace {
+
+// With 8 ranks every rank reads exactly its dense replica plus its own experts (all tensors are
+// BF16, so bytes read == bytes held): no rank touches another rank's experts.
+TEST(HfCheckpointLoad, EachOfEightRanksReadsOnlyItsOwnExperts) {
+  const std::string dir = source("tests/fixtures/hf/moe128");
+  auto out = temp_dir("hf_reads");
+  auto json = (out / "load.json").string();
+  auto r = run(mpirun(8) + " forward --quiet --model " + dir + " --tokens 1,2,3 --json " + json +
+               " --logits-out " + (out / "x.npy").string());
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(read_text(json));
+  ASSERT_EQ(j["load_per_rank"].size(), 8u);
+  int64_t experts = 0;
+  for (const auto& rank : j["load_per_rank"]) {
+    const int64_t held = rank["dense_replica_bytes"].get<int64_t>() + rank["expert_shard_bytes"].get<int64_t>();
+    EXPECT_EQ(rank["bytes_read"].get<int64_t>(), held) << "rank " << rank["rank"];
+    EXPECT_EQ(rank["local_experts"].get<int64_t>(), 2 * 16) << "rank " << rank["rank"];  // 2 layers x 128/8
+    experts += rank["local_experts"].get<int64_t>();
+  }
+  EXPECT_EQ(experts, 2 * 128);
+}
+
+}  // namespace
+}  // namespace moe::test

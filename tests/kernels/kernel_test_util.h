@@ -51,16 +51,17 @@ inline ::testing::AssertionResult all_close(const float* got, const float* want,
     const double limit = tol.abs + tol.rel * std::fabs(w);
     const bool ok = (std::isnan(g) && std::isnan(w)) || err <= limit;
     if (!ok) {
-      if (bad < 5) first += " [" + std::to_string(i) + "] got " + std::to_string(g) + " want " +
-                            std::to_string(w) + ";";
+      if (bad < 5)
+        first += " [" + std::to_string(i) + "] got " + std::to_string(g) + " want " +
+                 std::to_string(w) + ";";
       ++bad;
     }
     if (std::isfinite(err)) worst = std::max(worst, err);
   }
   if (bad == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << bad << " of " << n << " elements out of tolerance (abs "
-                                       << tol.abs << ", rel " << tol.rel << "; worst abs err "
-                                       << worst << "):" << first;
+  return ::testing::AssertionFailure()
+         << bad << " of " << n << " elements out of tolerance (abs " << tol.abs << ", rel "
+         << tol.rel << "; worst abs err " << worst << "):" << first;
 }
 
 inline ::testing::AssertionResult all_close(const std::vector<float>& got,

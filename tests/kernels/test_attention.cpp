@@ -45,8 +45,7 @@ Batch random_batch(std::mt19937& rng, int64_t rows, AttentionShape s) {
 }
 
 // Fills positions [0, len) of a slot with random past keys/values (same in both caches).
-void fill_past(std::mt19937& rng, Cache& a, Cache& b, int64_t slot, int64_t len,
-               AttentionShape s) {
+void fill_past(std::mt19937& rng, Cache& a, Cache& b, int64_t slot, int64_t len, AttentionShape s) {
   const int64_t width = s.num_kv_heads * s.head_dim;
   for (int64_t pos = 0; pos < len; ++pos) {
     for (int64_t j = 0; j < width; ++j) {
@@ -107,8 +106,8 @@ TEST(Attention, SeveralSequencesOfDifferentLengthsInOneCall) {
   AttentionShape shape{8, 2, 32};
   // {row_begin, num_new, past_len, cache_slot}: decode rows, a prefill crossing a query block,
   // a chunk continuing a past, an empty sequence, slots out of order.
-  std::vector<AttentionSeq> seqs = {
-      {0, 1, 5, 3}, {1, 17, 0, 0}, {18, 70, 9, 2}, {88, 3, 0, 4}, {91, 0, 4, 1}, {91, 9, 30, 1}};
+  std::vector<AttentionSeq> seqs = {{0, 1, 5, 3},  {1, 17, 0, 0}, {18, 70, 9, 2},
+                                    {88, 3, 0, 4}, {91, 0, 4, 1}, {91, 9, 30, 1}};
   check_against_reference(rng, shape, seqs, 5, 100);
 }
 
@@ -149,14 +148,12 @@ TEST(Attention, PeakedScoresWithDeepUnderflowMatchReference) {
   AttentionShape shape{4, 1, 64};
   for (int64_t n : {3, 40}) {
     Cache fast_cache(1, n, shape), ref_cache(1, n, shape);
-    Batch b{random_floats(rng, n * 4 * 64, -12.0f, 12.0f), random_floats(rng, n * 64, -12.0f, 12.0f),
-            random_floats(rng, n * 64, -2.0f, 2.0f)};
+    Batch b{random_floats(rng, n * 4 * 64, -12.0f, 12.0f),
+            random_floats(rng, n * 64, -12.0f, 12.0f), random_floats(rng, n * 64, -2.0f, 2.0f)};
     std::vector<float> got(n * 4 * 64), want(n * 4 * 64);
     AttentionSeq s{0, n, 0, 0};
-    cpu::attention(b.q.data(), b.k.data(), b.v.data(), &s, 1, shape, fast_cache.view(),
-                   got.data());
-    ref::attention(b.q.data(), b.k.data(), b.v.data(), &s, 1, shape, ref_cache.view(),
-                   want.data());
+    cpu::attention(b.q.data(), b.k.data(), b.v.data(), &s, 1, shape, fast_cache.view(), got.data());
+    ref::attention(b.q.data(), b.k.data(), b.v.data(), &s, 1, shape, ref_cache.view(), want.data());
     EXPECT_TRUE(all_close(got, want, Tol{1e-4, 1e-4})) << "tokens " << n;
   }
 }
@@ -181,9 +178,9 @@ TEST(Attention, RejectsSequenceOverflowingCache) {
   Batch b{std::vector<float>(3 * 8), std::vector<float>(3 * 4), std::vector<float>(3 * 4)};
   std::vector<float> out(3 * 8);
   AttentionSeq s{0, 3, 6, 0};
-  EXPECT_THROW(cpu::attention(b.q.data(), b.k.data(), b.v.data(), &s, 1, shape, cache.view(),
-                              out.data()),
-               moe::Error);
+  EXPECT_THROW(
+      cpu::attention(b.q.data(), b.k.data(), b.v.data(), &s, 1, shape, cache.view(), out.data()),
+      moe::Error);
   // Nothing was written into the cache.
   for (float x : cache.k) EXPECT_TRUE(std::isnan(x));
 }
@@ -195,9 +192,9 @@ TEST(Attention, RejectsCacheSlotOutOfRange) {
   std::vector<float> out(8);
   for (int64_t slot : {-1, 2}) {
     AttentionSeq s{0, 1, 0, slot};
-    EXPECT_THROW(cpu::attention(b.q.data(), b.k.data(), b.v.data(), &s, 1, shape, cache.view(),
-                                out.data()),
-                 moe::Error);
+    EXPECT_THROW(
+        cpu::attention(b.q.data(), b.k.data(), b.v.data(), &s, 1, shape, cache.view(), out.data()),
+        moe::Error);
   }
 }
 
@@ -207,9 +204,9 @@ TEST(Attention, RejectsHeadsNotMultipleOfKvHeads) {
   Batch b{std::vector<float>(24), std::vector<float>(16), std::vector<float>(16)};
   std::vector<float> out(24);
   AttentionSeq s{0, 1, 0, 0};
-  EXPECT_THROW(cpu::attention(b.q.data(), b.k.data(), b.v.data(), &s, 1, shape, cache.view(),
-                              out.data()),
-               moe::Error);
+  EXPECT_THROW(
+      cpu::attention(b.q.data(), b.k.data(), b.v.data(), &s, 1, shape, cache.view(), out.data()),
+      moe::Error);
 }
 
 }  // namespace

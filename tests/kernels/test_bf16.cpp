@@ -117,9 +117,9 @@ TEST(Bf16, BulkConversionsMatchScalarHelpers) {
 TEST(HalfToFloat, KnownValues) {
   EXPECT_EQ(half_to_float(0x3c00), 1.0f);
   EXPECT_EQ(half_to_float(0xc000), -2.0f);
-  EXPECT_EQ(half_to_float(0x7bff), 65504.0f);                       // largest normal
-  EXPECT_EQ(half_to_float(0x0400), std::ldexp(1.0f, -14));          // smallest normal
-  EXPECT_EQ(half_to_float(0x0001), std::ldexp(1.0f, -24));          // smallest subnormal
+  EXPECT_EQ(half_to_float(0x7bff), 65504.0f);                         // largest normal
+  EXPECT_EQ(half_to_float(0x0400), std::ldexp(1.0f, -14));            // smallest normal
+  EXPECT_EQ(half_to_float(0x0001), std::ldexp(1.0f, -24));            // smallest subnormal
   EXPECT_EQ(half_to_float(0x03ff), 1023.0f * std::ldexp(1.0f, -24));  // largest subnormal
   EXPECT_EQ(half_to_float(0x3555), 0.333251953125f);
   EXPECT_EQ(half_to_float(0x7c00), std::numeric_limits<float>::infinity());

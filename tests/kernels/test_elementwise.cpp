@@ -152,13 +152,13 @@ TEST(SiluMul, MatchesReferenceIncludingLargeMagnitudes) {
   const int64_t n = 1001;
   auto g = random_floats(rng, n, -30.0f, 30.0f);
   auto u = random_floats(rng, n, -2.0f, 2.0f);
-  g[0] = -200.0f;  // exp overflow side: silu -> -0
+  g[0] = -200.0f;  // exp(-g) overflows: silu -> (-)0
   g[1] = 200.0f;
   std::vector<float> got(n), want(n);
   cpu::silu_mul(g.data(), u.data(), n, got.data());
   ref::silu_mul(g.data(), u.data(), n, want.data());
   EXPECT_TRUE(all_close(got, want, kTolElementwise));
-  EXPECT_EQ(got[0], 0.0f);
+  EXPECT_NEAR(got[0], 0.0f, 1e-30f);
   EXPECT_FLOAT_EQ(got[1], 200.0f * u[1]);
   // In place over the gate buffer is allowed.
   cpu::silu_mul(g.data(), u.data(), n, g.data());
@@ -184,6 +184,23 @@ TEST(GatherRows, CopiesIndexedRowsWithRepeats) {
   cpu::gather_rows(src.data(), width, idx.data(), idx.size(), got.data());
   ref::gather_rows(src.data(), width, idx.data(), idx.size(), want.data());
   EXPECT_EQ(got, want);
+}
+
+TEST(WeightedRowSum, MatchesFp32ReferenceExactlyWithEmptyRowsAndNoWeights) {
+  std::mt19937 rng(11);
+  const int64_t width = 37, src_rows = 9;
+  auto src = random_floats(rng, src_rows * width);
+  // Row 1 has no terms (zeros); row 2 repeats a source row.
+  std::vector<int64_t> offsets = {0, 3, 3, 5, 6};
+  std::vector<int32_t> idx = {4, 0, 8, 2, 2, 7};
+  auto weights = random_floats(rng, idx.size());
+  for (const float* w : {static_cast<const float*>(weights.data()), static_cast<const float*>(nullptr)}) {
+    std::vector<float> got(4 * width, -1.0f), want(4 * width, -2.0f);
+    cpu::weighted_row_sum(src.data(), width, idx.data(), w, offsets.data(), 4, got.data());
+    ref::weighted_row_sum(src.data(), width, idx.data(), w, offsets.data(), 4, want.data());
+    EXPECT_EQ(got, want);
+    for (int64_t c = 0; c < width; ++c) EXPECT_EQ(got[width + c], 0.0f);
+  }
 }
 
 TEST(Argmax, ReturnsFirstOfEqualMaxima) {

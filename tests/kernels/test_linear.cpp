@@ -50,8 +50,8 @@ void check_linear(std::mt19937& rng, LinearCase c) {
 
 TEST(Linear, GemvPathMatchesReference) {
   std::mt19937 rng(20);
-  for (LinearCase c : {LinearCase{1, 1, 1}, {1, 31, 17}, {1, 128, 64}, {1, 1000, 333},
-                       {1, 3001, 65}}) {
+  for (LinearCase c :
+       {LinearCase{1, 1, 1}, {1, 31, 17}, {1, 128, 64}, {1, 1000, 333}, {1, 3001, 65}}) {
     check_linear(rng, c);
   }
 }
@@ -70,8 +70,13 @@ TEST(Linear, GemmPathMatchesReferenceOnOddSizes) {
   // out > one W block (512 KiB of fp32 rows) with a remainder, column chunks with a remainder
   // (17 x 1024 -> chunks of 56), odd rows / in, and a batch too big for any chunking.
   with_blas_threads_1_and_2([&] {
-    for (LinearCase c : {LinearCase{4, 16, 16}, {5, 37, 29}, {17, 1024, 700}, {64, 2048, 129},
-                         {33, 3000, 50}, {7, 100, 5000}, {150, 1100, 90}}) {
+    for (LinearCase c : {LinearCase{4, 16, 16},
+                         {5, 37, 29},
+                         {17, 1024, 700},
+                         {64, 2048, 129},
+                         {33, 3000, 50},
+                         {7, 100, 5000},
+                         {150, 1100, 90}}) {
       check_linear(rng, c);
     }
   });
@@ -133,7 +138,8 @@ TEST(GroupedExperts, EmptyGroupsAndRepeatedRowsMatchPerTokenReference) {
   int64_t p = 0;
   for (int64_t e = 0; e < num_experts; ++e) {
     groups.push_back({{weights[3 * e].data(), weights[3 * e + 1].data(), weights[3 * e + 2].data()},
-                      p, counts[e]});
+                      p,
+                      counts[e]});
     p += counts[e];
   }
   std::uniform_int_distribution<int32_t> row(0, num_rows - 1);

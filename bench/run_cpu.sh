@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# CPU benchmarks of issues 2 and 3 (numbers, not tests): one-rank prefill/decode of the mid-size
+# model next to a plain sgemm of the same shapes; the 1 -> 2 rank speedup of `moe-ep run`; and
+# dispatch+combine vs a raw MPI_Alltoallv of the same bytes on 2 and 4 ranks.
+# One BLAS thread per rank. Writes bench/results/*.json and prints a markdown table.
+# Usage: bench/run_cpu.sh [build dir, default build/release]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build="${1:-build/release}"
+out=bench/results
+mkdir -p "$out"
+export OPENBLAS_NUM_THREADS=1
+mpi=(mpirun --allow-run-as-root --oversubscribe --quiet -x OPENBLAS_NUM_THREADS)
+exe="$build/launch/moe-ep"
+
+"$exe" run --quiet --config configs/bench/mid.yaml --json "$out/mid_1rank.json" >"$out/mid_1rank.txt"
+"${mpi[@]}" -np 2 "$exe" run --quiet --config configs/bench/mid.yaml --json "$out/mid_2rank.json" >"$out/mid_2rank.txt"
+for n in 2 4; do
+  "${mpi[@]}" -np "$n" "$build/bench/bench_dispatch" --tokens 256 --hidden 1024 --experts 64 \
+      --top-k 4 --iters 30 --json "$out/dispatch_${n}rank.json" >"$out/dispatch_${n}rank.txt"
+done
+
+/usr/bin/python3 - "$out" <<'PY'
+import json, sys, os
+out = sys.argv[1]
+r1 = json.load(open(os.path.join(out, "mid_1rank.json")))
+r2 = json.load(open(os.path.join(out, "mid_2rank.json")))
+print("| run | ranks | prefill tok/s | prefill GFLOP/s | sgemm GFLOP/s/rank | % of sgemm | decode tok/s | decode step first/last ms |")
+print("|---|---|---|---|---|---|---|---|")
+for r in (r1, r2):
+    n = r["ranks"]; per_rank = r["prefill_gflops"] / n
+    pct = 100 * per_rank / r["sgemm_gflops_per_rank"] if r["sgemm_gflops_per_rank"] else 0
+    steps = r["decode_step_s"]
+    print(f"| mid | {n} | {r['prefill_tokens_per_s']:.1f} | {r['prefill_gflops']:.2f} | "
+          f"{r['sgemm_gflops_per_rank']:.2f} | {pct:.0f}% | {r['decode_tokens_per_s']:.1f} | "
+          f"{steps[0]*1e3:.1f} / {steps[-1]*1e3:.1f} |")
+print(f"\nspeedup 1 -> 2 ranks: prefill {r1['prefill_s']/r2['prefill_s']:.2f}x, "
+      f"decode {r1['decode_s']/r2['decode_s']:.2f}x, whole run (prefill+decode) "
+      f"{(r1['prefill_s']+r1['decode_s'])/(r2['prefill_s']+r2['decode_s']):.2f}x\n")
+print("| ranks | tokens/rank | hidden | top-k | bytes/iter (all ranks) | dispatch+combine us | raw MPI_Alltoallv us | ratio |")
+print("|---|---|---|---|---|---|---|---|")
+for n in (2, 4):
+    d = json.load(open(os.path.join(out, f"dispatch_{n}rank.json")))
+    print(f"| {d['ranks']} | {d['tokens_per_rank']} | {d['hidden']} | {d['top_k']} | "
+          f"{d['dispatch_bytes_all_ranks']} | {d['dispatch_combine_us']:.1f} | {d['raw_alltoallv_us']:.1f} | {d['ratio']:.3f} |")
+PY
