@@ -1,0 +1,91 @@
+// Launch API of the CUDA kernels: raw device pointers, sizes in elements, a stream; no knowledge
+// of ranks, files, the model or the Backend class. Every function only enqueues work and returns
+// the launch status (cudaGetLastError), so callers wrap it in MOE_CUDA_CHECK. Index arrays passed
+// here are DEVICE memory (the backend stages host metadata first). Plain C++ header: the host
+// compiler includes it too.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "kernels/common/bf16.h"
+#include "kernels/cuda/attention_plan.h"
+#include "kernels/types.h"
+
+namespace moe::kernels::cuda {
+
+// y [n] = bf16(x) round-to-nearest-even; and back (exact).
+cudaError_t launch_f32_to_bf16(const float* x, int64_t n, bf16* y, cudaStream_t stream);
+cudaError_t launch_bf16_to_f32(const bf16* x, int64_t n, float* y, cudaStream_t stream);
+
+// out [n, hidden] = float(table [vocab, hidden] rows ids[0..n)). ids checked by the caller.
+cudaError_t launch_embedding(const bf16* table, int64_t hidden, const int32_t* ids, int64_t n,
+                             float* out, cudaStream_t stream);
+
+// y [rows, dim] = x * rsqrt(mean(x^2) + eps) * w, fp32 (x and y may alias).
+cudaError_t launch_rmsnorm(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps,
+                           float* y, cudaStream_t stream);
+
+// Rotate-half RoPE in place on x [rows, heads, head_dim]; inv_freq [head_dim / 2] precomputed on
+// the host in fp32 (as HF does), angle = float(positions[r]) * inv_freq[i] in fp32.
+cudaError_t launch_rope(float* x, const int32_t* positions, const float* inv_freq, int64_t rows,
+                        int64_t heads, int64_t head_dim, cudaStream_t stream);
+
+// out[i] = silu(gate[i]) * up[i]; fp32 in and out, or bf16 in and out (fp32 math), or fp32 in
+// and bf16 out (the input of a bf16 down projection).
+cudaError_t launch_silu_mul(const float* gate, const float* up, int64_t n, float* out,
+                            cudaStream_t stream);
+cudaError_t launch_silu_mul_bf16(const bf16* gate, const bf16* up, int64_t n, bf16* out,
+                                 cudaStream_t stream);
+cudaError_t launch_silu_mul_to_bf16(const float* gate, const float* up, int64_t n, bf16* out,
+                                    cudaStream_t stream);
+
+// x[i] += y[i].
+cudaError_t launch_add_inplace(float* x, const float* y, int64_t n, cudaStream_t stream);
+
+// dst [n, width] = src rows idx[0..n).
+cudaError_t launch_gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n,
+                               float* dst, cudaStream_t stream);
+// dst [n, width] bf16 = bf16(src rows idx[i]); idx[i] < 0 gives a zero row (padding).
+cudaError_t launch_gather_rows_to_bf16(const float* src, int64_t width, const int32_t* idx,
+                                       int64_t n, bf16* dst, cudaStream_t stream);
+// dst rows dst_idx[i] = float(src [n, width] row i); dst_idx[i] < 0 is skipped.
+cudaError_t launch_scatter_rows_from_bf16(const bf16* src, int64_t width, const int32_t* dst_idx,
+                                          int64_t n, float* dst, cudaStream_t stream);
+
+// dst[i] = sum_{j in [offsets[i], offsets[i+1])} weights[j] * src[src_index[j]], j ascending,
+// fp32; weights == nullptr means 1. src [*, width], dst [n, width]; offsets [n + 1].
+cudaError_t launch_weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
+                                    const float* weights, const int64_t* offsets, int64_t n,
+                                    float* dst, cudaStream_t stream);
+
+// Router: fp32 softmax over experts of logits [rows, experts], top-k by probability (ties to the
+// lower id), optional renormalisation. ids/weights [rows, k] in device memory. A row whose
+// softmax sum is not finite gets ids -1 (the caller turns that into an error).
+// Needs experts <= kRouterMaxExperts.
+inline constexpr int64_t kRouterMaxExperts = 2048;
+cudaError_t launch_router_topk(const float* logits, int64_t rows, int64_t experts, int64_t k,
+                               bool renormalise, int32_t* ids, float* weights, cudaStream_t stream);
+
+// Attention (see attention_plan.h for the work decomposition). kv_append copies new rows of
+// k/v [T, kv_width] into cache rows; attention runs the work items; combine merges split rows.
+cudaError_t launch_kv_append(const float* k, const float* v, int64_t kv_width,
+                             const KvAppendRow* rows, int64_t n, float* cache_k, float* cache_v,
+                             cudaStream_t stream);
+cudaError_t launch_attention(const float* q, const float* cache_k, const float* cache_v,
+                             AttentionShape shape, const AttentionWorkItem* items,
+                             int64_t num_items, float* out, float* partial_o, float* partial_ml,
+                             cudaStream_t stream);
+cudaError_t launch_attention_combine(const AttentionCombineRow* rows, int64_t n,
+                                     AttentionShape shape, const float* partial_o,
+                                     const float* partial_ml, float* out, cudaStream_t stream);
+
+// Deterministic pseudo-random fill (hash of seed and index), uniform in [-scale, scale]: for
+// benchmarks that need 60 GB of synthetic weights without a host round trip.
+cudaError_t launch_fill_random_bf16(bf16* dst, int64_t n, uint64_t seed, float scale,
+                                    cudaStream_t stream);
+cudaError_t launch_fill_random_f32(float* dst, int64_t n, uint64_t seed, float scale,
+                                   cudaStream_t stream);
+
+}  // namespace moe::kernels::cuda

@@ -1,0 +1,499 @@
+// CudaBackendImpl: the Backend ops on one device and one stream. Host code only (kernels are
+// reached through api.cuh). Invariants: everything is enqueued on stream_, so the single device
+// staging buffer (meta_) and scratch buffer (scratch_) are reused in stream order; a pinned
+// staging slot is rewritten only after the event recorded behind its last copy has completed;
+// a buffer that grows first waits for the stream (in-flight kernels may still read the old one).
+#include "kernels/cuda/cuda_backend.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <array>
+#include <climits>
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "kernels/common/check.h"
+#include "kernels/cuda/api.cuh"
+#include "kernels/cuda/attention_plan.h"
+#include "kernels/cuda/cuda_raii.h"
+#include "kernels/cuda/grouped_gemm_plan.h"
+#include "kernels/cuda/staging.h"
+
+namespace moe::kernels {
+
+int cuda_device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the (non-sticky) error for later callers
+    return 0;
+  }
+  return n;
+}
+
+namespace {
+
+using cuda::DeviceBytes;
+using cuda::StagingLayout;
+
+int to_int(int64_t v, const char* what) {
+  MOE_CHECK_AS("cuda", v >= 0 && v <= INT_MAX, "{} = {} does not fit cuBLAS's int", what, v);
+  return static_cast<int>(v);
+}
+
+// Carves sub-buffers out of one scratch reservation; offsets 256-byte aligned.
+class ScratchCarver {
+ public:
+  size_t add(size_t size_bytes) {
+    const size_t at = cuda::align_up(total_, 256);
+    total_ = at + size_bytes;
+    return at;
+  }
+  size_t total() const { return total_; }
+
+ private:
+  size_t total_ = 0;
+};
+
+class CudaBackendImpl final : public CudaBackend {
+ public:
+  explicit CudaBackendImpl(int device) : device_(device) {
+    MOE_CUDA_CHECK(cudaSetDevice(device_));
+    MOE_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
+    stream_ = cuda::Stream::create_non_blocking();
+    cublas_ = cuda::CublasHandle::create(stream_.get());
+    for (PinnedSlot& slot : pinned_) slot.consumed = cuda::Event::create();
+  }
+
+  ~CudaBackendImpl() override {
+    // Kernels may still read scratch/staging: let them finish before the buffers go.
+    (void)cudaStreamSynchronize(stream_.get());
+  }
+
+  std::string name() const override { return "cuda"; }
+  bool is_host_memory() const override { return false; }
+  CUstream_st* stream() const override { return stream_.get(); }
+  int device() const override { return device_; }
+  int num_sms() const override { return num_sms_; }
+
+  size_t device_used_bytes() const override {
+    size_t free_bytes = 0, total_bytes = 0;
+    MOE_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    return total_bytes - free_bytes;
+  }
+  size_t device_total_bytes() const override {
+    size_t free_bytes = 0, total_bytes = 0;
+    MOE_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    return total_bytes;
+  }
+  size_t internal_bytes() const override { return meta_.size_bytes() + scratch_.size_bytes(); }
+
+  // ---- memory ----
+  void* allocate(size_t size_bytes) override {
+    void* p = nullptr;
+    const cudaError_t rc = cudaMalloc(&p, size_bytes == 0 ? 1 : size_bytes);
+    if (rc != cudaSuccess) {
+      (void)cudaGetLastError();
+      size_t free_bytes = 0, total_bytes = 0;
+      (void)cudaMemGetInfo(&free_bytes, &total_bytes);
+      MOE_THROW("memory", "cudaMalloc of {} bytes on device {} failed: {} ({} of {} bytes free)",
+                size_bytes, device_, cudaGetErrorString(rc), free_bytes, total_bytes);
+    }
+    note_alloc(size_bytes);
+    return p;
+  }
+  void deallocate(void* ptr, size_t size_bytes) noexcept override {
+    if (ptr == nullptr) return;
+    (void)cudaFree(ptr);  // implicitly waits for the device
+    note_free(size_bytes);
+  }
+  // upload/download are synchronous: the caller may reuse or read its host memory on return.
+  void upload(void* dst, const void* host_src, size_t size_bytes) override {
+    if (size_bytes == 0) return;
+    MOE_CUDA_CHECK(
+        cudaMemcpyAsync(dst, host_src, size_bytes, cudaMemcpyHostToDevice, stream_.get()));
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+  }
+  void download(void* host_dst, const void* src, size_t size_bytes) override {
+    if (size_bytes == 0) return;
+    MOE_CUDA_CHECK(
+        cudaMemcpyAsync(host_dst, src, size_bytes, cudaMemcpyDeviceToHost, stream_.get()));
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+  }
+  void copy(void* dst, const void* src, size_t size_bytes) override {
+    if (size_bytes == 0 || dst == src) return;
+    MOE_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_bytes, cudaMemcpyDefault, stream_.get()));
+  }
+  void fill_zero(void* dst, size_t size_bytes) override {
+    if (size_bytes == 0) return;
+    MOE_CUDA_CHECK(cudaMemsetAsync(dst, 0, size_bytes, stream_.get()));
+  }
+  void synchronize() override { MOE_CUDA_CHECK(cudaStreamSynchronize(stream_.get())); }
+
+  // ---- ops ----
+  void embedding(const bf16* table, int64_t vocab, int64_t hidden, const int32_t* ids, int64_t n,
+                 float* out) override {
+    if (n <= 0) return;
+    for (int64_t i = 0; i < n; ++i) {
+      MOE_CHECK(ids[i] >= 0 && ids[i] < vocab, "embedding: token id {} outside [0, {})", ids[i],
+                vocab);
+    }
+    StagingLayout layout;
+    const size_t ids_at = layout.add_array(ids, n);
+    unsigned char* meta = stage(layout);
+    MOE_CUDA_CHECK(cuda::launch_embedding(
+        table, hidden, reinterpret_cast<const int32_t*>(meta + ids_at), n, out, stream_.get()));
+  }
+
+  void rmsnorm(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps,
+               float* y) override {
+    MOE_CUDA_CHECK(cuda::launch_rmsnorm(x, w, rows, dim, eps, y, stream_.get()));
+  }
+
+  void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out,
+              float* y) override {
+    if (rows <= 0 || out <= 0) return;
+    ScratchCarver carve;
+    const size_t xb_at = carve.add(static_cast<size_t>(rows * in) * sizeof(bf16));
+    unsigned char* s = scratch(carve.total());
+    auto* xb = reinterpret_cast<bf16*>(s + xb_at);
+    MOE_CUDA_CHECK(cuda::launch_f32_to_bf16(x, rows * in, xb, stream_.get()));
+    gemm_bf16(w, xb, rows, in, out, y, CUDA_R_32F);
+  }
+
+  void rope(float* x, const int32_t* positions, int64_t rows, int64_t heads, int64_t head_dim,
+            double theta) override {
+    if (rows <= 0 || heads <= 0) return;
+    MOE_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope: head_dim must be even and positive, got {}",
+              head_dim);
+    // inv_freq in fp32 exactly as HF (and the CPU backend) computes it.
+    const int64_t half = head_dim / 2;
+    inv_freq_.resize(static_cast<size_t>(half));
+    const float base = static_cast<float>(theta);
+    for (int64_t i = 0; i < half; ++i) {
+      const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+      inv_freq_[i] = 1.0f / std::pow(base, exponent);
+    }
+    StagingLayout layout;
+    const size_t pos_at = layout.add_array(positions, rows);
+    const size_t inv_at = layout.add_array(inv_freq_.data(), half);
+    unsigned char* meta = stage(layout);
+    MOE_CUDA_CHECK(cuda::launch_rope(x, reinterpret_cast<const int32_t*>(meta + pos_at),
+                                     reinterpret_cast<const float*>(meta + inv_at), rows, heads,
+                                     head_dim, stream_.get()));
+  }
+
+  void attention(const float* q, const float* k, const float* v, const AttentionSeq* seqs,
+                 int64_t num_seqs, AttentionShape shape, KvCacheView cache, float* out) override {
+    const cuda::AttentionPlan& plan = attention_plan(seqs, num_seqs, shape, cache);
+    if (plan.items.empty()) return;
+    StagingLayout layout;
+    const size_t append_at = layout.add_array(plan.append.data(), plan.append.size());
+    const size_t items_at = layout.add_array(plan.items.data(), plan.items.size());
+    const size_t combine_at = layout.add_array(plan.combine.data(), plan.combine.size());
+    unsigned char* meta = stage(layout);
+
+    const int64_t H = shape.num_heads, D = shape.head_dim;
+    ScratchCarver carve;
+    const size_t po_at = carve.add(static_cast<size_t>(plan.num_partial_slots * H * D) * 4);
+    const size_t ml_at = carve.add(static_cast<size_t>(plan.num_partial_slots * H * 2) * 4);
+    unsigned char* s = scratch(carve.total());
+    auto* partial_o = reinterpret_cast<float*>(s + po_at);
+    auto* partial_ml = reinterpret_cast<float*>(s + ml_at);
+
+    MOE_CUDA_CHECK(cuda::launch_kv_append(
+        k, v, shape.num_kv_heads * D, reinterpret_cast<const cuda::KvAppendRow*>(meta + append_at),
+        static_cast<int64_t>(plan.append.size()), cache.k, cache.v, stream_.get()));
+    MOE_CUDA_CHECK(cuda::launch_attention(
+        q, cache.k, cache.v, shape,
+        reinterpret_cast<const cuda::AttentionWorkItem*>(meta + items_at),
+        static_cast<int64_t>(plan.items.size()), out, partial_o, partial_ml, stream_.get()));
+    MOE_CUDA_CHECK(cuda::launch_attention_combine(
+        reinterpret_cast<const cuda::AttentionCombineRow*>(meta + combine_at),
+        static_cast<int64_t>(plan.combine.size()), shape, partial_o, partial_ml, out,
+        stream_.get()));
+  }
+
+  void router_topk(const float* logits, int64_t rows, int64_t experts, int64_t k, bool renormalise,
+                   int32_t* host_ids, float* host_weights) override {
+    if (rows <= 0) return;
+    MOE_CHECK(k >= 1 && k <= experts, "router_topk: top-k {} must be in [1, experts = {}]", k,
+              experts);
+    MOE_CHECK(experts <= cuda::kRouterMaxExperts,
+              "router_topk: {} experts > {} supported by the CUDA router", experts,
+              cuda::kRouterMaxExperts);
+    const size_t n = static_cast<size_t>(rows * k);
+    ScratchCarver carve;
+    const size_t ids_at = carve.add(n * sizeof(int32_t));
+    const size_t w_at = carve.add(n * sizeof(float));
+    unsigned char* s = scratch(carve.total());
+    auto* ids = reinterpret_cast<int32_t*>(s + ids_at);
+    auto* weights = reinterpret_cast<float*>(s + w_at);
+    MOE_CUDA_CHECK(cuda::launch_router_topk(logits, rows, experts, k, renormalise, ids, weights,
+                                            stream_.get()));
+    MOE_CUDA_CHECK(
+        cudaMemcpyAsync(host_ids, ids, n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_.get()));
+    MOE_CUDA_CHECK(cudaMemcpyAsync(host_weights, weights, n * sizeof(float), cudaMemcpyDeviceToHost,
+                                   stream_.get()));
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    for (int64_t r = 0; r < rows; ++r) {
+      MOE_CHECK(host_ids[r * k] >= 0, "router_topk: row {} has non-finite logits", r);
+    }
+  }
+
+  void swiglu_mlp(const float* x, ExpertWeights w, int64_t rows, int64_t hidden, int64_t inter,
+                  float* y) override {
+    if (rows <= 0) return;
+    ScratchCarver carve;
+    const size_t xb_at = carve.add(static_cast<size_t>(rows * hidden) * sizeof(bf16));
+    const size_t gate_at = carve.add(static_cast<size_t>(rows * inter) * sizeof(float));
+    const size_t up_at = carve.add(static_cast<size_t>(rows * inter) * sizeof(float));
+    const size_t act_at = carve.add(static_cast<size_t>(rows * inter) * sizeof(bf16));
+    unsigned char* s = scratch(carve.total());
+    auto* xb = reinterpret_cast<bf16*>(s + xb_at);
+    auto* gate = reinterpret_cast<float*>(s + gate_at);
+    auto* up = reinterpret_cast<float*>(s + up_at);
+    auto* act = reinterpret_cast<bf16*>(s + act_at);
+    MOE_CUDA_CHECK(cuda::launch_f32_to_bf16(x, rows * hidden, xb, stream_.get()));
+    gemm_bf16(w.gate, xb, rows, hidden, inter, gate, CUDA_R_32F);
+    gemm_bf16(w.up, xb, rows, hidden, inter, up, CUDA_R_32F);
+    MOE_CUDA_CHECK(cuda::launch_silu_mul_to_bf16(gate, up, rows * inter, act, stream_.get()));
+    gemm_bf16(w.down, act, rows, inter, hidden, y, CUDA_R_32F);
+  }
+
+  void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
+                             const ExpertGroup* groups, int64_t num_groups,
+                             const int32_t* row_index, float* out) override {
+    const cuda::GroupedSwigluPlan plan =
+        cuda::plan_grouped_swiglu(groups, num_groups, row_index, hidden, inter);
+    const int64_t G = plan.num_gemm_groups();
+    if (G == 0) return;
+    const int64_t Pc = plan.num_compact_rows;
+
+    ScratchCarver carve;
+    const size_t x_at = carve.add(static_cast<size_t>(plan.x_elems()) * sizeof(bf16));
+    const size_t gate_at = carve.add(static_cast<size_t>(plan.inter_elems()) * sizeof(bf16));
+    const size_t up_at = carve.add(static_cast<size_t>(plan.inter_elems()) * sizeof(bf16));
+    const size_t act_at = carve.add(static_cast<size_t>(plan.inter_elems()) * sizeof(bf16));
+    const size_t down_at = carve.add(static_cast<size_t>(plan.x_elems()) * sizeof(bf16));
+    unsigned char* s = scratch(carve.total());
+    cuda::GroupedScratch sc{s + x_at, s + gate_at, s + up_at, s + act_at, s + down_at};
+
+    const std::array<cuda::GroupedGemmArgs, 3> args = {
+        cuda::grouped_gemm_args(plan, cuda::Projection::kGate, sc),
+        cuda::grouped_gemm_args(plan, cuda::Projection::kUp, sc),
+        cuda::grouped_gemm_args(plan, cuda::Projection::kDown, sc)};
+    StagingLayout layout;
+    std::array<std::array<size_t, 3>, 3> ptr_at{};
+    for (size_t p = 0; p < 3; ++p) {
+      ptr_at[p][0] = layout.add_array(args[p].a.data(), G);
+      ptr_at[p][1] = layout.add_array(args[p].b.data(), G);
+      ptr_at[p][2] = layout.add_array(args[p].c.data(), G);
+    }
+    const size_t gather_at = layout.add_array(plan.gather_src.data(), Pc);
+    const size_t scatter_at = layout.add_array(plan.scatter_dst.data(), Pc);
+    unsigned char* meta = stage(layout);
+
+    MOE_CUDA_CHECK(cuda::launch_gather_rows_to_bf16(
+        x, hidden, reinterpret_cast<const int32_t*>(meta + gather_at), Pc,
+        static_cast<bf16*>(const_cast<void*>(sc.x)), stream_.get()));
+    grouped_gemm(args[0], meta + ptr_at[0][0], meta + ptr_at[0][1], meta + ptr_at[0][2]);
+    grouped_gemm(args[1], meta + ptr_at[1][0], meta + ptr_at[1][1], meta + ptr_at[1][2]);
+    MOE_CUDA_CHECK(cuda::launch_silu_mul_bf16(static_cast<const bf16*>(sc.gate),
+                                              static_cast<const bf16*>(sc.up), plan.inter_elems(),
+                                              static_cast<bf16*>(sc.act), stream_.get()));
+    grouped_gemm(args[2], meta + ptr_at[2][0], meta + ptr_at[2][1], meta + ptr_at[2][2]);
+    MOE_CUDA_CHECK(cuda::launch_scatter_rows_from_bf16(
+        static_cast<const bf16*>(sc.down), hidden,
+        reinterpret_cast<const int32_t*>(meta + scatter_at), Pc, out, stream_.get()));
+  }
+
+  void add_inplace(float* x, const float* y, int64_t n) override {
+    MOE_CUDA_CHECK(cuda::launch_add_inplace(x, y, n, stream_.get()));
+  }
+
+  void gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n,
+                   float* dst) override {
+    if (n <= 0) return;
+    for (int64_t i = 0; i < n; ++i) {
+      MOE_CHECK(idx[i] >= 0, "gather_rows: negative row index {} at {}", idx[i], i);
+    }
+    StagingLayout layout;
+    const size_t idx_at = layout.add_array(idx, n);
+    unsigned char* meta = stage(layout);
+    MOE_CUDA_CHECK(cuda::launch_gather_rows(
+        src, width, reinterpret_cast<const int32_t*>(meta + idx_at), n, dst, stream_.get()));
+  }
+
+  void weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
+                        const float* weights, const int64_t* offsets, int64_t n,
+                        float* dst) override {
+    if (n <= 0) return;
+    MOE_CHECK(offsets[0] >= 0, "weighted_row_sum: offsets[0] = {} < 0", offsets[0]);
+    for (int64_t i = 0; i < n; ++i) {
+      MOE_CHECK(offsets[i + 1] >= offsets[i], "weighted_row_sum: offsets decrease at row {}", i);
+    }
+    const int64_t entries = offsets[n];
+    // The combine weights come from host-side layouts; a caller may also pass device memory.
+    const bool weights_on_device = weights != nullptr && is_device_pointer(weights);
+    StagingLayout layout;
+    const size_t idx_at = layout.add_array(src_index, entries);
+    const size_t off_at = layout.add_array(offsets, n + 1);
+    const size_t w_at =
+        weights != nullptr && !weights_on_device ? layout.add_array(weights, entries) : 0;
+    unsigned char* meta = stage(layout);
+    const float* w_dev = weights == nullptr  ? nullptr
+                         : weights_on_device ? weights
+                                             : reinterpret_cast<const float*>(meta + w_at);
+    MOE_CUDA_CHECK(cuda::launch_weighted_row_sum(
+        src, width, reinterpret_cast<const int32_t*>(meta + idx_at), w_dev,
+        reinterpret_cast<const int64_t*>(meta + off_at), n, dst, stream_.get()));
+  }
+
+  // ---- CudaBackend extras ----
+  void silu_mul(const float* gate, const float* up, int64_t n, float* out) override {
+    MOE_CUDA_CHECK(cuda::launch_silu_mul(gate, up, n, out, stream_.get()));
+  }
+  void fill_random_bf16(bf16* dst, int64_t n, uint64_t seed, float scale) override {
+    MOE_CUDA_CHECK(cuda::launch_fill_random_bf16(dst, n, seed, scale, stream_.get()));
+  }
+  void fill_random_f32(float* dst, int64_t n, uint64_t seed, float scale) override {
+    MOE_CUDA_CHECK(cuda::launch_fill_random_f32(dst, n, seed, scale, stream_.get()));
+  }
+
+ private:
+  struct PinnedSlot {
+    cuda::PinnedBytes buf;
+    cuda::Event consumed;  // recorded after the last copy out of buf
+    bool used = false;
+  };
+  static constexpr size_t kPinnedSlots = 4;
+
+  // Grows `buf` to at least size_bytes (accounted in allocated_bytes()).
+  void* ensure_device(DeviceBytes& buf, size_t size_bytes) {
+    if (size_bytes <= buf.size_bytes()) return buf.get();
+    const size_t capacity = cuda::grown_capacity(buf.size_bytes(), size_bytes);
+    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    note_free(buf.size_bytes());
+    buf.reset();
+    buf = DeviceBytes(capacity);
+    note_alloc(capacity);
+    return buf.get();
+  }
+
+  unsigned char* scratch(size_t size_bytes) {
+    return static_cast<unsigned char*>(ensure_device(scratch_, size_bytes));
+  }
+
+  // Copies the layout's parts host -> pinned -> device (one async copy on stream_); returns the
+  // device base the layout's offsets refer to, valid until the next stage() in stream order.
+  unsigned char* stage(const StagingLayout& layout) {
+    const size_t bytes = layout.size_bytes();
+    if (bytes == 0) return static_cast<unsigned char*>(meta_.get());
+    PinnedSlot& slot = pinned_[next_slot_];
+    next_slot_ = (next_slot_ + 1) % kPinnedSlots;
+    if (slot.used) MOE_CUDA_CHECK(cudaEventSynchronize(slot.consumed.get()));
+    if (slot.buf.size_bytes() < bytes) {
+      slot.buf = cuda::PinnedBytes(cuda::grown_capacity(slot.buf.size_bytes(), bytes));
+    }
+    layout.pack(slot.buf.get());
+    void* dev = ensure_device(meta_, bytes);
+    MOE_CUDA_CHECK(
+        cudaMemcpyAsync(dev, slot.buf.get(), bytes, cudaMemcpyHostToDevice, stream_.get()));
+    MOE_CUDA_CHECK(cudaEventRecord(slot.consumed.get(), stream_.get()));
+    slot.used = true;
+    return static_cast<unsigned char*>(dev);
+  }
+
+  static bool is_device_pointer(const void* p) {
+    cudaPointerAttributes attr{};
+    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
+  }
+
+  // y = x W^T: W [out, in] bf16 row-major, x [rows, in] bf16, y [rows, out] of type y_type.
+  void gemm_bf16(const bf16* w, const bf16* xb, int64_t rows, int64_t in, int64_t out, void* y,
+                 cudaDataType_t y_type) {
+    const float alpha = 1.0f, beta = 0.0f;
+    MOE_CUBLAS_CHECK(cublasGemmEx(cublas_.get(), CUBLAS_OP_T, CUBLAS_OP_N, to_int(out, "out"),
+                                  to_int(rows, "rows"), to_int(in, "in"), &alpha, w, CUDA_R_16BF,
+                                  to_int(in, "in"), xb, CUDA_R_16BF, to_int(in, "in"), &beta, y,
+                                  y_type, to_int(out, "out"), CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
+  }
+
+  // One cublasGemmGroupedBatchedEx call for every expert group of one projection. bf16 in and
+  // out (the only bf16 combination the grouped API offers), fp32 accumulation.
+  void grouped_gemm(const cuda::GroupedGemmArgs& a, const unsigned char* a_ptrs,
+                    const unsigned char* b_ptrs, const unsigned char* c_ptrs) {
+    const int G = a.group_count();
+    trans_a_.assign(static_cast<size_t>(G), CUBLAS_OP_T);
+    trans_b_.assign(static_cast<size_t>(G), CUBLAS_OP_N);
+    MOE_CUBLAS_CHECK(cublasGemmGroupedBatchedEx(
+        cublas_.get(), trans_a_.data(), trans_b_.data(), a.m.data(), a.n.data(), a.k.data(),
+        a.alpha.data(), reinterpret_cast<const void* const*>(a_ptrs), CUDA_R_16BF, a.lda.data(),
+        reinterpret_cast<const void* const*>(b_ptrs), CUDA_R_16BF, a.ldb.data(), a.beta.data(),
+        reinterpret_cast<void* const*>(const_cast<unsigned char*>(c_ptrs)), CUDA_R_16BF,
+        a.ldc.data(), G, a.group_size.data(), CUBLAS_COMPUTE_32F));
+  }
+
+  // The model calls attention once per layer with the same batch: reuse the host plan.
+  const cuda::AttentionPlan& attention_plan(const AttentionSeq* seqs, int64_t num_seqs,
+                                            AttentionShape shape, KvCacheView cache) {
+    const bool same = plan_valid_ && num_seqs == static_cast<int64_t>(plan_seqs_.size()) &&
+                      shape.num_heads == plan_shape_.num_heads &&
+                      shape.num_kv_heads == plan_shape_.num_kv_heads &&
+                      shape.head_dim == plan_shape_.head_dim && cache.num_slots == plan_slots_ &&
+                      cache.max_len == plan_max_len_ &&
+                      (num_seqs == 0 ||
+                       std::memcmp(seqs, plan_seqs_.data(), sizeof(AttentionSeq) * num_seqs) == 0);
+    if (!same) {
+      plan_valid_ = false;
+      plan_ = cuda::plan_attention(seqs, num_seqs, shape, cache.num_slots, cache.max_len, num_sms_);
+      plan_seqs_.assign(seqs, seqs + num_seqs);
+      plan_shape_ = shape;
+      plan_slots_ = cache.num_slots;
+      plan_max_len_ = cache.max_len;
+      plan_valid_ = true;
+    }
+    return plan_;
+  }
+
+  int device_ = 0;
+  int num_sms_ = 1;
+  cuda::Stream stream_;  // destroyed last (declared first)
+  cuda::CublasHandle cublas_;
+  std::array<PinnedSlot, kPinnedSlots> pinned_;
+  size_t next_slot_ = 0;
+  DeviceBytes meta_;
+  DeviceBytes scratch_;
+  std::vector<float> inv_freq_;
+  std::vector<cublasOperation_t> trans_a_, trans_b_;
+
+  bool plan_valid_ = false;
+  cuda::AttentionPlan plan_;
+  std::vector<AttentionSeq> plan_seqs_;
+  AttentionShape plan_shape_;
+  int64_t plan_slots_ = 0, plan_max_len_ = 0;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(int local_rank) {
+  const int count = cuda_device_count();
+  MOE_CHECK_AS("cuda", count > 0,
+               "--backend cuda: no CUDA device is visible to this process (driver missing, no GPU, "
+               "or CUDA_VISIBLE_DEVICES empty)");
+  MOE_CHECK_AS("cuda", local_rank >= 0, "make_cuda_backend: local rank {} < 0", local_rank);
+  return std::make_unique<CudaBackendImpl>(local_rank % count);
+}
+
+CudaBackend* as_cuda_backend(Backend* backend) {
+  return dynamic_cast<CudaBackend*>(backend);
+}
+
+}  // namespace moe::kernels

@@ -1,0 +1,173 @@
+// Move-only owners of CUDA/cuBLAS resources: stream, event, cuBLAS handle, device buffer and
+// pinned host buffer. Creation throws moe::Error; destruction never throws (errors at teardown
+// are ignored: the process is usually unwinding from another error already).
+// Host-compiled header (CUDA runtime and cuBLAS C APIs only).
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <utility>
+
+#include "kernels/common/check.h"
+
+namespace moe::kernels::cuda {
+
+class Stream {
+ public:
+  Stream() = default;
+  static Stream create_non_blocking() {
+    Stream s;
+    MOE_CUDA_CHECK(cudaStreamCreateWithFlags(&s.stream_, cudaStreamNonBlocking));
+    return s;
+  }
+  ~Stream() { reset(); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  Stream(Stream&& o) noexcept : stream_(std::exchange(o.stream_, nullptr)) {}
+  Stream& operator=(Stream&& o) noexcept {
+    if (this != &o) {
+      reset();
+      stream_ = std::exchange(o.stream_, nullptr);
+    }
+    return *this;
+  }
+  void reset() noexcept {
+    if (stream_ != nullptr) (void)cudaStreamDestroy(stream_);
+    stream_ = nullptr;
+  }
+  cudaStream_t get() const { return stream_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+class Event {
+ public:
+  Event() = default;
+  // Timing disabled unless asked: cheaper to record and to wait on.
+  static Event create(bool timing = false) {
+    Event e;
+    MOE_CUDA_CHECK(
+        cudaEventCreateWithFlags(&e.event_, timing ? cudaEventDefault : cudaEventDisableTiming));
+    return e;
+  }
+  ~Event() { reset(); }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  Event(Event&& o) noexcept : event_(std::exchange(o.event_, nullptr)) {}
+  Event& operator=(Event&& o) noexcept {
+    if (this != &o) {
+      reset();
+      event_ = std::exchange(o.event_, nullptr);
+    }
+    return *this;
+  }
+  void reset() noexcept {
+    if (event_ != nullptr) (void)cudaEventDestroy(event_);
+    event_ = nullptr;
+  }
+  cudaEvent_t get() const { return event_; }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
+class CublasHandle {
+ public:
+  CublasHandle() = default;
+  static CublasHandle create(cudaStream_t stream) {
+    CublasHandle h;
+    MOE_CUBLAS_CHECK(cublasCreate(&h.handle_));
+    MOE_CUBLAS_CHECK(cublasSetStream(h.handle_, stream));
+    return h;
+  }
+  ~CublasHandle() { reset(); }
+  CublasHandle(const CublasHandle&) = delete;
+  CublasHandle& operator=(const CublasHandle&) = delete;
+  CublasHandle(CublasHandle&& o) noexcept : handle_(std::exchange(o.handle_, nullptr)) {}
+  CublasHandle& operator=(CublasHandle&& o) noexcept {
+    if (this != &o) {
+      reset();
+      handle_ = std::exchange(o.handle_, nullptr);
+    }
+    return *this;
+  }
+  void reset() noexcept {
+    if (handle_ != nullptr) (void)cublasDestroy(handle_);
+    handle_ = nullptr;
+  }
+  cublasHandle_t get() const { return handle_; }
+
+ private:
+  cublasHandle_t handle_ = nullptr;
+};
+
+// Device memory from cudaMalloc (never managed memory). Size in bytes.
+class DeviceBytes {
+ public:
+  DeviceBytes() = default;
+  explicit DeviceBytes(size_t size_bytes) : size_bytes_(size_bytes) {
+    if (size_bytes_ > 0) MOE_CUDA_CHECK(cudaMalloc(&ptr_, size_bytes_));
+  }
+  ~DeviceBytes() { reset(); }
+  DeviceBytes(const DeviceBytes&) = delete;
+  DeviceBytes& operator=(const DeviceBytes&) = delete;
+  DeviceBytes(DeviceBytes&& o) noexcept
+      : ptr_(std::exchange(o.ptr_, nullptr)), size_bytes_(std::exchange(o.size_bytes_, 0)) {}
+  DeviceBytes& operator=(DeviceBytes&& o) noexcept {
+    if (this != &o) {
+      reset();
+      ptr_ = std::exchange(o.ptr_, nullptr);
+      size_bytes_ = std::exchange(o.size_bytes_, 0);
+    }
+    return *this;
+  }
+  void reset() noexcept {
+    if (ptr_ != nullptr) (void)cudaFree(ptr_);
+    ptr_ = nullptr;
+    size_bytes_ = 0;
+  }
+  void* get() const { return ptr_; }
+  size_t size_bytes() const { return size_bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t size_bytes_ = 0;
+};
+
+// Page-locked host memory (cudaMallocHost): the source of asynchronous uploads.
+class PinnedBytes {
+ public:
+  PinnedBytes() = default;
+  explicit PinnedBytes(size_t size_bytes) : size_bytes_(size_bytes) {
+    if (size_bytes_ > 0) MOE_CUDA_CHECK(cudaMallocHost(&ptr_, size_bytes_));
+  }
+  ~PinnedBytes() { reset(); }
+  PinnedBytes(const PinnedBytes&) = delete;
+  PinnedBytes& operator=(const PinnedBytes&) = delete;
+  PinnedBytes(PinnedBytes&& o) noexcept
+      : ptr_(std::exchange(o.ptr_, nullptr)), size_bytes_(std::exchange(o.size_bytes_, 0)) {}
+  PinnedBytes& operator=(PinnedBytes&& o) noexcept {
+    if (this != &o) {
+      reset();
+      ptr_ = std::exchange(o.ptr_, nullptr);
+      size_bytes_ = std::exchange(o.size_bytes_, 0);
+    }
+    return *this;
+  }
+  void reset() noexcept {
+    if (ptr_ != nullptr) (void)cudaFreeHost(ptr_);
+    ptr_ = nullptr;
+    size_bytes_ = 0;
+  }
+  void* get() const { return ptr_; }
+  size_t size_bytes() const { return size_bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t size_bytes_ = 0;
+};
+
+}  // namespace moe::kernels::cuda

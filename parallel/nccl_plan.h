@@ -1,0 +1,56 @@
+// Host-side logic of the NCCL communicator, free of NCCL/CUDA so it is unit-tested on the CPU:
+// the per-peer byte ranges of an all_to_all_v (validated against the buffer sizes) and the
+// deadline-bounded completion poll every device-side wait goes through.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace moe::parallel {
+
+// One contiguous piece of an all_to_all_v: bytes [offset_bytes, + size_bytes) of the send (or
+// recv) buffer go to (come from) `peer`.
+struct PeerTransfer {
+  int peer = 0;
+  size_t offset_bytes = 0;
+  size_t size_bytes = 0;
+};
+
+// sends/recvs: non-empty transfers with other ranks, in rank order. The rank's own block is a
+// local device copy send[self_send_offset_bytes..] -> recv[self_recv_offset_bytes..].
+struct AllToAllPlan {
+  std::vector<PeerTransfer> sends;
+  std::vector<PeerTransfer> recvs;
+  size_t self_send_offset_bytes = 0;
+  size_t self_recv_offset_bytes = 0;
+  size_t self_bytes = 0;
+  size_t send_bytes = 0;  // total over all peers, self included
+  size_t recv_bytes = 0;
+  bool empty() const { return sends.empty() && recvs.empty() && self_bytes == 0; }
+};
+
+// Counts are elements of elem_bytes each, one per rank (size entries). Blocks are packed in rank
+// order (displacement = prefix sum of counts). Throws moe::Error("comm") on a negative count,
+// counts that exceed the buffers, or send_counts[rank] != recv_counts[rank].
+AllToAllPlan plan_all_to_all_v(int rank, int size, const int64_t* send_counts, size_t send_size,
+                               const int64_t* recv_counts, size_t recv_size, size_t elem_bytes);
+
+enum class PollState { kDone, kPending, kFailed };
+
+struct WaitOutcome {
+  enum class Kind { kDone, kFailed, kTimedOut } kind = Kind::kDone;
+  int64_t polls = 0;
+  double waited_s = 0.0;
+};
+
+// Calls poll() until it returns kDone or kFailed or timeout_s has passed on `now_s` (seconds on
+// a monotonic clock); between polls it spins briefly, then yields, then sleeps up to 100 us.
+// The clock is injectable for tests; by default std::chrono::steady_clock.
+WaitOutcome wait_with_deadline(const std::function<PollState()>& poll, double timeout_s,
+                               const std::function<double()>& now_s = {});
+
+}  // namespace moe::parallel

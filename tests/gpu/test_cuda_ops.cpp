@@ -1,0 +1,334 @@
+// Every CUDA backend op against the host reference backend on seeded random data. Tolerances
+// follow the dtype path: exact for copies, fp32 rounding for elementwise ops and attention,
+// per-element bf16 input bounds for linear, and an rms-scaled bound for the SwiGLU chains whose
+// GEMM operands and (grouped) outputs are rounded to bf16 on the GPU.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "gpu_test_util.h"
+#include "kernels/common/check.h"
+
+namespace moe::kernels::test {
+namespace {
+
+TEST_F(CudaOpsTest, EmbeddingCopiesTableRowsExactly) {
+  std::mt19937 rng(1);
+  const int64_t vocab = 1000, hidden = 300;
+  const auto table = random_bf16(rng, vocab * hidden);
+  const std::vector<int32_t> ids = {0, 999, 17, 17, 512};
+  std::vector<float> want(ids.size() * hidden);
+  ref_->embedding(table.data(), vocab, hidden, ids.data(), 5, want.data());
+  auto d_table = to_gpu(table);
+  Buffer<float> d_out(*gpu_, want.size());
+  gpu_->embedding(d_table.data(), vocab, hidden, ids.data(), 5, d_out.data());
+  EXPECT_EQ(from_gpu(d_out), want);
+  const std::vector<int32_t> bad = {3, 1000};
+  EXPECT_THROW(gpu_->embedding(d_table.data(), vocab, hidden, bad.data(), 2, d_out.data()),
+               moe::Error);
+}
+
+TEST_F(CudaOpsTest, RmsNormMatchesCpuIncludingInPlace) {
+  std::mt19937 rng(2);
+  for (auto [rows, dim] : {std::pair<int64_t, int64_t>{7, 2048}, {300, 128}, {3, 37}}) {
+    const auto x = random_floats(rng, rows * dim, -3.0f, 3.0f);
+    const auto w = random_bf16(rng, dim, 2.0f);
+    std::vector<float> want(x.size());
+    ref_->rmsnorm(x.data(), w.data(), rows, dim, 1e-6f, want.data());
+    auto d_x = to_gpu(x);
+    auto d_w = to_gpu(w);
+    Buffer<float> d_y(*gpu_, x.size());
+    gpu_->rmsnorm(d_x.data(), d_w.data(), rows, dim, 1e-6f, d_y.data());
+    EXPECT_TRUE(close_to(from_gpu(d_y), want, 1e-6, 1e-5)) << rows << "x" << dim;
+    gpu_->rmsnorm(d_x.data(), d_w.data(), rows, dim, 1e-6f, d_x.data());  // y aliases x
+    EXPECT_TRUE(close_to(from_gpu(d_x), want, 1e-6, 1e-5)) << rows << "x" << dim << " in place";
+  }
+}
+
+TEST_F(CudaOpsTest, LinearErrorStaysWithinBf16ActivationRounding) {
+  std::mt19937 rng(3);
+  for (auto [rows, in, out] :
+       {std::tuple<int64_t, int64_t, int64_t>{1, 2048, 512}, {37, 256, 1000}, {64, 96, 40}}) {
+    const auto x = random_floats(rng, rows * in);
+    const auto w = random_bf16(rng, out * in, 0.05f);
+    std::vector<float> want(rows * out);
+    ref_->linear(x.data(), w.data(), rows, in, out, want.data());
+    auto d_x = to_gpu(x);
+    auto d_w = to_gpu(w);
+    Buffer<float> d_y(*gpu_, want.size());
+    gpu_->linear(d_x.data(), d_w.data(), rows, in, out, d_y.data());
+    EXPECT_TRUE(close_with(from_gpu(d_y), want, bf16_input_bound(x, w, rows, in, out), 0.0))
+        << rows << "x" << in << "->" << out;
+  }
+}
+
+TEST_F(CudaOpsTest, LinearOnBf16ExactInputsAgreesToFp32Accumulation) {
+  // With x already bf16-representable the GPU rounds nothing: only summation order differs.
+  std::mt19937 rng(4);
+  const int64_t rows = 19, in = 512, out = 300;
+  const auto x = rounded_to_bf16(random_floats(rng, rows * in));
+  const auto w = random_bf16(rng, out * in, 0.05f);
+  std::vector<float> want(rows * out);
+  ref_->linear(x.data(), w.data(), rows, in, out, want.data());
+  auto d_x = to_gpu(x);
+  auto d_w = to_gpu(w);
+  Buffer<float> d_y(*gpu_, want.size());
+  gpu_->linear(d_x.data(), d_w.data(), rows, in, out, d_y.data());
+  std::vector<double> bound = bf16_input_bound(x, w, rows, in, out);
+  for (double& b : bound) b = b * 256.0 * 1e-5 + 1e-6;  // fp32 accumulation: ~1e-5 of sum |x w|
+  EXPECT_TRUE(close_with(from_gpu(d_y), want, bound, 0.0));
+}
+
+TEST_F(CudaOpsTest, RopeMatchesCpuUpToLongPositions) {
+  std::mt19937 rng(5);
+  for (auto [heads, head_dim] : {std::pair<int64_t, int64_t>{4, 128}, {3, 64}, {2, 10}}) {
+    const int64_t rows = 9;
+    const auto x = random_floats(rng, rows * heads * head_dim);
+    const std::vector<int32_t> pos = {0, 1, 2, 100, 4095, 4096, 12345, 32000, 40959};
+    std::vector<float> want(x);
+    ref_->rope(want.data(), pos.data(), rows, heads, head_dim, 1e6);
+    auto d_x = to_gpu(x);
+    gpu_->rope(d_x.data(), pos.data(), rows, heads, head_dim, 1e6);
+    // Identical inv_freq and fp32 angles; cos/sin of the device may differ by a few ulp.
+    EXPECT_TRUE(close_to(from_gpu(d_x), want, 2e-6, 1e-5)) << heads << "x" << head_dim;
+  }
+}
+
+struct AttnCase {
+  std::vector<AttentionSeq> seqs;
+  AttentionShape shape;
+  int64_t slots;
+  int64_t max_len;
+};
+
+void run_attention_case(Backend& gpu, Backend& ref, const AttnCase& c, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int64_t H = c.shape.num_heads, KV = c.shape.num_kv_heads, D = c.shape.head_dim;
+  int64_t T = 0;
+  for (const auto& s : c.seqs) T = std::max(T, s.row_begin + s.num_new);
+  const auto q = random_floats(rng, T * H * D, -2.0f, 2.0f);
+  const auto k = random_floats(rng, T * KV * D, -2.0f, 2.0f);
+  const auto v = random_floats(rng, T * KV * D, -2.0f, 2.0f);
+  const int64_t W = KV * D;
+  std::vector<float> ck(c.slots * c.max_len * W, std::numeric_limits<float>::quiet_NaN());
+  std::vector<float> cv(ck);
+  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
+  for (const auto& s : c.seqs) {
+    for (int64_t p = 0; p < s.past_len; ++p) {
+      for (int64_t j = 0; j < W; ++j) {
+        ck[(s.cache_slot * c.max_len + p) * W + j] = dist(rng);
+        cv[(s.cache_slot * c.max_len + p) * W + j] = dist(rng);
+      }
+    }
+  }
+  std::vector<float> want(T * H * D, 0.0f), rk(ck), rv(cv);
+  ref.attention(q.data(), k.data(), v.data(), c.seqs.data(), static_cast<int64_t>(c.seqs.size()),
+                c.shape, {rk.data(), rv.data(), c.slots, c.max_len}, want.data());
+
+  auto d_q = upload_vector(gpu, q), d_k = upload_vector(gpu, k), d_v = upload_vector(gpu, v);
+  auto d_ck = upload_vector(gpu, ck), d_cv = upload_vector(gpu, cv);
+  Buffer<float> d_out(gpu, want.size());
+  gpu.fill_zero(d_out.data(), d_out.size_bytes());
+  gpu.attention(d_q.data(), d_k.data(), d_v.data(), c.seqs.data(),
+                static_cast<int64_t>(c.seqs.size()), c.shape,
+                {d_ck.data(), d_cv.data(), c.slots, c.max_len}, d_out.data());
+  EXPECT_TRUE(close_to(download_vector(gpu, d_out), want, 2e-5, 1e-4));
+  const auto got_k = download_vector(gpu, d_ck), got_v = download_vector(gpu, d_cv);
+  for (size_t i = 0; i < rk.size(); ++i) {
+    ASSERT_TRUE((std::isnan(rk[i]) && std::isnan(got_k[i])) || rk[i] == got_k[i]) << i;
+    ASSERT_TRUE((std::isnan(rv[i]) && std::isnan(got_v[i])) || rv[i] == got_v[i]) << i;
+  }
+}
+
+TEST_F(CudaOpsTest, AttentionPrefillBatchMatchesCpu) {
+  // Fresh prompt, a prompt continuing its cache, a one-token step; GQA 4 query heads per kv head.
+  run_attention_case(*gpu_, *ref_,
+                     {{{8, 70, 0, 2}, {0, 5, 40, 0}, {5, 1, 12, 3}}, {8, 2, 64}, 4, 128}, 11);
+}
+
+TEST_F(CudaOpsTest, AttentionDecodeWithKeySplitsMatchesCpu) {
+  // Qwen3-30B-A3B geometry; long caches and few blocks: the plan splits keys across blocks.
+  run_attention_case(*gpu_, *ref_,
+                     {{{0, 1, 1500, 0}, {1, 1, 33, 1}, {2, 3, 900, 2}}, {32, 4, 128}, 3, 1600}, 12);
+}
+
+TEST_F(CudaOpsTest, AttentionHeadDim256AndOddHeadDimMatchCpu) {
+  run_attention_case(*gpu_, *ref_, {{{0, 20, 5, 0}, {20, 1, 300, 1}}, {4, 2, 256}, 2, 320}, 13);
+  run_attention_case(*gpu_, *ref_, {{{0, 17, 3, 1}, {17, 1, 99, 0}}, {40, 2, 40}, 2, 128}, 14);
+}
+
+TEST_F(CudaOpsTest, RouterTopkMatchesCpu) {
+  std::mt19937 rng(6);
+  for (auto [rows, experts, k, renorm] :
+       {std::tuple<int64_t, int64_t, int64_t, bool>{257, 128, 8, true},
+        {33, 60, 4, false},
+        {1, 256, 8, true},
+        {5, 8, 8, false}}) {
+    const auto logits = random_floats(rng, rows * experts, -4.0f, 4.0f);
+    std::vector<int32_t> want_ids(rows * k), got_ids(rows * k);
+    std::vector<float> want_w(rows * k), got_w(rows * k);
+    ref_->router_topk(logits.data(), rows, experts, k, renorm, want_ids.data(), want_w.data());
+    auto d_logits = to_gpu(logits);
+    gpu_->router_topk(d_logits.data(), rows, experts, k, renorm, got_ids.data(), got_w.data());
+    EXPECT_EQ(got_ids, want_ids) << rows << "x" << experts << " top-" << k;
+    EXPECT_TRUE(close_to(got_w, want_w, 1e-7, 1e-5)) << rows << "x" << experts << " top-" << k;
+  }
+}
+
+TEST_F(CudaOpsTest, RouterTieGoesToLowerExpertId) {
+  std::vector<float> logits(64, 0.0f);
+  logits[9] = logits[40] = logits[3] = 2.0f;
+  std::vector<int32_t> ids(2);
+  std::vector<float> w(2);
+  auto d_logits = to_gpu(logits);
+  gpu_->router_topk(d_logits.data(), 1, 64, 2, true, ids.data(), w.data());
+  EXPECT_EQ(ids, (std::vector<int32_t>{3, 9}));
+  EXPECT_FLOAT_EQ(w[0], 0.5f);
+}
+
+TEST_F(CudaOpsTest, RouterRejectsNonFiniteLogits) {
+  std::vector<float> logits(2 * 16, 0.5f);
+  logits[20] = std::numeric_limits<float>::quiet_NaN();
+  std::vector<int32_t> ids(4);
+  std::vector<float> w(4);
+  auto d_logits = to_gpu(logits);
+  EXPECT_THROW(gpu_->router_topk(d_logits.data(), 2, 16, 2, true, ids.data(), w.data()),
+               moe::Error);
+}
+
+TEST_F(CudaOpsTest, SwigluMlpWithinBf16Tolerance) {
+  std::mt19937 rng(7);
+  const int64_t rows = 13, hidden = 256, inter = 384;
+  const auto x = random_floats(rng, rows * hidden);
+  const auto g = random_bf16(rng, inter * hidden, 0.1f), u = random_bf16(rng, inter * hidden, 0.1f);
+  const auto d = random_bf16(rng, hidden * inter, 0.1f);
+  std::vector<float> want(rows * hidden);
+  ref_->swiglu_mlp(x.data(), {g.data(), u.data(), d.data()}, rows, hidden, inter, want.data());
+  auto d_x = to_gpu(x), d_y = Buffer<float>(*gpu_, want.size());
+  auto d_g = to_gpu(g), d_u = to_gpu(u), d_d = to_gpu(d);
+  gpu_->swiglu_mlp(d_x.data(), {d_g.data(), d_u.data(), d_d.data()}, rows, hidden, inter,
+                   d_y.data());
+  EXPECT_TRUE(close_to(from_gpu(d_y), want, 2e-2 * rms(want), 1e-2));
+}
+
+struct Experts {
+  std::vector<std::vector<bf16>> gate, up, down;
+};
+
+// Grouped experts on GPU vs the reference, with `counts` entries per expert laid out in a
+// shuffled group order; entries not covered by any group must keep their old value.
+void run_grouped_case(Backend& gpu, Backend& ref, int64_t hidden, int64_t inter,
+                      const std::vector<int64_t>& counts, int64_t uncovered, uint32_t seed) {
+  std::mt19937 rng(seed);
+  const int64_t E = static_cast<int64_t>(counts.size());
+  const int64_t P = std::accumulate(counts.begin(), counts.end(), int64_t{0}) + uncovered;
+  const int64_t R = std::max<int64_t>(1, P / 2 + 3);
+  const auto x = random_floats(rng, R * hidden);
+  std::vector<int32_t> row_index(P);
+  for (auto& r : row_index) r = std::uniform_int_distribution<int32_t>(0, R - 1)(rng);
+
+  Experts host;
+  std::vector<Buffer<bf16>> dev;
+  std::vector<ExpertWeights> host_w(E), dev_w(E);
+  for (int64_t e = 0; e < E; ++e) {
+    host.gate.push_back(random_bf16(rng, inter * hidden, 0.1f));
+    host.up.push_back(random_bf16(rng, inter * hidden, 0.1f));
+    host.down.push_back(random_bf16(rng, hidden * inter, 0.1f));
+    host_w[e] = {host.gate[e].data(), host.up[e].data(), host.down[e].data()};
+    dev.push_back(upload_vector(gpu, host.gate[e]));
+    dev.push_back(upload_vector(gpu, host.up[e]));
+    dev.push_back(upload_vector(gpu, host.down[e]));
+    dev_w[e] = {dev[3 * e].data(), dev[3 * e + 1].data(), dev[3 * e + 2].data()};
+  }
+  // Entries [0, uncovered) belong to nobody; experts follow in a shuffled order.
+  std::vector<int64_t> order(E);
+  std::iota(order.begin(), order.end(), 0);
+  std::shuffle(order.begin(), order.end(), rng);
+  std::vector<ExpertGroup> host_groups, dev_groups;
+  int64_t at = uncovered;
+  for (int64_t e : order) {
+    host_groups.push_back({host_w[e], at, counts[e]});
+    dev_groups.push_back({dev_w[e], at, counts[e]});
+    at += counts[e];
+  }
+  std::vector<float> want(P * hidden, 123.0f);
+  ref.grouped_expert_swiglu(x.data(), hidden, inter, host_groups.data(), E, row_index.data(),
+                            want.data());
+  auto d_x = upload_vector(gpu, x);
+  auto d_out = upload_vector(gpu, std::vector<float>(P * hidden, 123.0f));
+  gpu.grouped_expert_swiglu(d_x.data(), hidden, inter, dev_groups.data(), E, row_index.data(),
+                            d_out.data());
+  const auto got = download_vector(gpu, d_out);
+  for (int64_t i = 0; i < uncovered * hidden; ++i) ASSERT_EQ(got[i], 123.0f) << i;
+  EXPECT_TRUE(close_to(got, want, 3e-2 * rms(want), 1e-2));
+}
+
+TEST_F(CudaOpsTest, GroupedExpertSwigluMatchesPerEntryReference) {
+  run_grouped_case(*gpu_, *ref_, 256, 128, {0, 5, 1, 17, 0, 40}, 3, 21);
+}
+
+TEST_F(CudaOpsTest, GroupedExpertSwigluOddWidthsUsePaddedLayout) {
+  run_grouped_case(*gpu_, *ref_, 100, 36, {3, 1, 4, 1, 5}, 0, 22);
+}
+
+TEST_F(CudaOpsTest, GroupedExpertSwigluManyExpertsOneCallPerProjection) {
+  std::mt19937 rng(23);
+  std::vector<int64_t> counts(128);
+  for (auto& c : counts) c = std::uniform_int_distribution<int64_t>(0, 12)(rng);
+  run_grouped_case(*gpu_, *ref_, 128, 64, counts, 0, 24);
+}
+
+TEST_F(CudaOpsTest, GroupedExpertSwigluWithOnlyEmptyGroupsWritesNothing) {
+  const std::vector<ExpertGroup> groups = {{ExpertWeights{}, 0, 0}};
+  auto d_out = to_gpu(std::vector<float>(8, 5.0f));
+  gpu_->grouped_expert_swiglu(nullptr, 8, 8, groups.data(), 1, nullptr, d_out.data());
+  EXPECT_EQ(from_gpu(d_out), std::vector<float>(8, 5.0f));
+}
+
+TEST_F(CudaOpsTest, AddInplaceAndGatherRowsAreExact) {
+  std::mt19937 rng(8);
+  const auto x = random_floats(rng, 1000), y = random_floats(rng, 1000);
+  std::vector<float> want(x);
+  ref_->add_inplace(want.data(), y.data(), 1000);
+  auto d_x = to_gpu(x), d_y = to_gpu(y);
+  gpu_->add_inplace(d_x.data(), d_y.data(), 1000);
+  EXPECT_EQ(from_gpu(d_x), want);
+
+  const std::vector<int32_t> idx = {9, 0, 0, 4, 7};
+  std::vector<float> rows_want(5 * 100);
+  ref_->gather_rows(x.data(), 100, idx.data(), 5, rows_want.data());
+  auto d_src = to_gpu(x);
+  Buffer<float> d_rows(*gpu_, rows_want.size());
+  gpu_->gather_rows(d_src.data(), 100, idx.data(), 5, d_rows.data());
+  EXPECT_EQ(from_gpu(d_rows), rows_want);
+}
+
+TEST_F(CudaOpsTest, WeightedRowSumWithHostDeviceAndNoWeights) {
+  std::mt19937 rng(9);
+  const int64_t width = 77, n = 6;
+  const auto src = random_floats(rng, 20 * width);
+  const std::vector<int32_t> src_index = {3, 19, 0, 5, 5, 7, 11, 2, 1, 13};
+  const std::vector<int64_t> offsets = {0, 2, 2, 5, 6, 9, 10};  // row 1 sums nothing
+  const auto weights = random_floats(rng, 10, 0.0f, 1.0f);
+  auto d_src = to_gpu(src);
+  auto d_weights = to_gpu(weights);
+  Buffer<float> d_dst(*gpu_, n * width);
+  for (int mode = 0; mode < 3; ++mode) {
+    const float* host_w = mode == 2 ? nullptr : weights.data();
+    const float* gpu_w = mode == 0 ? weights.data() : mode == 1 ? d_weights.data() : nullptr;
+    std::vector<float> want(n * width);
+    ref_->weighted_row_sum(src.data(), width, src_index.data(), host_w, offsets.data(), n,
+                           want.data());
+    gpu_->weighted_row_sum(d_src.data(), width, src_index.data(), gpu_w, offsets.data(), n,
+                           d_dst.data());
+    EXPECT_TRUE(close_to(from_gpu(d_dst), want, 1e-6, 1e-6)) << "mode " << mode;
+  }
+}
+
+}  // namespace
+}  // namespace moe::kernels::test

@@ -1,0 +1,298 @@
+// Attention work plan: every (token, head) row sees exactly the keys [0, its position] across
+// its work items, tiles respect the block size and the GQA grouping, decode-like sequences are
+// split only when the grid is small, bad inputs throw. Then the kernel's algorithm (32-key tiles,
+// online softmax, split merge) is emulated on the CPU over exactly these work items and compared
+// with the naive reference attention.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <map>
+#include <random>
+#include <utility>
+#include <vector>
+
+#include "kernels/common/check.h"
+#include "kernels/cpu/reference.h"
+#include "kernels/cuda/attention_plan.h"
+#include "kernels/cuda/device_math.h"
+
+namespace moe::kernels::cuda {
+namespace {
+
+struct Case {
+  std::vector<AttentionSeq> seqs;
+  AttentionShape shape;
+  int64_t num_slots = 0;
+  int64_t max_len = 0;
+};
+
+int64_t total_rows(const std::vector<AttentionSeq>& seqs) {
+  int64_t n = 0;
+  for (const auto& s : seqs) n = std::max(n, s.row_begin + s.num_new);
+  return n;
+}
+
+// Checks the covering property of the plan for every (token row, head).
+void check_coverage(const Case& c, const AttentionPlan& plan) {
+  const int64_t H = c.shape.num_heads, G = H / c.shape.num_kv_heads;
+  // (row, head) -> key intervals
+  std::map<std::pair<int64_t, int64_t>, std::vector<std::pair<int64_t, int64_t>>> seen;
+  for (const AttentionWorkItem& it : plan.items) {
+    ASSERT_GE(it.num_tokens, 1);
+    ASSERT_GE(it.num_heads, 1);
+    ASSERT_LE(it.num_tokens * it.num_heads, kAttnBlockRows);
+    ASSERT_LE(it.key_begin, it.key_end);
+    for (int t = 0; t < it.num_tokens; ++t) {
+      const int64_t pos = it.first_pos + t;
+      for (int hh = 0; hh < it.num_heads; ++hh) {
+        const int64_t h = it.head_begin + hh;
+        ASSERT_EQ(h / G, it.kv_head) << "a tile mixes kv heads";
+        const int64_t lo = it.key_begin, hi = std::min<int64_t>(it.key_end, pos + 1);
+        if (lo < hi) seen[{it.row_begin + t, h}].push_back({lo, hi});
+      }
+    }
+  }
+  for (const AttentionSeq& s : c.seqs) {
+    for (int64_t i = 0; i < s.num_new; ++i) {
+      const int64_t pos = s.past_len + i;
+      for (int64_t h = 0; h < H; ++h) {
+        auto ranges = seen[{s.row_begin + i, h}];
+        std::sort(ranges.begin(), ranges.end());
+        int64_t next = 0;
+        for (const auto& [lo, hi] : ranges) {
+          ASSERT_EQ(lo, next) << "row " << s.row_begin + i << " head " << h << ": gap or overlap";
+          next = hi;
+        }
+        ASSERT_EQ(next, pos + 1) << "row " << s.row_begin + i << " head " << h;
+      }
+    }
+  }
+  // KV append: one cache row per new token, at slot * max_len + position.
+  std::vector<KvAppendRow> want;
+  for (const AttentionSeq& s : c.seqs) {
+    for (int64_t i = 0; i < s.num_new; ++i) {
+      want.push_back({static_cast<int32_t>(s.row_begin + i),
+                      static_cast<int32_t>(s.cache_slot * c.max_len + s.past_len + i)});
+    }
+  }
+  ASSERT_EQ(plan.append.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    EXPECT_EQ(plan.append[i].src_row, want[i].src_row);
+    EXPECT_EQ(plan.append[i].dst_row, want[i].dst_row);
+  }
+}
+
+// The CUDA kernel's algorithm, serially: same tiles, same masking, same rescale/merge rules.
+void emulate(const Case& c, const AttentionPlan& plan, const float* q, const float* k,
+             const float* v, KvCacheView cache, float* out) {
+  const int64_t H = c.shape.num_heads, KV = c.shape.num_kv_heads, D = c.shape.head_dim;
+  const int64_t W = KV * D;
+  for (const KvAppendRow& a : plan.append) {
+    std::copy(k + a.src_row * W, k + (a.src_row + 1) * W, cache.k + int64_t{a.dst_row} * W);
+    std::copy(v + a.src_row * W, v + (a.src_row + 1) * W, cache.v + int64_t{a.dst_row} * W);
+  }
+  std::vector<float> part_o(plan.num_partial_slots * H * D),
+      part_ml(plan.num_partial_slots * H * 2);
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  for (const AttentionWorkItem& it : plan.items) {
+    for (int r = 0; r < it.num_tokens * it.num_heads; ++r) {
+      const int token = r / it.num_heads;
+      const int64_t h = it.head_begin + r % it.num_heads;
+      const int64_t pos = it.first_pos + token;
+      const float* qr = q + ((it.row_begin + token) * H + h) * D;
+      float m = -INFINITY, l = 0.0f;
+      std::vector<float> o(D, 0.0f);
+      for (int kb = it.key_begin; kb < it.key_end; kb += kAttnKeyTile) {
+        const int nk = std::min(kAttnKeyTile, it.key_end - kb);
+        float s[kAttnKeyTile];
+        float tile_max = -INFINITY;
+        for (int j = 0; j < kAttnKeyTile; ++j) {
+          s[j] = -INFINITY;
+          if (j < nk && kb + j <= pos) {
+            const float* kr = cache.k + (int64_t{it.cache_row0} + kb + j) * W + it.kv_head * D;
+            float dot = 0.0f;
+            for (int64_t d = 0; d < D; ++d) dot += qr[d] * kr[d];
+            s[j] = dot * scale;
+          }
+          tile_max = std::max(tile_max, s[j]);
+        }
+        if (tile_max == -INFINITY) continue;
+        const float m_new = std::max(m, tile_max);
+        const float corr = softmax_rescale(m, m_new);
+        float sum = 0.0f;
+        for (int j = 0; j < kAttnKeyTile; ++j) sum += softmax_weight(s[j], m_new);
+        l = l * corr + sum;
+        for (float& x : o) x *= corr;
+        for (int j = 0; j < nk; ++j) {
+          const float p = softmax_weight(s[j], m_new);
+          const float* vr = cache.v + (int64_t{it.cache_row0} + kb + j) * W + it.kv_head * D;
+          for (int64_t d = 0; d < D; ++d) o[d] += p * vr[d];
+        }
+        m = m_new;
+      }
+      if (it.num_splits == 1) {
+        for (int64_t d = 0; d < D; ++d) {
+          out[((it.row_begin + token) * H + h) * D + d] = l > 0 ? o[d] / l : 0.0f;
+        }
+      } else {
+        const int64_t slot = it.partial_base + int64_t{token} * it.num_splits + it.split;
+        for (int64_t d = 0; d < D; ++d) part_o[(slot * H + h) * D + d] = o[d];
+        part_ml[(slot * H + h) * 2] = m;
+        part_ml[(slot * H + h) * 2 + 1] = l;
+      }
+    }
+  }
+  for (const AttentionCombineRow& cr : plan.combine) {
+    for (int64_t h = 0; h < H; ++h) {
+      float m_merged = -INFINITY;
+      for (int s = 0; s < cr.num_splits; ++s) {
+        const int64_t at = ((cr.partial_base + s) * H + h) * 2;
+        if (part_ml[at + 1] > 0) m_merged = std::max(m_merged, part_ml[at]);
+      }
+      float l_merged = 0.0f;
+      std::vector<float> acc(D, 0.0f);
+      for (int s = 0; s < cr.num_splits; ++s) {
+        const int64_t slot = cr.partial_base + s;
+        const SoftmaxPartial p{part_ml[(slot * H + h) * 2], part_ml[(slot * H + h) * 2 + 1]};
+        const float w = partial_scale(p, m_merged);
+        l_merged += p.l * w;
+        for (int64_t d = 0; d < D; ++d) acc[d] += part_o[(slot * H + h) * D + d] * w;
+      }
+      for (int64_t d = 0; d < D; ++d) {
+        out[(int64_t{cr.row} * H + h) * D + d] = l_merged > 0 ? acc[d] / l_merged : 0.0f;
+      }
+    }
+  }
+}
+
+void run_emulation(const Case& c, int num_sms, uint32_t seed) {
+  const AttentionPlan plan = plan_attention(c.seqs.data(), static_cast<int64_t>(c.seqs.size()),
+                                            c.shape, c.num_slots, c.max_len, num_sms);
+  check_coverage(c, plan);
+  const int64_t H = c.shape.num_heads, KV = c.shape.num_kv_heads, D = c.shape.head_dim;
+  const int64_t T = total_rows(c.seqs);
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
+  auto fill = [&](std::vector<float>& x) {
+    for (float& e : x) e = dist(rng);
+  };
+  std::vector<float> q(T * H * D), k(T * KV * D), v(T * KV * D);
+  fill(q);
+  fill(k);
+  fill(v);
+  const size_t cache_size = static_cast<size_t>(c.num_slots * c.max_len * KV * D);
+  std::vector<float> ck(cache_size, std::numeric_limits<float>::quiet_NaN()), cv(ck);
+  for (const AttentionSeq& s : c.seqs) {  // past keys/values of each sequence
+    for (int64_t p = 0; p < s.past_len; ++p) {
+      for (int64_t j = 0; j < KV * D; ++j) {
+        ck[(s.cache_slot * c.max_len + p) * KV * D + j] = dist(rng);
+        cv[(s.cache_slot * c.max_len + p) * KV * D + j] = dist(rng);
+      }
+    }
+  }
+  std::vector<float> rk(ck), rv(cv), got(T * H * D, -7.0f), want(T * H * D, -7.0f);
+  emulate(c, plan, q.data(), k.data(), v.data(), {ck.data(), cv.data(), c.num_slots, c.max_len},
+          got.data());
+  cpu::reference::attention(q.data(), k.data(), v.data(), c.seqs.data(),
+                            static_cast<int64_t>(c.seqs.size()), c.shape,
+                            {rk.data(), rv.data(), c.num_slots, c.max_len}, want.data());
+  for (size_t i = 0; i < got.size(); ++i) {
+    ASSERT_NEAR(got[i], want[i], 2e-5 + 1e-4 * std::fabs(want[i])) << "element " << i;
+  }
+  for (size_t i = 0; i < ck.size(); ++i) {
+    ASSERT_TRUE((std::isnan(ck[i]) && std::isnan(rk[i])) || ck[i] == rk[i]) << "cache k " << i;
+    ASSERT_TRUE((std::isnan(cv[i]) && std::isnan(rv[i])) || cv[i] == rv[i]) << "cache v " << i;
+  }
+}
+
+Case prefill_case() {
+  // Three sequences: fresh prompt, prompt continuing a cache, and a 1-token step; rows not in
+  // sequence order and a gap row (7) nobody uses.
+  return {{{8, 23, 0, 2}, {0, 5, 40, 0}, {5, 1, 12, 3}}, {8, 2, 16}, 4, 96};
+}
+
+Case decode_case() {
+  return {{{0, 1, 700, 0}, {1, 1, 63, 1}, {2, 1, 300, 2}, {3, 2, 129, 3}}, {8, 2, 16}, 4, 800};
+}
+
+TEST(AttentionPlan, PrefillRowsSeeExactlyTheirCausalKeys) {
+  const Case c = prefill_case();
+  const AttentionPlan plan = plan_attention(c.seqs.data(), 3, c.shape, 4, 96, 4);
+  check_coverage(c, plan);
+  EXPECT_EQ(plan.heads_per_tile, 4);   // G = 4 query heads per kv head
+  EXPECT_EQ(plan.tokens_per_tile, 4);  // 16 rows per block
+  EXPECT_TRUE(plan.combine.empty());   // enough blocks: nothing split
+  EXPECT_EQ(plan.num_partial_slots, 0);
+}
+
+TEST(AttentionPlan, DecodeOnABigDeviceSplitsLongCachesOnly) {
+  const Case c = decode_case();
+  const AttentionPlan plan = plan_attention(c.seqs.data(), 4, c.shape, 4, 800, 132);
+  check_coverage(c, plan);
+  std::map<int, int> splits_of_row;
+  for (const auto& cr : plan.combine) splits_of_row[cr.row] = cr.num_splits;
+  EXPECT_GT(splits_of_row[0], 1);         // 701 keys
+  EXPECT_EQ(splits_of_row.count(1), 0u);  // 64 keys: too short to split
+  EXPECT_GT(splits_of_row[3], 1);         // 2 new tokens fit one tile
+  for (const AttentionWorkItem& it : plan.items) {
+    if (it.num_splits > 1 && it.key_end < it.first_pos + it.num_tokens) {
+      EXPECT_EQ((it.key_end - it.key_begin) % kAttnKeyTile, 0) << "inner split not tile-aligned";
+    }
+    EXPECT_LE(it.num_splits, kAttnMaxSplits);
+  }
+  // Partial slots: consecutive per row, no two rows share one.
+  int64_t slots = 0;
+  for (const auto& cr : plan.combine) slots += cr.num_splits;
+  EXPECT_EQ(slots, plan.num_partial_slots);
+}
+
+TEST(AttentionPlan, ASmallDeviceNeedsNoSplits) {
+  const Case c = decode_case();
+  const AttentionPlan plan = plan_attention(c.seqs.data(), 4, c.shape, 4, 800, 1);
+  check_coverage(c, plan);
+  EXPECT_TRUE(plan.combine.empty());
+}
+
+TEST(AttentionPlan, ManyQueryHeadsPerKvHeadAreSlicedIntoTiles) {
+  const Case c{{{0, 3, 4, 0}}, {40, 1, 8}, 1, 16};  // G = 40 > 16 rows per block
+  const AttentionPlan plan = plan_attention(c.seqs.data(), 1, c.shape, 1, 16, 1);
+  check_coverage(c, plan);
+  EXPECT_EQ(plan.heads_per_tile, 16);
+  EXPECT_EQ(plan.tokens_per_tile, 1);
+  EXPECT_EQ(plan.items.size(), 3u * 3u);  // 3 tokens x ceil(40 / 16) head slices
+}
+
+TEST(AttentionPlan, RejectsSequencesThatDoNotFitTheCache) {
+  AttentionSeq s{0, 4, 10, 0};
+  EXPECT_THROW(plan_attention(&s, 1, {4, 2, 8}, 1, 13, 8), moe::Error);  // 14 > 13 positions
+  s = {0, 4, 0, 1};
+  EXPECT_THROW(plan_attention(&s, 1, {4, 2, 8}, 1, 13, 8), moe::Error);  // slot 1 of 1
+  s = {0, 4, 0, 0};
+  EXPECT_THROW(plan_attention(&s, 1, {4, 3, 8}, 1, 13, 8), moe::Error);    // 4 % 3 != 0
+  EXPECT_THROW(plan_attention(&s, 1, {4, 2, 512}, 1, 13, 8), moe::Error);  // head_dim > 256
+  EXPECT_NO_THROW(plan_attention(&s, 1, {4, 2, 256}, 1, 13, 8));
+}
+
+TEST(AttentionPlan, EmptyBatchGivesNoWork) {
+  const AttentionSeq s{0, 0, 5, 0};
+  const AttentionPlan plan = plan_attention(&s, 1, {4, 2, 8}, 1, 8, 8);
+  EXPECT_TRUE(plan.items.empty());
+  EXPECT_TRUE(plan.append.empty());
+}
+
+TEST(AttentionEmulation, PrefillMatchesReference) {
+  run_emulation(prefill_case(), 4, 11);
+}
+
+TEST(AttentionEmulation, SplitDecodeMatchesReference) {
+  run_emulation(decode_case(), 132, 12);
+}
+
+TEST(AttentionEmulation, WideGqaGroupsOddHeadDimAndSplitsMatchReference) {
+  run_emulation({{{0, 3, 40, 0}, {3, 1, 200, 1}}, {40, 2, 24}, 2, 210}, 64, 13);
+}
+
+}  // namespace
+}  // namespace moe::kernels::cuda
