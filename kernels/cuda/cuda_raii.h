@@ -104,19 +104,20 @@ class CublasHandle {
   cublasHandle_t handle_ = nullptr;
 };
 
-// Device memory from cudaMalloc (never managed memory). Size in bytes.
-class DeviceBytes {
+// Move-only owner of CUDA-allocated bytes; Memory says how they are allocated and freed.
+template <class Memory>
+class CudaBytes {
  public:
-  DeviceBytes() = default;
-  explicit DeviceBytes(size_t size_bytes) : size_bytes_(size_bytes) {
-    if (size_bytes_ > 0) MOE_CUDA_CHECK(cudaMalloc(&ptr_, size_bytes_));
+  CudaBytes() = default;
+  explicit CudaBytes(size_t size_bytes) : size_bytes_(size_bytes) {
+    if (size_bytes_ > 0) MOE_CUDA_CHECK(Memory::allocate(&ptr_, size_bytes_));
   }
-  ~DeviceBytes() { reset(); }
-  DeviceBytes(const DeviceBytes&) = delete;
-  DeviceBytes& operator=(const DeviceBytes&) = delete;
-  DeviceBytes(DeviceBytes&& o) noexcept
+  ~CudaBytes() { reset(); }
+  CudaBytes(const CudaBytes&) = delete;
+  CudaBytes& operator=(const CudaBytes&) = delete;
+  CudaBytes(CudaBytes&& o) noexcept
       : ptr_(std::exchange(o.ptr_, nullptr)), size_bytes_(std::exchange(o.size_bytes_, 0)) {}
-  DeviceBytes& operator=(DeviceBytes&& o) noexcept {
+  CudaBytes& operator=(CudaBytes&& o) noexcept {
     if (this != &o) {
       reset();
       ptr_ = std::exchange(o.ptr_, nullptr);
@@ -125,7 +126,7 @@ class DeviceBytes {
     return *this;
   }
   void reset() noexcept {
-    if (ptr_ != nullptr) (void)cudaFree(ptr_);
+    if (ptr_ != nullptr) (void)Memory::release(ptr_);
     ptr_ = nullptr;
     size_bytes_ = 0;
   }
@@ -137,37 +138,17 @@ class DeviceBytes {
   size_t size_bytes_ = 0;
 };
 
+// Device memory from cudaMalloc (never managed memory).
+struct DeviceMemory {
+  static cudaError_t allocate(void** p, size_t n) { return cudaMalloc(p, n); }
+  static cudaError_t release(void* p) { return cudaFree(p); }
+};
 // Page-locked host memory (cudaMallocHost): the source of asynchronous uploads.
-class PinnedBytes {
- public:
-  PinnedBytes() = default;
-  explicit PinnedBytes(size_t size_bytes) : size_bytes_(size_bytes) {
-    if (size_bytes_ > 0) MOE_CUDA_CHECK(cudaMallocHost(&ptr_, size_bytes_));
-  }
-  ~PinnedBytes() { reset(); }
-  PinnedBytes(const PinnedBytes&) = delete;
-  PinnedBytes& operator=(const PinnedBytes&) = delete;
-  PinnedBytes(PinnedBytes&& o) noexcept
-      : ptr_(std::exchange(o.ptr_, nullptr)), size_bytes_(std::exchange(o.size_bytes_, 0)) {}
-  PinnedBytes& operator=(PinnedBytes&& o) noexcept {
-    if (this != &o) {
-      reset();
-      ptr_ = std::exchange(o.ptr_, nullptr);
-      size_bytes_ = std::exchange(o.size_bytes_, 0);
-    }
-    return *this;
-  }
-  void reset() noexcept {
-    if (ptr_ != nullptr) (void)cudaFreeHost(ptr_);
-    ptr_ = nullptr;
-    size_bytes_ = 0;
-  }
-  void* get() const { return ptr_; }
-  size_t size_bytes() const { return size_bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  size_t size_bytes_ = 0;
+struct PinnedMemory {
+  static cudaError_t allocate(void** p, size_t n) { return cudaMallocHost(p, n); }
+  static cudaError_t release(void* p) { return cudaFreeHost(p); }
 };
+using DeviceBytes = CudaBytes<DeviceMemory>;
+using PinnedBytes = CudaBytes<PinnedMemory>;
 
 }  // namespace moe::kernels::cuda
