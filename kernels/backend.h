@@ -19,6 +19,8 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
   virtual bool is_host_memory() const = 0;
+  // Element type attention() expects of the KV cache it is given.
+  virtual KvDtype kv_cache_dtype() const { return KvDtype::kF32; }
 
   // Memory. Bytes are spelled _bytes; allocate never returns null (throws).
   virtual void* allocate(size_t size_bytes) = 0;
@@ -29,6 +31,9 @@ class Backend {
   virtual void fill_zero(void* dst, size_t size_bytes) = 0;
   virtual void synchronize() = 0;
   size_t allocated_bytes() const { return allocated_bytes_; }
+  // Bytes in use on the whole device this backend computes on (cudaMemGetInfo: every context
+  // and process on it), or -1 for a backend in host memory.
+  virtual int64_t device_used_bytes() const { return -1; }
   size_t peak_allocated_bytes() const { return peak_allocated_bytes_; }
 
   // Ops: same contracts as kernels/cpu/ops.h.

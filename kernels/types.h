@@ -18,12 +18,22 @@ struct AttentionSeq {
   int64_t cache_slot = 0;
 };
 
-// One layer's KV cache: k and v are [num_slots, max_len, num_kv_heads * head_dim] each.
+// Element type of a KV cache. The CPU backend keeps fp32 (bit-faithful to an fp32 reference);
+// the CUDA backend keeps bf16 (half the bytes, the largest buffer after the weights): keys and
+// values are rounded to bf16 once, when appended, and read back as fp32.
+enum class KvDtype : int32_t { kF32 = 0, kBF16 = 1 };
+inline constexpr int64_t kv_dtype_bytes(KvDtype t) {
+  return t == KvDtype::kF32 ? 4 : 2;
+}
+
+// One layer's KV cache: k and v are [num_slots, max_len, num_kv_heads * head_dim] each, of
+// element type dtype, in the backend's memory.
 struct KvCacheView {
-  float* k = nullptr;
-  float* v = nullptr;
+  void* k = nullptr;
+  void* v = nullptr;
   int64_t num_slots = 0;
   int64_t max_len = 0;
+  KvDtype dtype = KvDtype::kF32;
 };
 
 // Attention geometry (GQA: query head h reads kv head h / (num_heads / num_kv_heads)).

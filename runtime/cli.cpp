@@ -24,6 +24,7 @@
 #include "parallel/communicator.h"
 #include "parallel/placement.h"
 #ifdef MOE_EP_HAVE_NCCL
+#include "kernels/cuda/cuda_backend.h"
 #include "parallel/nccl_communicator.h"
 #endif
 #include "runtime/config.h"
@@ -95,6 +96,7 @@ struct Session {
   std::unique_ptr<WeightSource> weights;
   std::unique_ptr<Model> model;
   double load_s = 0;
+  int64_t device_used_at_open = -1;  // device-wide bytes in use before the model (-1: host)
   nlohmann::json load_per_rank = nlohmann::json::array();  // what each rank read and holds
 
   int rank() const { return comm->rank(); }
@@ -135,6 +137,15 @@ std::unique_ptr<Session> open_session(const CommonOptions& o, int64_t max_seqs, 
   const int N = s->comm->size();
   kernels::cpu::set_blas_threads(o.threads > 0 ? o.threads : default_threads(N));
   s->backend = kernels::make_backend(o.backend, s->comm->local_rank());
+  s->device_used_at_open = s->backend->device_used_bytes();
+#ifdef MOE_EP_HAVE_NCCL
+  // Exchanges are ordered against the backend's stream with events instead of a device sync.
+  if (auto* nccl = parallel::as_nccl_communicator(s->comm.get())) {
+    if (auto* cuda = kernels::as_cuda_backend(s->backend.get())) {
+      nccl->set_compute_stream(cuda->stream());
+    }
+  }
+#endif
 
   s->config = load_model_config(o.model);
   const bool model_is_checkpoint = std::filesystem::is_directory(o.model);
@@ -237,12 +248,39 @@ nlohmann::json memory_json(const Session& s) {
           {"peak_backend_bytes", s.backend->peak_allocated_bytes()}};
 }
 
+// Expert slots each rank holds, summed over the MoE layers (the plan's placement override).
+std::vector<int64_t> expert_slots_per_rank(const ModelConfig& config,
+                                           const parallel::Placement& p) {
+  std::vector<int64_t> per_rank(static_cast<size_t>(p.num_ranks()), 0);
+  for (int l = 0; l < p.num_layers(); ++l) {
+    if (!config.layer_is_moe(l)) continue;
+    for (int r = 0; r < p.num_ranks(); ++r) {
+      per_rank[static_cast<size_t>(r)] += p.layer(l).num_local_slots(r);
+    }
+  }
+  return per_rank;
+}
+
+// What `moe-ep plan` predicts for this session's largest rank: same model, world size,
+// placement, KV-cache element type, batch and context.
+RankMemory planned_memory(const Session& s, int64_t sequences, int64_t context) {
+  PlanOptions po;
+  po.batch = sequences;
+  po.context = context;
+  po.kv_bytes = static_cast<int>(kernels::kv_dtype_bytes(s.backend->kv_cache_dtype()));
+  po.expert_slots_per_rank = expert_slots_per_rank(s.config, *s.placement);
+  po.placement_name = s.placement->strategy();
+  return make_plan(s.config, po).ranks.at(0);
+}
+
 // ---------------------------------------------------------------------------------- commands
 
 int cmd_plan(const std::string& model, int ranks, const std::string& placement, int64_t batch,
-             int64_t context, double gpu_mem_gib, const std::string& json, int rank) {
+             int64_t context, double gpu_mem_gib, const std::string& backend,
+             const std::string& json, int rank) {
   ModelConfig config = load_model_config(model);
   PlanOptions po;
+  po.kv_bytes = backend == "cpu" ? 4 : 2;
   po.batch = batch;
   po.context = context;
   po.gpu_mem_gib = gpu_mem_gib;
@@ -256,12 +294,7 @@ int cmd_plan(const std::string& model, int ranks, const std::string& placement, 
     parallel::Placement p = parallel::Placement::build(spec, config.moe_layers(),
                                                        static_cast<int>(config.num_experts), n);
     po.ranks = {n};
-    std::vector<int64_t> per_rank(static_cast<size_t>(n), 0);
-    for (int l = 0; l < p.num_layers(); ++l) {
-      if (!config.layer_is_moe(l)) continue;
-      for (int r = 0; r < n; ++r) per_rank[static_cast<size_t>(r)] += p.layer(l).num_local_slots(r);
-    }
-    po.expert_slots_per_rank = per_rank;
+    po.expert_slots_per_rank = expert_slots_per_rank(config, p);
     po.placement_name = p.strategy();
   }
   PlanReport report = make_plan(config, po);
@@ -377,7 +410,8 @@ int cmd_run(const std::string& config_path, const std::vector<std::string>& sets
   check_context_fits(load_model_config(o.model), w.prompt_len + w.decode_steps,
                      fmt::format("{}: workload.prompt_len + workload.decode_steps", rc.source));
 
-  auto s = open_session(o, w.num_sequences, w.prompt_len + std::max<int64_t>(w.decode_steps, 1));
+  const int64_t context = w.prompt_len + std::max<int64_t>(w.decode_steps, 1);
+  auto s = open_session(o, w.num_sequences, context);
   // Deterministic prompts: sequence i from (seed, i), whatever the world size.
   TokenBatch prompts(static_cast<size_t>(w.num_sequences));
   for (int64_t i = 0; i < w.num_sequences; ++i) {
@@ -391,11 +425,15 @@ int cmd_run(const std::string& config_path, const std::vector<std::string>& sets
   MetricsReport metrics = engine.metrics().reduce(*s->comm, s->model->times());
 
   // Memory: max over ranks.
-  std::vector<int64_t> mem{s->model->expert_bytes(), s->model->dense_bytes(),
-                           s->model->kv_cache_bytes(),
-                           static_cast<int64_t>(s->backend->peak_allocated_bytes()),
-                           peak_rss_bytes()};
+  std::vector<int64_t> mem{
+      s->model->expert_bytes(),
+      s->model->dense_bytes(),
+      s->model->kv_cache_bytes(),
+      static_cast<int64_t>(s->backend->peak_allocated_bytes()),
+      peak_rss_bytes(),
+      s->device_used_at_open < 0 ? -1 : s->backend->device_used_bytes() - s->device_used_at_open};
   s->comm->all_reduce<int64_t>(mem, parallel::ReduceOp::kMax);
+  const RankMemory plan = planned_memory(*s, w.num_sequences, context);
 
   const int64_t prefill_tokens = w.num_sequences * w.prompt_len;
   const int64_t decode_tokens = w.num_sequences * (std::max<int64_t>(w.decode_steps, 1) - 1);
@@ -436,6 +474,17 @@ int cmd_run(const std::string& config_path, const std::vector<std::string>& sets
     fmt::print("memory       per rank max: experts {:.2f} MB, dense replica {:.2f} MB, KV cache "
                "{:.2f} MB, backend peak {:.2f} MB, RSS peak {:.2f} MB\n",
                mem[0] / 1e6, mem[1] / 1e6, mem[2] / 1e6, mem[3] / 1e6, mem[4] / 1e6);
+    const double plan_mb = plan.total_bytes / 1e6;
+    fmt::print(
+        "vs plan      `moe-ep plan` predicts {:.2f} MB for the largest rank (weights {:.2f}, "
+        "KV {:.2f}, buffers {:.2f} at worst-case routing); backend peak = {:.1f}% of it{}\n",
+        plan_mb, (plan.dense_replica_bytes + plan.expert_shard_bytes) / 1e6,
+        plan.kv_cache_bytes / 1e6, (plan.activation_buffer_bytes + plan.communication_bytes) / 1e6,
+        100.0 * mem[3] / plan.total_bytes,
+        mem[5] < 0 ? std::string()
+                   : fmt::format("; device memory in use grew by {:.2f} MB = {:.1f}% of it "
+                                 "(cudaMemGetInfo, whole device)",
+                                 mem[5] / 1e6, 100.0 * mem[5] / plan.total_bytes));
     fmt::print("{}", metrics.summary());
     if (!o.json.empty()) {
       nlohmann::json j = {{"command", "run"},
@@ -462,7 +511,15 @@ int cmd_run(const std::string& config_path, const std::vector<std::string>& sets
                             {"dense_replica_bytes", mem[1]},
                             {"kv_cache_bytes", mem[2]},
                             {"peak_backend_bytes", mem[3]},
-                            {"peak_rss_bytes", mem[4]}}},
+                            {"peak_rss_bytes", mem[4]},
+                            {"device_used_delta_bytes", mem[5]}}},
+                          {"plan_per_rank",
+                           {{"dense_replica_bytes", plan.dense_replica_bytes},
+                            {"expert_shard_bytes", plan.expert_shard_bytes},
+                            {"kv_cache_bytes", plan.kv_cache_bytes},
+                            {"activation_buffer_bytes", plan.activation_buffer_bytes},
+                            {"communication_bytes", plan.communication_bytes},
+                            {"total_bytes", plan.total_bytes}}},
                           {"load_per_rank", s->load_per_rank},
                           {"metrics", metrics.to_json(true)}};
       write_json(o.json, j);
@@ -483,7 +540,7 @@ int run_cli(int argc, char** argv) {
   app.set_help_all_flag("--help-all", "Help for every command");
 
   // plan
-  std::string plan_model, plan_placement, plan_json;
+  std::string plan_model, plan_placement, plan_json, plan_backend = "cuda";
   int plan_ranks = 0;
   int64_t plan_batch = 1, plan_context = 4096;
   double plan_gpu_mem = 141;
@@ -500,6 +557,9 @@ int run_cli(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   plan->add_option("--gpu-mem-gib", plan_gpu_mem, "GPU memory per rank in GiB (default 141, H200)")
       ->check(CLI::PositiveNumber);
+  plan->add_option("--backend", plan_backend,
+                   "Backend whose KV cache to size: cuda (bf16, default) | cpu (fp32)")
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   plan->add_option("--json", plan_json, "Also write the plan as JSON to this file");
 
   // forward
@@ -552,7 +612,7 @@ int run_cli(int argc, char** argv) {
 
   if (*plan) {
     return cmd_plan(plan_model, plan_ranks, plan_placement, plan_batch, plan_context, plan_gpu_mem,
-                    plan_json, rank);
+                    plan_backend, plan_json, rank);
   }
   if (*forward) return cmd_forward(fwd_opts, fwd_tokens, fwd_out);
   if (*generate) return cmd_generate(gen_opts, gen_tokens, gen_max_new);

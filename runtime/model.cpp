@@ -107,6 +107,7 @@ Model::Model(const ModelConfig& config, const parallel::Placement& placement,
       fault_(FaultInjection::from_env()),
       max_seqs_(max_seqs),
       max_len_(max_len),
+      kv_dtype_(backend.kv_cache_dtype()),
       progress_(progress) {
   const ModelShapes& s = shapes_;
   const int rank = comm.rank();
@@ -167,9 +168,10 @@ Model::Model(const ModelConfig& config, const parallel::Placement& placement,
       L.mlp_up = load(weights, layer_name(l, "mlp.up_proj.weight"), {s.dense_inter, s.hidden});
       L.mlp_down = load(weights, layer_name(l, "mlp.down_proj.weight"), {s.hidden, s.dense_inter});
     }
-    const size_t cache_elems = static_cast<size_t>(max_seqs * max_len * s.kv_width);
-    L.k_cache = kernels::Buffer<float>(backend, cache_elems);
-    L.v_cache = kernels::Buffer<float>(backend, cache_elems);
+    const size_t cache_bytes =
+        static_cast<size_t>(max_seqs * max_len * s.kv_width * kernels::kv_dtype_bytes(kv_dtype_));
+    L.k_cache = kernels::Buffer<unsigned char>(backend, cache_bytes);
+    L.v_cache = kernels::Buffer<unsigned char>(backend, cache_bytes);
     kv_cache_bytes_ += static_cast<int64_t>(L.k_cache.size_bytes() + L.v_cache.size_bytes());
   }
   final_norm_ = load(weights, "model.norm.weight", {s.hidden});
@@ -292,7 +294,8 @@ StepResult Model::step(const std::vector<SeqStep>& seqs, const std::vector<int64
       backend_.rope(q_.data(), positions.data(), T, s.num_heads, s.head_dim, config_.rope_theta);
       backend_.rope(k_.data(), positions.data(), T, s.num_kv_heads, s.head_dim,
                     config_.rope_theta);
-      kernels::KvCacheView cache{L.k_cache.data(), L.v_cache.data(), max_seqs_, max_len_};
+      kernels::KvCacheView cache{L.k_cache.data(), L.v_cache.data(), max_seqs_, max_len_,
+                                 kv_dtype_};
       backend_.attention(q_.data(), k_.data(), v_.data(), attn_seqs.data(),
                          static_cast<int64_t>(attn_seqs.size()),
                          {s.num_heads, s.num_kv_heads, s.head_dim}, cache, attn_.data());

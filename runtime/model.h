@@ -115,7 +115,7 @@ class Model {
     std::vector<ExpertBuf> experts;               // this rank's local slots (MoE)
     kernels::Buffer<bf16> mlp_gate, mlp_up;       // [dense_inter, H] (dense)
     kernels::Buffer<bf16> mlp_down;               // [H, dense_inter] (dense)
-    kernels::Buffer<float> k_cache, v_cache;      // [max_seqs, max_len, kv_width]
+    kernels::Buffer<unsigned char> k_cache, v_cache;  // [max_seqs, max_len, kv_width] kv_dtype_
   };
 
   kernels::Buffer<bf16> load(WeightSource& w, const std::string& name,
@@ -130,6 +130,7 @@ class Model {
   parallel::Dispatcher dispatcher_;
   FaultInjection fault_;
   int64_t max_seqs_, max_len_;
+  kernels::KvDtype kv_dtype_;  // the backend's KV-cache element type
 
   kernels::Buffer<bf16> embed_;    // [V, H]
   kernels::Buffer<bf16> lm_head_;  // [V, H] (empty when tied: embed_ is used)

@@ -47,7 +47,7 @@ RankMemory rank_memory(const ModelConfig& c, const ParamBreakdown& p, const Plan
   const int64_t e = c.num_experts;
   const int64_t k = c.num_experts_per_tok;
   const int64_t h = c.hidden_size;
-  const int64_t act = o.activation_bytes;
+  const int64_t act = kFp32Bytes;  // activations and exchanged rows
 
   // Contiguous placement gives the first ranks ceil(E/N) experts per layer.
   if (override_slots >= 0) {
@@ -64,7 +64,7 @@ RankMemory rank_memory(const ModelConfig& c, const ParamBreakdown& p, const Plan
   m.dense_replica_bytes = (p.total - p.experts) * kWeightBytes;
   m.expert_shard_bytes = m.expert_slots * p.per_expert * kWeightBytes;
   // K and V for every layer, every position of this rank's sequences.
-  m.kv_cache_bytes = 2 * c.num_hidden_layers * c.kv_width() * m.sequences * o.context * act;
+  m.kv_cache_bytes = 2 * c.num_hidden_layers * c.kv_width() * m.sequences * o.context * o.kv_bytes;
 
   // Worst case of one expert-parallel exchange (parallel/dispatcher.h layouts): this rank sends
   // each own token once per destination rank holding one of its experts (<= min(k, N) rows),
@@ -182,9 +182,9 @@ PlanReport make_plan(const ModelConfig& config, const PlanOptions& options) {
                options.batch, options.context);
   MOE_CHECK_AS("config", options.gpu_mem_gib > 0 && std::isfinite(options.gpu_mem_gib),
                "plan: --gpu-mem-gib must be > 0, got {}", options.gpu_mem_gib);
-  MOE_CHECK_AS("config", options.activation_bytes == 2 || options.activation_bytes == 4,
-               "plan: activation bytes must be 2 (bf16) or 4 (fp32), got {}",
-               options.activation_bytes);
+  MOE_CHECK_AS("config", options.kv_bytes == 2 || options.kv_bytes == 4,
+               "plan: KV-cache element bytes must be 2 (bf16) or 4 (fp32), got {}",
+               options.kv_bytes);
   MOE_CHECK_AS("config", !options.ranks.empty() || !options.expert_slots_per_rank.empty(),
                "plan: no rank counts given");
   for (int n : options.ranks)
@@ -299,9 +299,10 @@ std::string format_plan(const PlanReport& r) {
 
   const bool overridden = !r.options.expert_slots_per_rank.empty();
   out += fmt::format(
-      "Per-rank memory, GiB (largest rank; batch {} x context {}; KV/activations {} bytes/element; "
+      "Per-rank memory, GiB (largest rank; batch {} x context {}; KV cache {}; activations fp32; "
       "placement {}; GPU {} GiB)\n",
-      r.options.batch, with_thousands(r.options.context), r.options.activation_bytes,
+      r.options.batch, with_thousands(r.options.context),
+      r.options.kv_bytes == 2 ? "bf16 (cuda)" : "fp32 (cpu)",
       overridden ? (r.options.placement_name.empty() ? "given" : r.options.placement_name)
                  : "contiguous",
       r.options.gpu_mem_gib);
@@ -347,7 +348,7 @@ nlohmann::json plan_to_json(const PlanReport& r) {
       {"batch", r.options.batch},
       {"context", r.options.context},
       {"gpu_mem_gib", r.options.gpu_mem_gib},
-      {"activation_bytes", r.options.activation_bytes},
+      {"kv_bytes", r.options.kv_bytes},
       {"placement",
        r.options.expert_slots_per_rank.empty()
            ? std::string("contiguous")

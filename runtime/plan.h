@@ -22,9 +22,10 @@ struct PlanOptions {
   int64_t context = 4096;  // tokens per sequence (KV cache length, prefill length)
   double gpu_mem_gib = 80;
   std::vector<int> ranks = {1, 2, 4, 8};
-  // Bytes per KV-cache / activation / communication element: 2 for the CUDA backend (bf16),
-  // 4 for the CPU backend (fp32). Router logits, top-k data and logits are fp32 everywhere.
-  int activation_bytes = 2;
+  // Bytes per KV-cache element: 2 for the CUDA backend (bf16 cache), 4 for the CPU backend
+  // (fp32). Activations and the rows exchanged between ranks are fp32 on every backend (the
+  // runtime keeps its hidden stream in fp32; only weights and the CUDA KV cache are bf16).
+  int kv_bytes = 2;
   // Optional placement override: expert slots (summed over all MoE layers, replicas included)
   // held by each rank. When non-empty its size is the one rank count reported (replacing
   // `ranks`) and the largest entry sizes the expert shard.

@@ -296,9 +296,9 @@ struct Activations {
 };
 
 struct KvCache {
-  Buffer<float> k, v;  // [slots, max_len, kv_w]
+  Buffer<bf16> k, v;  // [slots, max_len, kv_w], the CUDA backend's bf16 cache
   int64_t slots = 0, max_len = 0;
-  KvCacheView view() { return {k.data(), v.data(), slots, max_len}; }
+  KvCacheView view() { return {k.data(), v.data(), slots, max_len, kernels::KvDtype::kBF16}; }
 };
 
 // Host-side routing bookkeeping of one layer (single rank: every expert is local).
@@ -476,7 +476,7 @@ void model_bench(CudaBackend& b, const Options& opt, double copy_bw, JsonOut& js
   const int64_t L = std::min(opt.layers, d.layers);
   const int64_t max_batch = *std::max_element(opt.batches.begin(), opt.batches.end());
   const int64_t max_len = std::max(opt.prefill_len, opt.context + 1);
-  const size_t used0 = b.device_used_bytes();
+  const int64_t used0 = b.device_used_bytes();
   const size_t alloc0 = b.allocated_bytes();
 
   const double t_init = now_s();
@@ -485,11 +485,11 @@ void model_bench(CudaBackend& b, const Options& opt, double copy_bw, JsonOut& js
     KvCache c;
     c.slots = max_batch;
     c.max_len = max_len;
-    c.k = Buffer<float>(b, static_cast<size_t>(c.slots * c.max_len * d.kv_width()));
-    c.v = Buffer<float>(b, c.k.size());
+    c.k = Buffer<bf16>(b, static_cast<size_t>(c.slots * c.max_len * d.kv_width()));
+    c.v = Buffer<bf16>(b, c.k.size());
     // Past keys/values for the decode runs: random, so attention reads real numbers.
-    b.fill_random_f32(c.k.data(), static_cast<int64_t>(c.k.size()), 7 * l + 1, 1.0f);
-    b.fill_random_f32(c.v.data(), static_cast<int64_t>(c.v.size()), 7 * l + 2, 1.0f);
+    b.fill_random_bf16(c.k.data(), static_cast<int64_t>(c.k.size()), 7 * l + 1, 1.0f);
+    b.fill_random_bf16(c.v.data(), static_cast<int64_t>(c.v.size()), 7 * l + 2, 1.0f);
     m.caches.push_back(std::move(c));
   }
   if (whole) {
@@ -502,10 +502,10 @@ void model_bench(CudaBackend& b, const Options& opt, double copy_bw, JsonOut& js
   b.synchronize();
   const int64_t weight_bytes = L * (d.dense_layer_bytes() + d.experts * d.expert_bytes()) +
                                (whole ? 2 * d.vocab * d.hidden * 2 + 2 * d.hidden : 0);
-  const int64_t kv_bytes = L * 2 * max_batch * max_len * d.kv_width() * 4;
+  const int64_t kv_bytes = L * 2 * max_batch * max_len * d.kv_width() * 2;
   fmt::print(
       "\n{} ({} layer{}{}): weights {:.2f} GB, KV cache {:.2f} GB ({} slots x {} "
-      "positions, fp32), built in {:.2f} s\n",
+      "positions, bf16), built in {:.2f} s\n",
       whole ? "Qwen3-30B-A3B, synthetic weights" : "Qwen3-30B-A3B-sized MoE layer", L,
       L == 1 ? "" : "s", whole ? " + embedding + lm_head" : "", weight_bytes * 1e-9,
       kv_bytes * 1e-9, max_batch, max_len, now_s() - t_init);
@@ -528,12 +528,12 @@ void model_bench(CudaBackend& b, const Options& opt, double copy_bw, JsonOut& js
     const StepInput dec = decode_input(batch, opt.context);
     const double t = time_wall(b, opt.quick ? 2 : 10, [&] { run_model_step(b, m, dec, whole); });
     // The step must at least read: each layer's dense weights, the experts it routed to, the KV
-    // cache of every sequence (k and v, fp32), plus embedding rows and lm_head when whole.
+    // cache of every sequence (k and v, bf16), plus embedding rows and lm_head when whole.
     double bytes = 0.0;
     for (int64_t active : m.active_per_layer) {
       bytes += static_cast<double>(d.dense_layer_bytes()) +
                static_cast<double>(active) * d.expert_bytes() +
-               static_cast<double>(batch) * (opt.context + 1) * d.kv_width() * 4 * 2;
+               static_cast<double>(batch) * (opt.context + 1) * d.kv_width() * 2 * 2;
     }
     if (whole) bytes += static_cast<double>(d.vocab) * d.hidden * 2 + batch * d.hidden * 2.0;
     const double floor_s = bytes / copy_bw;
@@ -579,7 +579,7 @@ void model_bench(CudaBackend& b, const Options& opt, double copy_bw, JsonOut& js
       json.add("layer_phases", row);
     }
   }
-  const size_t used = b.device_used_bytes() - used0;
+  const int64_t used = b.device_used_bytes() - used0;
   const size_t alloc = b.allocated_bytes() - alloc0;
   fmt::print(
       "memory: weights + KV (analytic) {:.2f} GB | backend allocations {:.2f} GB (with "

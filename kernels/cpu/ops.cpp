@@ -322,6 +322,7 @@ void attention(const float* q, const float* k, const float* v, const AttentionSe
             head_dim);
   MOE_CHECK(num_heads % num_kv == 0, "attention: num_heads {} is not a multiple of num_kv_heads {}",
             num_heads, num_kv);
+  MOE_CHECK(cache.dtype == KvDtype::kF32, "attention: the CPU backend needs an fp32 KV cache");
   for (int64_t s = 0; s < num_seqs; ++s) {
     const AttentionSeq& sq = seqs[s];
     MOE_CHECK(sq.num_new >= 0 && sq.past_len >= 0 && sq.row_begin >= 0,
@@ -346,8 +347,8 @@ void attention(const float* q, const float* k, const float* v, const AttentionSe
   for (int64_t s = 0; s < num_seqs; ++s) {
     const AttentionSeq& sq = seqs[s];
     if (sq.num_new == 0) continue;
-    float* k_cache = cache.k + sq.cache_slot * cache.max_len * kv_stride;  // [max_len, KV*D]
-    float* v_cache = cache.v + sq.cache_slot * cache.max_len * kv_stride;
+    float* k_cache = static_cast<float*>(cache.k) + sq.cache_slot * cache.max_len * kv_stride;
+    float* v_cache = static_cast<float*>(cache.v) + sq.cache_slot * cache.max_len * kv_stride;
     for (int64_t i = 0; i < sq.num_new; ++i) {
       std::memcpy(k_cache + (sq.past_len + i) * kv_stride, k + (sq.row_begin + i) * kv_stride,
                   sizeof(float) * kv_stride);

@@ -132,6 +132,7 @@ void attention(const float* q, const float* k, const float* v, const AttentionSe
                int64_t num_seqs, AttentionShape shape, KvCacheView cache, float* out) {
   const int64_t H = shape.num_heads, KV = shape.num_kv_heads, D = shape.head_dim;
   MOE_CHECK(H > 0 && KV > 0 && D > 0 && H % KV == 0, "reference attention: bad shape");
+  MOE_CHECK(cache.dtype == KvDtype::kF32, "reference attention: needs an fp32 KV cache");
   for (int64_t s = 0; s < num_seqs; ++s) {
     const AttentionSeq& sq = seqs[s];
     MOE_CHECK(sq.cache_slot >= 0 && sq.cache_slot < cache.num_slots &&
@@ -142,8 +143,8 @@ void attention(const float* q, const float* k, const float* v, const AttentionSe
   for (int64_t s = 0; s < num_seqs; ++s) {
     const AttentionSeq& sq = seqs[s];
     // cache element (slot, pos, kv head g, d)
-    auto cache_at = [&](float* base, int64_t pos, int64_t g, int64_t d) -> float& {
-      return base[((sq.cache_slot * cache.max_len + pos) * KV + g) * D + d];
+    auto cache_at = [&](void* base, int64_t pos, int64_t g, int64_t d) -> float& {
+      return static_cast<float*>(base)[((sq.cache_slot * cache.max_len + pos) * KV + g) * D + d];
     };
     for (int64_t i = 0; i < sq.num_new; ++i) {
       for (int64_t g = 0; g < KV; ++g) {

@@ -68,12 +68,13 @@ inline constexpr int64_t kRouterMaxExperts = 2048;
 cudaError_t launch_router_topk(const float* logits, int64_t rows, int64_t experts, int64_t k,
                                bool renormalise, int32_t* ids, float* weights, cudaStream_t stream);
 
-// Attention (see attention_plan.h for the work decomposition). kv_append copies new rows of
-// k/v [T, kv_width] into cache rows; attention runs the work items; combine merges split rows.
+// Attention (see attention_plan.h for the work decomposition). kv_append rounds new rows of
+// k/v [T, kv_width] (fp32) into bf16 cache rows; attention runs the work items over the bf16
+// cache with fp32 math; combine merges split rows.
 cudaError_t launch_kv_append(const float* k, const float* v, int64_t kv_width,
-                             const KvAppendRow* rows, int64_t n, float* cache_k, float* cache_v,
+                             const KvAppendRow* rows, int64_t n, bf16* cache_k, bf16* cache_v,
                              cudaStream_t stream);
-cudaError_t launch_attention(const float* q, const float* cache_k, const float* cache_v,
+cudaError_t launch_attention(const float* q, const bf16* cache_k, const bf16* cache_v,
                              AttentionShape shape, const AttentionWorkItem* items,
                              int64_t num_items, float* out, float* partial_o, float* partial_ml,
                              cudaStream_t stream);

@@ -1,6 +1,6 @@
-// Fused causal GQA attention over the fp32 KV cache (flash-style online softmax: scores exist
-// only in registers, one 32-key tile at a time, never as a T x T matrix in memory), the KV append
-// that precedes it and the merge of key splits (flash-decoding). Work items come from
+// Fused causal GQA attention over the bf16 KV cache (read as fp32) (flash-style online softmax:
+// scores exist only in registers, one 32-key tile at a time, never as a T x T matrix in memory),
+// the KV append that precedes it and the merge of key splits (flash-decoding). Work items come from
 // attention_plan.h. Block: kAttnWarps warps; warp w owns query rows w*kAttnRowsPerWarp + i of
 // its item; lane j scores key j of the tile and owns output dims lane + 32 * t.
 //
@@ -28,16 +28,17 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// New k/v rows are rounded to bf16 here, once; every later read converts back exactly.
 __global__ void kv_append_kernel(const float* k, const float* v, int64_t kv_width,
-                                 const KvAppendRow* rows, float* cache_k, float* cache_v) {
+                                 const KvAppendRow* rows, bf16* cache_k, bf16* cache_v) {
   const KvAppendRow r = rows[blockIdx.x];
   const float* ks = k + static_cast<int64_t>(r.src_row) * kv_width;
   const float* vs = v + static_cast<int64_t>(r.src_row) * kv_width;
-  float* kd = cache_k + static_cast<int64_t>(r.dst_row) * kv_width;
-  float* vd = cache_v + static_cast<int64_t>(r.dst_row) * kv_width;
+  bf16* kd = cache_k + static_cast<int64_t>(r.dst_row) * kv_width;
+  bf16* vd = cache_v + static_cast<int64_t>(r.dst_row) * kv_width;
   for (int64_t c = threadIdx.x; c < kv_width; c += blockDim.x) {
-    kd[c] = ks[c];
-    vd[c] = vs[c];
+    store_bf16(kd + c, ks[c]);
+    store_bf16(vd + c, vs[c]);
   }
 }
 
@@ -49,9 +50,9 @@ size_t attention_smem_bytes(int D) {
 
 template <int DPL>  // output dims per lane: head_dim <= 32 * DPL
 __global__ void __launch_bounds__(kAttnWarps * 32)
-    attention_kernel(const float* q, const float* cache_k, const float* cache_v, int H, int KV,
-                     int D, float scale, const AttentionWorkItem* items, float* out,
-                     float* partial_o, float* partial_ml) {
+    attention_kernel(const float* q, const bf16* cache_k, const bf16* cache_v, int H, int KV, int D,
+                     float scale, const AttentionWorkItem* items, float* out, float* partial_o,
+                     float* partial_ml) {
   extern __shared__ float smem[];
   float* q_s = smem;
   float* k_s = q_s + kAttnBlockRows * D;
@@ -80,18 +81,18 @@ __global__ void __launch_bounds__(kAttnWarps * 32)
     for (int t = 0; t < DPL; ++t) o[i][t] = 0.0f;
   }
 
-  const float* k_base = cache_k + static_cast<int64_t>(it.cache_row0) * kv_width +
-                        static_cast<int64_t>(it.kv_head) * D;
-  const float* v_base = cache_v + static_cast<int64_t>(it.cache_row0) * kv_width +
-                        static_cast<int64_t>(it.kv_head) * D;
+  const bf16* k_base = cache_k + static_cast<int64_t>(it.cache_row0) * kv_width +
+                       static_cast<int64_t>(it.kv_head) * D;
+  const bf16* v_base = cache_v + static_cast<int64_t>(it.cache_row0) * kv_width +
+                       static_cast<int64_t>(it.kv_head) * D;
   for (int kb = it.key_begin; kb < it.key_end; kb += kAttnKeyTile) {
     const int nk = min(kAttnKeyTile, it.key_end - kb);
     __syncthreads();  // previous tile consumed; on the first pass: q_s complete
     for (int idx = threadIdx.x; idx < nk * D; idx += blockDim.x) {
       const int j = idx / D, d = idx - (idx / D) * D;
       const int64_t off = static_cast<int64_t>(kb + j) * kv_width + d;
-      k_s[j * (D + 1) + d] = k_base[off];
-      v_s[j * D + d] = v_base[off];
+      k_s[j * (D + 1) + d] = load_bf16(k_base + off);
+      v_s[j * D + d] = load_bf16(v_base + off);
     }
     __syncthreads();
 #pragma unroll
@@ -187,7 +188,7 @@ __global__ void attention_combine_kernel(const AttentionCombineRow* rows, int H,
 }
 
 template <int DPL>
-cudaError_t launch_attention_dpl(const float* q, const float* cache_k, const float* cache_v,
+cudaError_t launch_attention_dpl(const float* q, const bf16* cache_k, const bf16* cache_v,
                                  AttentionShape shape, const AttentionWorkItem* items,
                                  int64_t num_items, float* out, float* partial_o, float* partial_ml,
                                  cudaStream_t stream) {
@@ -209,7 +210,7 @@ cudaError_t launch_attention_dpl(const float* q, const float* cache_k, const flo
 }  // namespace
 
 cudaError_t launch_kv_append(const float* k, const float* v, int64_t kv_width,
-                             const KvAppendRow* rows, int64_t n, float* cache_k, float* cache_v,
+                             const KvAppendRow* rows, int64_t n, bf16* cache_k, bf16* cache_v,
                              cudaStream_t stream) {
   if (n > 0 && kv_width > 0) {
     const unsigned threads =
@@ -220,7 +221,7 @@ cudaError_t launch_kv_append(const float* k, const float* v, int64_t kv_width,
   return cudaGetLastError();
 }
 
-cudaError_t launch_attention(const float* q, const float* cache_k, const float* cache_v,
+cudaError_t launch_attention(const float* q, const bf16* cache_k, const bf16* cache_v,
                              AttentionShape shape, const AttentionWorkItem* items,
                              int64_t num_items, float* out, float* partial_o, float* partial_ml,
                              cudaStream_t stream) {

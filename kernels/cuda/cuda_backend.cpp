@@ -73,14 +73,15 @@ class CudaBackendImpl final : public CudaBackend {
 
   std::string name() const override { return "cuda"; }
   bool is_host_memory() const override { return false; }
+  KvDtype kv_cache_dtype() const override { return KvDtype::kBF16; }
   CUstream_st* stream() const override { return stream_.get(); }
   int device() const override { return device_; }
   int num_sms() const override { return num_sms_; }
 
-  size_t device_used_bytes() const override {
+  int64_t device_used_bytes() const override {
     size_t free_bytes = 0, total_bytes = 0;
     MOE_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-    return total_bytes - free_bytes;
+    return static_cast<int64_t>(total_bytes - free_bytes);
   }
   size_t device_total_bytes() const override {
     size_t free_bytes = 0, total_bytes = 0;
@@ -186,6 +187,7 @@ class CudaBackendImpl final : public CudaBackend {
 
   void attention(const float* q, const float* k, const float* v, const AttentionSeq* seqs,
                  int64_t num_seqs, AttentionShape shape, KvCacheView cache, float* out) override {
+    MOE_CHECK(cache.dtype == KvDtype::kBF16, "attention: the CUDA backend needs a bf16 KV cache");
     const cuda::AttentionPlan& plan = attention_plan(seqs, num_seqs, shape, cache);
     if (plan.items.empty()) return;
     StagingLayout layout;
@@ -204,9 +206,10 @@ class CudaBackendImpl final : public CudaBackend {
 
     MOE_CUDA_CHECK(cuda::launch_kv_append(
         k, v, shape.num_kv_heads * D, reinterpret_cast<const cuda::KvAppendRow*>(meta + append_at),
-        static_cast<int64_t>(plan.append.size()), cache.k, cache.v, stream_.get()));
+        static_cast<int64_t>(plan.append.size()), static_cast<bf16*>(cache.k),
+        static_cast<bf16*>(cache.v), stream_.get()));
     MOE_CUDA_CHECK(cuda::launch_attention(
-        q, cache.k, cache.v, shape,
+        q, static_cast<const bf16*>(cache.k), static_cast<const bf16*>(cache.v), shape,
         reinterpret_cast<const cuda::AttentionWorkItem*>(meta + items_at),
         static_cast<int64_t>(plan.items.size()), out, partial_o, partial_ml, stream_.get()));
     MOE_CUDA_CHECK(cuda::launch_attention_combine(

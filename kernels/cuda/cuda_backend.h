@@ -24,8 +24,7 @@ class CudaBackend : public Backend {
   virtual CUstream_st* stream() const = 0;
   virtual int device() const = 0;
   virtual int num_sms() const = 0;
-  // cudaMemGetInfo view of the whole device: total - free (every context on it), and total.
-  virtual size_t device_used_bytes() const = 0;
+  // cudaMemGetInfo view of the whole device: total (used = total - free is device_used_bytes).
   virtual size_t device_total_bytes() const = 0;
   // Of allocated_bytes(), the part the backend holds for its own scratch and staging.
   virtual size_t internal_bytes() const = 0;

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "kernels/common/bf16.h"
+
 #if defined(__CUDACC__)
 #define MOE_HD __host__ __device__ __forceinline__
 #else
@@ -48,6 +50,13 @@ MOE_HD uint16_t f32_to_bf16_bits(float f) {
   }
   u += 0x7fffu + ((u >> 16) & 1u);
   return static_cast<uint16_t>(u >> 16);
+}
+
+MOE_HD float load_bf16(const bf16* p) {
+  return bf16_bits_to_f32(p->bits);
+}
+MOE_HD void store_bf16(bf16* p, float v) {
+  p->bits = f32_to_bf16_bits(v);
 }
 
 MOE_HD float silu(float g) {

@@ -19,13 +19,6 @@ unsigned grid_for(int64_t n) {
   return static_cast<unsigned>(std::min<int64_t>(std::max<int64_t>(blocks, 1), 65535LL * 32));
 }
 
-__device__ __forceinline__ float load_bf16(const bf16* p) {
-  return bf16_bits_to_f32(p->bits);
-}
-__device__ __forceinline__ void store_bf16(bf16* p, float v) {
-  p->bits = f32_to_bf16_bits(v);
-}
-
 __device__ __forceinline__ float warp_sum(float v) {
   for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;

@@ -96,6 +96,29 @@ TEST_F(MultiRank, DedupSendsFewerBytesThanOneRowPerTokenExpert) {
   EXPECT_EQ(sum, 22 * 8);
 }
 
+// `moe-ep plan` is the memory contract: for the run's own batch, context and placement it
+// predicts the weights and KV cache of the largest rank exactly, and bounds the backend's peak
+// (activation and exchange buffers are sized for worst-case routing).
+TEST_F(MultiRank, RunMemoryMatchesThePlanWithReplicas) {
+  auto json = (dir_ / "memory.json").string();
+  auto r = run(mpirun(3) + " run --quiet --config " + source("configs/bench/tiny.yaml") +
+               " --placement " + explicit_placement(3, dir_) + " --json " + json);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find("vs plan"), std::string::npos) << r.out;
+  auto j = nlohmann::json::parse(read_text(json));
+  const auto& mem = j["memory_max_per_rank"];
+  const auto& plan = j["plan_per_rank"];
+  for (const char* key : {"dense_replica_bytes", "expert_shard_bytes", "kv_cache_bytes"}) {
+    EXPECT_EQ(mem[key].get<int64_t>(), plan[key].get<int64_t>()) << key;
+  }
+  const int64_t weights_kv = plan["dense_replica_bytes"].get<int64_t>() +
+                             plan["expert_shard_bytes"].get<int64_t>() +
+                             plan["kv_cache_bytes"].get<int64_t>();
+  EXPECT_GT(mem["peak_backend_bytes"].get<int64_t>(), weights_kv);
+  EXPECT_LE(mem["peak_backend_bytes"].get<int64_t>(), plan["total_bytes"].get<int64_t>());
+  EXPECT_EQ(mem["device_used_delta_bytes"].get<int64_t>(), -1);  // CPU backend: host memory
+}
+
 TEST_F(MultiRank, InjectedFaultOnOneRankEndsFourRankJobNamingTheRank) {
   auto r = run("env MOE_EP_FAULT=rank=2,layer=1 " + mpirun(4, "-x MOE_EP_FAULT") +
                    " generate --model " + kTiny + " --tokens " + kTokens + " --max-new-tokens 4", 60);

@@ -193,7 +193,7 @@ TEST(PlanMemory, SmallModelRankTwoMatchesTheStatedFormulas) {
   o.batch = 3;
   o.context = 5;
   o.ranks = {2};
-  o.activation_bytes = 2;
+  o.kv_bytes = 2;
   PlanReport r = make_plan(small_model(), o);
   ASSERT_EQ(r.ranks.size(), 1u);
   const RankMemory& m = r.ranks[0];
@@ -206,11 +206,11 @@ TEST(PlanMemory, SmallModelRankTwoMatchesTheStatedFormulas) {
   EXPECT_EQ(m.expert_shard_bytes, 4 * 36 * 2);
   EXPECT_EQ(m.kv_cache_bytes, 2 * 3 * 2 * 2 * 5 * 2);  // 2 x layers x kv_width x seqs x ctx x 2
   // send rows 10 * min(k=2, N=2) = 20, recv rows 3 * 5 = 15 (worst case): rows both ways
-  // in bf16 plus 8-byte route entries per row and k.
-  EXPECT_EQ(m.communication_bytes, 2 * (20 + 15) * 4 * 2 + (20 + 15) * 2 * 8);
+  // in fp32 plus 8-byte route entries per row and k.
+  EXPECT_EQ(m.communication_bytes, 2 * (20 + 15) * 4 * 4 + (20 + 15) * 2 * 8);
   // hidden 3*10*4 + q/out 2*10*4 + k/v 2*10*2 = 240; pairs 15*2 = 30 rows of (2*4 + 3*3) = 510;
-  // dense 3*10*6 = 180 -> 930 bf16; fp32: logits 2*10 + router 10*4 + 2*10*2 = 100.
-  EXPECT_EQ(m.activation_buffer_bytes, 930 * 2 + 100 * 4);
+  // dense 3*10*6 = 180 -> 930; logits 2*10 + router 10*4 + 2*10*2 = 100; all fp32.
+  EXPECT_EQ(m.activation_buffer_bytes, (930 + 100) * 4);
   EXPECT_EQ(m.total_bytes, m.dense_replica_bytes + m.expert_shard_bytes + m.kv_cache_bytes +
                                m.communication_bytes + m.activation_buffer_bytes);
 }
@@ -251,7 +251,7 @@ TEST(PlanMemory, BatchIsSpreadOverRanksAndCpuKvIsFp32) {
   o.batch = 8;
   o.context = 128;
   o.ranks = {1, 8};
-  o.activation_bytes = 4;
+  o.kv_bytes = 4;
   PlanReport r = make_plan(qwen_yaml(), o);
   EXPECT_EQ(r.ranks[0].sequences, 8);
   EXPECT_EQ(r.ranks[1].sequences, 1);
@@ -276,7 +276,7 @@ TEST(PlanOptionsCheck, BadOptionsAreConfigErrors) {
   for (auto edit : std::vector<std::function<void(PlanOptions&)>>{
            [](PlanOptions& o) { o.batch = 0; }, [](PlanOptions& o) { o.context = 0; },
            [](PlanOptions& o) { o.gpu_mem_gib = 0; }, [](PlanOptions& o) { o.ranks = {0}; },
-           [](PlanOptions& o) { o.ranks = {}; }, [](PlanOptions& o) { o.activation_bytes = 3; },
+           [](PlanOptions& o) { o.ranks = {}; }, [](PlanOptions& o) { o.kv_bytes = 3; },
            [](PlanOptions& o) {
              o.expert_slots_per_rank = {1, -1};
            }}) {

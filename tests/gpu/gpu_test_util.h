@@ -52,6 +52,18 @@ inline std::vector<float> rounded_to_bf16(std::vector<float> v) {
   return v;
 }
 
+inline std::vector<bf16> to_bf16(const std::vector<float>& v) {
+  std::vector<bf16> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = float_to_bf16(v[i]);
+  return out;
+}
+
+inline std::vector<float> to_floats(const std::vector<bf16>& v) {
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = bf16_to_float(v[i]);
+  return out;
+}
+
 inline double rms(const std::vector<float>& v) {
   double s = 0.0;
   for (float x : v) s += static_cast<double>(x) * x;

@@ -32,14 +32,14 @@ TEST_F(CudaOpsTest, AllocationAccountingReturnsToBaseline) {
 }
 
 TEST_F(CudaOpsTest, DeviceUsedBytesSeesA256MiBAllocation) {
-  const size_t before = cuda().device_used_bytes();
-  EXPECT_GT(cuda().device_total_bytes(), before);
+  const int64_t before = cuda().device_used_bytes();
+  EXPECT_GT(static_cast<int64_t>(cuda().device_total_bytes()), before);
   Buffer<unsigned char> big(*gpu_, 256u << 20);
   gpu_->fill_zero(big.data(), big.size_bytes());
   gpu_->synchronize();
-  const size_t after = cuda().device_used_bytes();
-  EXPECT_GE(after, before + (256u << 20));
-  EXPECT_LT(after, before + (256u << 20) + (64u << 20));  // allocator slack only
+  const int64_t after = cuda().device_used_bytes();
+  EXPECT_GE(after, before + (int64_t{256} << 20));
+  EXPECT_LT(after, before + (int64_t{256} << 20) + (int64_t{64} << 20));  // allocator slack only
 }
 
 TEST_F(CudaOpsTest, UploadDownloadCopyAndFillZeroRoundTrip) {

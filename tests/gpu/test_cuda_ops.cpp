@@ -106,14 +106,18 @@ struct AttnCase {
   int64_t max_len;
 };
 
+// The GPU keeps its KV cache in bf16. q, k, v and the past cache entries are drawn bf16-exact, so
+// the GPU's rounding on append is exact and both sides attend over the same keys and values: the
+// outputs then differ only by fp32 summation order.
 void run_attention_case(Backend& gpu, Backend& ref, const AttnCase& c, uint32_t seed) {
+  ASSERT_EQ(gpu.kv_cache_dtype(), KvDtype::kBF16);
   std::mt19937 rng(seed);
   const int64_t H = c.shape.num_heads, KV = c.shape.num_kv_heads, D = c.shape.head_dim;
   int64_t T = 0;
   for (const auto& s : c.seqs) T = std::max(T, s.row_begin + s.num_new);
-  const auto q = random_floats(rng, T * H * D, -2.0f, 2.0f);
-  const auto k = random_floats(rng, T * KV * D, -2.0f, 2.0f);
-  const auto v = random_floats(rng, T * KV * D, -2.0f, 2.0f);
+  const auto q = rounded_to_bf16(random_floats(rng, T * H * D, -2.0f, 2.0f));
+  const auto k = rounded_to_bf16(random_floats(rng, T * KV * D, -2.0f, 2.0f));
+  const auto v = rounded_to_bf16(random_floats(rng, T * KV * D, -2.0f, 2.0f));
   const int64_t W = KV * D;
   std::vector<float> ck(c.slots * c.max_len * W, std::numeric_limits<float>::quiet_NaN());
   std::vector<float> cv(ck);
@@ -121,8 +125,8 @@ void run_attention_case(Backend& gpu, Backend& ref, const AttnCase& c, uint32_t 
   for (const auto& s : c.seqs) {
     for (int64_t p = 0; p < s.past_len; ++p) {
       for (int64_t j = 0; j < W; ++j) {
-        ck[(s.cache_slot * c.max_len + p) * W + j] = dist(rng);
-        cv[(s.cache_slot * c.max_len + p) * W + j] = dist(rng);
+        ck[(s.cache_slot * c.max_len + p) * W + j] = round_to_bf16(dist(rng));
+        cv[(s.cache_slot * c.max_len + p) * W + j] = round_to_bf16(dist(rng));
       }
     }
   }
@@ -131,17 +135,39 @@ void run_attention_case(Backend& gpu, Backend& ref, const AttnCase& c, uint32_t 
                 c.shape, {rk.data(), rv.data(), c.slots, c.max_len}, want.data());
 
   auto d_q = upload_vector(gpu, q), d_k = upload_vector(gpu, k), d_v = upload_vector(gpu, v);
-  auto d_ck = upload_vector(gpu, ck), d_cv = upload_vector(gpu, cv);
+  auto d_ck = upload_vector(gpu, to_bf16(ck)), d_cv = upload_vector(gpu, to_bf16(cv));
   Buffer<float> d_out(gpu, want.size());
   gpu.fill_zero(d_out.data(), d_out.size_bytes());
   gpu.attention(d_q.data(), d_k.data(), d_v.data(), c.seqs.data(),
                 static_cast<int64_t>(c.seqs.size()), c.shape,
-                {d_ck.data(), d_cv.data(), c.slots, c.max_len}, d_out.data());
+                {d_ck.data(), d_cv.data(), c.slots, c.max_len, KvDtype::kBF16}, d_out.data());
   EXPECT_TRUE(close_to(download_vector(gpu, d_out), want, 2e-5, 1e-4));
-  const auto got_k = download_vector(gpu, d_ck), got_v = download_vector(gpu, d_cv);
+  const auto got_k = to_floats(download_vector(gpu, d_ck));
+  const auto got_v = to_floats(download_vector(gpu, d_cv));
   for (size_t i = 0; i < rk.size(); ++i) {
     ASSERT_TRUE((std::isnan(rk[i]) && std::isnan(got_k[i])) || rk[i] == got_k[i]) << i;
     ASSERT_TRUE((std::isnan(rv[i]) && std::isnan(got_v[i])) || rv[i] == got_v[i]) << i;
+  }
+}
+
+TEST_F(CudaOpsTest, KvAppendRoundsToNearestEvenBf16) {
+  // One fresh token whose k/v are not bf16-exact: the cache must hold round-to-nearest-even bf16.
+  const AttentionShape shape{2, 1, 64};
+  std::mt19937 rng(21);
+  const auto q = random_floats(rng, 2 * 64), k = random_floats(rng, 64), v = random_floats(rng, 64);
+  auto d_q = to_gpu(q), d_k = to_gpu(k), d_v = to_gpu(v);
+  Buffer<bf16> d_ck(*gpu_, 2 * 64), d_cv(*gpu_, 2 * 64);
+  Buffer<float> d_out(*gpu_, 2 * 64);
+  const AttentionSeq seq{0, 1, 1, 0};  // position 1: cache row 0 is left as it was
+  gpu_->fill_zero(d_ck.data(), d_ck.size_bytes());
+  gpu_->fill_zero(d_cv.data(), d_cv.size_bytes());
+  gpu_->attention(d_q.data(), d_k.data(), d_v.data(), &seq, 1, shape,
+                  {d_ck.data(), d_cv.data(), 1, 2, KvDtype::kBF16}, d_out.data());
+  const auto ck = from_gpu(d_ck), cv = from_gpu(d_cv);
+  for (int64_t j = 0; j < 64; ++j) {
+    EXPECT_EQ(ck[j].bits, 0) << j;
+    EXPECT_EQ(ck[64 + j].bits, float_to_bf16(k[j]).bits) << j;
+    EXPECT_EQ(cv[64 + j].bits, float_to_bf16(v[j]).bits) << j;
   }
 }
 

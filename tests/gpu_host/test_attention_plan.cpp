@@ -84,14 +84,17 @@ void check_coverage(const Case& c, const AttentionPlan& plan) {
   }
 }
 
-// The CUDA kernel's algorithm, serially: same tiles, same masking, same rescale/merge rules.
+// The CUDA kernel's algorithm, serially: same tiles, same masking, same rescale/merge rules,
+// same bf16 rounding of appended rows (the cache is held as fp32 values here).
 void emulate(const Case& c, const AttentionPlan& plan, const float* q, const float* k,
-             const float* v, KvCacheView cache, float* out) {
+             const float* v, float* cache_k, float* cache_v, float* out) {
   const int64_t H = c.shape.num_heads, KV = c.shape.num_kv_heads, D = c.shape.head_dim;
   const int64_t W = KV * D;
   for (const KvAppendRow& a : plan.append) {
-    std::copy(k + a.src_row * W, k + (a.src_row + 1) * W, cache.k + int64_t{a.dst_row} * W);
-    std::copy(v + a.src_row * W, v + (a.src_row + 1) * W, cache.v + int64_t{a.dst_row} * W);
+    for (int64_t j = 0; j < W; ++j) {
+      cache_k[int64_t{a.dst_row} * W + j] = round_to_bf16(k[a.src_row * W + j]);
+      cache_v[int64_t{a.dst_row} * W + j] = round_to_bf16(v[a.src_row * W + j]);
+    }
   }
   std::vector<float> part_o(plan.num_partial_slots * H * D),
       part_ml(plan.num_partial_slots * H * 2);
@@ -111,7 +114,7 @@ void emulate(const Case& c, const AttentionPlan& plan, const float* q, const flo
         for (int j = 0; j < kAttnKeyTile; ++j) {
           s[j] = -INFINITY;
           if (j < nk && kb + j <= pos) {
-            const float* kr = cache.k + (int64_t{it.cache_row0} + kb + j) * W + it.kv_head * D;
+            const float* kr = cache_k + (int64_t{it.cache_row0} + kb + j) * W + it.kv_head * D;
             float dot = 0.0f;
             for (int64_t d = 0; d < D; ++d) dot += qr[d] * kr[d];
             s[j] = dot * scale;
@@ -127,7 +130,7 @@ void emulate(const Case& c, const AttentionPlan& plan, const float* q, const flo
         for (float& x : o) x *= corr;
         for (int j = 0; j < nk; ++j) {
           const float p = softmax_weight(s[j], m_new);
-          const float* vr = cache.v + (int64_t{it.cache_row0} + kb + j) * W + it.kv_head * D;
+          const float* vr = cache_v + (int64_t{it.cache_row0} + kb + j) * W + it.kv_head * D;
           for (int64_t d = 0; d < D; ++d) o[d] += p * vr[d];
         }
         m = m_new;
@@ -175,8 +178,10 @@ void run_emulation(const Case& c, int num_sms, uint32_t seed) {
   const int64_t T = total_rows(c.seqs);
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
+  // k, v and past cache entries are bf16-exact, so the kernel's rounding on append is exact
+  // and the fp32 reference sees the same keys and values.
   auto fill = [&](std::vector<float>& x) {
-    for (float& e : x) e = dist(rng);
+    for (float& e : x) e = round_to_bf16(dist(rng));
   };
   std::vector<float> q(T * H * D), k(T * KV * D), v(T * KV * D);
   fill(q);
@@ -187,14 +192,13 @@ void run_emulation(const Case& c, int num_sms, uint32_t seed) {
   for (const AttentionSeq& s : c.seqs) {  // past keys/values of each sequence
     for (int64_t p = 0; p < s.past_len; ++p) {
       for (int64_t j = 0; j < KV * D; ++j) {
-        ck[(s.cache_slot * c.max_len + p) * KV * D + j] = dist(rng);
-        cv[(s.cache_slot * c.max_len + p) * KV * D + j] = dist(rng);
+        ck[(s.cache_slot * c.max_len + p) * KV * D + j] = round_to_bf16(dist(rng));
+        cv[(s.cache_slot * c.max_len + p) * KV * D + j] = round_to_bf16(dist(rng));
       }
     }
   }
   std::vector<float> rk(ck), rv(cv), got(T * H * D, -7.0f), want(T * H * D, -7.0f);
-  emulate(c, plan, q.data(), k.data(), v.data(), {ck.data(), cv.data(), c.num_slots, c.max_len},
-          got.data());
+  emulate(c, plan, q.data(), k.data(), v.data(), ck.data(), cv.data(), got.data());
   cpu::reference::attention(q.data(), k.data(), v.data(), c.seqs.data(),
                             static_cast<int64_t>(c.seqs.size()), c.shape,
                             {rk.data(), rv.data(), c.num_slots, c.max_len}, want.data());

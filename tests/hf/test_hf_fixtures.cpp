@@ -2,36 +2,13 @@
 // (per-expert, dense-mix, tied, fused, transposed-fused layouts) on 1, 2 and 4 ranks; and a
 // checkpoint fault that only one rank can see.
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "cli_util.h"
+#include "hf_fixture.h"
 
 namespace moe::test {
 namespace {
-
-const std::vector<std::string> kFixtures = {"moe128", "dense_mix", "tied", "fused", "fused_t"};
-
-struct Fixture {
-  std::string dir;
-  std::vector<std::vector<int>> prompts;
-  std::vector<std::vector<int>> greedy;
-  std::string tokens_arg;  // "a,b;c,d"
-};
-
-Fixture load_fixture(const std::string& name) {
-  Fixture f;
-  f.dir = source("tests/fixtures/hf/" + name);
-  auto prompts = nlohmann::json::parse(read_text(f.dir + "/prompts.json"));
-  auto expected = nlohmann::json::parse(read_text(f.dir + "/expected.json"));
-  f.prompts = prompts["prompts"].get<std::vector<std::vector<int>>>();
-  f.greedy = expected["greedy"].get<std::vector<std::vector<int>>>();
-  for (size_t i = 0; i < f.prompts.size(); ++i) {
-    if (i) f.tokens_arg += ";";
-    for (size_t t = 0; t < f.prompts[i].size(); ++t) {
-      f.tokens_arg += (t ? "," : "") + std::to_string(f.prompts[i][t]);
-    }
-  }
-  return f;
-}
 
 std::string launcher(int n) { return n == 1 ? moe_ep() : mpirun(n); }
 
@@ -47,13 +24,12 @@ TEST_P(HfFixture, ForwardLogitsMatchTransformersAndGreedyTokensAreIdentical) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto ours = runtime::read_npy_f32(npy);
   ASSERT_EQ(ours.shape.size(), 3u);
-  const int64_t L = ours.shape[1], V = ours.shape[2];
+  const int64_t V = ours.shape[2];
   for (size_t i = 0; i < f.prompts.size(); ++i) {
     auto ref = runtime::read_npy_f32(f.dir + "/logits_" + std::to_string(i) + ".npy");
     const int64_t len = static_cast<int64_t>(f.prompts[i].size());
     ASSERT_EQ(ref.shape, (std::vector<int64_t>{len, V})) << name << " prompt " << i;
-    runtime::NpyArray mine{{len, V}, {}};
-    mine.data.assign(ours.data.begin() + i * L * V, ours.data.begin() + (i * L + len) * V);
+    const runtime::NpyArray mine = sequence_rows(ours, i, len);
     const double rel = relative_max_diff(mine, ref);
     EXPECT_LE(rel, 1e-4) << name << " prompt " << i << " on " << ranks << " ranks";
   }
