@@ -18,6 +18,7 @@
 #include "kernels/common/bf16.h"
 #include "kernels/common/check.h"
 #include "kernels/cuda/cuda_backend.h"
+#include "tests/common/test_data.h"
 #ifdef MOE_GPU_TEST_REFERENCE_ONLY
 #include "reference_backend.h"
 #endif
@@ -32,37 +33,11 @@ inline std::unique_ptr<Backend> make_reference_backend() {
 #endif
 }
 
-inline std::vector<float> random_floats(std::mt19937& rng, int64_t n, float lo = -1.0f,
-                                        float hi = 1.0f) {
-  std::uniform_real_distribution<float> dist(lo, hi);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (float& x : v) x = dist(rng);
-  return v;
-}
-
-inline std::vector<bf16> random_bf16(std::mt19937& rng, int64_t n, float scale = 1.0f) {
-  std::uniform_real_distribution<float> dist(-scale, scale);
-  std::vector<bf16> v(static_cast<size_t>(n));
-  for (bf16& x : v) x = float_to_bf16(dist(rng));
-  return v;
-}
-
-inline std::vector<float> rounded_to_bf16(std::vector<float> v) {
-  for (float& x : v) x = round_to_bf16(x);
-  return v;
-}
-
-inline std::vector<bf16> to_bf16(const std::vector<float>& v) {
-  std::vector<bf16> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = float_to_bf16(v[i]);
-  return out;
-}
-
-inline std::vector<float> to_floats(const std::vector<bf16>& v) {
-  std::vector<float> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = bf16_to_float(v[i]);
-  return out;
-}
+using moe::test::random_bf16;
+using moe::test::random_floats;
+using moe::test::rounded_to_bf16;
+using moe::test::to_bf16;
+using moe::test::to_floats;
 
 inline double rms(const std::vector<float>& v) {
   double s = 0.0;
@@ -77,27 +52,10 @@ inline ::testing::AssertionResult close_with(const std::vector<float>& got,
   if (got.size() != want.size()) {
     return ::testing::AssertionFailure() << "size " << got.size() << " != " << want.size();
   }
-  int64_t bad = 0;
-  std::string first;
-  double worst = 0.0;
-  for (size_t i = 0; i < got.size(); ++i) {
-    const double g = got[i], w = want[i];
-    const double err = std::fabs(g - w);
-    const double limit = abs_tol[abs_tol.size() == 1 ? 0 : i] + rel_tol * std::fabs(w);
-    const bool ok = (std::isnan(g) && std::isnan(w)) || err <= limit;
-    if (!ok) {
-      if (bad < 5) {
-        first += " [" + std::to_string(i) + "] got " + std::to_string(g) + " want " +
-                 std::to_string(w) + " (limit " + std::to_string(limit) + ");";
-      }
-      ++bad;
-    }
-    if (std::isfinite(err)) worst = std::max(worst, err);
-  }
-  if (bad == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure()
-         << bad << " of " << got.size() << " elements out of tolerance (worst abs err " << worst
-         << "):" << first;
+  return moe::test::elementwise_close(
+      got.data(), want.data(), static_cast<int64_t>(got.size()),
+      [&](int64_t i) { return abs_tol[abs_tol.size() == 1 ? 0 : static_cast<size_t>(i)]; },
+      rel_tol);
 }
 
 inline ::testing::AssertionResult close_to(const std::vector<float>& got,
