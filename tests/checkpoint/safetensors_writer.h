@@ -17,6 +17,8 @@
 
 #include "kernels/common/bf16.h"
 #include "kernels/common/check.h"
+#include "tests/common/expect_error.h"
+#include "tests/common/test_data.h"
 
 namespace moe::testing {
 
@@ -40,10 +42,7 @@ inline std::vector<uint8_t> bf16_bytes(const std::vector<bf16>& v) {
 
 inline std::vector<bf16> random_bf16(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
-  std::vector<bf16> v(n);
-  for (bf16& x : v) x = float_to_bf16(dist(rng));
-  return v;
+  return moe::test::random_bf16(rng, static_cast<int64_t>(n), 2.0f);
 }
 
 // 8-byte little-endian length, header, data: exactly what the format says, nothing checked.
@@ -123,17 +122,7 @@ class ScratchDir {
 // Runs f, expects moe::Error from the checkpoint subsystem, returns its message ("" otherwise).
 template <class F>
 std::string checkpoint_error(F&& f) {
-  try {
-    f();
-  } catch (const moe::Error& e) {
-    EXPECT_EQ(e.subsystem(), "checkpoint") << e.what();
-    return e.message();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected moe::Error, got another exception: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected moe::Error, nothing was thrown";
-  return "";
+  return moe::test::expect_error("checkpoint", f, moe::test::ErrorText::kMessage);
 }
 
 }  // namespace moe::testing

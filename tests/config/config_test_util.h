@@ -11,6 +11,7 @@
 #include <string>
 
 #include "kernels/common/check.h"
+#include "tests/common/expect_error.h"
 
 namespace moe::testing {
 
@@ -34,17 +35,7 @@ inline std::string write_file(const std::string& name, const std::string& text) 
 
 // Runs f, expects a moe::Error of subsystem "config", and returns its what().
 inline std::string config_error(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const moe::Error& e) {
-    EXPECT_EQ(e.subsystem(), "config") << e.what();
-    return e.what();
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "expected moe::Error, got another exception: " << e.what();
-    return "";
-  }
-  ADD_FAILURE() << "expected moe::Error, nothing was thrown";
-  return "";
+  return moe::test::expect_error("config", f);
 }
 
 }  // namespace moe::testing
