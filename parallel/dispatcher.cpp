@@ -25,6 +25,32 @@ int64_t sum(std::span<const int64_t> v) {
   return s;
 }
 
+// This rank's own block within rows laid out by rank (send rows by destination, received rows by
+// source). Own rows never go through the communicator: buffers keep them after the other ranks'
+// rows, i.e. physical order = [rows of other ranks, in rank order][own rows].
+struct OwnBlock {
+  int64_t begin = 0;  // logical index of the first own row
+  int64_t rows = 0;
+  int64_t total = 0;  // all rows, own included
+
+  OwnBlock(std::span<const int64_t> counts, int rank) : total(sum(counts)) {
+    for (int r = 0; r < rank; ++r) begin += counts[r];
+    rows = counts[rank];
+  }
+  int64_t remote_rows() const { return total - rows; }
+  bool is_own(int64_t row) const { return row >= begin && row < begin + rows; }
+  int64_t physical(int64_t row) const {
+    if (row < begin) return row;
+    return is_own(row) ? remote_rows() + (row - begin) : row - rows;
+  }
+};
+
+// counts with this rank's entry zeroed: what the communicator moves.
+void remote_counts(std::span<const int64_t> counts, int rank, std::vector<int64_t>& out) {
+  out.assign(counts.begin(), counts.end());
+  out[rank] = 0;
+}
+
 }  // namespace
 
 ExchangeStats& ExchangeStats::operator+=(const ExchangeStats& o) {
@@ -263,14 +289,34 @@ DispatchResult Dispatcher::dispatch(const float* hidden, int64_t num_tokens,
   MOE_CHECK_AS("dispatch", num_recv < INT32_MAX, "dispatch: {} received rows is too many",
                num_recv);
 
-  send_rows_.ensure(backend_, static_cast<size_t>(num_send * hidden_));
+  MOE_CHECK_AS("dispatch", res.recv_counts[rank] == L.send_counts[rank],
+               "dispatch: rank {} sends {} rows to itself but the count exchange says {}", rank,
+               L.send_counts[rank], res.recv_counts[rank]);
+
+  // Rows for other ranks are gathered into the send buffer (own block skipped); own rows are
+  // gathered straight into the tail of the receive buffer.
+  const OwnBlock send_own(L.send_counts, rank), recv_own(res.recv_counts, rank);
+  send_rows_.ensure(backend_, static_cast<size_t>(send_own.remote_rows() * hidden_));
   recv_rows_.ensure(backend_, static_cast<size_t>(num_recv * hidden_));
-  if (num_send > 0) {
-    backend_.gather_rows(hidden, hidden_, L.send_token.data(), num_send, send_rows_.data());
+  const int32_t* tokens = L.send_token.data();
+  const int64_t after_own = send_own.begin + send_own.rows;
+  if (send_own.begin > 0) {
+    backend_.gather_rows(hidden, hidden_, tokens, send_own.begin, send_rows_.data());
   }
-  exchange_rows(send_rows_.data(), L.send_counts, recv_rows_.data(), res.recv_counts);
+  if (num_send > after_own) {
+    backend_.gather_rows(hidden, hidden_, tokens + after_own, num_send - after_own,
+                         send_rows_.data() + send_own.begin * hidden_);
+  }
+  if (send_own.rows > 0) {
+    backend_.gather_rows(hidden, hidden_, tokens + send_own.begin, send_own.rows,
+                         recv_rows_.data() + recv_own.remote_rows() * hidden_);
+  }
+  remote_counts(L.send_counts, rank, remote_send_);
+  remote_counts(res.recv_counts, rank, remote_recv_);
+  exchange_rows(send_rows_.data(), remote_send_, recv_rows_.data(), remote_recv_);
   exchange_routes(L.send_routes, L.send_counts, res.recv_routes, res.recv_counts);
   res.batch = group_by_slot(res.recv_routes, num_recv, top_k_, placement.num_local_slots(rank));
+  for (int32_t& row : res.batch.row_index) row = static_cast<int32_t>(recv_own.physical(row));
   res.recv_rows = recv_rows_.data();
   res.num_recv_rows = num_recv;
   stats_.dispatch_s = seconds_since(t1);
@@ -324,33 +370,69 @@ void Dispatcher::combine(const float* expert_out, const DispatchResult& result, 
                "combine: {} expert rows expected but expert_out is null", num_pairs);
   MOE_CHECK_AS("dispatch", L.num_tokens == 0 || y != nullptr, "combine: y is null");
 
-  // partial[r] = sum_j weight_j * expert_out[pair(r, j)], j in the token's top-k order.
+  // One buffer, rows: [returned from other ranks: S - own][partial: R, own rows last]. The final
+  // sum reads own partial rows where they lie, so they are neither sent nor copied.
+  const int rank = comm_.rank();
+  MOE_CHECK_AS("dispatch",
+               static_cast<int>(result.recv_counts.size()) == L.num_ranks &&
+                   static_cast<int>(L.send_counts.size()) == L.num_ranks,
+               "combine: the result holds {} receive and {} send counts for {} ranks",
+               result.recv_counts.size(), L.send_counts.size(), L.num_ranks);
+  const OwnBlock send_own(L.send_counts, rank), recv_own(result.recv_counts, rank);
+  MOE_CHECK_AS("dispatch",
+               recv_own.total == num_recv && send_own.total == L.num_send_rows() &&
+                   send_own.rows == recv_own.rows,
+               "combine: the result's counts do not match its layout ({} / {} rows)",
+               recv_own.total, send_own.total);
+  const int64_t returned_rows = send_own.remote_rows();
+  MOE_CHECK_AS("dispatch", returned_rows + num_recv < INT32_MAX,
+               "combine: {} returned + {} partial rows is too many", returned_rows, num_recv);
+  combine_rows_.ensure(backend_, static_cast<size_t>((returned_rows + num_recv) * hidden_));
+  float* returned = combine_rows_.data();
+  float* partial = combine_rows_.data() + returned_rows * hidden_;
+
+  // partial[r] = sum_j weight_j * expert_out[pair(r, j)], j in the token's top-k order; rows in
+  // the physical order of the received rows (other ranks' rows first, own rows last).
   partial_offsets_.assign(static_cast<size_t>(num_recv) + 1, 0);
   partial_src_.clear();
   partial_weights_.clear();
-  for (int64_t r = 0; r < num_recv; ++r) {
-    for (int j = 0; j < top_k_; ++j) {
-      const int32_t p = result.batch.pair_of_entry[r * top_k_ + j];
-      if (p < 0) continue;
-      partial_src_.push_back(p);
-      partial_weights_.push_back(result.recv_routes[r * top_k_ + j].weight);
+  int64_t row_out = 0;
+  auto add_partial_rows = [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      for (int j = 0; j < top_k_; ++j) {
+        const int32_t p = result.batch.pair_of_entry[r * top_k_ + j];
+        if (p < 0) continue;
+        partial_src_.push_back(p);
+        partial_weights_.push_back(result.recv_routes[r * top_k_ + j].weight);
+      }
+      partial_offsets_[++row_out] = static_cast<int64_t>(partial_src_.size());
     }
-    partial_offsets_[r + 1] = static_cast<int64_t>(partial_src_.size());
-  }
-  partial_.ensure(backend_, static_cast<size_t>(num_recv * hidden_));
+  };
+  add_partial_rows(0, recv_own.begin);
+  add_partial_rows(recv_own.begin + recv_own.rows, num_recv);
+  add_partial_rows(recv_own.begin, recv_own.begin + recv_own.rows);
   if (num_recv > 0) {
     backend_.weighted_row_sum(expert_out, hidden_, partial_src_.data(), partial_weights_.data(),
-                              partial_offsets_.data(), num_recv, partial_.data());
+                              partial_offsets_.data(), num_recv, partial);
   }
 
   // The reverse exchange: received rows go back to where they came from, in the same order.
-  const int64_t num_send = L.num_send_rows();
-  returned_.ensure(backend_, static_cast<size_t>(num_send * hidden_));
-  exchange_rows(partial_.data(), result.recv_counts, returned_.data(), L.send_counts);
+  remote_counts(L.send_counts, rank, remote_send_);
+  remote_counts(result.recv_counts, rank, remote_recv_);
+  exchange_rows(partial, remote_recv_, returned, remote_send_);
 
-  // y[t] = sum of its returned rows in destination order (fp32, fixed order).
+  // y[t] = sum of its returned rows in destination order (fp32, fixed order); an own row is the
+  // partial row it was received as.
+  final_src_.resize(L.token_rows.size());
+  for (size_t i = 0; i < L.token_rows.size(); ++i) {
+    const int64_t row = L.token_rows[i];
+    final_src_[i] = static_cast<int32_t>(
+        send_own.is_own(row)
+            ? returned_rows + recv_own.physical(recv_own.begin + row - send_own.begin)
+            : send_own.physical(row));
+  }
   if (L.num_tokens > 0) {
-    backend_.weighted_row_sum(returned_.data(), hidden_, L.token_rows.data(), nullptr,
+    backend_.weighted_row_sum(combine_rows_.data(), hidden_, final_src_.data(), nullptr,
                               L.token_offsets.data(), L.num_tokens, y);
   }
   stats_.combine_s = seconds_since(t0);

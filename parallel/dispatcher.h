@@ -3,19 +3,26 @@
 // weighted sum). The layout is a pure function of (top-k ids, weights, placement, rank) shared
 // by every backend; data movement goes through kernels::Backend and Communicator.
 //
-// Buffer layouts on rank r (T own tokens, k = top_k, N ranks):
+// Buffer layouts on rank r (T own tokens, k = top_k, N ranks; "own" = rows rank r sends to
+// itself, which never pass through the communicator):
 //
 //   send rows   [S, H]   S = sum_d send_counts[d]; rows for rank 0 first, then rank 1, ...;
 //                        within a destination in ascending token order; a token appears ONCE
-//                        per destination holding any of its experts (dedup).
+//                        per destination holding any of its experts (dedup). Only the S - own
+//                        rows for other ranks are gathered into a buffer.
 //   send routes [S, k]   RouteEntry per row: (local_slot on the destination, weight), in the
 //                        token's top-k order; unused entries have local_slot = -1.
-//   recv rows   [R, H]   R = sum_s recv_counts[s], in source-rank order.
+//   recv rows   [R, H]   R = sum_s recv_counts[s]. Logically in source-rank order (recv_routes,
+//                        pair_of_entry use it); in memory the own block is moved last: rows from
+//                        other ranks in source order, then own rows, gathered straight from
+//                        hidden. row_index points into this physical order.
 //   expert in   row_index [P] -> recv row; grouped by local slot ascending, rows ascending.
 //   expert out  [P, H]   one row per (recv row, route entry) pair, same order as row_index.
-//   partial     [R, H]   partial[r] = sum_j weight_j * expert_out[pair(r, j)] in route order.
-//   returned    [S, H]   combine sends partial rows back: the exact reverse of dispatch.
-//   y           [T, H]   y[t] = sum of returned rows of t in destination order (fp32).
+//   partial     [R, H]   partial[r] = sum_j weight_j * expert_out[pair(r, j)] in route order;
+//                        physical order of the recv rows.
+//   returned    [S - own, H]  combine sends the other ranks' partial rows back: the exact reverse
+//                        of dispatch. Own rows are read from partial where they lie.
+//   y           [T, H]   y[t] = sum of the rows of t in destination order (fp32).
 #pragma once
 
 #include <cstdint>
@@ -38,8 +45,8 @@ struct DispatchLayout {
   int num_ranks = 0;
   int top_k = 0;
   int64_t num_tokens = 0;
-  std::vector<int64_t> send_counts;   // [N] rows per destination
-  std::vector<int32_t> send_token;    // [S] token index of each sent row
+  std::vector<int64_t> send_counts;     // [N] rows per destination
+  std::vector<int32_t> send_token;      // [S] token index of each sent row
   std::vector<RouteEntry> send_routes;  // [S * k]
   std::vector<int64_t> token_offsets;   // [T + 1] into token_rows
   std::vector<int32_t> token_rows;      // sent-row indices of each token, destination order
@@ -58,14 +65,14 @@ DispatchLayout build_dispatch_layout(const LayerPlacement& placement, int rank,
 
 // Receiver-side grouping of received rows by local slot (pure).
 struct ExpertBatch {
-  std::vector<int32_t> row_index;         // [P] recv row of each pair
-  std::vector<int64_t> slot_begin;        // [num_local_slots + 1] range of each slot in row_index
-  std::vector<int32_t> pair_of_entry;     // [R * k] pair index of each route entry, -1 if unused
+  std::vector<int32_t> row_index;      // [P] recv row of each pair
+  std::vector<int64_t> slot_begin;     // [num_local_slots + 1] range of each slot in row_index
+  std::vector<int32_t> pair_of_entry;  // [R * k] pair index of each route entry, -1 if unused
 
   int64_t num_pairs() const { return static_cast<int64_t>(row_index.size()); }
 };
-ExpertBatch group_by_slot(std::span<const RouteEntry> recv_routes, int64_t num_recv_rows,
-                          int top_k, int num_local_slots);
+ExpertBatch group_by_slot(std::span<const RouteEntry> recv_routes, int64_t num_recv_rows, int top_k,
+                          int num_local_slots);
 
 // Per-layer traffic and timing of one dispatch+combine on this rank.
 // bytes_remote_without_dedup counts, per remote (token, expert) pair, one hidden row plus one
@@ -75,7 +82,7 @@ struct ExchangeStats {
   int64_t rows_kept_local = 0;   // rows to this rank
   int64_t pairs_remote = 0;      // (token, expert) pairs to other ranks (no-dedup row count)
   int64_t rows_received = 0;
-  int64_t bytes_sent_remote = 0;        // dispatch + combine payload to other ranks (rows + routes)
+  int64_t bytes_sent_remote = 0;  // dispatch + combine payload to other ranks (rows + routes)
   int64_t bytes_kept_local = 0;
   int64_t bytes_remote_without_dedup = 0;  // same traffic at one row per (token, expert)
   double layout_s = 0, dispatch_s = 0, combine_s = 0;
@@ -88,11 +95,11 @@ struct ExchangeStats {
 // What dispatch hands to expert compute, and what combine needs to undo it.
 // recv_rows points into the Dispatcher's own buffer: valid until its next dispatch().
 struct DispatchResult {
-  const float* recv_rows = nullptr;  // [R, H] in backend memory
+  const float* recv_rows = nullptr;  // [R, H] in backend memory, own rows last (see above)
   int64_t num_recv_rows = 0;
-  ExpertBatch batch;                 // groups for grouped_expert_swiglu
-  DispatchLayout layout;             // source-side layout (combine's handle)
-  std::vector<int64_t> recv_counts;  // [N]
+  ExpertBatch batch;                    // groups for grouped_expert_swiglu
+  DispatchLayout layout;                // source-side layout (combine's handle)
+  std::vector<int64_t> recv_counts;     // [N]
   std::vector<RouteEntry> recv_routes;  // [R * k]
 };
 
@@ -102,8 +109,9 @@ class Dispatcher {
 
   // hidden: [num_tokens, H] in backend memory; ids/weights [num_tokens, k] on the host.
   // Collective: every rank calls it, with num_tokens == 0 allowed.
-  DispatchResult dispatch(const float* hidden, int64_t num_tokens, std::span<const int32_t> topk_ids,
-                          std::span<const float> topk_weights, const LayerPlacement& placement);
+  DispatchResult dispatch(const float* hidden, int64_t num_tokens,
+                          std::span<const int32_t> topk_ids, std::span<const float> topk_weights,
+                          const LayerPlacement& placement);
 
   // expert_out: [P, H] in backend memory (P = result.batch.row_index.size()); writes y
   // [num_tokens, H] (backend memory). Collective.
@@ -117,7 +125,9 @@ class Dispatcher {
   int64_t hidden_;
   int top_k_;
   ExchangeStats stats_;
-  kernels::Buffer<float> send_rows_, recv_rows_, partial_, returned_;
+  kernels::Buffer<float> send_rows_;     // [S - own, H] rows for other ranks
+  kernels::Buffer<float> recv_rows_;     // [R, H] other ranks' rows, then own rows
+  kernels::Buffer<float> combine_rows_;  // [S - own + R, H] returned rows, then partial rows
 
   // Moves float rows between backend buffers, staging through host memory when the backend is
   // a device and the communicator is host-only. Counts are rows.
@@ -128,11 +138,13 @@ class Dispatcher {
                        std::vector<RouteEntry>& recv, std::span<const int64_t> recv_rows);
   // Host scratch reused across layers.
   std::vector<int64_t> send_elems_, recv_elems_;
+  std::vector<int64_t> remote_send_, remote_recv_;  // [N] row counts, own entry zero
   std::vector<float> host_send_, host_recv_;
   kernels::Buffer<RouteEntry> dev_send_routes_, dev_recv_routes_;
   std::vector<int64_t> partial_offsets_;
   std::vector<int32_t> partial_src_;
   std::vector<float> partial_weights_;
+  std::vector<int32_t> final_src_;  // [S] combine_rows_ row of each token_rows entry
 };
 
 }  // namespace moe::parallel

@@ -98,6 +98,70 @@ TEST(DispatcherMpi, CombineEqualsSingleProcessReferenceForEveryPlacement) {
   }
 }
 
+// Experts whose output the test can predict exactly: the expert in slot s scales its row by
+// 1 + e/8 (e its logical id). Combine must then give, bit for bit, the fixed-order fp32 sum
+// y[t] = sum over t's rows in destination order of (sum over the row's routes in top-k order of
+// w * out): received rows are stored out of order, and own rows skip the communicator, so this
+// catches a row that lands in the wrong place or a sum taken in another order.
+TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
+  auto comm = make_comm();
+  auto backend = kernels::make_backend("cpu", 0);
+  const int n = comm->size(), me = comm->rank();
+  const int E = 24, k = 4;
+  const int64_t H = 37;  // not a multiple of any vector width
+  const int64_t T = tokens_of(me);
+  std::vector<int> allowed(E);
+  std::iota(allowed.begin(), allowed.end(), 0);
+  auto scale_of = [](int expert) { return 1.0f + static_cast<float>(expert) / 8.0f; };
+  Dispatcher dispatcher(*comm, *backend, H, k);
+  for (const auto& lists : {round_robin_placement(E, n), replicated_lists(E, n)}) {
+    auto placement = LayerPlacement::from_rank_experts(lists, E);
+    placement.validate(E, n, "bit_for_bit");
+    for (uint64_t seed : {3u, 4u}) {
+      auto routing = testing::make_routing(testing::mix_seed(seed, me), T, k, allowed);
+      auto x =
+          testing::random_floats(testing::mix_seed(seed + 7, me), static_cast<size_t>(T * H), 1.f);
+      DispatchResult r = dispatcher.dispatch(x.data(), T, routing.ids, routing.weights, placement);
+      const ExpertBatch& b = r.batch;
+      std::vector<float> out(std::max<size_t>(1, b.row_index.size() * H));
+      for (int slot = 0; slot < placement.num_local_slots(me); ++slot) {
+        const float scale = scale_of(placement.rank_experts[me][slot]);
+        for (int64_t p = b.slot_begin[slot]; p < b.slot_begin[slot + 1]; ++p) {
+          for (int64_t c = 0; c < H; ++c)
+            out[p * H + c] = r.recv_rows[b.row_index[p] * H + c] * scale;
+        }
+      }
+      std::vector<float> y(static_cast<size_t>(T * H), -1.0f);
+      dispatcher.combine(out.data(), r, y.data());
+
+      const DispatchLayout& L = r.layout;
+      std::vector<int> dest_of_row;
+      for (int d = 0; d < n; ++d) dest_of_row.insert(dest_of_row.end(), L.send_counts[d], d);
+      std::vector<float> want(static_cast<size_t>(T * H));
+      for (int64_t t = 0; t < T; ++t) {
+        for (int64_t c = 0; c < H; ++c) {
+          float acc = 0.0f;
+          for (int64_t i = L.token_offsets[t]; i < L.token_offsets[t + 1]; ++i) {
+            const int32_t row = L.token_rows[i];
+            float partial = 0.0f;
+            bool first_route = true;
+            for (int j = 0; j < k; ++j) {
+              const RouteEntry& e = L.send_routes[static_cast<size_t>(row) * k + j];
+              if (e.local_slot < 0) continue;
+              const float o = x[t * H + c] * scale_of(lists[dest_of_row[row]][e.local_slot]);
+              partial = first_route ? e.weight * o : partial + e.weight * o;
+              first_route = false;
+            }
+            acc = i == L.token_offsets[t] ? partial : acc + partial;
+          }
+          want[t * H + c] = acc;
+        }
+      }
+      EXPECT_EQ(y, want) << "seed " << seed << ", rank " << me;
+    }
+  }
+}
+
 TEST(DispatcherMpi, ShippedTinyExplicitMapsMatchTheReferenceAtTop8) {
   auto comm = make_comm();
   const int n = comm->size();
