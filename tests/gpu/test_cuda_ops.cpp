@@ -50,19 +50,29 @@ TEST_F(CudaOpsTest, RmsNormMatchesCpuIncludingInPlace) {
   }
 }
 
+// y = x W^T on the GPU and on the reference backend: {gpu, reference}.
+std::pair<std::vector<float>, std::vector<float>> linear_both(Backend& gpu, Backend& ref,
+                                                              const std::vector<float>& x,
+                                                              const std::vector<bf16>& w,
+                                                              int64_t rows, int64_t in,
+                                                              int64_t out) {
+  std::vector<float> want(rows * out);
+  ref.linear(x.data(), w.data(), rows, in, out, want.data());
+  auto d_x = upload_vector(gpu, x);
+  auto d_w = upload_vector(gpu, w);
+  Buffer<float> d_y(gpu, want.size());
+  gpu.linear(d_x.data(), d_w.data(), rows, in, out, d_y.data());
+  return {download_vector(gpu, d_y), want};
+}
+
 TEST_F(CudaOpsTest, LinearErrorStaysWithinBf16ActivationRounding) {
   std::mt19937 rng(3);
   for (auto [rows, in, out] :
        {std::tuple<int64_t, int64_t, int64_t>{1, 2048, 512}, {37, 256, 1000}, {64, 96, 40}}) {
     const auto x = random_floats(rng, rows * in);
     const auto w = random_bf16(rng, out * in, 0.05f);
-    std::vector<float> want(rows * out);
-    ref_->linear(x.data(), w.data(), rows, in, out, want.data());
-    auto d_x = to_gpu(x);
-    auto d_w = to_gpu(w);
-    Buffer<float> d_y(*gpu_, want.size());
-    gpu_->linear(d_x.data(), d_w.data(), rows, in, out, d_y.data());
-    EXPECT_TRUE(close_with(from_gpu(d_y), want, bf16_input_bound(x, w, rows, in, out), 0.0))
+    const auto [got, want] = linear_both(*gpu_, *ref_, x, w, rows, in, out);
+    EXPECT_TRUE(close_with(got, want, bf16_input_bound(x, w, rows, in, out), 0.0))
         << rows << "x" << in << "->" << out;
   }
 }
@@ -73,15 +83,10 @@ TEST_F(CudaOpsTest, LinearOnBf16ExactInputsAgreesToFp32Accumulation) {
   const int64_t rows = 19, in = 512, out = 300;
   const auto x = rounded_to_bf16(random_floats(rng, rows * in));
   const auto w = random_bf16(rng, out * in, 0.05f);
-  std::vector<float> want(rows * out);
-  ref_->linear(x.data(), w.data(), rows, in, out, want.data());
-  auto d_x = to_gpu(x);
-  auto d_w = to_gpu(w);
-  Buffer<float> d_y(*gpu_, want.size());
-  gpu_->linear(d_x.data(), d_w.data(), rows, in, out, d_y.data());
+  const auto [got, want] = linear_both(*gpu_, *ref_, x, w, rows, in, out);
   std::vector<double> bound = bf16_input_bound(x, w, rows, in, out);
   for (double& b : bound) b = b * 256.0 * 1e-5 + 1e-6;  // fp32 accumulation: ~1e-5 of sum |x w|
-  EXPECT_TRUE(close_with(from_gpu(d_y), want, bound, 0.0));
+  EXPECT_TRUE(close_with(got, want, bound, 0.0));
 }
 
 TEST_F(CudaOpsTest, RopeMatchesCpuUpToLongPositions) {
