@@ -7,7 +7,7 @@
 
 #include "kernels/common/check.h"
 #include "parallel/communicator.h"
-#include "runtime/cli.h"
+#include "runtime/cli/cli.h"
 
 int main(int argc, char** argv) {
   moe::parallel::MpiSession mpi(&argc, &argv);

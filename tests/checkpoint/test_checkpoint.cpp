@@ -10,8 +10,8 @@
 #include <map>
 #include <tuple>
 
-#include "runtime/safetensors.h"
-#include "runtime/weights.h"
+#include "runtime/io/safetensors.h"
+#include "runtime/io/weights.h"
 #include "safetensors_writer.h"
 
 namespace moe::runtime {

@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <type_traits>
 
-#include "runtime/safetensors.h"
+#include "runtime/io/safetensors.h"
 #include "safetensors_writer.h"
 
 namespace moe::runtime {

@@ -14,7 +14,7 @@
 #include <sys/wait.h>
 #include <vector>
 
-#include "runtime/npy.h"
+#include "runtime/io/npy.h"
 
 namespace moe::test {
 

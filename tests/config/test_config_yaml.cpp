@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "config_test_util.h"
-#include "runtime/config.h"
+#include "runtime/io/config.h"
 
 namespace moe::runtime {
 namespace {

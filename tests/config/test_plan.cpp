@@ -5,8 +5,8 @@
 #include <cmath>
 
 #include "config_test_util.h"
-#include "runtime/config.h"
-#include "runtime/plan.h"
+#include "runtime/io/config.h"
+#include "runtime/analysis/plan.h"
 
 namespace moe::runtime {
 namespace {

@@ -6,7 +6,7 @@
 #include <span>
 
 #include "kernels/common/check.h"
-#include "runtime/safetensors.h"
+#include "runtime/io/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {

@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "parallel/communicator.h"
-#include "runtime/model.h"
+#include "runtime/model/model.h"
 
 namespace moe::runtime {
 

@@ -26,8 +26,8 @@
 #include <unordered_map>
 
 #include "kernels/common/check.h"
-#include "runtime/safetensors.h"
-#include "runtime/weights.h"
+#include "runtime/io/safetensors.h"
+#include "runtime/io/weights.h"
 
 namespace moe::runtime {
 namespace {

@@ -1,6 +1,6 @@
 // RUN.yaml loader on top of parallel/yaml_util (typed keys, file:line errors, unknown keys
 // rejected so a typo never silently runs the default).
-#include "runtime/run_config.h"
+#include "runtime/io/run_config.h"
 
 #include <filesystem>
 

@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "runtime/metrics.h"
-#include "runtime/model.h"
+#include "runtime/model/metrics.h"
+#include "runtime/model/model.h"
 
 namespace moe::runtime {
 

@@ -2,7 +2,7 @@
 // the same key table through one KeyReader interface, so required keys, defaults (HF's
 // Qwen3MoeConfig defaults) and messages agree; every failure is one moe::Error("config")
 // naming the file, the key and, where known, the line.
-#include "runtime/config.h"
+#include "runtime/io/config.h"
 
 #include <yaml-cpp/yaml.h>
 

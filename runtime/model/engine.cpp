@@ -1,6 +1,6 @@
 // Engine: data-parallel sequences, expert-parallel layers. Ranks without sequences still step,
 // so the collectives inside each MoE layer always line up.
-#include "runtime/engine.h"
+#include "runtime/model/engine.h"
 
 #include <chrono>
 #include <cmath>

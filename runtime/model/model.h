@@ -14,8 +14,8 @@
 #include "parallel/communicator.h"
 #include "parallel/dispatcher.h"
 #include "parallel/placement.h"
-#include "runtime/config.h"
-#include "runtime/weights.h"
+#include "runtime/io/config.h"
+#include "runtime/io/weights.h"
 
 namespace moe::runtime {
 

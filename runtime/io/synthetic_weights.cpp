@@ -9,7 +9,7 @@
 
 #include "kernels/common/check.h"
 #include "kernels/cpu/blas_util.h"
-#include "runtime/weights.h"
+#include "runtime/io/weights.h"
 
 namespace moe::runtime {
 namespace {

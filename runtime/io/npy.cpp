@@ -1,6 +1,6 @@
 // .npy: magic "\x93NUMPY", version 1.0, u16 header length, a Python-dict header padded with
 // spaces to a multiple of 64 bytes and ended by '\n', then raw data.
-#include "runtime/npy.h"
+#include "runtime/io/npy.h"
 
 #include <fstream>
 #include <regex>

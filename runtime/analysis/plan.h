@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "runtime/config.h"
+#include "runtime/io/config.h"
 
 namespace moe::runtime {
 

@@ -1,7 +1,7 @@
 // `moe-ep plan` numbers: exact parameter counts per role, active parameters and FLOPs per
 // token, and a per-rank memory estimate. Pure arithmetic on ModelConfig; every buffer estimate
 // is written out next to its formula below so the printed numbers can be checked by hand.
-#include "runtime/plan.h"
+#include "runtime/analysis/plan.h"
 
 #include <algorithm>
 #include <cmath>

@@ -1,7 +1,7 @@
 // moe-ep command line. Every rank parses the same arguments and builds its own part of the
 // model; rank 0 alone prints and writes files. Usage errors exit 2 (printed by rank 0); input
 // errors are moe::Error, caught in launch/main.
-#include "runtime/cli.h"
+#include "runtime/cli/cli.h"
 
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
@@ -27,13 +27,13 @@
 #include "kernels/cuda/cuda_backend.h"
 #include "parallel/nccl_communicator.h"
 #endif
-#include "runtime/config.h"
-#include "runtime/engine.h"
-#include "runtime/model.h"
-#include "runtime/npy.h"
-#include "runtime/plan.h"
-#include "runtime/run_config.h"
-#include "runtime/weights.h"
+#include "runtime/io/config.h"
+#include "runtime/model/engine.h"
+#include "runtime/model/model.h"
+#include "runtime/io/npy.h"
+#include "runtime/analysis/plan.h"
+#include "runtime/io/run_config.h"
+#include "runtime/io/weights.h"
 
 namespace moe::runtime {
 namespace {

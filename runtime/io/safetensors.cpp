@@ -1,7 +1,7 @@
 // safetensors reader: header validation (pure, fuzzed) and the read-only file mapping.
 // Nothing is trusted until parse_safetensors_header returns: every size is overflow-checked and
 // every offset checked against the data buffer, so a read through SafetensorsFile stays in bounds.
-#include "runtime/safetensors.h"
+#include "runtime/io/safetensors.h"
 
 #include <fcntl.h>
 #include <sys/mman.h>

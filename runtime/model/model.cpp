@@ -1,7 +1,7 @@
 // Qwen3-MoE forward on one rank (semantics: shared/QWEN3_MOE.md, HF modeling_qwen3_moe.py).
 // Invariant: step() issues the same collectives in the same order on every rank (one dispatch
 // and one combine per MoE layer), whatever this rank's batch holds.
-#include "runtime/model.h"
+#include "runtime/model/model.h"
 
 #include <chrono>
 #include <cstdlib>

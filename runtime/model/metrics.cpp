@@ -1,5 +1,5 @@
 // Metrics: local accumulation per step, one all_reduce per quantity at the end.
-#include "runtime/metrics.h"
+#include "runtime/model/metrics.h"
 
 #include <fmt/format.h>
 

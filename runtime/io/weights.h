@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "kernels/common/bf16.h"
-#include "runtime/config.h"
+#include "runtime/io/config.h"
 
 namespace moe::runtime {
 
