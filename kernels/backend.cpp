@@ -1,4 +1,5 @@
-// Backend factory: "cpu" always; "cuda" only in builds with the CUDA backend.
+// Backend factory: "cpu" always (fp32, or bf16 compute on request); "cuda" only in builds with
+// the CUDA backend (bf16 compute only). Compute-dtype names are parsed here, once.
 #include "kernels/backend.h"
 
 #include "kernels/common/check.h"
@@ -9,26 +10,41 @@
 
 namespace moe::kernels {
 
-bool cuda_available_in_build() {
+const char* compute_dtype_name(ComputeDtype dtype) {
+  return dtype == ComputeDtype::kBF16 ? "bf16" : "fp32";
+}
+
+ComputeDtype parse_compute_dtype(const std::string& text) {
+  if (text == "fp32") return ComputeDtype::kF32;
+  if (text == "bf16") return ComputeDtype::kBF16;
+  MOE_THROW("config", "unknown compute dtype '{}' (expected fp32 or bf16)", text);
+}
+
+std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
+  if (options.name == "cpu") {
+    return make_cpu_backend(options.compute_dtype.value_or(ComputeDtype::kF32));
+  }
+  if (options.name == "cuda") {
+    MOE_CHECK_AS("config",
+                 options.compute_dtype.value_or(ComputeDtype::kBF16) == ComputeDtype::kBF16,
+                 "--backend cuda computes in bf16 only (its GEMMs take bf16 operands); drop "
+                 "--compute-dtype fp32 or use --backend cpu");
 #ifdef MOE_EP_HAVE_CUDA
-  return true;
+    return make_cuda_backend(options.local_rank);
 #else
-  return false;
+    MOE_THROW("backend",
+              "--backend cuda: this moe-ep was built without CUDA (configure with "
+              "-DMOE_EP_CUDA=ON on a machine with nvcc)");
 #endif
+  }
+  MOE_THROW("backend", "unknown backend '{}' (expected cpu or cuda)", options.name);
 }
 
 std::unique_ptr<Backend> make_backend(const std::string& name, int local_rank) {
-  if (name == "cpu") return make_cpu_backend();
-  if (name == "cuda") {
-#ifdef MOE_EP_HAVE_CUDA
-    return make_cuda_backend(local_rank);
-#else
-    (void)local_rank;
-    MOE_THROW("backend", "--backend cuda: this moe-ep was built without CUDA (configure with "
-                         "-DMOE_EP_CUDA=ON on a machine with nvcc)");
-#endif
-  }
-  MOE_THROW("backend", "unknown backend '{}' (expected cpu or cuda)", name);
+  BackendOptions options;
+  options.name = name;
+  options.local_rank = local_rank;
+  return make_backend(options);
 }
 
 }  // namespace moe::kernels

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 
@@ -14,6 +15,15 @@
 
 namespace moe::kernels {
 
+// Element type the GEMM operands are computed in. kF32: fp32 activations times bf16 weights
+// (exact products), fp32 accumulation. kBF16: activations rounded to bf16 at the points stated
+// in kernels/common/rounding.h, bf16 x bf16 products, fp32 accumulation.
+enum class ComputeDtype : int32_t { kF32 = 0, kBF16 = 1 };
+// "fp32" | "bf16".
+const char* compute_dtype_name(ComputeDtype dtype);
+// Parses "fp32" or "bf16"; anything else throws moe::Error (subsystem "config") naming both.
+ComputeDtype parse_compute_dtype(const std::string& text);
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -21,6 +31,8 @@ class Backend {
   virtual bool is_host_memory() const = 0;
   // Element type attention() expects of the KV cache it is given.
   virtual KvDtype kv_cache_dtype() const { return KvDtype::kF32; }
+  // Element type of the GEMM operands (cpu: fp32 unless asked for bf16; cuda: always bf16).
+  virtual ComputeDtype compute_dtype() const { return ComputeDtype::kF32; }
 
   // Memory. Bytes are spelled _bytes; allocate never returns null (throws).
   virtual void* allocate(size_t size_bytes) = 0;
@@ -125,8 +137,17 @@ class Buffer {
   size_t size_ = 0;
 };
 
+// What make_backend builds. compute_dtype unset means the backend's own default (cpu: fp32,
+// cuda: bf16); cuda with fp32 is refused (its GEMMs are bf16 only).
+struct BackendOptions {
+  std::string name = "cpu";  // cpu | cuda
+  int local_rank = 0;        // picks the device of a cuda backend
+  std::optional<ComputeDtype> compute_dtype;
+};
+
 // Backends known to this build: "cpu" always, "cuda" when built with CUDA. Throws on others.
+std::unique_ptr<Backend> make_backend(const BackendOptions& options);
+// Same as make_backend({name, local_rank, default compute dtype}).
 std::unique_ptr<Backend> make_backend(const std::string& name, int local_rank);
-bool cuda_available_in_build();
 
 }  // namespace moe::kernels

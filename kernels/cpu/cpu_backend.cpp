@@ -1,5 +1,5 @@
 // CpuBackend forwards to kernels/cpu/ops.h; memory is 64-byte aligned host memory, tracked for
-// the peak-memory report.
+// the peak-memory report. CpuBf16Backend replaces the ops that round (rounding.h) with Bf16Ops.
 #include "kernels/cpu/cpu_backend.h"
 
 #include <cstdlib>
@@ -7,12 +7,13 @@
 #include <new>
 
 #include "kernels/common/check.h"
+#include "kernels/cpu/bf16_ops.h"
 #include "kernels/cpu/ops.h"
 
 namespace moe::kernels {
 namespace {
 
-class CpuBackend final : public Backend {
+class CpuBackend : public Backend {
  public:
   std::string name() const override { return "cpu"; }
   bool is_host_memory() const override { return true; }
@@ -83,8 +84,42 @@ class CpuBackend final : public Backend {
   }
 };
 
+class CpuBf16Backend final : public CpuBackend {
+ public:
+  explicit CpuBf16Backend(bool force_fallback) : ops_(force_fallback) {}
+  ComputeDtype compute_dtype() const override { return ComputeDtype::kBF16; }
+
+  void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out,
+              float* y) override {
+    ops_.linear(x, w, rows, in, out, y);
+  }
+  void attention(const float* q, const float* k, const float* v, const AttentionSeq* seqs,
+                 int64_t num_seqs, AttentionShape shape, KvCacheView cache, float* out) override {
+    ops_.attention(q, k, v, seqs, num_seqs, shape, cache, out);
+  }
+  void swiglu_mlp(const float* x, ExpertWeights w, int64_t rows, int64_t hidden, int64_t inter,
+                  float* y) override {
+    ops_.swiglu_mlp(x, w, rows, hidden, inter, y);
+  }
+  void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
+                             const ExpertGroup* groups, int64_t num_groups,
+                             const int32_t* row_index, float* out) override {
+    ops_.grouped_expert_swiglu(x, hidden, inter, groups, num_groups, row_index, out);
+  }
+
+ private:
+  cpu::Bf16Ops ops_;
+};
+
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend(ComputeDtype compute_dtype) {
+  if (compute_dtype == ComputeDtype::kBF16) return std::make_unique<CpuBf16Backend>(false);
+  return std::make_unique<CpuBackend>();
+}
+
+std::unique_ptr<Backend> make_cpu_bf16_fallback_backend() {
+  return std::make_unique<CpuBf16Backend>(true);
+}
 
 }  // namespace moe::kernels

@@ -3,6 +3,7 @@
 // staging buffer (meta_) and scratch buffer (scratch_) are reused in stream order; a pinned
 // staging slot is rewritten only after the event recorded behind its last copy has completed;
 // a buffer that grows first waits for the stream (in-flight kernels may still read the old one).
+// Numerics: bf16 compute, rounding exactly where kernels/common/rounding.h says (asserted below).
 #include "kernels/cuda/cuda_backend.h"
 
 #include <cublas_v2.h>
@@ -15,6 +16,7 @@
 #include <vector>
 
 #include "kernels/common/check.h"
+#include "kernels/common/rounding.h"
 #include "kernels/cuda/api.cuh"
 #include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/cuda_raii.h"
@@ -74,6 +76,7 @@ class CudaBackendImpl final : public CudaBackend {
   std::string name() const override { return "cuda"; }
   bool is_host_memory() const override { return false; }
   KvDtype kv_cache_dtype() const override { return KvDtype::kBF16; }
+  ComputeDtype compute_dtype() const override { return ComputeDtype::kBF16; }
   CUstream_st* stream() const override { return stream_.get(); }
   int device() const override { return device_; }
   int num_sms() const override { return num_sms_; }
@@ -154,6 +157,7 @@ class CudaBackendImpl final : public CudaBackend {
 
   void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out,
               float* y) override {
+    static_assert(rounding::kLinearInput && !rounding::kLinearOutput);  // bf16(x), fp32 y
     if (rows <= 0 || out <= 0) return;
     ScratchCarver carve;
     const size_t xb_at = carve.add(static_cast<size_t>(rows * in) * sizeof(bf16));
@@ -187,6 +191,7 @@ class CudaBackendImpl final : public CudaBackend {
 
   void attention(const float* q, const float* k, const float* v, const AttentionSeq* seqs,
                  int64_t num_seqs, AttentionShape shape, KvCacheView cache, float* out) override {
+    static_assert(rounding::kKvCacheAppend);  // launch_kv_append stores bf16(k), bf16(v)
     MOE_CHECK(cache.dtype == KvDtype::kBF16, "attention: the CUDA backend needs a bf16 KV cache");
     const cuda::AttentionPlan& plan = attention_plan(seqs, num_seqs, shape, cache);
     if (plan.items.empty()) return;
@@ -247,6 +252,9 @@ class CudaBackendImpl final : public CudaBackend {
 
   void swiglu_mlp(const float* x, ExpertWeights w, int64_t rows, int64_t hidden, int64_t inter,
                   float* y) override {
+    // bf16(x); fp32 gate/up/down GEMM outputs; bf16(silu(gate) * up).
+    static_assert(rounding::kDenseSwiglu.input && !rounding::kDenseSwiglu.gate_up &&
+                  rounding::kDenseSwiglu.activation && !rounding::kDenseSwiglu.output);
     if (rows <= 0) return;
     ScratchCarver carve;
     const size_t xb_at = carve.add(static_cast<size_t>(rows * hidden) * sizeof(bf16));
@@ -268,6 +276,9 @@ class CudaBackendImpl final : public CudaBackend {
   void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
                              const ExpertGroup* groups, int64_t num_groups,
                              const int32_t* row_index, float* out) override {
+    // Every stage bf16 (the grouped GEMM's only bf16 form is bf16 in and out).
+    static_assert(rounding::kGroupedSwiglu.input && rounding::kGroupedSwiglu.gate_up &&
+                  rounding::kGroupedSwiglu.activation && rounding::kGroupedSwiglu.output);
     const cuda::GroupedSwigluPlan plan =
         cuda::plan_grouped_swiglu(groups, num_groups, row_index, hidden, inter);
     const int64_t G = plan.num_gemm_groups();
