@@ -12,6 +12,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -70,6 +71,8 @@ int main(int argc, char** argv) {
       for (int j = 0; j < top_k; ++j) ids[t * top_k + j] = all[j];
     }
     moe::parallel::Dispatcher dispatcher(*comm, *backend, hidden, top_k);
+    moe::kernels::HostPhaseTimer timer(3);  // layout, dispatch, combine
+    dispatcher.set_timer(&timer, 0, 1, 2);
     std::vector<float> y(static_cast<size_t>(tokens * hidden));
     std::vector<float> expert_out;
 
@@ -79,6 +82,7 @@ int main(int argc, char** argv) {
     auto run_ours = [&] {
       comm->barrier();
       auto t0 = Clock::now();
+      timer.start();
       auto r = dispatcher.dispatch(hidden_rows.data(), tokens, ids, weights, lp);
       const double dispatch_s = std::chrono::duration<double>(Clock::now() - t0).count();
       // Stand-in for expert compute, untimed: every output row is written, as the GEMMs would,
@@ -86,6 +90,7 @@ int main(int argc, char** argv) {
       expert_out.resize(std::max<size_t>(1, r.batch.row_index.size() * hidden));
       std::fill(expert_out.begin(), expert_out.end(), 0.5f);
       auto t1 = Clock::now();
+      timer.start();
       dispatcher.combine(expert_out.data(), r, y.data());
       return std::pair{dispatch_s + std::chrono::duration<double>(Clock::now() - t1).count(),
                        std::move(r)};
@@ -127,12 +132,14 @@ int main(int argc, char** argv) {
     for (int i = 0; i < iters + 2; ++i) {
       const double ours_s = run_ours().first;
       const double raw_s = run_raw();
+      std::array<double, 3> phase_s{};
+      timer.collect(phase_s);
       if (i < 2) continue;  // warm-up
       ours.push_back(ours_s);
       raw.push_back(raw_s);
-      layout_s.push_back(dispatcher.last_stats().layout_s);
-      dispatch_s.push_back(dispatcher.last_stats().dispatch_s);
-      combine_s.push_back(dispatcher.last_stats().combine_s);
+      layout_s.push_back(phase_s[0]);
+      dispatch_s.push_back(phase_s[1]);
+      combine_s.push_back(phase_s[2]);
     }
 
     // Slowest rank's median decides (an all-to-all finishes when its last rank does).

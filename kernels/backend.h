@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "kernels/common/bf16.h"
+#include "kernels/phase_timer.h"
 #include "kernels/types.h"
 
 namespace moe::kernels {
@@ -47,6 +48,13 @@ class Backend {
   // and process on it), or -1 for a backend in host memory.
   virtual int64_t device_used_bytes() const { return -1; }
   size_t peak_allocated_bytes() const { return peak_allocated_bytes_; }
+  // The stream ops are enqueued on (a cudaStream_t for cuda), for a device communicator to
+  // order its exchanges against; nullptr for host backends.
+  virtual void* compute_stream() const { return nullptr; }
+  // A timer on this backend's timeline (see phase_timer.h); host clock unless overridden.
+  virtual std::unique_ptr<PhaseTimer> make_phase_timer(int num_phases) {
+    return std::make_unique<HostPhaseTimer>(num_phases);
+  }
 
   // Ops: same contracts as kernels/cpu/ops.h.
   virtual void embedding(const bf16* table, int64_t vocab, int64_t hidden, const int32_t* ids,

@@ -13,7 +13,7 @@ int main(int argc, char** argv) {
   moe::parallel::MpiSession mpi(&argc, &argv);
   moe::set_error_rank(mpi.world_rank());
   try {
-    return moe::runtime::run_cli(argc, argv);
+    return moe::runtime::run_cli(argc, argv, mpi.world_rank());
   } catch (const moe::Error& e) {
     moe::parallel::MpiSession::abort_job(fmt::format("moe-ep: error: {}", e.what()), 1);
   } catch (const std::exception& e) {

@@ -33,9 +33,13 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual int local_rank() const = 0;
+  virtual int local_size() const = 0;  // ranks on this node
   virtual std::string name() const = 0;
   // True when buffers passed to all_to_all_v live in device memory (NCCL).
   virtual bool device_buffers() const = 0;
+  // The stream the exchanged data is produced and consumed on (a backend's compute_stream());
+  // a device communicator orders its own work against it. Host communicators ignore it.
+  virtual void bind_compute_stream(void* /*stream*/) {}
 
   // Rank r sends send[displ_s(d) .. + send_counts[d]) to every rank d and receives
   // recv_counts[s] elements from every rank s, placed in rank order. Counts: [size()] each.
@@ -101,6 +105,9 @@ struct CommOptions {
 
 // MPI must be initialised (see init_mpi / MpiSession); the MPI communicator uses MPI_COMM_WORLD.
 std::unique_ptr<Communicator> make_mpi_communicator(const CommOptions& options);
+// "mpi" or "nccl" (builds with NCCL only; one GPU per node-local rank). Throws on others.
+std::unique_ptr<Communicator> make_communicator(const std::string& name,
+                                                const CommOptions& options);
 
 // Process-wide MPI lifetime, owned by main. init() is idempotent; finalize() runs at most once.
 class MpiSession {

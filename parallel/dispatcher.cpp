@@ -5,19 +5,12 @@
 #include "parallel/dispatcher.h"
 
 #include <algorithm>
-#include <chrono>
 #include <climits>
 
 #include "kernels/common/check.h"
 
 namespace moe::parallel {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 int64_t sum(std::span<const int64_t> v) {
   int64_t s = 0;
@@ -61,9 +54,6 @@ ExchangeStats& ExchangeStats::operator+=(const ExchangeStats& o) {
   bytes_sent_remote += o.bytes_sent_remote;
   bytes_kept_local += o.bytes_kept_local;
   bytes_remote_without_dedup += o.bytes_remote_without_dedup;
-  layout_s += o.layout_s;
-  dispatch_s += o.dispatch_s;
-  combine_s += o.combine_s;
   pairs_received += o.pairs_received;
   return *this;
 }
@@ -275,13 +265,11 @@ DispatchResult Dispatcher::dispatch(const float* hidden, int64_t num_tokens,
   MOE_CHECK_AS("dispatch", num_tokens == 0 || hidden != nullptr,
                "dispatch: {} tokens but no hidden states", num_tokens);
   stats_ = ExchangeStats{};
-  auto t0 = Clock::now();
   DispatchResult res;
   res.layout = build_dispatch_layout(placement, rank, topk_ids, topk_weights, num_tokens, top_k_);
   const DispatchLayout& L = res.layout;
-  stats_.layout_s = seconds_since(t0);
+  mark(layout_phase_);
 
-  auto t1 = Clock::now();
   res.recv_counts.assign(num_ranks, 0);
   comm_.all_to_all(L.send_counts, res.recv_counts);
   const int64_t num_send = L.num_send_rows();
@@ -319,7 +307,6 @@ DispatchResult Dispatcher::dispatch(const float* hidden, int64_t num_tokens,
   for (int32_t& row : res.batch.row_index) row = static_cast<int32_t>(recv_own.physical(row));
   res.recv_rows = recv_rows_.data();
   res.num_recv_rows = num_recv;
-  stats_.dispatch_s = seconds_since(t1);
 
   // Traffic: dispatch sends rows + routes, combine returns one partial row per received row.
   const int64_t row_bytes = hidden_ * static_cast<int64_t>(sizeof(float));
@@ -349,11 +336,11 @@ DispatchResult Dispatcher::dispatch(const float* hidden, int64_t num_tokens,
   stats_.bytes_remote_without_dedup =
       stats_.pairs_remote * (row_bytes + static_cast<int64_t>(sizeof(RouteEntry))) +
       pairs_from_remote * row_bytes;
+  mark(dispatch_phase_);
   return res;
 }
 
 void Dispatcher::combine(const float* expert_out, const DispatchResult& result, float* y) {
-  auto t0 = Clock::now();
   const DispatchLayout& L = result.layout;
   const int64_t num_recv = result.num_recv_rows;
   const int64_t num_pairs = result.batch.num_pairs();
@@ -435,7 +422,7 @@ void Dispatcher::combine(const float* expert_out, const DispatchResult& result, 
     backend_.weighted_row_sum(combine_rows_.data(), hidden_, final_src_.data(), nullptr,
                               L.token_offsets.data(), L.num_tokens, y);
   }
-  stats_.combine_s = seconds_since(t0);
+  mark(combine_phase_);
 }
 
 }  // namespace moe::parallel

@@ -85,10 +85,9 @@ struct ExchangeStats {
   int64_t bytes_sent_remote = 0;  // dispatch + combine payload to other ranks (rows + routes)
   int64_t bytes_kept_local = 0;
   int64_t bytes_remote_without_dedup = 0;  // same traffic at one row per (token, expert)
-  double layout_s = 0, dispatch_s = 0, combine_s = 0;
   int64_t pairs_received = 0;  // (row, expert) pairs computed on this rank (all sources)
 
-  // Accumulates counters and times (e.g. over the layers and steps of a run).
+  // Accumulates counters (e.g. over the layers and steps of a run).
   ExchangeStats& operator+=(const ExchangeStats& o);
 };
 
@@ -118,6 +117,14 @@ class Dispatcher {
   void combine(const float* expert_out, const DispatchResult& result, float* y);
 
   const ExchangeStats& last_stats() const { return stats_; }
+  // Marks the layout, dispatch and combine phases on `timer` (not owned; nullptr: no marks).
+  void set_timer(kernels::PhaseTimer* timer, int layout_phase, int dispatch_phase,
+                 int combine_phase) {
+    timer_ = timer;
+    layout_phase_ = layout_phase;
+    dispatch_phase_ = dispatch_phase;
+    combine_phase_ = combine_phase;
+  }
 
  private:
   Communicator& comm_;
@@ -125,6 +132,11 @@ class Dispatcher {
   int64_t hidden_;
   int top_k_;
   ExchangeStats stats_;
+  kernels::PhaseTimer* timer_ = nullptr;
+  int layout_phase_ = 0, dispatch_phase_ = 0, combine_phase_ = 0;
+  void mark(int phase) {
+    if (timer_ != nullptr) timer_->mark(phase);
+  }
   kernels::Buffer<float> send_rows_;     // [S - own, H] rows for other ranks
   kernels::Buffer<float> recv_rows_;     // [R, H] other ranks' rows, then own rows
   kernels::Buffer<float> combine_rows_;  // [S - own + R, H] returned rows, then partial rows

@@ -1,5 +1,5 @@
-// Load statistics: balance numbers and their reductions over ranks. Reductions pack everything
-// into one all_reduce per call so a report costs one collective per layer, not one per vector.
+// Load statistics: balance numbers and the reduction over ranks. A reduction packs every layer's
+// counts into one int64 vector, so a report costs one collective, not one per layer or vector.
 #include "parallel/load_stats.h"
 
 #include <algorithm>
@@ -18,6 +18,26 @@ void add_into(std::vector<int64_t>& dst, const std::vector<int64_t>& src, const 
   MOE_CHECK_AS("stats", dst.size() == src.size(), "LayerLoad +=: {} has {} vs {} entries", what,
                dst.size(), src.size());
   for (size_t i = 0; i < dst.size(); ++i) dst[i] += src[i];
+}
+
+// ExchangeStats counters in a fixed order, for packing.
+constexpr int kTrafficCounters = 8;
+void pack_traffic(const ExchangeStats& s, std::vector<int64_t>& out) {
+  out.insert(out.end(), {s.rows_sent_remote, s.rows_kept_local, s.pairs_remote, s.rows_received,
+                         s.bytes_sent_remote, s.bytes_kept_local, s.bytes_remote_without_dedup,
+                         s.pairs_received});
+}
+ExchangeStats unpack_traffic(const int64_t* v) {
+  ExchangeStats s;
+  s.rows_sent_remote = v[0];
+  s.rows_kept_local = v[1];
+  s.pairs_remote = v[2];
+  s.rows_received = v[3];
+  s.bytes_sent_remote = v[4];
+  s.bytes_kept_local = v[5];
+  s.bytes_remote_without_dedup = v[6];
+  s.pairs_received = v[7];
+  return s;
 }
 
 }  // namespace
@@ -50,39 +70,57 @@ LayerLoad& LayerLoad::operator+=(const LayerLoad& o) {
   add_into(tokens_per_expert, o.tokens_per_expert, "tokens_per_expert");
   add_into(tokens_per_rank, o.tokens_per_rank, "tokens_per_rank");
   add_into(rows_per_rank, o.rows_per_rank, "rows_per_rank");
+  traffic += o.traffic;
   return *this;
 }
 
-LayerLoad local_layer_load(const DispatchLayout& layout) {
+LayerLoad local_layer_load(const DispatchLayout& layout, const ExchangeStats& traffic) {
   LayerLoad l;
   l.tokens_per_expert = layout.expert_tokens;
   l.tokens_per_rank = layout.pairs_per_rank;
   l.rows_per_rank = layout.send_counts;
+  l.traffic = traffic;
   return l;
 }
 
-LayerLoad sum_over_ranks(Communicator& comm, const LayerLoad& local) {
-  const size_t ne = local.tokens_per_expert.size();
-  const size_t nr = local.tokens_per_rank.size();
-  const size_t nrows = local.rows_per_rank.size();
+std::vector<LayerLoad> sum_over_ranks(Communicator& comm, const std::vector<LayerLoad>& local) {
+  // Shape header first, so ranks that disagree fail with a message instead of mixing counts.
   std::vector<int64_t> packed;
-  packed.reserve(ne + nr + nrows);
-  packed.insert(packed.end(), local.tokens_per_expert.begin(), local.tokens_per_expert.end());
-  packed.insert(packed.end(), local.tokens_per_rank.begin(), local.tokens_per_rank.end());
-  packed.insert(packed.end(), local.rows_per_rank.begin(), local.rows_per_rank.end());
-  comm.all_reduce<int64_t>(packed, ReduceOp::kSum);
-  LayerLoad out;
+  int64_t shape_sum = 0;
+  for (const LayerLoad& l : local) {
+    shape_sum += static_cast<int64_t>(l.tokens_per_expert.size()) * 1000003 +
+                 static_cast<int64_t>(l.tokens_per_rank.size()) * 1009 +
+                 static_cast<int64_t>(l.rows_per_rank.size());
+  }
+  // Max and (negated) min in one all_reduce: every rank sees the same verdict, so all throw.
+  const int64_t n = static_cast<int64_t>(local.size());
+  std::vector<int64_t> header{n, shape_sum, -n, -shape_sum};
+  comm.all_reduce<int64_t>(header, ReduceOp::kMax);
+  MOE_CHECK_AS("stats", header[0] == -header[2] && header[1] == -header[3],
+               "load report: ranks recorded different layer loads (between {} and {} layers)",
+               -header[2], header[0]);
+  for (const LayerLoad& l : local) {
+    packed.insert(packed.end(), l.tokens_per_expert.begin(), l.tokens_per_expert.end());
+    packed.insert(packed.end(), l.tokens_per_rank.begin(), l.tokens_per_rank.end());
+    packed.insert(packed.end(), l.rows_per_rank.begin(), l.rows_per_rank.end());
+    pack_traffic(l.traffic, packed);
+  }
+  if (!packed.empty()) comm.all_reduce<int64_t>(packed, ReduceOp::kSum);
+  std::vector<LayerLoad> out(local.size());
   auto it = packed.begin();
-  out.tokens_per_expert.assign(it, it + static_cast<std::ptrdiff_t>(ne));
-  it += static_cast<std::ptrdiff_t>(ne);
-  out.tokens_per_rank.assign(it, it + static_cast<std::ptrdiff_t>(nr));
-  it += static_cast<std::ptrdiff_t>(nr);
-  out.rows_per_rank.assign(it, packed.end());
+  auto take = [&it](size_t n) {
+    std::vector<int64_t> v(it, it + static_cast<std::ptrdiff_t>(n));
+    it += static_cast<std::ptrdiff_t>(n);
+    return v;
+  };
+  for (size_t i = 0; i < local.size(); ++i) {
+    out[i].tokens_per_expert = take(local[i].tokens_per_expert.size());
+    out[i].tokens_per_rank = take(local[i].tokens_per_rank.size());
+    out[i].rows_per_rank = take(local[i].rows_per_rank.size());
+    out[i].traffic = unpack_traffic(&*it);
+    it += kTrafficCounters;
+  }
   return out;
-}
-
-LayerLoad reduce_layer_load(Communicator& comm, const DispatchLayout& layout) {
-  return sum_over_ranks(comm, local_layer_load(layout));
 }
 
 RankSpread spread_over_ranks(Communicator& comm, std::span<const double> values) {
@@ -92,33 +130,6 @@ RankSpread spread_over_ranks(Communicator& comm, std::span<const double> values)
   comm.all_reduce<double>(s.max, ReduceOp::kMax);
   comm.all_reduce<double>(s.mean, ReduceOp::kSum);
   for (double& m : s.mean) m /= comm.size();
-  return s;
-}
-
-ExchangeStats sum_over_ranks(Communicator& comm, const ExchangeStats& local) {
-  std::vector<int64_t> counters = {local.rows_sent_remote,
-                                   local.rows_kept_local,
-                                   local.pairs_remote,
-                                   local.rows_received,
-                                   local.bytes_sent_remote,
-                                   local.bytes_kept_local,
-                                   local.bytes_remote_without_dedup,
-                                   local.pairs_received};
-  std::vector<double> times = {local.layout_s, local.dispatch_s, local.combine_s};
-  comm.all_reduce<int64_t>(counters, ReduceOp::kSum);
-  comm.all_reduce<double>(times, ReduceOp::kMax);
-  ExchangeStats s;
-  s.rows_sent_remote = counters[0];
-  s.rows_kept_local = counters[1];
-  s.pairs_remote = counters[2];
-  s.rows_received = counters[3];
-  s.bytes_sent_remote = counters[4];
-  s.bytes_kept_local = counters[5];
-  s.bytes_remote_without_dedup = counters[6];
-  s.pairs_received = counters[7];
-  s.layout_s = times[0];
-  s.dispatch_s = times[1];
-  s.combine_s = times[2];
   return s;
 }
 

@@ -103,7 +103,7 @@ class MpiCommunicator final : public Communicator {
     MOE_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
     MOE_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
     MOE_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size_));
-    local_rank_ = compute_local_rank();
+    compute_local_rank();
   }
 
   ~MpiCommunicator() override {
@@ -114,6 +114,7 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   int local_rank() const override { return local_rank_; }
+  int local_size() const override { return local_size_; }
   std::string name() const override { return "mpi"; }
   bool device_buffers() const override { return false; }
 
@@ -364,22 +365,24 @@ class MpiCommunicator final : public Communicator {
 
   // Local rank = position among the ranks on the same host. No non-blocking MPI_Comm_split_type
   // exists, so the host names are exchanged with a timed all-gather instead.
-  int compute_local_rank() {
+  void compute_local_rank() {
     char name[MPI_MAX_PROCESSOR_NAME] = {};
     int len = 0;
     MOE_MPI_CHECK(MPI_Get_processor_name(name, &len));
     std::vector<char> all(static_cast<size_t>(MPI_MAX_PROCESSOR_NAME) * size_);
     all_gather_raw(name, MPI_MAX_PROCESSOR_NAME, all.data(), all.size());
-    int local = 0;
-    for (int r = 0; r < rank_; ++r) {
+    local_rank_ = 0;
+    local_size_ = 0;
+    for (int r = 0; r < size_; ++r) {
       const char* other = all.data() + static_cast<size_t>(r) * MPI_MAX_PROCESSOR_NAME;
-      if (std::equal(name, name + MPI_MAX_PROCESSOR_NAME, other)) ++local;
+      if (!std::equal(name, name + MPI_MAX_PROCESSOR_NAME, other)) continue;
+      ++local_size_;
+      if (r < rank_) ++local_rank_;
     }
-    return local;
   }
 
   CommOptions options_;
-  int rank_ = 0, size_ = 1, local_rank_ = 0;
+  int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
   bool shut_down_ = false;
   std::string failed_op_;           // non-empty after a timeout
   uint64_t exchange_seq_ = 0;        // calls of start_exchange, for its tags

@@ -82,6 +82,10 @@ class NcclCommunicatorImpl final : public NcclCommunicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   int local_rank() const override { return mpi_->local_rank(); }
+  int local_size() const override { return mpi_->local_size(); }
+  void bind_compute_stream(void* stream) override {
+    set_compute_stream(static_cast<CUstream_st*>(stream));
+  }
   std::string name() const override { return "nccl"; }
   bool device_buffers() const override { return true; }
   int device() const override { return device_; }

@@ -70,7 +70,4 @@ void gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n,
 void weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
                       const float* weights, const int64_t* offsets, int64_t n, float* dst);
 
-// Index of the largest value (first on ties) of x[0..n).
-int64_t argmax(const float* x, int64_t n);
-
 }  // namespace moe::kernels::cpu

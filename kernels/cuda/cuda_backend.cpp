@@ -78,6 +78,7 @@ class CudaBackendImpl final : public CudaBackend {
   KvDtype kv_cache_dtype() const override { return KvDtype::kBF16; }
   ComputeDtype compute_dtype() const override { return ComputeDtype::kBF16; }
   CUstream_st* stream() const override { return stream_.get(); }
+  void* compute_stream() const override { return stream_.get(); }
   int device() const override { return device_; }
   int num_sms() const override { return num_sms_; }
 

@@ -24,21 +24,6 @@ std::string gib(int64_t bytes) {
   return fmt::format("{:.2f}", static_cast<double>(bytes) / kGiB);
 }
 
-// Weights of one layer's attention block (q, k, v, o + q_norm, k_norm).
-int64_t attention_params(const ModelConfig& c) {
-  const int64_t h = c.hidden_size;
-  return h * c.q_width() + 2 * h * c.kv_width() + c.q_width() * h + 2 * c.head_dim;
-}
-
-// Active parameters used in a matmul per token (embedding is a lookup; norms are element-wise;
-// a tied lm_head still multiplies by the vocab x H embedding).
-int64_t matmul_params(const ModelConfig& c, const ParamBreakdown& p, int64_t top_k) {
-  const int64_t h = c.hidden_size;
-  const int64_t projections = (2 * c.q_width() * h + 2 * c.kv_width() * h) * c.num_hidden_layers;
-  return projections + p.router + p.num_moe_layers * top_k * p.per_expert + p.dense_mlp +
-         c.vocab_size * h;
-}
-
 RankMemory rank_memory(const ModelConfig& c, const ParamBreakdown& p, const PlanOptions& o,
                        int num_ranks, int64_t override_slots) {
   RankMemory m;
@@ -61,7 +46,7 @@ RankMemory rank_memory(const ModelConfig& c, const ParamBreakdown& p, const Plan
   m.sequences = ceil_div(o.batch, n);
   m.tokens = m.sequences * o.context;
 
-  m.dense_replica_bytes = (p.total - p.experts) * kWeightBytes;
+  m.dense_replica_bytes = p.dense_replica() * kWeightBytes;
   m.expert_shard_bytes = m.expert_slots * p.per_expert * kWeightBytes;
   // K and V for every layer, every position of this rank's sequences.
   m.kv_cache_bytes = 2 * c.num_hidden_layers * c.kv_width() * m.sequences * o.context * o.kv_bytes;
@@ -137,39 +122,6 @@ std::string with_thousands(int64_t value) {
   return value < 0 ? "-" + out : out;
 }
 
-ParamBreakdown count_params(const ModelConfig& c) {
-  ParamBreakdown p;
-  const int64_t h = c.hidden_size;
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    (c.layer_is_moe(l) ? p.num_moe_layers : p.num_dense_layers) += 1;
-  }
-  const int64_t layers = c.num_hidden_layers;
-  p.embedding = c.vocab_size * h;
-  p.lm_head = c.tie_word_embeddings ? 0 : c.vocab_size * h;
-  p.final_norm = h;
-  p.attention = attention_params(c) * layers;
-  p.layer_norms = 2 * h * layers;
-  p.per_expert = 3 * h * c.moe_intermediate_size;
-  p.router = c.num_experts * h * p.num_moe_layers;
-  p.experts = c.num_experts * p.per_expert * p.num_moe_layers;
-  p.dense_mlp = 3 * h * c.intermediate_size * p.num_dense_layers;
-  p.total = p.embedding + p.lm_head + p.final_norm + p.attention + p.layer_norms + p.router +
-            p.experts + p.dense_mlp;
-  return p;
-}
-
-int64_t count_total_params(const ModelConfig& c) {
-  return count_params(c).total;
-}
-
-int64_t count_active_params(const ModelConfig& c, int64_t top_k) {
-  MOE_CHECK_AS("config", top_k >= 0 && (c.num_experts == 0 || top_k <= c.num_experts),
-               "top-k {} out of range [0, num_experts {}]", top_k, c.num_experts);
-  ParamBreakdown p = count_params(c);
-  // With no experts top_k selects nothing; every parameter is active.
-  return p.total - p.experts + p.num_moe_layers * std::min(top_k, c.num_experts) * p.per_expert;
-}
-
 PlanReport make_plan(const ModelConfig& config, const PlanOptions& options) {
   config.validate();
   MOE_CHECK_AS("config", options.batch >= 1, "plan: --batch must be >= 1, got {}", options.batch);
@@ -205,14 +157,11 @@ PlanReport make_plan(const ModelConfig& config, const PlanOptions& options) {
   r.active_params = count_active_params(config, r.configured_top_k);
   r.active_share = static_cast<double>(r.active_params) / static_cast<double>(r.total_params);
   r.active_bytes = r.active_params * kWeightBytes;
-  r.matmul_params_per_token = matmul_params(config, r.params, r.configured_top_k);
-  r.matmul_flops_per_token = 2.0 * static_cast<double>(r.matmul_params_per_token);
-  // Per token at position `context`: QK^T and PV each 2 x heads x head_dim x context per layer.
-  r.attention_flops_per_token = 4.0 * static_cast<double>(config.num_hidden_layers) *
-                                static_cast<double>(config.num_attention_heads) *
-                                static_cast<double>(config.head_dim) *
-                                static_cast<double>(options.context);
-  r.flops_per_token = r.matmul_flops_per_token + r.attention_flops_per_token;
+  r.matmul_params_per_token = matmul_params_per_token(config, r.configured_top_k);
+  const TokenFlops flops = flops_per_token(config, r.configured_top_k, options.context);
+  r.matmul_flops_per_token = flops.matmul;
+  r.attention_flops_per_token = flops.attention;
+  r.flops_per_token = flops.total();
 
   std::vector<int64_t> ks;
   if (config.num_experts > 0) {
@@ -228,9 +177,8 @@ PlanReport make_plan(const ModelConfig& config, const PlanOptions& options) {
     row.top_k = k;
     row.active_params = count_active_params(config, k);
     row.share = static_cast<double>(row.active_params) / static_cast<double>(r.total_params);
-    row.matmul_params = matmul_params(config, r.params, k);
-    row.flops_per_token =
-        2.0 * static_cast<double>(row.matmul_params) + r.attention_flops_per_token;
+    row.matmul_params = matmul_params_per_token(config, k);
+    row.flops_per_token = flops_per_token(config, k, options.context).total();
     row.configured = k == r.configured_top_k;
     r.active.push_back(row);
   }

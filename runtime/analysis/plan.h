@@ -1,5 +1,5 @@
 // `moe-ep plan`: what a MoE model costs, computed from its config alone (no MPI, no weights).
-// Parameter counts are exact (they follow the checkpoint's tensor list in QWEN3_MOE.md);
+// Parameter counts and FLOPs come from runtime/model/arithmetic.h;
 // memory beyond weights (KV cache, activation and communication buffers) is a stated estimate
 // for the largest rank, so "fits" errs on the side of "does not fit".
 #pragma once
@@ -10,17 +10,18 @@
 #include <vector>
 
 #include "runtime/io/config.h"
+#include "runtime/model/arithmetic.h"
 
 namespace moe::runtime {
 
-// Weights are bf16 on every backend (checkpoints store them so).
-inline constexpr int64_t kWeightBytes = 2;
+// GPU memory per rank when none is given (`plan --gpu-mem-gib`): an 80 GB H100 / A100.
+inline constexpr double kDefaultGpuMemGib = 80;
 
 struct PlanOptions {
   int64_t batch = 1;       // sequences in the whole job; attention is data-parallel, so they are
                            // spread over ranks (rank r holds ceil(batch / N) at most)
   int64_t context = 4096;  // tokens per sequence (KV cache length, prefill length)
-  double gpu_mem_gib = 80;
+  double gpu_mem_gib = kDefaultGpuMemGib;
   std::vector<int> ranks = {1, 2, 4, 8};
   // Bytes per KV-cache element: 2 for the CUDA backend (bf16 cache), 4 for the CPU backend
   // (fp32). Activations and the rows exchanged between ranks are fp32 on every backend (the
@@ -31,22 +32,6 @@ struct PlanOptions {
   // `ranks`) and the largest entry sizes the expert shard.
   std::vector<int64_t> expert_slots_per_rank;
   std::string placement_name;  // shown next to the override ("contiguous" otherwise)
-};
-
-// Parameters by role (each over the whole model).
-struct ParamBreakdown {
-  int64_t embedding = 0;    // vocab x H
-  int64_t lm_head = 0;      // vocab x H; 0 when tied to the embedding
-  int64_t final_norm = 0;   // H
-  int64_t attention = 0;    // q,k,v,o projections + q_norm, k_norm, all layers
-  int64_t layer_norms = 0;  // input + post-attention RMSNorm weights, all layers
-  int64_t router = 0;       // E x H per MoE layer
-  int64_t experts = 0;      // E x 3 H I per MoE layer
-  int64_t dense_mlp = 0;    // 3 H intermediate_size per dense layer
-  int64_t per_expert = 0;   // 3 H I: one expert of one layer
-  int64_t num_moe_layers = 0;
-  int64_t num_dense_layers = 0;
-  int64_t total = 0;
 };
 
 // Parameters that touch one token at a given top-k.
@@ -94,11 +79,6 @@ struct PlanReport {
   std::vector<ActiveRow> active;  // top-k 1, 2, 4, 8, 16 (<= E) and the configured k
   std::vector<RankMemory> ranks;
 };
-
-ParamBreakdown count_params(const ModelConfig& config);
-int64_t count_total_params(const ModelConfig& config);
-// Embedding and lm_head count as active (lm_head not again when tied). 0 <= k <= num_experts.
-int64_t count_active_params(const ModelConfig& config, int64_t top_k);
 
 // Throws moe::Error("config") on bad options (batch/context < 1, no ranks, ...).
 PlanReport make_plan(const ModelConfig& config, const PlanOptions& options);

@@ -1,11 +1,11 @@
-// The moe-ep command line: plan | forward | generate | run | experiment. Parses arguments,
-// builds the model/engine for this rank and runs the command. Throws moe::Error; launch/main
-// catches it and ends the job.
+// moe-ep command line: parses the arguments (identically on every rank) and runs the chosen
+// command. Usage errors return 2 (printed by rank 0); input errors throw moe::Error, caught in
+// launch/main.
 #pragma once
 
 namespace moe::runtime {
 
-// Returns the process exit code (0 ok, 1 bad input handled as an error, 2 usage error).
-int run_cli(int argc, char** argv);
+// `world_rank`: this process's rank (MPI is initialised by main before this call).
+int run_cli(int argc, char** argv, int world_rank);
 
 }  // namespace moe::runtime

@@ -8,7 +8,6 @@
 #include <vector>
 
 #include "kernels/common/check.h"
-#include "kernels/cpu/blas_util.h"
 #include "runtime/io/weights.h"
 
 namespace moe::runtime {
@@ -72,11 +71,11 @@ class SyntheticWeights final : public WeightSource {
         dst[i] = float_to_bf16(s.offset + s.amplitude * u);
       }
     };
-    // Elements are independent, so large tensors are filled by this rank's threads (the BLAS
-    // thread budget): the 61 GB of Qwen3-30B-A3B are generated in seconds, not minutes.
+    // Elements are independent, so large tensors are filled by every core of the machine,
+    // whatever the BLAS thread setting: the 61 GB of Qwen3-30B-A3B in seconds, not minutes.
     constexpr int64_t kMinChunk = int64_t{1} << 16;
     const int64_t workers =
-        std::min<int64_t>(kernels::cpu::blas_threads(), (numel + kMinChunk - 1) / kMinChunk);
+        std::min<int64_t>(static_cast<int64_t>(std::max(1u, std::thread::hardware_concurrency())), (numel + kMinChunk - 1) / kMinChunk);
     if (workers <= 1) {
       fill(0, numel);
     } else {

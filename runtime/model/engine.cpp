@@ -8,7 +8,7 @@
 #include <sstream>
 
 #include "kernels/common/check.h"
-#include "kernels/cpu/ops.h"
+#include "kernels/host.h"
 
 namespace moe::runtime {
 namespace {
@@ -75,8 +75,7 @@ TokenBatch parse_token_batch(const std::string& text, int64_t vocab_size) {
 
 Engine::Engine(Model& model, parallel::Communicator& comm)
     : model_(model),
-      comm_(comm),
-      metrics_(model.shapes().num_layers, model.shapes().num_experts, comm.size()) {}
+      comm_(comm) {}
 
 std::vector<int64_t> Engine::local_indices(int64_t num_sequences) const {
   std::vector<int64_t> idx;
@@ -92,7 +91,7 @@ ForwardOutput Engine::forward(const TokenBatch& seqs) {
   int64_t row = 0;
   const auto mine = local_indices(S);
   for (int64_t i : mine) {
-    steps.push_back({i / comm_.size(), 0, seqs[static_cast<size_t>(i)]});
+    steps.push_back({i, i / comm_.size(), 0, seqs[static_cast<size_t>(i)]});
     for (size_t t = 0; t < seqs[static_cast<size_t>(i)].size(); ++t) rows.push_back(row++);
   }
   StepResult r = model_.step(steps, rows);
@@ -129,7 +128,7 @@ GenerateOutput Engine::generate(const TokenBatch& prompts, int64_t max_new) {
   std::vector<int64_t> last_rows;
   int64_t row = 0;
   for (int64_t i : mine) {
-    steps.push_back({i / comm_.size(), 0, prompts[static_cast<size_t>(i)]});
+    steps.push_back({i, i / comm_.size(), 0, prompts[static_cast<size_t>(i)]});
     row += static_cast<int64_t>(prompts[static_cast<size_t>(i)].size());
     last_rows.push_back(row - 1);
   }
@@ -143,7 +142,7 @@ GenerateOutput Engine::generate(const TokenBatch& prompts, int64_t max_new) {
   metrics_.add_step("prefill", r);
   for (int64_t step = 0; step < max_new; ++step) {
     for (int64_t j = 0; j < n; ++j) {
-      const int64_t tok = kernels::cpu::argmax(r.logits.data() + j * V, V);
+      const int64_t tok = kernels::argmax(r.logits.data() + j * V, V);
       generated[static_cast<size_t>(j * max_new + step)] = static_cast<int32_t>(tok);
       steps[static_cast<size_t>(j)].past_len +=
           static_cast<int64_t>(steps[static_cast<size_t>(j)].tokens.size());

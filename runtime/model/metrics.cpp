@@ -1,89 +1,53 @@
-// Metrics: local accumulation per step, one all_reduce per quantity at the end.
+// Metrics: local accumulation per step, one reduction over ranks at the end.
 #include "runtime/model/metrics.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 
-#include "kernels/common/check.h"
-#include "parallel/load_stats.h"
-
 namespace moe::runtime {
 
-MetricsCollector::MetricsCollector(int64_t num_layers, int64_t num_experts, int num_ranks)
-    : num_layers_(num_layers), num_experts_(num_experts), num_ranks_(num_ranks) {}
-
 void MetricsCollector::add_step(const std::string& phase, const StepResult& step) {
-  for (int64_t l = 0; l < static_cast<int64_t>(step.traffic.size()); ++l) {
-    const LayerTraffic& t = step.traffic[static_cast<size_t>(l)];
-    if (t.tokens_per_expert.empty()) continue;  // dense layer
-    entries_.push_back({num_steps_, phase, l});
-    counts_.insert(counts_.end(), t.tokens_per_expert.begin(), t.tokens_per_expert.end());
-    counts_.insert(counts_.end(), t.pairs_per_rank.begin(), t.pairs_per_rank.end());
-    bytes_sent_remote_ += t.exchange.bytes_sent_remote;
-    bytes_kept_local_ += t.exchange.bytes_kept_local;
-    bytes_without_dedup_ += t.exchange.bytes_remote_without_dedup;
-    rows_sent_remote_ += t.exchange.rows_sent_remote;
-    pairs_remote_ += t.exchange.pairs_remote;
+  for (size_t l = 0; l < step.loads.size(); ++l) {
+    if (step.loads[l].tokens_per_expert.empty()) continue;  // dense layer
+    local_.push_back({num_steps_, phase, static_cast<int64_t>(l), step.loads[l]});
   }
   ++num_steps_;
 }
 
-MetricsReport MetricsCollector::reduce(parallel::Communicator& comm,
-                                       const PhaseTimes& times) const {
+MetricsReport MetricsCollector::reduce(parallel::Communicator& comm, const PhaseTimes& times,
+                                       const std::string& timing_method) const {
   MetricsReport r;
-  r.num_ranks = num_ranks_;
-  // Every rank ran the same steps and layers, so entries_ line up across ranks.
-  std::vector<int64_t> counts = counts_;
-  int64_t n = static_cast<int64_t>(counts.size());
-  std::vector<int64_t> sizes{n};
-  comm.all_reduce<int64_t>(sizes, parallel::ReduceOp::kMax);
-  MOE_CHECK(sizes[0] == n, "metrics: ranks recorded different numbers of layer steps");
-  if (!counts.empty()) comm.all_reduce<int64_t>(counts, parallel::ReduceOp::kSum);
-  std::vector<int64_t> bytes{bytes_sent_remote_, bytes_kept_local_, bytes_without_dedup_,
-                             rows_sent_remote_, pairs_remote_};
-  comm.all_reduce<int64_t>(bytes, parallel::ReduceOp::kSum);
-  r.bytes_sent_remote = bytes[0];
-  r.bytes_kept_local = bytes[1];
-  r.bytes_remote_without_dedup = bytes[2];
-  r.rows_sent_remote = bytes[3];
-  r.pairs_remote = bytes[4];
+  r.num_ranks = comm.size();
+  r.timing_method = timing_method;
+  std::vector<parallel::LayerLoad> local;
+  local.reserve(local_.size());
+  for (const auto& e : local_) local.push_back(e.load);
+  // Every rank ran the same steps and layers, so entries line up across ranks (checked).
+  std::vector<parallel::LayerLoad> summed = parallel::sum_over_ranks(comm, local);
 
-  const size_t stride = static_cast<size_t>(num_experts_ + num_ranks_);
   double sum_bal = 0, sum_vio = 0;
-  r.min_balancedness = 1.0;
-  r.worst_max_vio = 0.0;
-  for (size_t i = 0; i < entries_.size(); ++i) {
-    LayerStepLoad load;
-    load.step = entries_[i].step;
-    load.phase = entries_[i].phase;
-    load.layer = entries_[i].layer;
-    auto begin = counts.begin() + static_cast<std::ptrdiff_t>(i * stride);
-    load.tokens_per_expert.assign(begin, begin + num_experts_);
-    load.tokens_per_rank.assign(begin + num_experts_, begin + static_cast<std::ptrdiff_t>(stride));
-    load.balancedness = parallel::balancedness(load.tokens_per_rank);
-    load.max_vio = parallel::max_violation(load.tokens_per_expert);
-    sum_bal += load.balancedness;
-    sum_vio += load.max_vio;
-    r.min_balancedness = std::min(r.min_balancedness, load.balancedness);
-    r.worst_max_vio = std::max(r.worst_max_vio, load.max_vio);
-    r.loads.push_back(std::move(load));
+  for (size_t i = 0; i < local_.size(); ++i) {
+    LayerStepLoad entry{local_[i].step, local_[i].phase, local_[i].layer, std::move(summed[i])};
+    const double bal = entry.load.balancedness(), vio = entry.load.max_violation();
+    sum_bal += bal;
+    sum_vio += vio;
+    r.min_balancedness = std::min(r.min_balancedness, bal);
+    r.worst_max_vio = std::max(r.worst_max_vio, vio);
+    r.traffic += entry.load.traffic;
+    r.loads.push_back(std::move(entry));
   }
-  if (!entries_.empty()) {
-    r.mean_balancedness = sum_bal / static_cast<double>(entries_.size());
-    r.mean_max_vio = sum_vio / static_cast<double>(entries_.size());
+  if (!r.loads.empty()) {
+    r.mean_balancedness = sum_bal / static_cast<double>(r.loads.size());
+    r.mean_max_vio = sum_vio / static_cast<double>(r.loads.size());
   }
 
-  const std::vector<std::pair<std::string, double>> phases = {
-      {"embed", times.embed},         {"attention", times.attention}, {"router", times.router},
-      {"layout", times.layout},       {"dispatch", times.dispatch},   {"expert", times.expert},
-      {"combine", times.combine},     {"dense_mlp", times.dense_mlp}, {"lm_head", times.lm_head},
-      {"total", times.total()}};
-  std::vector<double> values;
-  for (const auto& p : phases) values.push_back(p.second);
+  std::vector<double> values(times.seconds.begin(), times.seconds.end());
+  values.push_back(times.total());
   const parallel::RankSpread spread = parallel::spread_over_ranks(comm, values);
-  for (size_t i = 0; i < phases.size(); ++i) {
-    r.phases.push_back({phases[i].first, spread.max[i], spread.mean[i]});
+  for (size_t i = 0; i < values.size(); ++i) {
+    r.phases.push_back({i < kPhaseNames.size() ? kPhaseNames[i] : "total", spread.max[i],
+                        spread.mean[i]});
   }
   return r;
 }
@@ -91,12 +55,14 @@ MetricsReport MetricsCollector::reduce(parallel::Communicator& comm,
 nlohmann::json MetricsReport::to_json(bool per_layer) const {
   nlohmann::json j;
   j["num_ranks"] = num_ranks;
-  j["traffic"] = {{"bytes_sent_remote", bytes_sent_remote},
-                  {"bytes_kept_local", bytes_kept_local},
-                  {"bytes_remote_without_dedup", bytes_remote_without_dedup},
-                  {"bytes_saved_by_dedup", bytes_remote_without_dedup - bytes_sent_remote},
-                  {"rows_sent_remote", rows_sent_remote},
-                  {"pairs_remote", pairs_remote}};
+  j["traffic"] = {
+      {"bytes_sent_remote", traffic.bytes_sent_remote},
+      {"bytes_kept_local", traffic.bytes_kept_local},
+      {"bytes_remote_without_dedup", traffic.bytes_remote_without_dedup},
+      {"bytes_saved_by_dedup", traffic.bytes_remote_without_dedup - traffic.bytes_sent_remote},
+      {"rows_sent_remote", traffic.rows_sent_remote},
+      {"rows_kept_local", traffic.rows_kept_local},
+      {"pairs_remote", traffic.pairs_remote}};
   j["load"] = {{"mean_balancedness", mean_balancedness},
                {"min_balancedness", min_balancedness},
                {"mean_max_vio", mean_max_vio},
@@ -104,16 +70,19 @@ nlohmann::json MetricsReport::to_json(bool per_layer) const {
   nlohmann::json ph = nlohmann::json::object();
   for (const auto& p : phases) ph[p.name] = {{"max_s", p.max_s}, {"mean_s", p.mean_s}};
   j["phases"] = ph;
+  j["timing_method"] = timing_method;
   if (per_layer) {
     nlohmann::json arr = nlohmann::json::array();
     for (const auto& l : loads) {
       arr.push_back({{"step", l.step},
                      {"phase", l.phase},
                      {"layer", l.layer},
-                     {"tokens_per_expert", l.tokens_per_expert},
-                     {"tokens_per_rank", l.tokens_per_rank},
-                     {"balancedness", l.balancedness},
-                     {"max_vio", l.max_vio}});
+                     {"tokens_per_expert", l.load.tokens_per_expert},
+                     {"tokens_per_rank", l.load.tokens_per_rank},
+                     {"rows_per_rank", l.load.rows_per_rank},
+                     {"bytes_sent_remote", l.load.traffic.bytes_sent_remote},
+                     {"balancedness", l.load.balancedness()},
+                     {"max_vio", l.load.max_violation()}});
     }
     j["layers"] = arr;
   }
@@ -122,17 +91,23 @@ nlohmann::json MetricsReport::to_json(bool per_layer) const {
 
 std::string MetricsReport::summary() const {
   std::string s;
-  s += fmt::format("expert load   balancedness mean {:.3f} min {:.3f}   max-vio mean {:.3f} worst {:.3f}\n",
-                   mean_balancedness, min_balancedness, mean_max_vio, worst_max_vio);
-  s += fmt::format("traffic       {:.3f} MB across ranks, {:.3f} MB kept local; one row per (token, expert) "
-                   "would send {:.3f} MB (dedup saved {:.1f}%)\n",
-                   bytes_sent_remote / 1e6, bytes_kept_local / 1e6, bytes_remote_without_dedup / 1e6,
-                   bytes_remote_without_dedup > 0
-                       ? 100.0 * (1.0 - static_cast<double>(bytes_sent_remote) /
-                                            static_cast<double>(bytes_remote_without_dedup))
-                       : 0.0);
-  s += fmt::format("{:<12} {:>12} {:>12}\n", "phase", "max s", "mean s");
-  for (const auto& p : phases) s += fmt::format("{:<12} {:>12.6f} {:>12.6f}\n", p.name, p.max_s, p.mean_s);
+  s += fmt::format(
+      "expert load   balancedness mean {:.3f} min {:.3f}   max-vio mean {:.3f} worst {:.3f}\n",
+      mean_balancedness, min_balancedness, mean_max_vio, worst_max_vio);
+  const double saved =
+      traffic.bytes_remote_without_dedup > 0
+          ? 100.0 * (1.0 - static_cast<double>(traffic.bytes_sent_remote) /
+                               static_cast<double>(traffic.bytes_remote_without_dedup))
+          : 0.0;
+  s += fmt::format(
+      "traffic       {:.3f} MB across ranks, {:.3f} MB kept local; one row per (token, expert) "
+      "would send {:.3f} MB (dedup saved {:.1f}%)\n",
+      traffic.bytes_sent_remote / 1e6, traffic.bytes_kept_local / 1e6,
+      traffic.bytes_remote_without_dedup / 1e6, saved);
+  s += fmt::format("{:<12} {:>12} {:>12}   ({})\n", "phase", "max s", "mean s", timing_method);
+  for (const auto& p : phases) {
+    s += fmt::format("{:<12} {:>12.6f} {:>12.6f}\n", p.name, p.max_s, p.mean_s);
+  }
   return s;
 }
 

@@ -1,4 +1,4 @@
-// Qwen3-MoE forward on one rank (semantics: shared/QWEN3_MOE.md, HF modeling_qwen3_moe.py).
+// Qwen3-MoE forward on one rank (semantics: docs/qwen3_moe.md, HF modeling_qwen3_moe.py).
 // Invariant: step() issues the same collectives in the same order on every rank (one dispatch
 // and one combine per MoE layer), whatever this rank's batch holds.
 #include "runtime/model/model.h"
@@ -12,12 +12,6 @@
 
 namespace moe::runtime {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
 
 std::string layer_name(int64_t l, const std::string& suffix) {
   return fmt::format("model.layers.{}.{}", l, suffix);
@@ -45,17 +39,10 @@ ModelShapes::ModelShapes(const ModelConfig& c)
       num_experts(c.num_experts),
       top_k(c.num_experts_per_tok) {}
 
-PhaseTimes& PhaseTimes::operator+=(const PhaseTimes& o) {
-  embed += o.embed;
-  attention += o.attention;
-  router += o.router;
-  layout += o.layout;
-  dispatch += o.dispatch;
-  expert += o.expert;
-  combine += o.combine;
-  dense_mlp += o.dense_mlp;
-  lm_head += o.lm_head;
-  return *this;
+double PhaseTimes::total() const {
+  double t = 0;
+  for (double v : seconds) t += v;
+  return t;
 }
 
 FaultInjection FaultInjection::from_env() {
@@ -118,26 +105,11 @@ Model::Model(const ModelConfig& config, const parallel::Placement& placement,
                config.max_position_embeddings);
 
   // Sizes first, for the progress line.
-  const int64_t attn_params =
-      2 * s.hidden + s.q_width * s.hidden + 2 * s.kv_width * s.hidden + s.hidden * s.q_width +
-      2 * s.head_dim;
-  const int64_t expert_params = 3 * s.expert_inter * s.hidden;
-  const bool tied = config.tie_word_embeddings;
-  int64_t dense_params = s.vocab * s.hidden * (tied ? 1 : 2) + s.hidden;
-  int64_t local_experts = 0;
-  for (int64_t l = 0; l < s.num_layers; ++l) {
-    dense_params += attn_params;
-    if (config.layer_is_moe(l)) {
-      dense_params += s.num_experts * s.hidden;
-      local_experts += placement.layer(static_cast<int>(l)).num_local_slots(rank);
-    } else {
-      dense_params += 3 * s.dense_inter * s.hidden;
-    }
-  }
-  dense_bytes_ = dense_params * static_cast<int64_t>(sizeof(bf16));
-  expert_bytes_ = local_experts * expert_params * static_cast<int64_t>(sizeof(bf16));
-  num_local_experts_ = local_experts;
-  load_total_bytes_ = dense_bytes_ + expert_bytes_;
+  weights_ = rank_weights(config, placement, rank);
+  load_total_bytes_ = weights_.total_bytes();
+  timer_ = backend.make_phase_timer(kNumPhases);
+  dispatcher_.set_timer(timer_.get(), static_cast<int>(Phase::kLayout),
+                        static_cast<int>(Phase::kDispatch), static_cast<int>(Phase::kCombine));
 
   embed_ = load(weights, "model.embed_tokens.weight", {s.vocab, s.hidden});
   layers_.resize(static_cast<size_t>(s.num_layers));
@@ -175,16 +147,20 @@ Model::Model(const ModelConfig& config, const parallel::Placement& placement,
     kv_cache_bytes_ += static_cast<int64_t>(L.k_cache.size_bytes() + L.v_cache.size_bytes());
   }
   final_norm_ = load(weights, "model.norm.weight", {s.hidden});
-  if (!tied) lm_head_ = load(weights, "lm_head.weight", {s.vocab, s.hidden});
+  if (!config.tie_word_embeddings) lm_head_ = load(weights, "lm_head.weight", {s.vocab, s.hidden});
 }
 
-void Model::moe_block(int layer, const float* h, int64_t num_tokens, float* y,
-                      LayerTraffic& traffic) {
+const PhaseTimes& Model::times() {
+  timer_->collect(times_.seconds);
+  return times_;
+}
+
+void Model::moe_block(int layer, const float* h, std::span<const TokenId> tokens, float* y,
+                      parallel::LayerLoad& load) {
   const ModelShapes& s = shapes_;
   Layer& L = layers_[static_cast<size_t>(layer)];
-  const int64_t T = num_tokens;
+  const int64_t T = static_cast<int64_t>(tokens.size());
 
-  auto t0 = Clock::now();
   router_logits_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(T, 1) * s.num_experts));
   std::vector<int32_t> ids(static_cast<size_t>(T * s.top_k));
   std::vector<float> weights(static_cast<size_t>(T * s.top_k));
@@ -193,13 +169,14 @@ void Model::moe_block(int layer, const float* h, int64_t num_tokens, float* y,
     backend_.router_topk(router_logits_.data(), T, s.num_experts, s.top_k, config_.norm_topk_prob,
                          ids.data(), weights.data());
   }
-  times_.router += seconds_since(t0);
+  if (routing_hook_ != nullptr) routing_hook_->route(num_steps_, layer, tokens, ids, weights);
+  last_step_flops_ += router_flops(config_, T);
+  mark(Phase::kRouter);
 
   const parallel::LayerPlacement& lp = placement_.layer(layer);
   parallel::DispatchResult r = dispatcher_.dispatch(h, T, ids, weights, lp);
 
   // Expert compute: one group per local slot, all its rows in one GEMM per projection.
-  t0 = Clock::now();
   const auto& batch = r.batch;
   const int64_t num_pairs = static_cast<int64_t>(batch.row_index.size());
   std::vector<kernels::ExpertGroup> groups;
@@ -216,28 +193,22 @@ void Model::moe_block(int layer, const float* h, int64_t num_tokens, float* y,
                                    static_cast<int64_t>(groups.size()), batch.row_index.data(),
                                    expert_out_.data());
   }
-  times_.expert += seconds_since(t0);
-  last_step_flops_ += 2.0 * 3.0 * static_cast<double>(num_pairs * s.hidden * s.expert_inter);
+  last_step_flops_ += expert_flops(config_, num_pairs);
+  mark(Phase::kExpert);
 
   dispatcher_.combine(expert_out_.data(), r, y);
 
-  const parallel::ExchangeStats& st = dispatcher_.last_stats();
-  times_.layout += st.layout_s;
-  times_.dispatch += st.dispatch_s;
-  times_.combine += st.combine_s;
-  traffic.tokens_per_expert = r.layout.expert_tokens;
-  traffic.pairs_per_rank = r.layout.pairs_per_rank;
-  traffic.rows_per_rank = r.layout.send_counts;
-  traffic.recv_rows = r.num_recv_rows;
-  traffic.exchange = st;
+  load = parallel::local_layer_load(r.layout, dispatcher_.last_stats());
 }
 
 StepResult Model::step(const std::vector<SeqStep>& seqs, const std::vector<int64_t>& logit_rows) {
   const ModelShapes& s = shapes_;
   last_step_flops_ = 0;
+  timer_->start();
 
   // Host-side batch description.
   std::vector<int32_t> ids;
+  std::vector<TokenId> token_ids;
   std::vector<int32_t> positions;
   std::vector<kernels::AttentionSeq> attn_seqs;
   for (const SeqStep& q : seqs) {
@@ -251,6 +222,7 @@ StepResult Model::step(const std::vector<SeqStep>& seqs, const std::vector<int64
     for (size_t i = 0; i < q.tokens.size(); ++i) {
       ids.push_back(q.tokens[i]);
       positions.push_back(static_cast<int32_t>(q.past_len + static_cast<int64_t>(i)));
+      token_ids.push_back({q.sequence, q.past_len + static_cast<int64_t>(i)});
     }
   }
   const int64_t T = static_cast<int64_t>(ids.size());
@@ -264,11 +236,10 @@ StepResult Model::step(const std::vector<SeqStep>& seqs, const std::vector<int64
   tmp_.ensure(backend_, rows * s.hidden);
 
   StepResult result;
-  result.traffic.resize(static_cast<size_t>(s.num_layers));
+  result.loads.resize(static_cast<size_t>(s.num_layers));
 
-  auto t0 = Clock::now();
   if (T > 0) backend_.embedding(embed_.data(), s.vocab, s.hidden, ids.data(), T, x_.data());
-  times_.embed += seconds_since(t0);
+  mark(Phase::kEmbed);
 
   for (int64_t l = 0; l < s.num_layers; ++l) {
     Layer& L = layers_[static_cast<size_t>(l)];
@@ -281,7 +252,6 @@ StepResult Model::step(const std::vector<SeqStep>& seqs, const std::vector<int64
     }
 
     // Attention block (data-parallel replica).
-    t0 = Clock::now();
     if (T > 0) {
       backend_.rmsnorm(x_.data(), L.input_norm.data(), T, s.hidden, config_.rms_norm_eps, h_.data());
       backend_.linear(h_.data(), L.q_proj.data(), T, s.hidden, s.q_width, q_.data());
@@ -302,33 +272,28 @@ StepResult Model::step(const std::vector<SeqStep>& seqs, const std::vector<int64
       backend_.linear(attn_.data(), L.o_proj.data(), T, s.q_width, s.hidden, tmp_.data());
       backend_.add_inplace(x_.data(), tmp_.data(), T * s.hidden);
       backend_.rmsnorm(x_.data(), L.post_norm.data(), T, s.hidden, config_.rms_norm_eps, h_.data());
-      last_step_flops_ += 2.0 * T * s.hidden * (2.0 * s.q_width + 2.0 * s.kv_width);
+      last_step_flops_ += projection_flops(config_, T);
       for (const auto& a : attn_seqs) {
-        // QK^T and PV over the causal window: 4 * heads * head_dim per (query, key) pair.
-        const double pairs = a.num_new * (a.past_len + (a.num_new + 1) / 2.0);
-        last_step_flops_ += 4.0 * s.num_heads * s.head_dim * pairs;
+        last_step_flops_ += attention_score_flops(config_, a.num_new, a.past_len);
       }
     }
-    times_.attention += seconds_since(t0);
+    mark(Phase::kAttention);
 
     // MLP block: experts across ranks, or a dense SwiGLU.
     if (L.is_moe) {
-      moe_block(static_cast<int>(l), h_.data(), T, tmp_.data(), result.traffic[l]);
-      last_step_flops_ += 2.0 * T * s.hidden * s.num_experts;
+      moe_block(static_cast<int>(l), h_.data(), token_ids, tmp_.data(), result.loads[l]);
     } else {
-      t0 = Clock::now();
       if (T > 0) {
         backend_.swiglu_mlp(h_.data(), {L.mlp_gate.data(), L.mlp_up.data(), L.mlp_down.data()}, T,
                             s.hidden, s.dense_inter, tmp_.data());
       }
-      last_step_flops_ += 2.0 * 3.0 * T * s.hidden * s.dense_inter;
-      times_.dense_mlp += seconds_since(t0);
+      last_step_flops_ += dense_mlp_flops(config_, T);
+      mark(Phase::kDenseMlp);
     }
     if (T > 0) backend_.add_inplace(x_.data(), tmp_.data(), T * s.hidden);
   }
 
   // Final norm + lm_head on the requested rows only.
-  t0 = Clock::now();
   const int64_t n = static_cast<int64_t>(logit_rows.size());
   if (n > 0) {
     std::vector<int32_t> idx(logit_rows.begin(), logit_rows.end());
@@ -342,9 +307,10 @@ StepResult Model::step(const std::vector<SeqStep>& seqs, const std::vector<int64
     backend_.linear(sel_.data(), head, n, s.hidden, s.vocab, logits_.data());
     result.logits.resize(static_cast<size_t>(n * s.vocab));
     backend_.download(result.logits.data(), logits_.data(), result.logits.size() * sizeof(float));
-    last_step_flops_ += 2.0 * n * s.hidden * s.vocab;
+    last_step_flops_ += lm_head_flops(config_, n);
   }
-  times_.lm_head += seconds_since(t0);
+  mark(Phase::kLmHead);
+  ++num_steps_;
   return result;
 }
 

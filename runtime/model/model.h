@@ -5,16 +5,21 @@
 // no sequences passes an empty batch).
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "kernels/backend.h"
 #include "parallel/communicator.h"
 #include "parallel/dispatcher.h"
+#include "parallel/load_stats.h"
 #include "parallel/placement.h"
 #include "runtime/io/config.h"
+#include "runtime/model/arithmetic.h"
+#include "runtime/model/routing.h"
 #include "runtime/io/weights.h"
 
 namespace moe::runtime {
@@ -36,33 +41,41 @@ struct ModelShapes {
 
 // One sequence's part of a step: `tokens` are new tokens, appended after `past_len` cached ones.
 struct SeqStep {
+  int64_t sequence = 0;  // global index of the sequence in the job (for routing hooks)
   int64_t cache_slot = 0;
   int64_t past_len = 0;
   std::vector<int32_t> tokens;
 };
 
-// Wall time per phase of the forward on this rank, seconds (accumulated over steps).
-struct PhaseTimes {
-  double embed = 0, attention = 0, router = 0, layout = 0, dispatch = 0, expert = 0, combine = 0,
-         dense_mlp = 0, lm_head = 0;
-  double total() const {
-    return embed + attention + router + layout + dispatch + expert + combine + dense_mlp + lm_head;
-  }
-  PhaseTimes& operator+=(const PhaseTimes& o);
+// The phases of a forward, in the order a report lists them.
+enum class Phase : int {
+  kEmbed,
+  kAttention,
+  kRouter,
+  kLayout,
+  kDispatch,
+  kExpert,
+  kCombine,
+  kDenseMlp,
+  kLmHead,
 };
+inline constexpr int kNumPhases = 9;
+inline constexpr std::array<const char*, kNumPhases> kPhaseNames = {
+    "embed", "attention", "router", "layout", "dispatch", "expert", "combine", "dense_mlp",
+    "lm_head"};
 
-// What one MoE layer of one step did on this rank (for the load metrics).
-struct LayerTraffic {
-  std::vector<int64_t> tokens_per_expert;  // [E] (token, expert) pairs from this rank's tokens
-  std::vector<int64_t> pairs_per_rank;     // [N] pairs sent to each rank (incl. itself)
-  std::vector<int64_t> rows_per_rank;      // [N] deduplicated rows sent to each rank
-  int64_t recv_rows = 0;
-  parallel::ExchangeStats exchange;
+// Time per phase of the forward on this rank, seconds (accumulated over steps), taken on the
+// backend's timeline (kernels/phase_timer.h: host clock on the CPU, CUDA events on the GPU).
+struct PhaseTimes {
+  std::array<double, kNumPhases> seconds{};
+  double& operator[](Phase p) { return seconds[static_cast<size_t>(p)]; }
+  double operator[](Phase p) const { return seconds[static_cast<size_t>(p)]; }
+  double total() const;
 };
 
 struct StepResult {
-  std::vector<float> logits;                 // [num_logit_rows, V], host
-  std::vector<LayerTraffic> traffic;         // [L]; empty entries for dense layers
+  std::vector<float> logits;               // [num_logit_rows, V], host
+  std::vector<parallel::LayerLoad> loads;  // [L] this rank's load per layer; empty for dense layers
 };
 
 // Test hook: make `rank` fail at `layer` (MOE_EP_FAULT="rank=R,layer=L[,mode=throw|hang]").
@@ -89,12 +102,15 @@ class Model {
 
   const ModelShapes& shapes() const { return shapes_; }
   const ModelConfig& config() const { return config_; }
-  const PhaseTimes& times() const { return times_; }
-  void reset_times() { times_ = {}; }
-  int64_t expert_bytes() const { return expert_bytes_; }    // this rank's expert shard
-  int64_t dense_bytes() const { return dense_bytes_; }      // replica
+  // Phase times so far (collects the backend timer, which may wait for the device).
+  const PhaseTimes& times();
+  std::string timing_method() const { return timer_->method(); }
+  // Seen after every MoE layer's router (nullptr: none). Not owned; must outlive the steps.
+  void set_routing_hook(RoutingHook* hook) { routing_hook_ = hook; }
+  int64_t expert_bytes() const { return weights_.expert_bytes(); }  // this rank's expert shard
+  int64_t dense_bytes() const { return weights_.dense_bytes(); }    // replica
   int64_t kv_cache_bytes() const { return kv_cache_bytes_; }
-  int64_t num_local_experts() const { return num_local_experts_; }
+  int64_t num_local_experts() const { return weights_.expert_slots; }
   // FLOPs of matmuls (2 x params touched x tokens) in the last step on this rank, plus attention.
   double last_step_flops() const { return last_step_flops_; }
   kernels::Backend& backend() { return backend_; }
@@ -120,7 +136,9 @@ class Model {
 
   kernels::Buffer<bf16> load(WeightSource& w, const std::string& name,
                              std::vector<int64_t> shape);
-  void moe_block(int layer, const float* h, int64_t num_tokens, float* y, LayerTraffic& traffic);
+  void moe_block(int layer, const float* h, std::span<const TokenId> tokens, float* y,
+                 parallel::LayerLoad& load);
+  void mark(Phase p) { timer_->mark(static_cast<int>(p)); }
 
   ModelConfig config_;
   ModelShapes shapes_;
@@ -142,7 +160,11 @@ class Model {
       logits_;
 
   PhaseTimes times_;
-  int64_t expert_bytes_ = 0, dense_bytes_ = 0, kv_cache_bytes_ = 0, num_local_experts_ = 0;
+  std::unique_ptr<kernels::PhaseTimer> timer_;
+  RoutingHook* routing_hook_ = nullptr;
+  int64_t num_steps_ = 0;
+  RankWeights weights_;
+  int64_t kv_cache_bytes_ = 0;
   int64_t load_done_bytes_ = 0, load_total_bytes_ = 0;
   Progress progress_;
   double last_step_flops_ = 0;

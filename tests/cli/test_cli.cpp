@@ -2,7 +2,7 @@
 #include <cmath>
 
 #include "cli_util.h"
-#include "kernels/cpu/ops.h"
+#include "kernels/host.h"
 
 namespace moe::test {
 namespace {
@@ -71,7 +71,7 @@ TEST(CliGenerate, FirstGreedyTokenIsArgmaxOfForwardLastRow) {
     std::string line;
     ASSERT_TRUE(std::getline(lines, line)) << g.out;
     const float* last = logits.data.data() + (s * L + lens[s] - 1) * V;
-    const int64_t expect = kernels::cpu::argmax(last, V);
+    const int64_t expect = kernels::argmax(last, V);
     EXPECT_EQ(std::stoll(line.substr(0, line.find(','))), expect) << "sequence " << s;
     EXPECT_EQ(std::count(line.begin(), line.end(), ',') + 1, 4) << line;
   }
@@ -94,7 +94,7 @@ TEST(CliGenerate, DecodeWithCacheMatchesForwardOverTheExtendedPrompt) {
   while (std::getline(ss, item, ',')) gen.push_back(std::stoll(item));
   ASSERT_EQ(gen.size(), 3u);
   for (int i = 0; i < 3; ++i) {
-    EXPECT_EQ(kernels::cpu::argmax(logits.data.data() + (3 + i) * V, V), gen[i]) << "step " << i;
+    EXPECT_EQ(kernels::argmax(logits.data.data() + (3 + i) * V, V), gen[i]) << "step " << i;
   }
 }
 

@@ -51,7 +51,7 @@ constexpr int64_t kSmallTotal = 656;
 
 TEST(PlanCounts, Qwen3YamlTotalsArePinned) {
   ModelConfig c = qwen_yaml();
-  EXPECT_EQ(count_total_params(c), kQwenTotal);
+  EXPECT_EQ(count_params(c).total, kQwenTotal);
   EXPECT_EQ(count_active_params(c, 8), kQwenActiveTop8);
   PlanReport r = make_plan(c, PlanOptions{});
   EXPECT_EQ(r.total_params, kQwenTotal);
@@ -71,12 +71,12 @@ TEST(PlanCounts, Qwen3ConfigJsonTotalsArePinned) {
     "decoder_sparse_step": 1, "mlp_only_layers": [], "rms_norm_eps": 1e-06,
     "rope_theta": 1000000.0, "tie_word_embeddings": false})");
   ModelConfig c = load_model_config(path);
-  EXPECT_EQ(count_total_params(c), kQwenTotal);
+  EXPECT_EQ(count_params(c).total, kQwenTotal);
   EXPECT_EQ(count_active_params(c, 8), kQwenActiveTop8);
   const std::string fixture = "/work/shared/fixtures/qwen3-30b-a3b/config.json";
   if (std::filesystem::exists(fixture)) {
     ModelConfig f = load_hf_config(fixture);
-    EXPECT_EQ(count_total_params(f), kQwenTotal);
+    EXPECT_EQ(count_params(f).total, kQwenTotal);
     EXPECT_EQ(count_active_params(f, 8), kQwenActiveTop8);
   }
 }
@@ -103,7 +103,7 @@ TEST(PlanCounts, SmallModelWithDenseLayerCountedByHand) {
   EXPECT_EQ(p.router, 32);
   EXPECT_EQ(p.experts, 288);
   EXPECT_EQ(p.dense_mlp, 72);
-  EXPECT_EQ(count_total_params(c), kSmallTotal);
+  EXPECT_EQ(count_params(c).total, kSmallTotal);
   EXPECT_EQ(count_active_params(c, 1), 656 - 288 + 2 * 1 * 36);
   EXPECT_EQ(count_active_params(c, 2), 656 - 288 + 2 * 2 * 36);
   EXPECT_EQ(count_active_params(c, 4), 656);  // all experts active = everything
@@ -124,7 +124,7 @@ TEST(PlanCounts, SparseStepMakesDenseLayersWithSwiGluParams) {
 TEST(PlanCounts, TiedEmbeddingsCountTheMatrixOnce) {
   ModelConfig c = small_model();
   c.tie_word_embeddings = true;
-  EXPECT_EQ(count_total_params(c), kSmallTotal - 40);
+  EXPECT_EQ(count_params(c).total, kSmallTotal - 40);
   EXPECT_EQ(count_active_params(c, 2), kSmallTotal - 40 - 288 + 144);
   // The tied matrix still does the lm_head matmul.
   PlanReport r = make_plan(c, PlanOptions{});
@@ -138,8 +138,8 @@ TEST(PlanCounts, AllDenseModelIsFullyActive) {
   c.num_experts_per_tok = 0;
   c.mlp_only_layers = {};
   c.validate();
-  EXPECT_EQ(count_total_params(c), 40 + 40 + 4 + 156 + 24 + 3 * 72);
-  EXPECT_EQ(count_active_params(c, 0), count_total_params(c));
+  EXPECT_EQ(count_params(c).total, 40 + 40 + 4 + 156 + 24 + 3 * 72);
+  EXPECT_EQ(count_active_params(c, 0), count_params(c).total);
   PlanReport r = make_plan(c, PlanOptions{});
   ASSERT_EQ(r.active.size(), 1u);
   EXPECT_EQ(r.active[0].top_k, 0);

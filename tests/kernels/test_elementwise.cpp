@@ -11,6 +11,7 @@
 #include "kernels/common/check.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/reference.h"
+#include "kernels/host.h"
 
 namespace moe::kernels::test {
 namespace {
@@ -205,18 +206,18 @@ TEST(WeightedRowSum, MatchesFp32ReferenceExactlyWithEmptyRowsAndNoWeights) {
 
 TEST(Argmax, ReturnsFirstOfEqualMaxima) {
   std::vector<float> x = {1.0f, 3.0f, -2.0f, 3.0f, 0.5f};
-  EXPECT_EQ(cpu::argmax(x.data(), x.size()), 1);
+  EXPECT_EQ(kernels::argmax(x.data(), x.size()), 1);
   EXPECT_EQ(ref::argmax(x.data(), x.size()), 1);
   std::vector<float> neg = {-5.0f, -1.0f, -1.0f};
-  EXPECT_EQ(cpu::argmax(neg.data(), neg.size()), 1);
-  EXPECT_THROW(cpu::argmax(x.data(), 0), moe::Error);
+  EXPECT_EQ(kernels::argmax(neg.data(), neg.size()), 1);
+  EXPECT_THROW(kernels::argmax(x.data(), 0), moe::Error);
 }
 
 TEST(Argmax, MatchesReferenceOnRandomVectors) {
   std::mt19937 rng(10);
   for (int t = 0; t < 20; ++t) {
     auto x = random_floats(rng, 1 + t * 97);
-    EXPECT_EQ(cpu::argmax(x.data(), x.size()), ref::argmax(x.data(), x.size()));
+    EXPECT_EQ(kernels::argmax(x.data(), x.size()), ref::argmax(x.data(), x.size()));
   }
 }
 

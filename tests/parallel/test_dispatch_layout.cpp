@@ -214,6 +214,7 @@ class LoopbackCommunicator final : public Communicator {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   int local_rank() const override { return 0; }
+  int local_size() const override { return 1; }
   std::string name() const override { return "loopback"; }
   bool device_buffers() const override { return false; }
   void all_to_all(std::span<const int64_t> send, std::span<int64_t> recv) override {
@@ -275,15 +276,17 @@ TEST(DispatcherOneRank, DispatchExpertCombineEqualsTheDirectWeightedSumOfExperts
 
 TEST(ExchangeStats, PlusEqualsAddsEveryField) {
   ExchangeStats a, b;
-  a.rows_sent_remote = 1, a.bytes_sent_remote = 10, a.dispatch_s = 0.5, a.pairs_received = 3;
-  b.rows_sent_remote = 2, b.bytes_sent_remote = 5, b.dispatch_s = 0.25, b.combine_s = 1;
-  b.bytes_remote_without_dedup = 7;
+  a.rows_sent_remote = 1, a.bytes_sent_remote = 10, a.pairs_received = 3;
+  b.rows_sent_remote = 2, b.bytes_sent_remote = 5, b.rows_kept_local = 4, b.pairs_remote = 6;
+  b.bytes_remote_without_dedup = 7, b.rows_received = 8, b.bytes_kept_local = 9;
   a += b;
   EXPECT_EQ(a.rows_sent_remote, 3);
   EXPECT_EQ(a.bytes_sent_remote, 15);
   EXPECT_EQ(a.bytes_remote_without_dedup, 7);
-  EXPECT_DOUBLE_EQ(a.dispatch_s, 0.75);
-  EXPECT_DOUBLE_EQ(a.combine_s, 1);
+  EXPECT_EQ(a.rows_kept_local, 4);
+  EXPECT_EQ(a.pairs_remote, 6);
+  EXPECT_EQ(a.rows_received, 8);
+  EXPECT_EQ(a.bytes_kept_local, 9);
   EXPECT_EQ(a.pairs_received, 3);
 }
 

@@ -29,7 +29,9 @@ TEST(LoadStats, LocalLayerLoadReadsTheLayoutAndAccumulates) {
   std::vector<int32_t> ids = {0, 1, 2, 5, 4, 5, 6, 7};
   std::vector<float> w(8, 0.25f);
   DispatchLayout L = build_dispatch_layout(p, 0, ids, w, 2, 4);
-  LayerLoad load = local_layer_load(L);
+  ExchangeStats traffic;
+  traffic.rows_sent_remote = 2;
+  LayerLoad load = local_layer_load(L, traffic);
   EXPECT_EQ(load.tokens_per_expert, (std::vector<int64_t>{1, 1, 1, 0, 1, 2, 1, 1}));
   EXPECT_EQ(load.tokens_per_rank, (std::vector<int64_t>{3, 5}));
   EXPECT_EQ(load.rows_per_rank, (std::vector<int64_t>{1, 2}));
@@ -40,6 +42,7 @@ TEST(LoadStats, LocalLayerLoadReadsTheLayoutAndAccumulates) {
   total += load;
   total += load;
   EXPECT_EQ(total.tokens_per_rank, (std::vector<int64_t>{6, 10}));
+  EXPECT_EQ(total.traffic.rows_sent_remote, 4);
   LayerLoad other;
   other.tokens_per_rank = {1, 2, 3};
   EXPECT_THROW(total += other, moe::Error);

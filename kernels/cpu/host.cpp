@@ -1,17 +1,30 @@
-// OpenBLAS thread control and the sgemm yardstick.
-#include "kernels/cpu/blas_util.h"
+// OpenBLAS thread control, host argmax and the sgemm yardstick (kernels/host.h).
+#include "kernels/host.h"
 
 #include <cblas.h>
 
 #include <chrono>
 #include <random>
 
-namespace moe::kernels::cpu {
+#include "kernels/common/check.h"
 
-void set_blas_threads(int num_threads) { openblas_set_num_threads(num_threads < 1 ? 1 : num_threads); }
-int blas_threads() { return openblas_get_num_threads(); }
+namespace moe::kernels {
 
-SgemmProbe measure_sgemm(const std::vector<GemmShape>& shapes) {
+void set_host_threads(int num_threads) {
+  openblas_set_num_threads(num_threads < 1 ? 1 : num_threads);
+}
+int host_threads() { return openblas_get_num_threads(); }
+
+int64_t argmax(const float* x, int64_t n) {
+  MOE_CHECK(n > 0, "argmax of an empty range");
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i) {
+    if (x[i] > x[best]) best = i;
+  }
+  return best;
+}
+
+SgemmProbe measure_host_sgemm(const std::vector<GemmShape>& shapes) {
   int64_t max_a = 1, max_b = 1, max_c = 1;
   for (const auto& s : shapes) {
     max_a = std::max(max_a, s.m * s.k);
@@ -44,4 +57,4 @@ SgemmProbe measure_sgemm(const std::vector<GemmShape>& shapes) {
   return run_all(true);
 }
 
-}  // namespace moe::kernels::cpu
+}  // namespace moe::kernels

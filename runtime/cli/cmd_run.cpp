@@ -1,0 +1,204 @@
+// `moe-ep run`: a workload from RUN.yaml (prefill of deterministic prompts, then decode steps);
+// rank 0 prints tokens/s, GFLOP/s against a plain sgemm on the same shapes, memory against the
+// plan, expert load, traffic and time per phase, and writes the same as JSON.
+#include <fmt/format.h>
+
+#include <memory>
+#include <random>
+
+#include "kernels/host.h"
+#include "runtime/cli/commands.h"
+#include "runtime/cli/options.h"
+#include "runtime/cli/report.h"
+#include "runtime/cli/session.h"
+#include "runtime/io/run_config.h"
+#include "runtime/model/engine.h"
+#include "runtime/model/metrics.h"
+
+namespace moe::runtime {
+namespace {
+
+struct RunArgs {
+  ModelOptions model;
+  std::string config;
+  std::vector<std::string> sets;
+};
+
+// The GEMM shapes rank `rank`'s prefill ran (its experts' rows from the reduced loads), for the
+// sgemm yardstick.
+std::vector<kernels::GemmShape> prefill_shapes(const Model& m, int64_t tokens,
+                                               const MetricsReport& metrics, int rank,
+                                               const parallel::Placement& placement) {
+  const ModelShapes& s = m.shapes();
+  std::vector<kernels::GemmShape> shapes;
+  for (int64_t l = 0; l < s.num_layers; ++l) {
+    shapes.push_back({tokens, s.q_width, s.hidden});
+    shapes.push_back({tokens, s.kv_width, s.hidden});
+    shapes.push_back({tokens, s.kv_width, s.hidden});
+    shapes.push_back({tokens, s.hidden, s.q_width});
+    if (!m.config().layer_is_moe(l)) {
+      shapes.push_back({tokens, s.dense_inter, s.hidden, 2});
+      shapes.push_back({tokens, s.hidden, s.dense_inter});
+      continue;
+    }
+    shapes.push_back({tokens, s.num_experts, s.hidden});
+    for (const auto& entry : metrics.loads) {
+      if (entry.step != 0 || entry.layer != l) continue;
+      const parallel::LayerPlacement& lp = placement.layer(static_cast<int>(l));
+      for (int e : lp.rank_experts[rank]) {
+        const int64_t replicas = static_cast<int64_t>(lp.expert_slots[e].size());
+        const int64_t rows = entry.load.tokens_per_expert[static_cast<size_t>(e)] / replicas;
+        shapes.push_back({rows, s.expert_inter, s.hidden, 2});
+        shapes.push_back({rows, s.hidden, s.expert_inter});
+      }
+    }
+  }
+  return shapes;
+}
+
+int run_run(const RunArgs& a, const CLI::App& cmd) {
+  const RunConfig rc = load_run_config(a.config, a.sets);
+  ModelOptions o = a.model;
+  o.model = rc.model;
+  if (o.weights.empty()) o.weights = rc.weights;
+  if (o.placement.empty()) o.placement = rc.placement;
+  if (cmd.count("--backend") == 0) o.backend = rc.backend;
+  if (o.comm.empty()) o.comm = rc.comm;
+  if (o.threads == 0) o.threads = static_cast<int>(rc.threads);
+  if (cmd.count("--timeout") == 0) o.timeout_s = rc.timeout_s;
+  const Workload& w = rc.workload;
+  check_context_fits(load_model_config(o.model), w.prompt_len + w.decode_steps,
+                     fmt::format("{}: workload.prompt_len + workload.decode_steps", rc.source));
+
+  const int64_t decode_steps = std::max<int64_t>(w.decode_steps, 1);
+  const int64_t context = w.prompt_len + decode_steps;
+  auto s = open_session(o, w.num_sequences, context);
+  const int N = s->size();
+  // Deterministic prompts: sequence i from (seed, i), whatever the world size.
+  TokenBatch prompts(static_cast<size_t>(w.num_sequences));
+  for (int64_t i = 0; i < w.num_sequences; ++i) {
+    std::mt19937_64 rng(w.seed * 1000003ull + static_cast<uint64_t>(i));
+    std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(s->config.vocab_size - 1));
+    for (int64_t t = 0; t < w.prompt_len; ++t) prompts[i].push_back(tok(rng));
+  }
+  Engine engine(*s->model, *s->comm);
+  s->comm->barrier();
+  const GenerateOutput out = engine.generate(prompts, decode_steps);
+  const MetricsReport metrics =
+      engine.metrics().reduce(*s->comm, s->model->times(), s->model->timing_method());
+
+  // Memory: max over ranks.
+  std::vector<int64_t> mem{
+      s->model->expert_bytes(),
+      s->model->dense_bytes(),
+      s->model->kv_cache_bytes(),
+      static_cast<int64_t>(s->backend->peak_allocated_bytes()),
+      peak_rss_bytes(),
+      s->device_used_at_open < 0 ? -1 : s->backend->device_used_bytes() - s->device_used_at_open};
+  s->comm->all_reduce<int64_t>(mem, parallel::ReduceOp::kMax);
+  const RankMemory plan = planned_memory(*s, w.num_sequences, context);
+
+  const int64_t prefill_tokens = w.num_sequences * w.prompt_len;
+  const int64_t decode_tokens = w.num_sequences * (decode_steps - 1);
+  const double prefill_tps = prefill_tokens / out.prefill_s;
+  const double decode_tps = out.decode_s > 0 ? decode_tokens / out.decode_s : 0.0;
+  const double forward_gflops = engine.prefill_flops() / out.prefill_s * 1e-9;
+
+  // Yardstick: plain cblas_sgemm over the same GEMM shapes as rank 0's prefill, same threads.
+  double sgemm_gflops = 0;
+  if (rc.compare_sgemm && o.backend == "cpu" && s->rank() == 0) {
+    int64_t my_tokens = 0;
+    for (int64_t i = 0; i < w.num_sequences; i += N) my_tokens += w.prompt_len;
+    auto shapes = prefill_shapes(*s->model, my_tokens, metrics, 0, *s->placement);
+    shapes.push_back({(w.num_sequences + N - 1) / N, s->config.vocab_size, s->config.hidden_size});
+    sgemm_gflops = kernels::measure_host_sgemm(shapes).gflops();
+  }
+  if (s->rank() != 0) return 0;
+
+  fmt::print("moe-ep run: {} on {} rank(s), backend {}, placement {}\n", s->config.name, N,
+             s->backend->name(), s->placement->strategy());
+  fmt::print("workload     {} sequences x {} prompt tokens, {} decode steps\n", w.num_sequences,
+             w.prompt_len, w.decode_steps);
+  fmt::print("load         {:.2f} s\n", s->load_s);
+  fmt::print("prefill      {:.4f} s   {:.1f} tokens/s   {:.2f} GFLOP/s (all ranks)\n",
+             out.prefill_s, prefill_tps, forward_gflops);
+  if (sgemm_gflops > 0) {
+    fmt::print("sgemm        {:.2f} GFLOP/s per rank on rank 0's prefill GEMM shapes "
+               "(forward per rank: {:.2f} GFLOP/s = {:.0f}% of sgemm)\n",
+               sgemm_gflops, forward_gflops / N, 100.0 * forward_gflops / N / sgemm_gflops);
+  }
+  if (!out.decode_step_s.empty()) {
+    fmt::print("decode       {:.4f} s   {:.1f} tokens/s   step first {:.2f} ms, last {:.2f} ms\n",
+               out.decode_s, decode_tps, out.decode_step_s.front() * 1e3,
+               out.decode_step_s.back() * 1e3);
+  }
+  fmt::print("memory       per rank max: experts {:.2f} MB, dense replica {:.2f} MB, KV cache "
+             "{:.2f} MB, backend peak {:.2f} MB, RSS peak {:.2f} MB\n",
+             mem[0] / 1e6, mem[1] / 1e6, mem[2] / 1e6, mem[3] / 1e6, mem[4] / 1e6);
+  fmt::print(
+      "vs plan      `moe-ep plan` predicts {:.2f} MB for the largest rank (weights {:.2f}, "
+      "KV {:.2f}, buffers {:.2f} at worst-case routing); backend peak = {:.1f}% of it{}\n",
+      plan.total_bytes / 1e6, (plan.dense_replica_bytes + plan.expert_shard_bytes) / 1e6,
+      plan.kv_cache_bytes / 1e6, (plan.activation_buffer_bytes + plan.communication_bytes) / 1e6,
+      100.0 * mem[3] / plan.total_bytes,
+      mem[5] < 0 ? std::string()
+                 : fmt::format("; device memory in use grew by {:.2f} MB = {:.1f}% of it "
+                               "(cudaMemGetInfo, whole device)",
+                               mem[5] / 1e6, 100.0 * mem[5] / plan.total_bytes));
+  fmt::print("{}", metrics.summary());
+  if (o.json.empty()) return 0;
+  write_json(o.json,
+             {{"command", "run"},
+              {"model", s->config.name},
+              {"ranks", N},
+              {"backend", s->backend->name()},
+              {"placement", s->placement->strategy()},
+              {"threads", kernels::host_threads()},
+              {"workload",
+               {{"num_sequences", w.num_sequences},
+                {"prompt_len", w.prompt_len},
+                {"decode_steps", w.decode_steps},
+                {"seed", w.seed}}},
+              {"load_s", s->load_s},
+              {"prefill_s", out.prefill_s},
+              {"prefill_tokens_per_s", prefill_tps},
+              {"prefill_gflops", forward_gflops},
+              {"sgemm_gflops_per_rank", sgemm_gflops},
+              {"decode_s", out.decode_s},
+              {"decode_tokens_per_s", decode_tps},
+              {"decode_step_s", out.decode_step_s},
+              {"memory_max_per_rank",
+               {{"expert_shard_bytes", mem[0]},
+                {"dense_replica_bytes", mem[1]},
+                {"kv_cache_bytes", mem[2]},
+                {"peak_backend_bytes", mem[3]},
+                {"peak_rss_bytes", mem[4]},
+                {"device_used_delta_bytes", mem[5]}}},
+              {"plan_per_rank",
+               {{"dense_replica_bytes", plan.dense_replica_bytes},
+                {"expert_shard_bytes", plan.expert_shard_bytes},
+                {"kv_cache_bytes", plan.kv_cache_bytes},
+                {"activation_buffer_bytes", plan.activation_buffer_bytes},
+                {"communication_bytes", plan.communication_bytes},
+                {"total_bytes", plan.total_bytes}}},
+              {"load_per_rank", s->load_per_rank},
+              {"metrics", metrics.to_json(true)}});
+  return 0;
+}
+
+}  // namespace
+
+Command add_run_command(CLI::App& app) {
+  auto a = std::make_shared<RunArgs>();
+  auto* cmd = app.add_subcommand(
+      "run", "Run a workload (prefill + decode steps) from RUN.yaml and report tokens/s, GFLOP/s, "
+             "time per phase, memory and expert load");
+  cmd->add_option("--config", a->config, "Run YAML (configs/bench/*.yaml)")->required();
+  cmd->add_option("--set", a->sets,
+                  "Override a key of the run YAML: key=value (repeatable), e.g. --set "
+                  "workload.prompt_len=64");
+  add_model_options(cmd, a->model, false);
+  return {cmd, [a, cmd] { return run_run(*a, *cmd); }};
+}
+
+}  // namespace moe::runtime

@@ -1,0 +1,132 @@
+// open_session: communicator -> backend (bound to the communicator) -> config -> weights ->
+// placement -> model, then the per-rank load report gathered on every rank.
+#include "runtime/cli/session.h"
+
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <thread>
+
+#include "kernels/common/check.h"
+#include "kernels/host.h"
+#include "runtime/model/engine.h"
+
+namespace moe::runtime {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// OPENBLAS_NUM_THREADS wins when set; otherwise this node's cores are shared among its ranks.
+int default_threads(int ranks_on_node) {
+  if (const char* s = std::getenv("OPENBLAS_NUM_THREADS")) {
+    if (std::atoi(s) > 0) return std::atoi(s);
+  }
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, cores / std::max(1, ranks_on_node));
+}
+
+}  // namespace
+
+Session::~Session() {
+  model.reset();
+  // Explicit teardown on the normal path only: while an error unwinds, main ends the job and a
+  // collective teardown could wait on a rank that is gone.
+  if (comm && std::uncaught_exceptions() == 0) comm->shutdown();
+}
+
+void log0(const Session& s, bool quiet, const std::string& line) {
+  if (s.rank() == 0 && !quiet) fmt::print(stderr, "moe-ep: {}\n", line);
+}
+
+std::unique_ptr<Session> open_session(const ModelOptions& o, int64_t max_seqs, int64_t max_len) {
+  auto s = std::make_unique<Session>();
+  const std::string comm = o.resolved_comm();
+  MOE_CHECK_AS("config", !(comm == "nccl" && o.backend != "cuda"),
+               "--comm nccl needs --backend cuda (NCCL moves device memory)");
+  parallel::CommOptions copts;
+  copts.timeout_s = o.timeout_s;
+  s->comm = parallel::make_communicator(comm, copts);
+  const int N = s->comm->size();
+  kernels::set_host_threads(o.threads > 0 ? o.threads : default_threads(s->comm->local_size()));
+  s->backend = kernels::make_backend(o.backend, s->comm->local_rank());
+  s->comm->bind_compute_stream(s->backend->compute_stream());
+  s->device_used_at_open = s->backend->device_used_bytes();
+
+  s->config = load_model_config(o.model);
+  const bool model_is_checkpoint = std::filesystem::is_directory(o.model);
+  const std::string weights_dir =
+      !o.weights.empty() ? o.weights : (model_is_checkpoint ? o.model : "");
+  s->from_checkpoint = !weights_dir.empty();
+  s->weights = s->from_checkpoint ? open_checkpoint(weights_dir, s->config)
+                                  : make_synthetic_weights(s->config, s->config.seed);
+
+  parallel::PlacementSpec spec;
+  if (!o.placement.empty()) spec = parallel::load_placement_spec(o.placement);
+  s->placement = parallel::Placement::build(spec, s->config.moe_layers(),
+                                            static_cast<int>(s->config.num_experts), N);
+
+  log0(*s, o.quiet,
+       fmt::format("model {} ({}): {} layers, hidden {}, {} experts top-{}, vocab {}; weights: {}",
+                   s->config.name, s->config.source, s->config.num_hidden_layers,
+                   s->config.hidden_size, s->config.num_experts, s->config.num_experts_per_tok,
+                   s->config.vocab_size, s->weights->describe()));
+  log0(*s, o.quiet,
+       fmt::format("{} rank(s), backend {}, comm {}, placement {}, {} compute thread(s) per rank",
+                   N, s->backend->name(), s->comm->name(), s->placement->strategy(),
+                   kernels::host_threads()));
+
+  // Progress line on rank 0 for loads that take a while.
+  const auto t0 = Clock::now();
+  auto last = t0;
+  Model::Progress progress;
+  if (s->rank() == 0 && !o.quiet) {
+    progress = [&last, t0](int64_t done, int64_t total) {
+      const auto now = Clock::now();
+      if (now - last < std::chrono::seconds(2) && done < total) return;
+      if (done >= total && now - t0 < std::chrono::seconds(2)) return;
+      last = now;
+      const double secs = std::chrono::duration<double>(now - t0).count();
+      fmt::print(stderr, "moe-ep: loading weights (rank 0): {:.2f} / {:.2f} GB ({:.0f}%), {:.1f} s\n",
+                 done / 1e9, total / 1e9, total > 0 ? 100.0 * done / total : 100.0, secs);
+    };
+  }
+  const int64_t slots = Engine::slots_needed(max_seqs, N);
+  s->model = std::make_unique<Model>(s->config, *s->placement, *s->comm, *s->backend, *s->weights,
+                                     std::max<int64_t>(slots, 1), max_len, progress);
+  s->load_s = std::chrono::duration<double>(Clock::now() - t0).count();
+
+  // Per-rank load report: what each rank read (checkpoints) and holds, gathered on every rank.
+  const LoadStats ls = s->weights->stats();
+  const std::vector<double> mine{static_cast<double>(ls.bytes_read),
+                                 static_cast<double>(ls.files_opened),
+                                 static_cast<double>(ls.tensors_read),
+                                 s->load_s,
+                                 static_cast<double>(s->model->dense_bytes()),
+                                 static_cast<double>(s->model->expert_bytes()),
+                                 static_cast<double>(s->model->num_local_experts())};
+  std::vector<double> all(mine.size() * static_cast<size_t>(N));
+  s->comm->all_gather<double>(mine, all);
+  for (int r = 0; r < N; ++r) {
+    const double* v = all.data() + r * mine.size();
+    s->load_per_rank.push_back({{"rank", r},
+                                {"bytes_read", static_cast<int64_t>(v[0])},
+                                {"files_opened", static_cast<int64_t>(v[1])},
+                                {"tensors_read", static_cast<int64_t>(v[2])},
+                                {"load_s", v[3]},
+                                {"dense_replica_bytes", static_cast<int64_t>(v[4])},
+                                {"expert_shard_bytes", static_cast<int64_t>(v[5])},
+                                {"local_experts", static_cast<int64_t>(v[6])}});
+    if (s->from_checkpoint) {
+      log0(*s, o.quiet,
+           fmt::format("rank {}: read {:.2f} MB from {} file(s), {} tensors, {} experts, {:.2f} s",
+                       r, v[0] / 1e6, static_cast<int64_t>(v[1]), static_cast<int64_t>(v[2]),
+                       static_cast<int64_t>(v[6]), v[3]));
+    }
+  }
+  return s;
+}
+
+}  // namespace moe::runtime

@@ -1,0 +1,48 @@
+// A model session on this rank: communicator, backend, config, placement, weights and model,
+// built in dependency order by open_session(), the one place that wires them together (command
+// code never names a concrete backend or communicator). Teardown is explicit on the normal path.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "kernels/backend.h"
+#include "parallel/communicator.h"
+#include "parallel/placement.h"
+#include "runtime/cli/options.h"
+#include "runtime/io/config.h"
+#include "runtime/io/weights.h"
+#include "runtime/model/model.h"
+
+namespace moe::runtime {
+
+struct Session {
+  std::unique_ptr<parallel::Communicator> comm;
+  std::unique_ptr<kernels::Backend> backend;
+  ModelConfig config;
+  std::optional<parallel::Placement> placement;
+  std::unique_ptr<WeightSource> weights;
+  std::unique_ptr<Model> model;
+  bool from_checkpoint = false;
+  double load_s = 0;
+  int64_t device_used_at_open = -1;  // device-wide bytes in use before the model (-1: host)
+  nlohmann::json load_per_rank = nlohmann::json::array();  // what each rank read and holds
+
+  int rank() const { return comm->rank(); }
+  int size() const { return comm->size(); }
+  ~Session();
+};
+
+// Builds everything for a model command. `max_seqs` and `max_len` size the KV cache for the
+// whole batch (this rank holds ceil(max_seqs / N) sequences). Collective.
+std::unique_ptr<Session> open_session(const ModelOptions& options, int64_t max_seqs,
+                                      int64_t max_len);
+
+// Rank 0 prints "moe-ep: <line>" to stderr unless quiet.
+void log0(const Session& s, bool quiet, const std::string& line);
+
+}  // namespace moe::runtime

@@ -1,0 +1,116 @@
+// Model arithmetic (see arithmetic.h): pure functions of ModelConfig and a placement.
+#include "runtime/model/arithmetic.h"
+
+#include <algorithm>
+
+#include "kernels/common/check.h"
+
+namespace moe::runtime {
+
+ParamBreakdown count_params(const ModelConfig& c) {
+  ParamBreakdown p;
+  const int64_t h = c.hidden_size;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    (c.layer_is_moe(l) ? p.num_moe_layers : p.num_dense_layers) += 1;
+  }
+  const int64_t layers = c.num_hidden_layers;
+  p.embedding = c.vocab_size * h;
+  p.lm_head = c.tie_word_embeddings ? 0 : c.vocab_size * h;
+  p.final_norm = h;
+  p.attention = attention_params_per_layer(c) * layers;
+  p.layer_norms = 2 * h * layers;
+  p.per_expert = 3 * h * c.moe_intermediate_size;
+  p.router = c.num_experts * h * p.num_moe_layers;
+  p.experts = c.num_experts * p.per_expert * p.num_moe_layers;
+  p.dense_mlp = 3 * h * c.intermediate_size * p.num_dense_layers;
+  p.total = p.embedding + p.lm_head + p.final_norm + p.attention + p.layer_norms + p.router +
+            p.experts + p.dense_mlp;
+  return p;
+}
+
+int64_t attention_params_per_layer(const ModelConfig& c) {
+  const int64_t h = c.hidden_size;
+  return h * c.q_width() + 2 * h * c.kv_width() + c.q_width() * h + 2 * c.head_dim;
+}
+
+int64_t count_active_params(const ModelConfig& c, int64_t top_k) {
+  MOE_CHECK_AS("config", top_k >= 0 && (c.num_experts == 0 || top_k <= c.num_experts),
+               "top-k {} out of range [0, num_experts {}]", top_k, c.num_experts);
+  const ParamBreakdown p = count_params(c);
+  // With no experts top_k selects nothing; every parameter is active.
+  return p.total - p.experts + p.num_moe_layers * std::min(top_k, c.num_experts) * p.per_expert;
+}
+
+int64_t matmul_params_per_token(const ModelConfig& c, int64_t top_k) {
+  const ParamBreakdown p = count_params(c);
+  const int64_t h = c.hidden_size;
+  const int64_t projections = (2 * c.q_width() * h + 2 * c.kv_width() * h) * c.num_hidden_layers;
+  return projections + p.router + p.num_moe_layers * top_k * p.per_expert + p.dense_mlp +
+         c.vocab_size * h;
+}
+
+RankWeights rank_weights(const ModelConfig& c, const parallel::Placement& placement, int rank) {
+  MOE_CHECK(placement.num_layers() == c.num_hidden_layers, "placement has {} layers, model has {}",
+            placement.num_layers(), c.num_hidden_layers);
+  const ParamBreakdown p = count_params(c);
+  RankWeights w;
+  w.dense_params = p.dense_replica();
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    if (c.layer_is_moe(l)) w.expert_slots += placement.layer(static_cast<int>(l)).num_local_slots(rank);
+  }
+  w.expert_params = w.expert_slots * p.per_expert;
+  return w;
+}
+
+std::vector<int64_t> expert_slots_per_rank(const ModelConfig& c,
+                                           const parallel::Placement& placement) {
+  std::vector<int64_t> slots(static_cast<size_t>(placement.num_ranks()));
+  for (int r = 0; r < placement.num_ranks(); ++r) {
+    slots[static_cast<size_t>(r)] = rank_weights(c, placement, r).expert_slots;
+  }
+  return slots;
+}
+
+double projection_flops(const ModelConfig& c, int64_t tokens) {
+  return 2.0 * static_cast<double>(tokens) * static_cast<double>(c.hidden_size) *
+         (2.0 * static_cast<double>(c.q_width()) + 2.0 * static_cast<double>(c.kv_width()));
+}
+
+double attention_score_flops(const ModelConfig& c, int64_t new_tokens, int64_t past_len) {
+  // Query i (0-based among the new ones) sees past_len + i + 1 keys; QK^T and PV are each
+  // 2 x heads x head_dim per (query, key) pair.
+  const double n = static_cast<double>(new_tokens);
+  const double pairs = n * static_cast<double>(past_len) + n * (n + 1.0) / 2.0;
+  return 4.0 * static_cast<double>(c.num_attention_heads) * static_cast<double>(c.head_dim) * pairs;
+}
+
+double router_flops(const ModelConfig& c, int64_t tokens) {
+  return 2.0 * static_cast<double>(tokens) * static_cast<double>(c.hidden_size) *
+         static_cast<double>(c.num_experts);
+}
+
+double expert_flops(const ModelConfig& c, int64_t pairs) {
+  return 2.0 * 3.0 * static_cast<double>(pairs) * static_cast<double>(c.hidden_size) *
+         static_cast<double>(c.moe_intermediate_size);
+}
+
+double dense_mlp_flops(const ModelConfig& c, int64_t tokens) {
+  return 2.0 * 3.0 * static_cast<double>(tokens) * static_cast<double>(c.hidden_size) *
+         static_cast<double>(c.intermediate_size);
+}
+
+double lm_head_flops(const ModelConfig& c, int64_t rows) {
+  return 2.0 * static_cast<double>(rows) * static_cast<double>(c.hidden_size) *
+         static_cast<double>(c.vocab_size);
+}
+
+TokenFlops flops_per_token(const ModelConfig& c, int64_t top_k, int64_t context) {
+  TokenFlops f;
+  f.matmul = 2.0 * static_cast<double>(matmul_params_per_token(c, top_k));
+  // A token at position `context` attends to `context` keys: past_len context - 1, itself.
+  f.attention = static_cast<double>(c.num_hidden_layers) *
+                attention_score_flops(c, 1, std::max<int64_t>(context - 1, 0));
+  return f;
+}
+
+}  // namespace moe::runtime
