@@ -13,8 +13,38 @@
 #include "kernels/common/rounding.h"
 #include "kernels/cpu/ops.h"
 
+// As in ops.cpp: the dot-product loop gets an AVX2+FMA clone picked at load time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__AVX2__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define MOE_BF16_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#endif
+#endif
+#ifndef MOE_BF16_CLONES
+#define MOE_BF16_CLONES
+#endif
+
 namespace moe::kernels::cpu {
 namespace {
+
+// Independent partial sums per dot product (enough vector accumulators to hide FMA latency).
+constexpr int kLanes = 32;
+// fp32 copy of a block of W rows in the fallback GEMM: sized to stay in L2.
+constexpr int64_t kFallbackBlockBytes = 256 * 1024;
+
+// sum_i a[i] * b[i] in a fixed order that depends on n only: lane j sums i = j mod kLanes, then
+// the lanes are added in order, then the tail.
+MOE_BF16_CLONES float dot_fixed_order(const float* a, const float* b, int64_t n) {
+  float acc[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
+  }
+  float tail = 0.0f;
+  for (; i < n; ++i) tail += a[i] * b[i];
+  float s = 0.0f;
+  for (int j = 0; j < kLanes; ++j) s += acc[j];
+  return s + tail;
+}
 
 template <class T>
 T* grow(std::vector<T>& v, int64_t n) {
@@ -71,17 +101,26 @@ void Bf16Ops::gemm(const bf16* a, const bf16* w, int64_t m, int64_t n, int64_t k
     onednn_->run(a, w, m, n, k, c_f32 ? static_cast<void*>(c_f32) : c_bf16, c_f32 == nullptr);
     return;
   }
-  // Fallback: the operands are bf16 values, so fp32 products are exact; ops.h's linear sums them
-  // in fp32 (weights converted in cache-sized blocks, as in fp32 mode).
+  // Fallback: the operands are bf16 values, so fp32 products are exact; they are summed by one
+  // dot product per output in an order fixed by k alone. Unlike a BLAS sgemm (whose result for a
+  // row depends on how many rows share the call and where the row sits in it) this makes a row's
+  // result independent of the batch: bf16 rounding would turn such last-bit differences into
+  // routing flips that depend on the rank count.
   float* af = grow(a_f_, m * k);
   bf16_to_f32(a, m * k, af);
-  if (c_f32 != nullptr) {
-    cpu::linear(af, w, m, k, n, c_f32);
-    return;
+  float* c = c_f32 != nullptr ? c_f32 : grow(out_f_, m * n);
+  const int64_t block =
+      std::clamp<int64_t>(kFallbackBlockBytes / (k * static_cast<int64_t>(sizeof(float))), 1, n);
+  float* wf = grow(w_f_, block * k);
+  for (int64_t o0 = 0; o0 < n; o0 += block) {
+    const int64_t nb = std::min(block, n - o0);
+    bf16_to_f32(w + o0 * k, nb * k, wf);
+    for (int64_t r = 0; r < m; ++r) {
+      for (int64_t o = 0; o < nb; ++o)
+        c[r * n + o0 + o] = dot_fixed_order(af + r * k, wf + o * k, k);
+    }
   }
-  float* cf = grow(out_f_, m * n);
-  cpu::linear(af, w, m, k, n, cf);
-  f32_to_bf16(cf, m * n, c_bf16);
+  if (c_f32 == nullptr) f32_to_bf16(c, m * n, c_bf16);
 }
 
 void Bf16Ops::linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out,

@@ -1,8 +1,10 @@
 // The CPU backend's bf16 compute mode: the ops that round (linear, the SwiGLU MLPs, attention's
 // KV append) with activations rounded to bf16 exactly where kernels/common/rounding.h says, bf16
 // weights used as loaded (no fp32 copy), fp32 accumulation. GEMMs run through oneDNN where it has
-// a bf16 matmul for this CPU; elsewhere on the fp32 GEMM path (ops.h) over the same bf16-valued
-// operands: products are exact either way, so only the fp32 summation order differs.
+// a bf16 matmul for this CPU; elsewhere on a fixed-order fp32 dot-product GEMM over the same
+// bf16-valued operands (weights widened in L2-sized blocks): products are exact either way, so
+// only the fp32 summation order differs. The fallback's result for a row never depends on the
+// other rows of the call.
 #pragma once
 
 #include <cstdint>
@@ -48,7 +50,7 @@ class Bf16Ops {
   std::unique_ptr<OnednnBf16Gemm> onednn_;
   // Scratch, grown on demand, never shrunk: [padded rows, width] per stage.
   std::vector<bf16> x_b_, gate_b_, up_b_, act_b_, down_b_;
-  std::vector<float> gate_f_, up_f_, out_f_, a_f_, k_f_, v_f_;
+  std::vector<float> gate_f_, up_f_, out_f_, a_f_, w_f_, k_f_, v_f_;
 };
 
 }  // namespace moe::kernels::cpu
