@@ -86,16 +86,8 @@ DispatchLayout build_dispatch_layout(const LayerPlacement& placement, int rank,
   L.expert_tokens.assign(num_experts, 0);
   L.token_offsets.assign(num_tokens + 1, 0);
 
-  // A replica on this rank avoids the network entirely, so it always wins.
-  std::vector<int32_t> local_slot_of(num_experts, -1);
-  for (int e = 0; e < num_experts; ++e) {
-    for (const Slot& s : placement.expert_slots[e]) {
-      if (s.rank == rank) {
-        local_slot_of[e] = s.local_slot;
-        break;
-      }
-    }
-  }
+  // Replicas share an expert's pairs by the one split rule (placement.h: ReplicaSplit).
+  ReplicaSplit split(placement, rank);
 
   // Pass 1: pick a slot per (token, k) pair; per token, the ascending distinct destinations.
   std::vector<int32_t> pair_dest(num_pairs), pair_slot(num_pairs);
@@ -109,17 +101,11 @@ DispatchLayout build_dispatch_layout(const LayerPlacement& placement, int rank,
       MOE_CHECK_AS("dispatch", e >= 0 && e < num_experts,
                    "layout: token {} routes to expert {}, but experts are 0..{}", t, e,
                    num_experts - 1);
-      int dest, slot;
-      if (local_slot_of[e] >= 0) {
-        dest = rank;
-        slot = local_slot_of[e];
-      } else {
-        const auto& replicas = placement.expert_slots[e];
-        MOE_CHECK_AS("dispatch", !replicas.empty(), "layout: expert {} has no slot", e);
-        const Slot& s = replicas[static_cast<size_t>(t + rank) % replicas.size()];
-        dest = s.rank;
-        slot = s.local_slot;
-      }
+      MOE_CHECK_AS("dispatch", !placement.expert_slots[e].empty(), "layout: expert {} has no slot",
+                   e);
+      const Slot& s = split.next(e);
+      const int dest = s.rank;
+      const int slot = s.local_slot;
       pair_dest[p] = dest;
       pair_slot[p] = slot;
       dests[j] = dest;

@@ -56,8 +56,8 @@ struct DispatchLayout {
   int64_t num_send_rows() const { return static_cast<int64_t>(send_token.size()); }
 };
 
-// Builds the layout. topk_ids / topk_weights: [num_tokens, top_k] (host). A replicated expert
-// sends to the replica on this rank if there is one, else to replica (token + rank) mod count.
+// Builds the layout. topk_ids / topk_weights: [num_tokens, top_k] (host). A replicated expert's
+// pairs are split over its replicas by ReplicaSplit (placement.h), in ascending token order.
 DispatchLayout build_dispatch_layout(const LayerPlacement& placement, int rank,
                                      std::span<const int32_t> topk_ids,
                                      std::span<const float> topk_weights, int64_t num_tokens,

@@ -111,6 +111,15 @@ std::vector<std::vector<int>> round_robin_placement(int num_experts, int num_ran
   return lists;
 }
 
+ReplicaSplit::ReplicaSplit(const LayerPlacement& placement, int rank)
+    : placement_(&placement),
+      rank_(static_cast<uint32_t>(rank)),
+      counter_(static_cast<size_t>(placement.num_experts()), 0) {
+  MOE_CHECK_AS("placement", rank >= 0 && rank < std::max(placement.num_ranks(), 1),
+               "replica split: rank {} outside a placement of {} ranks", rank,
+               placement.num_ranks());
+}
+
 LayerPlacement LayerPlacement::from_rank_experts(std::vector<std::vector<int>> rank_experts,
                                                  int num_experts) {
   MOE_CHECK_AS("placement", num_experts >= 0, "negative expert count {}", num_experts);

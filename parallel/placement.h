@@ -65,6 +65,37 @@ class Placement {
   std::vector<LayerPlacement> layers_;
 };
 
+// The replica split rule, in one place: the dispatcher's layout and the placement analysis both
+// route through it, so analysed loads are the loads the runtime produces.
+//
+// On source rank r, the n-th (token, expert) pair for expert e (n = 0, 1, ... counted over the
+// rank's tokens in layout order, i.e. ascending local token index) goes to replica
+// (n + r) mod c of expert_slots[e], where c is e's replica count (replicas in ascending rank
+// order). So every rank spreads its own pairs for e over the c replicas in turn (shares differ
+// by at most one), and the rank offset staggers where each rank's turn starts, so the
+// remainders of different ranks land on different replicas. Each replica therefore receives
+// 1/c of the job's pairs for e (to within one pair per source rank), whatever the ranks' token
+// counts; a rank with no tokens, or with many, does not tilt the split. A replica on the
+// source rank gets no preference: preferring it would make that replica's share depend on how
+// many tokens its own rank holds, which is what overloaded replicas on busy ranks before.
+// Replicas hold identical weights, so the choice changes only fp32 summation order.
+class ReplicaSplit {
+ public:
+  ReplicaSplit(const LayerPlacement& placement, int rank);
+  // The slot that expert `expert`'s next pair from this rank goes to (advances e's counter).
+  const Slot& next(int32_t expert) {
+    const std::vector<Slot>& slots = placement_->expert_slots[static_cast<size_t>(expert)];
+    if (slots.size() == 1) return slots[0];
+    const uint32_t n = counter_[static_cast<size_t>(expert)]++;
+    return slots[(n + rank_) % slots.size()];
+  }
+
+ private:
+  const LayerPlacement* placement_;
+  uint32_t rank_;
+  std::vector<uint32_t> counter_;  // [num_experts] pairs sent so far per expert
+};
+
 // Strategy helpers (also used by tests): per-rank expert lists for one layer.
 std::vector<std::vector<int>> contiguous_placement(int num_experts, int num_ranks);
 std::vector<std::vector<int>> round_robin_placement(int num_experts, int num_ranks);

@@ -1,4 +1,4 @@
-// Dispatcher pure parts: the deduplicated layout (row order, route entries, replica choice) and
+// Dispatcher pure parts: the deduplicated layout (row order, route entries, replica split) and
 // receiver-side grouping, checked on hand-built cases and against a brute-force model on random
 // routings; plus dispatch -> expert -> combine on one rank through a loopback communicator.
 #include <gtest/gtest.h>
@@ -64,19 +64,29 @@ TEST(DispatchLayout, RowsAreOrderedByDestinationThenTokenAndTokenRowsByDestinati
   EXPECT_EQ(L.send_routes[5 * 2 + 1].local_slot, -1);
 }
 
-TEST(DispatchLayout, ReplicaOnTheSourceRankWinsElseTokenPlusRankPicksDeterministically) {
+TEST(DispatchLayout, ReplicasShareEachRanksPairsInTurnStartingAtTheRankOffset) {
   // Expert 0 on ranks 1 and 2; expert 1 on rank 0 only.
   auto p = LayerPlacement::from_rank_experts({{1}, {0}, {0}}, 2);
   const int64_t T = 6;
   std::vector<int32_t> ids(T, 0);
   std::vector<float> w(T, 1.0f);
-  // From rank 0 (no local replica): token t goes to replica (t + 0) % 2 -> ranks 1, 2, 1, ...
+  // From rank 0: the n-th pair of expert 0 goes to replica (n + 0) % 2 -> ranks 1, 2, 1, ...
   DispatchLayout from0 = build_dispatch_layout(p, 0, ids, w, T, 1);
   EXPECT_EQ(from0.send_counts, (std::vector<int64_t>{0, 3, 3}));
   EXPECT_EQ(from0.send_token, (std::vector<int32_t>{0, 2, 4, 1, 3, 5}));
-  // From rank 1 and 2 the local replica always wins.
-  EXPECT_EQ(build_dispatch_layout(p, 1, ids, w, T, 1).send_counts, (std::vector<int64_t>{0, 6, 0}));
-  EXPECT_EQ(build_dispatch_layout(p, 2, ids, w, T, 1).send_counts, (std::vector<int64_t>{0, 0, 6}));
+  // From rank 1: (n + 1) % 2 -> ranks 2, 1, 2, ...: a replica on the source rank gets no
+  // preference, so both replicas get half of every rank's pairs.
+  DispatchLayout from1 = build_dispatch_layout(p, 1, ids, w, T, 1);
+  EXPECT_EQ(from1.send_counts, (std::vector<int64_t>{0, 3, 3}));
+  EXPECT_EQ(from1.send_token, (std::vector<int32_t>{1, 3, 5, 0, 2, 4}));
+  // An odd count: rank 0's extra pair goes to rank 1, rank 1's to rank 2 (the offsets stagger).
+  EXPECT_EQ(build_dispatch_layout(p, 0, ids, w, 3, 1).send_counts, (std::vector<int64_t>{0, 2, 1}));
+  EXPECT_EQ(build_dispatch_layout(p, 1, ids, w, 3, 1).send_counts, (std::vector<int64_t>{0, 1, 2}));
+  // Counters are per expert: tokens routed to expert 1 in between do not shift expert 0's turn.
+  std::vector<int32_t> mixed = {0, 1, 1, 0};
+  DispatchLayout m = build_dispatch_layout(p, 0, mixed, w, 4, 1);
+  EXPECT_EQ(m.send_counts, (std::vector<int64_t>{2, 1, 1}));
+  EXPECT_EQ(m.send_token, (std::vector<int32_t>{1, 2, 0, 3}));
   // Same inputs, same layout.
   DispatchLayout again = build_dispatch_layout(p, 0, ids, w, T, 1);
   EXPECT_EQ(again.send_token, from0.send_token);
@@ -132,18 +142,14 @@ TEST(DispatchLayout, MatchesBruteForceOnRandomRoutingsAndReplicatedPlacements) {
     DispatchLayout L = build_dispatch_layout(p, rank, routing.ids, routing.weights, T, k);
 
     // Expected slot of each pair.
+    // Expected slot of each pair: the n-th pair of expert e goes to replica (n + rank) % count.
     std::vector<Slot> chosen(T * k);
+    std::vector<int64_t> seen(E, 0);
     for (int64_t t = 0; t < T; ++t) {
       for (int j = 0; j < k; ++j) {
-        const auto& reps = p.expert_slots[routing.ids[t * k + j]];
-        Slot s = reps[(t + rank) % reps.size()];
-        for (const Slot& c : reps) {
-          if (c.rank == rank) {
-            s = c;
-            break;
-          }
-        }
-        chosen[t * k + j] = s;
+        const int e = routing.ids[t * k + j];
+        const auto& reps = p.expert_slots[e];
+        chosen[t * k + j] = reps[(seen[e]++ + rank) % reps.size()];
       }
     }
     int64_t row = 0;
