@@ -44,7 +44,7 @@ class NcclCommOwner {
   ncclComm_t comm_ = nullptr;
 };
 
-class NcclCommunicatorImpl final : public NcclCommunicator {
+class NcclCommunicatorImpl final : public Communicator {
  public:
   NcclCommunicatorImpl(const CommOptions& options, int device)
       : options_(options), mpi_(make_mpi_communicator(options)) {
@@ -83,20 +83,12 @@ class NcclCommunicatorImpl final : public NcclCommunicator {
   int size() const override { return size_; }
   int local_rank() const override { return mpi_->local_rank(); }
   int local_size() const override { return mpi_->local_size(); }
+  // Until a stream is bound the communicator synchronises the device before each exchange.
   void bind_compute_stream(void* stream) override {
-    set_compute_stream(static_cast<CUstream_st*>(stream));
+    compute_stream_ = static_cast<cudaStream_t>(stream);
   }
   std::string name() const override { return "nccl"; }
   bool device_buffers() const override { return true; }
-  int device() const override { return device_; }
-  void set_compute_stream(CUstream_st* stream) override { compute_stream_ = stream; }
-  void set_host_wait(bool host_wait) override { host_wait_ = host_wait; }
-
-  void wait() override {
-    if (!pending_) return;
-    pending_ = false;
-    wait_event(done_.get(), pending_op_);
-  }
 
   void all_to_all(std::span<const int64_t> send, std::span<int64_t> recv) override {
     mpi_->all_to_all(send, recv);
@@ -128,7 +120,6 @@ class NcclCommunicatorImpl final : public NcclCommunicator {
     ensure_usable("all_to_all_v");
     const AllToAllPlan plan =
         plan_all_to_all_v(rank_, size_, send_counts, send_size, recv_counts, recv_size, elem_bytes);
-    wait();  // one exchange in flight at a time: done_ is reused
     if (plan.empty()) return;
     const auto* src = static_cast<const unsigned char*>(send);
     auto* dst = static_cast<unsigned char*>(recv);
@@ -164,7 +155,7 @@ class NcclCommunicatorImpl final : public NcclCommunicator {
     }
     pending_ = true;
     pending_op_ = "all_to_all_v";
-    if (host_wait_ || compute_stream_ == nullptr) wait();
+    wait();
   }
 
   void all_reduce_raw(void* data, size_t count, ScalarType type, ReduceOp op) override {
@@ -205,6 +196,13 @@ class NcclCommunicatorImpl final : public NcclCommunicator {
   }
 
  private:
+  // Blocks (polled against the timeout) until the pending exchange completed on the device.
+  void wait() {
+    if (!pending_) return;
+    pending_ = false;
+    wait_event(done_.get(), pending_op_);
+  }
+
   void ensure_usable(const char* op) {
     MOE_CHECK_AS("nccl", !shut_down_, "{} after shutdown()", op);
     MOE_CHECK_AS("nccl", failed_.empty() && comm_.get() != nullptr,
@@ -287,7 +285,6 @@ class NcclCommunicatorImpl final : public NcclCommunicator {
   kernels::cuda::Event ready_, done_;
   NcclCommOwner comm_;
   cudaStream_t compute_stream_ = nullptr;
-  bool host_wait_ = true;
   bool pending_ = false;
   std::string pending_op_;
   bool shut_down_ = false;
@@ -298,10 +295,6 @@ class NcclCommunicatorImpl final : public NcclCommunicator {
 
 std::unique_ptr<Communicator> make_nccl_communicator(const CommOptions& options, int device) {
   return std::make_unique<NcclCommunicatorImpl>(options, device);
-}
-
-NcclCommunicator* as_nccl_communicator(Communicator* comm) {
-  return dynamic_cast<NcclCommunicator*>(comm);
 }
 
 }  // namespace moe::parallel

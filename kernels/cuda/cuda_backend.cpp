@@ -4,6 +4,8 @@
 // staging slot is rewritten only after the event recorded behind its last copy has completed;
 // a buffer that grows first waits for the stream (in-flight kernels may still read the old one).
 // Numerics: bf16 compute, rounding exactly where kernels/common/rounding.h says (asserted below).
+// MOE_EP_CUDA_SYNC=1 synchronises and checks after every op, so an asynchronous fault is reported
+// under the op that caused it rather than at the next synchronisation.
 #include "kernels/cuda/cuda_backend.h"
 
 #include <cublas_v2.h>
@@ -12,6 +14,7 @@
 #include <array>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -20,6 +23,7 @@
 #include "kernels/cuda/api.cuh"
 #include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/cuda_raii.h"
+#include "kernels/cuda/event_phase_timer.h"
 #include "kernels/cuda/grouped_gemm_plan.h"
 #include "kernels/cuda/staging.h"
 
@@ -66,6 +70,8 @@ class CudaBackendImpl final : public CudaBackend {
     stream_ = cuda::Stream::create_non_blocking();
     cublas_ = cuda::CublasHandle::create(stream_.get());
     for (PinnedSlot& slot : pinned_) slot.consumed = cuda::Event::create();
+    const char* sync_env = std::getenv("MOE_EP_CUDA_SYNC");
+    sync_each_op_ = sync_env != nullptr && std::strcmp(sync_env, "0") != 0 && *sync_env != '\0';
   }
 
   ~CudaBackendImpl() override {
@@ -81,6 +87,9 @@ class CudaBackendImpl final : public CudaBackend {
   void* compute_stream() const override { return stream_.get(); }
   int device() const override { return device_; }
   int num_sms() const override { return num_sms_; }
+  std::unique_ptr<PhaseTimer> make_phase_timer(int num_phases) override {
+    return cuda::make_event_phase_timer(num_phases, stream_.get());
+  }
 
   int64_t device_used_bytes() const override {
     size_t free_bytes = 0, total_bytes = 0;
@@ -118,23 +127,25 @@ class CudaBackendImpl final : public CudaBackend {
     if (size_bytes == 0) return;
     MOE_CUDA_CHECK(
         cudaMemcpyAsync(dst, host_src, size_bytes, cudaMemcpyHostToDevice, stream_.get()));
-    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    wait_stream("upload");
   }
   void download(void* host_dst, const void* src, size_t size_bytes) override {
     if (size_bytes == 0) return;
     MOE_CUDA_CHECK(
         cudaMemcpyAsync(host_dst, src, size_bytes, cudaMemcpyDeviceToHost, stream_.get()));
-    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    wait_stream("download");
   }
   void copy(void* dst, const void* src, size_t size_bytes) override {
     if (size_bytes == 0 || dst == src) return;
     MOE_CUDA_CHECK(cudaMemcpyAsync(dst, src, size_bytes, cudaMemcpyDefault, stream_.get()));
+    op_done("copy");
   }
   void fill_zero(void* dst, size_t size_bytes) override {
     if (size_bytes == 0) return;
     MOE_CUDA_CHECK(cudaMemsetAsync(dst, 0, size_bytes, stream_.get()));
+    op_done("fill_zero");
   }
-  void synchronize() override { MOE_CUDA_CHECK(cudaStreamSynchronize(stream_.get())); }
+  void synchronize() override { wait_stream("synchronize"); }
 
   // ---- ops ----
   void embedding(const bf16* table, int64_t vocab, int64_t hidden, const int32_t* ids, int64_t n,
@@ -149,11 +160,13 @@ class CudaBackendImpl final : public CudaBackend {
     unsigned char* meta = stage(layout);
     MOE_CUDA_CHECK(cuda::launch_embedding(
         table, hidden, reinterpret_cast<const int32_t*>(meta + ids_at), n, out, stream_.get()));
+    op_done("embedding");
   }
 
   void rmsnorm(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps,
                float* y) override {
     MOE_CUDA_CHECK(cuda::launch_rmsnorm(x, w, rows, dim, eps, y, stream_.get()));
+    op_done("rmsnorm");
   }
 
   void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out,
@@ -166,6 +179,7 @@ class CudaBackendImpl final : public CudaBackend {
     auto* xb = reinterpret_cast<bf16*>(s + xb_at);
     MOE_CUDA_CHECK(cuda::launch_f32_to_bf16(x, rows * in, xb, stream_.get()));
     gemm_bf16(w, xb, rows, in, out, y, CUDA_R_32F);
+    op_done("linear");
   }
 
   void rope(float* x, const int32_t* positions, int64_t rows, int64_t heads, int64_t head_dim,
@@ -188,6 +202,7 @@ class CudaBackendImpl final : public CudaBackend {
     MOE_CUDA_CHECK(cuda::launch_rope(x, reinterpret_cast<const int32_t*>(meta + pos_at),
                                      reinterpret_cast<const float*>(meta + inv_at), rows, heads,
                                      head_dim, stream_.get()));
+    op_done("rope");
   }
 
   void attention(const float* q, const float* k, const float* v, const AttentionSeq* seqs,
@@ -222,6 +237,7 @@ class CudaBackendImpl final : public CudaBackend {
         reinterpret_cast<const cuda::AttentionCombineRow*>(meta + combine_at),
         static_cast<int64_t>(plan.combine.size()), shape, partial_o, partial_ml, out,
         stream_.get()));
+    op_done("attention");
   }
 
   void router_topk(const float* logits, int64_t rows, int64_t experts, int64_t k, bool renormalise,
@@ -245,10 +261,11 @@ class CudaBackendImpl final : public CudaBackend {
         cudaMemcpyAsync(host_ids, ids, n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_.get()));
     MOE_CUDA_CHECK(cudaMemcpyAsync(host_weights, weights, n * sizeof(float), cudaMemcpyDeviceToHost,
                                    stream_.get()));
-    MOE_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
+    wait_stream("router_topk");
     for (int64_t r = 0; r < rows; ++r) {
       MOE_CHECK(host_ids[r * k] >= 0, "router_topk: row {} has non-finite logits", r);
     }
+    op_done("router_topk");
   }
 
   void swiglu_mlp(const float* x, ExpertWeights w, int64_t rows, int64_t hidden, int64_t inter,
@@ -272,6 +289,7 @@ class CudaBackendImpl final : public CudaBackend {
     gemm_bf16(w.up, xb, rows, hidden, inter, up, CUDA_R_32F);
     MOE_CUDA_CHECK(cuda::launch_silu_mul_to_bf16(gate, up, rows * inter, act, stream_.get()));
     gemm_bf16(w.down, act, rows, inter, hidden, y, CUDA_R_32F);
+    op_done("swiglu_mlp");
   }
 
   void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
@@ -322,10 +340,12 @@ class CudaBackendImpl final : public CudaBackend {
     MOE_CUDA_CHECK(cuda::launch_scatter_rows_from_bf16(
         static_cast<const bf16*>(sc.down), hidden,
         reinterpret_cast<const int32_t*>(meta + scatter_at), Pc, out, stream_.get()));
+    op_done("grouped_expert_swiglu");
   }
 
   void add_inplace(float* x, const float* y, int64_t n) override {
     MOE_CUDA_CHECK(cuda::launch_add_inplace(x, y, n, stream_.get()));
+    op_done("add_inplace");
   }
 
   void gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n,
@@ -339,6 +359,7 @@ class CudaBackendImpl final : public CudaBackend {
     unsigned char* meta = stage(layout);
     MOE_CUDA_CHECK(cuda::launch_gather_rows(
         src, width, reinterpret_cast<const int32_t*>(meta + idx_at), n, dst, stream_.get()));
+    op_done("gather_rows");
   }
 
   void weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
@@ -364,20 +385,50 @@ class CudaBackendImpl final : public CudaBackend {
     MOE_CUDA_CHECK(cuda::launch_weighted_row_sum(
         src, width, reinterpret_cast<const int32_t*>(meta + idx_at), w_dev,
         reinterpret_cast<const int64_t*>(meta + off_at), n, dst, stream_.get()));
+    op_done("weighted_row_sum");
   }
 
   // ---- CudaBackend extras ----
   void silu_mul(const float* gate, const float* up, int64_t n, float* out) override {
     MOE_CUDA_CHECK(cuda::launch_silu_mul(gate, up, n, out, stream_.get()));
+    op_done("silu_mul");
   }
   void fill_random_bf16(bf16* dst, int64_t n, uint64_t seed, float scale) override {
     MOE_CUDA_CHECK(cuda::launch_fill_random_bf16(dst, n, seed, scale, stream_.get()));
+    op_done("fill_random_bf16");
   }
   void fill_random_f32(float* dst, int64_t n, uint64_t seed, float scale) override {
     MOE_CUDA_CHECK(cuda::launch_fill_random_f32(dst, n, seed, scale, stream_.get()));
+    op_done("fill_random_f32");
   }
 
  private:
+  // Waits for the stream. An error here may come from any op enqueued since the last wait:
+  // the message says so, unless MOE_EP_CUDA_SYNC has already checked every earlier op.
+  void wait_stream(const char* where) {
+    const cudaError_t rc = cudaStreamSynchronize(stream_.get());
+    if (rc == cudaSuccess) return;
+    if (sync_each_op_) {
+      MOE_THROW("cuda", "{} on device {} failed: {}", where, device_, cudaGetErrorString(rc));
+    }
+    MOE_THROW("cuda",
+              "device {} reported '{}' at {}; the failing op may be any one enqueued since the "
+              "last synchronisation (rerun with MOE_EP_CUDA_SYNC=1 to name it)",
+              device_, cudaGetErrorString(rc), where);
+  }
+
+  // End of every op: with MOE_EP_CUDA_SYNC=1, waits for it and throws naming it if it failed
+  // (launch error or fault while it ran).
+  void op_done(const char* op) {
+    if (!sync_each_op_) return;
+    const cudaError_t launch = cudaGetLastError();
+    const cudaError_t run = launch == cudaSuccess ? cudaStreamSynchronize(stream_.get()) : launch;
+    if (run != cudaSuccess) {
+      MOE_THROW("cuda", "op {} failed on device {}: {} (MOE_EP_CUDA_SYNC=1)", op, device_,
+                cudaGetErrorString(run));
+    }
+  }
+
   struct PinnedSlot {
     cuda::PinnedBytes buf;
     cuda::Event consumed;  // recorded after the last copy out of buf
@@ -480,7 +531,8 @@ class CudaBackendImpl final : public CudaBackend {
 
   int device_ = 0;
   int num_sms_ = 1;
-  cuda::Stream stream_;  // destroyed last (declared first)
+  bool sync_each_op_ = false;  // MOE_EP_CUDA_SYNC
+  cuda::Stream stream_;        // destroyed last (declared first)
   cuda::CublasHandle cublas_;
   std::array<PinnedSlot, kPinnedSlots> pinned_;
   size_t next_slot_ = 0;
