@@ -342,6 +342,7 @@ struct Tokenizer::Impl {
   // decoding
   enum class Kind : uint8_t { kNone, kModel, kAdded, kSpecial };
   std::vector<std::string> id_bytes;
+  size_t id_limit = 0;  // ids at or above this are refused (see load_model)
   std::vector<Kind> id_kind;
 
   // cache + scratch of the thread that holds `mutex` (others encode without a cache)
@@ -494,8 +495,14 @@ void load_model(const json& root, const Loader& loader, Tokenizer::Impl& t) {
 
   const ByteLevelAlphabet& abc = alphabet();
   t.vocab.reserve(vocab.size());
+  // ids are dense in every real file; a few entries with huge ids would only allocate
+  const json* added = loader.find(root, "added_tokens");
+  t.id_limit = 2 * (vocab.size() + (added && added->is_array() ? added->size() : 0)) + 1024;
   for (auto it = vocab.begin(); it != vocab.end(); ++it) {
     const int32_t id = loader.id(it.value(), fmt::format("model.vocab['{}']", it.key()));
+    if (static_cast<size_t>(id) >= t.id_limit)
+      loader.fail("model.vocab['{}']: id {} is far beyond the {} tokens listed", it.key(), id,
+                  t.id_limit / 2);
     if (static_cast<size_t>(id) >= t.id_bytes.size()) {
       t.id_bytes.resize(static_cast<size_t>(id) + 1);
       t.id_kind.resize(static_cast<size_t>(id) + 1, Tokenizer::Impl::Kind::kNone);
@@ -660,6 +667,9 @@ void load_added_tokens(const json& root, const Loader& loader, Tokenizer::Impl& 
     if (auto it = t.vocab.find(tok.content); it != t.vocab.end() && it->second != tok.id)
       loader.fail("{}: '{}' has id {} but model.vocab gives it id {}", where, tok.content, tok.id,
                   it->second);
+    if (static_cast<size_t>(tok.id) >= t.id_limit)
+      loader.fail("{}: id {} of '{}' is far beyond the {} tokens listed", where, tok.id,
+                  tok.content, t.id_limit / 2);
     if (static_cast<size_t>(tok.id) >= t.id_bytes.size()) {
       t.id_bytes.resize(static_cast<size_t>(tok.id) + 1);
       t.id_kind.resize(static_cast<size_t>(tok.id) + 1, Tokenizer::Impl::Kind::kNone);
@@ -964,13 +974,19 @@ Tokenizer Tokenizer::from_json(std::string_view json_text, const std::string& na
   } catch (const json::parse_error& e) {
     const bool at_end = e.byte >= json_text.size();
     loader.fail("{} JSON ({})", at_end ? "truncated" : "malformed", e.what());
+  } catch (const json::exception& e) {  // e.g. a number too large for any C++ type
+    loader.fail("malformed JSON ({})", e.what());
   }
   if (!root.is_object()) loader.fail("top level is not a JSON object");
-  load_model(root, loader, *t);
-  load_normalizer(root, loader, *t);
-  load_pre_tokenizer(root, loader, *t);
-  check_decoder_and_post_processor(root, loader);
-  load_added_tokens(root, loader, *t);
+  try {
+    load_model(root, loader, *t);
+    load_normalizer(root, loader, *t);
+    load_pre_tokenizer(root, loader, *t);
+    check_decoder_and_post_processor(root, loader);
+    load_added_tokens(root, loader, *t);
+  } catch (const json::exception& e) {  // the loader checks types first; this is a backstop
+    loader.fail("unexpected content ({})", e.what());
+  }
   for (size_t i = 0; i < t->added.size(); ++i) {
     const AddedToken& a = t->added[i];
     if (!a.normalized)

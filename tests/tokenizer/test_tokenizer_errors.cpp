@@ -78,6 +78,9 @@ TEST_F(TokenizerErrors, MalformedJson) {
   const std::string path = write("bad.json", R"({"model": {"type": "BPE",, }})");
   const std::string what = test::expect_error("tokenizer", [&] { Tokenizer::from_file(path); });
   EXPECT_HAS(what, path + ": malformed JSON");
+  const std::string path_num = write("num.json", R"({"model": -4E440})");
+  EXPECT_HAS(test::expect_error("tokenizer", [&] { Tokenizer::from_file(path_num); }),
+             path_num + ": malformed JSON");
   const std::string path2 = write("list.json", "[1, 2]");
   EXPECT_HAS(test::expect_error("tokenizer", [&] { Tokenizer::from_file(path2); }),
              "top level is not a JSON object");
@@ -95,6 +98,8 @@ TEST_F(TokenizerErrors, VocabAndMerges) {
              "model.vocab['a']: id is not an integer");
   EXPECT_HAS(error_after("neg.json", [](json& j) { j["model"]["vocab"]["a"] = -3; }),
              "model.vocab['a']: id -3 is outside");
+  EXPECT_HAS(error_after("far.json", [](json& j) { j["model"]["vocab"]["zzzz"] = 5000000; }),
+             "model.vocab['zzzz']: id 5000000 is far beyond the");
   EXPECT_HAS(error_after("dup.json", [](json& j) { j["model"]["vocab"]["zzzz"] = 7; }),
              "model.vocab gives id 7 to two tokens");
   EXPECT_HAS(error_after("m1.json", [](json& j) { j["model"]["merges"].push_back("notatoken Ġ"); }),
