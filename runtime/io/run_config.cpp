@@ -29,7 +29,7 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   const YAML::Node& root = doc.root;
   y::reject_unknown_keys(doc, root,
                          {"model", "weights", "placement", "backend", "comm", "threads",
-                          "timeout_s", "compare_sgemm", "workload"});
+                          "timeout_s", "compare_sgemm", "workload", "rebalance"});
   RunConfig c;
   c.source = path;
   c.model = resolve(path, y::require<std::string>(doc, root, "model"));
@@ -51,7 +51,8 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   const YAML::Node w = root["workload"];
   if (w.IsDefined() && !w.IsNull()) {
     if (!w.IsMap()) y::fail(doc, w, "workload", "expected a mapping");
-    y::reject_unknown_keys(doc, w, {"num_sequences", "prompt_len", "decode_steps", "seed"},
+    y::reject_unknown_keys(doc, w,
+                           {"num_sequences", "prompt_len", "decode_steps", "seed", "routing"},
                            "workload");
     auto& wl = c.workload;
     wl.num_sequences = y::value_or<int64_t>(doc, w, "num_sequences", wl.num_sequences,
@@ -64,6 +65,31 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
     if (wl.num_sequences < 1) y::fail(doc, w["num_sequences"], "workload.num_sequences", "must be >= 1");
     if (wl.prompt_len < 1) y::fail(doc, w["prompt_len"], "workload.prompt_len", "must be >= 1");
     if (wl.decode_steps < 0) y::fail(doc, w["decode_steps"], "workload.decode_steps", "must be >= 0");
+    const YAML::Node routing = w["routing"];
+    if (routing.IsDefined() && !routing.IsNull()) {
+      wl.routing = parse_routing_spec(doc, routing, "workload.routing");
+    }
+  }
+  const YAML::Node rb = root["rebalance"];
+  if (rb.IsDefined() && !rb.IsNull()) {
+    if (!rb.IsMap()) y::fail(doc, rb, "rebalance", "expected a mapping {every: STEPS, ...}");
+    y::reject_unknown_keys(doc, rb, {"every", "window", "strategy", "redundant"}, "rebalance");
+    auto& r = c.rebalance;
+    r.every = y::require<int64_t>(doc, rb, "every", "rebalance");
+    r.window = y::value_or<int64_t>(doc, rb, "window", r.every, "rebalance");
+    r.strategy = y::value_or<std::string>(doc, rb, "strategy", r.strategy, "rebalance");
+    r.redundant = y::value_or<int64_t>(doc, rb, "redundant", 0, "rebalance");
+    if (r.every < 1) y::fail(doc, rb["every"], "rebalance.every", "must be >= 1");
+    if (r.window < 1) y::fail(doc, rb["window"], "rebalance.window", "must be >= 1");
+    if (r.strategy != "load_balanced" && r.strategy != "replicated") {
+      y::fail(doc, rb["strategy"], "rebalance.strategy",
+              fmt::format("unknown strategy '{}' (known: load_balanced, replicated)", r.strategy));
+    }
+    if (r.redundant < 0) y::fail(doc, rb["redundant"], "rebalance.redundant", "must be >= 0");
+    if (r.strategy == "load_balanced" && r.redundant > 0) {
+      y::fail(doc, rb["redundant"], "rebalance.redundant",
+              "only strategy 'replicated' adds redundant slots");
+    }
   }
   return c;
 }

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "runtime/io/routing_spec.h"
+
 namespace moe::runtime {
 
 struct Workload {
@@ -14,6 +16,18 @@ struct Workload {
   int64_t prompt_len = 32;
   int64_t decode_steps = 8;
   uint64_t seed = 1;
+  RoutingSpec routing;  // workload.routing: who picks each token's experts (default: the router)
+};
+
+// rebalance: {every: STEPS, window: STEPS, strategy: S, redundant: R} — after every `every`
+// forward steps, the expert loads of the last `window` steps choose a new placement and expert
+// weights move between ranks. every == 0: off.
+struct RebalanceConfig {
+  int64_t every = 0;
+  int64_t window = 0;  // 0: the same as every
+  std::string strategy = "replicated";  // load_balanced | replicated
+  int64_t redundant = 0;                // replicated: extra slots per layer
+  bool enabled() const { return every > 0; }
 };
 
 struct RunConfig {
@@ -26,6 +40,7 @@ struct RunConfig {
   double timeout_s = 120;
   bool compare_sgemm = true;
   Workload workload;
+  RebalanceConfig rebalance;
   std::string source;
 };
 

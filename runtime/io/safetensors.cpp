@@ -12,6 +12,7 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <tuple>
 #include <utility>
@@ -380,6 +381,42 @@ std::span<const std::byte> SafetensorsFile::data(const SafetensorsTensor& tensor
                    tensor.end_bytes <= size_bytes_ - data_begin_bytes_,
                "{}: tensor '{}' is not inside this file's data buffer", path_, tensor.name);
   return {map_ + data_begin_bytes_ + tensor.begin_bytes, tensor.size_bytes()};
+}
+
+void write_safetensors(const std::string& path, std::span<const SafetensorsTensorView> tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  json header = json::object();
+  uint64_t offset = 0;
+  for (const SafetensorsTensorView& t : tensors) {
+    int64_t numel = 1;
+    for (int64_t d : t.shape) numel *= d;
+    const uint64_t size = static_cast<uint64_t>(numel * dtype_size_bytes(t.dtype));
+    MOE_CHECK_AS("io", size == t.bytes.size(),
+                 "{}: tensor '{}' has {} bytes, but {} elements of {} need {}", path, t.name,
+                 t.bytes.size(), numel, dtype_name(t.dtype), size);
+    MOE_CHECK_AS("io", !header.contains(t.name) && t.name != "__metadata__",
+                 "{}: tensor name '{}' is used twice or reserved", path, t.name);
+    header[t.name] = {{"dtype", std::string(dtype_name(t.dtype))},
+                      {"shape", t.shape},
+                      {"data_offsets", {offset, offset + size}}};
+    offset += size;
+  }
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  std::string text = header.dump();
+  while (text.size() % 8 != 0) text += ' ';  // aligns the data buffer, as other writers do
+
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  MOE_CHECK_AS("io", out.good(), "{}: cannot open for writing: {}", path, std::strerror(errno));
+  uint8_t length[8];
+  for (int i = 0; i < 8; ++i) length[i] = static_cast<uint8_t>(uint64_t{text.size()} >> (8 * i));
+  out.write(reinterpret_cast<const char*>(length), 8);
+  out.write(text.data(), static_cast<std::streamsize>(text.size()));
+  for (const SafetensorsTensorView& t : tensors) {
+    out.write(reinterpret_cast<const char*>(t.bytes.data()),
+              static_cast<std::streamsize>(t.bytes.size()));
+  }
+  out.close();
+  MOE_CHECK_AS("io", !out.fail(), "{}: write failed", path);
 }
 
 }  // namespace moe::runtime

@@ -1,6 +1,7 @@
 // safetensors reader: validates a header completely before any tensor byte is trusted, and maps
 // the file read-only so a tensor read touches only that tensor's pages. Invariant: every
 // SafetensorsTensor of a parsed header lies inside the data buffer, and the tensors tile it.
+// Also a small writer (routing traces), whose files the reader accepts.
 #pragma once
 
 #include <cstddef>
@@ -100,5 +101,19 @@ class SafetensorsFile {
   uint64_t size_bytes_ = 0;
   uint64_t data_begin_bytes_ = 0;  // 8 + N
 };
+
+// One tensor to write: its bytes (little-endian, row-major) must hold numel(shape) elements.
+struct SafetensorsTensorView {
+  std::string name;
+  SafetensorsDtype dtype = SafetensorsDtype::kF32;
+  std::vector<int64_t> shape;
+  std::span<const std::byte> bytes;
+};
+
+// Writes a safetensors file: tensors back to back in the given order, the header padded with
+// spaces to 8 bytes, `metadata` as __metadata__. Throws moe::Error("io") naming the path when a
+// tensor's bytes do not match its shape or the file cannot be written.
+void write_safetensors(const std::string& path, std::span<const SafetensorsTensorView> tensors,
+                       const std::map<std::string, std::string>& metadata = {});
 
 }  // namespace moe::runtime
