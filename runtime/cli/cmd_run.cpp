@@ -63,6 +63,7 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
   if (o.weights.empty()) o.weights = rc.weights;
   if (o.placement.empty()) o.placement = rc.placement;
   if (cmd.count("--backend") == 0) o.backend = rc.backend;
+  if (cmd.count("--compute-dtype") == 0) o.compute_dtype = rc.compute_dtype;
   if (o.comm.empty()) o.comm = rc.comm;
   if (o.threads == 0) o.threads = static_cast<int>(rc.threads);
   if (cmd.count("--timeout") == 0) o.timeout_s = rc.timeout_s;
@@ -115,8 +116,9 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
   }
   if (s->rank() != 0) return 0;
 
-  fmt::print("moe-ep run: {} on {} rank(s), backend {}, placement {}\n", s->config.name, N,
-             s->backend->name(), s->placement->strategy());
+  fmt::print("moe-ep run: {} on {} rank(s), backend {} ({} compute), placement {}\n",
+             s->config.name, N, s->backend->name(),
+             kernels::compute_dtype_name(s->backend->compute_dtype()), s->placement->strategy());
   fmt::print("workload     {} sequences x {} prompt tokens, {} decode steps\n", w.num_sequences,
              w.prompt_len, w.decode_steps);
   fmt::print("load         {:.2f} s\n", s->load_s);
@@ -152,6 +154,7 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
               {"model", s->config.name},
               {"ranks", N},
               {"backend", s->backend->name()},
+              {"compute_dtype", kernels::compute_dtype_name(s->backend->compute_dtype())},
               {"placement", s->placement->strategy()},
               {"threads", kernels::host_threads()},
               {"workload",

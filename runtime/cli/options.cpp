@@ -55,6 +55,10 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool model_required) {
                   "HF checkpoint directory whose safetensors back a YAML --model");
   cmd->add_option("--backend", o.backend, "Compute backend: cpu | cuda")
       ->check(one_of({"cpu", "cuda"}));
+  cmd->add_option("--compute-dtype", o.compute_dtype,
+                  "GEMM operand type: fp32 | bf16 (default: fp32 on cpu; cuda is bf16 only; "
+                  "docs/numerics.md)")
+      ->check(one_of({"fp32", "bf16"}));
   cmd->add_option("--comm", o.comm, "Transport: mpi | nccl (default: nccl with cuda, mpi with cpu)")
       ->check(one_of({"mpi", "nccl"}));
   cmd->add_option("--placement", o.placement,

@@ -12,6 +12,7 @@ struct ModelOptions {
   std::string model;      // model YAML, config.json or checkpoint directory
   std::string weights;    // checkpoint directory backing a YAML model
   std::string backend = "cpu";
+  std::string compute_dtype;  // fp32 | bf16; empty: the backend's own (cpu fp32, cuda bf16)
   std::string comm;       // empty: nccl with cuda, mpi with cpu
   std::string placement;  // placement YAML
   std::string json;       // rank 0 writes the results here as JSON
@@ -22,7 +23,8 @@ struct ModelOptions {
   std::string resolved_comm() const { return comm.empty() ? (backend == "cuda" ? "nccl" : "mpi") : comm; }
 };
 
-// Adds --model, --weights, --backend, --comm, --placement, --json, --timeout, --threads, --quiet.
+// Adds --model, --weights, --backend, --compute-dtype, --comm, --placement, --json, --timeout,
+// --threads, --quiet.
 void add_model_options(CLI::App* cmd, ModelOptions& o, bool model_required);
 
 // Number validators: "must be >= lo" / "must be > lo", naming the value given.

@@ -51,7 +51,11 @@ std::unique_ptr<Session> open_session(const ModelOptions& o, int64_t max_seqs, i
   s->comm = parallel::make_communicator(comm, copts);
   const int N = s->comm->size();
   kernels::set_host_threads(o.threads > 0 ? o.threads : default_threads(s->comm->local_size()));
-  s->backend = kernels::make_backend(o.backend, s->comm->local_rank());
+  kernels::BackendOptions bopts;
+  bopts.name = o.backend;
+  bopts.local_rank = s->comm->local_rank();
+  if (!o.compute_dtype.empty()) bopts.compute_dtype = kernels::parse_compute_dtype(o.compute_dtype);
+  s->backend = kernels::make_backend(bopts);
   s->comm->bind_compute_stream(s->backend->compute_stream());
   s->device_used_at_open = s->backend->device_used_bytes();
 
@@ -74,9 +78,10 @@ std::unique_ptr<Session> open_session(const ModelOptions& o, int64_t max_seqs, i
                    s->config.hidden_size, s->config.num_experts, s->config.num_experts_per_tok,
                    s->config.vocab_size, s->weights->describe()));
   log0(*s, o.quiet,
-       fmt::format("{} rank(s), backend {}, comm {}, placement {}, {} compute thread(s) per rank",
-                   N, s->backend->name(), s->comm->name(), s->placement->strategy(),
-                   kernels::host_threads()));
+       fmt::format("{} rank(s), backend {} ({} compute), comm {}, placement {}, {} compute "
+                   "thread(s) per rank",
+                   N, s->backend->name(), kernels::compute_dtype_name(s->backend->compute_dtype()),
+                   s->comm->name(), s->placement->strategy(), kernels::host_threads()));
 
   // Progress line on rank 0 for loads that take a while.
   const auto t0 = Clock::now();

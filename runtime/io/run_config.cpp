@@ -28,14 +28,15 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   for (const auto& o : overrides) y::apply_override(doc, o);
   const YAML::Node& root = doc.root;
   y::reject_unknown_keys(doc, root,
-                         {"model", "weights", "placement", "backend", "comm", "threads",
-                          "timeout_s", "compare_sgemm", "workload", "rebalance"});
+                         {"model", "weights", "placement", "backend", "compute_dtype", "comm",
+                          "threads", "timeout_s", "compare_sgemm", "workload", "rebalance"});
   RunConfig c;
   c.source = path;
   c.model = resolve(path, y::require<std::string>(doc, root, "model"));
   c.weights = resolve(path, y::value_or<std::string>(doc, root, "weights", ""));
   c.placement = resolve(path, y::value_or<std::string>(doc, root, "placement", ""));
   c.backend = y::value_or<std::string>(doc, root, "backend", c.backend);
+  c.compute_dtype = y::value_or<std::string>(doc, root, "compute_dtype", "");
   c.comm = y::value_or<std::string>(doc, root, "comm", "");
   c.threads = y::value_or<int64_t>(doc, root, "threads", 0);
   c.timeout_s = y::value_or<double>(doc, root, "timeout_s", c.timeout_s);
@@ -44,6 +45,10 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   if (c.timeout_s <= 0) y::fail(doc, root["timeout_s"], "timeout_s", "must be > 0");
   if (c.backend != "cpu" && c.backend != "cuda") {
     y::fail(doc, root["backend"], "backend", fmt::format("'{}' is not cpu or cuda", c.backend));
+  }
+  if (!c.compute_dtype.empty() && c.compute_dtype != "fp32" && c.compute_dtype != "bf16") {
+    y::fail(doc, root["compute_dtype"], "compute_dtype",
+            fmt::format("'{}' is not fp32 or bf16", c.compute_dtype));
   }
   if (!c.comm.empty() && c.comm != "mpi" && c.comm != "nccl") {
     y::fail(doc, root["comm"], "comm", fmt::format("'{}' is not mpi or nccl", c.comm));

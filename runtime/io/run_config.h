@@ -35,6 +35,7 @@ struct RunConfig {
   std::string weights;    // optional checkpoint directory for a YAML model
   std::string placement;  // optional placement YAML
   std::string backend = "cpu";
+  std::string compute_dtype;  // fp32 | bf16; empty: the backend's own (cpu fp32, cuda bf16)
   std::string comm;       // empty: nccl with cuda, mpi with cpu
   int64_t threads = 0;    // BLAS threads per rank; 0: cores / ranks on the node
   double timeout_s = 120;

@@ -107,6 +107,10 @@ class RoutingRecorder final : public kernels::Backend {
   kernels::KvDtype kv_cache_dtype() const override { return inner_->kv_cache_dtype(); }
   kernels::ComputeDtype compute_dtype() const override { return inner_->compute_dtype(); }
   int64_t device_used_bytes() const override { return inner_->device_used_bytes(); }
+  void* compute_stream() const override { return inner_->compute_stream(); }
+  std::unique_ptr<kernels::PhaseTimer> make_phase_timer(int num_phases) override {
+    return inner_->make_phase_timer(num_phases);
+  }
   void* allocate(size_t n) override { return inner_->allocate(n); }
   void deallocate(void* p, size_t n) noexcept override { inner_->deallocate(p, n); }
   void upload(void* d, const void* s, size_t n) override { inner_->upload(d, s, n); }
