@@ -2,9 +2,14 @@
 // failure becomes one moe::Error("config") naming where it happened.
 #include "parallel/yaml_util.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <fstream>
 #include <limits>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
 
 #include "kernels/common/check.h"
 
@@ -55,33 +60,85 @@ void fail(const Doc& doc, const YAML::Node& at, const std::string& key, const st
   MOE_THROW("config", "{}: key '{}': {}", doc.path, key, message);
 }
 
+namespace {
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  MOE_CHECK_AS("config", in.good(), "{}: cannot be read", path);
+  std::ostringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+int line_at_byte(const std::string& text, size_t byte) {
+  byte = std::min(byte, text.size());
+  return 1 + static_cast<int>(
+                 std::count(text.begin(), text.begin() + static_cast<ptrdiff_t>(byte), '\n'));
+}
+
+// YAML accepts more than JSON (`"k": ,` is a null there), so a .json file is first checked by
+// a strict JSON parser, whose error carries the byte where the syntax breaks.
+void check_json_syntax(const std::string& path, const std::string& text) {
+  try {
+    const nlohmann::json root = nlohmann::json::parse(text);
+    MOE_CHECK_AS("config", root.is_object(), "{}: expected a JSON object at the top level, got {}",
+                 path, root.type_name());
+  } catch (const nlohmann::json::parse_error& e) {
+    // what() is "[json.exception.parse_error.101] parse error at line L, column C: ..."; keep
+    // the part after the tag and lead with our own file:line.
+    std::string what = e.what();
+    const auto tag_end = what.find("] ");
+    if (tag_end != std::string::npos) what = what.substr(tag_end + 2);
+    MOE_THROW("config", "{}:{}: not valid JSON: {}", path,
+              line_at_byte(text, e.byte > 0 ? e.byte - 1 : 0), what);
+  }
+}
+
+}  // namespace
+
 Doc load(const std::string& path) {
   namespace fs = std::filesystem;
   std::error_code ec;
   MOE_CHECK_AS("config", fs::exists(path, ec), "{}: file not found", path);
-  MOE_CHECK_AS("config", !fs::is_directory(path, ec), "{}: is a directory, expected a YAML file",
-               path);
+  MOE_CHECK_AS("config", !fs::is_directory(path, ec), "{}: is a directory, expected a file", path);
+  const std::string text = read_text(path);
+  const bool json = fs::path(path).extension() == ".json";
+  if (json) check_json_syntax(path, text);
   Doc doc{path, {}};
   try {
-    doc.root = YAML::LoadFile(path);
+    doc.root = YAML::Load(text);
   } catch (const YAML::ParserException& e) {
-    MOE_THROW("config", "{}:{}: not valid YAML: {}", path, e.mark.line + 1, e.msg);
-  } catch (const YAML::BadFile&) {
-    MOE_THROW("config", "{}: cannot be read", path);
+    MOE_THROW("config", "{}:{}: not valid {}: {}", path, e.mark.line + 1, json ? "JSON" : "YAML",
+              e.msg);
   } catch (const YAML::Exception& e) {
-    MOE_THROW("config", "{}: not valid YAML: {}", path, e.msg);
+    MOE_THROW("config", "{}: not valid {}: {}", path, json ? "JSON" : "YAML", e.msg);
   }
   MOE_CHECK_AS("config", doc.root.IsMap(), "{}: expected a YAML mapping of keys at the top level",
                path);
   return doc;
 }
 
+namespace {
+
+// A quoted scalar ("2048") is a string, not a number or a boolean (as in JSON).
+bool is_quoted(const YAML::Node& node) { return node.Tag() == "!"; }
+
+// How a node that has the wrong type is named in a message.
+std::string describe(const YAML::Node& node) {
+  if (node.IsSequence()) return "a list";
+  if (node.IsMap()) return "a mapping";
+  if (!node.IsScalar()) return "nothing";
+  return is_quoted(node) ? fmt::format("string \"{}\"", node.Scalar())
+                         : fmt::format("'{}'", node.Scalar());
+}
+
+}  // namespace
+
 template <>
 int64_t as<int64_t>(const Doc& doc, const YAML::Node& node, const std::string& key_path) {
   int64_t v = 0;
-  if (!node.IsScalar() || !parse_int(node.Scalar(), &v)) {
-    fail(doc, node, key_path,
-         fmt::format("expected an integer, got '{}'", node.IsScalar() ? node.Scalar() : "a non-scalar"));
+  if (!node.IsScalar() || is_quoted(node) || !parse_int(node.Scalar(), &v)) {
+    fail(doc, node, key_path, fmt::format("expected an integer, got {}", describe(node)));
   }
   return v;
 }
@@ -89,27 +146,28 @@ int64_t as<int64_t>(const Doc& doc, const YAML::Node& node, const std::string& k
 template <>
 double as<double>(const Doc& doc, const YAML::Node& node, const std::string& key_path) {
   double v = 0;
-  if (!node.IsScalar() || !parse_double(node.Scalar(), &v) || !std::isfinite(v)) {
-    fail(doc, node, key_path,
-         fmt::format("expected a finite number, got '{}'", node.IsScalar() ? node.Scalar() : "a non-scalar"));
+  if (!node.IsScalar() || is_quoted(node) || !parse_double(node.Scalar(), &v) ||
+      !std::isfinite(v)) {
+    fail(doc, node, key_path, fmt::format("expected a finite number, got {}", describe(node)));
   }
   return v;
 }
 
 template <>
 bool as<bool>(const Doc& doc, const YAML::Node& node, const std::string& key_path) {
-  if (node.IsScalar()) {
+  if (node.IsScalar() && !is_quoted(node)) {
     const std::string& s = node.Scalar();
     if (s == "true" || s == "True" || s == "yes") return true;
     if (s == "false" || s == "False" || s == "no") return false;
   }
-  fail(doc, node, key_path,
-       fmt::format("expected true or false, got '{}'", node.IsScalar() ? node.Scalar() : "a non-scalar"));
+  fail(doc, node, key_path, fmt::format("expected true or false, got {}", describe(node)));
 }
 
 template <>
 std::string as<std::string>(const Doc& doc, const YAML::Node& node, const std::string& key_path) {
-  if (!node.IsScalar()) fail(doc, node, key_path, "expected a string");
+  if (!node.IsScalar()) {
+    fail(doc, node, key_path, fmt::format("expected a string, got {}", describe(node)));
+  }
   return node.Scalar();
 }
 
@@ -141,7 +199,9 @@ template bool require<bool>(const Doc&, const YAML::Node&, const std::string&, c
 template std::string require<std::string>(const Doc&, const YAML::Node&, const std::string&, const std::string&);
 
 std::vector<int64_t> int_list(const Doc& doc, const YAML::Node& node, const std::string& key_path) {
-  if (!node.IsSequence()) fail(doc, node, key_path, "expected a list of integers");
+  if (!node.IsSequence()) {
+    fail(doc, node, key_path, fmt::format("expected a list of integers, got {}", describe(node)));
+  }
   std::vector<int64_t> out;
   out.reserve(node.size());
   for (size_t i = 0; i < node.size(); ++i) {

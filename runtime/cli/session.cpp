@@ -73,10 +73,7 @@ std::unique_ptr<Session> open_session(const ModelOptions& o, int64_t max_seqs, i
                                             static_cast<int>(s->config.num_experts), N);
 
   log0(*s, o.quiet,
-       fmt::format("model {} ({}): {} layers, hidden {}, {} experts top-{}, vocab {}; weights: {}",
-                   s->config.name, s->config.source, s->config.num_hidden_layers,
-                   s->config.hidden_size, s->config.num_experts, s->config.num_experts_per_tok,
-                   s->config.vocab_size, s->weights->describe()));
+       fmt::format("{}\n  weights: {}", format_config(s->config), s->weights->describe()));
   log0(*s, o.quiet,
        fmt::format("{} rank(s), backend {} ({} compute), comm {}, placement {}, {} compute "
                    "thread(s) per rank",
@@ -102,6 +99,10 @@ std::unique_ptr<Session> open_session(const ModelOptions& o, int64_t max_seqs, i
   s->model = std::make_unique<Model>(s->config, *s->placement, *s->comm, *s->backend, *s->weights,
                                      std::max<int64_t>(slots, 1), max_len, progress);
   s->load_s = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (!o.trace_out.empty()) {
+    s->trace_recorder = std::make_unique<TraceRecorder>(s->config);
+    s->model->set_routing_hook(s->trace_recorder.get());
+  }
 
   // Per-rank load report: what each rank read (checkpoints) and holds, gathered on every rank.
   const LoadStats ls = s->weights->stats();
@@ -132,6 +133,24 @@ std::unique_ptr<Session> open_session(const ModelOptions& o, int64_t max_seqs, i
     }
   }
   return s;
+}
+
+void set_routing_hook(Session& s, RoutingHook* hook) {
+  if (s.trace_recorder) {
+    s.trace_recorder->set_inner(hook);
+  } else {
+    s.model->set_routing_hook(hook);
+  }
+}
+
+void write_trace_out(Session& s, const ModelOptions& o) {
+  if (!s.trace_recorder) return;
+  const RoutingTrace trace = s.trace_recorder->gather(*s.comm);
+  if (s.rank() != 0) return;
+  write_trace(o.trace_out, trace);
+  log0(s, o.quiet,
+       fmt::format("wrote routing trace ({} tokens x {} MoE layers, top-{}) to {}",
+                   trace.num_tokens(0), trace.layers.size(), trace.top_k, o.trace_out));
 }
 
 }  // namespace moe::runtime

@@ -9,11 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
-#include <fstream>
-#include <memory>
-#include <nlohmann/json.hpp>
 #include <optional>
-#include <sstream>
 
 #include "kernels/common/check.h"
 #include "parallel/yaml_util.h"
@@ -23,19 +19,12 @@ namespace {
 
 namespace fs = std::filesystem;
 namespace yu = moe::parallel::yaml;
-using nlohmann::json;
 
 // Dimensions are used as int32 indices by kernels and routing; anything larger is a typo.
 constexpr int64_t kMaxDim = (int64_t{1} << 31) - 1;
 // Parameter counts stay exact in int64 and in double far below this.
 constexpr double kMaxTotalParams = 1e15;
 
-// HF Qwen3MoeConfig defaults for the optional keys, applied by both loaders.
-constexpr bool kDefaultNormTopkProb = false;
-constexpr int64_t kDefaultDecoderSparseStep = 1;
-constexpr double kDefaultRmsNormEps = 1e-6;
-constexpr double kDefaultRopeTheta = 10000.0;
-constexpr int64_t kDefaultMaxPositionEmbeddings = 32768;
 
 const std::vector<std::string> kRequiredIntKeys = {
     "vocab_size",          "hidden_size",       "num_hidden_layers",     "num_attention_heads",
@@ -87,84 +76,60 @@ const std::vector<std::string> kModelKeys = {"name",
                                              "attention_bias",
                                              "use_sliding_window"};
 
-// Uniform access to one mapping of a YAML or JSON document. Key paths in messages are dotted
-// from the document root ("rope_parameters.rope_theta").
+// Typed access to one mapping of a loaded document (YAML, or JSON read by yaml-cpp, which keeps
+// every key's line). Key paths in messages are dotted from the document root
+// ("rope_parameters.rope_theta").
 class KeyReader {
  public:
-  virtual ~KeyReader() = default;
-  virtual bool present(const std::string& key) const = 0;  // exists and is not null
-  virtual bool is_list(const std::string& key) const = 0;
-  virtual bool is_map(const std::string& key) const = 0;
-  virtual int64_t get_int(const std::string& key) const = 0;
-  virtual double get_double(const std::string& key) const = 0;
-  virtual bool get_bool(const std::string& key) const = 0;
-  virtual std::string get_string(const std::string& key) const = 0;
-  virtual std::vector<int64_t> get_int_list(const std::string& key) const = 0;
-  virtual std::unique_ptr<KeyReader> child(const std::string& key) const = 0;
-  virtual std::vector<std::string> keys() const = 0;
-  // 1-based line of the key (0 when unknown).
-  virtual int line(const std::string& key) const = 0;
-  [[noreturn]] virtual void fail(const std::string& key, const std::string& message) const = 0;
-
-  std::string path_of(const std::string& key) const {
-    return prefix_.empty() ? key : prefix_ + "." + key;
-  }
-
- protected:
-  std::string prefix_;
-};
-
-// ---- YAML ----------------------------------------------------------------------------------
-
-class YamlReader final : public KeyReader {
- public:
-  YamlReader(const yu::Doc& doc, YAML::Node map, std::string prefix) : doc_(doc), map_(map) {
-    prefix_ = std::move(prefix);
-  }
-  bool present(const std::string& key) const override {
+  KeyReader(const yu::Doc& doc, YAML::Node map, std::string prefix)
+      : doc_(doc), map_(map), prefix_(std::move(prefix)) {}
+  // Exists and is not null.
+  bool present(const std::string& key) const {
     YAML::Node n = node(key);
     return n.IsDefined() && !n.IsNull();
   }
   // A missing key of a const yaml-cpp map is an invalid node whose Type() throws: test first.
-  bool is_list(const std::string& key) const override {
-    return present(key) && node(key).IsSequence();
-  }
-  bool is_map(const std::string& key) const override { return present(key) && node(key).IsMap(); }
-  int64_t get_int(const std::string& key) const override {
+  bool is_list(const std::string& key) const { return present(key) && node(key).IsSequence(); }
+  bool is_map(const std::string& key) const { return present(key) && node(key).IsMap(); }
+  int64_t get_int(const std::string& key) const {
     return yu::require<int64_t>(doc_, map_, key, path_of(key));
   }
-  double get_double(const std::string& key) const override {
+  double get_double(const std::string& key) const {
     return yu::require<double>(doc_, map_, key, path_of(key));
   }
-  bool get_bool(const std::string& key) const override {
+  bool get_bool(const std::string& key) const {
     return yu::require<bool>(doc_, map_, key, path_of(key));
   }
-  std::string get_string(const std::string& key) const override {
+  std::string get_string(const std::string& key) const {
     return yu::require<std::string>(doc_, map_, key, path_of(key));
   }
-  std::vector<int64_t> get_int_list(const std::string& key) const override {
+  std::vector<int64_t> get_int_list(const std::string& key) const {
     return yu::int_list(doc_, node(key), path_of(key));
   }
-  std::unique_ptr<KeyReader> child(const std::string& key) const override {
-    if (!is_map(key)) fail(key, "expected a mapping");
-    return std::make_unique<YamlReader>(doc_, node(key), path_of(key));
+  KeyReader child(const std::string& key) const {
+    if (!is_map(key)) fail(key, "expected a mapping (an object)");
+    return KeyReader(doc_, node(key), path_of(key));
   }
-  std::vector<std::string> keys() const override {
+  std::vector<std::string> keys() const {
     std::vector<std::string> out;
     for (auto it = map_.begin(); it != map_.end(); ++it) {
       if (it->first.IsScalar()) out.push_back(it->first.Scalar());
     }
     return out;
   }
-  int line(const std::string& key) const override {
+  // 1-based line of the key (0 when unknown).
+  int line(const std::string& key) const {
     for (auto it = map_.begin(); it != map_.end(); ++it) {
       if (it->first.IsScalar() && it->first.Scalar() == key) return yu::line_of(it->first);
     }
     return 0;
   }
-  [[noreturn]] void fail(const std::string& key, const std::string& message) const override {
+  [[noreturn]] void fail(const std::string& key, const std::string& message) const {
     YAML::Node n = node(key);
     yu::fail(doc_, n.IsDefined() ? n : map_, path_of(key), message);
+  }
+  std::string path_of(const std::string& key) const {
+    return prefix_.empty() ? key : prefix_ + "." + key;
   }
 
  private:
@@ -174,147 +139,7 @@ class YamlReader final : public KeyReader {
   }
   const yu::Doc& doc_;
   YAML::Node map_;
-};
-
-// ---- JSON ----------------------------------------------------------------------------------
-
-std::string read_text(const std::string& path) {
-  std::error_code ec;
-  MOE_CHECK_AS("config", fs::exists(path, ec), "{}: file not found", path);
-  MOE_CHECK_AS("config", !fs::is_directory(path, ec), "{}: is a directory, expected a file", path);
-  std::ifstream in(path, std::ios::binary);
-  MOE_CHECK_AS("config", in.good(), "{}: cannot be read", path);
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
-}
-
-int line_at_byte(const std::string& text, size_t byte) {
-  byte = std::min(byte, text.size());
-  return 1 + static_cast<int>(
-                 std::count(text.begin(), text.begin() + static_cast<ptrdiff_t>(byte), '\n'));
-}
-
-// nlohmann-json keeps no positions, so keys are located in the text: the first string equal to
-// `key`, followed by ':', at object depth `depth`, at or after byte `from`. Only for messages.
-size_t find_json_key(const std::string& text, const std::string& key, int depth, size_t from) {
-  int d = 0;
-  for (size_t i = 0; i < text.size(); ++i) {
-    char c = text[i];
-    if (c == '{' || c == '[') {
-      ++d;
-    } else if (c == '}' || c == ']') {
-      --d;
-    } else if (c == '"') {
-      size_t start = i + 1, j = start;
-      while (j < text.size() && text[j] != '"') j += text[j] == '\\' ? 2 : 1;
-      if (i >= from && d == depth && text.compare(start, j - start, key) == 0 &&
-          j - start == key.size()) {
-        size_t k = j + 1;
-        while (k < text.size() && std::isspace(static_cast<unsigned char>(text[k]))) ++k;
-        if (k < text.size() && text[k] == ':') return i;
-      }
-      i = j;
-    }
-  }
-  return std::string::npos;
-}
-
-std::string json_value_text(const json& v) {
-  std::string s = v.dump();
-  if (s.size() > 40) s = s.substr(0, 37) + "...";
-  return fmt::format("{} {}", v.type_name(), s);
-}
-
-class JsonReader final : public KeyReader {
- public:
-  JsonReader(const std::string& path, const std::string& text, const json& obj, std::string prefix,
-             int depth, size_t from)
-      : path_(path), text_(text), obj_(obj), depth_(depth), from_(from) {
-    prefix_ = std::move(prefix);
-  }
-  bool present(const std::string& key) const override {
-    auto it = obj_.find(key);
-    return it != obj_.end() && !it->is_null();
-  }
-  bool is_list(const std::string& key) const override {
-    return present(key) && obj_.at(key).is_array();
-  }
-  bool is_map(const std::string& key) const override {
-    return present(key) && obj_.at(key).is_object();
-  }
-  int64_t get_int(const std::string& key) const override { return as_int(value(key), key); }
-  double get_double(const std::string& key) const override {
-    const json& v = value(key);
-    if (!v.is_number()) fail(key, fmt::format("expected a number, got {}", json_value_text(v)));
-    double d = v.get<double>();
-    if (!std::isfinite(d)) fail(key, "expected a finite number");
-    return d;
-  }
-  bool get_bool(const std::string& key) const override {
-    const json& v = value(key);
-    if (!v.is_boolean())
-      fail(key, fmt::format("expected true or false, got {}", json_value_text(v)));
-    return v.get<bool>();
-  }
-  std::string get_string(const std::string& key) const override {
-    const json& v = value(key);
-    if (!v.is_string()) fail(key, fmt::format("expected a string, got {}", json_value_text(v)));
-    return v.get<std::string>();
-  }
-  std::vector<int64_t> get_int_list(const std::string& key) const override {
-    const json& v = value(key);
-    if (!v.is_array())
-      fail(key, fmt::format("expected a list of integers, got {}", json_value_text(v)));
-    std::vector<int64_t> out;
-    for (size_t i = 0; i < v.size(); ++i)
-      out.push_back(as_int(v[i], fmt::format("{}[{}]", key, i)));
-    return out;
-  }
-  std::unique_ptr<KeyReader> child(const std::string& key) const override {
-    if (!is_map(key))
-      fail(key, fmt::format("expected an object, got {}", json_value_text(value(key))));
-    size_t at = find_json_key(text_, key, depth_, from_);
-    return std::make_unique<JsonReader>(path_, text_, obj_.at(key), path_of(key), depth_ + 1,
-                                        at == std::string::npos ? from_ : at);
-  }
-  std::vector<std::string> keys() const override {
-    std::vector<std::string> out;
-    for (auto it = obj_.begin(); it != obj_.end(); ++it) out.push_back(it.key());
-    return out;
-  }
-  int line(const std::string& key) const override {
-    size_t at = find_json_key(text_, key, depth_, from_);
-    return at == std::string::npos ? 0 : line_at_byte(text_, at);
-  }
-  [[noreturn]] void fail(const std::string& key, const std::string& message) const override {
-    // "hidden_size" or "mlp_only_layers[2]": the line is that of the key.
-    int l = line(key.substr(0, key.find('[')));
-    // A key missing from a nested object: point at the object itself.
-    if (l == 0 && !prefix_.empty()) l = line_at_byte(text_, from_);
-    if (l > 0) MOE_THROW("config", "{}:{}: key '{}': {}", path_, l, path_of(key), message);
-    MOE_THROW("config", "{}: key '{}': {}", path_, path_of(key), message);
-  }
-
- private:
-  const json& value(const std::string& key) const {
-    auto it = obj_.find(key);
-    if (it == obj_.end() || it->is_null()) fail(key, "missing required key");
-    return *it;
-  }
-  int64_t as_int(const json& v, const std::string& key) const {
-    if (!v.is_number_integer())
-      fail(key, fmt::format("expected an integer, got {}", json_value_text(v)));
-    if (v.is_number_unsigned() && v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) {
-      fail(key, "integer out of range");
-    }
-    return v.get<int64_t>();
-  }
-  const std::string& path_;
-  const std::string& text_;
-  const json& obj_;
-  int depth_;
-  size_t from_;
+  std::string prefix_;
 };
 
 // ---- shared key table ----------------------------------------------------------------------
@@ -327,19 +152,19 @@ T opt(const KeyReader& r, const std::string& key, T fallback, Get get) {
 // The rope_theta of a `rope_parameters` mapping (newer HF configs). Only plain RoPE is run.
 std::optional<double> read_rope_parameters(const KeyReader& root) {
   if (!root.present("rope_parameters")) return std::nullopt;
-  auto rp = root.child("rope_parameters");
-  for (const auto& k : rp->keys()) {
+  const KeyReader rp = root.child("rope_parameters");
+  for (const auto& k : rp.keys()) {
     if (k != "rope_theta" && k != "rope_type") {
-      rp->fail(k, "not supported (only rope_theta and rope_type: default are understood)");
+      rp.fail(k, "not supported (only rope_theta and rope_type: default are understood)");
     }
   }
-  if (rp->present("rope_type")) {
-    std::string type = rp->get_string("rope_type");
+  if (rp.present("rope_type")) {
+    std::string type = rp.get_string("rope_type");
     if (type != "default")
-      rp->fail("rope_type", fmt::format("'{}' is not supported (only 'default')", type));
+      rp.fail("rope_type", fmt::format("'{}' is not supported (only 'default')", type));
   }
-  if (!rp->present("rope_theta")) rp->fail("rope_theta", "missing required key");
-  return rp->get_double("rope_theta");
+  if (!rp.present("rope_theta")) rp.fail("rope_theta", "missing required key");
+  return rp.get_double("rope_theta");
 }
 
 // Keys that must hold one value because the forward implements only that (Qwen3-MoE).
@@ -381,10 +206,10 @@ void record_lines(const KeyReader& r, ModelConfig& c) {
     if (l > 0) c.key_lines[r.path_of(k)] = l;
   }
   if (r.is_map("rope_parameters")) {
-    auto rp = r.child("rope_parameters");
-    for (const auto& k : rp->keys()) {
-      int l = rp->line(k);
-      if (l > 0) c.key_lines[rp->path_of(k)] = l;
+    const KeyReader rp = r.child("rope_parameters");
+    for (const auto& k : rp.keys()) {
+      int l = rp.line(k);
+      if (l > 0) c.key_lines[rp.path_of(k)] = l;
     }
   }
 }
@@ -435,12 +260,12 @@ ModelConfig read_model(const KeyReader& r, const std::string& source,
                                    "num_attention_heads {} to give a default",
                                    c.hidden_size, c.num_attention_heads));
   }
-  c.norm_topk_prob = opt<bool>(r, "norm_topk_prob", kDefaultNormTopkProb, get_bool);
+  c.norm_topk_prob = opt<bool>(r, "norm_topk_prob", c.norm_topk_prob, get_bool);
   c.decoder_sparse_step =
-      opt<int64_t>(r, "decoder_sparse_step", kDefaultDecoderSparseStep, get_int);
+      opt<int64_t>(r, "decoder_sparse_step", c.decoder_sparse_step, get_int);
   c.mlp_only_layers =
       r.present("mlp_only_layers") ? r.get_int_list("mlp_only_layers") : std::vector<int64_t>{};
-  c.rms_norm_eps = opt<double>(r, "rms_norm_eps", kDefaultRmsNormEps, get_double);
+  c.rms_norm_eps = opt<double>(r, "rms_norm_eps", c.rms_norm_eps, get_double);
   std::optional<double> theta_param = read_rope_parameters(r);
   if (r.present("rope_theta")) {
     c.rope_theta = r.get_double("rope_theta");
@@ -449,11 +274,11 @@ ModelConfig read_model(const KeyReader& r, const std::string& source,
                                        c.rope_theta, *theta_param));
     }
   } else {
-    c.rope_theta = theta_param.value_or(kDefaultRopeTheta);
+    c.rope_theta = theta_param.value_or(c.rope_theta);
   }
   c.max_position_embeddings =
-      opt<int64_t>(r, "max_position_embeddings", kDefaultMaxPositionEmbeddings, get_int);
-  c.tie_word_embeddings = opt<bool>(r, "tie_word_embeddings", false, get_bool);
+      opt<int64_t>(r, "max_position_embeddings", c.max_position_embeddings, get_int);
+  c.tie_word_embeddings = opt<bool>(r, "tie_word_embeddings", c.tie_word_embeddings, get_bool);
   c.bos_token_id = read_token_id(r, "bos_token_id");
   c.eos_token_id = read_token_id(r, "eos_token_id");
   int64_t seed = opt<int64_t>(r, "seed", 0, get_int);
@@ -646,39 +471,16 @@ std::string format_config(const ModelConfig& c) {
 ModelConfig load_model_yaml(const std::string& path) {
   yu::Doc doc = yu::load(path);
   reject_unknown_model_keys(doc);
-  YamlReader reader(doc, doc.root, "");
-  return read_model(reader, path, fs::path(path).stem().string());
+  return read_model(KeyReader(doc, doc.root, ""), path, fs::path(path).stem().string());
 }
 
 ModelConfig load_hf_config(const std::string& path) {
-  std::string text = read_text(path);
-  json root;
-  try {
-    root = json::parse(text);
-  } catch (const json::parse_error& e) {
-    // what() is "[json.exception.parse_error.101] parse error at line L, column C: ..."; keep
-    // the part after the tag and lead with our own file:line.
-    std::string what = e.what();
-    auto tag_end = what.find("] ");
-    if (tag_end != std::string::npos) what = what.substr(tag_end + 2);
-    MOE_THROW("config", "{}:{}: not valid JSON: {}", path,
-              line_at_byte(text, e.byte > 0 ? e.byte - 1 : 0), what);
-  } catch (const json::exception& e) {
-    MOE_THROW("config", "{}: not valid JSON: {}", path, e.what());
-  }
-  MOE_CHECK_AS("config", root.is_object(), "{}: expected a JSON object at the top level, got {}",
-               path, root.type_name());
+  const yu::Doc doc = yu::load(path);  // .json: strict JSON, read as YAML (lines kept)
   // A checkpoint's name is its directory ("Qwen3-30B-A3B/config.json" -> "Qwen3-30B-A3B").
-  fs::path p = fs::absolute(fs::path(path)).lexically_normal();
+  const fs::path p = fs::absolute(fs::path(path)).lexically_normal();
   std::string name = p.parent_path().filename().string();
   if (name.empty()) name = p.stem().string();
-  try {
-    JsonReader reader(path, text, root, "", 1, 0);
-    return read_model(reader, path, name);
-  } catch (const json::exception& e) {
-    // Every typed access checks first; this only guards against a missed case.
-    MOE_THROW("config", "{}: unexpected JSON structure: {}", path, e.what());
-  }
+  return read_model(KeyReader(doc, doc.root, ""), path, name);
 }
 
 ModelConfig load_model_config(const std::string& path) {

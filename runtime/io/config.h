@@ -22,12 +22,13 @@ struct ModelConfig {
   int64_t moe_intermediate_size = 0;   // I, per expert
   int64_t num_experts = 0;             // E
   int64_t num_experts_per_tok = 0;     // k
-  bool norm_topk_prob = true;
+  // Defaults of the optional keys are HF Qwen3MoeConfig's; both loaders take them from here.
+  bool norm_topk_prob = false;
   int64_t decoder_sparse_step = 1;
   std::vector<int64_t> mlp_only_layers;
   double rms_norm_eps = 1e-6;
-  double rope_theta = 1e6;
-  int64_t max_position_embeddings = 4096;
+  double rope_theta = 10000.0;
+  int64_t max_position_embeddings = 32768;
   bool tie_word_embeddings = false;
   int64_t bos_token_id = -1;
   int64_t eos_token_id = -1;
@@ -44,7 +45,7 @@ struct ModelConfig {
   int64_t kv_width() const { return num_key_value_heads * head_dim; }
 };
 
-// The resolved configuration as "key: value" lines (rank 0 prints it once).
+// The resolved configuration, every key with its value (a session's rank 0 prints it once).
 std::string format_config(const ModelConfig& config);
 
 // Model YAML (keys as in config.json, plus optional `name` and `seed`).

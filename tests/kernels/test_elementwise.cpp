@@ -52,9 +52,12 @@ TEST(Embedding, OutOfRangeIdThrowsErrorNamingTheId) {
   for (float v : out) EXPECT_EQ(v, 42.0f);
 }
 
-TEST(Embedding, ZeroTokensIsNoop) {
-  std::vector<bf16> table(4);
-  cpu::embedding(table.data(), 2, 2, nullptr, 0, nullptr);
+TEST(Embedding, ZeroTokensWritesNothing) {
+  std::vector<bf16> table(4, float_to_bf16(1.0f));
+  std::vector<float> out(4, -7.0f);
+  const int32_t id = 1;
+  EXPECT_NO_THROW(cpu::embedding(table.data(), 2, 2, &id, 0, out.data()));
+  EXPECT_EQ(out, std::vector<float>(4, -7.0f));
 }
 
 TEST(RmsNorm, MatchesReferenceOnOddSizes) {

@@ -180,8 +180,11 @@ TEST(GroupedExperts, GroupsOutOfOrderWriteOnlyTheirOwnRange) {
   for (int64_t j = 0; j < hidden; ++j) EXPECT_EQ(got[j], got[hidden + j]);
 }
 
-TEST(GroupedExperts, NoGroupsIsNoop) {
-  cpu::grouped_expert_swiglu(nullptr, 8, 8, nullptr, 0, nullptr, nullptr);
+TEST(GroupedExperts, NoGroupsWritesNothing) {
+  std::vector<float> x(8, 1.0f), out(8, -7.0f);
+  const int32_t row = 0;
+  EXPECT_NO_THROW(cpu::grouped_expert_swiglu(x.data(), 8, 8, nullptr, 0, &row, out.data()));
+  EXPECT_EQ(out, std::vector<float>(8, -7.0f));
 }
 
 }  // namespace

@@ -16,20 +16,25 @@
 namespace {
 
 // Failure-only printer for ranks other than 0, so a rank-specific failure is never silent.
+// The test's name is remembered in OnTestStart: OnTestPartResult runs while GoogleTest holds its
+// own lock, and calling current_test_info() there deadlocks the rank (the failure would then
+// surface as a ctest timeout instead of a message).
 class RankFailurePrinter : public ::testing::EmptyTestEventListener {
  public:
   explicit RankFailurePrinter(int rank) : rank_(rank) {}
+  void OnTestStart(const ::testing::TestInfo& info) override {
+    test_name_ = std::string(info.test_suite_name()) + "." + info.name();
+  }
   void OnTestPartResult(const ::testing::TestPartResult& r) override {
     if (!r.failed()) return;
-    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
-    std::fprintf(stderr, "[rank %d] %s.%s failed at %s:%d\n%s\n", rank_,
-                 test ? test->test_suite_name() : "?", test ? test->name() : "?",
+    std::fprintf(stderr, "[rank %d] %s failed at %s:%d\n%s\n", rank_, test_name_.c_str(),
                  r.file_name() ? r.file_name() : "?", r.line_number(), r.message());
     std::fflush(stderr);
   }
 
  private:
   int rank_;
+  std::string test_name_ = "?";
 };
 
 // The fault paths of a real job: the last rank throws (`throw`) or never enters a collective

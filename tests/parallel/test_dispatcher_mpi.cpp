@@ -301,3 +301,64 @@ TEST(LoadStatsMpi, LayerLoadAndSpreadsAreSummedOverRanks) {
 
 }  // namespace
 }  // namespace moe::parallel
+
+namespace moe::parallel {
+namespace {
+
+// The one reduction the reports use, on a case computed by hand: 3 ranks, rank 1 without
+// tokens, expert 3 replicated on ranks 1 and 2 (E = 4, top-2). Each rank's contribution is
+// written out as its layout gives it (local_layer_load is tested against layouts elsewhere):
+//   rank 0, token 0 -> {0, 1}: pairs on ranks 0 and 1, one row each
+//   rank 0, token 1 -> {3, 2}: expert 3 served by its replica on rank 2, expert 2 on rank 2:
+//                              two pairs, one deduplicated row
+//   rank 2, token 0 -> {3, 0}: expert 3 served on rank 2 itself, expert 0 on rank 0
+TEST(LoadStatsMpi, ReductionMatchesAHandComputedThreeRankCase) {
+  auto comm = make_comm();
+  if (comm->size() != 3) GTEST_SKIP() << "hand-computed for 3 ranks";
+  const int me = comm->rank();
+  LayerLoad local;
+  local.tokens_per_expert = {0, 0, 0, 0};
+  local.tokens_per_rank = {0, 0, 0};
+  local.rows_per_rank = {0, 0, 0};
+  if (me == 0) {
+    local.tokens_per_expert = {1, 1, 1, 1};
+    local.tokens_per_rank = {1, 1, 2};
+    local.rows_per_rank = {1, 1, 1};
+  } else if (me == 2) {
+    local.tokens_per_expert = {1, 0, 0, 1};
+    local.tokens_per_rank = {1, 0, 1};
+    local.rows_per_rank = {1, 0, 1};
+  }
+  local.traffic.rows_sent_remote = me + 1;  // any per-rank counter: the reduction must sum it
+  local.traffic.bytes_sent_remote = 10 * (me + 1);
+  // Two layers in one call: the second is the first again, so the packing must keep them apart.
+  LayerLoad other = local;
+  other.tokens_per_expert[0] += 5;
+  const std::vector<LayerLoad> job = sum_over_ranks(*comm, {local, other});
+  ASSERT_EQ(job.size(), 2u);
+  for (const LayerLoad& l : job) {
+    EXPECT_EQ(l.tokens_per_rank, (std::vector<int64_t>{2, 1, 3}));
+    EXPECT_EQ(l.rows_per_rank, (std::vector<int64_t>{2, 1, 2}));
+    EXPECT_EQ(l.traffic.rows_sent_remote, 1 + 2 + 3);
+    EXPECT_EQ(l.traffic.bytes_sent_remote, 60);
+    EXPECT_DOUBLE_EQ(l.balancedness(), 2.0 / 3.0);
+  }
+  EXPECT_EQ(job[0].tokens_per_expert, (std::vector<int64_t>{2, 1, 1, 2}));
+  EXPECT_DOUBLE_EQ(job[0].max_violation(), 2.0 / 1.5 - 1.0);
+  EXPECT_EQ(job[1].tokens_per_expert, (std::vector<int64_t>{17, 1, 1, 2}));
+  EXPECT_DOUBLE_EQ(job[1].max_violation(), 17.0 / 5.25 - 1.0);
+}
+
+// Ranks that recorded different numbers of layers fail together with a message (none waits).
+TEST(LoadStatsMpi, RanksWithDifferentLayerCountsFailTogether) {
+  auto comm = make_comm();
+  if (comm->size() < 2) GTEST_SKIP() << "needs 2 ranks";
+  LayerLoad one;
+  one.tokens_per_expert = {1, 2};
+  std::vector<LayerLoad> mine(comm->rank() == 0 ? 2 : 1, one);
+  EXPECT_THROW(sum_over_ranks(*comm, mine), moe::Error);
+  comm->barrier();
+}
+
+}  // namespace
+}  // namespace moe::parallel
