@@ -1,0 +1,226 @@
+// Placement analysis: the dispatcher's routing (ReplicaSplit + once-per-rank dedup) replayed for
+// every rank at once over a trace, one pass per layer; and strategy fitting from a trace's loads
+// and co-activation. Counts equal what build_dispatch_layout gives rank by rank (tested).
+#include "runtime/analysis/placement_analysis.h"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
+
+#include "kernels/common/check.h"
+#include "parallel/dispatcher.h"
+
+namespace moe::runtime {
+namespace {
+
+// Job-wide counts of one layer over all batches.
+struct LayerCounter {
+  std::vector<int64_t> pairs_per_expert, pairs_per_rank, rows_per_rank;
+  int64_t rows_remote = 0, rows_local = 0, pairs_remote = 0;
+};
+
+void count_layer(const int32_t* ids, int64_t num_tokens, int top_k,
+                 const parallel::LayerPlacement& lp, int64_t tokens_per_step, LayerCounter& c) {
+  const int n = lp.num_ranks();
+  const int num_experts = lp.num_experts();
+  c.pairs_per_expert.assign(static_cast<size_t>(num_experts), 0);
+  c.pairs_per_rank.assign(static_cast<size_t>(n), 0);
+  c.rows_per_rank.assign(static_cast<size_t>(n), 0);
+  std::vector<int64_t> stamp(static_cast<size_t>(n), -1);  // last token sent to each rank
+  const int64_t batch = tokens_per_step > 0 ? tokens_per_step : std::max<int64_t>(num_tokens, 1);
+  std::vector<parallel::ReplicaSplit> split;
+  for (int64_t begin = 0; begin < num_tokens; begin += batch) {
+    const int64_t end = std::min(num_tokens, begin + batch);
+    split.clear();  // a new dispatch: every rank's counters restart
+    for (int r = 0; r < n; ++r) split.emplace_back(lp, r);
+    int src = 0;  // (t - begin) mod n, kept incrementally
+    for (int64_t t = begin; t < end; ++t) {
+      const int32_t* row = ids + t * top_k;
+      parallel::ReplicaSplit& s = split[static_cast<size_t>(src)];
+      for (int j = 0; j < top_k; ++j) {
+        const int32_t e = row[j];
+        MOE_CHECK_AS("placement", e >= 0 && e < num_experts,
+                     "analysis: token {} routes to expert {}, but the placement has experts 0..{}",
+                     t, e, num_experts - 1);
+        const int d = s.next(e).rank;
+        ++c.pairs_per_expert[static_cast<size_t>(e)];
+        ++c.pairs_per_rank[static_cast<size_t>(d)];
+        if (d != src) ++c.pairs_remote;
+        if (stamp[static_cast<size_t>(d)] != t) {
+          stamp[static_cast<size_t>(d)] = t;
+          ++c.rows_per_rank[static_cast<size_t>(d)];
+          if (d == src) {
+            ++c.rows_local;
+          } else {
+            ++c.rows_remote;
+          }
+        }
+      }
+      if (++src == n) src = 0;
+    }
+  }
+}
+
+}  // namespace
+
+double PlacementReport::cross_rank_rows_per_token() const {
+  const double denom = static_cast<double>(num_tokens) * static_cast<double>(loads.size());
+  return denom > 0 ? static_cast<double>(traffic.rows_sent_remote) / denom : 0.0;
+}
+
+double PlacementReport::cross_rank_pairs_per_token() const {
+  const double denom = static_cast<double>(num_tokens) * static_cast<double>(loads.size());
+  return denom > 0 ? static_cast<double>(traffic.pairs_remote) / denom : 0.0;
+}
+
+PlacementReport analyze_placement(const RoutingTrace& trace, const parallel::Placement& placement,
+                                  const AnalysisOptions& options) {
+  check_trace(trace, "<analysis trace>");
+  MOE_CHECK_AS("placement", placement.num_experts() == trace.num_experts,
+               "analysis: the placement has {} experts but the routing has {}",
+               placement.num_experts(), trace.num_experts);
+  MOE_CHECK_AS("placement", options.hidden >= 1 && options.tokens_per_step >= 0,
+               "analysis: hidden must be >= 1 and tokens_per_step >= 0 (got {}, {})",
+               options.hidden, options.tokens_per_step);
+  const int top_k = static_cast<int>(trace.top_k);
+  const int64_t row_bytes = options.hidden * static_cast<int64_t>(sizeof(float));
+  const int64_t routes_bytes = top_k * static_cast<int64_t>(sizeof(parallel::RouteEntry));
+  // Per row on another rank: dispatch sends the row and its routes, combine returns one row.
+  const int64_t row_trip_bytes = 2 * row_bytes + routes_bytes;
+  const int64_t pair_trip_bytes =
+      2 * row_bytes + static_cast<int64_t>(sizeof(parallel::RouteEntry));
+
+  PlacementReport rep;
+  rep.num_ranks = placement.num_ranks();
+  rep.num_tokens = trace.num_tokens(0);
+  rep.pairs_per_rank.assign(static_cast<size_t>(rep.num_ranks), 0);
+  double sum_bal = 0, sum_vio = 0;
+  LayerCounter c;
+  for (size_t i = 0; i < trace.layers.size(); ++i) {
+    const int layer = static_cast<int>(trace.layers[i]);
+    MOE_CHECK_AS("placement", layer < placement.num_layers(),
+                 "analysis: the routing has layer {} but the placement has {} layers", layer,
+                 placement.num_layers());
+    const parallel::LayerPlacement& lp = placement.layer(layer);
+    MOE_CHECK_AS("placement", lp.num_experts() == trace.num_experts,
+                 "analysis: layer {} of the placement has no experts", layer);
+    count_layer(trace.ids[i].data(), rep.num_tokens, top_k, lp, options.tokens_per_step, c);
+    parallel::LayerLoad load;
+    load.tokens_per_expert = c.pairs_per_expert;
+    load.tokens_per_rank = c.pairs_per_rank;
+    load.rows_per_rank = c.rows_per_rank;
+    int64_t pairs = 0;
+    for (int64_t v : c.pairs_per_rank) pairs += v;
+    parallel::ExchangeStats& x = load.traffic;
+    x.rows_sent_remote = c.rows_remote;
+    x.rows_kept_local = c.rows_local;
+    x.pairs_remote = c.pairs_remote;
+    x.rows_received = c.rows_remote + c.rows_local;
+    x.bytes_sent_remote = c.rows_remote * row_trip_bytes;
+    x.bytes_kept_local = c.rows_local * row_trip_bytes;
+    x.bytes_remote_without_dedup = c.pairs_remote * pair_trip_bytes;
+    x.pairs_received = pairs;
+    rep.traffic += x;
+    for (size_t r = 0; r < rep.pairs_per_rank.size(); ++r) {
+      rep.pairs_per_rank[r] += c.pairs_per_rank[r];
+    }
+    const double bal = load.balancedness(), vio = load.max_violation();
+    sum_bal += bal;
+    sum_vio += vio;
+    rep.min_balancedness = std::min(rep.min_balancedness, bal);
+    rep.worst_max_vio = std::max(rep.worst_max_vio, vio);
+    rep.layers.push_back(layer);
+    rep.loads.push_back(std::move(load));
+  }
+  const double n_layers = static_cast<double>(rep.loads.size());
+  rep.mean_balancedness = sum_bal / n_layers;
+  rep.mean_max_vio = sum_vio / n_layers;
+  return rep;
+}
+
+const std::vector<std::string>& strategy_names() {
+  static const std::vector<std::string> kNames = {"contiguous", "round_robin", "load_balanced",
+                                                  "replicated", "coactivation"};
+  return kNames;
+}
+
+std::string StrategySpec::label() const {
+  if (name == "replicated") {
+    return ranks_per_node > 0 ? fmt::format("replicated(R={},G={})", redundant, ranks_per_node)
+                              : fmt::format("replicated(R={})", redundant);
+  }
+  if (name == "coactivation") return fmt::format("coactivation(b>={:g})", min_balancedness);
+  return name;
+}
+
+void check_strategy(const StrategySpec& s, const std::string& where) {
+  const auto& names = strategy_names();
+  MOE_CHECK_AS("config", std::find(names.begin(), names.end(), s.name) != names.end(),
+               "{}: unknown strategy '{}' (known: {})", where, s.name, fmt::join(names, ", "));
+  MOE_CHECK_AS("config", s.redundant >= 0, "{}: redundant slots must be >= 0, got {}", where,
+               s.redundant);
+  MOE_CHECK_AS("config", s.redundant == 0 || s.name == "replicated",
+               "{}: redundant slots ({}) need strategy 'replicated', not '{}'", where, s.redundant,
+               s.name);
+  MOE_CHECK_AS("config", s.ranks_per_node >= 0, "{}: ranks per node must be >= 0, got {}", where,
+               s.ranks_per_node);
+  MOE_CHECK_AS("config", s.ranks_per_node == 0 || s.name == "replicated",
+               "{}: ranks per node ({}) need strategy 'replicated', not '{}'", where,
+               s.ranks_per_node, s.name);
+  MOE_CHECK_AS("config", s.min_balancedness > 0 && s.min_balancedness <= 1,
+               "{}: the balancedness bound must be in (0, 1], got {}", where, s.min_balancedness);
+}
+
+std::vector<std::pair<int, parallel::RankLists>> fit_placement(const RoutingTrace& trace,
+                                                               const StrategySpec& strategy,
+                                                               int num_ranks) {
+  check_strategy(strategy, "placement strategy");
+  MOE_CHECK_AS("placement", num_ranks >= 1, "fit: needs >= 1 rank, got {}", num_ranks);
+  const int num_experts = static_cast<int>(trace.num_experts);
+  const int top_k = static_cast<int>(trace.top_k);
+  std::vector<std::pair<int, parallel::RankLists>> out;
+  for (size_t i = 0; i < trace.layers.size(); ++i) {
+    const int layer = static_cast<int>(trace.layers[i]);
+    const std::vector<int32_t>& ids = trace.ids[i];
+    std::vector<double> load(static_cast<size_t>(num_experts), 0.0);
+    for (int32_t e : ids) {
+      MOE_CHECK_AS("placement", e >= 0 && e < num_experts,
+                   "fit: layer {} routes to expert {}, outside 0..{}", layer, e, num_experts - 1);
+      load[static_cast<size_t>(e)] += 1.0;
+    }
+    parallel::RankLists lists;
+    if (strategy.name == "contiguous") {
+      lists = parallel::contiguous_placement(num_experts, num_ranks);
+    } else if (strategy.name == "round_robin") {
+      lists = parallel::round_robin_placement(num_experts, num_ranks);
+    } else if (strategy.name == "load_balanced") {
+      lists = parallel::load_balanced_placement(load, num_ranks);
+    } else if (strategy.name == "replicated") {
+      lists = parallel::replicated_placement(load, num_ranks, strategy.redundant,
+                                             strategy.ranks_per_node);
+    } else {
+      parallel::Coactivation co;
+      co.num_experts = num_experts;
+      parallel::add_coactivation(co, ids, top_k);
+      lists = parallel::coactivation_placement(load, co, num_ranks, strategy.min_balancedness);
+    }
+    out.emplace_back(layer, std::move(lists));
+  }
+  return out;
+}
+
+parallel::Placement placement_from_lists(
+    const std::vector<std::pair<int, parallel::RankLists>>& lists, const RoutingTrace& trace,
+    int num_ranks, const std::string& source) {
+  parallel::PlacementSpec spec;
+  spec.strategy = "explicit";
+  spec.num_ranks = num_ranks;
+  spec.source = source;
+  spec.layers = lists;
+  std::vector<bool> is_moe(static_cast<size_t>(trace.num_layers), false);
+  for (int64_t l : trace.layers) is_moe.at(static_cast<size_t>(l)) = true;
+  return parallel::Placement::build(spec, is_moe, static_cast<int>(trace.num_experts), num_ranks);
+}
+
+}  // namespace moe::runtime
