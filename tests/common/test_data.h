@@ -1,5 +1,5 @@
 // Helpers shared by the kernel tests (tests/kernels) and the GPU tests (tests/gpu, also built
-// standalone on the device machine by bench/gpu): seeded random tensors, bf16 conversions of
+// standalone on the device machine by tools/device/standalone): seeded random tensors, bf16 conversions of
 // whole vectors, and one elementwise closeness check that reports the first mismatches.
 #pragma once
 

@@ -1,6 +1,6 @@
 // A host-memory Backend over the naive reference ops (kernels/cpu/reference.h), for the GPU test
-// binary of the minimal device build (bench/gpu), which has no BLAS and so no CPU backend.
-// Same contracts as the CPU backend; weighted_row_sum is the obvious loop.
+// binary of the minimal device build (tools/device/standalone), which has no BLAS and so no CPU
+// backend. Same contracts as the CPU backend; weighted_row_sum is the obvious loop.
 #pragma once
 
 #include <cstdlib>

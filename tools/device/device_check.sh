@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # One-shot check of the GPU path on a machine with one NVIDIA GPU (the lent H200: nvcc, cmake and
 # PyTorch present; cuBLAS/NCCL possibly only as Python wheels; no MPI, yaml-cpp, OpenBLAS, fmt,
-# GoogleTest or network; OS and glibc unknown).
+# GoogleTest or network; OS and glibc unknown). Works from any clone: paths are relative to it.
 #
-#   bench/device_check.sh prepare   on a Debian 12 build machine (apt works). Fills
+#   tools/device/device_check.sh prepare   on a Debian 12 build machine (apt works). Fills
 #     build/device_deps (~13 MB; carry it with the call: carry=["build/device_deps"]) with
 #       fmt/, googletest/   fmt headers and the GoogleTest source (both builds use them);
 #       prefix.tar.xz       the Debian 12 packages of the full build, unpacked and trimmed: Open MPI
@@ -14,35 +14,39 @@
 #                           and zlib (checked); libevent's arc4random (glibc 2.36) comes from a
 #                           small shim when the device's glibc is older;
 #       MANIFEST            package versions, dropped plugins, the glibc/libstdc++ versions needed.
-#   bench/device_check.sh [run]     on the GPU machine, from the repository root:
-#     1. probe the machine (OS, glibc, GPU, cmake, the Python wheels' CUDA libraries); pick cuBLAS
-#        and NCCL from the toolkit or the wheels;
-#     2. FULL build: unpack the prefix into /tmp, check its Open MPI starts (glibc), configure the
-#        whole project with CUDA against it, build moe-ep, the GPU tests and moe_gpu_bench;
-#        a 2-rank smoke (`mpirun -np 2 moe-ep forward --backend cuda --comm mpi` on tiny.yaml, both
-#        ranks on the one GPU, against `--backend cpu`, bench/device/compare_npy.py); then
-#        `ctest -L gpu` (every CUDA op vs the CPU backend; the whole model vs the CPU and vs
-#        transformers' logits, 1 and 2 ranks) and the gpu_host unit tests; `moe-ep run` of
-#        Qwen3-30B-A3B with synthetic weights (memory measured against `moe-ep plan`);
-#     3. if the full build cannot be made (glibc older than the prefix needs, configure or build
-#        failure), the STANDALONE build of bench/gpu instead (kernels + op tests against the naive
-#        reference ops; no MPI), so one call still yields kernel results; the summary says which;
-#     4. gpu_bench: grouped vs dense GEMM, one Qwen3-30B-A3B layer, the 48-layer model at batch
-#        1/8/64 with the HBM floor and a per-phase breakdown of one layer, as time allows;
-#     5. a summary table, printed last.
+#   tools/device/device_check.sh [run]     on the GPU machine, from the repository root.
+#
+# ESSENTIAL stage (prints its table within ~6 minutes on an H200; its result is the call's):
+#   1. probe (OS, glibc, libstdc++, GPU, cmake, the Python wheels' CUDA libraries); the device's
+#      glibc and libstdc++ are compared with what the prefix needs BEFORE anything is built;
+#   2. FULL build against the carried prefix (moe-ep, GPU tests, bench_gpu), or, when it cannot be
+#      made (glibc/libstdc++ too old, configure or build failure), the STANDALONE build
+#      (tools/device/standalone: kernels + op tests against the naive reference ops, no MPI);
+#   3. GPU op tests (every CUDA op against the CPU reference);
+#   4. tiny forward, GPU vs CPU with the routing forced equal (and the free run's top-1
+#      agreement reported), and the default one-GPU path (`--backend cuda`, NCCL on one rank);
+#   5. bench_gpu on Qwen3-30B-A3B (synthetic weights, runtime::Model): decode at batch 1/8/64
+#      with the HBM-floor column and the per-phase breakdown (CUDA events), prefill 1 x 4096
+#      with MFU; then the essential table.
+# OPTIONAL stages, as the budget allows: the rest of `ctest -L gpu` (HF fixtures forced to the
+#   CPU routing, 2 ranks sharing the GPU, decode through the bf16 cache), the gpu_host unit tests,
+#   a 2-rank smoke through the prefix's Open MPI, `moe-ep run` on Qwen3-30B-A3B (memory measured
+#   against `moe-ep plan`). A summary (essential table first) is printed last.
 #
 # Everything is logged under $OUT (default out/device_check). Environment knobs: OUT, BUILD_DIR
-# (/tmp/moe_gpu_build), PREFIX_DIR (/tmp/moe_prefix), CUDA_ARCH (default: from nvidia-smi),
-# SKIP_FULL=1 (standalone build only), SKIP_MODEL=1 (one layer only), JOBS, BUDGET_S (460 s for
-# the whole run; steps are cut to fit), ALLOW_NO_GPU=1 (rehearse the script on a build machine
-# without a GPU: GPU tests skip, the smoke runs on the CPU backend, no benchmark;
-# bench/device/rehearse.sh does that with this machine's own packages hidden).
+# (build/device_run: inside the clone, so a rerun on the still-warm machine reuses the build),
+# PREFIX_DIR (/tmp/moe_prefix), CUDA_ARCH (default: from nvidia-smi), SKIP_FULL=1 (standalone
+# build only), ESSENTIAL_ONLY=1 (a quick rerun), JOBS, BUDGET_S (420 s for the whole run, so a
+# 480 s call leaves room for a rerun in a 15-minute allowance; optional steps are cut to fit), BENCH_MODEL (default configs/models/qwen3-30b-a3b.yaml),
+# ALLOW_NO_GPU=1 (rehearse the script on a build machine without a GPU: GPU tests skip, the
+# smoke and the benchmark run on the CPU backend with configs/models/mid.yaml;
+# tools/device/rehearse.sh does that with this machine's own packages hidden).
 # Exit code: 0 everything that ran passed (the summary's "build:" line says whether that was the
 # full or only the standalone build), 1 a build or test failure, 2 setup problem (no GPU, no nvcc,
 # no cuBLAS).
 set -uo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DEPS="$ROOT/build/device_deps"
 MODE="${1:-run}"
 ARCH_TRIPLE=x86_64-linux-gnu
@@ -117,7 +121,7 @@ prepare() {
   for f in "$lib"/libevent_core-2.1.so.7.*; do
     patchelf --clear-symbol-version arc4random --clear-symbol-version arc4random_buf \
       --add-needed libmoe_arc4random.so "$f"
-    python3 "$ROOT/bench/device/elf_drop_version.py" "$f" GLIBC_2.36
+    python3 "$ROOT/tools/device/elf_drop_version.py" "$f" GLIBC_2.36
   done
 
   # Drop every ELF file that needs a library neither in the prefix nor in BASE_LIBS (the network
@@ -182,10 +186,10 @@ fi
 [[ "$MODE" == "run" ]] || { echo "usage: $0 [prepare|run]" >&2; exit 2; }
 
 OUT="${OUT:-$ROOT/out/device_check}"
-BUILD_DIR="${BUILD_DIR:-/tmp/moe_gpu_build}"
+BUILD_DIR="${BUILD_DIR:-$ROOT/build/device_run}"
 PFX="${PREFIX_DIR:-/tmp/moe_prefix}"
 JOBS="${JOBS:-$(nproc 2>/dev/null || echo 8)}"
-BUDGET_S="${BUDGET_S:-460}"
+BUDGET_S="${BUDGET_S:-420}"
 mkdir -p "$OUT"
 LOG="$OUT/device_check.log"
 : >"$LOG"
@@ -213,6 +217,28 @@ say "probe"
   c++ --version 2>/dev/null | head -1
   python3 -c "import nvidia, os; print('python nvidia packages:', os.path.dirname(nvidia.__path__[0]))" 2>&1
 } | tee "$OUT/probe.txt" | tee -a "$LOG"
+
+# glibc and libstdc++ here against what the carried prefix needs (its MANIFEST), before anything
+# is built: a prefix that cannot load here sends the run straight to the standalone build.
+version_ge() { [[ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -1)" == "$2" ]]; }
+HOST_GLIBC="$(ldd --version 2>/dev/null | head -1 | grep -oE '[0-9]+\.[0-9]+$')"
+LIBSTDCXX=""
+for f in "$(c++ -print-file-name=libstdc++.so.6 2>/dev/null)" \
+  $(ldconfig -p 2>/dev/null | sed -n 's/.*libstdc++\.so\.6 .*=> //p'); do
+  if [[ -f "$f" ]]; then LIBSTDCXX="$(readlink -f "$f")" && break; fi
+done
+HOST_GLIBCXX="$(grep -aoE 'GLIBCXX_[0-9]+\.[0-9]+(\.[0-9]+)?' "${LIBSTDCXX:-/nonexistent}" 2>/dev/null |
+  sed 's/^GLIBCXX_//' | sort -uV | tail -1)"
+NEED_GLIBC="$(sed -n 's/^glibc_min //p' "$DEPS/MANIFEST" 2>/dev/null)"
+NEED_GLIBCXX="$(sed -n 's/^glibcxx_min //p' "$DEPS/MANIFEST" 2>/dev/null)"
+LIBC_WHY=""
+if [[ -n "$NEED_GLIBC" ]] && ! version_ge "${HOST_GLIBC:-0}" "$NEED_GLIBC"; then
+  LIBC_WHY="glibc ${HOST_GLIBC:-unknown} here, the prefix needs $NEED_GLIBC"
+elif [[ -n "$NEED_GLIBCXX" ]] && ! version_ge "${HOST_GLIBCXX:-0}" "$NEED_GLIBCXX"; then
+  LIBC_WHY="libstdc++ GLIBCXX_${HOST_GLIBCXX:-unknown} here ($LIBSTDCXX), the prefix needs GLIBCXX_$NEED_GLIBCXX"
+fi
+LIBC_LINE="glibc ${HOST_GLIBC:-?} (prefix needs ${NEED_GLIBC:-?}), libstdc++ GLIBCXX_${HOST_GLIBCXX:-?} (needs ${NEED_GLIBCXX:-?})"
+say "runtime libraries: $LIBC_LINE${LIBC_WHY:+: $LIBC_WHY}"
 
 GPU=1
 if ! nvidia-smi -L >/dev/null 2>&1; then
@@ -314,16 +340,9 @@ PFX_ENV=(env OPAL_PREFIX="$PFX/usr" PMIX_MCA_mca_base_component_path="$PL/pmix2/
   OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader OMPI_MCA_btl_vader_single_copy_mechanism=none
   OMPI_MCA_plm=isolated OMPI_MCA_mca_base_component_show_load_errors=0
   OPENBLAS_NUM_THREADS=1)
-version_ge() { [[ "$(printf '%s\n%s\n' "$2" "$1" | sort -V | head -1)" == "$2" ]]; }
 full_build() {
   [[ -f "$DEPS/prefix.tar.xz" ]] || { FULL_WHY="$DEPS/prefix.tar.xz missing (run '$0 prepare')"; return 1; }
-  local glibc need
-  glibc="$(ldd --version 2>/dev/null | head -1 | grep -oE '[0-9]+\.[0-9]+$')"
-  need="$(sed -n 's/^glibc_min //p' "$DEPS/MANIFEST" 2>/dev/null)"
-  if [[ -n "$glibc" && -n "$need" ]] && ! version_ge "$glibc" "$need"; then
-    FULL_WHY="glibc $glibc here, the prefix needs $need"
-    return 1
-  fi
+  [[ -z "$LIBC_WHY" ]] || { FULL_WHY="$LIBC_WHY"; return 1; }
   rm -rf "$PFX" && mkdir -p "$PFX" || return 1
   if command -v xz >/dev/null; then
     tar -C "$PFX" -xJf "$DEPS/prefix.tar.xz"
@@ -360,7 +379,8 @@ full_build() {
   local limit=$(($(left_s) - 200))
   say "full build: build (-j $JOBS, limit ${limit}s)"
   if ! run_logged "$OUT/full_build.log" "$limit" "${PFX_ENV[@]}" cmake --build "$FULL_DIR" \
-      -j "$JOBS" --target moe-ep moe_test_gpu moe_test_gpu_forward moe_test_gpu_host moe_gpu_bench; then
+      -j "$JOBS" --target moe-ep moe_test_gpu moe_test_gpu_forward cuda_routing_worker \
+      moe_test_gpu_host bench_gpu; then
     FULL_WHY="build FAILED or ran out of time (full_build.log)"
     grep -E "error|FAILED" "$OUT/full_build.log" | head -20 | tee -a "$LOG"
     STATUS=1
@@ -378,10 +398,10 @@ fi
 # ------------------------------------------------------------------ standalone build (fallback)
 SA_DIR="$BUILD_DIR/standalone"
 if [[ $FULL == 0 ]]; then
-  say "standalone build (bench/gpu: kernels + op tests against the reference ops, no MPI)"
+  say "standalone build (tools/device/standalone: kernels + op tests against the reference ops, no MPI)"
   DEPS_ARGS=()
   [[ -d "$DEPS" ]] && DEPS_ARGS=(-DMOE_DEPS_DIR="$DEPS")
-  if ! run_logged "$OUT/configure.log" 300 cmake -S "$ROOT/bench/gpu" -B "$SA_DIR" "${GEN[@]}" \
+  if ! run_logged "$OUT/configure.log" 300 cmake -S "$ROOT/tools/device/standalone" -B "$SA_DIR" "${GEN[@]}" \
       -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_COMPILER="$NVCC" -DCMAKE_CUDA_ARCHITECTURES="$CUDA_ARCH" \
       "${DEPS_ARGS[@]}" "${CUBLAS_ARGS[@]}"; then
     say "configure FAILED"
@@ -395,45 +415,107 @@ if [[ $FULL == 0 ]]; then
   fi
 fi
 
-# ------------------------------------------------------------------ tests
-run_tests() { # run_tests <binary> <name> <allowed skips>: a gtest binary run directly
-  local bin="$1" name="$2"
+# ------------------------------------------------------------------ test helpers
+run_tests() { # run_tests <binary> <name> <allowed skips> [gtest args...]: a gtest binary, directly
+  local bin="$1" name="$2" allowed="$3"
+  shift 3
   if [[ ! -x "$bin" ]]; then
     note "tests $name: not built"
     STATUS=1
     return
   fi
-  run_logged "$OUT/$name.log" 300 "${TEST_ENV[@]}" "$bin" --gtest_output="xml:$OUT/$name.xml"
+  run_logged "$OUT/$name.log" 300 "${TEST_ENV[@]}" "$bin" --gtest_output="xml:$OUT/$name.xml" "$@"
   local rc=$? passed skipped failed
   passed="$(grep -c '^\[       OK \]' "$OUT/$name.log")"
   skipped="$(grep -cE '^\[  SKIPPED \] .* \([0-9]+ ms\)$' "$OUT/$name.log")"
   failed="$(grep -cE '^\[  FAILED  \] .* \([0-9]+ ms\)$' "$OUT/$name.log")"
   note "tests $name: rc $rc, $passed passed, $skipped skipped, $failed failed"
   [[ $rc -eq 0 ]] || STATUS=1
-  # With a GPU a skip means CUDA could not use it.
-  [[ $GPU == 0 || $skipped -le $3 ]] || STATUS=1
+  # With a GPU a skip beyond the allowed ones means CUDA could not use it.
+  [[ $GPU == 0 || $skipped -le $allowed ]] || STATUS=1
   grep -E '^\[  FAILED  \]' "$OUT/$name.log" | sort -u | head -20 | tee -a "$LOG"
+  grep -E '^\[ routing  \]' "$OUT/$name.log" | tee -a "$LOG"
 }
-run_ctest_gpu() { # ctest -L gpu in the full build; each gtest case is one ctest test
-  local limit=$(($(left_s) - 60))
+if [[ $FULL == 1 ]]; then
+  TEST_ENV=("${PFX_ENV[@]}")
+else
+  TEST_ENV=(env)
+fi
+
+# ================================================================== ESSENTIAL stage
+# 3. GPU op tests. The per-process memory test may skip where NVML cannot see this process.
+if [[ $FULL == 1 ]]; then
+  run_tests "$FULL_DIR/tests/gpu/moe_test_gpu" gpu_op_tests 1
+else
+  run_tests "$SA_DIR/moe_test_gpu" gpu_op_tests 1
+fi
+
+# 4. The tiny model, GPU vs CPU with the routing forced equal (free run reported), and the
+# default one-GPU path. Needs the full build (runtime, MPI).
+if [[ $FULL == 1 ]]; then
+  run_tests "$FULL_DIR/tests/gpu/moe_test_gpu_forward" tiny_forward 0 \
+    --gtest_filter='CudaRouting.Tiny*:CudaForward.DefaultOneGpu*'
+fi
+
+# 5. bench_gpu: runtime::Model on Qwen3-30B-A3B, decode 1/8/64 with the HBM floor, prefill 4096.
+# Without a GPU (rehearsal) the same binary runs on the CPU backend with a model that fits here.
+BENCH_RC=skipped
+if [[ $FULL == 1 ]]; then
+  if [[ $GPU == 1 ]]; then
+    BENCH_FLAGS=(--model "$ROOT/${BENCH_MODEL:-configs/models/qwen3-30b-a3b.yaml}" --backend cuda)
+  else
+    # shellcheck disable=SC2054 # the commas belong to --batches
+    BENCH_FLAGS=(--model "$ROOT/${BENCH_MODEL:-configs/models/mid.yaml}" --backend cpu
+      --batches 1,8 --context 64 --decode-steps 2 --prefill-len 512)
+  fi
+  limit=$(left_s)
+  ((limit <= 240)) || limit=240
+  say "bench_gpu ${BENCH_FLAGS[*]} (limit ${limit}s)"
+  run_logged "$OUT/bench_gpu.log" "$limit" "${TEST_ENV[@]}" "$FULL_DIR/bench/bench_gpu" \
+    "${BENCH_FLAGS[@]}" --json "$OUT/bench_gpu.json"
+  BENCH_RC=$?
+  [[ $BENCH_RC -eq 0 ]] || STATUS=1
+  note "bench_gpu: rc $BENCH_RC"
+fi
+ESSENTIAL_S=$(($(date +%s) - T0))
+essential_table() {
+  echo "================ ESSENTIAL: $(date -u +%Y-%m-%d) | $GPU_NAME | sm_$CUDA_ARCH | ${ESSENTIAL_S} s | $LIBC_LINE"
+  if [[ $FULL == 1 ]]; then
+    echo "build: FULL (whole project against the carried prefix)"
+  else
+    echo "build: STANDALONE ONLY (op tests, no MPI, no model): $FULL_WHY"
+  fi
+  for t in "${summary[@]}"; do echo "$t"; done
+  [[ -f "$OUT/bench_gpu.log" ]] && sed -n '/ synthetic weights, phase times: /,$p' "$OUT/bench_gpu.log"
+  [[ $BENCH_RC == 0 || $BENCH_RC == skipped ]] || tail -5 "$OUT/bench_gpu.log"
+  echo "essential result: $([[ $STATUS -eq 0 ]] && echo PASS || echo FAIL)"
+}
+essential_table | tee -a "$LOG" | tee "$OUT/essential.txt"
+ESSENTIAL_STATUS=$STATUS
+ESSENTIAL_COUNT=${#summary[@]}
+
+# ================================================================== OPTIONAL stages
+run_ctest_gpu() { # the rest of ctest -L gpu in the full build; each gtest case is one ctest test
+  local limit=$(($(left_s) - 30))
   ((limit <= 400)) || limit=400
   say "ctest -L gpu (limit ${limit}s)"
   run_logged "$OUT/ctest_gpu.log" "$limit" "${TEST_ENV[@]}" ctest --test-dir "$FULL_DIR" -L gpu \
-    --no-tests=error --output-on-failure --timeout 300 --output-junit "$OUT/ctest_gpu.xml"
+    --no-tests=error --output-on-failure --timeout 300 --output-junit "$OUT/ctest_gpu.xml" \
+    -E '^(CudaOpsTest|CudaDevice)\.|CudaRouting\.Tiny|CudaForward\.DefaultOneGpu'
   local rc=$? passed skipped failed
   passed="$(grep -cE 'Test +#[0-9]+: .* Passed +[0-9.]+ sec' "$OUT/ctest_gpu.log")"
   skipped="$(grep -cE '\*\*\*Skipped' "$OUT/ctest_gpu.log")"
   failed="$(grep -cE '\*\*\*(Failed|Timeout|Exception|Not Run)' "$OUT/ctest_gpu.log")"
-  note "ctest -L gpu: rc $rc, $passed passed, $skipped skipped, $failed failed"
+  note "ctest -L gpu (optional): rc $rc, $passed passed, $skipped skipped, $failed failed"
   [[ $rc -eq 0 ]] || STATUS=1
-  # One allowed skip with a GPU: NCCL's test needs two GPUs.
+  # One allowed skip with a GPU: NCCL's two-rank test needs two GPUs.
   [[ $GPU == 0 || $skipped -le 1 ]] || STATUS=1
   grep -E '\*\*\*(Failed|Timeout|Exception|Not Run)|\*\*\*Skipped' "$OUT/ctest_gpu.log" | head -40 |
     tee -a "$LOG"
 }
-# The 2-rank path end to end before the long test list: both ranks on the one GPU exchange
-# through the prefix's Open MPI; logits against one CPU rank within the bf16 tolerance of
-# tests/gpu/test_cuda_forward.cpp. Without a GPU (rehearsal) both sides run on the CPU.
+# The 2-rank path end to end: both ranks on the one GPU exchange through the prefix's Open MPI;
+# logits against one CPU rank within the bf16 tolerance (routing not forced: a failure here with
+# the essential stage green is first a routing flip, see smoke_compare.log's top-1 line).
 SMOKE="skipped"
 smoke_2rank() {
   local exe="$FULL_DIR/launch/moe-ep" model="$ROOT/configs/models/tiny.yaml" flags tol
@@ -448,76 +530,45 @@ smoke_2rank() {
       --oversubscribe -np 2 "$exe" forward "${flags[@]}" --model "$model" --tokens "$tokens" \
       --logits-out "$OUT/smoke_2rank.npy"; then
     SMOKE="FAILED (2-rank run, smoke_2rank.log)"
-  elif ! python3 "$ROOT/bench/device/compare_npy.py" "$OUT/smoke_2rank.npy" "$OUT/smoke_cpu.npy" \
+  elif ! python3 "$ROOT/tools/device/compare_npy.py" "$OUT/smoke_2rank.npy" "$OUT/smoke_cpu.npy" \
       "$tol" >"$OUT/smoke_compare.log" 2>&1; then
     SMOKE="FAILED: $(tail -1 "$OUT/smoke_compare.log")"
   else
     SMOKE="ok: $(tail -1 "$OUT/smoke_compare.log")"
   fi
   [[ $SMOKE == ok* ]] || STATUS=1
-  note "smoke (2 ranks ${flags[*]} vs 1 rank cpu): $SMOKE"
+  note "smoke (2 ranks ${flags[*]} vs 1 rank cpu, optional): $SMOKE"
   tail -3 "$OUT/smoke_2rank.log" 2>/dev/null | tee -a "$LOG"
 }
-if [[ $FULL == 1 ]]; then
-  TEST_ENV=("${PFX_ENV[@]}")
-  smoke_2rank
-  run_ctest_gpu
-  run_tests "$FULL_DIR/tests/gpu_host/moe_test_gpu_host" gpu_host_tests 0
-  BENCH="$FULL_DIR/tests/gpu/moe_gpu_bench"
-else
-  TEST_ENV=(env)
-  run_tests "$SA_DIR/moe_test_gpu_host" gpu_host_tests 0
-  run_tests "$SA_DIR/moe_test_gpu" gpu_op_tests 0
-  BENCH="$SA_DIR/gpu_bench"
-fi
-
-# ------------------------------------------------------------------ benchmarks
-BENCH_LAYER_RC=skipped BENCH_MODEL_RC=skipped RUN_RC=skipped
-if [[ $GPU == 1 ]]; then
-  limit=$(left_s)
-  ((limit <= 150)) || limit=150
-  say "benchmark: one layer (limit ${limit}s)"
-  run_logged "$OUT/bench_layer.log" "$limit" "${TEST_ENV[@]}" "$BENCH" --layers 1 \
-    --json "$OUT/bench_layer.json"
-  BENCH_LAYER_RC=$?
-  [[ $BENCH_LAYER_RC -eq 0 ]] || STATUS=1
-  # The real runtime on the whole model: throughput and memory measured against `moe-ep plan`.
-  if [[ $FULL == 1 && "${SKIP_MODEL:-0}" != 1 && "${GPU_MEM_MIB:-0}" -ge 100000 && $(left_s) -ge 150 ]]; then
-    say "moe-ep run: Qwen3-30B-A3B, synthetic weights, batch 8 (limit 120 s)"
-    run_logged "$OUT/run_qwen3.log" 120 "${TEST_ENV[@]}" "$FULL_DIR/launch/moe-ep" run \
-      --config "$ROOT/configs/bench/qwen3-30b-a3b.yaml" --json "$OUT/run_qwen3.json"
-    RUN_RC=$?
-    [[ $RUN_RC -eq 0 ]] || STATUS=1
-  fi
-  # The 48-layer model at batch 1/8/64 (~85 GB) only with time left in the budget.
-  left=$(left_s)
-  if [[ "${SKIP_MODEL:-0}" != 1 && "${GPU_MEM_MIB:-0}" -ge 100000 && $left -ge 90 ]]; then
-    say "benchmark: 48-layer model (limit ${left}s)"
-    run_logged "$OUT/bench_model.log" "$left" "${TEST_ENV[@]}" "$BENCH" --layers 48 --model-only \
-      --json "$OUT/bench_model.json"
-    BENCH_MODEL_RC=$?
-    [[ $BENCH_MODEL_RC -eq 0 ]] || STATUS=1
+RUN_RC=skipped
+if [[ "${ESSENTIAL_ONLY:-0}" != 1 ]]; then
+  if [[ $FULL == 1 ]]; then
+    (($(left_s) < 60)) || run_tests "$FULL_DIR/tests/gpu_host/moe_test_gpu_host" gpu_host_tests 0
+    (($(left_s) < 90)) || smoke_2rank
+    (($(left_s) < 120)) || run_ctest_gpu
+    # The real runtime on the whole model: throughput and memory measured against `moe-ep plan`.
+    if [[ $GPU == 1 && "${GPU_MEM_MIB:-0}" -ge 100000 && $(left_s) -ge 150 ]]; then
+      say "moe-ep run: Qwen3-30B-A3B, synthetic weights, batch 8 (limit 120 s)"
+      run_logged "$OUT/run_qwen3.log" 120 "${TEST_ENV[@]}" "$FULL_DIR/launch/moe-ep" run \
+        --config "$ROOT/configs/bench/qwen3-30b-a3b.yaml" --json "$OUT/run_qwen3.json"
+      RUN_RC=$?
+      [[ $RUN_RC -eq 0 ]] || STATUS=1
+      note "moe-ep run Qwen3-30B-A3B (optional): rc $RUN_RC"
+    fi
+  else
+    (($(left_s) < 60)) || run_tests "$SA_DIR/moe_test_gpu_host" gpu_host_tests 0
   fi
 fi
 
 # ------------------------------------------------------------------ summary (printed last)
 {
   echo
-  echo "================ moe-ep device check: $(date -u +%Y-%m-%d) | $GPU_NAME | sm_$CUDA_ARCH | $(($(date +%s) - T0)) s"
-  echo "os: $(grep '^PRETTY_NAME=' /etc/os-release 2>/dev/null | cut -d= -f2) | $(ldd --version 2>/dev/null | head -1)"
-  if [[ $FULL == 1 ]]; then
-    echo "build: FULL (whole project against the carried prefix; MPI, ctest -L gpu)"
-  else
-    echo "build: STANDALONE ONLY (kernels + op tests, no MPI, no whole-model tests): $FULL_WHY"
-  fi
-  for t in "${summary[@]}"; do echo "$t"; done
-  echo "bench (layer): rc $BENCH_LAYER_RC; moe-ep run (Qwen3): rc $RUN_RC; bench (48 layers): rc $BENCH_MODEL_RC"
-  sed -n '/^HBM:/,$p' "$OUT/bench_layer.log" 2>/dev/null
+  essential_table_saved="$(cat "$OUT/essential.txt")"
+  echo "$essential_table_saved"
+  echo "================ OPTIONAL: $(($(date +%s) - T0)) s in all"
+  for t in "${summary[@]:$ESSENTIAL_COUNT}"; do echo "$t"; done
   [[ -f "$OUT/run_qwen3.log" ]] && grep -E '^(prefill|decode|memory|vs plan)' "$OUT/run_qwen3.log"
-  [[ -f "$OUT/bench_model.log" ]] && sed -n '/^Qwen3-30B-A3B, synthetic/,$p' "$OUT/bench_model.log"
-  [[ $BENCH_LAYER_RC == 0 || $BENCH_LAYER_RC == skipped ]] || tail -5 "$OUT/bench_layer.log"
   [[ $RUN_RC == 0 || $RUN_RC == skipped ]] || tail -5 "$OUT/run_qwen3.log"
-  [[ $BENCH_MODEL_RC == 0 || $BENCH_MODEL_RC == skipped ]] || tail -5 "$OUT/bench_model.log"
-  echo "result: $([[ $STATUS -eq 0 ]] && echo PASS || echo FAIL)$([[ $FULL == 1 ]] || echo " (standalone only)") (logs in $OUT)"
+  echo "result: essential $([[ $ESSENTIAL_STATUS -eq 0 ]] && echo PASS || echo FAIL), all $([[ $STATUS -eq 0 ]] && echo PASS || echo FAIL)$([[ $FULL == 1 ]] || echo " (standalone only)") (logs in $OUT)"
 } | tee -a "$LOG" | tee "$OUT/summary.txt"
 exit $STATUS

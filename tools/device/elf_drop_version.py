@@ -8,7 +8,7 @@ The dynamic loader refuses a library whose .gnu.version_r requires a version its
 patchelf --clear-symbol-version unbinds the symbols but leaves the requirement behind, and
 marking it weak still makes every process print a warning. This unlinks the requirement from its
 chain (the entry's bytes stay, unreferenced). Run it only after every symbol of that version has
-been unbound; the symbols must then come from somewhere (bench/device_check.sh prepare adds a
+been unbound; the symbols must then come from somewhere (tools/device/device_check.sh prepare adds a
 shim library for them). Exit 1 if a VERSION is not required by FILE.
 """
 import struct

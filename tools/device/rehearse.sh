@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# Rehearse bench/device_check.sh on this Debian 12 build machine as if it were the lent GPU
+# Rehearse tools/device/device_check.sh on this Debian 12 build machine as if it were the lent GPU
 # machine. In a private mount namespace /usr is overlaid with whiteouts for every file of the
 # packages the device lacks (Open MPI and the libraries under it, yaml-cpp, OpenBLAS, fmt,
 # nlohmann-json, CLI11, GoogleTest, ssh) and for the alternatives links into them, so the full
 # build can only succeed from the carried prefix (build/device_deps). With WHEEL_PYTHON set to
 # the python3 of an environment holding the nvidia-* wheels (as PyTorch installs them), the
 # toolkit's cuBLAS and NCCL are hidden too and the script must take them from the wheels.
-# There is no GPU here: device_check.sh runs with ALLOW_NO_GPU=1 (GPU tests skip, the 2-rank
-# smoke runs on the CPU backend, no benchmark).
+# There is no GPU here: device_check.sh runs with ALLOW_NO_GPU=1 (GPU tests skip; the 2-rank
+# smoke and bench_gpu run on the CPU backend, the benchmark with configs/models/mid.yaml).
 #
-#   bench/device/rehearse.sh [command...]          (as root: unshare and mount)
-#   BUILD_DIR=build/x JOBS=2 BUDGET_S=5400 WHEEL_PYTHON=/path/venv/bin/python3 bench/device/rehearse.sh
+#   tools/device/rehearse.sh [command...]          (as root: unshare and mount)
+#   BUILD_DIR=build/x JOBS=2 BUDGET_S=5400 WHEEL_PYTHON=/path/venv/bin/python3 tools/device/rehearse.sh
 #
-# Without a command it runs `bench/device_check.sh run`, building under BUILD_DIR (default
+# Without a command it runs `tools/device/device_check.sh run`, building under BUILD_DIR (default
 # build/rehearse) with logs under BUILD_DIR/out; a command (e.g. `bash -c 'ldd moe-ep'`) runs in
 # the same hidden environment instead. Exit code: the command's, or 2 when something meant to be
 # hidden is still visible.
@@ -98,6 +98,6 @@ unshare -m bash -c '
   [[ $visible == 0 ]] || exit 2
   echo "rehearse: system packages hidden; python3 is $(command -v python3)"
   export ALLOW_NO_GPU=1 BUILD_DIR OUT="${OUT:-$BUILD_DIR/out}" PREFIX_DIR="${PREFIX_DIR:-$BUILD_DIR/prefix}"
-  (($# > 0)) || set -- "$ROOT/bench/device_check.sh" run
+  (($# > 0)) || set -- "$ROOT/tools/device/device_check.sh" run
   exec "$@"
 ' rehearse "${sentinels[@]}" "$@"
