@@ -26,24 +26,42 @@
 namespace moe::kernels::cpu {
 namespace {
 
-// Independent partial sums per dot product (enough vector accumulators to hide FMA latency).
-constexpr int kLanes = 32;
 // fp32 copy of a block of W rows in the fallback GEMM: sized to stay in L2.
 constexpr int64_t kFallbackBlockBytes = 256 * 1024;
+// Lanes of each dot product: lane j sums the terms i = j mod kLanes in order.
+constexpr int kLanes = 8;
 
-// sum_i a[i] * b[i] in a fixed order that depends on n only: lane j sums i = j mod kLanes, then
-// the lanes are added in order, then the tail.
-MOE_BF16_CLONES float dot_fixed_order(const float* a, const float* b, int64_t n) {
-  float acc[kLanes] = {};
+// out[2 * o + r] = dot(a_r, w_o) for 2 rows of a and 4 rows of w (8 dot products sharing their
+// loads). Each dot product is summed in an order fixed by n alone: lanes in order, then the lanes
+// added in order, then the tail. Every output of the fallback GEMM goes through this one
+// function (edge rows and columns repeat a valid row), so a result never depends on its
+// neighbours in the call.
+MOE_BF16_CLONES void dot_2x4(const float* a0, const float* a1, const float* const w[4], int64_t n,
+                             float out[8]) {
+  float acc[8][kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) acc[j] += a[i + j] * b[i + j];
+    for (int l = 0; l < kLanes; ++l) {
+      const float x0 = a0[i + l], x1 = a1[i + l];
+      for (int o = 0; o < 4; ++o) {
+        const float wv = w[o][i + l];
+        acc[2 * o][l] += x0 * wv;
+        acc[2 * o + 1][l] += x1 * wv;
+      }
+    }
   }
-  float tail = 0.0f;
-  for (; i < n; ++i) tail += a[i] * b[i];
-  float s = 0.0f;
-  for (int j = 0; j < kLanes; ++j) s += acc[j];
-  return s + tail;
+  float tail[8] = {};
+  for (; i < n; ++i) {
+    for (int o = 0; o < 4; ++o) {
+      tail[2 * o] += a0[i] * w[o][i];
+      tail[2 * o + 1] += a1[i] * w[o][i];
+    }
+  }
+  for (int d = 0; d < 8; ++d) {
+    float s = 0.0f;
+    for (int l = 0; l < kLanes; ++l) s += acc[d][l];
+    out[d] = s + tail[d];
+  }
 }
 
 template <class T>
@@ -115,9 +133,19 @@ void Bf16Ops::gemm(const bf16* a, const bf16* w, int64_t m, int64_t n, int64_t k
   for (int64_t o0 = 0; o0 < n; o0 += block) {
     const int64_t nb = std::min(block, n - o0);
     bf16_to_f32(w + o0 * k, nb * k, wf);
-    for (int64_t r = 0; r < m; ++r) {
-      for (int64_t o = 0; o < nb; ++o)
-        c[r * n + o0 + o] = dot_fixed_order(af + r * k, wf + o * k, k);
+    for (int64_t r = 0; r < m; r += 2) {
+      const float* a0 = af + r * k;
+      const float* a1 = r + 1 < m ? a0 + k : a0;
+      for (int64_t o = 0; o < nb; o += 4) {
+        const float* w4[4];
+        for (int j = 0; j < 4; ++j) w4[j] = wf + std::min(o + j, nb - 1) * k;
+        float d[8];
+        dot_2x4(a0, a1, w4, k, d);
+        for (int j = 0; j < 4 && o + j < nb; ++j) {
+          c[r * n + o0 + o + j] = d[2 * j];
+          if (r + 1 < m) c[(r + 1) * n + o0 + o + j] = d[2 * j + 1];
+        }
+      }
     }
   }
   if (c_f32 == nullptr) f32_to_bf16(c, m * n, c_bf16);
