@@ -32,6 +32,7 @@ int run_forward(const ForwardArgs& a) {
   const ForwardOutput out = engine.forward(batch);
   const MetricsReport metrics =
       engine.metrics().reduce(*s->comm, s->model->times(), s->model->timing_method());
+  write_trace_out(*s, o);
   if (s->rank() != 0) return 0;
   write_npy_f32(a.logits_out, out.shape, out.logits);
   if (!o.quiet) {

@@ -32,6 +32,7 @@ int run_generate(const GenerateArgs& a) {
   const GenerateOutput out = engine.generate(batch, a.max_new_tokens);
   const MetricsReport metrics =
       engine.metrics().reduce(*s->comm, s->model->times(), s->model->timing_method());
+  write_trace_out(*s, o);
   if (s->rank() != 0) return 0;
   for (const auto& seq : out.tokens) fmt::print("{}\n", fmt::join(seq, ","));
   if (!o.json.empty()) {

@@ -6,6 +6,7 @@
 #include <memory>
 #include <random>
 
+#include "kernels/common/check.h"
 #include "kernels/host.h"
 #include "runtime/cli/commands.h"
 #include "runtime/cli/options.h"
@@ -14,6 +15,7 @@
 #include "runtime/io/run_config.h"
 #include "runtime/model/engine.h"
 #include "runtime/model/metrics.h"
+#include "runtime/model/synthetic_routing.h"
 
 namespace moe::runtime {
 namespace {
@@ -73,7 +75,20 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
 
   const int64_t decode_steps = std::max<int64_t>(w.decode_steps, 1);
   const int64_t context = w.prompt_len + decode_steps;
+  // Routing (workload.routing), checked before any weight loads; it outlives the session.
+  const std::unique_ptr<SyntheticRouting> routing =
+      make_routing(w.routing, load_model_config(o.model));
+  if (routing && w.routing.kind == "replay") {
+    routing->set_prompt_lengths(
+        std::vector<int64_t>(static_cast<size_t>(w.num_sequences), w.prompt_len));
+    MOE_CHECK_AS("trace", routing->trace_rows() >= routing->rows_needed(decode_steps),
+                 "{}: trace has {} token rows, but the workload of {} ({} sequences x {} prompt "
+                 "tokens, {} steps) routes {}",
+                 w.routing.trace, routing->trace_rows(), rc.source, w.num_sequences, w.prompt_len,
+                 decode_steps, routing->rows_needed(decode_steps));
+  }
   auto s = open_session(o, w.num_sequences, context);
+  set_routing_hook(*s, routing.get());
   const int N = s->size();
   // Deterministic prompts: sequence i from (seed, i), whatever the world size.
   TokenBatch prompts(static_cast<size_t>(w.num_sequences));
@@ -87,6 +102,7 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
   const GenerateOutput out = engine.generate(prompts, decode_steps);
   const MetricsReport metrics =
       engine.metrics().reduce(*s->comm, s->model->times(), s->model->timing_method());
+  write_trace_out(*s, o);
 
   // Memory: max over ranks.
   std::vector<int64_t> mem{
@@ -121,6 +137,7 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
              kernels::compute_dtype_name(s->backend->compute_dtype()), s->placement->strategy());
   fmt::print("workload     {} sequences x {} prompt tokens, {} decode steps\n", w.num_sequences,
              w.prompt_len, w.decode_steps);
+  fmt::print("routing      {}\n", w.routing.describe());
   fmt::print("load         {:.2f} s\n", s->load_s);
   fmt::print("prefill      {:.4f} s   {:.1f} tokens/s   {:.2f} GFLOP/s (all ranks)\n",
              out.prefill_s, prefill_tps, forward_gflops);
@@ -161,7 +178,8 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
                {{"num_sequences", w.num_sequences},
                 {"prompt_len", w.prompt_len},
                 {"decode_steps", w.decode_steps},
-                {"seed", w.seed}}},
+                {"seed", w.seed},
+                {"routing", w.routing.describe()}}},
               {"load_s", s->load_s},
               {"prefill_s", out.prefill_s},
               {"prefill_tokens_per_s", prefill_tps},

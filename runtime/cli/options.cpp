@@ -64,6 +64,9 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool model_required) {
   cmd->add_option("--placement", o.placement,
                   "Placement YAML (configs/placements/); default: contiguous blocks of experts");
   cmd->add_option("--json", o.json, "Also write the results as JSON to this file (rank 0)");
+  cmd->add_option("--trace-out", o.trace_out,
+                  "Record every token's top-k experts and weights in every MoE layer to this "
+                  "routing trace (safetensors; rank 0 writes it)");
   cmd->add_option("--timeout", o.timeout_s,
                   "Seconds a collective may wait before the job is ended (default 120)")
       ->check(greater_than(0));

@@ -16,6 +16,7 @@ struct ModelOptions {
   std::string comm;       // empty: nccl with cuda, mpi with cpu
   std::string placement;  // placement YAML
   std::string json;       // rank 0 writes the results here as JSON
+  std::string trace_out;  // rank 0 writes the run's routing trace here (runtime/io/trace.h)
   double timeout_s = 120;
   int threads = 0;  // host compute threads per rank; 0: cores on this node / ranks on this node
   bool quiet = false;

@@ -17,6 +17,7 @@
 #include "runtime/io/config.h"
 #include "runtime/io/weights.h"
 #include "runtime/model/model.h"
+#include "runtime/model/trace_recorder.h"
 
 namespace moe::runtime {
 
@@ -26,6 +27,7 @@ struct Session {
   ModelConfig config;
   std::optional<parallel::Placement> placement;
   std::unique_ptr<WeightSource> weights;
+  std::unique_ptr<TraceRecorder> trace_recorder;  // with --trace-out: the model's routing hook
   std::unique_ptr<Model> model;
   bool from_checkpoint = false;
   double load_s = 0;
@@ -41,6 +43,12 @@ struct Session {
 // whole batch (this rank holds ceil(max_seqs / N) sequences). Collective.
 std::unique_ptr<Session> open_session(const ModelOptions& options, int64_t max_seqs,
                                       int64_t max_len);
+
+// Routes the model's tokens through `hook` (nullptr: its own router); with --trace-out the
+// recorder stays the model's hook and sees what `hook` chose. `hook` must outlive the steps.
+void set_routing_hook(Session& s, RoutingHook* hook);
+// With --trace-out: gathers the recorded routing (collective) and rank 0 writes the file.
+void write_trace_out(Session& s, const ModelOptions& options);
 
 // Rank 0 prints "moe-ep: <line>" to stderr unless quiet.
 void log0(const Session& s, bool quiet, const std::string& line);
