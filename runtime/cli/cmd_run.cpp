@@ -15,6 +15,7 @@
 #include "runtime/io/run_config.h"
 #include "runtime/model/engine.h"
 #include "runtime/model/metrics.h"
+#include "runtime/model/rebalancer.h"
 #include "runtime/model/synthetic_routing.h"
 
 namespace moe::runtime {
@@ -89,6 +90,11 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
   }
   auto s = open_session(o, w.num_sequences, context);
   set_routing_hook(*s, routing.get());
+  // Online rebalancing (rebalance:) runs between the model's steps.
+  std::unique_ptr<Rebalancer> rebalancer;
+  if (rc.rebalance.enabled()) {
+    rebalancer = std::make_unique<Rebalancer>(rc.rebalance, *s->model, *s->comm);
+  }
   const int N = s->size();
   // Deterministic prompts: sequence i from (seed, i), whatever the world size.
   TokenBatch prompts(static_cast<size_t>(w.num_sequences));
@@ -165,6 +171,7 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
                                "(cudaMemGetInfo, whole device)",
                                mem[5] / 1e6, 100.0 * mem[5] / plan.total_bytes));
   fmt::print("{}", metrics.summary());
+  if (rebalancer) fmt::print("{}", rebalancer->summary(metrics));
   if (o.json.empty()) return 0;
   write_json(o.json,
              {{"command", "run"},
@@ -203,7 +210,9 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
                 {"communication_bytes", plan.communication_bytes},
                 {"total_bytes", plan.total_bytes}}},
               {"load_per_rank", s->load_per_rank},
-              {"metrics", metrics.to_json(true)}});
+              {"metrics", metrics.to_json(true)},
+              {"tokens", out.tokens},
+              {"rebalance", rebalancer ? rebalancer->to_json(metrics) : nlohmann::json()}});
   return 0;
 }
 

@@ -3,6 +3,7 @@
 // and one combine per MoE layer), whatever this rank's batch holds.
 #include "runtime/model/model.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <sstream>
@@ -311,7 +312,116 @@ StepResult Model::step(const std::vector<SeqStep>& seqs, const std::vector<int64
   }
   mark(Phase::kLmHead);
   ++num_steps_;
+  if (step_observer_) step_observer_(num_steps_ - 1, result);
   return result;
+}
+
+PlacementChange Model::apply_placement(const parallel::Placement& next) {
+  const ModelShapes& s = shapes_;
+  const int rank = comm_.rank(), N = comm_.size();
+  MOE_CHECK(next.num_layers() == s.num_layers && next.num_ranks() == N &&
+                next.num_experts() == s.num_experts,
+            "apply_placement: placement for {} layers, {} ranks, {} experts; model has {}, {}, {}",
+            next.num_layers(), next.num_ranks(), next.num_experts(), s.num_layers, N,
+            s.num_experts);
+  // One expert's weights travel as gate [I, H], up [I, H], down [H, I], back to back.
+  const int64_t piece = s.expert_inter * s.hidden;
+  const int64_t per_expert = 3 * piece;
+  PlacementChange change;
+  for (int64_t l = 0; l < s.num_layers; ++l) {
+    Layer& L = layers_[static_cast<size_t>(l)];
+    if (!L.is_moe) continue;
+    const parallel::LayerPlacement& from = placement_.layer(static_cast<int>(l));
+    const parallel::LayerPlacement& to = next.layer(static_cast<int>(l));
+    const auto held = [&](int r, int e) {
+      const auto& list = from.rank_experts[static_cast<size_t>(r)];
+      return std::find(list.begin(), list.end(), e) != list.end();
+    };
+    // The plan is a pure function of (from, to), so every rank derives the same one: a slot of
+    // rank d for expert e that d does not hold is sent by the old replica (d mod replicas).
+    const auto source = [&](int d, int e) {
+      const auto& slots = from.expert_slots[static_cast<size_t>(e)];
+      return slots[static_cast<size_t>(d) % slots.size()].rank;
+    };
+    std::vector<int64_t> send_counts(static_cast<size_t>(N), 0), recv_counts(send_counts);
+    std::vector<const ExpertBuf*> to_send;  // in destination order, then the destination's slots
+    int64_t moves = 0;
+    for (int d = 0; d < N; ++d) {
+      for (int e : to.rank_experts[static_cast<size_t>(d)]) {
+        if (held(d, e)) continue;
+        ++moves;
+        const int src = source(d, e);
+        if (src == rank) {
+          send_counts[static_cast<size_t>(d)] += per_expert;
+          const auto it = std::find_if(L.experts.begin(), L.experts.end(),
+                                       [e](const ExpertBuf& b) { return b.logical == e; });
+          to_send.push_back(&*it);
+        }
+        if (d == rank) recv_counts[static_cast<size_t>(src)] += per_expert;
+      }
+    }
+    if (moves == 0 && from.rank_experts == to.rank_experts) continue;  // same on every rank
+
+    const size_t send_size = to_send.size() * static_cast<size_t>(per_expert);
+    size_t recv_size = 0;
+    for (int64_t c : recv_counts) recv_size += static_cast<size_t>(c);
+    kernels::Buffer<bf16> send(backend_, std::max<size_t>(send_size, 1));
+    kernels::Buffer<bf16> recv(backend_, std::max<size_t>(recv_size, 1));
+    for (size_t i = 0; i < to_send.size(); ++i) {
+      bf16* dst = send.data() + i * static_cast<size_t>(per_expert);
+      const size_t bytes = static_cast<size_t>(piece) * sizeof(bf16);
+      backend_.copy(dst, to_send[i]->gate.data(), bytes);
+      backend_.copy(dst + piece, to_send[i]->up.data(), bytes);
+      backend_.copy(dst + 2 * piece, to_send[i]->down.data(), bytes);
+    }
+    if (comm_.device_buffers() || backend_.is_host_memory()) {
+      comm_.all_to_all_v<bf16>({send.data(), send_size}, send_counts, {recv.data(), recv_size},
+                               recv_counts);
+    } else {  // a host communicator with a device backend: stage through host memory
+      std::vector<bf16> host_send(send_size), host_recv(recv_size);
+      if (send_size > 0) backend_.download(host_send.data(), send.data(), send_size * sizeof(bf16));
+      comm_.all_to_all_v<bf16>(host_send, send_counts, host_recv, recv_counts);
+      if (recv_size > 0) backend_.upload(recv.data(), host_recv.data(), recv_size * sizeof(bf16));
+    }
+
+    // New slots in `to`'s order: kept buffers move over; received ones are read from their
+    // source's block of `recv`, in the order that source sent them (this rank's slot order).
+    std::vector<int64_t> recv_offset(static_cast<size_t>(N), 0);
+    for (int src = 1; src < N; ++src) {
+      recv_offset[static_cast<size_t>(src)] =
+          recv_offset[static_cast<size_t>(src - 1)] + recv_counts[static_cast<size_t>(src - 1)];
+    }
+    std::vector<ExpertBuf> experts;
+    for (int e : to.rank_experts[static_cast<size_t>(rank)]) {
+      const auto it = std::find_if(L.experts.begin(), L.experts.end(),
+                                   [e](const ExpertBuf& b) { return b.logical == e; });
+      if (it != L.experts.end()) {
+        experts.push_back(std::move(*it));
+        ++change.experts_kept;
+        continue;
+      }
+      const int src = source(rank, e);
+      const bf16* at = recv.data() + recv_offset[static_cast<size_t>(src)];
+      recv_offset[static_cast<size_t>(src)] += per_expert;
+      ExpertBuf b;
+      b.logical = e;
+      const size_t n = static_cast<size_t>(piece);
+      b.gate = kernels::Buffer<bf16>(backend_, n);
+      b.up = kernels::Buffer<bf16>(backend_, n);
+      b.down = kernels::Buffer<bf16>(backend_, n);
+      backend_.copy(b.gate.data(), at, n * sizeof(bf16));
+      backend_.copy(b.up.data(), at + piece, n * sizeof(bf16));
+      backend_.copy(b.down.data(), at + 2 * piece, n * sizeof(bf16));
+      experts.push_back(std::move(b));
+      ++change.experts_received;
+      change.bytes_received += per_expert * static_cast<int64_t>(sizeof(bf16));
+    }
+    L.experts = std::move(experts);  // buffers of experts this rank no longer holds are freed
+  }
+  backend_.synchronize();
+  placement_ = next;
+  weights_ = rank_weights(config_, placement_, rank);
+  return change;
 }
 
 }  // namespace moe::runtime

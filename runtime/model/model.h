@@ -78,6 +78,13 @@ struct StepResult {
   std::vector<parallel::LayerLoad> loads;  // [L] this rank's load per layer; empty for dense layers
 };
 
+// What apply_placement moved on this rank.
+struct PlacementChange {
+  int64_t experts_received = 0;  // (layer, expert) slots filled from another rank
+  int64_t bytes_received = 0;    // their bf16 weight bytes (gate, up, down)
+  int64_t experts_kept = 0;      // slots whose weights this rank already held
+};
+
 // Test hook: make `rank` fail at `layer` (MOE_EP_FAULT="rank=R,layer=L[,mode=throw|hang]").
 struct FaultInjection {
   int rank = -1;
@@ -91,7 +98,8 @@ class Model {
   using Progress = std::function<void(int64_t done_bytes, int64_t total_bytes)>;
 
   // Builds the replica and this rank's expert slots from `weights` (only tensors this rank
-  // holds are requested). `max_seqs` x `max_len` sizes the KV cache.
+  // holds are requested). `max_seqs` x `max_len` sizes the KV cache. The Model keeps its own
+  // copy of `placement` (apply_placement replaces it).
   Model(const ModelConfig& config, const parallel::Placement& placement,
         parallel::Communicator& comm, kernels::Backend& backend, WeightSource& weights,
         int64_t max_seqs, int64_t max_len, const Progress& progress = {});
@@ -99,6 +107,18 @@ class Model {
   // One forward over this rank's sequences (collective). `logit_rows` are row indices into the
   // concatenated new tokens for which logits are returned (e.g. every row, or each last row).
   StepResult step(const std::vector<SeqStep>& seqs, const std::vector<int64_t>& logit_rows);
+
+  // Moves expert weights to `next` (same layers, experts and ranks; slot counts may change):
+  // a slot whose expert this rank already holds keeps its buffers, every other slot receives its
+  // expert's bf16 weights from a rank that held it, one all_to_all_v per MoE layer that changes.
+  // Collective; every rank passes the same `next`. Logits are unchanged up to the fp32 summation
+  // order of the combine.
+  PlacementChange apply_placement(const parallel::Placement& next);
+  const parallel::Placement& placement() const { return placement_; }
+  // Called at the end of every step() on every rank, with the step's index (0 = the first) and
+  // result; it may run collectives (e.g. a rebalance through apply_placement).
+  using StepObserver = std::function<void(int64_t step, const StepResult& result)>;
+  void set_step_observer(StepObserver observer) { step_observer_ = std::move(observer); }
 
   const ModelShapes& shapes() const { return shapes_; }
   const ModelConfig& config() const { return config_; }
@@ -142,7 +162,7 @@ class Model {
 
   ModelConfig config_;
   ModelShapes shapes_;
-  const parallel::Placement& placement_;
+  parallel::Placement placement_;  // owned: apply_placement replaces it
   parallel::Communicator& comm_;
   kernels::Backend& backend_;
   parallel::Dispatcher dispatcher_;
@@ -162,6 +182,7 @@ class Model {
   PhaseTimes times_;
   std::unique_ptr<kernels::PhaseTimer> timer_;
   RoutingHook* routing_hook_ = nullptr;
+  StepObserver step_observer_;
   int64_t num_steps_ = 0;
   RankWeights weights_;
   int64_t kv_cache_bytes_ = 0;

@@ -1,0 +1,153 @@
+// Rebalancer: window sums -> one sum over ranks -> per-layer strategy -> apply_placement. The
+// fitted and moved figures are recorded here; measured balancedness comes from the run's metrics.
+#include "runtime/model/rebalancer.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <map>
+#include <sstream>
+
+#include "kernels/common/check.h"
+#include "parallel/placement_strategies.h"
+
+namespace moe::runtime {
+
+Rebalancer::Rebalancer(const RebalanceConfig& config, Model& model, parallel::Communicator& comm)
+    : config_(config), model_(model), comm_(comm) {
+  MOE_CHECK_AS("config", config_.every >= 1 && config_.window >= 1,
+               "rebalance: every and window must be >= 1 (got {}, {})", config_.every,
+               config_.window);
+  model_.set_step_observer([this](int64_t step, const StepResult& r) { on_step(step, r); });
+}
+
+void Rebalancer::on_step(int64_t step, const StepResult& result) {
+  window_.push_back(result.loads);
+  while (static_cast<int64_t>(window_.size()) > config_.window) window_.pop_front();
+  if ((step + 1) % config_.every != 0) return;
+
+  const ModelConfig& mc = model_.config();
+  std::vector<parallel::LayerLoad> sum(window_.front().size());
+  for (const auto& loads : window_) {
+    for (size_t l = 0; l < loads.size(); ++l) sum[l] += loads[l];
+  }
+  const std::vector<parallel::LayerLoad> total = parallel::sum_over_ranks(comm_, sum);
+
+  const int N = comm_.size();
+  parallel::PlacementSpec spec;
+  spec.strategy = "explicit";
+  spec.num_ranks = N;
+  spec.source = fmt::format("rebalance after step {}", step);
+  double fitted = 0;
+  int num_moe = 0;
+  int64_t slots = 0;
+  for (int64_t l = 0; l < mc.num_hidden_layers; ++l) {
+    if (!mc.layer_is_moe(l)) continue;
+    const auto& pairs = total[static_cast<size_t>(l)].tokens_per_expert;
+    std::vector<double> load(pairs.begin(), pairs.end());
+    if (load.empty()) load.assign(static_cast<size_t>(mc.num_experts), 0.0);
+    parallel::RankLists lists =
+        config_.strategy == "replicated"
+            ? parallel::replicated_placement(load, N, static_cast<int>(config_.redundant))
+            : parallel::load_balanced_placement(load, N);
+    fitted += parallel::expected_balancedness(lists, load);
+    ++num_moe;
+    slots = 0;
+    for (const auto& r : lists) slots += static_cast<int64_t>(r.size());
+    spec.layers.emplace_back(static_cast<int>(l), std::move(lists));
+  }
+  const parallel::Placement next =
+      parallel::Placement::build(spec, mc.moe_layers(), static_cast<int>(mc.num_experts), N);
+  const PlacementChange change = model_.apply_placement(next);
+  std::vector<int64_t> moved{change.experts_received, change.bytes_received, change.experts_kept};
+  comm_.all_reduce<int64_t>(moved, parallel::ReduceOp::kSum);
+
+  RebalanceEvent e;
+  e.after_step = step;
+  e.window_first_step = step - static_cast<int64_t>(window_.size()) + 1;
+  e.fitted_balancedness = num_moe > 0 ? fitted / num_moe : 1.0;
+  e.slots_per_layer = slots;
+  e.experts_moved = moved[0];
+  e.bytes_moved = moved[1];
+  e.experts_kept = moved[2];
+  events_.push_back(e);
+}
+
+double measured_balancedness(const MetricsReport& metrics, int64_t first_step, int64_t last_step) {
+  std::map<int64_t, std::vector<int64_t>> per_layer;  // layer -> pairs per rank, summed
+  for (const LayerStepLoad& entry : metrics.loads) {
+    if (entry.step < first_step || entry.step > last_step) continue;
+    auto& acc = per_layer[entry.layer];
+    const auto& r = entry.load.tokens_per_rank;
+    if (acc.empty()) acc.assign(r.size(), 0);
+    for (size_t i = 0; i < r.size() && i < acc.size(); ++i) acc[i] += r[i];
+  }
+  if (per_layer.empty()) return -1;
+  double sum = 0;
+  for (const auto& [layer, ranks] : per_layer) sum += parallel::balancedness(ranks);
+  return sum / static_cast<double>(per_layer.size());
+}
+
+namespace {
+
+// Steps after event i that ran under its placement: up to the next event, or every later step.
+std::pair<int64_t, int64_t> after_range(const std::vector<RebalanceEvent>& events, size_t i) {
+  const int64_t first = events[i].after_step + 1;
+  const int64_t last = i + 1 < events.size() ? events[i + 1].after_step : INT64_MAX;
+  return {first, last};
+}
+
+}  // namespace
+
+nlohmann::json Rebalancer::to_json(const MetricsReport& metrics) const {
+  nlohmann::json j = {{"every", config_.every},
+                      {"window", config_.window},
+                      {"strategy", config_.strategy},
+                      {"redundant", config_.redundant},
+                      {"events", nlohmann::json::array()}};
+  int64_t total_bytes = 0;
+  for (size_t i = 0; i < events_.size(); ++i) {
+    const RebalanceEvent& e = events_[i];
+    const auto [first, last] = after_range(events_, i);
+    const double before = measured_balancedness(metrics, e.window_first_step, e.after_step);
+    const double after = measured_balancedness(metrics, first, last);
+    total_bytes += e.bytes_moved;
+    j["events"].push_back(
+        {{"after_step", e.after_step},
+         {"window_steps", {e.window_first_step, e.after_step}},
+         {"balancedness_before", before},
+         {"balancedness_fitted", e.fitted_balancedness},
+         {"balancedness_after", after < 0 ? nlohmann::json() : nlohmann::json(after)},
+         {"slots_per_layer", e.slots_per_layer},
+         {"experts_moved", e.experts_moved},
+         {"experts_kept", e.experts_kept},
+         {"bytes_moved", e.bytes_moved}});
+  }
+  j["bytes_moved"] = total_bytes;
+  return j;
+}
+
+std::string Rebalancer::summary(const MetricsReport& metrics) const {
+  std::ostringstream s;
+  s << fmt::format("rebalance    every {} steps on the last {}, strategy {}{}: {} time(s)\n",
+                   config_.every, config_.window, config_.strategy,
+                   config_.strategy == "replicated"
+                       ? fmt::format(" (+{} slots per layer)", config_.redundant)
+                       : "",
+                   events_.size());
+  for (size_t i = 0; i < events_.size(); ++i) {
+    const RebalanceEvent& e = events_[i];
+    const auto [first, last] = after_range(events_, i);
+    const double before = measured_balancedness(metrics, e.window_first_step, e.after_step);
+    const double after = measured_balancedness(metrics, first, last);
+    s << fmt::format(
+        "  after step {:<3} balancedness {:.3f} (steps {}..{}) -> {} measured after "
+        "(fitted {:.3f}); moved {} expert(s), {:.2f} MB, kept {}\n",
+        e.after_step, before, e.window_first_step, e.after_step,
+        after < 0 ? std::string("n/a") : fmt::format("{:.3f}", after), e.fitted_balancedness,
+        e.experts_moved, e.bytes_moved / 1e6, e.experts_kept);
+  }
+  return s.str();
+}
+
+}  // namespace moe::runtime
