@@ -24,6 +24,7 @@ void count_layer(const int32_t* ids, int64_t num_tokens, int top_k,
                  const parallel::LayerPlacement& lp, int64_t tokens_per_step, LayerCounter& c) {
   const int n = lp.num_ranks();
   const int num_experts = lp.num_experts();
+  c = LayerCounter{};
   c.pairs_per_expert.assign(static_cast<size_t>(num_experts), 0);
   c.pairs_per_rank.assign(static_cast<size_t>(n), 0);
   c.rows_per_rank.assign(static_cast<size_t>(n), 0);
@@ -72,6 +73,43 @@ double PlacementReport::cross_rank_rows_per_token() const {
 double PlacementReport::cross_rank_pairs_per_token() const {
   const double denom = static_cast<double>(num_tokens) * static_cast<double>(loads.size());
   return denom > 0 ? static_cast<double>(traffic.pairs_remote) / denom : 0.0;
+}
+
+nlohmann::json PlacementReport::to_json(bool per_layer) const {
+  const parallel::ExchangeStats& x = traffic;
+  nlohmann::json j = {{"ranks", num_ranks},
+                      {"tokens", num_tokens},
+                      {"moe_layers", loads.size()},
+                      {"mean_balancedness", mean_balancedness},
+                      {"min_balancedness", min_balancedness},
+                      {"mean_max_vio", mean_max_vio},
+                      {"worst_max_vio", worst_max_vio},
+                      {"cross_rank_rows_per_token", cross_rank_rows_per_token()},
+                      {"cross_rank_pairs_per_token", cross_rank_pairs_per_token()},
+                      {"rows_sent_remote", x.rows_sent_remote},
+                      {"rows_kept_local", x.rows_kept_local},
+                      {"pairs_remote", x.pairs_remote},
+                      {"bytes_sent_remote", x.bytes_sent_remote},
+                      {"bytes_kept_local", x.bytes_kept_local},
+                      {"bytes_remote_without_dedup", x.bytes_remote_without_dedup},
+                      {"pairs_per_rank", pairs_per_rank}};
+  if (per_layer) {
+    nlohmann::json layers_json = nlohmann::json::array();
+    for (size_t i = 0; i < loads.size(); ++i) {
+      const parallel::LayerLoad& l = loads[i];
+      const double t = num_tokens > 0 ? static_cast<double>(num_tokens) : 1.0;
+      layers_json.push_back({{"layer", layers[i]},
+                             {"balancedness", l.balancedness()},
+                             {"max_vio", l.max_violation()},
+                             {"cross_rank_rows_per_token", l.traffic.rows_sent_remote / t},
+                             {"cross_rank_pairs_per_token", l.traffic.pairs_remote / t},
+                             {"bytes_sent_remote", l.traffic.bytes_sent_remote},
+                             {"tokens_per_rank", l.tokens_per_rank},
+                             {"rows_per_rank", l.rows_per_rank}});
+    }
+    j["layers"] = std::move(layers_json);
+  }
+  return j;
 }
 
 PlacementReport analyze_placement(const RoutingTrace& trace, const parallel::Placement& placement,

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <vector>
@@ -42,6 +43,8 @@ struct PlacementReport {
   double cross_rank_rows_per_token() const;
   // Same, one row per (token, expert) pair on another rank (no dedup).
   double cross_rank_pairs_per_token() const;
+  // Summary (balance, rows and bytes, per-rank pairs); per_layer adds one entry per layer.
+  nlohmann::json to_json(bool per_layer) const;
 };
 
 // Replays `trace` against `placement` (built for the trace's layers, any rank count). Throws

@@ -18,5 +18,7 @@ Command add_plan_command(CLI::App& app, int world_rank);
 Command add_forward_command(CLI::App& app);
 Command add_generate_command(CLI::App& app);
 Command add_run_command(CLI::App& app);
+Command add_place_command(CLI::App& app, int world_rank);
+Command add_experiment_command(CLI::App& app, int world_rank);
 
 }  // namespace moe::runtime

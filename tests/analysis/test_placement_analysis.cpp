@@ -48,7 +48,7 @@ TEST(PlacementAnalysis, CountsEqualTheDispatcherLayoutRankByRank) {
     const int k = 1 + static_cast<int>(gen() % std::min(experts, 6));
     const int64_t tokens = 1 + static_cast<int64_t>(gen() % 60);
     const int64_t per_step = static_cast<int64_t>(gen() % 3) * 7;  // 0 (one batch), 7 or 14
-    RoutingTrace trace = random_trace(gen(), tokens, experts, k, {1}, 2);
+    RoutingTrace trace = random_trace(gen(), tokens, experts, k, {1, 2}, 3);
     // Uneven lists with replicas; some ranks may hold nothing.
     parallel::RankLists lists(static_cast<size_t>(n));
     for (int e = 0; e < experts; ++e) lists[gen() % std::max(1, n - 1)].push_back(e);
@@ -59,46 +59,53 @@ TEST(PlacementAnalysis, CountsEqualTheDispatcherLayoutRankByRank) {
         }
       }
     }
-    parallel::Placement p = placement_from_lists({{1, lists}}, trace, n, "random");
+    // Layer 2: the same lists reversed, so the two layers route differently.
+    parallel::RankLists reversed(lists.rbegin(), lists.rend());
+    parallel::Placement p = placement_from_lists({{1, lists}, {2, reversed}}, trace, n, "random");
     AnalysisOptions opt;
     opt.hidden = 16;
     opt.tokens_per_step = per_step;
     PlacementReport rep = analyze_placement(trace, p, opt);
 
-    // The runtime: per batch, rank r gets rows r, r + n, ... of the batch, in that order.
-    parallel::LayerLoad sum;
-    const int64_t batch = per_step > 0 ? per_step : tokens;
-    const int64_t row_bytes = 16 * 4, routes_bytes = k * 8;
-    for (int64_t b = 0; b < tokens; b += batch) {
-      for (int r = 0; r < n; ++r) {
-        std::vector<int32_t> ids;
-        for (int64_t t = b + r; t < std::min(tokens, b + batch); t += n) {
-          ids.insert(ids.end(), trace.ids[0].begin() + t * k, trace.ids[0].begin() + (t + 1) * k);
+    ASSERT_EQ(rep.loads.size(), 2u);
+    for (size_t li = 0; li < 2; ++li) {
+      const int layer = static_cast<int>(trace.layers[li]);
+      // The runtime: per batch, rank r gets rows r, r + n, ... of the batch, in that order.
+      parallel::LayerLoad sum;
+      const int64_t batch = per_step > 0 ? per_step : tokens;
+      const int64_t row_bytes = 16 * 4, routes_bytes = k * 8;
+      for (int64_t b = 0; b < tokens; b += batch) {
+        for (int r = 0; r < n; ++r) {
+          std::vector<int32_t> ids;
+          for (int64_t t = b + r; t < std::min(tokens, b + batch); t += n) {
+            ids.insert(ids.end(), trace.ids[li].begin() + t * k,
+                       trace.ids[li].begin() + (t + 1) * k);
+          }
+          const int64_t mine = static_cast<int64_t>(ids.size()) / k;
+          std::vector<float> w(ids.size(), 0.5f);
+          parallel::DispatchLayout L =
+              parallel::build_dispatch_layout(p.layer(layer), r, ids, w, mine, k);
+          parallel::ExchangeStats x;
+          x.rows_sent_remote = L.num_send_rows() - L.send_counts[r];
+          x.rows_kept_local = L.send_counts[r];
+          for (int d = 0; d < n; ++d) x.pairs_remote += d == r ? 0 : L.pairs_per_rank[d];
+          sum += parallel::local_layer_load(L, x);
         }
-        const int64_t mine = static_cast<int64_t>(ids.size()) / k;
-        std::vector<float> w(ids.size(), 0.5f);
-        parallel::DispatchLayout L =
-            parallel::build_dispatch_layout(p.layer(1), r, ids, w, mine, k);
-        parallel::ExchangeStats x;
-        x.rows_sent_remote = L.num_send_rows() - L.send_counts[r];
-        x.rows_kept_local = L.send_counts[r];
-        for (int d = 0; d < n; ++d) x.pairs_remote += d == r ? 0 : L.pairs_per_rank[d];
-        sum += parallel::local_layer_load(L, x);
       }
+      const parallel::LayerLoad& got = rep.loads.at(li);
+      EXPECT_EQ(got.tokens_per_rank, sum.tokens_per_rank) << "trial " << trial;
+      EXPECT_EQ(got.rows_per_rank, sum.rows_per_rank) << "trial " << trial;
+      EXPECT_EQ(got.tokens_per_expert, sum.tokens_per_expert) << "trial " << trial;
+      EXPECT_EQ(got.traffic.rows_sent_remote, sum.traffic.rows_sent_remote) << "trial " << trial;
+      EXPECT_EQ(got.traffic.rows_kept_local, sum.traffic.rows_kept_local) << "trial " << trial;
+      EXPECT_EQ(got.traffic.pairs_remote, sum.traffic.pairs_remote) << "trial " << trial;
+      // Bytes as ExchangeStats counts them, summed over ranks.
+      EXPECT_EQ(got.traffic.bytes_sent_remote,
+                sum.traffic.rows_sent_remote * (2 * row_bytes + routes_bytes));
+      EXPECT_EQ(got.traffic.bytes_remote_without_dedup,
+                sum.traffic.pairs_remote * (2 * row_bytes + 8));
+      EXPECT_DOUBLE_EQ(got.balancedness(), parallel::balancedness(sum.tokens_per_rank));
     }
-    const parallel::LayerLoad& got = rep.loads.at(0);
-    EXPECT_EQ(got.tokens_per_rank, sum.tokens_per_rank) << "trial " << trial;
-    EXPECT_EQ(got.rows_per_rank, sum.rows_per_rank) << "trial " << trial;
-    EXPECT_EQ(got.tokens_per_expert, sum.tokens_per_expert) << "trial " << trial;
-    EXPECT_EQ(got.traffic.rows_sent_remote, sum.traffic.rows_sent_remote) << "trial " << trial;
-    EXPECT_EQ(got.traffic.rows_kept_local, sum.traffic.rows_kept_local) << "trial " << trial;
-    EXPECT_EQ(got.traffic.pairs_remote, sum.traffic.pairs_remote) << "trial " << trial;
-    // Bytes as ExchangeStats counts them, summed over ranks.
-    EXPECT_EQ(got.traffic.bytes_sent_remote,
-              sum.traffic.rows_sent_remote * (2 * row_bytes + routes_bytes));
-    EXPECT_EQ(got.traffic.bytes_remote_without_dedup,
-              sum.traffic.pairs_remote * (2 * row_bytes + 8));
-    EXPECT_DOUBLE_EQ(got.balancedness(), parallel::balancedness(sum.tokens_per_rank));
   }
 }
 
