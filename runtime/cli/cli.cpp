@@ -20,7 +20,11 @@ int run_cli(int argc, char** argv, int world_rank) {
   const std::vector<Command> commands = {add_plan_command(app, world_rank),
                                          add_forward_command(app), add_generate_command(app),
                                          add_run_command(app), add_place_command(app, world_rank),
-                                         add_experiment_command(app, world_rank)};
+                                         add_experiment_command(app, world_rank),
+                                         add_tokenize_command(app, world_rank),
+                                         add_detokenize_command(app, world_rank),
+                                         add_predict_command(app, world_rank),
+                                         add_calibrate_command(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -20,5 +20,9 @@ Command add_generate_command(CLI::App& app);
 Command add_run_command(CLI::App& app);
 Command add_place_command(CLI::App& app, int world_rank);
 Command add_experiment_command(CLI::App& app, int world_rank);
+Command add_predict_command(CLI::App& app, int world_rank);
+Command add_calibrate_command(CLI::App& app);
+Command add_tokenize_command(CLI::App& app, int world_rank);
+Command add_detokenize_command(CLI::App& app, int world_rank);
 
 }  // namespace moe::runtime

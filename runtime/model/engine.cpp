@@ -118,13 +118,23 @@ ForwardOutput Engine::forward(const TokenBatch& seqs) {
 }
 
 GenerateOutput Engine::generate(const TokenBatch& prompts, int64_t max_new) {
+  GenerateSpec spec;
+  spec.max_new = max_new;
+  return generate(prompts, spec, nullptr);
+}
+
+GenerateOutput Engine::generate(const TokenBatch& prompts, const GenerateSpec& spec,
+                                const TokenSink& sink) {
+  spec.sampling.validate();
   const int64_t S = static_cast<int64_t>(prompts.size());
   const int64_t V = model_.shapes().vocab;
+  const int64_t max_new = spec.max_new;
   const auto mine = local_indices(S);
   const int64_t n = static_cast<int64_t>(mine.size());
   GenerateOutput out;
+  if (comm_.rank() == 0) out.tokens.assign(static_cast<size_t>(S), {});
 
-  std::vector<SeqStep> steps;
+  std::vector<SeqStep> steps;  // this rank's sequences, in order
   std::vector<int64_t> last_rows;
   int64_t row = 0;
   for (int64_t i : mine) {
@@ -132,7 +142,7 @@ GenerateOutput Engine::generate(const TokenBatch& prompts, int64_t max_new) {
     row += static_cast<int64_t>(prompts[static_cast<size_t>(i)].size());
     last_rows.push_back(row - 1);
   }
-  std::vector<int32_t> generated(static_cast<size_t>(n * max_new));
+  std::vector<bool> active(static_cast<size_t>(n), true);
   std::vector<double> times;  // prefill, then each decode step
 
   auto t0 = Clock::now();
@@ -141,18 +151,52 @@ GenerateOutput Engine::generate(const TokenBatch& prompts, int64_t max_new) {
   prefill_flops_ = model_.last_step_flops();
   metrics_.add_step("prefill", r);
   for (int64_t step = 0; step < max_new; ++step) {
+    // r.logits holds one row per active sequence of this rank, in order
+    std::vector<int32_t> chosen(static_cast<size_t>(n), -1);
+    int64_t logit_row = 0;
     for (int64_t j = 0; j < n; ++j) {
-      const int64_t tok = kernels::argmax(r.logits.data() + j * V, V);
-      generated[static_cast<size_t>(j * max_new + step)] = static_cast<int32_t>(tok);
-      steps[static_cast<size_t>(j)].past_len +=
-          static_cast<int64_t>(steps[static_cast<size_t>(j)].tokens.size());
-      steps[static_cast<size_t>(j)].tokens = {static_cast<int32_t>(tok)};
+      if (!active[static_cast<size_t>(j)]) continue;
+      const std::span<const float> logits(r.logits.data() + logit_row++ * V,
+                                          static_cast<size_t>(V));
+      const double u = sampling_uniform(spec.sampling.seed, mine[static_cast<size_t>(j)], step);
+      chosen[static_cast<size_t>(j)] = sample_token(logits, spec.sampling, u);
+    }
+    // rank 0 learns this step's tokens (rank r's block: its sequences r, r+N, ...)
+    const std::vector<int32_t> all = gather_rows_to_root(comm_, chosen, 1, n);
+    if (comm_.rank() == 0) {
+      std::vector<int32_t> by_sequence(static_cast<size_t>(S), -1);
+      int64_t offset = 0;
+      for (int rank = 0; rank < comm_.size(); ++rank)
+        for (int64_t i = rank; i < S; i += comm_.size()) by_sequence[i] = all[offset++];
+      for (int64_t i = 0; i < S; ++i) {
+        if (by_sequence[i] < 0) continue;
+        out.tokens[static_cast<size_t>(i)].push_back(by_sequence[i]);
+        if (sink) sink(i, by_sequence[i]);
+      }
+    }
+    std::vector<SeqStep> next;
+    for (int64_t j = 0; j < n; ++j) {
+      if (!active[static_cast<size_t>(j)]) continue;
+      const int32_t tok = chosen[static_cast<size_t>(j)];
+      const bool eos =
+          std::find(spec.eos_ids.begin(), spec.eos_ids.end(), tok) != spec.eos_ids.end();
+      SeqStep& s = steps[static_cast<size_t>(j)];
+      s.past_len += static_cast<int64_t>(s.tokens.size());
+      s.tokens = {tok};
+      if (eos) {
+        active[static_cast<size_t>(j)] = false;
+      } else {
+        next.push_back(s);
+      }
     }
     if (step + 1 == max_new) break;
+    std::vector<int64_t> num_active{static_cast<int64_t>(next.size())};
+    comm_.all_reduce<int64_t>(num_active, parallel::ReduceOp::kSum);
+    if (num_active[0] == 0) break;
     std::vector<int64_t> rows;
-    for (int64_t j = 0; j < n; ++j) rows.push_back(j);
+    for (int64_t j = 0; j < static_cast<int64_t>(next.size()); ++j) rows.push_back(j);
     t0 = Clock::now();
-    r = model_.step(steps, rows);
+    r = model_.step(next, rows);
     times.push_back(since(t0));
     metrics_.add_step("decode", r);
   }
@@ -165,20 +209,6 @@ GenerateOutput Engine::generate(const TokenBatch& prompts, int64_t max_new) {
   for (size_t i = 1; i < times.size(); ++i) {
     out.decode_step_s.push_back(times[i]);
     out.decode_s += times[i];
-  }
-
-  std::vector<int32_t> all = gather_rows_to_root(comm_, generated, max_new, n);
-  if (comm_.rank() == 0) {
-    out.tokens.assign(static_cast<size_t>(S), {});
-    int64_t offset = 0;
-    for (int rank = 0; rank < comm_.size(); ++rank) {
-      for (int64_t i = rank; i < S; i += comm_.size()) {
-        for (int64_t t = 0; t < max_new; ++t) {
-          out.tokens[static_cast<size_t>(i)].push_back(all[offset + t]);
-        }
-        offset += max_new;
-      }
-    }
   }
   return out;
 }

@@ -4,11 +4,13 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "runtime/model/metrics.h"
 #include "runtime/model/model.h"
+#include "runtime/model/sampling.h"
 
 namespace moe::runtime {
 
@@ -22,8 +24,17 @@ struct ForwardOutput {
   std::vector<float> logits;   // rows past a sequence's end are NaN (rank 0 only)
 };
 
+struct GenerateSpec {
+  int64_t max_new = 16;          // new tokens per sequence at most
+  SamplingParams sampling;       // temperature 0: greedy
+  std::vector<int32_t> eos_ids;  // a sequence ends after emitting one of these (kept in its output)
+};
+// Rank 0: called for every new token as soon as the step that made it ends, in sequence order
+// within a step.
+using TokenSink = std::function<void(int64_t sequence, int32_t token)>;
+
 struct GenerateOutput {
-  TokenBatch tokens;  // new tokens per sequence (rank 0 only)
+  TokenBatch tokens;  // new tokens per sequence, up to its end of sequence (rank 0 only)
   double prefill_s = 0, decode_s = 0;  // max over ranks
   std::vector<double> decode_step_s;   // per step, max over ranks
 };
@@ -37,6 +48,10 @@ class Engine {
   // Greedy decode of max_new tokens after each prompt (prefill, then one-token steps reusing the
   // KV cache). Rank 0 receives the tokens.
   GenerateOutput generate(const TokenBatch& prompts, int64_t max_new);
+  // Decoding as `spec` says; steps go on while any sequence is unfinished. Every rank learns
+  // after each step how many sequences remain; rank 0 hands each new token to `sink`.
+  GenerateOutput generate(const TokenBatch& prompts, const GenerateSpec& spec,
+                          const TokenSink& sink);
 
   MetricsCollector& metrics() { return metrics_; }
   static int64_t slots_needed(int64_t num_sequences, int num_ranks) {
