@@ -23,7 +23,7 @@ if [ "${MOE_TEST_QUICK:-0}" != "1" ]; then
   bash launch/build.sh asan
   echo "== asan tests"
   ASAN_OPTIONS=detect_leaks=0 ctest --preset asan -j "$jobs"
-  echo "== fuzz (safetensors header parser)"
+  echo "== fuzz (safetensors header parser, tokenizer.json loader)"
   bash launch/fuzz.sh "${MOE_FUZZ_SECONDS:-60}"
 fi
 echo "== all tests passed"
