@@ -1,11 +1,17 @@
-// Dispatch + combine of the Dispatcher against a raw MPI_Alltoallv moving the same bytes on the
-// same ranks (the floor any all-to-all-based exchange pays). Run under mpirun:
-//   mpirun -np N bench_dispatch [--tokens T] [--hidden H] [--experts E] [--top-k K] [--iters I]
-//                               [--json FILE]
-// Routing is random (seeded per rank); expert compute is replaced by an untimed fill of the
-// expert outputs, so only layout, data movement and the combine sums are timed. Ours and the raw
-// exchange alternate, each after a barrier; median over iterations, slowest rank. A benchmark,
-// not a test: it prints a table and writes JSON; it asserts nothing.
+// All-to-all benchmark of the expert-parallel exchange, in the style of nccl-tests: the
+// Dispatcher's dispatch + combine alone, for a sweep of tokens x hidden x top-k on the mpirun
+// size N, next to a raw exchange moving the same bytes per peer (MPI_Alltoallv on the host, or the
+// communicator's grouped ncclSend/ncclRecv with --backend cuda --comm nccl). Run under mpirun:
+//   mpirun -np N bench_dispatch [--tokens 128,512] [--hidden 1024,2048] [--top-k 2,8]
+//                               [--experts 128] [--iters 20] [--json F] [--csv F]
+// Data and routing are seeded (bench/a2a_check.h); expert compute is an untimed stand-in
+// (out = scale(expert) * in), and every rank counts the output elements that differ from the
+// reference (#wrong; exact: all sums are of multiples of 1/8). The memory floor is measured in the
+// same run: one streaming read of every expert output (what any combine must do at least once),
+// timed right after the stand-in wrote them, as the combine sees them. Columns (per rank, median
+// over iterations, slowest rank): size = bytes one rank moves (rows and route entries out, rows
+// back, own rows included, as nccl-tests counts its own chunk), algbw = size / time, busbw = algbw
+// x (N-1)/N (nccl-tests' all-to-all factor). Exit code 1 when any element is wrong.
 // Note: bench/ uses MPI directly only for the raw baseline; the runtime never does.
 #include <fmt/format.h>
 #include <mpi.h>
@@ -14,170 +20,440 @@
 #include <algorithm>
 #include <array>
 #include <chrono>
+#include <climits>
 #include <fstream>
 #include <nlohmann/json.hpp>
-#include <random>
+#include <string>
 #include <vector>
 
+#include "a2a_check.h"
 #include "kernels/backend.h"
 #include "kernels/common/check.h"
 #include "parallel/communicator.h"
 #include "parallel/dispatcher.h"
 #include "parallel/placement.h"
 
+namespace moe::bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+constexpr uint64_t kSeed = 20261129;
 
+double seconds_since(Clock::time_point t0) {
+  return std::chrono::duration<double>(Clock::now() - t0).count();
+}
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
+  return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+struct Options {
+  std::vector<int64_t> tokens = {128, 512};
+  std::vector<int64_t> hidden = {1024, 2048};
+  std::vector<int> top_k = {2, 8};
+  int experts = 128;
+  int iters = 20;
+  int warmup = 3;
+  std::string backend = "cpu", comm = "mpi", json, csv;
+};
+
+struct Case {
+  int64_t tokens = 0, hidden = 0;
+  int top_k = 0;
+};
+
+// One case's figures (slowest rank's medians; bytes are per rank, mean over ranks).
+struct CaseResult {
+  Case c;
+  double size_bytes = 0;  // dispatch + combine, own rows included
+  double ours_s = 0, raw_s = 0, mem_s = 0;
+  double dispatch_s = 0, combine_s = 0;
+  int64_t wrong = 0, raw_wrong = 0;  // summed over ranks
+};
+
+class A2aBench {
+ public:
+  A2aBench(const Options& o, parallel::Communicator& comm, kernels::Backend& backend)
+      : o_(o), comm_(comm), backend_(backend), rank_(comm.rank()), n_(comm.size()) {}
+
+  CaseResult run(const Case& c) {
+    const auto placement = parallel::Placement::build({}, {true}, o_.experts, n_);
+    const parallel::LayerPlacement& lp = placement.layer(0);
+    const A2aRouting routing = a2a_routing(kSeed, rank_, c.tokens, o_.experts, c.top_k);
+    const int64_t H = c.hidden;
+
+    std::vector<float> host_hidden(static_cast<size_t>(c.tokens * H));
+    for (int64_t t = 0; t < c.tokens; ++t) {
+      for (int64_t col = 0; col < H; ++col) {
+        host_hidden[static_cast<size_t>(t * H + col)] = a2a_hidden_value(kSeed, rank_, t, col);
+      }
+    }
+    kernels::Buffer<float> hidden(backend_, std::max<size_t>(host_hidden.size(), 1));
+    backend_.upload(hidden.data(), host_hidden.data(), host_hidden.size() * sizeof(float));
+    kernels::Buffer<float> y(backend_, std::max<size_t>(host_hidden.size(), 1));
+    kernels::Buffer<float> expert_out;
+    std::vector<float> host_recv, host_out, host_y(host_hidden.size());
+
+    parallel::Dispatcher dispatcher(comm_, backend_, H, c.top_k);
+    kernels::HostPhaseTimer timer(3);  // layout, dispatch, combine
+    dispatcher.set_timer(&timer, 0, 1, 2);
+
+    // Untimed stand-in for the expert GEMMs: out[p] = scale(expert of p's slot) * in[row(p)].
+    auto expert_compute = [&](const parallel::DispatchResult& r) {
+      const int64_t R = r.num_recv_rows, P = r.batch.num_pairs();
+      host_recv.resize(static_cast<size_t>(R * H));
+      host_out.resize(static_cast<size_t>(std::max<int64_t>(P, 1) * H));
+      backend_.download(host_recv.data(), r.recv_rows, host_recv.size() * sizeof(float));
+      const auto& slots = lp.rank_experts[static_cast<size_t>(rank_)];
+      for (size_t slot = 0; slot + 1 < r.batch.slot_begin.size(); ++slot) {
+        const float scale = a2a_expert_scale(slots[slot]);
+        for (int64_t p = r.batch.slot_begin[slot]; p < r.batch.slot_begin[slot + 1]; ++p) {
+          const float* in = host_recv.data() + r.batch.row_index[static_cast<size_t>(p)] * H;
+          float* out = host_out.data() + p * H;
+          for (int64_t col = 0; col < H; ++col) out[col] = scale * in[col];
+        }
+      }
+      expert_out.ensure(backend_, host_out.size());
+      backend_.upload(expert_out.data(), host_out.data(), host_out.size() * sizeof(float));
+      return P;
+    };
+
+    // Our exchange, timed in two parts around the untimed stand-in.
+    auto run_ours = [&](double& dispatch_s, double& combine_s, int64_t& pairs) {
+      comm_.barrier();
+      auto t0 = Clock::now();
+      timer.start();
+      parallel::DispatchResult r =
+          dispatcher.dispatch(hidden.data(), c.tokens, routing.ids, routing.weights, lp);
+      backend_.synchronize();
+      dispatch_s = seconds_since(t0);
+      pairs = expert_compute(r);
+      backend_.synchronize();
+      t0 = Clock::now();
+      timer.start();
+      dispatcher.combine(expert_out.data(), r, y.data());
+      backend_.synchronize();
+      combine_s = seconds_since(t0);
+      return r;
+    };
+
+    // The memory floor: one read of every expert output, right after they were written, where
+    // the combine reads them. Device memory: half a device-to-device copy (read + write).
+    kernels::Buffer<float> mem_scratch;
+    auto run_mem = [&](int64_t pairs) {
+      const int64_t n = pairs * H;
+      if (!backend_.is_host_memory()) {
+        mem_scratch.ensure(backend_, static_cast<size_t>(std::max<int64_t>(n, 1)));
+        backend_.synchronize();
+        const auto t0 = Clock::now();
+        backend_.copy(mem_scratch.data(), expert_out.data(),
+                      static_cast<size_t>(n) * sizeof(float));
+        backend_.synchronize();
+        return seconds_since(t0) / 2;
+      }
+      const float* src = expert_out.data();
+      const auto t0 = Clock::now();
+      float acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
+      int64_t i = 0;
+      for (; i + 4 <= n; i += 4) {
+        acc0 += src[i];
+        acc1 += src[i + 1];
+        acc2 += src[i + 2];
+        acc3 += src[i + 3];
+      }
+      for (; i < n; ++i) acc0 += src[i];
+      const double s = seconds_since(t0);
+      volatile float sink = acc0 + acc1 + acc2 + acc3;  // keeps the loop
+      (void)sink;
+      return s;
+    };
+
+    // First call: fixes the per-peer counts the raw exchange mirrors, and checks the result.
+    double d0 = 0, c0 = 0;
+    int64_t pairs = 0;
+    const parallel::DispatchResult first = run_ours(d0, c0, pairs);
+    backend_.download(host_y.data(), y.data(), host_y.size() * sizeof(float));
+    CaseResult res;
+    res.c = c;
+    res.wrong = a2a_count_wrong(host_y.data(), kSeed, rank_, routing, c.tokens, H);
+
+    RawExchange raw = make_raw(first, c);
+    res.raw_wrong = raw.run_and_check(*this);
+
+    std::vector<double> ours, raws, mems, disp, comb;
+    for (int i = 0; i < o_.warmup + o_.iters; ++i) {
+      double d = 0, cb = 0;
+      run_ours(d, cb, pairs);
+      const double mem = run_mem(pairs);  // stand-in output still as the combine saw it
+      comm_.barrier();
+      const double raw_s = raw.run(*this);
+      std::array<double, 3> phases{};
+      timer.collect(phases);
+      if (i < o_.warmup) continue;
+      ours.push_back(d + cb);
+      raws.push_back(raw_s);
+      mems.push_back(mem);
+      disp.push_back(d);
+      comb.push_back(cb);
+    }
+    // A last check after the timed loop: buffers reused across iterations stay right.
+    backend_.download(host_y.data(), y.data(), host_y.size() * sizeof(float));
+    res.wrong += a2a_count_wrong(host_y.data(), kSeed, rank_, routing, c.tokens, H);
+
+    std::array<double, 5> v = {median(ours), median(raws), median(mems), median(disp),
+                               median(comb)};
+    comm_.all_reduce(std::span<double>(v), parallel::ReduceOp::kMax);
+    std::array<double, 1> size = {raw.size_bytes};
+    comm_.all_reduce(std::span<double>(size), parallel::ReduceOp::kSum);
+    std::array<int64_t, 2> wrong = {res.wrong, res.raw_wrong};
+    comm_.all_reduce(std::span<int64_t>(wrong), parallel::ReduceOp::kSum);
+    res.ours_s = v[0];
+    res.raw_s = v[1];
+    res.mem_s = v[2];
+    res.dispatch_s = v[3];
+    res.combine_s = v[4];
+    res.size_bytes = size[0] / n_;
+    res.wrong = wrong[0];
+    res.raw_wrong = wrong[1];
+    return res;
+  }
+
+ private:
+  // The raw baseline: the same bytes per peer as our exchange (rows and route entries out, rows
+  // back, own block included), as two plain all-to-alls of bytes.
+  struct RawExchange {
+    std::vector<int64_t> out_bytes, back_bytes;  // [N] per peer
+    std::vector<int64_t> out_recv, back_recv;    // [N] per peer
+    std::vector<unsigned char> send, recv;
+    kernels::Buffer<unsigned char> dev_send, dev_recv;  // device communicators
+    double size_bytes = 0;
+
+    static std::vector<int> displs(const std::vector<int>& counts) {
+      std::vector<int> d(counts.size(), 0);
+      for (size_t p = 1; p < counts.size(); ++p) d[p] = d[p - 1] + counts[p - 1];
+      return d;
+    }
+    static std::vector<int> as_int(const std::vector<int64_t>& v) {
+      std::vector<int> r(v.size());
+      for (size_t i = 0; i < v.size(); ++i) {
+        MOE_CHECK(v[i] <= INT32_MAX, "raw exchange block of {} bytes exceeds MPI's int", v[i]);
+        r[i] = static_cast<int>(v[i]);
+      }
+      return r;
+    }
+    double exchange(A2aBench& b, const std::vector<int64_t>& sc, const std::vector<int64_t>& rc) {
+      if (b.comm_.device_buffers()) {
+        const auto t0 = Clock::now();
+        b.comm_.all_to_all_v<unsigned char>(
+            std::span<const unsigned char>(dev_send.data(), dev_send.size()), sc,
+            std::span<unsigned char>(dev_recv.data(), dev_recv.size()), rc);
+        b.backend_.synchronize();
+        return seconds_since(t0);
+      }
+      const auto s = as_int(sc), r = as_int(rc);
+      const auto sd = displs(s), rd = displs(r);
+      const auto t0 = Clock::now();
+      MPI_Alltoallv(send.data(), s.data(), sd.data(), MPI_BYTE, recv.data(), r.data(), rd.data(),
+                    MPI_BYTE, MPI_COMM_WORLD);
+      return seconds_since(t0);
+    }
+    double run(A2aBench& b) {
+      return exchange(b, out_bytes, out_recv) + exchange(b, back_bytes, back_recv);
+    }
+    // One exchange of seeded bytes, each received byte checked against its sender's pattern.
+    int64_t run_and_check(A2aBench& b) {
+      const int n = b.n_, me = b.rank_;
+      int64_t at = 0;
+      for (int p = 0; p < n; ++p) {
+        for (int64_t i = 0; i < out_bytes[static_cast<size_t>(p)]; ++i) {
+          send[static_cast<size_t>(at++)] = a2a_raw_byte(kSeed, me, p, i);
+        }
+      }
+      if (b.comm_.device_buffers()) b.backend_.upload(dev_send.data(), send.data(), send.size());
+      exchange(b, out_bytes, out_recv);
+      if (b.comm_.device_buffers()) b.backend_.download(recv.data(), dev_recv.data(), recv.size());
+      int64_t wrong = 0;
+      at = 0;
+      for (int p = 0; p < n; ++p) {
+        for (int64_t i = 0; i < out_recv[static_cast<size_t>(p)]; ++i) {
+          wrong += recv[static_cast<size_t>(at++)] != a2a_raw_byte(kSeed, p, me, i) ? 1 : 0;
+        }
+      }
+      return wrong;
+    }
+  };
+
+  RawExchange make_raw(const parallel::DispatchResult& r, const Case& c) {
+    RawExchange x;
+    const int64_t row_bytes = c.hidden * static_cast<int64_t>(sizeof(float));
+    const int64_t route_bytes = c.top_k * static_cast<int64_t>(sizeof(parallel::RouteEntry));
+    x.out_bytes.resize(static_cast<size_t>(n_));
+    x.out_recv.resize(static_cast<size_t>(n_));
+    x.back_bytes.resize(static_cast<size_t>(n_));
+    x.back_recv.resize(static_cast<size_t>(n_));
+    int64_t send_total = 0, recv_total = 0;
+    for (size_t p = 0; p < static_cast<size_t>(n_); ++p) {
+      x.out_bytes[p] = r.layout.send_counts[p] * (row_bytes + route_bytes);
+      x.out_recv[p] = r.recv_counts[p] * (row_bytes + route_bytes);
+      x.back_bytes[p] = r.recv_counts[p] * row_bytes;  // combine: the reverse, rows only
+      x.back_recv[p] = r.layout.send_counts[p] * row_bytes;
+      send_total += x.out_bytes[p] + x.back_bytes[p];
+      recv_total += x.out_recv[p] + x.back_recv[p];
+    }
+    x.size_bytes = static_cast<double>(send_total);
+    const size_t cap = static_cast<size_t>(std::max<int64_t>({send_total, recv_total, 1}));
+    x.send.resize(cap);
+    x.recv.resize(cap);
+    if (comm_.device_buffers()) {
+      x.dev_send = kernels::Buffer<unsigned char>(backend_, cap);
+      x.dev_recv = kernels::Buffer<unsigned char>(backend_, cap);
+    }
+    return x;
+  }
+
+  const Options& o_;
+  parallel::Communicator& comm_;
+  kernels::Backend& backend_;
+  int rank_, n_;
+};
+
+void print_header(const Options& o, int n, const std::string& backend, const std::string& comm) {
+  fmt::print("# moe-ep all-to-all: dispatch+combine vs raw exchange of the same bytes\n");
+  fmt::print(
+      "# N = {} ranks, {} experts, backend {}, comm {}, iters {} (+{} warm-up), median, "
+      "slowest rank\n",
+      n, o.experts, backend, comm, o.iters, o.warmup);
+  fmt::print(
+      "# size = bytes per rank (out + back, own rows included); algbw = size / time; busbw "
+      "= algbw * (N-1)/N\n");
+  fmt::print("# mem = one read of every expert output (the combine's minimum), measured here\n");
+  fmt::print(
+      "#{:>6} {:>6} {:>3} {:>11} {:>10} {:>5} | {:>9} {:>8} {:>8} {:>6} | {:>9} {:>6} | "
+      "{:>6} | {:>8} {:>8} | {:>8} {:>8}\n",
+      "tokens", "hidden", "k", "size(B)", "count", "type", "time(us)", "algbw", "busbw", "#wrong",
+      "raw(us)", "#wrong", "ratio", "mem(us)", "x(r+m)", "disp(us)", "comb(us)");
+}
+
+void print_row(const CaseResult& r, int n) {
+  const double algbw = r.size_bytes / r.ours_s / 1e9;
+  const double busbw = algbw * (n - 1) / n;
+  fmt::print(
+      " {:>6} {:>6} {:>3} {:>11.0f} {:>10.0f} {:>5} | {:>9.1f} {:>8.3f} {:>8.3f} {:>6} | "
+      "{:>9.1f} {:>6} | {:>6.3f} | {:>8.1f} {:>8.3f} | {:>8.1f} {:>8.1f}\n",
+      r.c.tokens, r.c.hidden, r.c.top_k, r.size_bytes, r.size_bytes / 4, "float", r.ours_s * 1e6,
+      algbw, busbw, r.wrong, r.raw_s * 1e6, r.raw_wrong, r.ours_s / r.raw_s, r.mem_s * 1e6,
+      r.ours_s / (r.raw_s + r.mem_s), r.dispatch_s * 1e6, r.combine_s * 1e6);
+}
+
+int run(int argc, char** argv) {
+  Options o;
+  CLI::App app{"dispatch+combine vs a raw all-to-all of the same bytes (nccl-tests style)"};
+  app.add_option("--tokens", o.tokens, "Tokens per rank (list)")->delimiter(',');
+  app.add_option("--hidden", o.hidden, "Hidden sizes (list)")->delimiter(',');
+  app.add_option("--top-k", o.top_k, "Experts per token (list)")->delimiter(',');
+  app.add_option("--experts", o.experts, "Experts per layer");
+  app.add_option("--iters", o.iters, "Timed iterations per case (median reported)");
+  app.add_option("--warmup", o.warmup, "Untimed iterations per case");
+  app.add_option("--backend", o.backend, "cpu | cuda");
+  app.add_option("--comm", o.comm, "mpi | nccl (nccl needs --backend cuda)");
+  app.add_option("--json", o.json, "Write results as JSON (rank 0)");
+  app.add_option("--csv", o.csv, "Write results as CSV (rank 0)");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  MOE_CHECK_AS("config", o.iters >= 1 && o.warmup >= 0 && o.experts >= 1,
+               "--iters must be >= 1, --warmup >= 0 and --experts >= 1");
+  for (int k : o.top_k) {
+    MOE_CHECK_AS("config", k >= 1 && k <= o.experts, "--top-k {} must be in [1, --experts {}]", k,
+                 o.experts);
+  }
+
+  auto comm = parallel::make_communicator(o.comm, {});
+  auto backend = kernels::make_backend(o.backend, comm->local_rank());
+  comm->bind_compute_stream(backend->compute_stream());
+  const int n = comm->size();
+  A2aBench bench(o, *comm, *backend);
+  if (comm->rank() == 0) print_header(o, n, o.backend, o.comm);
+  std::vector<CaseResult> results;
+  for (int64_t t : o.tokens) {
+    for (int64_t h : o.hidden) {
+      for (int k : o.top_k) {
+        results.push_back(bench.run({t, h, k}));
+        if (comm->rank() == 0) print_row(results.back(), n);
+      }
+    }
+  }
+  int64_t wrong = 0;
+  double ratio_min = 1e30, ratio_max = 0, floor_min = 1e30, floor_max = 0, busbw_sum = 0;
+  for (const CaseResult& r : results) {
+    wrong += r.wrong + r.raw_wrong;
+    ratio_min = std::min(ratio_min, r.ours_s / r.raw_s);
+    ratio_max = std::max(ratio_max, r.ours_s / r.raw_s);
+    floor_min = std::min(floor_min, r.ours_s / (r.raw_s + r.mem_s));
+    floor_max = std::max(floor_max, r.ours_s / (r.raw_s + r.mem_s));
+    busbw_sum += r.size_bytes / r.ours_s / 1e9 * (n - 1) / n;
+  }
+  if (comm->rank() == 0) {
+    fmt::print("# #wrong (all cases, all ranks): {} {}\n", wrong, wrong == 0 ? "OK" : "FAILED");
+    fmt::print("# avg busbw: {:.3f} GB/s\n", busbw_sum / static_cast<double>(results.size()));
+    fmt::print(
+        "# ratio dispatch+combine / raw: {:.3f} .. {:.3f} (goal <= 1.15); / (raw + mem): "
+        "{:.3f} .. {:.3f}\n",
+        ratio_min, ratio_max, floor_min, floor_max);
+    nlohmann::json j;
+    j["ranks"] = n;
+    j["experts"] = o.experts;
+    j["backend"] = o.backend;
+    j["comm"] = o.comm;
+    j["iters"] = o.iters;
+    j["wrong"] = wrong;
+    j["cases"] = nlohmann::json::array();
+    for (const CaseResult& r : results) {
+      j["cases"].push_back({{"tokens_per_rank", r.c.tokens},
+                            {"hidden", r.c.hidden},
+                            {"top_k", r.c.top_k},
+                            {"size_bytes", r.size_bytes},
+                            {"time_us", r.ours_s * 1e6},
+                            {"algbw_gb_s", r.size_bytes / r.ours_s / 1e9},
+                            {"busbw_gb_s", r.size_bytes / r.ours_s / 1e9 * (n - 1) / n},
+                            {"wrong", r.wrong},
+                            {"raw_us", r.raw_s * 1e6},
+                            {"raw_wrong", r.raw_wrong},
+                            {"ratio", r.ours_s / r.raw_s},
+                            {"mem_us", r.mem_s * 1e6},
+                            {"ratio_to_raw_plus_mem", r.ours_s / (r.raw_s + r.mem_s)},
+                            {"dispatch_us", r.dispatch_s * 1e6},
+                            {"combine_us", r.combine_s * 1e6}});
+    }
+    if (!o.json.empty()) std::ofstream(o.json) << j.dump(2) << "\n";
+    if (!o.csv.empty()) {
+      std::ofstream f(o.csv);
+      f << "ranks,tokens,hidden,top_k,size_bytes,time_us,algbw_gb_s,busbw_gb_s,wrong,raw_us,"
+           "raw_wrong,ratio,mem_us,ratio_to_raw_plus_mem,dispatch_us,combine_us\n";
+      for (const auto& c : j["cases"]) {
+        f << n << "," << c["tokens_per_rank"] << "," << c["hidden"] << "," << c["top_k"] << ","
+          << c["size_bytes"] << "," << c["time_us"] << "," << c["algbw_gb_s"] << ","
+          << c["busbw_gb_s"] << "," << c["wrong"] << "," << c["raw_us"] << "," << c["raw_wrong"]
+          << "," << c["ratio"] << "," << c["mem_us"] << "," << c["ratio_to_raw_plus_mem"] << ","
+          << c["dispatch_us"] << "," << c["combine_us"] << "\n";
+      }
+    }
+  }
+  comm->shutdown();
+  return wrong == 0 ? 0 : 1;
 }
 
 }  // namespace
+}  // namespace moe::bench
 
 int main(int argc, char** argv) {
   moe::parallel::MpiSession mpi(&argc, &argv);
   moe::set_error_rank(mpi.world_rank());
-  int64_t tokens = 256, hidden = 1024;
-  int experts = 64, top_k = 4, iters = 20;
-  std::string json_path;
-  CLI::App app{"dispatch+combine vs raw MPI_Alltoallv of the same bytes"};
-  app.add_option("--tokens", tokens, "Tokens per rank");
-  app.add_option("--hidden", hidden, "Hidden size");
-  app.add_option("--experts", experts, "Experts per layer");
-  app.add_option("--top-k", top_k, "Experts per token");
-  app.add_option("--iters", iters, "Timed iterations (median reported)");
-  app.add_option("--json", json_path, "Write results as JSON (rank 0)");
-  CLI11_PARSE(app, argc, argv);
-
   try {
-    auto comm = moe::parallel::make_mpi_communicator({});
-    const int rank = comm->rank(), n = comm->size();
-    auto backend = moe::kernels::make_backend("cpu", 0);
-    std::vector<bool> moe_layers{true};
-    auto placement = moe::parallel::Placement::build({}, moe_layers, experts, n);
-    const auto& lp = placement.layer(0);
-
-    std::mt19937 rng(1234 + rank);
-    std::vector<float> hidden_rows(static_cast<size_t>(tokens * hidden));
-    for (auto& v : hidden_rows) v = std::uniform_real_distribution<float>(-1, 1)(rng);
-    std::vector<int32_t> ids(static_cast<size_t>(tokens * top_k));
-    std::vector<float> weights(ids.size(), 1.0f / top_k);
-    for (int64_t t = 0; t < tokens; ++t) {
-      std::vector<int> all(experts);
-      for (int e = 0; e < experts; ++e) all[e] = e;
-      std::shuffle(all.begin(), all.end(), rng);
-      for (int j = 0; j < top_k; ++j) ids[t * top_k + j] = all[j];
-    }
-    moe::parallel::Dispatcher dispatcher(*comm, *backend, hidden, top_k);
-    moe::kernels::HostPhaseTimer timer(3);  // layout, dispatch, combine
-    dispatcher.set_timer(&timer, 0, 1, 2);
-    std::vector<float> y(static_cast<size_t>(tokens * hidden));
-    std::vector<float> expert_out;
-
-    // Dispatcher: layout + counts + dispatch + combine. Its counts are fixed (the routing is),
-    // so the first call also tells the raw baseline what to move.
-    std::vector<double> ours, raw, layout_s, dispatch_s, combine_s;
-    auto run_ours = [&] {
-      comm->barrier();
-      auto t0 = Clock::now();
-      timer.start();
-      auto r = dispatcher.dispatch(hidden_rows.data(), tokens, ids, weights, lp);
-      const double dispatch_s = std::chrono::duration<double>(Clock::now() - t0).count();
-      // Stand-in for expert compute, untimed: every output row is written, as the GEMMs would,
-      // so combine reads rows just produced rather than rows last touched an iteration ago.
-      expert_out.resize(std::max<size_t>(1, r.batch.row_index.size() * hidden));
-      std::fill(expert_out.begin(), expert_out.end(), 0.5f);
-      auto t1 = Clock::now();
-      timer.start();
-      dispatcher.combine(expert_out.data(), r, y.data());
-      return std::pair{dispatch_s + std::chrono::duration<double>(Clock::now() - t1).count(),
-                       std::move(r)};
-    };
-    const moe::parallel::DispatchResult last = run_ours().second;
-
-    // Raw MPI_Alltoallv with the same per-peer byte counts: rows + routes out, rows back.
-    const auto& send_counts = last.layout.send_counts;
-    const auto& recv_counts = last.recv_counts;
-    const int64_t row_bytes =
-        hidden * 4 + top_k * static_cast<int64_t>(sizeof(moe::parallel::RouteEntry));
-    std::vector<int> sc(n), rc(n), sd(n), rd(n), sc2(n), rc2(n), sd2(n), rd2(n);
-    int64_t s_total = 0, r_total = 0;
-    for (int p = 0; p < n; ++p) {
-      sc[p] = static_cast<int>(send_counts[p] * row_bytes);
-      rc[p] = static_cast<int>(recv_counts[p] * row_bytes);
-      sc2[p] = static_cast<int>(recv_counts[p] * hidden * 4);  // combine: reverse, rows only
-      rc2[p] = static_cast<int>(send_counts[p] * hidden * 4);
-      sd[p] = p ? sd[p - 1] + sc[p - 1] : 0;
-      rd[p] = p ? rd[p - 1] + rc[p - 1] : 0;
-      sd2[p] = p ? sd2[p - 1] + sc2[p - 1] : 0;
-      rd2[p] = p ? rd2[p - 1] + rc2[p - 1] : 0;
-      s_total += sc[p];
-      r_total += rc[p];
-    }
-    std::vector<char> sbuf(std::max<int64_t>(s_total, 1)), rbuf(std::max<int64_t>(r_total, 1));
-    auto run_raw = [&] {
-      MPI_Barrier(MPI_COMM_WORLD);
-      auto t0 = Clock::now();
-      MPI_Alltoallv(sbuf.data(), sc.data(), sd.data(), MPI_BYTE, rbuf.data(), rc.data(), rd.data(),
-                    MPI_BYTE, MPI_COMM_WORLD);
-      MPI_Alltoallv(rbuf.data(), sc2.data(), sd2.data(), MPI_BYTE, sbuf.data(), rc2.data(),
-                    rd2.data(), MPI_BYTE, MPI_COMM_WORLD);
-      return std::chrono::duration<double>(Clock::now() - t0).count();
-    };
-
-    // Interleaved, so both see the same machine: on this shared VM the raw exchange alone
-    // drifts between ~250 us and ~1300 us from one run to the next.
-    for (int i = 0; i < iters + 2; ++i) {
-      const double ours_s = run_ours().first;
-      const double raw_s = run_raw();
-      std::array<double, 3> phase_s{};
-      timer.collect(phase_s);
-      if (i < 2) continue;  // warm-up
-      ours.push_back(ours_s);
-      raw.push_back(raw_s);
-      layout_s.push_back(phase_s[0]);
-      dispatch_s.push_back(phase_s[1]);
-      combine_s.push_back(phase_s[2]);
-    }
-
-    // Slowest rank's median decides (an all-to-all finishes when its last rank does).
-    double v[5] = {median(ours), median(raw), median(layout_s), median(dispatch_s),
-                   median(combine_s)};
-    comm->all_reduce<double>(std::span<double>(v, 5), moe::parallel::ReduceOp::kMax);
-    std::vector<int64_t> bytes{s_total};
-    comm->all_reduce<int64_t>(bytes, moe::parallel::ReduceOp::kSum);
-    if (rank == 0) {
-      const double ratio = v[0] / v[1];
-      fmt::print("{:>5} {:>7} {:>6} {:>4} {:>12} {:>14} {:>14} {:>8}\n", "ranks", "tokens",
-                 "hidden", "k", "bytes/iter", "dispatch+comb", "raw alltoallv", "ratio");
-      fmt::print("{:>5} {:>7} {:>6} {:>4} {:>12} {:>12.1f}us {:>12.1f}us {:>8.3f}\n", n, tokens,
-                 hidden, top_k, bytes[0], v[0] * 1e6, v[1] * 1e6, ratio);
-      fmt::print(
-          "      of which (max over ranks of medians): layout {:.1f}us, dispatch {:.1f}us, "
-          "combine {:.1f}us\n",
-          v[2] * 1e6, v[3] * 1e6, v[4] * 1e6);
-      if (!json_path.empty()) {
-        nlohmann::json j = {{"ranks", n},
-                            {"tokens_per_rank", tokens},
-                            {"hidden", hidden},
-                            {"experts", experts},
-                            {"top_k", top_k},
-                            {"iters", iters},
-                            {"dispatch_bytes_all_ranks", bytes[0]},
-                            {"dispatch_combine_us", v[0] * 1e6},
-                            {"raw_alltoallv_us", v[1] * 1e6},
-                            {"layout_us", v[2] * 1e6},
-                            {"dispatch_us", v[3] * 1e6},
-                            {"combine_us", v[4] * 1e6},
-                            {"ratio", ratio}};
-        std::ofstream(json_path) << j.dump(2) << "\n";
-      }
-    }
-    comm->shutdown();
-  } catch (const moe::Error& e) {
+    return moe::bench::run(argc, argv);
+  } catch (const std::exception& e) {
     moe::parallel::MpiSession::abort_job(fmt::format("bench_dispatch: error: {}", e.what()), 1);
   }
-  return 0;
 }

@@ -1,14 +1,19 @@
 // Microbenchmark of the CPU kernels (kernels/cpu/ops.h) next to a plain fp32 cblas_sgemm of the
-// same shapes. Prints one fixed table (best-of-N wall time per call); optional --csv FILE.
-// Not a test: nothing here passes or fails. Thread count is OpenBLAS's (OPENBLAS_NUM_THREADS).
+// same shapes. Prints one fixed table (best-of-N wall time per call); --json FILE and --csv FILE
+// write the same rows. Not a test: nothing here passes or fails. Thread count is OpenBLAS's
+// (OPENBLAS_NUM_THREADS).
 #include <cblas.h>
+#include <fmt/format.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
+#include <cstdlib>
+#include <fstream>
 #include <functional>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
@@ -67,18 +72,14 @@ std::string dims(std::initializer_list<int64_t> d) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string csv_path;
-  double min_seconds = 0.3;
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--csv") && i + 1 < argc) {
-      csv_path = argv[++i];
-    } else if (!std::strcmp(argv[i], "--quick")) {
-      min_seconds = 0.05;
-    } else {
-      std::fprintf(stderr, "usage: %s [--csv FILE] [--quick]\n", argv[0]);
-      return 2;
-    }
-  }
+  std::string csv_path, json_path;
+  bool quick = false;
+  CLI::App app{"CPU kernels next to cblas_sgemm of the same shapes"};
+  app.add_option("--csv", csv_path, "Also write the table as CSV");
+  app.add_option("--json", json_path, "Also write the table as JSON");
+  app.add_flag("--quick", quick, "Shorter timing per op (0.05 s instead of 0.3 s)");
+  CLI11_PARSE(app, argc, argv);
+  const double min_seconds = quick ? 0.05 : 0.3;
   std::vector<Row> rows;
 
   // linear vs sgemm: rows x in -> out, plus the mid model's expert shapes and decode GEMVs.
@@ -206,27 +207,44 @@ int main(int argc, char** argv) {
     rows.push_back({"router_topk", "1024x64_top4", t, 0, 0});
   }
 
-  std::printf("%-16s %-28s %10s %10s %10s\n", "op", "shape", "ms", "GFLOP/s", "GB/s");
+  fmt::print("{:<16} {:<28} {:>10} {:>10} {:>10}\n", "op", "shape", "ms", "GFLOP/s", "GB/s");
   for (const Row& r : rows) {
-    std::printf("%-16s %-28s %10.4f %10.2f %10.2f\n", r.op.c_str(), r.shape.c_str(), r.ms, r.gflops,
-                r.gbytes);
+    fmt::print("{:<16} {:<28} {:>10.4f} {:>10.2f} {:>10.2f}\n", r.op, r.shape, r.ms, r.gflops,
+               r.gbytes);
   }
-  std::printf(
+  const char* threads = std::getenv("OPENBLAS_NUM_THREADS");
+  fmt::print(
       "(best of repeated calls; GB/s counts weight/input bytes read once; "
-      "OPENBLAS_NUM_THREADS=%s)\n",
-      std::getenv("OPENBLAS_NUM_THREADS") ? std::getenv("OPENBLAS_NUM_THREADS") : "unset");
-  if (!csv_path.empty()) {
-    FILE* f = std::fopen(csv_path.c_str(), "w");
-    if (f == nullptr) {
-      std::fprintf(stderr, "cannot write %s\n", csv_path.c_str());
+      "OPENBLAS_NUM_THREADS={})\n",
+      threads != nullptr ? threads : "unset");
+  nlohmann::json j;
+  j["openblas_num_threads"] = threads != nullptr ? threads : "unset";
+  j["rows"] = nlohmann::json::array();
+  for (const Row& r : rows) {
+    j["rows"].push_back({{"op", r.op},
+                         {"shape", r.shape},
+                         {"ms", r.ms},
+                         {"gflops", r.gflops},
+                         {"gbytes_per_s", r.gbytes}});
+  }
+  if (!json_path.empty()) {
+    std::ofstream f(json_path);
+    if (!f) {
+      fmt::print(stderr, "bench_kernels: cannot write {}\n", json_path);
       return 1;
     }
-    std::fprintf(f, "op,shape,ms,gflops,gbytes_per_s\n");
-    for (const Row& r : rows) {
-      std::fprintf(f, "%s,%s,%.6f,%.4f,%.4f\n", r.op.c_str(), r.shape.c_str(), r.ms, r.gflops,
-                   r.gbytes);
+    f << j.dump(2) << "\n";
+  }
+  if (!csv_path.empty()) {
+    std::ofstream f(csv_path);
+    if (!f) {
+      fmt::print(stderr, "bench_kernels: cannot write {}\n", csv_path);
+      return 1;
     }
-    std::fclose(f);
+    f << "op,shape,ms,gflops,gbytes_per_s\n";
+    for (const Row& r : rows) {
+      f << fmt::format("{},{},{:.6f},{:.4f},{:.4f}\n", r.op, r.shape, r.ms, r.gflops, r.gbytes);
+    }
   }
   return 0;
 }

@@ -35,15 +35,21 @@ if runs:
 
 disp = [d for d in (load("dispatch_2rank.json"), load("dispatch_4rank.json")) if d]
 if disp:
-    fig, ax = plt.subplots(figsize=(6, 4))
-    x = [str(d["ranks"]) for d in disp]
-    w = 0.35
-    idx = range(len(disp))
-    ax.bar([i - w / 2 for i in idx], [d["dispatch_combine_us"] for d in disp], w, label="dispatch+combine")
-    ax.bar([i + w / 2 for i in idx], [d["raw_alltoallv_us"] for d in disp], w, label="raw MPI_Alltoallv")
-    ax.set_xticks(list(idx), x)
-    ax.set_xlabel("ranks")
+    # One bar pair per (ranks, case): dispatch+combine next to the raw exchange of the same bytes.
+    labels, ours, raw = [], [], []
+    for d in disp:
+        for c in d["cases"]:
+            labels.append(f"N{d['ranks']} T{c['tokens_per_rank']}\nH{c['hidden']} k{c['top_k']}")
+            ours.append(c["time_us"])
+            raw.append(c["raw_us"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels)), 4))
+    w = 0.4
+    idx = range(len(labels))
+    ax.bar([i - w / 2 for i in idx], ours, w, label="dispatch+combine")
+    ax.bar([i + w / 2 for i in idx], raw, w, label="raw MPI_Alltoallv")
+    ax.set_xticks(list(idx), labels, fontsize=6)
     ax.set_ylabel("microseconds per layer exchange")
+    ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
     fig.savefig(os.path.join(out, "dispatch.png"), dpi=120)

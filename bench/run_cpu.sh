@@ -16,8 +16,9 @@ exe="$build/launch/moe-ep"
 "$exe" run --quiet --config configs/bench/mid.yaml --json "$out/mid_1rank.json" >"$out/mid_1rank.txt"
 "${mpi[@]}" -np 2 "$exe" run --quiet --config configs/bench/mid.yaml --json "$out/mid_2rank.json" >"$out/mid_2rank.txt"
 for n in 2 4; do
-  "${mpi[@]}" -np "$n" "$build/bench/bench_dispatch" --tokens 256 --hidden 1024 --experts 64 \
-      --top-k 4 --iters 30 --json "$out/dispatch_${n}rank.json" >"$out/dispatch_${n}rank.txt"
+  "${mpi[@]}" -np "$n" "$build/bench/bench_dispatch" --tokens 128,512 --hidden 1024,2048 \
+      --top-k 2,8 --experts 128 --iters 20 --json "$out/dispatch_${n}rank.json" \
+      --csv "$out/dispatch_${n}rank.csv" >"$out/dispatch_${n}rank.txt"
 done
 
 /usr/bin/python3 - "$out" <<'PY'
@@ -37,10 +38,13 @@ for r in (r1, r2):
 print(f"\nspeedup 1 -> 2 ranks: prefill {r1['prefill_s']/r2['prefill_s']:.2f}x, "
       f"decode {r1['decode_s']/r2['decode_s']:.2f}x, whole run (prefill+decode) "
       f"{(r1['prefill_s']+r1['decode_s'])/(r2['prefill_s']+r2['decode_s']):.2f}x\n")
-print("| ranks | tokens/rank | hidden | top-k | bytes/iter (all ranks) | dispatch+combine us | raw MPI_Alltoallv us | ratio |")
-print("|---|---|---|---|---|---|---|---|")
+print("| ranks | tokens/rank | hidden | top-k | size B/rank | dispatch+combine us | busbw GB/s | #wrong | raw us | ratio | mem us | / (raw+mem) |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for n in (2, 4):
     d = json.load(open(os.path.join(out, f"dispatch_{n}rank.json")))
-    print(f"| {d['ranks']} | {d['tokens_per_rank']} | {d['hidden']} | {d['top_k']} | "
-          f"{d['dispatch_bytes_all_ranks']} | {d['dispatch_combine_us']:.1f} | {d['raw_alltoallv_us']:.1f} | {d['ratio']:.3f} |")
+    for c in d["cases"]:
+        print(f"| {d['ranks']} | {c['tokens_per_rank']} | {c['hidden']} | {c['top_k']} | "
+              f"{c['size_bytes']:.0f} | {c['time_us']:.1f} | {c['busbw_gb_s']:.3f} | "
+              f"{c['wrong'] + c['raw_wrong']} | {c['raw_us']:.1f} | {c['ratio']:.3f} | "
+              f"{c['mem_us']:.1f} | {c['ratio_to_raw_plus_mem']:.3f} |")
 PY

@@ -1,0 +1,94 @@
+// Seeded data and the reference of the all-to-all benchmark (bench_dispatch.cpp), nccl-tests
+// style: every rank regenerates what it must end up with from (seed, rank, token, column) and
+// counts the elements that differ, without gathering anything. Values are multiples of 1/8 with
+// weights multiples of 1/8 and expert scales in {1, 2, 3}, so every fp32 sum the combine forms
+// is exact in any order: a correct exchange has #wrong == 0 exactly, whatever the rank count.
+#pragma once
+
+#include <cstdint>
+#include <numeric>
+#include <vector>
+
+namespace moe::bench {
+
+// SplitMix64: a deterministic hash of the element's coordinates.
+inline uint64_t a2a_mix(uint64_t x) {
+  x += 0x9E3779B97F4A7C15ull;
+  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
+  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
+  return x ^ (x >> 31);
+}
+
+// Hidden element (rank, token, col): one of -1, -7/8, ..., 7/8, 1.
+inline float a2a_hidden_value(uint64_t seed, int rank, int64_t token, int64_t col) {
+  const uint64_t h =
+      a2a_mix(seed ^ a2a_mix((static_cast<uint64_t>(rank) << 48) ^
+                             (static_cast<uint64_t>(token) << 20) ^ static_cast<uint64_t>(col)));
+  return static_cast<float>(static_cast<int>(h % 17) - 8) / 8.0f;
+}
+
+// The stand-in expert computes out = scale(expert) * in.
+inline float a2a_expert_scale(int expert) {
+  return static_cast<float>(1 + expert % 3);
+}
+
+// One rank's routing: top_k distinct experts per token, weights in {1/8, 2/8, 3/8, 4/8}.
+struct A2aRouting {
+  int top_k = 0;
+  std::vector<int32_t> ids;    // [tokens, top_k]
+  std::vector<float> weights;  // [tokens, top_k]
+};
+
+inline A2aRouting a2a_routing(uint64_t seed, int rank, int64_t tokens, int experts, int top_k) {
+  A2aRouting r;
+  r.top_k = top_k;
+  r.ids.resize(static_cast<size_t>(tokens * top_k));
+  r.weights.resize(r.ids.size());
+  std::vector<int32_t> pool(static_cast<size_t>(experts));
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::iota(pool.begin(), pool.end(), 0);
+    uint64_t h =
+        a2a_mix(seed ^ 0x5EEDull ^ (static_cast<uint64_t>(rank) << 40) ^ static_cast<uint64_t>(t));
+    for (int j = 0; j < top_k; ++j) {  // partial Fisher-Yates: distinct experts
+      h = a2a_mix(h);
+      const size_t pick = static_cast<size_t>(j) + static_cast<size_t>(h % (experts - j));
+      std::swap(pool[static_cast<size_t>(j)], pool[pick]);
+      r.ids[static_cast<size_t>(t * top_k + j)] = pool[static_cast<size_t>(j)];
+      r.weights[static_cast<size_t>(t * top_k + j)] = static_cast<float>(1 + (h >> 32) % 4) / 8.0f;
+    }
+  }
+  return r;
+}
+
+// What the combine must return for token t of `rank`: h[t][c] * sum_j w_j * scale(e_j).
+inline float a2a_token_factor(const A2aRouting& r, int64_t t) {
+  float f = 0.0f;
+  for (int j = 0; j < r.top_k; ++j) {
+    const size_t i = static_cast<size_t>(t * r.top_k + j);
+    f += r.weights[i] * a2a_expert_scale(r.ids[i]);
+  }
+  return f;
+}
+
+// Elements of y [tokens, hidden] that differ from the reference.
+inline int64_t a2a_count_wrong(const float* y, uint64_t seed, int rank, const A2aRouting& r,
+                               int64_t tokens, int64_t hidden) {
+  int64_t wrong = 0;
+  for (int64_t t = 0; t < tokens; ++t) {
+    const float f = a2a_token_factor(r, t);
+    for (int64_t c = 0; c < hidden; ++c) {
+      wrong += y[t * hidden + c] != a2a_hidden_value(seed, rank, t, c) * f ? 1 : 0;
+    }
+  }
+  return wrong;
+}
+
+// Byte i of what rank src sends rank dst in the raw exchange.
+inline unsigned char a2a_raw_byte(uint64_t seed, int src, int dst, int64_t i) {
+  return static_cast<unsigned char>(a2a_mix(seed ^ (static_cast<uint64_t>(src) << 56) ^
+                                            (static_cast<uint64_t>(dst) << 48) ^
+                                            static_cast<uint64_t>(i)) &
+                                    0xFF);
+}
+
+}  // namespace moe::bench
