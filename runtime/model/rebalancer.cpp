@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <sstream>
@@ -12,6 +13,46 @@
 #include "parallel/placement_strategies.h"
 
 namespace moe::runtime {
+namespace {
+
+// Strategies number ranks arbitrarily; the loads do not care which rank gets which list. Give
+// each new list to the old rank that already holds most of its experts (greedy on the largest
+// overlap), so fewer weights move.
+parallel::RankLists keep_most_in_place(parallel::RankLists lists,
+                                       const std::vector<std::vector<int>>& old) {
+  const size_t n = lists.size();
+  std::vector<std::vector<int64_t>> overlap(n, std::vector<int64_t>(n, 0));
+  for (size_t i = 0; i < n; ++i) {
+    for (size_t r = 0; r < n; ++r) {
+      for (int e : lists[i]) {
+        overlap[i][r] += std::find(old[r].begin(), old[r].end(), e) != old[r].end();
+      }
+    }
+  }
+  std::vector<int> rank_of(n, -1);
+  std::vector<bool> taken(n, false);
+  for (size_t round = 0; round < n; ++round) {
+    int64_t best = -1;
+    size_t bi = 0, br = 0;
+    for (size_t i = 0; i < n; ++i) {
+      if (rank_of[i] >= 0) continue;
+      for (size_t r = 0; r < n; ++r) {
+        if (!taken[r] && overlap[i][r] > best) {
+          best = overlap[i][r];
+          bi = i;
+          br = r;
+        }
+      }
+    }
+    rank_of[bi] = static_cast<int>(br);
+    taken[br] = true;
+  }
+  parallel::RankLists out(n);
+  for (size_t i = 0; i < n; ++i) out[static_cast<size_t>(rank_of[i])] = std::move(lists[i]);
+  return out;
+}
+
+}  // namespace
 
 Rebalancer::Rebalancer(const RebalanceConfig& config, Model& model, parallel::Communicator& comm)
     : config_(config), model_(model), comm_(comm) {
@@ -50,6 +91,8 @@ void Rebalancer::on_step(int64_t step, const StepResult& result) {
         config_.strategy == "replicated"
             ? parallel::replicated_placement(load, N, static_cast<int>(config_.redundant))
             : parallel::load_balanced_placement(load, N);
+    lists = keep_most_in_place(std::move(lists),
+                               model_.placement().layer(static_cast<int>(l)).rank_experts);
     fitted += parallel::expected_balancedness(lists, load);
     ++num_moe;
     slots = 0;
