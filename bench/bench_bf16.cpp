@@ -114,7 +114,7 @@ int main(int argc, char** argv) {
   auto bf16_backend = kernels::make_cpu_backend(kernels::ComputeDtype::kBF16);
   cases.push_back({"grouped_swiglu bf16", grouped(*bf16_backend),
                    info.has_bf16_matmul ? "oneDNN matmul per group and projection"
-                                        : "fallback: fp32 GEMM on bf16-rounded operands"});
+                                        : "fallback: fixed-order fp32 dot-product GEMM"});
 
   // The same FLOPs as one plain oneDNN bf16 matmul per projection over all rows.
   Case plain{"plain oneDNN bf16 matmul", 0, "oneDNN has no bf16 matmul here"};
