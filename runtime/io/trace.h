@@ -6,7 +6,7 @@
 // Rows are tokens in a fixed order: by step (0 = the first forward of the run: the prefill), then
 // global sequence index, then position. Every MoE layer has the same rows. A run with S sequences
 // of prompt lengths L_i thus has rows: step 0 = sequence 0's L_0 positions, sequence 1's, ...;
-// then each decode step one row per sequence, ascending. Files are little-endian.
+// then each decode step one row per sequence still decoding, ascending. Files are little-endian.
 #pragma once
 
 #include <cstdint>

@@ -66,6 +66,7 @@ void Rebalancer::on_step(int64_t step, const StepResult& result) {
   window_.push_back(result.loads);
   while (static_cast<int64_t>(window_.size()) > config_.window) window_.pop_front();
   if ((step + 1) % config_.every != 0) return;
+  const auto t0 = std::chrono::steady_clock::now();
 
   const ModelConfig& mc = model_.config();
   std::vector<parallel::LayerLoad> sum(window_.front().size());
@@ -104,6 +105,9 @@ void Rebalancer::on_step(int64_t step, const StepResult& result) {
   const PlacementChange change = model_.apply_placement(next);
   std::vector<int64_t> moved{change.experts_received, change.bytes_received, change.experts_kept};
   comm_.all_reduce<int64_t>(moved, parallel::ReduceOp::kSum);
+  std::vector<double> seconds{
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count()};
+  comm_.all_reduce<double>(seconds, parallel::ReduceOp::kMax);
 
   RebalanceEvent e;
   e.after_step = step;
@@ -113,6 +117,7 @@ void Rebalancer::on_step(int64_t step, const StepResult& result) {
   e.experts_moved = moved[0];
   e.bytes_moved = moved[1];
   e.experts_kept = moved[2];
+  e.seconds = seconds[0];
   events_.push_back(e);
 }
 
@@ -164,7 +169,8 @@ nlohmann::json Rebalancer::to_json(const MetricsReport& metrics) const {
          {"slots_per_layer", e.slots_per_layer},
          {"experts_moved", e.experts_moved},
          {"experts_kept", e.experts_kept},
-         {"bytes_moved", e.bytes_moved}});
+         {"bytes_moved", e.bytes_moved},
+         {"seconds", e.seconds}});
   }
   j["bytes_moved"] = total_bytes;
   return j;
@@ -185,10 +191,10 @@ std::string Rebalancer::summary(const MetricsReport& metrics) const {
     const double after = measured_balancedness(metrics, first, last);
     s << fmt::format(
         "  after step {:<3} balancedness {:.3f} (steps {}..{}) -> {} measured after "
-        "(fitted {:.3f}); moved {} expert(s), {:.2f} MB, kept {}\n",
+        "(fitted {:.3f}); moved {} expert(s), {:.2f} MB, kept {}, {:.1f} ms\n",
         e.after_step, before, e.window_first_step, e.after_step,
         after < 0 ? std::string("n/a") : fmt::format("{:.3f}", after), e.fitted_balancedness,
-        e.experts_moved, e.bytes_moved / 1e6, e.experts_kept);
+        e.experts_moved, e.bytes_moved / 1e6, e.experts_kept, e.seconds * 1e3);
   }
   return s.str();
 }

@@ -25,6 +25,7 @@ struct RebalanceEvent {
   int64_t experts_moved = 0;       // (layer, expert) slots filled over the communicator, all ranks
   int64_t bytes_moved = 0;         // their bf16 weight bytes, all ranks
   int64_t experts_kept = 0;        // slots whose rank already held the expert, all ranks
+  double seconds = 0;              // fitting + moving, slowest rank (inside the step's time)
 };
 
 class Rebalancer {
