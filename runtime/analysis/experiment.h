@@ -58,6 +58,7 @@ struct ExperimentCell {
   std::optional<PlacementReport> fit;  // analyze: the sample it was fitted on
   nlohmann::json phases;               // run: {name: {max_s, mean_s}}
   double seconds = 0;                  // wall time of the cell
+  double analyze_seconds = 0;          // analyze: replaying the held-out sample alone
 };
 
 struct ExperimentResults {
