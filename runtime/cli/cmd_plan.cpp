@@ -2,6 +2,8 @@
 // from the config alone (no weights, no collectives; rank 0 prints).
 #include <fmt/format.h>
 
+#include <cstdlib>
+#include <filesystem>
 #include <memory>
 
 #include "kernels/common/check.h"
@@ -16,11 +18,39 @@ namespace moe::runtime {
 namespace {
 
 struct PlanArgs {
-  std::string model, placement, json, backend = "cuda";
+  std::string model, placement, json, plot, backend = "cuda";
   int ranks = 0;
   int64_t batch = 1, context = 4096;
   double gpu_mem_gib = kDefaultGpuMemGib;
 };
+
+// The plotting script: bench/plot_plan.py under the working directory, else beside the source
+// tree the executable was built in (build/<dir>/launch/moe-ep -> ../../../bench).
+std::string plot_script() {
+  namespace fs = std::filesystem;
+  const fs::path here = fs::path("bench") / "plot_plan.py";
+  if (fs::exists(here)) return here.string();
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const fs::path beside = exe.parent_path() / ".." / ".." / ".." / "bench" / "plot_plan.py";
+    if (fs::exists(beside)) return beside.string();
+  }
+  MOE_THROW("config", "--plot: bench/plot_plan.py not found (run from the repository root)");
+}
+
+// `plan --plot FILE.png`: the plan for ranks 1..128 as JSON beside FILE, drawn by
+// bench/plot_plan.py with Debian's python3 (matplotlib), MOE_EP_PYTHON to override.
+void draw_plan(const PlanArgs& a, const ModelConfig& config, PlanOptions po) {
+  if (po.expert_slots_per_rank.empty() && a.ranks == 0) po.ranks = {1, 2, 4, 8, 16, 32, 64, 128};
+  const std::string json = a.plot + ".json";
+  write_json(json, plan_to_json(make_plan(config, po)));
+  const char* env = std::getenv("MOE_EP_PYTHON");
+  const std::string python = env != nullptr && *env != '\0' ? env : "/usr/bin/python3";
+  const std::string cmd = fmt::format("'{}' '{}' '{}' '{}'", python, plot_script(), json, a.plot);
+  MOE_CHECK_AS("io", std::system(cmd.c_str()) == 0, "--plot: `{}` failed", cmd);
+  fmt::print("plot         {} (data: {})\n", a.plot, json);
+}
 
 int run_plan(const PlanArgs& a, int rank) {
   const ModelConfig config = load_model_config(a.model);
@@ -47,6 +77,7 @@ int run_plan(const PlanArgs& a, int rank) {
   if (rank == 0) {
     fmt::print("{}", format_plan(report));
     if (!a.json.empty()) write_json(a.json, plan_to_json(report));
+    if (!a.plot.empty()) draw_plan(a, config, po);
   }
   return 0;
 }
@@ -74,6 +105,9 @@ Command add_plan_command(CLI::App& app, int world_rank) {
                   "Backend whose KV cache to size: cuda (bf16, default) | cpu (fp32)")
       ->check(one_of({"cpu", "cuda"}));
   cmd->add_option("--json", a->json, "Also write the plan as JSON to this file");
+  cmd->add_option("--plot", a->plot,
+                  "Draw memory held vs parameters active per token (top-k 1-16) and per-rank "
+                  "memory vs N as a PNG (bench/plot_plan.py, matplotlib)");
   return {cmd, [a, world_rank] { return run_plan(*a, world_rank); }};
 }
 

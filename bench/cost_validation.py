@@ -1,0 +1,78 @@
+#!/usr/bin/python3
+"""Per-point error of `moe-ep predict` against `moe-ep run` (bench/validate_cost_model.sh).
+
+Reads DIR/<point>_n<N>_{run,predict}.json, prints a markdown table (prefill and mean decode step,
+measured vs predicted, error = predicted / measured - 1), the mean absolute error and the worst
+point, and writes OUT/cost_validation.{json,md,png}."""
+import glob
+import json
+import os
+import sys
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main(src, out):
+    rows = []
+    for run_path in sorted(glob.glob(os.path.join(src, "*_run.json"))):
+        pred_path = run_path.replace("_run.json", "_predict.json")
+        if not os.path.exists(pred_path):
+            continue
+        run, pred = json.load(open(run_path)), json.load(open(pred_path))
+        point = os.path.basename(run_path)[: -len("_run.json")]
+        steps = run["decode_step_s"]
+        measured = {"prefill": run["prefill_s"],
+                    "decode step": sum(steps) / len(steps) if steps else 0.0}
+        predicted = {"prefill": pred["prefill_s"], "decode step": pred["decode_step_s"]}
+        for what in ("prefill", "decode step"):
+            if measured[what] <= 0:
+                continue
+            rows.append({"point": point, "ranks": run["ranks"], "what": what,
+                         "measured_s": measured[what], "predicted_s": predicted[what],
+                         "error": predicted[what] / measured[what] - 1})
+    if not rows:
+        sys.exit("cost_validation.py: no run/predict pairs in " + src)
+    mae = sum(abs(r["error"]) for r in rows) / len(rows)
+    worst = max(rows, key=lambda r: abs(r["error"]))
+    lines = ["| point | ranks | step | measured s | predicted s | error |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['point']} | {r['ranks']} | {r['what']} | {r['measured_s']:.4f} | "
+                     f"{r['predicted_s']:.4f} | {100 * r['error']:+.1f}% |")
+    lines.append("")
+    lines.append(f"mean absolute error {100 * mae:.1f}% over {len(rows)} points; worst "
+                 f"{100 * worst['error']:+.1f}% ({worst['point']}, {worst['what']})")
+    text = "\n".join(lines)
+    print(text)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "cost_validation.md"), "w") as f:
+        f.write(text + "\n")
+    with open(os.path.join(out, "cost_validation.json"), "w") as f:
+        json.dump({"points": rows, "mean_abs_error": mae, "worst_error": worst["error"],
+                   "worst_point": f"{worst['point']} {worst['what']}"}, f, indent=1)
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for what, marker in (("prefill", "o"), ("decode step", "s")):
+        for n, color in ((1, "tab:blue"), (2, "tab:orange"), (4, "tab:green")):
+            pts = [r for r in rows if r["what"] == what and r["ranks"] == n]
+            ax.scatter([r["measured_s"] for r in pts], [r["predicted_s"] for r in pts],
+                       marker=marker, color=color, label=f"{what}, N={n}")
+    lo = min(min(r["measured_s"], r["predicted_s"]) for r in rows) * 0.7
+    hi = max(max(r["measured_s"], r["predicted_s"]) for r in rows) * 1.4
+    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+    ax.plot([lo, hi], [lo * 1.2, hi * 1.2], "k:", lw=0.6)
+    ax.plot([lo, hi], [lo / 1.2, hi / 1.2], "k:", lw=0.6)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("measured (moe-ep run), s")
+    ax.set_ylabel("predicted (moe-ep predict), s")
+    ax.set_title(f"cost model on this machine: MAE {100 * mae:.1f}%, worst {100 * worst['error']:+.0f}%")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "cost_validation.png"), dpi=110)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else sys.argv[1])

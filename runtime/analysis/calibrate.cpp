@@ -1,0 +1,324 @@
+// Calibration probes. Each compute probe times a backend op at two or more sizes and fits
+// time = fixed + per-unit x size by least squares, so launch and weight-conversion costs land in
+// the intercept and the rate in the slope. Communicator probes use fixed repetition counts, so
+// every rank makes the same calls.
+#include "runtime/analysis/calibrate.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "kernels/common/check.h"
+#include "kernels/host.h"
+#include "parallel/dispatcher.h"
+#include "parallel/placement.h"
+#include "runtime/analysis/cost_model.h"
+#include "runtime/model/arithmetic.h"
+#include "runtime/model/model.h"
+
+namespace moe::runtime {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Seconds per call of fn: one warm-up, then repeats until min_s has passed (at least 2 calls);
+// the best of three such rounds (least disturbed by other processes).
+template <class F>
+double time_call(F&& fn, double min_s = 0.05) {
+  fn();
+  double best = 1e30;
+  for (int round = 0; round < 3; ++round) {
+    int64_t calls = 0;
+    const auto t0 = Clock::now();
+    double elapsed = 0;
+    do {
+      fn();
+      ++calls;
+      elapsed = std::chrono::duration<double>(Clock::now() - t0).count();
+    } while (elapsed < min_s || calls < 2);
+    best = std::min(best, elapsed / static_cast<double>(calls));
+  }
+  return best;
+}
+
+struct Fit {
+  double intercept = 0, slope = 0;
+};
+Fit least_squares(const std::vector<double>& x, const std::vector<double>& y) {
+  const double n = static_cast<double>(x.size());
+  const double mx = std::accumulate(x.begin(), x.end(), 0.0) / n;
+  const double my = std::accumulate(y.begin(), y.end(), 0.0) / n;
+  double sxy = 0, sxx = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    sxy += (x[i] - mx) * (y[i] - my);
+    sxx += (x[i] - mx) * (x[i] - mx);
+  }
+  Fit f;
+  f.slope = sxx > 0 ? sxy / sxx : 0;
+  f.intercept = my - f.slope * mx;
+  return f;
+}
+
+std::vector<bf16> random_bf16(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-0.05f, 0.05f);
+  std::vector<bf16> v(n);
+  for (auto& x : v) x = float_to_bf16(u(rng));
+  return v;
+}
+
+template <class T>
+kernels::Buffer<T> upload(kernels::Backend& b, const std::vector<T>& host) {
+  kernels::Buffer<T> buf(b, host.size());
+  b.upload(buf.data(), host.data(), host.size() * sizeof(T));
+  return buf;
+}
+
+// Compute and memory probes (rank 0 alone).
+void measure_compute(kernels::Backend& be, const ModelConfig& c, HardwareProfile& h,
+                     nlohmann::json& samples) {
+  const ModelShapes s(c);
+  const int64_t H = s.hidden, I = s.expert_inter, E = s.num_experts;
+  const int64_t out = std::max<int64_t>(s.q_width, H);
+  const int64_t max_rows = 512;
+  kernels::Buffer<float> x = upload(be, std::vector<float>(max_rows * std::max(H, out), 0.01f));
+  kernels::Buffer<float> y(be, static_cast<size_t>(max_rows * std::max(H, out)));
+  kernels::Buffer<bf16> w = upload(be, random_bf16(static_cast<size_t>(out * H), 1));
+
+  // Dense linear at every row count from decode to prefill sizes: the rate table (the CPU
+  // backend converts bf16 weights per call and takes other code paths at 1 and 2-3 rows, so the
+  // measured time per row count is what the model uses).
+  const double flops_per_row = 2.0 * H * out;
+  h.gemm_table.clear();
+  for (int64_t rows : {1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 512}) {
+    const double t = time_call([&] { be.linear(x.data(), w.data(), rows, H, out, y.data()); });
+    h.gemm_table.emplace_back(rows, flops_per_row * rows / t * 1e-9);
+    samples["linear"].push_back({{"rows", rows}, {"in", H}, {"out", out}, {"s", t}});
+    if (rows == 1) h.weight_read_gbps = static_cast<double>(H) * out * kWeightBytes / t * 1e-9;
+  }
+  h.decode_gemm_gflops = table_gflops(h.gemm_table, 8);
+  h.prefill_gemm_gflops = table_gflops(h.gemm_table, 512);
+  h.decode_rows_max = 64;
+  h.gemm_overlap = GemmOverlap::kSum;
+
+  // Grouped experts: E groups of g rows each, per rows-per-expert count.
+  {
+    std::vector<bf16> host = random_bf16(static_cast<size_t>(E * 3 * H * I), 2);
+    kernels::Buffer<bf16> ew = upload(be, host);
+    const int64_t max_g = 64;
+    kernels::Buffer<float> ex = upload(be, std::vector<float>(E * max_g * H, 0.01f));
+    kernels::Buffer<float> eo(be, static_cast<size_t>(E * max_g * H));
+    h.grouped_table.clear();
+    for (int64_t g : {1, 2, 4, 8, 16, 64}) {
+      std::vector<kernels::ExpertGroup> groups;
+      std::vector<int32_t> row_index(static_cast<size_t>(E * g));
+      std::iota(row_index.begin(), row_index.end(), 0);
+      for (int64_t e = 0; e < E; ++e) {
+        const bf16* base = ew.data() + e * 3 * H * I;
+        groups.push_back({{base, base + H * I, base + 2 * H * I}, e * g, g});
+      }
+      const double t = time_call([&] {
+        be.grouped_expert_swiglu(ex.data(), H, I, groups.data(), E, row_index.data(), eo.data());
+      });
+      h.grouped_table.emplace_back(g, 6.0 * H * I * E * g / t * 1e-9);
+      samples["grouped"].push_back({{"experts", E}, {"rows_per_expert", g}, {"s", t}});
+    }
+    h.grouped_gemm_gflops = table_gflops(h.grouped_table, 16);
+  }
+
+  // Attention over one sequence of 128 new tokens.
+  {
+    const int64_t T = 128;
+    const int64_t kv = s.kv_width, q = s.q_width;
+    kernels::Buffer<float> qb = upload(be, std::vector<float>(T * q, 0.01f));
+    kernels::Buffer<float> kb = upload(be, std::vector<float>(T * kv, 0.01f));
+    kernels::Buffer<float> vb = upload(be, std::vector<float>(T * kv, 0.01f));
+    kernels::Buffer<float> ob(be, static_cast<size_t>(T * q));
+    const int64_t kvb = kernels::kv_dtype_bytes(be.kv_cache_dtype());
+    kernels::Buffer<unsigned char> kc(be, static_cast<size_t>(T * kv * kvb));
+    kernels::Buffer<unsigned char> vc(be, static_cast<size_t>(T * kv * kvb));
+    const kernels::AttentionSeq seq{0, T, 0, 0};
+    const kernels::KvCacheView cache{kc.data(), vc.data(), 1, T, be.kv_cache_dtype()};
+    const double t = time_call([&] {
+      be.attention(qb.data(), kb.data(), vb.data(), &seq, 1,
+                   {s.num_heads, s.num_kv_heads, s.head_dim}, cache, ob.data());
+    });
+    h.attention_gflops = attention_score_flops(c, T, 0) / t * 1e-9;
+    samples["attention"] = {{"tokens", T}, {"s", t}};
+  }
+
+  // Router top-k over the model's experts, per logit.
+  {
+    const int64_t T = 512;
+    kernels::Buffer<float> logits = upload(be, std::vector<float>(T * E, 0.0f));
+    {
+      std::mt19937 rng(5);
+      std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+      std::vector<float> host(static_cast<size_t>(T * E));
+      for (float& v : host) v = u(rng);
+      be.upload(logits.data(), host.data(), host.size() * sizeof(float));
+    }
+    std::vector<int32_t> ids(static_cast<size_t>(T * s.top_k));
+    std::vector<float> wts(ids.size());
+    const double t = time_call([&] {
+      be.router_topk(logits.data(), T, E, s.top_k, c.norm_topk_prob, ids.data(), wts.data());
+    });
+    h.topk_ns_per_logit = t / static_cast<double>(T * E) * 1e9;
+    samples["router_topk"] = {{"tokens", T}, {"experts", E}, {"s", t}};
+  }
+
+  // Element-wise: add_inplace over 4M floats (read x, read y, write x) and over 16 floats (the
+  // fixed cost of an op).
+  {
+    const int64_t n = 4 << 20;
+    kernels::Buffer<float> a = upload(be, std::vector<float>(n, 1.0f));
+    kernels::Buffer<float> b = upload(be, std::vector<float>(n, 1e-9f));
+    const double t = time_call([&] { be.add_inplace(a.data(), b.data(), n); });
+    h.memory_bandwidth_gbps = 12.0 * n / t * 1e-9;
+    const double t_small = time_call([&] { be.add_inplace(a.data(), b.data(), 16); });
+    h.launch_overhead_us = t_small * 1e6;
+    samples["add_inplace"] = {{"elements", n}, {"s", t}, {"small_s", t_small}};
+  }
+
+  // Host layout per (token, expert) pair: the dispatcher's own build_dispatch_layout.
+  {
+    const int ranks = 4;
+    const int64_t T = 2048, k = s.top_k;
+    std::vector<std::vector<int>> lists(ranks);
+    for (int e = 0; e < E; ++e) lists[static_cast<size_t>(e * ranks / E)].push_back(e);
+    const parallel::LayerPlacement lp =
+        parallel::LayerPlacement::from_rank_experts(lists, static_cast<int>(E));
+    std::mt19937 rng(3);
+    std::vector<int32_t> ids(static_cast<size_t>(T * k));
+    std::vector<float> wts(ids.size(), 1.0f / static_cast<float>(k));
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<int32_t> perm(static_cast<size_t>(E));
+      std::iota(perm.begin(), perm.end(), 0);
+      std::shuffle(perm.begin(), perm.end(), rng);
+      std::copy(perm.begin(), perm.begin() + k, ids.begin() + t * k);
+    }
+    const double t = time_call([&] {
+      const auto L = parallel::build_dispatch_layout(lp, 0, ids, wts, T, static_cast<int>(k));
+      if (L.num_send_rows() < 0) MOE_THROW("check", "impossible");
+    });
+    h.layout_ns_per_pair = t / static_cast<double>(T * k) * 1e9;
+    samples["layout"] = {{"tokens", T}, {"top_k", k}, {"s", t}};
+  }
+}
+
+// Communicator probes at this job's rank count (collective).
+MeasuredComm measure_comm(parallel::Communicator& comm, nlohmann::json& samples) {
+  const int N = comm.size();
+  MeasuredComm m;
+  m.ranks = N;
+  auto timed = [&](int reps, auto&& fn) {
+    comm.barrier();
+    fn();
+    comm.barrier();
+    const auto t0 = Clock::now();
+    for (int i = 0; i < reps; ++i) fn();
+    std::vector<double> t{std::chrono::duration<double>(Clock::now() - t0).count() / reps};
+    comm.all_reduce<double>(t, parallel::ReduceOp::kMax);
+    return t[0];
+  };
+  std::vector<int64_t> counts(static_cast<size_t>(N), 1), counts_out(static_cast<size_t>(N));
+  const double t_counts = timed(300, [&] { comm.all_to_all(counts, counts_out); });
+  m.collective_overhead_us = t_counts * 1e6;
+  samples["all_to_all_counts_s"] = t_counts;
+
+  std::vector<double> xs, ys;
+  const std::vector<std::pair<int64_t, int>> sizes = {
+      {4 << 10, 200}, {64 << 10, 100}, {512 << 10, 30}, {2 << 20, 12}, {8 << 20, 4}};
+  for (const auto& [bytes, reps] : sizes) {
+    const int64_t n = bytes / static_cast<int64_t>(sizeof(float));
+    std::vector<int64_t> sc(static_cast<size_t>(N), n);
+    sc[static_cast<size_t>(comm.rank())] = 0;  // the runtime never sends to itself
+    std::vector<float> send(static_cast<size_t>(n * (N - 1)), 1.0f), recv(send.size());
+    const double t = timed(reps, [&] { comm.all_to_all_v<float>(send, sc, recv, sc); });
+    xs.push_back(static_cast<double>(bytes) * (N - 1));
+    ys.push_back(t);
+    samples["all_to_all_v"].push_back({{"bytes_per_peer", bytes}, {"ranks", N}, {"s", t}});
+  }
+  const Fit f = least_squares(xs, ys);
+  m.link.bandwidth_gbps = f.slope > 0 ? 1e-9 / f.slope : 1e3;
+  m.link.latency_us = std::max(0.0, (f.intercept - t_counts) / (N - 1)) * 1e6;
+  return m;
+}
+
+}  // namespace
+
+CalibrateResult calibrate(kernels::Backend& backend, parallel::Communicator& comm,
+                          const ModelConfig& shapes, const HardwareProfile& base,
+                          const CalibrateOptions& o) {
+  CalibrateResult r;
+  r.profile = base;
+  HardwareProfile& h = r.profile;
+  h.name = o.name;
+  h.kind = backend.is_host_memory() ? "cpu" : "gpu";
+  h.cores = h.is_cpu() ? (o.cores > 0
+                              ? o.cores
+                              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())))
+                       : 0;
+  // One node: every rank of a calibrated CPU job shares its cores.
+  if (h.is_cpu()) h.ranks_per_node = std::max(h.ranks_per_node, 64);
+  if (o.measure_compute) {
+    const int saved = kernels::host_threads();
+    if (comm.rank() == 0) {
+      kernels::set_host_threads(o.threads);
+      measure_compute(backend, shapes, h, r.samples);
+      kernels::set_host_threads(saved);
+    }
+    // Everyone gets rank 0's numbers.
+    std::vector<double> v{h.prefill_gemm_gflops, h.decode_gemm_gflops,    h.grouped_gemm_gflops,
+                          h.attention_gflops,    h.memory_bandwidth_gbps, h.weight_read_gbps,
+                          h.launch_overhead_us,  h.layout_ns_per_pair,    h.topk_ns_per_logit};
+    comm.broadcast<double>(v, 0);
+    h.prefill_gemm_gflops = v[0];
+    h.decode_gemm_gflops = v[1];
+    h.grouped_gemm_gflops = v[2];
+    h.attention_gflops = v[3];
+    h.memory_bandwidth_gbps = v[4];
+    h.weight_read_gbps = v[5];
+    h.launch_overhead_us = v[6];
+    h.layout_ns_per_pair = v[7];
+    h.topk_ns_per_logit = v[8];
+    h.gemm_overlap = GemmOverlap::kSum;
+    for (auto* table : {&h.gemm_table, &h.grouped_table}) {
+      std::vector<double> flat;
+      for (const auto& [rows, g] : *table) flat.insert(flat.end(), {static_cast<double>(rows), g});
+      std::vector<int64_t> n{static_cast<int64_t>(flat.size())};
+      comm.broadcast<int64_t>(n, 0);
+      flat.resize(static_cast<size_t>(n[0]));
+      comm.broadcast<double>(flat, 0);
+      table->clear();
+      for (size_t i = 0; i + 1 < flat.size(); i += 2) {
+        table->emplace_back(static_cast<int64_t>(flat[i]), flat[i + 1]);
+      }
+    }
+  }
+  if (comm.size() > 1) {
+    const MeasuredComm m = measure_comm(comm, r.samples);
+    std::erase_if(h.measured, [&](const MeasuredComm& e) { return e.ranks == m.ranks; });
+    h.measured.push_back(m);
+    std::sort(h.measured.begin(), h.measured.end(),
+              [](const MeasuredComm& a, const MeasuredComm& b) { return a.ranks < b.ranks; });
+  }
+  // Unmeasured rank counts fall back to the links: the smallest measured count stands for them.
+  if (!h.measured.empty()) {
+    h.intra_node = h.measured.front().link;
+    h.inter_node = h.measured.front().link;
+    h.collective_overhead_us = h.measured.front().collective_overhead_us;
+  }
+  if (!(h.intra_node.bandwidth_gbps > 0)) h.intra_node.bandwidth_gbps = h.memory_bandwidth_gbps;
+  if (!(h.inter_node.bandwidth_gbps > 0)) h.inter_node = h.intra_node;
+  h.validate();
+  return r;
+}
+
+}  // namespace moe::runtime

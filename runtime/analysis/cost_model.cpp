@@ -1,0 +1,563 @@
+// Cost model: per rank and MoE layer, the routing's loads and traffic (through the dispatcher's
+// own layout), then each op's time from the hardware profile, then the slowest rank between the
+// two synchronisations of a MoE layer (dispatch, combine).
+#include "runtime/analysis/cost_model.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <sstream>
+
+#include "kernels/common/check.h"
+#include "parallel/dispatcher.h"
+#include "runtime/analysis/placement_analysis.h"
+#include "runtime/model/arithmetic.h"
+#include "runtime/model/synthetic_routing.h"
+
+namespace moe::runtime {
+namespace {
+
+constexpr double kGiga = 1e9;
+constexpr double kMicro = 1e-6;
+
+// The model's own router on synthetic weights spreads tokens close to evenly: modelled as
+// uniform routing with the workload's seed.
+RoutingSpec modelled_routing(const RoutingSpec& routing, uint64_t seed) {
+  if (!routing.is_router()) return routing;
+  RoutingSpec spec;
+  spec.kind = "uniform";
+  spec.seed = seed;
+  spec.source = "router modelled as uniform";
+  return spec;
+}
+
+double combine_roofline(const HardwareProfile& h, double weight_s, double flop_s) {
+  return h.gemm_overlap == GemmOverlap::kSum ? weight_s + flop_s : std::max(weight_s, flop_s);
+}
+
+// One rank's share of one step: its sequences (new tokens, cached tokens).
+struct RankSeqs {
+  std::vector<int64_t> sequences;
+  int64_t tokens = 0;
+  int64_t new_per_seq = 0;
+  int64_t past_len = 0;
+};
+
+// Loads of one MoE layer on every rank, in (token, expert) pairs and deduplicated rows.
+struct LayerRankLoad {
+  std::vector<int64_t> tokens;                  // [N] own tokens
+  std::vector<std::vector<double>> rows;        // [N src][N dst] rows sent (dedup)
+  std::vector<std::vector<double>> slot_pairs;  // [N][local slots] pairs computed
+  std::vector<double> send_pairs;               // [N] pairs over all destinations
+};
+
+LayerRankLoad route_layer(const SyntheticRouting& routing, const parallel::LayerPlacement& lp,
+                          int layer, int64_t step, const std::vector<RankSeqs>& ranks,
+                          int64_t stride, int top_k) {
+  const int N = static_cast<int>(ranks.size());
+  LayerRankLoad out;
+  out.tokens.assign(N, 0);
+  out.rows.assign(N, std::vector<double>(N, 0.0));
+  out.slot_pairs.resize(N);
+  out.send_pairs.assign(N, 0.0);
+  for (int r = 0; r < N; ++r) out.slot_pairs[r].assign(lp.num_local_slots(r), 0.0);
+  const double scale = static_cast<double>(stride);
+  for (int r = 0; r < N; ++r) {
+    const RankSeqs& rs = ranks[r];
+    out.tokens[r] = rs.tokens;
+    std::vector<int32_t> ids;
+    std::vector<float> weights;
+    int64_t index = 0, count = 0;
+    for (int64_t seq : rs.sequences) {
+      for (int64_t t = 0; t < rs.new_per_seq; ++t, ++index) {
+        if (index % stride != 0) continue;
+        ids.resize(static_cast<size_t>((count + 1) * top_k));
+        weights.resize(ids.size());
+        routing.route_token(step, layer, TokenId{seq, rs.past_len + t},
+                            std::span<int32_t>(ids).subspan(count * top_k, top_k),
+                            std::span<float>(weights).subspan(count * top_k, top_k));
+        ++count;
+      }
+    }
+    const parallel::DispatchLayout L =
+        parallel::build_dispatch_layout(lp, r, ids, weights, count, top_k);
+    int64_t row = 0;
+    for (int d = 0; d < N; ++d) {
+      out.rows[r][d] = scale * static_cast<double>(L.send_counts[d]);
+      for (int64_t i = 0; i < L.send_counts[d]; ++i, ++row) {
+        for (int j = 0; j < top_k; ++j) {
+          const int32_t slot = L.send_routes[static_cast<size_t>(row * top_k + j)].local_slot;
+          if (slot < 0) continue;
+          out.slot_pairs[d][slot] += scale;
+          out.send_pairs[r] += scale;
+        }
+      }
+    }
+  }
+  return out;
+}
+
+// Time of one step, phase by phase, per rank; then the critical path.
+class StepModel {
+ public:
+  StepModel(const ModelConfig& c, const CostWorkload& w, const HardwareProfile& h, int num_ranks)
+      : c_(c),
+        s_(c),
+        w_(w),
+        h_(h),
+        N_(num_ranks),
+        share_(rank_compute_share(h, num_ranks, w.threads)) {}
+
+  double share() const { return share_; }
+
+  // Dense part of one layer on a rank: attention block (or nothing for 0 tokens).
+  double attention(const RankSeqs& r) const {
+    const int64_t T = r.tokens;
+    if (T == 0) return 0;
+    const double H = static_cast<double>(s_.hidden);
+    double t = 0;
+    t += memory_seconds(h_, share_, 8.0 * T * H);  // input rmsnorm
+    t += gemm_seconds(h_, share_, T, s_.hidden, s_.q_width);
+    t += 2 * gemm_seconds(h_, share_, T, s_.hidden, s_.kv_width);
+    t += 2 * memory_seconds(h_, share_, 8.0 * T * (s_.q_width + s_.kv_width));  // qk norm, rope
+    // Scores and values over the cache: FLOPs from arithmetic.h, the cache read once.
+    double flops = 0, kv_bytes = 0;
+    for (size_t i = 0; i < r.sequences.size(); ++i) {
+      flops += attention_score_flops(c_, r.new_per_seq, r.past_len);
+      kv_bytes += 2.0 * static_cast<double>(r.past_len + r.new_per_seq) * s_.kv_width * w_.kv_bytes;
+    }
+    t += flops / (h_.attention_gflops * kGiga * share_) +
+         kv_bytes / (h_.memory_bandwidth_gbps * kGiga * share_) + h_.launch_overhead_us * kMicro;
+    t += gemm_seconds(h_, share_, T, s_.q_width, s_.hidden);
+    t += memory_seconds(h_, share_, 12.0 * T * H);  // residual add
+    t += memory_seconds(h_, share_, 8.0 * T * H);   // post-attention rmsnorm
+    return t;
+  }
+
+  double router(int64_t T) const {
+    if (T == 0) return 0;
+    const double logits = static_cast<double>(T) * s_.num_experts;
+    return gemm_seconds(h_, share_, T, s_.hidden, s_.num_experts) +
+           memory_seconds(h_, share_, 4.0 * logits) + logits * h_.topk_ns_per_logit * 1e-9 / share_;
+  }
+
+  double host_pairs(double pairs) const { return pairs * h_.layout_ns_per_pair * 1e-9 / share_; }
+
+  double dense_mlp(int64_t T) const {
+    if (T == 0) return 0;
+    return 2 * gemm_seconds(h_, share_, T, s_.hidden, s_.dense_inter) +
+           gemm_seconds(h_, share_, T, s_.dense_inter, s_.hidden) +
+           memory_seconds(h_, share_, 12.0 * T * s_.hidden);
+  }
+
+  double expert(std::span<const double> slot_pairs) const {
+    double t = 0;
+    for (double p : slot_pairs) {
+      if (p <= 0) continue;
+      const int64_t rows = std::max<int64_t>(1, std::llround(p));
+      t += memory_seconds(h_, share_, 8.0 * rows * s_.hidden);  // gather the group's rows
+      // gate and up [rows, H] -> [rows, I], down [rows, I] -> [rows, H]
+      t += 2 * gemm_seconds(h_, share_, rows, s_.hidden, s_.expert_inter, true);
+      t += gemm_seconds(h_, share_, rows, s_.expert_inter, s_.hidden, true);
+      t += memory_seconds(h_, share_, 12.0 * rows * s_.expert_inter);  // silu(gate) * up
+    }
+    return t;
+  }
+
+  double lm_head(int64_t rows) const {
+    if (rows == 0) return 0;
+    return memory_seconds(h_, share_, 16.0 * rows * s_.hidden) +
+           gemm_seconds(h_, share_, rows, s_.hidden, s_.vocab) +
+           memory_seconds(h_, share_, 4.0 * rows * s_.vocab);
+  }
+
+  double embed(int64_t T) const {
+    return T == 0 ? 0 : memory_seconds(h_, share_, 6.0 * T * s_.hidden);
+  }
+
+  // One step over all ranks.
+  StepCost step(const SyntheticRouting& routing, const parallel::Placement& placement,
+                const std::vector<RankSeqs>& ranks, int64_t step_index, int64_t logit_rows_per_seq,
+                const CostOptions& o) const {
+    StepCost out;
+    const int k = static_cast<int>(s_.top_k);
+    int64_t total_tokens = 0;
+    for (const RankSeqs& r : ranks) total_tokens += r.tokens;
+    out.tokens = total_tokens;
+    const int64_t stride =
+        std::max<int64_t>(1, (total_tokens + o.max_routed_tokens - 1) / o.max_routed_tokens);
+    out.sampled = stride > 1;
+
+    std::vector<std::vector<double>> phase(N_, std::vector<double>(kNumPhases, 0.0));
+    auto add = [&](int r, Phase p, double v) { phase[r][static_cast<size_t>(p)] += v; };
+    for (int r = 0; r < N_; ++r) add(r, Phase::kEmbed, embed(ranks[r].tokens));
+    double total = 0;
+    {
+      double m = 0;
+      for (int r = 0; r < N_; ++r) m = std::max(m, phase[r][0]);
+      total += m;
+    }
+
+    // Which MoE layers to simulate; the others take their mean.
+    std::vector<int> moe_layers, dense_layers;
+    for (int64_t l = 0; l < s_.num_layers; ++l) {
+      (c_.layer_is_moe(l) ? moe_layers : dense_layers).push_back(static_cast<int>(l));
+    }
+    std::vector<int> sim = moe_layers;
+    if (o.max_layers > 0 && static_cast<int>(sim.size()) > o.max_layers) {
+      sim.clear();
+      for (int i = 0; i < o.max_layers; ++i) {
+        sim.push_back(moe_layers[static_cast<size_t>(i) * moe_layers.size() / o.max_layers]);
+      }
+    }
+    const double layer_weight =
+        sim.empty() ? 0 : static_cast<double>(moe_layers.size()) / sim.size();
+
+    std::vector<double> attn(N_), rtr(N_);
+    for (int r = 0; r < N_; ++r) {
+      attn[r] = attention(ranks[r]);
+      rtr[r] = router(ranks[r].tokens);
+    }
+    // Dense layers: attention + MLP, no synchronisation inside.
+    for (size_t i = 0; i < dense_layers.size(); ++i) {
+      double m = 0;
+      for (int r = 0; r < N_; ++r) {
+        const double mlp = dense_mlp(ranks[r].tokens);
+        add(r, Phase::kAttention, attn[r]);
+        add(r, Phase::kDenseMlp, mlp);
+        m = std::max(m, attn[r] + mlp);
+      }
+      total += m;
+    }
+
+    double balance_sum = 0, remote_rows = 0;
+    const double row_bytes = static_cast<double>(s_.hidden) * w_.row_bytes;
+    const double route_bytes = static_cast<double>(k) * sizeof(parallel::RouteEntry);
+    for (int l : sim) {
+      const LayerRankLoad load =
+          route_layer(routing, placement.layer(l), l, step_index, ranks, stride, k);
+      double seg_a = 0, seg_b = 0, seg_c = 0, seg_d = 0, max_pairs = 0, sum_pairs = 0;
+      std::vector<double> recv_rows(N_, 0.0), recv_pairs(N_, 0.0);
+      for (int r = 0; r < N_; ++r) {
+        for (int d = 0; d < N_; ++d) recv_rows[d] += load.rows[r][d];
+        for (double p : load.slot_pairs[r]) recv_pairs[r] += p;
+      }
+      for (int r = 0; r < N_; ++r) {
+        max_pairs = std::max(max_pairs, recv_pairs[r]);
+        sum_pairs += recv_pairs[r];
+        double sent_rows = 0;
+        for (int d = 0; d < N_; ++d) sent_rows += load.rows[r][d];
+        // Bytes to and from other ranks.
+        std::vector<double> send_b(N_), recv_b(N_), send_route(N_), recv_route(N_), cnt(N_, 8.0);
+        double remote_b = 0;
+        for (int p = 0; p < N_; ++p) {
+          send_b[p] = p == r ? 0 : load.rows[r][p] * row_bytes;
+          recv_b[p] = p == r ? 0 : load.rows[p][r] * row_bytes;
+          send_route[p] = p == r ? 0 : load.rows[r][p] * route_bytes;
+          recv_route[p] = p == r ? 0 : load.rows[p][r] * route_bytes;
+          if (p != r) remote_rows += load.rows[r][p] * layer_weight;
+          remote_b += send_b[p] + send_route[p] + recv_b[p];
+        }
+        out.max_remote_bytes = std::max(out.max_remote_bytes, remote_b);
+        const double tokens = static_cast<double>(ranks[r].tokens);
+        const double layout = host_pairs(tokens * k);
+        const double gather =
+            sent_rows > 0 ? memory_seconds(h_, share_, 2.0 * sent_rows * row_bytes) : 0;
+        const double dispatch_host = gather + host_pairs(recv_pairs[r] + recv_rows[r] * k);
+        const double dispatch_comm = exchange_seconds(h_, N_, r, cnt, cnt) +
+                                     exchange_seconds(h_, N_, r, send_b, recv_b) +
+                                     exchange_seconds(h_, N_, r, send_route, recv_route);
+        const double ex = expert(load.slot_pairs[r]);
+        const double partial =
+            recv_rows[r] > 0
+                ? memory_seconds(h_, share_, 4.0 * s_.hidden * (recv_pairs[r] + recv_rows[r])) +
+                      host_pairs(recv_pairs[r])
+                : 0;
+        const double combine_comm = exchange_seconds(h_, N_, r, recv_b, send_b);
+        const double final_sum =
+            tokens > 0 ? memory_seconds(h_, share_, 4.0 * s_.hidden * (sent_rows + tokens)) +
+                             host_pairs(sent_rows)
+                       : 0;
+        add(r, Phase::kAttention, layer_weight * attn[r]);
+        add(r, Phase::kRouter, layer_weight * rtr[r]);
+        add(r, Phase::kLayout, layer_weight * layout);
+        add(r, Phase::kDispatch, layer_weight * (dispatch_host + dispatch_comm));
+        add(r, Phase::kExpert, layer_weight * ex);
+        add(r, Phase::kCombine, layer_weight * (partial + combine_comm + final_sum));
+        seg_a = std::max(seg_a, final_sum + attn[r] + rtr[r] + layout + dispatch_host);
+        seg_b = std::max(seg_b, dispatch_comm);
+        seg_c = std::max(seg_c, ex + partial);
+        seg_d = std::max(seg_d, combine_comm);
+      }
+      balance_sum += max_pairs > 0 ? sum_pairs / N_ / max_pairs : 1.0;
+      total += layer_weight * (seg_a + seg_b + seg_c + seg_d);
+    }
+    out.balancedness = sim.empty() ? 1.0 : balance_sum / sim.size();
+    out.remote_rows_per_token =
+        total_tokens > 0 && !moe_layers.empty()
+            ? remote_rows / static_cast<double>(total_tokens) / moe_layers.size()
+            : 0;
+
+    double head = 0;
+    for (int r = 0; r < N_; ++r) {
+      const double t =
+          lm_head(static_cast<int64_t>(ranks[r].sequences.size()) * logit_rows_per_seq);
+      add(r, Phase::kLmHead, t);
+      head = std::max(head, t);
+    }
+    total += head;
+    out.total_s = total;
+    for (int p = 0; p < kNumPhases; ++p) {
+      for (int r = 0; r < N_; ++r) out.phase_s[p] = std::max(out.phase_s[p], phase[r][p]);
+    }
+    return out;
+  }
+
+ private:
+  const ModelConfig& c_;
+  ModelShapes s_;
+  const CostWorkload& w_;
+  const HardwareProfile& h_;
+  int N_;
+  double share_;
+};
+
+nlohmann::json phases_json(const StepCost& s) {
+  nlohmann::json j = nlohmann::json::object();
+  for (int p = 0; p < kNumPhases; ++p) j[kPhaseNames[p]] = s.phase_s[p];
+  return j;
+}
+
+}  // namespace
+
+double rank_compute_share(const HardwareProfile& h, int num_ranks, int threads) {
+  if (!h.is_cpu()) return 1.0;
+  const int local = std::max(1, std::min(num_ranks, h.ranks_per_node));
+  const int t = threads > 0 ? threads : std::max(1, h.cores / local);
+  return t * std::min(1.0, static_cast<double>(h.cores) / (static_cast<double>(local) * t));
+}
+
+double table_gflops(const std::vector<std::pair<int64_t, double>>& t, double rows) {
+  if (rows <= static_cast<double>(t.front().first)) return t.front().second;
+  for (size_t i = 1; i < t.size(); ++i) {
+    const double r1 = static_cast<double>(t[i].first);
+    if (rows <= r1) {
+      const double r0 = static_cast<double>(t[i - 1].first);
+      const double f = std::log(rows / r0) / std::log(r1 / r0);
+      return t[i - 1].second + f * (t[i].second - t[i - 1].second);
+    }
+  }
+  return t.back().second;
+}
+
+double gemm_seconds(const HardwareProfile& h, double share, int64_t rows, int64_t in, int64_t out,
+                    bool grouped) {
+  if (rows <= 0 || in <= 0 || out <= 0) return 0;
+  const double flops = 2.0 * static_cast<double>(rows) * in * out;
+  const auto& table = grouped ? h.grouped_table : h.gemm_table;
+  if (!table.empty()) {
+    return flops / (table_gflops(table, static_cast<double>(rows)) * kGiga * share) +
+           h.launch_overhead_us * kMicro;
+  }
+  const double gflops = grouped                    ? h.grouped_gemm_gflops
+                        : rows < h.decode_rows_max ? h.decode_gemm_gflops
+                                                   : h.prefill_gemm_gflops;
+  const double flop_s = flops / (gflops * kGiga * share);
+  const double weight_s =
+      static_cast<double>(in) * out * kWeightBytes / (h.weight_read_gbps * kGiga * share);
+  return combine_roofline(h, weight_s, flop_s) + h.launch_overhead_us * kMicro;
+}
+
+double memory_seconds(const HardwareProfile& h, double share, double bytes) {
+  return bytes / (h.memory_bandwidth_gbps * kGiga * share) + h.launch_overhead_us * kMicro;
+}
+
+double exchange_seconds(const HardwareProfile& h, int num_ranks, int rank,
+                        std::span<const double> send_bytes, std::span<const double> recv_bytes) {
+  if (num_ranks <= 1) return 0;
+  const MeasuredComm* measured = nullptr;
+  for (const MeasuredComm& m : h.measured) {
+    if (m.ranks == num_ranks) measured = &m;
+  }
+  const LinkProfile intra = measured ? measured->link : h.intra_node;
+  const LinkProfile inter = measured ? measured->link : h.inter_node;
+  const double overhead = measured ? measured->collective_overhead_us : h.collective_overhead_us;
+  const int node = rank / h.ranks_per_node;
+  double send_intra = 0, recv_intra = 0, send_inter = 0, recv_inter = 0;
+  int peers_intra = 0, peers_inter = 0;
+  for (int p = 0; p < num_ranks; ++p) {
+    if (p == rank) continue;
+    const bool same = measured != nullptr || p / h.ranks_per_node == node;
+    const double s = send_bytes[static_cast<size_t>(p)], r = recv_bytes[static_cast<size_t>(p)];
+    if (s <= 0 && r <= 0) continue;
+    (same ? send_intra : send_inter) += s;
+    (same ? recv_intra : recv_inter) += r;
+    ++(same ? peers_intra : peers_inter);
+  }
+  const double t_intra = peers_intra * intra.latency_us * kMicro +
+                         std::max(send_intra, recv_intra) / (intra.bandwidth_gbps * kGiga);
+  const double t_inter = peers_inter * inter.latency_us * kMicro +
+                         std::max(send_inter, recv_inter) / (inter.bandwidth_gbps * kGiga);
+  return overhead * kMicro + std::max(t_intra, t_inter);
+}
+
+CostPrediction predict_cost(const ModelConfig& config, const CostWorkload& w,
+                            const parallel::Placement& placement, const HardwareProfile& hardware,
+                            const CostOptions& options) {
+  const int N = placement.num_ranks();
+  MOE_CHECK_AS("config", w.num_sequences >= 1 && w.prompt_len >= 1 && w.decode_steps >= 1,
+               "predict: the workload needs >= 1 sequence, prompt token and decode step (got {}, "
+               "{}, {})",
+               w.num_sequences, w.prompt_len, w.decode_steps);
+  MOE_CHECK_AS("config", options.max_routed_tokens >= 1, "predict: max_routed_tokens must be >= 1");
+  SyntheticRouting routing(modelled_routing(w.routing, w.seed), RoutingShape::of(config));
+  if (w.routing.kind == "replay") {
+    routing.set_prompt_lengths(
+        std::vector<int64_t>(static_cast<size_t>(w.num_sequences), w.prompt_len));
+  }
+  const StepModel model(config, w, hardware, N);
+
+  CostPrediction out;
+  out.num_ranks = N;
+  out.hardware = hardware.name;
+  out.placement = placement.strategy();
+  out.routing = w.routing.is_router() ? "router (modelled as uniform)" : w.routing.describe();
+  out.compute_share = model.share();
+
+  auto ranks_at = [&](int64_t new_per_seq, int64_t past) {
+    std::vector<RankSeqs> ranks(static_cast<size_t>(N));
+    for (int64_t i = 0; i < w.num_sequences; ++i) {
+      RankSeqs& r = ranks[static_cast<size_t>(i % N)];
+      r.sequences.push_back(i);
+      r.tokens += new_per_seq;
+    }
+    for (RankSeqs& r : ranks) {
+      r.new_per_seq = new_per_seq;
+      r.past_len = past;
+    }
+    return ranks;
+  };
+  out.prefill = model.step(routing, placement, ranks_at(w.prompt_len, 0), 0, 1, options);
+
+  // Timed decode steps are steps 1 .. decode_steps - 1 (the engine's first step is the prefill
+  // and its last token needs no further step); step d appends one token after prompt + d - 1.
+  out.timed_decode_steps = w.decode_steps - 1;
+  const int64_t steps = std::max<int64_t>(1, out.timed_decode_steps);
+  const int64_t sim = std::min<int64_t>(steps, std::max(1, options.max_decode_steps));
+  StepCost mean;
+  mean.balancedness = 0;
+  for (int64_t i = 0; i < sim; ++i) {
+    const int64_t d = 1 + i * steps / sim;
+    const StepCost s =
+        model.step(routing, placement, ranks_at(1, w.prompt_len + d - 1), d, 1, options);
+    mean.total_s += s.total_s / sim;
+    for (int p = 0; p < kNumPhases; ++p) mean.phase_s[p] += s.phase_s[p] / sim;
+    mean.balancedness += s.balancedness / sim;
+    mean.remote_rows_per_token += s.remote_rows_per_token / sim;
+    mean.max_remote_bytes = std::max(mean.max_remote_bytes, s.max_remote_bytes);
+    mean.tokens = s.tokens;
+    mean.sampled = mean.sampled || s.sampled;
+  }
+  out.decode = mean;
+  return out;
+}
+
+parallel::Placement make_cost_placement(const std::string& name, const ModelConfig& config,
+                                        const RoutingSpec& routing, uint64_t seed, int num_ranks,
+                                        int64_t fit_tokens) {
+  const auto ends_with = [&](const std::string& suffix) {
+    return name.size() >= suffix.size() &&
+           name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  const int E = static_cast<int>(config.num_experts);
+  if (ends_with(".yaml") || ends_with(".yml")) {
+    return parallel::Placement::build(parallel::load_placement_spec(name), config.moe_layers(), E,
+                                      num_ranks);
+  }
+  if (name == "contiguous" || name == "round_robin") {
+    parallel::PlacementSpec spec;
+    spec.strategy = name;
+    return parallel::Placement::build(spec, config.moe_layers(), E, num_ranks);
+  }
+  StrategySpec strategy;
+  const size_t colon = name.find(':');
+  strategy.name = name.substr(0, colon);
+  if (strategy.name == "replicated") {
+    strategy.redundant = num_ranks;
+    if (colon != std::string::npos) {
+      const std::string r = name.substr(colon + 1);
+      MOE_CHECK_AS("config", !r.empty() && r.find_first_not_of("0123456789") == std::string::npos,
+                   "--placement '{}': replicated:R needs a whole number of redundant slots", name);
+      strategy.redundant = std::stoi(r);
+    }
+  } else {
+    MOE_CHECK_AS("config", colon == std::string::npos,
+                 "--placement '{}': only replicated takes a parameter (replicated:R)", name);
+  }
+  const auto& names = strategy_names();
+  MOE_CHECK_AS("config", std::find(names.begin(), names.end(), strategy.name) != names.end(),
+               "--placement '{}': not a placement YAML (.yaml) nor a strategy (known: {})", name,
+               fmt::join(names, ", "));
+  check_strategy(strategy, "--placement");
+  const RoutingTrace trace =
+      generate_trace(modelled_routing(routing, seed), config, std::max<int64_t>(1, fit_tokens));
+  return placement_from_lists(fit_placement(trace, strategy, num_ranks), trace, num_ranks,
+                              strategy.label());
+}
+
+nlohmann::json CostPrediction::to_json() const {
+  const auto step_json = [](const StepCost& s) {
+    return nlohmann::json{{"seconds", s.total_s},
+                          {"tokens", s.tokens},
+                          {"tokens_per_s", s.total_s > 0 ? s.tokens / s.total_s : 0.0},
+                          {"phases", phases_json(s)},
+                          {"balancedness", s.balancedness},
+                          {"remote_rows_per_token", s.remote_rows_per_token},
+                          {"max_remote_bytes_per_layer", s.max_remote_bytes},
+                          {"routing_sampled", s.sampled}};
+  };
+  nlohmann::json phases_run = nlohmann::json::object();
+  for (int p = 0; p < kNumPhases; ++p) {
+    phases_run[kPhaseNames[p]] = prefill.phase_s[p] + timed_decode_steps * decode.phase_s[p];
+  }
+  return {{"command", "predict"},
+          {"ranks", num_ranks},
+          {"hardware", hardware},
+          {"placement", placement},
+          {"routing", routing},
+          {"compute_share_per_rank", compute_share},
+          {"prefill_s", prefill.total_s},
+          {"decode_step_s", decode.total_s},
+          {"timed_decode_steps", timed_decode_steps},
+          {"prefill", step_json(prefill)},
+          {"decode_step", step_json(decode)},
+          {"phases_run_total_s", phases_run}};
+}
+
+std::string CostPrediction::format() const {
+  std::ostringstream o;
+  o << fmt::format("moe-ep predict: {} rank(s), hardware {}, placement {}, routing {}\n", num_ranks,
+                   hardware, placement, routing);
+  o << fmt::format(
+      "prefill      {:.6f} s   {:.1f} tokens/s   balancedness {:.3f}   remote rows "
+      "per token and layer {:.2f}{}\n",
+      prefill.total_s, prefill.total_s > 0 ? prefill.tokens / prefill.total_s : 0.0,
+      prefill.balancedness, prefill.remote_rows_per_token,
+      prefill.sampled ? " (routing sampled)" : "");
+  o << fmt::format("decode step  {:.6f} s   {:.1f} tokens/s   (mean of {} timed steps)\n",
+                   decode.total_s, decode.total_s > 0 ? decode.tokens / decode.total_s : 0.0,
+                   timed_decode_steps);
+  o << fmt::format("{:<10} {:>12} {:>14}\n", "phase", "prefill s", "decode step s");
+  for (int p = 0; p < kNumPhases; ++p) {
+    if (prefill.phase_s[p] == 0 && decode.phase_s[p] == 0) continue;
+    o << fmt::format("{:<10} {:>12.6f} {:>14.6f}\n", kPhaseNames[p], prefill.phase_s[p],
+                     decode.phase_s[p]);
+  }
+  o << "(phase times: slowest rank per phase; the step time is the slowest rank between the "
+       "synchronisations of each MoE layer)\n";
+  return o.str();
+}
+
+}  // namespace moe::runtime

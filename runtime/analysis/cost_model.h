@@ -1,0 +1,106 @@
+// The cost model behind `moe-ep predict`: prefill time and mean decode step time, per phase, for
+// a workload on N ranks under a placement and a hardware profile. Work comes from
+// runtime/model/arithmetic.h (FLOPs) and the model's shapes; loads and traffic per rank come
+// from the routing itself, replayed through the dispatcher's own layout (the same dedup and
+// replica split as a run). Times are for the slowest rank, as the run report gives them.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "parallel/placement.h"
+#include "runtime/analysis/hardware.h"
+#include "runtime/io/config.h"
+#include "runtime/io/routing_spec.h"
+#include "runtime/model/model.h"
+
+namespace moe::runtime {
+
+// What runs: the run config's workload. The engine prefills every sequence in one step, then
+// runs decode_steps - 1 timed decode steps of one token per sequence; sequence i on rank i mod N.
+struct CostWorkload {
+  int64_t num_sequences = 4;
+  int64_t prompt_len = 32;
+  int64_t decode_steps = 8;
+  uint64_t seed = 1;
+  RoutingSpec routing;  // kind "router" is modelled as uniform (see predict_cost)
+  int threads = 0;      // CPU threads per rank (0: cores / ranks, as the runtime picks)
+  int kv_bytes = 4;     // KV-cache element bytes: 4 on the CPU backend, 2 on CUDA
+  int row_bytes = 4;    // bytes per exchanged hidden element (the runtime sends fp32 rows)
+};
+
+struct CostOptions {
+  int64_t max_routed_tokens = 131072;  // tokens routed per layer and step; more are sampled
+  int max_layers = 0;                  // MoE layers simulated (0: all); others take their mean
+  int max_decode_steps = 4;            // decode steps simulated (evenly spread); mean is used
+};
+
+// Effective share of the hardware one rank gets: GPU 1; CPU threads x min(1, cores / (ranks on
+// the node x threads)), since ranks beyond the cores time-share them.
+double rank_compute_share(const HardwareProfile& h, int num_ranks, int threads);
+
+// GFLOP/s of a rate table (hardware.h) at `rows`: log-linear between entries, clamped at ends.
+double table_gflops(const std::vector<std::pair<int64_t, double>>& table, double rows);
+// Seconds of one GEMM [rows, in] x [out, in]^T at `share` (launch overhead included). The rate
+// is grouped when `grouped`, else decode-sized below h.decode_rows_max rows, else prefill-sized;
+// a profile's measured table for the class replaces rate and weight-read term.
+double gemm_seconds(const HardwareProfile& h, double share, int64_t rows, int64_t in, int64_t out,
+                    bool grouped = false);
+// Seconds of an element-wise op or copy moving `bytes` (read + write), launch included.
+double memory_seconds(const HardwareProfile& h, double share, double bytes);
+// Seconds of one all_to_all_v on `rank` of `num_ranks` that sends send_bytes[p] to and receives
+// recv_bytes[p] from each rank p (own entries ignored): the collective overhead, a latency per
+// peer exchanged with, and the larger direction over the link bandwidth; intra- and inter-node
+// peers proceed concurrently. A profile's measured entry for num_ranks replaces the link.
+double exchange_seconds(const HardwareProfile& h, int num_ranks, int rank,
+                        std::span<const double> send_bytes, std::span<const double> recv_bytes);
+
+struct StepCost {
+  std::array<double, kNumPhases> phase_s{};  // max over ranks of each phase
+  double total_s = 0;                        // the step: slowest rank between synchronisations
+  int64_t tokens = 0;                        // tokens in the step, whole job
+  double balancedness = 1;                   // mean over layers of mean / max pairs per rank
+  double remote_rows_per_token = 0;          // deduplicated rows sent to other ranks, per layer
+  double max_remote_bytes = 0;               // one MoE layer, dispatch + combine, busiest rank
+  bool sampled = false;                      // routing sampled (max_routed_tokens)
+};
+
+struct CostPrediction {
+  int num_ranks = 1;
+  std::string hardware, placement, routing;
+  double compute_share = 1;
+  StepCost prefill, decode;  // decode: mean of one decode step
+  int64_t timed_decode_steps = 0;
+
+  double prefill_s() const { return prefill.total_s; }
+  double decode_step_s() const { return decode.total_s; }
+  nlohmann::json to_json() const;
+  std::string format() const;  // human table
+};
+
+// Predicts the workload. Synthetic routing (uniform, zipf, ...) is replayed token by token,
+// exactly as the run routes it; kind "router" (the model's own router on synthetic weights) is
+// modelled as uniform routing with the workload's seed. `placement` must be built for
+// num_ranks ranks.
+CostPrediction predict_cost(const ModelConfig& config, const CostWorkload& workload,
+                            const parallel::Placement& placement, const HardwareProfile& hardware,
+                            const CostOptions& options = {});
+
+}  // namespace moe::runtime
+
+namespace moe::runtime {
+
+// The placement `predict` evaluates: a placement YAML (path ending in .yaml/.yml), a built-in
+// strategy (contiguous, round_robin), or a load-aware one fitted by the placement analysis
+// (runtime/analysis/placement_analysis.h) on `fit_tokens` tokens of the workload's routing:
+// load_balanced, replicated[:R] (R redundant slots per layer, default N), coactivation.
+// Throws moe::Error("config") naming `name` when it is none of these.
+parallel::Placement make_cost_placement(const std::string& name, const ModelConfig& config,
+                                        const RoutingSpec& routing, uint64_t seed, int num_ranks,
+                                        int64_t fit_tokens = 4096);
+
+}  // namespace moe::runtime

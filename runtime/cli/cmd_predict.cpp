@@ -1,0 +1,104 @@
+// `moe-ep predict`: the cost model's prefill time and decode step time, per phase, for a run
+// config's workload on N ranks, from a hardware profile (runtime/analysis/cost_model.h). No
+// weights, no collectives: one process computes it (under mpirun, rank 0 prints and writes).
+#include <fmt/format.h>
+
+#include <filesystem>
+#include <memory>
+
+#include "kernels/common/check.h"
+#include "runtime/analysis/cost_model.h"
+#include "runtime/analysis/hardware.h"
+#include "runtime/cli/commands.h"
+#include "runtime/cli/options.h"
+#include "runtime/cli/report.h"
+#include "runtime/io/run_config.h"
+
+namespace moe::runtime {
+namespace {
+
+struct PredictArgs {
+  std::string config, hardware, placement, json;
+  std::vector<std::string> sets;
+  int ranks = 0;
+  int64_t max_routed_tokens = CostOptions{}.max_routed_tokens;
+};
+
+// Default profile: the shipped one for the run's backend, in configs/hardware/ next to the run
+// config's folder (configs/bench/x.yaml -> configs/hardware/), else under the working directory.
+std::string default_hardware(const RunConfig& rc) {
+  const std::string file = rc.backend == "cuda" ? "h100-8gpu.yaml" : "cpu-2core-calibrated.yaml";
+  namespace fs = std::filesystem;
+  const fs::path near = fs::path(rc.source).parent_path().parent_path() / "hardware" / file;
+  if (fs::exists(near)) return near.string();
+  return (fs::path("configs") / "hardware" / file).string();
+}
+
+int run_predict(const PredictArgs& a, int rank) {
+  const RunConfig rc = load_run_config(a.config, a.sets);
+  const ModelConfig config = load_model_config(rc.model);
+  const std::string hw_path = a.hardware.empty() ? default_hardware(rc) : a.hardware;
+  MOE_CHECK_AS("config", std::filesystem::exists(hw_path),
+               "--hardware: profile '{}' not found (write one with `moe-ep calibrate --out FILE`)",
+               hw_path);
+  const HardwareProfile hw = load_hardware_profile(hw_path);
+
+  CostWorkload w;
+  w.num_sequences = rc.workload.num_sequences;
+  w.prompt_len = rc.workload.prompt_len;
+  w.decode_steps = rc.workload.decode_steps;
+  w.seed = rc.workload.seed;
+  w.routing = rc.workload.routing;
+  w.threads = static_cast<int>(rc.threads);
+  w.kv_bytes = rc.backend == "cuda" ? 2 : 4;
+  const std::string placement_name =
+      !a.placement.empty() ? a.placement : (!rc.placement.empty() ? rc.placement : "contiguous");
+  const parallel::Placement placement =
+      make_cost_placement(placement_name, config, w.routing, w.seed, a.ranks,
+                          std::min<int64_t>(4096, w.num_sequences * w.prompt_len));
+  CostOptions o;
+  o.max_routed_tokens = a.max_routed_tokens;
+  CostPrediction p = predict_cost(config, w, placement, hw, o);
+  p.placement = placement_name;
+  if (rank != 0) return 0;
+  fmt::print("model        {} ({} workload: {} sequences x {} prompt tokens, {} decode steps)\n",
+             config.name, rc.source, w.num_sequences, w.prompt_len, w.decode_steps);
+  fmt::print("{}", p.format());
+  if (!a.json.empty()) {
+    nlohmann::json j = p.to_json();
+    j["model"] = config.name;
+    j["config"] = rc.source;
+    j["hardware_file"] = hw_path;
+    j["workload"] = {{"num_sequences", w.num_sequences},
+                     {"prompt_len", w.prompt_len},
+                     {"decode_steps", w.decode_steps}};
+    write_json(a.json, j);
+  }
+  return 0;
+}
+
+}  // namespace
+
+Command add_predict_command(CLI::App& app, int world_rank) {
+  auto a = std::make_shared<PredictArgs>();
+  auto* cmd = app.add_subcommand(
+      "predict",
+      "Predict prefill time and decode step time, per phase, of a run config on N ranks from a "
+      "hardware profile (cost model; nothing runs)");
+  cmd->add_option("--config", a->config, "Run YAML (configs/bench/*.yaml)")->required();
+  cmd->add_option("--ranks", a->ranks, "Ranks to predict for")->required()->check(at_least(1));
+  cmd->add_option("--hardware", a->hardware,
+                  "Hardware profile YAML (configs/hardware/; default: the shipped profile for "
+                  "the run's backend)");
+  cmd->add_option("--placement", a->placement,
+                  "Placement YAML, or a strategy: contiguous, round_robin, load_balanced, "
+                  "replicated[:R], coactivation (fitted on the workload's routing)");
+  cmd->add_option("--set", a->sets, "Override a key of the run YAML: key=value (repeatable)");
+  cmd->add_option("--max-routed-tokens", a->max_routed_tokens,
+                  "Tokens routed per layer and step before the routing is sampled")
+      ->check(at_least(1));
+  cmd->add_option("--json", a->json, "Also write the prediction as JSON to this file");
+  return {cmd, [a, world_rank] { return run_predict(*a, world_rank); }};
+}
+
+}  // namespace moe::runtime

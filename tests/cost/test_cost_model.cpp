@@ -1,0 +1,161 @@
+// The cost model's arithmetic on cases small enough to compute by hand: compute share of ranks
+// on shared cores, GEMM roofline / sum / measured table, exchanges over one or two nodes, and a
+// whole prediction whose expert and dispatch phases follow from the routing exactly (top-k = E,
+// so every token uses every expert).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "kernels/common/check.h"
+#include "runtime/analysis/cost_model.h"
+#include "runtime/analysis/hardware.h"
+
+namespace moe::runtime {
+namespace {
+
+HardwareProfile simple_gpu() {
+  HardwareProfile h;
+  h.name = "test";
+  h.source = "test";
+  h.prefill_gemm_gflops = 1000;
+  h.decode_gemm_gflops = 100;
+  h.grouped_gemm_gflops = 500;
+  h.attention_gflops = 100;
+  h.decode_rows_max = 64;
+  h.memory_bandwidth_gbps = 100;
+  h.weight_read_gbps = 100;
+  h.launch_overhead_us = 0;
+  h.ranks_per_node = 2;
+  h.collective_overhead_us = 10;
+  h.intra_node = {1, 10};  // 1 us per peer, 10 GB/s
+  h.inter_node = {5, 1};   // 5 us per peer, 1 GB/s
+  return h;
+}
+
+TEST(CostModel, CpuRanksBeyondCoresTimeShare) {
+  HardwareProfile h = simple_gpu();
+  EXPECT_DOUBLE_EQ(rank_compute_share(h, 4, 1), 1.0);  // GPU: one device per rank
+  h.kind = "cpu";
+  h.cores = 2;
+  h.ranks_per_node = 64;
+  EXPECT_DOUBLE_EQ(rank_compute_share(h, 1, 1), 1.0);
+  EXPECT_DOUBLE_EQ(rank_compute_share(h, 2, 1), 1.0);
+  EXPECT_DOUBLE_EQ(rank_compute_share(h, 4, 1), 0.5);  // 4 ranks on 2 cores
+  EXPECT_DOUBLE_EQ(rank_compute_share(h, 1, 0), 2.0);  // default threads: cores / ranks
+  EXPECT_DOUBLE_EQ(rank_compute_share(h, 1, 4), 2.0);  // 4 threads on 2 cores
+}
+
+TEST(CostModel, GemmRooflineSumAndTable) {
+  HardwareProfile h = simple_gpu();
+  // 128 rows x 1000 x 1000: 2.56e8 FLOP at 1000 GFLOP/s = 256 us; weights 2e6 B at 100 GB/s = 20
+  // us.
+  EXPECT_NEAR(gemm_seconds(h, 1.0, 128, 1000, 1000), 256e-6, 1e-12);
+  // 2 rows: decode rate 100 GFLOP/s -> 40 us; weights 20 us; max = 40 us.
+  EXPECT_NEAR(gemm_seconds(h, 1.0, 2, 1000, 1000), 40e-6, 1e-12);
+  h.gemm_overlap = GemmOverlap::kSum;
+  EXPECT_NEAR(gemm_seconds(h, 1.0, 2, 1000, 1000), 60e-6, 1e-12);
+  EXPECT_NEAR(gemm_seconds(h, 0.5, 2, 1000, 1000), 120e-6, 1e-12);  // half a core
+  // A table replaces rates and weight term: 4 rows sit halfway (log) between 2 and 8.
+  h.gemm_table = {{2, 10}, {8, 30}};
+  EXPECT_DOUBLE_EQ(table_gflops(h.gemm_table, 4), 20);
+  EXPECT_DOUBLE_EQ(table_gflops(h.gemm_table, 1), 10);
+  EXPECT_DOUBLE_EQ(table_gflops(h.gemm_table, 100), 30);
+  EXPECT_NEAR(gemm_seconds(h, 1.0, 4, 1000, 1000), 8e6 / 20e9, 1e-12);
+  h.launch_overhead_us = 3;
+  EXPECT_NEAR(memory_seconds(h, 1.0, 1e6), 1e6 / 100e9 + 3e-6, 1e-12);
+}
+
+TEST(CostModel, ExchangeIntraAndInterNode) {
+  const HardwareProfile h = simple_gpu();  // 2 ranks per node
+  // 4 ranks, rank 0: peer 1 on its node, peers 2 and 3 on the other node. 1 MB to each.
+  const std::vector<double> b = {0, 1e6, 1e6, 1e6};
+  // intra: 1 us + 1e6 / 10e9 = 101 us; inter: 2 x 5 us + 2e6 / 1e9 = 2010 us; + 10 us overhead.
+  EXPECT_NEAR(exchange_seconds(h, 4, 0, b, b), 10e-6 + 2010e-6, 1e-12);
+  // Receiving more than sending: the larger direction counts.
+  const std::vector<double> r = {0, 3e6, 0, 0};
+  EXPECT_NEAR(exchange_seconds(h, 4, 0, std::vector<double>{0, 1e6, 0, 0}, r),
+              10e-6 + 1e-6 + 3e6 / 10e9, 1e-12);
+  EXPECT_DOUBLE_EQ(exchange_seconds(h, 1, 0, std::vector<double>{0}, std::vector<double>{0}), 0);
+  // A measured entry for this rank count replaces links and overhead.
+  HardwareProfile m = h;
+  m.measured.push_back({4, 2, {0.5, 2}});
+  EXPECT_NEAR(exchange_seconds(m, 4, 0, b, b), 2e-6 + 3 * 0.5e-6 + 3e6 / 2e9, 1e-12);
+}
+
+ModelConfig two_expert_model() {
+  ModelConfig c;
+  c.name = "two";
+  c.vocab_size = 16;
+  c.hidden_size = 8;
+  c.num_hidden_layers = 1;
+  c.num_attention_heads = 2;
+  c.num_key_value_heads = 1;
+  c.head_dim = 4;
+  c.intermediate_size = 16;
+  c.moe_intermediate_size = 4;
+  c.num_experts = 2;
+  c.num_experts_per_tok = 2;  // every token uses both experts
+  c.norm_topk_prob = true;
+  c.max_position_embeddings = 64;
+  c.validate();
+  return c;
+}
+
+TEST(CostModel, ExpertAndDispatchPhasesFollowTheRouting) {
+  const ModelConfig c = two_expert_model();
+  HardwareProfile h = simple_gpu();
+  h.memory_bandwidth_gbps = 1e12;  // element-wise work and weight reads vanish
+  h.weight_read_gbps = 1e12;
+  h.collective_overhead_us = 0;
+  h.intra_node = {0, 1};  // 1 GB/s, no latency
+  CostWorkload w;
+  w.num_sequences = 2;
+  w.prompt_len = 10;
+  w.decode_steps = 2;
+  w.routing.kind = "uniform";
+
+  // One rank: both experts compute all 20 prefill tokens: 2 x 6 x 20 x H x I FLOP at 500 GFLOP/s.
+  parallel::PlacementSpec spec;
+  const parallel::Placement p1 = parallel::Placement::build(spec, c.moe_layers(), 2, 1);
+  const CostPrediction one = predict_cost(c, w, p1, h);
+  const double expert_flops = 2 * 6.0 * 20 * 8 * 4;
+  EXPECT_NEAR(one.prefill.phase_s[static_cast<int>(Phase::kExpert)], expert_flops / 500e9, 1e-15);
+  EXPECT_DOUBLE_EQ(one.prefill.balancedness, 1.0);
+  EXPECT_EQ(one.prefill.tokens, 20);
+  EXPECT_EQ(one.decode.tokens, 2);
+
+  // Two ranks, one expert each: each rank sends each of its 10 tokens once to the other rank
+  // (10 rows of 8 fp32 = 320 B, plus 10 x 2 route entries of 8 B = 160 B) and computes 20 pairs.
+  const parallel::Placement p2 = parallel::Placement::build(spec, c.moe_layers(), 2, 2);
+  const CostPrediction two = predict_cost(c, w, p2, h);
+  EXPECT_NEAR(two.prefill.phase_s[static_cast<int>(Phase::kExpert)], expert_flops / 2 / 500e9,
+              1e-15);
+  EXPECT_DOUBLE_EQ(two.prefill.remote_rows_per_token, 1.0);
+  // Counts (2 x 8 B... one int64 per peer), rows, routes at 1 GB/s.
+  const double dispatch_comm = (8 + 320 + 160) / 1e9;
+  EXPECT_NEAR(two.prefill.phase_s[static_cast<int>(Phase::kDispatch)], dispatch_comm, 1e-12);
+  EXPECT_NEAR(two.prefill.phase_s[static_cast<int>(Phase::kCombine)], 320 / 1e9, 1e-12);
+}
+
+TEST(HardwareProfile, WrittenProfileReadsBack) {
+  HardwareProfile h = simple_gpu();
+  h.kind = "cpu";
+  h.cores = 2;
+  h.gemm_table = {{1, 5}, {4, 9.5}};
+  h.measured.push_back({2, 3, {0, 4}});
+  const auto path = std::filesystem::temp_directory_path() / "moe_cost_profile.yaml";
+  std::ofstream(path) << hardware_profile_yaml(h, {"test"});
+  const HardwareProfile r = load_hardware_profile(path.string());
+  EXPECT_EQ(r.cores, 2);
+  EXPECT_DOUBLE_EQ(r.prefill_gemm_gflops, 1000);
+  ASSERT_EQ(r.gemm_table.size(), 2u);
+  EXPECT_DOUBLE_EQ(r.gemm_table[1].second, 9.5);
+  ASSERT_EQ(r.measured.size(), 1u);
+  EXPECT_DOUBLE_EQ(r.measured[0].link.bandwidth_gbps, 4);
+  EXPECT_DOUBLE_EQ(r.inter_node.latency_us, 5);
+  std::filesystem::remove(path);
+}
+
+}  // namespace
+}  // namespace moe::runtime
