@@ -38,11 +38,23 @@ void check_loads(std::span<const double> load, const char* who) {
 
 // Heaviest item first onto the rank with the lowest load among ranks with a free slot that do
 // not hold the item's expert yet (ties: lower rank). Items of equal load go in expert order.
-RankLists pack(std::vector<Item> items, const std::vector<int>& capacity, int num_experts) {
-  const int n = static_cast<int>(capacity.size());
+// Slots: every rank holds floor(items / n) items, and (items % n) ranks one more; which ranks
+// take the extra slot is decided as the packing goes (the lightest), not fixed in advance.
+RankLists pack(std::vector<Item> items, int n, int num_experts) {
   std::stable_sort(items.begin(), items.end(), [](const Item& a, const Item& b) {
     return a.load != b.load ? a.load > b.load : a.expert < b.expert;
   });
+  const int lo = static_cast<int>(items.size()) / n;
+  int extra_left = static_cast<int>(items.size()) % n;  // ranks that may still grow to lo + 1
+  std::vector<int> capacity(static_cast<size_t>(n), lo + (extra_left > 0 ? 1 : 0));
+  auto take_slot = [&](int r, std::vector<std::vector<int>>& lists) {
+    if (static_cast<int>(lists[r].size()) == lo && extra_left > 0 && --extra_left == 0) {
+      // The last extra slot is taken: ranks still at lo stop there.
+      for (int q = 0; q < n; ++q) {
+        if (q != r && static_cast<int>(lists[q].size()) <= lo) capacity[q] = lo;
+      }
+    }
+  };
   RankLists lists(static_cast<size_t>(n));
   std::vector<double> rank_load(static_cast<size_t>(n), 0.0);
   std::vector<char> holds(static_cast<size_t>(n) * num_experts, 0);
@@ -63,6 +75,7 @@ RankLists pack(std::vector<Item> items, const std::vector<int>& capacity, int nu
           for (size_t i = 0; i < lists[q].size(); ++i) {
             const int x = lists[q][i];
             if (has(p, x)) continue;
+            take_slot(p, lists);
             lists[p].push_back(x);
             has(p, x) = 1;
             has(q, x) = 0;
@@ -77,6 +90,7 @@ RankLists pack(std::vector<Item> items, const std::vector<int>& capacity, int nu
                    "for {} ranks)",
                    it.expert, n);
     }
+    take_slot(best, lists);
     lists[best].push_back(it.expert);
     has(best, it.expert) = 1;
     rank_load[best] += it.load;
@@ -104,7 +118,7 @@ RankLists load_balanced_placement(std::span<const double> expert_load, int num_r
   const int num_experts = static_cast<int>(expert_load.size());
   std::vector<Item> items;
   for (int e = 0; e < num_experts; ++e) items.push_back({e, expert_load[e]});
-  return pack(std::move(items), even_capacity(num_experts, num_ranks), num_experts);
+  return pack(std::move(items), num_ranks, num_experts);
 }
 
 std::vector<int> replica_counts(std::span<const double> expert_load, int redundant,
@@ -141,7 +155,7 @@ RankLists replicated_placement(std::span<const double> expert_load, int num_rank
   std::iota(all.begin(), all.end(), 0);
   if (ranks_per_node <= 0 || ranks_per_node >= num_ranks) {
     const std::vector<int> counts = replica_counts(expert_load, redundant, num_ranks);
-    return pack(replica_items(expert_load, counts, all), capacity, num_experts);
+    return pack(replica_items(expert_load, counts, all), num_ranks, num_experts);
   }
 
   // Hierarchical: experts -> nodes (balanced by load, equal expert counts), then replicas and
@@ -153,8 +167,7 @@ RankLists replicated_placement(std::span<const double> expert_load, int num_rank
   const int num_nodes = num_ranks / g;
   std::vector<Item> experts;
   for (int e = 0; e < num_experts; ++e) experts.push_back({e, expert_load[e]});
-  const std::vector<int> node_experts_cap = even_capacity(num_experts, num_nodes);
-  const RankLists node_experts = pack(std::move(experts), node_experts_cap, num_experts);
+  const RankLists node_experts = pack(std::move(experts), num_nodes, num_experts);
   RankLists lists(static_cast<size_t>(num_ranks));
   for (int m = 0; m < num_nodes; ++m) {
     const std::vector<int> node_cap(capacity.begin() + m * g, capacity.begin() + (m + 1) * g);
@@ -168,8 +181,7 @@ RankLists replicated_placement(std::span<const double> expert_load, int num_rank
     std::vector<double> node_load;
     for (int e : mine) node_load.push_back(expert_load[static_cast<size_t>(e)]);
     const std::vector<int> counts = replica_counts(node_load, node_redundant, g);
-    const RankLists node_lists =
-        pack(replica_items(expert_load, counts, mine), node_cap, num_experts);
+    const RankLists node_lists = pack(replica_items(expert_load, counts, mine), g, num_experts);
     for (int r = 0; r < g; ++r) lists[static_cast<size_t>(m * g + r)] = node_lists[r];
   }
   return lists;

@@ -32,12 +32,19 @@ TEST(LoadBalanced, HeaviestFirstOntoTheLightestRankWithEqualSlotCounts) {
   EXPECT_DOUBLE_EQ(expected_balancedness(lists, load), 26.0 / 26.0);
 }
 
-TEST(LoadBalanced, UnevenShardsAndMoreRanksThanExperts) {
+TEST(LoadBalanced, UnevenShardsGiveTheExtraSlotToTheLightestRank) {
   std::vector<double> load(7, 1.0);
   RankLists lists = load_balanced_placement(load, 3);
   EXPECT_EQ(lists[0].size(), 3u);
   EXPECT_EQ(lists[1].size(), 2u);
   EXPECT_EQ(lists[2].size(), 2u);
+  // Loads 4, 1 x 8 on 4 ranks (2 slots each, one rank 3): the extra slot goes to a light rank
+  // (rank 1, when it is the lightest with a slot to spare), so the heavy rank keeps two slots.
+  std::vector<double> skew = {4, 1, 1, 1, 1, 1, 1, 1, 1};
+  RankLists s4 = load_balanced_placement(skew, 4);
+  EXPECT_EQ(s4[0], (std::vector<int>{0, 8}));
+  EXPECT_EQ(s4[1].size() + s4[2].size() + s4[3].size(), 7u);
+  EXPECT_DOUBLE_EQ(expected_balancedness(s4, skew), 3.0 / 5.0);
   RankLists wide = load_balanced_placement(load, 9);
   LayerPlacement::from_rank_experts(wide, 7).validate(7, 9, "wide");
   EXPECT_TRUE(wide[7].empty() && wide[8].empty());
@@ -62,9 +69,9 @@ TEST(Replicated, HotExpertSplitOverRanksGivesPerfectBalanceOnAHandCase) {
   expect_valid(lists, 7, 3);
   for (const auto& l : lists) EXPECT_EQ(l[0], 0);  // one replica of the hot expert per rank
   EXPECT_DOUBLE_EQ(expected_balancedness(lists, load), 1.0);
-  // Without replicas, equal slot counts (3, 2, 2) put two light experts beside the hot one:
-  // 8 of 12 on rank 0, balancedness 4 / 8.
-  EXPECT_NEAR(expected_balancedness(load_balanced_placement(load, 3), load), 0.5, 1e-12);
+  // Without replicas, slot counts of 2 or 3 per rank leave one light expert beside the hot one
+  // (the extra slot goes to a light rank as the packing goes): 7 of 12 on rank 0.
+  EXPECT_NEAR(expected_balancedness(load_balanced_placement(load, 3), load), 4.0 / 7.0, 1e-12);
 }
 
 TEST(Replicated, ZipfLoadsReachNearPerfectBalanceWithEightExtraSlots) {
