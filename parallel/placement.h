@@ -40,7 +40,7 @@ struct PlacementSpec {
   std::optional<int> num_ranks;  // as declared in the file
   std::optional<std::vector<std::vector<int>>> default_layer;
   std::vector<std::pair<int, std::vector<std::vector<int>>>> layers;  // explicit per-layer maps
-  std::string source = "<built-in>";                                   // file name for errors
+  std::string source = "<built-in>";                                  // file name for errors
 };
 
 // Parses a placement YAML; errors name the file, key and line.

@@ -18,8 +18,10 @@ int run_cli(int argc, char** argv, int world_rank) {
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "Help for every command");
   const std::vector<Command> commands = {add_plan_command(app, world_rank),
-                                         add_forward_command(app), add_generate_command(app),
-                                         add_run_command(app), add_place_command(app, world_rank),
+                                         add_forward_command(app),
+                                         add_generate_command(app),
+                                         add_run_command(app),
+                                         add_place_command(app, world_rank),
                                          add_experiment_command(app, world_rank),
                                          add_tokenize_command(app, world_rank),
                                          add_detokenize_command(app, world_rank),
