@@ -4,8 +4,8 @@ e.g. Debian's /usr/bin/python3 with python3-matplotlib):
 
   per_rank_load.png       (token, expert) pairs per rank, one panel per placement, for each
                           workload at the smallest rank count (held-out sample / the run)
-  balancedness_vs_skew.png  balancedness against the zipf/drift exponent, a line per placement,
-                          one panel per rank count
+  balancedness_vs_skew.png  balancedness against the zipf exponent (uniform = 0), a line per
+                          placement, one panel per rank count
   cross_rank_bytes.png    bytes sent across ranks per placement, grouped by workload, one panel
                           per rank count
 
@@ -60,8 +60,14 @@ def main(results_path, out_dir):
     plt.close(fig)
     written.append(path)
 
-    # Balancedness vs skew (workloads with an exponent).
-    skewed = [c for c in cells if c.get("skew") is not None]
+    # Balancedness vs skew: zipf workloads at their exponent, uniform at 0 (drift and the others
+    # are left out: their exponent is not the skew of one sample).
+    def skew_of(c):
+        if c["routing"].startswith("zipf(") and c.get("skew") is not None:
+            return c["skew"]
+        return 0.0 if c["routing"].startswith("uniform(") else None
+
+    skewed = [dict(c, skew=skew_of(c)) for c in cells if skew_of(c) is not None]
     if skewed:
         fig, axes = plt.subplots(1, len(ranks), squeeze=False, figsize=(3.6 * len(ranks), 3.2))
         for k, r in enumerate(ranks):
