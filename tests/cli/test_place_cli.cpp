@@ -181,6 +181,24 @@ TEST(ExperimentCli, BadExperimentFilesFailWithOneLineNamingFileLineAndKey) {
   }
 }
 
+TEST(ExperimentCli, ReplayedTraceOfAnotherShapeFailsNamingTheTrace) {
+  auto dir = temp_dir("experiment_replay");
+  runtime::RoutingSpec spec;
+  spec.kind = "uniform";
+  runtime::SyntheticRouting eight(spec, {.num_experts = 8, .top_k = 2, .num_layers = 3});
+  const std::string trace = (dir / "eight.safetensors").string();
+  runtime::write_trace(trace, runtime::generate_trace(eight, {0, 1, 2}, 64));
+  const std::string cfg = (dir / "replay.yaml").string();
+  std::ofstream(cfg) << experiment_text("{kind: zipf, s: 1.2, seed: 3}",
+                                        "{kind: replay, trace: " + trace + "}");
+  auto r = run(moe_ep() + " experiment --config " + cfg + " --out " + (dir / "o").string() +
+               " --no-plots");
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_EQ(count_lines(r.err), 1) << r.err;
+  EXPECT_NE(r.err.find("eight.safetensors"), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find("trace has 8 experts"), std::string::npos) << r.err;
+}
+
 TEST(ExperimentCli, PlacementFileWithAnExpertOutOfRangeFailsNamingIt) {
   auto dir = temp_dir("placement_bad");
   const std::string p = (dir / "bad.yaml").string();
