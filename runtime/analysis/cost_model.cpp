@@ -152,18 +152,25 @@ class StepModel {
            memory_seconds(h_, share_, 12.0 * T * s_.hidden);
   }
 
+  // Grouped experts: per group its rows' gather, gate/up/down and SwiGLU; the fixed cost of an
+  // op is paid once per projection (one grouped launch), not per group — a CPU profile's
+  // per-group cost is inside its measured grouped_table rates.
   double expert(std::span<const double> slot_pairs) const {
     double t = 0;
+    bool any = false;
+    HardwareProfile no_launch = h_;
+    no_launch.launch_overhead_us = 0;
     for (double p : slot_pairs) {
       if (p <= 0) continue;
+      any = true;
       const int64_t rows = std::max<int64_t>(1, std::llround(p));
-      t += memory_seconds(h_, share_, 8.0 * rows * s_.hidden);  // gather the group's rows
+      t += memory_seconds(no_launch, share_, 8.0 * rows * s_.hidden);  // gather the group's rows
       // gate and up [rows, H] -> [rows, I], down [rows, I] -> [rows, H]
-      t += 2 * gemm_seconds(h_, share_, rows, s_.hidden, s_.expert_inter, true);
-      t += gemm_seconds(h_, share_, rows, s_.expert_inter, s_.hidden, true);
-      t += memory_seconds(h_, share_, 12.0 * rows * s_.expert_inter);  // silu(gate) * up
+      t += 2 * gemm_seconds(no_launch, share_, rows, s_.hidden, s_.expert_inter, true);
+      t += gemm_seconds(no_launch, share_, rows, s_.expert_inter, s_.hidden, true);
+      t += memory_seconds(no_launch, share_, 12.0 * rows * s_.expert_inter);  // silu(gate) * up
     }
-    return t;
+    return any ? t + 5 * h_.launch_overhead_us * kMicro : 0.0;
   }
 
   double lm_head(int64_t rows) const {
