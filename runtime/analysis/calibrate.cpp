@@ -89,7 +89,14 @@ void measure_compute(kernels::Backend& be, const ModelConfig& c, HardwareProfile
   const int64_t max_rows = 512;
   kernels::Buffer<float> x = upload(be, std::vector<float>(max_rows * std::max(H, out), 0.01f));
   kernels::Buffer<float> y(be, static_cast<size_t>(max_rows * std::max(H, out)));
-  kernels::Buffer<bf16> w = upload(be, random_bf16(static_cast<size_t>(out * H), 1));
+  // Weights rotate over >= 64 MiB of matrices so every call reads them from memory, as a forward
+  // does (it streams each layer's weights once); one matrix would stay in cache and flatter the
+  // small-row rates.
+  const int64_t weight_bytes_one = out * H * kWeightBytes;
+  const int64_t num_w = std::clamp<int64_t>((64ll << 20) / weight_bytes_one + 1, 1, 256);
+  kernels::Buffer<bf16> w = upload(be, random_bf16(static_cast<size_t>(num_w * out * H), 1));
+  int64_t next_w = 0;
+  const auto weight = [&] { return w.data() + (next_w++ % num_w) * out * H; };
 
   // Dense linear at every row count from decode to prefill sizes: the rate table (the CPU
   // backend converts bf16 weights per call and takes other code paths at 1 and 2-3 rows, so the
@@ -97,7 +104,7 @@ void measure_compute(kernels::Backend& be, const ModelConfig& c, HardwareProfile
   const double flops_per_row = 2.0 * H * out;
   h.gemm_table.clear();
   for (int64_t rows : {1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 512}) {
-    const double t = time_call([&] { be.linear(x.data(), w.data(), rows, H, out, y.data()); });
+    const double t = time_call([&] { be.linear(x.data(), weight(), rows, H, out, y.data()); });
     h.gemm_table.emplace_back(rows, flops_per_row * rows / t * 1e-9);
     samples["linear"].push_back({{"rows", rows}, {"in", H}, {"out", out}, {"s", t}});
     if (rows == 1) h.weight_read_gbps = static_cast<double>(H) * out * kWeightBytes / t * 1e-9;
