@@ -252,6 +252,27 @@ MeasuredComm measure_comm(parallel::Communicator& comm, nlohmann::json& samples)
     ys.push_back(t);
     samples["all_to_all_v"].push_back({{"bytes_per_peer", bytes}, {"ranks", N}, {"s", t}});
   }
+  // Synchronisation after compute: ~2 ms of busy host work per iteration, alone and followed by
+  // a counts exchange; with more ranks than cores the difference is the scheduling wait.
+  {
+    std::vector<float> a(256 * 256, 0.5f), b(a.size(), 0.25f);
+    volatile float sink = 0;
+    auto busy = [&] {
+      float acc = 0;
+      for (int rep = 0; rep < 40; ++rep) {
+        for (size_t i = 0; i < a.size(); ++i) acc += a[i] * b[(i * 7) % b.size()];
+      }
+      sink = sink + acc;
+    };
+    const int reps = 40;
+    const double alone = timed(reps, busy);
+    const double synced = timed(reps, [&] {
+      busy();
+      comm.all_to_all(counts, counts_out);
+    });
+    m.sync_us = std::max(0.0, synced - alone - t_counts) * 1e6;
+    samples["sync"] = {{"busy_s", alone}, {"busy_then_collective_s", synced}};
+  }
   const Fit f = least_squares(xs, ys);
   m.link.bandwidth_gbps = f.slope > 0 ? 1e-9 / f.slope : 1e3;
   m.link.latency_us = std::max(0.0, (f.intercept - t_counts) / (N - 1)) * 1e6;

@@ -143,6 +143,13 @@ class StepModel {
            memory_seconds(h_, share_, 4.0 * logits) + logits * h_.topk_ns_per_logit * 1e-9 / share_;
   }
 
+  double sync_seconds() const {
+    for (const MeasuredComm& m : h_.measured) {
+      if (m.ranks == N_) return m.sync_us * kMicro;
+    }
+    return 0;
+  }
+
   double host_pairs(double pairs) const { return pairs * h_.layout_ns_per_pair * 1e-9 / share_; }
 
   double dense_mlp(int64_t T) const {
@@ -298,6 +305,14 @@ class StepModel {
         seg_c = std::max(seg_c, ex + partial);
         seg_d = std::max(seg_d, combine_comm);
       }
+      // Time-shared cores: the two collectives that follow compute wait for descheduled ranks.
+      const double sync = sync_seconds();
+      for (int r = 0; r < N_; ++r) {
+        add(r, Phase::kDispatch, layer_weight * sync);
+        add(r, Phase::kCombine, layer_weight * sync);
+      }
+      seg_b += sync;
+      seg_d += sync;
       balance_sum += max_pairs > 0 ? sum_pairs / N_ / max_pairs : 1.0;
       total += layer_weight * (seg_a + seg_b + seg_c + seg_d);
     }

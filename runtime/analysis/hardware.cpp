@@ -183,7 +183,8 @@ HardwareProfile load_hardware_profile(const std::string& path) {
       const YAML::Node e = ms[i];
       const std::string p = fmt::format("comm.measured[{}]", i);
       if (!e.IsMap()) y::fail(doc, e, p, "expected a mapping");
-      y::reject_unknown_keys(doc, e, {"ranks", "collective_us", "latency_us", "bandwidth_gbps"}, p);
+      y::reject_unknown_keys(
+          doc, e, {"ranks", "collective_us", "latency_us", "bandwidth_gbps", "sync_us"}, p);
       MeasuredComm mc;
       const int64_t r = y::require<int64_t>(doc, e, "ranks", p + ".ranks");
       if (r < 1) y::fail(doc, e["ranks"], p + ".ranks", "must be >= 1");
@@ -194,6 +195,7 @@ HardwareProfile load_hardware_profile(const std::string& path) {
       mc.collective_overhead_us = non_negative(doc, e, "collective_us", p + ".collective_us", 0);
       mc.link.latency_us = non_negative(doc, e, "latency_us", p + ".latency_us", 0);
       mc.link.bandwidth_gbps = positive(doc, e, "bandwidth_gbps", p + ".bandwidth_gbps");
+      mc.sync_us = non_negative(doc, e, "sync_us", p + ".sync_us", 0);
       h.measured.push_back(mc);
     }
   }

@@ -27,6 +27,9 @@ struct MeasuredComm {
   int ranks = 0;
   double collective_overhead_us = 0;
   LinkProfile link;
+  // Extra wait of a collective that follows compute: when ranks time-share cores, a rank that
+  // is descheduled holds everyone up (measured as compute + collective minus compute alone).
+  double sync_us = 0;
 };
 
 struct HardwareProfile {

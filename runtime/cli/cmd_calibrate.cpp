@@ -89,8 +89,10 @@ int run_calibrate(const CalibrateArgs& a) {
       h.prefill_gemm_gflops, h.decode_gemm_gflops, h.grouped_gemm_gflops, h.attention_gflops,
       h.weight_read_gbps, h.memory_bandwidth_gbps, h.launch_overhead_us, h.layout_ns_per_pair);
   for (const MeasuredComm& m : h.measured) {
-    fmt::print("comm at {} ranks: collective {:.1f} us, latency {:.1f} us per peer, {:.2f} GB/s\n",
-               m.ranks, m.collective_overhead_us, m.link.latency_us, m.link.bandwidth_gbps);
+    fmt::print(
+        "comm at {} ranks: collective {:.1f} us, latency {:.1f} us per peer, {:.2f} GB/s, "
+        "wait after compute {:.1f} us\n",
+        m.ranks, m.collective_overhead_us, m.link.latency_us, m.link.bandwidth_gbps, m.sync_us);
   }
   if (!a.json.empty()) write_json(a.json, r.samples);
   return 0;
