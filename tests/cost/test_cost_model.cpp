@@ -136,6 +136,15 @@ TEST(CostModel, ExpertAndDispatchPhasesFollowTheRouting) {
   const double dispatch_comm = (8 + 320 + 160) / 1e9;
   EXPECT_NEAR(two.prefill.phase_s[static_cast<int>(Phase::kDispatch)], dispatch_comm, 1e-12);
   EXPECT_NEAR(two.prefill.phase_s[static_cast<int>(Phase::kCombine)], 320 / 1e9, 1e-12);
+
+  // Ranks that time-share cores: a measured wait after compute joins each of the two
+  // synchronisations of the (one) MoE layer, and the step.
+  HardwareProfile shared = h;
+  shared.measured.push_back({2, 0, {0, 1}, 100});
+  const CostPrediction waited = predict_cost(c, w, p2, shared, {});
+  EXPECT_NEAR(waited.prefill.phase_s[static_cast<int>(Phase::kDispatch)], dispatch_comm + 100e-6,
+              1e-12);
+  EXPECT_NEAR(waited.prefill.total_s - two.prefill.total_s, 200e-6, 1e-12);
 }
 
 TEST(HardwareProfile, WrittenProfileReadsBack) {
