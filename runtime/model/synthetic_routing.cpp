@@ -56,6 +56,9 @@ RoutingShape RoutingShape::of(const ModelConfig& c) {
 
 SyntheticRouting::SyntheticRouting(const RoutingSpec& spec, const RoutingShape& shape)
     : spec_(spec), shape_(shape) {
+  static const std::pair<const char*, Kind> kKinds[] = {
+      {"uniform", Kind::kUniform}, {"zipf", Kind::kZipf},     {"hotset", Kind::kHotset},
+      {"drift", Kind::kDrift},     {"topics", Kind::kTopics}, {"replay", Kind::kReplay}};
   const int64_t E = shape.num_experts, k = shape.top_k;
   const std::string& where = spec.source;
   MOE_CHECK_AS("config", !spec.is_router(), "{}: routing 'router' needs no hook", where);
@@ -63,9 +66,11 @@ SyntheticRouting::SyntheticRouting(const RoutingSpec& spec, const RoutingShape& 
                "{}: routing needs 1 <= top_k <= num_experts and layers (got {} experts, top-{}, {} "
                "layers)",
                where, E, k, shape.num_layers);
-  const auto& kinds = routing_kinds();
-  MOE_CHECK_AS("config", std::find(kinds.begin(), kinds.end(), spec.kind) != kinds.end(),
-               "{}: unknown routing kind '{}'", where, spec.kind);
+  const auto known = std::find_if(std::begin(kKinds), std::end(kKinds),
+                                  [&](const auto& k) { return spec.kind == k.first; });
+  MOE_CHECK_AS("config", known != std::end(kKinds), "{}: unknown routing kind '{}'", where,
+               spec.kind);
+  kind_ = known->second;
 
   if (spec.kind == "replay") {
     trace_ = read_trace(spec.trace);
@@ -139,7 +144,7 @@ void SyntheticRouting::route_token(int64_t step, int layer, TokenId token, std::
                                    std::span<float> weights) const {
   MOE_CHECK(layer >= 0 && layer < shape_.num_layers, "routing: layer {} outside 0..{}", layer,
             shape_.num_layers - 1);
-  if (spec_.kind != "replay") {
+  if (kind_ != Kind::kReplay) {
     sample(step, layer, token, ids, weights);
     return;
   }
@@ -166,26 +171,26 @@ void SyntheticRouting::route_token(int64_t step, int layer, TokenId token, std::
 void SyntheticRouting::sample(int64_t step, int layer, TokenId token, std::span<int32_t> ids,
                               std::span<float> weights) const {
   const int64_t E = shape_.num_experts, k = shape_.top_k;
-  const std::string& kind = spec_.kind;
+  const Kind kind = kind_;
   const std::vector<int32_t>& perm = perm_[static_cast<size_t>(layer)];
   int64_t offset = 0;  // drift: popularity rank i is permutation entry (i + offset) mod E
-  if (kind == "drift") offset = (spec_.shift * (step / spec_.period)) % E;
+  if (kind == Kind::kDrift) offset = (spec_.shift * (step / spec_.period)) % E;
   int64_t topic = 0;
   const int64_t m = spec_.experts_per_topic;
-  if (kind == "topics") {
+  if (kind == Kind::kTopics) {
     Rng t(key_of(spec_.seed, Tag::kTopic, {step, token.sequence, token.position}));
     topic = t.below(spec_.topics);
   }
   const int64_t H = spec_.hot_experts;
   // Popularity of rank i for this token, and a draw from it.
   const auto prob = [&](int64_t i) -> double {
-    if (kind == "zipf" || kind == "drift") return zipf_p_[static_cast<size_t>(i)];
-    if (kind == "hotset") {
+    if (kind == Kind::kZipf || kind == Kind::kDrift) return zipf_p_[static_cast<size_t>(i)];
+    if (kind == Kind::kHotset) {
       if (H == E) return 1.0 / static_cast<double>(E);
       return i < H ? spec_.hot_share / static_cast<double>(H)
                    : (1.0 - spec_.hot_share) / static_cast<double>(E - H);
     }
-    if (kind == "topics") {
+    if (kind == Kind::kTopics) {
       const int64_t j = ((i - topic * m) % E + E) % E;
       return (j < m ? (1.0 - spec_.mix) / static_cast<double>(m) : 0.0) +
              spec_.mix / static_cast<double>(E);
@@ -194,16 +199,16 @@ void SyntheticRouting::sample(int64_t step, int layer, TokenId token, std::span<
   };
   Rng rng(key_of(spec_.seed, Tag::kPicks, {step, layer, token.sequence, token.position}));
   const auto draw = [&]() -> int64_t {
-    if (kind == "zipf" || kind == "drift") {
+    if (kind == Kind::kZipf || kind == Kind::kDrift) {
       const double u = rng.uniform();
       const auto it = std::upper_bound(zipf_cdf_.begin(), zipf_cdf_.end(), u);
       return std::min<int64_t>(it - zipf_cdf_.begin(), E - 1);
     }
-    if (kind == "hotset") {
+    if (kind == Kind::kHotset) {
       if (H == E) return rng.below(E);
       return rng.uniform() < spec_.hot_share ? rng.below(H) : H + rng.below(E - H);
     }
-    if (kind == "topics") {
+    if (kind == Kind::kTopics) {
       if (rng.uniform() < spec_.mix) return rng.below(E);
       return (topic * m + rng.below(m)) % E;
     }

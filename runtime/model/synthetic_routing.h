@@ -66,13 +66,14 @@ class SyntheticRouting final : public RoutingHook {
   const RoutingShape& shape() const { return shape_; }
 
  private:
-  struct Pick;
+  enum class Kind { kUniform, kZipf, kHotset, kDrift, kTopics, kReplay };
   int64_t replay_row(int64_t step, TokenId token) const;
   void sample(int64_t step, int layer, TokenId token, std::span<int32_t> ids,
               std::span<float> weights) const;
 
   RoutingSpec spec_;
   RoutingShape shape_;
+  Kind kind_ = Kind::kUniform;
   std::vector<std::vector<int32_t>> perm_;  // [num_layers][E] popularity rank -> expert
   std::vector<double> zipf_cdf_;            // [E] cumulative popularity by rank (zipf, drift)
   std::vector<double> zipf_p_;              // [E]
