@@ -158,6 +158,46 @@ void measure_compute(kernels::Backend& be, const ModelConfig& c, HardwareProfile
     });
     h.attention_gflops = attention_score_flops(c, T, 0) / t * 1e-9;
     samples["attention"] = {{"tokens", T}, {"s", t}};
+    // Decode-like: S sequences of one new token after 63 cached ones; the time beyond the FLOPs
+    // is a fixed cost per sequence.
+    const int64_t S = 64, past = 63;
+    kernels::Buffer<unsigned char> kc2(be, static_cast<size_t>(S * (past + 1) * kv * kvb));
+    kernels::Buffer<unsigned char> vc2(be, static_cast<size_t>(S * (past + 1) * kv * kvb));
+    std::vector<kernels::AttentionSeq> seqs;
+    for (int64_t i = 0; i < S; ++i) seqs.push_back({i, 1, past, i});
+    const kernels::KvCacheView cache2{kc2.data(), vc2.data(), S, past + 1, be.kv_cache_dtype()};
+    const double td = time_call([&] {
+      be.attention(qb.data(), kb.data(), vb.data(), seqs.data(), S,
+                   {s.num_heads, s.num_kv_heads, s.head_dim}, cache2, ob.data());
+    });
+    const double flop_s = S * attention_score_flops(c, 1, past) / (h.attention_gflops * 1e9);
+    h.attention_seq_us = std::max(0.0, td - flop_s) / S * 1e6;
+    samples["attention_decode"] = {{"sequences", S}, {"past", past}, {"s", td}};
+  }
+
+  // Row-wise ops of a layer at the model's widths, per token: input and post-attention RMSNorm
+  // over H, q/k RMSNorm per head, RoPE on q and k, the residual add.
+  {
+    const int64_t T = 256;
+    kernels::Buffer<float> xa = upload(be, std::vector<float>(T * H, 0.5f));
+    kernels::Buffer<float> xb(be, static_cast<size_t>(T * H));
+    kernels::Buffer<float> qa = upload(be, std::vector<float>(T * s.q_width, 0.5f));
+    kernels::Buffer<float> ka = upload(be, std::vector<float>(T * s.kv_width, 0.5f));
+    kernels::Buffer<bf16> nw = upload(be, random_bf16(static_cast<size_t>(H), 4));
+    std::vector<int32_t> pos(static_cast<size_t>(T));
+    std::iota(pos.begin(), pos.end(), 0);
+    const float eps = static_cast<float>(c.rms_norm_eps);
+    const double t = time_call([&] {
+      be.rmsnorm(xa.data(), nw.data(), T, H, eps, xb.data());
+      be.rmsnorm(qa.data(), nw.data(), T * s.num_heads, s.head_dim, eps, qa.data());
+      be.rmsnorm(ka.data(), nw.data(), T * s.num_kv_heads, s.head_dim, eps, ka.data());
+      be.rope(qa.data(), pos.data(), T, s.num_heads, s.head_dim, c.rope_theta);
+      be.rope(ka.data(), pos.data(), T, s.num_kv_heads, s.head_dim, c.rope_theta);
+      be.add_inplace(xa.data(), xb.data(), T * H);
+      be.rmsnorm(xa.data(), nw.data(), T, H, eps, xb.data());
+    });
+    h.rowops_ns_per_token = t / static_cast<double>(T) * 1e9;
+    samples["rowops"] = {{"tokens", T}, {"s", t}};
   }
 
   // Router top-k over the model's experts, per logit.
@@ -279,6 +319,53 @@ MeasuredComm measure_comm(parallel::Communicator& comm, nlohmann::json& samples)
   return m;
 }
 
+// Per-rank GEMM throughput with every rank computing at once, relative to rank 0 alone (the
+// others asleep, not polling) times the core share the cost model assumes.
+double measure_compute_scale(kernels::Backend& be, parallel::Communicator& comm,
+                             const ModelConfig& c, const HardwareProfile& h, int threads,
+                             nlohmann::json& samples) {
+  const ModelShapes s(c);
+  const int64_t H = s.hidden, out = std::max<int64_t>(s.q_width, H);
+  const int64_t num_w = std::clamp<int64_t>((64ll << 20) / (out * H * kWeightBytes) + 1, 1, 256);
+  kernels::Buffer<bf16> w = upload(be, random_bf16(static_cast<size_t>(num_w * out * H), 9));
+  kernels::Buffer<float> x = upload(be, std::vector<float>(256 * std::max(H, out), 0.01f));
+  kernels::Buffer<float> y(be, static_cast<size_t>(256 * std::max(H, out)));
+  int64_t next = 0;
+  const int saved = kernels::host_threads();
+  kernels::set_host_threads(threads);
+  // The mix of a forward: small-row GEMMs (decode, experts) and large ones (prefill).
+  auto mix = [&] {
+    for (int i = 0; i < 4; ++i) {
+      be.linear(x.data(), w.data() + (next++ % num_w) * out * H, 8, H, out, y.data());
+    }
+    be.linear(x.data(), w.data() + (next++ % num_w) * out * H, 256, H, out, y.data());
+  };
+  const int reps = 12;
+  auto run_mix = [&] {
+    mix();
+    const auto t0 = Clock::now();
+    for (int i = 0; i < reps; ++i) mix();
+    return std::chrono::duration<double>(Clock::now() - t0).count() / reps;
+  };
+  std::vector<double> alone{0.0};
+  comm.barrier();
+  if (comm.rank() == 0) {
+    alone[0] = run_mix();
+  } else {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+  }
+  comm.barrier();
+  comm.broadcast<double>(alone, 0);
+  std::vector<double> together{run_mix()};
+  comm.all_reduce<double>(together, parallel::ReduceOp::kMax);
+  kernels::set_host_threads(saved);
+  HardwareProfile plain = h;
+  plain.measured.clear();
+  const double share = rank_compute_share(plain, comm.size(), threads);
+  samples["compute_scale"] = {{"alone_s", alone[0]}, {"together_s", together[0]}, {"share", share}};
+  return std::clamp(alone[0] / together[0] / share, 0.05, 2.0);
+}
+
 }  // namespace
 
 CalibrateResult calibrate(kernels::Backend& backend, parallel::Communicator& comm,
@@ -305,7 +392,8 @@ CalibrateResult calibrate(kernels::Backend& backend, parallel::Communicator& com
     // Everyone gets rank 0's numbers.
     std::vector<double> v{h.prefill_gemm_gflops, h.decode_gemm_gflops,    h.grouped_gemm_gflops,
                           h.attention_gflops,    h.memory_bandwidth_gbps, h.weight_read_gbps,
-                          h.launch_overhead_us,  h.layout_ns_per_pair,    h.topk_ns_per_logit};
+                          h.launch_overhead_us,  h.layout_ns_per_pair,    h.topk_ns_per_logit,
+                          h.rowops_ns_per_token, h.attention_seq_us};
     comm.broadcast<double>(v, 0);
     h.prefill_gemm_gflops = v[0];
     h.decode_gemm_gflops = v[1];
@@ -316,6 +404,8 @@ CalibrateResult calibrate(kernels::Backend& backend, parallel::Communicator& com
     h.launch_overhead_us = v[6];
     h.layout_ns_per_pair = v[7];
     h.topk_ns_per_logit = v[8];
+    h.rowops_ns_per_token = v[9];
+    h.attention_seq_us = v[10];
     h.gemm_overlap = GemmOverlap::kSum;
     for (auto* table : {&h.gemm_table, &h.grouped_table}) {
       std::vector<double> flat;
@@ -331,7 +421,8 @@ CalibrateResult calibrate(kernels::Backend& backend, parallel::Communicator& com
     }
   }
   if (comm.size() > 1) {
-    const MeasuredComm m = measure_comm(comm, r.samples);
+    MeasuredComm m = measure_comm(comm, r.samples);
+    m.compute_scale = measure_compute_scale(backend, comm, shapes, h, o.threads, r.samples);
     std::erase_if(h.measured, [&](const MeasuredComm& e) { return e.ranks == m.ranks; });
     h.measured.push_back(m);
     std::sort(h.measured.begin(), h.measured.end(),

@@ -118,21 +118,27 @@ class StepModel {
     if (T == 0) return 0;
     const double H = static_cast<double>(s_.hidden);
     double t = 0;
-    t += memory_seconds(h_, share_, 8.0 * T * H);  // input rmsnorm
     t += gemm_seconds(h_, share_, T, s_.hidden, s_.q_width);
     t += 2 * gemm_seconds(h_, share_, T, s_.hidden, s_.kv_width);
-    t += 2 * memory_seconds(h_, share_, 8.0 * T * (s_.q_width + s_.kv_width));  // qk norm, rope
-    // Scores and values over the cache: FLOPs from arithmetic.h, the cache read once.
+    t += gemm_seconds(h_, share_, T, s_.q_width, s_.hidden);
+    if (h_.rowops_ns_per_token > 0) {
+      t += static_cast<double>(T) * h_.rowops_ns_per_token * 1e-9 / share_;
+    } else {
+      t += memory_seconds(h_, share_, 8.0 * T * H);                               // rmsnorm
+      t += 2 * memory_seconds(h_, share_, 8.0 * T * (s_.q_width + s_.kv_width));  // norm, rope
+      t += memory_seconds(h_, share_, 12.0 * T * H);                              // residual
+      t += memory_seconds(h_, share_, 8.0 * T * H);                               // rmsnorm
+    }
+    // Scores and values over the cache: FLOPs from arithmetic.h, the cache read once, and a
+    // fixed cost per sequence.
     double flops = 0, kv_bytes = 0;
     for (size_t i = 0; i < r.sequences.size(); ++i) {
       flops += attention_score_flops(c_, r.new_per_seq, r.past_len);
       kv_bytes += 2.0 * static_cast<double>(r.past_len + r.new_per_seq) * s_.kv_width * w_.kv_bytes;
     }
     t += flops / (h_.attention_gflops * kGiga * share_) +
-         kv_bytes / (h_.memory_bandwidth_gbps * kGiga * share_) + h_.launch_overhead_us * kMicro;
-    t += gemm_seconds(h_, share_, T, s_.q_width, s_.hidden);
-    t += memory_seconds(h_, share_, 12.0 * T * H);  // residual add
-    t += memory_seconds(h_, share_, 8.0 * T * H);   // post-attention rmsnorm
+         kv_bytes / (h_.memory_bandwidth_gbps * kGiga * share_) + h_.launch_overhead_us * kMicro +
+         static_cast<double>(r.sequences.size()) * h_.attention_seq_us * kMicro / share_;
     return t;
   }
 
@@ -355,10 +361,14 @@ nlohmann::json phases_json(const StepCost& s) {
 }  // namespace
 
 double rank_compute_share(const HardwareProfile& h, int num_ranks, int threads) {
-  if (!h.is_cpu()) return 1.0;
+  double scale = 1.0;
+  for (const MeasuredComm& m : h.measured) {
+    if (m.ranks == num_ranks) scale = m.compute_scale;
+  }
+  if (!h.is_cpu()) return scale;
   const int local = std::max(1, std::min(num_ranks, h.ranks_per_node));
   const int t = threads > 0 ? threads : std::max(1, h.cores / local);
-  return t * std::min(1.0, static_cast<double>(h.cores) / (static_cast<double>(local) * t));
+  return scale * t * std::min(1.0, static_cast<double>(h.cores) / (static_cast<double>(local) * t));
 }
 
 double table_gflops(const std::vector<std::pair<int64_t, double>>& t, double rows) {

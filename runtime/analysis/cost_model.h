@@ -40,7 +40,8 @@ struct CostOptions {
 };
 
 // Effective share of the hardware one rank gets: GPU 1; CPU threads x min(1, cores / (ranks on
-// the node x threads)), since ranks beyond the cores time-share them.
+// the node x threads)), since ranks beyond the cores time-share them; times a measured entry's
+// compute_scale for this rank count (contention calibrate saw with every rank computing).
 double rank_compute_share(const HardwareProfile& h, int num_ranks, int threads);
 
 // GFLOP/s of a rate table (hardware.h) at `rows`: log-linear between entries, clamped at ends.

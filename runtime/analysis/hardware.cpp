@@ -159,12 +159,16 @@ HardwareProfile load_hardware_profile(const std::string& path) {
 
   const YAML::Node o = section(doc, root, "overhead");
   y::reject_unknown_keys(doc, o,
-                         {"launch_us", "layout_ns_per_pair", "topk_ns_per_logit", "collective_us"},
+                         {"launch_us", "layout_ns_per_pair", "topk_ns_per_logit",
+                          "rowops_ns_per_token", "attention_seq_us", "collective_us"},
                          "overhead");
   h.launch_overhead_us = non_negative(doc, o, "launch_us", "overhead.launch_us", 0);
   h.layout_ns_per_pair =
       non_negative(doc, o, "layout_ns_per_pair", "overhead.layout_ns_per_pair", 0);
   h.topk_ns_per_logit = non_negative(doc, o, "topk_ns_per_logit", "overhead.topk_ns_per_logit", 0);
+  h.rowops_ns_per_token =
+      non_negative(doc, o, "rowops_ns_per_token", "overhead.rowops_ns_per_token", 0);
+  h.attention_seq_us = non_negative(doc, o, "attention_seq_us", "overhead.attention_seq_us", 0);
   h.collective_overhead_us = non_negative(doc, o, "collective_us", "overhead.collective_us", 0);
 
   const YAML::Node k = section(doc, root, "comm");
@@ -184,7 +188,9 @@ HardwareProfile load_hardware_profile(const std::string& path) {
       const std::string p = fmt::format("comm.measured[{}]", i);
       if (!e.IsMap()) y::fail(doc, e, p, "expected a mapping");
       y::reject_unknown_keys(
-          doc, e, {"ranks", "collective_us", "latency_us", "bandwidth_gbps", "sync_us"}, p);
+          doc, e,
+          {"ranks", "collective_us", "latency_us", "bandwidth_gbps", "sync_us", "compute_scale"},
+          p);
       MeasuredComm mc;
       const int64_t r = y::require<int64_t>(doc, e, "ranks", p + ".ranks");
       if (r < 1) y::fail(doc, e["ranks"], p + ".ranks", "must be >= 1");
@@ -196,6 +202,8 @@ HardwareProfile load_hardware_profile(const std::string& path) {
       mc.link.latency_us = non_negative(doc, e, "latency_us", p + ".latency_us", 0);
       mc.link.bandwidth_gbps = positive(doc, e, "bandwidth_gbps", p + ".bandwidth_gbps");
       mc.sync_us = non_negative(doc, e, "sync_us", p + ".sync_us", 0);
+      mc.compute_scale =
+          e["compute_scale"] ? positive(doc, e, "compute_scale", p + ".compute_scale") : 1.0;
       h.measured.push_back(mc);
     }
   }
@@ -226,6 +234,8 @@ std::string hardware_profile_yaml(const HardwareProfile& h,
   out << fmt::format("  launch_us: {:.6g}\n", h.launch_overhead_us);
   out << fmt::format("  layout_ns_per_pair: {:.6g}\n", h.layout_ns_per_pair);
   out << fmt::format("  topk_ns_per_logit: {:.6g}\n", h.topk_ns_per_logit);
+  out << fmt::format("  rowops_ns_per_token: {:.6g}\n", h.rowops_ns_per_token);
+  out << fmt::format("  attention_seq_us: {:.6g}\n", h.attention_seq_us);
   out << fmt::format("  collective_us: {:.6g}\n", h.collective_overhead_us);
   out << "comm:\n";
   out << fmt::format("  ranks_per_node: {}\n", h.ranks_per_node);
@@ -238,8 +248,9 @@ std::string hardware_profile_yaml(const HardwareProfile& h,
     for (const MeasuredComm& m : h.measured) {
       out << fmt::format(
           "    - {{ranks: {}, collective_us: {:.6g}, latency_us: {:.6g}, bandwidth_gbps: "
-          "{:.6g}}}\n",
-          m.ranks, m.collective_overhead_us, m.link.latency_us, m.link.bandwidth_gbps);
+          "{:.6g}, sync_us: {:.6g}, compute_scale: {:.4g}}}\n",
+          m.ranks, m.collective_overhead_us, m.link.latency_us, m.link.bandwidth_gbps, m.sync_us,
+          m.compute_scale);
     }
   }
   return out.str();

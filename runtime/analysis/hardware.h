@@ -30,6 +30,9 @@ struct MeasuredComm {
   // Extra wait of a collective that follows compute: when ranks time-share cores, a rank that
   // is descheduled holds everyone up (measured as compute + collective minus compute alone).
   double sync_us = 0;
+  // Per-rank compute rate when all `ranks` compute at once, relative to one rank alone times the
+  // core share (rank_compute_share): memory-bandwidth contention, other load. 1 = no loss.
+  double compute_scale = 1;
 };
 
 struct HardwareProfile {
@@ -60,9 +63,13 @@ struct HardwareProfile {
   double memory_gib = 0;             // per rank (GPU memory), for plan's "fits"
 
   // Fixed costs.
-  double launch_overhead_us = 0;      // per op (kernel launch, or a host op's fixed cost)
-  double layout_ns_per_pair = 0;      // host bookkeeping per (token, expert) pair and phase
-  double topk_ns_per_logit = 0;       // router top-k (softmax, select) per (token, expert) logit
+  double launch_overhead_us = 0;  // per op (kernel launch, or a host op's fixed cost)
+  double layout_ns_per_pair = 0;  // host bookkeeping per (token, expert) pair and phase
+  double topk_ns_per_logit = 0;   // router top-k (softmax, select) per (token, expert) logit
+  // Measured per-token cost of a layer's row-wise ops (2 RMSNorms over H, q/k norms and RoPE
+  // per head, the residual add); 0: priced by bytes over memory_bandwidth_gbps instead.
+  double rowops_ns_per_token = 0;
+  double attention_seq_us = 0;        // fixed cost per sequence and layer in the attention kernel
   double collective_overhead_us = 0;  // per collective, whatever its size
 
   // Communicator.

@@ -152,7 +152,7 @@ TEST(HardwareProfile, WrittenProfileReadsBack) {
   h.kind = "cpu";
   h.cores = 2;
   h.gemm_table = {{1, 5}, {4, 9.5}};
-  h.measured.push_back({2, 3, {0, 4}});
+  h.measured.push_back({2, 3, {0, 4}, 250, 0.8});
   const auto path = std::filesystem::temp_directory_path() / "moe_cost_profile.yaml";
   std::ofstream(path) << hardware_profile_yaml(h, {"test"});
   const HardwareProfile r = load_hardware_profile(path.string());
@@ -162,6 +162,8 @@ TEST(HardwareProfile, WrittenProfileReadsBack) {
   EXPECT_DOUBLE_EQ(r.gemm_table[1].second, 9.5);
   ASSERT_EQ(r.measured.size(), 1u);
   EXPECT_DOUBLE_EQ(r.measured[0].link.bandwidth_gbps, 4);
+  EXPECT_DOUBLE_EQ(r.measured[0].sync_us, 250);
+  EXPECT_DOUBLE_EQ(r.measured[0].compute_scale, 0.8);
   EXPECT_DOUBLE_EQ(r.inter_node.latency_us, 5);
   std::filesystem::remove(path);
 }
