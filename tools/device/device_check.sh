@@ -51,12 +51,14 @@ DEPS="$ROOT/build/device_deps"
 MODE="${1:-run}"
 ARCH_TRIPLE=x86_64-linux-gnu
 
-# Debian 12 packages of the full build and the libraries Open MPI, PMIx and OpenBLAS load.
+# Debian 12 packages of the full build (PCRE2 and ICU for the tokenizer) and the libraries Open
+# MPI, PMIx and OpenBLAS load. oneDNN is optional and not carried (bf16 is the GPU's own mode).
 PREFIX_PACKAGES=(
   libopenmpi3 libopenmpi-dev openmpi-bin openmpi-common libpmix2 libhwloc15 libevent-core-2.1-7
   libevent-pthreads-2.1-7 libmunge2 libudev1 libltdl7
   libyaml-cpp0.7 libyaml-cpp-dev libopenblas0-pthread libopenblas-pthread-dev libgfortran5
-  libquadmath0 libfmt9 libfmt-dev nlohmann-json3-dev libcli11-dev)
+  libquadmath0 libfmt9 libfmt-dev nlohmann-json3-dev libcli11-dev
+  libpcre2-8-0 libpcre2-dev libicu72 libicu-dev)
 # What the device is assumed to have (every glibc system with a C++ compiler, and zlib).
 BASE_LIBS='^(libc|libm|libdl|libpthread|librt|libgcc_s|libstdc\+\+|libz|ld-linux-x86-64)\.so'
 # Files the full build cannot do without; prepare fails if dropping plugins removed one.
@@ -68,7 +70,8 @@ ESSENTIAL=(usr/bin/orterun usr/bin/orted usr/bin/opal_wrapper usr/bin/ompi_info
   "usr/lib/$ARCH_TRIPLE/openmpi/lib/openmpi3/mca_plm_isolated.so"
   "usr/lib/$ARCH_TRIPLE/libyaml-cpp.so" "usr/lib/$ARCH_TRIPLE/libfmt.so"
   "usr/lib/$ARCH_TRIPLE/openblas-pthread/libopenblas.so.0" usr/include/nlohmann/json.hpp
-  usr/include/CLI/CLI.hpp)
+  usr/include/CLI/CLI.hpp "usr/lib/$ARCH_TRIPLE/libpcre2-8.so" usr/include/pcre2.h
+  "usr/lib/$ARCH_TRIPLE/libicuuc.so" usr/include/unicode/normalizer2.h)
 
 is_elf() { [[ "$(head -c 4 "$1" 2>/dev/null | od -An -c | tr -d ' ')" == '177ELF' ]]; }
 needed() { readelf -d "$1" 2>/dev/null | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p'; }
