@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "kernels/backend.h"
 #include "kernels/common/bf16.h"
 #include "kernels/cpu/cpu_backend.h"
@@ -25,6 +26,8 @@ namespace {
 
 using moe::bf16;
 namespace kernels = moe::kernels;
+using moe::bench::rand_bf16;
+using moe::bench::rand_f32;
 
 // Best wall time of one call in seconds: one warm-up, then repeats until ~min_seconds passed.
 double best_seconds(const std::function<void()>& fn, double min_seconds) {
@@ -40,22 +43,6 @@ double best_seconds(const std::function<void()>& fn, double min_seconds) {
     ++reps;
   }
   return best;
-}
-
-std::vector<bf16> rand_bf16(int64_t n, uint32_t seed, float scale) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> d(-scale, scale);
-  std::vector<bf16> v(static_cast<size_t>(n));
-  for (auto& x : v) x = moe::float_to_bf16(d(rng));
-  return v;
-}
-
-std::vector<float> rand_f32(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) x = d(rng);
-  return v;
 }
 
 }  // namespace

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "a2a_check.h"
+#include "bench/bench_util.h"
 #include "kernels/backend.h"
 #include "kernels/common/check.h"
 #include "parallel/communicator.h"
@@ -461,11 +462,5 @@ int run(int argc, char** argv) {
 }  // namespace moe::bench
 
 int main(int argc, char** argv) {
-  moe::parallel::MpiSession mpi(&argc, &argv);
-  moe::set_error_rank(mpi.world_rank());
-  try {
-    return moe::bench::run(argc, argv);
-  } catch (const std::exception& e) {
-    moe::parallel::MpiSession::abort_job(fmt::format("bench_dispatch: error: {}", e.what()), 1);
-  }
+  return moe::bench::mpi_main(argc, argv, "bench_dispatch", moe::bench::run);
 }

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "kernels/common/check.h"
 #include "parallel/communicator.h"
 #include "parallel/load_stats.h"
@@ -304,11 +305,5 @@ int run(int argc, char** argv) {
 }  // namespace moe::bench
 
 int main(int argc, char** argv) {
-  moe::parallel::MpiSession mpi(&argc, &argv);
-  moe::set_error_rank(mpi.world_rank());
-  try {
-    return moe::bench::run(argc, argv);
-  } catch (const std::exception& e) {
-    moe::parallel::MpiSession::abort_job(fmt::format("bench_gpu: error: {}", e.what()), 1);
-  }
+  return moe::bench::mpi_main(argc, argv, "bench_gpu", moe::bench::run);
 }

@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "kernels/common/bf16.h"
 #include "kernels/cpu/ops.h"
 
@@ -25,6 +26,8 @@ namespace {
 
 namespace cpu = moe::kernels::cpu;
 using moe::bf16;
+using moe::bench::rand_bf16;
+using moe::bench::rand_f32;
 
 struct Row {
   std::string op, shape;
@@ -45,22 +48,6 @@ double time_ms(const std::function<void()>& fn, double min_seconds) {
     ++reps;
   }
   return best * 1e3;
-}
-
-std::vector<float> rand_f32(int64_t n, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> d(-1.0f, 1.0f);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) x = d(rng);
-  return v;
-}
-
-std::vector<bf16> rand_bf16(int64_t n, uint32_t seed, float scale) {
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> d(-scale, scale);
-  std::vector<bf16> v(static_cast<size_t>(n));
-  for (auto& x : v) x = moe::float_to_bf16(d(rng));
-  return v;
 }
 
 std::string dims(std::initializer_list<int64_t> d) {
