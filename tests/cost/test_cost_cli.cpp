@@ -59,6 +59,18 @@ TEST(CostCli, PredictWritesPrefillAndDecodeStepPerPhase) {
   }
 }
 
+TEST(CostCli, PlanPlotDrawsThePicture) {
+  auto dir = temp_dir("planplot");
+  auto png = dir / "plan.png";
+  auto r = run("sh -c 'cd " + source("") + " && " + moe_ep() +
+               " plan --model configs/models/tiny.yaml --plot " + png.string() + "'");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_GT(std::filesystem::file_size(png), 1000u);
+  const auto j = nlohmann::json::parse(read_text(png.string() + ".json"));
+  EXPECT_EQ(j.at("ranks").size(), 8u);  // N = 1 ... 128
+  EXPECT_EQ(j.at("active").at(0).at("top_k").get<int>(), 1);
+}
+
 struct BadProfile {
   std::string name, yaml;
   std::vector<std::string> must;
