@@ -66,8 +66,7 @@ class Backend {
   virtual void rope(float* x, const int32_t* positions, int64_t rows, int64_t heads,
                     int64_t head_dim, double theta) = 0;
   virtual void attention(const float* q, const float* k, const float* v, const AttentionSeq* seqs,
-                         int64_t num_seqs, AttentionShape shape, KvCacheView cache,
-                         float* out) = 0;
+                         int64_t num_seqs, AttentionShape shape, KvCacheView cache, float* out) = 0;
   // ids and weights are written to HOST memory: the dispatcher lays tokens out on the host.
   virtual void router_topk(const float* logits, int64_t rows, int64_t experts, int64_t k,
                            bool renormalise, int32_t* host_ids, float* host_weights) = 0;

@@ -18,7 +18,8 @@ int main(int argc, char** argv) {
     moe::parallel::MpiSession::abort_job(fmt::format("moe-ep: error: {}", e.what()), 1);
   } catch (const std::exception& e) {
     moe::parallel::MpiSession::abort_job(
-        fmt::format("moe-ep: error: {} (rank {}, unexpected exception)", e.what(), mpi.world_rank()),
+        fmt::format("moe-ep: error: {} (rank {}, unexpected exception)", e.what(),
+                    mpi.world_rank()),
         1);
   }
 }

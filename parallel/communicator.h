@@ -18,9 +18,12 @@ enum class ScalarType { kI32, kI64, kF32, kF64 };
 
 template <class T>
 constexpr ScalarType scalar_type_of() {
-  if constexpr (std::is_same_v<T, int32_t>) return ScalarType::kI32;
-  else if constexpr (std::is_same_v<T, int64_t>) return ScalarType::kI64;
-  else if constexpr (std::is_same_v<T, float>) return ScalarType::kF32;
+  if constexpr (std::is_same_v<T, int32_t>)
+    return ScalarType::kI32;
+  else if constexpr (std::is_same_v<T, int64_t>)
+    return ScalarType::kI64;
+  else if constexpr (std::is_same_v<T, float>)
+    return ScalarType::kF32;
   else {
     static_assert(std::is_same_v<T, double>, "reductions support int32, int64, float, double");
     return ScalarType::kF64;
@@ -44,8 +47,8 @@ class Communicator {
   // Rank r sends send[displ_s(d) .. + send_counts[d]) to every rank d and receives
   // recv_counts[s] elements from every rank s, placed in rank order. Counts: [size()] each.
   template <class T>
-  void all_to_all_v(std::span<const T> send, std::span<const int64_t> send_counts, std::span<T> recv,
-                    std::span<const int64_t> recv_counts) {
+  void all_to_all_v(std::span<const T> send, std::span<const int64_t> send_counts,
+                    std::span<T> recv, std::span<const int64_t> recv_counts) {
     static_assert(std::is_trivially_copyable_v<T>);
     check_count_spans(send_counts.size(), recv_counts.size(), size());
     all_to_all_v_raw(send.data(), send.size(), send_counts.data(), recv.data(), recv.size(),

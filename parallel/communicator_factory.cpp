@@ -14,8 +14,9 @@ std::unique_ptr<Communicator> make_communicator(const std::string& name,
 #ifdef MOE_EP_HAVE_NCCL
     return make_nccl_communicator(options, /*device=*/-1);  // the node-local rank's GPU
 #else
-    MOE_THROW("config", "--comm nccl: this moe-ep was built without NCCL (configure with "
-                        "-DMOE_EP_CUDA=ON on a machine with nvcc)");
+    MOE_THROW("config",
+              "--comm nccl: this moe-ep was built without NCCL (configure with "
+              "-DMOE_EP_CUDA=ON on a machine with nvcc)");
 #endif
   }
   MOE_THROW("config", "unknown communicator '{}' (expected mpi or nccl)", name);

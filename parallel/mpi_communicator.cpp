@@ -8,10 +8,10 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <cstring>
 #include <climits>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <thread>
 #include <vector>
@@ -385,7 +385,7 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
   bool shut_down_ = false;
   std::string failed_op_;           // non-empty after a timeout
-  uint64_t exchange_seq_ = 0;        // calls of start_exchange, for its tags
+  uint64_t exchange_seq_ = 0;       // calls of start_exchange, for its tags
   std::vector<Pending> abandoned_;  // timed-out requests MPI may still complete
   std::map<size_t, MPI_Datatype> types_;
 };

@@ -7,9 +7,8 @@
 #include <filesystem>
 #include <fstream>
 #include <limits>
-#include <sstream>
-
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "kernels/common/check.h"
 
@@ -54,7 +53,8 @@ int line_of(const YAML::Node& node) {
   return mark.line >= 0 ? mark.line + 1 : 0;
 }
 
-void fail(const Doc& doc, const YAML::Node& at, const std::string& key, const std::string& message) {
+void fail(const Doc& doc, const YAML::Node& at, const std::string& key,
+          const std::string& message) {
   int line = line_of(at);
   if (line > 0) MOE_THROW("config", "{}:{}: key '{}': {}", doc.path, line, key, message);
   MOE_THROW("config", "{}: key '{}': {}", doc.path, key, message);
@@ -121,7 +121,9 @@ Doc load(const std::string& path) {
 namespace {
 
 // A quoted scalar ("2048") is a string, not a number or a boolean (as in JSON).
-bool is_quoted(const YAML::Node& node) { return node.Tag() == "!"; }
+bool is_quoted(const YAML::Node& node) {
+  return node.Tag() == "!";
+}
 
 // How a node that has the wrong type is named in a message.
 std::string describe(const YAML::Node& node) {
@@ -185,18 +187,26 @@ T require(const Doc& doc, const YAML::Node& map, const std::string& key,
           const std::string& key_path) {
   if (!map.IsMap()) fail(doc, map, join_key(key_path, key), "expected a mapping");
   YAML::Node node = map[key];
-  if (!node.IsDefined() || node.IsNull()) fail(doc, map, join_key(key_path, key), "missing required key");
+  if (!node.IsDefined() || node.IsNull())
+    fail(doc, map, join_key(key_path, key), "missing required key");
   return as<T>(doc, node, join_key(key_path, key));
 }
 
-template std::optional<int64_t> optional<int64_t>(const Doc&, const YAML::Node&, const std::string&, const std::string&);
-template std::optional<double> optional<double>(const Doc&, const YAML::Node&, const std::string&, const std::string&);
-template std::optional<bool> optional<bool>(const Doc&, const YAML::Node&, const std::string&, const std::string&);
-template std::optional<std::string> optional<std::string>(const Doc&, const YAML::Node&, const std::string&, const std::string&);
-template int64_t require<int64_t>(const Doc&, const YAML::Node&, const std::string&, const std::string&);
-template double require<double>(const Doc&, const YAML::Node&, const std::string&, const std::string&);
+template std::optional<int64_t> optional<int64_t>(const Doc&, const YAML::Node&, const std::string&,
+                                                  const std::string&);
+template std::optional<double> optional<double>(const Doc&, const YAML::Node&, const std::string&,
+                                                const std::string&);
+template std::optional<bool> optional<bool>(const Doc&, const YAML::Node&, const std::string&,
+                                            const std::string&);
+template std::optional<std::string> optional<std::string>(const Doc&, const YAML::Node&,
+                                                          const std::string&, const std::string&);
+template int64_t require<int64_t>(const Doc&, const YAML::Node&, const std::string&,
+                                  const std::string&);
+template double require<double>(const Doc&, const YAML::Node&, const std::string&,
+                                const std::string&);
 template bool require<bool>(const Doc&, const YAML::Node&, const std::string&, const std::string&);
-template std::string require<std::string>(const Doc&, const YAML::Node&, const std::string&, const std::string&);
+template std::string require<std::string>(const Doc&, const YAML::Node&, const std::string&,
+                                          const std::string&);
 
 std::vector<int64_t> int_list(const Doc& doc, const YAML::Node& node, const std::string& key_path) {
   if (!node.IsSequence()) {
@@ -219,7 +229,8 @@ void reject_unknown_keys(const Doc& doc, const YAML::Node& map,
     for (const auto& a : allowed) known = known || a == key;
     if (!known) {
       std::string full = where.empty() ? key : where + "." + key;
-      fail(doc, it->first, full, fmt::format("unknown key (allowed: {})", fmt::join(allowed, ", ")));
+      fail(doc, it->first, full,
+           fmt::format("unknown key (allowed: {})", fmt::join(allowed, ", ")));
     }
   }
 }

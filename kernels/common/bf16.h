@@ -30,7 +30,9 @@ inline bf16 float_to_bf16(float f) {
 }
 
 // Rounds a float to the nearest bf16-representable float.
-inline float round_to_bf16(float f) { return bf16_to_float(float_to_bf16(f)); }
+inline float round_to_bf16(float f) {
+  return bf16_to_float(float_to_bf16(f));
+}
 
 // fp16 (IEEE half) -> float, for checkpoints stored in F16.
 inline float half_to_float(uint16_t h) {

@@ -5,6 +5,8 @@
 
 namespace moe::kernels::cpu {
 
-inline int blas_threads() { return host_threads(); }
+inline int blas_threads() {
+  return host_threads();
+}
 
 }  // namespace moe::kernels::cpu

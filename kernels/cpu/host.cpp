@@ -13,7 +13,9 @@ namespace moe::kernels {
 void set_host_threads(int num_threads) {
   openblas_set_num_threads(num_threads < 1 ? 1 : num_threads);
 }
-int host_threads() { return openblas_get_num_threads(); }
+int host_threads() {
+  return openblas_get_num_threads();
+}
 
 int64_t argmax(const float* x, int64_t n) {
   MOE_CHECK(n > 0, "argmax of an empty range");

@@ -54,9 +54,8 @@ void swiglu_mlp(const float* x, ExpertWeights w, int64_t rows, int64_t hidden, i
 //   out[p] = down_g(silu(gate_g(x[row_index[p]])) * up_g(x[row_index[p]]))
 // Each group's rows are gathered and run as one GEMM per projection.
 // x [R, hidden], row_index [P] (host), out [P, hidden].
-void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
-                           const ExpertGroup* groups, int64_t num_groups,
-                           const int32_t* row_index, float* out);
+void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter, const ExpertGroup* groups,
+                           int64_t num_groups, const int32_t* row_index, float* out);
 
 // x[i] += y[i].
 void add_inplace(float* x, const float* y, int64_t n);
@@ -66,7 +65,8 @@ void gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n,
 
 // dst[i] = sum over j in [offsets[i], offsets[i+1]) of weights[j] * src[src_index[j]], summed in
 // j order in fp32 (weights == nullptr means 1). The combine step of expert parallelism: the
-// result is bit-identical for any split of the same terms into calls. src [*, width], dst [n, width].
+// result is bit-identical for any split of the same terms into calls. src [*, width], dst [n,
+// width].
 void weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
                       const float* weights, const int64_t* offsets, int64_t n, float* dst);
 

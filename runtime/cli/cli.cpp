@@ -2,7 +2,6 @@
 #include "runtime/cli/cli.h"
 
 #include <CLI/CLI.hpp>
-
 #include <vector>
 
 #include "runtime/cli/commands.h"

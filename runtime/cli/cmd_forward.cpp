@@ -55,8 +55,9 @@ int run_forward(const ForwardArgs& a) {
 Command add_forward_command(CLI::App& app) {
   auto a = std::make_shared<ForwardArgs>();
   auto* cmd = app.add_subcommand(
-      "forward", "Prefill sequences and write float32 logits [sequences, max_len, vocab] as .npy "
-                 "(rows past a sequence's end are NaN; sequence i runs on rank i mod N)");
+      "forward",
+      "Prefill sequences and write float32 logits [sequences, max_len, vocab] as .npy "
+      "(rows past a sequence's end are NaN; sequence i runs on rank i mod N)");
   add_model_options(cmd, a->model, true);
   cmd->add_option("--tokens", a->tokens, "Token ids: sequences separated by ';', ids by ','")
       ->required();

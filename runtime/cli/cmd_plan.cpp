@@ -95,8 +95,7 @@ Command add_plan_command(CLI::App& app, int world_rank) {
   cmd->add_option("--placement", a->placement, "Placement YAML: expert counts per rank");
   cmd->add_option("--batch", a->batch, "Sequences in flight, for the KV cache (default 1)")
       ->check(at_least(1));
-  cmd->add_option("--context", a->context,
-                  "Tokens per sequence, for the KV cache (default 4096)")
+  cmd->add_option("--context", a->context, "Tokens per sequence, for the KV cache (default 4096)")
       ->check(at_least(1));
   cmd->add_option("--gpu-mem-gib", a->gpu_mem_gib,
                   fmt::format("GPU memory per rank in GiB (default {:g})", kDefaultGpuMemGib))

@@ -148,18 +148,20 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
   fmt::print("prefill      {:.4f} s   {:.1f} tokens/s   {:.2f} GFLOP/s (all ranks)\n",
              out.prefill_s, prefill_tps, forward_gflops);
   if (sgemm_gflops > 0) {
-    fmt::print("sgemm        {:.2f} GFLOP/s per rank on rank 0's prefill GEMM shapes "
-               "(forward per rank: {:.2f} GFLOP/s = {:.0f}% of sgemm)\n",
-               sgemm_gflops, forward_gflops / N, 100.0 * forward_gflops / N / sgemm_gflops);
+    fmt::print(
+        "sgemm        {:.2f} GFLOP/s per rank on rank 0's prefill GEMM shapes "
+        "(forward per rank: {:.2f} GFLOP/s = {:.0f}% of sgemm)\n",
+        sgemm_gflops, forward_gflops / N, 100.0 * forward_gflops / N / sgemm_gflops);
   }
   if (!out.decode_step_s.empty()) {
     fmt::print("decode       {:.4f} s   {:.1f} tokens/s   step first {:.2f} ms, last {:.2f} ms\n",
                out.decode_s, decode_tps, out.decode_step_s.front() * 1e3,
                out.decode_step_s.back() * 1e3);
   }
-  fmt::print("memory       per rank max: experts {:.2f} MB, dense replica {:.2f} MB, KV cache "
-             "{:.2f} MB, backend peak {:.2f} MB, RSS peak {:.2f} MB\n",
-             mem[0] / 1e6, mem[1] / 1e6, mem[2] / 1e6, mem[3] / 1e6, mem[4] / 1e6);
+  fmt::print(
+      "memory       per rank max: experts {:.2f} MB, dense replica {:.2f} MB, KV cache "
+      "{:.2f} MB, backend peak {:.2f} MB, RSS peak {:.2f} MB\n",
+      mem[0] / 1e6, mem[1] / 1e6, mem[2] / 1e6, mem[3] / 1e6, mem[4] / 1e6);
   fmt::print(
       "vs plan      `moe-ep plan` predicts {:.2f} MB for the largest rank (weights {:.2f}, "
       "KV {:.2f}, buffers {:.2f} at worst-case routing); backend peak = {:.1f}% of it{}\n",
@@ -173,46 +175,45 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
   fmt::print("{}", metrics.summary());
   if (rebalancer) fmt::print("{}", rebalancer->summary(metrics));
   if (o.json.empty()) return 0;
-  write_json(o.json,
-             {{"command", "run"},
-              {"model", s->config.name},
-              {"ranks", N},
-              {"backend", s->backend->name()},
-              {"compute_dtype", kernels::compute_dtype_name(s->backend->compute_dtype())},
-              {"placement", s->placement->strategy()},
-              {"threads", kernels::host_threads()},
-              {"workload",
-               {{"num_sequences", w.num_sequences},
-                {"prompt_len", w.prompt_len},
-                {"decode_steps", w.decode_steps},
-                {"seed", w.seed},
-                {"routing", w.routing.describe()}}},
-              {"load_s", s->load_s},
-              {"prefill_s", out.prefill_s},
-              {"prefill_tokens_per_s", prefill_tps},
-              {"prefill_gflops", forward_gflops},
-              {"sgemm_gflops_per_rank", sgemm_gflops},
-              {"decode_s", out.decode_s},
-              {"decode_tokens_per_s", decode_tps},
-              {"decode_step_s", out.decode_step_s},
-              {"memory_max_per_rank",
-               {{"expert_shard_bytes", mem[0]},
-                {"dense_replica_bytes", mem[1]},
-                {"kv_cache_bytes", mem[2]},
-                {"peak_backend_bytes", mem[3]},
-                {"peak_rss_bytes", mem[4]},
-                {"device_used_delta_bytes", mem[5]}}},
-              {"plan_per_rank",
-               {{"dense_replica_bytes", plan.dense_replica_bytes},
-                {"expert_shard_bytes", plan.expert_shard_bytes},
-                {"kv_cache_bytes", plan.kv_cache_bytes},
-                {"activation_buffer_bytes", plan.activation_buffer_bytes},
-                {"communication_bytes", plan.communication_bytes},
-                {"total_bytes", plan.total_bytes}}},
-              {"load_per_rank", s->load_per_rank},
-              {"metrics", metrics.to_json(true)},
-              {"tokens", out.tokens},
-              {"rebalance", rebalancer ? rebalancer->to_json(metrics) : nlohmann::json()}});
+  write_json(o.json, {{"command", "run"},
+                      {"model", s->config.name},
+                      {"ranks", N},
+                      {"backend", s->backend->name()},
+                      {"compute_dtype", kernels::compute_dtype_name(s->backend->compute_dtype())},
+                      {"placement", s->placement->strategy()},
+                      {"threads", kernels::host_threads()},
+                      {"workload",
+                       {{"num_sequences", w.num_sequences},
+                        {"prompt_len", w.prompt_len},
+                        {"decode_steps", w.decode_steps},
+                        {"seed", w.seed},
+                        {"routing", w.routing.describe()}}},
+                      {"load_s", s->load_s},
+                      {"prefill_s", out.prefill_s},
+                      {"prefill_tokens_per_s", prefill_tps},
+                      {"prefill_gflops", forward_gflops},
+                      {"sgemm_gflops_per_rank", sgemm_gflops},
+                      {"decode_s", out.decode_s},
+                      {"decode_tokens_per_s", decode_tps},
+                      {"decode_step_s", out.decode_step_s},
+                      {"memory_max_per_rank",
+                       {{"expert_shard_bytes", mem[0]},
+                        {"dense_replica_bytes", mem[1]},
+                        {"kv_cache_bytes", mem[2]},
+                        {"peak_backend_bytes", mem[3]},
+                        {"peak_rss_bytes", mem[4]},
+                        {"device_used_delta_bytes", mem[5]}}},
+                      {"plan_per_rank",
+                       {{"dense_replica_bytes", plan.dense_replica_bytes},
+                        {"expert_shard_bytes", plan.expert_shard_bytes},
+                        {"kv_cache_bytes", plan.kv_cache_bytes},
+                        {"activation_buffer_bytes", plan.activation_buffer_bytes},
+                        {"communication_bytes", plan.communication_bytes},
+                        {"total_bytes", plan.total_bytes}}},
+                      {"load_per_rank", s->load_per_rank},
+                      {"metrics", metrics.to_json(true)},
+                      {"tokens", out.tokens},
+                      {"rebalance", rebalancer ? rebalancer->to_json(metrics) : nlohmann::json()}});
   return 0;
 }
 
@@ -221,8 +222,9 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
 Command add_run_command(CLI::App& app) {
   auto a = std::make_shared<RunArgs>();
   auto* cmd = app.add_subcommand(
-      "run", "Run a workload (prefill + decode steps) from RUN.yaml and report tokens/s, GFLOP/s, "
-             "time per phase, memory and expert load");
+      "run",
+      "Run a workload (prefill + decode steps) from RUN.yaml and report tokens/s, GFLOP/s, "
+      "time per phase, memory and expert load");
   cmd->add_option("--config", a->config, "Run YAML (configs/bench/*.yaml)")->required();
   cmd->add_option("--set", a->sets,
                   "Override a key of the run YAML: key=value (repeatable), e.g. --set "

@@ -31,8 +31,12 @@ CLI::Validator compare(double lo, bool inclusive) {
 
 }  // namespace
 
-CLI::Validator at_least(double lo) { return compare(lo, true); }
-CLI::Validator greater_than(double lo) { return compare(lo, false); }
+CLI::Validator at_least(double lo) {
+  return compare(lo, true);
+}
+CLI::Validator greater_than(double lo) {
+  return compare(lo, false);
+}
 
 CLI::Validator one_of(std::vector<std::string> choices) {
   const std::string list = fmt::format("{}", fmt::join(choices, " | "));

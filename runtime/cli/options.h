@@ -3,25 +3,26 @@
 #pragma once
 
 #include <CLI/CLI.hpp>
-
 #include <string>
 
 namespace moe::runtime {
 
 struct ModelOptions {
-  std::string model;      // model YAML, config.json or checkpoint directory
-  std::string weights;    // checkpoint directory backing a YAML model
+  std::string model;    // model YAML, config.json or checkpoint directory
+  std::string weights;  // checkpoint directory backing a YAML model
   std::string backend = "cpu";
   std::string compute_dtype;  // fp32 | bf16; empty: the backend's own (cpu fp32, cuda bf16)
-  std::string comm;       // empty: nccl with cuda, mpi with cpu
-  std::string placement;  // placement YAML
-  std::string json;       // rank 0 writes the results here as JSON
-  std::string trace_out;  // rank 0 writes the run's routing trace here (runtime/io/trace.h)
+  std::string comm;           // empty: nccl with cuda, mpi with cpu
+  std::string placement;      // placement YAML
+  std::string json;           // rank 0 writes the results here as JSON
+  std::string trace_out;      // rank 0 writes the run's routing trace here (runtime/io/trace.h)
   double timeout_s = 120;
   int threads = 0;  // host compute threads per rank; 0: cores on this node / ranks on this node
   bool quiet = false;
 
-  std::string resolved_comm() const { return comm.empty() ? (backend == "cuda" ? "nccl" : "mpi") : comm; }
+  std::string resolved_comm() const {
+    return comm.empty() ? (backend == "cuda" ? "nccl" : "mpi") : comm;
+  }
 };
 
 // Adds --model, --weights, --backend, --compute-dtype, --comm, --placement, --json, --timeout,

@@ -2,9 +2,8 @@
 // session and the `plan` prediction for it, and input checks shared by the model commands.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 
 #include "runtime/analysis/plan.h"

@@ -91,7 +91,8 @@ std::unique_ptr<Session> open_session(const ModelOptions& o, int64_t max_seqs, i
       if (done >= total && now - t0 < std::chrono::seconds(2)) return;
       last = now;
       const double secs = std::chrono::duration<double>(now - t0).count();
-      fmt::print(stderr, "moe-ep: loading weights (rank 0): {:.2f} / {:.2f} GB ({:.0f}%), {:.1f} s\n",
+      fmt::print(stderr,
+                 "moe-ep: loading weights (rank 0): {:.2f} / {:.2f} GB ({:.0f}%), {:.1f} s\n",
                  done / 1e9, total / 1e9, total > 0 ? 100.0 * done / total : 100.0, secs);
     };
   }

@@ -3,10 +3,9 @@
 // code never names a concrete backend or communicator). Teardown is explicit on the normal path.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 

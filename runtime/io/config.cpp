@@ -25,10 +25,14 @@ constexpr int64_t kMaxDim = (int64_t{1} << 31) - 1;
 // Parameter counts stay exact in int64 and in double far below this.
 constexpr double kMaxTotalParams = 1e15;
 
-
 const std::vector<std::string> kRequiredIntKeys = {
-    "vocab_size",          "hidden_size",       "num_hidden_layers",     "num_attention_heads",
-    "num_key_value_heads", "intermediate_size", "moe_intermediate_size",
+    "vocab_size",
+    "hidden_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "intermediate_size",
+    "moe_intermediate_size",
     "num_experts_per_tok"};  // num_experts: see experts_key()
 
 // Keys HF configs carry that do not change the forward; accepted (and ignored) in YAML too so
@@ -219,9 +223,9 @@ void record_lines(const KeyReader& r, ModelConfig& c) {
 std::string experts_key(const KeyReader& r) {
   const bool a = r.present("num_experts"), b = r.present("num_local_experts");
   if (a && b && r.get_int("num_experts") != r.get_int("num_local_experts")) {
-    r.fail("num_local_experts", fmt::format("{} disagrees with num_experts {}",
-                                            r.get_int("num_local_experts"),
-                                            r.get_int("num_experts")));
+    r.fail("num_local_experts",
+           fmt::format("{} disagrees with num_experts {}", r.get_int("num_local_experts"),
+                       r.get_int("num_experts")));
   }
   if (!a && !b) r.fail("num_experts", "missing required key (or num_local_experts)");
   return a ? "num_experts" : "num_local_experts";
@@ -261,8 +265,7 @@ ModelConfig read_model(const KeyReader& r, const std::string& source,
                                    c.hidden_size, c.num_attention_heads));
   }
   c.norm_topk_prob = opt<bool>(r, "norm_topk_prob", c.norm_topk_prob, get_bool);
-  c.decoder_sparse_step =
-      opt<int64_t>(r, "decoder_sparse_step", c.decoder_sparse_step, get_int);
+  c.decoder_sparse_step = opt<int64_t>(r, "decoder_sparse_step", c.decoder_sparse_step, get_int);
   c.mlp_only_layers =
       r.present("mlp_only_layers") ? r.get_int_list("mlp_only_layers") : std::vector<int64_t>{};
   c.rms_norm_eps = opt<double>(r, "rms_norm_eps", c.rms_norm_eps, get_double);

@@ -13,15 +13,15 @@ namespace moe::runtime {
 struct ModelConfig {
   std::string name = "model";
   int64_t vocab_size = 0;
-  int64_t hidden_size = 0;             // H
-  int64_t num_hidden_layers = 0;       // L
-  int64_t num_attention_heads = 0;     // nh
-  int64_t num_key_value_heads = 0;     // nkv
-  int64_t head_dim = 0;                // hd (HF default: hidden_size / num_attention_heads)
-  int64_t intermediate_size = 0;       // dense MLP width (dense layers only)
-  int64_t moe_intermediate_size = 0;   // I, per expert
-  int64_t num_experts = 0;             // E
-  int64_t num_experts_per_tok = 0;     // k
+  int64_t hidden_size = 0;            // H
+  int64_t num_hidden_layers = 0;      // L
+  int64_t num_attention_heads = 0;    // nh
+  int64_t num_key_value_heads = 0;    // nkv
+  int64_t head_dim = 0;               // hd (HF default: hidden_size / num_attention_heads)
+  int64_t intermediate_size = 0;      // dense MLP width (dense layers only)
+  int64_t moe_intermediate_size = 0;  // I, per expert
+  int64_t num_experts = 0;            // E
+  int64_t num_experts_per_tok = 0;    // k
   // Defaults of the optional keys are HF Qwen3MoeConfig's; both loaders take them from here.
   bool norm_topk_prob = false;
   int64_t decoder_sparse_step = 1;
@@ -32,8 +32,8 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   int64_t bos_token_id = -1;
   int64_t eos_token_id = -1;
-  uint64_t seed = 0;       // synthetic weights (model YAML key `seed`)
-  std::string source;      // file it was read from, for messages
+  uint64_t seed = 0;                     // synthetic weights (model YAML key `seed`)
+  std::string source;                    // file it was read from, for messages
   std::map<std::string, int> key_lines;  // 1-based line of each key in `source` (0/absent: unknown)
 
   // Throws moe::Error("config", ...) naming `source` and the offending key.

@@ -2,10 +2,10 @@
 // spaces to a multiple of 64 bytes and ended by '\n', then raw data.
 #include "runtime/io/npy.h"
 
+#include <fmt/ranges.h>
+
 #include <fstream>
 #include <regex>
-
-#include <fmt/ranges.h>
 
 #include "kernels/common/check.h"
 

@@ -56,20 +56,22 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   const YAML::Node w = root["workload"];
   if (w.IsDefined() && !w.IsNull()) {
     if (!w.IsMap()) y::fail(doc, w, "workload", "expected a mapping");
-    y::reject_unknown_keys(doc, w,
-                           {"num_sequences", "prompt_len", "decode_steps", "seed", "routing"},
-                           "workload");
+    y::reject_unknown_keys(
+        doc, w, {"num_sequences", "prompt_len", "decode_steps", "seed", "routing"}, "workload");
     auto& wl = c.workload;
-    wl.num_sequences = y::value_or<int64_t>(doc, w, "num_sequences", wl.num_sequences,
-                                            "workload.num_sequences");
-    wl.prompt_len = y::value_or<int64_t>(doc, w, "prompt_len", wl.prompt_len, "workload.prompt_len");
+    wl.num_sequences =
+        y::value_or<int64_t>(doc, w, "num_sequences", wl.num_sequences, "workload.num_sequences");
+    wl.prompt_len =
+        y::value_or<int64_t>(doc, w, "prompt_len", wl.prompt_len, "workload.prompt_len");
     wl.decode_steps =
         y::value_or<int64_t>(doc, w, "decode_steps", wl.decode_steps, "workload.decode_steps");
     wl.seed = static_cast<uint64_t>(
         y::value_or<int64_t>(doc, w, "seed", static_cast<int64_t>(wl.seed), "workload.seed"));
-    if (wl.num_sequences < 1) y::fail(doc, w["num_sequences"], "workload.num_sequences", "must be >= 1");
+    if (wl.num_sequences < 1)
+      y::fail(doc, w["num_sequences"], "workload.num_sequences", "must be >= 1");
     if (wl.prompt_len < 1) y::fail(doc, w["prompt_len"], "workload.prompt_len", "must be >= 1");
-    if (wl.decode_steps < 0) y::fail(doc, w["decode_steps"], "workload.decode_steps", "must be >= 0");
+    if (wl.decode_steps < 0)
+      y::fail(doc, w["decode_steps"], "workload.decode_steps", "must be >= 0");
     const YAML::Node routing = w["routing"];
     if (routing.IsDefined() && !routing.IsNull()) {
       wl.routing = parse_routing_spec(doc, routing, "workload.routing");

@@ -24,7 +24,7 @@ struct Workload {
 // weights move between ranks. every == 0: off.
 struct RebalanceConfig {
   int64_t every = 0;
-  int64_t window = 0;  // 0: the same as every
+  int64_t window = 0;                   // 0: the same as every
   std::string strategy = "replicated";  // load_balanced | replicated
   int64_t redundant = 0;                // replicated: extra slots per layer
   bool enabled() const { return every > 0; }
@@ -36,8 +36,8 @@ struct RunConfig {
   std::string placement;  // optional placement YAML
   std::string backend = "cpu";
   std::string compute_dtype;  // fp32 | bf16; empty: the backend's own (cpu fp32, cuda bf16)
-  std::string comm;       // empty: nccl with cuda, mpi with cpu
-  int64_t threads = 0;    // BLAS threads per rank; 0: cores / ranks on the node
+  std::string comm;           // empty: nccl with cuda, mpi with cpu
+  int64_t threads = 0;        // BLAS threads per rank; 0: cores / ranks on the node
   double timeout_s = 120;
   bool compare_sgemm = true;
   Workload workload;

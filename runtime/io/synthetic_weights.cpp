@@ -54,8 +54,7 @@ class SyntheticWeights final : public WeightSource {
  public:
   SyntheticWeights(const ModelConfig& config, uint64_t seed) : config_(config), seed_(seed) {}
 
-  void read(const std::string& name, std::span<const int64_t> shape,
-            std::span<bf16> dst) override {
+  void read(const std::string& name, std::span<const int64_t> shape, std::span<bf16> dst) override {
     int64_t numel = 1;
     for (int64_t d : shape) numel *= d;
     MOE_CHECK_AS("weights", static_cast<int64_t>(dst.size()) == numel,
@@ -75,7 +74,8 @@ class SyntheticWeights final : public WeightSource {
     // whatever the BLAS thread setting: the 61 GB of Qwen3-30B-A3B in seconds, not minutes.
     constexpr int64_t kMinChunk = int64_t{1} << 16;
     const int64_t workers =
-        std::min<int64_t>(static_cast<int64_t>(std::max(1u, std::thread::hardware_concurrency())), (numel + kMinChunk - 1) / kMinChunk);
+        std::min<int64_t>(static_cast<int64_t>(std::max(1u, std::thread::hardware_concurrency())),
+                          (numel + kMinChunk - 1) / kMinChunk);
     if (workers <= 1) {
       fill(0, numel);
     } else {

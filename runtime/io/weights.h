@@ -17,7 +17,7 @@ namespace moe::runtime {
 
 struct LoadStats {
   int64_t tensors_read = 0;
-  int64_t bytes_read = 0;     // bytes of checkpoint data touched (0 for synthetic)
+  int64_t bytes_read = 0;  // bytes of checkpoint data touched (0 for synthetic)
   int64_t files_opened = 0;
   double seconds = 0.0;
   // Checkpoints only, and only when the environment sets MOE_EP_TRACE_READS=1: one

@@ -56,7 +56,8 @@ RankWeights rank_weights(const ModelConfig& c, const parallel::Placement& placem
   RankWeights w;
   w.dense_params = p.dense_replica();
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    if (c.layer_is_moe(l)) w.expert_slots += placement.layer(static_cast<int>(l)).num_local_slots(rank);
+    if (c.layer_is_moe(l))
+      w.expert_slots += placement.layer(static_cast<int>(l)).num_local_slots(rank);
   }
   w.expert_params = w.expert_slots * p.per_expert;
   return w;

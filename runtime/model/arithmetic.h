@@ -51,8 +51,7 @@ struct RankWeights {
   int64_t expert_bytes() const { return expert_params * kWeightBytes; }
   int64_t total_bytes() const { return dense_bytes() + expert_bytes(); }
 };
-RankWeights rank_weights(const ModelConfig& config, const parallel::Placement& placement,
-                         int rank);
+RankWeights rank_weights(const ModelConfig& config, const parallel::Placement& placement, int rank);
 // Expert slots each rank holds, summed over the MoE layers.
 std::vector<int64_t> expert_slots_per_rank(const ModelConfig& config,
                                            const parallel::Placement& placement);

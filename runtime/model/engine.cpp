@@ -48,8 +48,8 @@ TokenBatch parse_token_batch(const std::string& text, int64_t vocab_size) {
     std::string item;
     while (std::getline(items, item, ',')) {
       size_t b = item.find_first_not_of(" \t"), e = item.find_last_not_of(" \t");
-      MOE_CHECK_AS("input", b != std::string::npos,
-                   "--tokens: empty token in sequence {} of '{}'", batch.size(), text);
+      MOE_CHECK_AS("input", b != std::string::npos, "--tokens: empty token in sequence {} of '{}'",
+                   batch.size(), text);
       item = item.substr(b, e - b + 1);
       size_t pos = 0;
       long long v = -1;
@@ -73,9 +73,7 @@ TokenBatch parse_token_batch(const std::string& text, int64_t vocab_size) {
   return batch;
 }
 
-Engine::Engine(Model& model, parallel::Communicator& comm)
-    : model_(model),
-      comm_(comm) {}
+Engine::Engine(Model& model, parallel::Communicator& comm) : model_(model), comm_(comm) {}
 
 std::vector<int64_t> Engine::local_indices(int64_t num_sequences) const {
   std::vector<int64_t> idx;

@@ -46,8 +46,8 @@ MetricsReport MetricsCollector::reduce(parallel::Communicator& comm, const Phase
   values.push_back(times.total());
   const parallel::RankSpread spread = parallel::spread_over_ranks(comm, values);
   for (size_t i = 0; i < values.size(); ++i) {
-    r.phases.push_back({i < kPhaseNames.size() ? kPhaseNames[i] : "total", spread.max[i],
-                        spread.mean[i]});
+    r.phases.push_back(
+        {i < kPhaseNames.size() ? kPhaseNames[i] : "total", spread.max[i], spread.mean[i]});
   }
   return r;
 }

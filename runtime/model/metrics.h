@@ -4,9 +4,8 @@
 // step; reduce() is the one reduction (parallel::sum_over_ranks) at the end of a run.
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
 

@@ -58,10 +58,14 @@ FaultInjection FaultInjection::from_env() {
                  "MOE_EP_FAULT='{}': expected rank=R,layer=L[,mode=throw|hang]", env);
     std::string key = item.substr(0, eq), value = item.substr(eq + 1);
     try {
-      if (key == "rank") f.rank = std::stoi(value);
-      else if (key == "layer") f.layer = std::stoi(value);
-      else if (key == "mode") f.mode = value;
-      else MOE_THROW("config", "MOE_EP_FAULT='{}': unknown key '{}'", env, key);
+      if (key == "rank")
+        f.rank = std::stoi(value);
+      else if (key == "layer")
+        f.layer = std::stoi(value);
+      else if (key == "mode")
+        f.mode = value;
+      else
+        MOE_THROW("config", "MOE_EP_FAULT='{}': unknown key '{}'", env, key);
     } catch (const std::logic_error&) {
       MOE_THROW("config", "MOE_EP_FAULT='{}': '{}' is not a number", env, value);
     }
@@ -254,7 +258,8 @@ StepResult Model::step(const std::vector<SeqStep>& seqs, const std::vector<int64
 
     // Attention block (data-parallel replica).
     if (T > 0) {
-      backend_.rmsnorm(x_.data(), L.input_norm.data(), T, s.hidden, config_.rms_norm_eps, h_.data());
+      backend_.rmsnorm(x_.data(), L.input_norm.data(), T, s.hidden, config_.rms_norm_eps,
+                       h_.data());
       backend_.linear(h_.data(), L.q_proj.data(), T, s.hidden, s.q_width, q_.data());
       backend_.linear(h_.data(), L.k_proj.data(), T, s.hidden, s.kv_width, k_.data());
       backend_.linear(h_.data(), L.v_proj.data(), T, s.hidden, s.kv_width, v_.data());
@@ -263,8 +268,7 @@ StepResult Model::step(const std::vector<SeqStep>& seqs, const std::vector<int64
       backend_.rmsnorm(k_.data(), L.k_norm.data(), T * s.num_kv_heads, s.head_dim,
                        config_.rms_norm_eps, k_.data());
       backend_.rope(q_.data(), positions.data(), T, s.num_heads, s.head_dim, config_.rope_theta);
-      backend_.rope(k_.data(), positions.data(), T, s.num_kv_heads, s.head_dim,
-                    config_.rope_theta);
+      backend_.rope(k_.data(), positions.data(), T, s.num_kv_heads, s.head_dim, config_.rope_theta);
       kernels::KvCacheView cache{L.k_cache.data(), L.v_cache.data(), max_seqs_, max_len_,
                                  kv_dtype_};
       backend_.attention(q_.data(), k_.data(), v_.data(), attn_seqs.data(),

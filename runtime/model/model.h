@@ -18,9 +18,9 @@
 #include "parallel/load_stats.h"
 #include "parallel/placement.h"
 #include "runtime/io/config.h"
+#include "runtime/io/weights.h"
 #include "runtime/model/arithmetic.h"
 #include "runtime/model/routing.h"
-#include "runtime/io/weights.h"
 
 namespace moe::runtime {
 
@@ -30,8 +30,8 @@ struct ModelShapes {
   int64_t vocab = 0;       // V
   int64_t num_layers = 0;  // L
   int64_t num_heads = 0, num_kv_heads = 0, head_dim = 0;
-  int64_t q_width = 0;     // num_heads * head_dim
-  int64_t kv_width = 0;    // num_kv_heads * head_dim
+  int64_t q_width = 0;       // num_heads * head_dim
+  int64_t kv_width = 0;      // num_kv_heads * head_dim
   int64_t expert_inter = 0;  // I (per expert)
   int64_t dense_inter = 0;   // dense MLP width
   int64_t num_experts = 0, top_k = 0;
@@ -61,8 +61,8 @@ enum class Phase : int {
 };
 inline constexpr int kNumPhases = 9;
 inline constexpr std::array<const char*, kNumPhases> kPhaseNames = {
-    "embed", "attention", "router", "layout", "dispatch", "expert", "combine", "dense_mlp",
-    "lm_head"};
+    "embed",  "attention", "router",    "layout", "dispatch",
+    "expert", "combine",   "dense_mlp", "lm_head"};
 
 // Time per phase of the forward on this rank, seconds (accumulated over steps), taken on the
 // backend's timeline (kernels/phase_timer.h: host clock on the CPU, CUDA events on the GPU).
@@ -142,20 +142,19 @@ class Model {
   };
   struct Layer {
     bool is_moe = false;
-    kernels::Buffer<bf16> input_norm, post_norm;  // [H]
-    kernels::Buffer<bf16> q_proj;                 // [q_width, H]
-    kernels::Buffer<bf16> k_proj, v_proj;         // [kv_width, H]
-    kernels::Buffer<bf16> o_proj;                 // [H, q_width]
-    kernels::Buffer<bf16> q_norm, k_norm;         // [head_dim]
-    kernels::Buffer<bf16> router;                 // [E, H] (MoE)
-    std::vector<ExpertBuf> experts;               // this rank's local slots (MoE)
-    kernels::Buffer<bf16> mlp_gate, mlp_up;       // [dense_inter, H] (dense)
-    kernels::Buffer<bf16> mlp_down;               // [H, dense_inter] (dense)
+    kernels::Buffer<bf16> input_norm, post_norm;      // [H]
+    kernels::Buffer<bf16> q_proj;                     // [q_width, H]
+    kernels::Buffer<bf16> k_proj, v_proj;             // [kv_width, H]
+    kernels::Buffer<bf16> o_proj;                     // [H, q_width]
+    kernels::Buffer<bf16> q_norm, k_norm;             // [head_dim]
+    kernels::Buffer<bf16> router;                     // [E, H] (MoE)
+    std::vector<ExpertBuf> experts;                   // this rank's local slots (MoE)
+    kernels::Buffer<bf16> mlp_gate, mlp_up;           // [dense_inter, H] (dense)
+    kernels::Buffer<bf16> mlp_down;                   // [H, dense_inter] (dense)
     kernels::Buffer<unsigned char> k_cache, v_cache;  // [max_seqs, max_len, kv_width] kv_dtype_
   };
 
-  kernels::Buffer<bf16> load(WeightSource& w, const std::string& name,
-                             std::vector<int64_t> shape);
+  kernels::Buffer<bf16> load(WeightSource& w, const std::string& name, std::vector<int64_t> shape);
   void moe_block(int layer, const float* h, std::span<const TokenId> tokens, float* y,
                  parallel::LayerLoad& load);
   void mark(Phase p) { timer_->mark(static_cast<int>(p)); }
@@ -170,8 +169,8 @@ class Model {
   int64_t max_seqs_, max_len_;
   kernels::KvDtype kv_dtype_;  // the backend's KV-cache element type
 
-  kernels::Buffer<bf16> embed_;    // [V, H]
-  kernels::Buffer<bf16> lm_head_;  // [V, H] (empty when tied: embed_ is used)
+  kernels::Buffer<bf16> embed_;       // [V, H]
+  kernels::Buffer<bf16> lm_head_;     // [V, H] (empty when tied: embed_ is used)
   kernels::Buffer<bf16> final_norm_;  // [H]
   std::vector<Layer> layers_;
 

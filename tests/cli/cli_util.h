@@ -3,6 +3,7 @@
 #pragma once
 
 #include <gtest/gtest.h>
+#include <sys/wait.h>
 
 #include <chrono>
 #include <cmath>
@@ -11,7 +12,6 @@
 #include <fstream>
 #include <sstream>
 #include <string>
-#include <sys/wait.h>
 #include <vector>
 
 #include "runtime/io/npy.h"
@@ -56,7 +56,9 @@ inline CommandResult run(const std::string& args, int timeout_s = 120) {
   return r;
 }
 
-inline std::string moe_ep() { return MOE_EP_EXE; }
+inline std::string moe_ep() {
+  return MOE_EP_EXE;
+}
 
 // `extra` goes to mpirun itself (e.g. "-x MOE_EP_FAULT"), before the executable.
 inline std::string mpirun(int n, const std::string& extra = "") {
@@ -64,7 +66,9 @@ inline std::string mpirun(int n, const std::string& extra = "") {
          std::to_string(n) + " -x OPENBLAS_NUM_THREADS=1 " + extra + " " + MOE_EP_EXE;
 }
 
-inline std::string source(const std::string& rel) { return std::string(MOE_SOURCE_DIR) + "/" + rel; }
+inline std::string source(const std::string& rel) {
+  return std::string(MOE_SOURCE_DIR) + "/" + rel;
+}
 
 inline int count_lines(const std::string& s) {
   int n = 0;

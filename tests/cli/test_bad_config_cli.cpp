@@ -40,16 +40,23 @@ std::vector<BadCase> bad_cases() {
   return {
       {"missing_file", "", {"missing_file.yaml", "not found"}},
       {"not_yaml", "hidden_size: [1, 2\nvocab: {", {"not_yaml.yaml", "not valid YAML"}},
-      {"missing_key", replace_line(g, "hidden_size", ""), {"missing_key.yaml", "hidden_size", "missing"}},
-      {"wrong_type", replace_line(g, "hidden_size", "hidden_size: wide"),
+      {"missing_key",
+       replace_line(g, "hidden_size", ""),
+       {"missing_key.yaml", "hidden_size", "missing"}},
+      {"wrong_type",
+       replace_line(g, "hidden_size", "hidden_size: wide"),
        {"wrong_type.yaml:3", "hidden_size", "integer"}},
-      {"list_for_scalar", replace_line(g, "num_experts", "num_experts: [8]"),
+      {"list_for_scalar",
+       replace_line(g, "num_experts", "num_experts: [8]"),
        {"list_for_scalar.yaml:10", "num_experts"}},
-      {"topk_gt_experts", replace_line(g, "num_experts_per_tok", "num_experts_per_tok: 9"),
+      {"topk_gt_experts",
+       replace_line(g, "num_experts_per_tok", "num_experts_per_tok: 9"),
        {"topk_gt_experts.yaml", "num_experts_per_tok", "11"}},
-      {"heads_not_divisible", replace_line(g, "num_key_value_heads", "num_key_value_heads: 3"),
+      {"heads_not_divisible",
+       replace_line(g, "num_key_value_heads", "num_key_value_heads: 3"),
        {"heads_not_divisible.yaml", "num_key_value_heads", "6"}},
-      {"negative_size", replace_line(g, "hidden_size", "hidden_size: -32"),
+      {"negative_size",
+       replace_line(g, "hidden_size", "hidden_size: -32"),
        {"negative_size.yaml", "hidden_size"}},
       {"unknown_key", g + "num_expert: 4\n", {"unknown_key.yaml:16", "num_expert"}},
   };
@@ -61,11 +68,13 @@ TEST(CliBadConfig, EachBadModelYamlExitsOneWithOneLineNamingFileKeyAndLine) {
     auto path = dir / (c.name + ".yaml");
     if (!c.yaml.empty()) std::ofstream(path) << c.yaml;
     auto npy = (dir / "x.npy").string();
-    auto r = run(moe_ep() + " forward --model " + path.string() + " --tokens 1,2 --logits-out " + npy);
+    auto r =
+        run(moe_ep() + " forward --model " + path.string() + " --tokens 1,2 --logits-out " + npy);
     EXPECT_EQ(r.exit_code, 1) << c.name << ": " << r.err;
     EXPECT_EQ(count_lines(r.err), 1) << c.name << ": " << r.err;
     EXPECT_TRUE(r.out.empty()) << c.name << ": " << r.out;
-    for (const auto& m : c.must) EXPECT_NE(r.err.find(m), std::string::npos) << c.name << " lacks '" << m << "': " << r.err;
+    for (const auto& m : c.must)
+      EXPECT_NE(r.err.find(m), std::string::npos) << c.name << " lacks '" << m << "': " << r.err;
     EXPECT_FALSE(std::filesystem::exists(npy)) << c.name << " wrote output";
   }
 }
@@ -106,8 +115,10 @@ TEST(CliBadInput, TokenOutsideVocabularyIsNamed) {
 TEST(CliBadInput, PromptLongerThanMaxPositionsIsRejected) {
   auto dir = temp_dir("badlen");
   auto model = dir / "m.yaml";
-  std::ofstream(model) << replace_line(kGoodTiny, "max_position_embeddings", "max_position_embeddings: 4");
-  auto r = run(moe_ep() + " generate --model " + model.string() + " --tokens 1,2,3 --max-new-tokens 4");
+  std::ofstream(model) << replace_line(kGoodTiny, "max_position_embeddings",
+                                       "max_position_embeddings: 4");
+  auto r =
+      run(moe_ep() + " generate --model " + model.string() + " --tokens 1,2,3 --max-new-tokens 4");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_EQ(count_lines(r.err), 1) << r.err;
   EXPECT_NE(r.err.find("max_position_embeddings"), std::string::npos) << r.err;

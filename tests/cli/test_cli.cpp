@@ -20,7 +20,8 @@ TEST(CliPlan, Qwen3YamlPrintsExactTotalAndActiveParameters) {
 TEST(CliPlan, HfConfigDirectoryGivesTheSameTotalsAndJson) {
   auto dir = temp_dir("plan");
   auto json = (dir / "plan.json").string();
-  auto r = run(moe_ep() + " plan --model " + source("tests/fixtures/qwen3-30b-a3b") + " --json " + json);
+  auto r =
+      run(moe_ep() + " plan --model " + source("tests/fixtures/qwen3-30b-a3b") + " --json " + json);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_NE(r.out.find("30,532,122,624"), std::string::npos);
   EXPECT_NE(r.out.find("3,353,032,704"), std::string::npos);
@@ -32,8 +33,10 @@ TEST(CliPlan, HfConfigDirectoryGivesTheSameTotalsAndJson) {
 TEST(CliForward, TinyLogitsAreBitIdenticalAcrossRuns) {
   auto dir = temp_dir("fwd");
   auto a = (dir / "a.npy").string(), b = (dir / "b.npy").string();
-  auto r1 = run(moe_ep() + " forward --quiet --model " + kTiny + " --tokens " + kTokens + " --logits-out " + a);
-  auto r2 = run(moe_ep() + " forward --quiet --model " + kTiny + " --tokens " + kTokens + " --logits-out " + b);
+  auto r1 = run(moe_ep() + " forward --quiet --model " + kTiny + " --tokens " + kTokens +
+                " --logits-out " + a);
+  auto r2 = run(moe_ep() + " forward --quiet --model " + kTiny + " --tokens " + kTokens +
+                " --logits-out " + b);
   ASSERT_EQ(r1.exit_code, 0) << r1.err;
   ASSERT_EQ(r2.exit_code, 0) << r2.err;
   EXPECT_EQ(read_text(a), read_text(b));
@@ -59,9 +62,11 @@ TEST(CliForward, TinyLogitsAreBitIdenticalAcrossRuns) {
 TEST(CliGenerate, FirstGreedyTokenIsArgmaxOfForwardLastRow) {
   auto dir = temp_dir("gen");
   auto npy = (dir / "l.npy").string();
-  auto f = run(moe_ep() + " forward --quiet --model " + kTiny + " --tokens " + kTokens + " --logits-out " + npy);
+  auto f = run(moe_ep() + " forward --quiet --model " + kTiny + " --tokens " + kTokens +
+               " --logits-out " + npy);
   ASSERT_EQ(f.exit_code, 0) << f.err;
-  auto g = run(moe_ep() + " generate --quiet --model " + kTiny + " --tokens " + kTokens + " --max-new-tokens 4");
+  auto g = run(moe_ep() + " generate --quiet --model " + kTiny + " --tokens " + kTokens +
+               " --max-new-tokens 4");
   ASSERT_EQ(g.exit_code, 0) << g.err;
   auto logits = runtime::read_npy_f32(npy);
   const int64_t L = logits.shape[1], V = logits.shape[2];
@@ -79,12 +84,14 @@ TEST(CliGenerate, FirstGreedyTokenIsArgmaxOfForwardLastRow) {
 
 TEST(CliGenerate, DecodeWithCacheMatchesForwardOverTheExtendedPrompt) {
   // Greedy tokens from the KV-cache path equal the argmax of a full re-run of prompt + tokens.
-  auto g = run(moe_ep() + " generate --quiet --model " + kTiny + " --tokens 5,6,7,8 --max-new-tokens 3");
+  auto g =
+      run(moe_ep() + " generate --quiet --model " + kTiny + " --tokens 5,6,7,8 --max-new-tokens 3");
   ASSERT_EQ(g.exit_code, 0) << g.err;
   std::string toks = g.out.substr(0, g.out.find('\n'));
   auto dir = temp_dir("gen2");
   auto npy = (dir / "l.npy").string();
-  auto f = run(moe_ep() + " forward --quiet --model " + kTiny + " --tokens 5,6,7,8," + toks + " --logits-out " + npy);
+  auto f = run(moe_ep() + " forward --quiet --model " + kTiny + " --tokens 5,6,7,8," + toks +
+               " --logits-out " + npy);
   ASSERT_EQ(f.exit_code, 0) << f.err;
   auto logits = runtime::read_npy_f32(npy);
   const int64_t V = logits.shape[2];

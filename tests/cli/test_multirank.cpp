@@ -22,7 +22,8 @@ std::string explicit_placement(int n, const std::filesystem::path& dir) {
   std::string yaml = "strategy: explicit\nranks: " + std::to_string(n) + "\nlayers:\n  default: [";
   for (int r = 0; r < n; ++r) {
     yaml += (r ? ", [" : "[");
-    for (size_t i = 0; i < ranks[r].size(); ++i) yaml += (i ? "," : "") + std::to_string(ranks[r][i]);
+    for (size_t i = 0; i < ranks[r].size(); ++i)
+      yaml += (i ? "," : "") + std::to_string(ranks[r][i]);
     yaml += "]";
   }
   yaml += "]\n";
@@ -36,19 +37,23 @@ class MultiRank : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = temp_dir("multirank");
     ref_npy_ = (dir_ / "ref.npy").string();
-    auto f = run(moe_ep() + " forward --quiet --model " + kTiny + " --tokens " + kTokens + " --logits-out " + ref_npy_);
+    auto f = run(moe_ep() + " forward --quiet --model " + kTiny + " --tokens " + kTokens +
+                 " --logits-out " + ref_npy_);
     ASSERT_EQ(f.exit_code, 0) << f.err;
-    auto g = run(moe_ep() + " generate --quiet --model " + kTiny + " --tokens " + kTokens + " --max-new-tokens 5");
+    auto g = run(moe_ep() + " generate --quiet --model " + kTiny + " --tokens " + kTokens +
+                 " --max-new-tokens 5");
     ASSERT_EQ(g.exit_code, 0) << g.err;
     ref_tokens_ = g.out;
   }
   void check(int n, const std::string& placement_arg, const std::string& label) {
     auto npy = (dir_ / (label + ".npy")).string();
-    auto f = run(mpirun(n) + " forward --quiet --model " + kTiny + " --tokens " + kTokens + " " + placement_arg + " --logits-out " + npy);
+    auto f = run(mpirun(n) + " forward --quiet --model " + kTiny + " --tokens " + kTokens + " " +
+                 placement_arg + " --logits-out " + npy);
     ASSERT_EQ(f.exit_code, 0) << label << f.err;
     double rel = relative_max_diff(runtime::read_npy_f32(npy), runtime::read_npy_f32(ref_npy_));
     EXPECT_LE(rel, 1e-5) << label;
-    auto g = run(mpirun(n) + " generate --quiet --model " + kTiny + " --tokens " + kTokens + " " + placement_arg + " --max-new-tokens 5");
+    auto g = run(mpirun(n) + " generate --quiet --model " + kTiny + " --tokens " + kTokens + " " +
+                 placement_arg + " --max-new-tokens 5");
     ASSERT_EQ(g.exit_code, 0) << label << g.err;
     EXPECT_EQ(g.out, ref_tokens_) << label;
   }
@@ -62,7 +67,8 @@ TEST_F(MultiRank, ContiguousPlacementMatchesOneRankOn2_3_4_8Ranks) {
 
 TEST_F(MultiRank, RoundRobinPlacementMatchesOneRank) {
   for (int n : {1, 2, 3, 4, 8}) {
-    check(n, "--placement " + source("configs/placements/round_robin.yaml"), "rr_" + std::to_string(n));
+    check(n, "--placement " + source("configs/placements/round_robin.yaml"),
+          "rr_" + std::to_string(n));
   }
 }
 
@@ -74,7 +80,8 @@ TEST_F(MultiRank, ExplicitPlacementWithReplicasMatchesOneRank) {
 
 TEST_F(MultiRank, PlacementWrittenForOtherWorldSizeFailsWithMessage) {
   auto path = explicit_placement(4, dir_);
-  auto r = run(mpirun(3) + " forward --model " + kTiny + " --tokens 1,2 --placement " + path + " --logits-out " + (dir_ / "x.npy").string());
+  auto r = run(mpirun(3) + " forward --model " + kTiny + " --tokens 1,2 --placement " + path +
+               " --logits-out " + (dir_ / "x.npy").string());
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_NE(r.err.find("key 'ranks': written for 4 ranks but the job has 3 ranks"),
             std::string::npos)
@@ -84,7 +91,8 @@ TEST_F(MultiRank, PlacementWrittenForOtherWorldSizeFailsWithMessage) {
 
 TEST_F(MultiRank, DedupSendsFewerBytesThanOneRowPerTokenExpert) {
   auto json = (dir_ / "dedup.json").string();
-  auto r = run(mpirun(2) + " forward --quiet --model " + kTiny + " --tokens " + kTokens + " --json " + json + " --logits-out " + (dir_ / "d.npy").string());
+  auto r = run(mpirun(2) + " forward --quiet --model " + kTiny + " --tokens " + kTokens +
+               " --json " + json + " --logits-out " + (dir_ / "d.npy").string());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto j = nlohmann::json::parse(read_text(json));
   auto t = j["metrics"]["traffic"];
@@ -122,7 +130,8 @@ TEST_F(MultiRank, RunMemoryMatchesThePlanWithReplicas) {
 
 TEST_F(MultiRank, InjectedFaultOnOneRankEndsFourRankJobNamingTheRank) {
   auto r = run("env MOE_EP_FAULT=rank=2,layer=1 " + mpirun(4, "-x MOE_EP_FAULT") +
-                   " generate --model " + kTiny + " --tokens " + kTokens + " --max-new-tokens 4", 60);
+                   " generate --model " + kTiny + " --tokens " + kTokens + " --max-new-tokens 4",
+               60);
   EXPECT_NE(r.exit_code, 0);
   EXPECT_LT(r.seconds, 30.0);
   EXPECT_NE(r.err.find("rank 2"), std::string::npos) << r.err;
@@ -131,7 +140,9 @@ TEST_F(MultiRank, InjectedFaultOnOneRankEndsFourRankJobNamingTheRank) {
 
 TEST_F(MultiRank, StuckRankIsCaughtByCollectiveTimeout) {
   auto r = run("env MOE_EP_FAULT=rank=1,layer=0,mode=hang " + mpirun(4, "-x MOE_EP_FAULT") +
-                   " generate --timeout 5 --model " + kTiny + " --tokens " + kTokens + " --max-new-tokens 2", 60);
+                   " generate --timeout 5 --model " + kTiny + " --tokens " + kTokens +
+                   " --max-new-tokens 2",
+               60);
   EXPECT_NE(r.exit_code, 0);
   EXPECT_LT(r.seconds, 30.0);
   EXPECT_NE(r.err.find("did not complete within"), std::string::npos) << r.err;

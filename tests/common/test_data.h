@@ -1,6 +1,7 @@
 // Helpers shared by the kernel tests (tests/kernels) and the GPU tests (tests/gpu, also built
-// standalone on the device machine by tools/device/standalone): seeded random tensors, bf16 conversions of
-// whole vectors, and one elementwise closeness check that reports the first mismatches.
+// standalone on the device machine by tools/device/standalone): seeded random tensors, bf16
+// conversions of whole vectors, and one elementwise closeness check that reports the first
+// mismatches.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -71,9 +72,9 @@ template <class AbsTol>
     if (std::isfinite(err)) worst = std::max(worst, err);
   }
   if (bad == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << bad << " of " << n
-                                       << " elements out of tolerance (worst abs err " << worst
-                                       << "):" << first;
+  return ::testing::AssertionFailure()
+         << bad << " of " << n << " elements out of tolerance (worst abs err " << worst
+         << "):" << first;
 }
 
 }  // namespace moe::test

@@ -5,8 +5,8 @@
 #include <cmath>
 
 #include "config_test_util.h"
-#include "runtime/io/config.h"
 #include "runtime/analysis/plan.h"
+#include "runtime/io/config.h"
 
 namespace moe::runtime {
 namespace {

@@ -10,7 +10,9 @@
 namespace moe::test {
 namespace {
 
-std::string launcher(int n) { return n == 1 ? moe_ep() : mpirun(n); }
+std::string launcher(int n) {
+  return n == 1 ? moe_ep() : mpirun(n);
+}
 
 class HfFixture : public ::testing::TestWithParam<std::tuple<std::string, int>> {};
 
@@ -19,8 +21,8 @@ TEST_P(HfFixture, ForwardLogitsMatchTransformersAndGreedyTokensAreIdentical) {
   Fixture f = load_fixture(name);
   auto dir = temp_dir("hf_" + name + "_" + std::to_string(ranks));
   auto npy = (dir / "logits.npy").string();
-  auto r = run(launcher(ranks) + " forward --quiet --model " + f.dir + " --tokens \"" + f.tokens_arg +
-               "\" --logits-out " + npy);
+  auto r = run(launcher(ranks) + " forward --quiet --model " + f.dir + " --tokens \"" +
+               f.tokens_arg + "\" --logits-out " + npy);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto ours = runtime::read_npy_f32(npy);
   ASSERT_EQ(ours.shape.size(), 3u);
@@ -34,23 +36,26 @@ TEST_P(HfFixture, ForwardLogitsMatchTransformersAndGreedyTokensAreIdentical) {
     EXPECT_LE(rel, 1e-4) << name << " prompt " << i << " on " << ranks << " ranks";
   }
   const int max_new = static_cast<int>(f.greedy[0].size());
-  auto g = run(launcher(ranks) + " generate --quiet --model " + f.dir + " --tokens \"" + f.tokens_arg +
-               "\" --max-new-tokens " + std::to_string(max_new));
+  auto g = run(launcher(ranks) + " generate --quiet --model " + f.dir + " --tokens \"" +
+               f.tokens_arg + "\" --max-new-tokens " + std::to_string(max_new));
   ASSERT_EQ(g.exit_code, 0) << g.err;
   std::stringstream lines(g.out);
   for (size_t i = 0; i < f.greedy.size(); ++i) {
     std::string line;
     ASSERT_TRUE(std::getline(lines, line)) << g.out;
     std::string expect;
-    for (size_t t = 0; t < f.greedy[i].size(); ++t) expect += (t ? "," : "") + std::to_string(f.greedy[i][t]);
+    for (size_t t = 0; t < f.greedy[i].size(); ++t)
+      expect += (t ? "," : "") + std::to_string(f.greedy[i][t]);
     EXPECT_EQ(line, expect) << name << " sequence " << i << " on " << ranks << " ranks";
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(AllFixtures, HfFixture,
-                         ::testing::Combine(::testing::ValuesIn(kFixtures), ::testing::Values(1, 2, 4)),
+                         ::testing::Combine(::testing::ValuesIn(kFixtures),
+                                            ::testing::Values(1, 2, 4)),
                          [](const auto& info) {
-                           return std::get<0>(info.param) + "_" + std::to_string(std::get<1>(info.param)) + "ranks";
+                           return std::get<0>(info.param) + "_" +
+                                  std::to_string(std::get<1>(info.param)) + "ranks";
                          });
 
 // A checkpoint whose index lacks one expert's tensor: only the rank that holds that expert
@@ -67,7 +72,8 @@ TEST(HfCheckpointFault, MissingExpertTensorSeenByOneRankEndsTheJobNamingRankAndT
   ASSERT_EQ(index["weight_map"].erase(victim), 1u);
   std::ofstream(dir / "model.safetensors.index.json") << index.dump();
   auto r = run(mpirun(2) + " forward --model " + dir.string() + " --tokens 1,2,3 --logits-out " +
-               (dir / "x.npy").string(), 60);
+                   (dir / "x.npy").string(),
+               60);
   EXPECT_EQ(r.exit_code, 1) << r.err;
   EXPECT_LT(r.seconds, 30.0);
   EXPECT_NE(r.err.find(victim), std::string::npos) << r.err;
@@ -93,9 +99,11 @@ TEST(HfCheckpointLoad, EachOfEightRanksReadsOnlyItsOwnExperts) {
   ASSERT_EQ(j["load_per_rank"].size(), 8u);
   int64_t experts = 0;
   for (const auto& rank : j["load_per_rank"]) {
-    const int64_t held = rank["dense_replica_bytes"].get<int64_t>() + rank["expert_shard_bytes"].get<int64_t>();
+    const int64_t held =
+        rank["dense_replica_bytes"].get<int64_t>() + rank["expert_shard_bytes"].get<int64_t>();
     EXPECT_EQ(rank["bytes_read"].get<int64_t>(), held) << "rank " << rank["rank"];
-    EXPECT_EQ(rank["local_experts"].get<int64_t>(), 2 * 16) << "rank " << rank["rank"];  // 2 layers x 128/8
+    EXPECT_EQ(rank["local_experts"].get<int64_t>(), 2 * 16)
+        << "rank " << rank["rank"];  // 2 layers x 128/8
     experts += rank["local_experts"].get<int64_t>();
   }
   EXPECT_EQ(experts, 2 * 128);

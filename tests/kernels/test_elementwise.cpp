@@ -198,7 +198,8 @@ TEST(WeightedRowSum, MatchesFp32ReferenceExactlyWithEmptyRowsAndNoWeights) {
   std::vector<int64_t> offsets = {0, 3, 3, 5, 6};
   std::vector<int32_t> idx = {4, 0, 8, 2, 2, 7};
   auto weights = random_floats(rng, idx.size());
-  for (const float* w : {static_cast<const float*>(weights.data()), static_cast<const float*>(nullptr)}) {
+  for (const float* w :
+       {static_cast<const float*>(weights.data()), static_cast<const float*>(nullptr)}) {
     std::vector<float> got(4 * width, -1.0f), want(4 * width, -2.0f);
     cpu::weighted_row_sum(src.data(), width, idx.data(), w, offsets.data(), 4, got.data());
     ref::weighted_row_sum(src.data(), width, idx.data(), w, offsets.data(), 4, want.data());
