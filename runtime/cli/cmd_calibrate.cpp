@@ -30,18 +30,33 @@ struct CalibrateArgs {
   double timeout_s = 120;
 };
 
-int run_calibrate(const CalibrateArgs& a) {
+// The default shapes: configs/models/mid.yaml under the working directory, else beside the
+// source tree the executable was built in (build/<dir>/launch/moe-ep -> ../../..).
+std::string default_model(const std::string& given) {
+  namespace fs = std::filesystem;
+  if (fs::exists(given)) return given;
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    const fs::path beside = exe.parent_path() / ".." / ".." / ".." / given;
+    if (fs::exists(beside)) return beside.string();
+  }
+  return given;
+}
+
+int run_calibrate(const CalibrateArgs& a, bool model_given) {
   const auto t0 = std::chrono::steady_clock::now();
-  MOE_CHECK_AS("config", std::filesystem::exists(a.model),
-               "--model: '{}' not found (run from the repository root, or name a model YAML)",
-               a.model);
-  const ModelConfig shapes = load_model_config(a.model);
   HardwareProfile base;
   if (a.merge) {
     MOE_CHECK_AS("config", std::filesystem::exists(a.out),
                  "--merge: '{}' does not exist yet (run calibrate once without --merge)", a.out);
     base = load_hardware_profile(a.out);
   }
+  const std::string model = model_given ? a.model : default_model(a.model);
+  MOE_CHECK_AS("config", std::filesystem::exists(model),
+               "--model: '{}' not found (run from the repository root, or name a model YAML)",
+               model);
+  const ModelConfig shapes = load_model_config(model);
   parallel::CommOptions co;
   co.timeout_s = a.timeout_s;
   auto comm = parallel::make_mpi_communicator(co);
@@ -122,7 +137,7 @@ Command add_calibrate_command(CLI::App& app) {
   cmd->add_option("--timeout", a->timeout_s, "Collective timeout in seconds")
       ->check(greater_than(0));
   cmd->add_option("--json", a->json, "Also write every raw measurement as JSON");
-  return {cmd, [a] { return run_calibrate(*a); }};
+  return {cmd, [a, cmd] { return run_calibrate(*a, cmd->count("--model") > 0); }};
 }
 
 }  // namespace moe::runtime
