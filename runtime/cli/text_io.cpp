@@ -10,6 +10,7 @@
 
 #include "kernels/common/check.h"
 #include "runtime/io/chat_template.h"
+#include "runtime/model/engine.h"
 
 namespace moe::runtime {
 
@@ -64,20 +65,10 @@ std::vector<int32_t> parse_ids(const std::string& text) {
   std::vector<int32_t> ids;
   std::stringstream items(text);
   for (std::string item; std::getline(items, item, ',');) {
-    const size_t b = item.find_first_not_of(" \t");
-    const size_t e = item.find_last_not_of(" \t");
-    MOE_CHECK_AS("input", b != std::string::npos, "--ids: empty item in '{}'", text);
-    item = item.substr(b, e - b + 1);
-    size_t pos = 0;
-    long long v = -1;
-    try {
-      v = std::stoll(item, &pos);
-    } catch (const std::logic_error&) {
-      pos = 0;
-    }
-    MOE_CHECK_AS("input", pos == item.size() && v >= 0 && v <= INT32_MAX,
-                 "--ids: '{}' is not a token id", item);
-    ids.push_back(static_cast<int32_t>(v));
+    const std::optional<int64_t> v = parse_id_item(item);
+    MOE_CHECK_AS("input", !item.empty(), "--ids: empty item in '{}'", text);
+    MOE_CHECK_AS("input", v && *v >= 0 && *v <= INT32_MAX, "--ids: '{}' is not a token id", item);
+    ids.push_back(static_cast<int32_t>(*v));
   }
   return ids;
 }

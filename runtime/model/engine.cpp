@@ -38,6 +38,19 @@ std::vector<T> gather_rows_to_root(parallel::Communicator& comm, const std::vect
 
 }  // namespace
 
+std::optional<int64_t> parse_id_item(std::string& item) {
+  const size_t b = item.find_first_not_of(" \t"), e = item.find_last_not_of(" \t");
+  item = b == std::string::npos ? std::string() : item.substr(b, e - b + 1);
+  if (item.empty()) return std::nullopt;
+  size_t pos = 0;
+  try {
+    const long long v = std::stoll(item, &pos);
+    if (pos == item.size()) return v;
+  } catch (const std::logic_error&) {
+  }
+  return std::nullopt;
+}
+
 TokenBatch parse_token_batch(const std::string& text, int64_t vocab_size) {
   TokenBatch batch;
   std::stringstream seqs(text);
@@ -47,19 +60,12 @@ TokenBatch parse_token_batch(const std::string& text, int64_t vocab_size) {
     std::stringstream items(seq);
     std::string item;
     while (std::getline(items, item, ',')) {
-      size_t b = item.find_first_not_of(" \t"), e = item.find_last_not_of(" \t");
-      MOE_CHECK_AS("input", b != std::string::npos, "--tokens: empty token in sequence {} of '{}'",
+      const std::optional<int64_t> parsed = parse_id_item(item);
+      MOE_CHECK_AS("input", !item.empty(), "--tokens: empty token in sequence {} of '{}'",
                    batch.size(), text);
-      item = item.substr(b, e - b + 1);
-      size_t pos = 0;
-      long long v = -1;
-      try {
-        v = std::stoll(item, &pos);
-      } catch (const std::logic_error&) {
-        pos = 0;
-      }
-      MOE_CHECK_AS("input", pos == item.size() && pos > 0,
-                   "--tokens: '{}' in sequence {} is not an integer", item, batch.size());
+      MOE_CHECK_AS("input", parsed.has_value(), "--tokens: '{}' in sequence {} is not an integer",
+                   item, batch.size());
+      const int64_t v = *parsed;
       MOE_CHECK_AS("input", v >= 0 && v < vocab_size,
                    "--tokens: token {} in sequence {} is outside the vocabulary [0, {})", v,
                    batch.size(), vocab_size);

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,9 @@ using TokenBatch = std::vector<std::vector<int32_t>>;
 
 // Parses "1,2,3;4,5" into sequences; throws moe::Error naming the bad piece.
 TokenBatch parse_token_batch(const std::string& text, int64_t vocab_size);
+// One comma-separated item of an id list: blanks around it are dropped from `item`; returns its
+// value when what remains is an integer, nothing otherwise (also for an empty item).
+std::optional<int64_t> parse_id_item(std::string& item);
 
 struct ForwardOutput {
   std::vector<int64_t> shape;  // [num_sequences, max_len, vocab] (rank 0 only)

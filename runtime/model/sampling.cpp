@@ -9,19 +9,10 @@
 #include <vector>
 
 #include "kernels/common/check.h"
+#include "kernels/common/hash.h"
 #include "kernels/host.h"
 
 namespace moe::runtime {
-namespace {
-
-uint64_t splitmix64(uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-}  // namespace
 
 void SamplingParams::validate() const {
   MOE_CHECK_AS("input", std::isfinite(temperature) && temperature >= 0,

@@ -7,22 +7,22 @@
 #include <cmath>
 
 #include "kernels/common/check.h"
+#include "kernels/common/hash.h"
 
 namespace moe::runtime {
 namespace {
 
-constexpr uint64_t kGolden = 0x9E3779B97F4A7C15ull;
+constexpr uint64_t kGolden = kGoldenGamma;
 
-uint64_t splitmix64(uint64_t& state) {
-  uint64_t z = (state += kGolden);
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
+// The splitmix64 stream: each draw mixes the state, then advances it by the golden gamma.
+uint64_t next_splitmix64(uint64_t& state) {
+  const uint64_t r = splitmix64(state);
+  state += kGolden;
+  return r;
 }
 
 uint64_t combine(uint64_t h, uint64_t v) {
-  uint64_t s = h ^ (v * kGolden + 0x632BE59BD9B4E019ull);
-  return splitmix64(s);
+  return splitmix64(h ^ (v * kGolden + 0x632BE59BD9B4E019ull));
 }
 
 // Tags keep the per-layer permutation, the topic draw and the expert draws independent.
@@ -31,7 +31,7 @@ enum class Tag : uint64_t { kPermutation = 1, kTopic = 2, kPicks = 3 };
 class Rng {
  public:
   explicit Rng(uint64_t key) : state_(key) {}
-  uint64_t next() { return splitmix64(state_); }
+  uint64_t next() { return next_splitmix64(state_); }
   double uniform() { return static_cast<double>(next() >> 11) * 0x1.0p-53; }  // [0, 1)
   int64_t below(int64_t n) {
     return static_cast<int64_t>(
