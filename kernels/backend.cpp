@@ -2,6 +2,8 @@
 // the CUDA backend (bf16 compute only). Compute-dtype names are parsed here, once.
 #include "kernels/backend.h"
 
+#include <vector>
+
 #include "kernels/common/check.h"
 #include "kernels/cpu/cpu_backend.h"
 #ifdef MOE_EP_HAVE_CUDA
@@ -18,6 +20,26 @@ ComputeDtype parse_compute_dtype(const std::string& text) {
   if (text == "fp32") return ComputeDtype::kF32;
   if (text == "bf16") return ComputeDtype::kBF16;
   MOE_THROW("config", "unknown compute dtype '{}' (expected fp32 or bf16)", text);
+}
+
+void Backend::expert_swiglu_resident(const float* x, int64_t hidden, int64_t inter,
+                                      const ResidentExpertBatch& batch, float* out) {
+  MOE_CHECK(is_host_memory(),
+            "backend {} keeps metadata in device memory but does not implement "
+            "expert_swiglu_resident",
+            name());
+  std::vector<ExpertGroup> groups;
+  std::vector<int32_t> rows;
+  for (int64_t s = 0; s < batch.num_slots; ++s) {
+    const int64_t begin = batch.slot_begin[s], end = batch.slot_begin[s + 1];
+    MOE_CHECK(begin >= 0 && end >= begin && end <= batch.max_pairs,
+              "expert_swiglu_resident: slot {} covers pairs [{}, {}) of {}", s, begin, end,
+              batch.max_pairs);
+    if (end > begin) groups.push_back({batch.host_slot_weights[s], begin, end - begin});
+  }
+  if (groups.empty()) return;
+  grouped_expert_swiglu(x, hidden, inter, groups.data(), static_cast<int64_t>(groups.size()),
+                        batch.row_index, out);
 }
 
 std::unique_ptr<Backend> make_backend(const BackendOptions& options) {

@@ -75,6 +75,11 @@ class Backend {
   virtual void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
                                      const ExpertGroup* groups, int64_t num_groups,
                                      const int32_t* row_index, float* out) = 0;
+  // Grouped SwiGLU with the grouping in backend memory (see ResidentExpertBatch): out [P, hidden]
+  // row p = SwiGLU of x[row_index[p]] with its slot's weights, P = slot_begin[num_slots]. Same
+  // numerics as grouped_expert_swiglu. Host-memory backends: grouped_expert_swiglu itself.
+  virtual void expert_swiglu_resident(const float* x, int64_t hidden, int64_t inter,
+                                      const ResidentExpertBatch& batch, float* out);
   virtual void add_inplace(float* x, const float* y, int64_t n) = 0;
   virtual void gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n,
                            float* dst) = 0;

@@ -57,4 +57,19 @@ struct ExpertGroup {
   int64_t count = 0;
 };
 
+// Expert groups of one MoE layer with the grouping in backend memory (device-resident routing:
+// computed by kernels, never copied to the host in decode). Pairs [slot_begin[s],
+// slot_begin[s + 1]) of row_index use local slot s's weights; out row p belongs to pair p.
+struct ResidentExpertBatch {
+  const int32_t* row_index = nullptr;           // [max_pairs] backend memory: x row of each pair
+  const int32_t* slot_begin = nullptr;          // [num_slots + 1] backend memory
+  const ExpertWeights* slot_weights = nullptr;  // [num_slots] backend memory (pointer table)
+  const ExpertWeights* host_slot_weights = nullptr;  // [num_slots] host copy of slot_weights
+  int64_t num_slots = 0;
+  int64_t max_pairs = 0;  // capacity: slot_begin[num_slots] <= max_pairs (sizes grids)
+  // [num_slots + 1] host copy of slot_begin when the host already has the counts (prefill: it
+  // sized the exchange with them), else nullptr: the backend must read slot_begin on the device.
+  const int32_t* host_slot_begin = nullptr;
+};
+
 }  // namespace moe::kernels
