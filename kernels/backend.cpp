@@ -42,6 +42,15 @@ void Backend::expert_swiglu_resident(const float* x, int64_t hidden, int64_t int
                         batch.row_index, out);
 }
 
+void Backend::attention_resident(const float* q, const float* k, const float* v,
+                                 const AttentionSeq* seqs, int64_t num_seqs, int64_t /*num_rows*/,
+                                 AttentionShape shape, KvCacheView cache, float* out) {
+  MOE_CHECK(is_host_memory(),
+            "backend {} keeps tensors in device memory but does not implement attention_resident",
+            name());
+  attention(q, k, v, seqs, num_seqs, shape, cache, out);
+}
+
 std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
   if (options.name == "cpu") {
     return make_cpu_backend(options.compute_dtype.value_or(ComputeDtype::kF32));

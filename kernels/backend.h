@@ -67,6 +67,14 @@ class Backend {
                     int64_t head_dim, double theta) = 0;
   virtual void attention(const float* q, const float* k, const float* v, const AttentionSeq* seqs,
                          int64_t num_seqs, AttentionShape shape, KvCacheView cache, float* out) = 0;
+  // attention() with seqs [num_seqs] in BACKEND memory (device memory for cuda): the host knows
+  // only num_seqs and num_rows (the total new rows: q/k/v/out have num_rows rows), not the
+  // lengths, so a device backend sizes every launch by (num_rows, shape, cache.max_len) and a
+  // decode step can be captured once as a CUDA graph and replayed with new lengths. Appends the
+  // new k/v rows at the positions seqs gives. Host-memory backends: attention() itself.
+  virtual void attention_resident(const float* q, const float* k, const float* v,
+                                  const AttentionSeq* seqs, int64_t num_seqs, int64_t num_rows,
+                                  AttentionShape shape, KvCacheView cache, float* out);
   // ids and weights are written to HOST memory: the dispatcher lays tokens out on the host.
   virtual void router_topk(const float* logits, int64_t rows, int64_t experts, int64_t k,
                            bool renormalise, int32_t* host_ids, float* host_weights) = 0;

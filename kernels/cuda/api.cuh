@@ -11,6 +11,7 @@
 
 #include "kernels/common/bf16.h"
 #include "kernels/cuda/attention_plan.h"
+#include "kernels/cuda/attention_tc_math.h"
 #include "kernels/types.h"
 
 namespace moe::kernels::cuda {
@@ -81,6 +82,30 @@ cudaError_t launch_attention(const float* q, const bf16* cache_k, const bf16* ca
 cudaError_t launch_attention_combine(const AttentionCombineRow* rows, int64_t n,
                                      AttentionShape shape, const float* partial_o,
                                      const float* partial_ml, float* out, cudaStream_t stream);
+
+// Tensor-core prefill attention (attention_tc.cu): one CTA per item (attention_tc_plan.h) over
+// the bf16 cache, head_dim kTcHeadDim only, sm_80+. q rounded to bf16 for QK^T, P rounded to bf16
+// for PV, fp32 accumulation and softmax. Writes out rows of the items' sequences directly (no
+// split); the KV append runs first. cache_k/cache_v must be 16-byte aligned.
+cudaError_t launch_attention_tc(const float* q, const bf16* cache_k, const bf16* cache_v,
+                                AttentionShape shape, const AttentionTcItem* items,
+                                int64_t num_items, float* out, cudaStream_t stream);
+
+// Graph-safe decode attention: seqs [num_seqs] in DEVICE memory; the grids depend only on
+// (num_rows, shape, splits), so a captured launch replays with new lengths. kv_append_resident
+// writes bf16(k/v row r) at the cache position seqs gives row r; attention_resident runs the
+// fixed key splits (resident_splits) into partial_o [num_rows * splits.num_splits, H, D] and
+// partial_ml [.., H, 2], then merges each row's live splits into out [num_rows, H, D] (fp32,
+// same numerics as launch_attention). Rows no valid sequence covers append nothing, output 0.
+cudaError_t launch_kv_append_resident(const float* k, const float* v, int64_t kv_width,
+                                      const AttentionSeq* seqs, int64_t num_seqs, int64_t num_rows,
+                                      int64_t num_slots, int64_t max_len, bf16* cache_k,
+                                      bf16* cache_v, cudaStream_t stream);
+cudaError_t launch_attention_resident(const float* q, const bf16* cache_k, const bf16* cache_v,
+                                      AttentionShape shape, const AttentionSeq* seqs,
+                                      int64_t num_seqs, int64_t num_rows, int64_t num_slots,
+                                      int64_t max_len, ResidentSplits splits, float* partial_o,
+                                      float* partial_ml, float* out, cudaStream_t stream);
 
 // Deterministic pseudo-random fill (hash of seed and index), uniform in [-scale, scale]: for
 // benchmarks that need 60 GB of synthetic weights without a host round trip.

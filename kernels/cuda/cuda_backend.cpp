@@ -14,6 +14,7 @@
 #include <array>
 #include <climits>
 #include <cmath>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -22,6 +23,7 @@
 #include "kernels/common/rounding.h"
 #include "kernels/cuda/api.cuh"
 #include "kernels/cuda/attention_plan.h"
+#include "kernels/cuda/attention_tc_plan.h"
 #include "kernels/cuda/cuda_raii.h"
 #include "kernels/cuda/event_phase_timer.h"
 #include "kernels/cuda/grouped_gemm_plan.h"
@@ -101,7 +103,9 @@ class CudaBackendImpl final : public CudaBackend {
     MOE_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     return total_bytes;
   }
-  size_t internal_bytes() const override { return meta_.size_bytes() + scratch_.size_bytes(); }
+  size_t internal_bytes() const override {
+    return meta_.size_bytes() + scratch_.size_bytes() + resident_scratch_.size_bytes();
+  }
 
   // ---- memory ----
   void* allocate(size_t size_bytes) override {
@@ -209,12 +213,20 @@ class CudaBackendImpl final : public CudaBackend {
                  int64_t num_seqs, AttentionShape shape, KvCacheView cache, float* out) override {
     static_assert(rounding::kKvCacheAppend);  // launch_kv_append stores bf16(k), bf16(v)
     MOE_CHECK(cache.dtype == KvDtype::kBF16, "attention: the CUDA backend needs a bf16 KV cache");
-    const cuda::AttentionPlan& plan = attention_plan(seqs, num_seqs, shape, cache);
-    if (plan.items.empty()) return;
+    // Sequences with >= kAttnTcMinNewTokens new tokens run on the tensor-core kernel (head_dim
+    // 128, 16-byte aligned cache); the rest on the split-K CUDA-core kernel. plan.append covers
+    // both and runs first.
+    const bool tc_usable = shape.head_dim == cuda::kTcHeadDim &&
+                           reinterpret_cast<uintptr_t>(cache.k) % 16 == 0 &&
+                           reinterpret_cast<uintptr_t>(cache.v) % 16 == 0;
+    const cuda::AttentionPlan& plan = attention_plan(seqs, num_seqs, shape, cache, tc_usable);
+    const std::vector<cuda::AttentionTcItem>& tc_items = tc_plan_.items;
+    if (plan.items.empty() && tc_items.empty()) return;
     StagingLayout layout;
     const size_t append_at = layout.add_array(plan.append.data(), plan.append.size());
     const size_t items_at = layout.add_array(plan.items.data(), plan.items.size());
     const size_t combine_at = layout.add_array(plan.combine.data(), plan.combine.size());
+    const size_t tc_items_at = layout.add_array(tc_items.data(), tc_items.size());
     unsigned char* meta = stage(layout);
 
     const int64_t H = shape.num_heads, D = shape.head_dim;
@@ -237,7 +249,48 @@ class CudaBackendImpl final : public CudaBackend {
         reinterpret_cast<const cuda::AttentionCombineRow*>(meta + combine_at),
         static_cast<int64_t>(plan.combine.size()), shape, partial_o, partial_ml, out,
         stream_.get()));
+    MOE_CUDA_CHECK(cuda::launch_attention_tc(
+        q, static_cast<const bf16*>(cache.k), static_cast<const bf16*>(cache.v), shape,
+        reinterpret_cast<const cuda::AttentionTcItem*>(meta + tc_items_at),
+        static_cast<int64_t>(tc_items.size()), out, stream_.get()));
     op_done("attention");
+  }
+
+  // Graph-safe: no staging, no host read of seqs; the grids depend on (num_rows, shape,
+  // cache.max_len, num_sms) only. Its partials live in their own buffer (no other op moves it),
+  // which grows (with a stream synchronisation, not allowed while capturing) only when a call
+  // needs more than every call before it: run one call of the largest batch before capturing.
+  void attention_resident(const float* q, const float* k, const float* v, const AttentionSeq* seqs,
+                          int64_t num_seqs, int64_t num_rows, AttentionShape shape,
+                          KvCacheView cache, float* out) override {
+    static_assert(rounding::kKvCacheAppend);  // launch_kv_append_resident stores bf16(k), bf16(v)
+    MOE_CHECK(cache.dtype == KvDtype::kBF16,
+              "attention_resident: the CUDA backend needs a bf16 KV cache");
+    const int64_t H = shape.num_heads, KV = shape.num_kv_heads, D = shape.head_dim;
+    MOE_CHECK(H > 0 && KV > 0 && D > 0 && H % KV == 0 && D <= cuda::kResMaxHeadDim,
+              "attention_resident: bad shape (heads {}, kv heads {}, head_dim {} <= {})", H, KV, D,
+              cuda::kResMaxHeadDim);
+    MOE_CHECK(num_seqs >= 0 && num_rows >= 0 && cache.max_len > 0,
+              "attention_resident: num_seqs {} num_rows {} max_len {}", num_seqs, num_rows,
+              cache.max_len);
+    if (num_rows == 0) return;
+    const int64_t head_blocks = (H / KV + cuda::kResHeadsPerBlock - 1) / cuda::kResHeadsPerBlock;
+    const cuda::ResidentSplits splits =
+        cuda::resident_splits(num_rows, KV * head_blocks, cache.max_len, num_sms_);
+    const int64_t slots = num_rows * splits.num_splits;
+    ScratchCarver carve;
+    const size_t po_at = carve.add(static_cast<size_t>(slots * H * D) * 4);
+    const size_t ml_at = carve.add(static_cast<size_t>(slots * H * 2) * 4);
+    auto* s = static_cast<unsigned char*>(ensure_device(resident_scratch_, carve.total()));
+    MOE_CUDA_CHECK(cuda::launch_kv_append_resident(
+        k, v, KV * D, seqs, num_seqs, num_rows, cache.num_slots, cache.max_len,
+        static_cast<bf16*>(cache.k), static_cast<bf16*>(cache.v), stream_.get()));
+    MOE_CUDA_CHECK(cuda::launch_attention_resident(
+        q, static_cast<const bf16*>(cache.k), static_cast<const bf16*>(cache.v), shape, seqs,
+        num_seqs, num_rows, cache.num_slots, cache.max_len, splits,
+        reinterpret_cast<float*>(s + po_at), reinterpret_cast<float*>(s + ml_at), out,
+        stream_.get()));
+    op_done("attention_resident");
   }
 
   void router_topk(const float* logits, int64_t rows, int64_t experts, int64_t k, bool renormalise,
@@ -508,9 +561,13 @@ class CudaBackendImpl final : public CudaBackend {
   }
 
   // The model calls attention once per layer with the same batch: reuse the host plan.
+  // Also fills tc_plan_ (the tensor-core sequences when tc_usable) and appends its KV rows to
+  // the returned plan's append list.
   const cuda::AttentionPlan& attention_plan(const AttentionSeq* seqs, int64_t num_seqs,
-                                            AttentionShape shape, KvCacheView cache) {
-    const bool same = plan_valid_ && num_seqs == static_cast<int64_t>(plan_seqs_.size()) &&
+                                            AttentionShape shape, KvCacheView cache,
+                                            bool tc_usable) {
+    const bool same = plan_valid_ && tc_usable == plan_tc_usable_ &&
+                      num_seqs == static_cast<int64_t>(plan_seqs_.size()) &&
                       shape.num_heads == plan_shape_.num_heads &&
                       shape.num_kv_heads == plan_shape_.num_kv_heads &&
                       shape.head_dim == plan_shape_.head_dim && cache.num_slots == plan_slots_ &&
@@ -519,7 +576,17 @@ class CudaBackendImpl final : public CudaBackend {
                        std::memcmp(seqs, plan_seqs_.data(), sizeof(AttentionSeq) * num_seqs) == 0);
     if (!same) {
       plan_valid_ = false;
-      plan_ = cuda::plan_attention(seqs, num_seqs, shape, cache.num_slots, cache.max_len, num_sms_);
+      std::vector<AttentionSeq> core, tc;
+      for (int64_t i = 0; i < num_seqs; ++i) {
+        (tc_usable && cuda::use_attention_tc(seqs[i], shape) ? tc : core).push_back(seqs[i]);
+      }
+      plan_ = cuda::plan_attention(core.data(), static_cast<int64_t>(core.size()), shape,
+                                   cache.num_slots, cache.max_len, num_sms_);
+      tc_plan_ = tc.empty() ? cuda::AttentionTcPlan{}
+                            : cuda::plan_attention_tc(tc.data(), static_cast<int64_t>(tc.size()),
+                                                      shape, cache.num_slots, cache.max_len);
+      plan_.append.insert(plan_.append.end(), tc_plan_.append.begin(), tc_plan_.append.end());
+      plan_tc_usable_ = tc_usable;
       plan_seqs_.assign(seqs, seqs + num_seqs);
       plan_shape_ = shape;
       plan_slots_ = cache.num_slots;
@@ -538,11 +605,14 @@ class CudaBackendImpl final : public CudaBackend {
   size_t next_slot_ = 0;
   DeviceBytes meta_;
   DeviceBytes scratch_;
+  DeviceBytes resident_scratch_;  // attention_resident partials only (graph-captured pointers)
   std::vector<float> inv_freq_;
   std::vector<cublasOperation_t> trans_a_, trans_b_;
 
   bool plan_valid_ = false;
   cuda::AttentionPlan plan_;
+  cuda::AttentionTcPlan tc_plan_;
+  bool plan_tc_usable_ = false;
   std::vector<AttentionSeq> plan_seqs_;
   AttentionShape plan_shape_;
   int64_t plan_slots_ = 0, plan_max_len_ = 0;
