@@ -1,5 +1,6 @@
 // Helpers every benchmark driver shares: seeded random operands, and the main() of a driver that
-// runs under mpirun (MPI session, one error line, the whole job ended on failure).
+// runs under mpirun (MPI session, one error line, the whole job ended on failure), which the
+// tests' MPI workers use too.
 #pragma once
 
 #include <fmt/format.h>
@@ -33,8 +34,9 @@ inline std::vector<bf16> rand_bf16(int64_t n, uint32_t seed, float scale) {
   return v;
 }
 
-// main() of an MPI driver: `run(argc, argv)` with MPI up; any error prints one line naming the
-// driver and ends every rank.
+// main() of an MPI driver (the benchmarks and the tests' MPI workers): `run(argc, argv)` with MPI
+// up, its result the exit code; any error prints one line naming the driver and ends every rank
+// with exit code 1.
 template <class Run>
 int mpi_main(int argc, char** argv, const char* name, Run run) {
   parallel::MpiSession mpi(&argc, &argv);

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "kernels/backend.h"
 #include "kernels/common/check.h"
 #include "parallel/communicator.h"
@@ -43,7 +44,7 @@ std::string arg(int argc, char** argv, const std::string& key) {
             key);
 }
 
-void run(int argc, char** argv) {
+int run(int argc, char** argv) {
   using namespace moe;
   const std::string fixture = arg(argc, argv, "--fixture");
   const std::string out = arg(argc, argv, "--out");
@@ -102,17 +103,11 @@ void run(int argc, char** argv) {
   model.reset();
   comm->barrier();
   comm->shutdown();
+  return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  moe::parallel::MpiSession mpi(&argc, &argv);
-  moe::set_error_rank(mpi.world_rank());
-  try {
-    run(argc, argv);
-  } catch (const moe::Error& e) {
-    moe::parallel::MpiSession::abort_job(fmt::format("bf16 model worker: error: {}", e.what()), 3);
-  }
-  return 0;
+  return moe::bench::mpi_main(argc, argv, "bf16 model worker", run);
 }

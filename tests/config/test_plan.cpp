@@ -7,6 +7,7 @@
 #include "config_test_util.h"
 #include "runtime/analysis/plan.h"
 #include "runtime/io/config.h"
+#include "tests/common/tiny_model.h"
 
 namespace moe::runtime {
 namespace {
@@ -25,21 +26,17 @@ ModelConfig qwen_yaml() {
 // Small model counted by hand below: 3 layers, layer 1 dense (mlp_only_layers), layers 0 and 2
 // MoE with 4 experts of width 3, top-2.
 ModelConfig small_model() {
-  ModelConfig c;
-  c.name = "small";
-  c.vocab_size = 10;
-  c.hidden_size = 4;
-  c.num_hidden_layers = 3;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 1;
-  c.head_dim = 2;
-  c.intermediate_size = 6;
-  c.moe_intermediate_size = 3;
-  c.num_experts = 4;
-  c.num_experts_per_tok = 2;
-  c.mlp_only_layers = {1};
-  c.validate();
-  return c;
+  return test::tiny_model("small", {.vocab = 10,
+                                    .hidden = 4,
+                                    .layers = 3,
+                                    .heads = 2,
+                                    .kv_heads = 1,
+                                    .head_dim = 2,
+                                    .intermediate = 6,
+                                    .moe_intermediate = 3,
+                                    .experts = 4,
+                                    .top_k = 2,
+                                    .dense_layers = {1}});
 }
 // embedding 10*4 = 40, lm_head 40, final norm 4
 // attention per layer: q 4*4 + k 2*4 + v 2*4 + o 4*4 + q_norm 2 + k_norm 2 = 52; x3 = 156

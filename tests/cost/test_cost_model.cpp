@@ -10,6 +10,7 @@
 #include "kernels/common/check.h"
 #include "runtime/analysis/cost_model.h"
 #include "runtime/analysis/hardware.h"
+#include "tests/common/tiny_model.h"
 
 namespace moe::runtime {
 namespace {
@@ -84,18 +85,16 @@ TEST(CostModel, ExchangeIntraAndInterNode) {
 }
 
 ModelConfig two_expert_model() {
-  ModelConfig c;
-  c.name = "two";
-  c.vocab_size = 16;
-  c.hidden_size = 8;
-  c.num_hidden_layers = 1;
-  c.num_attention_heads = 2;
-  c.num_key_value_heads = 1;
-  c.head_dim = 4;
-  c.intermediate_size = 16;
-  c.moe_intermediate_size = 4;
-  c.num_experts = 2;
-  c.num_experts_per_tok = 2;  // every token uses both experts
+  ModelConfig c = test::tiny_model("two", {.vocab = 16,
+                                           .hidden = 8,
+                                           .layers = 1,
+                                           .heads = 2,
+                                           .kv_heads = 1,
+                                           .head_dim = 4,
+                                           .intermediate = 16,
+                                           .moe_intermediate = 4,
+                                           .experts = 2,
+                                           .top_k = 2});  // every token uses both experts
   c.norm_topk_prob = true;
   c.max_position_embeddings = 64;
   c.validate();

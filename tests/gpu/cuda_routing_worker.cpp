@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "kernels/backend.h"
 #include "kernels/common/check.h"
 #include "parallel/communicator.h"
@@ -197,12 +198,5 @@ int run(int argc, char** argv) {
 }  // namespace moe::test
 
 int main(int argc, char** argv) {
-  moe::parallel::MpiSession mpi(&argc, &argv);
-  moe::set_error_rank(mpi.world_rank());
-  try {
-    return moe::test::run(argc, argv);
-  } catch (const std::exception& e) {
-    moe::parallel::MpiSession::abort_job(fmt::format("cuda_routing_worker: error: {}", e.what()),
-                                         1);
-  }
+  return moe::bench::mpi_main(argc, argv, "cuda_routing_worker", moe::test::run);
 }

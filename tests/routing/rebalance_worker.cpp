@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "bench/bench_util.h"
 #include "kernels/backend.h"
 #include "kernels/common/check.h"
 #include "parallel/communicator.h"
@@ -82,13 +83,9 @@ void run(const std::string& model_yaml, const std::string& out) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  moe::parallel::MpiSession mpi(&argc, &argv);
-  moe::set_error_rank(mpi.world_rank());
-  try {
-    MOE_CHECK_AS("test", argc == 3, "usage: rebalance_worker MODEL.yaml OUT_DIR");
-    run(argv[1], argv[2]);
-  } catch (const moe::Error& e) {
-    moe::parallel::MpiSession::abort_job(fmt::format("rebalance worker: error: {}", e.what()), 3);
-  }
-  return 0;
+  return moe::bench::mpi_main(argc, argv, "rebalance worker", [](int n, char** args) {
+    MOE_CHECK_AS("test", n == 3, "usage: rebalance_worker MODEL.yaml OUT_DIR");
+    run(args[1], args[2]);
+    return 0;
+  });
 }
