@@ -9,8 +9,9 @@
 //    tensor cores, fp32 accumulation. Rounding: q is rounded to bf16 (nearest even) when the tile
 //    is loaded, for the QK^T mma; P = exp(s - m) is rounded to bf16 for the PV mma and l sums the
 //    same rounded values; K and V are the bf16 cache itself; every sum is fp32.
-//    Shared memory (bf16 bits): q_s [64][128 + 8], k_s [64][128 + 8], vt_s [128][64 + 8] (V
-//    transposed, so the PV B fragments are 32-bit loads); 53,248 bytes (opt-in above 48 KiB).
+//    Shared memory (bf16 bits): q_s, k_s and v_s, each [64][128 + 8] (16 bytes of pad per row
+//    make the fragment loads bank-conflict free); 52,224 bytes (opt-in above 48 KiB). The PV B
+//    fragment pairs two keys of one dim, so it is built from two 16-bit loads of v_s.
 //
 // 2. Resident (graph-safe) decode: seqs in device memory; grid (num_rows, kv heads x head
 //    blocks, fixed key splits); a block looks its row up in seqs, exits when its split holds none
@@ -32,16 +33,14 @@ constexpr unsigned kFullMask = 0xffffffffu;
 
 // ---------------------------------------------------------------- tensor-core prefill
 constexpr int kTcD = kTcHeadDim;
-constexpr int kTcStride = kTcD + kTcSmemPad;          // q_s / k_s row stride (bf16)
-constexpr int kTcVtStride = kTcKeyTile + kTcSmemPad;  // vt_s row stride (bf16)
-constexpr int kTcKSteps = kTcD / 16;                  // k steps of QK^T
-constexpr int kTcKeyN = kTcKeyTile / 8;               // n tiles of S
-constexpr int kTcDimN = kTcD / 8;                     // n tiles of O
+constexpr int kTcStride = kTcD + kTcSmemPad;  // q_s / k_s / v_s row stride (bf16)
+constexpr int kTcKSteps = kTcD / 16;          // k steps of QK^T
+constexpr int kTcKeyN = kTcKeyTile / 8;       // n tiles of S
+constexpr int kTcDimN = kTcD / 8;             // n tiles of O
 constexpr size_t kTcSmemBytes =
-    sizeof(uint16_t) *
-    (2 * static_cast<size_t>(kTcBlockRows) * kTcStride + static_cast<size_t>(kTcD) * kTcVtStride);
-static_assert(kTcBlockRows == kTcKeyTile, "q_s and k_s share one row count");
-static_assert((kTcStride * 2) % 16 == 0 && (kTcVtStride * 2) % 4 == 0, "aligned smem rows");
+    sizeof(uint16_t) * (static_cast<size_t>(kTcBlockRows) + 2 * static_cast<size_t>(kTcKeyTile)) *
+    kTcStride;
+static_assert((kTcStride * 2) % 16 == 0, "16-byte aligned smem rows");
 
 __device__ __forceinline__ void mma_bf16_16816(float c[4], const uint32_t a[4],
                                                const uint32_t b[2]) {
@@ -75,7 +74,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   extern __shared__ __align__(16) uint16_t tc_smem[];
   uint16_t* q_s = tc_smem;
   uint16_t* k_s = q_s + kTcBlockRows * kTcStride;
-  uint16_t* vt_s = k_s + kTcKeyTile * kTcStride;
+  uint16_t* v_s = k_s + kTcKeyTile * kTcStride;
   const AttentionTcItem it = items[blockIdx.x];
   const int G = H / KV;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -139,9 +138,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
         vv = *reinterpret_cast<const uint4*>(v_base + off);
       }
       *reinterpret_cast<uint4*>(k_s + j * kTcStride + c) = kv;
-      const uint16_t* ve = reinterpret_cast<const uint16_t*>(&vv);
-#pragma unroll
-      for (int e = 0; e < 8; ++e) vt_s[(c + e) * kTcVtStride + j] = ve[e];
+      *reinterpret_cast<uint4*>(v_s + j * kTcStride + c) = vv;
     }
     __syncthreads();
     if (kb > warp_last_pos) continue;  // warp-uniform: every key of the tile is in the future
@@ -213,10 +210,12 @@ __global__ void __launch_bounds__(kTcWarps * 32)
 #pragma unroll
       for (int n = 0; n < kTcDimN; ++n) {
         uint32_t b[2];
+        const int dim = 8 * n + mma_b_n(lane);
 #pragma unroll
         for (int reg = 0; reg < 2; ++reg) {
-          b[reg] =
-              lds32(vt_s + (8 * n + mma_b_n(lane)) * kTcVtStride + 16 * kk + mma_b_k(lane, reg, 0));
+          const uint32_t lo = v_s[(16 * kk + mma_b_k(lane, reg, 0)) * kTcStride + dim];
+          const uint32_t hi = v_s[(16 * kk + mma_b_k(lane, reg, 1)) * kTcStride + dim];
+          b[reg] = lo | (hi << 16);
         }
         mma_bf16_16816(acc[n], a, b);
       }

@@ -10,7 +10,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <limits>
 #include <random>
 #include <vector>
@@ -152,6 +154,38 @@ TEST_F(CudaAttentionTest, TensorCoreOtherGroupSizesMatchCpu) {
   // G = 1 (no GQA) and G = 3: the tile's rows straddle tokens differently.
   run_prefill({{{0, 100, 17, 0}, {100, 65, 0, 1}}, {4, 4, 128}, 2, 200}, 53);
   run_prefill({{{0, 150, 3, 1}, {150, 70, 30, 0}}, {12, 4, 128}, 2, 200}, 54);
+}
+
+// Not a check: the time of one 4096-token Qwen3-30B-A3B prefill layer (tensor cores), printed for
+// the record (a FlashAttention-2 class kernel needs ~1 ms on an H100/H200).
+TEST_F(CudaAttentionTest, PrefillTimeOfA4kPromptIsPrinted) {
+  const int64_t T = 4096, H = kQwen.num_heads, W = kQwen.num_kv_heads * kQwen.head_dim;
+  const AttentionSeq seq{0, T, 0, 0};
+  Buffer<float> d_q(*gpu_, T * H * kQwen.head_dim), d_k(*gpu_, T * W), d_v(*gpu_, T * W);
+  Buffer<float> d_out(*gpu_, T * H * kQwen.head_dim);
+  Buffer<bf16> d_ck(*gpu_, T * W), d_cv(*gpu_, T * W);
+  cuda().fill_random_f32(d_q.data(), static_cast<int64_t>(d_q.size()), 1, 1.0f);
+  cuda().fill_random_f32(d_k.data(), static_cast<int64_t>(d_k.size()), 2, 1.0f);
+  cuda().fill_random_f32(d_v.data(), static_cast<int64_t>(d_v.size()), 3, 1.0f);
+  const KvCacheView cache{d_ck.data(), d_cv.data(), 1, T, KvDtype::kBF16};
+  for (int i = 0; i < 2; ++i) {  // warm-up (plan, smem opt-in)
+    gpu_->attention(d_q.data(), d_k.data(), d_v.data(), &seq, 1, kQwen, cache, d_out.data());
+  }
+  gpu_->synchronize();
+  const int reps = 10;
+  const auto t0 = std::chrono::steady_clock::now();
+  for (int i = 0; i < reps; ++i) {
+    gpu_->attention(d_q.data(), d_k.data(), d_v.data(), &seq, 1, kQwen, cache, d_out.data());
+  }
+  gpu_->synchronize();
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() /
+      reps;
+  const double tflops = 4.0 * T * (T + 1) / 2.0 * kQwen.head_dim * H / (ms * 1e-3) / 1e12;
+  std::printf("attention prefill, 4096 tokens, 32/4 heads x 128: %.3f ms/layer (%.1f TFLOP/s)\n",
+              ms, tflops);
+  const auto out = from_gpu(d_out);
+  for (size_t i = 0; i < out.size(); i += 997) ASSERT_TRUE(std::isfinite(out[i])) << i;
 }
 
 // attention_resident on the GPU against attention() on the GPU for the same batch (both fp32

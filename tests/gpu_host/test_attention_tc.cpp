@@ -277,7 +277,7 @@ void emulate_tc_item(const AttentionTcItem& it, const Case& c, const std::vector
   const int G = H / KV;
   const int64_t W = int64_t{KV} * kD;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(kD)));
-  std::vector<uint16_t> q_s(kTcBlockRows * kD), k_s(kTcKeyTile * kD), vt_s(kD * kTcKeyTile);
+  std::vector<uint16_t> q_s(kTcBlockRows * kD), k_s(kTcKeyTile * kD), v_s(kTcKeyTile * kD);
   for (int r = 0; r < kTcBlockRows; ++r) {
     const TcRow row = tc_row(it, r, G);
     for (int d = 0; d < kD; ++d) {
@@ -325,7 +325,7 @@ void emulate_tc_item(const AttentionTcItem& it, const Case& c, const std::vector
             vx = cv[at].bits;
           }
           k_s[j * kD + d] = kx;
-          vt_s[d * kTcKeyTile + j] = vx;
+          v_s[j * kD + d] = vx;
         }
       }
       if (kb > warp_last_pos) continue;
@@ -404,9 +404,11 @@ void emulate_tc_item(const AttentionTcItem& it, const Case& c, const std::vector
         for (int n = 0; n < kD / 8; ++n) {
           LaneB b;
           for (int lane = 0; lane < 32; ++lane) {
+            const int dim = 8 * n + mma_b_n(lane);
             for (int reg = 0; reg < 2; ++reg) {
-              b[lane][reg] = lds32(
-                  vt_s, (8 * n + mma_b_n(lane)) * kTcKeyTile + 16 * kk + mma_b_k(lane, reg, 0));
+              const uint32_t lo = v_s[(16 * kk + mma_b_k(lane, reg, 0)) * kD + dim];
+              const uint32_t hi = v_s[(16 * kk + mma_b_k(lane, reg, 1)) * kD + dim];
+              b[lane][reg] = lo | (hi << 16);
             }
           }
           mma_emulate(acc[n], a, b);
