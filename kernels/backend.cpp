@@ -51,6 +51,45 @@ void Backend::attention_resident(const float* q, const float* k, const float* v,
   attention(q, k, v, seqs, num_seqs, shape, cache, out);
 }
 
+void Backend::rmsnorm_rounded(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps,
+                              float* y, bf16* y_bf16) {
+  rmsnorm(x, w, rows, dim, eps, y);
+  if (y_bf16 == nullptr) return;
+  MOE_CHECK(is_host_memory(), "backend {} asks for bf16 activations but rounds none", name());
+  for (int64_t i = 0; i < rows * dim; ++i) y_bf16[i] = float_to_bf16(y[i]);
+}
+
+void Backend::linear_rounded(const float* x, const bf16* /*x_bf16*/, const bf16* w, int64_t rows,
+                             int64_t in, int64_t out, float* y) {
+  linear(x, w, rows, in, out, y);
+}
+
+void Backend::qkv_projection(const float* x, const bf16* /*x_bf16*/, const bf16* w_qkv,
+                             int64_t rows, int64_t hidden, int64_t q_width, int64_t kv_width,
+                             float* q, float* k, float* v) {
+  linear(x, w_qkv, rows, hidden, q_width, q);
+  linear(x, w_qkv + q_width * hidden, rows, hidden, kv_width, k);
+  linear(x, w_qkv + (q_width + kv_width) * hidden, rows, hidden, kv_width, v);
+}
+
+void Backend::qk_norm_rope(float* q, float* k, const bf16* q_norm_w, const bf16* k_norm_w,
+                           const int32_t* positions, int64_t rows, int64_t heads, int64_t kv_heads,
+                           int64_t head_dim, float eps, double theta) {
+  MOE_CHECK(is_host_memory(),
+            "backend {} keeps positions in device memory but does not implement qk_norm_rope",
+            name());
+  rmsnorm(q, q_norm_w, rows * heads, head_dim, eps, q);
+  rmsnorm(k, k_norm_w, rows * kv_heads, head_dim, eps, k);
+  rope(q, positions, rows, heads, head_dim, theta);
+  rope(k, positions, rows, kv_heads, head_dim, theta);
+}
+
+void Backend::add_rmsnorm(float* x, const float* delta, const bf16* w, int64_t rows, int64_t dim,
+                          float eps, float* y, bf16* y_bf16) {
+  add_inplace(x, delta, rows * dim);
+  rmsnorm_rounded(x, w, rows, dim, eps, y, y_bf16);
+}
+
 std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
   if (options.name == "cpu") {
     return make_cpu_backend(options.compute_dtype.value_or(ComputeDtype::kF32));

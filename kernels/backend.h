@@ -97,6 +97,39 @@ class Backend {
                                 const float* weights, const int64_t* offsets, int64_t n,
                                 float* dst) = 0;
 
+  // ---- Fused ops of the attention block. Each default composes the ops above in the order the
+  // model called them before these existed, so a backend that keeps the defaults (cpu) computes
+  // the same bits as before; the CUDA backend runs each as fewer kernels.
+
+  // True when the backend reads bf16 copies of GEMM inputs written by their producer (the
+  // y_bf16 / x_bf16 arguments below) instead of rounding the fp32 input itself. The model
+  // allocates those copies only then and passes nullptr otherwise.
+  virtual bool takes_bf16_activations() const { return false; }
+  // rmsnorm(); y_bf16 (nullable, [rows, dim] backend memory) also receives bf16(y).
+  virtual void rmsnorm_rounded(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps,
+                               float* y, bf16* y_bf16);
+  // linear(); x_bf16 (nullable) holds bf16(x) as a producer wrote it: a backend whose GEMMs round
+  // x to bf16 (rounding.h kLinearInput) reads it instead of rounding x again, same values.
+  virtual void linear_rounded(const float* x, const bf16* x_bf16, const bf16* w, int64_t rows,
+                              int64_t in, int64_t out, float* y);
+  // The q, k and v projections with the three weights stacked in one matrix w_qkv
+  // [q_width + 2 * kv_width, hidden] (q rows, then k rows, then v rows): q [rows, q_width], k and
+  // v [rows, kv_width]. x_bf16 as in linear_rounded. Default: linear() on each block of rows.
+  virtual void qkv_projection(const float* x, const bf16* x_bf16, const bf16* w_qkv, int64_t rows,
+                              int64_t hidden, int64_t q_width, int64_t kv_width, float* q, float* k,
+                              float* v);
+  // In place on q [rows, heads, head_dim] and k [rows, kv_heads, head_dim]: per-head RMSNorm
+  // (weights q_norm_w / k_norm_w [head_dim]), then rotate-half RoPE at positions [rows], which are
+  // in BACKEND memory (the model uploads them once per step). Default: rmsnorm(q), rmsnorm(k),
+  // rope(q), rope(k), which reads positions on the host (host-memory backends only).
+  virtual void qk_norm_rope(float* q, float* k, const bf16* q_norm_w, const bf16* k_norm_w,
+                            const int32_t* positions, int64_t rows, int64_t heads, int64_t kv_heads,
+                            int64_t head_dim, float eps, double theta);
+  // x [rows, dim] += delta, then y = rmsnorm(x) (y_bf16 as in rmsnorm_rounded).
+  // Default: add_inplace, then rmsnorm_rounded.
+  virtual void add_rmsnorm(float* x, const float* delta, const bf16* w, int64_t rows, int64_t dim,
+                           float eps, float* y, bf16* y_bf16);
+
  protected:
   void note_alloc(size_t size_bytes) {
     allocated_bytes_ += size_bytes;

@@ -114,4 +114,38 @@ cudaError_t launch_fill_random_bf16(bf16* dst, int64_t n, uint64_t seed, float s
 cudaError_t launch_fill_random_f32(float* dst, int64_t n, uint64_t seed, float scale,
                                    cudaStream_t stream);
 
+// ---- Fused kernels (fused.cu, expert_small.cu; per-thread math in fused_math.h) ----
+
+// Row RMSNorm, one block per row: with delta == nullptr, y = rmsnorm(x_in); else x_io += delta
+// first and y = rmsnorm(x_io) (x_in unused). y_bf16 (nullable) also receives bf16(y). x and y
+// may alias.
+cudaError_t launch_norm_rows(float* x_io, const float* x_in, const float* delta, const bf16* w,
+                             int64_t rows, int64_t dim, float eps, float* y, bf16* y_bf16,
+                             cudaStream_t stream);
+// In place: per-head RMSNorm of q [rows, heads, head_dim] and k [rows, kv_heads, head_dim], then
+// rotate-half RoPE at positions[rows] with inv_freq [head_dim / 2] (both device memory).
+// Needs qk_fused_head_dim_ok(head_dim) (else cudaErrorInvalidValue, nothing launched).
+cudaError_t launch_qk_norm_rope(float* q, float* k, const bf16* q_norm_w, const bf16* k_norm_w,
+                                const int32_t* positions, const float* inv_freq, int64_t rows,
+                                int64_t heads, int64_t kv_heads, int64_t head_dim, float eps,
+                                cudaStream_t stream);
+// qkv [rows, q_width + 2 kv_width] -> q [rows, q_width], k and v [rows, kv_width].
+cudaError_t launch_split_qkv(const float* qkv, int64_t rows, int64_t q_width, int64_t kv_width,
+                             float* q, float* k, float* v, cudaStream_t stream);
+// Small-batch expert SwiGLU over a device-resident grouping (ResidentExpertBatch): pairs
+// [slot_begin[s], slot_begin[s + 1]) use slot_weights[s] (device table); act [max_pairs, inter]
+// is bf16 scratch; out [max_pairs, hidden] rows of the pairs present. max_active_slots bounds the
+// slots with rows (grid rows). Needs expert_small_shape_ok, 16-byte aligned x, act and weights,
+// and 1 <= rows_per_pass <= kExpertRowsPerPass.
+cudaError_t launch_expert_swiglu_small(const float* x, int64_t hidden, int64_t inter,
+                                       const int32_t* row_index, const int32_t* slot_begin,
+                                       const ExpertWeights* slot_weights, int64_t num_slots,
+                                       int64_t max_active_slots, int rows_per_pass, bf16* act,
+                                       float* out, cudaStream_t stream);
+// dst [n, width] bf16 row j = bf16(x[row_index[pair[j]]]); pair[j] < 0 gives a zero row (the
+// grouped GEMM's gather when row_index lives on the device).
+cudaError_t launch_gather_pairs_to_bf16(const float* x, int64_t width, const int32_t* pair,
+                                        const int32_t* row_index, int64_t n, bf16* dst,
+                                        cudaStream_t stream);
+
 }  // namespace moe::kernels::cuda

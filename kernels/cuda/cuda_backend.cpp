@@ -26,6 +26,7 @@
 #include "kernels/cuda/attention_tc_plan.h"
 #include "kernels/cuda/cuda_raii.h"
 #include "kernels/cuda/event_phase_timer.h"
+#include "kernels/cuda/fused_math.h"
 #include "kernels/cuda/grouped_gemm_plan.h"
 #include "kernels/cuda/staging.h"
 
@@ -104,7 +105,9 @@ class CudaBackendImpl final : public CudaBackend {
     return total_bytes;
   }
   size_t internal_bytes() const override {
-    return meta_.size_bytes() + scratch_.size_bytes() + resident_scratch_.size_bytes();
+    size_t bytes = meta_.size_bytes() + scratch_.size_bytes() + resident_scratch_.size_bytes();
+    for (const InvFreq& f : inv_freq_) bytes += f.buf.size_bytes();
+    return bytes;
   }
 
   // ---- memory ----
@@ -191,21 +194,12 @@ class CudaBackendImpl final : public CudaBackend {
     if (rows <= 0 || heads <= 0) return;
     MOE_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope: head_dim must be even and positive, got {}",
               head_dim);
-    // inv_freq in fp32 exactly as HF (and the CPU backend) computes it.
-    const int64_t half = head_dim / 2;
-    inv_freq_.resize(static_cast<size_t>(half));
-    const float base = static_cast<float>(theta);
-    for (int64_t i = 0; i < half; ++i) {
-      const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
-      inv_freq_[i] = 1.0f / std::pow(base, exponent);
-    }
+    const float* inv = inv_freq(theta, head_dim);
     StagingLayout layout;
     const size_t pos_at = layout.add_array(positions, rows);
-    const size_t inv_at = layout.add_array(inv_freq_.data(), half);
     unsigned char* meta = stage(layout);
-    MOE_CUDA_CHECK(cuda::launch_rope(x, reinterpret_cast<const int32_t*>(meta + pos_at),
-                                     reinterpret_cast<const float*>(meta + inv_at), rows, heads,
-                                     head_dim, stream_.get()));
+    MOE_CUDA_CHECK(cuda::launch_rope(x, reinterpret_cast<const int32_t*>(meta + pos_at), inv, rows,
+                                     heads, head_dim, stream_.get()));
     op_done("rope");
   }
 
@@ -353,6 +347,78 @@ class CudaBackendImpl final : public CudaBackend {
                   rounding::kGroupedSwiglu.activation && rounding::kGroupedSwiglu.output);
     const cuda::GroupedSwigluPlan plan =
         cuda::plan_grouped_swiglu(groups, num_groups, row_index, hidden, inter);
+    run_grouped(plan, x, nullptr, out);
+    op_done("grouped_expert_swiglu");
+  }
+
+  // Small-batch kernels (expert_small.cu) when every slot has few rows or the counts are only on
+  // the device; else the grouped cuBLAS path with the gather reading row_index on the device.
+  void expert_swiglu_resident(const float* x, int64_t hidden, int64_t inter,
+                              const ResidentExpertBatch& batch, float* out) override {
+    static_assert(rounding::kGroupedSwiglu.input && rounding::kGroupedSwiglu.gate_up &&
+                  rounding::kGroupedSwiglu.activation && rounding::kGroupedSwiglu.output);
+    if (batch.num_slots <= 0 || batch.max_pairs <= 0) return;
+    MOE_CHECK(
+        batch.row_index != nullptr && batch.slot_begin != nullptr && batch.slot_weights != nullptr,
+        "expert_swiglu_resident: row_index, slot_begin and slot_weights must be set");
+    const bool small_ok = cuda::expert_small_shape_ok(hidden, inter) &&
+                          reinterpret_cast<uintptr_t>(x) % 16 == 0 && batch.max_pairs < INT_MAX;
+    const int32_t* host_begin = batch.host_slot_begin;
+    if (host_begin == nullptr && !small_ok) {  // only the grouped GEMM fits: fetch the counts
+      resident_begin_.resize(static_cast<size_t>(batch.num_slots + 1));
+      download(resident_begin_.data(), batch.slot_begin, resident_begin_.size() * sizeof(int32_t));
+      host_begin = resident_begin_.data();
+    }
+    int64_t max_rows = 0, active = 0;
+    if (host_begin != nullptr) {
+      for (int64_t s = 0; s < batch.num_slots; ++s) {
+        const int64_t count = host_begin[s + 1] - host_begin[s];
+        MOE_CHECK(host_begin[s] >= 0 && count >= 0 && host_begin[s + 1] <= batch.max_pairs,
+                  "expert_swiglu_resident: slot {} covers pairs [{}, {}) of {}", s, host_begin[s],
+                  host_begin[s + 1], batch.max_pairs);
+        max_rows = std::max(max_rows, count);
+        active += count > 0 ? 1 : 0;
+      }
+      if (active == 0) return;
+    }
+    if (small_ok && (host_begin == nullptr || max_rows <= cuda::kExpertSmallMaxRows)) {
+      const int64_t grid_slots =
+          host_begin != nullptr ? active : std::min(batch.num_slots, batch.max_pairs);
+      MOE_CHECK(grid_slots <= 65535, "expert_swiglu_resident: {} slots > 65535", grid_slots);
+      const int rows_per_pass = cuda::expert_rows_per_pass(
+          hidden, inter, host_begin != nullptr ? max_rows : batch.max_pairs);
+      const int64_t pairs = host_begin != nullptr ? host_begin[batch.num_slots] : batch.max_pairs;
+      auto* act =
+          reinterpret_cast<bf16*>(scratch(static_cast<size_t>(pairs * inter) * sizeof(bf16)));
+      MOE_CUDA_CHECK(cuda::launch_expert_swiglu_small(
+          x, hidden, inter, batch.row_index, batch.slot_begin, batch.slot_weights, batch.num_slots,
+          grid_slots, rows_per_pass, act, out, stream_.get()));
+      op_done("expert_swiglu_resident");
+      return;
+    }
+    MOE_CHECK(batch.host_slot_weights != nullptr,
+              "expert_swiglu_resident: the grouped path needs host_slot_weights");
+    std::vector<ExpertGroup> groups;
+    for (int64_t s = 0; s < batch.num_slots; ++s) {
+      const int64_t begin = host_begin[s], count = host_begin[s + 1] - begin;
+      if (count > 0) groups.push_back({batch.host_slot_weights[s], begin, count});
+    }
+    // The plan's gather sources are pair indices (identity row index); the gather kernel maps
+    // them through the device row_index.
+    const int64_t pairs = host_begin[batch.num_slots];
+    pair_identity_.resize(static_cast<size_t>(pairs));
+    for (int64_t p = 0; p < pairs; ++p) pair_identity_[p] = static_cast<int32_t>(p);
+    const cuda::GroupedSwigluPlan plan = cuda::plan_grouped_swiglu(
+        groups.data(), static_cast<int64_t>(groups.size()), pair_identity_.data(), hidden, inter);
+    run_grouped(plan, x, batch.row_index, out);
+    op_done("expert_swiglu_resident");
+  }
+
+  // The grouped cuBLAS SwiGLU of a plan (grouped_gemm_plan.h). device_row_index == nullptr: the
+  // plan's gather sources are x rows; else they are pairs p, read as x[device_row_index[p]].
+  void run_grouped(const cuda::GroupedSwigluPlan& plan, const float* x,
+                   const int32_t* device_row_index, float* out) {
+    const int64_t hidden = plan.hidden;
     const int64_t G = plan.num_gemm_groups();
     if (G == 0) return;
     const int64_t Pc = plan.num_compact_rows;
@@ -381,9 +447,15 @@ class CudaBackendImpl final : public CudaBackend {
     const size_t scatter_at = layout.add_array(plan.scatter_dst.data(), Pc);
     unsigned char* meta = stage(layout);
 
-    MOE_CUDA_CHECK(cuda::launch_gather_rows_to_bf16(
-        x, hidden, reinterpret_cast<const int32_t*>(meta + gather_at), Pc,
-        static_cast<bf16*>(const_cast<void*>(sc.x)), stream_.get()));
+    if (device_row_index == nullptr) {
+      MOE_CUDA_CHECK(cuda::launch_gather_rows_to_bf16(
+          x, hidden, reinterpret_cast<const int32_t*>(meta + gather_at), Pc,
+          static_cast<bf16*>(const_cast<void*>(sc.x)), stream_.get()));
+    } else {
+      MOE_CUDA_CHECK(cuda::launch_gather_pairs_to_bf16(
+          x, hidden, reinterpret_cast<const int32_t*>(meta + gather_at), device_row_index, Pc,
+          static_cast<bf16*>(const_cast<void*>(sc.x)), stream_.get()));
+    }
     grouped_gemm(args[0], meta + ptr_at[0][0], meta + ptr_at[0][1], meta + ptr_at[0][2]);
     grouped_gemm(args[1], meta + ptr_at[1][0], meta + ptr_at[1][1], meta + ptr_at[1][2]);
     MOE_CUDA_CHECK(cuda::launch_silu_mul_bf16(static_cast<const bf16*>(sc.gate),
@@ -393,7 +465,6 @@ class CudaBackendImpl final : public CudaBackend {
     MOE_CUDA_CHECK(cuda::launch_scatter_rows_from_bf16(
         static_cast<const bf16*>(sc.down), hidden,
         reinterpret_cast<const int32_t*>(meta + scatter_at), Pc, out, stream_.get()));
-    op_done("grouped_expert_swiglu");
   }
 
   void add_inplace(float* x, const float* y, int64_t n) override {
@@ -439,6 +510,85 @@ class CudaBackendImpl final : public CudaBackend {
         src, width, reinterpret_cast<const int32_t*>(meta + idx_at), w_dev,
         reinterpret_cast<const int64_t*>(meta + off_at), n, dst, stream_.get()));
     op_done("weighted_row_sum");
+  }
+
+  // ---- fused ops of the attention block (fused.cu) ----
+  bool takes_bf16_activations() const override { return true; }
+
+  void rmsnorm_rounded(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps,
+                       float* y, bf16* y_bf16) override {
+    MOE_CUDA_CHECK(
+        cuda::launch_norm_rows(nullptr, x, nullptr, w, rows, dim, eps, y, y_bf16, stream_.get()));
+    op_done("rmsnorm_rounded");
+  }
+
+  void add_rmsnorm(float* x, const float* delta, const bf16* w, int64_t rows, int64_t dim,
+                   float eps, float* y, bf16* y_bf16) override {
+    MOE_CUDA_CHECK(
+        cuda::launch_norm_rows(x, x, delta, w, rows, dim, eps, y, y_bf16, stream_.get()));
+    op_done("add_rmsnorm");
+  }
+
+  void linear_rounded(const float* x, const bf16* x_bf16, const bf16* w, int64_t rows, int64_t in,
+                      int64_t out, float* y) override {
+    if (x_bf16 == nullptr) {
+      linear(x, w, rows, in, out, y);
+      return;
+    }
+    static_assert(rounding::kLinearInput && !rounding::kLinearOutput);  // x_bf16 = bf16(x)
+    if (rows <= 0 || out <= 0) return;
+    gemm_bf16(w, x_bf16, rows, in, out, y, CUDA_R_32F);
+    op_done("linear_rounded");
+  }
+
+  // One GEMM of the stacked weights into a [rows, q + 2 kv] scratch, then one kernel that splits
+  // it into q, k and v (each contiguous, as attention and the norms read them). Same bits as three
+  // linear() calls: every output element is the same dot product over the same bf16 operands.
+  void qkv_projection(const float* x, const bf16* x_bf16, const bf16* w_qkv, int64_t rows,
+                      int64_t hidden, int64_t q_width, int64_t kv_width, float* q, float* k,
+                      float* v) override {
+    static_assert(rounding::kLinearInput && !rounding::kLinearOutput);
+    if (rows <= 0) return;
+    const int64_t width = q_width + 2 * kv_width;
+    ScratchCarver carve;
+    const size_t xb_at =
+        x_bf16 == nullptr ? carve.add(static_cast<size_t>(rows * hidden) * sizeof(bf16)) : 0;
+    const size_t qkv_at = carve.add(static_cast<size_t>(rows * width) * sizeof(float));
+    unsigned char* s = scratch(carve.total());
+    const bf16* xb = x_bf16;
+    if (xb == nullptr) {
+      auto* conv = reinterpret_cast<bf16*>(s + xb_at);
+      MOE_CUDA_CHECK(cuda::launch_f32_to_bf16(x, rows * hidden, conv, stream_.get()));
+      xb = conv;
+    }
+    auto* qkv = reinterpret_cast<float*>(s + qkv_at);
+    gemm_bf16(w_qkv, xb, rows, hidden, width, qkv, CUDA_R_32F);
+    MOE_CUDA_CHECK(cuda::launch_split_qkv(qkv, rows, q_width, kv_width, q, k, v, stream_.get()));
+    op_done("qkv_projection");
+  }
+
+  // positions are device memory (the model uploads them once per step); inv_freq is cached per
+  // (theta, head_dim). One kernel for head dims the fused kernel takes, else the separate
+  // rmsnorm and rope kernels in the same order (norms, then ropes).
+  void qk_norm_rope(float* q, float* k, const bf16* q_norm_w, const bf16* k_norm_w,
+                    const int32_t* positions, int64_t rows, int64_t heads, int64_t kv_heads,
+                    int64_t head_dim, float eps, double theta) override {
+    if (rows <= 0) return;
+    MOE_CHECK(head_dim > 0 && head_dim % 2 == 0,
+              "qk_norm_rope: head_dim must be even and positive, got {}", head_dim);
+    const float* inv = inv_freq(theta, head_dim);
+    if (cuda::qk_fused_head_dim_ok(head_dim)) {
+      MOE_CUDA_CHECK(cuda::launch_qk_norm_rope(q, k, q_norm_w, k_norm_w, positions, inv, rows,
+                                               heads, kv_heads, head_dim, eps, stream_.get()));
+    } else {
+      MOE_CUDA_CHECK(
+          cuda::launch_rmsnorm(q, q_norm_w, rows * heads, head_dim, eps, q, stream_.get()));
+      MOE_CUDA_CHECK(
+          cuda::launch_rmsnorm(k, k_norm_w, rows * kv_heads, head_dim, eps, k, stream_.get()));
+      MOE_CUDA_CHECK(cuda::launch_rope(q, positions, inv, rows, heads, head_dim, stream_.get()));
+      MOE_CUDA_CHECK(cuda::launch_rope(k, positions, inv, rows, kv_heads, head_dim, stream_.get()));
+    }
+    op_done("qk_norm_rope");
   }
 
   // ---- CudaBackend extras ----
@@ -488,6 +638,26 @@ class CudaBackendImpl final : public CudaBackend {
     bool used = false;
   };
   static constexpr size_t kPinnedSlots = 4;
+
+  // Device inv_freq [head_dim / 2] for (theta, head_dim), computed once in fp32 exactly as HF
+  // (and the CPU backend's rope) computes it, and kept for the backend's life.
+  const float* inv_freq(double theta, int64_t head_dim) {
+    for (const InvFreq& f : inv_freq_) {
+      if (f.theta == theta && f.head_dim == head_dim) return static_cast<const float*>(f.buf.get());
+    }
+    const int64_t half = head_dim / 2;
+    std::vector<float> host(static_cast<size_t>(half));
+    const float base = static_cast<float>(theta);
+    for (int64_t i = 0; i < half; ++i) {
+      const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+      host[i] = 1.0f / std::pow(base, exponent);
+    }
+    InvFreq f{theta, head_dim, DeviceBytes(host.size() * sizeof(float))};
+    note_alloc(f.buf.size_bytes());
+    upload(f.buf.get(), host.data(), f.buf.size_bytes());
+    inv_freq_.push_back(std::move(f));
+    return static_cast<const float*>(inv_freq_.back().buf.get());
+  }
 
   // Grows `buf` to at least size_bytes (accounted in allocated_bytes()).
   void* ensure_device(DeviceBytes& buf, size_t size_bytes) {
@@ -606,7 +776,13 @@ class CudaBackendImpl final : public CudaBackend {
   DeviceBytes meta_;
   DeviceBytes scratch_;
   DeviceBytes resident_scratch_;  // attention_resident partials only (graph-captured pointers)
-  std::vector<float> inv_freq_;
+  struct InvFreq {
+    double theta = 0;
+    int64_t head_dim = 0;
+    DeviceBytes buf;
+  };
+  std::vector<InvFreq> inv_freq_;
+  std::vector<int32_t> resident_begin_, pair_identity_;
   std::vector<cublasOperation_t> trans_a_, trans_b_;
 
   bool plan_valid_ = false;

@@ -87,6 +87,27 @@ kernels::Buffer<bf16> Model::load(WeightSource& w, const std::string& name,
   return buf;
 }
 
+kernels::Buffer<bf16> Model::load_stacked(WeightSource& w,
+                                          const std::vector<std::pair<std::string, int64_t>>& parts,
+                                          int64_t cols) {
+  int64_t rows = 0;
+  for (const auto& part : parts) rows += part.second;
+  std::vector<bf16> host(static_cast<size_t>(rows * cols));
+  int64_t at = 0;
+  for (const auto& [name, part_rows] : parts) {
+    const std::vector<int64_t> shape = {part_rows, cols};
+    w.read(name, shape,
+           std::span<bf16>(host).subspan(static_cast<size_t>(at * cols),
+                                         static_cast<size_t>(part_rows * cols)));
+    at += part_rows;
+  }
+  kernels::Buffer<bf16> buf(backend_, host.size());
+  backend_.upload(buf.data(), host.data(), buf.size_bytes());
+  load_done_bytes_ += rows * cols * static_cast<int64_t>(sizeof(bf16));
+  if (progress_) progress_(load_done_bytes_, load_total_bytes_);
+  return buf;
+}
+
 Model::Model(const ModelConfig& config, const parallel::Placement& placement,
              parallel::Communicator& comm, kernels::Backend& backend, WeightSource& weights,
              int64_t max_seqs, int64_t max_len, const Progress& progress)
@@ -122,9 +143,11 @@ Model::Model(const ModelConfig& config, const parallel::Placement& placement,
     Layer& L = layers_[static_cast<size_t>(l)];
     L.input_norm = load(weights, layer_name(l, "input_layernorm.weight"), {s.hidden});
     L.post_norm = load(weights, layer_name(l, "post_attention_layernorm.weight"), {s.hidden});
-    L.q_proj = load(weights, layer_name(l, "self_attn.q_proj.weight"), {s.q_width, s.hidden});
-    L.k_proj = load(weights, layer_name(l, "self_attn.k_proj.weight"), {s.kv_width, s.hidden});
-    L.v_proj = load(weights, layer_name(l, "self_attn.v_proj.weight"), {s.kv_width, s.hidden});
+    L.qkv_proj = load_stacked(weights,
+                              {{layer_name(l, "self_attn.q_proj.weight"), s.q_width},
+                               {layer_name(l, "self_attn.k_proj.weight"), s.kv_width},
+                               {layer_name(l, "self_attn.v_proj.weight"), s.kv_width}},
+                              s.hidden);
     L.o_proj = load(weights, layer_name(l, "self_attn.o_proj.weight"), {s.hidden, s.q_width});
     L.q_norm = load(weights, layer_name(l, "self_attn.q_norm.weight"), {s.head_dim});
     L.k_norm = load(weights, layer_name(l, "self_attn.k_norm.weight"), {s.head_dim});
@@ -239,6 +262,16 @@ StepResult Model::step(const std::vector<SeqStep>& seqs, const std::vector<int64
   v_.ensure(backend_, rows * s.kv_width);
   attn_.ensure(backend_, rows * s.q_width);
   tmp_.ensure(backend_, rows * s.hidden);
+  // Positions go to backend memory once per step (every layer's qk_norm_rope reads them there).
+  positions_.ensure(backend_, rows);
+  if (T > 0)
+    backend_.upload(positions_.data(), positions.data(), positions.size() * sizeof(int32_t));
+  // bf16 copies of the normed activations, written by the norms for the GEMMs after them.
+  bf16* h_bf16 = nullptr;
+  if (backend_.takes_bf16_activations()) {
+    h_bf16_.ensure(backend_, rows * s.hidden);
+    h_bf16 = h_bf16_.data();
+  }
 
   StepResult result;
   result.loads.resize(static_cast<size_t>(s.num_layers));
@@ -258,25 +291,22 @@ StepResult Model::step(const std::vector<SeqStep>& seqs, const std::vector<int64
 
     // Attention block (data-parallel replica).
     if (T > 0) {
-      backend_.rmsnorm(x_.data(), L.input_norm.data(), T, s.hidden, config_.rms_norm_eps,
-                       h_.data());
-      backend_.linear(h_.data(), L.q_proj.data(), T, s.hidden, s.q_width, q_.data());
-      backend_.linear(h_.data(), L.k_proj.data(), T, s.hidden, s.kv_width, k_.data());
-      backend_.linear(h_.data(), L.v_proj.data(), T, s.hidden, s.kv_width, v_.data());
-      backend_.rmsnorm(q_.data(), L.q_norm.data(), T * s.num_heads, s.head_dim,
-                       config_.rms_norm_eps, q_.data());
-      backend_.rmsnorm(k_.data(), L.k_norm.data(), T * s.num_kv_heads, s.head_dim,
-                       config_.rms_norm_eps, k_.data());
-      backend_.rope(q_.data(), positions.data(), T, s.num_heads, s.head_dim, config_.rope_theta);
-      backend_.rope(k_.data(), positions.data(), T, s.num_kv_heads, s.head_dim, config_.rope_theta);
+      backend_.rmsnorm_rounded(x_.data(), L.input_norm.data(), T, s.hidden, config_.rms_norm_eps,
+                               h_.data(), h_bf16);
+      backend_.qkv_projection(h_.data(), h_bf16, L.qkv_proj.data(), T, s.hidden, s.q_width,
+                              s.kv_width, q_.data(), k_.data(), v_.data());
+      backend_.qk_norm_rope(q_.data(), k_.data(), L.q_norm.data(), L.k_norm.data(),
+                            positions_.data(), T, s.num_heads, s.num_kv_heads, s.head_dim,
+                            config_.rms_norm_eps, config_.rope_theta);
       kernels::KvCacheView cache{L.k_cache.data(), L.v_cache.data(), max_seqs_, max_len_,
                                  kv_dtype_};
       backend_.attention(q_.data(), k_.data(), v_.data(), attn_seqs.data(),
                          static_cast<int64_t>(attn_seqs.size()),
                          {s.num_heads, s.num_kv_heads, s.head_dim}, cache, attn_.data());
       backend_.linear(attn_.data(), L.o_proj.data(), T, s.q_width, s.hidden, tmp_.data());
-      backend_.add_inplace(x_.data(), tmp_.data(), T * s.hidden);
-      backend_.rmsnorm(x_.data(), L.post_norm.data(), T, s.hidden, config_.rms_norm_eps, h_.data());
+      // h_bf16 = bf16(h_) here too, for the GEMM after it (router or dense MLP).
+      backend_.add_rmsnorm(x_.data(), tmp_.data(), L.post_norm.data(), T, s.hidden,
+                           config_.rms_norm_eps, h_.data(), h_bf16);
       last_step_flops_ += projection_flops(config_, T);
       for (const auto& a : attn_seqs) {
         last_step_flops_ += attention_score_flops(config_, a.num_new, a.past_len);

@@ -142,9 +142,10 @@ class Model {
   };
   struct Layer {
     bool is_moe = false;
-    kernels::Buffer<bf16> input_norm, post_norm;      // [H]
-    kernels::Buffer<bf16> q_proj;                     // [q_width, H]
-    kernels::Buffer<bf16> k_proj, v_proj;             // [kv_width, H]
+    kernels::Buffer<bf16> input_norm, post_norm;  // [H]
+    // q_proj, k_proj, v_proj stacked: [q_width + 2 kv_width, H], q rows first, then k, then v
+    // (one GEMM on the GPU; the CPU multiplies the three blocks separately, as before).
+    kernels::Buffer<bf16> qkv_proj;
     kernels::Buffer<bf16> o_proj;                     // [H, q_width]
     kernels::Buffer<bf16> q_norm, k_norm;             // [head_dim]
     kernels::Buffer<bf16> router;                     // [E, H] (MoE)
@@ -155,6 +156,10 @@ class Model {
   };
 
   kernels::Buffer<bf16> load(WeightSource& w, const std::string& name, std::vector<int64_t> shape);
+  // Tensors [rows_i, cols] stacked by rows into one buffer, in the order given.
+  kernels::Buffer<bf16> load_stacked(WeightSource& w,
+                                     const std::vector<std::pair<std::string, int64_t>>& parts,
+                                     int64_t cols);
   void moe_block(int layer, const float* h, std::span<const TokenId> tokens, float* y,
                  parallel::LayerLoad& load);
   void mark(Phase p) { timer_->mark(static_cast<int>(p)); }
@@ -177,6 +182,8 @@ class Model {
   // Step scratch, grown on demand: [T, *].
   kernels::Buffer<float> x_, h_, q_, k_, v_, attn_, tmp_, router_logits_, expert_out_, sel_,
       logits_;
+  kernels::Buffer<int32_t> positions_;  // [T] the step's token positions, uploaded once per step
+  kernels::Buffer<bf16> h_bf16_;        // [T, H] bf16(h_) when backend takes_bf16_activations()
 
   PhaseTimes times_;
   std::unique_ptr<kernels::PhaseTimer> timer_;
