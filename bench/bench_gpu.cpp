@@ -136,12 +136,16 @@ class Bench {
     return v;
   }
 
-  CaseResult decode(int64_t batch) {
+  // graph: decode steps captured as a device graph and replayed (Model::set_graphs); without,
+  // the ordinary eager step (host-planned attention, metadata staged per op), side by side.
+  CaseResult decode(int64_t batch, bool graph) {
+    s_.model->set_graphs(graph);
     const std::vector<int64_t> seqs = my_sequences(batch);
     step(seqs, 0, o_.context);  // fills the KV cache (not timed)
-    step(seqs, o_.context, 1);  // warm-up decode step
+    step(seqs, o_.context, 1);  // warm-up decode step (a graph's first shape runs eagerly)
+    step(seqs, o_.context, 1);  // a graph is captured here (same position: the cache is rewritten)
     CaseResult r;
-    r.name = fmt::format("decode b={}", batch);
+    r.name = fmt::format("decode b={}{}", batch, graph ? " graph" : "");
     r.batch = batch;
     r.tokens_per_step = batch;
     r.steps = o_.decode_steps;
@@ -202,14 +206,18 @@ void print_table(const BenchOptions& o, const runtime::Session& s,
              s.config.name, s.backend->name(), s.size(), s.comm->name(), timing);
   fmt::print("HBM floor at {:.2f} TB/s, MFU against {:.0f} TFLOP/s dense bf16\n", o.hbm_tb_s,
              o.peak_tflops);
-  fmt::print("{:<16} {:>7} {:>10} {:>10} {:>10} {:>9} {:>8} |", "case", "tokens", "ms/step",
+  fmt::print(
+      "routing on the {}; \"graph\" rows replay a captured device graph (no phase times "
+      "inside a graph; the row above it is the eager step)\n",
+      s.model->routing_on_device() ? "device" : "host");
+  fmt::print("{:<18} {:>7} {:>10} {:>10} {:>10} {:>9} {:>8} |", "case", "tokens", "ms/step",
              "tok/s", "floor ms", "x floor", "MFU %");
   for (const char* n : kPhaseNames) fmt::print(" {:>9}", n);
   fmt::print("   (phase ms/step, rank 0)\n");
   for (const CaseResult& c : cases) {
     const double floor_ms = c.bytes_floor_per_step / (o.hbm_tb_s * 1e12) * 1e3;
     const double mfu = c.flops_per_step / c.step_s / (o.peak_tflops * 1e12) * 100.0;
-    fmt::print("{:<16} {:>7} {:>10.3f} {:>10.1f} {:>10} {:>9} {:>8.2f} |", c.name,
+    fmt::print("{:<18} {:>7} {:>10.3f} {:>10.1f} {:>10} {:>9} {:>8.2f} |", c.name,
                c.tokens_per_step, c.step_s * 1e3, c.tokens_per_step / c.step_s,
                c.bytes_floor_per_step > 0 ? fmt::format("{:.4g}", floor_ms) : "-",
                c.bytes_floor_per_step > 0 ? fmt::format("{:.2f}", c.step_s * 1e3 / floor_ms) : "-",
@@ -286,7 +294,12 @@ int run(int argc, char** argv) {
 
   Bench bench(o, *s);
   std::vector<CaseResult> cases;
-  for (int64_t b : o.batches) cases.push_back(bench.decode(b));
+  const bool graphs = s->model->graphs() && s->backend->supports_graphs();
+  for (int64_t b : o.batches) {
+    cases.push_back(bench.decode(b, false));
+    if (graphs) cases.push_back(bench.decode(b, true));
+  }
+  s->model->set_graphs(graphs);
   if (o.prefill_len > 0) cases.push_back(bench.prefill(o.prefill_len));
 
   const std::string timing = s->model->timing_method();

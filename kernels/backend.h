@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "kernels/common/bf16.h"
+#include "kernels/common/moe_layout.h"
 #include "kernels/phase_timer.h"
 #include "kernels/types.h"
 
@@ -83,6 +84,45 @@ class Backend {
   virtual void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
                                      const ExpertGroup* groups, int64_t num_groups,
                                      const int32_t* row_index, float* out) = 0;
+  // ---- Device graphs: the ops enqueued between begin_capture() and end_capture() are recorded
+  // (not run) into a graph that launch_graph() replays with the pointers and sizes it was
+  // captured with; only ops whose metadata is in backend memory may be captured (a host staging
+  // or a buffer that grows during capture throws). Backends without graphs: supports_graphs()
+  // is false and the other calls must not be made.
+  virtual bool supports_graphs() const { return false; }
+  // Changes whenever the backend's own scratch moves (graphs captured before read freed memory).
+  virtual int64_t memory_generation() const { return 0; }
+  virtual void begin_capture();
+  virtual int64_t end_capture();  // handle of the instantiated graph
+  virtual void abort_capture() noexcept {}
+  virtual void launch_graph(int64_t handle);
+  virtual void drop_graphs() noexcept {}
+  // embedding with ids in backend memory (checked against vocab by the caller).
+  virtual void embedding_resident(const bf16* table, int64_t vocab, int64_t hidden,
+                                  const int32_t* ids, int64_t n, float* out);
+
+  // ---- Routing on the device: every pointer below is in backend memory (device memory for
+  // cuda), so a MoE layer runs without the host reading the routing. The layout ops compute what
+  // kernels/common/moe_layout.h describes; host-memory backends run its emulation.
+  // router_topk into backend memory, no host copy; a row with non-finite logits gets ids -1,
+  // which the layout's error flag reports.
+  virtual void router_topk_resident(const float* logits, int64_t rows, int64_t experts, int64_t k,
+                                    bool renormalise, int32_t* ids, float* weights);
+  virtual void dispatch_layout_resident(const layout::SourceLayoutView& view);
+  virtual void group_by_slot_resident(const layout::SlotGroupingView& view);
+  // gather_rows with idx in backend memory.
+  virtual void gather_rows_resident(const float* src, int64_t width, const int32_t* idx, int64_t n,
+                                    float* dst);
+  // partial[own_last_row(r)] = partial_element(r) for the R = num_rows received rows (the own
+  // block [own_begin, own_begin + own_rows) lies last).
+  virtual void combine_partial_resident(const RouteEntry* routes, const int32_t* pair_of_entry,
+                                        const float* expert_out, int64_t width, int32_t top_k,
+                                        int32_t num_rows, int32_t own_begin, int32_t own_rows,
+                                        float* partial);
+  // x[t] = combine_residual_element(t) for t < num_tokens: combine and residual add in one pass.
+  virtual void combine_residual_resident(const layout::CombineSources& src,
+                                         const int32_t* token_offsets, const int32_t* token_rows,
+                                         int64_t width, int32_t num_tokens, float* x);
   // Grouped SwiGLU with the grouping in backend memory (see ResidentExpertBatch): out [P, hidden]
   // row p = SwiGLU of x[row_index[p]] with its slot's weights, P = slot_begin[num_slots]. Same
   // numerics as grouped_expert_swiglu. Host-memory backends: grouped_expert_swiglu itself.

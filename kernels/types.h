@@ -57,6 +57,30 @@ struct ExpertGroup {
   int64_t count = 0;
 };
 
+// One (destination row, top-k entry) of an expert-parallel exchange: the local slot on the
+// destination rank that computes it (-1: the entry's expert lives on another rank) and its router
+// weight. Travels with the hidden rows, k per row (parallel/dispatcher.h).
+struct RouteEntry {
+  int32_t local_slot = -1;
+  float weight = 0.0f;
+};
+
+// One MoE layer's placement as flat arrays in backend memory, for routing on the device. The
+// replicas of expert e are entries [replica_begin[e], replica_begin[e + 1]) of replica_rank /
+// replica_slot, in the order of parallel::LayerPlacement::expert_slots[e]; rank_num_slots[d] is
+// rank d's local slot count. `rank` is the source rank the table routes for (the replica split
+// staggers by it).
+struct RoutingTable {
+  int32_t num_experts = 0;
+  int32_t num_ranks = 0;
+  int32_t rank = 0;
+  int32_t max_local_slots = 0;              // max over ranks of rank_num_slots
+  const int32_t* replica_begin = nullptr;   // [num_experts + 1]
+  const int32_t* replica_rank = nullptr;    // [replica_begin[num_experts]]
+  const int32_t* replica_slot = nullptr;    // [replica_begin[num_experts]]
+  const int32_t* rank_num_slots = nullptr;  // [num_ranks]
+};
+
 // Expert groups of one MoE layer with the grouping in backend memory (device-resident routing:
 // computed by kernels, never copied to the host in decode). Pairs [slot_begin[s],
 // slot_begin[s + 1]) of row_index use local slot s's weights; out row p belongs to pair p.

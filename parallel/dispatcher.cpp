@@ -58,6 +58,31 @@ ExchangeStats& ExchangeStats::operator+=(const ExchangeStats& o) {
   return *this;
 }
 
+ExchangeStats exchange_stats(int rank, std::span<const int64_t> send_rows,
+                             std::span<const int64_t> send_pairs,
+                             std::span<const int64_t> recv_rows,
+                             std::span<const int64_t> recv_pairs, int64_t hidden, int top_k) {
+  // Dispatch sends rows + routes, combine returns one partial row per received row.
+  const int64_t row_bytes = hidden * static_cast<int64_t>(sizeof(float));
+  const int64_t routes_bytes = top_k * static_cast<int64_t>(sizeof(RouteEntry));
+  const int64_t sent_local = send_rows[rank];
+  const int64_t recv_local = recv_rows[rank];
+  const int64_t num_recv = sum(recv_rows);
+  ExchangeStats st;
+  st.rows_sent_remote = sum(send_rows) - sent_local;
+  st.rows_kept_local = sent_local;
+  st.pairs_remote = sum(send_pairs) - send_pairs[rank];
+  st.rows_received = num_recv;
+  st.pairs_received = sum(recv_pairs);
+  st.bytes_sent_remote =
+      st.rows_sent_remote * (row_bytes + routes_bytes) + (num_recv - recv_local) * row_bytes;
+  st.bytes_kept_local = sent_local * (row_bytes + routes_bytes) + recv_local * row_bytes;
+  st.bytes_remote_without_dedup =
+      st.pairs_remote * (row_bytes + static_cast<int64_t>(sizeof(RouteEntry))) +
+      (sum(recv_pairs) - recv_pairs[rank]) * row_bytes;
+  return st;
+}
+
 DispatchLayout build_dispatch_layout(const LayerPlacement& placement, int rank,
                                      std::span<const int32_t> topk_ids,
                                      std::span<const float> topk_weights, int64_t num_tokens,
@@ -190,28 +215,6 @@ Dispatcher::Dispatcher(Communicator& comm, kernels::Backend& backend, int64_t hi
                comm_.name(), backend_.name());
 }
 
-void Dispatcher::exchange_rows(const float* send, std::span<const int64_t> send_rows, float* recv,
-                               std::span<const int64_t> recv_rows) {
-  const int n = comm_.size();
-  send_elems_.resize(n);
-  recv_elems_.resize(n);
-  for (int r = 0; r < n; ++r) {
-    send_elems_[r] = send_rows[r] * hidden_;
-    recv_elems_[r] = recv_rows[r] * hidden_;
-  }
-  const size_t send_size = static_cast<size_t>(sum(send_rows) * hidden_);
-  const size_t recv_size = static_cast<size_t>(sum(recv_rows) * hidden_);
-  if (comm_.device_buffers() || backend_.is_host_memory()) {
-    comm_.all_to_all_v<float>({send, send_size}, send_elems_, {recv, recv_size}, recv_elems_);
-    return;
-  }
-  host_send_.resize(send_size);
-  host_recv_.resize(recv_size);
-  if (send_size > 0) backend_.download(host_send_.data(), send, send_size * sizeof(float));
-  comm_.all_to_all_v<float>(host_send_, send_elems_, host_recv_, recv_elems_);
-  if (recv_size > 0) backend_.upload(recv, host_recv_.data(), recv_size * sizeof(float));
-}
-
 void Dispatcher::exchange_routes(const std::vector<RouteEntry>& send,
                                  std::span<const int64_t> send_rows, std::vector<RouteEntry>& recv,
                                  std::span<const int64_t> recv_rows) {
@@ -287,41 +290,28 @@ DispatchResult Dispatcher::dispatch(const float* hidden, int64_t num_tokens,
   }
   remote_counts(L.send_counts, rank, remote_send_);
   remote_counts(res.recv_counts, rank, remote_recv_);
-  exchange_rows(send_rows_.data(), remote_send_, recv_rows_.data(), remote_recv_);
+  exchange_rows<float>(comm_, backend_, hidden_, send_rows_.data(), remote_send_, recv_rows_.data(),
+                       remote_recv_, row_scratch_);
   exchange_routes(L.send_routes, L.send_counts, res.recv_routes, res.recv_counts);
   res.batch = group_by_slot(res.recv_routes, num_recv, top_k_, placement.num_local_slots(rank));
   for (int32_t& row : res.batch.row_index) row = static_cast<int32_t>(recv_own.physical(row));
   res.recv_rows = recv_rows_.data();
   res.num_recv_rows = num_recv;
 
-  // Traffic: dispatch sends rows + routes, combine returns one partial row per received row.
-  const int64_t row_bytes = hidden_ * static_cast<int64_t>(sizeof(float));
-  const int64_t routes_bytes = top_k_ * static_cast<int64_t>(sizeof(RouteEntry));
-  const int64_t sent_local = L.send_counts[rank];
-  const int64_t recv_local = res.recv_counts[rank];
-  int64_t pairs_from_remote = 0;
+  // Traffic: the pairs received from each source rank, counted from the routes.
+  std::vector<int64_t> recv_pairs(num_ranks, 0);
   {
     int64_t row = 0;
     for (int s = 0; s < num_ranks; ++s) {
       for (int64_t i = 0; i < res.recv_counts[s]; ++i, ++row) {
-        if (s == rank) continue;
         for (int j = 0; j < top_k_; ++j) {
-          pairs_from_remote += res.recv_routes[row * top_k_ + j].local_slot >= 0 ? 1 : 0;
+          recv_pairs[s] += res.recv_routes[row * top_k_ + j].local_slot >= 0 ? 1 : 0;
         }
       }
     }
   }
-  stats_.rows_sent_remote = num_send - sent_local;
-  stats_.rows_kept_local = sent_local;
-  stats_.pairs_remote = sum(L.pairs_per_rank) - L.pairs_per_rank[rank];
-  stats_.rows_received = num_recv;
-  stats_.pairs_received = res.batch.num_pairs();
-  stats_.bytes_sent_remote =
-      stats_.rows_sent_remote * (row_bytes + routes_bytes) + (num_recv - recv_local) * row_bytes;
-  stats_.bytes_kept_local = sent_local * (row_bytes + routes_bytes) + recv_local * row_bytes;
-  stats_.bytes_remote_without_dedup =
-      stats_.pairs_remote * (row_bytes + static_cast<int64_t>(sizeof(RouteEntry))) +
-      pairs_from_remote * row_bytes;
+  stats_ = exchange_stats(rank, L.send_counts, L.pairs_per_rank, res.recv_counts, recv_pairs,
+                          hidden_, top_k_);
   mark(dispatch_phase_);
   return res;
 }
@@ -392,7 +382,8 @@ void Dispatcher::combine(const float* expert_out, const DispatchResult& result, 
   // The reverse exchange: received rows go back to where they came from, in the same order.
   remote_counts(L.send_counts, rank, remote_send_);
   remote_counts(result.recv_counts, rank, remote_recv_);
-  exchange_rows(partial, remote_recv_, returned, remote_send_);
+  exchange_rows<float>(comm_, backend_, hidden_, partial, remote_recv_, returned, remote_send_,
+                       row_scratch_);
 
   // y[t] = sum of its returned rows in destination order (fp32, fixed order); an own row is the
   // partial row it was received as.

@@ -35,10 +35,8 @@
 
 namespace moe::parallel {
 
-struct RouteEntry {
-  int32_t local_slot = -1;
-  float weight = 0.0f;
-};
+// (local slot on the destination, router weight); one type with the device layout's.
+using RouteEntry = kernels::RouteEntry;
 
 // Pure layout for the source side of one layer (no communication).
 struct DispatchLayout {
@@ -91,6 +89,50 @@ struct ExchangeStats {
   ExchangeStats& operator+=(const ExchangeStats& o);
 };
 
+// The traffic counters of one dispatch+combine on `rank`, from the rows and (token, expert)
+// pairs it sends to each rank and receives from each rank ([N] each). Both dispatchers use it.
+ExchangeStats exchange_stats(int rank, std::span<const int64_t> send_rows,
+                             std::span<const int64_t> send_pairs,
+                             std::span<const int64_t> recv_rows,
+                             std::span<const int64_t> recv_pairs, int64_t hidden, int top_k);
+
+// Reusable staging of exchange_rows.
+template <class T>
+struct ExchangeScratch {
+  std::vector<int64_t> send_elems, recv_elems;
+  std::vector<T> host_send, host_recv;
+};
+
+// Moves rows of `width` elements of T between ranks (all_to_all_v; counts in rows), from and to
+// backend memory: straight through the communicator when it moves the backend's memory (NCCL, or
+// a host backend with MPI), else staged through host memory (a device backend with MPI).
+template <class T>
+void exchange_rows(Communicator& comm, kernels::Backend& backend, int64_t width, const T* send,
+                   std::span<const int64_t> send_rows, T* recv, std::span<const int64_t> recv_rows,
+                   ExchangeScratch<T>& scratch) {
+  const int n = comm.size();
+  scratch.send_elems.resize(n);
+  scratch.recv_elems.resize(n);
+  size_t send_size = 0, recv_size = 0;
+  for (int r = 0; r < n; ++r) {
+    scratch.send_elems[r] = send_rows[r] * width;
+    scratch.recv_elems[r] = recv_rows[r] * width;
+    send_size += static_cast<size_t>(scratch.send_elems[r]);
+    recv_size += static_cast<size_t>(scratch.recv_elems[r]);
+  }
+  if (comm.device_buffers() || backend.is_host_memory()) {
+    comm.all_to_all_v<T>({send, send_size}, scratch.send_elems, {recv, recv_size},
+                         scratch.recv_elems);
+    return;
+  }
+  scratch.host_send.resize(send_size);
+  scratch.host_recv.resize(recv_size);
+  if (send_size > 0) backend.download(scratch.host_send.data(), send, send_size * sizeof(T));
+  comm.all_to_all_v<T>(scratch.host_send, scratch.send_elems, scratch.host_recv,
+                       scratch.recv_elems);
+  if (recv_size > 0) backend.upload(recv, scratch.host_recv.data(), recv_size * sizeof(T));
+}
+
 // What dispatch hands to expert compute, and what combine needs to undo it.
 // recv_rows points into the Dispatcher's own buffer: valid until its next dispatch().
 struct DispatchResult {
@@ -141,17 +183,13 @@ class Dispatcher {
   kernels::Buffer<float> recv_rows_;     // [R, H] other ranks' rows, then own rows
   kernels::Buffer<float> combine_rows_;  // [S - own + R, H] returned rows, then partial rows
 
-  // Moves float rows between backend buffers, staging through host memory when the backend is
-  // a device and the communicator is host-only. Counts are rows.
-  void exchange_rows(const float* send, std::span<const int64_t> send_rows, float* recv,
-                     std::span<const int64_t> recv_rows);
   // Moves route entries (host vectors), staging through backend memory for device communicators.
   void exchange_routes(const std::vector<RouteEntry>& send, std::span<const int64_t> send_rows,
                        std::vector<RouteEntry>& recv, std::span<const int64_t> recv_rows);
   // Host scratch reused across layers.
   std::vector<int64_t> send_elems_, recv_elems_;
   std::vector<int64_t> remote_send_, remote_recv_;  // [N] row counts, own entry zero
-  std::vector<float> host_send_, host_recv_;
+  ExchangeScratch<float> row_scratch_;
   kernels::Buffer<RouteEntry> dev_send_routes_, dev_recv_routes_;
   std::vector<int64_t> partial_offsets_;
   std::vector<int32_t> partial_src_;

@@ -28,6 +28,7 @@
 #include "kernels/cuda/event_phase_timer.h"
 #include "kernels/cuda/fused_math.h"
 #include "kernels/cuda/grouped_gemm_plan.h"
+#include "kernels/cuda/moe_layout_launch.h"
 #include "kernels/cuda/staging.h"
 
 namespace moe::kernels {
@@ -72,14 +73,21 @@ class CudaBackendImpl final : public CudaBackend {
     MOE_CUDA_CHECK(cudaDeviceGetAttribute(&num_sms_, cudaDevAttrMultiProcessorCount, device_));
     stream_ = cuda::Stream::create_non_blocking();
     cublas_ = cuda::CublasHandle::create(stream_.get());
+    // A workspace of our own, so cuBLAS never allocates while a graph is being captured.
+    cublas_workspace_ = DeviceBytes(kCublasWorkspaceBytes);
+    note_alloc(cublas_workspace_.size_bytes());
+    MOE_CUBLAS_CHECK(
+        cublasSetWorkspace(cublas_.get(), cublas_workspace_.get(), cublas_workspace_.size_bytes()));
     for (PinnedSlot& slot : pinned_) slot.consumed = cuda::Event::create();
     const char* sync_env = std::getenv("MOE_EP_CUDA_SYNC");
     sync_each_op_ = sync_env != nullptr && std::strcmp(sync_env, "0") != 0 && *sync_env != '\0';
   }
 
   ~CudaBackendImpl() override {
+    abort_capture();
     // Kernels may still read scratch/staging: let them finish before the buffers go.
     (void)cudaStreamSynchronize(stream_.get());
+    drop_graphs();
   }
 
   std::string name() const override { return "cuda"; }
@@ -290,11 +298,6 @@ class CudaBackendImpl final : public CudaBackend {
   void router_topk(const float* logits, int64_t rows, int64_t experts, int64_t k, bool renormalise,
                    int32_t* host_ids, float* host_weights) override {
     if (rows <= 0) return;
-    MOE_CHECK(k >= 1 && k <= experts, "router_topk: top-k {} must be in [1, experts = {}]", k,
-              experts);
-    MOE_CHECK(experts <= cuda::kRouterMaxExperts,
-              "router_topk: {} experts > {} supported by the CUDA router", experts,
-              cuda::kRouterMaxExperts);
     const size_t n = static_cast<size_t>(rows * k);
     ScratchCarver carve;
     const size_t ids_at = carve.add(n * sizeof(int32_t));
@@ -302,8 +305,7 @@ class CudaBackendImpl final : public CudaBackend {
     unsigned char* s = scratch(carve.total());
     auto* ids = reinterpret_cast<int32_t*>(s + ids_at);
     auto* weights = reinterpret_cast<float*>(s + w_at);
-    MOE_CUDA_CHECK(cuda::launch_router_topk(logits, rows, experts, k, renormalise, ids, weights,
-                                            stream_.get()));
+    router_topk_resident(logits, rows, experts, k, renormalise, ids, weights);
     MOE_CUDA_CHECK(
         cudaMemcpyAsync(host_ids, ids, n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_.get()));
     MOE_CUDA_CHECK(cudaMemcpyAsync(host_weights, weights, n * sizeof(float), cudaMemcpyDeviceToHost,
@@ -591,6 +593,99 @@ class CudaBackendImpl final : public CudaBackend {
     op_done("qk_norm_rope");
   }
 
+  // ---- routing on the device (kernels/common/moe_layout.h; metadata stays in VRAM) ----
+  void router_topk_resident(const float* logits, int64_t rows, int64_t experts, int64_t k,
+                            bool renormalise, int32_t* ids, float* weights) override {
+    if (rows <= 0) return;
+    MOE_CHECK(k >= 1 && k <= experts, "router_topk: top-k {} must be in [1, experts = {}]", k,
+              experts);
+    MOE_CHECK(experts <= cuda::kRouterMaxExperts,
+              "router_topk: {} experts > {} supported by the CUDA router", experts,
+              cuda::kRouterMaxExperts);
+    MOE_CUDA_CHECK(cuda::launch_router_topk(logits, rows, experts, k, renormalise, ids, weights,
+                                            stream_.get()));
+    op_done("router_topk_resident");
+  }
+  void dispatch_layout_resident(const layout::SourceLayoutView& view) override {
+    MOE_CUDA_CHECK(cuda::launch_source_layout(view, stream_.get()));
+    op_done("dispatch_layout_resident");
+  }
+  void group_by_slot_resident(const layout::SlotGroupingView& view) override {
+    MOE_CUDA_CHECK(cuda::launch_slot_grouping(view, stream_.get()));
+    op_done("group_by_slot_resident");
+  }
+  void gather_rows_resident(const float* src, int64_t width, const int32_t* idx, int64_t n,
+                            float* dst) override {
+    if (n <= 0) return;
+    MOE_CUDA_CHECK(cuda::launch_gather_rows(src, width, idx, n, dst, stream_.get()));
+    op_done("gather_rows_resident");
+  }
+  void combine_partial_resident(const RouteEntry* routes, const int32_t* pair_of_entry,
+                                const float* expert_out, int64_t width, int32_t top_k,
+                                int32_t num_rows, int32_t own_begin, int32_t own_rows,
+                                float* partial) override {
+    MOE_CUDA_CHECK(cuda::launch_combine_partial(routes, pair_of_entry, expert_out, width, top_k,
+                                                num_rows, own_begin, own_rows, partial,
+                                                stream_.get()));
+    op_done("combine_partial_resident");
+  }
+  void combine_residual_resident(const layout::CombineSources& src, const int32_t* token_offsets,
+                                 const int32_t* token_rows, int64_t width, int32_t num_tokens,
+                                 float* x) override {
+    MOE_CUDA_CHECK(cuda::launch_combine_residual(src, token_offsets, token_rows, width, num_tokens,
+                                                 x, stream_.get()));
+    op_done("combine_residual_resident");
+  }
+
+  // ---- device graphs ----
+  bool supports_graphs() const override { return !sync_each_op_; }
+  int64_t memory_generation() const override { return generation_; }
+  void begin_capture() override {
+    MOE_CHECK(!capturing_, "begin_capture: a capture is already open");
+    MOE_CUDA_CHECK(cudaStreamBeginCapture(stream_.get(), cudaStreamCaptureModeThreadLocal));
+    capturing_ = true;
+  }
+  int64_t end_capture() override {
+    MOE_CHECK(capturing_, "end_capture without begin_capture");
+    capturing_ = false;
+    cudaGraph_t graph = nullptr;
+    MOE_CUDA_CHECK(cudaStreamEndCapture(stream_.get(), &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t rc = cudaGraphInstantiate(&exec, graph, 0);
+    (void)cudaGraphDestroy(graph);
+    MOE_CHECK(rc == cudaSuccess, "cudaGraphInstantiate failed: {}", cudaGetErrorString(rc));
+    graphs_.push_back(exec);
+    return static_cast<int64_t>(graphs_.size()) - 1;
+  }
+  void abort_capture() noexcept override {
+    if (!capturing_) return;
+    capturing_ = false;
+    cudaGraph_t graph = nullptr;
+    (void)cudaStreamEndCapture(stream_.get(), &graph);
+    if (graph != nullptr) (void)cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+  }
+  void launch_graph(int64_t handle) override {
+    MOE_CHECK(handle >= 0 && handle < static_cast<int64_t>(graphs_.size()) &&
+                  graphs_[static_cast<size_t>(handle)] != nullptr,
+              "launch_graph: no graph {}", handle);
+    MOE_CUDA_CHECK(cudaGraphLaunch(graphs_[static_cast<size_t>(handle)], stream_.get()));
+    op_done("launch_graph");
+  }
+  void drop_graphs() noexcept override {
+    for (cudaGraphExec_t g : graphs_) {
+      if (g != nullptr) (void)cudaGraphExecDestroy(g);
+    }
+    graphs_.clear();
+  }
+  void embedding_resident(const bf16* table, int64_t vocab, int64_t hidden, const int32_t* ids,
+                          int64_t n, float* out) override {
+    (void)vocab;  // checked by the caller before the ids were uploaded
+    if (n <= 0) return;
+    MOE_CUDA_CHECK(cuda::launch_embedding(table, hidden, ids, n, out, stream_.get()));
+    op_done("embedding_resident");
+  }
+
   // ---- CudaBackend extras ----
   void silu_mul(const float* gate, const float* up, int64_t n, float* out) override {
     MOE_CUDA_CHECK(cuda::launch_silu_mul(gate, up, n, out, stream_.get()));
@@ -609,6 +704,7 @@ class CudaBackendImpl final : public CudaBackend {
   // Waits for the stream. An error here may come from any op enqueued since the last wait:
   // the message says so, unless MOE_EP_CUDA_SYNC has already checked every earlier op.
   void wait_stream(const char* where) {
+    MOE_CHECK(!capturing_, "{} waits for the device while a device graph is being captured", where);
     const cudaError_t rc = cudaStreamSynchronize(stream_.get());
     if (rc == cudaSuccess) return;
     if (sync_each_op_) {
@@ -662,6 +758,11 @@ class CudaBackendImpl final : public CudaBackend {
   // Grows `buf` to at least size_bytes (accounted in allocated_bytes()).
   void* ensure_device(DeviceBytes& buf, size_t size_bytes) {
     if (size_bytes <= buf.size_bytes()) return buf.get();
+    MOE_CHECK(!capturing_,
+              "a backend buffer must grow to {} bytes while a device graph is being captured "
+              "(the step is run once eagerly first so this should not happen)",
+              size_bytes);
+    ++generation_;
     const size_t capacity = cuda::grown_capacity(buf.size_bytes(), size_bytes);
     MOE_CUDA_CHECK(cudaStreamSynchronize(stream_.get()));
     note_free(buf.size_bytes());
@@ -678,6 +779,9 @@ class CudaBackendImpl final : public CudaBackend {
   // Copies the layout's parts host -> pinned -> device (one async copy on stream_); returns the
   // device base the layout's offsets refer to, valid until the next stage() in stream order.
   unsigned char* stage(const StagingLayout& layout) {
+    MOE_CHECK(!capturing_,
+              "an op staged host metadata while a device graph was being captured (only ops "
+              "with their metadata in device memory may be captured)");
     const size_t bytes = layout.size_bytes();
     if (bytes == 0) return static_cast<unsigned char*>(meta_.get());
     PinnedSlot& slot = pinned_[next_slot_];
@@ -770,6 +874,8 @@ class CudaBackendImpl final : public CudaBackend {
   int num_sms_ = 1;
   bool sync_each_op_ = false;  // MOE_EP_CUDA_SYNC
   cuda::Stream stream_;        // destroyed last (declared first)
+  static constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;  // Hopper's recommendation
+  DeviceBytes cublas_workspace_;  // outlives cublas_ (declared before it)
   cuda::CublasHandle cublas_;
   std::array<PinnedSlot, kPinnedSlots> pinned_;
   size_t next_slot_ = 0;
@@ -784,6 +890,9 @@ class CudaBackendImpl final : public CudaBackend {
   std::vector<InvFreq> inv_freq_;
   std::vector<int32_t> resident_begin_, pair_identity_;
   std::vector<cublasOperation_t> trans_a_, trans_b_;
+  bool capturing_ = false;
+  int64_t generation_ = 0;  // ++ whenever scratch, staging or resident scratch moves
+  std::vector<cudaGraphExec_t> graphs_;
 
   bool plan_valid_ = false;
   cuda::AttentionPlan plan_;

@@ -8,12 +8,7 @@
 #include <cstring>
 
 #include "kernels/common/bf16.h"
-
-#if defined(__CUDACC__)
-#define MOE_HD __host__ __device__ __forceinline__
-#else
-#define MOE_HD inline
-#endif
+#include "kernels/common/hd.h"
 
 namespace moe::kernels::cuda {
 

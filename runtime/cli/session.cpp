@@ -99,6 +99,8 @@ std::unique_ptr<Session> open_session(const ModelOptions& o, int64_t max_seqs, i
   const int64_t slots = Engine::slots_needed(max_seqs, N);
   s->model = std::make_unique<Model>(s->config, *s->placement, *s->comm, *s->backend, *s->weights,
                                      std::max<int64_t>(slots, 1), max_len, progress);
+  if (!o.routing.empty()) s->model->set_routing_on_device(o.routing == "device");
+  if (!o.graph.empty()) s->model->set_graphs(o.graph == "on");
   s->load_s = std::chrono::duration<double>(Clock::now() - t0).count();
   if (!o.trace_out.empty()) {
     s->trace_recorder = std::make_unique<TraceRecorder>(s->config);

@@ -24,6 +24,22 @@ int64_t numel(const std::vector<int64_t>& shape) {
   return n;
 }
 
+// FLOPs of a step that do not depend on the routing: everything but the experts (counted from the
+// pairs each rank computes).
+double dense_step_flops(const ModelConfig& c, const std::vector<bool>& layer_is_moe, int64_t T,
+                        const std::vector<kernels::AttentionSeq>& seqs, int64_t logit_rows) {
+  double f = 0;
+  for (const bool moe : layer_is_moe) {
+    if (T > 0) {
+      f += projection_flops(c, T);
+      for (const auto& a : seqs) f += attention_score_flops(c, a.num_new, a.past_len);
+    }
+    f += moe ? router_flops(c, T) : dense_mlp_flops(c, T);
+  }
+  if (logit_rows > 0) f += lm_head_flops(c, logit_rows);
+  return f;
+}
+
 }  // namespace
 
 ModelShapes::ModelShapes(const ModelConfig& c)
@@ -117,6 +133,8 @@ Model::Model(const ModelConfig& config, const parallel::Placement& placement,
       comm_(comm),
       backend_(backend),
       dispatcher_(comm, backend, config.hidden_size, static_cast<int>(config.num_experts_per_tok)),
+      resident_(comm, backend, config.hidden_size, static_cast<int>(config.num_experts_per_tok)),
+      routing_on_device_(!backend.is_host_memory()),
       fault_(FaultInjection::from_env()),
       max_seqs_(max_seqs),
       max_len_(max_len),
@@ -176,6 +194,31 @@ Model::Model(const ModelConfig& config, const parallel::Placement& placement,
   }
   final_norm_ = load(weights, "model.norm.weight", {s.hidden});
   if (!config.tie_word_embeddings) lm_head_ = load(weights, "lm_head.weight", {s.vocab, s.hidden});
+  layer_is_moe_ = config.moe_layers();
+  graphs_enabled_ = backend.supports_graphs();
+  refresh_slot_tables();
+}
+
+void Model::set_routing_on_device(bool on) {
+  routing_on_device_ = on;
+}
+
+void Model::refresh_slot_tables() {
+  for (Layer& L : layers_) {
+    if (!L.is_moe) continue;
+    L.slot_weights.clear();
+    for (const ExpertBuf& e : L.experts) {
+      L.slot_weights.push_back({e.gate.data(), e.up.data(), e.down.data()});
+    }
+    L.slot_weights_dev = kernels::Buffer<kernels::ExpertWeights>(
+        backend_, std::max<size_t>(L.slot_weights.size(), 1));
+    if (!L.slot_weights.empty()) {
+      backend_.upload(L.slot_weights_dev.data(), L.slot_weights.data(),
+                      L.slot_weights.size() * sizeof(kernels::ExpertWeights));
+    }
+  }
+  resident_.set_placement(placement_);
+  drop_graphs();  // graphs captured the old weight tables
 }
 
 const PhaseTimes& Model::times() {
@@ -193,12 +236,13 @@ void Model::moe_block(int layer, const float* h, std::span<const TokenId> tokens
   std::vector<int32_t> ids(static_cast<size_t>(T * s.top_k));
   std::vector<float> weights(static_cast<size_t>(T * s.top_k));
   if (T > 0) {
-    backend_.linear(h, L.router.data(), T, s.hidden, s.num_experts, router_logits_.data());
+    // h_bf16_ holds bf16(h) where the backend takes bf16 activations (written by add_rmsnorm).
+    backend_.linear_rounded(h, backend_.takes_bf16_activations() ? h_bf16_.data() : nullptr,
+                            L.router.data(), T, s.hidden, s.num_experts, router_logits_.data());
     backend_.router_topk(router_logits_.data(), T, s.num_experts, s.top_k, config_.norm_topk_prob,
                          ids.data(), weights.data());
   }
   if (routing_hook_ != nullptr) routing_hook_->route(num_steps_, layer, tokens, ids, weights);
-  last_step_flops_ += router_flops(config_, T);
   mark(Phase::kRouter);
 
   const parallel::LayerPlacement& lp = placement_.layer(layer);
@@ -229,10 +273,144 @@ void Model::moe_block(int layer, const float* h, std::span<const TokenId> tokens
   load = parallel::local_layer_load(r.layout, dispatcher_.last_stats());
 }
 
+void Model::moe_block_on_device(int layer, const float* h, std::span<const TokenId> tokens,
+                                float* x) {
+  const ModelShapes& s = shapes_;
+  Layer& L = layers_[static_cast<size_t>(layer)];
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  const size_t pairs = static_cast<size_t>(std::max<int64_t>(T, 1) * s.top_k);
+  router_logits_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(T, 1) * s.num_experts));
+  topk_ids_.ensure(backend_, pairs);
+  topk_weights_.ensure(backend_, pairs);
+  if (T > 0) {
+    // h_bf16_ holds bf16(h) where the backend takes bf16 activations (written by add_rmsnorm).
+    backend_.linear_rounded(h, backend_.takes_bf16_activations() ? h_bf16_.data() : nullptr,
+                            L.router.data(), T, s.hidden, s.num_experts, router_logits_.data());
+    backend_.router_topk_resident(router_logits_.data(), T, s.num_experts, s.top_k,
+                                  config_.norm_topk_prob, topk_ids_.data(), topk_weights_.data());
+  }
+  if (routing_hook_ != nullptr) {
+    // Hooks (traces, forced routings) read and may rewrite the routing on the host.
+    const size_t n = static_cast<size_t>(T * s.top_k);
+    std::vector<int32_t> ids(n);
+    std::vector<float> weights(n);
+    if (n > 0) {
+      backend_.download(ids.data(), topk_ids_.data(), n * sizeof(int32_t));
+      backend_.download(weights.data(), topk_weights_.data(), n * sizeof(float));
+    }
+    routing_hook_->route(num_steps_, layer, tokens, ids, weights);
+    if (n > 0) {
+      backend_.upload(topk_ids_.data(), ids.data(), n * sizeof(int32_t));
+      backend_.upload(topk_weights_.data(), weights.data(), n * sizeof(float));
+    }
+  }
+  mark(Phase::kRouter);
+
+  const parallel::ResidentDispatch d =
+      resident_.dispatch(layer, h, T, topk_ids_.data(), topk_weights_.data());
+  mark(Phase::kDispatch);
+
+  kernels::ResidentExpertBatch batch;
+  batch.row_index = d.row_index;
+  batch.slot_begin = d.slot_begin;
+  batch.slot_weights = L.slot_weights_dev.data();
+  batch.host_slot_weights = L.slot_weights.data();
+  batch.num_slots = d.num_slots;
+  batch.max_pairs = d.max_pairs;
+  batch.host_slot_begin = d.host_slot_begin.empty() ? nullptr : d.host_slot_begin.data();
+  expert_out_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(d.max_pairs, 1) * s.hidden));
+  if (d.max_pairs > 0) {
+    backend_.expert_swiglu_resident(d.recv_rows, s.hidden, s.expert_inter, batch,
+                                    expert_out_.data());
+  }
+  // The FLOPs of the pairs computed are counted from the loads (collect_loads).
+  mark(Phase::kExpert);
+
+  resident_.combine_add(expert_out_.data(), d, x);
+  mark(Phase::kCombine);
+}
+
+void Model::set_graphs(bool on) {
+  graphs_enabled_ = on;
+  drop_graphs();
+}
+
+void Model::drop_graphs() {
+  backend_.drop_graphs();
+  graphs_.clear();
+}
+
+std::vector<const void*> Model::graph_fingerprint() const {
+  std::vector<const void*> f = {x_.data(),
+                                h_.data(),
+                                q_.data(),
+                                k_.data(),
+                                v_.data(),
+                                attn_.data(),
+                                tmp_.data(),
+                                router_logits_.data(),
+                                expert_out_.data(),
+                                sel_.data(),
+                                logits_.data(),
+                                topk_ids_.data(),
+                                topk_weights_.data(),
+                                positions_.data(),
+                                h_bf16_.data(),
+                                step_ids_.data(),
+                                step_logit_rows_.data(),
+                                step_seqs_.data()};
+  const std::vector<const void*> r = resident_.buffers();
+  f.insert(f.end(), r.begin(), r.end());
+  f.push_back(reinterpret_cast<const void*>(static_cast<intptr_t>(backend_.memory_generation())));
+  return f;
+}
+
+void Model::run_as_graph(int64_t tokens, int64_t num_seqs, int64_t logit_rows,
+                         const std::function<void()>& forward) {
+  // A batch shape seen for the first time runs eagerly (its buffers grow to size); the next
+  // step of that shape is captured, then every later one replays. A graph whose buffers have
+  // moved since (a larger batch grew them) is captured again.
+  const std::array<int64_t, 3> key{tokens, num_seqs, logit_rows};
+  GraphEntry* entry = nullptr;
+  for (GraphEntry& g : graphs_) {
+    if (g.key == key) entry = &g;
+  }
+  if (entry == nullptr) {
+    graphs_.push_back({key, {}, -1});
+    forward();
+    graphs_.back().fingerprint = graph_fingerprint();
+    return;
+  }
+  if (entry->handle >= 0 && entry->fingerprint == graph_fingerprint()) {
+    backend_.launch_graph(entry->handle);
+    resident_.note_replayed();
+    ++graph_replays_;
+    return;
+  }
+  if (entry->fingerprint != graph_fingerprint()) {  // buffers moved: warm up again
+    entry->handle = -1;
+    forward();
+    entry->fingerprint = graph_fingerprint();
+    return;
+  }
+  backend_.begin_capture();
+  try {
+    forward();
+    entry->handle = backend_.end_capture();
+  } catch (...) {
+    backend_.abort_capture();
+    throw;
+  }
+  MOE_CHECK(entry->fingerprint == graph_fingerprint(),
+            "a buffer moved while the step was captured as a device graph");
+  ++graph_captures_;
+  backend_.launch_graph(entry->handle);
+  ++graph_replays_;
+}
+
 StepResult Model::step(const std::vector<SeqStep>& seqs, const std::vector<int64_t>& logit_rows) {
   const ModelShapes& s = shapes_;
-  last_step_flops_ = 0;
-  timer_->start();
+  if (routing_on_device_) resident_.begin_step();
 
   // Host-side batch description.
   std::vector<int32_t> ids;
@@ -275,76 +453,129 @@ StepResult Model::step(const std::vector<SeqStep>& seqs, const std::vector<int64
 
   StepResult result;
   result.loads.resize(static_cast<size_t>(s.num_layers));
-
-  if (T > 0) backend_.embedding(embed_.data(), s.vocab, s.hidden, ids.data(), T, x_.data());
-  mark(Phase::kEmbed);
-
-  for (int64_t l = 0; l < s.num_layers; ++l) {
-    Layer& L = layers_[static_cast<size_t>(l)];
-    if (fault_.layer == l && fault_.rank == comm_.rank()) {
-      if (fault_.mode == "hang") {
-        // Simulates a stuck rank: the others must time out and end the job.
-        for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
-      }
-      MOE_THROW("fault", "injected fault at layer {} (MOE_EP_FAULT)", l);
-    }
-
-    // Attention block (data-parallel replica).
-    if (T > 0) {
-      backend_.rmsnorm_rounded(x_.data(), L.input_norm.data(), T, s.hidden, config_.rms_norm_eps,
-                               h_.data(), h_bf16);
-      backend_.qkv_projection(h_.data(), h_bf16, L.qkv_proj.data(), T, s.hidden, s.q_width,
-                              s.kv_width, q_.data(), k_.data(), v_.data());
-      backend_.qk_norm_rope(q_.data(), k_.data(), L.q_norm.data(), L.k_norm.data(),
-                            positions_.data(), T, s.num_heads, s.num_kv_heads, s.head_dim,
-                            config_.rms_norm_eps, config_.rope_theta);
-      kernels::KvCacheView cache{L.k_cache.data(), L.v_cache.data(), max_seqs_, max_len_,
-                                 kv_dtype_};
-      backend_.attention(q_.data(), k_.data(), v_.data(), attn_seqs.data(),
-                         static_cast<int64_t>(attn_seqs.size()),
-                         {s.num_heads, s.num_kv_heads, s.head_dim}, cache, attn_.data());
-      backend_.linear(attn_.data(), L.o_proj.data(), T, s.q_width, s.hidden, tmp_.data());
-      // h_bf16 = bf16(h_) here too, for the GEMM after it (router or dense MLP).
-      backend_.add_rmsnorm(x_.data(), tmp_.data(), L.post_norm.data(), T, s.hidden,
-                           config_.rms_norm_eps, h_.data(), h_bf16);
-      last_step_flops_ += projection_flops(config_, T);
-      for (const auto& a : attn_seqs) {
-        last_step_flops_ += attention_score_flops(config_, a.num_new, a.past_len);
-      }
-    }
-    mark(Phase::kAttention);
-
-    // MLP block: experts across ranks, or a dense SwiGLU.
-    if (L.is_moe) {
-      moe_block(static_cast<int>(l), h_.data(), token_ids, tmp_.data(), result.loads[l]);
-    } else {
-      if (T > 0) {
-        backend_.swiglu_mlp(h_.data(), {L.mlp_gate.data(), L.mlp_up.data(), L.mlp_down.data()}, T,
-                            s.hidden, s.dense_inter, tmp_.data());
-      }
-      last_step_flops_ += dense_mlp_flops(config_, T);
-      mark(Phase::kDenseMlp);
-    }
-    if (T > 0) backend_.add_inplace(x_.data(), tmp_.data(), T * s.hidden);
-  }
-
-  // Final norm + lm_head on the requested rows only.
   const int64_t n = static_cast<int64_t>(logit_rows.size());
+  std::vector<int32_t> idx(logit_rows.begin(), logit_rows.end());
+  for (int32_t r : idx) MOE_CHECK(r >= 0 && r < T, "logit row {} out of range [0, {})", r, T);
+  for (int32_t id : ids) {
+    MOE_CHECK(id >= 0 && id < s.vocab, "embedding: token id {} outside [0, {})", id, s.vocab);
+  }
+  sel_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(n, 1) * s.hidden));
+  logits_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(n, 1) * s.vocab));
+  last_step_flops_ = dense_step_flops(config_, layer_is_moe_, T, attn_seqs, n);
+
+  // A graph step keeps every op's metadata in backend memory (uploaded here, once), so it can be
+  // captured as a device graph and replayed; on a backend without graphs it runs eagerly.
+  const bool graph_step = graphs_enabled_ && comm_.size() == 1 && routing_on_device_ && T > 0 &&
+                          T <= parallel::ResidentDispatcher::kDeviceCountsMaxTokens && n > 0 &&
+                          routing_hook_ == nullptr && fault_.layer < 0;
+  if (graph_step) {
+    step_ids_.ensure(backend_, rows);
+    step_logit_rows_.ensure(backend_, static_cast<size_t>(n));
+    step_seqs_.ensure(backend_, attn_seqs.size());
+    backend_.upload(step_ids_.data(), ids.data(), ids.size() * sizeof(int32_t));
+    backend_.upload(step_logit_rows_.data(), idx.data(), idx.size() * sizeof(int32_t));
+    backend_.upload(step_seqs_.data(), attn_seqs.data(),
+                    attn_seqs.size() * sizeof(kernels::AttentionSeq));
+  }
+  timing_on_ = !graph_step;  // phase marks would be recorded into the graph
+  if (timing_on_) timer_->start();
+
+  // Everything the device computes in this step, up to the logits.
+  const auto forward = [&] {
+    if (T > 0 && graph_step) {
+      backend_.embedding_resident(embed_.data(), s.vocab, s.hidden, step_ids_.data(), T, x_.data());
+    } else if (T > 0) {
+      backend_.embedding(embed_.data(), s.vocab, s.hidden, ids.data(), T, x_.data());
+    }
+    mark(Phase::kEmbed);
+
+    for (int64_t l = 0; l < s.num_layers; ++l) {
+      Layer& L = layers_[static_cast<size_t>(l)];
+      if (fault_.layer == l && fault_.rank == comm_.rank()) {
+        if (fault_.mode == "hang") {
+          // Simulates a stuck rank: the others must time out and end the job.
+          for (;;) std::this_thread::sleep_for(std::chrono::seconds(1));
+        }
+        MOE_THROW("fault", "injected fault at layer {} (MOE_EP_FAULT)", l);
+      }
+
+      // Attention block (data-parallel replica).
+      if (T > 0) {
+        backend_.rmsnorm_rounded(x_.data(), L.input_norm.data(), T, s.hidden, config_.rms_norm_eps,
+                                 h_.data(), h_bf16);
+        backend_.qkv_projection(h_.data(), h_bf16, L.qkv_proj.data(), T, s.hidden, s.q_width,
+                                s.kv_width, q_.data(), k_.data(), v_.data());
+        backend_.qk_norm_rope(q_.data(), k_.data(), L.q_norm.data(), L.k_norm.data(),
+                              positions_.data(), T, s.num_heads, s.num_kv_heads, s.head_dim,
+                              config_.rms_norm_eps, config_.rope_theta);
+        kernels::KvCacheView cache{L.k_cache.data(), L.v_cache.data(), max_seqs_, max_len_,
+                                   kv_dtype_};
+        if (graph_step) {
+          backend_.attention_resident(q_.data(), k_.data(), v_.data(), step_seqs_.data(),
+                                      static_cast<int64_t>(attn_seqs.size()), T,
+                                      {s.num_heads, s.num_kv_heads, s.head_dim}, cache,
+                                      attn_.data());
+        } else {
+          backend_.attention(q_.data(), k_.data(), v_.data(), attn_seqs.data(),
+                             static_cast<int64_t>(attn_seqs.size()),
+                             {s.num_heads, s.num_kv_heads, s.head_dim}, cache, attn_.data());
+        }
+        backend_.linear(attn_.data(), L.o_proj.data(), T, s.q_width, s.hidden, tmp_.data());
+        // h_bf16 = bf16(h_) here too, for the GEMM after it (router or dense MLP).
+        backend_.add_rmsnorm(x_.data(), tmp_.data(), L.post_norm.data(), T, s.hidden,
+                             config_.rms_norm_eps, h_.data(), h_bf16);
+      }
+      mark(Phase::kAttention);
+
+      // MLP block: experts across ranks, or a dense SwiGLU.
+      if (L.is_moe && routing_on_device_) {
+        moe_block_on_device(static_cast<int>(l), h_.data(), token_ids, x_.data());
+        continue;  // the combine added the block's output to x
+      }
+      if (L.is_moe) {
+        moe_block(static_cast<int>(l), h_.data(), token_ids, tmp_.data(), result.loads[l]);
+      } else {
+        if (T > 0) {
+          backend_.swiglu_mlp(h_.data(), {L.mlp_gate.data(), L.mlp_up.data(), L.mlp_down.data()}, T,
+                              s.hidden, s.dense_inter, tmp_.data());
+        }
+        mark(Phase::kDenseMlp);
+      }
+      if (T > 0) backend_.add_inplace(x_.data(), tmp_.data(), T * s.hidden);
+    }
+
+    // Final norm + lm_head on the requested rows only.
+    if (n > 0) {
+      if (graph_step) {
+        backend_.gather_rows_resident(x_.data(), s.hidden, step_logit_rows_.data(), n, sel_.data());
+      } else {
+        backend_.gather_rows(x_.data(), s.hidden, idx.data(), n, sel_.data());
+      }
+      backend_.rmsnorm(sel_.data(), final_norm_.data(), n, s.hidden, config_.rms_norm_eps,
+                       sel_.data());
+      const bf16* head = config_.tie_word_embeddings ? embed_.data() : lm_head_.data();
+      backend_.linear(sel_.data(), head, n, s.hidden, s.vocab, logits_.data());
+    }
+  };
+  if (graph_step && backend_.supports_graphs()) {
+    run_as_graph(T, static_cast<int64_t>(attn_seqs.size()), n, forward);
+  } else {
+    forward();
+  }
   if (n > 0) {
-    std::vector<int32_t> idx(logit_rows.begin(), logit_rows.end());
-    for (int32_t r : idx) MOE_CHECK(r >= 0 && r < T, "logit row {} out of range [0, {})", r, T);
-    sel_.ensure(backend_, static_cast<size_t>(n * s.hidden));
-    logits_.ensure(backend_, static_cast<size_t>(n * s.vocab));
-    backend_.gather_rows(x_.data(), s.hidden, idx.data(), n, sel_.data());
-    backend_.rmsnorm(sel_.data(), final_norm_.data(), n, s.hidden, config_.rms_norm_eps,
-                     sel_.data());
-    const bf16* head = config_.tie_word_embeddings ? embed_.data() : lm_head_.data();
-    backend_.linear(sel_.data(), head, n, s.hidden, s.vocab, logits_.data());
     result.logits.resize(static_cast<size_t>(n * s.vocab));
     backend_.download(result.logits.data(), logits_.data(), result.logits.size() * sizeof(float));
-    last_step_flops_ += lm_head_flops(config_, n);
   }
   mark(Phase::kLmHead);
+  if (routing_on_device_) {
+    // The loads of the step's MoE layers: one download of their counters, after the logits.
+    std::vector<parallel::LayerLoad> loads = resident_.collect_loads();
+    for (size_t l = 0; l < loads.size(); ++l) {
+      if (!layers_[l].is_moe) continue;
+      last_step_flops_ += expert_flops(config_, loads[l].traffic.pairs_received);
+      result.loads[l] = std::move(loads[l]);
+    }
+  }
   ++num_steps_;
   if (step_observer_) step_observer_(num_steps_ - 1, result);
   return result;
@@ -455,6 +686,7 @@ PlacementChange Model::apply_placement(const parallel::Placement& next) {
   backend_.synchronize();
   placement_ = next;
   weights_ = rank_weights(config_, placement_, rank);
+  refresh_slot_tables();
   return change;
 }
 

@@ -17,6 +17,7 @@
 #include "parallel/dispatcher.h"
 #include "parallel/load_stats.h"
 #include "parallel/placement.h"
+#include "parallel/resident_dispatcher.h"
 #include "runtime/io/config.h"
 #include "runtime/io/weights.h"
 #include "runtime/model/arithmetic.h"
@@ -125,6 +126,21 @@ class Model {
   // Phase times so far (collects the backend timer, which may wait for the device).
   const PhaseTimes& times();
   std::string timing_method() const { return timer_->method(); }
+  // Where MoE layers route: on the device (top-k, layout and grouping computed by backend ops
+  // and kept in backend memory: parallel/resident_dispatcher.h) or on the host (Dispatcher).
+  // Default: device for backends with device memory, host for the CPU backend (both give the
+  // same logits there; the host path is the reference). Every rank must choose the same.
+  void set_routing_on_device(bool on);
+  bool routing_on_device() const { return routing_on_device_; }
+  // Device graphs for small single-rank batches (decode): every op's metadata is uploaded once
+  // per step and the whole forward up to the logits is captured once per batch shape, then
+  // replayed (the same ops, so the same logits as with graphs off). Default: on where the backend
+  // has graphs (cuda); with graphs on and a backend without them (cpu), the same graph-safe step
+  // runs eagerly. No phase times are taken inside a graph step.
+  void set_graphs(bool on);
+  bool graphs() const { return graphs_enabled_; }
+  int64_t graph_captures() const { return graph_captures_; }
+  int64_t graph_replays() const { return graph_replays_; }
   // Seen after every MoE layer's router (nullptr: none). Not owned; must outlive the steps.
   void set_routing_hook(RoutingHook* hook) { routing_hook_ = hook; }
   int64_t expert_bytes() const { return weights_.expert_bytes(); }  // this rank's expert shard
@@ -146,12 +162,14 @@ class Model {
     // q_proj, k_proj, v_proj stacked: [q_width + 2 kv_width, H], q rows first, then k, then v
     // (one GEMM on the GPU; the CPU multiplies the three blocks separately, as before).
     kernels::Buffer<bf16> qkv_proj;
-    kernels::Buffer<bf16> o_proj;                     // [H, q_width]
-    kernels::Buffer<bf16> q_norm, k_norm;             // [head_dim]
-    kernels::Buffer<bf16> router;                     // [E, H] (MoE)
-    std::vector<ExpertBuf> experts;                   // this rank's local slots (MoE)
-    kernels::Buffer<bf16> mlp_gate, mlp_up;           // [dense_inter, H] (dense)
-    kernels::Buffer<bf16> mlp_down;                   // [H, dense_inter] (dense)
+    kernels::Buffer<bf16> o_proj;                      // [H, q_width]
+    kernels::Buffer<bf16> q_norm, k_norm;              // [head_dim]
+    kernels::Buffer<bf16> router;                      // [E, H] (MoE)
+    std::vector<ExpertBuf> experts;                    // this rank's local slots (MoE)
+    std::vector<kernels::ExpertWeights> slot_weights;  // experts' pointers, slot order (MoE)
+    kernels::Buffer<kernels::ExpertWeights> slot_weights_dev;  // the same in backend memory
+    kernels::Buffer<bf16> mlp_gate, mlp_up;                    // [dense_inter, H] (dense)
+    kernels::Buffer<bf16> mlp_down;                            // [H, dense_inter] (dense)
     kernels::Buffer<unsigned char> k_cache, v_cache;  // [max_seqs, max_len, kv_width] kv_dtype_
   };
 
@@ -162,7 +180,20 @@ class Model {
                                      int64_t cols);
   void moe_block(int layer, const float* h, std::span<const TokenId> tokens, float* y,
                  parallel::LayerLoad& load);
-  void mark(Phase p) { timer_->mark(static_cast<int>(p)); }
+  // The MoE block with routing on the device: x [T, H] += the block's output.
+  void moe_block_on_device(int layer, const float* h, std::span<const TokenId> tokens, float* x);
+  // Rebuilds every MoE layer's slot weight tables and the resident dispatcher's routing tables
+  // (after loading and after apply_placement).
+  void refresh_slot_tables();
+  // Runs `forward` eagerly, or captures it, or replays its graph (see set_graphs).
+  void run_as_graph(int64_t tokens, int64_t num_seqs, int64_t logit_rows,
+                    const std::function<void()>& forward);
+  void drop_graphs();
+  // Every buffer address a captured step reads or writes, and the backend's scratch generation.
+  std::vector<const void*> graph_fingerprint() const;
+  void mark(Phase p) {
+    if (timing_on_) timer_->mark(static_cast<int>(p));
+  }
 
   ModelConfig config_;
   ModelShapes shapes_;
@@ -170,6 +201,8 @@ class Model {
   parallel::Communicator& comm_;
   kernels::Backend& backend_;
   parallel::Dispatcher dispatcher_;
+  parallel::ResidentDispatcher resident_;
+  bool routing_on_device_ = false;
   FaultInjection fault_;
   int64_t max_seqs_, max_len_;
   kernels::KvDtype kv_dtype_;  // the backend's KV-cache element type
@@ -182,8 +215,23 @@ class Model {
   // Step scratch, grown on demand: [T, *].
   kernels::Buffer<float> x_, h_, q_, k_, v_, attn_, tmp_, router_logits_, expert_out_, sel_,
       logits_;
-  kernels::Buffer<int32_t> positions_;  // [T] the step's token positions, uploaded once per step
-  kernels::Buffer<bf16> h_bf16_;        // [T, H] bf16(h_) when backend takes_bf16_activations()
+  kernels::Buffer<int32_t> positions_;   // [T] the step's token positions, uploaded once per step
+  kernels::Buffer<bf16> h_bf16_;         // [T, H] bf16(h_) when backend takes_bf16_activations()
+  kernels::Buffer<int32_t> topk_ids_;    // [T, k] routing on the device
+  kernels::Buffer<float> topk_weights_;  // [T, k]
+  // Graph steps: the step's metadata in backend memory, and the captured graphs.
+  kernels::Buffer<int32_t> step_ids_, step_logit_rows_;
+  kernels::Buffer<kernels::AttentionSeq> step_seqs_;
+  struct GraphEntry {
+    std::array<int64_t, 3> key;  // tokens, sequences, logit rows
+    std::vector<const void*> fingerprint;
+    int64_t handle = -1;  // backend graph; -1: warmed up, not captured yet
+  };
+  std::vector<GraphEntry> graphs_;
+  bool graphs_enabled_ = false;
+  bool timing_on_ = true;
+  int64_t graph_captures_ = 0, graph_replays_ = 0;
+  std::vector<bool> layer_is_moe_;
 
   PhaseTimes times_;
   std::unique_ptr<kernels::PhaseTimer> timer_;

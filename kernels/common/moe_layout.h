@@ -1,0 +1,383 @@
+// Expert-parallel layout computed by parallel threads (routing on the device): the same result as
+// parallel::build_dispatch_layout (source side) and parallel::group_by_slot (receiver side), as
+// per-thread bodies that a CUDA kernel runs one thread per index and that emulate() runs in host
+// loops (the CPU backend's implementation of the resident ops, and the tests' emulation).
+//
+// Every ordered choice of the host layout ("the n-th pair for expert e", "rows by destination,
+// then ascending token", "pairs by slot, then ascending row") is a stable counting sort. A thread
+// cannot walk all earlier items, so items are cut into chunks: a per-chunk count, an exclusive
+// scan of each key over the chunks (one thread per key), then each item adds the count of equal
+// keys before it within its own chunk (at most a chunk's worth of reads). Launch order (each step
+// reads only what earlier steps wrote; a step's threads write disjoint entries):
+//
+//   source side (T tokens, k = top_k, P = T k pairs, C = ceil(T / kChunkTokens) chunks)
+//     1. count_experts   [C]  chunk_expert[c][e] = pairs of chunk c routed to expert e
+//     2. scan_experts    [E]  chunk_expert -> exclusive base over chunks; expert_total[e]; the
+//                             pair counts of e's replica slots into the header
+//     3. choose_slot     [P]  pair_dest, pair_slot (replica (n + rank) mod c, as ReplicaSplit)
+//     4. token_dests     [T]  ascending distinct destinations of each token (the dedup)
+//     5. count_dests     [C]  chunk_dest[c][d] = tokens of chunk c sending a row to d;
+//                             chunk_rows[c] = rows of chunk c
+//     6. scan_dests      [N]  chunk_dest -> exclusive base; header rows / pairs of d
+//     7. scan_rows       [1]  chunk_rows -> exclusive base; send_offsets; token_offsets[T]
+//     8. assign_rows     [T]  send_token, send_routes, token_offsets, token_rows
+//   receiver side (R received rows, S local slots, C' = ceil(R / kChunkRows) chunks)
+//     1. count_slots     [C'] chunk_slot[c][s] = entries of chunk c naming slot s
+//     2. scan_slots      [S]  chunk_slot -> exclusive base; slot totals into slot_begin[s + 1]
+//     3. scan_slot_begin [1]  slot_begin prefix sums
+//     4. assign_pairs    [R]  row_index, pair_of_entry
+//
+// Bad input (an expert id outside [0, E), as a router gives for non-finite logits, or a received
+// local slot outside [0, S)) never indexes out of bounds: the pair is sent to replica 0 of expert
+// 0 / dropped, and *error records 1 + the first bad index seen (the caller turns it into an error).
+//
+// The header a rank sends each destination d (width W = 2 + max_local_slots ints):
+//   [rows sent to d, pairs sent to d, pairs for d's local slot 0, 1, ..., zero beyond d's slots]
+// One exchange of headers tells every receiver its row counts and its per-slot pair counts.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/common/hd.h"
+#include "kernels/types.h"
+
+namespace moe::kernels::layout {
+
+inline constexpr int32_t kChunkTokens = 32;  // tokens per chunk of the source-side counts
+inline constexpr int32_t kChunkRows = 32;    // received rows per chunk of the slot counts
+
+MOE_HD int32_t num_chunks(int32_t items, int32_t chunk) {
+  return (items + chunk - 1) / chunk;
+}
+
+// One past the last item of chunk c of `chunk` items, of `items` in all.
+MOE_HD int32_t chunk_end(int32_t c, int32_t chunk, int32_t items) {
+  return c * chunk + chunk < items ? c * chunk + chunk : items;
+}
+
+// Column `col` of a [chunks, width] count matrix becomes its exclusive prefix sums over the
+// chunks; returns the column's total.
+MOE_HD int32_t scan_column(int32_t* counts, int32_t chunks, int32_t width, int32_t col) {
+  int32_t base = 0;
+  for (int32_t c = 0; c < chunks; ++c) {
+    int32_t* count = counts + static_cast<int64_t>(c) * width + col;
+    const int32_t n = *count;
+    *count = base;
+    base += n;
+  }
+  return base;
+}
+
+// Ints per header entry (see above).
+MOE_HD int32_t header_width(const RoutingTable& t) {
+  return 2 + t.max_local_slots;
+}
+
+// Source side of one layer. Inputs first, then scratch, then outputs; all in one memory space
+// (device memory for the CUDA kernels, host memory for the emulation). Sizes: E experts, N ranks,
+// T tokens, C chunks, S_max = T * min(k, N) rows at most.
+struct SourceLayoutView {
+  const int32_t* ids = nullptr;       // [T * k] top-k expert ids
+  const float* weights = nullptr;     // [T * k] router weights
+  int32_t num_tokens = 0;             // T
+  int32_t top_k = 0;                  // k
+  RoutingTable table;                 //
+  int32_t* chunk_expert = nullptr;    // [C * E]
+  int32_t* chunk_dest = nullptr;      // [C * N]
+  int32_t* chunk_rows = nullptr;      // [C]
+  int32_t* pair_dest = nullptr;       // [T * k]
+  int32_t* pair_slot = nullptr;       // [T * k]
+  int32_t* token_ndest = nullptr;     // [T]
+  int32_t* token_dest = nullptr;      // [T * k] first token_ndest[t] entries of row t
+  int32_t* expert_total = nullptr;    // [E] pairs per logical expert
+  int32_t* header = nullptr;          // [N * W]
+  int32_t* send_offsets = nullptr;    // [N + 1] first row for each destination
+  int32_t* send_token = nullptr;      // [S_max] token of each sent row
+  RouteEntry* send_routes = nullptr;  // [S_max * k]
+  int32_t* token_offsets = nullptr;   // [T + 1] into token_rows
+  int32_t* token_rows = nullptr;      // [S_max] rows of each token, destination order
+  int32_t* error = nullptr;           // [1] 0, or 1 + first bad pair
+};
+
+MOE_HD bool valid_expert(const SourceLayoutView& v, int32_t e) {
+  return e >= 0 && e < v.table.num_experts;
+}
+
+MOE_HD void note_error(int32_t* error, int32_t index) {
+  if (*error == 0) *error = 1 + index;
+}
+
+MOE_HD void count_experts(const SourceLayoutView& v, int32_t chunk) {
+  const int32_t E = v.table.num_experts, k = v.top_k;
+  int32_t* counts = v.chunk_expert + static_cast<int64_t>(chunk) * E;
+  for (int32_t e = 0; e < E; ++e) counts[e] = 0;
+  const int32_t t_end = chunk_end(chunk, kChunkTokens, v.num_tokens);
+  for (int32_t p = chunk * kChunkTokens * k; p < t_end * k; ++p) {
+    const int32_t e = v.ids[p];
+    if (valid_expert(v, e)) {
+      ++counts[e];
+    } else {
+      note_error(v.error, p);
+    }
+  }
+}
+
+// Pairs among the first n_total pairs for an expert with c replicas that go to replica index i,
+// when the n-th pair goes to replica (n + rank) mod c.
+MOE_HD int32_t replica_share(int32_t n_total, int32_t c, int32_t rank, int32_t i) {
+  const int32_t m = ((i - rank) % c + c) % c;  // first n with (n + rank) mod c == i
+  return n_total > m ? (n_total - 1 - m) / c + 1 : 0;
+}
+
+MOE_HD void scan_experts(const SourceLayoutView& v, int32_t e) {
+  const int32_t base =
+      scan_column(v.chunk_expert, num_chunks(v.num_tokens, kChunkTokens), v.table.num_experts, e);
+  v.expert_total[e] = base;
+  const int32_t W = header_width(v.table);
+  const int32_t r0 = v.table.replica_begin[e], replicas = v.table.replica_begin[e + 1] - r0;
+  for (int32_t i = 0; i < replicas; ++i) {
+    const int32_t d = v.table.replica_rank[r0 + i], s = v.table.replica_slot[r0 + i];
+    v.header[d * W + 2 + s] = replica_share(base, replicas, v.table.rank, i);
+  }
+}
+
+MOE_HD void choose_slot(const SourceLayoutView& v, int32_t p) {
+  const int32_t k = v.top_k;
+  const int32_t e_raw = v.ids[p];
+  const int32_t e = valid_expert(v, e_raw) ? e_raw : 0;
+  const int32_t r0 = v.table.replica_begin[e], replicas = v.table.replica_begin[e + 1] - r0;
+  int32_t i = 0;
+  if (replicas > 1 && valid_expert(v, e_raw)) {
+    // n = pairs for e before p: those of earlier chunks plus earlier ones in p's chunk.
+    const int32_t chunk = p / (kChunkTokens * k);
+    int32_t n = v.chunk_expert[static_cast<int64_t>(chunk) * v.table.num_experts + e];
+    for (int32_t q = chunk * kChunkTokens * k; q < p; ++q) n += v.ids[q] == e ? 1 : 0;
+    i = static_cast<int32_t>((static_cast<uint32_t>(n) + static_cast<uint32_t>(v.table.rank)) %
+                             static_cast<uint32_t>(replicas));
+  }
+  v.pair_dest[p] = v.table.replica_rank[r0 + i];
+  v.pair_slot[p] = v.table.replica_slot[r0 + i];
+}
+
+MOE_HD void token_dests(const SourceLayoutView& v, int32_t t) {
+  const int32_t k = v.top_k;
+  int32_t* out = v.token_dest + static_cast<int64_t>(t) * k;
+  int32_t n = 0;
+  for (int32_t j = 0; j < k; ++j) {  // insertion into a sorted list without duplicates
+    const int32_t d = v.pair_dest[t * k + j];
+    int32_t at = 0;
+    while (at < n && out[at] < d) ++at;
+    if (at < n && out[at] == d) continue;
+    for (int32_t m = n; m > at; --m) out[m] = out[m - 1];
+    out[at] = d;
+    ++n;
+  }
+  v.token_ndest[t] = n;
+}
+
+MOE_HD void count_dests(const SourceLayoutView& v, int32_t chunk) {
+  const int32_t N = v.table.num_ranks, k = v.top_k;
+  int32_t* counts = v.chunk_dest + static_cast<int64_t>(chunk) * N;
+  for (int32_t d = 0; d < N; ++d) counts[d] = 0;
+  int32_t rows = 0;
+  const int32_t t_end = chunk_end(chunk, kChunkTokens, v.num_tokens);
+  for (int32_t t = chunk * kChunkTokens; t < t_end; ++t) {
+    for (int32_t i = 0; i < v.token_ndest[t]; ++i) ++counts[v.token_dest[t * k + i]];
+    rows += v.token_ndest[t];
+  }
+  v.chunk_rows[chunk] = rows;
+}
+
+MOE_HD void scan_dests(const SourceLayoutView& v, int32_t d) {
+  const int32_t base =
+      scan_column(v.chunk_dest, num_chunks(v.num_tokens, kChunkTokens), v.table.num_ranks, d);
+  const int32_t W = header_width(v.table);
+  int32_t* h = v.header + d * W;
+  h[0] = base;
+  int32_t pairs = 0;
+  const int32_t slots = v.table.rank_num_slots[d];
+  for (int32_t s = 0; s < slots; ++s) pairs += h[2 + s];
+  for (int32_t s = slots; s < v.table.max_local_slots; ++s) h[2 + s] = 0;
+  h[1] = pairs;
+}
+
+MOE_HD void scan_rows(const SourceLayoutView& v) {
+  v.token_offsets[v.num_tokens] =
+      scan_column(v.chunk_rows, num_chunks(v.num_tokens, kChunkTokens), 1, 0);
+  const int32_t W = header_width(v.table);
+  v.send_offsets[0] = 0;
+  for (int32_t d = 0; d < v.table.num_ranks; ++d) {
+    v.send_offsets[d + 1] = v.send_offsets[d] + v.header[d * W];
+  }
+}
+
+MOE_HD void assign_rows(const SourceLayoutView& v, int32_t t) {
+  const int32_t k = v.top_k, N = v.table.num_ranks;
+  const int32_t chunk = t / kChunkTokens;
+  int32_t offset = v.chunk_rows[chunk];
+  for (int32_t u = chunk * kChunkTokens; u < t; ++u) offset += v.token_ndest[u];
+  v.token_offsets[t] = offset;
+  for (int32_t i = 0; i < v.token_ndest[t]; ++i) {
+    const int32_t d = v.token_dest[t * k + i];
+    // Earlier tokens of this chunk that also send a row to d.
+    int32_t before = v.chunk_dest[static_cast<int64_t>(chunk) * N + d];
+    for (int32_t u = chunk * kChunkTokens; u < t; ++u) {
+      for (int32_t m = 0; m < v.token_ndest[u]; ++m) before += v.token_dest[u * k + m] == d ? 1 : 0;
+    }
+    const int32_t row = v.send_offsets[d] + before;
+    v.send_token[row] = t;
+    v.token_rows[offset + i] = row;
+    RouteEntry* routes = v.send_routes + static_cast<int64_t>(row) * k;
+    for (int32_t j = 0; j < k; ++j) {
+      const int32_t p = t * k + j;
+      routes[j] = v.pair_dest[p] == d ? RouteEntry{v.pair_slot[p], v.weights[p]} : RouteEntry{};
+    }
+  }
+}
+
+// Receiver side: received rows' route entries grouped by local slot.
+struct SlotGroupingView {
+  const RouteEntry* routes = nullptr;  // [R * k] in received (source-rank) order
+  int32_t num_rows = 0;                // R
+  int32_t top_k = 0;
+  int32_t num_slots = 0;  // S
+  // Received rows lie in memory with this rank's own block last (parallel/dispatcher.h): the
+  // own block is rows [own_begin, own_begin + own_rows) in received order. row_index holds the
+  // row's place in memory (own_begin = 0, own_rows = R: memory order = received order).
+  int32_t own_begin = 0;
+  int32_t own_rows = 0;
+  int32_t* chunk_slot = nullptr;     // [C' * S]
+  int32_t* slot_begin = nullptr;     // [S + 1]
+  int32_t* row_index = nullptr;      // [R * k] memory row of each pair (first slot_begin[S])
+  int32_t* pair_of_entry = nullptr;  // [R * k] pair of each entry, -1 if unused
+  int32_t* error = nullptr;          // [1] 0, or 1 + first bad entry
+};
+
+// Place in memory of received row r when the own block [own_begin, own_begin + own_rows) of
+// `total` rows is moved last.
+MOE_HD int32_t own_last_row(int32_t r, int32_t own_begin, int32_t own_rows, int32_t total) {
+  if (r < own_begin) return r;
+  return r < own_begin + own_rows ? total - own_rows + (r - own_begin) : r - own_rows;
+}
+
+MOE_HD bool valid_slot(const SlotGroupingView& v, int32_t s) {
+  return s >= 0 && s < v.num_slots;
+}
+
+MOE_HD void count_slots(const SlotGroupingView& v, int32_t chunk) {
+  const int32_t S = v.num_slots, k = v.top_k;
+  int32_t* counts = v.chunk_slot + static_cast<int64_t>(chunk) * S;
+  for (int32_t s = 0; s < S; ++s) counts[s] = 0;
+  const int32_t r_end = chunk_end(chunk, kChunkRows, v.num_rows);
+  for (int32_t i = chunk * kChunkRows * k; i < r_end * k; ++i) {
+    const int32_t s = v.routes[i].local_slot;
+    if (valid_slot(v, s)) {
+      ++counts[s];
+    } else if (s >= 0) {
+      note_error(v.error, i);
+    }
+  }
+}
+
+MOE_HD void scan_slots(const SlotGroupingView& v, int32_t s) {
+  v.slot_begin[s + 1] =
+      scan_column(v.chunk_slot, num_chunks(v.num_rows, kChunkRows), v.num_slots, s);
+}
+
+MOE_HD void scan_slot_begin(const SlotGroupingView& v) {
+  v.slot_begin[0] = 0;
+  for (int32_t s = 0; s < v.num_slots; ++s) v.slot_begin[s + 1] += v.slot_begin[s];
+}
+
+MOE_HD void assign_pairs(const SlotGroupingView& v, int32_t r) {
+  const int32_t k = v.top_k;
+  const int32_t chunk = r / kChunkRows;
+  for (int32_t j = 0; j < k; ++j) {
+    const int32_t i = r * k + j;
+    const int32_t s = v.routes[i].local_slot;
+    if (!valid_slot(v, s)) {
+      v.pair_of_entry[i] = -1;
+      continue;
+    }
+    int32_t p = v.slot_begin[s] + v.chunk_slot[static_cast<int64_t>(chunk) * v.num_slots + s];
+    for (int32_t q = chunk * kChunkRows * k; q < i; ++q) p += v.routes[q].local_slot == s ? 1 : 0;
+    v.row_index[p] = own_last_row(r, v.own_begin, v.own_rows, v.num_rows);
+    v.pair_of_entry[i] = p;
+  }
+}
+
+// Combine, one (row, column) element per call; fp32 in a fixed order, the first term stored
+// (0 + a == a), exactly as the host path's weighted_row_sum.
+//
+// partial[r][c] = sum over j (ascending) of routes[r k + j].weight * expert_out[pair][c], over the
+// entries of received row r that this rank computed.
+MOE_HD float partial_element(const RouteEntry* routes, const int32_t* pair_of_entry,
+                             const float* expert_out, int64_t width, int32_t top_k, int32_t r,
+                             int64_t c) {
+  float acc = 0.0f;
+  bool first = true;
+  for (int32_t j = 0; j < top_k; ++j) {
+    const int32_t p = pair_of_entry[r * top_k + j];
+    if (p < 0) continue;
+    const float term = routes[r * top_k + j].weight * expert_out[p * width + c];
+    acc = first ? term : acc + term;
+    first = false;
+  }
+  return acc;
+}
+
+// Where the combined rows of a token lie (memory orders of parallel/dispatcher.h): rows sent to
+// other ranks come back into `returned`, packed by destination without this rank's own block;
+// rows this rank kept are the partial rows it computed, which lie last in `partial`.
+struct CombineSources {
+  const float* returned = nullptr;  // [S - own_rows, width]
+  const float* partial = nullptr;   // [R, width], own rows last
+  int32_t own_send_begin = 0;       // first own row in send order
+  int32_t own_rows = 0;
+  int32_t remote_recv_rows = 0;  // R - own_rows: where the own partial rows start
+};
+
+// x[t][c] + (sum of t's rows in destination order): the combine and the residual add at once.
+// The sum is finished in fp32 before the add, so the result equals y = combine; x += y.
+MOE_HD float combine_residual_element(const CombineSources& src, const int32_t* token_offsets,
+                                      const int32_t* token_rows, int64_t width, int32_t t,
+                                      int64_t c, float x) {
+  float acc = 0.0f;
+  for (int32_t i = token_offsets[t]; i < token_offsets[t + 1]; ++i) {
+    const int32_t row = token_rows[i];
+    const int32_t own = row - src.own_send_begin;
+    const float v =
+        own >= 0 && own < src.own_rows
+            ? src.partial[(src.remote_recv_rows + own) * width + c]
+            : src.returned[(row < src.own_send_begin ? row : row - src.own_rows) * width + c];
+    acc = i == token_offsets[t] ? v : acc + v;
+  }
+  return x + acc;
+}
+
+// Host loops over the bodies in launch order: the CPU backend's resident ops and the emulation
+// the tests compare with the host layout.
+inline void emulate(const SourceLayoutView& v) {
+  const int32_t C = num_chunks(v.num_tokens, kChunkTokens);
+  const int32_t P = v.num_tokens * v.top_k;
+  *v.error = 0;
+  for (int32_t c = 0; c < C; ++c) count_experts(v, c);
+  for (int32_t e = 0; e < v.table.num_experts; ++e) scan_experts(v, e);
+  for (int32_t p = 0; p < P; ++p) choose_slot(v, p);
+  for (int32_t t = 0; t < v.num_tokens; ++t) token_dests(v, t);
+  for (int32_t c = 0; c < C; ++c) count_dests(v, c);
+  for (int32_t d = 0; d < v.table.num_ranks; ++d) scan_dests(v, d);
+  scan_rows(v);
+  for (int32_t t = 0; t < v.num_tokens; ++t) assign_rows(v, t);
+}
+
+inline void emulate(const SlotGroupingView& v) {
+  const int32_t C = num_chunks(v.num_rows, kChunkRows);
+  *v.error = 0;
+  for (int32_t c = 0; c < C; ++c) count_slots(v, c);
+  for (int32_t s = 0; s < v.num_slots; ++s) scan_slots(v, s);
+  scan_slot_begin(v);
+  for (int32_t r = 0; r < v.num_rows; ++r) assign_pairs(v, r);
+}
+
+}  // namespace moe::kernels::layout

@@ -1,0 +1,399 @@
+// The device-side expert-parallel layout (kernels/common/moe_layout.h: the per-thread bodies the
+// CUDA kernels in kernels/cuda/moe_layout.cu run) emulated on the CPU, against the host layout
+// the runtime has always used (parallel::build_dispatch_layout, parallel::group_by_slot) on
+// random routings: uneven placements, replicated experts, ranks with no slots, empty batches,
+// batches over many chunks. Also the combine bodies against the host path's weighted_row_sum.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "kernels/common/moe_layout.h"
+#include "kernels/cpu/ops.h"
+#include "parallel/dispatcher.h"
+#include "parallel/placement.h"
+
+namespace moe {
+namespace {
+
+namespace layout = kernels::layout;
+using parallel::LayerPlacement;
+using parallel::RouteEntry;
+
+// A random placement: every expert on 1..max_replicas distinct ranks, some ranks possibly empty.
+LayerPlacement random_placement(std::mt19937& rng, int num_experts, int num_ranks, int max_replicas,
+                                bool leave_rank_empty) {
+  std::vector<std::vector<int>> rank_experts(num_ranks);
+  const int usable = leave_rank_empty && num_ranks > 1 ? num_ranks - 1 : num_ranks;
+  for (int e = 0; e < num_experts; ++e) {
+    const int replicas = 1 + static_cast<int>(rng() % std::min(max_replicas, usable));
+    std::vector<int> ranks(usable);
+    std::iota(ranks.begin(), ranks.end(), 0);
+    std::shuffle(ranks.begin(), ranks.end(), rng);
+    for (int i = 0; i < replicas; ++i) rank_experts[ranks[i]].push_back(e);
+  }
+  for (auto& list : rank_experts) std::shuffle(list.begin(), list.end(), rng);  // uneven order
+  return LayerPlacement::from_rank_experts(rank_experts, num_experts);
+}
+
+// Top-k ids (distinct per token, skewed towards low ids) and weights.
+void random_routing(std::mt19937& rng, int64_t tokens, int top_k, int num_experts,
+                    std::vector<int32_t>& ids, std::vector<float>& weights) {
+  ids.resize(static_cast<size_t>(tokens * top_k));
+  weights.resize(ids.size());
+  std::uniform_real_distribution<float> u(0.0f, 1.0f);
+  for (int64_t t = 0; t < tokens; ++t) {
+    std::vector<int32_t> picked;
+    while (static_cast<int>(picked.size()) < top_k) {
+      const float x = u(rng);
+      const auto e = static_cast<int32_t>(x * x * static_cast<float>(num_experts)) % num_experts;
+      if (std::find(picked.begin(), picked.end(), e) == picked.end()) picked.push_back(e);
+    }
+    for (int j = 0; j < top_k; ++j) {
+      ids[t * top_k + j] = picked[j];
+      weights[t * top_k + j] = u(rng);
+    }
+  }
+}
+
+// The flat table RoutingTable points into, built as ResidentDispatcher::set_placement does.
+struct HostTable {
+  std::vector<int32_t> begin{0}, ranks, slots, num_slots;
+  kernels::RoutingTable table;
+  HostTable(const LayerPlacement& lp, int rank) {
+    int max_slots = 0;
+    for (const auto& replicas : lp.expert_slots) {
+      for (const parallel::Slot& s : replicas) {
+        ranks.push_back(s.rank);
+        slots.push_back(s.local_slot);
+      }
+      begin.push_back(static_cast<int32_t>(ranks.size()));
+    }
+    for (int d = 0; d < lp.num_ranks(); ++d) {
+      num_slots.push_back(lp.num_local_slots(d));
+      max_slots = std::max(max_slots, lp.num_local_slots(d));
+    }
+    table.num_experts = lp.num_experts();
+    table.num_ranks = lp.num_ranks();
+    table.rank = rank;
+    table.max_local_slots = max_slots;
+    table.replica_begin = begin.data();
+    table.replica_rank = ranks.data();
+    table.replica_slot = slots.data();
+    table.rank_num_slots = num_slots.data();
+  }
+};
+
+// Storage of one emulated source layout.
+struct SourceRun {
+  std::vector<int32_t> chunk_expert, chunk_dest, chunk_rows, pair_dest, pair_slot, token_ndest,
+      token_dest, expert_total, header, send_offsets, send_token, token_offsets, token_rows;
+  std::vector<RouteEntry> send_routes;
+  int32_t error = -7;  // emulate() must reset it
+  layout::SourceLayoutView v;
+
+  SourceRun(const kernels::RoutingTable& table, const std::vector<int32_t>& ids,
+            const std::vector<float>& weights, int32_t tokens, int32_t k) {
+    const int32_t E = table.num_experts, N = table.num_ranks;
+    const int32_t C = layout::num_chunks(tokens, layout::kChunkTokens);
+    const int32_t max_rows = tokens * std::min(k, N);
+    // Poisoned scratch and outputs: every entry read must have been written first.
+    const auto sized = [](std::vector<int32_t>& a, int64_t n) { a.assign(n, -12345); };
+    sized(chunk_expert, static_cast<int64_t>(C) * E);
+    sized(chunk_dest, static_cast<int64_t>(C) * N);
+    sized(chunk_rows, C);
+    sized(pair_dest, tokens * k);
+    sized(pair_slot, tokens * k);
+    sized(token_ndest, tokens);
+    sized(token_dest, tokens * k);
+    sized(expert_total, E);
+    sized(header, N * layout::header_width(table));
+    sized(send_offsets, N + 1);
+    sized(send_token, max_rows);
+    sized(token_offsets, tokens + 1);
+    sized(token_rows, max_rows);
+    send_routes.assign(static_cast<size_t>(max_rows) * k, RouteEntry{-99, -99.0f});
+    v.ids = ids.data();
+    v.weights = weights.data();
+    v.num_tokens = tokens;
+    v.top_k = k;
+    v.table = table;
+    v.chunk_expert = chunk_expert.data();
+    v.chunk_dest = chunk_dest.data();
+    v.chunk_rows = chunk_rows.data();
+    v.pair_dest = pair_dest.data();
+    v.pair_slot = pair_slot.data();
+    v.token_ndest = token_ndest.data();
+    v.token_dest = token_dest.data();
+    v.expert_total = expert_total.data();
+    v.header = header.data();
+    v.send_offsets = send_offsets.data();
+    v.send_token = send_token.data();
+    v.send_routes = send_routes.data();
+    v.token_offsets = token_offsets.data();
+    v.token_rows = token_rows.data();
+    v.error = &error;
+    layout::emulate(v);
+  }
+};
+
+bool same_route(const RouteEntry& a, const RouteEntry& b) {
+  return a.local_slot == b.local_slot && (a.local_slot < 0 || a.weight == b.weight);
+}
+
+// Every output of the emulated source layout equals the host layout's.
+void expect_source_matches(const LayerPlacement& lp, int rank, const std::vector<int32_t>& ids,
+                           const std::vector<float>& weights, int64_t tokens, int k) {
+  const parallel::DispatchLayout host =
+      parallel::build_dispatch_layout(lp, rank, ids, weights, tokens, k);
+  const HostTable ht(lp, rank);
+  const SourceRun run(ht.table, ids, weights, static_cast<int32_t>(tokens), k);
+  ASSERT_EQ(run.error, 0);
+  const int N = lp.num_ranks(), W = layout::header_width(ht.table);
+  const int64_t S = host.num_send_rows();
+  for (int d = 0; d < N; ++d) {
+    EXPECT_EQ(run.header[d * W], host.send_counts[d]) << "rows to rank " << d;
+    EXPECT_EQ(run.header[d * W + 1], host.pairs_per_rank[d]) << "pairs to rank " << d;
+    EXPECT_EQ(run.send_offsets[d + 1] - run.send_offsets[d], host.send_counts[d]);
+  }
+  for (int e = 0; e < lp.num_experts(); ++e) EXPECT_EQ(run.expert_total[e], host.expert_tokens[e]);
+  ASSERT_EQ(run.send_offsets[N], S);
+  for (int64_t r = 0; r < S; ++r) {
+    ASSERT_EQ(run.send_token[r], host.send_token[r]) << "row " << r;
+    for (int j = 0; j < k; ++j) {
+      ASSERT_TRUE(same_route(run.send_routes[r * k + j], host.send_routes[r * k + j]))
+          << "row " << r << " entry " << j;
+    }
+  }
+  for (int64_t t = 0; t <= tokens; ++t) ASSERT_EQ(run.token_offsets[t], host.token_offsets[t]);
+  for (int64_t i = 0; i < S; ++i) ASSERT_EQ(run.token_rows[i], host.token_rows[i]);
+
+  // The header's per-slot pair counts are what each destination slot receives from this rank.
+  for (int d = 0; d < N; ++d) {
+    std::vector<int32_t> per_slot(lp.num_local_slots(d), 0);
+    int64_t first = 0;
+    for (int q = 0; q < d; ++q) first += host.send_counts[q];
+    for (int64_t r = first; r < first + host.send_counts[d]; ++r) {
+      for (int j = 0; j < k; ++j) {
+        const int32_t s = host.send_routes[r * k + j].local_slot;
+        if (s >= 0) ++per_slot[s];
+      }
+    }
+    for (int s = 0; s < lp.num_local_slots(d); ++s) {
+      EXPECT_EQ(run.header[d * W + 2 + s], per_slot[s]) << "rank " << d << " slot " << s;
+    }
+    for (int s = lp.num_local_slots(d); s < ht.table.max_local_slots; ++s) {
+      EXPECT_EQ(run.header[d * W + 2 + s], 0);
+    }
+  }
+}
+
+TEST(DeviceLayout, SourceSideMatchesHostLayoutOnRandomRoutings) {
+  std::mt19937 rng(20261130);
+  struct Case {
+    int experts, ranks, replicas, k;
+    int64_t tokens;
+    bool empty_rank;
+  };
+  const Case cases[] = {
+      {8, 1, 1, 2, 5, false},     // one rank
+      {16, 2, 1, 4, 37, false},   // two chunks
+      {16, 3, 3, 4, 100, false},  // replicas on every rank
+      {32, 4, 2, 8, 257, true},   // a rank with no slots, many chunks
+      {128, 8, 3, 8, 64, false},  // Qwen3 shape, decode-sized batch
+      {128, 8, 1, 8, 1, false},   // batch 1
+      {64, 5, 4, 6, 300, true},   // odd sizes
+      {4, 4, 4, 1, 33, false},    // top-1, every expert on every rank
+      {12, 3, 2, 3, 0, false},    // empty batch
+  };
+  for (const Case& c : cases) {
+    for (int trial = 0; trial < 3; ++trial) {
+      const LayerPlacement lp = random_placement(rng, c.experts, c.ranks, c.replicas, c.empty_rank);
+      std::vector<int32_t> ids;
+      std::vector<float> weights;
+      random_routing(rng, c.tokens, c.k, c.experts, ids, weights);
+      for (int rank = 0; rank < c.ranks; ++rank) {
+        SCOPED_TRACE(testing::Message()
+                     << c.experts << " experts, " << c.ranks << " ranks, " << c.tokens
+                     << " tokens, k " << c.k << ", rank " << rank << ", trial " << trial);
+        expect_source_matches(lp, rank, ids, weights, c.tokens, c.k);
+      }
+    }
+  }
+}
+
+TEST(DeviceLayout, BadExpertIdIsFlaggedWithoutOutOfBoundsWrites) {
+  std::mt19937 rng(7);
+  const LayerPlacement lp = random_placement(rng, 8, 2, 1, false);
+  const HostTable ht(lp, 0);
+  std::vector<int32_t> ids{1, 2, -1, 3, 9, 4};  // pair 2: -1 (non-finite logits), pair 4: 9 >= 8
+  std::vector<float> weights(ids.size(), 0.5f);
+  const SourceRun run(ht.table, ids, weights, 3, 2);
+  EXPECT_EQ(run.error, 1 + 2);  // the first bad pair
+}
+
+// Storage of one emulated receiver grouping (poisoned, as SourceRun).
+struct GroupingRun {
+  std::vector<int32_t> chunk_slot, slot_begin, row_index, pair_of_entry;
+  int32_t error = -3;
+  layout::SlotGroupingView g;
+
+  GroupingRun(const std::vector<RouteEntry>& routes, int32_t rows, int k, int32_t slots,
+              int32_t own_begin, int32_t own_rows)
+      : chunk_slot(static_cast<size_t>(layout::num_chunks(rows, layout::kChunkRows)) * slots, -5),
+        slot_begin(slots + 1, -5),
+        row_index(static_cast<size_t>(rows) * k, -5),
+        pair_of_entry(static_cast<size_t>(rows) * k, -5) {
+    g.routes = routes.data();
+    g.num_rows = rows;
+    g.top_k = k;
+    g.num_slots = slots;
+    g.own_begin = own_begin;
+    g.own_rows = own_rows;
+    g.chunk_slot = chunk_slot.data();
+    g.slot_begin = slot_begin.data();
+    g.row_index = row_index.data();
+    g.pair_of_entry = pair_of_entry.data();
+    g.error = &error;
+    layout::emulate(g);
+  }
+};
+
+// Emulated receiver grouping of one received route block against group_by_slot, with the own
+// block moved last as the dispatcher lays rows out in memory.
+void expect_grouping_matches(const std::vector<RouteEntry>& routes, int32_t rows, int k,
+                             int32_t slots, int32_t own_begin, int32_t own_rows) {
+  const parallel::ExpertBatch host = parallel::group_by_slot(routes, rows, k, slots);
+  const GroupingRun run(routes, rows, k, slots, own_begin, own_rows);
+  const int32_t error = run.error;
+  const std::vector<int32_t>& slot_begin = run.slot_begin;
+  const std::vector<int32_t>& row_index = run.row_index;
+  const std::vector<int32_t>& pair_of_entry = run.pair_of_entry;
+  ASSERT_EQ(error, 0);
+  for (int32_t s = 0; s <= slots; ++s) ASSERT_EQ(slot_begin[s], host.slot_begin[s]) << "slot " << s;
+  for (int64_t p = 0; p < host.num_pairs(); ++p) {
+    const int32_t r = host.row_index[p];
+    const int32_t memory_row = r < own_begin              ? r
+                               : r < own_begin + own_rows ? rows - own_rows + (r - own_begin)
+                                                          : r - own_rows;
+    ASSERT_EQ(row_index[p], memory_row) << "pair " << p;
+  }
+  for (int64_t i = 0; i < static_cast<int64_t>(rows) * k; ++i) {
+    ASSERT_EQ(pair_of_entry[i], host.pair_of_entry[i]) << "entry " << i;
+  }
+}
+
+TEST(DeviceLayout, ReceiverGroupingMatchesGroupBySlot) {
+  std::mt19937 rng(99);
+  for (int trial = 0; trial < 40; ++trial) {
+    const int k = 1 + static_cast<int>(rng() % 8);
+    const int32_t rows = trial == 0 ? 0 : static_cast<int32_t>(rng() % 300);
+    const int32_t slots = 1 + static_cast<int32_t>(rng() % 40);
+    std::vector<RouteEntry> routes(static_cast<size_t>(rows) * k);
+    for (auto& e : routes) {
+      // About half the entries are for other ranks (-1); slots skewed to low ids.
+      e = rng() % 2 ? RouteEntry{static_cast<int32_t>((rng() % slots) / (1 + rng() % 2)), 0.25f}
+                    : RouteEntry{};
+    }
+    const int32_t own_begin = rows == 0 ? 0 : static_cast<int32_t>(rng() % (rows + 1));
+    const int32_t own_rows = static_cast<int32_t>(rng() % (rows - own_begin + 1));
+    SCOPED_TRACE(testing::Message() << rows << " rows, k " << k << ", " << slots << " slots");
+    expect_grouping_matches(routes, rows, k, slots, own_begin, own_rows);
+  }
+}
+
+TEST(DeviceLayout, ReceivedSlotOutOfRangeIsFlagged) {
+  const std::vector<RouteEntry> routes{{0, 1.0f}, {5, 1.0f}, {1, 1.0f}, {-1, 0.0f}};
+  const GroupingRun run(routes, 2, 2, 2, 0, 2);
+  EXPECT_EQ(run.error, 1 + 1);
+  EXPECT_EQ(run.pair_of_entry[1], -1);  // dropped, not written out of bounds
+  EXPECT_EQ(run.slot_begin[2], 2);
+}
+
+// The combine bodies give the host path's sums bit for bit (same terms, same order).
+TEST(DeviceLayout, CombineBodiesMatchWeightedRowSum) {
+  std::mt19937 rng(5);
+  std::normal_distribution<float> n01(0.0f, 1.0f);
+  const int k = 4;
+  const int32_t rows = 23;
+  const int64_t width = 37;
+  std::vector<RouteEntry> routes(rows * k);
+  std::vector<int32_t> pair_of_entry(rows * k, -1);
+  int32_t pairs = 0;
+  for (int32_t i = 0; i < rows * k; ++i) {
+    if (rng() % 3 == 0 && i % k != 0) continue;  // every row keeps its first entry
+    routes[i] = RouteEntry{0, n01(rng)};
+    pair_of_entry[i] = pairs++;
+  }
+  std::vector<float> expert_out(static_cast<size_t>(pairs) * width);
+  for (float& x : expert_out) x = n01(rng);
+  // Host path: weighted_row_sum over the entries of each row.
+  std::vector<int64_t> offsets{0};
+  std::vector<int32_t> src;
+  std::vector<float> w;
+  for (int32_t r = 0; r < rows; ++r) {
+    for (int j = 0; j < k; ++j) {
+      if (pair_of_entry[r * k + j] < 0) continue;
+      src.push_back(pair_of_entry[r * k + j]);
+      w.push_back(routes[r * k + j].weight);
+    }
+    offsets.push_back(static_cast<int64_t>(src.size()));
+  }
+  std::vector<float> want(static_cast<size_t>(rows) * width);
+  kernels::cpu::weighted_row_sum(expert_out.data(), width, src.data(), w.data(), offsets.data(),
+                                 rows, want.data());
+  for (int32_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < width; ++c) {
+      ASSERT_EQ(layout::partial_element(routes.data(), pair_of_entry.data(), expert_out.data(),
+                                        width, k, r, c),
+                want[r * width + c])
+          << r << "," << c;
+    }
+  }
+
+  // Final sum + residual: tokens with rows kept on this rank and rows returned by others.
+  const int32_t tokens = 9, own_send_begin = 4, own_rows = 5, remote_recv = 6;
+  std::vector<int32_t> token_offsets{0}, token_rows;
+  const int32_t send_rows = 14;  // rows 4..8 are own
+  for (int32_t t = 0; t < tokens; ++t) {
+    for (int32_t r = 0; r < send_rows; ++r) {
+      if ((r + t) % 4 == 0) token_rows.push_back(r);
+    }
+    if (token_rows.size() == static_cast<size_t>(token_offsets.back())) token_rows.push_back(t);
+    token_offsets.push_back(static_cast<int32_t>(token_rows.size()));
+  }
+  std::vector<float> returned(static_cast<size_t>(send_rows - own_rows) * width),
+      partial(static_cast<size_t>(remote_recv + own_rows) * width), x(tokens * width);
+  for (float& v : returned) v = n01(rng);
+  for (float& v : partial) v = n01(rng);
+  for (float& v : x) v = n01(rng);
+  layout::CombineSources cs{returned.data(), partial.data(), own_send_begin, own_rows, remote_recv};
+  // Host path: the combine buffer [returned][partial], one weighted_row_sum, then add_inplace.
+  std::vector<float> buffer(returned);
+  buffer.insert(buffer.end(), partial.begin(), partial.end());
+  std::vector<int32_t> final_src;
+  const int32_t returned_rows = send_rows - own_rows;
+  for (int32_t row : token_rows) {
+    const bool own = row >= own_send_begin && row < own_send_begin + own_rows;
+    final_src.push_back(own ? returned_rows + remote_recv + (row - own_send_begin)
+                            : (row < own_send_begin ? row : row - own_rows));
+  }
+  std::vector<int64_t> offsets64(token_offsets.begin(), token_offsets.end());
+  std::vector<float> y(tokens * width), x_host(x);
+  kernels::cpu::weighted_row_sum(buffer.data(), width, final_src.data(), nullptr, offsets64.data(),
+                                 tokens, y.data());
+  kernels::cpu::add_inplace(x_host.data(), y.data(), tokens * width);
+  for (int32_t t = 0; t < tokens; ++t) {
+    for (int64_t c = 0; c < width; ++c) {
+      ASSERT_EQ(layout::combine_residual_element(cs, token_offsets.data(), token_rows.data(), width,
+                                                 t, c, x[t * width + c]),
+                x_host[t * width + c])
+          << t << "," << c;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace moe
