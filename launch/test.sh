@@ -9,9 +9,10 @@
 #      mpi tests in ASAN_MPI_TESTS below: one per distinct code path under MPI (the communicator
 #      and dispatcher at an even and an odd world size, the HF checkpoint loaders and forward on 2
 #      ranks, dedup, replicas and the memory report, the bf16 model at 1/2/4 ranks, trace record/
-#      replay and bad traces, rebalancing). The other mpi tests run the same code at more world
-#      sizes, placements or command-line variants (stage 2 runs them all) or only check how a job
-#      ends (fault injection, a stuck rank). Measured in a release run on 2 cores: the 13 chosen
+#      replay and bad traces, rebalancing, routing on the device at 1-4 ranks). The other mpi
+#      tests run the same code at more world sizes, placements or command-line variants (stage 2
+#      runs them all) or only check how a job ends (fault injection, a stuck rank). Measured in a
+#      release run on 2 cores (before the device-routing test joined): the 13 chosen
 #      take 71 s of the 345 s the 50 mpi tests take (unit: 171 s), and the benchmarks are 11% of
 #      the compile time. MOE_TEST_ASAN_ALL=1 runs every test here.
 #   4. libFuzzer (safetensors header parser, tokenizer.json loader) for MOE_FUZZ_SECONDS (60).
@@ -39,6 +40,7 @@ ASAN_MPI_TESTS=(
   'RoutingCli\.RecordThenReplayIsBitForBitOnAnyRankCount'
   'RoutingCli\.EachBadTraceEndsTheJobWithOneClearLine'
   'RoutingCli\.ForwardLogitsAcrossRebalancesEqualOneRankLogits'
+  'DeviceRouting\.CpuEmulationGivesTheHostRoutingLogitsBitForBit'
 )
 
 echo "== format check"
