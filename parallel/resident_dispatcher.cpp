@@ -185,7 +185,6 @@ ResidentDispatch ResidentDispatcher::dispatch(int layer, const float* hidden, in
   backend_.dispatch_layout_resident(v);
 
   ResidentDispatch d;
-  d.layer = layer;
   d.num_tokens = num_tokens;
   d.token_offsets = v.token_offsets;
   d.token_rows = v.token_rows;

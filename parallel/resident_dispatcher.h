@@ -31,7 +31,6 @@ namespace moe::parallel {
 // What dispatch hands to expert compute and to combine_add. Pointers into the dispatcher's
 // buffers (backend memory): valid until its next dispatch().
 struct ResidentDispatch {
-  int layer = 0;
   const float* recv_rows = nullptr;  // [R, H], own rows last
   int64_t num_recv_rows = 0;
   int64_t num_tokens = 0;

@@ -22,6 +22,18 @@ int64_t ceil_div(int64_t a, int64_t b) {
 
 }  // namespace
 
+void check_attention_seq(const AttentionSeq& q, int64_t s, int64_t cache_num_slots,
+                         int64_t cache_max_len) {
+  MOE_CHECK(q.num_new >= 0 && q.past_len >= 0 && q.row_begin >= 0,
+            "attention: sequence {} has row_begin {} num_new {} past_len {}", s, q.row_begin,
+            q.num_new, q.past_len);
+  MOE_CHECK(q.cache_slot >= 0 && q.cache_slot < cache_num_slots,
+            "attention: sequence {} uses cache slot {} of {}", s, q.cache_slot, cache_num_slots);
+  MOE_CHECK(q.past_len + q.num_new <= cache_max_len,
+            "attention: sequence {} needs {} cache positions, the cache holds {}", s,
+            q.past_len + q.num_new, cache_max_len);
+}
+
 AttentionPlan plan_attention(const AttentionSeq* seqs, int64_t num_seqs, AttentionShape shape,
                              int64_t cache_num_slots, int64_t cache_max_len, int num_sms) {
   const int64_t H = shape.num_heads, KV = shape.num_kv_heads, D = shape.head_dim;
@@ -41,14 +53,7 @@ AttentionPlan plan_attention(const AttentionSeq* seqs, int64_t num_seqs, Attenti
   int64_t base_blocks = 0;
   for (int64_t s = 0; s < num_seqs; ++s) {
     const AttentionSeq& q = seqs[s];
-    MOE_CHECK(q.num_new >= 0 && q.past_len >= 0 && q.row_begin >= 0,
-              "attention: sequence {} has row_begin {} num_new {} past_len {}", s, q.row_begin,
-              q.num_new, q.past_len);
-    MOE_CHECK(q.cache_slot >= 0 && q.cache_slot < cache_num_slots,
-              "attention: sequence {} uses cache slot {} of {}", s, q.cache_slot, cache_num_slots);
-    MOE_CHECK(q.past_len + q.num_new <= cache_max_len,
-              "attention: sequence {} needs {} cache positions, the cache holds {}", s,
-              q.past_len + q.num_new, cache_max_len);
+    check_attention_seq(q, s, cache_num_slots, cache_max_len);
     to_i32(q.row_begin + q.num_new, "q row");
     base_blocks += ceil_div(q.num_new, plan.tokens_per_tile) * KV * head_slices;
   }

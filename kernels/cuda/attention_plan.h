@@ -67,6 +67,12 @@ struct AttentionPlan {
   int64_t heads_per_tile = 0;
 };
 
+// Throws moe::Error unless sequence s (index for the message) fits the cache: non-negative
+// sizes, a slot below cache_num_slots, past_len + num_new <= cache_max_len. Every attention plan
+// checks its sequences with it.
+void check_attention_seq(const AttentionSeq& q, int64_t s, int64_t cache_num_slots,
+                         int64_t cache_max_len);
+
 // Validates geometry and every sequence against the cache (slot in range, past_len + num_new <=
 // max_len, head_dim <= kAttnMaxHeadDim, H % KV == 0) and builds the plan. num_sms steers how far
 // long decode-like sequences are split so the grid fills the device. Throws moe::Error.

@@ -42,14 +42,7 @@ inline AttentionTcPlan plan_attention_tc(const AttentionSeq* seqs, int64_t num_s
   AttentionTcPlan plan;
   for (int64_t s = 0; s < num_seqs; ++s) {
     const AttentionSeq& q = seqs[s];
-    MOE_CHECK(q.num_new >= 0 && q.past_len >= 0 && q.row_begin >= 0,
-              "attention: sequence {} has row_begin {} num_new {} past_len {}", s, q.row_begin,
-              q.num_new, q.past_len);
-    MOE_CHECK(q.cache_slot >= 0 && q.cache_slot < cache_num_slots,
-              "attention: sequence {} uses cache slot {} of {}", s, q.cache_slot, cache_num_slots);
-    MOE_CHECK(q.past_len + q.num_new <= cache_max_len,
-              "attention: sequence {} needs {} cache positions, the cache holds {}", s,
-              q.past_len + q.num_new, cache_max_len);
+    check_attention_seq(q, s, cache_num_slots, cache_max_len);
     MOE_CHECK(q.row_begin + q.num_new <= INT32_MAX && q.num_new * G <= INT32_MAX,
               "attention: sequence {} rows do not fit int32", s);
     if (q.num_new == 0) continue;
