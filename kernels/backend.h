@@ -12,8 +12,8 @@
 
 #include "kernels/common/bf16.h"
 #include "kernels/common/moe_layout.h"
+#include "kernels/op_args.h"
 #include "kernels/phase_timer.h"
-#include "kernels/types.h"
 
 namespace moe::kernels {
 

@@ -38,8 +38,8 @@
 
 #include <cstdint>
 
-#include "kernels/common/hd.h"
-#include "kernels/types.h"
+#include "kernels/common/host_device.h"
+#include "kernels/op_args.h"
 
 namespace moe::kernels::layout {
 

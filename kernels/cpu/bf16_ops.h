@@ -13,7 +13,7 @@
 
 #include "kernels/common/bf16.h"
 #include "kernels/cpu/onednn_gemm.h"
-#include "kernels/types.h"
+#include "kernels/op_args.h"
 
 namespace moe::kernels::cpu {
 

@@ -1,7 +1,7 @@
-// BLAS thread count for the CPU backend's own code (kernels/host.h is the public side).
+// BLAS thread count for the CPU backend's own code (kernels/cpu/host.h is the public side).
 #pragma once
 
-#include "kernels/host.h"
+#include "kernels/cpu/host.h"
 
 namespace moe::kernels::cpu {
 

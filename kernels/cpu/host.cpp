@@ -1,5 +1,5 @@
-// OpenBLAS thread control, host argmax and the sgemm yardstick (kernels/host.h).
-#include "kernels/host.h"
+// OpenBLAS thread control, host argmax and the sgemm yardstick (kernels/cpu/host.h).
+#include "kernels/cpu/host.h"
 
 #include <cblas.h>
 

@@ -6,7 +6,7 @@
 #include <cstdint>
 
 #include "kernels/common/bf16.h"
-#include "kernels/types.h"
+#include "kernels/op_args.h"
 
 namespace moe::kernels::cpu {
 

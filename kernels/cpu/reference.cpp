@@ -260,13 +260,4 @@ void gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n,
   }
 }
 
-int64_t argmax(const float* x, int64_t n) {
-  MOE_CHECK(n > 0, "reference argmax of an empty range");
-  int64_t best = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (x[i] > x[best]) best = i;
-  }
-  return best;
-}
-
 }  // namespace moe::kernels::cpu::reference

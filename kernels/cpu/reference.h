@@ -6,7 +6,7 @@
 #include <cstdint>
 
 #include "kernels/common/bf16.h"
-#include "kernels/types.h"
+#include "kernels/op_args.h"
 
 namespace moe::kernels::cpu::reference {
 
@@ -39,6 +39,5 @@ void gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n,
 // Sums in j order starting from 0.0f, in fp32 (the contract is fp32 order, not double).
 void weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
                       const float* weights, const int64_t* offsets, int64_t n, float* dst);
-int64_t argmax(const float* x, int64_t n);
 
 }  // namespace moe::kernels::cpu::reference

@@ -12,7 +12,7 @@
 #include "kernels/common/bf16.h"
 #include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/attention_tc_math.h"
-#include "kernels/types.h"
+#include "kernels/op_args.h"
 
 namespace moe::kernels::cuda {
 

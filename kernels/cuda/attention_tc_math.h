@@ -17,7 +17,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/device_math.h"
-#include "kernels/types.h"
+#include "kernels/op_args.h"
 
 namespace moe::kernels::cuda {
 

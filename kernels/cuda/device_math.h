@@ -8,7 +8,7 @@
 #include <cstring>
 
 #include "kernels/common/bf16.h"
-#include "kernels/common/hd.h"
+#include "kernels/common/host_device.h"
 
 namespace moe::kernels::cuda {
 

@@ -16,7 +16,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "kernels/types.h"
+#include "kernels/op_args.h"
 
 namespace moe::kernels::cuda {
 

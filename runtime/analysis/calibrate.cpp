@@ -15,7 +15,7 @@
 #include <vector>
 
 #include "kernels/common/check.h"
-#include "kernels/host.h"
+#include "kernels/cpu/host.h"
 #include "parallel/dispatcher.h"
 #include "parallel/placement.h"
 #include "runtime/analysis/cost_model.h"

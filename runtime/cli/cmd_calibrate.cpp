@@ -13,7 +13,7 @@
 
 #include "kernels/backend.h"
 #include "kernels/common/check.h"
-#include "kernels/host.h"
+#include "kernels/cpu/host.h"
 #include "runtime/analysis/calibrate.h"
 #include "runtime/analysis/hardware.h"
 #include "runtime/cli/commands.h"

@@ -7,7 +7,7 @@
 #include <random>
 
 #include "kernels/common/check.h"
-#include "kernels/host.h"
+#include "kernels/cpu/host.h"
 #include "runtime/cli/commands.h"
 #include "runtime/cli/options.h"
 #include "runtime/cli/report.h"

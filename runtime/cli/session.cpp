@@ -11,7 +11,7 @@
 #include <thread>
 
 #include "kernels/common/check.h"
-#include "kernels/host.h"
+#include "kernels/cpu/host.h"
 #include "runtime/model/engine.h"
 
 namespace moe::runtime {

@@ -8,7 +8,7 @@
 #include <sstream>
 
 #include "kernels/common/check.h"
-#include "kernels/host.h"
+#include "kernels/cpu/host.h"
 
 namespace moe::runtime {
 namespace {

@@ -10,7 +10,7 @@
 
 #include "kernels/common/check.h"
 #include "kernels/common/hash.h"
-#include "kernels/host.h"
+#include "kernels/cpu/host.h"
 
 namespace moe::runtime {
 

@@ -2,7 +2,7 @@
 #include <cmath>
 
 #include "cli_util.h"
-#include "kernels/host.h"
+#include "kernels/cpu/host.h"
 
 namespace moe::test {
 namespace {

@@ -9,9 +9,9 @@
 
 #include "kernel_test_util.h"
 #include "kernels/common/check.h"
+#include "kernels/cpu/host.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/reference.h"
-#include "kernels/host.h"
 
 namespace moe::kernels::test {
 namespace {
@@ -211,17 +211,18 @@ TEST(WeightedRowSum, MatchesFp32ReferenceExactlyWithEmptyRowsAndNoWeights) {
 TEST(Argmax, ReturnsFirstOfEqualMaxima) {
   std::vector<float> x = {1.0f, 3.0f, -2.0f, 3.0f, 0.5f};
   EXPECT_EQ(kernels::argmax(x.data(), x.size()), 1);
-  EXPECT_EQ(ref::argmax(x.data(), x.size()), 1);
   std::vector<float> neg = {-5.0f, -1.0f, -1.0f};
   EXPECT_EQ(kernels::argmax(neg.data(), neg.size()), 1);
   EXPECT_THROW(kernels::argmax(x.data(), 0), moe::Error);
 }
 
-TEST(Argmax, MatchesReferenceOnRandomVectors) {
+TEST(Argmax, IsTheFirstLargestOnRandomVectors) {
   std::mt19937 rng(10);
   for (int t = 0; t < 20; ++t) {
     auto x = random_floats(rng, 1 + t * 97);
-    EXPECT_EQ(kernels::argmax(x.data(), x.size()), ref::argmax(x.data(), x.size()));
+    const int64_t best = kernels::argmax(x.data(), x.size());
+    for (int64_t i = 0; i < best; ++i) EXPECT_LT(x[i], x[best]) << "at " << i;
+    for (size_t i = best; i < x.size(); ++i) EXPECT_LE(x[i], x[best]) << "at " << i;
   }
 }
 
