@@ -1,4 +1,4 @@
-// Expert grouped GEMM (grouped_expert_swiglu) in the CPU backend's bf16 mode next to (a) one plain
+// Expert grouped GEMM (expert_swiglu) in the CPU backend's bf16 mode next to (a) one plain
 // oneDNN bf16 matmul per projection over all rows at once (the same FLOPs, no grouping) and (b)
 // the fp32 mode (OpenBLAS), with a plain fp32 sgemm of the same FLOPs for scale. Prints the ISA
 // oneDNN uses, one fixed table, and writes JSON (--json). Not a test: nothing passes or fails.
@@ -21,6 +21,7 @@
 #include "kernels/common/bf16.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/onednn_gemm.h"
+#include "tests/common/host_ops.h"
 
 namespace {
 
@@ -93,8 +94,8 @@ int main(int argc, char** argv) {
   auto grouped = [&](kernels::Backend& be) {
     return best_seconds(
         [&] {
-          be.grouped_expert_swiglu(x.data(), hidden, inter, groups.data(), experts,
-                                   row_index.data(), out.data());
+          moe::test::grouped_swiglu(be, x.data(), hidden, inter, groups.data(), experts,
+                                    row_index.data(), out.data());
         },
         min_seconds);
   };

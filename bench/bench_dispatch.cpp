@@ -99,22 +99,33 @@ class A2aBench {
     kernels::Buffer<float> y(backend_, std::max<size_t>(host_hidden.size(), 1));
     kernels::Buffer<float> expert_out;
     std::vector<float> host_recv, host_out, host_y(host_hidden.size());
+    kernels::Buffer<int32_t> ids;
+    kernels::Buffer<float> weights;
+    ids.assign(backend_, routing.ids.data(), routing.ids.size());
+    weights.assign(backend_, routing.weights.data(), routing.weights.size());
+    std::vector<int32_t> slot_begin, row_index;
 
     parallel::Dispatcher dispatcher(comm_, backend_, H, c.top_k);
+    dispatcher.set_placement(placement);
     kernels::HostPhaseTimer timer(3);  // layout, dispatch, combine
     dispatcher.set_timer(&timer, 0, 1, 2);
 
     // Untimed stand-in for the expert GEMMs: out[p] = scale(expert of p's slot) * in[row(p)].
-    auto expert_compute = [&](const parallel::DispatchResult& r) {
-      const int64_t R = r.num_recv_rows, P = r.batch.num_pairs();
+    auto expert_compute = [&](const parallel::DispatchHandle& r) {
+      const kernels::ExpertBatch& b = r.experts;
+      slot_begin.resize(static_cast<size_t>(b.num_slots + 1));
+      backend_.download(slot_begin.data(), b.slot_begin, slot_begin.size() * sizeof(int32_t));
+      const int64_t R = r.num_recv_rows, P = slot_begin.back();
+      row_index.resize(static_cast<size_t>(P));
+      backend_.download(row_index.data(), b.row_index, row_index.size() * sizeof(int32_t));
       host_recv.resize(static_cast<size_t>(R * H));
       host_out.resize(static_cast<size_t>(std::max<int64_t>(P, 1) * H));
       backend_.download(host_recv.data(), r.recv_rows, host_recv.size() * sizeof(float));
       const auto& slots = lp.rank_experts[static_cast<size_t>(rank_)];
-      for (size_t slot = 0; slot + 1 < r.batch.slot_begin.size(); ++slot) {
+      for (size_t slot = 0; slot + 1 < slot_begin.size(); ++slot) {
         const float scale = a2a_expert_scale(slots[slot]);
-        for (int64_t p = r.batch.slot_begin[slot]; p < r.batch.slot_begin[slot + 1]; ++p) {
-          const float* in = host_recv.data() + r.batch.row_index[static_cast<size_t>(p)] * H;
+        for (int64_t p = slot_begin[slot]; p < slot_begin[slot + 1]; ++p) {
+          const float* in = host_recv.data() + row_index[static_cast<size_t>(p)] * H;
           float* out = host_out.data() + p * H;
           for (int64_t col = 0; col < H; ++col) out[col] = scale * in[col];
         }
@@ -124,16 +135,19 @@ class A2aBench {
       return P;
     };
 
-    // Our exchange, timed in two parts around the untimed stand-in.
+    // Our exchange, timed in two parts around the untimed stand-in. The combine adds into y,
+    // which starts at zero (in the model it is the residual stream).
     auto run_ours = [&](double& dispatch_s, double& combine_s, int64_t& pairs) {
+      dispatcher.begin_step();
       comm_.barrier();
       auto t0 = Clock::now();
       timer.start();
-      parallel::DispatchResult r =
-          dispatcher.dispatch(hidden.data(), c.tokens, routing.ids, routing.weights, lp);
+      parallel::DispatchHandle r =
+          dispatcher.dispatch(0, hidden.data(), c.tokens, ids.data(), weights.data());
       backend_.synchronize();
       dispatch_s = seconds_since(t0);
       pairs = expert_compute(r);
+      backend_.fill_zero(y.data(), y.size_bytes());
       backend_.synchronize();
       t0 = Clock::now();
       timer.start();
@@ -177,7 +191,7 @@ class A2aBench {
     // First call: fixes the per-peer counts the raw exchange mirrors, and checks the result.
     double d0 = 0, c0 = 0;
     int64_t pairs = 0;
-    const parallel::DispatchResult first = run_ours(d0, c0, pairs);
+    const parallel::DispatchHandle first = run_ours(d0, c0, pairs);
     backend_.download(host_y.data(), y.data(), host_y.size() * sizeof(float));
     CaseResult res;
     res.c = c;
@@ -291,7 +305,11 @@ class A2aBench {
     }
   };
 
-  RawExchange make_raw(const parallel::DispatchResult& r, const Case& c) {
+  RawExchange make_raw(const parallel::DispatchHandle& r, const Case& c) {
+    // One rank exchanges nothing: it sends and receives its own tokens.
+    const std::vector<int64_t> one_rank{c.tokens};
+    const std::vector<int64_t>& send_counts = n_ == 1 ? one_rank : r.send_counts;
+    const std::vector<int64_t>& recv_counts = n_ == 1 ? one_rank : r.recv_counts;
     RawExchange x;
     const int64_t row_bytes = c.hidden * static_cast<int64_t>(sizeof(float));
     const int64_t route_bytes = c.top_k * static_cast<int64_t>(sizeof(parallel::RouteEntry));
@@ -301,10 +319,10 @@ class A2aBench {
     x.back_recv.resize(static_cast<size_t>(n_));
     int64_t send_total = 0, recv_total = 0;
     for (size_t p = 0; p < static_cast<size_t>(n_); ++p) {
-      x.out_bytes[p] = r.layout.send_counts[p] * (row_bytes + route_bytes);
-      x.out_recv[p] = r.recv_counts[p] * (row_bytes + route_bytes);
-      x.back_bytes[p] = r.recv_counts[p] * row_bytes;  // combine: the reverse, rows only
-      x.back_recv[p] = r.layout.send_counts[p] * row_bytes;
+      x.out_bytes[p] = send_counts[p] * (row_bytes + route_bytes);
+      x.out_recv[p] = recv_counts[p] * (row_bytes + route_bytes);
+      x.back_bytes[p] = recv_counts[p] * row_bytes;  // combine: the reverse, rows only
+      x.back_recv[p] = send_counts[p] * row_bytes;
       send_total += x.out_bytes[p] + x.back_bytes[p];
       recv_total += x.out_recv[p] + x.back_recv[p];
     }

@@ -121,7 +121,7 @@ class Bench {
 
   std::array<double, kNumPhases> phases_now() {
     std::array<double, kNumPhases> t{};
-    const runtime::PhaseTimes& pt = s_.model->times();
+    const runtime::PhaseTimes& pt = s_.model->instrumentation().times();
     for (int i = 0; i < kNumPhases; ++i)
       t[static_cast<size_t>(i)] = pt.seconds[static_cast<size_t>(i)];
     return t;
@@ -156,7 +156,7 @@ class Bench {
     const auto t0 = Clock::now();
     for (int64_t i = 0; i < o_.decode_steps; ++i) {
       runtime::StepResult res = step(seqs, o_.context + 1 + i, 1);
-      flops += s_.model->last_step_flops();
+      flops += s_.model->instrumentation().last_step_flops();
       loads.push_back(std::move(res.loads));
     }
     const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -190,7 +190,7 @@ class Bench {
     const double wall = std::chrono::duration<double>(Clock::now() - t0).count();
     const auto after = phases_now();
     r.step_s = max_over_ranks(wall);
-    r.flops_per_step = job_sum(s_.model->last_step_flops());
+    r.flops_per_step = job_sum(s_.model->instrumentation().last_step_flops());
     for (size_t p = 0; p < r.phase_s.size(); ++p) r.phase_s[p] = after[p] - before[p];
     return r;
   }
@@ -207,9 +207,8 @@ void print_table(const BenchOptions& o, const runtime::Session& s,
   fmt::print("HBM floor at {:.2f} TB/s, MFU against {:.0f} TFLOP/s dense bf16\n", o.hbm_tb_s,
              o.peak_tflops);
   fmt::print(
-      "routing on the {}; \"graph\" rows replay a captured device graph (no phase times "
-      "inside a graph; the row above it is the eager step)\n",
-      s.model->routing_on_device() ? "device" : "host");
+      "\"graph\" rows replay a captured device graph (no phase times inside a graph; the row "
+      "above it is the eager step)\n");
   fmt::print("{:<18} {:>7} {:>10} {:>10} {:>10} {:>9} {:>8} |", "case", "tokens", "ms/step",
              "tok/s", "floor ms", "x floor", "MFU %");
   for (const char* n : kPhaseNames) fmt::print(" {:>9}", n);
@@ -294,7 +293,7 @@ int run(int argc, char** argv) {
 
   Bench bench(o, *s);
   std::vector<CaseResult> cases;
-  const bool graphs = s->model->graphs() && s->backend->supports_graphs();
+  const bool graphs = s->model->graphs_on() && s->backend->graphs() != nullptr;
   for (int64_t b : o.batches) {
     cases.push_back(bench.decode(b, false));
     if (graphs) cases.push_back(bench.decode(b, true));
@@ -302,7 +301,7 @@ int run(int argc, char** argv) {
   s->model->set_graphs(graphs);
   if (o.prefill_len > 0) cases.push_back(bench.prefill(o.prefill_len));
 
-  const std::string timing = s->model->timing_method();
+  const std::string timing = s->model->instrumentation().timing_method();
   if (s->rank() == 0) {
     print_table(o, *s, cases, timing);
     if (!o.model.json.empty()) {

@@ -1,6 +1,8 @@
-// The compute backend the model is written against once: memory plus every op of the forward.
-// Float tensors and weights live in backend memory (host for cpu, VRAM for cuda); integer
-// metadata (ids, positions, row indices, offsets) is passed from host memory, see types.h.
+// The compute backend the model is written against once: memory, and every op of the forward,
+// grouped by family. Tensors, weights AND integer metadata (ids, positions, row indices, routing)
+// live in backend memory (host for cpu, VRAM for cuda), so one MoE path serves every backend and
+// a decode step can run without the host reading anything. Where the host also holds a copy of
+// some metadata, an op may take it (`host_*` arguments) to size its launches without a device read.
 #pragma once
 
 #include <cstddef>
@@ -26,17 +28,55 @@ const char* compute_dtype_name(ComputeDtype dtype);
 // Parses "fp32" or "bf16"; anything else throws moe::Error (subsystem "config") naming both.
 ComputeDtype parse_compute_dtype(const std::string& text);
 
+// What a backend is, fixed when it is built.
+struct BackendTraits {
+  std::string name;                  // "cpu", "cuda", ...
+  bool host_memory = true;           // tensors live in this process's memory
+  KvDtype kv_dtype = KvDtype::kF32;  // element type attention() expects of the cache
+  ComputeDtype compute_dtype = ComputeDtype::kF32;
+  // GEMMs read bf16 copies of their inputs written by the producer (the y_bf16 / x_bf16
+  // arguments below) instead of rounding the fp32 input themselves; the model allocates those
+  // copies only then and passes nullptr otherwise.
+  bool bf16_activations = false;
+};
+
+// Device graphs: the ops enqueued between begin_capture() and end_capture() are recorded (not
+// run) into a graph that launch() replays with the pointers and sizes it was captured with. Only
+// ops whose metadata is in backend memory may be captured (a host staging, a host read or a
+// buffer that grows during capture throws).
+class DeviceGraphs {
+ public:
+  virtual ~DeviceGraphs() = default;
+  // Changes whenever the backend's own scratch moves (graphs captured before read freed memory).
+  virtual int64_t memory_generation() const = 0;
+  // Whether expert_swiglu can run with its slot counts in device memory only (no host_slot_begin)
+  // for these widths: the condition for capturing a MoE layer's experts.
+  virtual bool experts_capturable(int64_t hidden, int64_t inter) const = 0;
+  virtual void begin_capture() = 0;
+  virtual int64_t end_capture() = 0;  // handle of the instantiated graph
+  virtual void abort_capture() noexcept = 0;
+  virtual void launch(int64_t handle) = 0;
+  virtual void release(int64_t handle) noexcept = 0;  // the graph and its executable
+  virtual void release_all() noexcept = 0;
+};
+
 class Backend {
  public:
+  explicit Backend(BackendTraits traits) : traits_(std::move(traits)) {}
   virtual ~Backend() = default;
-  virtual std::string name() const = 0;
-  virtual bool is_host_memory() const = 0;
-  // Element type attention() expects of the KV cache it is given.
-  virtual KvDtype kv_cache_dtype() const { return KvDtype::kF32; }
-  // Element type of the GEMM operands (cpu: fp32 unless asked for bf16; cuda: always bf16).
-  virtual ComputeDtype compute_dtype() const { return ComputeDtype::kF32; }
+  Backend(const Backend&) = delete;
+  Backend& operator=(const Backend&) = delete;
 
-  // Memory. Bytes are spelled _bytes; allocate never returns null (throws).
+  const BackendTraits& traits() const { return traits_; }
+  const std::string& name() const { return traits_.name; }
+  bool is_host_memory() const { return traits_.host_memory; }
+  KvDtype kv_cache_dtype() const { return traits_.kv_dtype; }
+  ComputeDtype compute_dtype() const { return traits_.compute_dtype; }
+  bool takes_bf16_activations() const { return traits_.bf16_activations; }
+  size_t allocated_bytes() const { return allocated_bytes_; }
+  size_t peak_allocated_bytes() const { return peak_allocated_bytes_; }
+
+  // ---- Memory. Bytes are spelled _bytes; allocate never returns null (throws).
   virtual void* allocate(size_t size_bytes) = 0;
   virtual void deallocate(void* ptr, size_t size_bytes) noexcept = 0;
   virtual void upload(void* dst, const void* host_src, size_t size_bytes) = 0;
@@ -44,131 +84,79 @@ class Backend {
   virtual void copy(void* dst, const void* src, size_t size_bytes) = 0;
   virtual void fill_zero(void* dst, size_t size_bytes) = 0;
   virtual void synchronize() = 0;
-  size_t allocated_bytes() const { return allocated_bytes_; }
-  // Bytes in use on the whole device this backend computes on (cudaMemGetInfo: every context
-  // and process on it), or -1 for a backend in host memory.
+  // Bytes in use on the whole device this backend computes on (cudaMemGetInfo: every context and
+  // process on it), or -1 for a backend in host memory.
   virtual int64_t device_used_bytes() const { return -1; }
-  size_t peak_allocated_bytes() const { return peak_allocated_bytes_; }
-  // The stream ops are enqueued on (a cudaStream_t for cuda), for a device communicator to
-  // order its exchanges against; nullptr for host backends.
+  // The stream ops are enqueued on (a cudaStream_t for cuda), for a device communicator to order
+  // its exchanges against; nullptr for host backends.
   virtual void* compute_stream() const { return nullptr; }
-  // A timer on this backend's timeline (see phase_timer.h); host clock unless overridden.
+  // A timer on this backend's timeline (phase_timer.h); host clock unless overridden.
   virtual std::unique_ptr<PhaseTimer> make_phase_timer(int num_phases) {
     return std::make_unique<HostPhaseTimer>(num_phases);
   }
+  // The backend's device graphs, or nullptr when it has none.
+  virtual DeviceGraphs* graphs() { return nullptr; }
 
-  // Ops: same contracts as kernels/cpu/ops.h.
+  // ---- Dense ops (contracts as kernels/cpu/ops.h; rounding points as kernels/common/rounding.h).
+  // out [n, hidden] = table rows ids[0..n) (ids checked against vocab by the caller).
   virtual void embedding(const bf16* table, int64_t vocab, int64_t hidden, const int32_t* ids,
                          int64_t n, float* out) = 0;
+  // y = rmsnorm(x) per row of dim; y_bf16 (nullable, [rows, dim]) also receives bf16(y).
   virtual void rmsnorm(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps,
-                       float* y) = 0;
+                       float* y, bf16* y_bf16 = nullptr) = 0;
+  // y [rows, out] = x [rows, in] . w^T. x_bf16 (nullable) holds bf16(x) as a producer wrote it:
+  // a backend whose GEMMs round x to bf16 reads it instead of rounding x again (same values).
   virtual void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out,
-                      float* y) = 0;
-  virtual void rope(float* x, const int32_t* positions, int64_t rows, int64_t heads,
-                    int64_t head_dim, double theta) = 0;
-  virtual void attention(const float* q, const float* k, const float* v, const AttentionSeq* seqs,
-                         int64_t num_seqs, AttentionShape shape, KvCacheView cache, float* out) = 0;
-  // attention() with seqs [num_seqs] in BACKEND memory (device memory for cuda): the host knows
-  // only num_seqs and num_rows (the total new rows: q/k/v/out have num_rows rows), not the
-  // lengths, so a device backend sizes every launch by (num_rows, shape, cache.max_len) and a
-  // decode step can be captured once as a CUDA graph and replayed with new lengths. Appends the
-  // new k/v rows at the positions seqs gives. Host-memory backends: attention() itself.
-  virtual void attention_resident(const float* q, const float* k, const float* v,
-                                  const AttentionSeq* seqs, int64_t num_seqs, int64_t num_rows,
-                                  AttentionShape shape, KvCacheView cache, float* out);
-  // ids and weights are written to HOST memory: the dispatcher lays tokens out on the host.
-  virtual void router_topk(const float* logits, int64_t rows, int64_t experts, int64_t k,
-                           bool renormalise, int32_t* host_ids, float* host_weights) = 0;
-  virtual void swiglu_mlp(const float* x, ExpertWeights w, int64_t rows, int64_t hidden,
-                          int64_t inter, float* y) = 0;
-  virtual void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
-                                     const ExpertGroup* groups, int64_t num_groups,
-                                     const int32_t* row_index, float* out) = 0;
-  // ---- Device graphs: the ops enqueued between begin_capture() and end_capture() are recorded
-  // (not run) into a graph that launch_graph() replays with the pointers and sizes it was
-  // captured with; only ops whose metadata is in backend memory may be captured (a host staging
-  // or a buffer that grows during capture throws). Backends without graphs: supports_graphs()
-  // is false and the other calls must not be made.
-  virtual bool supports_graphs() const { return false; }
-  // Changes whenever the backend's own scratch moves (graphs captured before read freed memory).
-  virtual int64_t memory_generation() const { return 0; }
-  virtual void begin_capture();
-  virtual int64_t end_capture();  // handle of the instantiated graph
-  virtual void abort_capture() noexcept {}
-  virtual void launch_graph(int64_t handle);
-  virtual void drop_graphs() noexcept {}
-  // embedding with ids in backend memory (checked against vocab by the caller).
-  virtual void embedding_resident(const bf16* table, int64_t vocab, int64_t hidden,
-                                  const int32_t* ids, int64_t n, float* out);
-
-  // ---- Routing on the device: every pointer below is in backend memory (device memory for
-  // cuda), so a MoE layer runs without the host reading the routing. The layout ops compute what
-  // kernels/common/moe_layout.h describes; host-memory backends run its emulation.
-  // router_topk into backend memory, no host copy; a row with non-finite logits gets ids -1,
-  // which the layout's error flag reports.
-  virtual void router_topk_resident(const float* logits, int64_t rows, int64_t experts, int64_t k,
-                                    bool renormalise, int32_t* ids, float* weights);
-  virtual void dispatch_layout_resident(const layout::SourceLayoutView& view);
-  virtual void group_by_slot_resident(const layout::SlotGroupingView& view);
-  // gather_rows with idx in backend memory.
-  virtual void gather_rows_resident(const float* src, int64_t width, const int32_t* idx, int64_t n,
-                                    float* dst);
-  // partial[own_last_row(r)] = partial_element(r) for the R = num_rows received rows (the own
-  // block [own_begin, own_begin + own_rows) lies last).
-  virtual void combine_partial_resident(const RouteEntry* routes, const int32_t* pair_of_entry,
-                                        const float* expert_out, int64_t width, int32_t top_k,
-                                        int32_t num_rows, int32_t own_begin, int32_t own_rows,
-                                        float* partial);
-  // x[t] = combine_residual_element(t) for t < num_tokens: combine and residual add in one pass.
-  virtual void combine_residual_resident(const layout::CombineSources& src,
-                                         const int32_t* token_offsets, const int32_t* token_rows,
-                                         int64_t width, int32_t num_tokens, float* x);
-  // Grouped SwiGLU with the grouping in backend memory (see ResidentExpertBatch): out [P, hidden]
-  // row p = SwiGLU of x[row_index[p]] with its slot's weights, P = slot_begin[num_slots]. Same
-  // numerics as grouped_expert_swiglu. Host-memory backends: grouped_expert_swiglu itself.
-  virtual void expert_swiglu_resident(const float* x, int64_t hidden, int64_t inter,
-                                      const ResidentExpertBatch& batch, float* out);
-  virtual void add_inplace(float* x, const float* y, int64_t n) = 0;
-  virtual void gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n,
-                           float* dst) = 0;
-  // dst[i] = sum over j in [offsets[i], offsets[i+1]) of weights[j] * src[src_index[j]], summed
-  // in j order in fp32; weights == nullptr means 1. src [*, width], dst [n, width].
-  virtual void weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
-                                const float* weights, const int64_t* offsets, int64_t n,
-                                float* dst) = 0;
-
-  // ---- Fused ops of the attention block. Each default composes the ops above in the order the
-  // model called them before these existed, so a backend that keeps the defaults (cpu) computes
-  // the same bits as before; the CUDA backend runs each as fewer kernels.
-
-  // True when the backend reads bf16 copies of GEMM inputs written by their producer (the
-  // y_bf16 / x_bf16 arguments below) instead of rounding the fp32 input itself. The model
-  // allocates those copies only then and passes nullptr otherwise.
-  virtual bool takes_bf16_activations() const { return false; }
-  // rmsnorm(); y_bf16 (nullable, [rows, dim] backend memory) also receives bf16(y).
-  virtual void rmsnorm_rounded(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps,
-                               float* y, bf16* y_bf16);
-  // linear(); x_bf16 (nullable) holds bf16(x) as a producer wrote it: a backend whose GEMMs round
-  // x to bf16 (rounding.h kLinearInput) reads it instead of rounding x again, same values.
-  virtual void linear_rounded(const float* x, const bf16* x_bf16, const bf16* w, int64_t rows,
-                              int64_t in, int64_t out, float* y);
+                      float* y, const bf16* x_bf16 = nullptr) = 0;
   // The q, k and v projections with the three weights stacked in one matrix w_qkv
   // [q_width + 2 * kv_width, hidden] (q rows, then k rows, then v rows): q [rows, q_width], k and
-  // v [rows, kv_width]. x_bf16 as in linear_rounded. Default: linear() on each block of rows.
+  // v [rows, kv_width]; the same values as linear() on each block. x_bf16 as in linear().
   virtual void qkv_projection(const float* x, const bf16* x_bf16, const bf16* w_qkv, int64_t rows,
                               int64_t hidden, int64_t q_width, int64_t kv_width, float* q, float* k,
-                              float* v);
+                              float* v) = 0;
   // In place on q [rows, heads, head_dim] and k [rows, kv_heads, head_dim]: per-head RMSNorm
-  // (weights q_norm_w / k_norm_w [head_dim]), then rotate-half RoPE at positions [rows], which are
-  // in BACKEND memory (the model uploads them once per step). Default: rmsnorm(q), rmsnorm(k),
-  // rope(q), rope(k), which reads positions on the host (host-memory backends only).
+  // (weights [head_dim]), then rotate-half RoPE at positions [rows].
   virtual void qk_norm_rope(float* q, float* k, const bf16* q_norm_w, const bf16* k_norm_w,
                             const int32_t* positions, int64_t rows, int64_t heads, int64_t kv_heads,
-                            int64_t head_dim, float eps, double theta);
-  // x [rows, dim] += delta, then y = rmsnorm(x) (y_bf16 as in rmsnorm_rounded).
-  // Default: add_inplace, then rmsnorm_rounded.
+                            int64_t head_dim, float eps, double theta) = 0;
+  // x [rows, dim] += delta, then y = rmsnorm(x) (y_bf16 as in rmsnorm).
   virtual void add_rmsnorm(float* x, const float* delta, const bf16* w, int64_t rows, int64_t dim,
-                           float eps, float* y, bf16* y_bf16);
+                           float eps, float* y, bf16* y_bf16) = 0;
+  virtual void add_inplace(float* x, const float* y, int64_t n) = 0;
+  // Dense SwiGLU MLP: y [rows, hidden] = down(silu(gate(x)) * up(x)).
+  virtual void swiglu_mlp(const float* x, ExpertWeights w, int64_t rows, int64_t hidden,
+                          int64_t inter, float* y) = 0;
+  // dst [n, width] = src rows idx[0..n).
+  virtual void gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n,
+                           float* dst) = 0;
+
+  // ---- Attention: appends the new k/v rows to the cache at the positions batch.seqs gives, then
+  // causal GQA attention of the new rows over the cache.
+  virtual void attention(const float* q, const float* k, const float* v,
+                         const AttentionBatch& batch, AttentionShape shape, KvCacheView cache,
+                         float* out) = 0;
+
+  // ---- MoE layout (kernels/common/moe_layout.h describes what each computes).
+  // Softmax over all experts, then top-k (ids, weights [rows, k]); a row with non-finite logits
+  // gets ids -1 (which the layout's error flag reports) or throws.
+  virtual void router_topk(const float* logits, int64_t rows, int64_t experts, int64_t k,
+                           bool renormalise, int32_t* ids, float* weights) = 0;
+  virtual void dispatch_layout(const layout::SourceLayoutView& view) = 0;
+  virtual void group_by_slot(const layout::SlotGroupingView& view) = 0;
+  // partial[own_last_row(r)] = partial row r, for the num_rows received rows (the own block
+  // [own_begin, own_begin + own_rows) lies last).
+  virtual void combine_partial(const RouteEntry* routes, const int32_t* pair_of_entry,
+                               const float* expert_out, int64_t width, int32_t top_k,
+                               int32_t num_rows, int32_t own_begin, int32_t own_rows,
+                               float* partial) = 0;
+  // x[t] += the sum of token t's combined rows, for t < num_tokens: combine and residual in one.
+  virtual void combine_residual(const layout::CombineSources& src, const int32_t* token_offsets,
+                                const int32_t* token_rows, int64_t width, int32_t num_tokens,
+                                float* x) = 0;
+
+  // ---- Experts: out [P, hidden] row p = SwiGLU of x[row_index[p]] with its slot's weights.
+  virtual void expert_swiglu(const float* x, int64_t hidden, int64_t inter,
+                             const ExpertBatch& batch, float* out) = 0;
 
  protected:
   void note_alloc(size_t size_bytes) {
@@ -178,6 +166,7 @@ class Backend {
   void note_free(size_t size_bytes) { allocated_bytes_ -= size_bytes; }
 
  private:
+  BackendTraits traits_;
   size_t allocated_bytes_ = 0;
   size_t peak_allocated_bytes_ = 0;
 };
@@ -218,6 +207,11 @@ class Buffer {
     backend_ = &backend;
     size_ = size;
     if (size_ > 0) data_ = static_cast<T*>(backend.allocate(size_ * sizeof(T)));
+  }
+  // Grows to at least `size` elements and uploads `host` (size elements) into it.
+  void assign(Backend& backend, const T* host, size_t size) {
+    ensure(backend, std::max<size_t>(size, 1));
+    if (size > 0) backend.upload(data_, host, size * sizeof(T));
   }
   T* data() { return data_; }
   const T* data() const { return data_; }

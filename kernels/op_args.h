@@ -1,6 +1,6 @@
-// Plain structs shared by every backend's launch API: attention batches and expert groups.
-// Integer metadata (ids, positions, row indices) always lives in host memory; float tensors and
-// weights live in the backend's memory. Shapes are given in the comments, sizes in elements.
+// The argument structs of the Backend ops (kernels/backend.h): attention batches, KV-cache views,
+// expert weights and batches, route entries and routing tables. Tensors and metadata live in the
+// backend's memory unless a field says "host"; shapes are in the comments, sizes in elements.
 #pragma once
 
 #include <cstdint>
@@ -81,19 +81,29 @@ struct RoutingTable {
   const int32_t* rank_num_slots = nullptr;  // [num_ranks]
 };
 
-// Expert groups of one MoE layer with the grouping in backend memory (device-resident routing:
-// computed by kernels, never copied to the host in decode). Pairs [slot_begin[s],
-// slot_begin[s + 1]) of row_index use local slot s's weights; out row p belongs to pair p.
-struct ResidentExpertBatch {
-  const int32_t* row_index = nullptr;           // [max_pairs] backend memory: x row of each pair
-  const int32_t* slot_begin = nullptr;          // [num_slots + 1] backend memory
-  const ExpertWeights* slot_weights = nullptr;  // [num_slots] backend memory (pointer table)
+// The expert work of one MoE layer on this rank: pairs [slot_begin[s], slot_begin[s + 1]) of
+// row_index use local slot s's weights; out row p belongs to pair p. Computed on the device by
+// the layout ops, so a decode step never copies it to the host.
+struct ExpertBatch {
+  const int32_t* row_index = nullptr;                // [max_pairs] x row of each pair
+  const int32_t* slot_begin = nullptr;               // [num_slots + 1]
+  const ExpertWeights* slot_weights = nullptr;       // [num_slots] pointer table in backend memory
   const ExpertWeights* host_slot_weights = nullptr;  // [num_slots] host copy of slot_weights
   int64_t num_slots = 0;
   int64_t max_pairs = 0;  // capacity: slot_begin[num_slots] <= max_pairs (sizes grids)
-  // [num_slots + 1] host copy of slot_begin when the host already has the counts (prefill: it
-  // sized the exchange with them), else nullptr: the backend must read slot_begin on the device.
+  // [num_slots + 1] host copy of slot_begin when the host already has the counts (it sized the
+  // exchange with them), else nullptr: a device backend then reads slot_begin on the device.
   const int32_t* host_slot_begin = nullptr;
+};
+
+// The sequences of one attention step. A device backend sizes its launches from host_seqs when
+// given (eager steps), else from (num_rows, shape, cache.max_len) alone, so that the step can be
+// captured once as a device graph and replayed with new lengths.
+struct AttentionBatch {
+  const AttentionSeq* seqs = nullptr;       // [num_seqs]
+  const AttentionSeq* host_seqs = nullptr;  // [num_seqs] host copy of seqs, or nullptr
+  int64_t num_seqs = 0;
+  int64_t num_rows = 0;  // new rows in all: q/k/v/out have num_rows rows
 };
 
 }  // namespace moe::kernels

@@ -126,3 +126,9 @@ class MpiSession {
 };
 
 }  // namespace moe::parallel
+// TEMPMERGE
+namespace moe::parallel {
+inline std::unique_ptr<Communicator> make_one_rank_communicator() {
+  return make_mpi_communicator({});
+}
+}  // namespace moe::parallel

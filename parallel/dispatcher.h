@@ -1,7 +1,9 @@
-// Expert-parallel token exchange for one MoE layer: layout (who goes where, deduplicated),
-// dispatch (all_to_all_v of hidden rows + route entries), combine (all_to_all_v back and the
-// weighted sum). The layout is a pure function of (top-k ids, weights, placement, rank) shared
-// by every backend; data movement goes through kernels::Backend and Communicator.
+// Expert-parallel token exchange for one MoE layer, the one path every backend runs: the layout
+// (who goes where, deduplicated per destination rank) is computed in backend memory by the layout
+// ops (kernels/common/moe_layout.h bodies: CUDA kernels on the GPU, loops on the CPU), then
+// dispatch moves hidden rows + route entries to the ranks holding their experts and combine brings
+// the expert outputs back and adds them to the residual stream. parallel/dispatch_layout.h is the
+// sequential specification of the same layout.
 //
 // Buffer layouts on rank r (T own tokens, k = top_k, N ranks; "own" = rows rank r sends to
 // itself, which never pass through the communicator):
@@ -22,7 +24,19 @@
 //                        physical order of the recv rows.
 //   returned    [S - own, H]  combine sends the other ranks' partial rows back: the exact reverse
 //                        of dispatch. Own rows are read from partial where they lie.
-//   y           [T, H]   y[t] = sum of the rows of t in destination order (fp32).
+//   x           [T, H]   x[t] += sum of the rows of t in destination order (fp32).
+//
+// What the host waits for, per MoE layer:
+//   one rank: nothing when the batch has at most kDeviceCountsMaxTokens tokens (the expert op
+//     reads the slot counts on the device; the step can be captured as a device graph); else one
+//     small copy of the slot counts (cuBLAS's grouped GEMM takes its sizes on the host). The
+//     communicator is not used at all.
+//   several ranks: one header exchange, then one small copy of this rank's counters (the header it
+//     sent and the headers it received: rows and per-slot pairs per rank), which size the
+//     variable exchanges.
+// Loads (LayerLoad) come from the same counters: collect_loads() downloads what the host has not
+// already seen, once per step. Sums run in a fixed order with fp32 accumulation, so the result
+// does not depend on how ranks split the work beyond the order stated above.
 #pragma once
 
 #include <cstdint>
@@ -31,170 +45,116 @@
 
 #include "kernels/backend.h"
 #include "parallel/communicator.h"
+#include "parallel/dispatch_layout.h"
+#include "parallel/exchange.h"
+#include "parallel/load_stats.h"
 #include "parallel/placement.h"
 
 namespace moe::parallel {
 
-// (local slot on the destination, router weight); one type with the device layout's.
-using RouteEntry = kernels::RouteEntry;
+// What dispatch hands to expert compute and to combine. Pointers into the dispatcher's buffers
+// (backend memory): valid until its next dispatch().
+struct DispatchHandle {
+  DispatchHandle() = default;
+  DispatchHandle(const DispatchHandle&) = delete;  // experts.host_slot_begin points into it
+  DispatchHandle& operator=(const DispatchHandle&) = delete;
+  DispatchHandle(DispatchHandle&&) = default;
+  DispatchHandle& operator=(DispatchHandle&&) = default;
 
-// Pure layout for the source side of one layer (no communication).
-struct DispatchLayout {
-  int num_ranks = 0;
-  int top_k = 0;
-  int64_t num_tokens = 0;
-  std::vector<int64_t> send_counts;     // [N] rows per destination
-  std::vector<int32_t> send_token;      // [S] token index of each sent row
-  std::vector<RouteEntry> send_routes;  // [S * k]
-  std::vector<int64_t> token_offsets;   // [T + 1] into token_rows
-  std::vector<int32_t> token_rows;      // sent-row indices of each token, destination order
-  std::vector<int64_t> pairs_per_rank;  // [N] (token, expert) pairs routed to each rank
-  std::vector<int64_t> expert_tokens;   // [num_experts] pairs per logical expert
-
-  int64_t num_send_rows() const { return static_cast<int64_t>(send_token.size()); }
-};
-
-// Builds the layout. topk_ids / topk_weights: [num_tokens, top_k] (host). A replicated expert's
-// pairs are split over its replicas by ReplicaSplit (placement.h), in ascending token order.
-DispatchLayout build_dispatch_layout(const LayerPlacement& placement, int rank,
-                                     std::span<const int32_t> topk_ids,
-                                     std::span<const float> topk_weights, int64_t num_tokens,
-                                     int top_k);
-
-// Receiver-side grouping of received rows by local slot (pure).
-struct ExpertBatch {
-  std::vector<int32_t> row_index;      // [P] recv row of each pair
-  std::vector<int64_t> slot_begin;     // [num_local_slots + 1] range of each slot in row_index
-  std::vector<int32_t> pair_of_entry;  // [R * k] pair index of each route entry, -1 if unused
-
-  int64_t num_pairs() const { return static_cast<int64_t>(row_index.size()); }
-};
-ExpertBatch group_by_slot(std::span<const RouteEntry> recv_routes, int64_t num_recv_rows, int top_k,
-                          int num_local_slots);
-
-// Per-layer traffic and timing of one dispatch+combine on this rank.
-// bytes_remote_without_dedup counts, per remote (token, expert) pair, one hidden row plus one
-// RouteEntry going out and one hidden row coming back: what an exchange without dedup would move.
-struct ExchangeStats {
-  int64_t rows_sent_remote = 0;  // rows to other ranks
-  int64_t rows_kept_local = 0;   // rows to this rank
-  int64_t pairs_remote = 0;      // (token, expert) pairs to other ranks (no-dedup row count)
-  int64_t rows_received = 0;
-  int64_t bytes_sent_remote = 0;  // dispatch + combine payload to other ranks (rows + routes)
-  int64_t bytes_kept_local = 0;
-  int64_t bytes_remote_without_dedup = 0;  // same traffic at one row per (token, expert)
-  int64_t pairs_received = 0;  // (row, expert) pairs computed on this rank (all sources)
-
-  // Accumulates counters (e.g. over the layers and steps of a run).
-  ExchangeStats& operator+=(const ExchangeStats& o);
-};
-
-// The traffic counters of one dispatch+combine on `rank`, from the rows and (token, expert)
-// pairs it sends to each rank and receives from each rank ([N] each). Both dispatchers use it.
-ExchangeStats exchange_stats(int rank, std::span<const int64_t> send_rows,
-                             std::span<const int64_t> send_pairs,
-                             std::span<const int64_t> recv_rows,
-                             std::span<const int64_t> recv_pairs, int64_t hidden, int top_k);
-
-// Reusable staging of exchange_rows.
-template <class T>
-struct ExchangeScratch {
-  std::vector<int64_t> send_elems, recv_elems;
-  std::vector<T> host_send, host_recv;
-};
-
-// Moves rows of `width` elements of T between ranks (all_to_all_v; counts in rows), from and to
-// backend memory: straight through the communicator when it moves the backend's memory (NCCL, or
-// a host backend with MPI), else staged through host memory (a device backend with MPI).
-template <class T>
-void exchange_rows(Communicator& comm, kernels::Backend& backend, int64_t width, const T* send,
-                   std::span<const int64_t> send_rows, T* recv, std::span<const int64_t> recv_rows,
-                   ExchangeScratch<T>& scratch) {
-  const int n = comm.size();
-  scratch.send_elems.resize(n);
-  scratch.recv_elems.resize(n);
-  size_t send_size = 0, recv_size = 0;
-  for (int r = 0; r < n; ++r) {
-    scratch.send_elems[r] = send_rows[r] * width;
-    scratch.recv_elems[r] = recv_rows[r] * width;
-    send_size += static_cast<size_t>(scratch.send_elems[r]);
-    recv_size += static_cast<size_t>(scratch.recv_elems[r]);
-  }
-  if (comm.device_buffers() || backend.is_host_memory()) {
-    comm.all_to_all_v<T>({send, send_size}, scratch.send_elems, {recv, recv_size},
-                         scratch.recv_elems);
-    return;
-  }
-  scratch.host_send.resize(send_size);
-  scratch.host_recv.resize(recv_size);
-  if (send_size > 0) backend.download(scratch.host_send.data(), send, send_size * sizeof(T));
-  comm.all_to_all_v<T>(scratch.host_send, scratch.send_elems, scratch.host_recv,
-                       scratch.recv_elems);
-  if (recv_size > 0) backend.upload(recv, scratch.host_recv.data(), recv_size * sizeof(T));
-}
-
-// What dispatch hands to expert compute, and what combine needs to undo it.
-// recv_rows points into the Dispatcher's own buffer: valid until its next dispatch().
-struct DispatchResult {
-  const float* recv_rows = nullptr;  // [R, H] in backend memory, own rows last (see above)
+  kernels::ExpertBatch experts;      // the pairs by local slot (slot weights filled by the caller)
+  const float* recv_rows = nullptr;  // [R, H], own rows last: expert_swiglu's x
   int64_t num_recv_rows = 0;
-  ExpertBatch batch;                    // groups for grouped_expert_swiglu
-  DispatchLayout layout;                // source-side layout (combine's handle)
-  std::vector<int64_t> recv_counts;     // [N]
-  std::vector<RouteEntry> recv_routes;  // [R * k]
+  int64_t num_tokens = 0;
+  // Host copy of slot_begin when the host has the counts, else empty (experts.host_slot_begin
+  // points here).
+  std::vector<int32_t> host_slot_begin;
+  // Combine's part.
+  std::vector<int64_t> send_counts, recv_counts;  // [N] rows (host; several ranks only)
+  int32_t own_send_begin = 0, own_recv_begin = 0, own_rows = 0;
+  const kernels::RouteEntry* recv_routes = nullptr;  // [R * k] received order
+  const int32_t* pair_of_entry = nullptr;            // [R * k]
+  const int32_t* token_offsets = nullptr;            // [T + 1]
+  const int32_t* token_rows = nullptr;               // [S]
 };
 
 class Dispatcher {
  public:
+  // Batches of at most this many tokens keep the slot counts on the device on one rank.
+  static constexpr int64_t kDeviceCountsMaxTokens = 64;
+
   Dispatcher(Communicator& comm, kernels::Backend& backend, int64_t hidden, int top_k);
 
-  // hidden: [num_tokens, H] in backend memory; ids/weights [num_tokens, k] on the host.
-  // Collective: every rank calls it, with num_tokens == 0 allowed.
-  DispatchResult dispatch(const float* hidden, int64_t num_tokens,
-                          std::span<const int32_t> topk_ids, std::span<const float> topk_weights,
-                          const LayerPlacement& placement);
-
-  // expert_out: [P, H] in backend memory (P = result.batch.row_index.size()); writes y
-  // [num_tokens, H] (backend memory). Collective.
-  void combine(const float* expert_out, const DispatchResult& result, float* y);
-
-  const ExchangeStats& last_stats() const { return stats_; }
+  // Uploads the routing table of every MoE layer of `placement` (once per placement).
+  void set_placement(const Placement& placement);
+  // Forgets the counters of the previous step.
+  void begin_step();
   // Marks the layout, dispatch and combine phases on `timer` (not owned; nullptr: no marks).
   void set_timer(kernels::PhaseTimer* timer, int layout_phase, int dispatch_phase,
-                 int combine_phase) {
-    timer_ = timer;
-    layout_phase_ = layout_phase;
-    dispatch_phase_ = dispatch_phase;
-    combine_phase_ = combine_phase;
-  }
+                 int combine_phase);
+
+  // ids / weights: [num_tokens, k] in backend memory. hidden: [num_tokens, H]. Collective: every
+  // rank calls it, with num_tokens == 0 allowed.
+  DispatchHandle dispatch(int layer, const float* hidden, int64_t num_tokens, const int32_t* ids,
+                          const float* weights);
+  // x [num_tokens, H] += the combined expert output. expert_out: [P, H]. Collective.
+  void combine(const float* expert_out, const DispatchHandle& d, float* x);
+
+  // Every MoE layer ran as part of a replayed device graph this step (the host code of
+  // dispatch() did not run, the device wrote the counters): collect_loads() reads them all.
+  void note_replayed();
+  // Addresses of the buffers a dispatch reads and writes (a captured graph is valid while they
+  // stay put).
+  std::vector<const void*> buffers() const;
+
+  // This rank's load of every layer dispatched since begin_step() (others: empty). Throws if
+  // a layout reported bad input (an expert id outside the model, e.g. from non-finite logits).
+  std::vector<LayerLoad> collect_loads();
 
  private:
+  struct LayerTable {
+    kernels::Buffer<int32_t> data;  // replica_begin | replica_rank | replica_slot | rank_num_slots
+    kernels::RoutingTable table;
+    int32_t local_slots = 0;  // this rank's
+  };
+  // Per-layer counters in one buffer, so one download covers a step:
+  //   [expert_total E][send header N W][recv header N W][layout error][grouping error]
+  int64_t block_ints() const;
+  int32_t* block(int layer) { return stats_.data() + layer * block_ints(); }
+  // Throws on the error flags of a host copy of a layer's block (the grouping's only once the
+  // grouping has run).
+  void check_block(int layer, const int32_t* host_block, bool grouping_done) const;
+  // Steps of dispatch(): the source-side layout of `layer` into source_ints_ / send_routes_;
+  // the header exchange that tells every rank its counts; the row and route payload; the
+  // receiver-side grouping by local slot.
+  kernels::layout::SourceLayoutView source_layout(int layer, int32_t num_tokens, const int32_t* ids,
+                                                  const float* weights);
+  void exchange_counts(int layer, DispatchHandle& d);
+  void exchange_payload(const float* hidden, const int32_t* send_token, DispatchHandle& d);
+  void group_received(int layer, DispatchHandle& d);
+  void mark(int phase) {
+    if (timer_ != nullptr) timer_->mark(phase);
+  }
+
   Communicator& comm_;
   kernels::Backend& backend_;
   int64_t hidden_;
   int top_k_;
-  ExchangeStats stats_;
+  int num_experts_ = 0;
+  int header_width_ = 0;
+  std::vector<LayerTable> tables_;                 // [layers]; empty data for dense layers
+  kernels::Buffer<int32_t> stats_;                 // [layers * block_ints()]
+  std::vector<std::vector<int32_t>> host_blocks_;  // [layers] blocks the host already has
+  std::vector<char> dispatched_;                   // [layers] this step
   kernels::PhaseTimer* timer_ = nullptr;
   int layout_phase_ = 0, dispatch_phase_ = 0, combine_phase_ = 0;
-  void mark(int phase) {
-    if (timer_ != nullptr) timer_->mark(phase);
-  }
-  kernels::Buffer<float> send_rows_;     // [S - own, H] rows for other ranks
-  kernels::Buffer<float> recv_rows_;     // [R, H] other ranks' rows, then own rows
-  kernels::Buffer<float> combine_rows_;  // [S - own + R, H] returned rows, then partial rows
 
-  // Moves route entries (host vectors), staging through backend memory for device communicators.
-  void exchange_routes(const std::vector<RouteEntry>& send, std::span<const int64_t> send_rows,
-                       std::vector<RouteEntry>& recv, std::span<const int64_t> recv_rows);
-  // Host scratch reused across layers.
-  std::vector<int64_t> send_elems_, recv_elems_;
-  std::vector<int64_t> remote_send_, remote_recv_;  // [N] row counts, own entry zero
+  // Scratch reused across layers (grown, never shrunk).
+  kernels::Buffer<int32_t> source_ints_, recv_ints_;
+  kernels::Buffer<kernels::RouteEntry> send_routes_, recv_routes_;
+  kernels::Buffer<float> send_rows_, recv_rows_, partial_, returned_;
+  std::vector<int64_t> remote_send_, remote_recv_;
   ExchangeScratch<float> row_scratch_;
-  kernels::Buffer<RouteEntry> dev_send_routes_, dev_recv_routes_;
-  std::vector<int64_t> partial_offsets_;
-  std::vector<int32_t> partial_src_;
-  std::vector<float> partial_weights_;
-  std::vector<int32_t> final_src_;  // [S] combine_rows_ row of each token_rows entry
+  ExchangeScratch<kernels::RouteEntry> route_scratch_;
 };
 
 }  // namespace moe::parallel

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "parallel/communicator.h"
-#include "parallel/dispatcher.h"
+#include "parallel/dispatch_layout.h"
 
 namespace moe::parallel {
 

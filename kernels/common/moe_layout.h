@@ -1,7 +1,7 @@
-// Expert-parallel layout computed by parallel threads (routing on the device): the same result as
-// parallel::build_dispatch_layout (source side) and parallel::group_by_slot (receiver side), as
-// per-thread bodies that a CUDA kernel runs one thread per index and that emulate() runs in host
-// loops (the CPU backend's implementation of the resident ops, and the tests' emulation).
+// Expert-parallel layout computed by parallel threads: the same result as the sequential
+// specification parallel::build_dispatch_layout (source side) and parallel::group_by_slot
+// (receiver side), as per-thread bodies that a CUDA kernel runs one thread per index and that
+// emulate() runs in host loops (the host backends' layout ops). Every backend routes through them.
 //
 // Every ordered choice of the host layout ("the n-th pair for expert e", "rows by destination,
 // then ascending token", "pairs by slot, then ascending row") is a stable counting sort. A thread
@@ -306,24 +306,31 @@ MOE_HD void assign_pairs(const SlotGroupingView& v, int32_t r) {
   }
 }
 
-// Combine, one (row, column) element per call; fp32 in a fixed order, the first term stored
-// (0 + a == a), exactly as the host path's weighted_row_sum.
+// Combine, over the columns [c_begin, c_end) of one row per call (a CUDA thread takes one
+// column, the CPU a whole row); fp32 in a fixed order with the first term stored (0 + a == a),
+// so every split of the columns gives the same bits.
 //
-// partial[r][c] = sum over j (ascending) of routes[r k + j].weight * expert_out[pair][c], over the
-// entries of received row r that this rank computed.
-MOE_HD float partial_element(const RouteEntry* routes, const int32_t* pair_of_entry,
-                             const float* expert_out, int64_t width, int32_t top_k, int32_t r,
-                             int64_t c) {
-  float acc = 0.0f;
+// out_row[c] = sum over j (ascending) of routes[r k + j].weight * expert_out[pair][c], over the
+// entries of received row r that this rank computed (0 when it computed none).
+MOE_HD void partial_span(const RouteEntry* routes, const int32_t* pair_of_entry,
+                         const float* expert_out, int64_t width, int32_t top_k, int32_t r,
+                         int64_t c_begin, int64_t c_end, float* out_row) {
   bool first = true;
   for (int32_t j = 0; j < top_k; ++j) {
     const int32_t p = pair_of_entry[r * top_k + j];
     if (p < 0) continue;
-    const float term = routes[r * top_k + j].weight * expert_out[p * width + c];
-    acc = first ? term : acc + term;
+    const float w = routes[r * top_k + j].weight;
+    const float* src = expert_out + p * width;
+    if (first) {
+      for (int64_t c = c_begin; c < c_end; ++c) out_row[c] = w * src[c];
+    } else {
+      for (int64_t c = c_begin; c < c_end; ++c) out_row[c] = out_row[c] + w * src[c];
+    }
     first = false;
   }
-  return acc;
+  if (first) {
+    for (int64_t c = c_begin; c < c_end; ++c) out_row[c] = 0.0f;
+  }
 }
 
 // Where the combined rows of a token lie (memory orders of parallel/dispatcher.h): rows sent to
@@ -337,26 +344,34 @@ struct CombineSources {
   int32_t remote_recv_rows = 0;  // R - own_rows: where the own partial rows start
 };
 
-// x[t][c] + (sum of t's rows in destination order): the combine and the residual add at once.
-// The sum is finished in fp32 before the add, so the result equals y = combine; x += y.
-MOE_HD float combine_residual_element(const CombineSources& src, const int32_t* token_offsets,
-                                      const int32_t* token_rows, int64_t width, int32_t t,
-                                      int64_t c, float x) {
-  float acc = 0.0f;
-  for (int32_t i = token_offsets[t]; i < token_offsets[t + 1]; ++i) {
-    const int32_t row = token_rows[i];
-    const int32_t own = row - src.own_send_begin;
-    const float v =
-        own >= 0 && own < src.own_rows
-            ? src.partial[(src.remote_recv_rows + own) * width + c]
-            : src.returned[(row < src.own_send_begin ? row : row - src.own_rows) * width + c];
-    acc = i == token_offsets[t] ? v : acc + v;
-  }
-  return x + acc;
+// The combined row of sent row `row` (send order).
+MOE_HD const float* combined_row(const CombineSources& src, int32_t row, int64_t width) {
+  const int32_t own = row - src.own_send_begin;
+  if (own >= 0 && own < src.own_rows) return src.partial + (src.remote_recv_rows + own) * width;
+  return src.returned + (row < src.own_send_begin ? row : row - src.own_rows) * width;
 }
 
-// Host loops over the bodies in launch order: the CPU backend's resident ops and the emulation
-// the tests compare with the host layout.
+// x_row[c] += (sum of token t's rows in destination order): the combine and the residual add at
+// once. The sum is finished in fp32 in acc[c - c_begin] before the add, so the result equals
+// y = combine; x += y.
+MOE_HD void combine_residual_span(const CombineSources& src, const int32_t* token_offsets,
+                                  const int32_t* token_rows, int64_t width, int32_t t,
+                                  int64_t c_begin, int64_t c_end, float* acc, float* x_row) {
+  const int32_t begin = token_offsets[t], end = token_offsets[t + 1];
+  for (int64_t c = c_begin; c < c_end; ++c) acc[c - c_begin] = 0.0f;
+  for (int32_t i = begin; i < end; ++i) {
+    const float* v = combined_row(src, token_rows[i], width);
+    if (i == begin) {
+      for (int64_t c = c_begin; c < c_end; ++c) acc[c - c_begin] = v[c];
+    } else {
+      for (int64_t c = c_begin; c < c_end; ++c) acc[c - c_begin] = acc[c - c_begin] + v[c];
+    }
+  }
+  for (int64_t c = c_begin; c < c_end; ++c) x_row[c] = x_row[c] + acc[c - c_begin];
+}
+
+// Host loops over the bodies in launch order: the host backends' layout ops, which the tests
+// compare field by field with the sequential specification (parallel/dispatch_layout.h).
 inline void emulate(const SourceLayoutView& v) {
   const int32_t C = num_chunks(v.num_tokens, kChunkTokens);
   const int32_t P = v.num_tokens * v.top_k;

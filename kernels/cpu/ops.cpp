@@ -496,69 +496,6 @@ void add_inplace(float* x, const float* y, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] += y[i];
 }
 
-namespace {
-
-// Columns summed per pass of weighted_row_sum: four vector registers of accumulators, so a
-// column block stays in registers across all terms and is stored once (instead of a load and
-// store of dst per term).
-#if defined(__AVX512F__)
-constexpr int64_t kSumBlock = 64;
-#elif defined(__AVX__)
-constexpr int64_t kSumBlock = 32;
-#else
-constexpr int64_t kSumBlock = 16;
-#endif
-
-// d[0..B) = w_begin * s_begin + w_begin+1 * s_begin+1 + ... over the columns [c0, c0 + B), in
-// term order. Per element this is the same sequence of fp32 operations as the row-at-a-time
-// loop (first product stored, then each product added), so results are unchanged bit for bit.
-template <int64_t B>
-inline void weighted_block_sum(const float* src, int64_t width, const int32_t* src_index,
-                               const float* weights, int64_t begin, int64_t end, int64_t c0,
-                               float* __restrict d) {
-  float acc[B];
-  {
-    const float* __restrict s = src + static_cast<int64_t>(src_index[begin]) * width + c0;
-    const float w = weights ? weights[begin] : 1.0f;
-    for (int64_t c = 0; c < B; ++c) acc[c] = w * s[c];
-  }
-  for (int64_t j = begin + 1; j < end; ++j) {
-    const float* __restrict s = src + static_cast<int64_t>(src_index[j]) * width + c0;
-    const float w = weights ? weights[j] : 1.0f;
-    for (int64_t c = 0; c < B; ++c) acc[c] += w * s[c];
-  }
-  for (int64_t c = 0; c < B; ++c) d[c] = acc[c];
-}
-
-}  // namespace
-
-void weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
-                      const float* weights, const int64_t* offsets, int64_t n, float* dst) {
-  for (int64_t i = 0; i < n; ++i) {
-    MOE_CHECK(offsets[i] <= offsets[i + 1], "weighted_row_sum: offsets decrease at row {}", i);
-    for (int64_t j = offsets[i]; j < offsets[i + 1]; ++j) {
-      MOE_CHECK(src_index[j] >= 0, "weighted_row_sum: negative row index {} at {}", src_index[j],
-                j);
-    }
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    float* d = dst + i * width;
-    const int64_t begin = offsets[i], end = offsets[i + 1];
-    // 0 + w0*s0 == w0*s0 exactly, so the first term is stored rather than added to zeros.
-    if (begin == end) {
-      std::memset(d, 0, sizeof(float) * width);
-      continue;
-    }
-    int64_t c0 = 0;
-    for (; c0 + kSumBlock <= width; c0 += kSumBlock) {
-      weighted_block_sum<kSumBlock>(src, width, src_index, weights, begin, end, c0, d + c0);
-    }
-    for (; c0 < width; ++c0) {
-      weighted_block_sum<1>(src, width, src_index, weights, begin, end, c0, d + c0);
-    }
-  }
-}
-
 void gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n, float* dst) {
   for (int64_t i = 0; i < n; ++i) {
     MOE_CHECK(idx[i] >= 0, "gather_rows: negative row index {} at {}", idx[i], i);

@@ -63,11 +63,4 @@ void add_inplace(float* x, const float* y, int64_t n);
 // dst [n, width] = src rows idx[0..n).
 void gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n, float* dst);
 
-// dst[i] = sum over j in [offsets[i], offsets[i+1]) of weights[j] * src[src_index[j]], summed in
-// j order in fp32 (weights == nullptr means 1). The combine step of expert parallelism: the
-// result is bit-identical for any split of the same terms into calls. src [*, width], dst [n,
-// width].
-void weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
-                      const float* weights, const int64_t* offsets, int64_t n, float* dst);
-
 }  // namespace moe::kernels::cpu

@@ -66,7 +66,7 @@ class ScratchCarver {
   size_t total_ = 0;
 };
 
-class CudaBackendImpl final : public CudaBackend {
+class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
  public:
   explicit CudaBackendImpl(int device) : device_(device) {
     MOE_CUDA_CHECK(cudaSetDevice(device_));
@@ -87,13 +87,9 @@ class CudaBackendImpl final : public CudaBackend {
     abort_capture();
     // Kernels may still read scratch/staging: let them finish before the buffers go.
     (void)cudaStreamSynchronize(stream_.get());
-    drop_graphs();
+    release_all();
   }
 
-  std::string name() const override { return "cuda"; }
-  bool is_host_memory() const override { return false; }
-  KvDtype kv_cache_dtype() const override { return KvDtype::kBF16; }
-  ComputeDtype compute_dtype() const override { return ComputeDtype::kBF16; }
   CUstream_st* stream() const override { return stream_.get(); }
   void* compute_stream() const override { return stream_.get(); }
   int device() const override { return device_; }
@@ -113,7 +109,7 @@ class CudaBackendImpl final : public CudaBackend {
     return total_bytes;
   }
   size_t internal_bytes() const override {
-    size_t bytes = meta_.size_bytes() + scratch_.size_bytes() + resident_scratch_.size_bytes();
+    size_t bytes = meta_.size_bytes() + scratch_.size_bytes() + graph_scratch_.size_bytes();
     for (const InvFreq& f : inv_freq_) bytes += f.buf.size_bytes();
     return bytes;
   }
@@ -163,31 +159,36 @@ class CudaBackendImpl final : public CudaBackend {
   void synchronize() override { wait_stream("synchronize"); }
 
   // ---- ops ----
-  void embedding(const bf16* table, int64_t vocab, int64_t hidden, const int32_t* ids, int64_t n,
-                 float* out) override {
+  // ids in device memory, checked against vocab by the caller before they were uploaded.
+  void embedding(const bf16* table, int64_t /*vocab*/, int64_t hidden, const int32_t* ids,
+                 int64_t n, float* out) override {
     if (n <= 0) return;
-    for (int64_t i = 0; i < n; ++i) {
-      MOE_CHECK(ids[i] >= 0 && ids[i] < vocab, "embedding: token id {} outside [0, {})", ids[i],
-                vocab);
-    }
-    StagingLayout layout;
-    const size_t ids_at = layout.add_array(ids, n);
-    unsigned char* meta = stage(layout);
-    MOE_CUDA_CHECK(cuda::launch_embedding(
-        table, hidden, reinterpret_cast<const int32_t*>(meta + ids_at), n, out, stream_.get()));
+    MOE_CUDA_CHECK(cuda::launch_embedding(table, hidden, ids, n, out, stream_.get()));
     op_done("embedding");
   }
 
-  void rmsnorm(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps,
-               float* y) override {
-    MOE_CUDA_CHECK(cuda::launch_rmsnorm(x, w, rows, dim, eps, y, stream_.get()));
+  void rmsnorm(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps, float* y,
+               bf16* y_bf16) override {
+    if (y_bf16 == nullptr) {
+      MOE_CUDA_CHECK(cuda::launch_rmsnorm(x, w, rows, dim, eps, y, stream_.get()));
+    } else {
+      MOE_CUDA_CHECK(
+          cuda::launch_norm_rows(nullptr, x, nullptr, w, rows, dim, eps, y, y_bf16, stream_.get()));
+    }
     op_done("rmsnorm");
   }
 
-  void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out,
-              float* y) override {
+  // x_bf16 (nullable) = bf16(x) as its producer wrote it: the GEMM reads it instead of
+  // converting x again.
+  void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out, float* y,
+              const bf16* x_bf16) override {
     static_assert(rounding::kLinearInput && !rounding::kLinearOutput);  // bf16(x), fp32 y
     if (rows <= 0 || out <= 0) return;
+    if (x_bf16 != nullptr) {
+      gemm_bf16(w, x_bf16, rows, in, out, y, CUDA_R_32F);
+      op_done("linear");
+      return;
+    }
     ScratchCarver carve;
     const size_t xb_at = carve.add(static_cast<size_t>(rows * in) * sizeof(bf16));
     unsigned char* s = scratch(carve.total());
@@ -197,22 +198,20 @@ class CudaBackendImpl final : public CudaBackend {
     op_done("linear");
   }
 
-  void rope(float* x, const int32_t* positions, int64_t rows, int64_t heads, int64_t head_dim,
-            double theta) override {
-    if (rows <= 0 || heads <= 0) return;
-    MOE_CHECK(head_dim > 0 && head_dim % 2 == 0, "rope: head_dim must be even and positive, got {}",
-              head_dim);
-    const float* inv = inv_freq(theta, head_dim);
-    StagingLayout layout;
-    const size_t pos_at = layout.add_array(positions, rows);
-    unsigned char* meta = stage(layout);
-    MOE_CUDA_CHECK(cuda::launch_rope(x, reinterpret_cast<const int32_t*>(meta + pos_at), inv, rows,
-                                     heads, head_dim, stream_.get()));
-    op_done("rope");
+  // With the host's copy of the sequences: planned launches (split-K CUDA-core kernel, tensor-core
+  // kernel for long new runs). Without: the graph-safe kernels sized by (rows, shape, max_len).
+  void attention(const float* q, const float* k, const float* v, const AttentionBatch& batch,
+                 AttentionShape shape, KvCacheView cache, float* out) override {
+    if (batch.host_seqs == nullptr) {
+      attention_graph_safe(q, k, v, batch, shape, cache, out);
+    } else {
+      attention_planned(q, k, v, batch.host_seqs, batch.num_seqs, shape, cache, out);
+    }
   }
 
-  void attention(const float* q, const float* k, const float* v, const AttentionSeq* seqs,
-                 int64_t num_seqs, AttentionShape shape, KvCacheView cache, float* out) override {
+ private:
+  void attention_planned(const float* q, const float* k, const float* v, const AttentionSeq* seqs,
+                         int64_t num_seqs, AttentionShape shape, KvCacheView cache, float* out) {
     static_assert(rounding::kKvCacheAppend);  // launch_kv_append stores bf16(k), bf16(v)
     MOE_CHECK(cache.dtype == KvDtype::kBF16, "attention: the CUDA backend needs a bf16 KV cache");
     // Sequences with >= kAttnTcMinNewTokens new tokens run on the tensor-core kernel (head_dim
@@ -262,19 +261,19 @@ class CudaBackendImpl final : public CudaBackend {
   // cache.max_len, num_sms) only. Its partials live in their own buffer (no other op moves it),
   // which grows (with a stream synchronisation, not allowed while capturing) only when a call
   // needs more than every call before it: run one call of the largest batch before capturing.
-  void attention_resident(const float* q, const float* k, const float* v, const AttentionSeq* seqs,
-                          int64_t num_seqs, int64_t num_rows, AttentionShape shape,
-                          KvCacheView cache, float* out) override {
+  void attention_graph_safe(const float* q, const float* k, const float* v,
+                            const AttentionBatch& batch, AttentionShape shape, KvCacheView cache,
+                            float* out) {
     static_assert(rounding::kKvCacheAppend);  // launch_kv_append_resident stores bf16(k), bf16(v)
-    MOE_CHECK(cache.dtype == KvDtype::kBF16,
-              "attention_resident: the CUDA backend needs a bf16 KV cache");
+    MOE_CHECK(cache.dtype == KvDtype::kBF16, "attention: the CUDA backend needs a bf16 KV cache");
+    const AttentionSeq* seqs = batch.seqs;
+    const int64_t num_seqs = batch.num_seqs, num_rows = batch.num_rows;
     const int64_t H = shape.num_heads, KV = shape.num_kv_heads, D = shape.head_dim;
     MOE_CHECK(H > 0 && KV > 0 && D > 0 && H % KV == 0 && D <= cuda::kResMaxHeadDim,
-              "attention_resident: bad shape (heads {}, kv heads {}, head_dim {} <= {})", H, KV, D,
+              "attention: bad shape (heads {}, kv heads {}, head_dim {} <= {})", H, KV, D,
               cuda::kResMaxHeadDim);
     MOE_CHECK(num_seqs >= 0 && num_rows >= 0 && cache.max_len > 0,
-              "attention_resident: num_seqs {} num_rows {} max_len {}", num_seqs, num_rows,
-              cache.max_len);
+              "attention: num_seqs {} num_rows {} max_len {}", num_seqs, num_rows, cache.max_len);
     if (num_rows == 0) return;
     const int64_t head_blocks = (H / KV + cuda::kResHeadsPerBlock - 1) / cuda::kResHeadsPerBlock;
     const cuda::ResidentSplits splits =
@@ -283,7 +282,7 @@ class CudaBackendImpl final : public CudaBackend {
     ScratchCarver carve;
     const size_t po_at = carve.add(static_cast<size_t>(slots * H * D) * 4);
     const size_t ml_at = carve.add(static_cast<size_t>(slots * H * 2) * 4);
-    auto* s = static_cast<unsigned char*>(ensure_device(resident_scratch_, carve.total()));
+    auto* s = static_cast<unsigned char*>(ensure_device(graph_scratch_, carve.total()));
     MOE_CUDA_CHECK(cuda::launch_kv_append_resident(
         k, v, KV * D, seqs, num_seqs, num_rows, cache.num_slots, cache.max_len,
         static_cast<bf16*>(cache.k), static_cast<bf16*>(cache.v), stream_.get()));
@@ -292,31 +291,10 @@ class CudaBackendImpl final : public CudaBackend {
         num_seqs, num_rows, cache.num_slots, cache.max_len, splits,
         reinterpret_cast<float*>(s + po_at), reinterpret_cast<float*>(s + ml_at), out,
         stream_.get()));
-    op_done("attention_resident");
+    op_done("attention");
   }
 
-  void router_topk(const float* logits, int64_t rows, int64_t experts, int64_t k, bool renormalise,
-                   int32_t* host_ids, float* host_weights) override {
-    if (rows <= 0) return;
-    const size_t n = static_cast<size_t>(rows * k);
-    ScratchCarver carve;
-    const size_t ids_at = carve.add(n * sizeof(int32_t));
-    const size_t w_at = carve.add(n * sizeof(float));
-    unsigned char* s = scratch(carve.total());
-    auto* ids = reinterpret_cast<int32_t*>(s + ids_at);
-    auto* weights = reinterpret_cast<float*>(s + w_at);
-    router_topk_resident(logits, rows, experts, k, renormalise, ids, weights);
-    MOE_CUDA_CHECK(
-        cudaMemcpyAsync(host_ids, ids, n * sizeof(int32_t), cudaMemcpyDeviceToHost, stream_.get()));
-    MOE_CUDA_CHECK(cudaMemcpyAsync(host_weights, weights, n * sizeof(float), cudaMemcpyDeviceToHost,
-                                   stream_.get()));
-    wait_stream("router_topk");
-    for (int64_t r = 0; r < rows; ++r) {
-      MOE_CHECK(host_ids[r * k] >= 0, "router_topk: row {} has non-finite logits", r);
-    }
-    op_done("router_topk");
-  }
-
+ public:
   void swiglu_mlp(const float* x, ExpertWeights w, int64_t rows, int64_t hidden, int64_t inter,
                   float* y) override {
     // bf16(x); fp32 gate/up/down GEMM outputs; bf16(silu(gate) * up).
@@ -341,42 +319,31 @@ class CudaBackendImpl final : public CudaBackend {
     op_done("swiglu_mlp");
   }
 
-  void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
-                             const ExpertGroup* groups, int64_t num_groups,
-                             const int32_t* row_index, float* out) override {
-    // Every stage bf16 (the grouped GEMM's only bf16 form is bf16 in and out).
-    static_assert(rounding::kGroupedSwiglu.input && rounding::kGroupedSwiglu.gate_up &&
-                  rounding::kGroupedSwiglu.activation && rounding::kGroupedSwiglu.output);
-    const cuda::GroupedSwigluPlan plan =
-        cuda::plan_grouped_swiglu(groups, num_groups, row_index, hidden, inter);
-    run_grouped(plan, x, nullptr, out);
-    op_done("grouped_expert_swiglu");
-  }
-
   // Small-batch kernels (expert_small.cu) when every slot has few rows or the counts are only on
   // the device; else the grouped cuBLAS path with the gather reading row_index on the device.
-  void expert_swiglu_resident(const float* x, int64_t hidden, int64_t inter,
-                              const ResidentExpertBatch& batch, float* out) override {
+  void expert_swiglu(const float* x, int64_t hidden, int64_t inter, const ExpertBatch& batch,
+                     float* out) override {
     static_assert(rounding::kGroupedSwiglu.input && rounding::kGroupedSwiglu.gate_up &&
                   rounding::kGroupedSwiglu.activation && rounding::kGroupedSwiglu.output);
     if (batch.num_slots <= 0 || batch.max_pairs <= 0) return;
     MOE_CHECK(
         batch.row_index != nullptr && batch.slot_begin != nullptr && batch.slot_weights != nullptr,
-        "expert_swiglu_resident: row_index, slot_begin and slot_weights must be set");
+        "expert_swiglu: row_index, slot_begin and slot_weights must be set");
     const bool small_ok = cuda::expert_small_shape_ok(hidden, inter) &&
                           reinterpret_cast<uintptr_t>(x) % 16 == 0 && batch.max_pairs < INT_MAX;
     const int32_t* host_begin = batch.host_slot_begin;
     if (host_begin == nullptr && !small_ok) {  // only the grouped GEMM fits: fetch the counts
-      resident_begin_.resize(static_cast<size_t>(batch.num_slots + 1));
-      download(resident_begin_.data(), batch.slot_begin, resident_begin_.size() * sizeof(int32_t));
-      host_begin = resident_begin_.data();
+      slot_begin_host_.resize(static_cast<size_t>(batch.num_slots + 1));
+      download(slot_begin_host_.data(), batch.slot_begin,
+               slot_begin_host_.size() * sizeof(int32_t));
+      host_begin = slot_begin_host_.data();
     }
     int64_t max_rows = 0, active = 0;
     if (host_begin != nullptr) {
       for (int64_t s = 0; s < batch.num_slots; ++s) {
         const int64_t count = host_begin[s + 1] - host_begin[s];
         MOE_CHECK(host_begin[s] >= 0 && count >= 0 && host_begin[s + 1] <= batch.max_pairs,
-                  "expert_swiglu_resident: slot {} covers pairs [{}, {}) of {}", s, host_begin[s],
+                  "expert_swiglu: slot {} covers pairs [{}, {}) of {}", s, host_begin[s],
                   host_begin[s + 1], batch.max_pairs);
         max_rows = std::max(max_rows, count);
         active += count > 0 ? 1 : 0;
@@ -386,7 +353,7 @@ class CudaBackendImpl final : public CudaBackend {
     if (small_ok && (host_begin == nullptr || max_rows <= cuda::kExpertSmallMaxRows)) {
       const int64_t grid_slots =
           host_begin != nullptr ? active : std::min(batch.num_slots, batch.max_pairs);
-      MOE_CHECK(grid_slots <= 65535, "expert_swiglu_resident: {} slots > 65535", grid_slots);
+      MOE_CHECK(grid_slots <= 65535, "expert_swiglu: {} slots > 65535", grid_slots);
       const int rows_per_pass = cuda::expert_rows_per_pass(
           hidden, inter, host_begin != nullptr ? max_rows : batch.max_pairs);
       const int64_t pairs = host_begin != nullptr ? host_begin[batch.num_slots] : batch.max_pairs;
@@ -395,11 +362,11 @@ class CudaBackendImpl final : public CudaBackend {
       MOE_CUDA_CHECK(cuda::launch_expert_swiglu_small(
           x, hidden, inter, batch.row_index, batch.slot_begin, batch.slot_weights, batch.num_slots,
           grid_slots, rows_per_pass, act, out, stream_.get()));
-      op_done("expert_swiglu_resident");
+      op_done("expert_swiglu");
       return;
     }
     MOE_CHECK(batch.host_slot_weights != nullptr,
-              "expert_swiglu_resident: the grouped path needs host_slot_weights");
+              "expert_swiglu: the grouped path needs host_slot_weights");
     std::vector<ExpertGroup> groups;
     for (int64_t s = 0; s < batch.num_slots; ++s) {
       const int64_t begin = host_begin[s], count = host_begin[s + 1] - begin;
@@ -413,7 +380,7 @@ class CudaBackendImpl final : public CudaBackend {
     const cuda::GroupedSwigluPlan plan = cuda::plan_grouped_swiglu(
         groups.data(), static_cast<int64_t>(groups.size()), pair_identity_.data(), hidden, inter);
     run_grouped(plan, x, batch.row_index, out);
-    op_done("expert_swiglu_resident");
+    op_done("expert_swiglu");
   }
 
   // The grouped cuBLAS SwiGLU of a plan (grouped_gemm_plan.h). device_row_index == nullptr: the
@@ -477,70 +444,16 @@ class CudaBackendImpl final : public CudaBackend {
   void gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n,
                    float* dst) override {
     if (n <= 0) return;
-    for (int64_t i = 0; i < n; ++i) {
-      MOE_CHECK(idx[i] >= 0, "gather_rows: negative row index {} at {}", idx[i], i);
-    }
-    StagingLayout layout;
-    const size_t idx_at = layout.add_array(idx, n);
-    unsigned char* meta = stage(layout);
-    MOE_CUDA_CHECK(cuda::launch_gather_rows(
-        src, width, reinterpret_cast<const int32_t*>(meta + idx_at), n, dst, stream_.get()));
+    MOE_CUDA_CHECK(cuda::launch_gather_rows(src, width, idx, n, dst, stream_.get()));
     op_done("gather_rows");
   }
 
-  void weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
-                        const float* weights, const int64_t* offsets, int64_t n,
-                        float* dst) override {
-    if (n <= 0) return;
-    MOE_CHECK(offsets[0] >= 0, "weighted_row_sum: offsets[0] = {} < 0", offsets[0]);
-    for (int64_t i = 0; i < n; ++i) {
-      MOE_CHECK(offsets[i + 1] >= offsets[i], "weighted_row_sum: offsets decrease at row {}", i);
-    }
-    const int64_t entries = offsets[n];
-    // The combine weights come from host-side layouts; a caller may also pass device memory.
-    const bool weights_on_device = weights != nullptr && is_device_pointer(weights);
-    StagingLayout layout;
-    const size_t idx_at = layout.add_array(src_index, entries);
-    const size_t off_at = layout.add_array(offsets, n + 1);
-    const size_t w_at =
-        weights != nullptr && !weights_on_device ? layout.add_array(weights, entries) : 0;
-    unsigned char* meta = stage(layout);
-    const float* w_dev = weights == nullptr  ? nullptr
-                         : weights_on_device ? weights
-                                             : reinterpret_cast<const float*>(meta + w_at);
-    MOE_CUDA_CHECK(cuda::launch_weighted_row_sum(
-        src, width, reinterpret_cast<const int32_t*>(meta + idx_at), w_dev,
-        reinterpret_cast<const int64_t*>(meta + off_at), n, dst, stream_.get()));
-    op_done("weighted_row_sum");
-  }
-
   // ---- fused ops of the attention block (fused.cu) ----
-  bool takes_bf16_activations() const override { return true; }
-
-  void rmsnorm_rounded(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps,
-                       float* y, bf16* y_bf16) override {
-    MOE_CUDA_CHECK(
-        cuda::launch_norm_rows(nullptr, x, nullptr, w, rows, dim, eps, y, y_bf16, stream_.get()));
-    op_done("rmsnorm_rounded");
-  }
-
   void add_rmsnorm(float* x, const float* delta, const bf16* w, int64_t rows, int64_t dim,
                    float eps, float* y, bf16* y_bf16) override {
     MOE_CUDA_CHECK(
         cuda::launch_norm_rows(x, x, delta, w, rows, dim, eps, y, y_bf16, stream_.get()));
     op_done("add_rmsnorm");
-  }
-
-  void linear_rounded(const float* x, const bf16* x_bf16, const bf16* w, int64_t rows, int64_t in,
-                      int64_t out, float* y) override {
-    if (x_bf16 == nullptr) {
-      linear(x, w, rows, in, out, y);
-      return;
-    }
-    static_assert(rounding::kLinearInput && !rounding::kLinearOutput);  // x_bf16 = bf16(x)
-    if (rows <= 0 || out <= 0) return;
-    gemm_bf16(w, x_bf16, rows, in, out, y, CUDA_R_32F);
-    op_done("linear_rounded");
   }
 
   // One GEMM of the stacked weights into a [rows, q + 2 kv] scratch, then one kernel that splits
@@ -593,9 +506,9 @@ class CudaBackendImpl final : public CudaBackend {
     op_done("qk_norm_rope");
   }
 
-  // ---- routing on the device (kernels/common/moe_layout.h; metadata stays in VRAM) ----
-  void router_topk_resident(const float* logits, int64_t rows, int64_t experts, int64_t k,
-                            bool renormalise, int32_t* ids, float* weights) override {
+  // ---- MoE layout (kernels/common/moe_layout.h; metadata stays in VRAM) ----
+  void router_topk(const float* logits, int64_t rows, int64_t experts, int64_t k, bool renormalise,
+                   int32_t* ids, float* weights) override {
     if (rows <= 0) return;
     MOE_CHECK(k >= 1 && k <= experts, "router_topk: top-k {} must be in [1, experts = {}]", k,
               experts);
@@ -604,42 +517,37 @@ class CudaBackendImpl final : public CudaBackend {
               cuda::kRouterMaxExperts);
     MOE_CUDA_CHECK(cuda::launch_router_topk(logits, rows, experts, k, renormalise, ids, weights,
                                             stream_.get()));
-    op_done("router_topk_resident");
+    op_done("router_topk");
   }
-  void dispatch_layout_resident(const layout::SourceLayoutView& view) override {
+  void dispatch_layout(const layout::SourceLayoutView& view) override {
     MOE_CUDA_CHECK(cuda::launch_source_layout(view, stream_.get()));
-    op_done("dispatch_layout_resident");
+    op_done("dispatch_layout");
   }
-  void group_by_slot_resident(const layout::SlotGroupingView& view) override {
+  void group_by_slot(const layout::SlotGroupingView& view) override {
     MOE_CUDA_CHECK(cuda::launch_slot_grouping(view, stream_.get()));
-    op_done("group_by_slot_resident");
+    op_done("group_by_slot");
   }
-  void gather_rows_resident(const float* src, int64_t width, const int32_t* idx, int64_t n,
-                            float* dst) override {
-    if (n <= 0) return;
-    MOE_CUDA_CHECK(cuda::launch_gather_rows(src, width, idx, n, dst, stream_.get()));
-    op_done("gather_rows_resident");
-  }
-  void combine_partial_resident(const RouteEntry* routes, const int32_t* pair_of_entry,
-                                const float* expert_out, int64_t width, int32_t top_k,
-                                int32_t num_rows, int32_t own_begin, int32_t own_rows,
-                                float* partial) override {
+  void combine_partial(const RouteEntry* routes, const int32_t* pair_of_entry,
+                       const float* expert_out, int64_t width, int32_t top_k, int32_t num_rows,
+                       int32_t own_begin, int32_t own_rows, float* partial) override {
     MOE_CUDA_CHECK(cuda::launch_combine_partial(routes, pair_of_entry, expert_out, width, top_k,
                                                 num_rows, own_begin, own_rows, partial,
                                                 stream_.get()));
-    op_done("combine_partial_resident");
+    op_done("combine_partial");
   }
-  void combine_residual_resident(const layout::CombineSources& src, const int32_t* token_offsets,
-                                 const int32_t* token_rows, int64_t width, int32_t num_tokens,
-                                 float* x) override {
+  void combine_residual(const layout::CombineSources& src, const int32_t* token_offsets,
+                        const int32_t* token_rows, int64_t width, int32_t num_tokens,
+                        float* x) override {
     MOE_CUDA_CHECK(cuda::launch_combine_residual(src, token_offsets, token_rows, width, num_tokens,
                                                  x, stream_.get()));
-    op_done("combine_residual_resident");
+    op_done("combine_residual");
   }
 
-  // ---- device graphs ----
-  bool supports_graphs() const override { return !sync_each_op_; }
+  // ---- device graphs (DeviceGraphs) ----
   int64_t memory_generation() const override { return generation_; }
+  bool experts_capturable(int64_t hidden, int64_t inter) const override {
+    return cuda::expert_small_shape_ok(hidden, inter);
+  }
   void begin_capture() override {
     MOE_CHECK(!capturing_, "begin_capture: a capture is already open");
     MOE_CUDA_CHECK(cudaStreamBeginCapture(stream_.get(), cudaStreamCaptureModeThreadLocal));
@@ -665,25 +573,27 @@ class CudaBackendImpl final : public CudaBackend {
     if (graph != nullptr) (void)cudaGraphDestroy(graph);
     (void)cudaGetLastError();
   }
-  void launch_graph(int64_t handle) override {
+  void launch(int64_t handle) override {
     MOE_CHECK(handle >= 0 && handle < static_cast<int64_t>(graphs_.size()) &&
                   graphs_[static_cast<size_t>(handle)] != nullptr,
-              "launch_graph: no graph {}", handle);
+              "launch: no device graph {}", handle);
     MOE_CUDA_CHECK(cudaGraphLaunch(graphs_[static_cast<size_t>(handle)], stream_.get()));
     op_done("launch_graph");
   }
-  void drop_graphs() noexcept override {
+  void release(int64_t handle) noexcept override {
+    if (handle < 0 || handle >= static_cast<int64_t>(graphs_.size())) return;
+    cudaGraphExec_t& g = graphs_[static_cast<size_t>(handle)];
+    // A replay may still run: the executable goes once the stream is past it.
+    (void)cudaStreamSynchronize(stream_.get());
+    if (g != nullptr) (void)cudaGraphExecDestroy(g);
+    g = nullptr;
+  }
+  void release_all() noexcept override {
+    (void)cudaStreamSynchronize(stream_.get());
     for (cudaGraphExec_t g : graphs_) {
       if (g != nullptr) (void)cudaGraphExecDestroy(g);
     }
     graphs_.clear();
-  }
-  void embedding_resident(const bf16* table, int64_t vocab, int64_t hidden, const int32_t* ids,
-                          int64_t n, float* out) override {
-    (void)vocab;  // checked by the caller before the ids were uploaded
-    if (n <= 0) return;
-    MOE_CUDA_CHECK(cuda::launch_embedding(table, hidden, ids, n, out, stream_.get()));
-    op_done("embedding_resident");
   }
 
   // ---- CudaBackend extras ----
@@ -697,8 +607,9 @@ class CudaBackendImpl final : public CudaBackend {
   }
   void fill_random_f32(float* dst, int64_t n, uint64_t seed, float scale) override {
     MOE_CUDA_CHECK(cuda::launch_fill_random_f32(dst, n, seed, scale, stream_.get()));
-    op_done("fill_random_f32");
+    op_done("fill_zero");
   }
+  DeviceGraphs* graphs() override { return sync_each_op_ ? nullptr : this; }
 
  private:
   // Waits for the stream. An error here may come from any op enqueued since the last wait:
@@ -799,15 +710,6 @@ class CudaBackendImpl final : public CudaBackend {
     return static_cast<unsigned char*>(dev);
   }
 
-  static bool is_device_pointer(const void* p) {
-    cudaPointerAttributes attr{};
-    if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return false;
-    }
-    return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
-  }
-
   // y = x W^T: W [out, in] bf16 row-major, x [rows, in] bf16, y [rows, out] of type y_type.
   void gemm_bf16(const bf16* w, const bf16* xb, int64_t rows, int64_t in, int64_t out, void* y,
                  cudaDataType_t y_type) {
@@ -881,14 +783,14 @@ class CudaBackendImpl final : public CudaBackend {
   size_t next_slot_ = 0;
   DeviceBytes meta_;
   DeviceBytes scratch_;
-  DeviceBytes resident_scratch_;  // attention_resident partials only (graph-captured pointers)
+  DeviceBytes graph_scratch_;  // graph-safe attention's partials only (captured pointers)
   struct InvFreq {
     double theta = 0;
     int64_t head_dim = 0;
     DeviceBytes buf;
   };
   std::vector<InvFreq> inv_freq_;
-  std::vector<int32_t> resident_begin_, pair_identity_;
+  std::vector<int32_t> slot_begin_host_, pair_identity_;
   std::vector<cublasOperation_t> trans_a_, trans_b_;
   bool capturing_ = false;
   int64_t generation_ = 0;  // ++ whenever scratch, staging or resident scratch moves

@@ -122,17 +122,28 @@ void measure_compute(kernels::Backend& be, const ModelConfig& c, HardwareProfile
     kernels::Buffer<float> ex = upload(be, std::vector<float>(E * max_g * H, 0.01f));
     kernels::Buffer<float> eo(be, static_cast<size_t>(E * max_g * H));
     h.grouped_table.clear();
+    std::vector<kernels::ExpertWeights> slots;
+    for (int64_t e = 0; e < E; ++e) {
+      const bf16* base = ew.data() + e * 3 * H * I;
+      slots.push_back({base, base + H * I, base + 2 * H * I});
+    }
+    kernels::Buffer<kernels::ExpertWeights> slots_dev = upload(be, slots);
     for (int64_t g : {1, 2, 4, 8, 16, 64}) {
-      std::vector<kernels::ExpertGroup> groups;
-      std::vector<int32_t> row_index(static_cast<size_t>(E * g));
+      // Slot e computes rows [e g, e g + g): the expert op as the dispatcher hands it over.
+      std::vector<int32_t> row_index(static_cast<size_t>(E * g)), slot_begin;
       std::iota(row_index.begin(), row_index.end(), 0);
-      for (int64_t e = 0; e < E; ++e) {
-        const bf16* base = ew.data() + e * 3 * H * I;
-        groups.push_back({{base, base + H * I, base + 2 * H * I}, e * g, g});
-      }
-      const double t = time_call([&] {
-        be.grouped_expert_swiglu(ex.data(), H, I, groups.data(), E, row_index.data(), eo.data());
-      });
+      for (int64_t e = 0; e <= E; ++e) slot_begin.push_back(static_cast<int32_t>(e * g));
+      kernels::Buffer<int32_t> row_index_dev = upload(be, row_index);
+      kernels::Buffer<int32_t> slot_begin_dev = upload(be, slot_begin);
+      kernels::ExpertBatch batch;
+      batch.row_index = row_index_dev.data();
+      batch.slot_begin = slot_begin_dev.data();
+      batch.slot_weights = slots_dev.data();
+      batch.host_slot_weights = slots.data();
+      batch.num_slots = E;
+      batch.max_pairs = E * g;
+      batch.host_slot_begin = slot_begin.data();
+      const double t = time_call([&] { be.expert_swiglu(ex.data(), H, I, batch, eo.data()); });
       h.grouped_table.emplace_back(g, 6.0 * H * I * E * g / t * 1e-9);
       samples["grouped"].push_back({{"experts", E}, {"rows_per_expert", g}, {"s", t}});
     }
@@ -150,12 +161,13 @@ void measure_compute(kernels::Backend& be, const ModelConfig& c, HardwareProfile
     const int64_t kvb = kernels::kv_dtype_bytes(be.kv_cache_dtype());
     kernels::Buffer<unsigned char> kc(be, static_cast<size_t>(T * kv * kvb));
     kernels::Buffer<unsigned char> vc(be, static_cast<size_t>(T * kv * kvb));
-    const kernels::AttentionSeq seq{0, T, 0, 0};
+    const kernels::AttentionShape shape{s.num_heads, s.num_kv_heads, s.head_dim};
+    const std::vector<kernels::AttentionSeq> seq{{0, T, 0, 0}};
+    kernels::Buffer<kernels::AttentionSeq> seq_dev = upload(be, seq);
+    const kernels::AttentionBatch prefill{seq_dev.data(), seq.data(), 1, T};
     const kernels::KvCacheView cache{kc.data(), vc.data(), 1, T, be.kv_cache_dtype()};
-    const double t = time_call([&] {
-      be.attention(qb.data(), kb.data(), vb.data(), &seq, 1,
-                   {s.num_heads, s.num_kv_heads, s.head_dim}, cache, ob.data());
-    });
+    const double t = time_call(
+        [&] { be.attention(qb.data(), kb.data(), vb.data(), prefill, shape, cache, ob.data()); });
     h.attention_gflops = attention_score_flops(c, T, 0) / t * 1e-9;
     samples["attention"] = {{"tokens", T}, {"s", t}};
     // Decode-like: S sequences of one new token after 63 cached ones; the time beyond the FLOPs
@@ -165,11 +177,11 @@ void measure_compute(kernels::Backend& be, const ModelConfig& c, HardwareProfile
     kernels::Buffer<unsigned char> vc2(be, static_cast<size_t>(S * (past + 1) * kv * kvb));
     std::vector<kernels::AttentionSeq> seqs;
     for (int64_t i = 0; i < S; ++i) seqs.push_back({i, 1, past, i});
+    kernels::Buffer<kernels::AttentionSeq> seqs_dev = upload(be, seqs);
+    const kernels::AttentionBatch decode{seqs_dev.data(), seqs.data(), S, S};
     const kernels::KvCacheView cache2{kc2.data(), vc2.data(), S, past + 1, be.kv_cache_dtype()};
-    const double td = time_call([&] {
-      be.attention(qb.data(), kb.data(), vb.data(), seqs.data(), S,
-                   {s.num_heads, s.num_kv_heads, s.head_dim}, cache2, ob.data());
-    });
+    const double td = time_call(
+        [&] { be.attention(qb.data(), kb.data(), vb.data(), decode, shape, cache2, ob.data()); });
     const double flop_s = S * attention_score_flops(c, 1, past) / (h.attention_gflops * 1e9);
     h.attention_seq_us = std::max(0.0, td - flop_s) / S * 1e6;
     samples["attention_decode"] = {{"sequences", S}, {"past", past}, {"s", td}};
@@ -186,13 +198,12 @@ void measure_compute(kernels::Backend& be, const ModelConfig& c, HardwareProfile
     kernels::Buffer<bf16> nw = upload(be, random_bf16(static_cast<size_t>(H), 4));
     std::vector<int32_t> pos(static_cast<size_t>(T));
     std::iota(pos.begin(), pos.end(), 0);
+    kernels::Buffer<int32_t> pos_dev = upload(be, pos);
     const float eps = static_cast<float>(c.rms_norm_eps);
     const double t = time_call([&] {
       be.rmsnorm(xa.data(), nw.data(), T, H, eps, xb.data());
-      be.rmsnorm(qa.data(), nw.data(), T * s.num_heads, s.head_dim, eps, qa.data());
-      be.rmsnorm(ka.data(), nw.data(), T * s.num_kv_heads, s.head_dim, eps, ka.data());
-      be.rope(qa.data(), pos.data(), T, s.num_heads, s.head_dim, c.rope_theta);
-      be.rope(ka.data(), pos.data(), T, s.num_kv_heads, s.head_dim, c.rope_theta);
+      be.qk_norm_rope(qa.data(), ka.data(), nw.data(), nw.data(), pos_dev.data(), T, s.num_heads,
+                      s.num_kv_heads, s.head_dim, eps, c.rope_theta);
       be.add_inplace(xa.data(), xb.data(), T * H);
       be.rmsnorm(xa.data(), nw.data(), T, H, eps, xb.data());
     });
@@ -211,8 +222,8 @@ void measure_compute(kernels::Backend& be, const ModelConfig& c, HardwareProfile
       for (float& v : host) v = u(rng);
       be.upload(logits.data(), host.data(), host.size() * sizeof(float));
     }
-    std::vector<int32_t> ids(static_cast<size_t>(T * s.top_k));
-    std::vector<float> wts(ids.size());
+    kernels::Buffer<int32_t> ids(be, static_cast<size_t>(T * s.top_k));
+    kernels::Buffer<float> wts(be, ids.size());
     const double t = time_call([&] {
       be.router_topk(logits.data(), T, E, s.top_k, c.norm_topk_prob, ids.data(), wts.data());
     });
@@ -233,26 +244,34 @@ void measure_compute(kernels::Backend& be, const ModelConfig& c, HardwareProfile
     samples["add_inplace"] = {{"elements", n}, {"s", t}, {"small_s", t_small}};
   }
 
-  // Host layout per (token, expert) pair: the dispatcher's own build_dispatch_layout.
+  // Layout per (token, expert) pair: the one dispatcher's layout and grouping on one rank (no
+  // exchange), for a batch of prefill size with every expert on this rank.
   {
-    const int ranks = 4;
     const int64_t T = 2048, k = s.top_k;
-    std::vector<std::vector<int>> lists(ranks);
-    for (int e = 0; e < E; ++e) lists[static_cast<size_t>(e * ranks / E)].push_back(e);
-    const parallel::LayerPlacement lp =
-        parallel::LayerPlacement::from_rank_experts(lists, static_cast<int>(E));
+    const std::unique_ptr<parallel::Communicator> one =
+        parallel::make_one_rank_communicator();  // TEMPMERGE
+    const parallel::Placement placement =
+        parallel::Placement::build({}, std::vector<bool>{true}, static_cast<int>(E), one->size());
+    parallel::Dispatcher dispatcher(*one, be, H, static_cast<int>(k));
+    dispatcher.set_placement(placement);
     std::mt19937 rng(3);
     std::vector<int32_t> ids(static_cast<size_t>(T * k));
-    std::vector<float> wts(ids.size(), 1.0f / static_cast<float>(k));
     for (int64_t t = 0; t < T; ++t) {
       std::vector<int32_t> perm(static_cast<size_t>(E));
       std::iota(perm.begin(), perm.end(), 0);
       std::shuffle(perm.begin(), perm.end(), rng);
       std::copy(perm.begin(), perm.begin() + k, ids.begin() + t * k);
     }
+    kernels::Buffer<int32_t> ids_dev = upload(be, ids);
+    kernels::Buffer<float> wts_dev =
+        upload(be, std::vector<float>(ids.size(), 1.0f / static_cast<float>(k)));
+    kernels::Buffer<float> hidden(be, static_cast<size_t>(T * H));
     const double t = time_call([&] {
-      const auto L = parallel::build_dispatch_layout(lp, 0, ids, wts, T, static_cast<int>(k));
-      if (L.num_send_rows() < 0) MOE_THROW("check", "impossible");
+      dispatcher.begin_step();
+      const parallel::DispatchHandle d =
+          dispatcher.dispatch(0, hidden.data(), T, ids_dev.data(), wts_dev.data());
+      be.synchronize();
+      if (d.num_recv_rows != T) MOE_THROW("check", "layout probe: {} rows", d.num_recv_rows);
     });
     h.layout_ns_per_pair = t / static_cast<double>(T * k) * 1e9;
     samples["layout"] = {{"tokens", T}, {"top_k", k}, {"s", t}};

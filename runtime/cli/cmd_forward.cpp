@@ -30,8 +30,7 @@ int run_forward(const ForwardArgs& a) {
   auto s = open_session(o, static_cast<int64_t>(batch.size()), max_length(batch));
   Engine engine(*s->model, *s->comm);
   const ForwardOutput out = engine.forward(batch);
-  const MetricsReport metrics =
-      engine.metrics().reduce(*s->comm, s->model->times(), s->model->timing_method());
+  const MetricsReport metrics = engine.metrics().reduce(*s->comm, s->model->instrumentation());
   write_trace_out(*s, o);
   if (s->rank() != 0) return 0;
   write_npy_f32(a.logits_out, out.shape, out.logits);

@@ -83,8 +83,7 @@ int run_generate(const GenerateArgs& a) {
   const GenerateOutput out = engine.generate(
       batch, spec,
       printer ? TokenSink([&](int64_t i, int32_t tok) { printer->on_token(i, tok); }) : nullptr);
-  const MetricsReport metrics =
-      engine.metrics().reduce(*s->comm, s->model->times(), s->model->timing_method());
+  const MetricsReport metrics = engine.metrics().reduce(*s->comm, s->model->instrumentation());
   write_trace_out(*s, o);
   if (s->rank() != 0) return 0;
   if (printer) {

@@ -106,15 +106,14 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
   Engine engine(*s->model, *s->comm);
   s->comm->barrier();
   const GenerateOutput out = engine.generate(prompts, decode_steps);
-  const MetricsReport metrics =
-      engine.metrics().reduce(*s->comm, s->model->times(), s->model->timing_method());
+  const MetricsReport metrics = engine.metrics().reduce(*s->comm, s->model->instrumentation());
   write_trace_out(*s, o);
 
   // Memory: max over ranks.
   std::vector<int64_t> mem{
-      s->model->expert_bytes(),
-      s->model->dense_bytes(),
-      s->model->kv_cache_bytes(),
+      s->model->weights().sizes().expert_bytes(),
+      s->model->weights().sizes().dense_bytes(),
+      s->model->kv_cache().bytes(),
       static_cast<int64_t>(s->backend->peak_allocated_bytes()),
       peak_rss_bytes(),
       s->device_used_at_open < 0 ? -1 : s->backend->device_used_bytes() - s->device_used_at_open};

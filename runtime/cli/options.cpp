@@ -67,15 +67,10 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool model_required) {
       ->check(one_of({"mpi", "nccl"}));
   cmd->add_option("--placement", o.placement,
                   "Placement YAML (configs/placements/); default: contiguous blocks of experts");
-  cmd->add_option("--routing", o.routing,
-                  "Where MoE layers route tokens: device (top-k, layout and grouping by backend "
-                  "ops, kept in backend memory) | host (layout on the host; the reference). "
-                  "Default: device with cuda, host with cpu; both give the same logits on cpu")
-      ->check(one_of({"host", "device"}));
   cmd->add_option("--graph", o.graph,
                   "Capture small single-rank steps (decode) once per batch shape as a device "
                   "graph and replay them: on | off (default: on with cuda; with cpu, on runs the "
-                  "same graph-safe step eagerly). Needs --routing device")
+                  "same graph-safe step eagerly)")
       ->check(one_of({"on", "off"}));
   cmd->add_option("--json", o.json, "Also write the results as JSON to this file (rank 0)");
   cmd->add_option("--trace-out", o.trace_out,

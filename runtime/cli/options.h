@@ -14,7 +14,6 @@ struct ModelOptions {
   std::string compute_dtype;  // fp32 | bf16; empty: the backend's own (cpu fp32, cuda bf16)
   std::string comm;           // empty: nccl with cuda, mpi with cpu
   std::string placement;      // placement YAML
-  std::string routing;        // host | device; empty: device with cuda, host with cpu
   std::string graph;          // on | off; empty: on where the backend has graphs (cuda)
   std::string json;           // rank 0 writes the results here as JSON
   std::string trace_out;      // rank 0 writes the run's routing trace here (runtime/io/trace.h)
@@ -27,7 +26,7 @@ struct ModelOptions {
   }
 };
 
-// Adds --model, --weights, --backend, --compute-dtype, --comm, --placement, --routing, --graph,
+// Adds --model, --weights, --backend, --compute-dtype, --comm, --placement, --graph,
 // --json, --timeout, --threads, --quiet.
 void add_model_options(CLI::App* cmd, ModelOptions& o, bool model_required);
 

@@ -28,10 +28,11 @@ int64_t max_length(const TokenBatch& b) {
 }
 
 nlohmann::json memory_json(const Session& s) {
-  return {{"expert_shard_bytes", s.model->expert_bytes()},
-          {"local_experts", s.model->num_local_experts()},
-          {"dense_replica_bytes", s.model->dense_bytes()},
-          {"kv_cache_bytes", s.model->kv_cache_bytes()},
+  const RankWeights& w = s.model->weights().sizes();
+  return {{"expert_shard_bytes", w.expert_bytes()},
+          {"local_experts", w.expert_slots},
+          {"dense_replica_bytes", w.dense_bytes()},
+          {"kv_cache_bytes", s.model->kv_cache().bytes()},
           {"peak_backend_bytes", s.backend->peak_allocated_bytes()}};
 }
 

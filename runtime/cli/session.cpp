@@ -99,13 +99,11 @@ std::unique_ptr<Session> open_session(const ModelOptions& o, int64_t max_seqs, i
   const int64_t slots = Engine::slots_needed(max_seqs, N);
   s->model = std::make_unique<Model>(s->config, *s->placement, *s->comm, *s->backend, *s->weights,
                                      std::max<int64_t>(slots, 1), max_len, progress);
-  if (!o.routing.empty()) s->model->set_routing_on_device(o.routing == "device");
   if (!o.graph.empty()) s->model->set_graphs(o.graph == "on");
   s->load_s = std::chrono::duration<double>(Clock::now() - t0).count();
-  if (!o.trace_out.empty()) {
-    s->trace_recorder = std::make_unique<TraceRecorder>(s->config);
-    s->model->set_routing_hook(s->trace_recorder.get());
-  }
+  s->fault = FaultInjection::from_env(s->rank());
+  if (!o.trace_out.empty()) s->trace_recorder = std::make_unique<TraceRecorder>(s->config);
+  set_routing_hook(*s, nullptr);
 
   // Per-rank load report: what each rank read (checkpoints) and holds, gathered on every rank.
   const LoadStats ls = s->weights->stats();
@@ -113,9 +111,9 @@ std::unique_ptr<Session> open_session(const ModelOptions& o, int64_t max_seqs, i
                                  static_cast<double>(ls.files_opened),
                                  static_cast<double>(ls.tensors_read),
                                  s->load_s,
-                                 static_cast<double>(s->model->dense_bytes()),
-                                 static_cast<double>(s->model->expert_bytes()),
-                                 static_cast<double>(s->model->num_local_experts())};
+                                 static_cast<double>(s->model->weights().sizes().dense_bytes()),
+                                 static_cast<double>(s->model->weights().sizes().expert_bytes()),
+                                 static_cast<double>(s->model->weights().sizes().expert_slots)};
   std::vector<double> all(mine.size() * static_cast<size_t>(N));
   s->comm->all_gather<double>(mine, all);
   for (int r = 0; r < N; ++r) {
@@ -139,11 +137,13 @@ std::unique_ptr<Session> open_session(const ModelOptions& o, int64_t max_seqs, i
 }
 
 void set_routing_hook(Session& s, RoutingHook* hook) {
-  if (s.trace_recorder) {
-    s.trace_recorder->set_inner(hook);
-  } else {
-    s.model->set_routing_hook(hook);
+  s.routing_source = hook;
+  std::vector<RoutingHook*> hooks;
+  for (RoutingHook* h : {s.routing_source, static_cast<RoutingHook*>(s.fault.get()),
+                         static_cast<RoutingHook*>(s.trace_recorder.get())}) {
+    if (h != nullptr) hooks.push_back(h);
   }
+  s.model->instrumentation().set_routing_hooks(std::move(hooks));
 }
 
 void write_trace_out(Session& s, const ModelOptions& o) {

@@ -15,6 +15,7 @@
 #include "runtime/cli/options.h"
 #include "runtime/io/config.h"
 #include "runtime/io/weights.h"
+#include "runtime/model/fault_injection.h"
 #include "runtime/model/model.h"
 #include "runtime/model/trace_recorder.h"
 
@@ -26,7 +27,12 @@ struct Session {
   ModelConfig config;
   std::optional<parallel::Placement> placement;
   std::unique_ptr<WeightSource> weights;
-  std::unique_ptr<TraceRecorder> trace_recorder;  // with --trace-out: the model's routing hook
+  // The model's routing hooks, in the order they run: the command's routing source (replayed or
+  // synthetic routing; not owned), MOE_EP_FAULT's fault, and the --trace-out recorder last, so it
+  // records what the others chose.
+  RoutingHook* routing_source = nullptr;
+  std::unique_ptr<FaultInjection> fault;
+  std::unique_ptr<TraceRecorder> trace_recorder;
   std::unique_ptr<Model> model;
   bool from_checkpoint = false;
   double load_s = 0;
@@ -43,8 +49,8 @@ struct Session {
 std::unique_ptr<Session> open_session(const ModelOptions& options, int64_t max_seqs,
                                       int64_t max_len);
 
-// Routes the model's tokens through `hook` (nullptr: its own router); with --trace-out the
-// recorder stays the model's hook and sees what `hook` chose. `hook` must outlive the steps.
+// Routes the model's tokens through `hook` (nullptr: its own router); the fault and trace hooks
+// stay after it. `hook` must outlive the steps.
 void set_routing_hook(Session& s, RoutingHook* hook);
 // With --trace-out: gathers the recorded routing (collective) and rank 0 writes the file.
 void write_trace_out(Session& s, const ModelOptions& options);

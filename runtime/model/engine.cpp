@@ -152,7 +152,7 @@ GenerateOutput Engine::generate(const TokenBatch& prompts, const GenerateSpec& s
   auto t0 = Clock::now();
   StepResult r = model_.step(steps, max_new > 0 ? last_rows : std::vector<int64_t>{});
   times.push_back(since(t0));
-  prefill_flops_ = model_.last_step_flops();
+  prefill_flops_ = model_.instrumentation().last_step_flops();
   metrics_.add_step("prefill", r);
   for (int64_t step = 0; step < max_new; ++step) {
     // r.logits holds one row per active sequence of this rank, in order

@@ -15,11 +15,11 @@ void MetricsCollector::add_step(const std::string& phase, const StepResult& step
   ++num_steps_;
 }
 
-MetricsReport MetricsCollector::reduce(parallel::Communicator& comm, const PhaseTimes& times,
-                                       const std::string& timing_method) const {
+MetricsReport MetricsCollector::reduce(parallel::Communicator& comm, Instrumentation& instr) const {
+  const PhaseTimes& times = instr.times();
   MetricsReport r;
   r.num_ranks = comm.size();
-  r.timing_method = timing_method;
+  r.timing_method = instr.timing_method();
   std::vector<parallel::LayerLoad> local;
   local.reserve(local_.size());
   for (const auto& e : local_) local.push_back(e.load);

@@ -46,8 +46,8 @@ class MetricsCollector {
  public:
   void add_step(const std::string& phase, const StepResult& step);
   // Collective: sums loads over ranks, max/mean of phase times. Same result on all ranks.
-  MetricsReport reduce(parallel::Communicator& comm, const PhaseTimes& times,
-                       const std::string& timing_method) const;
+  // Phase times come from `instr` (which may wait for the device).
+  MetricsReport reduce(parallel::Communicator& comm, Instrumentation& instr) const;
 
  private:
   std::vector<LayerStepLoad> local_;  // this rank's contribution

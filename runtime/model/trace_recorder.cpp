@@ -41,7 +41,6 @@ TraceRecorder::TraceRecorder(const ModelConfig& config)
 
 void TraceRecorder::route(int64_t step, int layer, std::span<const TokenId> tokens,
                           std::span<int32_t> ids, std::span<float> weights) {
-  if (inner_ != nullptr) inner_->route(step, layer, tokens, ids, weights);
   const int64_t slot = slot_of_layer_.at(static_cast<size_t>(layer));
   MOE_CHECK(slot >= 0, "trace recorder: layer {} is not a MoE layer", layer);
   LayerRecord& r = records_[static_cast<size_t>(slot)];

@@ -1,5 +1,5 @@
 // Records a run's routing for `--trace-out`: a RoutingHook that keeps every MoE layer's top-k
-// ids and weights of this rank's tokens (after an inner hook, if any, has chosen them), and a
+// ids and weights of this rank's tokens (installed after any hook that chooses them), and a
 // collective gather that puts every rank's rows on rank 0 in the order of runtime/io/trace.h
 // (step, then sequence, then position), so the file is the same for any rank count.
 #pragma once
@@ -19,8 +19,6 @@ class TraceRecorder final : public RoutingHook {
  public:
   explicit TraceRecorder(const ModelConfig& config);
 
-  // Routing comes from `inner` (nullptr: the router's own); the recorder sees the result.
-  void set_inner(RoutingHook* inner) { inner_ = inner; }
   void route(int64_t step, int layer, std::span<const TokenId> tokens, std::span<int32_t> ids,
              std::span<float> weights) override;
 
@@ -34,7 +32,6 @@ class TraceRecorder final : public RoutingHook {
     std::vector<int32_t> ids;    // [rows, top_k]
     std::vector<float> weights;  // [rows, top_k]
   };
-  RoutingHook* inner_ = nullptr;
   int64_t num_experts_, top_k_, num_layers_;
   std::vector<int64_t> moe_layers_;
   std::vector<int64_t> slot_of_layer_;  // [num_layers] index into records_, -1 for dense layers

@@ -1,7 +1,7 @@
 // Worker of the bf16 whole-model tests (test_bf16_model.cpp runs it under mpirun): builds the
 // model of one HF fixture in-process on every rank with the CPU backend in the given compute
-// dtype, wrapped in a RoutingRecorder, prefills every prompt (sequence i on rank i mod N, as
-// `moe-ep forward` places them) and writes, per sequence i, logits_<i>.npy [len, vocab] and
+// dtype with a RoutingRecorder as its routing hook, prefills every prompt (sequence i on rank i mod
+// N, as `moe-ep forward` places them) and writes, per sequence i, logits_<i>.npy [len, vocab] and
 // topk_<i>.npy [moe_layers, len, top_k] (expert ids as float32) into the output directory.
 #include <fmt/format.h>
 
@@ -62,7 +62,8 @@ int run(int argc, char** argv) {
                                                     static_cast<int>(config.num_experts), N);
   kernels::BackendOptions bopts;
   bopts.compute_dtype = dtype;
-  test::RoutingRecorder backend(kernels::make_backend(bopts));
+  const std::unique_ptr<kernels::Backend> backend = kernels::make_backend(bopts);
+  test::RoutingRecorder recorder;
   std::vector<size_t> mine;
   int64_t max_len = 1;
   for (size_t i = 0; i < prompts.size(); ++i) {
@@ -70,8 +71,9 @@ int run(int argc, char** argv) {
     max_len = std::max<int64_t>(max_len, static_cast<int64_t>(prompts[i].size()));
   }
   auto model = std::make_unique<runtime::Model>(
-      config, placement, *comm, backend, *weights,
+      config, placement, *comm, *backend, *weights,
       std::max<int64_t>(1, static_cast<int64_t>(mine.size())), max_len);
+  model->instrumentation().set_routing_hooks({&recorder});
 
   std::vector<runtime::SeqStep> seqs;
   std::vector<int64_t> rows;
@@ -85,7 +87,7 @@ int run(int argc, char** argv) {
   }
   const runtime::StepResult result = model->step(seqs, rows);
   const int64_t V = config.vocab_size;
-  const test::Routing& routing = backend.routing();
+  const test::Routing& routing = recorder.routing();
   const int64_t L = static_cast<int64_t>(routing.layers.size()), k = routing.top_k;
   int64_t row = 0;
   for (size_t j = 0; j < mine.size(); ++j) {

@@ -15,6 +15,7 @@
 #include "kernels/cpu/bf16_ops.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/reference.h"
+#include "tests/common/host_ops.h"
 #include "tests/common/test_data.h"
 
 namespace moe::kernels::test {
@@ -118,10 +119,10 @@ TEST(Bf16Ops, DenseAndGroupedSwigluMatchTheBf16RoundedReference) {
       const ExpertWeights w2{u.data(), g.data(), d.data()};
       const ExpertGroup groups[2] = {{w, 0, c.rows}, {w2, c.rows, c.rows}};
       std::vector<float> gout(2 * c.rows * c.hidden), gwant(gout.size());
-      be->grouped_expert_swiglu(x.data(), c.hidden, c.inter, groups, 2, row_index.data(),
+      moe::test::grouped_swiglu(*be, x.data(), c.hidden, c.inter, groups, 2, row_index.data(),
                                 gout.data());
-      gpu_numerics.grouped_expert_swiglu(x.data(), c.hidden, c.inter, groups, 2, row_index.data(),
-                                         gwant.data());
+      moe::test::grouped_swiglu(gpu_numerics, x.data(), c.hidden, c.inter, groups, 2,
+                                row_index.data(), gwant.data());
       // Stage roundings: gate/up/act/out may each flip one bf16 ulp.
       EXPECT_TRUE(within(gout, gwant, std::vector<double>(gout.size(), rms(gwant) * 1.6e-2)))
           << "grouped " << c.rows << " rows";
@@ -144,8 +145,8 @@ TEST(Bf16Ops, AttentionReadsBf16RoundedKeysAndValuesFromTheCache) {
     std::vector<float> vc(max_len * kvw, 0.0f);
     kc.assign(max_len * kvw, 0.0f);
     out.assign(q.size(), 0.0f);
-    be.attention(q.data(), kk.data(), vv.data(), &seq, 1, shape,
-                 KvCacheView{kc.data(), vc.data(), 1, max_len, KvDtype::kF32}, out.data());
+    moe::test::attention(be, q.data(), kk.data(), vv.data(), &seq, 1, shape,
+                         KvCacheView{kc.data(), vc.data(), 1, max_len, KvDtype::kF32}, out.data());
   };
   auto bf16 = make_cpu_backend(ComputeDtype::kBF16);
   auto fp32 = make_cpu_backend(ComputeDtype::kF32);
@@ -174,12 +175,15 @@ TEST(Bf16Ops, OpsThatDoNotRoundAreBitIdenticalToFp32Mode) {
   bf16->rmsnorm(x.data(), w.data(), rows, dim, 1e-6f, a.data());
   fp32->rmsnorm(x.data(), w.data(), rows, dim, 1e-6f, b.data());
   EXPECT_EQ(a, b);
+  // q [rows, 4 heads, 16] and k [rows, 2 heads, 16]: per-head norm, then rope.
   std::vector<int32_t> pos = {0, 3, 17, 100, 4095};
-  a = x;
-  b = x;
-  bf16->rope(a.data(), pos.data(), rows, 4, 16, 1e6);
-  fp32->rope(b.data(), pos.data(), rows, 4, 16, 1e6);
-  EXPECT_EQ(a, b);
+  std::vector<float> qa = x, qb = x, ka(x.begin(), x.begin() + rows * 32), kb = ka;
+  bf16->qk_norm_rope(qa.data(), ka.data(), w.data(), w.data() + 16, pos.data(), rows, 4, 2, 16,
+                     1e-6f, 1e6);
+  fp32->qk_norm_rope(qb.data(), kb.data(), w.data(), w.data() + 16, pos.data(), rows, 4, 2, 16,
+                     1e-6f, 1e6);
+  EXPECT_EQ(qa, qb);
+  EXPECT_EQ(ka, kb);
   const auto logits = random_floats(rng, rows * experts, -4.0f, 4.0f);
   std::vector<int32_t> ia(rows * k), ib(rows * k);
   std::vector<float> wa(rows * k), wb(rows * k);

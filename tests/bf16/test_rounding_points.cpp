@@ -13,6 +13,7 @@
 #include "bf16_reference_backend.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
+#include "tests/common/host_ops.h"
 
 namespace moe::kernels::test {
 namespace {
@@ -92,7 +93,7 @@ struct SwigluInputs {
     const int64_t n1 = rows, n2 = static_cast<int64_t>(row_index.size()) - rows;
     const ExpertGroup groups[2] = {{w(), 0, n1}, {w2, n1, n2}};
     std::vector<float> out(row_index.size() * hidden);
-    be.grouped_expert_swiglu(x.data(), hidden, inter, groups, 2, row_index.data(), out.data());
+    moe::test::grouped_swiglu(be, x.data(), hidden, inter, groups, 2, row_index.data(), out.data());
     return out;
   }
 };
@@ -138,8 +139,8 @@ TEST(RoundingPoints, KvCacheHoldsRoundedKeysAndValuesOnBoth) {
   const AttentionSeq seq{0, T, 0, 0};
   auto caches = [&](Backend& be) {
     std::vector<float> kc(max_len * kvw, 0.0f), vc(max_len * kvw, 0.0f), out(q.size());
-    be.attention(q.data(), k.data(), v.data(), &seq, 1, shape,
-                 KvCacheView{kc.data(), vc.data(), 1, max_len, KvDtype::kF32}, out.data());
+    moe::test::attention(be, q.data(), k.data(), v.data(), &seq, 1, shape,
+                         KvCacheView{kc.data(), vc.data(), 1, max_len, KvDtype::kF32}, out.data());
     kc.insert(kc.end(), vc.begin(), vc.end());
     return kc;
   };

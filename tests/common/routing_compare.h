@@ -1,19 +1,20 @@
 // Whole-model logits against a reference when the two runs may route some tokens differently
 // (bf16 vs fp32, GPU vs CPU): a routing flip changes a token's hidden state by far more than the
 // rounding that caused it, so errors are measured only where routing agrees, and the flipped
-// share and top-1 agreement are reported beside it. RoutingRecorder gets a run's routing without
-// touching the model: it wraps any Backend and keeps what router_topk returned.
+// share and top-1 agreement are reported beside it. RoutingRecorder, a routing hook, keeps the
+// routing a run chose.
 #pragma once
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <sstream>
 #include <string>
 #include <vector>
 
-#include "kernels/backend.h"
+#include "runtime/model/routing.h"
 
 namespace moe::test {
 
@@ -93,81 +94,19 @@ inline RoutingComparison compare_with_routing(const float* got, const float* wan
   return c;
 }
 
-// Forwards every op to `inner` and keeps router_topk's ids: one Routing layer per call, so a
-// model step over T tokens adds its MoE layers in order, each [T, top_k].
-class RoutingRecorder final : public kernels::Backend {
+// A routing hook that keeps every MoE layer's top-k ids as the model routed them: one Routing
+// layer per call, so a model step over T tokens adds its MoE layers in order, each [T, top_k].
+class RoutingRecorder final : public runtime::RoutingHook {
  public:
-  explicit RoutingRecorder(std::unique_ptr<kernels::Backend> inner) : inner_(std::move(inner)) {}
   const Routing& routing() const { return routing_; }
-  void clear() { routing_ = {}; }
-  kernels::Backend& inner() { return *inner_; }
-
-  std::string name() const override { return inner_->name(); }
-  bool is_host_memory() const override { return inner_->is_host_memory(); }
-  kernels::KvDtype kv_cache_dtype() const override { return inner_->kv_cache_dtype(); }
-  kernels::ComputeDtype compute_dtype() const override { return inner_->compute_dtype(); }
-  int64_t device_used_bytes() const override { return inner_->device_used_bytes(); }
-  void* compute_stream() const override { return inner_->compute_stream(); }
-  std::unique_ptr<kernels::PhaseTimer> make_phase_timer(int num_phases) override {
-    return inner_->make_phase_timer(num_phases);
-  }
-  void* allocate(size_t n) override { return inner_->allocate(n); }
-  void deallocate(void* p, size_t n) noexcept override { inner_->deallocate(p, n); }
-  void upload(void* d, const void* s, size_t n) override { inner_->upload(d, s, n); }
-  void download(void* d, const void* s, size_t n) override { inner_->download(d, s, n); }
-  void copy(void* d, const void* s, size_t n) override { inner_->copy(d, s, n); }
-  void fill_zero(void* d, size_t n) override { inner_->fill_zero(d, n); }
-  void synchronize() override { inner_->synchronize(); }
-
-  void embedding(const bf16* table, int64_t vocab, int64_t hidden, const int32_t* ids, int64_t n,
-                 float* out) override {
-    inner_->embedding(table, vocab, hidden, ids, n, out);
-  }
-  void rmsnorm(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps,
-               float* y) override {
-    inner_->rmsnorm(x, w, rows, dim, eps, y);
-  }
-  void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out,
-              float* y) override {
-    inner_->linear(x, w, rows, in, out, y);
-  }
-  void rope(float* x, const int32_t* positions, int64_t rows, int64_t heads, int64_t head_dim,
-            double theta) override {
-    inner_->rope(x, positions, rows, heads, head_dim, theta);
-  }
-  void attention(const float* q, const float* k, const float* v, const kernels::AttentionSeq* seqs,
-                 int64_t num_seqs, kernels::AttentionShape shape, kernels::KvCacheView cache,
-                 float* out) override {
-    inner_->attention(q, k, v, seqs, num_seqs, shape, cache, out);
-  }
-  void router_topk(const float* logits, int64_t rows, int64_t experts, int64_t k, bool renormalise,
-                   int32_t* host_ids, float* host_weights) override {
-    inner_->router_topk(logits, rows, experts, k, renormalise, host_ids, host_weights);
-    routing_.top_k = k;
-    routing_.layers.emplace_back(host_ids, host_ids + std::max<int64_t>(rows, 0) * k);
-  }
-  void swiglu_mlp(const float* x, kernels::ExpertWeights w, int64_t rows, int64_t hidden,
-                  int64_t inter, float* y) override {
-    inner_->swiglu_mlp(x, w, rows, hidden, inter, y);
-  }
-  void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
-                             const kernels::ExpertGroup* groups, int64_t num_groups,
-                             const int32_t* row_index, float* out) override {
-    inner_->grouped_expert_swiglu(x, hidden, inter, groups, num_groups, row_index, out);
-  }
-  void add_inplace(float* x, const float* y, int64_t n) override { inner_->add_inplace(x, y, n); }
-  void gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n,
-                   float* dst) override {
-    inner_->gather_rows(src, width, idx, n, dst);
-  }
-  void weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
-                        const float* weights, const int64_t* offsets, int64_t n,
-                        float* dst) override {
-    inner_->weighted_row_sum(src, width, src_index, weights, offsets, n, dst);
+  void route(int64_t /*step*/, int /*layer*/, std::span<const runtime::TokenId> tokens,
+             std::span<int32_t> ids, std::span<float> /*weights*/) override {
+    routing_.top_k =
+        tokens.empty() ? routing_.top_k : static_cast<int64_t>(ids.size() / tokens.size());
+    routing_.layers.emplace_back(ids.begin(), ids.end());
   }
 
  private:
-  std::unique_ptr<kernels::Backend> inner_;
   Routing routing_;
 };
 

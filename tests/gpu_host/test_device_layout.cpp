@@ -1,8 +1,8 @@
-// The device-side expert-parallel layout (kernels/common/moe_layout.h: the per-thread bodies the
-// CUDA kernels in kernels/cuda/moe_layout.cu run) emulated on the CPU, against the host layout
-// the runtime has always used (parallel::build_dispatch_layout, parallel::group_by_slot) on
+// The expert-parallel layout every backend runs (kernels/common/moe_layout.h: the per-thread bodies
+// the CUDA kernels in kernels/cuda/moe_layout.cu run and the host backends run in loops) against
+// its sequential specification (parallel::build_dispatch_layout, parallel::group_by_slot) on
 // random routings: uneven placements, replicated experts, ranks with no slots, empty batches,
-// batches over many chunks. Also the combine bodies against the host path's weighted_row_sum.
+// batches over many chunks. Also the combine bodies against the naive fixed-order weighted sum.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,8 +11,8 @@
 #include <vector>
 
 #include "kernels/common/moe_layout.h"
-#include "kernels/cpu/ops.h"
-#include "parallel/dispatcher.h"
+#include "kernels/cpu/reference.h"
+#include "parallel/dispatch_layout.h"
 #include "parallel/placement.h"
 
 namespace moe {
@@ -265,7 +265,7 @@ struct GroupingRun {
 // block moved last as the dispatcher lays rows out in memory.
 void expect_grouping_matches(const std::vector<RouteEntry>& routes, int32_t rows, int k,
                              int32_t slots, int32_t own_begin, int32_t own_rows) {
-  const parallel::ExpertBatch host = parallel::group_by_slot(routes, rows, k, slots);
+  const parallel::SlotGroups host = parallel::group_by_slot(routes, rows, k, slots);
   const GroupingRun run(routes, rows, k, slots, own_begin, own_rows);
   const int32_t error = run.error;
   const std::vector<int32_t>& slot_begin = run.slot_begin;
@@ -312,7 +312,8 @@ TEST(DeviceLayout, ReceivedSlotOutOfRangeIsFlagged) {
   EXPECT_EQ(run.slot_begin[2], 2);
 }
 
-// The combine bodies give the host path's sums bit for bit (same terms, same order).
+// The combine bodies give the naive fixed-order sums bit for bit (same terms, same order), whether
+// a call covers one column (a CUDA thread) or a whole row (the CPU).
 TEST(DeviceLayout, CombineBodiesMatchWeightedRowSum) {
   std::mt19937 rng(5);
   std::normal_distribution<float> n01(0.0f, 1.0f);
@@ -329,7 +330,7 @@ TEST(DeviceLayout, CombineBodiesMatchWeightedRowSum) {
   }
   std::vector<float> expert_out(static_cast<size_t>(pairs) * width);
   for (float& x : expert_out) x = n01(rng);
-  // Host path: weighted_row_sum over the entries of each row.
+  // The naive sum over the entries of each row.
   std::vector<int64_t> offsets{0};
   std::vector<int32_t> src;
   std::vector<float> w;
@@ -342,16 +343,20 @@ TEST(DeviceLayout, CombineBodiesMatchWeightedRowSum) {
     offsets.push_back(static_cast<int64_t>(src.size()));
   }
   std::vector<float> want(static_cast<size_t>(rows) * width);
-  kernels::cpu::weighted_row_sum(expert_out.data(), width, src.data(), w.data(), offsets.data(),
-                                 rows, want.data());
+  kernels::cpu::reference::weighted_row_sum(expert_out.data(), width, src.data(), w.data(),
+                                            offsets.data(), rows, want.data());
+  std::vector<float> by_row(want.size()), by_column(want.size());
   for (int32_t r = 0; r < rows; ++r) {
+    float* row = by_row.data() + r * width;
+    layout::partial_span(routes.data(), pair_of_entry.data(), expert_out.data(), width, k, r, 0,
+                         width, row);
     for (int64_t c = 0; c < width; ++c) {
-      ASSERT_EQ(layout::partial_element(routes.data(), pair_of_entry.data(), expert_out.data(),
-                                        width, k, r, c),
-                want[r * width + c])
-          << r << "," << c;
+      layout::partial_span(routes.data(), pair_of_entry.data(), expert_out.data(), width, k, r, c,
+                           c + 1, by_column.data() + r * width);
     }
   }
+  EXPECT_EQ(by_row, want);
+  EXPECT_EQ(by_column, want);
 
   // Final sum + residual: tokens with rows kept on this rank and rows returned by others.
   const int32_t tokens = 9, own_send_begin = 4, own_rows = 5, remote_recv = 6;
@@ -382,17 +387,20 @@ TEST(DeviceLayout, CombineBodiesMatchWeightedRowSum) {
   }
   std::vector<int64_t> offsets64(token_offsets.begin(), token_offsets.end());
   std::vector<float> y(tokens * width), x_host(x);
-  kernels::cpu::weighted_row_sum(buffer.data(), width, final_src.data(), nullptr, offsets64.data(),
-                                 tokens, y.data());
-  kernels::cpu::add_inplace(x_host.data(), y.data(), tokens * width);
+  kernels::cpu::reference::weighted_row_sum(buffer.data(), width, final_src.data(), nullptr,
+                                            offsets64.data(), tokens, y.data());
+  kernels::cpu::reference::add_inplace(x_host.data(), y.data(), tokens * width);
+  std::vector<float> x_row(x), x_column(x), acc(static_cast<size_t>(width));
   for (int32_t t = 0; t < tokens; ++t) {
+    layout::combine_residual_span(cs, token_offsets.data(), token_rows.data(), width, t, 0, width,
+                                  acc.data(), x_row.data() + t * width);
     for (int64_t c = 0; c < width; ++c) {
-      ASSERT_EQ(layout::combine_residual_element(cs, token_offsets.data(), token_rows.data(), width,
-                                                 t, c, x[t * width + c]),
-                x_host[t * width + c])
-          << t << "," << c;
+      layout::combine_residual_span(cs, token_offsets.data(), token_rows.data(), width, t, c, c + 1,
+                                    acc.data(), x_column.data() + t * width);
     }
   }
+  EXPECT_EQ(x_row, x_host);
+  EXPECT_EQ(x_column, x_host);
 }
 
 }  // namespace

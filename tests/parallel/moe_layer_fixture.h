@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <random>
 #include <vector>
@@ -14,6 +15,7 @@
 #include "kernels/backend.h"
 #include "kernels/common/bf16.h"
 #include "parallel/dispatcher.h"
+#include "parallel/load_stats.h"
 #include "parallel/placement.h"
 
 namespace moe::parallel::testing {
@@ -110,31 +112,50 @@ class ExpertBank {
   std::map<int, TestExpert> experts_;
 };
 
-// One expert-parallel MoE layer on this rank, the way the model runs it. Host backend only.
-inline std::vector<float> run_moe_layer(Dispatcher& dispatcher, kernels::Backend& backend,
-                                        const LayerPlacement& placement, int rank, ExpertBank& bank,
-                                        const std::vector<float>& x, int64_t num_tokens,
-                                        const Routing& routing, DispatchResult* keep = nullptr) {
+// A one-layer placement from per-rank expert lists (an expert on several ranks is replicated).
+inline Placement one_layer(const std::vector<std::vector<int>>& lists, int num_experts) {
+  PlacementSpec spec;
+  spec.strategy = "explicit";
+  spec.default_layer = lists;
+  return Placement::build(spec, {true}, num_experts, static_cast<int>(lists.size()));
+}
+
+// What one MoE layer on this rank gave: y [T, H], the dispatcher's counters for it, and the
+// sizes of what this rank received and computed.
+struct LayerRun {
+  std::vector<float> y;
+  LayerLoad load;
+  int64_t num_recv_rows = 0;
+  int64_t num_pairs = 0;
+};
+
+// One expert-parallel MoE layer on this rank, the way the model runs it: dispatch -> grouped
+// SwiGLU over this rank's slots -> combine (added to y = 0). The dispatcher must have
+// `placement` (a one-layer placement) set. Host backend only. `inspect` (optional) sees the
+// handle and the expert outputs before the combine.
+inline LayerRun run_moe_layer(
+    Dispatcher& dispatcher, kernels::Backend& backend, const Placement& placement, int rank,
+    ExpertBank& bank, const std::vector<float>& x, int64_t num_tokens, const Routing& routing,
+    const std::function<void(const DispatchHandle&, std::vector<float>&)>& inspect = {}) {
   const int64_t H = bank.hidden();
-  DispatchResult r =
-      dispatcher.dispatch(x.data(), num_tokens, routing.ids, routing.weights, placement);
-  const int num_slots = placement.num_local_slots(rank);
-  std::vector<kernels::ExpertGroup> groups;
-  for (int s = 0; s < num_slots; ++s) {
-    kernels::ExpertGroup g;
-    g.weights = bank.get(placement.rank_experts[rank][s]).view();
-    g.begin = r.batch.slot_begin[s];
-    g.count = r.batch.slot_begin[s + 1] - r.batch.slot_begin[s];
-    groups.push_back(g);
-  }
-  std::vector<float> out(static_cast<size_t>(r.batch.num_pairs() * H));
-  backend.grouped_expert_swiglu(r.recv_rows, H, bank.inter(), groups.data(),
-                                static_cast<int64_t>(groups.size()), r.batch.row_index.data(),
-                                out.data());
-  std::vector<float> y(static_cast<size_t>(num_tokens * H), -999.0f);
-  dispatcher.combine(out.data(), r, y.data());
-  if (keep != nullptr) *keep = std::move(r);
-  return y;
+  dispatcher.begin_step();
+  const DispatchHandle d =
+      dispatcher.dispatch(0, x.data(), num_tokens, routing.ids.data(), routing.weights.data());
+  std::vector<kernels::ExpertWeights> slots;
+  for (int e : placement.layer(0).rank_experts[rank]) slots.push_back(bank.get(e).view());
+  kernels::ExpertBatch batch = d.experts;
+  batch.slot_weights = slots.data();
+  batch.host_slot_weights = slots.data();
+  std::vector<float> out(static_cast<size_t>(std::max<int64_t>(batch.max_pairs, 1) * H));
+  if (batch.max_pairs > 0) backend.expert_swiglu(d.recv_rows, H, bank.inter(), batch, out.data());
+  if (inspect) inspect(d, out);
+  LayerRun run;
+  run.y.assign(static_cast<size_t>(num_tokens * H), 0.0f);
+  dispatcher.combine(out.data(), d, run.y.data());
+  run.load = dispatcher.collect_loads().at(0);
+  run.num_recv_rows = d.num_recv_rows;
+  run.num_pairs = d.experts.num_slots > 0 ? d.experts.slot_begin[d.experts.num_slots] : 0;
+  return run;
 }
 
 // Single-process reference: y[t] = sum_k w[t,k] * expert(x[t]), fp32 in k order.

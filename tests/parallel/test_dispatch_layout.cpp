@@ -198,7 +198,7 @@ TEST(GroupBySlot, GroupsRouteEntriesBySlotThenRowAndMapsEveryEntryToItsPair) {
   std::vector<RouteEntry> routes = {{2, 0.1f}, {0, 0.2f},   // row 0
                                     {-1, 0.f}, {2, 0.3f},   // row 1
                                     {0, 0.4f}, {-1, 0.f}};  // row 2
-  ExpertBatch b = group_by_slot(routes, 3, 2, 3);
+  SlotGroups b = group_by_slot(routes, 3, 2, 3);
   EXPECT_EQ(b.slot_begin, (std::vector<int64_t>{0, 2, 2, 4}));
   EXPECT_EQ(b.row_index, (std::vector<int32_t>{0, 2, 0, 1}));
   EXPECT_EQ(b.pair_of_entry, (std::vector<int32_t>{2, 0, -1, 3, 1, -1}));
@@ -209,7 +209,7 @@ TEST(GroupBySlot, RejectsSlotsThisRankDoesNotHaveAndShortRouteArrays) {
   std::vector<RouteEntry> routes = {{3, 1.f}};
   EXPECT_THROW(group_by_slot(routes, 1, 1, 3), moe::Error);
   EXPECT_THROW(group_by_slot(routes, 2, 1, 4), moe::Error);
-  ExpertBatch empty = group_by_slot({}, 0, 4, 2);
+  SlotGroups empty = group_by_slot({}, 0, 4, 2);
   EXPECT_EQ(empty.slot_begin, (std::vector<int64_t>{0, 0, 0}));
   EXPECT_TRUE(empty.row_index.empty());
 }
@@ -257,17 +257,17 @@ TEST(DispatcherOneRank, DispatchExpertCombineEqualsTheDirectWeightedSumOfExperts
   const int E = 10, k = 3;
   testing::ExpertBank bank(7, H, I);
   // Experts 4 and 9 are never chosen: their groups stay empty.
-  auto p = LayerPlacement::from_rank_experts(contiguous_placement(E, 1), E);
+  const Placement p = testing::one_layer(contiguous_placement(E, 1), E);
   auto routing = testing::make_routing(3, T, k, {0, 1, 2, 3, 5, 6, 7, 8});
   auto x = testing::random_floats(11, static_cast<size_t>(T * H), 1.0f);
   Dispatcher d(comm, *backend, H, k);
-  DispatchResult kept;
-  auto y = testing::run_moe_layer(d, *backend, p, 0, bank, x, T, routing, &kept);
+  d.set_placement(p);
+  const testing::LayerRun kept = testing::run_moe_layer(d, *backend, p, 0, bank, x, T, routing);
   auto ref = testing::reference_moe_layer(*backend, bank, x, T, k, routing);
-  EXPECT_LE(testing::relative_max_diff(y, ref), 1e-5);
+  EXPECT_LE(testing::relative_max_diff(kept.y, ref), 1e-5);
   EXPECT_EQ(kept.num_recv_rows, T) << "one rank: every token is one deduplicated row";
-  EXPECT_EQ(kept.batch.num_pairs(), T * k);
-  const ExchangeStats& s = d.last_stats();
+  EXPECT_EQ(kept.num_pairs, T * k);
+  const ExchangeStats& s = kept.load.traffic;
   EXPECT_EQ(s.rows_sent_remote, 0);
   EXPECT_EQ(s.bytes_sent_remote, 0);
   EXPECT_EQ(s.bytes_remote_without_dedup, 0);
@@ -276,8 +276,8 @@ TEST(DispatcherOneRank, DispatchExpertCombineEqualsTheDirectWeightedSumOfExperts
   EXPECT_EQ(s.pairs_received, T * k);
 
   // Zero tokens: still a valid (empty) exchange.
-  auto y0 = testing::run_moe_layer(d, *backend, p, 0, bank, {}, 0, testing::Routing{});
-  EXPECT_TRUE(y0.empty());
+  const testing::LayerRun y0 = testing::run_moe_layer(d, *backend, p, 0, bank, {}, 0, {});
+  EXPECT_TRUE(y0.y.empty());
 }
 
 TEST(ExchangeStats, PlusEqualsAddsEveryField) {

@@ -45,21 +45,22 @@ struct LayerCheck {
   int64_t rows_sent = 0, rows_received = 0, pairs = 0;
 };
 
+// The dispatcher must hold `placement` (a one-layer placement).
 LayerCheck check_layer(Communicator& comm, kernels::Backend& backend, Dispatcher& dispatcher,
-                       const LayerPlacement& placement, testing::ExpertBank& bank, int top_k,
+                       const Placement& placement, testing::ExpertBank& bank, int top_k,
                        const std::vector<int>& allowed, uint64_t seed) {
   const int me = comm.rank();
   const int64_t T = tokens_of(me), H = bank.hidden();
   auto routing = testing::make_routing(testing::mix_seed(seed, me), T, top_k, allowed);
   auto x = testing::random_floats(testing::mix_seed(seed + 1, me), static_cast<size_t>(T * H), 1.f);
-  DispatchResult r;
-  auto y = testing::run_moe_layer(dispatcher, backend, placement, me, bank, x, T, routing, &r);
+  const testing::LayerRun r =
+      testing::run_moe_layer(dispatcher, backend, placement, me, bank, x, T, routing);
   auto ref = testing::reference_moe_layer(backend, bank, x, T, top_k, routing);
   LayerCheck c;
-  c.rel_diff = testing::relative_max_diff(y, ref);
-  c.rows_sent = r.layout.num_send_rows();
+  c.rel_diff = testing::relative_max_diff(r.y, ref);
+  c.rows_sent = r.load.traffic.rows_sent_remote + r.load.traffic.rows_kept_local;
   c.rows_received = r.num_recv_rows;
-  c.pairs = r.batch.num_pairs();
+  c.pairs = r.num_pairs;
   return c;
 }
 
@@ -83,8 +84,9 @@ TEST(DispatcherMpi, CombineEqualsSingleProcessReferenceForEveryPlacement) {
                              {"explicit_replicas", replicated_lists(E, n)}};
   for (const Case& c : cases) {
     SCOPED_TRACE(c.name);
-    auto placement = LayerPlacement::from_rank_experts(c.lists, E);
-    placement.validate(E, n, c.name);
+    LayerPlacement::from_rank_experts(c.lists, E).validate(E, n, c.name);
+    const Placement placement = testing::one_layer(c.lists, E);
+    dispatcher.set_placement(placement);
     for (uint64_t seed : {1u, 2u}) {
       LayerCheck got = check_layer(*comm, *backend, dispatcher, placement, bank, k, allowed, seed);
       EXPECT_LE(got.rel_diff, 1e-5) << "seed " << seed;
@@ -115,26 +117,31 @@ TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
   auto scale_of = [](int expert) { return 1.0f + static_cast<float>(expert) / 8.0f; };
   Dispatcher dispatcher(*comm, *backend, H, k);
   for (const auto& lists : {round_robin_placement(E, n), replicated_lists(E, n)}) {
-    auto placement = LayerPlacement::from_rank_experts(lists, E);
-    placement.validate(E, n, "bit_for_bit");
+    LayerPlacement::from_rank_experts(lists, E).validate(E, n, "bit_for_bit");
+    const Placement placement = testing::one_layer(lists, E);
+    dispatcher.set_placement(placement);
     for (uint64_t seed : {3u, 4u}) {
       auto routing = testing::make_routing(testing::mix_seed(seed, me), T, k, allowed);
       auto x =
           testing::random_floats(testing::mix_seed(seed + 7, me), static_cast<size_t>(T * H), 1.f);
-      DispatchResult r = dispatcher.dispatch(x.data(), T, routing.ids, routing.weights, placement);
-      const ExpertBatch& b = r.batch;
-      std::vector<float> out(std::max<size_t>(1, b.row_index.size() * H));
-      for (int slot = 0; slot < placement.num_local_slots(me); ++slot) {
-        const float scale = scale_of(placement.rank_experts[me][slot]);
+      dispatcher.begin_step();
+      const DispatchHandle r =
+          dispatcher.dispatch(0, x.data(), T, routing.ids.data(), routing.weights.data());
+      const kernels::ExpertBatch& b = r.experts;
+      std::vector<float> out(std::max<size_t>(1, static_cast<size_t>(b.max_pairs * H)));
+      for (int slot = 0; slot < placement.layer(0).num_local_slots(me); ++slot) {
+        const float scale = scale_of(lists[me][slot]);
         for (int64_t p = b.slot_begin[slot]; p < b.slot_begin[slot + 1]; ++p) {
           for (int64_t c = 0; c < H; ++c)
             out[p * H + c] = r.recv_rows[b.row_index[p] * H + c] * scale;
         }
       }
-      std::vector<float> y(static_cast<size_t>(T * H), -1.0f);
+      std::vector<float> y(static_cast<size_t>(T * H), 0.0f);
       dispatcher.combine(out.data(), r, y.data());
 
-      const DispatchLayout& L = r.layout;
+      // The expected sum, in the order the specification lays the rows out.
+      const DispatchLayout L =
+          build_dispatch_layout(placement.layer(0), me, routing.ids, routing.weights, T, k);
       std::vector<int> dest_of_row;
       for (int d = 0; d < n; ++d) dest_of_row.insert(dest_of_row.end(), L.send_counts[d], d);
       std::vector<float> want(static_cast<size_t>(T * H));
@@ -176,8 +183,9 @@ TEST(DispatcherMpi, ShippedTinyExplicitMapsMatchTheReferenceAtTop8) {
   std::vector<int> allowed(120);
   std::iota(allowed.begin(), allowed.end(), 0);  // experts 120..127 idle
   for (int l = 0; l < placement.num_layers(); ++l) {
-    LayerCheck got =
-        check_layer(*comm, *backend, dispatcher, placement.layer(l), bank, 8, allowed, 10 + l);
+    const Placement layer = testing::one_layer(placement.layer(l).rank_experts, 128);
+    dispatcher.set_placement(layer);
+    LayerCheck got = check_layer(*comm, *backend, dispatcher, layer, bank, 8, allowed, 10 + l);
     EXPECT_LE(got.rel_diff, 1e-5) << "layer " << l;
   }
 }
@@ -188,7 +196,7 @@ TEST(DispatcherMpi, CollocatedExpertsSendFewerBytesThanOneRowPerPair) {
   const int n = comm->size(), me = comm->rank();
   const int k = 4, per_rank = 8, E = per_rank * n;
   const int64_t H = 32, T = 10;
-  auto placement = LayerPlacement::from_rank_experts(contiguous_placement(E, n), E);
+  const Placement placement = testing::one_layer(contiguous_placement(E, n), E);
   // Token t's k experts all live on rank (me + 1 + t) % n: one row per token, k pairs.
   testing::Routing routing;
   for (int64_t t = 0; t < T; ++t) {
@@ -201,13 +209,14 @@ TEST(DispatcherMpi, CollocatedExpertsSendFewerBytesThanOneRowPerPair) {
   testing::ExpertBank bank(5, H, 16);
   auto x = testing::random_floats(testing::mix_seed(9, me), static_cast<size_t>(T * H), 1.f);
   Dispatcher dispatcher(*comm, *backend, H, k);
-  DispatchResult r;
-  auto y = testing::run_moe_layer(dispatcher, *backend, placement, me, bank, x, T, routing, &r);
-  EXPECT_LE(
-      testing::relative_max_diff(y, testing::reference_moe_layer(*backend, bank, x, T, k, routing)),
-      1e-5);
+  dispatcher.set_placement(placement);
+  const testing::LayerRun r =
+      testing::run_moe_layer(dispatcher, *backend, placement, me, bank, x, T, routing);
+  EXPECT_LE(testing::relative_max_diff(
+                r.y, testing::reference_moe_layer(*backend, bank, x, T, k, routing)),
+            1e-5);
 
-  const ExchangeStats& s = dispatcher.last_stats();
+  const ExchangeStats& s = r.load.traffic;
   const int64_t row_bytes = H * 4, route_bytes = k * 8;
   int64_t remote_tokens = 0;
   for (int64_t t = 0; t < T; ++t) remote_tokens += (me + 1 + t) % n != me ? 1 : 0;
@@ -215,14 +224,20 @@ TEST(DispatcherMpi, CollocatedExpertsSendFewerBytesThanOneRowPerPair) {
   EXPECT_EQ(s.rows_kept_local, T - remote_tokens);
   EXPECT_EQ(s.pairs_remote, remote_tokens * k);
   EXPECT_EQ(s.rows_received, r.num_recv_rows);
-  const int64_t recv_remote = r.num_recv_rows - r.recv_counts[me];
+  // Rows this rank kept are the rows it received from itself.
+  const int64_t recv_remote = r.num_recv_rows - s.rows_kept_local;
   EXPECT_EQ(s.bytes_sent_remote,
             remote_tokens * (row_bytes + route_bytes) + recv_remote * row_bytes);
   EXPECT_EQ(s.bytes_remote_without_dedup,
             remote_tokens * k * (row_bytes + 8) + recv_remote * k * row_bytes);
 
-  LayerLoad local = local_layer_load(r.layout, s);
-  ExchangeStats job = sum_over_ranks(*comm, {local}).at(0).traffic;
+  // The dispatcher's counters are the specification's (local_layer_load of its layout).
+  const LayerLoad spec = local_layer_load(
+      build_dispatch_layout(placement.layer(0), me, routing.ids, routing.weights, T, k), s);
+  EXPECT_EQ(r.load.tokens_per_expert, spec.tokens_per_expert);
+  EXPECT_EQ(r.load.tokens_per_rank, spec.tokens_per_rank);
+  EXPECT_EQ(r.load.rows_per_rank, spec.rows_per_rank);
+  ExchangeStats job = sum_over_ranks(*comm, {r.load}).at(0).traffic;
   if (n > 1) {
     EXPECT_GT(job.bytes_sent_remote, 0);
     EXPECT_LT(job.bytes_sent_remote, job.bytes_remote_without_dedup);
@@ -237,27 +252,24 @@ TEST(DispatcherMpi, EveryRankWithoutTokensStillCompletesTheExchange) {
   auto comm = make_comm();
   auto backend = kernels::make_backend("cpu", 0);
   const int n = comm->size();
-  auto placement = LayerPlacement::from_rank_experts(round_robin_placement(8, n), 8);
+  const Placement placement = testing::one_layer(round_robin_placement(8, n), 8);
   testing::ExpertBank bank(3, 16, 8);
   Dispatcher dispatcher(*comm, *backend, 16, 2);
-  DispatchResult r;
-  auto y = testing::run_moe_layer(dispatcher, *backend, placement, comm->rank(), bank, {}, 0,
-                                  testing::Routing{}, &r);
-  EXPECT_TRUE(y.empty());
+  dispatcher.set_placement(placement);
+  const testing::LayerRun r = testing::run_moe_layer(dispatcher, *backend, placement, comm->rank(),
+                                                     bank, {}, 0, testing::Routing{});
+  EXPECT_TRUE(r.y.empty());
   EXPECT_EQ(r.num_recv_rows, 0);
-  EXPECT_EQ(dispatcher.last_stats().bytes_sent_remote, 0);
+  EXPECT_EQ(r.load.traffic.bytes_sent_remote, 0);
 }
 
 TEST(DispatcherMpi, PlacementForAnotherWorldSizeIsRejectedOnEveryRank) {
   auto comm = make_comm();
   auto backend = kernels::make_backend("cpu", 0);
   const int n = comm->size();
-  auto placement = LayerPlacement::from_rank_experts(contiguous_placement(8, n + 1), 8);
+  const Placement placement = testing::one_layer(contiguous_placement(8, n + 1), 8);
   Dispatcher dispatcher(*comm, *backend, 16, 2);
-  std::vector<int32_t> ids = {0, 1};
-  std::vector<float> w = {0.5f, 0.5f};
-  std::vector<float> x(16, 1.0f);
-  EXPECT_THROW(dispatcher.dispatch(x.data(), 1, ids, w, placement), moe::Error);
+  EXPECT_THROW(dispatcher.set_placement(placement), moe::Error);
   comm->barrier();
 }
 
