@@ -34,6 +34,14 @@ def main(results_path, out_dir):
     title = f'{res["name"]} ({res["mode"]})'
     written = []
 
+    def save(fig, suptitle, name):
+        fig.suptitle(suptitle, fontsize=9)
+        fig.tight_layout()
+        path = os.path.join(out_dir, name)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
     # Per-rank load: smallest rank count, a row per workload, a column per placement.
     n = ranks[0]
     fig, axes = plt.subplots(len(workloads), len(placements), squeeze=False,
@@ -53,12 +61,7 @@ def main(results_path, out_dir):
                 ax.axhline(mean, color="tab:red", linewidth=0.8)
             ax.set_title(f"{p}\n{w}: bal {cell['measured']['mean_balancedness']:.3f}", fontsize=7)
             ax.tick_params(labelsize=6)
-    fig.suptitle(f"{title}: pairs per rank at {n} ranks (red: mean)", fontsize=9)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "per_rank_load.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    save(fig, f"{title}: pairs per rank at {n} ranks (red: mean)", "per_rank_load.png")
 
     # Balancedness vs skew: zipf workloads at their exponent, uniform at 0 (drift and the others
     # are left out: their exponent is not the skew of one sample).
@@ -83,12 +86,7 @@ def main(results_path, out_dir):
             ax.set_ylim(0, 1.02)
             ax.grid(alpha=0.3)
         axes[0][0].legend(fontsize=6)
-        fig.suptitle(title, fontsize=9)
-        fig.tight_layout()
-        path = os.path.join(out_dir, "balancedness_vs_skew.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        save(fig, title, "balancedness_vs_skew.png")
 
     # Cross-rank bytes per placement, grouped by workload.
     fig, axes = plt.subplots(1, len(ranks), squeeze=False, figsize=(4.2 * len(ranks), 3.4))
@@ -107,12 +105,7 @@ def main(results_path, out_dir):
         ax.set_ylabel("GB across ranks")
         ax.set_title(f"{r} ranks", fontsize=9)
     axes[0][0].legend(fontsize=6)
-    fig.suptitle(f"{title}: cross-rank bytes (dispatch + combine)", fontsize=9)
-    fig.tight_layout()
-    path = os.path.join(out_dir, "cross_rank_bytes.png")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    save(fig, f"{title}: cross-rank bytes (dispatch + combine)", "cross_rank_bytes.png")
     print("plots: " + ", ".join(written))
 
 

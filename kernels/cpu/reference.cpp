@@ -3,8 +3,8 @@
 #include "kernels/cpu/reference.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
-#include <cstring>
 #include <numeric>
 #include <vector>
 
@@ -13,18 +13,6 @@
 namespace moe::kernels::cpu::reference {
 namespace {
 
-float bits_to_float(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-uint32_t float_to_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
-
 float silu(float g) {
   return g / (1.0f + std::exp(-g));
 }
@@ -32,13 +20,14 @@ float silu(float g) {
 }  // namespace
 
 void bf16_to_f32(const bf16* src, int64_t n, float* dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = bits_to_float(static_cast<uint32_t>(src[i].bits) << 16);
+  for (int64_t i = 0; i < n; ++i)
+    dst[i] = std::bit_cast<float>(static_cast<uint32_t>(src[i].bits) << 16);
 }
 
 void f32_to_bf16(const float* src, int64_t n, bf16* dst) {
   for (int64_t i = 0; i < n; ++i) {
     const float f = src[i];
-    const uint32_t u = float_to_bits(f);
+    const uint32_t u = std::bit_cast<uint32_t>(f);
     if (std::isnan(f)) {
       dst[i].bits = static_cast<uint16_t>((u >> 16) | 0x0040u);
       continue;
@@ -52,11 +41,11 @@ void f32_to_bf16(const float* src, int64_t n, bf16* dst) {
     const uint32_t lo_bits = u & 0xffff0000u;
     const uint32_t hi_bits = lo_bits + 0x10000u;
     const double mag = std::fabs(static_cast<double>(f));
-    const double lo = std::fabs(static_cast<double>(bits_to_float(lo_bits)));
+    const double lo = std::fabs(static_cast<double>(std::bit_cast<float>(lo_bits)));
     const uint32_t hi_mag_bits = hi_bits & 0x7fffffffu;
     const double hi = hi_mag_bits == 0x7f800000u
                           ? std::ldexp(1.0, 128)
-                          : std::fabs(static_cast<double>(bits_to_float(hi_bits)));
+                          : std::fabs(static_cast<double>(std::bit_cast<float>(hi_bits)));
     const double d_lo = mag - lo;  // exact: both are floats of nearby magnitude
     const double d_hi = hi - mag;
     bool take_hi;

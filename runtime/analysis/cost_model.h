@@ -16,21 +16,19 @@
 #include "runtime/analysis/hardware.h"
 #include "runtime/io/config.h"
 #include "runtime/io/routing_spec.h"
+#include "runtime/io/run_config.h"
 #include "runtime/model/model.h"
 
 namespace moe::runtime {
 
-// What runs: the run config's workload. The engine prefills every sequence in one step, then
-// runs decode_steps - 1 timed decode steps of one token per sequence; sequence i on rank i mod N.
-struct CostWorkload {
-  int64_t num_sequences = 4;
-  int64_t prompt_len = 32;
-  int64_t decode_steps = 8;
-  uint64_t seed = 1;
-  RoutingSpec routing;  // kind "router" is modelled as uniform (see predict_cost)
-  int threads = 0;      // CPU threads per rank (0: cores / ranks, as the runtime picks)
-  int kv_bytes = 4;     // KV-cache element bytes: 4 on the CPU backend, 2 on CUDA
-  int row_bytes = 4;    // bytes per exchanged hidden element (the runtime sends fp32 rows)
+// What runs: the run config's workload, and what the run's backend makes of it. The engine
+// prefills every sequence in one step, then runs decode_steps - 1 timed decode steps of one token
+// per sequence; sequence i on rank i mod N. Routing kind "router" is modelled as uniform (see
+// predict_cost).
+struct CostWorkload : Workload {
+  int threads = 0;    // CPU threads per rank (0: cores / ranks, as the runtime picks)
+  int kv_bytes = 4;   // KV-cache element bytes: 4 on the CPU backend, 2 on CUDA
+  int row_bytes = 4;  // bytes per exchanged hidden element (the runtime sends fp32 rows)
 };
 
 struct CostOptions {

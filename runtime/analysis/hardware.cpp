@@ -214,29 +214,33 @@ HardwareProfile load_hardware_profile(const std::string& path) {
 std::string hardware_profile_yaml(const HardwareProfile& h,
                                   const std::vector<std::string>& header) {
   std::ostringstream out;
+  // Rates, bandwidths and times: 6 significant digits.
+  const auto number = [&](const char* key, double v) {
+    out << fmt::format("  {}: {:.6g}\n", key, v);
+  };
   for (const std::string& line : header) out << "# " << line << "\n";
   out << fmt::format("name: {}\nkind: {}\n", h.name, h.kind);
   out << "compute:\n";
-  out << fmt::format("  prefill_gemm_gflops: {:.6g}\n", h.prefill_gemm_gflops);
-  out << fmt::format("  decode_gemm_gflops: {:.6g}\n", h.decode_gemm_gflops);
-  out << fmt::format("  grouped_gemm_gflops: {:.6g}\n", h.grouped_gemm_gflops);
-  out << fmt::format("  attention_gflops: {:.6g}\n", h.attention_gflops);
+  number("prefill_gemm_gflops", h.prefill_gemm_gflops);
+  number("decode_gemm_gflops", h.decode_gemm_gflops);
+  number("grouped_gemm_gflops", h.grouped_gemm_gflops);
+  number("attention_gflops", h.attention_gflops);
   out << fmt::format("  decode_rows_max: {}\n", h.decode_rows_max);
   out << fmt::format("  gemm_overlap: {}\n", h.gemm_overlap == GemmOverlap::kSum ? "sum" : "max");
   if (h.cores > 0) out << fmt::format("  cores: {}\n", h.cores);
   if (!h.gemm_table.empty()) out << "  gemm_table: " << table_yaml(h.gemm_table) << "\n";
   if (!h.grouped_table.empty()) out << "  grouped_table: " << table_yaml(h.grouped_table) << "\n";
   out << "memory:\n";
-  out << fmt::format("  bandwidth_gbps: {:.6g}\n", h.memory_bandwidth_gbps);
-  out << fmt::format("  weight_read_gbps: {:.6g}\n", h.weight_read_gbps);
-  if (h.memory_gib > 0) out << fmt::format("  capacity_gib: {:.6g}\n", h.memory_gib);
+  number("bandwidth_gbps", h.memory_bandwidth_gbps);
+  number("weight_read_gbps", h.weight_read_gbps);
+  if (h.memory_gib > 0) number("capacity_gib", h.memory_gib);
   out << "overhead:\n";
-  out << fmt::format("  launch_us: {:.6g}\n", h.launch_overhead_us);
-  out << fmt::format("  layout_ns_per_pair: {:.6g}\n", h.layout_ns_per_pair);
-  out << fmt::format("  topk_ns_per_logit: {:.6g}\n", h.topk_ns_per_logit);
-  out << fmt::format("  rowops_ns_per_token: {:.6g}\n", h.rowops_ns_per_token);
-  out << fmt::format("  attention_seq_us: {:.6g}\n", h.attention_seq_us);
-  out << fmt::format("  collective_us: {:.6g}\n", h.collective_overhead_us);
+  number("launch_us", h.launch_overhead_us);
+  number("layout_ns_per_pair", h.layout_ns_per_pair);
+  number("topk_ns_per_logit", h.topk_ns_per_logit);
+  number("rowops_ns_per_token", h.rowops_ns_per_token);
+  number("attention_seq_us", h.attention_seq_us);
+  number("collective_us", h.collective_overhead_us);
   out << "comm:\n";
   out << fmt::format("  ranks_per_node: {}\n", h.ranks_per_node);
   out << fmt::format("  intra_node: {{latency_us: {:.6g}, bandwidth_gbps: {:.6g}}}\n",

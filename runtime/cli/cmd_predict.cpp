@@ -43,12 +43,7 @@ int run_predict(const PredictArgs& a, int rank) {
                hw_path);
   const HardwareProfile hw = load_hardware_profile(hw_path);
 
-  CostWorkload w;
-  w.num_sequences = rc.workload.num_sequences;
-  w.prompt_len = rc.workload.prompt_len;
-  w.decode_steps = rc.workload.decode_steps;
-  w.seed = rc.workload.seed;
-  w.routing = rc.workload.routing;
+  CostWorkload w{rc.workload};
   w.threads = static_cast<int>(rc.threads);
   w.kv_bytes = rc.backend == "cuda" ? 2 : 4;
   const std::string placement_name =

@@ -14,18 +14,10 @@
 #include "runtime/io/weights.h"
 #include "safetensors_writer.h"
 
-namespace moe::runtime {
+namespace moe::testing {  // where the safetensors_writer.h helpers live
 namespace {
 
-using moe::testing::bf16_bytes;
-using moe::testing::checkpoint_error;
-using moe::testing::random_bf16;
-using moe::testing::ScratchDir;
-using moe::testing::TensorBytes;
-using moe::testing::to_bytes;
-using moe::testing::write_header_and_data;
-using moe::testing::write_index;
-using moe::testing::write_safetensors;
+using namespace moe::runtime;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -690,4 +682,4 @@ TEST(CheckpointExpertLayouts, DenseMlpNamesAreReadDirectly) {
 }
 
 }  // namespace
-}  // namespace moe::runtime
+}  // namespace moe::testing

@@ -9,18 +9,10 @@
 #include "runtime/io/safetensors.h"
 #include "safetensors_writer.h"
 
-namespace moe::runtime {
+namespace moe::testing {  // where the safetensors_writer.h helpers live
 namespace {
 
-using moe::testing::bf16_bytes;
-using moe::testing::checkpoint_error;
-using moe::testing::random_bf16;
-using moe::testing::ScratchDir;
-using moe::testing::TensorBytes;
-using moe::testing::write_file_bytes;
-using moe::testing::write_header_and_data;
-using moe::testing::write_raw;
-using moe::testing::write_safetensors;
+using namespace moe::runtime;
 using ::testing::HasSubstr;
 
 static_assert(!std::is_copy_constructible_v<SafetensorsFile>);
@@ -309,4 +301,4 @@ TEST(SafetensorsFile, MissingFileAndDirectoryAreErrors) {
 }
 
 }  // namespace
-}  // namespace moe::runtime
+}  // namespace moe::testing

@@ -1,5 +1,6 @@
 // Helpers for end-to-end tests of the moe-ep executable: run a command line, capture stdout,
-// stderr, exit code and wall time; temp directories; .npy comparisons.
+// stderr, exit code and wall time; temp directories; .npy comparisons; the tiny model's command
+// lines and routing traces.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -14,7 +15,10 @@
 #include <string>
 #include <vector>
 
+#include "runtime/io/config.h"
 #include "runtime/io/npy.h"
+#include "runtime/io/trace.h"
+#include "runtime/model/synthetic_routing.h"
 
 namespace moe::test {
 
@@ -68,6 +72,28 @@ inline std::string mpirun(int n, const std::string& extra = "") {
 
 inline std::string source(const std::string& rel) {
   return std::string(MOE_SOURCE_DIR) + "/" + rel;
+}
+
+// The model every end-to-end test runs (3 MoE layers, 128 experts, top-8).
+inline const std::string kTiny = source("configs/models/tiny.yaml");
+
+// `<launcher> <command> --quiet --model <tiny> --tokens <tokens>`, where launcher is moe_ep() or
+// mpirun(n) and command forward or generate; the caller appends the rest of the line.
+inline std::string tiny_command(const std::string& launcher, const std::string& command,
+                                const std::string& tokens) {
+  return launcher + " " + command + " --quiet --model " + kTiny + " --tokens " + tokens;
+}
+
+// A zipf(s) routing trace of the tiny model over `num_tokens` tokens, written to
+// dir/zipf.safetensors; returns its path.
+inline std::string tiny_zipf_trace(const std::filesystem::path& dir, double s, int64_t num_tokens) {
+  runtime::RoutingSpec spec;
+  spec.kind = "zipf";
+  spec.s = s;
+  const std::string path = (dir / "zipf.safetensors").string();
+  runtime::write_trace(
+      path, runtime::generate_trace(spec, runtime::load_model_config(kTiny), num_tokens));
+  return path;
 }
 
 inline int count_lines(const std::string& s) {

@@ -7,7 +7,6 @@
 namespace moe::test {
 namespace {
 
-const std::string kTiny = source("configs/models/tiny.yaml");
 const std::string kTokens = "\"1,2,3,4,5,6,7;8,9,10;11,12,13,14,15\"";
 
 TEST(CliPlan, Qwen3YamlPrintsExactTotalAndActiveParameters) {
@@ -33,10 +32,8 @@ TEST(CliPlan, HfConfigDirectoryGivesTheSameTotalsAndJson) {
 TEST(CliForward, TinyLogitsAreBitIdenticalAcrossRuns) {
   auto dir = temp_dir("fwd");
   auto a = (dir / "a.npy").string(), b = (dir / "b.npy").string();
-  auto r1 = run(moe_ep() + " forward --quiet --model " + kTiny + " --tokens " + kTokens +
-                " --logits-out " + a);
-  auto r2 = run(moe_ep() + " forward --quiet --model " + kTiny + " --tokens " + kTokens +
-                " --logits-out " + b);
+  auto r1 = run(tiny_command(moe_ep(), "forward", kTokens) + " --logits-out " + a);
+  auto r2 = run(tiny_command(moe_ep(), "forward", kTokens) + " --logits-out " + b);
   ASSERT_EQ(r1.exit_code, 0) << r1.err;
   ASSERT_EQ(r2.exit_code, 0) << r2.err;
   EXPECT_EQ(read_text(a), read_text(b));
@@ -62,11 +59,9 @@ TEST(CliForward, TinyLogitsAreBitIdenticalAcrossRuns) {
 TEST(CliGenerate, FirstGreedyTokenIsArgmaxOfForwardLastRow) {
   auto dir = temp_dir("gen");
   auto npy = (dir / "l.npy").string();
-  auto f = run(moe_ep() + " forward --quiet --model " + kTiny + " --tokens " + kTokens +
-               " --logits-out " + npy);
+  auto f = run(tiny_command(moe_ep(), "forward", kTokens) + " --logits-out " + npy);
   ASSERT_EQ(f.exit_code, 0) << f.err;
-  auto g = run(moe_ep() + " generate --quiet --model " + kTiny + " --tokens " + kTokens +
-               " --max-new-tokens 4");
+  auto g = run(tiny_command(moe_ep(), "generate", kTokens) + " --max-new-tokens 4");
   ASSERT_EQ(g.exit_code, 0) << g.err;
   auto logits = runtime::read_npy_f32(npy);
   const int64_t L = logits.shape[1], V = logits.shape[2];
@@ -84,14 +79,12 @@ TEST(CliGenerate, FirstGreedyTokenIsArgmaxOfForwardLastRow) {
 
 TEST(CliGenerate, DecodeWithCacheMatchesForwardOverTheExtendedPrompt) {
   // Greedy tokens from the KV-cache path equal the argmax of a full re-run of prompt + tokens.
-  auto g =
-      run(moe_ep() + " generate --quiet --model " + kTiny + " --tokens 5,6,7,8 --max-new-tokens 3");
+  auto g = run(tiny_command(moe_ep(), "generate", "5,6,7,8") + " --max-new-tokens 3");
   ASSERT_EQ(g.exit_code, 0) << g.err;
   std::string toks = g.out.substr(0, g.out.find('\n'));
   auto dir = temp_dir("gen2");
   auto npy = (dir / "l.npy").string();
-  auto f = run(moe_ep() + " forward --quiet --model " + kTiny + " --tokens 5,6,7,8," + toks +
-               " --logits-out " + npy);
+  auto f = run(tiny_command(moe_ep(), "forward", "5,6,7,8," + toks) + " --logits-out " + npy);
   ASSERT_EQ(f.exit_code, 0) << f.err;
   auto logits = runtime::read_npy_f32(npy);
   const int64_t V = logits.shape[2];

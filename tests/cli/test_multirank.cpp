@@ -8,7 +8,6 @@
 namespace moe::test {
 namespace {
 
-const std::string kTiny = source("configs/models/tiny.yaml");
 // 5 sequences: with 8 ranks, ranks 5..7 hold none and still take part in every collective.
 const std::string kTokens = "\"1,2,3,4,5,6,7,8,9;10,11;12,13,14,15,16,17;18;19,20,21,22\"";
 
@@ -37,23 +36,21 @@ class MultiRank : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = temp_dir("multirank");
     ref_npy_ = (dir_ / "ref.npy").string();
-    auto f = run(moe_ep() + " forward --quiet --model " + kTiny + " --tokens " + kTokens +
-                 " --logits-out " + ref_npy_);
+    auto f = run(tiny_command(moe_ep(), "forward", kTokens) + " --logits-out " + ref_npy_);
     ASSERT_EQ(f.exit_code, 0) << f.err;
-    auto g = run(moe_ep() + " generate --quiet --model " + kTiny + " --tokens " + kTokens +
-                 " --max-new-tokens 5");
+    auto g = run(tiny_command(moe_ep(), "generate", kTokens) + " --max-new-tokens 5");
     ASSERT_EQ(g.exit_code, 0) << g.err;
     ref_tokens_ = g.out;
   }
   void check(int n, const std::string& placement_arg, const std::string& label) {
     auto npy = (dir_ / (label + ".npy")).string();
-    auto f = run(mpirun(n) + " forward --quiet --model " + kTiny + " --tokens " + kTokens + " " +
-                 placement_arg + " --logits-out " + npy);
+    auto f = run(tiny_command(mpirun(n), "forward", kTokens) + " " + placement_arg +
+                 " --logits-out " + npy);
     ASSERT_EQ(f.exit_code, 0) << label << f.err;
     double rel = relative_max_diff(runtime::read_npy_f32(npy), runtime::read_npy_f32(ref_npy_));
     EXPECT_LE(rel, 1e-5) << label;
-    auto g = run(mpirun(n) + " generate --quiet --model " + kTiny + " --tokens " + kTokens + " " +
-                 placement_arg + " --max-new-tokens 5");
+    auto g = run(tiny_command(mpirun(n), "generate", kTokens) + " " + placement_arg +
+                 " --max-new-tokens 5");
     ASSERT_EQ(g.exit_code, 0) << label << g.err;
     EXPECT_EQ(g.out, ref_tokens_) << label;
   }
@@ -91,8 +88,8 @@ TEST_F(MultiRank, PlacementWrittenForOtherWorldSizeFailsWithMessage) {
 
 TEST_F(MultiRank, DedupSendsFewerBytesThanOneRowPerTokenExpert) {
   auto json = (dir_ / "dedup.json").string();
-  auto r = run(mpirun(2) + " forward --quiet --model " + kTiny + " --tokens " + kTokens +
-               " --json " + json + " --logits-out " + (dir_ / "d.npy").string());
+  auto r = run(tiny_command(mpirun(2), "forward", kTokens) + " --json " + json + " --logits-out " +
+               (dir_ / "d.npy").string());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto j = nlohmann::json::parse(read_text(json));
   auto t = j["metrics"]["traffic"];

@@ -14,22 +14,9 @@
 namespace moe::test {
 namespace {
 
-const std::string kTiny = source("configs/models/tiny.yaml");
-
-// A zipf(1.2) trace of the tiny model (3 MoE layers, 128 experts, top-8).
-std::string tiny_trace(const std::filesystem::path& dir, int64_t tokens = 2048) {
-  runtime::RoutingSpec spec;
-  spec.kind = "zipf";
-  spec.s = 1.2;
-  const runtime::ModelConfig config = runtime::load_model_config(kTiny);
-  const std::string path = (dir / "zipf.safetensors").string();
-  runtime::write_trace(path, runtime::generate_trace(spec, config, tokens));
-  return path;
-}
-
 TEST(PlaceCli, ReplicatedPlacementRoundTripsAndReportsItsOwnAnalysis) {
   auto dir = temp_dir("place");
-  const std::string trace = tiny_trace(dir);
+  const std::string trace = tiny_zipf_trace(dir, 1.2, 2048);
   const std::string yaml = (dir / "rep.yaml").string(), json = (dir / "rep.json").string();
   auto r = run(moe_ep() + " place --trace " + trace +
                " --ranks 4 --strategy replicated --redundant 8 --model " + kTiny + " --out " +
@@ -57,7 +44,7 @@ TEST(PlaceCli, ReplicatedPlacementRoundTripsAndReportsItsOwnAnalysis) {
 
 TEST(PlaceCli, TraceForAnotherModelAndBadStrategyArgumentsFail) {
   auto dir = temp_dir("place_bad");
-  const std::string trace = tiny_trace(dir, 64);
+  const std::string trace = tiny_zipf_trace(dir, 1.2, 64);
   // A model with 8 experts: the trace's 128 do not match.
   const std::string small = (dir / "small.yaml").string();
   std::ofstream(small) << read_text(kTiny).replace(read_text(kTiny).find("num_experts: 128"), 16,

@@ -2,8 +2,8 @@
 // independent reference rounding agree; round-to-nearest-even, NaN/inf/subnormal cases.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
-#include <cstring>
 #include <limits>
 #include <random>
 #include <vector>
@@ -19,23 +19,11 @@ namespace {
 namespace cpu = moe::kernels::cpu;
 namespace ref = moe::kernels::cpu::reference;
 
-float from_bits(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-uint32_t to_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof u);
-  return u;
-}
-
 TEST(Bf16, EveryBitPatternRoundTripsThroughFloat) {
   for (uint32_t b = 0; b < 0x10000u; ++b) {
     const bf16 v{static_cast<uint16_t>(b)};
     const float f = bf16_to_float(v);
-    EXPECT_EQ(to_bits(f), b << 16) << "bits " << b;
+    EXPECT_EQ(std::bit_cast<uint32_t>(f), b << 16) << "bits " << b;
     const bf16 back = float_to_bf16(f);
     if (std::isnan(f)) {
       EXPECT_TRUE(std::isnan(bf16_to_float(back))) << "NaN lost its NaN-ness, bits " << b;
@@ -52,19 +40,19 @@ TEST(Bf16, RoundsHalfwayCasesToEvenMantissa) {
   // 1 + 3*2^-8 lies between 1 + 2^-7 (odd) and 1 + 2^-6 (even): goes up.
   EXPECT_EQ(float_to_bf16(1.0f + 3.0f * std::ldexp(1.0f, -8)).bits, 0x3f82u);
   // Just above the halfway point rounds up, just below rounds down.
-  EXPECT_EQ(float_to_bf16(from_bits(0x3f808001u)).bits, 0x3f81u);
-  EXPECT_EQ(float_to_bf16(from_bits(0x3f807fffu)).bits, 0x3f80u);
+  EXPECT_EQ(float_to_bf16(std::bit_cast<float>(0x3f808001u)).bits, 0x3f81u);
+  EXPECT_EQ(float_to_bf16(std::bit_cast<float>(0x3f807fffu)).bits, 0x3f80u);
   // Negative values mirror positive ones.
   EXPECT_EQ(float_to_bf16(-(1.0f + std::ldexp(1.0f, -8))).bits, 0xbf80u);
   EXPECT_EQ(float_to_bf16(-(1.0f + 3.0f * std::ldexp(1.0f, -8))).bits, 0xbf82u);
   // A carry out of the mantissa bumps the exponent: 0x3fffffff -> 2.0.
-  EXPECT_EQ(float_to_bf16(from_bits(0x3fffffffu)).bits, 0x4000u);
+  EXPECT_EQ(float_to_bf16(std::bit_cast<float>(0x3fffffffu)).bits, 0x4000u);
   // Largest float rounds to +inf (beyond the largest bf16 + half ulp).
   EXPECT_EQ(float_to_bf16(std::numeric_limits<float>::max()).bits, 0x7f80u);
   // Largest bf16 stays; smallest subnormal halfway case rounds to even (zero).
-  EXPECT_EQ(float_to_bf16(from_bits(0x7f7f0000u)).bits, 0x7f7fu);
-  EXPECT_EQ(float_to_bf16(from_bits(0x00008000u)).bits, 0x0000u);
-  EXPECT_EQ(float_to_bf16(from_bits(0x00018000u)).bits, 0x0002u);
+  EXPECT_EQ(float_to_bf16(std::bit_cast<float>(0x7f7f0000u)).bits, 0x7f7fu);
+  EXPECT_EQ(float_to_bf16(std::bit_cast<float>(0x00008000u)).bits, 0x0000u);
+  EXPECT_EQ(float_to_bf16(std::bit_cast<float>(0x00018000u)).bits, 0x0002u);
   EXPECT_EQ(round_to_bf16(3.14159265f), 3.140625f);
 }
 
@@ -72,7 +60,7 @@ TEST(Bf16, InfinitiesAndNansSurvive) {
   EXPECT_EQ(float_to_bf16(std::numeric_limits<float>::infinity()).bits, 0x7f80u);
   EXPECT_EQ(float_to_bf16(-std::numeric_limits<float>::infinity()).bits, 0xff80u);
   // A signalling NaN whose payload sits only in the low 16 bits must not become inf.
-  const bf16 n = float_to_bf16(from_bits(0x7f800001u));
+  const bf16 n = float_to_bf16(std::bit_cast<float>(0x7f800001u));
   EXPECT_TRUE(std::isnan(bf16_to_float(n)));
   EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(std::nanf("")))));
   EXPECT_EQ(float_to_bf16(-0.0f).bits, 0x8000u);
@@ -83,11 +71,12 @@ TEST(Bf16, ScalarRoundingMatchesIndependentReferenceOnRandomBits) {
   std::uniform_int_distribution<uint32_t> bits;
   const int64_t n = 1 << 20;
   std::vector<float> src(n);
-  for (float& f : src) f = from_bits(bits(rng));
+  for (float& f : src) f = std::bit_cast<float>(bits(rng));
   std::vector<bf16> want(n);
   ref::f32_to_bf16(src.data(), n, want.data());
   for (int64_t i = 0; i < n; ++i) {
-    ASSERT_EQ(float_to_bf16(src[i]).bits, want[i].bits) << "input bits " << to_bits(src[i]);
+    ASSERT_EQ(float_to_bf16(src[i]).bits, want[i].bits)
+        << "input bits " << std::bit_cast<uint32_t>(src[i]);
   }
 }
 
@@ -96,7 +85,7 @@ TEST(Bf16, BulkConversionsMatchScalarHelpers) {
   std::uniform_int_distribution<uint32_t> bits;
   for (int64_t n : {0, 1, 7, 33, 1000, 4099}) {
     std::vector<float> src(n);
-    for (float& f : src) f = from_bits(bits(rng));
+    for (float& f : src) f = std::bit_cast<float>(bits(rng));
     std::vector<bf16> fast(n), slow(n);
     cpu::f32_to_bf16(src.data(), n, fast.data());
     ref::f32_to_bf16(src.data(), n, slow.data());
@@ -108,8 +97,8 @@ TEST(Bf16, BulkConversionsMatchScalarHelpers) {
     cpu::bf16_to_f32(fast.data(), n, back_fast.data());
     ref::bf16_to_f32(fast.data(), n, back_ref.data());
     for (int64_t i = 0; i < n; ++i) {
-      ASSERT_EQ(to_bits(back_fast[i]), to_bits(back_ref[i]));
-      ASSERT_EQ(to_bits(back_fast[i]), static_cast<uint32_t>(fast[i].bits) << 16);
+      ASSERT_EQ(std::bit_cast<uint32_t>(back_fast[i]), std::bit_cast<uint32_t>(back_ref[i]));
+      ASSERT_EQ(std::bit_cast<uint32_t>(back_fast[i]), static_cast<uint32_t>(fast[i].bits) << 16);
     }
   }
 }
@@ -126,8 +115,8 @@ TEST(HalfToFloat, KnownValues) {
   EXPECT_EQ(half_to_float(0xfc00), -std::numeric_limits<float>::infinity());
   EXPECT_TRUE(std::isnan(half_to_float(0x7e00)));
   EXPECT_TRUE(std::isnan(half_to_float(0x7c01)));
-  EXPECT_EQ(to_bits(half_to_float(0x0000)), 0x00000000u);
-  EXPECT_EQ(to_bits(half_to_float(0x8000)), 0x80000000u);  // -0 keeps its sign
+  EXPECT_EQ(std::bit_cast<uint32_t>(half_to_float(0x0000)), 0x00000000u);
+  EXPECT_EQ(std::bit_cast<uint32_t>(half_to_float(0x8000)), 0x80000000u);  // -0 keeps its sign
 }
 
 TEST(HalfToFloat, EveryBitPatternMatchesTheDefiningFormula) {
