@@ -4,6 +4,7 @@
 #include "parallel/nccl_plan.h"
 
 #include <algorithm>
+#include <chrono>
 #include <string>
 #include <thread>
 

@@ -4,7 +4,6 @@
 // deadline-bounded completion poll every device-side wait goes through.
 #pragma once
 
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -13,12 +12,11 @@
 
 namespace moe::parallel {
 
-// One contiguous piece of an all_to_all_v: bytes [offset_bytes, + size_bytes) of the send (or
-// recv) buffer go to (come from) `peer`.
+// One contiguous piece of an all_to_all_v: bytes [offset_bytes, offset_bytes + size_bytes) of the
+// send (or recv) buffer go to (come from) `peer`.
 struct PeerTransfer {
   int peer = 0;
-  size_t offset_bytes = 0;
-  size_t size_bytes = 0;
+  size_t offset_bytes = 0, size_bytes = 0;
 };
 
 // sends/recvs: non-empty transfers with other ranks, in rank order. The rank's own block is a
