@@ -7,8 +7,14 @@
 // prefill: MFU against the dense bf16 peak. Phase times come from the backend's PhaseTimer (CUDA
 // events on the GPU). Never a pass/fail test: prints a fixed table, writes JSON (--json).
 //
+// The session is sized to the device: before it opens, each decode batch's memory (weights, a KV
+// cache of batch x max(context + steps, prefill) positions, the buffers of its largest step, from
+// the plan arithmetic of runtime/analysis/plan.h) is compared with the device's free memory; the
+// batches that do not fit are skipped, and the output says which and why (on an 80 GB card,
+// Qwen3-30B-A3B at batch 64 with the 4096-position cache).
+//
 //   bench_gpu [--model configs/models/qwen3-30b-a3b.yaml] [--backend cuda|cpu] [--batches 1,8,64]
-//             [--context 512] [--decode-steps 8] [--prefill-len 4096] [--json FILE]
+//             [--context 512] [--decode-steps 8] [--prefill-len 4096] [--free-gb GB] [--json FILE]
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
@@ -26,10 +32,15 @@
 #include "kernels/common/check.h"
 #include "parallel/communicator.h"
 #include "parallel/load_stats.h"
+#include "runtime/analysis/plan.h"
 #include "runtime/cli/options.h"
 #include "runtime/cli/session.h"
+#include "runtime/io/config.h"
 #include "runtime/model/arithmetic.h"
 #include "runtime/model/model.h"
+#ifdef MOE_EP_HAVE_CUDA
+#include "kernels/cuda/cuda_backend.h"
+#endif
 
 namespace moe::bench {
 namespace {
@@ -52,6 +63,7 @@ struct BenchOptions {
   int64_t prefill_len = 4096;  // 0: no prefill case
   double hbm_tb_s = kDefaultHbmBytesPerS / 1e12;
   double peak_tflops = kDefaultPeakFlops / 1e12;
+  double free_gb = -1;  // > 0: size the batches to this much free memory per rank
 };
 
 // One measured case: wall time per step (max over ranks), phases per step (rank 0's timer).
@@ -79,6 +91,115 @@ double step_bytes_floor(const runtime::ModelConfig& config,
   }
   params += static_cast<double>(touched) * static_cast<double>(p.per_expert) / num_ranks;
   return params * runtime::kWeightBytes;
+}
+
+// Device memory left unplanned: cuBLAS workspaces, captured graphs, NCCL and allocator slack.
+constexpr int64_t kHeadroomBytes = int64_t{3} << 30;
+
+// Free device memory this rank's session may fill: cudaMemGetInfo before the session opens,
+// split evenly among the ranks that share a device, the smallest over all ranks; -1 on a host
+// backend. Opens (and closes) an MPI communicator of its own for the rank count and local rank,
+// and on the GPU a backend to ask.
+struct DeviceRoom {
+  int64_t free_bytes = -1;
+  int num_ranks = 1;
+};
+
+DeviceRoom device_room(const runtime::ModelOptions& o) {
+  const std::unique_ptr<parallel::Communicator> comm =
+      parallel::make_mpi_communicator(parallel::CommOptions{o.timeout_s});
+  DeviceRoom room;
+  room.num_ranks = comm->size();
+#ifdef MOE_EP_HAVE_CUDA
+  if (o.backend == "cuda") {
+    kernels::BackendOptions bo;
+    bo.name = "cuda";
+    bo.local_rank = comm->local_rank();
+    {
+      const std::unique_ptr<kernels::Backend> probe = kernels::make_backend(bo);
+      const kernels::CudaBackend* cuda = kernels::as_cuda_backend(probe.get());
+      room.free_bytes =
+          static_cast<int64_t>(cuda->device_total_bytes()) - cuda->device_used_bytes();
+    }
+    const int devices = std::max(kernels::cuda_device_count(), 1);
+    room.free_bytes /= (comm->local_size() + devices - 1) / devices;
+    comm->all_reduce(std::span<int64_t>(&room.free_bytes, 1), parallel::ReduceOp::kMin);
+  }
+#endif
+  comm->shutdown();
+  return room;
+}
+
+// What the session needs on its most loaded rank for decode batches up to `batch` and a cache of
+// max_len positions per sequence (bf16 KV cache: the CUDA backend's).
+struct SessionBytes {
+  int64_t weights = 0, kv_cache = 0, buffers = 0;
+  int64_t total() const { return weights + kv_cache + buffers + kHeadroomBytes; }
+};
+
+SessionBytes session_bytes(const runtime::ModelConfig& config, int num_ranks, int64_t batch,
+                           int64_t max_len, const BenchOptions& o) {
+  // plan.h's estimate of one step of `seqs` sequences x `len` tokens (worst-case routing).
+  auto rank_memory = [&](int64_t seqs, int64_t len) {
+    runtime::PlanOptions po;
+    po.batch = seqs;
+    po.context = len;
+    po.ranks = {num_ranks};
+    po.kv_bytes = 2;
+    return runtime::make_plan(config, po).ranks.front();
+  };
+  const runtime::RankMemory fill = rank_memory(batch, o.context);  // the cache fill step
+  SessionBytes b;
+  b.weights = fill.dense_replica_bytes + fill.expert_shard_bytes;
+  b.kv_cache = rank_memory(batch, max_len).kv_cache_bytes;
+  b.buffers = fill.activation_buffer_bytes + fill.communication_bytes;
+  if (o.prefill_len > 0) {  // one sequence, on rank 0
+    const runtime::RankMemory pre = rank_memory(1, o.prefill_len);
+    b.buffers = std::max(b.buffers, pre.activation_buffer_bytes + pre.communication_bytes);
+  }
+  return b;
+}
+
+// The decode batches this device holds: each batch whose session (sized for it, cache max_len
+// positions per sequence) fits the free memory; one line per batch skipped, saying why.
+struct BatchFit {
+  std::vector<int64_t> batches;
+  std::vector<std::string> skipped;
+};
+
+BatchFit fit_batches(const BenchOptions& o, const runtime::ModelConfig& config,
+                     const DeviceRoom& room, int64_t max_len) {
+  BatchFit fit;
+  if (room.free_bytes < 0) {  // host memory: not sized
+    fit.batches = o.batches;
+    return fit;
+  }
+  const int64_t decode_len = o.context + 1 + o.decode_steps;
+  for (int64_t batch : o.batches) {
+    const SessionBytes need = session_bytes(config, room.num_ranks, batch, max_len, o);
+    if (need.total() <= room.free_bytes) {
+      fit.batches.push_back(batch);
+      continue;
+    }
+    // The cache length that would hold this batch; the prefill sets it when it is the longest.
+    const int64_t kv_per_position = need.kv_cache / max_len;
+    const int64_t fits_len =
+        kv_per_position > 0 ? (room.free_bytes - need.total() + need.kv_cache) / kv_per_position
+                            : 0;
+    const std::string hint =
+        o.prefill_len > decode_len && fits_len >= decode_len
+            ? fmt::format("--prefill-len {} or less would fit it", fits_len)
+            : fmt::format("it does not fit this device at --context {}", o.context);
+    fit.skipped.push_back(fmt::format(
+        "decode b={} skipped: needs {:.2f} GB per rank (weights {:.2f}, KV cache {} x {} "
+        "positions {:.2f}, step buffers {:.2f}, headroom {:.2f}) > {:.2f} GB free; {}",
+        batch, need.total() / 1e9, need.weights / 1e9,
+        (batch + room.num_ranks - 1) / room.num_ranks, max_len, need.kv_cache / 1e9,
+        need.buffers / 1e9, kHeadroomBytes / 1e9, room.free_bytes / 1e9, hint));
+  }
+  MOE_CHECK_AS("bench", !fit.batches.empty(), "no decode batch fits the device: {}",
+               fit.skipped.front());
+  return fit;
 }
 
 class Bench {
@@ -201,7 +322,8 @@ class Bench {
 };
 
 void print_table(const BenchOptions& o, const runtime::Session& s,
-                 const std::vector<CaseResult>& cases, const std::string& timing) {
+                 const std::vector<CaseResult>& cases, const std::string& timing,
+                 const std::vector<std::string>& skipped) {
   fmt::print("\n{} on {} ({} rank(s), comm {}), synthetic weights, phase times: {}\n",
              s.config.name, s.backend->name(), s.size(), s.comm->name(), timing);
   fmt::print("HBM floor at {:.2f} TB/s, MFU against {:.0f} TFLOP/s dense bf16\n", o.hbm_tb_s,
@@ -224,6 +346,7 @@ void print_table(const BenchOptions& o, const runtime::Session& s,
     for (double p : c.phase_s) fmt::print(" {:>9.3f}", p * 1e3);
     fmt::print("\n");
   }
+  for (const std::string& line : skipped) fmt::print("{}\n", line);
 }
 
 nlohmann::json to_json(const BenchOptions& o, const runtime::Session& s,
@@ -280,21 +403,28 @@ int run(int argc, char** argv) {
       ->check(runtime::greater_than(0));
   app.add_option("--peak-tflops", o.peak_tflops, "Dense bf16 peak for MFU, TFLOP/s")
       ->check(runtime::greater_than(0));
+  app.add_option("--free-gb", o.free_gb,
+                 "Size the decode batches to this much free memory per rank, GB (default: the "
+                 "CUDA device's free memory; the CPU backend is not sized)")
+      ->check(runtime::greater_than(0));
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
 
-  const int64_t max_batch = *std::max_element(o.batches.begin(), o.batches.end());
   const int64_t max_len = std::max(o.context + 1 + o.decode_steps, o.prefill_len);
+  DeviceRoom room = device_room(o.model);
+  if (o.free_gb > 0) room.free_bytes = static_cast<int64_t>(o.free_gb * 1e9);
+  const BatchFit fit = fit_batches(o, runtime::load_model_config(o.model.model), room, max_len);
+  const int64_t max_batch = *std::max_element(fit.batches.begin(), fit.batches.end());
   auto s = runtime::open_session(o.model, max_batch, max_len);
   runtime::log0(*s, o.model.quiet, fmt::format("weights ready in {:.1f} s", s->load_s));
 
   Bench bench(o, *s);
   std::vector<CaseResult> cases;
   const bool graphs = s->model->graphs_on() && s->backend->graphs() != nullptr;
-  for (int64_t b : o.batches) {
+  for (int64_t b : fit.batches) {
     cases.push_back(bench.decode(b, false));
     if (graphs) cases.push_back(bench.decode(b, true));
   }
@@ -303,11 +433,14 @@ int run(int argc, char** argv) {
 
   const std::string timing = s->model->instrumentation().timing_method();
   if (s->rank() == 0) {
-    print_table(o, *s, cases, timing);
+    print_table(o, *s, cases, timing, fit.skipped);
     if (!o.model.json.empty()) {
+      nlohmann::json j = to_json(o, *s, cases, timing);
+      j["device_free_bytes"] = room.free_bytes;
+      j["skipped"] = fit.skipped;
       std::ofstream f(o.model.json);
       MOE_CHECK_AS("io", f.good(), "cannot write {}", o.model.json);
-      f << to_json(o, *s, cases, timing).dump(2) << "\n";
+      f << j.dump(2) << "\n";
     }
   }
   return 0;

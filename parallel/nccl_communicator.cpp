@@ -5,8 +5,9 @@
 //
 // The NCCL communicator is nonblocking (ncclConfig_t.blocking = 0): every NCCL call may return
 // ncclInProgress and is completed by polling ncclCommGetAsyncError against the deadline. On a
-// timeout or an async error the communicator is aborted (ncclCommAbort, local) and moe::Error
-// thrown; afterwards every call throws. Host collectives are delegated to the MPI communicator.
+// failed call, a timeout or an async error the communicator is aborted (ncclCommAbort, local;
+// a group the failure interrupted is ended first) and moe::Error thrown; afterwards every call
+// throws. Host collectives are delegated to the MPI communicator.
 #include "parallel/nccl_communicator.h"
 
 #include <cuda_runtime_api.h>
@@ -136,17 +137,25 @@ class NcclCommunicatorImpl final : public Communicator {
                                      cudaMemcpyDeviceToDevice, comm_stream_.get()));
     }
     if (!plan.sends.empty() || !plan.recvs.empty()) {
-      MOE_NCCL_CHECK(ncclGroupStart());
-      for (const PeerTransfer& t : plan.sends) {
-        MOE_NCCL_CHECK(ncclSend(src + t.offset_bytes, t.size_bytes, ncclUint8, t.peer, comm_.get(),
-                                comm_stream_.get()));
+      // A failure inside the group ends the group first (issue_group), then fail() aborts the
+      // communicator and throws: no group is left open and no rank waits on a half-issued one.
+      const auto code = [](ncclResult_t rc) {
+        return rc == ncclSuccess || rc == ncclInProgress ? 0 : static_cast<int>(rc);
+      };
+      const GroupIssue issue =
+          issue_group(plan, {[&] { return code(ncclGroupStart()); },
+                             [&](const PeerTransfer& t) {
+                               return code(ncclSend(src + t.offset_bytes, t.size_bytes, ncclUint8,
+                                                    t.peer, comm_.get(), comm_stream_.get()));
+                             },
+                             [&](const PeerTransfer& t) {
+                               return code(ncclRecv(dst + t.offset_bytes, t.size_bytes, ncclUint8,
+                                                    t.peer, comm_.get(), comm_stream_.get()));
+                             },
+                             [&] { return code(ncclGroupEnd()); }});
+      if (!issue.ok()) {
+        fail("all_to_all_v (" + issue.call + ")", static_cast<ncclResult_t>(issue.result));
       }
-      for (const PeerTransfer& t : plan.recvs) {
-        MOE_NCCL_CHECK(ncclRecv(dst + t.offset_bytes, t.size_bytes, ncclUint8, t.peer, comm_.get(),
-                                comm_stream_.get()));
-      }
-      const ncclResult_t rc = ncclGroupEnd();
-      if (rc != ncclSuccess && rc != ncclInProgress) fail("all_to_all_v", rc);
       wait_nccl_idle("all_to_all_v (enqueue)");
     }
     MOE_CUDA_CHECK(cudaEventRecord(done_.get(), comm_stream_.get()));

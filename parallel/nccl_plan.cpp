@@ -1,8 +1,11 @@
-// All-to-all byte plan and the deadline poll of the NCCL communicator (host-only, see
-// nccl_plan.h). Compiled into moe_parallel with the NCCL communicator, and into the CPU tests.
+// All-to-all byte plan, the grouped issue and the deadline poll of the NCCL communicator
+// (host-only, see nccl_plan.h). Compiled into moe_parallel with the NCCL communicator, and into the
+// CPU tests.
 #include "parallel/nccl_plan.h"
 
 #include <algorithm>
+#include <chrono>
+#include <string>
 #include <thread>
 
 #include "kernels/common/check.h"
@@ -45,6 +48,28 @@ AllToAllPlan plan_all_to_all_v(int rank, int size, const int64_t* send_counts, s
   plan.send_bytes = send_at * elem_bytes;
   plan.recv_bytes = recv_at * elem_bytes;
   return plan;
+}
+
+GroupIssue issue_group(const AllToAllPlan& plan, const GroupCalls& calls) {
+  GroupIssue issue;
+  if (const int rc = calls.start(); rc != 0) return {rc, "ncclGroupStart"};
+  for (const PeerTransfer& t : plan.sends) {
+    if (const int rc = calls.send(t); rc != 0) {
+      issue = {rc, "ncclSend to rank " + std::to_string(t.peer)};
+      break;
+    }
+  }
+  if (issue.ok()) {
+    for (const PeerTransfer& t : plan.recvs) {
+      if (const int rc = calls.recv(t); rc != 0) {
+        issue = {rc, "ncclRecv from rank " + std::to_string(t.peer)};
+        break;
+      }
+    }
+  }
+  const int end_rc = calls.end();
+  if (issue.ok() && end_rc != 0) issue = {end_rc, "ncclGroupEnd"};
+  return issue;
 }
 
 WaitOutcome wait_with_deadline(const std::function<PollState()>& poll, double timeout_s,

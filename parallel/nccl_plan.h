@@ -1,9 +1,9 @@
 // Host-side logic of the NCCL communicator, free of NCCL/CUDA so it is unit-tested on the CPU:
-// the per-peer byte ranges of an all_to_all_v (validated against the buffer sizes) and the
+// the per-peer byte ranges of an all_to_all_v (validated against the buffer sizes), the issue of
+// its transfers as one NCCL group (a failure inside the group still ends the group), and the
 // deadline-bounded completion poll every device-side wait goes through.
 #pragma once
 
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -12,12 +12,11 @@
 
 namespace moe::parallel {
 
-// One contiguous piece of an all_to_all_v: bytes [offset_bytes, + size_bytes) of the send (or
-// recv) buffer go to (come from) `peer`.
+// One contiguous piece of an all_to_all_v: bytes [offset_bytes, offset_bytes + size_bytes) of the
+// send (or recv) buffer go to (come from) `peer`.
 struct PeerTransfer {
   int peer = 0;
-  size_t offset_bytes = 0;
-  size_t size_bytes = 0;
+  size_t offset_bytes = 0, size_bytes = 0;
 };
 
 // sends/recvs: non-empty transfers with other ranks, in rank order. The rank's own block is a
@@ -38,6 +37,28 @@ struct AllToAllPlan {
 // counts that exceed the buffers, or send_counts[rank] != recv_counts[rank].
 AllToAllPlan plan_all_to_all_v(int rank, int size, const int64_t* send_counts, size_t send_size,
                                const int64_t* recv_counts, size_t recv_size, size_t elem_bytes);
+
+// The NCCL calls of one grouped exchange. Each returns 0 when the call succeeded (or is in
+// progress on a nonblocking communicator), else the failing ncclResult_t.
+struct GroupCalls {
+  std::function<int()> start;  // ncclGroupStart
+  std::function<int(const PeerTransfer&)> send;
+  std::function<int(const PeerTransfer&)> recv;
+  std::function<int()> end;  // ncclGroupEnd
+};
+
+// The first failing call of a grouped exchange, if any.
+struct GroupIssue {
+  int result = 0;    // 0: every call succeeded
+  std::string call;  // the failing call, e.g. "ncclSend to rank 3"
+  bool ok() const { return result == 0; }
+};
+
+// start(), every send, then every recv of `plan`, end(). The first failing send or recv stops the
+// issue, and the group it opened is still ended, so the communicator can be aborted cleanly
+// afterwards (never with a group left open). A failing start() opened no group: end() is not
+// called. The result names the first failure (end()'s own only when all else succeeded).
+GroupIssue issue_group(const AllToAllPlan& plan, const GroupCalls& calls);
 
 enum class PollState { kDone, kPending, kFailed };
 

@@ -15,21 +15,20 @@
 //
 // 2. Resident (graph-safe) decode: seqs in device memory; grid (num_rows, kv heads x head
 //    blocks, fixed key splits); a block looks its row up in seqs, exits when its split holds none
-//    of the row's keys, else runs the fp32 CUDA-core online softmax over its keys (32-key tiles,
-//    lane j scores key j, as attention.cu) and writes a partial (o, m, l); the combine merges the
-//    live splits of each row. The KV append reads each row's cache position from seqs too.
+//    of the row's keys, else runs the fp32 CUDA-core attention tile of attention.cu over its keys
+//    (attention_tile.cuh) and writes a partial (o, m, l); the combine merges the live splits of
+//    each row. The KV append reads each row's cache position from seqs too.
 #include <cuda_runtime.h>
 
 #include <cstdint>
 
 #include "kernels/cuda/api.cuh"
 #include "kernels/cuda/attention_tc_math.h"
+#include "kernels/cuda/attention_tile.cuh"
 #include "kernels/cuda/device_math.h"
 
 namespace moe::kernels::cuda {
 namespace {
-
-constexpr unsigned kFullMask = 0xffffffffu;
 
 // ---------------------------------------------------------------- tensor-core prefill
 constexpr int kTcD = kTcHeadDim;
@@ -60,12 +59,12 @@ __device__ __forceinline__ uint32_t lds32(const uint16_t* p) {
 }
 
 __device__ __forceinline__ float quad_max(float v) {
-  v = fmaxf(v, __shfl_xor_sync(kFullMask, v, 1));
-  return fmaxf(v, __shfl_xor_sync(kFullMask, v, 2));
+  v = fmaxf(v, __shfl_xor_sync(kFullWarpMask, v, 1));
+  return fmaxf(v, __shfl_xor_sync(kFullWarpMask, v, 2));
 }
 __device__ __forceinline__ float quad_sum(float v) {
-  v += __shfl_xor_sync(kFullMask, v, 1);
-  return v + __shfl_xor_sync(kFullMask, v, 2);
+  v += __shfl_xor_sync(kFullWarpMask, v, 1);
+  return v + __shfl_xor_sync(kFullWarpMask, v, 2);
 }
 
 __global__ void __launch_bounds__(kTcWarps * 32)
@@ -99,7 +98,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     if (rows[half].valid) warp_last_pos = max(warp_last_pos, rows[half].pos);
   }
   for (int o = 16; o > 0; o >>= 1) {
-    warp_last_pos = max(warp_last_pos, __shfl_xor_sync(kFullMask, warp_last_pos, o));
+    warp_last_pos = max(warp_last_pos, __shfl_xor_sync(kFullWarpMask, warp_last_pos, o));
   }
 
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
@@ -178,7 +177,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
     float corr[2], psum[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const TcSoftmaxStep st = tc_softmax_step(m[half], quad_max(tmax[half]));
+      const SoftmaxTileStep st = softmax_tile_step(m[half], quad_max(tmax[half]));
       m[half] = st.m_new;
       corr[half] = st.corr;
     }
@@ -238,14 +237,7 @@ __global__ void __launch_bounds__(kTcWarps * 32)
 }
 
 // ---------------------------------------------------------------- resident decode
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullMask, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
-  return v;
-}
+static_assert(kResKeyTile == kAttnTileKeys, "the resident key tile is the warp's");
 
 struct ResidentArgs {
   const AttentionSeq* seqs;
@@ -262,18 +254,8 @@ __global__ void kv_append_resident_kernel(const float* k, const float* v, int64_
   if (!rr.valid) return;
   const float* ks = k + static_cast<int64_t>(blockIdx.x) * kv_width;
   const float* vs = v + static_cast<int64_t>(blockIdx.x) * kv_width;
-  bf16* kd = cache_k + (rr.cache_row + rr.pos) * kv_width;
-  bf16* vd = cache_v + (rr.cache_row + rr.pos) * kv_width;
-  for (int64_t c = threadIdx.x; c < kv_width; c += blockDim.x) {
-    store_bf16(kd + c, ks[c]);
-    store_bf16(vd + c, vs[c]);
-  }
-}
-
-size_t resident_smem_bytes(int D) {
-  return sizeof(float) *
-         (static_cast<size_t>(kResHeadsPerBlock) * D + static_cast<size_t>(kResKeyTile) * (D + 1) +
-          static_cast<size_t>(kResKeyTile) * D);
+  append_kv_row(ks, vs, kv_width, cache_k + (rr.cache_row + rr.pos) * kv_width,
+                cache_v + (rr.cache_row + rr.pos) * kv_width);
 }
 
 // Block (row, kv head * head_blocks + head block, split). Warp w owns the block's query heads
@@ -301,80 +283,32 @@ __global__ void __launch_bounds__(kResWarps * 32)
 
   float* q_s = res_smem;
   float* k_s = q_s + kResHeadsPerBlock * D;
-  float* v_s = k_s + kResKeyTile * (D + 1);
+  float* v_s = k_s + kAttnTileKeys * (D + 1);
   for (int idx = threadIdx.x; idx < nh * D; idx += blockDim.x) {
     const int i = idx / D, d = idx % D;
     q_s[idx] = q[(row * H + h0 + i) * D + d];
   }
 
-  float m[kResHeadsPerWarp], l[kResHeadsPerWarp], o[kResHeadsPerWarp][DPL];
-#pragma unroll
-  for (int j = 0; j < kResHeadsPerWarp; ++j) {
-    m[j] = -INFINITY;
-    l[j] = 0.0f;
-#pragma unroll
-    for (int t = 0; t < DPL; ++t) o[j][t] = 0.0f;
-  }
-  const bf16* k_base = cache_k + rr.cache_row * kv_width + static_cast<int64_t>(g) * D;
-  const bf16* v_base = cache_v + rr.cache_row * kv_width + static_cast<int64_t>(g) * D;
-  for (int64_t kb = key_begin; kb < key_end; kb += kResKeyTile) {
-    const int nk = static_cast<int>(min(static_cast<int64_t>(kResKeyTile), key_end - kb));
-    __syncthreads();  // previous tile consumed; on the first pass: q_s complete
-    for (int idx = threadIdx.x; idx < nk * D; idx += blockDim.x) {
-      const int j = idx / D, d = idx % D;
-      const int64_t off = (kb + j) * kv_width + d;
-      k_s[j * (D + 1) + d] = load_bf16(k_base + off);
-      v_s[j * D + d] = load_bf16(v_base + off);
-    }
-    __syncthreads();
+  WarpRow<DPL> rows[kResHeadsPerWarp];
+  // One key tile for each of the warp's heads.
+  auto attend = [&](int64_t kb, int nk) {
 #pragma unroll
     for (int j = 0; j < kResHeadsPerWarp; ++j) {
       const int i = warp * kResHeadsPerWarp + j;
       if (i >= nh) continue;  // warp-uniform
-      float s = -INFINITY;
-      if (lane < nk && attn_key_visible(kb + lane, rr.pos)) {
-        const float* qr = q_s + i * D;
-        const float* kr = k_s + lane * (D + 1);
-        float dot = 0.0f;
-        for (int d = 0; d < D; ++d) dot += qr[d] * kr[d];
-        s = dot * scale;
-      }
-      const float tile_max = warp_max(s);
-      if (tile_max == -INFINITY) continue;
-      const float m_new = fmaxf(m[j], tile_max);
-      const float corr = softmax_rescale(m[j], m_new);
-      const float p = softmax_weight(s, m_new);
-      l[j] = l[j] * corr + warp_sum(p);
-#pragma unroll
-      for (int t = 0; t < DPL; ++t) o[j][t] *= corr;
-      for (int jj = 0; jj < nk; ++jj) {
-        const float pj = __shfl_sync(kFullMask, p, jj);
-#pragma unroll
-        for (int t = 0; t < DPL; ++t) {
-          const int d = lane + 32 * t;
-          if (d < D) o[j][t] += pj * v_s[jj * D + d];
-        }
-      }
-      m[j] = m_new;
+      attend_tile(q_s + i * D, k_s, v_s, D, nk, lane < nk && attn_key_visible(kb + lane, rr.pos),
+                  scale, rows[j]);
     }
-  }
+  };
+  for_each_kv_tile(cache_k, cache_v, rr.cache_row, g, D, kv_width, key_begin, key_end, k_s, v_s,
+                   attend);
 
   const int64_t slot = resident_partial_slot(row, sp, a.num_splits);
 #pragma unroll
   for (int j = 0; j < kResHeadsPerWarp; ++j) {
     const int i = warp * kResHeadsPerWarp + j;
     if (i >= nh) continue;
-    const int h = h0 + i;
-    float* dst = partial_o + (slot * H + h) * D;
-#pragma unroll
-    for (int t = 0; t < DPL; ++t) {
-      const int d = lane + 32 * t;
-      if (d < D) dst[d] = o[j][t];
-    }
-    if (lane == 0) {
-      partial_ml[(slot * H + h) * 2] = m[j];
-      partial_ml[(slot * H + h) * 2 + 1] = l[j];
-    }
+    store_partial(rows[j], slot, H, h0 + i, D, partial_o, partial_ml);
   }
 }
 
@@ -392,27 +326,8 @@ __global__ void attention_resident_combine_kernel(int H, int D, ResidentArgs a,
   }
   int64_t live = resident_live_splits(rr.pos, a.chunk);
   if (live > a.num_splits) live = a.num_splits;
-  float m_merged = -INFINITY;
-  for (int64_t s = 0; s < live; ++s) {
-    const int64_t at = (resident_partial_slot(row, s, a.num_splits) * H + h) * 2;
-    if (partial_ml[at + 1] > 0.0f) m_merged = fmaxf(m_merged, partial_ml[at]);
-  }
-  float l_merged = 0.0f;
-  for (int64_t s = 0; s < live; ++s) {
-    const int64_t at = (resident_partial_slot(row, s, a.num_splits) * H + h) * 2;
-    const SoftmaxPartial p{partial_ml[at], partial_ml[at + 1]};
-    l_merged += p.l * partial_scale(p, m_merged);
-  }
-  const float inv_l = attn_inv_l(l_merged);
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float acc = 0.0f;
-    for (int64_t s = 0; s < live; ++s) {
-      const int64_t slot = resident_partial_slot(row, s, a.num_splits);
-      const SoftmaxPartial p{partial_ml[(slot * H + h) * 2], partial_ml[(slot * H + h) * 2 + 1]};
-      acc += partial_o[(slot * H + h) * D + d] * partial_scale(p, m_merged);
-    }
-    dst[d] = acc * inv_l;
-  }
+  combine_splits(partial_o, partial_ml, resident_partial_slot(row, 0, a.num_splits), live, H, h, D,
+                 dst);
 }
 
 template <int DPL>
@@ -420,7 +335,7 @@ cudaError_t launch_resident_dpl(const float* q, const bf16* cache_k, const bf16*
                                 AttentionShape shape, const ResidentArgs& a, int64_t num_rows,
                                 float* partial_o, float* partial_ml, cudaStream_t stream) {
   const int D = static_cast<int>(shape.head_dim);
-  const size_t smem = resident_smem_bytes(D);
+  const size_t smem = attention_tile_smem_bytes(kResHeadsPerBlock, D);
   if (smem > 48 * 1024) {
     const cudaError_t rc =
         cudaFuncSetAttribute(attention_resident_kernel<DPL>,

@@ -16,6 +16,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/attention_math.h"
 #include "kernels/cuda/device_math.h"
 #include "kernels/op_args.h"
 
@@ -66,12 +67,6 @@ MOE_HD TcRow tc_row(const AttentionTcItem& it, int r, int G) {
   return row;
 }
 
-// The causal rule by absolute position: a query at position pos sees cache position key iff
-// key <= pos (its own key included).
-MOE_HD bool attn_key_visible(int64_t key, int64_t pos) {
-  return key <= pos;
-}
-
 // Keys a CTA starting at flattened row tile_row0 must read: up to its last token's position.
 MOE_HD int32_t tc_key_end(int32_t past_len, int32_t num_new, int32_t tile_row0, int G) {
   int32_t last_row = tile_row0 + kTcBlockRows - 1;
@@ -79,32 +74,14 @@ MOE_HD int32_t tc_key_end(int32_t past_len, int32_t num_new, int32_t tile_row0, 
   return past_len + last_row / G + 1;
 }
 
-// ---- online softmax of one row over one key tile (fp32 m, l) ----
-// Kernel order per tile: scores s (fp32 accumulation of bf16(q) * bf16 k products, times the
-// scale; masked keys -inf); tile max t; m_new = max(m, t); corr = exp(m - m_new) (0 for an empty
-// state); p = bf16(exp(s - m_new)); l = l * corr + sum p; o = o * corr + P V.
-// P is rounded to bf16 for the PV mma and l sums the same rounded p, so the output is the exact
-// convex combination sum_j p_j v_j / sum_j p_j of the weights the mma used (up to fp32 sums).
-struct TcSoftmaxStep {
-  float m_new;
-  float corr;
-};
-
-MOE_HD TcSoftmaxStep tc_softmax_step(float m_old, float tile_max) {
-  TcSoftmaxStep st;
-  st.m_new = m_old > tile_max ? m_old : tile_max;
-  st.corr = softmax_rescale(m_old, st.m_new);
-  return st;
-}
+// ---- the tensor-core online softmax (attention_math.h's tile step, with bf16 P) ----
+// Scores are fp32 accumulations of bf16(q) * bf16 k products, times the scale. P is rounded to
+// bf16 for the PV mma and l sums the same rounded p, so the output is the exact convex
+// combination sum_j p_j v_j / sum_j p_j of the weights the mma used (up to fp32 sums).
 
 // exp(s - m) rounded to bf16 (as the PV mma consumes it), returned as the exact fp32 value.
 MOE_HD float tc_prob(float s, float m_new) {
   return bf16_bits_to_f32(f32_to_bf16_bits(softmax_weight(s, m_new)));
-}
-
-// 1 / l, or 0 for a row that saw no key (l == 0): its output is 0.
-MOE_HD float attn_inv_l(float l) {
-  return l > 0.0f ? 1.0f / l : 0.0f;
 }
 
 // Two bf16 values in one 32-bit mma operand register: lo in bits 0..15, hi in bits 16..31.

@@ -1,5 +1,6 @@
-// Memory-bound CUDA kernels: conversions, embedding, RMSNorm, RoPE, SiLU*mul, row gathers and
-// scatters, the fixed-order weighted row sum and random fills. fp32 math throughout; bf16 is a
+// Memory-bound CUDA kernels: conversions, embedding, RMSNorm, RoPE, SiLU*mul, row gathers (the
+// grouped expert GEMM's pair gather among them) and scatters, the fixed-order weighted row sum
+// and random fills. fp32 math throughout; bf16 is a
 // storage format only (bits << 16 on load, round-to-nearest-even on store).
 #include <cuda_runtime.h>
 
@@ -125,15 +126,18 @@ __global__ void gather_rows_kernel(const float* src, int64_t width, const int32_
   for (int64_t c = threadIdx.x; c < width; c += blockDim.x) d[c] = s[c];
 }
 
+// dst row j = bf16(src row i) with i = idx[j], or i = src_row_of[idx[j]] when src_row_of is
+// given; idx[j] < 0 gives a zero row (padding).
 __global__ void gather_rows_to_bf16_kernel(const float* src, int64_t width, const int32_t* idx,
-                                           bf16* dst) {
+                                           const int32_t* src_row_of, bf16* dst) {
   const int64_t row = blockIdx.x;
-  const int32_t from = idx[row];
+  const int32_t at = idx[row];
   bf16* d = dst + row * width;
-  if (from < 0) {
+  if (at < 0) {
     for (int64_t c = threadIdx.x; c < width; c += blockDim.x) d[c].bits = 0;
     return;
   }
+  const int32_t from = src_row_of != nullptr ? src_row_of[at] : at;
   const float* s = src + static_cast<int64_t>(from) * width;
   for (int64_t c = threadIdx.x; c < width; c += blockDim.x) store_bf16(d + c, s[c]);
 }
@@ -196,115 +200,106 @@ unsigned row_threads(int64_t width) {
   return static_cast<unsigned>(std::max<int64_t>(t, 32));
 }
 
-}  // namespace
-
-cudaError_t launch_f32_to_bf16(const float* x, int64_t n, bf16* y, cudaStream_t stream) {
-  if (n > 0) f32_to_bf16_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n, y);
+// A grid-stride kernel over n elements; nothing to launch when n == 0.
+template <class... Params, class... Args>
+cudaError_t launch_elements(void (*kernel)(Params...), int64_t n, cudaStream_t stream,
+                            Args... args) {
+  if (n > 0) kernel<<<grid_for(n), kThreads, 0, stream>>>(args...);
   return cudaGetLastError();
 }
 
-cudaError_t launch_bf16_to_f32(const bf16* x, int64_t n, float* y, cudaStream_t stream) {
-  if (n > 0) bf16_to_f32_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, n, y);
+// A row-per-block kernel over n rows of `width` elements; nothing to launch when either is 0.
+template <class... Params, class... Args>
+cudaError_t launch_rows(void (*kernel)(Params...), int64_t n, int64_t width, cudaStream_t stream,
+                        Args... args) {
+  if (n > 0 && width > 0) {
+    kernel<<<static_cast<unsigned>(n), row_threads(width), 0, stream>>>(args...);
+  }
   return cudaGetLastError();
+}
+
+}  // namespace
+
+cudaError_t launch_f32_to_bf16(const float* x, int64_t n, bf16* y, cudaStream_t stream) {
+  return launch_elements(f32_to_bf16_kernel, n, stream, x, n, y);
+}
+
+cudaError_t launch_bf16_to_f32(const bf16* x, int64_t n, float* y, cudaStream_t stream) {
+  return launch_elements(bf16_to_f32_kernel, n, stream, x, n, y);
 }
 
 cudaError_t launch_embedding(const bf16* table, int64_t hidden, const int32_t* ids, int64_t n,
                              float* out, cudaStream_t stream) {
-  if (n > 0 && hidden > 0) {
-    embedding_kernel<<<static_cast<unsigned>(n), row_threads(hidden), 0, stream>>>(table, hidden,
-                                                                                   ids, out);
-  }
-  return cudaGetLastError();
+  return launch_rows(embedding_kernel, n, hidden, stream, table, hidden, ids, out);
 }
 
 cudaError_t launch_rmsnorm(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps,
                            float* y, cudaStream_t stream) {
-  if (rows > 0 && dim > 0) {
-    rmsnorm_kernel<<<static_cast<unsigned>(rows), row_threads(dim), 0, stream>>>(x, w, dim, eps, y);
-  }
-  return cudaGetLastError();
+  return launch_rows(rmsnorm_kernel, rows, dim, stream, x, w, dim, eps, y);
 }
 
 cudaError_t launch_rope(float* x, const int32_t* positions, const float* inv_freq, int64_t rows,
                         int64_t heads, int64_t head_dim, cudaStream_t stream) {
-  const int64_t n = rows * heads * (head_dim / 2);
-  if (n > 0) {
-    rope_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, positions, inv_freq, rows, heads,
-                                                      head_dim / 2);
-  }
-  return cudaGetLastError();
+  return launch_elements(rope_kernel, rows * heads * (head_dim / 2), stream, x, positions, inv_freq,
+                         rows, heads, head_dim / 2);
 }
 
 cudaError_t launch_silu_mul(const float* gate, const float* up, int64_t n, float* out,
                             cudaStream_t stream) {
-  if (n > 0) silu_mul_kernel<<<grid_for(n), kThreads, 0, stream>>>(gate, up, n, out);
-  return cudaGetLastError();
+  return launch_elements(silu_mul_kernel, n, stream, gate, up, n, out);
 }
 
 cudaError_t launch_silu_mul_bf16(const bf16* gate, const bf16* up, int64_t n, bf16* out,
                                  cudaStream_t stream) {
-  if (n > 0) silu_mul_bf16_kernel<<<grid_for(n), kThreads, 0, stream>>>(gate, up, n, out);
-  return cudaGetLastError();
+  return launch_elements(silu_mul_bf16_kernel, n, stream, gate, up, n, out);
 }
 
 cudaError_t launch_silu_mul_to_bf16(const float* gate, const float* up, int64_t n, bf16* out,
                                     cudaStream_t stream) {
-  if (n > 0) silu_mul_to_bf16_kernel<<<grid_for(n), kThreads, 0, stream>>>(gate, up, n, out);
-  return cudaGetLastError();
+  return launch_elements(silu_mul_to_bf16_kernel, n, stream, gate, up, n, out);
 }
 
 cudaError_t launch_add_inplace(float* x, const float* y, int64_t n, cudaStream_t stream) {
-  if (n > 0) add_inplace_kernel<<<grid_for(n), kThreads, 0, stream>>>(x, y, n);
-  return cudaGetLastError();
+  return launch_elements(add_inplace_kernel, n, stream, x, y, n);
 }
 
 cudaError_t launch_gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n,
                                float* dst, cudaStream_t stream) {
-  if (n > 0 && width > 0) {
-    gather_rows_kernel<<<static_cast<unsigned>(n), row_threads(width), 0, stream>>>(src, width, idx,
-                                                                                    dst);
-  }
-  return cudaGetLastError();
+  return launch_rows(gather_rows_kernel, n, width, stream, src, width, idx, dst);
 }
 
 cudaError_t launch_gather_rows_to_bf16(const float* src, int64_t width, const int32_t* idx,
                                        int64_t n, bf16* dst, cudaStream_t stream) {
-  if (n > 0 && width > 0) {
-    gather_rows_to_bf16_kernel<<<static_cast<unsigned>(n), row_threads(width), 0, stream>>>(
-        src, width, idx, dst);
-  }
-  return cudaGetLastError();
+  return launch_rows(gather_rows_to_bf16_kernel, n, width, stream, src, width, idx,
+                     static_cast<const int32_t*>(nullptr), dst);
+}
+
+cudaError_t launch_gather_pairs_to_bf16(const float* x, int64_t width, const int32_t* pair,
+                                        const int32_t* row_index, int64_t n, bf16* dst,
+                                        cudaStream_t stream) {
+  return launch_rows(gather_rows_to_bf16_kernel, n, width, stream, x, width, pair, row_index, dst);
 }
 
 cudaError_t launch_scatter_rows_from_bf16(const bf16* src, int64_t width, const int32_t* dst_idx,
                                           int64_t n, float* dst, cudaStream_t stream) {
-  if (n > 0 && width > 0) {
-    scatter_rows_from_bf16_kernel<<<static_cast<unsigned>(n), row_threads(width), 0, stream>>>(
-        src, width, dst_idx, dst);
-  }
-  return cudaGetLastError();
+  return launch_rows(scatter_rows_from_bf16_kernel, n, width, stream, src, width, dst_idx, dst);
 }
 
 cudaError_t launch_weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
                                     const float* weights, const int64_t* offsets, int64_t n,
                                     float* dst, cudaStream_t stream) {
-  if (n > 0 && width > 0) {
-    weighted_row_sum_kernel<<<static_cast<unsigned>(n), row_threads(width), 0, stream>>>(
-        src, width, src_index, weights, offsets, dst);
-  }
-  return cudaGetLastError();
+  return launch_rows(weighted_row_sum_kernel, n, width, stream, src, width, src_index, weights,
+                     offsets, dst);
 }
 
 cudaError_t launch_fill_random_bf16(bf16* dst, int64_t n, uint64_t seed, float scale,
                                     cudaStream_t stream) {
-  if (n > 0) fill_random_bf16_kernel<<<grid_for(n), kThreads, 0, stream>>>(dst, n, seed, scale);
-  return cudaGetLastError();
+  return launch_elements(fill_random_bf16_kernel, n, stream, dst, n, seed, scale);
 }
 
 cudaError_t launch_fill_random_f32(float* dst, int64_t n, uint64_t seed, float scale,
                                    cudaStream_t stream) {
-  if (n > 0) fill_random_f32_kernel<<<grid_for(n), kThreads, 0, stream>>>(dst, n, seed, scale);
-  return cudaGetLastError();
+  return launch_elements(fill_random_f32_kernel, n, stream, dst, n, seed, scale);
 }
 
 }  // namespace moe::kernels::cuda

@@ -1,7 +1,7 @@
 // The small-batch expert SwiGLU (ResidentExpertBatch with few rows per local slot) as two
-// memory-bound kernels that read the grouping on the device, and the device-side gather of the
-// grouped cuBLAS path. Per-thread math and rounding points: fused_math.h (kGroupedSwiglu: input,
-// gate/up, activation and output all bf16, fp32 accumulation).
+// memory-bound kernels that read the grouping on the device (the grouped cuBLAS path's gather is
+// elementwise.cu's row gather). Per-thread math and rounding points: fused_math.h (kGroupedSwiglu:
+// input, gate/up, activation and output all bf16, fp32 accumulation).
 //
 // Work decomposition (both kernels): blockIdx.y = ordinal of an active slot (slots without rows
 // are skipped by the ballot search, so the grid is sized by min(num_slots, max_pairs) and not by
@@ -31,8 +31,7 @@ __device__ __forceinline__ float warp_butterfly(float v) {
 struct Vec8 {
   uint16_t e[kBf16PerVec];
 };
-__device__ __forceinline__ Vec8 load_vec8(const bf16* p) {
-  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(p));
+__device__ __forceinline__ Vec8 unpack_vec8(uint4 raw) {
   Vec8 v;
   const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
@@ -42,16 +41,45 @@ __device__ __forceinline__ Vec8 load_vec8(const bf16* p) {
   }
   return v;
 }
-__device__ __forceinline__ Vec8 load_vec8_shared(const uint16_t* p) {
-  const uint4 raw = *reinterpret_cast<const uint4*>(p);
-  Vec8 v;
-  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+
+// The warp's dot products of NW weight rows (bf16 in global memory, `width` wide) with each of
+// the nr rows of a pass in shared memory (bf16 bits, rows `width` apart). Lane l streams the
+// 16-byte chunks l, l + 32, ... of every weight row once (expert_dot_lane's order); the lane
+// partials are butterflied, so every lane returns the full sums dots[n][r] for r < nr.
+template <int NW>
+__device__ __forceinline__ void warp_dots(const bf16* const (&w)[NW], const uint16_t* rows_s,
+                                          int64_t width, int nr, int lane,
+                                          float (&dots)[NW][kExpertRowsPerPass]) {
+  const int64_t chunks = width / kBf16PerVec;
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    v.e[2 * i] = static_cast<uint16_t>(words[i] & 0xffffu);
-    v.e[2 * i + 1] = static_cast<uint16_t>(words[i] >> 16);
+  for (int n = 0; n < NW; ++n) {
+#pragma unroll
+    for (int r = 0; r < kExpertRowsPerPass; ++r) dots[n][r] = 0.0f;
   }
-  return v;
+#pragma unroll 4
+  for (int64_t c = lane; c < chunks; c += kWarpLanes) {
+    Vec8 wv[NW];
+#pragma unroll
+    for (int n = 0; n < NW; ++n) {
+      wv[n] = unpack_vec8(__ldg(reinterpret_cast<const uint4*>(w[n] + c * kBf16PerVec)));
+    }
+#pragma unroll
+    for (int r = 0; r < kExpertRowsPerPass; ++r) {
+      if (r < nr) {
+        const Vec8 xv =
+            unpack_vec8(*reinterpret_cast<const uint4*>(rows_s + r * width + c * kBf16PerVec));
+#pragma unroll
+        for (int n = 0; n < NW; ++n) dots[n][r] = dot8_bf16(dots[n][r], wv[n].e, xv.e);
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kExpertRowsPerPass; ++r) {
+    if (r < nr) {  // nr is warp-uniform: every lane joins the butterflies
+#pragma unroll
+      for (int n = 0; n < NW; ++n) dots[n][r] = warp_butterfly(dots[n][r]);
+    }
+  }
 }
 
 // Warp 0 finds the CTA's slot (active_slot() with a ballot per 32 slots); every thread gets it.
@@ -86,6 +114,48 @@ __device__ int find_slot(const int32_t* slot_begin, int64_t num_slots, int64_t o
   return slot;
 }
 
+// What the warps of an expert CTA work on: the CTA's slot (the blockIdx.y-th with rows; -1 when
+// fewer slots have rows) and its pairs [begin, end), and the warp's output feature
+// blockIdx.x * kExpertWarps + warp, active when below `features`.
+struct ExpertCta {
+  int slot = -1;
+  int64_t begin = 0, end = 0;
+  ExpertWeights weights;
+  int lane = 0;
+  int64_t feature = 0;
+  bool active = false;
+};
+
+__device__ __forceinline__ ExpertCta expert_cta(const int32_t* slot_begin,
+                                                const ExpertWeights* slot_weights,
+                                                int64_t num_slots, int64_t features) {
+  ExpertCta c;
+  c.slot = find_slot(slot_begin, num_slots, blockIdx.y);
+  if (c.slot < 0) return c;
+  c.begin = slot_begin[c.slot];
+  c.end = slot_begin[c.slot + 1];
+  c.weights = slot_weights[c.slot];
+  c.lane = threadIdx.x & 31;
+  c.feature = static_cast<int64_t>(blockIdx.x) * kExpertWarps + (threadIdx.x >> 5);
+  c.active = c.feature < features;
+  return c;
+}
+
+// Block-wide: the CTA's pairs in passes of up to rows_per_pass rows. load(r0, nr) fills shared
+// memory with pairs r0 .. r0 + nr; once every thread sees them, each active warp runs
+// compute(r0, nr).
+template <class Load, class Compute>
+__device__ __forceinline__ void for_each_pass(const ExpertCta& cta, int rows_per_pass, Load load,
+                                              Compute compute) {
+  for (int64_t r0 = cta.begin; r0 < cta.end; r0 += rows_per_pass) {
+    const int nr = static_cast<int>(std::min<int64_t>(rows_per_pass, cta.end - r0));
+    __syncthreads();  // the previous pass is done with shared memory
+    load(r0, nr);
+    __syncthreads();
+    if (cta.active) compute(r0, nr);
+  }
+}
+
 // act[p, o] = swiglu_act_bits(gate_o . x_p, up_o . x_p) for the pairs p of the CTA's slot.
 // x rows come from x[row_index[p]] (fp32), rounded to bf16 into shared memory.
 __global__ void __launch_bounds__(kThreads)
@@ -93,20 +163,12 @@ __global__ void __launch_bounds__(kThreads)
                           const int32_t* slot_begin, const ExpertWeights* slot_weights,
                           int64_t num_slots, int rows_per_pass, bf16* act) {
   extern __shared__ __align__(16) uint16_t xs[];  // [rows_per_pass, hidden] bf16 bits
-  const int s = find_slot(slot_begin, num_slots, blockIdx.y);
-  if (s < 0) return;  // fewer active slots than grid rows: the whole CTA leaves
-  const int64_t begin = slot_begin[s], end = slot_begin[s + 1];
-  const ExpertWeights wts = slot_weights[s];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t o = static_cast<int64_t>(blockIdx.x) * kExpertWarps + warp;
-  const bool active = o < inter;
-  const bf16* gate_row = wts.gate + (active ? o : 0) * hidden;
-  const bf16* up_row = wts.up + (active ? o : 0) * hidden;
-  const int64_t chunks = hidden / kBf16PerVec;
-
-  for (int64_t r0 = begin; r0 < end; r0 += rows_per_pass) {
-    const int nr = static_cast<int>(std::min<int64_t>(rows_per_pass, end - r0));
-    __syncthreads();  // the previous pass is done with xs
+  const ExpertCta cta = expert_cta(slot_begin, slot_weights, num_slots, inter);
+  if (cta.slot < 0) return;  // fewer active slots than grid rows: the whole CTA leaves
+  const int64_t o = cta.feature;
+  const bf16* const rows[2] = {cta.weights.gate + (cta.active ? o : 0) * hidden,
+                               cta.weights.up + (cta.active ? o : 0) * hidden};
+  auto load = [&](int64_t r0, int nr) {
     for (int64_t i = threadIdx.x; i < nr * hidden / 4; i += kThreads) {
       const int64_t r = (i * 4) / hidden, c = (i * 4) % hidden;
       const float4 v = *reinterpret_cast<const float4*>(
@@ -117,33 +179,18 @@ __global__ void __launch_bounds__(kThreads)
       d[2] = f32_to_bf16_bits(v.z);
       d[3] = f32_to_bf16_bits(v.w);
     }
-    __syncthreads();
-    if (!active) continue;
-    float acc_g[kExpertRowsPerPass], acc_u[kExpertRowsPerPass];
-#pragma unroll
-    for (int r = 0; r < kExpertRowsPerPass; ++r) acc_g[r] = acc_u[r] = 0.0f;
-#pragma unroll 4
-    for (int64_t c = lane; c < chunks; c += kWarpLanes) {
-      const Vec8 g = load_vec8(gate_row + c * kBf16PerVec);
-      const Vec8 u = load_vec8(up_row + c * kBf16PerVec);
-#pragma unroll
-      for (int r = 0; r < kExpertRowsPerPass; ++r) {
-        if (r < nr) {
-          const Vec8 xv = load_vec8_shared(xs + r * hidden + c * kBf16PerVec);
-          acc_g[r] = dot8_bf16(acc_g[r], g.e, xv.e);
-          acc_u[r] = dot8_bf16(acc_u[r], u.e, xv.e);
-        }
-      }
-    }
+  };
+  auto compute = [&](int64_t r0, int nr) {
+    float dots[2][kExpertRowsPerPass];
+    warp_dots(rows, xs, hidden, nr, cta.lane, dots);
 #pragma unroll
     for (int r = 0; r < kExpertRowsPerPass; ++r) {
-      if (r < nr) {
-        const float gs = warp_butterfly(acc_g[r]);
-        const float us = warp_butterfly(acc_u[r]);
-        if (lane == 0) act[(r0 + r) * inter + o].bits = swiglu_act_bits(gs, us);
+      if (r < nr && cta.lane == 0) {
+        act[(r0 + r) * inter + o].bits = swiglu_act_bits(dots[0][r], dots[1][r]);
       }
     }
-  }
+  };
+  for_each_pass(cta, rows_per_pass, load, compute);
 }
 
 // out[p, h] = expert_out_value(down_h . act_p) for the pairs p of the CTA's slot.
@@ -152,61 +199,25 @@ __global__ void __launch_bounds__(kThreads)
                        const ExpertWeights* slot_weights, int64_t num_slots, int rows_per_pass,
                        float* out) {
   extern __shared__ __align__(16) uint16_t as[];  // [rows_per_pass, inter] bf16 bits
-  const int s = find_slot(slot_begin, num_slots, blockIdx.y);
-  if (s < 0) return;
-  const int64_t begin = slot_begin[s], end = slot_begin[s + 1];
-  const ExpertWeights wts = slot_weights[s];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int64_t h = static_cast<int64_t>(blockIdx.x) * kExpertWarps + warp;
-  const bool active = h < hidden;
-  const bf16* down_row = wts.down + (active ? h : 0) * inter;
-  const int64_t chunks = inter / kBf16PerVec;
-
-  for (int64_t r0 = begin; r0 < end; r0 += rows_per_pass) {
-    const int nr = static_cast<int>(std::min<int64_t>(rows_per_pass, end - r0));
-    __syncthreads();
-    // act rows of the pass are contiguous: pairs r0 .. r0 + nr.
+  const ExpertCta cta = expert_cta(slot_begin, slot_weights, num_slots, hidden);
+  if (cta.slot < 0) return;
+  const int64_t h = cta.feature;
+  const bf16* const rows[1] = {cta.weights.down + (cta.active ? h : 0) * inter};
+  auto load = [&](int64_t r0, int nr) {
+    // act rows of the pass are contiguous: pairs r0 .. r0 + nr, 16-byte chunks.
     const uint4* src = reinterpret_cast<const uint4*>(act + r0 * inter);
     uint4* dst = reinterpret_cast<uint4*>(as);
-    for (int64_t i = threadIdx.x; i < nr * chunks; i += kThreads) dst[i] = src[i];
-    __syncthreads();
-    if (!active) continue;
-    float acc[kExpertRowsPerPass];
-#pragma unroll
-    for (int r = 0; r < kExpertRowsPerPass; ++r) acc[r] = 0.0f;
-#pragma unroll 4
-    for (int64_t c = lane; c < chunks; c += kWarpLanes) {
-      const Vec8 d = load_vec8(down_row + c * kBf16PerVec);
-#pragma unroll
-      for (int r = 0; r < kExpertRowsPerPass; ++r) {
-        if (r < nr) {
-          const Vec8 av = load_vec8_shared(as + r * inter + c * kBf16PerVec);
-          acc[r] = dot8_bf16(acc[r], d.e, av.e);
-        }
-      }
-    }
+    for (int64_t i = threadIdx.x; i < nr * inter / kBf16PerVec; i += kThreads) dst[i] = src[i];
+  };
+  auto compute = [&](int64_t r0, int nr) {
+    float dots[1][kExpertRowsPerPass];
+    warp_dots(rows, as, inter, nr, cta.lane, dots);
 #pragma unroll
     for (int r = 0; r < kExpertRowsPerPass; ++r) {
-      if (r < nr) {
-        const float sum = warp_butterfly(acc[r]);
-        if (lane == 0) out[(r0 + r) * hidden + h] = expert_out_value(sum);
-      }
+      if (r < nr && cta.lane == 0) out[(r0 + r) * hidden + h] = expert_out_value(dots[0][r]);
     }
-  }
-}
-
-// dst [n, width] bf16 row j = bf16(x[row_index[pair[j]]]); pair[j] < 0 gives a zero row.
-__global__ void gather_pairs_to_bf16_kernel(const float* x, int64_t width, const int32_t* pair,
-                                            const int32_t* row_index, bf16* dst) {
-  const int64_t j = blockIdx.x;
-  const int32_t p = pair[j];
-  bf16* d = dst + j * width;
-  if (p < 0) {
-    for (int64_t c = threadIdx.x; c < width; c += blockDim.x) d[c].bits = 0;
-    return;
-  }
-  const float* src = x + static_cast<int64_t>(row_index[p]) * width;
-  for (int64_t c = threadIdx.x; c < width; c += blockDim.x) store_bf16(d + c, src[c]);
+  };
+  for_each_pass(cta, rows_per_pass, load, compute);
 }
 
 }  // namespace
@@ -232,18 +243,6 @@ cudaError_t launch_expert_swiglu_small(const float* x, int64_t hidden, int64_t i
   const size_t smem_d = static_cast<size_t>(rows_per_pass) * inter * sizeof(uint16_t);
   expert_down_kernel<<<grid_d, kThreads, smem_d, stream>>>(
       act, hidden, inter, slot_begin, slot_weights, num_slots, rows_per_pass, out);
-  return cudaGetLastError();
-}
-
-cudaError_t launch_gather_pairs_to_bf16(const float* x, int64_t width, const int32_t* pair,
-                                        const int32_t* row_index, int64_t n, bf16* dst,
-                                        cudaStream_t stream) {
-  if (n > 0 && width > 0) {
-    const unsigned threads =
-        static_cast<unsigned>(std::clamp<int64_t>((width + 31) / 32 * 32, 32, 256));
-    gather_pairs_to_bf16_kernel<<<static_cast<unsigned>(n), threads, 0, stream>>>(x, width, pair,
-                                                                                  row_index, dst);
-  }
   return cudaGetLastError();
 }
 

@@ -114,6 +114,28 @@ class CudaOpsTest : public ::testing::Test {
   }
   CudaBackend& cuda() { return *as_cuda_backend(gpu_.get()); }
 
+  // One RMSNorm case (eps 1e-6): x in [-3, 3], weights in [-2, 2], the reference output, and x,
+  // the weights and an output buffer on the GPU.
+  struct RmsNormCase {
+    std::vector<float> x;
+    std::vector<bf16> w;
+    std::vector<float> want;
+    Buffer<float> d_x;
+    Buffer<bf16> d_w;
+    Buffer<float> d_y;
+  };
+  RmsNormCase rmsnorm_case(std::mt19937& rng, int64_t rows, int64_t dim) {
+    RmsNormCase c;
+    c.x = random_floats(rng, rows * dim, -3.0f, 3.0f);
+    c.w = random_bf16(rng, dim, 2.0f);
+    c.want.resize(c.x.size());
+    ref_->rmsnorm(c.x.data(), c.w.data(), rows, dim, 1e-6f, c.want.data());
+    c.d_x = to_gpu(c.x);
+    c.d_w = to_gpu(c.w);
+    c.d_y = Buffer<float>(*gpu_, c.x.size());
+    return c;
+  }
+
   std::unique_ptr<Backend> gpu_;
   std::unique_ptr<Backend> ref_;
 };

@@ -19,57 +19,16 @@
 
 #include "gpu_test_util.h"
 #include "kernels/cuda/attention_tc_math.h"
+#include "tests/gpu_host/attention_case.h"
 
 namespace moe::kernels::test {
 namespace {
 
-struct Batch {
-  std::vector<AttentionSeq> seqs;
-  AttentionShape shape;
-  int64_t slots = 0;
-  int64_t max_len = 0;
-};
+using Batch = moe::test::AttentionCase;
 
-int64_t rows_of(const std::vector<AttentionSeq>& seqs) {
-  int64_t n = 0;
-  for (const auto& s : seqs) n = std::max(n, s.row_begin + s.num_new);
-  return n;
-}
-
-struct Inputs {
-  std::vector<float> q, k, v;  // q not bf16-exact; k, v bf16-exact (the append rounds nothing)
-  std::vector<float> ck, cv;   // fp32 cache holding bf16 values; unused positions NaN
-};
-
-// fill_all: every cache position of every slot holds a value (batches that move sequences to
-// other slots and lengths); else only each sequence's past positions (the rest NaN).
-Inputs make_inputs(const Batch& b, uint32_t seed, bool fill_all = false) {
-  const int64_t H = b.shape.num_heads, KV = b.shape.num_kv_heads, D = b.shape.head_dim;
-  const int64_t T = rows_of(b.seqs), W = KV * D;
-  std::mt19937 rng(seed);
-  Inputs in;
-  in.q = random_floats(rng, T * H * D, -1.0f, 1.0f);
-  in.k = rounded_to_bf16(random_floats(rng, T * W, -1.0f, 1.0f));
-  in.v = rounded_to_bf16(random_floats(rng, T * W, -1.0f, 1.0f));
-  in.ck.assign(b.slots * b.max_len * W, std::numeric_limits<float>::quiet_NaN());
-  in.cv = in.ck;
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  if (fill_all) {
-    for (size_t i = 0; i < in.ck.size(); ++i) {
-      in.ck[i] = round_to_bf16(dist(rng));
-      in.cv[i] = round_to_bf16(dist(rng));
-    }
-    return in;
-  }
-  for (const auto& s : b.seqs) {
-    for (int64_t p = 0; p < s.past_len; ++p) {
-      for (int64_t j = 0; j < W; ++j) {
-        in.ck[(s.cache_slot * b.max_len + p) * W + j] = round_to_bf16(dist(rng));
-        in.cv[(s.cache_slot * b.max_len + p) * W + j] = round_to_bf16(dist(rng));
-      }
-    }
-  }
-  return in;
+// q not bf16-exact (the tensor-core path rounds it); k, v and the cache bf16-exact.
+moe::test::AttentionInputs make_inputs(const Batch& b, uint32_t seed, bool fill_all = false) {
+  return moe::test::make_attention_inputs(b, seed, /*q_bf16_exact=*/false, fill_all);
 }
 
 // Per-element bound of |tensor-core out - fp32 out| (|k|, |v| <= 1 here). Rounding q to bf16
@@ -100,20 +59,20 @@ class CudaAttentionTest : public CudaOpsTest {
  protected:
   // attention() on both backends; checks the outputs within `bound` and the caches bit for bit.
   void run_prefill(const Batch& b, uint32_t seed) {
-    const Inputs in = make_inputs(b, seed);
+    const moe::test::AttentionInputs in = make_inputs(b, seed);
     const int64_t H = b.shape.num_heads, D = b.shape.head_dim;
-    const int64_t T = rows_of(b.seqs);
-    std::vector<float> want(T * H * D, 0.0f), rk(in.ck), rv(in.cv);
+    const int64_t T = b.num_rows();
+    std::vector<float> want(T * H * D, 0.0f), rk(in.cache_k), rv(in.cache_v);
     ref_->attention(in.q.data(), in.k.data(), in.v.data(), b.seqs.data(),
                     static_cast<int64_t>(b.seqs.size()), b.shape,
-                    {rk.data(), rv.data(), b.slots, b.max_len}, want.data());
+                    {rk.data(), rv.data(), b.num_slots, b.max_len}, want.data());
     auto d_q = to_gpu(in.q), d_k = to_gpu(in.k), d_v = to_gpu(in.v);
-    auto d_ck = to_gpu(to_bf16(in.ck)), d_cv = to_gpu(to_bf16(in.cv));
+    auto d_ck = to_gpu(to_bf16(in.cache_k)), d_cv = to_gpu(to_bf16(in.cache_v));
     Buffer<float> d_out(*gpu_, want.size());
     gpu_->fill_zero(d_out.data(), d_out.size_bytes());
-    gpu_->attention(d_q.data(), d_k.data(), d_v.data(), b.seqs.data(),
-                    static_cast<int64_t>(b.seqs.size()), b.shape,
-                    {d_ck.data(), d_cv.data(), b.slots, b.max_len, KvDtype::kBF16}, d_out.data());
+    gpu_->attention(
+        d_q.data(), d_k.data(), d_v.data(), b.seqs.data(), static_cast<int64_t>(b.seqs.size()),
+        b.shape, {d_ck.data(), d_cv.data(), b.num_slots, b.max_len, KvDtype::kBF16}, d_out.data());
     EXPECT_TRUE(close_with(from_gpu(d_out), want, tensor_core_bound(b, in.q), 0.0));
     const auto got_k = to_floats(from_gpu(d_ck)), got_v = to_floats(from_gpu(d_cv));
     for (size_t i = 0; i < rk.size(); ++i) {
@@ -194,9 +153,9 @@ TEST_F(CudaAttentionTest, ResidentMatchesAttentionAndReplaysFromAGraph) {
   const int64_t slots = 4, max_len = 4096;
   Batch b{{{0, 1, 4000, 0}, {1, 1, 33, 1}, {2, 3, 700, 2}, {5, 1, 0, 3}}, kQwen, slots, max_len};
   const int64_t H = kQwen.num_heads, D = kQwen.head_dim, rows = 6;
-  const Inputs in = make_inputs(b, 61, /*fill_all=*/true);
+  const moe::test::AttentionInputs in = make_inputs(b, 61, /*fill_all=*/true);
   auto d_q = to_gpu(in.q), d_k = to_gpu(in.k), d_v = to_gpu(in.v);
-  const std::vector<bf16> ck0 = to_bf16(in.ck), cv0 = to_bf16(in.cv);
+  const std::vector<bf16> ck0 = to_bf16(in.cache_k), cv0 = to_bf16(in.cache_v);
 
   auto run_attention = [&](const std::vector<AttentionSeq>& seqs, std::vector<bf16>* cache_k) {
     auto d_ck = to_gpu(ck0), d_cv = to_gpu(cv0);

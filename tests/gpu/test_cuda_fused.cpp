@@ -21,13 +21,7 @@ namespace {
 TEST_F(CudaOpsTest, FusedRmsNormWritesTheBf16CopyOfItsOutput) {
   std::mt19937 rng(41);
   for (auto [rows, dim] : {std::pair<int64_t, int64_t>{5, 2048}, {3, 37}, {2, 3000}}) {
-    const auto x = random_floats(rng, rows * dim, -3.0f, 3.0f);
-    const auto w = random_bf16(rng, dim, 2.0f);
-    std::vector<float> want(x.size());
-    ref_->rmsnorm(x.data(), w.data(), rows, dim, 1e-6f, want.data());
-    auto d_x = to_gpu(x);
-    auto d_w = to_gpu(w);
-    Buffer<float> d_y(*gpu_, x.size());
+    auto [x, w, want, d_x, d_w, d_y] = rmsnorm_case(rng, rows, dim);
     Buffer<bf16> d_yb(*gpu_, x.size());
     gpu_->rmsnorm_rounded(d_x.data(), d_w.data(), rows, dim, 1e-6f, d_y.data(), d_yb.data());
     const auto y = from_gpu(d_y);

@@ -36,13 +36,7 @@ TEST_F(CudaOpsTest, EmbeddingCopiesTableRowsExactly) {
 TEST_F(CudaOpsTest, RmsNormMatchesCpuIncludingInPlace) {
   std::mt19937 rng(2);
   for (auto [rows, dim] : {std::pair<int64_t, int64_t>{7, 2048}, {300, 128}, {3, 37}}) {
-    const auto x = random_floats(rng, rows * dim, -3.0f, 3.0f);
-    const auto w = random_bf16(rng, dim, 2.0f);
-    std::vector<float> want(x.size());
-    ref_->rmsnorm(x.data(), w.data(), rows, dim, 1e-6f, want.data());
-    auto d_x = to_gpu(x);
-    auto d_w = to_gpu(w);
-    Buffer<float> d_y(*gpu_, x.size());
+    auto [x, w, want, d_x, d_w, d_y] = rmsnorm_case(rng, rows, dim);
     gpu_->rmsnorm(d_x.data(), d_w.data(), rows, dim, 1e-6f, d_y.data());
     EXPECT_TRUE(close_to(from_gpu(d_y), want, 1e-6, 1e-5)) << rows << "x" << dim;
     gpu_->rmsnorm(d_x.data(), d_w.data(), rows, dim, 1e-6f, d_x.data());  // y aliases x

@@ -14,25 +14,15 @@
 #include <vector>
 
 #include "kernels/common/check.h"
-#include "kernels/cpu/reference.h"
+#include "kernels/cuda/attention_math.h"
 #include "kernels/cuda/attention_plan.h"
 #include "kernels/cuda/device_math.h"
+#include "tests/gpu_host/attention_case.h"
 
 namespace moe::kernels::cuda {
 namespace {
 
-struct Case {
-  std::vector<AttentionSeq> seqs;
-  AttentionShape shape;
-  int64_t num_slots = 0;
-  int64_t max_len = 0;
-};
-
-int64_t total_rows(const std::vector<AttentionSeq>& seqs) {
-  int64_t n = 0;
-  for (const auto& s : seqs) n = std::max(n, s.row_begin + s.num_new);
-  return n;
-}
+using Case = moe::test::AttentionCase;
 
 // Checks the covering property of the plan for every (token row, head).
 void check_coverage(const Case& c, const AttentionPlan& plan) {
@@ -84,12 +74,12 @@ void check_coverage(const Case& c, const AttentionPlan& plan) {
   }
 }
 
-// The CUDA kernel's algorithm, serially: same tiles, same masking, same rescale/merge rules,
-// same bf16 rounding of appended rows (the cache is held as fp32 values here).
+// The CUDA kernel's algorithm, serially: same tiles, same masking, same online-softmax step and
+// split merge (attention_math.h), same bf16 rounding of appended rows (the cache is held as fp32
+// values here).
 void emulate(const Case& c, const AttentionPlan& plan, const float* q, const float* k,
              const float* v, float* cache_k, float* cache_v, float* out) {
-  const int64_t H = c.shape.num_heads, KV = c.shape.num_kv_heads, D = c.shape.head_dim;
-  const int64_t W = KV * D;
+  const int64_t H = c.shape.num_heads, D = c.shape.head_dim, W = c.kv_width();
   for (const KvAppendRow& a : plan.append) {
     for (int64_t j = 0; j < W; ++j) {
       cache_k[int64_t{a.dst_row} * W + j] = round_to_bf16(k[a.src_row * W + j]);
@@ -100,72 +90,32 @@ void emulate(const Case& c, const AttentionPlan& plan, const float* q, const flo
       part_ml(plan.num_partial_slots * H * 2);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
   for (const AttentionWorkItem& it : plan.items) {
+    const int64_t at0 = int64_t{it.cache_row0} * W + int64_t{it.kv_head} * D;
+    auto key = [&](int64_t j, int64_t d) { return cache_k[at0 + j * W + d]; };
+    auto value = [&](int64_t j, int64_t d) { return cache_v[at0 + j * W + d]; };
     for (int r = 0; r < it.num_tokens * it.num_heads; ++r) {
       const int token = r / it.num_heads;
       const int64_t h = it.head_begin + r % it.num_heads;
-      const int64_t pos = it.first_pos + token;
       const float* qr = q + ((it.row_begin + token) * H + h) * D;
-      float m = -INFINITY, l = 0.0f;
-      std::vector<float> o(D, 0.0f);
+      moe::test::EmulatedRow row(D);
       for (int kb = it.key_begin; kb < it.key_end; kb += kAttnKeyTile) {
-        const int nk = std::min(kAttnKeyTile, it.key_end - kb);
-        float s[kAttnKeyTile];
-        float tile_max = -INFINITY;
-        for (int j = 0; j < kAttnKeyTile; ++j) {
-          s[j] = -INFINITY;
-          if (j < nk && kb + j <= pos) {
-            const float* kr = cache_k + (int64_t{it.cache_row0} + kb + j) * W + it.kv_head * D;
-            float dot = 0.0f;
-            for (int64_t d = 0; d < D; ++d) dot += qr[d] * kr[d];
-            s[j] = dot * scale;
-          }
-          tile_max = std::max(tile_max, s[j]);
-        }
-        if (tile_max == -INFINITY) continue;
-        const float m_new = std::max(m, tile_max);
-        const float corr = softmax_rescale(m, m_new);
-        float sum = 0.0f;
-        for (int j = 0; j < kAttnKeyTile; ++j) sum += softmax_weight(s[j], m_new);
-        l = l * corr + sum;
-        for (float& x : o) x *= corr;
-        for (int j = 0; j < nk; ++j) {
-          const float p = softmax_weight(s[j], m_new);
-          const float* vr = cache_v + (int64_t{it.cache_row0} + kb + j) * W + it.kv_head * D;
-          for (int64_t d = 0; d < D; ++d) o[d] += p * vr[d];
-        }
-        m = m_new;
+        moe::test::emulate_attend_tile(qr, D, kb, std::min(kAttnKeyTile, it.key_end - kb),
+                                       it.first_pos + token, scale, key, value, row);
       }
       if (it.num_splits == 1) {
         for (int64_t d = 0; d < D; ++d) {
-          out[((it.row_begin + token) * H + h) * D + d] = l > 0 ? o[d] / l : 0.0f;
+          out[((it.row_begin + token) * H + h) * D + d] = row.o[d] * attn_inv_l(row.l);
         }
       } else {
         const int64_t slot = it.partial_base + int64_t{token} * it.num_splits + it.split;
-        for (int64_t d = 0; d < D; ++d) part_o[(slot * H + h) * D + d] = o[d];
-        part_ml[(slot * H + h) * 2] = m;
-        part_ml[(slot * H + h) * 2 + 1] = l;
+        moe::test::store_emulated_partial(row, slot, H, h, part_o, part_ml);
       }
     }
   }
   for (const AttentionCombineRow& cr : plan.combine) {
     for (int64_t h = 0; h < H; ++h) {
-      float m_merged = -INFINITY;
-      for (int s = 0; s < cr.num_splits; ++s) {
-        const int64_t at = ((cr.partial_base + s) * H + h) * 2;
-        if (part_ml[at + 1] > 0) m_merged = std::max(m_merged, part_ml[at]);
-      }
-      float l_merged = 0.0f;
-      std::vector<float> acc(D, 0.0f);
-      for (int s = 0; s < cr.num_splits; ++s) {
-        const int64_t slot = cr.partial_base + s;
-        const SoftmaxPartial p{part_ml[(slot * H + h) * 2], part_ml[(slot * H + h) * 2 + 1]};
-        const float w = partial_scale(p, m_merged);
-        l_merged += p.l * w;
-        for (int64_t d = 0; d < D; ++d) acc[d] += part_o[(slot * H + h) * D + d] * w;
-      }
-      for (int64_t d = 0; d < D; ++d) {
-        out[(int64_t{cr.row} * H + h) * D + d] = l_merged > 0 ? acc[d] / l_merged : 0.0f;
-      }
+      moe::test::emulate_combine_splits(part_o, part_ml, cr.partial_base, cr.num_splits, H, h, D,
+                                        out + (int64_t{cr.row} * H + h) * D);
     }
   }
 }
@@ -174,34 +124,14 @@ void run_emulation(const Case& c, int num_sms, uint32_t seed) {
   const AttentionPlan plan = plan_attention(c.seqs.data(), static_cast<int64_t>(c.seqs.size()),
                                             c.shape, c.num_slots, c.max_len, num_sms);
   check_coverage(c, plan);
-  const int64_t H = c.shape.num_heads, KV = c.shape.num_kv_heads, D = c.shape.head_dim;
-  const int64_t T = total_rows(c.seqs);
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-2.0f, 2.0f);
-  // k, v and past cache entries are bf16-exact, so the kernel's rounding on append is exact
+  // q, k, v and past cache entries are bf16-exact, so the kernel's rounding on append is exact
   // and the fp32 reference sees the same keys and values.
-  auto fill = [&](std::vector<float>& x) {
-    for (float& e : x) e = round_to_bf16(dist(rng));
-  };
-  std::vector<float> q(T * H * D), k(T * KV * D), v(T * KV * D);
-  fill(q);
-  fill(k);
-  fill(v);
-  const size_t cache_size = static_cast<size_t>(c.num_slots * c.max_len * KV * D);
-  std::vector<float> ck(cache_size, std::numeric_limits<float>::quiet_NaN()), cv(ck);
-  for (const AttentionSeq& s : c.seqs) {  // past keys/values of each sequence
-    for (int64_t p = 0; p < s.past_len; ++p) {
-      for (int64_t j = 0; j < KV * D; ++j) {
-        ck[(s.cache_slot * c.max_len + p) * KV * D + j] = round_to_bf16(dist(rng));
-        cv[(s.cache_slot * c.max_len + p) * KV * D + j] = round_to_bf16(dist(rng));
-      }
-    }
-  }
-  std::vector<float> rk(ck), rv(cv), got(T * H * D, -7.0f), want(T * H * D, -7.0f);
-  emulate(c, plan, q.data(), k.data(), v.data(), ck.data(), cv.data(), got.data());
-  cpu::reference::attention(q.data(), k.data(), v.data(), c.seqs.data(),
-                            static_cast<int64_t>(c.seqs.size()), c.shape,
-                            {rk.data(), rv.data(), c.num_slots, c.max_len}, want.data());
+  const moe::test::AttentionInputs in =
+      moe::test::make_attention_inputs(c, seed, /*q_bf16_exact=*/true);
+  std::vector<float> ck(in.cache_k), cv(in.cache_v), rk, rv;
+  std::vector<float> got(in.q.size(), -7.0f);
+  emulate(c, plan, in.q.data(), in.k.data(), in.v.data(), ck.data(), cv.data(), got.data());
+  const std::vector<float> want = moe::test::reference_attention(c, in, -7.0f, &rk, &rv);
   for (size_t i = 0; i < got.size(); ++i) {
     ASSERT_NEAR(got[i], want[i], 2e-5 + 1e-4 * std::fabs(want[i])) << "element " << i;
   }

@@ -22,10 +22,12 @@
 
 #include "kernels/common/bf16.h"
 #include "kernels/common/check.h"
-#include "kernels/cpu/reference.h"
+#include "kernels/cuda/attention_math.h"
 #include "kernels/cuda/attention_tc_math.h"
 #include "kernels/cuda/attention_tc_plan.h"
 #include "kernels/cuda/device_math.h"
+#include "tests/common/test_data.h"
+#include "tests/gpu_host/attention_case.h"
 
 namespace moe::kernels::cuda {
 namespace {
@@ -102,65 +104,8 @@ void mma_emulate(LaneC& c, const LaneA& a, const LaneB& b) {
 
 // ---------------------------------------------------------------- test data
 
-struct Case {
-  std::vector<AttentionSeq> seqs;
-  AttentionShape shape;
-  int64_t num_slots = 0;
-  int64_t max_len = 0;
-};
-
-int64_t total_rows(const std::vector<AttentionSeq>& seqs) {
-  int64_t n = 0;
-  for (const auto& s : seqs) n = std::max(n, s.row_begin + s.num_new);
-  return n;
-}
-
-struct Data {
-  std::vector<float> q, k, v;          // new rows; k, v bf16-exact
-  std::vector<bf16> cache_k, cache_v;  // bf16 cache; unused rows NaN
-};
-
-// q is NOT bf16-exact unless asked (the tensor-core path rounds it); k, v and the past cache are.
-Data make_data(const Case& c, uint32_t seed, bool q_bf16_exact) {
-  const int64_t H = c.shape.num_heads, KV = c.shape.num_kv_heads, D = c.shape.head_dim;
-  const int64_t T = total_rows(c.seqs), W = KV * D;
-  std::mt19937 rng(seed);
-  std::uniform_real_distribution<float> dist(-1.0f, 1.0f);
-  Data d;
-  d.q.resize(T * H * D);
-  for (float& x : d.q) x = q_bf16_exact ? round_to_bf16(dist(rng)) : dist(rng);
-  d.k.resize(T * W);
-  d.v.resize(T * W);
-  for (float& x : d.k) x = round_to_bf16(dist(rng));
-  for (float& x : d.v) x = round_to_bf16(dist(rng));
-  d.cache_k.assign(c.num_slots * c.max_len * W,
-                   float_to_bf16(std::numeric_limits<float>::quiet_NaN()));
-  d.cache_v = d.cache_k;
-  for (const AttentionSeq& s : c.seqs) {
-    for (int64_t p = 0; p < s.past_len; ++p) {
-      for (int64_t j = 0; j < W; ++j) {
-        d.cache_k[(s.cache_slot * c.max_len + p) * W + j] = float_to_bf16(dist(rng));
-        d.cache_v[(s.cache_slot * c.max_len + p) * W + j] = float_to_bf16(dist(rng));
-      }
-    }
-  }
-  return d;
-}
-
-// The fp32 reference attention (fp32 cache holding the same bf16 values); appends k/v.
-std::vector<float> reference_out(const Case& c, const Data& d) {
-  const int64_t H = c.shape.num_heads, D = c.shape.head_dim;
-  std::vector<float> ck(d.cache_k.size()), cv(d.cache_v.size());
-  for (size_t i = 0; i < ck.size(); ++i) {
-    ck[i] = bf16_to_float(d.cache_k[i]);
-    cv[i] = bf16_to_float(d.cache_v[i]);
-  }
-  std::vector<float> out(total_rows(c.seqs) * H * D, 0.0f);
-  cpu::reference::attention(d.q.data(), d.k.data(), d.v.data(), c.seqs.data(),
-                            static_cast<int64_t>(c.seqs.size()), c.shape,
-                            {ck.data(), cv.data(), c.num_slots, c.max_len}, out.data());
-  return out;
-}
+using Case = moe::test::AttentionCase;
+using Data = moe::test::AttentionInputs;  // the cache as fp32 holding bf16 values
 
 void append_rows(const std::vector<KvAppendRow>& rows, int64_t W, const Data& d,
                  std::vector<bf16>& ck, std::vector<bf16>& cv) {
@@ -373,7 +318,7 @@ void emulate_tc_item(const AttentionTcItem& it, const Case& c, const std::vector
       for (int half = 0; half < 2; ++half) quad(tmax, half, true);
       for (int lane = 0; lane < 32; ++lane) {
         for (int half = 0; half < 2; ++half) {
-          const TcSoftmaxStep st = tc_softmax_step(m[lane][half], tmax[lane][half]);
+          const SoftmaxTileStep st = softmax_tile_step(m[lane][half], tmax[lane][half]);
           m[lane][half] = st.m_new;
           corr[lane][half] = st.corr;
         }
@@ -439,7 +384,7 @@ std::vector<double> rounded_reference(const Case& c, const std::vector<float>& q
   const int64_t H = c.shape.num_heads, KV = c.shape.num_kv_heads, D = c.shape.head_dim;
   const int64_t G = H / KV, W = KV * D;
   const double scale = 1.0 / std::sqrt(static_cast<double>(D));
-  std::vector<double> out(total_rows(c.seqs) * H * D, 0.0);
+  std::vector<double> out(c.num_rows() * H * D, 0.0);
   for (const AttentionSeq& s : c.seqs) {
     for (int64_t i = 0; i < s.num_new; ++i) {
       const int64_t pos = s.past_len + i;
@@ -495,18 +440,18 @@ double row_bound(const Case& c, const std::vector<float>& q, const std::vector<b
 }
 
 void run_tc_case(const Case& c, uint32_t seed, bool q_bf16_exact) {
-  const Data d = make_data(c, seed, q_bf16_exact);
+  const Data d = moe::test::make_attention_inputs(c, seed, q_bf16_exact);
   const int64_t H = c.shape.num_heads, D = c.shape.head_dim, W = c.shape.num_kv_heads * D;
   const AttentionTcPlan plan = plan_attention_tc(c.seqs.data(), static_cast<int64_t>(c.seqs.size()),
                                                  c.shape, c.num_slots, c.max_len);
   check_schedule(c, plan);
-  std::vector<bf16> ck(d.cache_k), cv(d.cache_v);
+  std::vector<bf16> ck = moe::test::to_bf16(d.cache_k), cv = moe::test::to_bf16(d.cache_v);
   append_rows(plan.append, W, d, ck, cv);
-  std::vector<float> got(total_rows(c.seqs) * H * D, -7.0f);
+  std::vector<float> got(c.num_rows() * H * D, -7.0f);
   for (const AttentionTcItem& it : plan.items) emulate_tc_item(it, c, d.q, ck, cv, got);
 
   const std::vector<double> tight = rounded_reference(c, d.q, ck, cv);
-  const std::vector<float> want = reference_out(c, d);
+  const std::vector<float> want = moe::test::reference_attention(c, d);
   double worst = 0.0;
   for (const AttentionSeq& s : c.seqs) {
     for (int64_t i = 0; i < s.num_new; ++i) {
@@ -618,41 +563,18 @@ std::vector<float> emulate_resident(const Case& c, const Data& d, int64_t num_ro
       if (!rr.valid || s >= resident_live_splits(rr.pos, sp.chunk)) continue;
       int64_t kb0 = 0, ke = 0;
       resident_split_keys(rr.pos, sp.chunk, s, &kb0, &ke);
+      const int64_t slot = resident_partial_slot(r, s, sp.num_splits);
       for (int64_t h = 0; h < H; ++h) {
-        const float* qr = d.q.data() + (r * H + h) * D;
-        float m = -INFINITY, l = 0.0f;
-        std::vector<float> o(D, 0.0f);
+        const int64_t at0 = rr.cache_row * W + (h / G) * D;
+        auto key = [&](int64_t j, int64_t dd) { return bf16_to_float(ck[at0 + j * W + dd]); };
+        auto value = [&](int64_t j, int64_t dd) { return bf16_to_float(cv[at0 + j * W + dd]); };
+        moe::test::EmulatedRow row(D);
         for (int64_t kb = kb0; kb < ke; kb += kResKeyTile) {
-          const int64_t nk = std::min<int64_t>(kResKeyTile, ke - kb);
-          float sc[kResKeyTile];
-          float tmax = -INFINITY;
-          for (int64_t j = 0; j < kResKeyTile; ++j) {
-            sc[j] = -INFINITY;
-            if (j < nk && attn_key_visible(kb + j, rr.pos)) {
-              const int64_t at = (rr.cache_row + kb + j) * W + (h / G) * D;
-              float dot = 0.0f;
-              for (int64_t dd = 0; dd < D; ++dd) dot += qr[dd] * bf16_to_float(ck[at + dd]);
-              sc[j] = dot * scale;
-            }
-            tmax = std::max(tmax, sc[j]);
-          }
-          if (tmax == -INFINITY) continue;
-          const float m_new = std::max(m, tmax), corr = softmax_rescale(m, m_new);
-          float sum = 0.0f;
-          for (float x : sc) sum += softmax_weight(x, m_new);
-          l = l * corr + sum;
-          for (float& x : o) x *= corr;
-          for (int64_t j = 0; j < nk; ++j) {
-            const float p = softmax_weight(sc[j], m_new);
-            const int64_t at = (rr.cache_row + kb + j) * W + (h / G) * D;
-            for (int64_t dd = 0; dd < D; ++dd) o[dd] += p * bf16_to_float(cv[at + dd]);
-          }
-          m = m_new;
+          moe::test::emulate_attend_tile(d.q.data() + (r * H + h) * D, D, kb,
+                                         std::min<int64_t>(kResKeyTile, ke - kb), rr.pos, scale,
+                                         key, value, row);
         }
-        const int64_t slot = resident_partial_slot(r, s, sp.num_splits);
-        for (int64_t dd = 0; dd < D; ++dd) po[(slot * H + h) * D + dd] = o[dd];
-        pml[(slot * H + h) * 2] = m;
-        pml[(slot * H + h) * 2 + 1] = l;
+        moe::test::store_emulated_partial(row, slot, H, h, po, pml);
       }
     }
   }
@@ -666,21 +588,8 @@ std::vector<float> emulate_resident(const Case& c, const Data& d, int64_t num_ro
         continue;
       }
       const int64_t live = std::min(sp.num_splits, resident_live_splits(rr.pos, sp.chunk));
-      float m_merged = -INFINITY, l_merged = 0.0f;
-      for (int64_t s = 0; s < live; ++s) {
-        const int64_t at = (resident_partial_slot(r, s, sp.num_splits) * H + h) * 2;
-        if (pml[at + 1] > 0.0f) m_merged = std::max(m_merged, pml[at]);
-      }
-      std::vector<float> acc(D, 0.0f);
-      for (int64_t s = 0; s < live; ++s) {
-        const int64_t slot = resident_partial_slot(r, s, sp.num_splits);
-        const SoftmaxPartial p{pml[(slot * H + h) * 2], pml[(slot * H + h) * 2 + 1]};
-        const float w = partial_scale(p, m_merged);
-        l_merged += p.l * w;
-        for (int64_t dd = 0; dd < D; ++dd) acc[dd] += po[(slot * H + h) * D + dd] * w;
-      }
-      const float inv_l = attn_inv_l(l_merged);
-      for (int64_t dd = 0; dd < D; ++dd) dst[dd] = acc[dd] * inv_l;
+      moe::test::emulate_combine_splits(po, pml, resident_partial_slot(r, 0, sp.num_splits), live,
+                                        H, h, D, dst);
     }
   }
   return out;
@@ -692,10 +601,10 @@ TEST(AttentionResident, DecodeEmulationMatchesReferenceOnAnySplitCount) {
                {16, 2, 64},
                5,
                2048};
-  const Data d = make_data(c, 41, true);
-  const std::vector<float> want = reference_out(c, d);
+  const Data d = moe::test::make_attention_inputs(c, 41, true);
+  const std::vector<float> want = moe::test::reference_attention(c, d);
   for (int sms : {1, 16, 132}) {
-    std::vector<bf16> ck(d.cache_k), cv(d.cache_v);
+    std::vector<bf16> ck = moe::test::to_bf16(d.cache_k), cv = moe::test::to_bf16(d.cache_v);
     const std::vector<float> got = emulate_resident(c, d, 7, sms, ck, cv);
     ASSERT_EQ(got.size(), want.size());
     for (size_t i = 0; i < got.size(); ++i) {
@@ -706,8 +615,8 @@ TEST(AttentionResident, DecodeEmulationMatchesReferenceOnAnySplitCount) {
 
 TEST(AttentionResident, UncoveredRowsAppendNothingAndGiveZero) {
   const Case c{{{1, 1, 4, 0}}, {4, 2, 32}, 1, 64};
-  const Data d = make_data(c, 42, true);
-  std::vector<bf16> ck(d.cache_k), cv(d.cache_v);
+  const Data d = moe::test::make_attention_inputs(c, 42, true);
+  std::vector<bf16> ck = moe::test::to_bf16(d.cache_k), cv = moe::test::to_bf16(d.cache_v);
   const std::vector<float> got = emulate_resident(c, d, 3, 8, ck, cv);  // rows 0 and 2: nobody's
   for (int64_t j = 0; j < 4 * 32; ++j) {
     EXPECT_EQ(got[j], 0.0f);

@@ -16,6 +16,7 @@
 #include <cstring>
 #include <numeric>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "kernels/common/bf16.h"
@@ -81,6 +82,29 @@ void emulate_qk_norm_rope(float* q, float* k, const bf16* qw, const bf16* kw,
         rope_pair(v[i], v[i + head_dim / 2], pos, inv_freq[i]);
     }
   }
+}
+
+// The qk_norm_rope_kernel's geometry and constants.
+struct QkCase {
+  int64_t rows = 0, heads = 0, kv_heads = 0, head_dim = 0;
+  float eps = 1e-6f;
+  double theta = 1e6;
+};
+
+// q and k through cpu::rmsnorm then cpu::rope (the ops the fused kernel replaces), returned as
+// {q_ref, k_ref}; q and k themselves go through the kernel's emulation in place.
+std::pair<std::vector<float>, std::vector<float>> qk_norm_rope_both(
+    const QkCase& c, std::vector<float>& q, std::vector<float>& k, const std::vector<bf16>& qw,
+    const std::vector<bf16>& kw, const std::vector<int32_t>& pos) {
+  auto q_ref = q, k_ref = k;
+  cpu::rmsnorm(q_ref.data(), qw.data(), c.rows * c.heads, c.head_dim, c.eps, q_ref.data());
+  cpu::rmsnorm(k_ref.data(), kw.data(), c.rows * c.kv_heads, c.head_dim, c.eps, k_ref.data());
+  cpu::rope(q_ref.data(), pos.data(), c.rows, c.heads, c.head_dim, c.theta);
+  cpu::rope(k_ref.data(), pos.data(), c.rows, c.kv_heads, c.head_dim, c.theta);
+  const auto inv = inv_freq_of(c.theta, c.head_dim);
+  emulate_qk_norm_rope(q.data(), k.data(), qw.data(), kw.data(), pos.data(), inv.data(), c.rows,
+                       c.heads, c.kv_heads, c.head_dim, c.eps);
+  return {q_ref, k_ref};
 }
 
 // norm_rows_kernel on the CPU: one emulated block of norm_row_threads(dim) threads per row.
@@ -153,26 +177,17 @@ TEST(FusedMath, QkNormRopeBitIdenticalToCpuWhenSumOfSquaresIsExact) {
   // Inputs k / 8 with |k| <= 24: squares and their sums are exact in fp32 in any order, so the
   // emulation and cpu::rmsnorm + cpu::rope run identical arithmetic otherwise: same bits.
   std::mt19937 rng(11);
-  const int64_t rows = 5, heads = 4, kv_heads = 2, head_dim = 128;
-  const float eps = 1e-6f;
-  const double theta = 1e6;
+  const QkCase c{5, 4, 2, 128};
   auto grid = [&](int64_t n) {
     std::vector<float> v(static_cast<size_t>(n));
     for (float& x : v) x = static_cast<float>(std::uniform_int_distribution<int>(-24, 24)(rng)) / 8;
     return v;
   };
-  auto q = grid(rows * heads * head_dim), k = grid(rows * kv_heads * head_dim);
-  const auto qw = random_bf16(rng, head_dim, 0.5f, 1.5f),
-             kw = random_bf16(rng, head_dim, 0.5f, 1.5f);
+  auto q = grid(c.rows * c.heads * c.head_dim), k = grid(c.rows * c.kv_heads * c.head_dim);
+  const auto qw = random_bf16(rng, c.head_dim, 0.5f, 1.5f),
+             kw = random_bf16(rng, c.head_dim, 0.5f, 1.5f);
   const std::vector<int32_t> pos = {0, 7, 4095, 32768, 131071};
-  auto q_ref = q, k_ref = k;
-  cpu::rmsnorm(q_ref.data(), qw.data(), rows * heads, head_dim, eps, q_ref.data());
-  cpu::rmsnorm(k_ref.data(), kw.data(), rows * kv_heads, head_dim, eps, k_ref.data());
-  cpu::rope(q_ref.data(), pos.data(), rows, heads, head_dim, theta);
-  cpu::rope(k_ref.data(), pos.data(), rows, kv_heads, head_dim, theta);
-  const auto inv = inv_freq_of(theta, head_dim);
-  emulate_qk_norm_rope(q.data(), k.data(), qw.data(), kw.data(), pos.data(), inv.data(), rows,
-                       heads, kv_heads, head_dim, eps);
+  const auto [q_ref, k_ref] = qk_norm_rope_both(c, q, k, qw, kw, pos);
   EXPECT_EQ(q, q_ref);
   EXPECT_EQ(k, k_ref);
 }
@@ -182,23 +197,14 @@ TEST(FusedMath, QkNormRopeWithinSumOrderOfCpu) {
   // about one ulp and every output by the same factor, then rope mixes two such values: the
   // measured worst is 4 ulps (2^-22) of the largest output; the bound is 2^-21.
   std::mt19937 rng(12);
-  const float eps = 1e-6f;
-  const double theta = 1e6;
   for (int64_t head_dim : {64, 128, 256}) {
-    const int64_t rows = 7, heads = 32, kv_heads = 4;
-    auto q = random_floats(rng, rows * heads * head_dim, -4.0f, 4.0f);
-    auto k = random_floats(rng, rows * kv_heads * head_dim, -4.0f, 4.0f);
+    const QkCase c{7, 32, 4, head_dim};
+    auto q = random_floats(rng, c.rows * c.heads * head_dim, -4.0f, 4.0f);
+    auto k = random_floats(rng, c.rows * c.kv_heads * head_dim, -4.0f, 4.0f);
     const auto qw = random_bf16(rng, head_dim, 0.2f, 2.0f);
     const auto kw = random_bf16(rng, head_dim, 0.2f, 2.0f);
     const std::vector<int32_t> pos = {0, 1, 2, 100, 4096, 40959, 262143};
-    auto q_ref = q, k_ref = k;
-    cpu::rmsnorm(q_ref.data(), qw.data(), rows * heads, head_dim, eps, q_ref.data());
-    cpu::rmsnorm(k_ref.data(), kw.data(), rows * kv_heads, head_dim, eps, k_ref.data());
-    cpu::rope(q_ref.data(), pos.data(), rows, heads, head_dim, theta);
-    cpu::rope(k_ref.data(), pos.data(), rows, kv_heads, head_dim, theta);
-    const auto inv = inv_freq_of(theta, head_dim);
-    emulate_qk_norm_rope(q.data(), k.data(), qw.data(), kw.data(), pos.data(), inv.data(), rows,
-                         heads, kv_heads, head_dim, eps);
+    const auto [q_ref, k_ref] = qk_norm_rope_both(c, q, k, qw, kw, pos);
     EXPECT_LE(max_scaled_diff(q, q_ref, max_abs(q_ref)), std::ldexp(1.0, -21)) << head_dim;
     EXPECT_LE(max_scaled_diff(k, k_ref, max_abs(k_ref)), std::ldexp(1.0, -21)) << head_dim;
   }

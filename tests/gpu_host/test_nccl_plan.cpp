@@ -1,9 +1,12 @@
 // NCCL communicator host logic: all_to_all_v byte ranges per peer (rank-order packing, the
-// rank's own block as a local copy, validation), and the deadline poll (done, failure, timeout
-// on an injected clock).
+// rank's own block as a local copy, validation), the grouped issue (a failure inside the group
+// stops the issue and still ends the group), and the deadline poll (done, failure, timeout on an
+// injected clock).
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <map>
+#include <string>
 #include <vector>
 
 #include "kernels/common/check.h"
@@ -12,24 +15,23 @@
 namespace moe::parallel {
 namespace {
 
+void expect_transfer(const PeerTransfer& t, int peer, size_t offset_bytes, size_t size_bytes,
+                     const char* what) {
+  EXPECT_EQ(t.peer, peer) << what;
+  EXPECT_EQ(t.offset_bytes, offset_bytes) << what;
+  EXPECT_EQ(t.size_bytes, size_bytes) << what;
+}
+
 TEST(NcclPlan, BlocksArePackedInRankOrderWithSelfAsLocalCopy) {
   // Rank 1 of 4, elements of 4 bytes.
   const std::vector<int64_t> send = {3, 2, 0, 5}, recv = {1, 2, 4, 0};
   const AllToAllPlan p = plan_all_to_all_v(1, 4, send.data(), 10, recv.data(), 7, 4);
   ASSERT_EQ(p.sends.size(), 2u);  // to ranks 0 and 3 (rank 2 gets nothing)
-  EXPECT_EQ(p.sends[0].peer, 0);
-  EXPECT_EQ(p.sends[0].offset_bytes, 0u);
-  EXPECT_EQ(p.sends[0].size_bytes, 12u);
-  EXPECT_EQ(p.sends[1].peer, 3);
-  EXPECT_EQ(p.sends[1].offset_bytes, 20u);
-  EXPECT_EQ(p.sends[1].size_bytes, 20u);
+  expect_transfer(p.sends[0], 0, 0, 12, "send 0");
+  expect_transfer(p.sends[1], 3, 20, 20, "send 1");
   ASSERT_EQ(p.recvs.size(), 2u);  // from ranks 0 and 2
-  EXPECT_EQ(p.recvs[0].peer, 0);
-  EXPECT_EQ(p.recvs[0].offset_bytes, 0u);
-  EXPECT_EQ(p.recvs[0].size_bytes, 4u);
-  EXPECT_EQ(p.recvs[1].peer, 2);
-  EXPECT_EQ(p.recvs[1].offset_bytes, 12u);
-  EXPECT_EQ(p.recvs[1].size_bytes, 16u);
+  expect_transfer(p.recvs[0], 0, 0, 4, "recv 0");
+  expect_transfer(p.recvs[1], 2, 12, 16, "recv 1");
   EXPECT_EQ(p.self_send_offset_bytes, 12u);
   EXPECT_EQ(p.self_recv_offset_bytes, 4u);
   EXPECT_EQ(p.self_bytes, 8u);
@@ -54,6 +56,69 @@ TEST(NcclPlan, RejectsCountsBeyondBuffersNegativeCountsAndSelfMismatch) {
   EXPECT_THROW(plan_all_to_all_v(0, 2, self_more.data(), 4, recv.data(), 4, 4), moe::Error);
   EXPECT_THROW(plan_all_to_all_v(2, 2, send.data(), 4, recv.data(), 4, 4), moe::Error);
   EXPECT_NO_THROW(plan_all_to_all_v(0, 2, send.data(), 4, recv.data(), 4, 4));
+}
+
+// The calls issue_group makes, in order ("start", "send 3", "recv 0", "end"); a call listed in
+// `failing` returns its code.
+struct RecordedGroup {
+  std::vector<std::string> calls;
+  std::map<std::string, int> failing;
+  int answer(const std::string& call) {
+    calls.push_back(call);
+    const auto it = failing.find(call);
+    return it == failing.end() ? 0 : it->second;
+  }
+  GroupCalls functions() {
+    return {[this] { return answer("start"); },
+            [this](const PeerTransfer& t) { return answer("send " + std::to_string(t.peer)); },
+            [this](const PeerTransfer& t) { return answer("recv " + std::to_string(t.peer)); },
+            [this] { return answer("end"); }};
+  }
+};
+
+AllToAllPlan two_peer_plan() {  // rank 1 of 3: sends to and receives from ranks 0 and 2
+  const std::vector<int64_t> counts = {1, 1, 1};
+  return plan_all_to_all_v(1, 3, counts.data(), 3, counts.data(), 3, 4);
+}
+
+TEST(NcclGroup, IssuesEverySendThenEveryRecvInsideOneGroup) {
+  RecordedGroup g;
+  const GroupIssue issue = issue_group(two_peer_plan(), g.functions());
+  EXPECT_TRUE(issue.ok());
+  EXPECT_EQ(issue.call, "");
+  EXPECT_EQ(g.calls,
+            (std::vector<std::string>{"start", "send 0", "send 2", "recv 0", "recv 2", "end"}));
+}
+
+TEST(NcclGroup, AFailedSendStopsTheIssueButStillEndsTheGroup) {
+  RecordedGroup g{{}, {{"send 0", 5}, {"end", 1}}};
+  const GroupIssue issue = issue_group(two_peer_plan(), g.functions());
+  EXPECT_FALSE(issue.ok());
+  EXPECT_EQ(issue.result, 5);  // the first failure, not the group end's
+  EXPECT_EQ(issue.call, "ncclSend to rank 0");
+  EXPECT_EQ(g.calls, (std::vector<std::string>{"start", "send 0", "end"}));
+}
+
+TEST(NcclGroup, AFailedRecvStopsTheIssueButStillEndsTheGroup) {
+  RecordedGroup g{{}, {{"recv 2", 3}}};
+  const GroupIssue issue = issue_group(two_peer_plan(), g.functions());
+  EXPECT_EQ(issue.result, 3);
+  EXPECT_EQ(issue.call, "ncclRecv from rank 2");
+  EXPECT_EQ(g.calls,
+            (std::vector<std::string>{"start", "send 0", "send 2", "recv 0", "recv 2", "end"}));
+}
+
+TEST(NcclGroup, AFailedStartOpensNoGroupAndAFailedEndIsReported) {
+  RecordedGroup no_start{{}, {{"start", 2}}};
+  GroupIssue issue = issue_group(two_peer_plan(), no_start.functions());
+  EXPECT_EQ(issue.result, 2);
+  EXPECT_EQ(issue.call, "ncclGroupStart");
+  EXPECT_EQ(no_start.calls, std::vector<std::string>{"start"});
+  RecordedGroup bad_end{{}, {{"end", 6}}};
+  issue = issue_group(two_peer_plan(), bad_end.functions());
+  EXPECT_EQ(issue.result, 6);
+  EXPECT_EQ(issue.call, "ncclGroupEnd");
+  EXPECT_EQ(bad_end.calls.size(), 6u);
 }
 
 TEST(NcclWait, ReturnsDoneAfterPendingPolls) {

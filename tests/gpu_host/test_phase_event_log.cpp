@@ -20,69 +20,71 @@ struct FakeClock {
   }
 };
 
-TEST(PhaseEventLog, ChargesEachIntervalToTheLaterMark) {
-  PhaseEventLog log(3);
+// A log of num_phases phases whose points are recorded at fake device times, and the seconds
+// charged to each phase so far.
+struct TimedLog {
+  PhaseEventLog log;
   FakeClock clock;
-  clock.record(log.start(), 1.0);
-  clock.record(log.mark(2), 1.5);   // 0.5 -> phase 2
-  clock.record(log.mark(0), 3.0);   // 1.5 -> phase 0
-  clock.record(log.mark(2), 3.25);  // 0.25 -> phase 2
-  std::vector<double> s(3, 0.0);
-  log.resolve(s, clock.elapsed());
-  EXPECT_DOUBLE_EQ(s[0], 1.5);
-  EXPECT_DOUBLE_EQ(s[1], 0.0);
-  EXPECT_DOUBLE_EQ(s[2], 0.75);
+  std::vector<double> seconds;
+  explicit TimedLog(int num_phases) : log(num_phases), seconds(num_phases, 0.0) {}
+  void start(double t) { clock.record(log.start(), t); }
+  void mark(int phase, double t) { clock.record(log.mark(phase), t); }
+  void resolve() { log.resolve(seconds, clock.elapsed()); }
+};
+
+TEST(PhaseEventLog, ChargesEachIntervalToTheLaterMark) {
+  TimedLog t(3);
+  t.start(1.0);
+  t.mark(2, 1.5);   // 0.5 -> phase 2
+  t.mark(0, 3.0);   // 1.5 -> phase 0
+  t.mark(2, 3.25);  // 0.25 -> phase 2
+  t.resolve();
+  EXPECT_DOUBLE_EQ(t.seconds[0], 1.5);
+  EXPECT_DOUBLE_EQ(t.seconds[1], 0.0);
+  EXPECT_DOUBLE_EQ(t.seconds[2], 0.75);
 }
 
 TEST(PhaseEventLog, StartChargesNothingForTheGapBeforeIt) {
-  PhaseEventLog log(2);
-  FakeClock clock;
-  clock.record(log.start(), 0.0);
-  clock.record(log.mark(0), 1.0);
-  clock.record(log.start(), 10.0);  // host time between steps: no phase
-  clock.record(log.mark(1), 12.0);
-  std::vector<double> s(2, 0.0);
-  log.resolve(s, clock.elapsed());
-  EXPECT_DOUBLE_EQ(s[0], 1.0);
-  EXPECT_DOUBLE_EQ(s[1], 2.0);
+  TimedLog t(2);
+  t.start(0.0);
+  t.mark(0, 1.0);
+  t.start(10.0);  // host time between steps: no phase
+  t.mark(1, 12.0);
+  t.resolve();
+  EXPECT_DOUBLE_EQ(t.seconds[0], 1.0);
+  EXPECT_DOUBLE_EQ(t.seconds[1], 2.0);
 }
 
 TEST(PhaseEventLog, MarkWithoutPreviousPointChargesNothing) {
-  PhaseEventLog log(1);
-  FakeClock clock;
-  clock.record(log.mark(0), 5.0);
-  std::vector<double> s(1, 0.0);
-  log.resolve(s, clock.elapsed());
-  EXPECT_DOUBLE_EQ(s[0], 0.0);
+  TimedLog t(1);
+  t.mark(0, 5.0);
+  t.resolve();
+  EXPECT_DOUBLE_EQ(t.seconds[0], 0.0);
 }
 
 TEST(PhaseEventLog, NewestPointCarriesOverACollect) {
-  PhaseEventLog log(2);
-  FakeClock clock;
-  clock.record(log.start(), 0.0);
-  clock.record(log.mark(0), 1.0);
-  std::vector<double> s(2, 0.0);
-  log.resolve(s, clock.elapsed());
-  EXPECT_EQ(log.num_points(), 1u);
-  clock.record(log.mark(1), 4.0);  // charged from the carried point at 1.0
-  log.resolve(s, clock.elapsed());
-  EXPECT_DOUBLE_EQ(s[0], 1.0);
-  EXPECT_DOUBLE_EQ(s[1], 3.0);
+  TimedLog t(2);
+  t.start(0.0);
+  t.mark(0, 1.0);
+  t.resolve();
+  EXPECT_EQ(t.log.num_points(), 1u);
+  t.mark(1, 4.0);  // charged from the carried point at 1.0
+  t.resolve();
+  EXPECT_DOUBLE_EQ(t.seconds[0], 1.0);
+  EXPECT_DOUBLE_EQ(t.seconds[1], 3.0);
 }
 
 TEST(PhaseEventLog, SlotsAreReusedSoThePoolStaysBounded) {
-  PhaseEventLog log(9);
-  FakeClock clock;
-  std::vector<double> s(9, 0.0);
-  double t = 0.0;
+  TimedLog t(9);
+  double now = 0.0;
   for (int step = 0; step < 100; ++step) {
-    clock.record(log.start(), t += 1.0);
-    for (int p = 0; p < 9; ++p) clock.record(log.mark(p), t += 0.5);
-    log.resolve(s, clock.elapsed());
+    t.start(now += 1.0);
+    for (int p = 0; p < 9; ++p) t.mark(p, now += 0.5);
+    t.resolve();
   }
   // One step's points (10) plus the carried one.
-  EXPECT_LE(log.num_slots(), 11);
-  for (int p = 0; p < 9; ++p) EXPECT_DOUBLE_EQ(s[static_cast<size_t>(p)], 50.0) << p;
+  EXPECT_LE(t.log.num_slots(), 11);
+  for (int p = 0; p < 9; ++p) EXPECT_DOUBLE_EQ(t.seconds[static_cast<size_t>(p)], 50.0) << p;
 }
 
 TEST(PhaseEventLog, RejectsPhaseOutOfRangeAndWrongSpan) {

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One-shot check of the GPU path on a machine with one NVIDIA GPU (the lent H200: nvcc, cmake and
-# PyTorch present; cuBLAS/NCCL possibly only as Python wheels; no MPI, yaml-cpp, OpenBLAS, fmt,
+# One-shot check of the GPU path on a machine with one NVIDIA GPU (a lent H100 80 GB or H200 141 GB;
+# every stage fits 80 GB: nvcc, cmake and PyTorch present; cuBLAS/NCCL possibly only as Python wheels; no MPI, yaml-cpp, OpenBLAS, fmt,
 # GoogleTest or network; OS and glibc unknown). Works from any clone: paths are relative to it.
 #
 #   tools/device/device_check.sh prepare   on a Debian 12 build machine (apt works). Fills
@@ -25,13 +25,18 @@
 #   3. GPU op tests (every CUDA op against the CPU reference);
 #   4. tiny forward, GPU vs CPU with the routing forced equal (and the free run's top-1
 #      agreement reported), and the default one-GPU path (`--backend cuda`, NCCL on one rank);
+#      3 and 4 are the gtest suites of ESSENTIAL_TESTS below, the one list of what this stage runs;
 #   5. bench_gpu on Qwen3-30B-A3B (synthetic weights, runtime::Model): decode at batch 1/8/64
 #      with the HBM-floor column and the per-phase breakdown (CUDA events), prefill 1 x 4096
-#      with MFU; then the essential table.
-# OPTIONAL stages, as the budget allows: the rest of `ctest -L gpu` (HF fixtures forced to the
-#   CPU routing, 2 ranks sharing the GPU, decode through the bf16 cache), the gpu_host unit tests,
+#      with MFU; then the essential table. bench_gpu sizes itself to the device's free memory and
+#      names the batches it skips (on an 80 GB card: b=64, whose 64 x 4096-position KV cache does
+#      not fit beside the 61 GB of weights; the H200 runs all three).
+# OPTIONAL stages, as the budget allows: every other test of `ctest -L gpu`, each once (HF
+#   fixtures forced to the CPU routing, 2 ranks sharing the GPU, decode through the bf16 cache,
+#   the op suites added since ESSENTIAL_TESTS was written), the gpu_host unit tests,
 #   a 2-rank smoke through the prefix's Open MPI, `moe-ep run` on Qwen3-30B-A3B (memory measured
-#   against `moe-ep plan`). A summary (essential table first) is printed last.
+#   against `moe-ep plan`; only on a card of 100 GB or more). A summary (essential table first) is
+#   printed last.
 #
 # Everything is logged under $OUT (default out/device_check). Environment knobs: OUT, BUILD_DIR
 # (build/device_run: inside the clone, so a rerun on the still-warm machine reuses the build),
@@ -446,22 +451,34 @@ else
 fi
 
 # ================================================================== ESSENTIAL stage
+# What the essential stage runs, as gtest patterns (Suite.* or Suite.NamePrefix*): the op suites
+# of moe_test_gpu, then the tiny-model and default one-GPU tests of moe_test_gpu_forward. The
+# optional stage's ctest runs every other test labelled gpu, so each test runs exactly once.
+ESSENTIAL_TESTS=('CudaOpsTest.*' 'CudaDevice.*' 'CudaAttentionTest.*' 'CudaRouting.Tiny*'
+  'CudaForward.DefaultOneGpu*')
+ESSENTIAL_FILTER="$(IFS=:; echo "${ESSENTIAL_TESTS[*]}")"
+# The same list as a ctest regex on "Suite.Name": '^CudaOpsTest\.|...|^CudaRouting\.Tiny|...'.
+ESSENTIAL_REGEX="$(printf '%s\n' "${ESSENTIAL_TESTS[@]}" | sed 's/\*$//; s/\./\\./; s/^/^/' |
+  paste -sd'|')"
+
 # 3. GPU op tests. The per-process memory test may skip where NVML cannot see this process.
 if [[ $FULL == 1 ]]; then
-  run_tests "$FULL_DIR/tests/gpu/moe_test_gpu" gpu_op_tests 1
+  run_tests "$FULL_DIR/tests/gpu/moe_test_gpu" gpu_op_tests 1 --gtest_filter="$ESSENTIAL_FILTER"
 else
-  run_tests "$SA_DIR/moe_test_gpu" gpu_op_tests 1
+  run_tests "$SA_DIR/moe_test_gpu" gpu_op_tests 1 --gtest_filter="$ESSENTIAL_FILTER"
 fi
 
 # 4. The tiny model, GPU vs CPU with the routing forced equal (free run reported), and the
 # default one-GPU path. Needs the full build (runtime, MPI).
 if [[ $FULL == 1 ]]; then
   run_tests "$FULL_DIR/tests/gpu/moe_test_gpu_forward" tiny_forward 0 \
-    --gtest_filter='CudaRouting.Tiny*:CudaForward.DefaultOneGpu*'
+    --gtest_filter="$ESSENTIAL_FILTER"
 fi
 
-# 5. bench_gpu: runtime::Model on Qwen3-30B-A3B, decode 1/8/64 with the HBM floor, prefill 4096.
-# Without a GPU (rehearsal) the same binary runs on the CPU backend with a model that fits here.
+# 5. bench_gpu: runtime::Model on Qwen3-30B-A3B, decode 1/8/64 with the HBM floor, prefill 4096,
+# the batches sized to the device's free memory (those skipped are named in its table).
+# Without a GPU (rehearsal) the same binary runs on the CPU backend with a model that fits here,
+# sized as if 5 GB were free: b=4096 is skipped, so the skip line is rehearsed too.
 BENCH_RC=skipped
 if [[ $FULL == 1 ]]; then
   if [[ $GPU == 1 ]]; then
@@ -469,7 +486,7 @@ if [[ $FULL == 1 ]]; then
   else
     # shellcheck disable=SC2054 # the commas belong to --batches
     BENCH_FLAGS=(--model "$ROOT/${BENCH_MODEL:-configs/models/mid.yaml}" --backend cpu
-      --batches 1,8 --context 64 --decode-steps 2 --prefill-len 512)
+      --batches 1,8,4096 --context 64 --decode-steps 2 --prefill-len 512 --free-gb 5)
   fi
   limit=$(left_s)
   ((limit <= 240)) || limit=240
@@ -498,13 +515,13 @@ ESSENTIAL_STATUS=$STATUS
 ESSENTIAL_COUNT=${#summary[@]}
 
 # ================================================================== OPTIONAL stages
-run_ctest_gpu() { # the rest of ctest -L gpu in the full build; each gtest case is one ctest test
+run_ctest_gpu() { # ctest -L gpu but ESSENTIAL_TESTS in the full build; a gtest case is a ctest test
   local limit=$(($(left_s) - 30))
   ((limit <= 400)) || limit=400
   say "ctest -L gpu (limit ${limit}s)"
   run_logged "$OUT/ctest_gpu.log" "$limit" "${TEST_ENV[@]}" ctest --test-dir "$FULL_DIR" -L gpu \
     --no-tests=error --output-on-failure --timeout 300 --output-junit "$OUT/ctest_gpu.xml" \
-    -E '^(CudaOpsTest|CudaDevice)\.|CudaRouting\.Tiny|CudaForward\.DefaultOneGpu'
+    -E "$ESSENTIAL_REGEX"
   local rc=$? passed skipped failed
   passed="$(grep -cE 'Test +#[0-9]+: .* Passed +[0-9.]+ sec' "$OUT/ctest_gpu.log")"
   skipped="$(grep -cE '\*\*\*Skipped' "$OUT/ctest_gpu.log")"
