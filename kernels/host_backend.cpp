@@ -97,9 +97,9 @@ void HostBackend::combine_partial(const RouteEntry* routes, const int32_t* pair_
   }
 }
 
-void HostBackend::combine_residual(const layout::CombineSources& src,
-                                   const int32_t* token_offsets, const int32_t* token_rows,
-                                   int64_t width, int32_t num_tokens, float* x) {
+void HostBackend::combine_residual(const layout::CombineSources& src, const int32_t* token_offsets,
+                                   const int32_t* token_rows, int64_t width, int32_t num_tokens,
+                                   float* x) {
   acc_.resize(static_cast<size_t>(width));
   for (int32_t t = 0; t < num_tokens; ++t) {
     layout::combine_residual_span(src, token_offsets, token_rows, width, t, 0, width, acc_.data(),
@@ -113,8 +113,7 @@ void HostBackend::expert_swiglu(const float* x, int64_t hidden, int64_t inter,
   for (int64_t s = 0; s < batch.num_slots; ++s) {
     const int64_t begin = batch.slot_begin[s], end = batch.slot_begin[s + 1];
     MOE_CHECK(begin >= 0 && end >= begin && end <= batch.max_pairs,
-              "expert_swiglu: slot {} covers pairs [{}, {}) of {}", s, begin, end,
-              batch.max_pairs);
+              "expert_swiglu: slot {} covers pairs [{}, {}) of {}", s, begin, end, batch.max_pairs);
     if (end > begin) groups_.push_back({batch.slot_weights[s], begin, end - begin});
   }
   if (groups_.empty()) return;

@@ -142,7 +142,7 @@ DispatchLayout build_dispatch_layout(const LayerPlacement& placement, int rank,
 }
 
 SlotGroups group_by_slot(std::span<const RouteEntry> recv_routes, int64_t num_recv_rows, int top_k,
-                          int num_local_slots) {
+                         int num_local_slots) {
   MOE_CHECK_AS("dispatch", top_k >= 1 && num_recv_rows >= 0 && num_local_slots >= 0,
                "group_by_slot: bad sizes (rows {}, top_k {}, slots {})", num_recv_rows, top_k,
                num_local_slots);

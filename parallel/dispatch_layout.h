@@ -50,7 +50,7 @@ struct SlotGroups {
   int64_t num_pairs() const { return static_cast<int64_t>(row_index.size()); }
 };
 SlotGroups group_by_slot(std::span<const RouteEntry> recv_routes, int64_t num_recv_rows, int top_k,
-                          int num_local_slots);
+                         int num_local_slots);
 
 // Per-layer traffic and timing of one dispatch+combine on this rank.
 // bytes_remote_without_dedup counts, per remote (token, expert) pair, one hidden row plus one

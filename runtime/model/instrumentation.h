@@ -58,8 +58,8 @@ class Instrumentation {
   const PhaseTimes& times();
   std::string timing_method() const { return timer_->method(); }
 
-  // ---- FLOPs of matmuls (2 x params touched x tokens) plus attention scores, this rank, last step.
-  // Everything but the experts: a function of the batch alone.
+  // ---- FLOPs of matmuls (2 x params touched x tokens) plus attention scores, this rank, last
+  // step. Everything but the experts: a function of the batch alone.
   void count_dense(int64_t num_tokens, std::span<const kernels::AttentionSeq> seqs,
                    int64_t logit_rows);
   // The (row, expert) pairs this rank computed in one MoE layer.

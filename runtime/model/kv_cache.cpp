@@ -11,8 +11,8 @@ KvCache::KvCache(const ModelConfig& config, kernels::Backend& backend, int64_t m
   MOE_CHECK_AS("config", max_len <= config.max_position_embeddings,
                "sequence length {} exceeds max_position_embeddings {}", max_len,
                config.max_position_embeddings);
-  const size_t layer_bytes = static_cast<size_t>(max_seqs * max_len * config.kv_width() *
-                                                 kernels::kv_dtype_bytes(dtype_));
+  const size_t layer_bytes =
+      static_cast<size_t>(max_seqs * max_len * config.kv_width() * kernels::kv_dtype_bytes(dtype_));
   layers_.resize(static_cast<size_t>(config.num_hidden_layers));
   for (LayerCache& c : layers_) {
     c.k = kernels::Buffer<unsigned char>(backend, layer_bytes);

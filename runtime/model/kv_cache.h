@@ -13,8 +13,7 @@ namespace moe::runtime {
 
 class KvCache {
  public:
-  KvCache(const ModelConfig& config, kernels::Backend& backend, int64_t max_seqs,
-          int64_t max_len);
+  KvCache(const ModelConfig& config, kernels::Backend& backend, int64_t max_seqs, int64_t max_len);
 
   kernels::KvCacheView view(int64_t layer);
   int64_t bytes() const { return bytes_; }

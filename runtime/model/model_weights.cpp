@@ -130,8 +130,8 @@ PlacementChange ModelWeights::apply_placement(const parallel::Placement& from,
   for (int64_t l = 0; l < config_.num_hidden_layers; ++l) {
     LayerWeights& L = layers_[static_cast<size_t>(l)];
     if (!L.is_moe) continue;
-    const PlacementChange c = move_experts(L, from.layer(static_cast<int>(l)),
-                                           next.layer(static_cast<int>(l)), comm);
+    const PlacementChange c =
+        move_experts(L, from.layer(static_cast<int>(l)), next.layer(static_cast<int>(l)), comm);
     change.experts_received += c.experts_received;
     change.bytes_received += c.bytes_received;
     change.experts_kept += c.experts_kept;

@@ -30,10 +30,10 @@ struct LayerWeights {
   kernels::Buffer<bf16> input_norm, post_norm;  // [H]
   // q_proj, k_proj, v_proj stacked: [q_width + 2 kv_width, H], q rows first, then k, then v.
   kernels::Buffer<bf16> qkv_proj;
-  kernels::Buffer<bf16> o_proj;          // [H, q_width]
-  kernels::Buffer<bf16> q_norm, k_norm;  // [head_dim]
-  kernels::Buffer<bf16> router;          // [E, H] (MoE)
-  std::vector<ExpertSlot> experts;       // this rank's local slots (MoE)
+  kernels::Buffer<bf16> o_proj;                              // [H, q_width]
+  kernels::Buffer<bf16> q_norm, k_norm;                      // [head_dim]
+  kernels::Buffer<bf16> router;                              // [E, H] (MoE)
+  std::vector<ExpertSlot> experts;                           // this rank's local slots (MoE)
   std::vector<kernels::ExpertWeights> slot_weights;          // experts' pointers, slot order
   kernels::Buffer<kernels::ExpertWeights> slot_weights_dev;  // the same in backend memory
   kernels::Buffer<bf16> mlp_gate, mlp_up;                    // [dense_inter, H] (dense)
@@ -57,9 +57,9 @@ class ModelWeights {
                kernels::Backend& backend, WeightSource& source, const Progress& progress = {});
 
   const LayerWeights& layer(int64_t l) const { return layers_.at(static_cast<size_t>(l)); }
-  const bf16* embed() const { return embed_.data(); }  // [V, H]
+  const bf16* embed() const { return embed_.data(); }                              // [V, H]
   const bf16* lm_head() const { return tied_ ? embed_.data() : lm_head_.data(); }  // [V, H]
-  const bf16* final_norm() const { return final_norm_.data(); }  // [H]
+  const bf16* final_norm() const { return final_norm_.data(); }                    // [H]
   // Sizes (runtime/model/arithmetic.h): dense replica, expert slots and their bytes.
   const RankWeights& sizes() const { return sizes_; }
 

@@ -11,7 +11,8 @@ MoeLayer::MoeLayer(const ModelConfig& config, parallel::Communicator& comm,
     : config_(config),
       backend_(backend),
       instr_(instrumentation),
-      dispatcher_(comm, backend, config.hidden_size, static_cast<int>(config.num_experts_per_tok)) {}
+      dispatcher_(comm, backend, config.hidden_size, static_cast<int>(config.num_experts_per_tok)) {
+}
 
 void MoeLayer::begin_step(int64_t step) {
   step_ = step;
@@ -40,8 +41,7 @@ void MoeLayer::run(int layer, const LayerWeights& w, const float* h, const bf16*
       dispatcher_.dispatch(layer, h, T, topk_ids_.data(), topk_weights_.data());
   d.experts.slot_weights = w.slot_weights_dev.data();
   d.experts.host_slot_weights = w.slot_weights.data();
-  expert_out_.ensure(backend_,
-                     static_cast<size_t>(std::max<int64_t>(d.experts.max_pairs, 1) * H));
+  expert_out_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(d.experts.max_pairs, 1) * H));
   if (d.experts.max_pairs > 0) {
     backend_.expert_swiglu(d.recv_rows, H, config_.moe_intermediate_size, d.experts,
                            expert_out_.data());

@@ -17,11 +17,11 @@ namespace moe::runtime {
 
 // The one condition under which a step runs as a graph step.
 struct GraphStepShape {
-  bool graphs_on = false;     // --graph on
-  int num_ranks = 1;          // graphs are single-rank (an exchange sizes itself on the host)
-  int64_t num_tokens = 0;     // 1 .. max_tokens
-  int64_t max_tokens = 0;     // the most tokens whose slot counts stay on the device
-  int64_t logit_rows = 0;     // at least one
+  bool graphs_on = false;      // --graph on
+  int num_ranks = 1;           // graphs are single-rank (an exchange sizes itself on the host)
+  int64_t num_tokens = 0;      // 1 .. max_tokens
+  int64_t max_tokens = 0;      // the most tokens whose slot counts stay on the device
+  int64_t logit_rows = 0;      // at least one
   bool routing_hooks = false;  // hooks read the routing on the host
   int64_t hidden = 0, expert_inter = 0;  // the expert op must run with device-only counts
 };

@@ -1,8 +1,8 @@
-// Routing on the device (parallel/resident_dispatcher.h: top-k, layout, grouping and combine by
-// backend ops, metadata in backend memory) run on the CPU backend, where the ops are the CPU
-// emulation of the CUDA kernels' per-thread bodies: the logits and the per-layer loads must be
-// BIT-identical to the host routing (the reference) at 1, 2, 3 and 4 ranks, with replicated
-// experts, a rank with no sequences, and a rank that holds no experts.
+// The one MoE path at the edges of a job, on the CPU backend (whose layout ops run the CUDA
+// kernels' per-thread bodies): a rank with no sequences, a rank that holds no experts and
+// replicated experts give the one-rank logits; and the graph-safe step (--graph on: every op's
+// metadata in backend memory, host copies withheld, as a captured device graph runs it) gives
+// the eager step's tokens and loads bit for bit.
 #include <cstring>
 #include <nlohmann/json.hpp>
 
@@ -14,31 +14,12 @@
 namespace moe::test {
 namespace {
 
-const std::string kTiny = source("configs/models/tiny.yaml");
 const std::string kTokens = "\"1,2,3,4,5,6,7,8,9;10,11;12,13,14,15,16,17;18;19,20,21,22\"";
 
-void expect_same_logits(const std::string& base, const std::string& what) {
-  const auto host = runtime::read_npy_f32(base + "_host.npy");
-  const auto dev = runtime::read_npy_f32(base + "_device.npy");
-  ASSERT_EQ(host.shape, dev.shape) << what;
-  ASSERT_FALSE(host.data.empty()) << what;
-  size_t differ = 0;
-  // Bit patterns: the padding of shorter sequences is NaN in both.
-  for (size_t i = 0; i < host.data.size(); ++i) {
-    differ += std::memcmp(&host.data[i], &dev.data[i], sizeof(float)) != 0 ? 1 : 0;
-  }
-  EXPECT_EQ(differ, 0u) << what << ": logits differ between --routing host and device";
-}
-
-TEST(DeviceRouting, CpuEmulationGivesTheHostRoutingLogitsBitForBit) {
+TEST(EdgeRanks, NoSequencesNoExpertsAndReplicasGiveTheOneRankLogits) {
   auto dir = temp_dir("device_routing");
   // A skewed trace to fit placements with replicas (3 ranks) and one leaving rank 3 empty.
-  runtime::RoutingSpec spec;
-  spec.kind = "zipf";
-  spec.s = 1.5;
-  const std::string trace = (dir / "zipf.safetensors").string();
-  runtime::write_trace(trace,
-                       runtime::generate_trace(spec, runtime::load_model_config(kTiny), 512));
+  const std::string trace = tiny_zipf_trace(dir, 1.5, 512);
   const std::string replicated = (dir / "replicated.yaml").string();
   auto p = run(moe_ep() + " place --trace " + trace +
                " --ranks 3 --strategy replicated --redundant 13 --out " + replicated);
@@ -60,7 +41,6 @@ TEST(DeviceRouting, CpuEmulationGivesTheHostRoutingLogitsBitForBit) {
     std::string args, tokens;
   };
   const std::vector<Case> cases = {
-      {1, "", kTokens},
       {2, "", kTokens},
       {2, "", "\"5,6,7,8\""},  // rank 1 has no sequence
       {3, "--placement " + replicated, kTokens},
@@ -69,43 +49,26 @@ TEST(DeviceRouting, CpuEmulationGivesTheHostRoutingLogitsBitForBit) {
   for (size_t i = 0; i < cases.size(); ++i) {
     const Case& c = cases[i];
     const std::string base = (dir / ("c" + std::to_string(i))).string();
-    for (const char* routing : {"host", "device"}) {
-      auto r = run(mpirun(c.ranks) + " forward --quiet --model " + kTiny + " --tokens " + c.tokens +
-                   " " + c.args + " --routing " + routing + " --logits-out " + base + "_" +
-                   routing + ".npy");
-      ASSERT_EQ(r.exit_code, 0) << c.ranks << " ranks " << c.args << " " << routing << r.err;
+    for (int ranks : {1, c.ranks}) {
+      auto r = run(mpirun(ranks) + " forward --quiet --model " + kTiny + " --tokens " + c.tokens +
+                   " " + (ranks == 1 ? std::string() : c.args) + " --logits-out " + base + "_" +
+                   std::to_string(ranks) + ".npy");
+      ASSERT_EQ(r.exit_code, 0) << ranks << " ranks " << c.args << r.err;
     }
-    expect_same_logits(base, std::to_string(c.ranks) + " ranks " + c.args);
+    const auto one = runtime::read_npy_f32(base + "_1.npy");
+    const auto many = runtime::read_npy_f32(base + "_" + std::to_string(c.ranks) + ".npy");
+    ASSERT_EQ(one.shape, many.shape) << c.ranks << " ranks " << c.args;
+    EXPECT_LE(relative_max_diff(many, one), 1e-5) << c.ranks << " ranks " << c.args;
   }
-}
-
-// The loads and traffic a run reports come from the device counters: the same numbers.
-TEST(DeviceRouting, RunReportsTheSameLoadsAndTraffic) {
-  auto dir = temp_dir("device_routing_run");
-  nlohmann::json j[2];
-  int i = 0;
-  for (const char* routing : {"host", "device"}) {
-    const std::string json = (dir / (std::string(routing) + ".json")).string();
-    auto r = run(mpirun(3) + " run --quiet --config " + source("configs/bench/tiny.yaml") +
-                 " --routing " + routing + " --json " + json);
-    ASSERT_EQ(r.exit_code, 0) << routing << r.err;
-    j[i++] = nlohmann::json::parse(read_text(json));
-  }
-  ASSERT_TRUE(j[0].contains("metrics")) << j[0].dump();
-  for (const char* key : {"layers", "load", "traffic"}) {
-    ASSERT_TRUE(j[0]["metrics"].contains(key)) << key;
-    EXPECT_EQ(j[0]["metrics"][key], j[1]["metrics"][key]) << key;
-  }
-  EXPECT_EQ(j[0]["tokens"], j[1]["tokens"]);
 }
 
 // The graph-safe step (--graph on: every op's metadata uploaded once per step; on the CPU it runs
 // eagerly, on CUDA it is what gets captured) gives the same tokens and the same loads.
-TEST(DeviceRouting, GraphSafeStepGivesTheSameTokensAndLoads) {
+TEST(EdgeRanks, GraphSafeStepGivesTheEagerTokensAndLoadsBitForBit) {
   auto dir = temp_dir("device_routing_graph");
   std::string tokens[2];
   int i = 0;
-  for (const char* flags : {"--routing host", "--routing device --graph on"}) {
+  for (const char* flags : {"--graph off", "--graph on"}) {
     auto g = run(moe_ep() + " generate --quiet --model " + kTiny + " --tokens " + kTokens + " " +
                  flags + " --max-new-tokens 5");
     ASSERT_EQ(g.exit_code, 0) << flags << g.err;
@@ -115,7 +78,7 @@ TEST(DeviceRouting, GraphSafeStepGivesTheSameTokensAndLoads) {
   EXPECT_EQ(tokens[0], tokens[1]);
   nlohmann::json j[2];
   i = 0;
-  for (const char* flags : {"--routing host", "--routing device --graph on"}) {
+  for (const char* flags : {"--graph off", "--graph on"}) {
     const std::string json = (dir / ("r" + std::to_string(i) + ".json")).string();
     auto r = run(moe_ep() + " run --quiet --config " + source("configs/bench/tiny.yaml") + " " +
                  flags + " --json " + json);

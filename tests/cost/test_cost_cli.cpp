@@ -157,7 +157,9 @@ TEST(CostCli, BadPredictAndCalibrateArgumentsGetOneLine) {
     auto r = run(c.cmd);
     EXPECT_EQ(r.exit_code, c.exit_code) << c.name << ": " << r.err;
     EXPECT_GE(count_lines(r.err), 1) << c.name;
-    if (c.exit_code == 1) EXPECT_EQ(count_lines(r.err), 1) << c.name << ": " << r.err;
+    if (c.exit_code == 1) {
+      EXPECT_EQ(count_lines(r.err), 1) << c.name << ": " << r.err;
+    }
     EXPECT_NE(r.err.find(c.must), std::string::npos)
         << c.name << " lacks '" << c.must << "': " << r.err;
   }
