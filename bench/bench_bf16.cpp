@@ -21,7 +21,7 @@
 #include "kernels/common/bf16.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/onednn_gemm.h"
-#include "tests/common/host_ops.h"
+#include "tests/common/backend_calls.h"
 
 namespace {
 

@@ -15,7 +15,7 @@
 #include "kernels/cpu/bf16_ops.h"
 #include "kernels/cpu/cpu_backend.h"
 #include "kernels/cpu/reference.h"
-#include "tests/common/host_ops.h"
+#include "tests/common/backend_calls.h"
 #include "tests/common/test_data.h"
 
 namespace moe::kernels::test {

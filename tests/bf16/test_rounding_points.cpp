@@ -13,7 +13,7 @@
 #include "bf16_reference_backend.h"
 #include "kernels/backend.h"
 #include "kernels/cpu/cpu_backend.h"
-#include "tests/common/host_ops.h"
+#include "tests/common/backend_calls.h"
 
 namespace moe::kernels::test {
 namespace {

@@ -102,7 +102,7 @@ std::vector<std::vector<float>> forward(const Options& o, const runtime::ModelCo
   for (const auto& s : seqs) max_len = std::max<int64_t>(max_len, static_cast<int64_t>(s.size()));
   runtime::Model model(config, placement, comm, backend, *weights,
                        static_cast<int64_t>(seqs.size()), max_len);
-  model.set_routing_hook(hook);
+  if (hook != nullptr) model.instrumentation().set_routing_hooks({hook});
   std::vector<runtime::SeqStep> batch;
   std::vector<int64_t> rows;
   for (size_t i = 0; i < seqs.size(); ++i) {

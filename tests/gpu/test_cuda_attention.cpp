@@ -4,8 +4,9 @@
 //   the tensor-core kernel: prompts of 1, 63, 64, 200 and 1000 tokens, fresh and continuing a
 //   cached prefix (chunked prefill), several per batch, GQA 32/4. Tolerance from the two bf16
 //   roundings of that path (q for QK^T, P for PV), derived in tensor_core_bound();
-// - attention_resident (seqs in device memory) against attention() on the same batch, and
-//   captured once in a CUDA graph, then replayed with new lengths written into the device seqs.
+// - attention() without the host copy of the sequences (the graph-safe kernels) against it with
+//   the copy on the same batch, and captured once in a CUDA graph, then replayed with new lengths
+//   written into the device seqs.
 #include <cuda_runtime_api.h>
 #include <gtest/gtest.h>
 
@@ -19,6 +20,7 @@
 
 #include "gpu_test_util.h"
 #include "kernels/cuda/attention_tc_math.h"
+#include "tests/common/backend_calls.h"
 #include "tests/gpu_host/attention_case.h"
 
 namespace moe::kernels::test {
@@ -63,16 +65,17 @@ class CudaAttentionTest : public CudaOpsTest {
     const int64_t H = b.shape.num_heads, D = b.shape.head_dim;
     const int64_t T = b.num_rows();
     std::vector<float> want(T * H * D, 0.0f), rk(in.cache_k), rv(in.cache_v);
-    ref_->attention(in.q.data(), in.k.data(), in.v.data(), b.seqs.data(),
-                    static_cast<int64_t>(b.seqs.size()), b.shape,
-                    {rk.data(), rv.data(), b.num_slots, b.max_len}, want.data());
+    moe::test::attention(*ref_, in.q.data(), in.k.data(), in.v.data(), b.seqs.data(),
+                         static_cast<int64_t>(b.seqs.size()), b.shape,
+                         {rk.data(), rv.data(), b.num_slots, b.max_len}, want.data());
     auto d_q = to_gpu(in.q), d_k = to_gpu(in.k), d_v = to_gpu(in.v);
     auto d_ck = to_gpu(to_bf16(in.cache_k)), d_cv = to_gpu(to_bf16(in.cache_v));
     Buffer<float> d_out(*gpu_, want.size());
     gpu_->fill_zero(d_out.data(), d_out.size_bytes());
-    gpu_->attention(
-        d_q.data(), d_k.data(), d_v.data(), b.seqs.data(), static_cast<int64_t>(b.seqs.size()),
-        b.shape, {d_ck.data(), d_cv.data(), b.num_slots, b.max_len, KvDtype::kBF16}, d_out.data());
+    moe::test::attention(*gpu_, d_q.data(), d_k.data(), d_v.data(), b.seqs.data(),
+                         static_cast<int64_t>(b.seqs.size()), b.shape,
+                         {d_ck.data(), d_cv.data(), b.num_slots, b.max_len, KvDtype::kBF16},
+                         d_out.data());
     EXPECT_TRUE(close_with(from_gpu(d_out), want, tensor_core_bound(b, in.q), 0.0));
     const auto got_k = to_floats(from_gpu(d_ck)), got_v = to_floats(from_gpu(d_cv));
     for (size_t i = 0; i < rk.size(); ++i) {
@@ -127,14 +130,16 @@ TEST_F(CudaAttentionTest, PrefillTimeOfA4kPromptIsPrinted) {
   cuda().fill_random_f32(d_k.data(), static_cast<int64_t>(d_k.size()), 2, 1.0f);
   cuda().fill_random_f32(d_v.data(), static_cast<int64_t>(d_v.size()), 3, 1.0f);
   const KvCacheView cache{d_ck.data(), d_cv.data(), 1, T, KvDtype::kBF16};
+  auto d_seq = to_gpu(std::vector<AttentionSeq>{seq});
+  const AttentionBatch batch{d_seq.data(), &seq, 1, T};
   for (int i = 0; i < 2; ++i) {  // warm-up (plan, smem opt-in)
-    gpu_->attention(d_q.data(), d_k.data(), d_v.data(), &seq, 1, kQwen, cache, d_out.data());
+    gpu_->attention(d_q.data(), d_k.data(), d_v.data(), batch, kQwen, cache, d_out.data());
   }
   gpu_->synchronize();
   const int reps = 10;
   const auto t0 = std::chrono::steady_clock::now();
   for (int i = 0; i < reps; ++i) {
-    gpu_->attention(d_q.data(), d_k.data(), d_v.data(), &seq, 1, kQwen, cache, d_out.data());
+    gpu_->attention(d_q.data(), d_k.data(), d_v.data(), batch, kQwen, cache, d_out.data());
   }
   gpu_->synchronize();
   const double ms =
@@ -147,9 +152,10 @@ TEST_F(CudaAttentionTest, PrefillTimeOfA4kPromptIsPrinted) {
   for (size_t i = 0; i < out.size(); i += 997) ASSERT_TRUE(std::isfinite(out[i])) << i;
 }
 
-// attention_resident on the GPU against attention() on the GPU for the same batch (both fp32
-// CUDA-core math on decode-sized rows): close to fp32 rounding; caches equal bit for bit.
-TEST_F(CudaAttentionTest, ResidentMatchesAttentionAndReplaysFromAGraph) {
+// attention() without the host's copy of the sequences (the graph-safe kernels) against
+// attention() with it (the planned kernels) for the same batch (both fp32 CUDA-core math on
+// decode-sized rows): close to fp32 rounding; caches equal bit for bit.
+TEST_F(CudaAttentionTest, GraphSafeMatchesPlannedAndReplaysFromAGraph) {
   const int64_t slots = 4, max_len = 4096;
   Batch b{{{0, 1, 4000, 0}, {1, 1, 33, 1}, {2, 3, 700, 2}, {5, 1, 0, 3}}, kQwen, slots, max_len};
   const int64_t H = kQwen.num_heads, D = kQwen.head_dim, rows = 6;
@@ -160,9 +166,9 @@ TEST_F(CudaAttentionTest, ResidentMatchesAttentionAndReplaysFromAGraph) {
   auto run_attention = [&](const std::vector<AttentionSeq>& seqs, std::vector<bf16>* cache_k) {
     auto d_ck = to_gpu(ck0), d_cv = to_gpu(cv0);
     Buffer<float> d_out(*gpu_, rows * H * D);
-    gpu_->attention(d_q.data(), d_k.data(), d_v.data(), seqs.data(),
-                    static_cast<int64_t>(seqs.size()), kQwen,
-                    {d_ck.data(), d_cv.data(), slots, max_len, KvDtype::kBF16}, d_out.data());
+    moe::test::attention(*gpu_, d_q.data(), d_k.data(), d_v.data(), seqs.data(),
+                         static_cast<int64_t>(seqs.size()), kQwen,
+                         {d_ck.data(), d_cv.data(), slots, max_len, KvDtype::kBF16}, d_out.data());
     if (cache_k != nullptr) *cache_k = from_gpu(d_ck);
     return from_gpu(d_out);
   };
@@ -173,8 +179,9 @@ TEST_F(CudaAttentionTest, ResidentMatchesAttentionAndReplaysFromAGraph) {
   auto d_ck = to_gpu(ck0), d_cv = to_gpu(cv0);
   Buffer<float> d_out(*gpu_, rows * H * D);
   const KvCacheView cache{d_ck.data(), d_cv.data(), slots, max_len, KvDtype::kBF16};
-  gpu_->attention_resident(d_q.data(), d_k.data(), d_v.data(), d_seqs.data(),
-                           static_cast<int64_t>(b.seqs.size()), rows, kQwen, cache, d_out.data());
+  const AttentionBatch device_only{d_seqs.data(), nullptr, static_cast<int64_t>(b.seqs.size()),
+                                   rows};
+  gpu_->attention(d_q.data(), d_k.data(), d_v.data(), device_only, kQwen, cache, d_out.data());
   EXPECT_TRUE(close_to(from_gpu(d_out), want, 2e-5, 1e-4));
   got_ck = from_gpu(d_ck);
   for (size_t i = 0; i < want_ck.size(); ++i) {
@@ -186,8 +193,7 @@ TEST_F(CudaAttentionTest, ResidentMatchesAttentionAndReplaysFromAGraph) {
   cudaGraph_t graph = nullptr;
   cudaGraphExec_t exec = nullptr;
   ASSERT_EQ(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-  gpu_->attention_resident(d_q.data(), d_k.data(), d_v.data(), d_seqs.data(),
-                           static_cast<int64_t>(b.seqs.size()), rows, kQwen, cache, d_out.data());
+  gpu_->attention(d_q.data(), d_k.data(), d_v.data(), device_only, kQwen, cache, d_out.data());
   ASSERT_EQ(cudaStreamEndCapture(stream, &graph), cudaSuccess);
   ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
   const std::vector<AttentionSeq> next = {
@@ -207,7 +213,7 @@ TEST_F(CudaAttentionTest, ResidentMatchesAttentionAndReplaysFromAGraph) {
   cudaGraphDestroy(graph);
 }
 
-TEST_F(CudaAttentionTest, ResidentRowsNoSequenceCoversAreZero) {
+TEST_F(CudaAttentionTest, GraphSafeRowsNoSequenceCoversAreZero) {
   const AttentionShape shape{8, 2, 64};
   const std::vector<AttentionSeq> seqs = {{1, 1, 9, 0}};
   std::mt19937 rng(62);
@@ -219,8 +225,8 @@ TEST_F(CudaAttentionTest, ResidentRowsNoSequenceCoversAreZero) {
   gpu_->fill_zero(d_ck.data(), d_ck.size_bytes());
   gpu_->fill_zero(d_cv.data(), d_cv.size_bytes());
   Buffer<float> d_out(*gpu_, 3 * 8 * 64);
-  gpu_->attention_resident(d_q.data(), d_k.data(), d_v.data(), d_seqs.data(), 1, 3, shape,
-                           {d_ck.data(), d_cv.data(), 1, 32, KvDtype::kBF16}, d_out.data());
+  gpu_->attention(d_q.data(), d_k.data(), d_v.data(), {d_seqs.data(), nullptr, 1, 3}, shape,
+                  {d_ck.data(), d_cv.data(), 1, 32, KvDtype::kBF16}, d_out.data());
   const auto out = from_gpu(d_out);
   for (int64_t j = 0; j < 8 * 64; ++j) {
     EXPECT_EQ(out[j], 0.0f);

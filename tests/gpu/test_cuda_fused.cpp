@@ -1,5 +1,5 @@
-// The fused CUDA ops (qkv_projection, qk_norm_rope, add_rmsnorm, rmsnorm_rounded /
-// linear_rounded and the bf16 copies, expert_swiglu_resident on both of its paths) against the
+// The fused CUDA ops (qkv_projection, qk_norm_rope, add_rmsnorm, rmsnorm / linear with the bf16
+// copies of their activations, expert_swiglu on both of its paths) against the
 // CPU backend's default compositions of the ops they replace. Tolerances as in test_cuda_ops.cpp:
 // fp32 rounding for the norms and rope (cos/sin of the device differ by a few ulp), per-element
 // bf16 input bounds for the projections, and for the experts the CPU's bf16 mode, which rounds at
@@ -14,6 +14,7 @@
 
 #include "gpu_test_util.h"
 #include "kernels/cuda/fused_math.h"
+#include "tests/common/backend_calls.h"
 
 namespace moe::kernels::test {
 namespace {
@@ -23,7 +24,7 @@ TEST_F(CudaOpsTest, FusedRmsNormWritesTheBf16CopyOfItsOutput) {
   for (auto [rows, dim] : {std::pair<int64_t, int64_t>{5, 2048}, {3, 37}, {2, 3000}}) {
     auto [x, w, want, d_x, d_w, d_y] = rmsnorm_case(rng, rows, dim);
     Buffer<bf16> d_yb(*gpu_, x.size());
-    gpu_->rmsnorm_rounded(d_x.data(), d_w.data(), rows, dim, 1e-6f, d_y.data(), d_yb.data());
+    gpu_->rmsnorm(d_x.data(), d_w.data(), rows, dim, 1e-6f, d_y.data(), d_yb.data());
     const auto y = from_gpu(d_y);
     EXPECT_TRUE(close_to(y, want, 1e-6, 1e-5)) << rows << "x" << dim;
     const auto yb = from_gpu(d_yb);
@@ -57,7 +58,7 @@ TEST_F(CudaOpsTest, AddRmsNormMatchesAddThenRmsNorm) {
   EXPECT_EQ(from_gpu(d_y), y);
 }
 
-TEST_F(CudaOpsTest, LinearRoundedReadsTheProducersBf16Copy) {
+TEST_F(CudaOpsTest, LinearReadsTheProducersBf16Copy) {
   std::mt19937 rng(43);
   const int64_t rows = 6, in = 512, out = 300;
   const auto x = random_floats(rng, rows * in);
@@ -67,7 +68,7 @@ TEST_F(CudaOpsTest, LinearRoundedReadsTheProducersBf16Copy) {
   auto d_w = to_gpu(w);
   Buffer<float> d_a(*gpu_, rows * out), d_b(*gpu_, rows * out);
   gpu_->linear(d_x.data(), d_w.data(), rows, in, out, d_a.data());
-  gpu_->linear_rounded(d_x.data(), d_xb.data(), d_w.data(), rows, in, out, d_b.data());
+  gpu_->linear(d_x.data(), d_w.data(), rows, in, out, d_b.data(), d_xb.data());
   // The same GEMM on the same bf16 operands: bit-identical.
   EXPECT_EQ(from_gpu(d_a), from_gpu(d_b));
 }
@@ -125,11 +126,11 @@ TEST_F(CudaOpsTest, QkNormRopeMatchesNormsThenRopesWithDevicePositions) {
   }
 }
 
-// expert_swiglu_resident against the CPU backend in bf16 mode (same rounding points): counts per
+// expert_swiglu against the CPU backend in bf16 mode (same rounding points): counts per
 // local slot, grouping and row_index in device memory; with or without the host copy of
 // slot_begin (the host copy with large counts takes the grouped cuBLAS path).
-void run_resident_case(Backend& gpu, int64_t hidden, int64_t inter,
-                       const std::vector<int64_t>& counts, bool host_counts, uint32_t seed) {
+void run_expert_case(Backend& gpu, int64_t hidden, int64_t inter,
+                     const std::vector<int64_t>& counts, bool host_counts, uint32_t seed) {
   std::mt19937 rng(seed);
   BackendOptions options;
   options.name = "cpu";
@@ -160,8 +161,8 @@ void run_resident_case(Backend& gpu, int64_t hidden, int64_t inter,
   std::vector<ExpertGroup> groups;
   for (int64_t s = 0; s < S; ++s) groups.push_back({host_w[s], slot_begin[s], counts[s]});
   std::vector<float> want(max_pairs * hidden, 0.0f);
-  cpu_bf16->grouped_expert_swiglu(x.data(), hidden, inter, groups.data(), S, row_index.data(),
-                                  want.data());
+  moe::test::grouped_swiglu(*cpu_bf16, x.data(), hidden, inter, groups.data(), S, row_index.data(),
+                            want.data());
 
   auto d_x = upload_vector(gpu, x);
   auto d_rows = upload_vector(gpu, row_index);
@@ -169,7 +170,7 @@ void run_resident_case(Backend& gpu, int64_t hidden, int64_t inter,
   Buffer<ExpertWeights> d_table(gpu, S);
   gpu.upload(d_table.data(), dev_w.data(), S * sizeof(ExpertWeights));
   auto d_out = upload_vector(gpu, std::vector<float>(max_pairs * hidden, 0.0f));
-  ResidentExpertBatch batch;
+  ExpertBatch batch;
   batch.row_index = d_rows.data();
   batch.slot_begin = d_begin.data();
   batch.slot_weights = d_table.data();
@@ -177,7 +178,7 @@ void run_resident_case(Backend& gpu, int64_t hidden, int64_t inter,
   batch.num_slots = S;
   batch.max_pairs = max_pairs;
   batch.host_slot_begin = host_counts ? slot_begin.data() : nullptr;
-  gpu.expert_swiglu_resident(d_x.data(), hidden, inter, batch, d_out.data());
+  gpu.expert_swiglu(d_x.data(), hidden, inter, batch, d_out.data());
   const auto got = download_vector(gpu, d_out);
   // Rows past the pairs present are never written.
   for (int64_t i = P * hidden; i < max_pairs * hidden; ++i) ASSERT_EQ(got[i], 0.0f) << i;
@@ -187,34 +188,34 @@ void run_resident_case(Backend& gpu, int64_t hidden, int64_t inter,
       << hidden << "x" << inter << (host_counts ? " host counts" : " device counts");
 }
 
-TEST_F(CudaOpsTest, ExpertResidentSmallKernelWithDeviceCounts) {
-  run_resident_case(*gpu_, 256, 96, {0, 1, 3, 0, 2, 0, 0, 1}, false, 51);
+TEST_F(CudaOpsTest, ExpertSwigluSmallKernelWithDeviceCounts) {
+  run_expert_case(*gpu_, 256, 96, {0, 1, 3, 0, 2, 0, 0, 1}, false, 51);
   // One slot with more rows than a pass (three passes), counts unknown on the host.
-  run_resident_case(*gpu_, 128, 64, {19, 0, 40}, false, 52);
+  run_expert_case(*gpu_, 128, 64, {19, 0, 40}, false, 52);
 }
 
-TEST_F(CudaOpsTest, ExpertResidentSmallKernelWithHostCounts) {
-  run_resident_case(*gpu_, 256, 96, {2, 0, 16, 1}, true, 53);
+TEST_F(CudaOpsTest, ExpertSwigluSmallKernelWithHostCounts) {
+  run_expert_case(*gpu_, 256, 96, {2, 0, 16, 1}, true, 53);
 }
 
-TEST_F(CudaOpsTest, ExpertResidentQwenShapesBatchOne) {
+TEST_F(CudaOpsTest, ExpertSwigluQwenShapesBatchOne) {
   std::vector<int64_t> counts(32, 0);
   for (int s : {1, 4, 5, 9, 17, 20, 26, 31}) counts[s] = 1;
-  run_resident_case(*gpu_, 2048, 768, counts, false, 54);
-  run_resident_case(*gpu_, 2048, 768, counts, true, 55);
+  run_expert_case(*gpu_, 2048, 768, counts, false, 54);
+  run_expert_case(*gpu_, 2048, 768, counts, true, 55);
 }
 
-TEST_F(CudaOpsTest, ExpertResidentGroupedPathWithDeviceRowIndex) {
+TEST_F(CudaOpsTest, ExpertSwigluGroupedPathWithDeviceRowIndex) {
   // More than kExpertSmallMaxRows rows in a slot with host counts: the cuBLAS grouped GEMM.
   ASSERT_GT(int64_t{40}, cuda::kExpertSmallMaxRows);
-  run_resident_case(*gpu_, 256, 128, {0, 5, 40, 17, 0}, true, 56);
+  run_expert_case(*gpu_, 256, 128, {0, 5, 40, 17, 0}, true, 56);
   // Widths that are not 16-byte chunks: the grouped path, counts fetched from the device.
-  run_resident_case(*gpu_, 100, 36, {3, 1, 4}, false, 57);
+  run_expert_case(*gpu_, 100, 36, {3, 1, 4}, false, 57);
 }
 
-TEST_F(CudaOpsTest, ExpertResidentWithNoRowsWritesNothing) {
-  run_resident_case(*gpu_, 64, 32, {0, 0, 0}, false, 58);
-  run_resident_case(*gpu_, 64, 32, {0, 0, 0}, true, 59);
+TEST_F(CudaOpsTest, ExpertSwigluWithNoRowsWritesNothing) {
+  run_expert_case(*gpu_, 64, 32, {0, 0, 0}, false, 58);
+  run_expert_case(*gpu_, 64, 32, {0, 0, 0}, true, 59);
 }
 
 }  // namespace

@@ -59,9 +59,9 @@ TEST(GraphStep, EveryTermOfTheConditionCanTurnItOff) {
 
 TEST(GraphStep, WidthsTheDeviceExpertOpCannotTakeRunEagerly) {
   const ShapeOnlyGraphs graphs;
-  for (const auto& [hidden, inter, ok] : {std::tuple{64, 32, true}, std::tuple{60, 32, false},
-                                         std::tuple{64, 36, false}, std::tuple{2048, 768, true},
-                                         std::tuple{32768, 64, false}}) {
+  for (const auto& [hidden, inter, ok] :
+       {std::tuple{64, 32, true}, std::tuple{60, 32, false}, std::tuple{64, 36, false},
+        std::tuple{2048, 768, true}, std::tuple{32768, 64, false}}) {
     GraphStepShape s = decode_step();
     s.hidden = hidden;
     s.expert_inter = inter;
