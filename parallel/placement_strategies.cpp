@@ -208,6 +208,124 @@ void add_coactivation(Coactivation& c, std::span<const int32_t> ids, int top_k) 
   }
 }
 
+namespace {
+
+// The local search behind coactivation_placement. A candidate gives each expert a rank; swaps
+// keep every rank's slot count and keep its load within `cap` (or no worse than before).
+class CoactivationSearch {
+ public:
+  // One candidate: rank of each expert, rank loads, and w[e * n + r] = co-activation of e with
+  // the experts on rank r (e itself excluded).
+  struct State {
+    std::vector<int> rank_of;
+    std::vector<double> rank_load;
+    std::vector<double> w;
+  };
+
+  CoactivationSearch(std::span<const double> expert_load, const Coactivation& coact, int num_ranks,
+                     double cap)
+      : expert_load_(expert_load),
+        coact_(coact),
+        n_(static_cast<size_t>(num_ranks)),
+        e_count_(expert_load.size()),
+        cap_(cap) {}
+
+  State make_state(const std::vector<int>& rank_of) const {
+    State s{rank_of, std::vector<double>(n_, 0.0), std::vector<double>(e_count_ * n_, 0.0)};
+    for (size_t e = 0; e < e_count_; ++e) s.rank_load[rank_of[e]] += expert_load_[e];
+    for (size_t a = 0; a < e_count_; ++a) {
+      for (size_t b = 0; b < e_count_; ++b) {
+        if (a != b) s.w[a * n_ + rank_of[b]] += coact_.at(static_cast<int>(a), static_cast<int>(b));
+      }
+    }
+    return s;
+  }
+
+  // Co-activation weight inside ranks.
+  double inside(const State& s) const {
+    double v = 0;
+    for (size_t e = 0; e < e_count_; ++e) v += s.w[e * n_ + s.rank_of[e]];
+    return v / 2;
+  }
+
+  // Pairwise swaps that raise the weight inside ranks and keep both ranks within the bound (or
+  // no worse than before). Slot counts never change.
+  void improve(State& s) const {
+    for (int pass = 0; pass < 100; ++pass) {
+      bool changed = false;
+      for (size_t a = 0; a < e_count_; ++a) {
+        for (size_t b = a + 1; b < e_count_; ++b) changed = try_swap(s, a, b) || changed;
+      }
+      if (!changed) break;
+    }
+  }
+
+  // Greedy grouping, heaviest first onto the rank it co-fires with most (within the bound; ties
+  // and empty ranks: the lightest), at most capacity[r] experts on rank r.
+  std::vector<int> greedy_grouping(const std::vector<int>& capacity) const {
+    std::vector<int> order(e_count_);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int a, int b) { return expert_load_[a] > expert_load_[b]; });
+    std::vector<int> fill(n_, 0), greedy(e_count_, -1);
+    std::vector<double> load(n_, 0.0), with(e_count_ * n_, 0.0);
+    for (int e : order) {
+      int pick = -1;
+      bool pick_fits = false;
+      for (size_t r = 0; r < n_; ++r) {
+        if (fill[r] >= capacity[r]) continue;
+        const bool fits = load[r] + expert_load_[e] <= cap_;
+        if (pick < 0 || (fits && !pick_fits)) {
+          pick = static_cast<int>(r);
+          pick_fits = fits;
+          continue;
+        }
+        if (fits != pick_fits) continue;
+        const double here = with[e * n_ + r], there = with[e * n_ + pick];
+        if (here > there || (here == there && load[r] < load[pick])) pick = static_cast<int>(r);
+      }
+      greedy[e] = pick;
+      ++fill[pick];
+      load[pick] += expert_load_[e];
+      for (size_t x = 0; x < e_count_; ++x)
+        with[x * n_ + pick] += coact_.at(static_cast<int>(x), e);
+    }
+    return greedy;
+  }
+
+ private:
+  // Swaps experts a and b when that raises the weight inside ranks within the bound.
+  bool try_swap(State& s, size_t a, size_t b) const {
+    const int p = s.rank_of[a], q = s.rank_of[b];
+    if (p == q) return false;
+    const double cab = coact_.at(static_cast<int>(a), static_cast<int>(b));
+    const double gain =
+        s.w[a * n_ + q] + s.w[b * n_ + p] - 2 * cab - s.w[a * n_ + p] - s.w[b * n_ + q];
+    if (gain <= 1e-9) return false;
+    const double lp = s.rank_load[p] - expert_load_[a] + expert_load_[b];
+    const double lq = s.rank_load[q] - expert_load_[b] + expert_load_[a];
+    if ((lp > cap_ && lp > s.rank_load[p]) || (lq > cap_ && lq > s.rank_load[q])) return false;
+    s.rank_load[p] = lp;
+    s.rank_load[q] = lq;
+    s.rank_of[a] = q;
+    s.rank_of[b] = p;
+    for (size_t x = 0; x < e_count_; ++x) {
+      const double ca = coact_.at(static_cast<int>(x), static_cast<int>(a));
+      const double cb = coact_.at(static_cast<int>(x), static_cast<int>(b));
+      s.w[x * n_ + p] += cb - ca;
+      s.w[x * n_ + q] += ca - cb;
+    }
+    return true;
+  }
+
+  std::span<const double> expert_load_;
+  const Coactivation& coact_;
+  size_t n_, e_count_;
+  double cap_;
+};
+
+}  // namespace
+
 RankLists coactivation_placement(std::span<const double> expert_load, const Coactivation& coact,
                                  int num_ranks, double min_balancedness) {
   check_loads(expert_load, "coactivation");
@@ -222,7 +340,6 @@ RankLists coactivation_placement(std::span<const double> expert_load, const Coac
                "coactivation: the balancedness bound must be in (0, 1], got {}", min_balancedness);
   const size_t n = static_cast<size_t>(num_ranks);
   const size_t e_count = static_cast<size_t>(num_experts);
-  const std::vector<int> capacity = even_capacity(num_experts, num_ranks);
   const RankLists balanced = load_balanced_placement(expert_load, num_ranks);
   const double total = std::accumulate(expert_load.begin(), expert_load.end(), 0.0);
   double balanced_max = 0;
@@ -232,104 +349,22 @@ RankLists coactivation_placement(std::span<const double> expert_load, const Coac
     balanced_max = std::max(balanced_max, s);
   }
   const double cap = std::max(total / num_ranks / min_balancedness, balanced_max) * (1 + 1e-12);
-
-  // State of one candidate: rank of each expert, rank loads, and w[e * n + r] = co-activation of
-  // e with the experts on rank r (e itself excluded).
-  struct State {
-    std::vector<int> rank_of;
-    std::vector<double> rank_load;
-    std::vector<double> w;
-  };
-  auto make_state = [&](const std::vector<int>& rank_of) {
-    State s{rank_of, std::vector<double>(n, 0.0), std::vector<double>(e_count * n, 0.0)};
-    for (size_t e = 0; e < e_count; ++e) s.rank_load[rank_of[e]] += expert_load[e];
-    for (size_t a = 0; a < e_count; ++a) {
-      for (size_t b = 0; b < e_count; ++b) {
-        if (a != b) s.w[a * n + rank_of[b]] += coact.at(static_cast<int>(a), static_cast<int>(b));
-      }
-    }
-    return s;
-  };
-  auto inside = [&](const State& s) {
-    double v = 0;
-    for (size_t e = 0; e < e_count; ++e) v += s.w[e * n + s.rank_of[e]];
-    return v / 2;
-  };
-  // Pairwise swaps that raise the weight inside ranks and keep both ranks within the bound (or
-  // no worse than before). Slot counts never change.
-  auto improve = [&](State& s) {
-    for (int pass = 0; pass < 100; ++pass) {
-      bool changed = false;
-      for (size_t a = 0; a < e_count; ++a) {
-        for (size_t b = a + 1; b < e_count; ++b) {
-          const int p = s.rank_of[a], q = s.rank_of[b];
-          if (p == q) continue;
-          const double cab = coact.at(static_cast<int>(a), static_cast<int>(b));
-          const double gain =
-              s.w[a * n + q] + s.w[b * n + p] - 2 * cab - s.w[a * n + p] - s.w[b * n + q];
-          if (gain <= 1e-9) continue;
-          const double lp = s.rank_load[p] - expert_load[a] + expert_load[b];
-          const double lq = s.rank_load[q] - expert_load[b] + expert_load[a];
-          if ((lp > cap && lp > s.rank_load[p]) || (lq > cap && lq > s.rank_load[q])) continue;
-          s.rank_load[p] = lp;
-          s.rank_load[q] = lq;
-          s.rank_of[a] = q;
-          s.rank_of[b] = p;
-          for (size_t x = 0; x < e_count; ++x) {
-            const double ca = coact.at(static_cast<int>(x), static_cast<int>(a));
-            const double cb = coact.at(static_cast<int>(x), static_cast<int>(b));
-            s.w[x * n + p] += cb - ca;
-            s.w[x * n + q] += ca - cb;
-          }
-          changed = true;
-        }
-      }
-      if (!changed) break;
-    }
-  };
+  const CoactivationSearch search(expert_load, coact, num_ranks, cap);
 
   // Start 1: load_balanced.
   std::vector<int> rank_of(e_count, 0);
   for (size_t r = 0; r < n; ++r) {
     for (int e : balanced[r]) rank_of[static_cast<size_t>(e)] = static_cast<int>(r);
   }
-  State best = make_state(rank_of);
-  improve(best);
+  CoactivationSearch::State best = search.make_state(rank_of);
+  search.improve(best);
 
-  // Start 2: greedy grouping, heaviest first onto the rank it co-fires with most (within the
-  // bound; ties and empty ranks: the lightest).
-  {
-    std::vector<int> order(e_count);
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(),
-                     [&](int a, int b) { return expert_load[a] > expert_load[b]; });
-    std::vector<int> fill(n, 0), greedy(e_count, -1);
-    std::vector<double> load(n, 0.0), with(e_count * n, 0.0);
-    for (int e : order) {
-      int pick = -1;
-      bool pick_fits = false;
-      for (size_t r = 0; r < n; ++r) {
-        if (fill[r] >= capacity[r]) continue;
-        const bool fits = load[r] + expert_load[e] <= cap;
-        if (pick < 0 || (fits && !pick_fits)) {
-          pick = static_cast<int>(r);
-          pick_fits = fits;
-          continue;
-        }
-        if (fits != pick_fits) continue;
-        const double here = with[e * n + r], there = with[e * n + pick];
-        if (here > there || (here == there && load[r] < load[pick])) pick = static_cast<int>(r);
-      }
-      greedy[e] = pick;
-      ++fill[pick];
-      load[pick] += expert_load[e];
-      for (size_t x = 0; x < e_count; ++x) with[x * n + pick] += coact.at(static_cast<int>(x), e);
-    }
-    State s = make_state(greedy);
-    improve(s);
-    double s_max = *std::max_element(s.rank_load.begin(), s.rank_load.end());
-    if (s_max <= cap && inside(s) > inside(best)) best = std::move(s);
-  }
+  // Start 2: greedy grouping.
+  CoactivationSearch::State s =
+      search.make_state(search.greedy_grouping(even_capacity(num_experts, num_ranks)));
+  search.improve(s);
+  const double s_max = *std::max_element(s.rank_load.begin(), s.rank_load.end());
+  if (s_max <= cap && search.inside(s) > search.inside(best)) best = std::move(s);
 
   RankLists lists(n);
   for (size_t e = 0; e < e_count; ++e) lists[best.rank_of[e]].push_back(static_cast<int>(e));

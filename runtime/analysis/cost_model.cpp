@@ -1,6 +1,6 @@
 // Cost model: per rank and MoE layer, the routing's loads and traffic (through the dispatcher's
-// own layout), then each op's time from the hardware profile, then the slowest rank between the
-// two synchronisations of a MoE layer (dispatch, combine).
+// own layout), then each op's time from the hardware profile (op_cost.h), then the slowest rank
+// between the two synchronisations of a MoE layer (dispatch, combine).
 #include "runtime/analysis/cost_model.h"
 
 #include <fmt/format.h>
@@ -19,9 +19,6 @@
 namespace moe::runtime {
 namespace {
 
-constexpr double kGiga = 1e9;
-constexpr double kMicro = 1e-6;
-
 // The model's own router on synthetic weights spreads tokens close to evenly: modelled as
 // uniform routing with the workload's seed.
 RoutingSpec modelled_routing(const RoutingSpec& routing, uint64_t seed) {
@@ -31,10 +28,6 @@ RoutingSpec modelled_routing(const RoutingSpec& routing, uint64_t seed) {
   spec.seed = seed;
   spec.source = "router modelled as uniform";
   return spec;
-}
-
-double combine_roofline(const HardwareProfile& h, double weight_s, double flop_s) {
-  return h.gemm_overlap == GemmOverlap::kSum ? weight_s + flop_s : std::max(weight_s, flop_s);
 }
 
 // One rank's share of one step: its sequences (new tokens, cached tokens).
@@ -98,6 +91,59 @@ LayerRankLoad route_layer(const SyntheticRouting& routing, const parallel::Layer
   }
   return out;
 }
+
+// Each rank's time per phase in one step.
+class RankPhases {
+ public:
+  explicit RankPhases(int num_ranks) : phase_(num_ranks, std::vector<double>(kNumPhases, 0.0)) {}
+  void add(int r, Phase p, double v) { phase_[r][static_cast<size_t>(p)] += v; }
+  double max_over_ranks(Phase p) const {
+    double m = 0;
+    for (const std::vector<double>& rank : phase_) m = std::max(m, rank[static_cast<size_t>(p)]);
+    return m;
+  }
+
+ private:
+  std::vector<std::vector<double>> phase_;  // [N][kNumPhases]
+};
+
+// The MoE layers a step simulates (at most CostOptions::max_layers, evenly spread); each stands
+// for `weight` MoE layers.
+struct LayerSample {
+  std::vector<int> moe, dense, simulated;
+  double weight = 0;
+};
+
+LayerSample sample_layers(const ModelConfig& c, int max_layers) {
+  LayerSample out;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    (c.layer_is_moe(l) ? out.moe : out.dense).push_back(static_cast<int>(l));
+  }
+  out.simulated = out.moe;
+  if (max_layers > 0 && static_cast<int>(out.simulated.size()) > max_layers) {
+    out.simulated.clear();
+    for (int i = 0; i < max_layers; ++i) {
+      out.simulated.push_back(out.moe[static_cast<size_t>(i) * out.moe.size() / max_layers]);
+    }
+  }
+  out.weight =
+      out.simulated.empty() ? 0 : static_cast<double>(out.moe.size()) / out.simulated.size();
+  return out;
+}
+
+// One rank's times in one MoE layer, by the op that spends them.
+struct MoeRankTimes {
+  double layout = 0, dispatch_host = 0, dispatch_comm = 0, expert = 0;
+  double partial = 0, combine_comm = 0, final_sum = 0;
+  double remote_bytes = 0;  // sent to and received from other ranks
+};
+
+// One simulated MoE layer over all ranks.
+struct MoeLayerCost {
+  double critical_s = 0;        // the four segments between synchronisations, slowest rank each
+  double balancedness = 1;      // mean / max pairs per rank
+  double max_remote_bytes = 0;  // busiest rank
+};
 
 // Time of one step, phase by phase, per rank; then the critical path.
 class StepModel {
@@ -202,7 +248,6 @@ class StepModel {
                 const std::vector<RankSeqs>& ranks, int64_t step_index, int64_t logit_rows_per_seq,
                 const CostOptions& o) const {
     StepCost out;
-    const int k = static_cast<int>(s_.top_k);
     int64_t total_tokens = 0;
     for (const RankSeqs& r : ranks) total_tokens += r.tokens;
     out.tokens = total_tokens;
@@ -210,137 +255,141 @@ class StepModel {
         std::max<int64_t>(1, (total_tokens + o.max_routed_tokens - 1) / o.max_routed_tokens);
     out.sampled = stride > 1;
 
-    std::vector<std::vector<double>> phase(N_, std::vector<double>(kNumPhases, 0.0));
-    auto add = [&](int r, Phase p, double v) { phase[r][static_cast<size_t>(p)] += v; };
-    for (int r = 0; r < N_; ++r) add(r, Phase::kEmbed, embed(ranks[r].tokens));
-    double total = 0;
-    {
-      double m = 0;
-      for (int r = 0; r < N_; ++r) m = std::max(m, phase[r][0]);
-      total += m;
-    }
+    RankPhases phases(N_);
+    for (int r = 0; r < N_; ++r) phases.add(r, Phase::kEmbed, embed(ranks[r].tokens));
+    double total = phases.max_over_ranks(Phase::kEmbed);
 
     // Which MoE layers to simulate; the others take their mean.
-    std::vector<int> moe_layers, dense_layers;
-    for (int64_t l = 0; l < s_.num_layers; ++l) {
-      (c_.layer_is_moe(l) ? moe_layers : dense_layers).push_back(static_cast<int>(l));
-    }
-    std::vector<int> sim = moe_layers;
-    if (o.max_layers > 0 && static_cast<int>(sim.size()) > o.max_layers) {
-      sim.clear();
-      for (int i = 0; i < o.max_layers; ++i) {
-        sim.push_back(moe_layers[static_cast<size_t>(i) * moe_layers.size() / o.max_layers]);
-      }
-    }
-    const double layer_weight =
-        sim.empty() ? 0 : static_cast<double>(moe_layers.size()) / sim.size();
-
+    const LayerSample layers = sample_layers(c_, o.max_layers);
     std::vector<double> attn(N_), rtr(N_);
     for (int r = 0; r < N_; ++r) {
       attn[r] = attention(ranks[r]);
       rtr[r] = router(ranks[r].tokens);
     }
-    // Dense layers: attention + MLP, no synchronisation inside.
-    for (size_t i = 0; i < dense_layers.size(); ++i) {
-      double m = 0;
-      for (int r = 0; r < N_; ++r) {
-        const double mlp = dense_mlp(ranks[r].tokens);
-        add(r, Phase::kAttention, attn[r]);
-        add(r, Phase::kDenseMlp, mlp);
-        m = std::max(m, attn[r] + mlp);
-      }
-      total += m;
-    }
+    for (size_t i = 0; i < layers.dense.size(); ++i) total += dense_layer(ranks, attn, phases);
 
     double balance_sum = 0, remote_rows = 0;
-    const double row_bytes = static_cast<double>(s_.hidden) * w_.row_bytes;
-    const double route_bytes = static_cast<double>(k) * sizeof(parallel::RouteEntry);
-    for (int l : sim) {
-      const LayerRankLoad load =
-          route_layer(routing, placement.layer(l), l, step_index, ranks, stride, k);
-      double seg_a = 0, seg_b = 0, seg_c = 0, seg_d = 0, max_pairs = 0, sum_pairs = 0;
-      std::vector<double> recv_rows(N_, 0.0), recv_pairs(N_, 0.0);
+    for (int l : layers.simulated) {
+      const LayerRankLoad load = route_layer(routing, placement.layer(l), l, step_index, ranks,
+                                             stride, static_cast<int>(s_.top_k));
+      const MoeLayerCost layer = moe_layer(load, ranks, attn, rtr, layers.weight, phases);
       for (int r = 0; r < N_; ++r) {
-        for (int d = 0; d < N_; ++d) recv_rows[d] += load.rows[r][d];
-        for (double p : load.slot_pairs[r]) recv_pairs[r] += p;
-      }
-      for (int r = 0; r < N_; ++r) {
-        max_pairs = std::max(max_pairs, recv_pairs[r]);
-        sum_pairs += recv_pairs[r];
-        double sent_rows = 0;
-        for (int d = 0; d < N_; ++d) sent_rows += load.rows[r][d];
-        // Bytes to and from other ranks.
-        std::vector<double> send_b(N_), recv_b(N_), send_route(N_), recv_route(N_), cnt(N_, 8.0);
-        double remote_b = 0;
         for (int p = 0; p < N_; ++p) {
-          send_b[p] = p == r ? 0 : load.rows[r][p] * row_bytes;
-          recv_b[p] = p == r ? 0 : load.rows[p][r] * row_bytes;
-          send_route[p] = p == r ? 0 : load.rows[r][p] * route_bytes;
-          recv_route[p] = p == r ? 0 : load.rows[p][r] * route_bytes;
-          if (p != r) remote_rows += load.rows[r][p] * layer_weight;
-          remote_b += send_b[p] + send_route[p] + recv_b[p];
+          if (p != r) remote_rows += load.rows[r][p] * layers.weight;
         }
-        out.max_remote_bytes = std::max(out.max_remote_bytes, remote_b);
-        const double tokens = static_cast<double>(ranks[r].tokens);
-        const double layout = host_pairs(tokens * k);
-        const double gather =
-            sent_rows > 0 ? memory_seconds(h_, share_, 2.0 * sent_rows * row_bytes) : 0;
-        const double dispatch_host = gather + host_pairs(recv_pairs[r] + recv_rows[r] * k);
-        const double dispatch_comm = exchange_seconds(h_, N_, r, cnt, cnt) +
-                                     exchange_seconds(h_, N_, r, send_b, recv_b) +
-                                     exchange_seconds(h_, N_, r, send_route, recv_route);
-        const double ex = expert(load.slot_pairs[r]);
-        const double partial =
-            recv_rows[r] > 0
-                ? memory_seconds(h_, share_, 4.0 * s_.hidden * (recv_pairs[r] + recv_rows[r])) +
-                      host_pairs(recv_pairs[r])
-                : 0;
-        const double combine_comm = exchange_seconds(h_, N_, r, recv_b, send_b);
-        const double final_sum =
-            tokens > 0 ? memory_seconds(h_, share_, 4.0 * s_.hidden * (sent_rows + tokens)) +
-                             host_pairs(sent_rows)
-                       : 0;
-        add(r, Phase::kAttention, layer_weight * attn[r]);
-        add(r, Phase::kRouter, layer_weight * rtr[r]);
-        add(r, Phase::kLayout, layer_weight * layout);
-        add(r, Phase::kDispatch, layer_weight * (dispatch_host + dispatch_comm));
-        add(r, Phase::kExpert, layer_weight * ex);
-        add(r, Phase::kCombine, layer_weight * (partial + combine_comm + final_sum));
-        seg_a = std::max(seg_a, final_sum + attn[r] + rtr[r] + layout + dispatch_host);
-        seg_b = std::max(seg_b, dispatch_comm);
-        seg_c = std::max(seg_c, ex + partial);
-        seg_d = std::max(seg_d, combine_comm);
       }
-      // Time-shared cores: the two collectives that follow compute wait for descheduled ranks.
-      const double sync = sync_seconds();
-      for (int r = 0; r < N_; ++r) {
-        add(r, Phase::kDispatch, layer_weight * sync);
-        add(r, Phase::kCombine, layer_weight * sync);
-      }
-      seg_b += sync;
-      seg_d += sync;
-      balance_sum += max_pairs > 0 ? sum_pairs / N_ / max_pairs : 1.0;
-      total += layer_weight * (seg_a + seg_b + seg_c + seg_d);
+      out.max_remote_bytes = std::max(out.max_remote_bytes, layer.max_remote_bytes);
+      balance_sum += layer.balancedness;
+      total += layers.weight * layer.critical_s;
     }
-    out.balancedness = sim.empty() ? 1.0 : balance_sum / sim.size();
+    out.balancedness = layers.simulated.empty() ? 1.0 : balance_sum / layers.simulated.size();
     out.remote_rows_per_token =
-        total_tokens > 0 && !moe_layers.empty()
-            ? remote_rows / static_cast<double>(total_tokens) / moe_layers.size()
+        total_tokens > 0 && !layers.moe.empty()
+            ? remote_rows / static_cast<double>(total_tokens) / layers.moe.size()
             : 0;
 
-    double head = 0;
     for (int r = 0; r < N_; ++r) {
-      const double t =
-          lm_head(static_cast<int64_t>(ranks[r].sequences.size()) * logit_rows_per_seq);
-      add(r, Phase::kLmHead, t);
-      head = std::max(head, t);
+      const int64_t rows = static_cast<int64_t>(ranks[r].sequences.size()) * logit_rows_per_seq;
+      phases.add(r, Phase::kLmHead, lm_head(rows));
     }
-    total += head;
+    total += phases.max_over_ranks(Phase::kLmHead);
     out.total_s = total;
-    for (int p = 0; p < kNumPhases; ++p) {
-      for (int r = 0; r < N_; ++r) out.phase_s[p] = std::max(out.phase_s[p], phase[r][p]);
-    }
+    for (int p = 0; p < kNumPhases; ++p) out.phase_s[p] = phases.max_over_ranks(Phase(p));
     return out;
+  }
+
+  // Dense layer: attention + MLP, no synchronisation inside; returns the slowest rank's time.
+  double dense_layer(const std::vector<RankSeqs>& ranks, const std::vector<double>& attn,
+                     RankPhases& phases) const {
+    double m = 0;
+    for (int r = 0; r < N_; ++r) {
+      const double mlp = dense_mlp(ranks[r].tokens);
+      phases.add(r, Phase::kAttention, attn[r]);
+      phases.add(r, Phase::kDenseMlp, mlp);
+      m = std::max(m, attn[r] + mlp);
+    }
+    return m;
+  }
+
+  // One simulated MoE layer: adds each rank's phases, weighted for the MoE layers it stands for.
+  // Segments between synchronisations: the final sum of the previous layer through the dispatch's
+  // host work, the dispatch exchange, the experts and partial sums, the combine exchange.
+  MoeLayerCost moe_layer(const LayerRankLoad& load, const std::vector<RankSeqs>& ranks,
+                         const std::vector<double>& attn, const std::vector<double>& rtr,
+                         double layer_weight, RankPhases& phases) const {
+    MoeLayerCost out;
+    double seg_a = 0, seg_b = 0, seg_c = 0, seg_d = 0, max_pairs = 0, sum_pairs = 0;
+    std::vector<double> recv_rows(N_, 0.0), recv_pairs(N_, 0.0);
+    for (int r = 0; r < N_; ++r) {
+      for (int d = 0; d < N_; ++d) recv_rows[d] += load.rows[r][d];
+      for (double p : load.slot_pairs[r]) recv_pairs[r] += p;
+    }
+    for (int r = 0; r < N_; ++r) {
+      max_pairs = std::max(max_pairs, recv_pairs[r]);
+      sum_pairs += recv_pairs[r];
+      const MoeRankTimes t = moe_rank(load, r, ranks[r].tokens, recv_rows[r], recv_pairs[r]);
+      out.max_remote_bytes = std::max(out.max_remote_bytes, t.remote_bytes);
+      phases.add(r, Phase::kAttention, layer_weight * attn[r]);
+      phases.add(r, Phase::kRouter, layer_weight * rtr[r]);
+      phases.add(r, Phase::kLayout, layer_weight * t.layout);
+      phases.add(r, Phase::kDispatch, layer_weight * (t.dispatch_host + t.dispatch_comm));
+      phases.add(r, Phase::kExpert, layer_weight * t.expert);
+      phases.add(r, Phase::kCombine, layer_weight * (t.partial + t.combine_comm + t.final_sum));
+      seg_a = std::max(seg_a, t.final_sum + attn[r] + rtr[r] + t.layout + t.dispatch_host);
+      seg_b = std::max(seg_b, t.dispatch_comm);
+      seg_c = std::max(seg_c, t.expert + t.partial);
+      seg_d = std::max(seg_d, t.combine_comm);
+    }
+    // Time-shared cores: the two collectives that follow compute wait for descheduled ranks.
+    const double sync = sync_seconds();
+    for (int r = 0; r < N_; ++r) {
+      phases.add(r, Phase::kDispatch, layer_weight * sync);
+      phases.add(r, Phase::kCombine, layer_weight * sync);
+    }
+    seg_b += sync;
+    seg_d += sync;
+    out.balancedness = max_pairs > 0 ? sum_pairs / N_ / max_pairs : 1.0;
+    out.critical_s = seg_a + seg_b + seg_c + seg_d;
+    return out;
+  }
+
+  // Rank r's share of one MoE layer: `recv_rows` rows and `recv_pairs` (token, expert) pairs
+  // arrive for its experts; `tokens` are its own.
+  MoeRankTimes moe_rank(const LayerRankLoad& load, int r, int64_t own_tokens, double recv_rows,
+                        double recv_pairs) const {
+    const int k = static_cast<int>(s_.top_k);
+    const double row_bytes = static_cast<double>(s_.hidden) * w_.row_bytes;
+    const double route_bytes = static_cast<double>(k) * sizeof(parallel::RouteEntry);
+    MoeRankTimes t;
+    double sent_rows = 0;
+    for (int d = 0; d < N_; ++d) sent_rows += load.rows[r][d];
+    // Bytes to and from other ranks.
+    std::vector<double> send_b(N_), recv_b(N_), send_route(N_), recv_route(N_), cnt(N_, 8.0);
+    for (int p = 0; p < N_; ++p) {
+      send_b[p] = p == r ? 0 : load.rows[r][p] * row_bytes;
+      recv_b[p] = p == r ? 0 : load.rows[p][r] * row_bytes;
+      send_route[p] = p == r ? 0 : load.rows[r][p] * route_bytes;
+      recv_route[p] = p == r ? 0 : load.rows[p][r] * route_bytes;
+      t.remote_bytes += send_b[p] + send_route[p] + recv_b[p];
+    }
+    const double tokens = static_cast<double>(own_tokens);
+    t.layout = host_pairs(tokens * k);
+    const double gather =
+        sent_rows > 0 ? memory_seconds(h_, share_, 2.0 * sent_rows * row_bytes) : 0;
+    t.dispatch_host = gather + host_pairs(recv_pairs + recv_rows * k);
+    t.dispatch_comm = exchange_seconds(h_, N_, r, cnt, cnt) +
+                      exchange_seconds(h_, N_, r, send_b, recv_b) +
+                      exchange_seconds(h_, N_, r, send_route, recv_route);
+    t.expert = expert(load.slot_pairs[r]);
+    t.partial = recv_rows > 0
+                    ? memory_seconds(h_, share_, 4.0 * s_.hidden * (recv_pairs + recv_rows)) +
+                          host_pairs(recv_pairs)
+                    : 0;
+    t.combine_comm = exchange_seconds(h_, N_, r, recv_b, send_b);
+    t.final_sum = tokens > 0 ? memory_seconds(h_, share_, 4.0 * s_.hidden * (sent_rows + tokens)) +
+                                   host_pairs(sent_rows)
+                             : 0;
+    return t;
   }
 
  private:
@@ -359,81 +408,6 @@ nlohmann::json phases_json(const StepCost& s) {
 }
 
 }  // namespace
-
-double rank_compute_share(const HardwareProfile& h, int num_ranks, int threads) {
-  double scale = 1.0;
-  for (const MeasuredComm& m : h.measured) {
-    if (m.ranks == num_ranks) scale = m.compute_scale;
-  }
-  if (!h.is_cpu()) return scale;
-  const int local = std::max(1, std::min(num_ranks, h.ranks_per_node));
-  const int t = threads > 0 ? threads : std::max(1, h.cores / local);
-  return scale * t * std::min(1.0, static_cast<double>(h.cores) / (static_cast<double>(local) * t));
-}
-
-double table_gflops(const std::vector<std::pair<int64_t, double>>& t, double rows) {
-  if (rows <= static_cast<double>(t.front().first)) return t.front().second;
-  for (size_t i = 1; i < t.size(); ++i) {
-    const double r1 = static_cast<double>(t[i].first);
-    if (rows <= r1) {
-      const double r0 = static_cast<double>(t[i - 1].first);
-      const double f = std::log(rows / r0) / std::log(r1 / r0);
-      return t[i - 1].second + f * (t[i].second - t[i - 1].second);
-    }
-  }
-  return t.back().second;
-}
-
-double gemm_seconds(const HardwareProfile& h, double share, int64_t rows, int64_t in, int64_t out,
-                    bool grouped) {
-  if (rows <= 0 || in <= 0 || out <= 0) return 0;
-  const double flops = 2.0 * static_cast<double>(rows) * in * out;
-  const auto& table = grouped ? h.grouped_table : h.gemm_table;
-  if (!table.empty()) {
-    return flops / (table_gflops(table, static_cast<double>(rows)) * kGiga * share) +
-           h.launch_overhead_us * kMicro;
-  }
-  const double gflops = grouped                    ? h.grouped_gemm_gflops
-                        : rows < h.decode_rows_max ? h.decode_gemm_gflops
-                                                   : h.prefill_gemm_gflops;
-  const double flop_s = flops / (gflops * kGiga * share);
-  const double weight_s =
-      static_cast<double>(in) * out * kWeightBytes / (h.weight_read_gbps * kGiga * share);
-  return combine_roofline(h, weight_s, flop_s) + h.launch_overhead_us * kMicro;
-}
-
-double memory_seconds(const HardwareProfile& h, double share, double bytes) {
-  return bytes / (h.memory_bandwidth_gbps * kGiga * share) + h.launch_overhead_us * kMicro;
-}
-
-double exchange_seconds(const HardwareProfile& h, int num_ranks, int rank,
-                        std::span<const double> send_bytes, std::span<const double> recv_bytes) {
-  if (num_ranks <= 1) return 0;
-  const MeasuredComm* measured = nullptr;
-  for (const MeasuredComm& m : h.measured) {
-    if (m.ranks == num_ranks) measured = &m;
-  }
-  const LinkProfile intra = measured ? measured->link : h.intra_node;
-  const LinkProfile inter = measured ? measured->link : h.inter_node;
-  const double overhead = measured ? measured->collective_overhead_us : h.collective_overhead_us;
-  const int node = rank / h.ranks_per_node;
-  double send_intra = 0, recv_intra = 0, send_inter = 0, recv_inter = 0;
-  int peers_intra = 0, peers_inter = 0;
-  for (int p = 0; p < num_ranks; ++p) {
-    if (p == rank) continue;
-    const bool same = measured != nullptr || p / h.ranks_per_node == node;
-    const double s = send_bytes[static_cast<size_t>(p)], r = recv_bytes[static_cast<size_t>(p)];
-    if (s <= 0 && r <= 0) continue;
-    (same ? send_intra : send_inter) += s;
-    (same ? recv_intra : recv_inter) += r;
-    ++(same ? peers_intra : peers_inter);
-  }
-  const double t_intra = peers_intra * intra.latency_us * kMicro +
-                         std::max(send_intra, recv_intra) / (intra.bandwidth_gbps * kGiga);
-  const double t_inter = peers_inter * inter.latency_us * kMicro +
-                         std::max(send_inter, recv_inter) / (inter.bandwidth_gbps * kGiga);
-  return overhead * kMicro + std::max(t_intra, t_inter);
-}
 
 CostPrediction predict_cost(const ModelConfig& config, const CostWorkload& w,
                             const parallel::Placement& placement, const HardwareProfile& hardware,

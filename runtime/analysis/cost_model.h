@@ -14,6 +14,7 @@
 
 #include "parallel/placement.h"
 #include "runtime/analysis/hardware.h"
+#include "runtime/analysis/op_cost.h"
 #include "runtime/io/config.h"
 #include "runtime/io/routing_spec.h"
 #include "runtime/io/run_config.h"
@@ -36,27 +37,6 @@ struct CostOptions {
   int max_layers = 0;                  // MoE layers simulated (0: all); others take their mean
   int max_decode_steps = 4;            // decode steps simulated (evenly spread); mean is used
 };
-
-// Effective share of the hardware one rank gets: GPU 1; CPU threads x min(1, cores / (ranks on
-// the node x threads)), since ranks beyond the cores time-share them; times a measured entry's
-// compute_scale for this rank count (contention calibrate saw with every rank computing).
-double rank_compute_share(const HardwareProfile& h, int num_ranks, int threads);
-
-// GFLOP/s of a rate table (hardware.h) at `rows`: log-linear between entries, clamped at ends.
-double table_gflops(const std::vector<std::pair<int64_t, double>>& table, double rows);
-// Seconds of one GEMM [rows, in] x [out, in]^T at `share` (launch overhead included). The rate
-// is grouped when `grouped`, else decode-sized below h.decode_rows_max rows, else prefill-sized;
-// a profile's measured table for the class replaces rate and weight-read term.
-double gemm_seconds(const HardwareProfile& h, double share, int64_t rows, int64_t in, int64_t out,
-                    bool grouped = false);
-// Seconds of an element-wise op or copy moving `bytes` (read + write), launch included.
-double memory_seconds(const HardwareProfile& h, double share, double bytes);
-// Seconds of one all_to_all_v on `rank` of `num_ranks` that sends send_bytes[p] to and receives
-// recv_bytes[p] from each rank p (own entries ignored): the collective overhead, a latency per
-// peer exchanged with, and the larger direction over the link bandwidth; intra- and inter-node
-// peers proceed concurrently. A profile's measured entry for num_ranks replaces the link.
-double exchange_seconds(const HardwareProfile& h, int num_ranks, int rank,
-                        std::span<const double> send_bytes, std::span<const double> recv_bytes);
 
 struct StepCost {
   std::array<double, kNumPhases> phase_s{};  // max over ranks of each phase

@@ -152,46 +152,35 @@ PlacementReport report_from_run(const nlohmann::json& m, int ranks, int64_t top_
   return r;
 }
 
-}  // namespace
-
-ExperimentConfig load_experiment_config(const std::string& path) {
-  y::Doc doc = y::load(path);
-  const YAML::Node& root = doc.root;
-  y::reject_unknown_keys(
-      doc, root,
-      {"name", "mode", "model", "ranks", "placements", "workloads", "tokens", "tokens_per_step",
-       "layers", "run_config", "launcher", "set", "timeout_s"});
-  ExperimentConfig c;
-  c.source = path;
-  c.name = y::value_or<std::string>(doc, root, "name", fs::path(path).stem().string());
-  c.mode = y::value_or<std::string>(doc, root, "mode", "analyze");
-  if (c.mode != "analyze" && c.mode != "run") {
-    y::fail(doc, root["mode"], "mode",
-            fmt::format("expected 'analyze' or 'run', got '{}'", c.mode));
-  }
-  c.model = resolve(path, y::require<std::string>(doc, root, "model"));
-
-  const YAML::Node ranks = root["ranks"];
+// ranks: a non-empty list of rank counts in 1..1024.
+std::vector<int> parse_ranks(const y::Doc& doc) {
+  const YAML::Node ranks = doc.root["ranks"];
   if (!ranks.IsDefined())
-    y::fail(doc, root, "ranks", "missing required key (a list of rank counts)");
+    y::fail(doc, doc.root, "ranks", "missing required key (a list of rank counts)");
   if (!ranks.IsSequence() || ranks.size() == 0) {
     y::fail(doc, ranks, "ranks", "expected a non-empty list of rank counts, e.g. [4, 8]");
   }
+  std::vector<int> out;
   for (size_t i = 0; i < ranks.size(); ++i) {
     const int64_t n = y::as<int64_t>(doc, ranks[i], fmt::format("ranks[{}]", i));
     if (n < 1 || n > 1024) {
       y::fail(doc, ranks[i], fmt::format("ranks[{}]", i),
               fmt::format("a rank count must be in 1..1024, got {}", n));
     }
-    c.ranks.push_back(static_cast<int>(n));
+    out.push_back(static_cast<int>(n));
   }
+  return out;
+}
 
-  const YAML::Node placements = root["placements"];
-  if (!placements.IsDefined()) y::fail(doc, root, "placements", "missing required key");
+// placements: a non-empty list of strategies, each named (default: its label).
+std::vector<ExperimentPlacement> parse_placements(const y::Doc& doc) {
+  const YAML::Node placements = doc.root["placements"];
+  if (!placements.IsDefined()) y::fail(doc, doc.root, "placements", "missing required key");
   if (!placements.IsSequence() || placements.size() == 0) {
     y::fail(doc, placements, "placements",
             "expected a non-empty list of placements, e.g. - {strategy: load_balanced}");
   }
+  std::vector<ExperimentPlacement> out;
   for (size_t i = 0; i < placements.size(); ++i) {
     const std::string key = fmt::format("placements[{}]", i);
     if (!placements[i].IsMap()) {
@@ -201,15 +190,21 @@ ExperimentConfig load_experiment_config(const std::string& path) {
     p.strategy = parse_strategy(doc, placements[i], key);
     p.name =
         y::value_or<std::string>(doc, placements[i], "name", p.strategy.label(), key + ".name");
-    c.placements.push_back(std::move(p));
+    out.push_back(std::move(p));
   }
+  return out;
+}
 
-  const YAML::Node workloads = root["workloads"];
-  if (!workloads.IsDefined()) y::fail(doc, root, "workloads", "missing required key");
+// workloads: a non-empty list of uniquely named generated or replayed routings, each also kept as
+// one line of flow YAML for the run command lines.
+std::vector<ExperimentWorkload> parse_workloads(const y::Doc& doc) {
+  const YAML::Node workloads = doc.root["workloads"];
+  if (!workloads.IsDefined()) y::fail(doc, doc.root, "workloads", "missing required key");
   if (!workloads.IsSequence() || workloads.size() == 0) {
     y::fail(doc, workloads, "workloads",
             "expected a non-empty list of workloads, e.g. - {name: zipf, routing: {kind: zipf}}");
   }
+  std::vector<ExperimentWorkload> out;
   std::set<std::string> names;
   for (size_t i = 0; i < workloads.size(); ++i) {
     const std::string key = fmt::format("workloads[{}]", i);
@@ -234,9 +229,14 @@ ExperimentConfig load_experiment_config(const std::string& path) {
       y::fail(doc, r, key + ".routing",
               "must not contain a single quote (it goes on a command line)");
     }
-    c.workloads.push_back(std::move(wl));
+    out.push_back(std::move(wl));
   }
+  return out;
+}
 
+// The scalar keys (tokens, tokens_per_step, layers, timeout_s, launcher) and set: into `c`.
+void parse_settings(const y::Doc& doc, ExperimentConfig& c) {
+  const YAML::Node& root = doc.root;
   auto positive = [&](const char* k, int64_t fallback, int64_t lo) {
     const int64_t v = y::value_or<int64_t>(doc, root, k, fallback);
     if (v < lo) y::fail(doc, root[k], k, fmt::format("expected an integer >= {}, got {}", lo, v));
@@ -261,6 +261,11 @@ ExperimentConfig load_experiment_config(const std::string& path) {
       c.sets.push_back(v);
     }
   }
+}
+
+// The keys only one mode takes: run needs an existing run_config and places every layer.
+void check_mode_keys(const y::Doc& doc, const std::string& path, ExperimentConfig& c) {
+  const YAML::Node& root = doc.root;
   if (c.mode == "run" && root["layers"].IsDefined()) {
     y::fail(doc, root["layers"], "layers", "mode 'run' places every MoE layer; drop this key");
   }
@@ -273,6 +278,85 @@ ExperimentConfig load_experiment_config(const std::string& path) {
   } else if (root["run_config"].IsDefined()) {
     y::fail(doc, root["run_config"], "run_config", "only mode 'run' reads a run config");
   }
+}
+
+// The model's MoE layers, the first `max_layers` of them (0: all).
+std::vector<int64_t> experiment_layers(const ModelConfig& model, int64_t max_layers) {
+  std::vector<int64_t> layers;
+  for (int64_t l = 0; l < model.num_hidden_layers; ++l) {
+    if (model.layer_is_moe(l) &&
+        (max_layers == 0 || static_cast<int64_t>(layers.size()) < max_layers)) {
+      layers.push_back(l);
+    }
+  }
+  return layers;
+}
+
+// Mode run: writes the fitted placement, runs `moe-ep run` with it through the launcher and reads
+// back what it measured into `cell`.
+void run_cell(const ExperimentConfig& c, const ExperimentWorkload& w, const ExperimentPlacement& p,
+              int n, const std::vector<std::pair<int, parallel::RankLists>>& lists,
+              const ModelConfig& model, const std::string& out_dir, const std::string& exe,
+              ExperimentCell& cell) {
+  const std::string stem = file_label(fmt::format("{}_{}r_{}", w.name, n, p.name));
+  const std::string yaml = (fs::path(out_dir) / "placements" / (stem + ".yaml")).string();
+  parallel::write_placement_yaml(yaml, n, lists,
+                                 {fmt::format("experiment {}: {} fitted on {} tokens of {}", c.name,
+                                              p.name, c.tokens, cell.routing)});
+  const std::string json = (fs::path(out_dir) / "runs" / (stem + ".json")).string();
+  const std::string log = (fs::path(out_dir) / "runs" / (stem + ".log")).string();
+  std::string cmd = fmt::format(
+      "timeout -k 10 {} {} {} run --config {} --quiet "
+      "--placement {} --json {} --set 'workload.routing={}'",
+      c.timeout_s, replace_all(c.launcher, "{ranks}", std::to_string(n)), exe, c.run_config, yaml,
+      json, w.routing_yaml);
+  for (const std::string& s : c.sets) cmd += fmt::format(" --set '{}'", s);
+  cmd += fmt::format(" >{} 2>&1 </dev/null", log);
+  const int rc = shell(cmd);
+  MOE_CHECK_AS("experiment", rc == 0,
+               "{}: cell {} on {} ranks with {} failed (exit {}); its output is in {}", c.source,
+               w.name, n, p.name, rc, log);
+  std::ifstream in(json);
+  MOE_CHECK_AS("experiment", static_cast<bool>(in), "{}: the run wrote no JSON {}", c.source, json);
+  const nlohmann::json j = nlohmann::json::parse(in);
+  const nlohmann::json& m = j.at("metrics");
+  cell.measured = report_from_run(m, n, model.num_experts_per_tok);
+  cell.phases = m.value("phases", nlohmann::json::object());
+}
+
+std::string progress_line(const ExperimentCell& e, size_t done, size_t total) {
+  return fmt::format(
+      "[{}/{}] {} · {} ranks · {}: balancedness {:.4f}{} · cross-rank rows/token {:.3f} · "
+      "{:.2f} s{}",
+      done, total, e.workload, e.ranks, e.placement, e.measured.mean_balancedness,
+      e.fit ? fmt::format(" (fitted {:.4f})", e.fit->mean_balancedness) : std::string(),
+      e.measured.cross_rank_rows_per_token(), e.seconds,
+      e.fit ? fmt::format(" (held-out replay {:.3f} s)", e.analyze_seconds) : std::string());
+}
+
+}  // namespace
+
+ExperimentConfig load_experiment_config(const std::string& path) {
+  y::Doc doc = y::load(path);
+  const YAML::Node& root = doc.root;
+  y::reject_unknown_keys(
+      doc, root,
+      {"name", "mode", "model", "ranks", "placements", "workloads", "tokens", "tokens_per_step",
+       "layers", "run_config", "launcher", "set", "timeout_s"});
+  ExperimentConfig c;
+  c.source = path;
+  c.name = y::value_or<std::string>(doc, root, "name", fs::path(path).stem().string());
+  c.mode = y::value_or<std::string>(doc, root, "mode", "analyze");
+  if (c.mode != "analyze" && c.mode != "run") {
+    y::fail(doc, root["mode"], "mode",
+            fmt::format("expected 'analyze' or 'run', got '{}'", c.mode));
+  }
+  c.model = resolve(path, y::require<std::string>(doc, root, "model"));
+  c.ranks = parse_ranks(doc);
+  c.placements = parse_placements(doc);
+  c.workloads = parse_workloads(doc);
+  parse_settings(doc, c);
+  check_mode_keys(doc, path, c);
   return c;
 }
 
@@ -280,13 +364,7 @@ ExperimentResults run_experiment(const ExperimentConfig& c, const std::string& o
                                  const std::string& exe,
                                  const std::function<void(const std::string&)>& progress) {
   const ModelConfig model = load_model_config(c.model);
-  std::vector<int64_t> layers;
-  for (int64_t l = 0; l < model.num_hidden_layers; ++l) {
-    if (model.layer_is_moe(l) &&
-        (c.max_layers == 0 || static_cast<int64_t>(layers.size()) < c.max_layers)) {
-      layers.push_back(l);
-    }
-  }
+  const std::vector<int64_t> layers = experiment_layers(model, c.max_layers);
   MOE_CHECK_AS("config", !layers.empty(), "{}: model {} has no MoE layer", c.source, c.model);
   AnalysisOptions opt;
   opt.hidden = model.hidden_size;
@@ -322,42 +400,11 @@ ExperimentResults run_experiment(const ExperimentConfig& c, const std::string& o
           cell.analyze_seconds =
               std::chrono::duration<double>(std::chrono::steady_clock::now() - a0).count();
         } else {
-          const std::string stem = file_label(fmt::format("{}_{}r_{}", w.name, n, p.name));
-          const std::string yaml = (fs::path(out_dir) / "placements" / (stem + ".yaml")).string();
-          parallel::write_placement_yaml(yaml, n, lists,
-                                         {fmt::format("experiment {}: {} fitted on {} tokens of {}",
-                                                      c.name, p.name, c.tokens, cell.routing)});
-          const std::string json = (fs::path(out_dir) / "runs" / (stem + ".json")).string();
-          const std::string log = (fs::path(out_dir) / "runs" / (stem + ".log")).string();
-          std::string cmd = fmt::format(
-              "timeout -k 10 {} {} {} run --config {} --quiet "
-              "--placement {} --json {} --set 'workload.routing={}'",
-              c.timeout_s, replace_all(c.launcher, "{ranks}", std::to_string(n)), exe, c.run_config,
-              yaml, json, w.routing_yaml);
-          for (const std::string& s : c.sets) cmd += fmt::format(" --set '{}'", s);
-          cmd += fmt::format(" >{} 2>&1 </dev/null", log);
-          const int rc = shell(cmd);
-          MOE_CHECK_AS("experiment", rc == 0,
-                       "{}: cell {} on {} ranks with {} failed (exit {}); its output is in {}",
-                       c.source, w.name, n, p.name, rc, log);
-          std::ifstream in(json);
-          MOE_CHECK_AS("experiment", static_cast<bool>(in), "{}: the run wrote no JSON {}",
-                       c.source, json);
-          const nlohmann::json j = nlohmann::json::parse(in);
-          const nlohmann::json& m = j.at("metrics");
-          cell.measured = report_from_run(m, n, model.num_experts_per_tok);
-          cell.phases = m.value("phases", nlohmann::json::object());
+          run_cell(c, w, p, n, lists, model, out_dir, exe, cell);
         }
         cell.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         res.cells.push_back(std::move(cell));
-        const ExperimentCell& e = res.cells.back();
-        progress(fmt::format(
-            "[{}/{}] {} · {} ranks · {}: balancedness {:.4f}{} · cross-rank rows/token {:.3f} · "
-            "{:.2f} s{}",
-            res.cells.size(), total, e.workload, e.ranks, e.placement, e.measured.mean_balancedness,
-            e.fit ? fmt::format(" (fitted {:.4f})", e.fit->mean_balancedness) : std::string(),
-            e.measured.cross_rank_rows_per_token(), e.seconds,
-            e.fit ? fmt::format(" (held-out replay {:.3f} s)", e.analyze_seconds) : std::string()));
+        progress(progress_line(res.cells.back(), res.cells.size(), total));
       }
     }
   }

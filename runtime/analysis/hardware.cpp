@@ -74,6 +74,113 @@ std::string table_yaml(const std::vector<std::pair<int64_t, double>>& t) {
   return s + "]";
 }
 
+// compute: GEMM and attention rates, decode shape limit, overlap rule, cores and rate tables.
+void read_compute(const y::Doc& doc, HardwareProfile& h) {
+  const YAML::Node c = section(doc, doc.root, "compute");
+  y::reject_unknown_keys(
+      doc, c,
+      {"prefill_gemm_gflops", "decode_gemm_gflops", "grouped_gemm_gflops", "attention_gflops",
+       "decode_rows_max", "gemm_overlap", "cores", "gemm_table", "grouped_table"},
+      "compute");
+  h.prefill_gemm_gflops = positive(doc, c, "prefill_gemm_gflops", "compute.prefill_gemm_gflops");
+  h.decode_gemm_gflops = positive(doc, c, "decode_gemm_gflops", "compute.decode_gemm_gflops");
+  h.grouped_gemm_gflops = positive(doc, c, "grouped_gemm_gflops", "compute.grouped_gemm_gflops");
+  h.attention_gflops = positive(doc, c, "attention_gflops", "compute.attention_gflops");
+  h.decode_rows_max =
+      y::value_or<int64_t>(doc, c, "decode_rows_max", 64, "compute.decode_rows_max");
+  if (h.decode_rows_max < 1) {
+    y::fail(doc, c["decode_rows_max"], "compute.decode_rows_max", "must be >= 1");
+  }
+  const std::string overlap = y::value_or<std::string>(
+      doc, c, "gemm_overlap", h.is_cpu() ? "sum" : "max", "compute.gemm_overlap");
+  if (overlap != "max" && overlap != "sum") {
+    y::fail(doc, c["gemm_overlap"], "compute.gemm_overlap",
+            fmt::format("max or sum, got '{}'", overlap));
+  }
+  h.gemm_overlap = overlap == "sum" ? GemmOverlap::kSum : GemmOverlap::kMax;
+  const int64_t cores = y::value_or<int64_t>(doc, c, "cores", 0, "compute.cores");
+  if (h.is_cpu() && cores < 1) {
+    y::fail(doc, c["cores"] ? c["cores"] : c, "compute.cores",
+            "a cpu profile needs the cores of a node (>= 1): its ranks share them");
+  }
+  if (cores < 0) y::fail(doc, c["cores"], "compute.cores", "must be >= 0");
+  h.cores = static_cast<int>(cores);
+  h.gemm_table = read_table(doc, c, "gemm_table", "compute.gemm_table");
+  h.grouped_table = read_table(doc, c, "grouped_table", "compute.grouped_table");
+}
+
+// memory: bandwidth, weight read rate (default: the bandwidth) and capacity.
+void read_memory(const y::Doc& doc, HardwareProfile& h) {
+  const YAML::Node m = section(doc, doc.root, "memory");
+  y::reject_unknown_keys(doc, m, {"bandwidth_gbps", "weight_read_gbps", "capacity_gib"}, "memory");
+  h.memory_bandwidth_gbps = positive(doc, m, "bandwidth_gbps", "memory.bandwidth_gbps");
+  h.weight_read_gbps = m["weight_read_gbps"]
+                           ? positive(doc, m, "weight_read_gbps", "memory.weight_read_gbps")
+                           : h.memory_bandwidth_gbps;
+  h.memory_gib = non_negative(doc, m, "capacity_gib", "memory.capacity_gib", 0);
+}
+
+// overhead: fixed costs per launch, pair, logit, token, sequence and collective.
+void read_overhead(const y::Doc& doc, HardwareProfile& h) {
+  const YAML::Node o = section(doc, doc.root, "overhead");
+  y::reject_unknown_keys(doc, o,
+                         {"launch_us", "layout_ns_per_pair", "topk_ns_per_logit",
+                          "rowops_ns_per_token", "attention_seq_us", "collective_us"},
+                         "overhead");
+  h.launch_overhead_us = non_negative(doc, o, "launch_us", "overhead.launch_us", 0);
+  h.layout_ns_per_pair =
+      non_negative(doc, o, "layout_ns_per_pair", "overhead.layout_ns_per_pair", 0);
+  h.topk_ns_per_logit = non_negative(doc, o, "topk_ns_per_logit", "overhead.topk_ns_per_logit", 0);
+  h.rowops_ns_per_token =
+      non_negative(doc, o, "rowops_ns_per_token", "overhead.rowops_ns_per_token", 0);
+  h.attention_seq_us = non_negative(doc, o, "attention_seq_us", "overhead.attention_seq_us", 0);
+  h.collective_overhead_us = non_negative(doc, o, "collective_us", "overhead.collective_us", 0);
+}
+
+// comm.measured[i]: one rank count's measured communicator; `earlier` are the entries before it.
+MeasuredComm read_measured(const y::Doc& doc, const YAML::Node& e, const std::string& p,
+                           const std::vector<MeasuredComm>& earlier) {
+  if (!e.IsMap()) y::fail(doc, e, p, "expected a mapping");
+  y::reject_unknown_keys(
+      doc, e,
+      {"ranks", "collective_us", "latency_us", "bandwidth_gbps", "sync_us", "compute_scale"}, p);
+  MeasuredComm mc;
+  const int64_t r = y::require<int64_t>(doc, e, "ranks", p + ".ranks");
+  if (r < 1) y::fail(doc, e["ranks"], p + ".ranks", "must be >= 1");
+  for (const MeasuredComm& prev : earlier) {
+    if (prev.ranks == r) y::fail(doc, e["ranks"], p + ".ranks", "listed twice");
+  }
+  mc.ranks = static_cast<int>(r);
+  mc.collective_overhead_us = non_negative(doc, e, "collective_us", p + ".collective_us", 0);
+  mc.link.latency_us = non_negative(doc, e, "latency_us", p + ".latency_us", 0);
+  mc.link.bandwidth_gbps = positive(doc, e, "bandwidth_gbps", p + ".bandwidth_gbps");
+  mc.sync_us = non_negative(doc, e, "sync_us", p + ".sync_us", 0);
+  mc.compute_scale =
+      e["compute_scale"] ? positive(doc, e, "compute_scale", p + ".compute_scale") : 1.0;
+  return mc;
+}
+
+// comm: ranks per node, the two links (inter_node defaults to intra_node) and measured entries.
+void read_comm(const y::Doc& doc, HardwareProfile& h) {
+  const YAML::Node k = section(doc, doc.root, "comm");
+  y::reject_unknown_keys(doc, k, {"ranks_per_node", "intra_node", "inter_node", "measured"},
+                         "comm");
+  const int64_t rpn = y::value_or<int64_t>(doc, k, "ranks_per_node", 1, "comm.ranks_per_node");
+  if (rpn < 1) y::fail(doc, k["ranks_per_node"], "comm.ranks_per_node", "must be >= 1");
+  h.ranks_per_node = static_cast<int>(rpn);
+  if (!k["intra_node"]) y::fail(doc, k, "comm.intra_node", "missing section");
+  h.intra_node = read_link(doc, k["intra_node"], "comm.intra_node");
+  h.inter_node =
+      k["inter_node"] ? read_link(doc, k["inter_node"], "comm.inter_node") : h.intra_node;
+  if (const YAML::Node ms = k["measured"]) {
+    if (!ms.IsSequence()) y::fail(doc, ms, "comm.measured", "expected a list of entries");
+    for (size_t i = 0; i < ms.size(); ++i) {
+      h.measured.push_back(
+          read_measured(doc, ms[i], fmt::format("comm.measured[{}]", i), h.measured));
+    }
+  }
+}
+
 }  // namespace
 
 void HardwareProfile::validate() const {
@@ -116,97 +223,10 @@ HardwareProfile load_hardware_profile(const std::string& path) {
   if (h.kind != "gpu" && h.kind != "cpu") {
     y::fail(doc, root["kind"], "kind", fmt::format("gpu or cpu, got '{}'", h.kind));
   }
-
-  const YAML::Node c = section(doc, root, "compute");
-  y::reject_unknown_keys(
-      doc, c,
-      {"prefill_gemm_gflops", "decode_gemm_gflops", "grouped_gemm_gflops", "attention_gflops",
-       "decode_rows_max", "gemm_overlap", "cores", "gemm_table", "grouped_table"},
-      "compute");
-  h.prefill_gemm_gflops = positive(doc, c, "prefill_gemm_gflops", "compute.prefill_gemm_gflops");
-  h.decode_gemm_gflops = positive(doc, c, "decode_gemm_gflops", "compute.decode_gemm_gflops");
-  h.grouped_gemm_gflops = positive(doc, c, "grouped_gemm_gflops", "compute.grouped_gemm_gflops");
-  h.attention_gflops = positive(doc, c, "attention_gflops", "compute.attention_gflops");
-  h.decode_rows_max =
-      y::value_or<int64_t>(doc, c, "decode_rows_max", 64, "compute.decode_rows_max");
-  if (h.decode_rows_max < 1) {
-    y::fail(doc, c["decode_rows_max"], "compute.decode_rows_max", "must be >= 1");
-  }
-  const std::string overlap = y::value_or<std::string>(
-      doc, c, "gemm_overlap", h.is_cpu() ? "sum" : "max", "compute.gemm_overlap");
-  if (overlap != "max" && overlap != "sum") {
-    y::fail(doc, c["gemm_overlap"], "compute.gemm_overlap",
-            fmt::format("max or sum, got '{}'", overlap));
-  }
-  h.gemm_overlap = overlap == "sum" ? GemmOverlap::kSum : GemmOverlap::kMax;
-  const int64_t cores = y::value_or<int64_t>(doc, c, "cores", 0, "compute.cores");
-  if (h.is_cpu() && cores < 1) {
-    y::fail(doc, c["cores"] ? c["cores"] : c, "compute.cores",
-            "a cpu profile needs the cores of a node (>= 1): its ranks share them");
-  }
-  if (cores < 0) y::fail(doc, c["cores"], "compute.cores", "must be >= 0");
-  h.cores = static_cast<int>(cores);
-  h.gemm_table = read_table(doc, c, "gemm_table", "compute.gemm_table");
-  h.grouped_table = read_table(doc, c, "grouped_table", "compute.grouped_table");
-
-  const YAML::Node m = section(doc, root, "memory");
-  y::reject_unknown_keys(doc, m, {"bandwidth_gbps", "weight_read_gbps", "capacity_gib"}, "memory");
-  h.memory_bandwidth_gbps = positive(doc, m, "bandwidth_gbps", "memory.bandwidth_gbps");
-  h.weight_read_gbps = m["weight_read_gbps"]
-                           ? positive(doc, m, "weight_read_gbps", "memory.weight_read_gbps")
-                           : h.memory_bandwidth_gbps;
-  h.memory_gib = non_negative(doc, m, "capacity_gib", "memory.capacity_gib", 0);
-
-  const YAML::Node o = section(doc, root, "overhead");
-  y::reject_unknown_keys(doc, o,
-                         {"launch_us", "layout_ns_per_pair", "topk_ns_per_logit",
-                          "rowops_ns_per_token", "attention_seq_us", "collective_us"},
-                         "overhead");
-  h.launch_overhead_us = non_negative(doc, o, "launch_us", "overhead.launch_us", 0);
-  h.layout_ns_per_pair =
-      non_negative(doc, o, "layout_ns_per_pair", "overhead.layout_ns_per_pair", 0);
-  h.topk_ns_per_logit = non_negative(doc, o, "topk_ns_per_logit", "overhead.topk_ns_per_logit", 0);
-  h.rowops_ns_per_token =
-      non_negative(doc, o, "rowops_ns_per_token", "overhead.rowops_ns_per_token", 0);
-  h.attention_seq_us = non_negative(doc, o, "attention_seq_us", "overhead.attention_seq_us", 0);
-  h.collective_overhead_us = non_negative(doc, o, "collective_us", "overhead.collective_us", 0);
-
-  const YAML::Node k = section(doc, root, "comm");
-  y::reject_unknown_keys(doc, k, {"ranks_per_node", "intra_node", "inter_node", "measured"},
-                         "comm");
-  const int64_t rpn = y::value_or<int64_t>(doc, k, "ranks_per_node", 1, "comm.ranks_per_node");
-  if (rpn < 1) y::fail(doc, k["ranks_per_node"], "comm.ranks_per_node", "must be >= 1");
-  h.ranks_per_node = static_cast<int>(rpn);
-  if (!k["intra_node"]) y::fail(doc, k, "comm.intra_node", "missing section");
-  h.intra_node = read_link(doc, k["intra_node"], "comm.intra_node");
-  h.inter_node =
-      k["inter_node"] ? read_link(doc, k["inter_node"], "comm.inter_node") : h.intra_node;
-  if (const YAML::Node ms = k["measured"]) {
-    if (!ms.IsSequence()) y::fail(doc, ms, "comm.measured", "expected a list of entries");
-    for (size_t i = 0; i < ms.size(); ++i) {
-      const YAML::Node e = ms[i];
-      const std::string p = fmt::format("comm.measured[{}]", i);
-      if (!e.IsMap()) y::fail(doc, e, p, "expected a mapping");
-      y::reject_unknown_keys(
-          doc, e,
-          {"ranks", "collective_us", "latency_us", "bandwidth_gbps", "sync_us", "compute_scale"},
-          p);
-      MeasuredComm mc;
-      const int64_t r = y::require<int64_t>(doc, e, "ranks", p + ".ranks");
-      if (r < 1) y::fail(doc, e["ranks"], p + ".ranks", "must be >= 1");
-      for (const MeasuredComm& prev : h.measured) {
-        if (prev.ranks == r) y::fail(doc, e["ranks"], p + ".ranks", "listed twice");
-      }
-      mc.ranks = static_cast<int>(r);
-      mc.collective_overhead_us = non_negative(doc, e, "collective_us", p + ".collective_us", 0);
-      mc.link.latency_us = non_negative(doc, e, "latency_us", p + ".latency_us", 0);
-      mc.link.bandwidth_gbps = positive(doc, e, "bandwidth_gbps", p + ".bandwidth_gbps");
-      mc.sync_us = non_negative(doc, e, "sync_us", p + ".sync_us", 0);
-      mc.compute_scale =
-          e["compute_scale"] ? positive(doc, e, "compute_scale", p + ".compute_scale") : 1.0;
-      h.measured.push_back(mc);
-    }
-  }
+  read_compute(doc, h);
+  read_memory(doc, h);
+  read_overhead(doc, h);
+  read_comm(doc, h);
   h.validate();
   return h;
 }

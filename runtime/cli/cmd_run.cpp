@@ -59,8 +59,8 @@ std::vector<kernels::GemmShape> prefill_shapes(const Model& m, int64_t tokens,
   return shapes;
 }
 
-int run_run(const RunArgs& a, const CLI::App& cmd) {
-  const RunConfig rc = load_run_config(a.config, a.sets);
+// The run config's model, weights and settings wherever the command line left them unset.
+ModelOptions run_model_options(const RunArgs& a, const CLI::App& cmd, const RunConfig& rc) {
   ModelOptions o = a.model;
   o.model = rc.model;
   if (o.weights.empty()) o.weights = rc.weights;
@@ -70,15 +70,15 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
   if (o.comm.empty()) o.comm = rc.comm;
   if (o.threads == 0) o.threads = static_cast<int>(rc.threads);
   if (cmd.count("--timeout") == 0) o.timeout_s = rc.timeout_s;
-  const Workload& w = rc.workload;
-  check_context_fits(load_model_config(o.model), w.prompt_len + w.decode_steps,
-                     fmt::format("{}: workload.prompt_len + workload.decode_steps", rc.source));
+  return o;
+}
 
-  const int64_t decode_steps = std::max<int64_t>(w.decode_steps, 1);
-  const int64_t context = w.prompt_len + decode_steps;
-  // Routing (workload.routing), checked before any weight loads; it outlives the session.
-  const std::unique_ptr<SyntheticRouting> routing =
-      make_routing(w.routing, load_model_config(o.model));
+// Routing (workload.routing; nullptr: the model's router), checked before any weight loads: a
+// replayed trace must hold every row the workload routes.
+std::unique_ptr<SyntheticRouting> workload_routing(const RunConfig& rc, const ModelOptions& o,
+                                                   int64_t decode_steps) {
+  const Workload& w = rc.workload;
+  std::unique_ptr<SyntheticRouting> routing = make_routing(w.routing, load_model_config(o.model));
   if (routing && w.routing.kind == "replay") {
     routing->set_prompt_lengths(
         std::vector<int64_t>(static_cast<size_t>(w.num_sequences), w.prompt_len));
@@ -88,74 +88,79 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
                  w.routing.trace, routing->trace_rows(), rc.source, w.num_sequences, w.prompt_len,
                  decode_steps, routing->rows_needed(decode_steps));
   }
-  auto s = open_session(o, w.num_sequences, context);
-  set_routing_hook(*s, routing.get());
-  // Online rebalancing (rebalance:) runs between the model's steps.
-  std::unique_ptr<Rebalancer> rebalancer;
-  if (rc.rebalance.enabled()) {
-    rebalancer = std::make_unique<Rebalancer>(rc.rebalance, *s->model, *s->comm);
-  }
-  const int N = s->size();
-  // Deterministic prompts: sequence i from (seed, i), whatever the world size.
+  return routing;
+}
+
+// Deterministic prompts: sequence i from (seed, i), whatever the world size.
+TokenBatch workload_prompts(const Workload& w, int64_t vocab_size) {
   TokenBatch prompts(static_cast<size_t>(w.num_sequences));
   for (int64_t i = 0; i < w.num_sequences; ++i) {
     std::mt19937_64 rng(w.seed * 1000003ull + static_cast<uint64_t>(i));
-    std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(s->config.vocab_size - 1));
+    std::uniform_int_distribution<int32_t> tok(0, static_cast<int32_t>(vocab_size - 1));
     for (int64_t t = 0; t < w.prompt_len; ++t) prompts[i].push_back(tok(rng));
   }
-  Engine engine(*s->model, *s->comm);
-  s->comm->barrier();
-  const GenerateOutput out = engine.generate(prompts, decode_steps);
-  const MetricsReport metrics = engine.metrics().reduce(*s->comm, s->model->instrumentation());
-  write_trace_out(*s, o);
+  return prompts;
+}
 
-  // Memory: max over ranks.
+// What one run measured, as rank 0 reports it.
+struct RunResult {
+  GenerateOutput out;
+  MetricsReport metrics;
+  // Max over ranks: expert shard, dense replica, KV cache, backend peak, RSS peak, device memory
+  // in use grown since the session opened (-1: host backend).
+  std::vector<int64_t> memory;
+  RankMemory plan;
+  double prefill_tps = 0, decode_tps = 0, forward_gflops = 0;
+  double sgemm_gflops = 0;  // 0: no yardstick
+};
+
+// This session's memory, max over ranks (collective); the order of RunResult::memory.
+std::vector<int64_t> max_rank_memory(const Session& s) {
   std::vector<int64_t> mem{
-      s->model->weights().sizes().expert_bytes(),
-      s->model->weights().sizes().dense_bytes(),
-      s->model->kv_cache().bytes(),
-      static_cast<int64_t>(s->backend->peak_allocated_bytes()),
+      s.model->weights().sizes().expert_bytes(),
+      s.model->weights().sizes().dense_bytes(),
+      s.model->kv_cache().bytes(),
+      static_cast<int64_t>(s.backend->peak_allocated_bytes()),
       peak_rss_bytes(),
-      s->device_used_at_open < 0 ? -1 : s->backend->device_used_bytes() - s->device_used_at_open};
-  s->comm->all_reduce<int64_t>(mem, parallel::ReduceOp::kMax);
-  const RankMemory plan = planned_memory(*s, w.num_sequences, context);
+      s.device_used_at_open < 0 ? -1 : s.backend->device_used_bytes() - s.device_used_at_open};
+  s.comm->all_reduce<int64_t>(mem, parallel::ReduceOp::kMax);
+  return mem;
+}
 
-  const int64_t prefill_tokens = w.num_sequences * w.prompt_len;
-  const int64_t decode_tokens = w.num_sequences * (decode_steps - 1);
-  const double prefill_tps = prefill_tokens / out.prefill_s;
-  const double decode_tps = out.decode_s > 0 ? decode_tokens / out.decode_s : 0.0;
-  const double forward_gflops = engine.prefill_flops() / out.prefill_s * 1e-9;
+// Yardstick: plain cblas_sgemm over the same GEMM shapes as rank 0's prefill, same threads.
+double rank0_sgemm_gflops(const Session& s, const Workload& w, const MetricsReport& metrics) {
+  const int N = s.size();
+  int64_t my_tokens = 0;
+  for (int64_t i = 0; i < w.num_sequences; i += N) my_tokens += w.prompt_len;
+  auto shapes = prefill_shapes(*s.model, my_tokens, metrics, 0, *s.placement);
+  shapes.push_back({(w.num_sequences + N - 1) / N, s.config.vocab_size, s.config.hidden_size});
+  return kernels::measure_host_sgemm(shapes).gflops();
+}
 
-  // Yardstick: plain cblas_sgemm over the same GEMM shapes as rank 0's prefill, same threads.
-  double sgemm_gflops = 0;
-  if (rc.compare_sgemm && o.backend == "cpu" && s->rank() == 0) {
-    int64_t my_tokens = 0;
-    for (int64_t i = 0; i < w.num_sequences; i += N) my_tokens += w.prompt_len;
-    auto shapes = prefill_shapes(*s->model, my_tokens, metrics, 0, *s->placement);
-    shapes.push_back({(w.num_sequences + N - 1) / N, s->config.vocab_size, s->config.hidden_size});
-    sgemm_gflops = kernels::measure_host_sgemm(shapes).gflops();
-  }
-  if (s->rank() != 0) return 0;
-
-  fmt::print("moe-ep run: {} on {} rank(s), backend {} ({} compute), placement {}\n",
-             s->config.name, N, s->backend->name(),
-             kernels::compute_dtype_name(s->backend->compute_dtype()), s->placement->strategy());
+void print_run_report(const Session& s, const Workload& w, const RunResult& r,
+                      const Rebalancer* rebalancer) {
+  const int N = s.size();
+  const std::vector<int64_t>& mem = r.memory;
+  const RankMemory& plan = r.plan;
+  fmt::print("moe-ep run: {} on {} rank(s), backend {} ({} compute), placement {}\n", s.config.name,
+             N, s.backend->name(), kernels::compute_dtype_name(s.backend->compute_dtype()),
+             s.placement->strategy());
   fmt::print("workload     {} sequences x {} prompt tokens, {} decode steps\n", w.num_sequences,
              w.prompt_len, w.decode_steps);
   fmt::print("routing      {}\n", w.routing.describe());
-  fmt::print("load         {:.2f} s\n", s->load_s);
+  fmt::print("load         {:.2f} s\n", s.load_s);
   fmt::print("prefill      {:.4f} s   {:.1f} tokens/s   {:.2f} GFLOP/s (all ranks)\n",
-             out.prefill_s, prefill_tps, forward_gflops);
-  if (sgemm_gflops > 0) {
+             r.out.prefill_s, r.prefill_tps, r.forward_gflops);
+  if (r.sgemm_gflops > 0) {
     fmt::print(
         "sgemm        {:.2f} GFLOP/s per rank on rank 0's prefill GEMM shapes "
         "(forward per rank: {:.2f} GFLOP/s = {:.0f}% of sgemm)\n",
-        sgemm_gflops, forward_gflops / N, 100.0 * forward_gflops / N / sgemm_gflops);
+        r.sgemm_gflops, r.forward_gflops / N, 100.0 * r.forward_gflops / N / r.sgemm_gflops);
   }
-  if (!out.decode_step_s.empty()) {
+  if (!r.out.decode_step_s.empty()) {
     fmt::print("decode       {:.4f} s   {:.1f} tokens/s   step first {:.2f} ms, last {:.2f} ms\n",
-               out.decode_s, decode_tps, out.decode_step_s.front() * 1e3,
-               out.decode_step_s.back() * 1e3);
+               r.out.decode_s, r.decode_tps, r.out.decode_step_s.front() * 1e3,
+               r.out.decode_step_s.back() * 1e3);
   }
   fmt::print(
       "memory       per rank max: experts {:.2f} MB, dense replica {:.2f} MB, KV cache "
@@ -171,48 +176,94 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
                  : fmt::format("; device memory in use grew by {:.2f} MB = {:.1f}% of it "
                                "(cudaMemGetInfo, whole device)",
                                mem[5] / 1e6, 100.0 * mem[5] / plan.total_bytes));
-  fmt::print("{}", metrics.summary());
-  if (rebalancer) fmt::print("{}", rebalancer->summary(metrics));
-  if (o.json.empty()) return 0;
-  write_json(o.json, {{"command", "run"},
-                      {"model", s->config.name},
-                      {"ranks", N},
-                      {"backend", s->backend->name()},
-                      {"compute_dtype", kernels::compute_dtype_name(s->backend->compute_dtype())},
-                      {"placement", s->placement->strategy()},
-                      {"threads", kernels::host_threads()},
-                      {"workload",
-                       {{"num_sequences", w.num_sequences},
-                        {"prompt_len", w.prompt_len},
-                        {"decode_steps", w.decode_steps},
-                        {"seed", w.seed},
-                        {"routing", w.routing.describe()}}},
-                      {"load_s", s->load_s},
-                      {"prefill_s", out.prefill_s},
-                      {"prefill_tokens_per_s", prefill_tps},
-                      {"prefill_gflops", forward_gflops},
-                      {"sgemm_gflops_per_rank", sgemm_gflops},
-                      {"decode_s", out.decode_s},
-                      {"decode_tokens_per_s", decode_tps},
-                      {"decode_step_s", out.decode_step_s},
-                      {"memory_max_per_rank",
-                       {{"expert_shard_bytes", mem[0]},
-                        {"dense_replica_bytes", mem[1]},
-                        {"kv_cache_bytes", mem[2]},
-                        {"peak_backend_bytes", mem[3]},
-                        {"peak_rss_bytes", mem[4]},
-                        {"device_used_delta_bytes", mem[5]}}},
-                      {"plan_per_rank",
-                       {{"dense_replica_bytes", plan.dense_replica_bytes},
-                        {"expert_shard_bytes", plan.expert_shard_bytes},
-                        {"kv_cache_bytes", plan.kv_cache_bytes},
-                        {"activation_buffer_bytes", plan.activation_buffer_bytes},
-                        {"communication_bytes", plan.communication_bytes},
-                        {"total_bytes", plan.total_bytes}}},
-                      {"load_per_rank", s->load_per_rank},
-                      {"metrics", metrics.to_json(true)},
-                      {"tokens", out.tokens},
-                      {"rebalance", rebalancer ? rebalancer->to_json(metrics) : nlohmann::json()}});
+  fmt::print("{}", r.metrics.summary());
+  if (rebalancer) fmt::print("{}", rebalancer->summary(r.metrics));
+}
+
+nlohmann::json run_report_json(const Session& s, const Workload& w, const RunResult& r,
+                               const Rebalancer* rebalancer) {
+  const std::vector<int64_t>& mem = r.memory;
+  const RankMemory& plan = r.plan;
+  return {{"command", "run"},
+          {"model", s.config.name},
+          {"ranks", s.size()},
+          {"backend", s.backend->name()},
+          {"compute_dtype", kernels::compute_dtype_name(s.backend->compute_dtype())},
+          {"placement", s.placement->strategy()},
+          {"threads", kernels::host_threads()},
+          {"workload",
+           {{"num_sequences", w.num_sequences},
+            {"prompt_len", w.prompt_len},
+            {"decode_steps", w.decode_steps},
+            {"seed", w.seed},
+            {"routing", w.routing.describe()}}},
+          {"load_s", s.load_s},
+          {"prefill_s", r.out.prefill_s},
+          {"prefill_tokens_per_s", r.prefill_tps},
+          {"prefill_gflops", r.forward_gflops},
+          {"sgemm_gflops_per_rank", r.sgemm_gflops},
+          {"decode_s", r.out.decode_s},
+          {"decode_tokens_per_s", r.decode_tps},
+          {"decode_step_s", r.out.decode_step_s},
+          {"memory_max_per_rank",
+           {{"expert_shard_bytes", mem[0]},
+            {"dense_replica_bytes", mem[1]},
+            {"kv_cache_bytes", mem[2]},
+            {"peak_backend_bytes", mem[3]},
+            {"peak_rss_bytes", mem[4]},
+            {"device_used_delta_bytes", mem[5]}}},
+          {"plan_per_rank",
+           {{"dense_replica_bytes", plan.dense_replica_bytes},
+            {"expert_shard_bytes", plan.expert_shard_bytes},
+            {"kv_cache_bytes", plan.kv_cache_bytes},
+            {"activation_buffer_bytes", plan.activation_buffer_bytes},
+            {"communication_bytes", plan.communication_bytes},
+            {"total_bytes", plan.total_bytes}}},
+          {"load_per_rank", s.load_per_rank},
+          {"metrics", r.metrics.to_json(true)},
+          {"tokens", r.out.tokens},
+          {"rebalance", rebalancer ? rebalancer->to_json(r.metrics) : nlohmann::json()}};
+}
+
+int run_run(const RunArgs& a, const CLI::App& cmd) {
+  const RunConfig rc = load_run_config(a.config, a.sets);
+  const ModelOptions o = run_model_options(a, cmd, rc);
+  const Workload& w = rc.workload;
+  check_context_fits(load_model_config(o.model), w.prompt_len + w.decode_steps,
+                     fmt::format("{}: workload.prompt_len + workload.decode_steps", rc.source));
+
+  const int64_t decode_steps = std::max<int64_t>(w.decode_steps, 1);
+  const int64_t context = w.prompt_len + decode_steps;
+  // The routing outlives the session.
+  const std::unique_ptr<SyntheticRouting> routing = workload_routing(rc, o, decode_steps);
+  auto s = open_session(o, w.num_sequences, context);
+  set_routing_hook(*s, routing.get());
+  // Online rebalancing (rebalance:) runs between the model's steps.
+  std::unique_ptr<Rebalancer> rebalancer;
+  if (rc.rebalance.enabled()) {
+    rebalancer = std::make_unique<Rebalancer>(rc.rebalance, *s->model, *s->comm);
+  }
+  const TokenBatch prompts = workload_prompts(w, s->config.vocab_size);
+  Engine engine(*s->model, *s->comm);
+  s->comm->barrier();
+  RunResult r;
+  r.out = engine.generate(prompts, decode_steps);
+  r.metrics = engine.metrics().reduce(*s->comm, s->model->instrumentation());
+  write_trace_out(*s, o);
+  r.memory = max_rank_memory(*s);
+  r.plan = planned_memory(*s, w.num_sequences, context);
+
+  const int64_t prefill_tokens = w.num_sequences * w.prompt_len;
+  const int64_t decode_tokens = w.num_sequences * (decode_steps - 1);
+  r.prefill_tps = prefill_tokens / r.out.prefill_s;
+  r.decode_tps = r.out.decode_s > 0 ? decode_tokens / r.out.decode_s : 0.0;
+  r.forward_gflops = engine.prefill_flops() / r.out.prefill_s * 1e-9;
+  if (rc.compare_sgemm && o.backend == "cpu" && s->rank() == 0) {
+    r.sgemm_gflops = rank0_sgemm_gflops(*s, w, r.metrics);
+  }
+  if (s->rank() != 0) return 0;
+  print_run_report(*s, w, r, rebalancer.get());
+  if (!o.json.empty()) write_json(o.json, run_report_json(*s, w, r, rebalancer.get()));
   return 0;
 }
 

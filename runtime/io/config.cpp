@@ -345,96 +345,121 @@ void reject_unknown_model_keys(const yu::Doc& doc) {
   }
 }
 
+// Every dimension in [lo, kMaxDim].
+void check_dimensions(const ModelConfig& c) {
+  auto at_least = [&](const char* key, int64_t v, int64_t lo) {
+    if (v < lo) fail_key(c, key, fmt::format("must be >= {}, got {}", lo, v));
+    if (v > kMaxDim) fail_key(c, key, fmt::format("{} is too large (at most {})", v, kMaxDim));
+  };
+  at_least("vocab_size", c.vocab_size, 1);
+  at_least("hidden_size", c.hidden_size, 1);
+  at_least("num_hidden_layers", c.num_hidden_layers, 1);
+  at_least("num_attention_heads", c.num_attention_heads, 1);
+  at_least("num_key_value_heads", c.num_key_value_heads, 1);
+  at_least("head_dim", c.head_dim, 1);
+  at_least("intermediate_size", c.intermediate_size, 0);
+  at_least("moe_intermediate_size", c.moe_intermediate_size, 0);
+  at_least("num_experts", c.num_experts, 0);
+  at_least("num_experts_per_tok", c.num_experts_per_tok, 0);
+  at_least("decoder_sparse_step", c.decoder_sparse_step, 1);
+  at_least("max_position_embeddings", c.max_position_embeddings, 1);
+}
+
+// Attention heads (RoPE pairs, GQA groups) and top-k against the expert count.
+void check_heads_and_top_k(const ModelConfig& c) {
+  if (c.head_dim % 2 != 0) {
+    fail_key(c, "head_dim",
+             fmt::format("{} is odd (RoPE rotates pairs of halves, needs an even head_dim)",
+                         c.head_dim));
+  }
+  if (c.num_attention_heads % c.num_key_value_heads != 0) {
+    fail_key(c, "num_key_value_heads",
+             fmt::format("num_attention_heads {} is not divisible by num_key_value_heads {} (GQA "
+                         "shares each kv head by a whole number of query heads)",
+                         c.num_attention_heads, c.num_key_value_heads));
+  }
+  if (c.num_experts > 0) {
+    if (c.num_experts_per_tok < 1) {
+      fail_key(c, "num_experts_per_tok",
+               fmt::format("{} < 1 (with num_experts {} every token needs at least one expert)",
+                           c.num_experts_per_tok, c.num_experts));
+    }
+    if (c.num_experts_per_tok > c.num_experts) {
+      fail_key(c, "num_experts_per_tok",
+               fmt::format("{} > num_experts {} (top-k cannot exceed the number of experts)",
+                           c.num_experts_per_tok, c.num_experts));
+    }
+  }
+}
+
+// mlp_only_layers in range, and an MLP width for each kind of layer the model has.
+void check_layer_kinds(const ModelConfig& c) {
+  for (size_t i = 0; i < c.mlp_only_layers.size(); ++i) {
+    int64_t l = c.mlp_only_layers[i];
+    if (l < 0 || l >= c.num_hidden_layers) {
+      fail_key(c, fmt::format("mlp_only_layers[{}]", i),
+               fmt::format("layer {} is out of range [0, {}) (num_hidden_layers {})", l,
+                           c.num_hidden_layers, c.num_hidden_layers));
+    }
+  }
+  std::vector<int64_t> dense, sparse;
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    (c.layer_is_moe(l) ? sparse : dense).push_back(l);
+  }
+  if (!dense.empty() && c.intermediate_size == 0) {
+    fail_key(c, "intermediate_size",
+             fmt::format("0, but layers {} are dense (mlp_only_layers / decoder_sparse_step / "
+                         "num_experts 0) and need a dense MLP width",
+                         layer_list(dense)));
+  }
+  if (!sparse.empty() && c.moe_intermediate_size == 0) {
+    fail_key(c, "moe_intermediate_size",
+             fmt::format("0, but layers {} are MoE layers and need an expert width",
+                         layer_list(sparse)));
+  }
+}
+
+// Norm epsilon, RoPE base and the special token ids.
+void check_scalars(const ModelConfig& c) {
+  if (!(c.rms_norm_eps > 0) || !std::isfinite(c.rms_norm_eps)) {
+    fail_key(c, "rms_norm_eps", fmt::format("must be > 0, got {}", c.rms_norm_eps));
+  }
+  if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta)) {
+    fail_key(c, "rope_theta", fmt::format("must be > 0, got {}", c.rope_theta));
+  }
+  for (const auto& [key, id] : {std::pair<const char*, int64_t>{"bos_token_id", c.bos_token_id},
+                                {"eos_token_id", c.eos_token_id}}) {
+    if (id < -1 || id >= c.vocab_size) {
+      fail_key(c, key, fmt::format("{} is not a token id in [0, vocab_size {})", id, c.vocab_size));
+    }
+  }
+}
+
+// Products of the dimensions must stay exact in int64 (parameter and buffer counts).
+void check_parameter_count(const ModelConfig& c) {
+  double h = static_cast<double>(c.hidden_size);
+  double per_layer = h * (2.0 * c.q_width() + 2.0 * c.kv_width()) +
+                     static_cast<double>(c.num_experts) * (h + 3.0 * h * c.moe_intermediate_size) +
+                     3.0 * h * c.intermediate_size;
+  double total = per_layer * c.num_hidden_layers + 2.0 * h * c.vocab_size;
+  if (total > kMaxTotalParams) {
+    fail_key(c, "hidden_size",
+             fmt::format("the dimensions give about {:.3g} parameters, more than this runtime "
+                         "handles ({:.0g})",
+                         total, kMaxTotalParams));
+  }
+}
+
 }  // namespace
 
 // ---- ModelConfig ---------------------------------------------------------------------------
 
 void ModelConfig::validate() const {
-  auto at_least = [&](const char* key, int64_t v, int64_t lo) {
-    if (v < lo) fail_key(*this, key, fmt::format("must be >= {}, got {}", lo, v));
-    if (v > kMaxDim) fail_key(*this, key, fmt::format("{} is too large (at most {})", v, kMaxDim));
-  };
-  at_least("vocab_size", vocab_size, 1);
-  at_least("hidden_size", hidden_size, 1);
-  at_least("num_hidden_layers", num_hidden_layers, 1);
-  at_least("num_attention_heads", num_attention_heads, 1);
-  at_least("num_key_value_heads", num_key_value_heads, 1);
-  at_least("head_dim", head_dim, 1);
-  at_least("intermediate_size", intermediate_size, 0);
-  at_least("moe_intermediate_size", moe_intermediate_size, 0);
-  at_least("num_experts", num_experts, 0);
-  at_least("num_experts_per_tok", num_experts_per_tok, 0);
-  at_least("decoder_sparse_step", decoder_sparse_step, 1);
-  at_least("max_position_embeddings", max_position_embeddings, 1);
-  if (head_dim % 2 != 0) {
-    fail_key(
-        *this, "head_dim",
-        fmt::format("{} is odd (RoPE rotates pairs of halves, needs an even head_dim)", head_dim));
-  }
-  if (num_attention_heads % num_key_value_heads != 0) {
-    fail_key(*this, "num_key_value_heads",
-             fmt::format("num_attention_heads {} is not divisible by num_key_value_heads {} (GQA "
-                         "shares each kv head by a whole number of query heads)",
-                         num_attention_heads, num_key_value_heads));
-  }
-  if (num_experts > 0) {
-    if (num_experts_per_tok < 1) {
-      fail_key(*this, "num_experts_per_tok",
-               fmt::format("{} < 1 (with num_experts {} every token needs at least one expert)",
-                           num_experts_per_tok, num_experts));
-    }
-    if (num_experts_per_tok > num_experts) {
-      fail_key(*this, "num_experts_per_tok",
-               fmt::format("{} > num_experts {} (top-k cannot exceed the number of experts)",
-                           num_experts_per_tok, num_experts));
-    }
-  }
-  for (size_t i = 0; i < mlp_only_layers.size(); ++i) {
-    int64_t l = mlp_only_layers[i];
-    if (l < 0 || l >= num_hidden_layers) {
-      fail_key(*this, fmt::format("mlp_only_layers[{}]", i),
-               fmt::format("layer {} is out of range [0, {}) (num_hidden_layers {})", l,
-                           num_hidden_layers, num_hidden_layers));
-    }
-  }
-  std::vector<int64_t> dense, sparse;
-  for (int64_t l = 0; l < num_hidden_layers; ++l) (layer_is_moe(l) ? sparse : dense).push_back(l);
-  if (!dense.empty() && intermediate_size == 0) {
-    fail_key(*this, "intermediate_size",
-             fmt::format("0, but layers {} are dense (mlp_only_layers / decoder_sparse_step / "
-                         "num_experts 0) and need a dense MLP width",
-                         layer_list(dense)));
-  }
-  if (!sparse.empty() && moe_intermediate_size == 0) {
-    fail_key(*this, "moe_intermediate_size",
-             fmt::format("0, but layers {} are MoE layers and need an expert width",
-                         layer_list(sparse)));
-  }
-  if (!(rms_norm_eps > 0) || !std::isfinite(rms_norm_eps)) {
-    fail_key(*this, "rms_norm_eps", fmt::format("must be > 0, got {}", rms_norm_eps));
-  }
-  if (!(rope_theta > 0) || !std::isfinite(rope_theta)) {
-    fail_key(*this, "rope_theta", fmt::format("must be > 0, got {}", rope_theta));
-  }
-  for (const auto& [key, id] : {std::pair<const char*, int64_t>{"bos_token_id", bos_token_id},
-                                {"eos_token_id", eos_token_id}}) {
-    if (id < -1 || id >= vocab_size) {
-      fail_key(*this, key,
-               fmt::format("{} is not a token id in [0, vocab_size {})", id, vocab_size));
-    }
-  }
-  // Products of the dimensions must stay exact in int64 (parameter and buffer counts).
-  double h = static_cast<double>(hidden_size);
-  double per_layer = h * (2.0 * q_width() + 2.0 * kv_width()) +
-                     static_cast<double>(num_experts) * (h + 3.0 * h * moe_intermediate_size) +
-                     3.0 * h * intermediate_size;
-  double total = per_layer * num_hidden_layers + 2.0 * h * vocab_size;
-  if (total > kMaxTotalParams) {
-    fail_key(*this, "hidden_size",
-             fmt::format("the dimensions give about {:.3g} parameters, more than this runtime "
-                         "handles ({:.0g})",
-                         total, kMaxTotalParams));
-  }
+  check_dimensions(*this);
+  check_heads_and_top_k(*this);
+  check_layer_kinds(*this);
+  check_scalars(*this);
+  check_parameter_count(*this);
 }
 
 bool ModelConfig::layer_is_moe(int64_t layer) const {

@@ -59,7 +59,7 @@ class Tokenizer {
   const std::vector<AddedToken>& added_tokens() const;
   const std::string& source() const;  // the file it came from
 
-  struct Impl;  // opaque; public only so the loader's helpers in tokenizer.cpp can fill it
+  struct Impl;  // opaque (runtime/io/tokenizer_impl.h); public so the loader's helpers can fill it
 
  private:
   explicit Tokenizer(std::unique_ptr<Impl> impl);

@@ -42,6 +42,41 @@ class Rng {
   uint64_t state_;
 };
 
+constexpr int64_t kMaxTopK = 256;
+
+// Successive sampling of k distinct popularity ranks out of E into ranks[0..k): rejection of
+// repeats first (cheap while p is not too concentrated), then an exact draw from the remaining
+// mass; both draw from p restricted to unpicked ranks. `prob(i)` is rank i's popularity and
+// `draw()` a draw from it with `rng`.
+template <class Prob, class Draw>
+void pick_distinct(int64_t E, int64_t k, Rng& rng, const Prob& prob, const Draw& draw,
+                   const RoutingSpec& spec, int64_t* ranks) {
+  constexpr int kMaxRejections = 64;
+  const auto picked = [&](int64_t r, int64_t n) {
+    return std::find(ranks, ranks + n, r) != ranks + n;
+  };
+  for (int64_t j = 0; j < k; ++j) {
+    int64_t r = -1;
+    for (int attempt = 0; attempt < kMaxRejections && r < 0; ++attempt) {
+      const int64_t c = draw();
+      if (!picked(c, j)) r = c;
+    }
+    if (r < 0) {
+      double mass = 0;
+      for (int64_t i = 0; i < E; ++i) mass += picked(i, j) ? 0.0 : prob(i);
+      MOE_CHECK(mass > 0, "routing {}: no probability left for pick {}", spec.describe(), j);
+      double u = rng.uniform() * mass;
+      for (int64_t i = 0; i < E; ++i) {
+        if (picked(i, j)) continue;
+        r = i;
+        u -= prob(i);
+        if (u < 0) break;
+      }
+    }
+    ranks[j] = r;
+  }
+}
+
 uint64_t key_of(uint64_t seed, Tag tag, std::initializer_list<int64_t> fields) {
   uint64_t h = combine(seed, static_cast<uint64_t>(tag));
   for (int64_t f : fields) h = combine(h, static_cast<uint64_t>(f));
@@ -215,34 +250,9 @@ void SyntheticRouting::sample(int64_t step, int layer, TokenId token, std::span<
     return rng.below(E);
   };
 
-  // Successive sampling: rejection of repeats first (cheap while p is not too concentrated),
-  // then an exact draw from the remaining mass; both draw from p restricted to unpicked ranks.
-  constexpr int kMaxRejections = 64;
-  int64_t ranks[256];
-  MOE_CHECK(k <= 256, "routing: top_k {} above 256", k);
-  const auto picked = [&](int64_t r, int64_t n) {
-    return std::find(ranks, ranks + n, r) != ranks + n;
-  };
-  for (int64_t j = 0; j < k; ++j) {
-    int64_t r = -1;
-    for (int attempt = 0; attempt < kMaxRejections && r < 0; ++attempt) {
-      const int64_t c = draw();
-      if (!picked(c, j)) r = c;
-    }
-    if (r < 0) {
-      double mass = 0;
-      for (int64_t i = 0; i < E; ++i) mass += picked(i, j) ? 0.0 : prob(i);
-      MOE_CHECK(mass > 0, "routing {}: no probability left for pick {}", spec_.describe(), j);
-      double u = rng.uniform() * mass;
-      for (int64_t i = 0; i < E; ++i) {
-        if (picked(i, j)) continue;
-        r = i;
-        u -= prob(i);
-        if (u < 0) break;
-      }
-    }
-    ranks[j] = r;
-  }
+  int64_t ranks[kMaxTopK];
+  MOE_CHECK(k <= kMaxTopK, "routing: top_k {} above 256", k);
+  pick_distinct(E, k, rng, prob, draw, spec_, ranks);
   double sum = 0;
   for (int64_t j = 0; j < k; ++j) sum += prob(ranks[j]);
   const double scale = shape_.normalise && sum > 0 ? 1.0 / sum : 1.0;
