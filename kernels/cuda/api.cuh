@@ -48,18 +48,14 @@ cudaError_t launch_add_inplace(float* x, const float* y, int64_t n, cudaStream_t
 // dst [n, width] = src rows idx[0..n).
 cudaError_t launch_gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n,
                                float* dst, cudaStream_t stream);
-// dst [n, width] bf16 = bf16(src rows idx[i]); idx[i] < 0 gives a zero row (padding).
-cudaError_t launch_gather_rows_to_bf16(const float* src, int64_t width, const int32_t* idx,
-                                       int64_t n, bf16* dst, cudaStream_t stream);
+// dst [n, width] bf16 row j = bf16(x[row_index[pair[j]]]); pair[j] < 0 gives a zero row (the
+// grouped GEMM's gather when row_index lives on the device).
+cudaError_t launch_gather_pairs_to_bf16(const float* x, int64_t width, const int32_t* pair,
+                                        const int32_t* row_index, int64_t n, bf16* dst,
+                                        cudaStream_t stream);
 // dst rows dst_idx[i] = float(src [n, width] row i); dst_idx[i] < 0 is skipped.
 cudaError_t launch_scatter_rows_from_bf16(const bf16* src, int64_t width, const int32_t* dst_idx,
                                           int64_t n, float* dst, cudaStream_t stream);
-
-// dst[i] = sum_{j in [offsets[i], offsets[i+1])} weights[j] * src[src_index[j]], j ascending,
-// fp32; weights == nullptr means 1. src [*, width], dst [n, width]; offsets [n + 1].
-cudaError_t launch_weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
-                                    const float* weights, const int64_t* offsets, int64_t n,
-                                    float* dst, cudaStream_t stream);
 
 // Router: fp32 softmax over experts of logits [rows, experts], top-k by probability (ties to the
 // lower id), optional renormalisation. ids/weights [rows, k] in device memory. A row whose
@@ -92,20 +88,20 @@ cudaError_t launch_attention_tc(const float* q, const bf16* cache_k, const bf16*
                                 int64_t num_items, float* out, cudaStream_t stream);
 
 // Graph-safe decode attention: seqs [num_seqs] in DEVICE memory; the grids depend only on
-// (num_rows, shape, splits), so a captured launch replays with new lengths. kv_append_resident
-// writes bf16(k/v row r) at the cache position seqs gives row r; attention_resident runs the
-// fixed key splits (resident_splits) into partial_o [num_rows * splits.num_splits, H, D] and
+// (num_rows, shape, splits), so a captured launch replays with new lengths. kv_append_fixed_grid
+// writes bf16(k/v row r) at the cache position seqs gives row r; attention_fixed_grid runs the
+// fixed key splits (fixed_grid_splits) into partial_o [num_rows * splits.num_splits, H, D] and
 // partial_ml [.., H, 2], then merges each row's live splits into out [num_rows, H, D] (fp32,
 // same numerics as launch_attention). Rows no valid sequence covers append nothing, output 0.
-cudaError_t launch_kv_append_resident(const float* k, const float* v, int64_t kv_width,
-                                      const AttentionSeq* seqs, int64_t num_seqs, int64_t num_rows,
-                                      int64_t num_slots, int64_t max_len, bf16* cache_k,
-                                      bf16* cache_v, cudaStream_t stream);
-cudaError_t launch_attention_resident(const float* q, const bf16* cache_k, const bf16* cache_v,
-                                      AttentionShape shape, const AttentionSeq* seqs,
-                                      int64_t num_seqs, int64_t num_rows, int64_t num_slots,
-                                      int64_t max_len, ResidentSplits splits, float* partial_o,
-                                      float* partial_ml, float* out, cudaStream_t stream);
+cudaError_t launch_kv_append_fixed_grid(const float* k, const float* v, int64_t kv_width,
+                                        const AttentionSeq* seqs, int64_t num_seqs,
+                                        int64_t num_rows, int64_t num_slots, int64_t max_len,
+                                        bf16* cache_k, bf16* cache_v, cudaStream_t stream);
+cudaError_t launch_attention_fixed_grid(const float* q, const bf16* cache_k, const bf16* cache_v,
+                                        AttentionShape shape, const AttentionSeq* seqs,
+                                        int64_t num_seqs, int64_t num_rows, int64_t num_slots,
+                                        int64_t max_len, FixedGridSplits splits, float* partial_o,
+                                        float* partial_ml, float* out, cudaStream_t stream);
 
 // Deterministic pseudo-random fill (hash of seed and index), uniform in [-scale, scale]: for
 // benchmarks that need 60 GB of synthetic weights without a host round trip.
@@ -132,7 +128,7 @@ cudaError_t launch_qk_norm_rope(float* q, float* k, const bf16* q_norm_w, const 
 // qkv [rows, q_width + 2 kv_width] -> q [rows, q_width], k and v [rows, kv_width].
 cudaError_t launch_split_qkv(const float* qkv, int64_t rows, int64_t q_width, int64_t kv_width,
                              float* q, float* k, float* v, cudaStream_t stream);
-// Small-batch expert SwiGLU over a device-resident grouping (ResidentExpertBatch): pairs
+// Small-batch expert SwiGLU over a grouping in device memory (ExpertBatch): pairs
 // [slot_begin[s], slot_begin[s + 1]) use slot_weights[s] (device table); act [max_pairs, inter]
 // is bf16 scratch; out [max_pairs, hidden] rows of the pairs present. max_active_slots bounds the
 // slots with rows (grid rows). Needs expert_small_shape_ok, 16-byte aligned x, act and weights,
@@ -142,10 +138,5 @@ cudaError_t launch_expert_swiglu_small(const float* x, int64_t hidden, int64_t i
                                        const ExpertWeights* slot_weights, int64_t num_slots,
                                        int64_t max_active_slots, int rows_per_pass, bf16* act,
                                        float* out, cudaStream_t stream);
-// dst [n, width] bf16 row j = bf16(x[row_index[pair[j]]]); pair[j] < 0 gives a zero row (the
-// grouped GEMM's gather when row_index lives on the device).
-cudaError_t launch_gather_pairs_to_bf16(const float* x, int64_t width, const int32_t* pair,
-                                        const int32_t* row_index, int64_t n, bf16* dst,
-                                        cudaStream_t stream);
 
 }  // namespace moe::kernels::cuda

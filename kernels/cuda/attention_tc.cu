@@ -13,7 +13,7 @@
 //    make the fragment loads bank-conflict free); 52,224 bytes (opt-in above 48 KiB). The PV B
 //    fragment pairs two keys of one dim, so it is built from two 16-bit loads of v_s.
 //
-// 2. Resident (graph-safe) decode: seqs in device memory; grid (num_rows, kv heads x head
+// 2. Fixed-grid (graph-safe) decode: seqs in device memory; grid (num_rows, kv heads x head
 //    blocks, fixed key splits); a block looks its row up in seqs, exits when its split holds none
 //    of the row's keys, else runs the fp32 CUDA-core attention tile of attention.cu over its keys
 //    (attention_tile.cuh) and writes a partial (o, m, l); the combine merges the live splits of
@@ -236,10 +236,10 @@ __global__ void __launch_bounds__(kTcWarps * 32)
   }
 }
 
-// ---------------------------------------------------------------- resident decode
-static_assert(kResKeyTile == kAttnTileKeys, "the resident key tile is the warp's");
+// ---------------------------------------------------------------- fixed-grid decode
+static_assert(kFixedKeyTile == kAttnTileKeys, "the fixed-grid key tile is the warp's");
 
-struct ResidentArgs {
+struct FixedGridArgs {
   const AttentionSeq* seqs;
   int64_t num_seqs;
   int64_t num_slots;
@@ -248,9 +248,9 @@ struct ResidentArgs {
   int64_t chunk;
 };
 
-__global__ void kv_append_resident_kernel(const float* k, const float* v, int64_t kv_width,
-                                          ResidentArgs a, bf16* cache_k, bf16* cache_v) {
-  const ResidentRow rr = resident_row(a.seqs, a.num_seqs, blockIdx.x, a.num_slots, a.max_len);
+__global__ void kv_append_fixed_grid_kernel(const float* k, const float* v, int64_t kv_width,
+                                            FixedGridArgs a, bf16* cache_k, bf16* cache_v) {
+  const FixedGridRow rr = fixed_grid_row(a.seqs, a.num_seqs, blockIdx.x, a.num_slots, a.max_len);
   if (!rr.valid) return;
   const float* ks = k + static_cast<int64_t>(blockIdx.x) * kv_width;
   const float* vs = v + static_cast<int64_t>(blockIdx.x) * kv_width;
@@ -259,42 +259,42 @@ __global__ void kv_append_resident_kernel(const float* k, const float* v, int64_
 }
 
 // Block (row, kv head * head_blocks + head block, split). Warp w owns the block's query heads
-// w * kResHeadsPerWarp + j; lane j scores key j of a tile and owns output dims lane + 32 t.
+// w * kFixedHeadsPerWarp + j; lane j scores key j of a tile and owns output dims lane + 32 t.
 template <int DPL>
-__global__ void __launch_bounds__(kResWarps * 32)
-    attention_resident_kernel(const float* q, const bf16* cache_k, const bf16* cache_v, int H,
-                              int KV, int D, float scale, ResidentArgs a, float* partial_o,
-                              float* partial_ml) {
+__global__ void __launch_bounds__(kFixedWarps * 32)
+    attention_fixed_grid_kernel(const float* q, const bf16* cache_k, const bf16* cache_v, int H,
+                                int KV, int D, float scale, FixedGridArgs a, float* partial_o,
+                                float* partial_ml) {
   extern __shared__ float res_smem[];
   const int64_t row = blockIdx.x;
   const int64_t sp = blockIdx.z;
-  const ResidentRow rr = resident_row(a.seqs, a.num_seqs, row, a.num_slots, a.max_len);
-  if (!rr.valid || sp >= resident_live_splits(rr.pos, a.chunk)) return;  // block-uniform
+  const FixedGridRow rr = fixed_grid_row(a.seqs, a.num_seqs, row, a.num_slots, a.max_len);
+  if (!rr.valid || sp >= fixed_grid_live_splits(rr.pos, a.chunk)) return;  // block-uniform
   int64_t key_begin = 0, key_end = 0;
-  resident_split_keys(rr.pos, a.chunk, sp, &key_begin, &key_end);
+  fixed_grid_split_keys(rr.pos, a.chunk, sp, &key_begin, &key_end);
 
   const int G = H / KV;
-  const int head_blocks = (G + kResHeadsPerBlock - 1) / kResHeadsPerBlock;
+  const int head_blocks = (G + kFixedHeadsPerBlock - 1) / kFixedHeadsPerBlock;
   const int g = blockIdx.y / head_blocks, hb = blockIdx.y % head_blocks;
-  const int h0 = g * G + hb * kResHeadsPerBlock;
-  const int nh = min(kResHeadsPerBlock, G - hb * kResHeadsPerBlock);
+  const int h0 = g * G + hb * kFixedHeadsPerBlock;
+  const int nh = min(kFixedHeadsPerBlock, G - hb * kFixedHeadsPerBlock);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int64_t kv_width = static_cast<int64_t>(KV) * D;
 
   float* q_s = res_smem;
-  float* k_s = q_s + kResHeadsPerBlock * D;
+  float* k_s = q_s + kFixedHeadsPerBlock * D;
   float* v_s = k_s + kAttnTileKeys * (D + 1);
   for (int idx = threadIdx.x; idx < nh * D; idx += blockDim.x) {
     const int i = idx / D, d = idx % D;
     q_s[idx] = q[(row * H + h0 + i) * D + d];
   }
 
-  WarpRow<DPL> rows[kResHeadsPerWarp];
+  WarpRow<DPL> rows[kFixedHeadsPerWarp];
   // One key tile for each of the warp's heads.
   auto attend = [&](int64_t kb, int nk) {
 #pragma unroll
-    for (int j = 0; j < kResHeadsPerWarp; ++j) {
-      const int i = warp * kResHeadsPerWarp + j;
+    for (int j = 0; j < kFixedHeadsPerWarp; ++j) {
+      const int i = warp * kFixedHeadsPerWarp + j;
       if (i >= nh) continue;  // warp-uniform
       attend_tile(q_s + i * D, k_s, v_s, D, nk, lane < nk && attn_key_visible(kb + lane, rr.pos),
                   scale, rows[j]);
@@ -303,52 +303,52 @@ __global__ void __launch_bounds__(kResWarps * 32)
   for_each_kv_tile(cache_k, cache_v, rr.cache_row, g, D, kv_width, key_begin, key_end, k_s, v_s,
                    attend);
 
-  const int64_t slot = resident_partial_slot(row, sp, a.num_splits);
+  const int64_t slot = fixed_grid_partial_slot(row, sp, a.num_splits);
 #pragma unroll
-  for (int j = 0; j < kResHeadsPerWarp; ++j) {
-    const int i = warp * kResHeadsPerWarp + j;
+  for (int j = 0; j < kFixedHeadsPerWarp; ++j) {
+    const int i = warp * kFixedHeadsPerWarp + j;
     if (i >= nh) continue;
     store_partial(rows[j], slot, H, h0 + i, D, partial_o, partial_ml);
   }
 }
 
 // Block (row, head): merges the row's live splits (the others were never written).
-__global__ void attention_resident_combine_kernel(int H, int D, ResidentArgs a,
-                                                  const float* partial_o, const float* partial_ml,
-                                                  float* out) {
+__global__ void attention_fixed_grid_combine_kernel(int H, int D, FixedGridArgs a,
+                                                    const float* partial_o, const float* partial_ml,
+                                                    float* out) {
   const int64_t row = blockIdx.x;
   const int h = blockIdx.y;
   float* dst = out + (row * H + h) * D;
-  const ResidentRow rr = resident_row(a.seqs, a.num_seqs, row, a.num_slots, a.max_len);
+  const FixedGridRow rr = fixed_grid_row(a.seqs, a.num_seqs, row, a.num_slots, a.max_len);
   if (!rr.valid) {
     for (int d = threadIdx.x; d < D; d += blockDim.x) dst[d] = 0.0f;
     return;
   }
-  int64_t live = resident_live_splits(rr.pos, a.chunk);
+  int64_t live = fixed_grid_live_splits(rr.pos, a.chunk);
   if (live > a.num_splits) live = a.num_splits;
-  combine_splits(partial_o, partial_ml, resident_partial_slot(row, 0, a.num_splits), live, H, h, D,
-                 dst);
+  combine_splits(partial_o, partial_ml, fixed_grid_partial_slot(row, 0, a.num_splits), live, H, h,
+                 D, dst);
 }
 
 template <int DPL>
-cudaError_t launch_resident_dpl(const float* q, const bf16* cache_k, const bf16* cache_v,
-                                AttentionShape shape, const ResidentArgs& a, int64_t num_rows,
-                                float* partial_o, float* partial_ml, cudaStream_t stream) {
+cudaError_t launch_fixed_grid_dpl(const float* q, const bf16* cache_k, const bf16* cache_v,
+                                  AttentionShape shape, const FixedGridArgs& a, int64_t num_rows,
+                                  float* partial_o, float* partial_ml, cudaStream_t stream) {
   const int D = static_cast<int>(shape.head_dim);
-  const size_t smem = attention_tile_smem_bytes(kResHeadsPerBlock, D);
+  const size_t smem = attention_tile_smem_bytes(kFixedHeadsPerBlock, D);
   if (smem > 48 * 1024) {
     const cudaError_t rc =
-        cudaFuncSetAttribute(attention_resident_kernel<DPL>,
+        cudaFuncSetAttribute(attention_fixed_grid_kernel<DPL>,
                              cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (rc != cudaSuccess) return rc;
   }
   const int64_t G = shape.num_heads / shape.num_kv_heads;
-  const int64_t head_blocks = (G + kResHeadsPerBlock - 1) / kResHeadsPerBlock;
+  const int64_t head_blocks = (G + kFixedHeadsPerBlock - 1) / kFixedHeadsPerBlock;
   const dim3 grid(static_cast<unsigned>(num_rows),
                   static_cast<unsigned>(shape.num_kv_heads * head_blocks),
                   static_cast<unsigned>(a.num_splits));
   const float scale = static_cast<float>(1.0 / sqrt(static_cast<double>(D)));
-  attention_resident_kernel<DPL><<<grid, kResWarps * 32, smem, stream>>>(
+  attention_fixed_grid_kernel<DPL><<<grid, kFixedWarps * 32, smem, stream>>>(
       q, cache_k, cache_v, static_cast<int>(shape.num_heads), static_cast<int>(shape.num_kv_heads),
       D, scale, a, partial_o, partial_ml);
   return cudaGetLastError();
@@ -380,50 +380,50 @@ cudaError_t launch_attention_tc(const float* q, const bf16* cache_k, const bf16*
   return cudaGetLastError();
 }
 
-cudaError_t launch_kv_append_resident(const float* k, const float* v, int64_t kv_width,
-                                      const AttentionSeq* seqs, int64_t num_seqs, int64_t num_rows,
-                                      int64_t num_slots, int64_t max_len, bf16* cache_k,
-                                      bf16* cache_v, cudaStream_t stream) {
+cudaError_t launch_kv_append_fixed_grid(const float* k, const float* v, int64_t kv_width,
+                                        const AttentionSeq* seqs, int64_t num_seqs,
+                                        int64_t num_rows, int64_t num_slots, int64_t max_len,
+                                        bf16* cache_k, bf16* cache_v, cudaStream_t stream) {
   if (num_rows > 0 && kv_width > 0) {
-    const ResidentArgs a{seqs, num_seqs, num_slots, max_len, 1, max_len};
+    const FixedGridArgs a{seqs, num_seqs, num_slots, max_len, 1, max_len};
     const unsigned threads =
         static_cast<unsigned>(kv_width >= 256 ? 256 : (kv_width + 31) / 32 * 32);
-    kv_append_resident_kernel<<<static_cast<unsigned>(num_rows), threads, 0, stream>>>(
+    kv_append_fixed_grid_kernel<<<static_cast<unsigned>(num_rows), threads, 0, stream>>>(
         k, v, kv_width, a, cache_k, cache_v);
   }
   return cudaGetLastError();
 }
 
-cudaError_t launch_attention_resident(const float* q, const bf16* cache_k, const bf16* cache_v,
-                                      AttentionShape shape, const AttentionSeq* seqs,
-                                      int64_t num_seqs, int64_t num_rows, int64_t num_slots,
-                                      int64_t max_len, ResidentSplits splits, float* partial_o,
-                                      float* partial_ml, float* out, cudaStream_t stream) {
+cudaError_t launch_attention_fixed_grid(const float* q, const bf16* cache_k, const bf16* cache_v,
+                                        AttentionShape shape, const AttentionSeq* seqs,
+                                        int64_t num_seqs, int64_t num_rows, int64_t num_slots,
+                                        int64_t max_len, FixedGridSplits splits, float* partial_o,
+                                        float* partial_ml, float* out, cudaStream_t stream) {
   if (num_rows <= 0) return cudaGetLastError();
   const int64_t D = shape.head_dim;
-  if (D <= 0 || D > kResMaxHeadDim || shape.num_kv_heads <= 0 ||
+  if (D <= 0 || D > kFixedMaxHeadDim || shape.num_kv_heads <= 0 ||
       shape.num_heads % shape.num_kv_heads != 0 || splits.num_splits < 1 || splits.chunk < 1) {
     return cudaErrorInvalidValue;
   }
-  const ResidentArgs a{seqs, num_seqs, num_slots, max_len, splits.num_splits, splits.chunk};
+  const FixedGridArgs a{seqs, num_seqs, num_slots, max_len, splits.num_splits, splits.chunk};
   cudaError_t rc = cudaSuccess;
   if (D <= 32) {
-    rc = launch_resident_dpl<1>(q, cache_k, cache_v, shape, a, num_rows, partial_o, partial_ml,
-                                stream);
+    rc = launch_fixed_grid_dpl<1>(q, cache_k, cache_v, shape, a, num_rows, partial_o, partial_ml,
+                                  stream);
   } else if (D <= 64) {
-    rc = launch_resident_dpl<2>(q, cache_k, cache_v, shape, a, num_rows, partial_o, partial_ml,
-                                stream);
+    rc = launch_fixed_grid_dpl<2>(q, cache_k, cache_v, shape, a, num_rows, partial_o, partial_ml,
+                                  stream);
   } else if (D <= 128) {
-    rc = launch_resident_dpl<4>(q, cache_k, cache_v, shape, a, num_rows, partial_o, partial_ml,
-                                stream);
+    rc = launch_fixed_grid_dpl<4>(q, cache_k, cache_v, shape, a, num_rows, partial_o, partial_ml,
+                                  stream);
   } else {
-    rc = launch_resident_dpl<8>(q, cache_k, cache_v, shape, a, num_rows, partial_o, partial_ml,
-                                stream);
+    rc = launch_fixed_grid_dpl<8>(q, cache_k, cache_v, shape, a, num_rows, partial_o, partial_ml,
+                                  stream);
   }
   if (rc != cudaSuccess) return rc;
   const unsigned threads = static_cast<unsigned>(D >= 256 ? 256 : (D + 31) / 32 * 32);
   const dim3 grid(static_cast<unsigned>(num_rows), static_cast<unsigned>(shape.num_heads));
-  attention_resident_combine_kernel<<<grid, threads, 0, stream>>>(
+  attention_fixed_grid_combine_kernel<<<grid, threads, 0, stream>>>(
       static_cast<int>(shape.num_heads), static_cast<int>(D), a, partial_o, partial_ml, out);
   return cudaGetLastError();
 }

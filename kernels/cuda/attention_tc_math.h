@@ -1,7 +1,7 @@
 // Index math and per-row arithmetic of the tensor-core prefill attention and of the graph-safe
-// (device-resident) decode attention in attention_tc.cu, as __host__ __device__ bodies so that
-// tests/gpu_host emulates the kernels with exactly these functions. No fmt, no host-only headers:
-// nvcc compiles this file.
+// fixed-grid (graph-safe) decode attention in attention_tc.cu, as __host__ __device__ bodies so
+// that tests/gpu_host emulates the kernels with exactly these functions. No fmt, no host-only
+// headers: nvcc compiles this file.
 //
 // Tensor-core prefill (one CTA = one AttentionTcItem): the rows of a sequence's query block for
 // one kv head are flattened as i = token * G + head_in_group (G = query heads per kv head), so a
@@ -9,7 +9,7 @@
 // group. Row i is query head kv_head * G + i % G of new token i / G, at absolute position
 // past_len + i / G; it sees cache positions key <= past_len + i / G (causal by absolute position).
 //
-// Resident decode: seqs live in device memory and the host knows only num_seqs and num_rows, so
+// Fixed-grid decode: seqs live in device memory and the host knows only num_seqs and num_rows, so
 // every launch grid depends on (num_rows, heads, max_len) alone. A block of new row r finds its
 // sequence on the device and exits early past the sequence's length.
 #pragma once
@@ -112,19 +112,20 @@ MOE_HD int mma_c_col(int lane, int idx) {
   return 2 * (lane & 3) + (idx & 1);
 }
 
-// ---- resident (graph-safe) decode ----
-inline constexpr int kResWarps = 4;
-inline constexpr int kResHeadsPerWarp = 2;
-inline constexpr int kResHeadsPerBlock = kResWarps * kResHeadsPerWarp;  // query heads per block
-inline constexpr int kResKeyTile = 32;      // keys per shared tile: one per lane
-inline constexpr int kResMaxHeadDim = 256;  // 8 output dims per lane
-inline constexpr int64_t kResMinKeysPerSplit = 256;
-inline constexpr int64_t kResMaxSplits = 32;
+// ---- fixed-grid (graph-safe) decode ----
+inline constexpr int kFixedWarps = 4;
+inline constexpr int kFixedHeadsPerWarp = 2;
+inline constexpr int kFixedHeadsPerBlock =
+    kFixedWarps * kFixedHeadsPerWarp;         // query heads per block
+inline constexpr int kFixedKeyTile = 32;      // keys per shared tile: one per lane
+inline constexpr int kFixedMaxHeadDim = 256;  // 8 output dims per lane
+inline constexpr int64_t kFixedMinKeysPerSplit = 256;
+inline constexpr int64_t kFixedMaxSplits = 32;
 
-// Where a new row of a resident batch belongs. valid is false for a row no sequence covers or
+// Where a new row of a fixed-grid batch belongs. valid is false for a row no sequence covers or
 // whose sequence does not fit the cache (the host cannot check device metadata): such a row
 // appends nothing and its output is 0.
-struct ResidentRow {
+struct FixedGridRow {
   bool valid = false;
   int64_t pos = 0;        // absolute position of the row's token
   int64_t cache_row = 0;  // cache row of position 0 of its sequence: slot * max_len
@@ -132,9 +133,9 @@ struct ResidentRow {
 
 // Linear scan (decode batches are small and seqs need not be sorted); the first covering
 // sequence wins.
-MOE_HD ResidentRow resident_row(const AttentionSeq* seqs, int64_t num_seqs, int64_t row,
-                                int64_t num_slots, int64_t max_len) {
-  ResidentRow out;
+MOE_HD FixedGridRow fixed_grid_row(const AttentionSeq* seqs, int64_t num_seqs, int64_t row,
+                                   int64_t num_slots, int64_t max_len) {
+  FixedGridRow out;
   for (int64_t s = 0; s < num_seqs; ++s) {
     const AttentionSeq q = seqs[s];
     if (row < q.row_begin || row >= q.row_begin + q.num_new) continue;
@@ -150,29 +151,29 @@ MOE_HD ResidentRow resident_row(const AttentionSeq* seqs, int64_t num_seqs, int6
   return out;
 }
 
-// Fixed key split of a resident launch: split sp covers keys [sp * chunk, (sp + 1) * chunk) of
-// the max_len positions; chunk is a multiple of kResKeyTile.
-struct ResidentSplits {
+// Fixed key split of a fixed-grid launch: split sp covers keys [sp * chunk, (sp + 1) * chunk) of
+// the max_len positions; chunk is a multiple of kFixedKeyTile.
+struct FixedGridSplits {
   int64_t num_splits = 1;
   int64_t chunk = 0;
 };
 
 // Depends only on (num_rows, kv heads x head blocks, max_len, num_sms), never on the lengths:
 // enough splits that the grid reaches ~2 waves when a batch is small, each at least
-// kResMinKeysPerSplit keys of the cache.
-MOE_HD ResidentSplits resident_splits(int64_t num_rows, int64_t blocks_per_row, int64_t max_len,
-                                      int64_t num_sms) {
-  ResidentSplits out;
+// kFixedMinKeysPerSplit keys of the cache.
+MOE_HD FixedGridSplits fixed_grid_splits(int64_t num_rows, int64_t blocks_per_row, int64_t max_len,
+                                         int64_t num_sms) {
+  FixedGridSplits out;
   const int64_t base = num_rows * blocks_per_row;
   const int64_t target = 2 * (num_sms > 1 ? num_sms : 1);
   int64_t want = base <= 0 ? 1 : (target + base - 1) / base;
-  const int64_t by_len = max_len / kResMinKeysPerSplit;
+  const int64_t by_len = max_len / kFixedMinKeysPerSplit;
   if (want > by_len) want = by_len;
-  if (want > kResMaxSplits) want = kResMaxSplits;
+  if (want > kFixedMaxSplits) want = kFixedMaxSplits;
   if (want < 1) want = 1;
   const int64_t per = (max_len + want - 1) / want;
-  out.chunk = (per + kResKeyTile - 1) / kResKeyTile * kResKeyTile;
-  if (out.chunk < kResKeyTile) out.chunk = kResKeyTile;
+  out.chunk = (per + kFixedKeyTile - 1) / kFixedKeyTile * kFixedKeyTile;
+  if (out.chunk < kFixedKeyTile) out.chunk = kFixedKeyTile;
   out.num_splits = (max_len + out.chunk - 1) / out.chunk;
   if (out.num_splits < 1) out.num_splits = 1;
   return out;
@@ -180,13 +181,13 @@ MOE_HD ResidentSplits resident_splits(int64_t num_rows, int64_t blocks_per_row, 
 
 // Splits holding at least one key of a row at position pos: [0, live). A split past it exits
 // without writing; the combine merges only the live ones.
-MOE_HD int64_t resident_live_splits(int64_t pos, int64_t chunk) {
+MOE_HD int64_t fixed_grid_live_splits(int64_t pos, int64_t chunk) {
   return pos / chunk + 1;
 }
 
 // Keys of split sp for a row at position pos: [begin, end), empty when sp is not live.
-MOE_HD void resident_split_keys(int64_t pos, int64_t chunk, int64_t sp, int64_t* begin,
-                                int64_t* end) {
+MOE_HD void fixed_grid_split_keys(int64_t pos, int64_t chunk, int64_t sp, int64_t* begin,
+                                  int64_t* end) {
   *begin = sp * chunk;
   const int64_t e = (sp + 1) * chunk;
   *end = e < pos + 1 ? e : pos + 1;
@@ -194,7 +195,7 @@ MOE_HD void resident_split_keys(int64_t pos, int64_t chunk, int64_t sp, int64_t*
 }
 
 // Partial slot of (row, split): partial_o [num_rows * num_splits, H, D], partial_ml [.., H, 2].
-MOE_HD int64_t resident_partial_slot(int64_t row, int64_t split, int64_t num_splits) {
+MOE_HD int64_t fixed_grid_partial_slot(int64_t row, int64_t split, int64_t num_splits) {
   return row * num_splits + split;
 }
 

@@ -1,5 +1,5 @@
 // The fp32 CUDA-core attention tile, written once for the kernels that run it: the host-planned
-// kernel of attention.cu and the resident (graph-safe) decode of attention_tc.cu. Device code
+// kernel of attention.cu and the fixed-grid (graph-safe) decode of attention_tc.cu. Device code
 // only (nvcc); the per-row arithmetic comes from attention_math.h, which tests/gpu_host runs on
 // the CPU.
 //

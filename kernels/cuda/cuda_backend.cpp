@@ -264,29 +264,30 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
   void attention_graph_safe(const float* q, const float* k, const float* v,
                             const AttentionBatch& batch, AttentionShape shape, KvCacheView cache,
                             float* out) {
-    static_assert(rounding::kKvCacheAppend);  // launch_kv_append_resident stores bf16(k), bf16(v)
+    static_assert(rounding::kKvCacheAppend);  // launch_kv_append_fixed_grid stores bf16(k), bf16(v)
     MOE_CHECK(cache.dtype == KvDtype::kBF16, "attention: the CUDA backend needs a bf16 KV cache");
     const AttentionSeq* seqs = batch.seqs;
     const int64_t num_seqs = batch.num_seqs, num_rows = batch.num_rows;
     const int64_t H = shape.num_heads, KV = shape.num_kv_heads, D = shape.head_dim;
-    MOE_CHECK(H > 0 && KV > 0 && D > 0 && H % KV == 0 && D <= cuda::kResMaxHeadDim,
+    MOE_CHECK(H > 0 && KV > 0 && D > 0 && H % KV == 0 && D <= cuda::kFixedMaxHeadDim,
               "attention: bad shape (heads {}, kv heads {}, head_dim {} <= {})", H, KV, D,
-              cuda::kResMaxHeadDim);
+              cuda::kFixedMaxHeadDim);
     MOE_CHECK(num_seqs >= 0 && num_rows >= 0 && cache.max_len > 0,
               "attention: num_seqs {} num_rows {} max_len {}", num_seqs, num_rows, cache.max_len);
     if (num_rows == 0) return;
-    const int64_t head_blocks = (H / KV + cuda::kResHeadsPerBlock - 1) / cuda::kResHeadsPerBlock;
-    const cuda::ResidentSplits splits =
-        cuda::resident_splits(num_rows, KV * head_blocks, cache.max_len, num_sms_);
+    const int64_t head_blocks =
+        (H / KV + cuda::kFixedHeadsPerBlock - 1) / cuda::kFixedHeadsPerBlock;
+    const cuda::FixedGridSplits splits =
+        cuda::fixed_grid_splits(num_rows, KV * head_blocks, cache.max_len, num_sms_);
     const int64_t slots = num_rows * splits.num_splits;
     ScratchCarver carve;
     const size_t po_at = carve.add(static_cast<size_t>(slots * H * D) * 4);
     const size_t ml_at = carve.add(static_cast<size_t>(slots * H * 2) * 4);
     auto* s = static_cast<unsigned char*>(ensure_device(graph_scratch_, carve.total()));
-    MOE_CUDA_CHECK(cuda::launch_kv_append_resident(
+    MOE_CUDA_CHECK(cuda::launch_kv_append_fixed_grid(
         k, v, KV * D, seqs, num_seqs, num_rows, cache.num_slots, cache.max_len,
         static_cast<bf16*>(cache.k), static_cast<bf16*>(cache.v), stream_.get()));
-    MOE_CUDA_CHECK(cuda::launch_attention_resident(
+    MOE_CUDA_CHECK(cuda::launch_attention_fixed_grid(
         q, static_cast<const bf16*>(cache.k), static_cast<const bf16*>(cache.v), shape, seqs,
         num_seqs, num_rows, cache.num_slots, cache.max_len, splits,
         reinterpret_cast<float*>(s + po_at), reinterpret_cast<float*>(s + ml_at), out,
@@ -383,10 +384,10 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
     op_done("expert_swiglu");
   }
 
-  // The grouped cuBLAS SwiGLU of a plan (grouped_gemm_plan.h). device_row_index == nullptr: the
-  // plan's gather sources are x rows; else they are pairs p, read as x[device_row_index[p]].
-  void run_grouped(const cuda::GroupedSwigluPlan& plan, const float* x,
-                   const int32_t* device_row_index, float* out) {
+  // The grouped cuBLAS SwiGLU of a plan (grouped_gemm_plan.h) whose gather sources are pairs p,
+  // read as x[row_index[p]] (row_index in device memory).
+  void run_grouped(const cuda::GroupedSwigluPlan& plan, const float* x, const int32_t* row_index,
+                   float* out) {
     const int64_t hidden = plan.hidden;
     const int64_t G = plan.num_gemm_groups();
     if (G == 0) return;
@@ -416,15 +417,9 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
     const size_t scatter_at = layout.add_array(plan.scatter_dst.data(), Pc);
     unsigned char* meta = stage(layout);
 
-    if (device_row_index == nullptr) {
-      MOE_CUDA_CHECK(cuda::launch_gather_rows_to_bf16(
-          x, hidden, reinterpret_cast<const int32_t*>(meta + gather_at), Pc,
-          static_cast<bf16*>(const_cast<void*>(sc.x)), stream_.get()));
-    } else {
-      MOE_CUDA_CHECK(cuda::launch_gather_pairs_to_bf16(
-          x, hidden, reinterpret_cast<const int32_t*>(meta + gather_at), device_row_index, Pc,
-          static_cast<bf16*>(const_cast<void*>(sc.x)), stream_.get()));
-    }
+    MOE_CUDA_CHECK(cuda::launch_gather_pairs_to_bf16(
+        x, hidden, reinterpret_cast<const int32_t*>(meta + gather_at), row_index, Pc,
+        static_cast<bf16*>(const_cast<void*>(sc.x)), stream_.get()));
     grouped_gemm(args[0], meta + ptr_at[0][0], meta + ptr_at[0][1], meta + ptr_at[0][2]);
     grouped_gemm(args[1], meta + ptr_at[1][0], meta + ptr_at[1][1], meta + ptr_at[1][2]);
     MOE_CUDA_CHECK(cuda::launch_silu_mul_bf16(static_cast<const bf16*>(sc.gate),
@@ -793,7 +788,7 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
   std::vector<int32_t> slot_begin_host_, pair_identity_;
   std::vector<cublasOperation_t> trans_a_, trans_b_;
   bool capturing_ = false;
-  int64_t generation_ = 0;  // ++ whenever scratch, staging or resident scratch moves
+  int64_t generation_ = 0;  // ++ whenever scratch, staging or graph scratch moves
   std::vector<cudaGraphExec_t> graphs_;
 
   bool plan_valid_ = false;

@@ -1,7 +1,6 @@
 // Memory-bound CUDA kernels: conversions, embedding, RMSNorm, RoPE, SiLU*mul, row gathers (the
-// grouped expert GEMM's pair gather among them) and scatters, the fixed-order weighted row sum
-// and random fills. fp32 math throughout; bf16 is a
-// storage format only (bits << 16 on load, round-to-nearest-even on store).
+// grouped expert GEMM's pair gather among them) and scatters, and random fills. fp32 math
+// throughout; bf16 is a storage format only (bits << 16 on load, round-to-nearest-even on store).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -126,19 +125,17 @@ __global__ void gather_rows_kernel(const float* src, int64_t width, const int32_
   for (int64_t c = threadIdx.x; c < width; c += blockDim.x) d[c] = s[c];
 }
 
-// dst row j = bf16(src row i) with i = idx[j], or i = src_row_of[idx[j]] when src_row_of is
-// given; idx[j] < 0 gives a zero row (padding).
-__global__ void gather_rows_to_bf16_kernel(const float* src, int64_t width, const int32_t* idx,
-                                           const int32_t* src_row_of, bf16* dst) {
+// dst row j = bf16(x row row_index[pair[j]]); pair[j] < 0 gives a zero row (padding).
+__global__ void gather_pairs_to_bf16_kernel(const float* x, int64_t width, const int32_t* pair,
+                                            const int32_t* row_index, bf16* dst) {
   const int64_t row = blockIdx.x;
-  const int32_t at = idx[row];
+  const int32_t at = pair[row];
   bf16* d = dst + row * width;
   if (at < 0) {
     for (int64_t c = threadIdx.x; c < width; c += blockDim.x) d[c].bits = 0;
     return;
   }
-  const int32_t from = src_row_of != nullptr ? src_row_of[at] : at;
-  const float* s = src + static_cast<int64_t>(from) * width;
+  const float* s = x + static_cast<int64_t>(row_index[at]) * width;
   for (int64_t c = threadIdx.x; c < width; c += blockDim.x) store_bf16(d + c, s[c]);
 }
 
@@ -150,21 +147,6 @@ __global__ void scatter_rows_from_bf16_kernel(const bf16* src, int64_t width,
   const bf16* s = src + row * width;
   float* d = dst + static_cast<int64_t>(to) * width;
   for (int64_t c = threadIdx.x; c < width; c += blockDim.x) d[c] = load_bf16(s + c);
-}
-
-__global__ void weighted_row_sum_kernel(const float* src, int64_t width, const int32_t* src_index,
-                                        const float* weights, const int64_t* offsets, float* dst) {
-  const int64_t row = blockIdx.x;
-  const int64_t begin = offsets[row], end = offsets[row + 1];
-  float* d = dst + row * width;
-  for (int64_t c = threadIdx.x; c < width; c += blockDim.x) {
-    float acc = 0.0f;
-    for (int64_t j = begin; j < end; ++j) {  // fixed order: deterministic, matches the CPU
-      const float w = weights != nullptr ? weights[j] : 1.0f;
-      acc += w * src[static_cast<int64_t>(src_index[j]) * width + c];
-    }
-    d[c] = acc;
-  }
 }
 
 __device__ __forceinline__ uint64_t splitmix64(uint64_t z) {
@@ -268,28 +250,15 @@ cudaError_t launch_gather_rows(const float* src, int64_t width, const int32_t* i
   return launch_rows(gather_rows_kernel, n, width, stream, src, width, idx, dst);
 }
 
-cudaError_t launch_gather_rows_to_bf16(const float* src, int64_t width, const int32_t* idx,
-                                       int64_t n, bf16* dst, cudaStream_t stream) {
-  return launch_rows(gather_rows_to_bf16_kernel, n, width, stream, src, width, idx,
-                     static_cast<const int32_t*>(nullptr), dst);
-}
-
 cudaError_t launch_gather_pairs_to_bf16(const float* x, int64_t width, const int32_t* pair,
                                         const int32_t* row_index, int64_t n, bf16* dst,
                                         cudaStream_t stream) {
-  return launch_rows(gather_rows_to_bf16_kernel, n, width, stream, x, width, pair, row_index, dst);
+  return launch_rows(gather_pairs_to_bf16_kernel, n, width, stream, x, width, pair, row_index, dst);
 }
 
 cudaError_t launch_scatter_rows_from_bf16(const bf16* src, int64_t width, const int32_t* dst_idx,
                                           int64_t n, float* dst, cudaStream_t stream) {
   return launch_rows(scatter_rows_from_bf16_kernel, n, width, stream, src, width, dst_idx, dst);
-}
-
-cudaError_t launch_weighted_row_sum(const float* src, int64_t width, const int32_t* src_index,
-                                    const float* weights, const int64_t* offsets, int64_t n,
-                                    float* dst, cudaStream_t stream) {
-  return launch_rows(weighted_row_sum_kernel, n, width, stream, src, width, src_index, weights,
-                     offsets, dst);
 }
 
 cudaError_t launch_fill_random_bf16(bf16* dst, int64_t n, uint64_t seed, float scale,

@@ -1,4 +1,4 @@
-// The small-batch expert SwiGLU (ResidentExpertBatch with few rows per local slot) as two
+// The small-batch expert SwiGLU (ExpertBatch with few rows per local slot) as two
 // memory-bound kernels that read the grouping on the device (the grouped cuBLAS path's gather is
 // elementwise.cu's row gather). Per-thread math and rounding points: fused_math.h (kGroupedSwiglu:
 // input, gate/up, activation and output all bf16, fp32 accumulation).

@@ -6,7 +6,7 @@
 // - the tensor-core prefill kernel lane by lane (4 warps x 32 lanes per CTA, fragments, quad
 //   reductions, bf16 q and P, fp32 online softmax) against a double-precision reference with the
 //   same roundings (tight) and against the fp32 reference attention (bound from the roundings);
-// - the resident decode: row -> sequence lookup, fixed key splits, early exit of dead splits,
+// - the fixed-grid decode: row -> sequence lookup, fixed key splits, early exit of dead splits,
 //   combine of the live ones, against the reference attention.
 #include <gtest/gtest.h>
 
@@ -480,47 +480,47 @@ TEST(AttentionTcEmulation, ShortPromptsTailTilesAndOtherGroupSizes) {
   run_tc_case({{{0, 30, 7, 0}}, {12, 4, 128}, 1, 40}, 33, true);
 }
 
-// ---------------------------------------------------------------- resident decode
+// ---------------------------------------------------------------- fixed-grid decode
 
-TEST(AttentionResident, RowLookupAndValidity) {
+TEST(AttentionFixedGrid, RowLookupAndValidity) {
   const std::vector<AttentionSeq> seqs = {{2, 3, 10, 1}, {0, 1, 0, 0}, {5, 1, 99, 2}, {6, 1, 0, 7}};
   const int64_t slots = 3, max_len = 100;
-  const ResidentRow r0 = resident_row(seqs.data(), 4, 0, slots, max_len);
+  const FixedGridRow r0 = fixed_grid_row(seqs.data(), 4, 0, slots, max_len);
   EXPECT_TRUE(r0.valid);
   EXPECT_EQ(r0.pos, 0);
   EXPECT_EQ(r0.cache_row, 0);
-  const ResidentRow r3 = resident_row(seqs.data(), 4, 3, slots, max_len);
+  const FixedGridRow r3 = fixed_grid_row(seqs.data(), 4, 3, slots, max_len);
   EXPECT_TRUE(r3.valid);
   EXPECT_EQ(r3.pos, 11);
   EXPECT_EQ(r3.cache_row, 100);
-  const ResidentRow r5 = resident_row(seqs.data(), 4, 5, slots, max_len);
+  const FixedGridRow r5 = fixed_grid_row(seqs.data(), 4, 5, slots, max_len);
   EXPECT_TRUE(r5.valid);
-  EXPECT_EQ(r5.pos, 99);                                                // the last cache position
-  EXPECT_FALSE(resident_row(seqs.data(), 4, 1, slots, max_len).valid);  // nobody's row
-  EXPECT_FALSE(resident_row(seqs.data(), 4, 6, slots, max_len).valid);  // slot 7 of 3
-  EXPECT_FALSE(resident_row(seqs.data(), 4, 9, slots, max_len).valid);  // nobody's row
+  EXPECT_EQ(r5.pos, 99);                                                  // the last cache position
+  EXPECT_FALSE(fixed_grid_row(seqs.data(), 4, 1, slots, max_len).valid);  // nobody's row
+  EXPECT_FALSE(fixed_grid_row(seqs.data(), 4, 6, slots, max_len).valid);  // slot 7 of 3
+  EXPECT_FALSE(fixed_grid_row(seqs.data(), 4, 9, slots, max_len).valid);  // nobody's row
   const AttentionSeq too_long{0, 2, 99, 0};
-  EXPECT_FALSE(resident_row(&too_long, 1, 0, slots, max_len).valid);
+  EXPECT_FALSE(fixed_grid_row(&too_long, 1, 0, slots, max_len).valid);
 }
 
-TEST(AttentionResident, SplitsDependOnlyOnTheGridAndCoverTheCache) {
+TEST(AttentionFixedGrid, SplitsDependOnlyOnTheGridAndCoverTheCache) {
   for (int64_t rows : {1, 3, 64, 512}) {
     for (int64_t max_len : {1, 31, 256, 4096, 40960}) {
       for (int64_t sms : {1, 132}) {
-        const ResidentSplits sp = resident_splits(rows, 4, max_len, sms);
+        const FixedGridSplits sp = fixed_grid_splits(rows, 4, max_len, sms);
         ASSERT_GE(sp.num_splits, 1);
-        ASSERT_LE(sp.num_splits, kResMaxSplits);
-        ASSERT_EQ(sp.chunk % kResKeyTile, 0);
+        ASSERT_LE(sp.num_splits, kFixedMaxSplits);
+        ASSERT_EQ(sp.chunk % kFixedKeyTile, 0);
         ASSERT_GE(sp.num_splits * sp.chunk, max_len);
         ASSERT_LT((sp.num_splits - 1) * sp.chunk, std::max<int64_t>(max_len, 1));
         for (int64_t pos : {int64_t{0}, max_len / 2, max_len - 1}) {
           if (pos < 0) continue;
-          const int64_t live = resident_live_splits(pos, sp.chunk);
+          const int64_t live = fixed_grid_live_splits(pos, sp.chunk);
           ASSERT_LE(live, sp.num_splits);
           int64_t next = 0;
           for (int64_t s = 0; s < sp.num_splits; ++s) {
             int64_t b = 0, e = 0;
-            resident_split_keys(pos, sp.chunk, s, &b, &e);
+            fixed_grid_split_keys(pos, sp.chunk, s, &b, &e);
             ASSERT_EQ(s < live, b < e) << "live splits are exactly the non-empty ones";
             if (b < e) {
               ASSERT_EQ(b, next);
@@ -532,46 +532,46 @@ TEST(AttentionResident, SplitsDependOnlyOnTheGridAndCoverTheCache) {
       }
     }
   }
-  EXPECT_EQ(resident_splits(1, 4, 40960, 132).num_splits, kResMaxSplits);  // small batch: split
-  EXPECT_EQ(resident_splits(512, 4, 40960, 132).num_splits, 1);            // big batch: not
+  EXPECT_EQ(fixed_grid_splits(1, 4, 40960, 132).num_splits, kFixedMaxSplits);  // small batch: split
+  EXPECT_EQ(fixed_grid_splits(512, 4, 40960, 132).num_splits, 1);              // big batch: not
 }
 
-// attention_resident_kernel + combine serially: every (row, kv head block, split) block with the
+// attention_fixed_grid_kernel + combine serially: every (row, kv head block, split) block with the
 // kernel's early exit, fp32 online softmax over 32-key tiles; dead splits never write.
-std::vector<float> emulate_resident(const Case& c, const Data& d, int64_t num_rows, int num_sms,
-                                    std::vector<bf16>& ck, std::vector<bf16>& cv) {
+std::vector<float> emulate_fixed_grid(const Case& c, const Data& d, int64_t num_rows, int num_sms,
+                                      std::vector<bf16>& ck, std::vector<bf16>& cv) {
   const int64_t H = c.shape.num_heads, KV = c.shape.num_kv_heads, D = c.shape.head_dim;
   const int64_t G = H / KV, W = KV * D;
   const int64_t n = static_cast<int64_t>(c.seqs.size());
-  for (int64_t r = 0; r < num_rows; ++r) {  // kv_append_resident_kernel
-    const ResidentRow rr = resident_row(c.seqs.data(), n, r, c.num_slots, c.max_len);
+  for (int64_t r = 0; r < num_rows; ++r) {  // kv_append_fixed_grid_kernel
+    const FixedGridRow rr = fixed_grid_row(c.seqs.data(), n, r, c.num_slots, c.max_len);
     if (!rr.valid) continue;
     for (int64_t j = 0; j < W; ++j) {
       ck[(rr.cache_row + rr.pos) * W + j] = float_to_bf16(d.k[r * W + j]);
       cv[(rr.cache_row + rr.pos) * W + j] = float_to_bf16(d.v[r * W + j]);
     }
   }
-  const int64_t head_blocks = (G + kResHeadsPerBlock - 1) / kResHeadsPerBlock;
-  const ResidentSplits sp = resident_splits(num_rows, KV * head_blocks, c.max_len, num_sms);
+  const int64_t head_blocks = (G + kFixedHeadsPerBlock - 1) / kFixedHeadsPerBlock;
+  const FixedGridSplits sp = fixed_grid_splits(num_rows, KV * head_blocks, c.max_len, num_sms);
   const float nan = std::numeric_limits<float>::quiet_NaN();
   std::vector<float> po(num_rows * sp.num_splits * H * D, nan),
       pml(num_rows * sp.num_splits * H * 2, nan);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
   for (int64_t r = 0; r < num_rows; ++r) {
-    const ResidentRow rr = resident_row(c.seqs.data(), n, r, c.num_slots, c.max_len);
+    const FixedGridRow rr = fixed_grid_row(c.seqs.data(), n, r, c.num_slots, c.max_len);
     for (int64_t s = 0; s < sp.num_splits; ++s) {
-      if (!rr.valid || s >= resident_live_splits(rr.pos, sp.chunk)) continue;
+      if (!rr.valid || s >= fixed_grid_live_splits(rr.pos, sp.chunk)) continue;
       int64_t kb0 = 0, ke = 0;
-      resident_split_keys(rr.pos, sp.chunk, s, &kb0, &ke);
-      const int64_t slot = resident_partial_slot(r, s, sp.num_splits);
+      fixed_grid_split_keys(rr.pos, sp.chunk, s, &kb0, &ke);
+      const int64_t slot = fixed_grid_partial_slot(r, s, sp.num_splits);
       for (int64_t h = 0; h < H; ++h) {
         const int64_t at0 = rr.cache_row * W + (h / G) * D;
         auto key = [&](int64_t j, int64_t dd) { return bf16_to_float(ck[at0 + j * W + dd]); };
         auto value = [&](int64_t j, int64_t dd) { return bf16_to_float(cv[at0 + j * W + dd]); };
         moe::test::EmulatedRow row(D);
-        for (int64_t kb = kb0; kb < ke; kb += kResKeyTile) {
+        for (int64_t kb = kb0; kb < ke; kb += kFixedKeyTile) {
           moe::test::emulate_attend_tile(d.q.data() + (r * H + h) * D, D, kb,
-                                         std::min<int64_t>(kResKeyTile, ke - kb), rr.pos, scale,
+                                         std::min<int64_t>(kFixedKeyTile, ke - kb), rr.pos, scale,
                                          key, value, row);
         }
         moe::test::store_emulated_partial(row, slot, H, h, po, pml);
@@ -579,23 +579,23 @@ std::vector<float> emulate_resident(const Case& c, const Data& d, int64_t num_ro
     }
   }
   std::vector<float> out(num_rows * H * D, -7.0f);
-  for (int64_t r = 0; r < num_rows; ++r) {  // attention_resident_combine_kernel
-    const ResidentRow rr = resident_row(c.seqs.data(), n, r, c.num_slots, c.max_len);
+  for (int64_t r = 0; r < num_rows; ++r) {  // attention_fixed_grid_combine_kernel
+    const FixedGridRow rr = fixed_grid_row(c.seqs.data(), n, r, c.num_slots, c.max_len);
     for (int64_t h = 0; h < H; ++h) {
       float* dst = out.data() + (r * H + h) * D;
       if (!rr.valid) {
         std::fill(dst, dst + D, 0.0f);
         continue;
       }
-      const int64_t live = std::min(sp.num_splits, resident_live_splits(rr.pos, sp.chunk));
-      moe::test::emulate_combine_splits(po, pml, resident_partial_slot(r, 0, sp.num_splits), live,
+      const int64_t live = std::min(sp.num_splits, fixed_grid_live_splits(rr.pos, sp.chunk));
+      moe::test::emulate_combine_splits(po, pml, fixed_grid_partial_slot(r, 0, sp.num_splits), live,
                                         H, h, D, dst);
     }
   }
   return out;
 }
 
-TEST(AttentionResident, DecodeEmulationMatchesReferenceOnAnySplitCount) {
+TEST(AttentionFixedGrid, DecodeEmulationMatchesReferenceOnAnySplitCount) {
   // Decode rows of different lengths (one at the last cache position), one 3-token chunk, GQA.
   const Case c{{{0, 1, 1500, 0}, {1, 1, 33, 1}, {2, 3, 700, 2}, {5, 1, 2047, 3}, {6, 1, 0, 4}},
                {16, 2, 64},
@@ -605,7 +605,7 @@ TEST(AttentionResident, DecodeEmulationMatchesReferenceOnAnySplitCount) {
   const std::vector<float> want = moe::test::reference_attention(c, d);
   for (int sms : {1, 16, 132}) {
     std::vector<bf16> ck = moe::test::to_bf16(d.cache_k), cv = moe::test::to_bf16(d.cache_v);
-    const std::vector<float> got = emulate_resident(c, d, 7, sms, ck, cv);
+    const std::vector<float> got = emulate_fixed_grid(c, d, 7, sms, ck, cv);
     ASSERT_EQ(got.size(), want.size());
     for (size_t i = 0; i < got.size(); ++i) {
       ASSERT_NEAR(got[i], want[i], 2e-5 + 1e-4 * std::fabs(want[i])) << i << " sms " << sms;
@@ -613,11 +613,11 @@ TEST(AttentionResident, DecodeEmulationMatchesReferenceOnAnySplitCount) {
   }
 }
 
-TEST(AttentionResident, UncoveredRowsAppendNothingAndGiveZero) {
+TEST(AttentionFixedGrid, UncoveredRowsAppendNothingAndGiveZero) {
   const Case c{{{1, 1, 4, 0}}, {4, 2, 32}, 1, 64};
   const Data d = moe::test::make_attention_inputs(c, 42, true);
   std::vector<bf16> ck = moe::test::to_bf16(d.cache_k), cv = moe::test::to_bf16(d.cache_v);
-  const std::vector<float> got = emulate_resident(c, d, 3, 8, ck, cv);  // rows 0 and 2: nobody's
+  const std::vector<float> got = emulate_fixed_grid(c, d, 3, 8, ck, cv);  // rows 0 and 2: nobody's
   for (int64_t j = 0; j < 4 * 32; ++j) {
     EXPECT_EQ(got[j], 0.0f);
     EXPECT_EQ(got[2 * 4 * 32 + j], 0.0f);

@@ -58,7 +58,7 @@ void random_routing(std::mt19937& rng, int64_t tokens, int top_k, int num_expert
   }
 }
 
-// The flat table RoutingTable points into, built as ResidentDispatcher::set_placement does.
+// The flat table RoutingTable points into, built as Dispatcher::set_placement does.
 struct HostTable {
   std::vector<int32_t> begin{0}, ranks, slots, num_slots;
   kernels::RoutingTable table;
