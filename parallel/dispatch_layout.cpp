@@ -55,15 +55,16 @@ ExchangeStats exchange_stats(int rank, std::span<const int64_t> send_rows,
   return st;
 }
 
-DispatchLayout build_dispatch_layout(const LayerPlacement& placement, int rank,
-                                     std::span<const int32_t> topk_ids,
-                                     std::span<const float> topk_weights, int64_t num_tokens,
-                                     int top_k) {
+namespace {
+
+void check_layout_inputs(const LayerPlacement& placement, int rank,
+                         std::span<const int32_t> topk_ids, std::span<const float> topk_weights,
+                         int64_t num_tokens, int top_k) {
   const int num_ranks = placement.num_ranks();
-  const int num_experts = placement.num_experts();
   MOE_CHECK_AS("dispatch", num_ranks >= 1 && rank >= 0 && rank < num_ranks,
                "layout: rank {} outside a placement of {} ranks", rank, num_ranks);
-  MOE_CHECK_AS("dispatch", num_experts >= 1, "layout: the placement has no experts (dense layer?)");
+  MOE_CHECK_AS("dispatch", placement.num_experts() >= 1,
+               "layout: the placement has no experts (dense layer?)");
   MOE_CHECK_AS("dispatch", top_k >= 1, "layout: top_k must be >= 1, got {}", top_k);
   MOE_CHECK_AS("dispatch", num_tokens >= 0 && num_tokens * top_k < INT32_MAX,
                "layout: {} tokens x top-{} is outside the supported range", num_tokens, top_k);
@@ -73,25 +74,20 @@ DispatchLayout build_dispatch_layout(const LayerPlacement& placement, int rank,
                    static_cast<int64_t>(topk_weights.size()) >= num_pairs,
                "layout: {} tokens x top-{} needs {} ids and weights, got {} and {}", num_tokens,
                top_k, num_pairs, topk_ids.size(), topk_weights.size());
+}
 
-  DispatchLayout L;
-  L.num_ranks = num_ranks;
-  L.top_k = top_k;
-  L.num_tokens = num_tokens;
-  L.send_counts.assign(num_ranks, 0);
-  L.pairs_per_rank.assign(num_ranks, 0);
-  L.expert_tokens.assign(num_experts, 0);
-  L.token_offsets.assign(num_tokens + 1, 0);
-
+// Pass 1: the slot of every (token, k) pair (pair_slots[p]) and each token's ascending distinct
+// destinations (token_dests, offsets in L.token_offsets); counts into L.
+void choose_destinations(const LayerPlacement& placement, int rank,
+                         std::span<const int32_t> topk_ids, DispatchLayout& L,
+                         std::vector<Slot>& pair_slots, std::vector<int32_t>& token_dests) {
+  const int num_experts = placement.num_experts(), top_k = L.top_k;
   // Replicas share an expert's pairs by the one split rule (placement.h: ReplicaSplit).
   ReplicaSplit split(placement, rank);
-
-  // Pass 1: pick a slot per (token, k) pair; per token, the ascending distinct destinations.
-  std::vector<int32_t> pair_dest(num_pairs), pair_slot(num_pairs);
-  std::vector<int32_t> token_dests;  // [S] destinations of each token, in token order
-  token_dests.reserve(num_pairs);
+  pair_slots.resize(static_cast<size_t>(L.num_tokens * top_k));
+  token_dests.reserve(pair_slots.size());
   std::vector<int32_t> dests(top_k);
-  for (int64_t t = 0; t < num_tokens; ++t) {
+  for (int64_t t = 0; t < L.num_tokens; ++t) {
     for (int j = 0; j < top_k; ++j) {
       const int64_t p = t * top_k + j;
       const int32_t e = topk_ids[p];
@@ -100,13 +96,9 @@ DispatchLayout build_dispatch_layout(const LayerPlacement& placement, int rank,
                    num_experts - 1);
       MOE_CHECK_AS("dispatch", !placement.expert_slots[e].empty(), "layout: expert {} has no slot",
                    e);
-      const Slot& s = split.next(e);
-      const int dest = s.rank;
-      const int slot = s.local_slot;
-      pair_dest[p] = dest;
-      pair_slot[p] = slot;
-      dests[j] = dest;
-      ++L.pairs_per_rank[dest];
+      pair_slots[p] = split.next(e);
+      dests[j] = pair_slots[p].rank;
+      ++L.pairs_per_rank[dests[j]];
       ++L.expert_tokens[e];
     }
     std::sort(dests.begin(), dests.end());
@@ -117,6 +109,27 @@ DispatchLayout build_dispatch_layout(const LayerPlacement& placement, int rank,
     }
     L.token_offsets[t + 1] = static_cast<int64_t>(token_dests.size());
   }
+}
+
+}  // namespace
+
+DispatchLayout build_dispatch_layout(const LayerPlacement& placement, int rank,
+                                     std::span<const int32_t> topk_ids,
+                                     std::span<const float> topk_weights, int64_t num_tokens,
+                                     int top_k) {
+  check_layout_inputs(placement, rank, topk_ids, topk_weights, num_tokens, top_k);
+  const int num_ranks = placement.num_ranks();
+  DispatchLayout L;
+  L.num_ranks = num_ranks;
+  L.top_k = top_k;
+  L.num_tokens = num_tokens;
+  L.send_counts.assign(num_ranks, 0);
+  L.pairs_per_rank.assign(num_ranks, 0);
+  L.expert_tokens.assign(placement.num_experts(), 0);
+  L.token_offsets.assign(num_tokens + 1, 0);
+  std::vector<Slot> pair_slots;
+  std::vector<int32_t> token_dests;  // [S] destinations of each token, in token order
+  choose_destinations(placement, rank, topk_ids, L, pair_slots, token_dests);
 
   // Pass 2: rows by destination, then ascending token (tokens are visited in order).
   const int64_t num_rows = static_cast<int64_t>(token_dests.size());
@@ -134,7 +147,8 @@ DispatchLayout build_dispatch_layout(const LayerPlacement& placement, int rank,
       RouteEntry* routes = &L.send_routes[static_cast<size_t>(row) * top_k];
       for (int j = 0; j < top_k; ++j) {
         const int64_t p = t * top_k + j;
-        if (pair_dest[p] == d) routes[j] = RouteEntry{pair_slot[p], topk_weights[p]};
+        if (pair_slots[p].rank == d)
+          routes[j] = RouteEntry{pair_slots[p].local_slot, topk_weights[p]};
       }
     }
   }

@@ -80,11 +80,24 @@ kernels::Buffer<T> upload(kernels::Backend& b, const std::vector<T>& host) {
   return buf;
 }
 
-// Compute and memory probes (rank 0 alone).
-void measure_compute(kernels::Backend& be, const ModelConfig& c, HardwareProfile& h,
-                     nlohmann::json& samples) {
-  const ModelShapes s(c);
-  const int64_t H = s.hidden, I = s.expert_inter, E = s.num_experts;
+// What a compute probe needs: the backend, the model's shapes, the profile it fills in and the
+// raw samples it records.
+struct Probe {
+  kernels::Backend& be;
+  const ModelConfig& c;
+  ModelShapes s;
+  HardwareProfile& h;
+  nlohmann::json& samples;
+};
+
+// Dense linear at every row count from decode to prefill sizes: the rate table (the CPU backend
+// converts bf16 weights per call and takes other code paths at 1 and 2-3 rows, so the measured
+// time per row count is what the model uses).
+void probe_linear(const Probe& p) {
+  kernels::Backend& be = p.be;
+  const ModelShapes& s = p.s;
+  HardwareProfile& h = p.h;
+  const int64_t H = s.hidden;
   const int64_t out = std::max<int64_t>(s.q_width, H);
   const int64_t max_rows = 512;
   kernels::Buffer<float> x = upload(be, std::vector<float>(max_rows * std::max(H, out), 0.01f));
@@ -97,185 +110,224 @@ void measure_compute(kernels::Backend& be, const ModelConfig& c, HardwareProfile
   kernels::Buffer<bf16> w = upload(be, random_bf16(static_cast<size_t>(num_w * out * H), 1));
   int64_t next_w = 0;
   const auto weight = [&] { return w.data() + (next_w++ % num_w) * out * H; };
-
-  // Dense linear at every row count from decode to prefill sizes: the rate table (the CPU
-  // backend converts bf16 weights per call and takes other code paths at 1 and 2-3 rows, so the
-  // measured time per row count is what the model uses).
   const double flops_per_row = 2.0 * H * out;
   h.gemm_table.clear();
   for (int64_t rows : {1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 512}) {
     const double t = time_call([&] { be.linear(x.data(), weight(), rows, H, out, y.data()); });
     h.gemm_table.emplace_back(rows, flops_per_row * rows / t * 1e-9);
-    samples["linear"].push_back({{"rows", rows}, {"in", H}, {"out", out}, {"s", t}});
+    p.samples["linear"].push_back({{"rows", rows}, {"in", H}, {"out", out}, {"s", t}});
     if (rows == 1) h.weight_read_gbps = static_cast<double>(H) * out * kWeightBytes / t * 1e-9;
   }
   h.decode_gemm_gflops = table_gflops(h.gemm_table, 8);
   h.prefill_gemm_gflops = table_gflops(h.gemm_table, 512);
   h.decode_rows_max = 64;
   h.gemm_overlap = GemmOverlap::kSum;
+}
 
-  // Grouped experts: E groups of g rows each, per rows-per-expert count.
-  {
-    std::vector<bf16> host = random_bf16(static_cast<size_t>(E * 3 * H * I), 2);
-    kernels::Buffer<bf16> ew = upload(be, host);
-    const int64_t max_g = 64;
-    kernels::Buffer<float> ex = upload(be, std::vector<float>(E * max_g * H, 0.01f));
-    kernels::Buffer<float> eo(be, static_cast<size_t>(E * max_g * H));
-    h.grouped_table.clear();
-    std::vector<kernels::ExpertWeights> slots;
-    for (int64_t e = 0; e < E; ++e) {
-      const bf16* base = ew.data() + e * 3 * H * I;
-      slots.push_back({base, base + H * I, base + 2 * H * I});
-    }
-    kernels::Buffer<kernels::ExpertWeights> slots_dev = upload(be, slots);
-    for (int64_t g : {1, 2, 4, 8, 16, 64}) {
-      // Slot e computes rows [e g, e g + g): the expert op as the dispatcher hands it over.
-      std::vector<int32_t> row_index(static_cast<size_t>(E * g)), slot_begin;
-      std::iota(row_index.begin(), row_index.end(), 0);
-      for (int64_t e = 0; e <= E; ++e) slot_begin.push_back(static_cast<int32_t>(e * g));
-      kernels::Buffer<int32_t> row_index_dev = upload(be, row_index);
-      kernels::Buffer<int32_t> slot_begin_dev = upload(be, slot_begin);
-      kernels::ExpertBatch batch;
-      batch.row_index = row_index_dev.data();
-      batch.slot_begin = slot_begin_dev.data();
-      batch.slot_weights = slots_dev.data();
-      batch.host_slot_weights = slots.data();
-      batch.num_slots = E;
-      batch.max_pairs = E * g;
-      batch.host_slot_begin = slot_begin.data();
-      const double t = time_call([&] { be.expert_swiglu(ex.data(), H, I, batch, eo.data()); });
-      h.grouped_table.emplace_back(g, 6.0 * H * I * E * g / t * 1e-9);
-      samples["grouped"].push_back({{"experts", E}, {"rows_per_expert", g}, {"s", t}});
-    }
-    h.grouped_gemm_gflops = table_gflops(h.grouped_table, 16);
+// Grouped experts: E groups of g rows each, per rows-per-expert count.
+void probe_grouped(const Probe& p) {
+  kernels::Backend& be = p.be;
+  const ModelShapes& s = p.s;
+  const int64_t H = s.hidden, I = s.expert_inter, E = s.num_experts;
+  HardwareProfile& h = p.h;
+  nlohmann::json& samples = p.samples;
+  std::vector<bf16> host = random_bf16(static_cast<size_t>(E * 3 * H * I), 2);
+  kernels::Buffer<bf16> ew = upload(be, host);
+  const int64_t max_g = 64;
+  kernels::Buffer<float> ex = upload(be, std::vector<float>(E * max_g * H, 0.01f));
+  kernels::Buffer<float> eo(be, static_cast<size_t>(E * max_g * H));
+  h.grouped_table.clear();
+  std::vector<kernels::ExpertWeights> slots;
+  for (int64_t e = 0; e < E; ++e) {
+    const bf16* base = ew.data() + e * 3 * H * I;
+    slots.push_back({base, base + H * I, base + 2 * H * I});
   }
+  kernels::Buffer<kernels::ExpertWeights> slots_dev = upload(be, slots);
+  for (int64_t g : {1, 2, 4, 8, 16, 64}) {
+    // Slot e computes rows [e g, e g + g): the expert op as the dispatcher hands it over.
+    std::vector<int32_t> row_index(static_cast<size_t>(E * g)), slot_begin;
+    std::iota(row_index.begin(), row_index.end(), 0);
+    for (int64_t e = 0; e <= E; ++e) slot_begin.push_back(static_cast<int32_t>(e * g));
+    kernels::Buffer<int32_t> row_index_dev = upload(be, row_index);
+    kernels::Buffer<int32_t> slot_begin_dev = upload(be, slot_begin);
+    kernels::ExpertBatch batch;
+    batch.row_index = row_index_dev.data();
+    batch.slot_begin = slot_begin_dev.data();
+    batch.slot_weights = slots_dev.data();
+    batch.host_slot_weights = slots.data();
+    batch.num_slots = E;
+    batch.max_pairs = E * g;
+    batch.host_slot_begin = slot_begin.data();
+    const double t = time_call([&] { be.expert_swiglu(ex.data(), H, I, batch, eo.data()); });
+    h.grouped_table.emplace_back(g, 6.0 * H * I * E * g / t * 1e-9);
+    samples["grouped"].push_back({{"experts", E}, {"rows_per_expert", g}, {"s", t}});
+  }
+  h.grouped_gemm_gflops = table_gflops(h.grouped_table, 16);
+}
 
-  // Attention over one sequence of 128 new tokens.
-  {
-    const int64_t T = 128;
-    const int64_t kv = s.kv_width, q = s.q_width;
-    kernels::Buffer<float> qb = upload(be, std::vector<float>(T * q, 0.01f));
-    kernels::Buffer<float> kb = upload(be, std::vector<float>(T * kv, 0.01f));
-    kernels::Buffer<float> vb = upload(be, std::vector<float>(T * kv, 0.01f));
-    kernels::Buffer<float> ob(be, static_cast<size_t>(T * q));
-    const int64_t kvb = kernels::kv_dtype_bytes(be.kv_cache_dtype());
-    kernels::Buffer<unsigned char> kc(be, static_cast<size_t>(T * kv * kvb));
-    kernels::Buffer<unsigned char> vc(be, static_cast<size_t>(T * kv * kvb));
-    const kernels::AttentionShape shape{s.num_heads, s.num_kv_heads, s.head_dim};
-    const std::vector<kernels::AttentionSeq> seq{{0, T, 0, 0}};
-    kernels::Buffer<kernels::AttentionSeq> seq_dev = upload(be, seq);
-    const kernels::AttentionBatch prefill{seq_dev.data(), seq.data(), 1, T};
-    const kernels::KvCacheView cache{kc.data(), vc.data(), 1, T, be.kv_cache_dtype()};
-    const double t = time_call(
-        [&] { be.attention(qb.data(), kb.data(), vb.data(), prefill, shape, cache, ob.data()); });
-    h.attention_gflops = attention_score_flops(c, T, 0) / t * 1e-9;
-    samples["attention"] = {{"tokens", T}, {"s", t}};
-    // Decode-like: S sequences of one new token after 63 cached ones; the time beyond the FLOPs
-    // is a fixed cost per sequence.
-    const int64_t S = 64, past = 63;
-    kernels::Buffer<unsigned char> kc2(be, static_cast<size_t>(S * (past + 1) * kv * kvb));
-    kernels::Buffer<unsigned char> vc2(be, static_cast<size_t>(S * (past + 1) * kv * kvb));
-    std::vector<kernels::AttentionSeq> seqs;
-    for (int64_t i = 0; i < S; ++i) seqs.push_back({i, 1, past, i});
-    kernels::Buffer<kernels::AttentionSeq> seqs_dev = upload(be, seqs);
-    const kernels::AttentionBatch decode{seqs_dev.data(), seqs.data(), S, S};
-    const kernels::KvCacheView cache2{kc2.data(), vc2.data(), S, past + 1, be.kv_cache_dtype()};
-    const double td = time_call(
-        [&] { be.attention(qb.data(), kb.data(), vb.data(), decode, shape, cache2, ob.data()); });
-    const double flop_s = S * attention_score_flops(c, 1, past) / (h.attention_gflops * 1e9);
-    h.attention_seq_us = std::max(0.0, td - flop_s) / S * 1e6;
-    samples["attention_decode"] = {{"sequences", S}, {"past", past}, {"s", td}};
-  }
+// Attention over one sequence of 128 new tokens.
+void probe_attention(const Probe& p) {
+  kernels::Backend& be = p.be;
+  const ModelConfig& c = p.c;
+  const ModelShapes& s = p.s;
+  HardwareProfile& h = p.h;
+  nlohmann::json& samples = p.samples;
+  const int64_t T = 128;
+  const int64_t kv = s.kv_width, q = s.q_width;
+  kernels::Buffer<float> qb = upload(be, std::vector<float>(T * q, 0.01f));
+  kernels::Buffer<float> kb = upload(be, std::vector<float>(T * kv, 0.01f));
+  kernels::Buffer<float> vb = upload(be, std::vector<float>(T * kv, 0.01f));
+  kernels::Buffer<float> ob(be, static_cast<size_t>(T * q));
+  const int64_t kvb = kernels::kv_dtype_bytes(be.kv_cache_dtype());
+  kernels::Buffer<unsigned char> kc(be, static_cast<size_t>(T * kv * kvb));
+  kernels::Buffer<unsigned char> vc(be, static_cast<size_t>(T * kv * kvb));
+  const kernels::AttentionShape shape{s.num_heads, s.num_kv_heads, s.head_dim};
+  const std::vector<kernels::AttentionSeq> seq{{0, T, 0, 0}};
+  kernels::Buffer<kernels::AttentionSeq> seq_dev = upload(be, seq);
+  const kernels::AttentionBatch prefill{seq_dev.data(), seq.data(), 1, T};
+  const kernels::KvCacheView cache{kc.data(), vc.data(), 1, T, be.kv_cache_dtype()};
+  const double t = time_call(
+      [&] { be.attention(qb.data(), kb.data(), vb.data(), prefill, shape, cache, ob.data()); });
+  h.attention_gflops = attention_score_flops(c, T, 0) / t * 1e-9;
+  samples["attention"] = {{"tokens", T}, {"s", t}};
+  // Decode-like: S sequences of one new token after 63 cached ones; the time beyond the FLOPs
+  // is a fixed cost per sequence.
+  const int64_t S = 64, past = 63;
+  kernels::Buffer<unsigned char> kc2(be, static_cast<size_t>(S * (past + 1) * kv * kvb));
+  kernels::Buffer<unsigned char> vc2(be, static_cast<size_t>(S * (past + 1) * kv * kvb));
+  std::vector<kernels::AttentionSeq> seqs;
+  for (int64_t i = 0; i < S; ++i) seqs.push_back({i, 1, past, i});
+  kernels::Buffer<kernels::AttentionSeq> seqs_dev = upload(be, seqs);
+  const kernels::AttentionBatch decode{seqs_dev.data(), seqs.data(), S, S};
+  const kernels::KvCacheView cache2{kc2.data(), vc2.data(), S, past + 1, be.kv_cache_dtype()};
+  const double td = time_call(
+      [&] { be.attention(qb.data(), kb.data(), vb.data(), decode, shape, cache2, ob.data()); });
+  const double flop_s = S * attention_score_flops(c, 1, past) / (h.attention_gflops * 1e9);
+  h.attention_seq_us = std::max(0.0, td - flop_s) / S * 1e6;
+  samples["attention_decode"] = {{"sequences", S}, {"past", past}, {"s", td}};
+}
 
-  // Row-wise ops of a layer at the model's widths, per token: input and post-attention RMSNorm
-  // over H, q/k RMSNorm per head, RoPE on q and k, the residual add.
-  {
-    const int64_t T = 256;
-    kernels::Buffer<float> xa = upload(be, std::vector<float>(T * H, 0.5f));
-    kernels::Buffer<float> xb(be, static_cast<size_t>(T * H));
-    kernels::Buffer<float> qa = upload(be, std::vector<float>(T * s.q_width, 0.5f));
-    kernels::Buffer<float> ka = upload(be, std::vector<float>(T * s.kv_width, 0.5f));
-    kernels::Buffer<bf16> nw = upload(be, random_bf16(static_cast<size_t>(H), 4));
-    std::vector<int32_t> pos(static_cast<size_t>(T));
-    std::iota(pos.begin(), pos.end(), 0);
-    kernels::Buffer<int32_t> pos_dev = upload(be, pos);
-    const float eps = static_cast<float>(c.rms_norm_eps);
-    const double t = time_call([&] {
-      be.rmsnorm(xa.data(), nw.data(), T, H, eps, xb.data());
-      be.qk_norm_rope(qa.data(), ka.data(), nw.data(), nw.data(), pos_dev.data(), T, s.num_heads,
-                      s.num_kv_heads, s.head_dim, eps, c.rope_theta);
-      be.add_inplace(xa.data(), xb.data(), T * H);
-      be.rmsnorm(xa.data(), nw.data(), T, H, eps, xb.data());
-    });
-    h.rowops_ns_per_token = t / static_cast<double>(T) * 1e9;
-    samples["rowops"] = {{"tokens", T}, {"s", t}};
-  }
+// Row-wise ops of a layer at the model's widths, per token: input and post-attention RMSNorm
+// over H, q/k RMSNorm per head, RoPE on q and k, the residual add.
+void probe_rowops(const Probe& p) {
+  kernels::Backend& be = p.be;
+  const ModelConfig& c = p.c;
+  const ModelShapes& s = p.s;
+  const int64_t H = s.hidden;
+  HardwareProfile& h = p.h;
+  nlohmann::json& samples = p.samples;
+  const int64_t T = 256;
+  kernels::Buffer<float> xa = upload(be, std::vector<float>(T * H, 0.5f));
+  kernels::Buffer<float> xb(be, static_cast<size_t>(T * H));
+  kernels::Buffer<float> qa = upload(be, std::vector<float>(T * s.q_width, 0.5f));
+  kernels::Buffer<float> ka = upload(be, std::vector<float>(T * s.kv_width, 0.5f));
+  kernels::Buffer<bf16> nw = upload(be, random_bf16(static_cast<size_t>(H), 4));
+  std::vector<int32_t> pos(static_cast<size_t>(T));
+  std::iota(pos.begin(), pos.end(), 0);
+  kernels::Buffer<int32_t> pos_dev = upload(be, pos);
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const double t = time_call([&] {
+    be.rmsnorm(xa.data(), nw.data(), T, H, eps, xb.data());
+    be.qk_norm_rope(qa.data(), ka.data(), nw.data(), nw.data(), pos_dev.data(), T, s.num_heads,
+                    s.num_kv_heads, s.head_dim, eps, c.rope_theta);
+    be.add_inplace(xa.data(), xb.data(), T * H);
+    be.rmsnorm(xa.data(), nw.data(), T, H, eps, xb.data());
+  });
+  h.rowops_ns_per_token = t / static_cast<double>(T) * 1e9;
+  samples["rowops"] = {{"tokens", T}, {"s", t}};
+}
 
-  // Router top-k over the model's experts, per logit.
+// Router top-k over the model's experts, per logit.
+void probe_router(const Probe& p) {
+  kernels::Backend& be = p.be;
+  const ModelConfig& c = p.c;
+  const ModelShapes& s = p.s;
+  const int64_t E = s.num_experts;
+  HardwareProfile& h = p.h;
+  nlohmann::json& samples = p.samples;
+  const int64_t T = 512;
+  kernels::Buffer<float> logits = upload(be, std::vector<float>(T * E, 0.0f));
   {
-    const int64_t T = 512;
-    kernels::Buffer<float> logits = upload(be, std::vector<float>(T * E, 0.0f));
-    {
-      std::mt19937 rng(5);
-      std::uniform_real_distribution<float> u(-1.0f, 1.0f);
-      std::vector<float> host(static_cast<size_t>(T * E));
-      for (float& v : host) v = u(rng);
-      be.upload(logits.data(), host.data(), host.size() * sizeof(float));
-    }
-    kernels::Buffer<int32_t> ids(be, static_cast<size_t>(T * s.top_k));
-    kernels::Buffer<float> wts(be, ids.size());
-    const double t = time_call([&] {
-      be.router_topk(logits.data(), T, E, s.top_k, c.norm_topk_prob, ids.data(), wts.data());
-    });
-    h.topk_ns_per_logit = t / static_cast<double>(T * E) * 1e9;
-    samples["router_topk"] = {{"tokens", T}, {"experts", E}, {"s", t}};
+    std::mt19937 rng(5);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    std::vector<float> host(static_cast<size_t>(T * E));
+    for (float& v : host) v = u(rng);
+    be.upload(logits.data(), host.data(), host.size() * sizeof(float));
   }
+  kernels::Buffer<int32_t> ids(be, static_cast<size_t>(T * s.top_k));
+  kernels::Buffer<float> wts(be, ids.size());
+  const double t = time_call([&] {
+    be.router_topk(logits.data(), T, E, s.top_k, c.norm_topk_prob, ids.data(), wts.data());
+  });
+  h.topk_ns_per_logit = t / static_cast<double>(T * E) * 1e9;
+  samples["router_topk"] = {{"tokens", T}, {"experts", E}, {"s", t}};
+}
 
-  // Element-wise: add_inplace over 4M floats (read x, read y, write x) and over 16 floats (the
-  // fixed cost of an op).
-  {
-    const int64_t n = 4 << 20;
-    kernels::Buffer<float> a = upload(be, std::vector<float>(n, 1.0f));
-    kernels::Buffer<float> b = upload(be, std::vector<float>(n, 1e-9f));
-    const double t = time_call([&] { be.add_inplace(a.data(), b.data(), n); });
-    h.memory_bandwidth_gbps = 12.0 * n / t * 1e-9;
-    const double t_small = time_call([&] { be.add_inplace(a.data(), b.data(), 16); });
-    h.launch_overhead_us = t_small * 1e6;
-    samples["add_inplace"] = {{"elements", n}, {"s", t}, {"small_s", t_small}};
-  }
+// Element-wise: add_inplace over 4M floats (read x, read y, write x) and over 16 floats (the
+// fixed cost of an op).
+void probe_memory(const Probe& p) {
+  kernels::Backend& be = p.be;
+  HardwareProfile& h = p.h;
+  nlohmann::json& samples = p.samples;
+  const int64_t n = 4 << 20;
+  kernels::Buffer<float> a = upload(be, std::vector<float>(n, 1.0f));
+  kernels::Buffer<float> b = upload(be, std::vector<float>(n, 1e-9f));
+  const double t = time_call([&] { be.add_inplace(a.data(), b.data(), n); });
+  h.memory_bandwidth_gbps = 12.0 * n / t * 1e-9;
+  const double t_small = time_call([&] { be.add_inplace(a.data(), b.data(), 16); });
+  h.launch_overhead_us = t_small * 1e6;
+  samples["add_inplace"] = {{"elements", n}, {"s", t}, {"small_s", t_small}};
+}
 
-  // Layout per (token, expert) pair: the one dispatcher's layout and grouping on one rank (no
-  // exchange), for a batch of prefill size with every expert on this rank.
-  {
-    const int64_t T = 2048, k = s.top_k;
-    const std::unique_ptr<parallel::Communicator> one =
-        parallel::make_one_rank_communicator();  // TEMPMERGE
-    const parallel::Placement placement =
-        parallel::Placement::build({}, std::vector<bool>{true}, static_cast<int>(E), one->size());
-    parallel::Dispatcher dispatcher(*one, be, H, static_cast<int>(k));
-    dispatcher.set_placement(placement);
-    std::mt19937 rng(3);
-    std::vector<int32_t> ids(static_cast<size_t>(T * k));
-    for (int64_t t = 0; t < T; ++t) {
-      std::vector<int32_t> perm(static_cast<size_t>(E));
-      std::iota(perm.begin(), perm.end(), 0);
-      std::shuffle(perm.begin(), perm.end(), rng);
-      std::copy(perm.begin(), perm.begin() + k, ids.begin() + t * k);
-    }
-    kernels::Buffer<int32_t> ids_dev = upload(be, ids);
-    kernels::Buffer<float> wts_dev =
-        upload(be, std::vector<float>(ids.size(), 1.0f / static_cast<float>(k)));
-    kernels::Buffer<float> hidden(be, static_cast<size_t>(T * H));
-    const double t = time_call([&] {
-      dispatcher.begin_step();
-      const parallel::DispatchHandle d =
-          dispatcher.dispatch(0, hidden.data(), T, ids_dev.data(), wts_dev.data());
-      be.synchronize();
-      if (d.num_recv_rows != T) MOE_THROW("check", "layout probe: {} rows", d.num_recv_rows);
-    });
-    h.layout_ns_per_pair = t / static_cast<double>(T * k) * 1e9;
-    samples["layout"] = {{"tokens", T}, {"top_k", k}, {"s", t}};
+// Layout per (token, expert) pair: the one dispatcher's layout and grouping on one rank (no
+// exchange), for a batch of prefill size with every expert on this rank.
+void probe_layout(const Probe& p) {
+  kernels::Backend& be = p.be;
+  const ModelShapes& s = p.s;
+  const int64_t H = s.hidden, E = s.num_experts;
+  HardwareProfile& h = p.h;
+  nlohmann::json& samples = p.samples;
+  const int64_t T = 2048, k = s.top_k;
+  const std::unique_ptr<parallel::Communicator> one =
+      parallel::make_one_rank_communicator();  // TEMPMERGE
+  const parallel::Placement placement =
+      parallel::Placement::build({}, std::vector<bool>{true}, static_cast<int>(E), one->size());
+  parallel::Dispatcher dispatcher(*one, be, H, static_cast<int>(k));
+  dispatcher.set_placement(placement);
+  std::mt19937 rng(3);
+  std::vector<int32_t> ids(static_cast<size_t>(T * k));
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<int32_t> perm(static_cast<size_t>(E));
+    std::iota(perm.begin(), perm.end(), 0);
+    std::shuffle(perm.begin(), perm.end(), rng);
+    std::copy(perm.begin(), perm.begin() + k, ids.begin() + t * k);
   }
+  kernels::Buffer<int32_t> ids_dev = upload(be, ids);
+  kernels::Buffer<float> wts_dev =
+      upload(be, std::vector<float>(ids.size(), 1.0f / static_cast<float>(k)));
+  kernels::Buffer<float> hidden(be, static_cast<size_t>(T * H));
+  const double t = time_call([&] {
+    dispatcher.begin_step();
+    const parallel::DispatchHandle d =
+        dispatcher.dispatch(0, hidden.data(), T, ids_dev.data(), wts_dev.data());
+    be.synchronize();
+    if (d.num_recv_rows != T) MOE_THROW("check", "layout probe: {} rows", d.num_recv_rows);
+  });
+  h.layout_ns_per_pair = t / static_cast<double>(T * k) * 1e9;
+  samples["layout"] = {{"tokens", T}, {"top_k", k}, {"s", t}};
+}
+
+// Compute and memory probes (rank 0 alone).
+void measure_compute(kernels::Backend& be, const ModelConfig& c, HardwareProfile& h,
+                     nlohmann::json& samples) {
+  const Probe p{be, c, ModelShapes(c), h, samples};
+  probe_linear(p);
+  probe_grouped(p);
+  probe_attention(p);
+  probe_rowops(p);
+  probe_router(p);
+  probe_memory(p);
+  probe_layout(p);
 }
 
 // Communicator probes at this job's rank count (collective).

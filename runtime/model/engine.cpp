@@ -127,11 +127,43 @@ GenerateOutput Engine::generate(const TokenBatch& prompts, int64_t max_new) {
   return generate(prompts, spec, nullptr);
 }
 
+std::vector<int32_t> Engine::choose_tokens(const StepResult& r, const std::vector<bool>& active,
+                                           const std::vector<int64_t>& mine,
+                                           const SamplingParams& sampling, int64_t step) const {
+  // r.logits holds one row per active sequence of this rank, in order.
+  const int64_t V = model_.shapes().vocab;
+  std::vector<int32_t> chosen(mine.size(), -1);
+  int64_t logit_row = 0;
+  for (size_t j = 0; j < mine.size(); ++j) {
+    if (!active[j]) continue;
+    const std::span<const float> logits(r.logits.data() + logit_row++ * V, static_cast<size_t>(V));
+    chosen[j] = sample_token(logits, sampling, sampling_uniform(sampling.seed, mine[j], step));
+  }
+  return chosen;
+}
+
+void Engine::deliver_on_root(const std::vector<int32_t>& chosen, int64_t num_sequences,
+                             const TokenSink& sink, GenerateOutput& out) {
+  // Rank 0 learns this step's tokens (rank r's block: its sequences r, r + N, ...).
+  const std::vector<int32_t> all =
+      gather_rows_to_root(comm_, chosen, 1, static_cast<int64_t>(chosen.size()));
+  if (comm_.rank() != 0) return;
+  std::vector<int32_t> by_sequence(static_cast<size_t>(num_sequences), -1);
+  int64_t offset = 0;
+  for (int rank = 0; rank < comm_.size(); ++rank) {
+    for (int64_t i = rank; i < num_sequences; i += comm_.size()) by_sequence[i] = all[offset++];
+  }
+  for (int64_t i = 0; i < num_sequences; ++i) {
+    if (by_sequence[i] < 0) continue;
+    out.tokens[static_cast<size_t>(i)].push_back(by_sequence[i]);
+    if (sink) sink(i, by_sequence[i]);
+  }
+}
+
 GenerateOutput Engine::generate(const TokenBatch& prompts, const GenerateSpec& spec,
                                 const TokenSink& sink) {
   spec.sampling.validate();
   const int64_t S = static_cast<int64_t>(prompts.size());
-  const int64_t V = model_.shapes().vocab;
   const int64_t max_new = spec.max_new;
   const auto mine = local_indices(S);
   const int64_t n = static_cast<int64_t>(mine.size());
@@ -155,29 +187,8 @@ GenerateOutput Engine::generate(const TokenBatch& prompts, const GenerateSpec& s
   prefill_flops_ = model_.instrumentation().last_step_flops();
   metrics_.add_step("prefill", r);
   for (int64_t step = 0; step < max_new; ++step) {
-    // r.logits holds one row per active sequence of this rank, in order
-    std::vector<int32_t> chosen(static_cast<size_t>(n), -1);
-    int64_t logit_row = 0;
-    for (int64_t j = 0; j < n; ++j) {
-      if (!active[static_cast<size_t>(j)]) continue;
-      const std::span<const float> logits(r.logits.data() + logit_row++ * V,
-                                          static_cast<size_t>(V));
-      const double u = sampling_uniform(spec.sampling.seed, mine[static_cast<size_t>(j)], step);
-      chosen[static_cast<size_t>(j)] = sample_token(logits, spec.sampling, u);
-    }
-    // rank 0 learns this step's tokens (rank r's block: its sequences r, r+N, ...)
-    const std::vector<int32_t> all = gather_rows_to_root(comm_, chosen, 1, n);
-    if (comm_.rank() == 0) {
-      std::vector<int32_t> by_sequence(static_cast<size_t>(S), -1);
-      int64_t offset = 0;
-      for (int rank = 0; rank < comm_.size(); ++rank)
-        for (int64_t i = rank; i < S; i += comm_.size()) by_sequence[i] = all[offset++];
-      for (int64_t i = 0; i < S; ++i) {
-        if (by_sequence[i] < 0) continue;
-        out.tokens[static_cast<size_t>(i)].push_back(by_sequence[i]);
-        if (sink) sink(i, by_sequence[i]);
-      }
-    }
+    const std::vector<int32_t> chosen = choose_tokens(r, active, mine, spec.sampling, step);
+    deliver_on_root(chosen, S, sink, out);
     std::vector<SeqStep> next;
     for (int64_t j = 0; j < n; ++j) {
       if (!active[static_cast<size_t>(j)]) continue;

@@ -65,6 +65,14 @@ class Engine {
 
  private:
   std::vector<int64_t> local_indices(int64_t num_sequences) const;
+  // This step's token of each active sequence of this rank (-1 for finished ones): rows of r's
+  // logits in order, sampled with the draw of (seed, sequence, step).
+  std::vector<int32_t> choose_tokens(const StepResult& r, const std::vector<bool>& active,
+                                     const std::vector<int64_t>& mine,
+                                     const SamplingParams& sampling, int64_t step) const;
+  // Collective: rank 0 appends every sequence's token to `out` and passes it to `sink`.
+  void deliver_on_root(const std::vector<int32_t>& chosen, int64_t num_sequences,
+                       const TokenSink& sink, GenerateOutput& out);
 
   Model& model_;
   parallel::Communicator& comm_;

@@ -14,6 +14,22 @@ std::string layer_name(int64_t l, const std::string& suffix) {
   return fmt::format("model.layers.{}.{}", l, suffix);
 }
 
+// The rank that sends expert e to a slot of rank d that does not hold it: the old replica
+// (d mod replicas). A pure function of the old placement, so every rank derives the same plan.
+int source_of(const parallel::LayerPlacement& from, int d, int e) {
+  const auto& slots = from.expert_slots[static_cast<size_t>(e)];
+  return slots[static_cast<size_t>(d) % slots.size()].rank;
+}
+
+std::vector<ExpertSlot>::iterator find_slot(LayerWeights& L, int e) {
+  return std::find_if(L.experts.begin(), L.experts.end(),
+                      [e](const ExpertSlot& b) { return b.logical == e; });
+}
+std::vector<ExpertSlot>::const_iterator find_slot(const LayerWeights& L, int e) {
+  return std::find_if(L.experts.begin(), L.experts.end(),
+                      [e](const ExpertSlot& b) { return b.logical == e; });
+}
+
 int64_t numel(const std::vector<int64_t>& shape) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
@@ -142,6 +158,32 @@ PlacementChange ModelWeights::apply_placement(const parallel::Placement& from,
   return change;
 }
 
+ModelWeights::ExpertMoves ModelWeights::plan_moves(const LayerWeights& L,
+                                                   const parallel::LayerPlacement& from,
+                                                   const parallel::LayerPlacement& to,
+                                                   int num_ranks) const {
+  const auto held = [&](int r, int e) {
+    const auto& list = from.rank_experts[static_cast<size_t>(r)];
+    return std::find(list.begin(), list.end(), e) != list.end();
+  };
+  ExpertMoves m;
+  m.send_counts.assign(static_cast<size_t>(num_ranks), 0);
+  m.recv_counts.assign(static_cast<size_t>(num_ranks), 0);
+  for (int d = 0; d < num_ranks; ++d) {
+    for (int e : to.rank_experts[static_cast<size_t>(d)]) {
+      if (held(d, e)) continue;
+      ++m.moves;
+      const int src = source_of(from, d, e);
+      if (src == rank_) {
+        ++m.send_counts[static_cast<size_t>(d)];
+        m.to_send.push_back(&*find_slot(L, e));
+      }
+      if (d == rank_) ++m.recv_counts[static_cast<size_t>(src)];
+    }
+  }
+  return m;
+}
+
 PlacementChange ModelWeights::move_experts(LayerWeights& L, const parallel::LayerPlacement& from,
                                            const parallel::LayerPlacement& to,
                                            parallel::Communicator& comm) {
@@ -149,37 +191,12 @@ PlacementChange ModelWeights::move_experts(LayerWeights& L, const parallel::Laye
   // One expert's weights travel as gate [I, H], up [I, H], down [H, I], back to back.
   const int64_t piece = config_.moe_intermediate_size * config_.hidden_size;
   const int64_t per_expert = 3 * piece;
-  const auto held = [&](int r, int e) {
-    const auto& list = from.rank_experts[static_cast<size_t>(r)];
-    return std::find(list.begin(), list.end(), e) != list.end();
-  };
-  const auto slot_of = [&L](int e) {
-    return std::find_if(L.experts.begin(), L.experts.end(),
-                        [e](const ExpertSlot& b) { return b.logical == e; });
-  };
-  // The plan is a pure function of (from, to), so every rank derives the same one: a slot of
-  // rank d for expert e that d does not hold is sent by the old replica (d mod replicas).
-  const auto source = [&](int d, int e) {
-    const auto& slots = from.expert_slots[static_cast<size_t>(e)];
-    return slots[static_cast<size_t>(d) % slots.size()].rank;
-  };
-  std::vector<int64_t> send_counts(static_cast<size_t>(N), 0), recv_counts(send_counts);
-  std::vector<const ExpertSlot*> to_send;  // in destination order, then the destination's slots
-  int64_t moves = 0;
-  for (int d = 0; d < N; ++d) {
-    for (int e : to.rank_experts[static_cast<size_t>(d)]) {
-      if (held(d, e)) continue;
-      ++moves;
-      const int src = source(d, e);
-      if (src == rank_) {
-        ++send_counts[static_cast<size_t>(d)];
-        to_send.push_back(&*slot_of(e));
-      }
-      if (d == rank_) ++recv_counts[static_cast<size_t>(src)];
-    }
-  }
+  const ExpertMoves m = plan_moves(L, from, to, N);
+  const std::vector<int64_t>& send_counts = m.send_counts;
+  const std::vector<int64_t>& recv_counts = m.recv_counts;
+  const std::vector<const ExpertSlot*>& to_send = m.to_send;
   PlacementChange change;
-  if (moves == 0 && from.rank_experts == to.rank_experts) return change;  // same on every rank
+  if (m.moves == 0 && from.rank_experts == to.rank_experts) return change;  // same on every rank
 
   size_t num_recv = 0;
   for (int64_t c : recv_counts) num_recv += static_cast<size_t>(c);
@@ -202,13 +219,14 @@ PlacementChange ModelWeights::move_experts(LayerWeights& L, const parallel::Laye
   for (int src = 1; src < N; ++src) recv_at[src] = recv_at[src - 1] + recv_counts[src - 1];
   std::vector<ExpertSlot> experts;
   for (int e : to.rank_experts[static_cast<size_t>(rank_)]) {
-    const auto it = slot_of(e);
+    const auto it = find_slot(L, e);
     if (it != L.experts.end()) {
       experts.push_back(std::move(*it));
       ++change.experts_kept;
       continue;
     }
-    const bf16* at = recv.data() + recv_at[static_cast<size_t>(source(rank_, e))]++ * per_expert;
+    const bf16* at =
+        recv.data() + recv_at[static_cast<size_t>(source_of(from, rank_, e))]++ * per_expert;
     ExpertSlot b;
     b.logical = e;
     b.gate = kernels::Buffer<bf16>(backend_, static_cast<size_t>(piece));

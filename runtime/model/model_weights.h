@@ -80,6 +80,15 @@ class ModelWeights {
   // Uploads a host copy into a new buffer and reports progress.
   kernels::Buffer<bf16> upload(const std::vector<bf16>& host);
   void load_layer(WeightSource& w, const parallel::Placement& placement, int64_t l);
+  // The experts this rank sends (in destination order, then the destination's slots) and the
+  // counts per peer, for one MoE layer moving from `from` to `to`.
+  struct ExpertMoves {
+    std::vector<const ExpertSlot*> to_send;
+    std::vector<int64_t> send_counts, recv_counts;  // [N] experts
+    int64_t moves = 0;                              // slots filled from elsewhere, all ranks
+  };
+  ExpertMoves plan_moves(const LayerWeights& L, const parallel::LayerPlacement& from,
+                         const parallel::LayerPlacement& to, int num_ranks) const;
   // One MoE layer's part of apply_placement.
   PlacementChange move_experts(LayerWeights& layer, const parallel::LayerPlacement& from,
                                const parallel::LayerPlacement& to, parallel::Communicator& comm);
