@@ -263,7 +263,6 @@ void Dispatcher::exchange_counts(int layer, DispatchHandle& d) {
 
 void Dispatcher::exchange_payload(const float* hidden, const int32_t* send_token,
                                   DispatchHandle& d) {
-  const int rank = comm_.rank();
   const int64_t num_send = sum(d.send_counts);
   const int64_t own_end = d.own_send_begin + d.own_rows;
   const int64_t remote_recv = d.num_recv_rows - d.own_rows;
@@ -283,10 +282,7 @@ void Dispatcher::exchange_payload(const float* hidden, const int32_t* send_token
     backend_.gather_rows(hidden, hidden_, send_token + d.own_send_begin, d.own_rows,
                          recv_rows_.data() + remote_recv * hidden_);
   }
-  remote_send_ = d.send_counts;
-  remote_send_[rank] = 0;
-  remote_recv_ = d.recv_counts;
-  remote_recv_[rank] = 0;
+  set_remote_counts(d);
   exchange_rows<float>(comm_, backend_, hidden_, send_rows_.data(), remote_send_, recv_rows_.data(),
                        remote_recv_, row_scratch_);
   // Routes travel whole (own block included), in received order.
@@ -296,6 +292,14 @@ void Dispatcher::exchange_payload(const float* hidden, const int32_t* send_token
                                      recv_routes_.data(), d.recv_counts, route_scratch_);
   d.recv_rows = recv_rows_.data();
   d.recv_routes = recv_routes_.data();
+}
+
+void Dispatcher::set_remote_counts(const DispatchHandle& d) {
+  const int rank = comm_.rank();
+  remote_send_ = d.send_counts;
+  remote_send_[rank] = 0;
+  remote_recv_ = d.recv_counts;
+  remote_recv_[rank] = 0;
 }
 
 void Dispatcher::group_received(int layer, DispatchHandle& d) {
@@ -343,7 +347,7 @@ void Dispatcher::group_received(int layer, DispatchHandle& d) {
 }
 
 void Dispatcher::combine(const float* expert_out, const DispatchHandle& d, float* x) {
-  const int N = comm_.size(), rank = comm_.rank();
+  const int N = comm_.size();
   const int32_t R = static_cast<int32_t>(d.num_recv_rows);
   const int64_t remote_recv = d.num_recv_rows - d.own_rows;
   partial_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(R, 1) * hidden_));
@@ -360,10 +364,7 @@ void Dispatcher::combine(const float* expert_out, const DispatchHandle& d, float
     // The reverse exchange: received rows go back where they came from, in the same order.
     const int64_t returned_rows = sum(d.send_counts) - d.own_rows;
     returned_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(returned_rows, 1) * hidden_));
-    remote_send_ = d.send_counts;
-    remote_send_[rank] = 0;
-    remote_recv_ = d.recv_counts;
-    remote_recv_[rank] = 0;
+    set_remote_counts(d);
     exchange_rows<float>(comm_, backend_, hidden_, partial_.data(), remote_recv_, returned_.data(),
                          remote_send_, row_scratch_);
     src.returned = returned_.data();

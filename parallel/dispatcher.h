@@ -131,6 +131,9 @@ class Dispatcher {
   void exchange_counts(int layer, DispatchHandle& d);
   void exchange_payload(const float* hidden, const int32_t* send_token, DispatchHandle& d);
   void group_received(int layer, DispatchHandle& d);
+  // remote_send_ / remote_recv_: d's row counts with this rank's own entry zero (what the
+  // communicator moves; own rows stay in place).
+  void set_remote_counts(const DispatchHandle& d);
   void mark(int phase) {
     if (timer_ != nullptr) timer_->mark(phase);
   }

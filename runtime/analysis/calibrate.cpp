@@ -16,6 +16,7 @@
 
 #include "kernels/common/check.h"
 #include "kernels/cpu/host.h"
+#include "kernels/expert_groups.h"
 #include "parallel/dispatcher.h"
 #include "parallel/placement.h"
 #include "runtime/analysis/cost_model.h"
@@ -80,23 +81,28 @@ kernels::Buffer<T> upload(kernels::Backend& b, const std::vector<T>& host) {
   return buf;
 }
 
-// What a compute probe needs: the backend, the model's shapes, the profile it fills in and the
-// raw samples it records.
-struct Probe {
+// The compute probes of one backend at one model's shapes: each fills its part of the profile
+// and records its raw samples.
+struct ComputeProbes {
   kernels::Backend& be;
   const ModelConfig& c;
-  ModelShapes s;
+  const ModelShapes s;
   HardwareProfile& h;
   nlohmann::json& samples;
+
+  void linear();
+  void grouped();
+  void attention();
+  void rowops();
+  void router();
+  void memory();
+  void layout();
 };
 
 // Dense linear at every row count from decode to prefill sizes: the rate table (the CPU backend
 // converts bf16 weights per call and takes other code paths at 1 and 2-3 rows, so the measured
 // time per row count is what the model uses).
-void probe_linear(const Probe& p) {
-  kernels::Backend& be = p.be;
-  const ModelShapes& s = p.s;
-  HardwareProfile& h = p.h;
+void ComputeProbes::linear() {
   const int64_t H = s.hidden;
   const int64_t out = std::max<int64_t>(s.q_width, H);
   const int64_t max_rows = 512;
@@ -115,7 +121,7 @@ void probe_linear(const Probe& p) {
   for (int64_t rows : {1, 2, 3, 4, 6, 8, 12, 16, 32, 64, 128, 512}) {
     const double t = time_call([&] { be.linear(x.data(), weight(), rows, H, out, y.data()); });
     h.gemm_table.emplace_back(rows, flops_per_row * rows / t * 1e-9);
-    p.samples["linear"].push_back({{"rows", rows}, {"in", H}, {"out", out}, {"s", t}});
+    samples["linear"].push_back({{"rows", rows}, {"in", H}, {"out", out}, {"s", t}});
     if (rows == 1) h.weight_read_gbps = static_cast<double>(H) * out * kWeightBytes / t * 1e-9;
   }
   h.decode_gemm_gflops = table_gflops(h.gemm_table, 8);
@@ -125,40 +131,26 @@ void probe_linear(const Probe& p) {
 }
 
 // Grouped experts: E groups of g rows each, per rows-per-expert count.
-void probe_grouped(const Probe& p) {
-  kernels::Backend& be = p.be;
-  const ModelShapes& s = p.s;
+void ComputeProbes::grouped() {
   const int64_t H = s.hidden, I = s.expert_inter, E = s.num_experts;
-  HardwareProfile& h = p.h;
-  nlohmann::json& samples = p.samples;
   std::vector<bf16> host = random_bf16(static_cast<size_t>(E * 3 * H * I), 2);
   kernels::Buffer<bf16> ew = upload(be, host);
   const int64_t max_g = 64;
   kernels::Buffer<float> ex = upload(be, std::vector<float>(E * max_g * H, 0.01f));
   kernels::Buffer<float> eo(be, static_cast<size_t>(E * max_g * H));
   h.grouped_table.clear();
-  std::vector<kernels::ExpertWeights> slots;
-  for (int64_t e = 0; e < E; ++e) {
-    const bf16* base = ew.data() + e * 3 * H * I;
-    slots.push_back({base, base + H * I, base + 2 * H * I});
-  }
-  kernels::Buffer<kernels::ExpertWeights> slots_dev = upload(be, slots);
   for (int64_t g : {1, 2, 4, 8, 16, 64}) {
-    // Slot e computes rows [e g, e g + g): the expert op as the dispatcher hands it over.
-    std::vector<int32_t> row_index(static_cast<size_t>(E * g)), slot_begin;
+    // Slot e computes rows [e g, e g + g), with the counts on the host as a prefill has them.
+    std::vector<kernels::ExpertGroup> groups;
+    for (int64_t e = 0; e < E; ++e) {
+      const bf16* base = ew.data() + e * 3 * H * I;
+      groups.push_back({{base, base + H * I, base + 2 * H * I}, e * g, g});
+    }
+    std::vector<int32_t> row_index(static_cast<size_t>(E * g));
     std::iota(row_index.begin(), row_index.end(), 0);
-    for (int64_t e = 0; e <= E; ++e) slot_begin.push_back(static_cast<int32_t>(e * g));
-    kernels::Buffer<int32_t> row_index_dev = upload(be, row_index);
-    kernels::Buffer<int32_t> slot_begin_dev = upload(be, slot_begin);
-    kernels::ExpertBatch batch;
-    batch.row_index = row_index_dev.data();
-    batch.slot_begin = slot_begin_dev.data();
-    batch.slot_weights = slots_dev.data();
-    batch.host_slot_weights = slots.data();
-    batch.num_slots = E;
-    batch.max_pairs = E * g;
-    batch.host_slot_begin = slot_begin.data();
-    const double t = time_call([&] { be.expert_swiglu(ex.data(), H, I, batch, eo.data()); });
+    const kernels::HostExpertGroups experts(be, groups.data(), E, row_index.data());
+    const double t =
+        time_call([&] { be.expert_swiglu(ex.data(), H, I, experts.batch(), eo.data()); });
     h.grouped_table.emplace_back(g, 6.0 * H * I * E * g / t * 1e-9);
     samples["grouped"].push_back({{"experts", E}, {"rows_per_expert", g}, {"s", t}});
   }
@@ -166,12 +158,7 @@ void probe_grouped(const Probe& p) {
 }
 
 // Attention over one sequence of 128 new tokens.
-void probe_attention(const Probe& p) {
-  kernels::Backend& be = p.be;
-  const ModelConfig& c = p.c;
-  const ModelShapes& s = p.s;
-  HardwareProfile& h = p.h;
-  nlohmann::json& samples = p.samples;
+void ComputeProbes::attention() {
   const int64_t T = 128;
   const int64_t kv = s.kv_width, q = s.q_width;
   kernels::Buffer<float> qb = upload(be, std::vector<float>(T * q, 0.01f));
@@ -209,13 +196,8 @@ void probe_attention(const Probe& p) {
 
 // Row-wise ops of a layer at the model's widths, per token: input and post-attention RMSNorm
 // over H, q/k RMSNorm per head, RoPE on q and k, the residual add.
-void probe_rowops(const Probe& p) {
-  kernels::Backend& be = p.be;
-  const ModelConfig& c = p.c;
-  const ModelShapes& s = p.s;
+void ComputeProbes::rowops() {
   const int64_t H = s.hidden;
-  HardwareProfile& h = p.h;
-  nlohmann::json& samples = p.samples;
   const int64_t T = 256;
   kernels::Buffer<float> xa = upload(be, std::vector<float>(T * H, 0.5f));
   kernels::Buffer<float> xb(be, static_cast<size_t>(T * H));
@@ -238,13 +220,8 @@ void probe_rowops(const Probe& p) {
 }
 
 // Router top-k over the model's experts, per logit.
-void probe_router(const Probe& p) {
-  kernels::Backend& be = p.be;
-  const ModelConfig& c = p.c;
-  const ModelShapes& s = p.s;
+void ComputeProbes::router() {
   const int64_t E = s.num_experts;
-  HardwareProfile& h = p.h;
-  nlohmann::json& samples = p.samples;
   const int64_t T = 512;
   kernels::Buffer<float> logits = upload(be, std::vector<float>(T * E, 0.0f));
   {
@@ -265,10 +242,7 @@ void probe_router(const Probe& p) {
 
 // Element-wise: add_inplace over 4M floats (read x, read y, write x) and over 16 floats (the
 // fixed cost of an op).
-void probe_memory(const Probe& p) {
-  kernels::Backend& be = p.be;
-  HardwareProfile& h = p.h;
-  nlohmann::json& samples = p.samples;
+void ComputeProbes::memory() {
   const int64_t n = 4 << 20;
   kernels::Buffer<float> a = upload(be, std::vector<float>(n, 1.0f));
   kernels::Buffer<float> b = upload(be, std::vector<float>(n, 1e-9f));
@@ -281,12 +255,8 @@ void probe_memory(const Probe& p) {
 
 // Layout per (token, expert) pair: the one dispatcher's layout and grouping on one rank (no
 // exchange), for a batch of prefill size with every expert on this rank.
-void probe_layout(const Probe& p) {
-  kernels::Backend& be = p.be;
-  const ModelShapes& s = p.s;
+void ComputeProbes::layout() {
   const int64_t H = s.hidden, E = s.num_experts;
-  HardwareProfile& h = p.h;
-  nlohmann::json& samples = p.samples;
   const int64_t T = 2048, k = s.top_k;
   const std::unique_ptr<parallel::Communicator> one =
       parallel::make_one_rank_communicator();  // TEMPMERGE
@@ -320,14 +290,14 @@ void probe_layout(const Probe& p) {
 // Compute and memory probes (rank 0 alone).
 void measure_compute(kernels::Backend& be, const ModelConfig& c, HardwareProfile& h,
                      nlohmann::json& samples) {
-  const Probe p{be, c, ModelShapes(c), h, samples};
-  probe_linear(p);
-  probe_grouped(p);
-  probe_attention(p);
-  probe_rowops(p);
-  probe_router(p);
-  probe_memory(p);
-  probe_layout(p);
+  ComputeProbes p{be, c, ModelShapes(c), h, samples};
+  p.linear();
+  p.grouped();
+  p.attention();
+  p.rowops();
+  p.router();
+  p.memory();
+  p.layout();
 }
 
 // Communicator probes at this job's rank count (collective).

@@ -76,6 +76,9 @@ inline std::string source(const std::string& rel) {
 
 // The model every end-to-end test runs (3 MoE layers, 128 experts, top-8).
 inline const std::string kTiny = source("configs/models/tiny.yaml");
+// Five sequences of 9, 2, 6, 1 and 4 tokens: on 4 ranks rank 0 holds two, the others one.
+inline const std::string kFiveSequences =
+    "\"1,2,3,4,5,6,7,8,9;10,11;12,13,14,15,16,17;18;19,20,21,22\"";
 
 // `<launcher> <command> --quiet --model <tiny> --tokens <tokens>`, where launcher is moe_ep() or
 // mpirun(n) and command forward or generate; the caller appends the rest of the line.

@@ -14,8 +14,6 @@
 namespace moe::test {
 namespace {
 
-const std::string kTokens = "\"1,2,3,4,5,6,7,8,9;10,11;12,13,14,15,16,17;18;19,20,21,22\"";
-
 TEST(EdgeRanks, NoSequencesNoExpertsAndReplicasGiveTheOneRankLogits) {
   auto dir = temp_dir("device_routing");
   // A skewed trace to fit placements with replicas (3 ranks) and one leaving rank 3 empty.
@@ -41,10 +39,10 @@ TEST(EdgeRanks, NoSequencesNoExpertsAndReplicasGiveTheOneRankLogits) {
     std::string args, tokens;
   };
   const std::vector<Case> cases = {
-      {2, "", kTokens},
+      {2, "", kFiveSequences},
       {2, "", "\"5,6,7,8\""},  // rank 1 has no sequence
-      {3, "--placement " + replicated, kTokens},
-      {4, "--placement " + empty_rank, kTokens},
+      {3, "--placement " + replicated, kFiveSequences},
+      {4, "--placement " + empty_rank, kFiveSequences},
   };
   for (size_t i = 0; i < cases.size(); ++i) {
     const Case& c = cases[i];
@@ -69,8 +67,8 @@ TEST(EdgeRanks, GraphSafeStepGivesTheEagerTokensAndLoadsBitForBit) {
   std::string tokens[2];
   int i = 0;
   for (const char* flags : {"--graph off", "--graph on"}) {
-    auto g = run(moe_ep() + " generate --quiet --model " + kTiny + " --tokens " + kTokens + " " +
-                 flags + " --max-new-tokens 5");
+    auto g = run(moe_ep() + " generate --quiet --model " + kTiny + " --tokens " + kFiveSequences +
+                 " " + flags + " --max-new-tokens 5");
     ASSERT_EQ(g.exit_code, 0) << flags << g.err;
     tokens[i++] = g.out;
   }

@@ -8,9 +8,6 @@
 namespace moe::test {
 namespace {
 
-// 5 sequences: with 8 ranks, ranks 5..7 hold none and still take part in every collective.
-const std::string kTokens = "\"1,2,3,4,5,6,7,8,9;10,11;12,13,14,15,16,17;18;19,20,21,22\"";
-
 // An explicit map: a scrambled assignment plus replicas of experts 0..15 on a second rank.
 std::string explicit_placement(int n, const std::filesystem::path& dir) {
   std::vector<std::vector<int>> ranks(static_cast<size_t>(n));
@@ -36,20 +33,20 @@ class MultiRank : public ::testing::Test {
   static void SetUpTestSuite() {
     dir_ = temp_dir("multirank");
     ref_npy_ = (dir_ / "ref.npy").string();
-    auto f = run(tiny_command(moe_ep(), "forward", kTokens) + " --logits-out " + ref_npy_);
+    auto f = run(tiny_command(moe_ep(), "forward", kFiveSequences) + " --logits-out " + ref_npy_);
     ASSERT_EQ(f.exit_code, 0) << f.err;
-    auto g = run(tiny_command(moe_ep(), "generate", kTokens) + " --max-new-tokens 5");
+    auto g = run(tiny_command(moe_ep(), "generate", kFiveSequences) + " --max-new-tokens 5");
     ASSERT_EQ(g.exit_code, 0) << g.err;
     ref_tokens_ = g.out;
   }
   void check(int n, const std::string& placement_arg, const std::string& label) {
     auto npy = (dir_ / (label + ".npy")).string();
-    auto f = run(tiny_command(mpirun(n), "forward", kTokens) + " " + placement_arg +
+    auto f = run(tiny_command(mpirun(n), "forward", kFiveSequences) + " " + placement_arg +
                  " --logits-out " + npy);
     ASSERT_EQ(f.exit_code, 0) << label << f.err;
     double rel = relative_max_diff(runtime::read_npy_f32(npy), runtime::read_npy_f32(ref_npy_));
     EXPECT_LE(rel, 1e-5) << label;
-    auto g = run(tiny_command(mpirun(n), "generate", kTokens) + " " + placement_arg +
+    auto g = run(tiny_command(mpirun(n), "generate", kFiveSequences) + " " + placement_arg +
                  " --max-new-tokens 5");
     ASSERT_EQ(g.exit_code, 0) << label << g.err;
     EXPECT_EQ(g.out, ref_tokens_) << label;
@@ -88,8 +85,8 @@ TEST_F(MultiRank, PlacementWrittenForOtherWorldSizeFailsWithMessage) {
 
 TEST_F(MultiRank, DedupSendsFewerBytesThanOneRowPerTokenExpert) {
   auto json = (dir_ / "dedup.json").string();
-  auto r = run(tiny_command(mpirun(2), "forward", kTokens) + " --json " + json + " --logits-out " +
-               (dir_ / "d.npy").string());
+  auto r = run(tiny_command(mpirun(2), "forward", kFiveSequences) + " --json " + json +
+               " --logits-out " + (dir_ / "d.npy").string());
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto j = nlohmann::json::parse(read_text(json));
   auto t = j["metrics"]["traffic"];
@@ -126,9 +123,10 @@ TEST_F(MultiRank, RunMemoryMatchesThePlanWithReplicas) {
 }
 
 TEST_F(MultiRank, InjectedFaultOnOneRankEndsFourRankJobNamingTheRank) {
-  auto r = run("env MOE_EP_FAULT=rank=2,layer=1 " + mpirun(4, "-x MOE_EP_FAULT") +
-                   " generate --model " + kTiny + " --tokens " + kTokens + " --max-new-tokens 4",
-               60);
+  auto r =
+      run("env MOE_EP_FAULT=rank=2,layer=1 " + mpirun(4, "-x MOE_EP_FAULT") + " generate --model " +
+              kTiny + " --tokens " + kFiveSequences + " --max-new-tokens 4",
+          60);
   EXPECT_NE(r.exit_code, 0);
   EXPECT_LT(r.seconds, 30.0);
   EXPECT_NE(r.err.find("rank 2"), std::string::npos) << r.err;
@@ -137,7 +135,7 @@ TEST_F(MultiRank, InjectedFaultOnOneRankEndsFourRankJobNamingTheRank) {
 
 TEST_F(MultiRank, StuckRankIsCaughtByCollectiveTimeout) {
   auto r = run("env MOE_EP_FAULT=rank=1,layer=0,mode=hang " + mpirun(4, "-x MOE_EP_FAULT") +
-                   " generate --timeout 5 --model " + kTiny + " --tokens " + kTokens +
+                   " generate --timeout 5 --model " + kTiny + " --tokens " + kFiveSequences +
                    " --max-new-tokens 2",
                60);
   EXPECT_NE(r.exit_code, 0);

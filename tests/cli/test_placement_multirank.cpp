@@ -9,14 +9,11 @@
 namespace moe::test {
 namespace {
 
-// 5 sequences: on 4 ranks rank 0 holds two, the others one.
-const std::string kTokens = "\"1,2,3,4,5,6,7,8,9;10,11;12,13,14,15,16,17;18;19,20,21,22\"";
-
 TEST(PlacementMultiRank, EveryFittedStrategyMatchesOneRankLogits) {
   auto dir = temp_dir("placement_multirank");
   const std::string trace = tiny_zipf_trace(dir, 1.5, 1024);
   const std::string ref = (dir / "ref.npy").string();
-  auto f = run(tiny_command(moe_ep(), "forward", kTokens) + " --logits-out " + ref);
+  auto f = run(tiny_command(moe_ep(), "forward", kFiveSequences) + " --logits-out " + ref);
   ASSERT_EQ(f.exit_code, 0) << f.err;
   struct Case {
     int ranks;
@@ -34,7 +31,7 @@ TEST(PlacementMultiRank, EveryFittedStrategyMatchesOneRankLogits) {
                  " " + c.args + " --out " + yaml);
     ASSERT_EQ(p.exit_code, 0) << c.args << p.err;
     const std::string npy = (dir / ("p" + std::to_string(i) + ".npy")).string();
-    auto g = run(tiny_command(mpirun(c.ranks), "forward", kTokens) + " --placement " + yaml +
+    auto g = run(tiny_command(mpirun(c.ranks), "forward", kFiveSequences) + " --placement " + yaml +
                  " --logits-out " + npy);
     ASSERT_EQ(g.exit_code, 0) << c.args << g.err;
     EXPECT_LE(relative_max_diff(runtime::read_npy_f32(npy), runtime::read_npy_f32(ref)), 1e-5)

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "kernels/backend.h"
-#include "kernels/common/check.h"
+#include "kernels/expert_groups.h"
 
 namespace moe::test {
 
@@ -21,31 +21,12 @@ kernels::Buffer<T> in_backend(kernels::Backend& be, const T* host, int64_t n) {
 }
 
 // out = the grouped SwiGLU of `groups` (x, out in be's memory; groups and row_index on the
-// host), which must tile the pairs in order (group g covers [begin, begin + count), each
-// beginning where the one before ends, the first at 0). host_counts: pass the host copy of the
-// slot counts, as a prefill does; false: counts in backend memory only, as a decode step does.
+// host; kernels/expert_groups.h says how groups must lie).
 inline void grouped_swiglu(kernels::Backend& be, const float* x, int64_t hidden, int64_t inter,
                            const kernels::ExpertGroup* groups, int64_t num_groups,
                            const int32_t* row_index, float* out, bool host_counts = true) {
-  std::vector<int32_t> slot_begin{0};
-  std::vector<kernels::ExpertWeights> weights;
-  for (int64_t g = 0; g < num_groups; ++g) {
-    MOE_CHECK(groups[g].begin == slot_begin.back(), "test groups must tile the pairs in order");
-    slot_begin.push_back(static_cast<int32_t>(groups[g].begin + groups[g].count));
-    weights.push_back(groups[g].weights);
-  }
-  const auto d_begin = in_backend(be, slot_begin.data(), num_groups + 1);
-  const auto d_rows = in_backend(be, row_index, slot_begin.back());
-  const auto d_weights = in_backend(be, weights.data(), num_groups);
-  kernels::ExpertBatch batch;
-  batch.row_index = d_rows.data();
-  batch.slot_begin = d_begin.data();
-  batch.slot_weights = d_weights.data();
-  batch.host_slot_weights = weights.data();
-  batch.num_slots = num_groups;
-  batch.max_pairs = slot_begin.back();
-  batch.host_slot_begin = host_counts ? slot_begin.data() : nullptr;
-  be.expert_swiglu(x, hidden, inter, batch, out);
+  const kernels::HostExpertGroups experts(be, groups, num_groups, row_index, host_counts);
+  be.expert_swiglu(x, hidden, inter, experts.batch(), out);
 }
 
 // attention() over sequences held on the host (q, k, v, cache, out in be's memory). host_seqs:

@@ -164,21 +164,13 @@ void run_expert_case(Backend& gpu, int64_t hidden, int64_t inter,
   moe::test::grouped_swiglu(*cpu_bf16, x.data(), hidden, inter, groups.data(), S, row_index.data(),
                             want.data());
 
+  std::vector<ExpertGroup> dev_groups;
+  for (int64_t s = 0; s < S; ++s) dev_groups.push_back({dev_w[s], slot_begin[s], counts[s]});
+  const HostExpertGroups experts(gpu, dev_groups.data(), S, row_index.data(), host_counts,
+                                 max_pairs);
   auto d_x = upload_vector(gpu, x);
-  auto d_rows = upload_vector(gpu, row_index);
-  auto d_begin = upload_vector(gpu, slot_begin);
-  Buffer<ExpertWeights> d_table(gpu, S);
-  gpu.upload(d_table.data(), dev_w.data(), S * sizeof(ExpertWeights));
   auto d_out = upload_vector(gpu, std::vector<float>(max_pairs * hidden, 0.0f));
-  ExpertBatch batch;
-  batch.row_index = d_rows.data();
-  batch.slot_begin = d_begin.data();
-  batch.slot_weights = d_table.data();
-  batch.host_slot_weights = dev_w.data();
-  batch.num_slots = S;
-  batch.max_pairs = max_pairs;
-  batch.host_slot_begin = host_counts ? slot_begin.data() : nullptr;
-  gpu.expert_swiglu(d_x.data(), hidden, inter, batch, d_out.data());
+  gpu.expert_swiglu(d_x.data(), hidden, inter, experts.batch(), d_out.data());
   const auto got = download_vector(gpu, d_out);
   // Rows past the pairs present are never written.
   for (int64_t i = P * hidden; i < max_pairs * hidden; ++i) ASSERT_EQ(got[i], 0.0f) << i;

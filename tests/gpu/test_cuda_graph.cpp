@@ -12,8 +12,6 @@
 namespace moe::test {
 namespace {
 
-const std::string kTokens = "\"1,2,3,4,5,6,7,8,9;10,11;12,13,14,15,16,17;18;19,20,21,22\"";
-
 class CudaGraph : public ::testing::Test {
  protected:
   void SetUp() override {
@@ -30,7 +28,7 @@ TEST_F(CudaGraph, ReplayedDecodeGivesTheEagerTokens) {
   int i = 0;
   for (const char* graph : {"off", "on"}) {
     auto g = run(moe_ep() + " generate --quiet --backend cuda --graph " + graph + " --model " +
-                     kTiny + " --tokens " + kTokens + " --max-new-tokens 12",
+                     kTiny + " --tokens " + kFiveSequences + " --max-new-tokens 12",
                  300);
     ASSERT_EQ(g.exit_code, 0) << graph << g.err;
     out[i++] = g.out;
@@ -55,7 +53,7 @@ TEST_F(CudaGraph, ExpertWidthsTheGraphCannotTakeRunEagerly) {
   int i = 0;
   for (const char* graph : {"off", "on"}) {
     auto g = run(moe_ep() + " generate --quiet --backend cuda --graph " + graph + " --model " +
-                     model + " --tokens " + kTokens + " --max-new-tokens 6",
+                     model + " --tokens " + kFiveSequences + " --max-new-tokens 6",
                  300);
     ASSERT_EQ(g.exit_code, 0) << graph << g.err;
     out[i++] = g.out;
@@ -72,7 +70,7 @@ TEST_F(CudaGraph, TwoRanksGiveTheOneRankLogits) {
   for (int ranks : {1, 2}) {
     const std::string npy = (dir_ / ("ranks" + std::to_string(ranks) + ".npy")).string();
     auto r = run(mpirun(ranks) + " forward --quiet --backend cuda --comm mpi --model " + kTiny +
-                     " --tokens " + kTokens + " --logits-out " + npy,
+                     " --tokens " + kFiveSequences + " --logits-out " + npy,
                  300);
     ASSERT_EQ(r.exit_code, 0) << ranks << r.err;
     logits[i++] = runtime::read_npy_f32(npy);
