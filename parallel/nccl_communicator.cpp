@@ -6,7 +6,8 @@
 // The NCCL communicator is nonblocking (ncclConfig_t.blocking = 0): every NCCL call may return
 // ncclInProgress and is completed by polling ncclCommGetAsyncError against the deadline. On a
 // timeout or an async error the communicator is aborted (ncclCommAbort, local) and moe::Error
-// thrown; afterwards every call throws. Host collectives are delegated to the MPI communicator.
+// thrown; afterwards every call throws. Host collectives are delegated to the host communicator
+// (MPI, or the one-rank communicator in a process started without a launcher).
 #include "parallel/nccl_communicator.h"
 
 #include <cuda_runtime_api.h>
@@ -47,7 +48,7 @@ class NcclCommOwner {
 class NcclCommunicatorImpl final : public Communicator {
  public:
   NcclCommunicatorImpl(const CommOptions& options, int device)
-      : options_(options), mpi_(make_mpi_communicator(options)) {
+      : options_(options), mpi_(make_host_communicator(options)) {
     MOE_CHECK_AS("nccl", options_.timeout_s > 0, "collective timeout must be > 0 s, got {}",
                  options_.timeout_s);
     rank_ = mpi_->rank();
