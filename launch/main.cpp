@@ -1,5 +1,7 @@
-// moe-ep entry point: starts MPI, runs the CLI, and turns any error on any rank into one printed
-// line and the end of the whole job (MPI_Abort), so no rank is ever left waiting.
+// moe-ep entry point: starts MPI when an MPI or Slurm launcher started this process (a process
+// started alone is the whole job: one rank, no MPI start-up), runs the CLI, and turns any error on
+// any rank into one printed line and the end of the whole job (MPI_Abort under MPI, exit code 1
+// otherwise), so no rank is ever left waiting.
 #include <fmt/format.h>
 
 #include <cstdio>
@@ -10,7 +12,7 @@
 #include "runtime/cli/cli.h"
 
 int main(int argc, char** argv) {
-  moe::parallel::MpiSession mpi(&argc, &argv);
+  moe::parallel::MpiSession mpi(&argc, &argv, moe::parallel::MpiStart::kWhenLaunched);
   moe::set_error_rank(mpi.world_rank());
   try {
     return moe::runtime::run_cli(argc, argv, mpi.world_rank());

@@ -91,6 +91,12 @@ class Communicator {
  protected:
   // Throws moe::Error("comm") unless both count spans have one entry per rank.
   static void check_count_spans(size_t num_send_counts, size_t num_recv_counts, int num_ranks);
+  // Throws moe::Error("comm") unless counts is given, every count is >= 0 and they add up to at
+  // most buffer_size elements. `side` is "send" or "recv".
+  static void check_counts(const int64_t* counts, int num_ranks, size_t buffer_size,
+                           const char* side);
+  // Throws moe::Error("comm") unless root is a rank.
+  static void check_root(int root, int num_ranks, const char* op);
   virtual void all_to_all_v_raw(const void* send, size_t send_size, const int64_t* send_counts,
                                 void* recv, size_t recv_size, const int64_t* recv_counts,
                                 size_t elem_bytes) = 0;
@@ -106,29 +112,43 @@ struct CommOptions {
   double timeout_s = 60.0;  // a collective not complete by then throws (and the job aborts)
 };
 
-// MPI must be initialised (see init_mpi / MpiSession); the MPI communicator uses MPI_COMM_WORLD.
+// MPI must be initialised (see MpiSession); the MPI communicator uses MPI_COMM_WORLD.
 std::unique_ptr<Communicator> make_mpi_communicator(const CommOptions& options);
-// "mpi" or "nccl" (builds with NCCL only; one GPU per node-local rank). Throws on others.
+// The whole job in one process without MPI: rank 0 of 1, every exchange a copy to itself.
+std::unique_ptr<Communicator> make_one_rank_communicator();
+// Host memory: the MPI communicator when MPI is initialised, else the one-rank communicator.
+std::unique_ptr<Communicator> make_host_communicator(const CommOptions& options);
+// "mpi" (the host communicator above) or "nccl" (builds with NCCL only; one GPU per node-local
+// rank). Throws on others.
 std::unique_ptr<Communicator> make_communicator(const std::string& name,
                                                 const CommOptions& options);
 
-// Process-wide MPI lifetime, owned by main. init() is idempotent; finalize() runs at most once.
+// True when a launcher started this process as a rank of a job, read from what the launchers put
+// in the environment: OMPI_COMM_WORLD_SIZE (Open MPI's mpirun), PMIX_RANK (PMIx launchers: Open
+// MPI 5's prterun, srun --mpi=pmix), PMI_RANK or PMI_SIZE (PMI-1/2: the Hydra mpiexec of MPICH,
+// Intel MPI and MVAPICH, srun --mpi=pmi2), SLURM_PROCID together with SLURM_NTASKS (srun; a
+// batch script's own shell has them too and so counts as launched). General settings such as
+// OMPI_MCA_* do not count.
+bool started_by_launcher();
+
+enum class MpiStart {
+  kAlways,        // MPI_Init (a singleton without a launcher): the bench and test MPI drivers
+  kWhenLaunched,  // only if started_by_launcher(); else MPI stays off (moe-ep: no start-up cost)
+};
+
+// Process-wide MPI lifetime, owned by main. Initialises MPI at most once (not at all with
+// kWhenLaunched outside a launcher) and finalizes it at most once.
 class MpiSession {
  public:
-  MpiSession(int* argc, char*** argv);
+  MpiSession(int* argc, char*** argv, MpiStart start = MpiStart::kAlways);
   ~MpiSession();  // MPI_Finalize if still initialised and not aborted
   MpiSession(const MpiSession&) = delete;
   MpiSession& operator=(const MpiSession&) = delete;
-  int world_rank() const;
+  int world_rank() const;  // 0 and 1 while MPI is off
   int world_size() const;
-  // MPI_Abort(MPI_COMM_WORLD) after printing `line` to stderr. For main's catch block.
+  // Prints `line` to stderr and ends the job: MPI_Abort(MPI_COMM_WORLD) when MPI runs with several
+  // ranks, else exit(exit_code). For main's catch block.
   [[noreturn]] static void abort_job(const std::string& line, int exit_code);
 };
 
-}  // namespace moe::parallel
-// TEMPMERGE
-namespace moe::parallel {
-inline std::unique_ptr<Communicator> make_one_rank_communicator() {
-  return make_mpi_communicator({});
-}
 }  // namespace moe::parallel

@@ -1,4 +1,5 @@
-// make_communicator: the one place that knows which transports this build has.
+// make_communicator: the one place that knows which transports this build has; and the argument
+// checks every Communicator shares, so each transport rejects a bad call with the same message.
 #include "kernels/common/check.h"
 #include "parallel/communicator.h"
 #ifdef MOE_EP_HAVE_NCCL
@@ -7,9 +8,37 @@
 
 namespace moe::parallel {
 
+void Communicator::check_count_spans(size_t num_send_counts, size_t num_recv_counts,
+                                     int num_ranks) {
+  MOE_CHECK_AS("comm",
+               num_send_counts == static_cast<size_t>(num_ranks) &&
+                   num_recv_counts == static_cast<size_t>(num_ranks),
+               "all_to_all_v: send/recv counts have {}/{} entries, expected one per rank ({})",
+               num_send_counts, num_recv_counts, num_ranks);
+}
+
+void Communicator::check_counts(const int64_t* counts, int num_ranks, size_t buffer_size,
+                                const char* side) {
+  MOE_CHECK_AS("comm", counts != nullptr, "all_to_all_v: {} counts missing", side);
+  int64_t total = 0;
+  for (int r = 0; r < num_ranks; ++r) {
+    MOE_CHECK_AS("comm", counts[r] >= 0, "all_to_all_v: {} count for rank {} is negative ({})",
+                 side, r, counts[r]);
+    total += counts[r];
+  }
+  MOE_CHECK_AS("comm", static_cast<uint64_t>(total) <= buffer_size,
+               "all_to_all_v: {} counts add up to {} elements but the {} buffer holds {}", side,
+               total, side, buffer_size);
+}
+
+void Communicator::check_root(int root, int num_ranks, const char* op) {
+  MOE_CHECK_AS("comm", root >= 0 && root < num_ranks, "{}: root {} is not a rank (0..{})", op, root,
+               num_ranks - 1);
+}
+
 std::unique_ptr<Communicator> make_communicator(const std::string& name,
                                                 const CommOptions& options) {
-  if (name == "mpi") return make_mpi_communicator(options);
+  if (name == "mpi") return make_host_communicator(options);
   if (name == "nccl") {
 #ifdef MOE_EP_HAVE_NCCL
     return make_nccl_communicator(options, /*device=*/-1);  // the node-local rank's GPU

@@ -1,4 +1,5 @@
-// MpiCommunicator (host memory, MPI_COMM_WORLD) and MpiSession (process-wide MPI lifetime).
+// MpiCommunicator (host memory, MPI_COMM_WORLD), MpiSession (process-wide MPI lifetime; moe-ep
+// starts MPI only under a launcher) and make_host_communicator, which picks MPI or one rank.
 // Every collective is started non-blocking and completed by polling MPI_Test against a deadline,
 // so a stuck or dead peer turns into a moe::Error("comm") instead of a hang. After a timeout the
 // communicator refuses further calls: the abandoned operation may still touch its buffers.
@@ -20,15 +21,6 @@
 #include "parallel/communicator.h"
 
 namespace moe::parallel {
-
-void Communicator::check_count_spans(size_t num_send_counts, size_t num_recv_counts,
-                                     int num_ranks) {
-  MOE_CHECK_AS("comm",
-               num_send_counts == static_cast<size_t>(num_ranks) &&
-                   num_recv_counts == static_cast<size_t>(num_ranks),
-               "all_to_all_v: send/recv counts have {}/{} entries, expected one per rank ({})",
-               num_send_counts, num_recv_counts, num_ranks);
-}
 
 namespace {
 
@@ -188,7 +180,7 @@ class MpiCommunicator final : public Communicator {
 
   void broadcast_raw(void* data, size_t size_bytes, int root) override {
     check_usable("broadcast");
-    check_root(root, "broadcast");
+    check_root(root, size_, "broadcast");
     const int n = to_int(static_cast<int64_t>(size_bytes), "byte count", "broadcast");
     MPI_Request req;
     MOE_MPI_CHECK(MPI_Ibcast(nonnull(data), n, MPI_BYTE, root, MPI_COMM_WORLD, &req));
@@ -210,7 +202,7 @@ class MpiCommunicator final : public Communicator {
   void gather_v_raw(const void* send, size_t send_size, void* recv, size_t recv_size,
                     const int64_t* recv_counts, size_t elem_bytes, int root) override {
     check_usable("gather_v");
-    check_root(root, "gather_v");
+    check_root(root, size_, "gather_v");
     MOE_CHECK_AS("comm", elem_bytes > 0, "gather_v: zero-sized elements");
     const int n = to_int(static_cast<int64_t>(send_size), "send count", "gather_v");
     Pending p;
@@ -277,26 +269,16 @@ class MpiCommunicator final : public Communicator {
                  failed_op_, rank_);
   }
 
-  void check_root(int root, const char* op) const {
-    MOE_CHECK_AS("comm", root >= 0 && root < size_, "{}: root {} is not a rank (0..{})", op, root,
-                 size_ - 1);
-  }
-
   // Element counts -> MPI int counts and prefix-sum displacements, checking every bound.
   void fill_counts(const int64_t* counts, size_t buffer_size, const char* side,
                    std::vector<int>& out_counts, std::vector<int>& out_displs) const {
-    MOE_CHECK_AS("comm", counts != nullptr, "all_to_all_v: {} counts missing", side);
+    check_counts(counts, size_, buffer_size, side);
     int64_t total = 0;
     for (int r = 0; r < size_; ++r) {
-      MOE_CHECK_AS("comm", counts[r] >= 0, "all_to_all_v: {} count for rank {} is negative ({})",
-                   side, r, counts[r]);
       out_displs[r] = to_int(total, "displacement", "all_to_all_v");
       out_counts[r] = to_int(counts[r], "count", "all_to_all_v");
       total += counts[r];
     }
-    MOE_CHECK_AS("comm", static_cast<uint64_t>(total) <= buffer_size,
-                 "all_to_all_v: {} counts add up to {} elements but the {} buffer holds {}", side,
-                 total, side, buffer_size);
   }
 
   // Contiguous element types are cached per size so counts stay in elements, not bytes.
@@ -396,10 +378,20 @@ std::unique_ptr<Communicator> make_mpi_communicator(const CommOptions& options) 
   return std::make_unique<MpiCommunicator>(options);
 }
 
-MpiSession::MpiSession(int* argc, char*** argv) {
+std::unique_ptr<Communicator> make_host_communicator(const CommOptions& options) {
+  return mpi_live() ? make_mpi_communicator(options) : make_one_rank_communicator();
+}
+
+bool started_by_launcher() {
+  auto set = [](const char* name) { return std::getenv(name) != nullptr; };
+  return set("OMPI_COMM_WORLD_SIZE") || set("PMIX_RANK") || set("PMI_RANK") || set("PMI_SIZE") ||
+         (set("SLURM_PROCID") && set("SLURM_NTASKS"));
+}
+
+MpiSession::MpiSession(int* argc, char*** argv, MpiStart start) {
   int init = 0;
   MPI_Initialized(&init);
-  if (!init) {
+  if (!init && (start == MpiStart::kAlways || started_by_launcher())) {
     int provided = 0;
     // FUNNELED: only the main thread calls MPI (BLAS threads never do).
     MOE_MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));

@@ -7,7 +7,8 @@
 // ncclInProgress and is completed by polling ncclCommGetAsyncError against the deadline. On a
 // failed call, a timeout or an async error the communicator is aborted (ncclCommAbort, local;
 // a group the failure interrupted is ended first) and moe::Error thrown; afterwards every call
-// throws. Host collectives are delegated to the MPI communicator.
+// throws. Host collectives are delegated to the host communicator (MPI, or the one-rank
+// communicator in a process started without a launcher).
 #include "parallel/nccl_communicator.h"
 
 #include <cuda_runtime_api.h>
@@ -48,7 +49,7 @@ class NcclCommOwner {
 class NcclCommunicatorImpl final : public Communicator {
  public:
   NcclCommunicatorImpl(const CommOptions& options, int device)
-      : options_(options), mpi_(make_mpi_communicator(options)) {
+      : options_(options), mpi_(make_host_communicator(options)) {
     MOE_CHECK_AS("nccl", options_.timeout_s > 0, "collective timeout must be > 0 s, got {}",
                  options_.timeout_s);
     rank_ = mpi_->rank();

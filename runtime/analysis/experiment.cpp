@@ -70,8 +70,8 @@ StrategySpec parse_strategy(const y::Doc& doc, const YAML::Node& node, const std
 }
 
 // Runs `cmd` through the shell; returns its exit status (128 + signal when killed). This process
-// may itself be an MPI singleton: its OMPI_/PMIX_/OPAL_ variables would make a child mpirun think
-// it is one of our ranks, so the child shell drops them first.
+// may itself be a rank started by mpirun: its OMPI_/PMIX_/OPAL_ variables would make a child mpirun
+// think it is one of our ranks, so the child shell drops them first.
 int shell(const std::string& cmd) {
   const std::string clean =
       "for v in $(env | sed -n 's/^\\(OMPI_[^=]*\\|PMIX_[^=]*\\|OPAL_[^=]*\\)=.*/\\1/p'); do "

@@ -59,7 +59,7 @@ int run_calibrate(const CalibrateArgs& a, bool model_given) {
   const ModelConfig shapes = load_model_config(model);
   parallel::CommOptions co;
   co.timeout_s = a.timeout_s;
-  auto comm = parallel::make_mpi_communicator(co);
+  auto comm = parallel::make_host_communicator(co);
   kernels::BackendOptions bo;
   bo.name = a.backend;
   bo.local_rank = comm->local_rank();
