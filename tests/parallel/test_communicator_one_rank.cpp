@@ -33,9 +33,9 @@ class LauncherEnv {
       }
     }
   }
-  static constexpr const char* kNames[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK",    "PMI_RANK",
-                                           "PMI_SIZE",             "SLURM_PROCID", "SLURM_NTASKS",
-                                           "OMPI_MCA_pml"};
+  static constexpr const char* kNames[] = {
+      "OMPI_COMM_WORLD_SIZE", "PMIX_RANK",    "PMI_RANK",    "PMI_SIZE",
+      "SLURM_PROCID",         "SLURM_NTASKS", "OMPI_MCA_pml"};
 
  private:
   std::vector<std::optional<std::string>> saved_;
@@ -65,7 +65,7 @@ TEST(OneRankCommunicator, IsTheHostCommunicatorWithoutMpiAndRankZeroOfOne) {
   EXPECT_EQ(comm->local_rank(), 0);
   EXPECT_EQ(comm->local_size(), 1);
   EXPECT_FALSE(comm->device_buffers());
-  EXPECT_EQ(make_communicator("mpi", {})->name(), "one-rank");
+  EXPECT_EQ(make_communicator(CommKind::kMpi, {})->name(), "one-rank");
 }
 
 TEST(OneRankCommunicator, ExchangesCopyToItselfAndCheckTheirCounts) {
