@@ -52,6 +52,8 @@ struct BackendTraits {
   // arguments below) instead of rounding the fp32 input themselves; the model allocates those
   // copies only then and passes nullptr otherwise.
   bool bf16_activations = false;
+  // Items per chunk of the layout ops' counting sorts (kernels/common/moe_layout.h).
+  int32_t layout_chunk = layout::kDeviceLayoutChunk;
 };
 
 // Device graphs: the ops enqueued between begin_capture() and end_capture() are recorded (not

@@ -13,6 +13,7 @@ namespace {
 
 BackendTraits in_host_memory(BackendTraits traits) {
   traits.host_memory = true;
+  traits.layout_chunk = layout::kHostLayoutChunk;
   return traits;
 }
 

@@ -137,7 +137,8 @@ void Dispatcher::set_timer(kernels::PhaseTimer* timer, int layout_phase, int dis
 layout::SourceLayoutView Dispatcher::source_layout(int layer, int32_t T, const int32_t* ids,
                                                    const float* weights) {
   const int32_t N = comm_.size(), k = top_k_, E = num_experts_, W = header_width_;
-  const int32_t C = layout::num_chunks(T, layout::kChunkTokens);
+  const int32_t chunk = backend_.traits().layout_chunk;
+  const int32_t C = layout::num_chunks(T, chunk);
   const int32_t max_rows = T * std::min(k, N);
   IntCarver carve;
   const size_t chunk_expert = carve.add(static_cast<int64_t>(C) * E);
@@ -159,6 +160,7 @@ layout::SourceLayoutView Dispatcher::source_layout(int layer, int32_t T, const i
   v.weights = weights;
   v.num_tokens = T;
   v.top_k = k;
+  v.chunk_size = chunk;
   v.table = tables_[static_cast<size_t>(layer)].table;
   v.chunk_expert = si + chunk_expert;
   v.chunk_dest = si + chunk_dest;
@@ -306,7 +308,8 @@ void Dispatcher::group_received(int layer, DispatchHandle& d) {
   const int N = comm_.size(), E = num_experts_, W = header_width_;
   const int32_t R = static_cast<int32_t>(d.num_recv_rows), k = top_k_;
   const int32_t S = tables_[static_cast<size_t>(layer)].local_slots;
-  const int32_t Cr = layout::num_chunks(R, layout::kChunkRows);
+  const int32_t chunk = backend_.traits().layout_chunk;
+  const int32_t Cr = layout::num_chunks(R, chunk);
   IntCarver rc;
   const size_t chunk_slot = rc.add(static_cast<int64_t>(Cr) * S);
   const size_t slot_begin = rc.add(S + 1);
@@ -318,6 +321,7 @@ void Dispatcher::group_received(int layer, DispatchHandle& d) {
   g.routes = d.recv_routes;
   g.num_rows = R;
   g.top_k = k;
+  g.chunk_size = chunk;
   g.num_slots = S;
   g.own_begin = d.own_recv_begin;
   g.own_rows = d.own_rows;

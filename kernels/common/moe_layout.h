@@ -10,7 +10,7 @@
 // keys before it within its own chunk (at most a chunk's worth of reads). Launch order (each step
 // reads only what earlier steps wrote; a step's threads write disjoint entries):
 //
-//   source side (T tokens, k = top_k, P = T k pairs, C = ceil(T / kChunkTokens) chunks)
+//   source side (T tokens, k = top_k, P = T k pairs, C = ceil(T / chunk) chunks)
 //     1. count_experts   [C]  chunk_expert[c][e] = pairs of chunk c routed to expert e
 //     2. scan_experts    [E]  chunk_expert -> exclusive base over chunks; expert_total[e]; the
 //                             pair counts of e's replica slots into the header
@@ -21,7 +21,7 @@
 //     6. scan_dests      [N]  chunk_dest -> exclusive base; header rows / pairs of d
 //     7. scan_rows       [1]  chunk_rows -> exclusive base; send_offsets; token_offsets[T]
 //     8. assign_rows     [T]  send_token, send_routes, token_offsets, token_rows
-//   receiver side (R received rows, S local slots, C' = ceil(R / kChunkRows) chunks)
+//   receiver side (R received rows, S local slots, C' = ceil(R / chunk) chunks)
 //     1. count_slots     [C'] chunk_slot[c][s] = entries of chunk c naming slot s
 //     2. scan_slots      [S]  chunk_slot -> exclusive base; slot totals into slot_begin[s + 1]
 //     3. scan_slot_begin [1]  slot_begin prefix sums
@@ -43,8 +43,12 @@
 
 namespace moe::kernels::layout {
 
-inline constexpr int32_t kChunkTokens = 32;  // tokens per chunk of the source-side counts
-inline constexpr int32_t kChunkRows = 32;    // received rows per chunk of the slot counts
+// Items per chunk (tokens on the source side, received rows on the receiver side), set per
+// backend in BackendTraits::layout_chunk: a GPU wants few chunks (one thread per chunk counts
+// them), a host loop wants short in-chunk scans (each item counts the equal keys before it in its
+// chunk). The result does not depend on it.
+inline constexpr int32_t kDeviceLayoutChunk = 32;
+inline constexpr int32_t kHostLayoutChunk = 8;
 
 MOE_HD int32_t num_chunks(int32_t items, int32_t chunk) {
   return (items + chunk - 1) / chunk;
@@ -77,26 +81,27 @@ MOE_HD int32_t header_width(const RoutingTable& t) {
 // (device memory for the CUDA kernels, host memory for the emulation). Sizes: E experts, N ranks,
 // T tokens, C chunks, S_max = T * min(k, N) rows at most.
 struct SourceLayoutView {
-  const int32_t* ids = nullptr;       // [T * k] top-k expert ids
-  const float* weights = nullptr;     // [T * k] router weights
-  int32_t num_tokens = 0;             // T
-  int32_t top_k = 0;                  // k
-  RoutingTable table;                 //
-  int32_t* chunk_expert = nullptr;    // [C * E]
-  int32_t* chunk_dest = nullptr;      // [C * N]
-  int32_t* chunk_rows = nullptr;      // [C]
-  int32_t* pair_dest = nullptr;       // [T * k]
-  int32_t* pair_slot = nullptr;       // [T * k]
-  int32_t* token_ndest = nullptr;     // [T]
-  int32_t* token_dest = nullptr;      // [T * k] first token_ndest[t] entries of row t
-  int32_t* expert_total = nullptr;    // [E] pairs per logical expert
-  int32_t* header = nullptr;          // [N * W]
-  int32_t* send_offsets = nullptr;    // [N + 1] first row for each destination
-  int32_t* send_token = nullptr;      // [S_max] token of each sent row
-  RouteEntry* send_routes = nullptr;  // [S_max * k]
-  int32_t* token_offsets = nullptr;   // [T + 1] into token_rows
-  int32_t* token_rows = nullptr;      // [S_max] rows of each token, destination order
-  int32_t* error = nullptr;           // [1] 0, or 1 + first bad pair
+  const int32_t* ids = nullptr;             // [T * k] top-k expert ids
+  const float* weights = nullptr;           // [T * k] router weights
+  int32_t num_tokens = 0;                   // T
+  int32_t top_k = 0;                        // k
+  int32_t chunk_size = kDeviceLayoutChunk;  // tokens per chunk
+  RoutingTable table;                       //
+  int32_t* chunk_expert = nullptr;          // [C * E]
+  int32_t* chunk_dest = nullptr;            // [C * N]
+  int32_t* chunk_rows = nullptr;            // [C]
+  int32_t* pair_dest = nullptr;             // [T * k]
+  int32_t* pair_slot = nullptr;             // [T * k]
+  int32_t* token_ndest = nullptr;           // [T]
+  int32_t* token_dest = nullptr;            // [T * k] first token_ndest[t] entries of row t
+  int32_t* expert_total = nullptr;          // [E] pairs per logical expert
+  int32_t* header = nullptr;                // [N * W]
+  int32_t* send_offsets = nullptr;          // [N + 1] first row for each destination
+  int32_t* send_token = nullptr;            // [S_max] token of each sent row
+  RouteEntry* send_routes = nullptr;        // [S_max * k]
+  int32_t* token_offsets = nullptr;         // [T + 1] into token_rows
+  int32_t* token_rows = nullptr;            // [S_max] rows of each token, destination order
+  int32_t* error = nullptr;                 // [1] 0, or 1 + first bad pair
 };
 
 MOE_HD bool valid_expert(const SourceLayoutView& v, int32_t e) {
@@ -111,8 +116,8 @@ MOE_HD void count_experts(const SourceLayoutView& v, int32_t chunk) {
   const int32_t E = v.table.num_experts, k = v.top_k;
   int32_t* counts = v.chunk_expert + static_cast<int64_t>(chunk) * E;
   for (int32_t e = 0; e < E; ++e) counts[e] = 0;
-  const int32_t t_end = chunk_end(chunk, kChunkTokens, v.num_tokens);
-  for (int32_t p = chunk * kChunkTokens * k; p < t_end * k; ++p) {
+  const int32_t t_end = chunk_end(chunk, v.chunk_size, v.num_tokens);
+  for (int32_t p = chunk * v.chunk_size * k; p < t_end * k; ++p) {
     const int32_t e = v.ids[p];
     if (valid_expert(v, e)) {
       ++counts[e];
@@ -131,7 +136,7 @@ MOE_HD int32_t replica_share(int32_t n_total, int32_t c, int32_t rank, int32_t i
 
 MOE_HD void scan_experts(const SourceLayoutView& v, int32_t e) {
   const int32_t base =
-      scan_column(v.chunk_expert, num_chunks(v.num_tokens, kChunkTokens), v.table.num_experts, e);
+      scan_column(v.chunk_expert, num_chunks(v.num_tokens, v.chunk_size), v.table.num_experts, e);
   v.expert_total[e] = base;
   const int32_t W = header_width(v.table);
   const int32_t r0 = v.table.replica_begin[e], replicas = v.table.replica_begin[e + 1] - r0;
@@ -149,9 +154,9 @@ MOE_HD void choose_slot(const SourceLayoutView& v, int32_t p) {
   int32_t i = 0;
   if (replicas > 1 && valid_expert(v, e_raw)) {
     // n = pairs for e before p: those of earlier chunks plus earlier ones in p's chunk.
-    const int32_t chunk = p / (kChunkTokens * k);
+    const int32_t chunk = p / (v.chunk_size * k);
     int32_t n = v.chunk_expert[static_cast<int64_t>(chunk) * v.table.num_experts + e];
-    for (int32_t q = chunk * kChunkTokens * k; q < p; ++q) n += v.ids[q] == e ? 1 : 0;
+    for (int32_t q = chunk * v.chunk_size * k; q < p; ++q) n += v.ids[q] == e ? 1 : 0;
     i = static_cast<int32_t>((static_cast<uint32_t>(n) + static_cast<uint32_t>(v.table.rank)) %
                              static_cast<uint32_t>(replicas));
   }
@@ -180,8 +185,8 @@ MOE_HD void count_dests(const SourceLayoutView& v, int32_t chunk) {
   int32_t* counts = v.chunk_dest + static_cast<int64_t>(chunk) * N;
   for (int32_t d = 0; d < N; ++d) counts[d] = 0;
   int32_t rows = 0;
-  const int32_t t_end = chunk_end(chunk, kChunkTokens, v.num_tokens);
-  for (int32_t t = chunk * kChunkTokens; t < t_end; ++t) {
+  const int32_t t_end = chunk_end(chunk, v.chunk_size, v.num_tokens);
+  for (int32_t t = chunk * v.chunk_size; t < t_end; ++t) {
     for (int32_t i = 0; i < v.token_ndest[t]; ++i) ++counts[v.token_dest[t * k + i]];
     rows += v.token_ndest[t];
   }
@@ -190,7 +195,7 @@ MOE_HD void count_dests(const SourceLayoutView& v, int32_t chunk) {
 
 MOE_HD void scan_dests(const SourceLayoutView& v, int32_t d) {
   const int32_t base =
-      scan_column(v.chunk_dest, num_chunks(v.num_tokens, kChunkTokens), v.table.num_ranks, d);
+      scan_column(v.chunk_dest, num_chunks(v.num_tokens, v.chunk_size), v.table.num_ranks, d);
   const int32_t W = header_width(v.table);
   int32_t* h = v.header + d * W;
   h[0] = base;
@@ -203,7 +208,7 @@ MOE_HD void scan_dests(const SourceLayoutView& v, int32_t d) {
 
 MOE_HD void scan_rows(const SourceLayoutView& v) {
   v.token_offsets[v.num_tokens] =
-      scan_column(v.chunk_rows, num_chunks(v.num_tokens, kChunkTokens), 1, 0);
+      scan_column(v.chunk_rows, num_chunks(v.num_tokens, v.chunk_size), 1, 0);
   const int32_t W = header_width(v.table);
   v.send_offsets[0] = 0;
   for (int32_t d = 0; d < v.table.num_ranks; ++d) {
@@ -213,15 +218,15 @@ MOE_HD void scan_rows(const SourceLayoutView& v) {
 
 MOE_HD void assign_rows(const SourceLayoutView& v, int32_t t) {
   const int32_t k = v.top_k, N = v.table.num_ranks;
-  const int32_t chunk = t / kChunkTokens;
+  const int32_t chunk = t / v.chunk_size;
   int32_t offset = v.chunk_rows[chunk];
-  for (int32_t u = chunk * kChunkTokens; u < t; ++u) offset += v.token_ndest[u];
+  for (int32_t u = chunk * v.chunk_size; u < t; ++u) offset += v.token_ndest[u];
   v.token_offsets[t] = offset;
   for (int32_t i = 0; i < v.token_ndest[t]; ++i) {
     const int32_t d = v.token_dest[t * k + i];
     // Earlier tokens of this chunk that also send a row to d.
     int32_t before = v.chunk_dest[static_cast<int64_t>(chunk) * N + d];
-    for (int32_t u = chunk * kChunkTokens; u < t; ++u) {
+    for (int32_t u = chunk * v.chunk_size; u < t; ++u) {
       for (int32_t m = 0; m < v.token_ndest[u]; ++m) before += v.token_dest[u * k + m] == d ? 1 : 0;
     }
     const int32_t row = v.send_offsets[d] + before;
@@ -240,7 +245,8 @@ struct SlotGroupingView {
   const RouteEntry* routes = nullptr;  // [R * k] in received (source-rank) order
   int32_t num_rows = 0;                // R
   int32_t top_k = 0;
-  int32_t num_slots = 0;  // S
+  int32_t chunk_size = kDeviceLayoutChunk;  // received rows per chunk
+  int32_t num_slots = 0;                    // S
   // Received rows lie in memory with this rank's own block last (parallel/dispatcher.h): the
   // own block is rows [own_begin, own_begin + own_rows) in received order. row_index holds the
   // row's place in memory (own_begin = 0, own_rows = R: memory order = received order).
@@ -268,8 +274,8 @@ MOE_HD void count_slots(const SlotGroupingView& v, int32_t chunk) {
   const int32_t S = v.num_slots, k = v.top_k;
   int32_t* counts = v.chunk_slot + static_cast<int64_t>(chunk) * S;
   for (int32_t s = 0; s < S; ++s) counts[s] = 0;
-  const int32_t r_end = chunk_end(chunk, kChunkRows, v.num_rows);
-  for (int32_t i = chunk * kChunkRows * k; i < r_end * k; ++i) {
+  const int32_t r_end = chunk_end(chunk, v.chunk_size, v.num_rows);
+  for (int32_t i = chunk * v.chunk_size * k; i < r_end * k; ++i) {
     const int32_t s = v.routes[i].local_slot;
     if (valid_slot(v, s)) {
       ++counts[s];
@@ -281,7 +287,7 @@ MOE_HD void count_slots(const SlotGroupingView& v, int32_t chunk) {
 
 MOE_HD void scan_slots(const SlotGroupingView& v, int32_t s) {
   v.slot_begin[s + 1] =
-      scan_column(v.chunk_slot, num_chunks(v.num_rows, kChunkRows), v.num_slots, s);
+      scan_column(v.chunk_slot, num_chunks(v.num_rows, v.chunk_size), v.num_slots, s);
 }
 
 MOE_HD void scan_slot_begin(const SlotGroupingView& v) {
@@ -291,7 +297,7 @@ MOE_HD void scan_slot_begin(const SlotGroupingView& v) {
 
 MOE_HD void assign_pairs(const SlotGroupingView& v, int32_t r) {
   const int32_t k = v.top_k;
-  const int32_t chunk = r / kChunkRows;
+  const int32_t chunk = r / v.chunk_size;
   for (int32_t j = 0; j < k; ++j) {
     const int32_t i = r * k + j;
     const int32_t s = v.routes[i].local_slot;
@@ -300,7 +306,7 @@ MOE_HD void assign_pairs(const SlotGroupingView& v, int32_t r) {
       continue;
     }
     int32_t p = v.slot_begin[s] + v.chunk_slot[static_cast<int64_t>(chunk) * v.num_slots + s];
-    for (int32_t q = chunk * kChunkRows * k; q < i; ++q) p += v.routes[q].local_slot == s ? 1 : 0;
+    for (int32_t q = chunk * v.chunk_size * k; q < i; ++q) p += v.routes[q].local_slot == s ? 1 : 0;
     v.row_index[p] = own_last_row(r, v.own_begin, v.own_rows, v.num_rows);
     v.pair_of_entry[i] = p;
   }
@@ -373,7 +379,7 @@ MOE_HD void combine_residual_span(const CombineSources& src, const int32_t* toke
 // Host loops over the bodies in launch order: the host backends' layout ops, which the tests
 // compare field by field with the sequential specification (parallel/dispatch_layout.h).
 inline void emulate(const SourceLayoutView& v) {
-  const int32_t C = num_chunks(v.num_tokens, kChunkTokens);
+  const int32_t C = num_chunks(v.num_tokens, v.chunk_size);
   const int32_t P = v.num_tokens * v.top_k;
   *v.error = 0;
   for (int32_t c = 0; c < C; ++c) count_experts(v, c);
@@ -387,7 +393,7 @@ inline void emulate(const SourceLayoutView& v) {
 }
 
 inline void emulate(const SlotGroupingView& v) {
-  const int32_t C = num_chunks(v.num_rows, kChunkRows);
+  const int32_t C = num_chunks(v.num_rows, v.chunk_size);
   *v.error = 0;
   for (int32_t c = 0; c < C; ++c) count_slots(v, c);
   for (int32_t s = 0; s < v.num_slots; ++s) scan_slots(v, s);

@@ -77,7 +77,7 @@ __global__ void combine_residual_kernel(layout::CombineSources src, const int32_
 }  // namespace
 
 cudaError_t launch_source_layout(const layout::SourceLayoutView& v, cudaStream_t stream) {
-  const int32_t C = layout::num_chunks(v.num_tokens, layout::kChunkTokens);
+  const int32_t C = layout::num_chunks(v.num_tokens, v.chunk_size);
   const int32_t P = v.num_tokens * v.top_k;
   cudaError_t rc = cudaMemsetAsync(v.error, 0, sizeof(int32_t), stream);
   if (rc != cudaSuccess) return rc;
@@ -93,7 +93,7 @@ cudaError_t launch_source_layout(const layout::SourceLayoutView& v, cudaStream_t
 }
 
 cudaError_t launch_slot_grouping(const layout::SlotGroupingView& v, cudaStream_t stream) {
-  const int32_t C = layout::num_chunks(v.num_rows, layout::kChunkRows);
+  const int32_t C = layout::num_chunks(v.num_rows, v.chunk_size);
   cudaError_t rc = cudaMemsetAsync(v.error, 0, sizeof(int32_t), stream);
   if (rc != cudaSuccess) return rc;
   launch_over(count_slots_kernel, v, C, stream);

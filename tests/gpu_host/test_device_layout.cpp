@@ -95,9 +95,10 @@ struct SourceRun {
   layout::SourceLayoutView v;
 
   SourceRun(const kernels::RoutingTable& table, const std::vector<int32_t>& ids,
-            const std::vector<float>& weights, int32_t tokens, int32_t k) {
+            const std::vector<float>& weights, int32_t tokens, int32_t k,
+            int32_t chunk = layout::kDeviceLayoutChunk) {
     const int32_t E = table.num_experts, N = table.num_ranks;
-    const int32_t C = layout::num_chunks(tokens, layout::kChunkTokens);
+    const int32_t C = layout::num_chunks(tokens, chunk);
     const int32_t max_rows = tokens * std::min(k, N);
     // Poisoned scratch and outputs: every entry read must have been written first.
     const auto sized = [](std::vector<int32_t>& a, int64_t n) { a.assign(n, -12345); };
@@ -119,6 +120,7 @@ struct SourceRun {
     v.weights = weights.data();
     v.num_tokens = tokens;
     v.top_k = k;
+    v.chunk_size = chunk;
     v.table = table;
     v.chunk_expert = chunk_expert.data();
     v.chunk_dest = chunk_dest.data();
@@ -143,13 +145,18 @@ bool same_route(const RouteEntry& a, const RouteEntry& b) {
   return a.local_slot == b.local_slot && (a.local_slot < 0 || a.weight == b.weight);
 }
 
+// The chunk sizes the layout runs with: a device's, a host backend's, and one item per chunk.
+constexpr int32_t kChunks[] = {layout::kDeviceLayoutChunk, layout::kHostLayoutChunk, 1};
+
 // Every output of the emulated source layout equals the host layout's.
 void expect_source_matches(const LayerPlacement& lp, int rank, const std::vector<int32_t>& ids,
-                           const std::vector<float>& weights, int64_t tokens, int k) {
+                           const std::vector<float>& weights, int64_t tokens, int k,
+                           int32_t chunk) {
+  SCOPED_TRACE(testing::Message() << "chunk " << chunk);
   const parallel::DispatchLayout host =
       parallel::build_dispatch_layout(lp, rank, ids, weights, tokens, k);
   const HostTable ht(lp, rank);
-  const SourceRun run(ht.table, ids, weights, static_cast<int32_t>(tokens), k);
+  const SourceRun run(ht.table, ids, weights, static_cast<int32_t>(tokens), k, chunk);
   ASSERT_EQ(run.error, 0);
   const int N = lp.num_ranks(), W = layout::header_width(ht.table);
   const int64_t S = host.num_send_rows();
@@ -218,7 +225,9 @@ TEST(DeviceLayout, SourceSideMatchesHostLayoutOnRandomRoutings) {
         SCOPED_TRACE(testing::Message()
                      << c.experts << " experts, " << c.ranks << " ranks, " << c.tokens
                      << " tokens, k " << c.k << ", rank " << rank << ", trial " << trial);
-        expect_source_matches(lp, rank, ids, weights, c.tokens, c.k);
+        for (int32_t chunk : kChunks) {
+          expect_source_matches(lp, rank, ids, weights, c.tokens, c.k, chunk);
+        }
       }
     }
   }
@@ -241,14 +250,15 @@ struct GroupingRun {
   layout::SlotGroupingView g;
 
   GroupingRun(const std::vector<RouteEntry>& routes, int32_t rows, int k, int32_t slots,
-              int32_t own_begin, int32_t own_rows)
-      : chunk_slot(static_cast<size_t>(layout::num_chunks(rows, layout::kChunkRows)) * slots, -5),
+              int32_t own_begin, int32_t own_rows, int32_t chunk = layout::kDeviceLayoutChunk)
+      : chunk_slot(static_cast<size_t>(layout::num_chunks(rows, chunk)) * slots, -5),
         slot_begin(slots + 1, -5),
         row_index(static_cast<size_t>(rows) * k, -5),
         pair_of_entry(static_cast<size_t>(rows) * k, -5) {
     g.routes = routes.data();
     g.num_rows = rows;
     g.top_k = k;
+    g.chunk_size = chunk;
     g.num_slots = slots;
     g.own_begin = own_begin;
     g.own_rows = own_rows;
@@ -264,9 +274,10 @@ struct GroupingRun {
 // Emulated receiver grouping of one received route block against group_by_slot, with the own
 // block moved last as the dispatcher lays rows out in memory.
 void expect_grouping_matches(const std::vector<RouteEntry>& routes, int32_t rows, int k,
-                             int32_t slots, int32_t own_begin, int32_t own_rows) {
+                             int32_t slots, int32_t own_begin, int32_t own_rows, int32_t chunk) {
+  SCOPED_TRACE(testing::Message() << "chunk " << chunk);
   const parallel::SlotGroups host = parallel::group_by_slot(routes, rows, k, slots);
-  const GroupingRun run(routes, rows, k, slots, own_begin, own_rows);
+  const GroupingRun run(routes, rows, k, slots, own_begin, own_rows, chunk);
   const int32_t error = run.error;
   const std::vector<int32_t>& slot_begin = run.slot_begin;
   const std::vector<int32_t>& row_index = run.row_index;
@@ -300,7 +311,9 @@ TEST(DeviceLayout, ReceiverGroupingMatchesGroupBySlot) {
     const int32_t own_begin = rows == 0 ? 0 : static_cast<int32_t>(rng() % (rows + 1));
     const int32_t own_rows = static_cast<int32_t>(rng() % (rows - own_begin + 1));
     SCOPED_TRACE(testing::Message() << rows << " rows, k " << k << ", " << slots << " slots");
-    expect_grouping_matches(routes, rows, k, slots, own_begin, own_rows);
+    for (int32_t chunk : kChunks) {
+      expect_grouping_matches(routes, rows, k, slots, own_begin, own_rows, chunk);
+    }
   }
 }
 
