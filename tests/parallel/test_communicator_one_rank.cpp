@@ -33,9 +33,9 @@ class LauncherEnv {
       }
     }
   }
-  static constexpr const char* kNames[] = {"OMPI_COMM_WORLD_SIZE", "PMIX_RANK",    "PMI_RANK",
-                                           "PMI_SIZE",             "SLURM_PROCID", "SLURM_NTASKS",
-                                           "OMPI_MCA_pml"};
+  static constexpr const char* kNames[] = {
+      "OMPI_COMM_WORLD_SIZE", "PMIX_RANK",    "PMI_RANK",    "PMI_SIZE",
+      "SLURM_PROCID",         "SLURM_NTASKS", "OMPI_MCA_pml"};
 
  private:
   std::vector<std::optional<std::string>> saved_;
