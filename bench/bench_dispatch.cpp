@@ -400,7 +400,7 @@ int run(int argc, char** argv) {
                  o.experts);
   }
 
-  auto comm = parallel::make_communicator(o.comm, {});
+  auto comm = parallel::make_communicator(parallel::parse_comm_kind(o.comm), {});
   auto backend = kernels::make_backend(o.backend, comm->local_rank());
   comm->bind_compute_stream(backend->compute_stream());
   const int n = comm->size();

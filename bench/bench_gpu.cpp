@@ -111,9 +111,9 @@ DeviceRoom device_room(const runtime::ModelOptions& o) {
   DeviceRoom room;
   room.num_ranks = comm->size();
 #ifdef MOE_EP_HAVE_CUDA
-  if (o.backend == "cuda") {
+  if (o.backend == kernels::BackendKind::kCuda) {
     kernels::BackendOptions bo;
-    bo.name = "cuda";
+    bo.kind = kernels::BackendKind::kCuda;
     bo.local_rank = comm->local_rank();
     {
       const std::unique_ptr<kernels::Backend> probe = kernels::make_backend(bo);
@@ -387,7 +387,7 @@ nlohmann::json to_json(const BenchOptions& o, const runtime::Session& s,
 int run(int argc, char** argv) {
   BenchOptions o;
   o.model.model = "configs/models/qwen3-30b-a3b.yaml";
-  o.model.backend = "cuda";
+  o.model.backend = kernels::BackendKind::kCuda;
   CLI::App app{"moe-ep whole-model benchmark (decode at several batches, one long prefill)"};
   runtime::add_model_options(&app, o.model, /*model_required=*/false);
   app.add_option("--batches", o.batches, "Decode batch sizes (sequences)")

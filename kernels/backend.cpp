@@ -20,11 +20,17 @@ ComputeDtype parse_compute_dtype(const std::string& text) {
   MOE_THROW("config", "unknown compute dtype '{}' (expected fp32 or bf16)", text);
 }
 
+BackendKind parse_backend_kind(const std::string& text) {
+  if (text == "cpu") return BackendKind::kCpu;
+  if (text == "cuda") return BackendKind::kCuda;
+  MOE_THROW("config", "unknown backend '{}' (expected cpu or cuda)", text);
+}
+
 std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
-  if (options.name == "cpu") {
+  if (options.kind == BackendKind::kCpu) {
     return make_cpu_backend(options.compute_dtype.value_or(ComputeDtype::kF32));
   }
-  if (options.name == "cuda") {
+  {
     MOE_CHECK_AS("config",
                  options.compute_dtype.value_or(ComputeDtype::kBF16) == ComputeDtype::kBF16,
                  "--backend cuda computes in bf16 only (its GEMMs take bf16 operands); drop "
@@ -37,12 +43,11 @@ std::unique_ptr<Backend> make_backend(const BackendOptions& options) {
               "-DMOE_EP_CUDA=ON on a machine with nvcc)");
 #endif
   }
-  MOE_THROW("backend", "unknown backend '{}' (expected cpu or cuda)", options.name);
 }
 
 std::unique_ptr<Backend> make_backend(const std::string& name, int local_rank) {
   BackendOptions options;
-  options.name = name;
+  options.kind = parse_backend_kind(name);
   options.local_rank = local_rank;
   return make_backend(options);
 }

@@ -28,6 +28,20 @@ const char* compute_dtype_name(ComputeDtype dtype);
 // Parses "fp32" or "bf16"; anything else throws moe::Error (subsystem "config") naming both.
 ComputeDtype parse_compute_dtype(const std::string& text);
 
+// The backends a build may have.
+enum class BackendKind : int32_t { kCpu = 0, kCuda = 1 };
+// "cpu" | "cuda".
+constexpr const char* backend_kind_name(BackendKind kind) {
+  return kind == BackendKind::kCuda ? "cuda" : "cpu";
+}
+// Parses "cpu" or "cuda"; anything else throws moe::Error (subsystem "config") naming both.
+BackendKind parse_backend_kind(const std::string& text);
+// The element type each backend keeps its KV cache in (cpu: fp32; cuda: bf16), for those who size
+// a cache without building the backend.
+constexpr KvDtype kv_cache_dtype(BackendKind kind) {
+  return kind == BackendKind::kCuda ? KvDtype::kBF16 : KvDtype::kF32;
+}
+
 // What a backend is, fixed when it is built.
 struct BackendTraits {
   std::string name;                  // "cpu", "cuda", ...
@@ -227,14 +241,14 @@ class Buffer {
 // What make_backend builds. compute_dtype unset means the backend's own default (cpu: fp32,
 // cuda: bf16); cuda with fp32 is refused (its GEMMs are bf16 only).
 struct BackendOptions {
-  std::string name = "cpu";  // cpu | cuda
-  int local_rank = 0;        // picks the device of a cuda backend
+  BackendKind kind = BackendKind::kCpu;
+  int local_rank = 0;  // picks the device of a cuda backend
   std::optional<ComputeDtype> compute_dtype;
 };
 
-// Backends known to this build: "cpu" always, "cuda" when built with CUDA. Throws on others.
+// cpu always; cuda when built with CUDA (else throws, saying so).
 std::unique_ptr<Backend> make_backend(const BackendOptions& options);
-// Same as make_backend({name, local_rank, default compute dtype}).
+// Same as make_backend({parse_backend_kind(name), local_rank, default compute dtype}).
 std::unique_ptr<Backend> make_backend(const std::string& name, int local_rank);
 
 }  // namespace moe::kernels

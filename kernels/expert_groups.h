@@ -29,8 +29,8 @@ class HostExpertGroups {
       weights_.push_back(groups[g].weights);
     }
     const int64_t pairs = capacity < 0 ? slot_begin_.back() : capacity;
-    MOE_CHECK(pairs >= slot_begin_.back(), "expert groups: capacity {} below the {} pairs",
-              pairs, slot_begin_.back());
+    MOE_CHECK(pairs >= slot_begin_.back(), "expert groups: capacity {} below the {} pairs", pairs,
+              slot_begin_.back());
     d_slot_begin_.assign(backend, slot_begin_.data(), slot_begin_.size());
     d_row_index_.assign(backend, row_index, static_cast<size_t>(pairs));
     d_weights_.assign(backend, weights_.data(), weights_.size());

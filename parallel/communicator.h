@@ -118,10 +118,13 @@ std::unique_ptr<Communicator> make_mpi_communicator(const CommOptions& options);
 std::unique_ptr<Communicator> make_one_rank_communicator();
 // Host memory: the MPI communicator when MPI is initialised, else the one-rank communicator.
 std::unique_ptr<Communicator> make_host_communicator(const CommOptions& options);
-// "mpi" (the host communicator above) or "nccl" (builds with NCCL only; one GPU per node-local
-// rank). Throws on others.
-std::unique_ptr<Communicator> make_communicator(const std::string& name,
-                                                const CommOptions& options);
+// The transports a build may have: mpi (host memory: the host communicator above) and nccl
+// (device memory; builds with NCCL only, one GPU per node-local rank).
+enum class CommKind { kMpi, kNccl };
+// Parses "mpi" or "nccl"; anything else throws moe::Error (subsystem "config") naming both.
+CommKind parse_comm_kind(const std::string& text);
+// Throws when this build lacks the transport.
+std::unique_ptr<Communicator> make_communicator(CommKind kind, const CommOptions& options);
 
 // True when a launcher started this process as a rank of a job, read from what the launchers put
 // in the environment: OMPI_COMM_WORLD_SIZE (Open MPI's mpirun), PMIX_RANK (PMIx launchers: Open

@@ -36,19 +36,21 @@ void Communicator::check_root(int root, int num_ranks, const char* op) {
                num_ranks - 1);
 }
 
-std::unique_ptr<Communicator> make_communicator(const std::string& name,
-                                                const CommOptions& options) {
-  if (name == "mpi") return make_host_communicator(options);
-  if (name == "nccl") {
+CommKind parse_comm_kind(const std::string& text) {
+  if (text == "mpi") return CommKind::kMpi;
+  if (text == "nccl") return CommKind::kNccl;
+  MOE_THROW("config", "unknown communicator '{}' (expected mpi or nccl)", text);
+}
+
+std::unique_ptr<Communicator> make_communicator(CommKind kind, const CommOptions& options) {
+  if (kind == CommKind::kMpi) return make_host_communicator(options);
 #ifdef MOE_EP_HAVE_NCCL
-    return make_nccl_communicator(options, /*device=*/-1);  // the node-local rank's GPU
+  return make_nccl_communicator(options, /*device=*/-1);  // the node-local rank's GPU
 #else
-    MOE_THROW("config",
-              "--comm nccl: this moe-ep was built without NCCL (configure with "
-              "-DMOE_EP_CUDA=ON on a machine with nvcc)");
+  MOE_THROW("config",
+            "--comm nccl: this moe-ep was built without NCCL (configure with "
+            "-DMOE_EP_CUDA=ON on a machine with nvcc)");
 #endif
-  }
-  MOE_THROW("config", "unknown communicator '{}' (expected mpi or nccl)", name);
 }
 
 }  // namespace moe::parallel

@@ -13,7 +13,8 @@ namespace {
 
 BackendTraits cpu_traits(ComputeDtype compute_dtype) {
   BackendTraits t;
-  t.name = "cpu";
+  t.name = backend_kind_name(BackendKind::kCpu);
+  t.kv_dtype = kv_cache_dtype(BackendKind::kCpu);
   t.compute_dtype = compute_dtype;
   return t;
 }

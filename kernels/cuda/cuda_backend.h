@@ -20,7 +20,9 @@ int cuda_device_count();
 class CudaBackend : public Backend {
  public:
   // cuda: device memory, a bf16 KV cache, bf16 compute with bf16 activation copies.
-  CudaBackend() : Backend({"cuda", false, KvDtype::kBF16, ComputeDtype::kBF16, true}) {}
+  CudaBackend()
+      : Backend({backend_kind_name(BackendKind::kCuda), false,
+                 ::moe::kernels::kv_cache_dtype(BackendKind::kCuda), ComputeDtype::kBF16, true}) {}
 
   // The stream every op is enqueued on (a cudaStream_t), e.g. for a communicator to order its
   // own stream against.

@@ -258,8 +258,7 @@ void ComputeProbes::memory() {
 void ComputeProbes::layout() {
   const int64_t H = s.hidden, E = s.num_experts;
   const int64_t T = 2048, k = s.top_k;
-  const std::unique_ptr<parallel::Communicator> one =
-      parallel::make_one_rank_communicator();
+  const std::unique_ptr<parallel::Communicator> one = parallel::make_one_rank_communicator();
   const parallel::Placement placement =
       parallel::Placement::build({}, std::vector<bool>{true}, static_cast<int>(E), one->size());
   parallel::Dispatcher dispatcher(*one, be, H, static_cast<int>(k));

@@ -24,7 +24,8 @@ namespace moe::runtime {
 namespace {
 
 struct CalibrateArgs {
-  std::string out, model = "configs/models/mid.yaml", name = "this-machine", backend = "cpu", json;
+  std::string out, model = "configs/models/mid.yaml", name = "this-machine", json;
+  kernels::BackendKind backend = kernels::BackendKind::kCpu;
   bool merge = false;
   int threads = 1, cores = 0;
   double timeout_s = 120;
@@ -61,7 +62,7 @@ int run_calibrate(const CalibrateArgs& a, bool model_given) {
   co.timeout_s = a.timeout_s;
   auto comm = parallel::make_host_communicator(co);
   kernels::BackendOptions bo;
-  bo.name = a.backend;
+  bo.kind = a.backend;
   bo.local_rank = comm->local_rank();
   auto backend = kernels::make_backend(bo);
   CalibrateOptions o;
@@ -81,12 +82,12 @@ int run_calibrate(const CalibrateArgs& a, bool model_given) {
   char date[32];
   std::strftime(date, sizeof(date), "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
   std::vector<std::string> header = {
-      fmt::format("Measured by `moe-ep calibrate` ({} backend, shapes of {}), {}.", a.backend,
-                  shapes.name, date),
+      fmt::format("Measured by `moe-ep calibrate` ({} backend, shapes of {}), {}.",
+                  kernels::backend_kind_name(a.backend), shapes.name, date),
       "compute: backend linear at 1-512 rows (gemm_table; weight read = the 1-row time),",
-      "grouped_expert_swiglu at 1-64 rows per expert (grouped_table), attention over 128 tokens,",
-      fmt::format("add_inplace (bandwidth; 16 elements = per-op cost), build_dispatch_layout; {} "
-                  "thread(s), rates per core.",
+      "expert_swiglu at 1-64 rows per expert (grouped_table), attention over 128 tokens,",
+      fmt::format("add_inplace (bandwidth; 16 elements = per-op cost), the dispatcher's layout; "
+                  "{} thread(s), rates per core.",
                   a.threads),
       "comm.measured: all_to_all of counts (collective_us) and all_to_all_v of 4 KiB-8 MiB per",
       "peer, fitted time = c + bytes / bandwidth; one entry per rank count (--merge adds one)."};
@@ -132,8 +133,7 @@ Command add_calibrate_command(CLI::App& app) {
       ->check(at_least(1));
   cmd->add_option("--cores", a->cores, "CPU cores the ranks share (default: this machine's)")
       ->check(at_least(1));
-  cmd->add_option("--backend", a->backend, "Backend to measure: cpu | cuda")
-      ->check(one_of({"cpu", "cuda"}));
+  add_choice(cmd, "--backend", a->backend, backend_choices(), "Backend to measure: cpu | cuda");
   cmd->add_option("--timeout", a->timeout_s, "Collective timeout in seconds")
       ->check(greater_than(0));
   cmd->add_option("--json", a->json, "Also write every raw measurement as JSON");

@@ -18,7 +18,8 @@ namespace moe::runtime {
 namespace {
 
 struct PlanArgs {
-  std::string model, placement, json, plot, backend = "cuda";
+  std::string model, placement, json, plot;
+  kernels::BackendKind backend = kernels::BackendKind::kCuda;
   int ranks = 0;
   int64_t batch = 1, context = 4096;
   double gpu_mem_gib = kDefaultGpuMemGib;
@@ -55,7 +56,7 @@ void draw_plan(const PlanArgs& a, const ModelConfig& config, PlanOptions po) {
 int run_plan(const PlanArgs& a, int rank) {
   const ModelConfig config = load_model_config(a.model);
   PlanOptions po;
-  po.kv_bytes = a.backend == "cpu" ? 4 : 2;
+  po.kv_bytes = kernels::kv_dtype_bytes(kernels::kv_cache_dtype(a.backend));
   po.batch = a.batch;
   po.context = a.context;
   po.gpu_mem_gib = a.gpu_mem_gib;
@@ -100,9 +101,8 @@ Command add_plan_command(CLI::App& app, int world_rank) {
   cmd->add_option("--gpu-mem-gib", a->gpu_mem_gib,
                   fmt::format("GPU memory per rank in GiB (default {:g})", kDefaultGpuMemGib))
       ->check(greater_than(0));
-  cmd->add_option("--backend", a->backend,
-                  "Backend whose KV cache to size: cuda (bf16, default) | cpu (fp32)")
-      ->check(one_of({"cpu", "cuda"}));
+  add_choice(cmd, "--backend", a->backend, backend_choices(),
+             "Backend whose KV cache to size: cuda (bf16, default) | cpu (fp32)");
   cmd->add_option("--json", a->json, "Also write the plan as JSON to this file");
   cmd->add_option("--plot", a->plot,
                   "Draw memory held vs parameters active per token (top-k 1-16) and per-rank "

@@ -27,7 +27,8 @@ struct PredictArgs {
 // Default profile: the shipped one for the run's backend, in configs/hardware/ next to the run
 // config's folder (configs/bench/x.yaml -> configs/hardware/), else under the working directory.
 std::string default_hardware(const RunConfig& rc) {
-  const std::string file = rc.backend == "cuda" ? "h100-8gpu.yaml" : "cpu-2core-calibrated.yaml";
+  const std::string file =
+      rc.backend == kernels::BackendKind::kCuda ? "h100-8gpu.yaml" : "cpu-2core-calibrated.yaml";
   namespace fs = std::filesystem;
   const fs::path near = fs::path(rc.source).parent_path().parent_path() / "hardware" / file;
   if (fs::exists(near)) return near.string();
@@ -45,7 +46,7 @@ int run_predict(const PredictArgs& a, int rank) {
 
   CostWorkload w{rc.workload};
   w.threads = static_cast<int>(rc.threads);
-  w.kv_bytes = rc.backend == "cuda" ? 2 : 4;
+  w.kv_bytes = kernels::kv_dtype_bytes(kernels::kv_cache_dtype(rc.backend));
   const std::string placement_name =
       !a.placement.empty() ? a.placement : (!rc.placement.empty() ? rc.placement : "contiguous");
   const parallel::Placement placement =

@@ -66,8 +66,8 @@ ModelOptions run_model_options(const RunArgs& a, const CLI::App& cmd, const RunC
   if (o.weights.empty()) o.weights = rc.weights;
   if (o.placement.empty()) o.placement = rc.placement;
   if (cmd.count("--backend") == 0) o.backend = rc.backend;
-  if (cmd.count("--compute-dtype") == 0) o.compute_dtype = rc.compute_dtype;
-  if (o.comm.empty()) o.comm = rc.comm;
+  if (!o.compute_dtype) o.compute_dtype = rc.compute_dtype;
+  if (!o.comm) o.comm = rc.comm;
   if (o.threads == 0) o.threads = static_cast<int>(rc.threads);
   if (cmd.count("--timeout") == 0) o.timeout_s = rc.timeout_s;
   return o;
@@ -258,7 +258,7 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
   r.prefill_tps = prefill_tokens / r.out.prefill_s;
   r.decode_tps = r.out.decode_s > 0 ? decode_tokens / r.out.decode_s : 0.0;
   r.forward_gflops = engine.prefill_flops() / r.out.prefill_s * 1e-9;
-  if (rc.compare_sgemm && o.backend == "cpu" && s->rank() == 0) {
+  if (rc.compare_sgemm && o.backend == kernels::BackendKind::kCpu && s->rank() == 0) {
     r.sgemm_gflops = rank0_sgemm_gflops(*s, w, r.metrics);
   }
   if (s->rank() != 0) return 0;

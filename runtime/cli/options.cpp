@@ -38,6 +38,16 @@ CLI::Validator greater_than(double lo) {
   return compare(lo, false);
 }
 
+std::vector<std::pair<std::string, kernels::BackendKind>> backend_choices() {
+  return {{"cpu", kernels::BackendKind::kCpu}, {"cuda", kernels::BackendKind::kCuda}};
+}
+std::vector<std::pair<std::string, kernels::ComputeDtype>> compute_dtype_choices() {
+  return {{"fp32", kernels::ComputeDtype::kF32}, {"bf16", kernels::ComputeDtype::kBF16}};
+}
+std::vector<std::pair<std::string, parallel::CommKind>> comm_choices() {
+  return {{"mpi", parallel::CommKind::kMpi}, {"nccl", parallel::CommKind::kNccl}};
+}
+
 CLI::Validator one_of(std::vector<std::string> choices) {
   const std::string list = fmt::format("{}", fmt::join(choices, " | "));
   return CLI::Validator(
@@ -57,21 +67,18 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool model_required) {
   if (model_required) m->required();
   cmd->add_option("--weights", o.weights,
                   "HF checkpoint directory whose safetensors back a YAML --model");
-  cmd->add_option("--backend", o.backend, "Compute backend: cpu | cuda")
-      ->check(one_of({"cpu", "cuda"}));
-  cmd->add_option("--compute-dtype", o.compute_dtype,
-                  "GEMM operand type: fp32 | bf16 (default: fp32 on cpu; cuda is bf16 only; "
-                  "docs/numerics.md)")
-      ->check(one_of({"fp32", "bf16"}));
-  cmd->add_option("--comm", o.comm, "Transport: mpi | nccl (default: nccl with cuda, mpi with cpu)")
-      ->check(one_of({"mpi", "nccl"}));
+  add_choice(cmd, "--backend", o.backend, backend_choices(), "Compute backend: cpu | cuda");
+  add_choice(cmd, "--compute-dtype", o.compute_dtype, compute_dtype_choices(),
+             "GEMM operand type: fp32 | bf16 (default: fp32 on cpu; cuda is bf16 only; "
+             "docs/numerics.md)");
+  add_choice(cmd, "--comm", o.comm, comm_choices(),
+             "Transport: mpi | nccl (default: nccl with cuda, mpi with cpu)");
   cmd->add_option("--placement", o.placement,
                   "Placement YAML (configs/placements/); default: contiguous blocks of experts");
-  cmd->add_option("--graph", o.graph,
-                  "Capture small single-rank steps (decode) once per batch shape as a device "
-                  "graph and replay them: on | off (default: on with cuda; with cpu, on runs the "
-                  "same graph-safe step eagerly)")
-      ->check(one_of({"on", "off"}));
+  add_choice<bool>(cmd, "--graph", o.graphs, {{"on", true}, {"off", false}},
+                   "Capture small single-rank steps (decode) once per batch shape as a device "
+                   "graph and replay them: on | off (default: on with cuda; with cpu, on runs the "
+                   "same graph-safe step eagerly)");
   cmd->add_option("--json", o.json, "Also write the results as JSON to this file (rank 0)");
   cmd->add_option("--trace-out", o.trace_out,
                   "Record every token's top-k experts and weights in every MoE layer to this "

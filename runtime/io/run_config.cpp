@@ -35,24 +35,27 @@ RunConfig load_run_config(const std::string& path, const std::vector<std::string
   c.model = resolve(path, y::require<std::string>(doc, root, "model"));
   c.weights = resolve(path, y::value_or<std::string>(doc, root, "weights", ""));
   c.placement = resolve(path, y::value_or<std::string>(doc, root, "placement", ""));
-  c.backend = y::value_or<std::string>(doc, root, "backend", c.backend);
-  c.compute_dtype = y::value_or<std::string>(doc, root, "compute_dtype", "");
-  c.comm = y::value_or<std::string>(doc, root, "comm", "");
+  const std::string backend = y::value_or<std::string>(doc, root, "backend", "cpu");
+  const std::string compute_dtype = y::value_or<std::string>(doc, root, "compute_dtype", "");
+  const std::string comm = y::value_or<std::string>(doc, root, "comm", "");
   c.threads = y::value_or<int64_t>(doc, root, "threads", 0);
   c.timeout_s = y::value_or<double>(doc, root, "timeout_s", c.timeout_s);
   c.compare_sgemm = y::value_or<bool>(doc, root, "compare_sgemm", true);
   if (c.threads < 0) y::fail(doc, root["threads"], "threads", "must be >= 0");
   if (c.timeout_s <= 0) y::fail(doc, root["timeout_s"], "timeout_s", "must be > 0");
-  if (c.backend != "cpu" && c.backend != "cuda") {
-    y::fail(doc, root["backend"], "backend", fmt::format("'{}' is not cpu or cuda", c.backend));
+  if (backend != "cpu" && backend != "cuda") {
+    y::fail(doc, root["backend"], "backend", fmt::format("'{}' is not cpu or cuda", backend));
   }
-  if (!c.compute_dtype.empty() && c.compute_dtype != "fp32" && c.compute_dtype != "bf16") {
+  c.backend = kernels::parse_backend_kind(backend);
+  if (!compute_dtype.empty() && compute_dtype != "fp32" && compute_dtype != "bf16") {
     y::fail(doc, root["compute_dtype"], "compute_dtype",
-            fmt::format("'{}' is not fp32 or bf16", c.compute_dtype));
+            fmt::format("'{}' is not fp32 or bf16", compute_dtype));
   }
-  if (!c.comm.empty() && c.comm != "mpi" && c.comm != "nccl") {
-    y::fail(doc, root["comm"], "comm", fmt::format("'{}' is not mpi or nccl", c.comm));
+  if (!compute_dtype.empty()) c.compute_dtype = kernels::parse_compute_dtype(compute_dtype);
+  if (!comm.empty() && comm != "mpi" && comm != "nccl") {
+    y::fail(doc, root["comm"], "comm", fmt::format("'{}' is not mpi or nccl", comm));
   }
+  if (!comm.empty()) c.comm = parallel::parse_comm_kind(comm);
   const YAML::Node w = root["workload"];
   if (w.IsDefined() && !w.IsNull()) {
     if (!w.IsMap()) y::fail(doc, w, "workload", "expected a mapping");

@@ -4,9 +4,12 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "kernels/backend.h"
+#include "parallel/communicator.h"
 #include "runtime/io/routing_spec.h"
 
 namespace moe::runtime {
@@ -34,10 +37,11 @@ struct RunConfig {
   std::string model;      // model YAML, config.json or checkpoint directory
   std::string weights;    // optional checkpoint directory for a YAML model
   std::string placement;  // optional placement YAML
-  std::string backend = "cpu";
-  std::string compute_dtype;  // fp32 | bf16; empty: the backend's own (cpu fp32, cuda bf16)
-  std::string comm;           // empty: nccl with cuda, mpi with cpu
-  int64_t threads = 0;        // BLAS threads per rank; 0: cores / ranks on the node
+  kernels::BackendKind backend = kernels::BackendKind::kCpu;
+  std::optional<kernels::ComputeDtype>
+      compute_dtype;                       // unset: the backend's own (cpu fp32, cuda bf16)
+  std::optional<parallel::CommKind> comm;  // unset: nccl with cuda, mpi with cpu
+  int64_t threads = 0;                     // BLAS threads per rank; 0: cores / ranks on the node
   double timeout_s = 120;
   bool compare_sgemm = true;
   Workload workload;

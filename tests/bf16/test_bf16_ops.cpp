@@ -195,9 +195,10 @@ TEST(Bf16Ops, OpsThatDoNotRoundAreBitIdenticalToFp32Mode) {
 
 TEST(Bf16Backend, SelectionAndComputeDtypeAccessors) {
   EXPECT_EQ(make_backend("cpu", 0)->compute_dtype(), ComputeDtype::kF32);
-  EXPECT_EQ(make_backend(BackendOptions{"cpu", 0, ComputeDtype::kBF16})->compute_dtype(),
-            ComputeDtype::kBF16);
-  EXPECT_EQ(make_backend(BackendOptions{"cpu", 0, ComputeDtype::kF32})->compute_dtype(),
+  EXPECT_EQ(
+      make_backend(BackendOptions{BackendKind::kCpu, 0, ComputeDtype::kBF16})->compute_dtype(),
+      ComputeDtype::kBF16);
+  EXPECT_EQ(make_backend(BackendOptions{BackendKind::kCpu, 0, ComputeDtype::kF32})->compute_dtype(),
             ComputeDtype::kF32);
   EXPECT_EQ(parse_compute_dtype("bf16"), ComputeDtype::kBF16);
   EXPECT_EQ(parse_compute_dtype("fp32"), ComputeDtype::kF32);
@@ -212,7 +213,7 @@ TEST(Bf16Backend, SelectionAndComputeDtypeAccessors) {
   }
   // The CUDA backend has bf16 GEMMs only: fp32 is refused whether or not CUDA is built in.
   try {
-    make_backend(BackendOptions{"cuda", 0, ComputeDtype::kF32});
+    make_backend(BackendOptions{BackendKind::kCuda, 0, ComputeDtype::kF32});
     FAIL() << "cuda fp32 accepted";
   } catch (const moe::Error& e) {
     EXPECT_NE(e.message().find("bf16 only"), std::string::npos) << e.message();

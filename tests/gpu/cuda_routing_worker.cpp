@@ -152,7 +152,7 @@ int run(int argc, char** argv) {
 
   auto cpu = kernels::make_backend("cpu", 0);
   kernels::BackendOptions device;
-  device.name = o.device == "cuda" ? "cuda" : "cpu";
+  device.kind = o.device == "cuda" ? kernels::BackendKind::kCuda : kernels::BackendKind::kCpu;
   if (o.device == "cpu-bf16") device.compute_dtype = kernels::ComputeDtype::kBF16;
   auto gpu = kernels::make_backend(device);
   RoutingTable cpu_routing, gpu_routing;

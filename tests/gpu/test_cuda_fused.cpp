@@ -133,7 +133,7 @@ void run_expert_case(Backend& gpu, int64_t hidden, int64_t inter,
                      const std::vector<int64_t>& counts, bool host_counts, uint32_t seed) {
   std::mt19937 rng(seed);
   BackendOptions options;
-  options.name = "cpu";
+  options.kind = BackendKind::kCpu;
   options.compute_dtype = ComputeDtype::kBF16;
   auto cpu_bf16 = make_backend(options);
   const int64_t S = static_cast<int64_t>(counts.size());

@@ -65,7 +65,7 @@ TEST(OneRankCommunicator, IsTheHostCommunicatorWithoutMpiAndRankZeroOfOne) {
   EXPECT_EQ(comm->local_rank(), 0);
   EXPECT_EQ(comm->local_size(), 1);
   EXPECT_FALSE(comm->device_buffers());
-  EXPECT_EQ(make_communicator("mpi", {})->name(), "one-rank");
+  EXPECT_EQ(make_communicator(CommKind::kMpi, {})->name(), "one-rank");
 }
 
 TEST(OneRankCommunicator, ExchangesCopyToItselfAndCheckTheirCounts) {

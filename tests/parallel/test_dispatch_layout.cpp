@@ -1,6 +1,6 @@
 // Dispatcher pure parts: the deduplicated layout (row order, route entries, replica split) and
 // receiver-side grouping, checked on hand-built cases and against a brute-force model on random
-// routings; plus dispatch -> expert -> combine on one rank through a loopback communicator.
+// routings; plus dispatch -> expert -> combine on one rank through the one-rank communicator.
 #include <gtest/gtest.h>
 
 #include <cstring>
@@ -214,44 +214,9 @@ TEST(GroupBySlot, RejectsSlotsThisRankDoesNotHaveAndShortRouteArrays) {
   EXPECT_TRUE(empty.row_index.empty());
 }
 
-// A one-rank communicator: every exchange is a copy to itself.
-class LoopbackCommunicator final : public Communicator {
- public:
-  int rank() const override { return 0; }
-  int size() const override { return 1; }
-  int local_rank() const override { return 0; }
-  int local_size() const override { return 1; }
-  std::string name() const override { return "loopback"; }
-  bool device_buffers() const override { return false; }
-  void all_to_all(std::span<const int64_t> send, std::span<int64_t> recv) override {
-    std::copy(send.begin(), send.end(), recv.begin());
-  }
-  void barrier() override {}
-  [[noreturn]] void abort(const std::string& reason, int) override {
-    MOE_THROW("comm", "abort: {}", reason);
-  }
-  void shutdown() override {}
-
- protected:
-  void all_to_all_v_raw(const void* send, size_t send_size, const int64_t* send_counts, void* recv,
-                        size_t recv_size, const int64_t* recv_counts, size_t elem_bytes) override {
-    MOE_CHECK(send_counts[0] == recv_counts[0], "loopback counts differ");
-    MOE_CHECK(static_cast<size_t>(send_counts[0]) <= std::min(send_size, recv_size), "overflow");
-    if (send_counts[0] > 0) std::memcpy(recv, send, send_counts[0] * elem_bytes);
-  }
-  void all_reduce_raw(void*, size_t, ScalarType, ReduceOp) override {}
-  void broadcast_raw(void*, size_t, int) override {}
-  void all_gather_raw(const void* send, size_t send_bytes, void* recv, size_t) override {
-    std::memcpy(recv, send, send_bytes);
-  }
-  void gather_v_raw(const void* send, size_t send_size, void* recv, size_t, const int64_t*,
-                    size_t elem_bytes, int) override {
-    std::memcpy(recv, send, send_size * elem_bytes);
-  }
-};
-
 TEST(DispatcherOneRank, DispatchExpertCombineEqualsTheDirectWeightedSumOfExperts) {
-  LoopbackCommunicator comm;
+  const std::unique_ptr<Communicator> one = make_one_rank_communicator();
+  Communicator& comm = *one;
   auto backend = kernels::make_backend("cpu", 0);
   const int64_t H = 24, I = 12, T = 9;
   const int E = 10, k = 3;
