@@ -124,7 +124,7 @@ TEST(OneRankCommunicator, RefusesCallsAfterShutdown) {
 
 TEST(OneRankCommunicatorDeathTest, AbortPrintsTheReasonAndExitsWithTheCode) {
   auto comm = make_one_rank_communicator();
-  EXPECT_EXIT(comm->abort("moe-ep: error: stop here", 5), testing::ExitedWithCode(5),
+  EXPECT_EXIT(comm->abort("moe-ep: error: stop here", 5), ::testing::ExitedWithCode(5),
               "moe-ep: error: stop here");
 }
 
