@@ -94,17 +94,17 @@ void HostBackend::combine_partial(const RouteEntry* routes, const int32_t* pair_
                                   float* partial) {
   for (int32_t r = 0; r < num_rows; ++r) {
     float* out = partial + layout::own_last_row(r, own_begin, own_rows, num_rows) * width;
-    layout::partial_span(routes, pair_of_entry, expert_out, width, top_k, r, 0, width, out);
+    layout::partial_span<layout::kHostCombineBlock>(routes, pair_of_entry, expert_out, width, top_k,
+                                                    r, 0, width, out);
   }
 }
 
 void HostBackend::combine_residual(const layout::CombineSources& src, const int32_t* token_offsets,
                                    const int32_t* token_rows, int64_t width, int32_t num_tokens,
                                    float* x) {
-  acc_.resize(static_cast<size_t>(width));
   for (int32_t t = 0; t < num_tokens; ++t) {
-    layout::combine_residual_span(src, token_offsets, token_rows, width, t, 0, width, acc_.data(),
-                                  x + t * width);
+    layout::combine_residual_span<layout::kHostCombineBlock>(src, token_offsets, token_rows, width,
+                                                             t, 0, width, x + t * width);
   }
 }
 

@@ -66,7 +66,6 @@ class HostBackend : public Backend {
 
  private:
   std::vector<ExpertGroup> groups_;  // expert_swiglu's scratch
-  std::vector<float> acc_;           // combine_residual's row accumulator
 };
 
 }  // namespace moe::kernels

@@ -312,30 +312,48 @@ MOE_HD void assign_pairs(const SlotGroupingView& v, int32_t r) {
   }
 }
 
-// Combine, over the columns [c_begin, c_end) of one row per call (a CUDA thread takes one
-// column, the CPU a whole row); fp32 in a fixed order with the first term stored (0 + a == a),
-// so every split of the columns gives the same bits.
-//
+// Combine, over the columns [c_begin, c_end) of one row per call, in blocks of B columns whose
+// sums stay in registers (a CUDA thread takes one column with B = 1; host loops take whole rows
+// with B = kHostCombineBlock). fp32 in a fixed order with the first term stored (0 + a == a), so
+// every split of the columns gives the same bits.
+inline constexpr int kHostCombineBlock = 16;
+
 // out_row[c] = sum over j (ascending) of routes[r k + j].weight * expert_out[pair][c], over the
-// entries of received row r that this rank computed (0 when it computed none).
-MOE_HD void partial_span(const RouteEntry* routes, const int32_t* pair_of_entry,
-                         const float* expert_out, int64_t width, int32_t top_k, int32_t r,
-                         int64_t c_begin, int64_t c_end, float* out_row) {
+// entries of received row r that this rank computed (0 when it computed none), for the N columns
+// from c0 (N a constant, so the sums stay in registers).
+template <int N>
+MOE_HD void partial_block(const RouteEntry* routes, const int32_t* pair_of_entry,
+                          const float* expert_out, int64_t width, int32_t top_k, int32_t r,
+                          int64_t c0, float* out_row) {
+  float acc[N];
+  for (int i = 0; i < N; ++i) acc[i] = 0.0f;
   bool first = true;
   for (int32_t j = 0; j < top_k; ++j) {
     const int32_t p = pair_of_entry[r * top_k + j];
     if (p < 0) continue;
     const float w = routes[r * top_k + j].weight;
-    const float* src = expert_out + p * width;
+    const float* src = expert_out + p * width + c0;
     if (first) {
-      for (int64_t c = c_begin; c < c_end; ++c) out_row[c] = w * src[c];
+      for (int i = 0; i < N; ++i) acc[i] = w * src[i];
     } else {
-      for (int64_t c = c_begin; c < c_end; ++c) out_row[c] = out_row[c] + w * src[c];
+      for (int i = 0; i < N; ++i) acc[i] = acc[i] + w * src[i];
     }
     first = false;
   }
-  if (first) {
-    for (int64_t c = c_begin; c < c_end; ++c) out_row[c] = 0.0f;
+  for (int i = 0; i < N; ++i) out_row[c0 + i] = acc[i];
+}
+
+// partial_block over the columns [c_begin, c_end): blocks of B, then single columns.
+template <int B>
+MOE_HD void partial_span(const RouteEntry* routes, const int32_t* pair_of_entry,
+                         const float* expert_out, int64_t width, int32_t top_k, int32_t r,
+                         int64_t c_begin, int64_t c_end, float* out_row) {
+  int64_t c0 = c_begin;
+  for (; c0 + B <= c_end; c0 += B) {
+    partial_block<B>(routes, pair_of_entry, expert_out, width, top_k, r, c0, out_row);
+  }
+  for (; c0 < c_end; ++c0) {
+    partial_block<1>(routes, pair_of_entry, expert_out, width, top_k, r, c0, out_row);
   }
 }
 
@@ -357,23 +375,39 @@ MOE_HD const float* combined_row(const CombineSources& src, int32_t row, int64_t
   return src.returned + (row < src.own_send_begin ? row : row - src.own_rows) * width;
 }
 
-// x_row[c] += (sum of token t's rows in destination order): the combine and the residual add at
-// once. The sum is finished in fp32 in acc[c - c_begin] before the add, so the result equals
-// y = combine; x += y.
-MOE_HD void combine_residual_span(const CombineSources& src, const int32_t* token_offsets,
-                                  const int32_t* token_rows, int64_t width, int32_t t,
-                                  int64_t c_begin, int64_t c_end, float* acc, float* x_row) {
+// x_row[c] += (sum of token t's rows in destination order) for the N columns from c0: the
+// combine and the residual add at once. The sum is finished in fp32 before the add, so the result
+// equals y = combine; x += y.
+template <int N>
+MOE_HD void combine_residual_block(const CombineSources& src, const int32_t* token_offsets,
+                                   const int32_t* token_rows, int64_t width, int32_t t, int64_t c0,
+                                   float* x_row) {
   const int32_t begin = token_offsets[t], end = token_offsets[t + 1];
-  for (int64_t c = c_begin; c < c_end; ++c) acc[c - c_begin] = 0.0f;
-  for (int32_t i = begin; i < end; ++i) {
-    const float* v = combined_row(src, token_rows[i], width);
-    if (i == begin) {
-      for (int64_t c = c_begin; c < c_end; ++c) acc[c - c_begin] = v[c];
+  float acc[N];
+  for (int i = 0; i < N; ++i) acc[i] = 0.0f;
+  for (int32_t k = begin; k < end; ++k) {
+    const float* v = combined_row(src, token_rows[k], width) + c0;
+    if (k == begin) {
+      for (int i = 0; i < N; ++i) acc[i] = v[i];
     } else {
-      for (int64_t c = c_begin; c < c_end; ++c) acc[c - c_begin] = acc[c - c_begin] + v[c];
+      for (int i = 0; i < N; ++i) acc[i] = acc[i] + v[i];
     }
   }
-  for (int64_t c = c_begin; c < c_end; ++c) x_row[c] = x_row[c] + acc[c - c_begin];
+  for (int i = 0; i < N; ++i) x_row[c0 + i] = x_row[c0 + i] + acc[i];
+}
+
+// combine_residual_block over the columns [c_begin, c_end): blocks of B, then single columns.
+template <int B>
+MOE_HD void combine_residual_span(const CombineSources& src, const int32_t* token_offsets,
+                                  const int32_t* token_rows, int64_t width, int32_t t,
+                                  int64_t c_begin, int64_t c_end, float* x_row) {
+  int64_t c0 = c_begin;
+  for (; c0 + B <= c_end; c0 += B) {
+    combine_residual_block<B>(src, token_offsets, token_rows, width, t, c0, x_row);
+  }
+  for (; c0 < c_end; ++c0) {
+    combine_residual_block<1>(src, token_offsets, token_rows, width, t, c0, x_row);
+  }
 }
 
 // Host loops over the bodies in launch order: the host backends' layout ops, which the tests

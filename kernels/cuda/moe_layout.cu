@@ -57,7 +57,7 @@ __global__ void combine_partial_kernel(const RouteEntry* routes, const int32_t* 
   for (int32_t r = static_cast<int32_t>(blockIdx.y); r < num_rows;
        r += static_cast<int32_t>(gridDim.y)) {
     float* row = partial + layout::own_last_row(r, own_begin, own_rows, num_rows) * width;
-    layout::partial_span(routes, pair_of_entry, expert_out, width, top_k, r, c, c + 1, row);
+    layout::partial_span<1>(routes, pair_of_entry, expert_out, width, top_k, r, c, c + 1, row);
   }
 }
 
@@ -68,9 +68,8 @@ __global__ void combine_residual_kernel(layout::CombineSources src, const int32_
   if (c >= width) return;
   for (int32_t t = static_cast<int32_t>(blockIdx.y); t < num_tokens;
        t += static_cast<int32_t>(gridDim.y)) {
-    float acc = 0.0f;
-    layout::combine_residual_span(src, token_offsets, token_rows, width, t, c, c + 1, &acc,
-                                  x + t * width);
+    layout::combine_residual_span<1>(src, token_offsets, token_rows, width, t, c, c + 1,
+                                     x + t * width);
   }
 }
 

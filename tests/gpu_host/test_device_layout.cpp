@@ -361,11 +361,11 @@ TEST(DeviceLayout, CombineBodiesMatchWeightedRowSum) {
   std::vector<float> by_row(want.size()), by_column(want.size());
   for (int32_t r = 0; r < rows; ++r) {
     float* row = by_row.data() + r * width;
-    layout::partial_span(routes.data(), pair_of_entry.data(), expert_out.data(), width, k, r, 0,
-                         width, row);
+    layout::partial_span<layout::kHostCombineBlock>(routes.data(), pair_of_entry.data(),
+                                                    expert_out.data(), width, k, r, 0, width, row);
     for (int64_t c = 0; c < width; ++c) {
-      layout::partial_span(routes.data(), pair_of_entry.data(), expert_out.data(), width, k, r, c,
-                           c + 1, by_column.data() + r * width);
+      layout::partial_span<1>(routes.data(), pair_of_entry.data(), expert_out.data(), width, k, r,
+                              c, c + 1, by_column.data() + r * width);
     }
   }
   EXPECT_EQ(by_row, want);
@@ -403,13 +403,13 @@ TEST(DeviceLayout, CombineBodiesMatchWeightedRowSum) {
   kernels::cpu::reference::weighted_row_sum(buffer.data(), width, final_src.data(), nullptr,
                                             offsets64.data(), tokens, y.data());
   kernels::cpu::reference::add_inplace(x_host.data(), y.data(), tokens * width);
-  std::vector<float> x_row(x), x_column(x), acc(static_cast<size_t>(width));
+  std::vector<float> x_row(x), x_column(x);
   for (int32_t t = 0; t < tokens; ++t) {
-    layout::combine_residual_span(cs, token_offsets.data(), token_rows.data(), width, t, 0, width,
-                                  acc.data(), x_row.data() + t * width);
+    layout::combine_residual_span<layout::kHostCombineBlock>(
+        cs, token_offsets.data(), token_rows.data(), width, t, 0, width, x_row.data() + t * width);
     for (int64_t c = 0; c < width; ++c) {
-      layout::combine_residual_span(cs, token_offsets.data(), token_rows.data(), width, t, c, c + 1,
-                                    acc.data(), x_column.data() + t * width);
+      layout::combine_residual_span<1>(cs, token_offsets.data(), token_rows.data(), width, t, c,
+                                       c + 1, x_column.data() + t * width);
     }
   }
   EXPECT_EQ(x_row, x_host);
