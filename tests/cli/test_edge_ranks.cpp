@@ -15,7 +15,7 @@ namespace moe::test {
 namespace {
 
 TEST(EdgeRanks, NoSequencesNoExpertsAndReplicasGiveTheOneRankLogits) {
-  auto dir = temp_dir("device_routing");
+  auto dir = temp_dir("edge_ranks");
   // A skewed trace to fit placements with replicas (3 ranks) and one leaving rank 3 empty.
   const std::string trace = tiny_zipf_trace(dir, 1.5, 512);
   const std::string replicated = (dir / "replicated.yaml").string();
@@ -63,7 +63,7 @@ TEST(EdgeRanks, NoSequencesNoExpertsAndReplicasGiveTheOneRankLogits) {
 // The graph-safe step (--graph on: every op's metadata uploaded once per step; on the CPU it runs
 // eagerly, on CUDA it is what gets captured) gives the same tokens and the same loads.
 TEST(EdgeRanks, GraphSafeStepGivesTheEagerTokensAndLoadsBitForBit) {
-  auto dir = temp_dir("device_routing_graph");
+  auto dir = temp_dir("edge_ranks_graph");
   std::string tokens[2];
   int i = 0;
   for (const char* flags : {"--graph off", "--graph on"}) {
