@@ -1,0 +1,87 @@
+// FP8 E4M3 ("e4m3fn": 1 sign, 4 exponent bits with bias 7, 3 mantissa bits; no infinities, the
+// all-ones code is NaN, the largest finite value 448), as the published FP8 checkpoints and
+// DeepEP's FP8 dispatch store it, and block scaling: a block of values shares one fp32 scale s,
+// stored as q = e4m3(x / s) and read back as e4m3_to_float(q) * s. Per-element bodies shared by
+// the CUDA kernels and the CPU (MOE_HD), so both round the same way.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/common/host_device.h"
+
+namespace moe::kernels {
+
+inline constexpr float kE4m3Max = 448.0f;
+// Elements per scaling block along a row (DeepEP's FP8 dispatch, the published checkpoints'
+// 128 x 128 weight blocks).
+inline constexpr int64_t kFp8Block = 128;
+
+MOE_HD uint32_t float_bits(float x) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(x);
+#else
+  uint32_t b;
+  std::memcpy(&b, &x, sizeof(b));
+  return b;
+#endif
+}
+
+MOE_HD float bits_float(uint32_t b) {
+#if defined(__CUDA_ARCH__)
+  return __uint_as_float(b);
+#else
+  float x;
+  std::memcpy(&x, &b, sizeof(x));
+  return x;
+#endif
+}
+
+// The value of an e4m3 code (NaN for 0x7F and 0xFF).
+MOE_HD float e4m3_to_float(uint8_t code) {
+  const uint32_t sign = static_cast<uint32_t>(code & 0x80u) << 24;
+  const uint32_t e = (code >> 3) & 0xFu, m = code & 0x7u;
+  if (e == 15 && m == 7) return bits_float(sign | 0x7FC00000u);
+  if (e == 0) {  // subnormal: m / 8 * 2^-6, exact in fp32
+    const float v = static_cast<float>(m) * (1.0f / 512.0f);
+    return sign != 0 ? -v : v;
+  }
+  // Normal: rebias the exponent (7 -> 127) and widen the mantissa (3 -> 23 bits).
+  return bits_float(sign | ((e + 120u) << 23) | (m << 20));
+}
+
+// x rounded to the nearest e4m3 value (ties to even), saturating to +-448 (a finite input above
+// the range, and +-inf, give +-448); NaN gives 0x7F with x's sign.
+MOE_HD uint8_t float_to_e4m3(float x) {
+  const uint32_t bits = float_bits(x);
+  const uint8_t sign = static_cast<uint8_t>((bits >> 24) & 0x80u);
+  const uint32_t abs_bits = bits & 0x7FFFFFFFu;
+  if (abs_bits > 0x7F800000u) return static_cast<uint8_t>(sign | 0x7Fu);  // NaN
+  if (abs_bits >= 0x3C800000u) {  // >= 2^-6: the normal range (or above it)
+    int32_t e = static_cast<int32_t>(abs_bits >> 23) - 127 + 7;
+    uint32_t m = (abs_bits >> 20) & 0x7u;
+    const uint32_t rest = abs_bits & 0xFFFFFu, half = 0x80000u;
+    if (rest > half || (rest == half && (m & 1u) != 0)) ++m;
+    if (m == 8) {
+      m = 0;
+      ++e;
+    }
+    if (e > 15 || (e == 15 && m == 7)) return static_cast<uint8_t>(sign | 0x7Eu);  // 448
+    return static_cast<uint8_t>(sign | (static_cast<uint32_t>(e) << 3) | m);
+  }
+  // Subnormal range: multiples of 2^-9, the integer multiple rounded to even (8 is 2^-6, the
+  // smallest normal, whose code is 0x08).
+  const float q = bits_float(abs_bits) * 512.0f;  // exact: a power-of-two scaling
+  uint32_t n = static_cast<uint32_t>(q);
+  const float frac = q - static_cast<float>(n);
+  if (frac > 0.5f || (frac == 0.5f && (n & 1u) != 0)) ++n;
+  return static_cast<uint8_t>(sign | n);
+}
+
+// The scale of a block whose largest magnitude is amax: the block's largest value maps to 448.
+// An all-zero block gets scale 1.
+MOE_HD float e4m3_block_scale(float amax) {
+  return amax > 0.0f ? amax / kE4m3Max : 1.0f;
+}
+
+}  // namespace moe::kernels
