@@ -3,7 +3,8 @@
 // launch agent instead of ssh, TCP between the nodes: 2 x 2 ranks give the one-rank logits, and a
 // rank killed on the second node ends the whole job with one line naming it. SlurmCluster: a
 // one-node Slurm started in a temporary directory (tests/cluster/slurm_cluster.sh): `srun` runs
-// moe-ep, and an experiment runs its cells through an srun launcher. Each skips, saying why,
+// moe-ep, launch/moe-ep.sbatch runs as written, and an experiment runs its cells through an srun
+// launcher. Each skips, saying why,
 // where the machine does not allow it (no root, no namespaces, no Slurm); everything a test makes
 // is removed in TearDown, whatever happened.
 #include <signal.h>
@@ -133,6 +134,18 @@ TEST_F(SlurmCluster, SrunRunsTheTinyWorkloadOnTwoRanks) {
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto j = nlohmann::json::parse(read_text(json));
   EXPECT_EQ(j["ranks"].get<int>(), 2);
+}
+
+// launch/moe-ep.sbatch as its comment says to submit it.
+TEST_F(SlurmCluster, TheBatchScriptRunsAsWritten) {
+  const std::string json = (dir_ / "batch.json").string();
+  const CommandResult r =
+      run(slurm_env() + "MOE_EP_BIN=" + moe_ep() + " sbatch --wait -n 2 --chdir=" + source("") +
+              " -o " + (dir_ / "batch.out").string() + " " + source("launch/moe-ep.sbatch") +
+              " run --quiet --config configs/bench/tiny.yaml --json " + json,
+          180);
+  ASSERT_EQ(r.exit_code, 0) << r.err << read_text(dir_ / "batch.out");
+  EXPECT_EQ(nlohmann::json::parse(read_text(json))["ranks"].get<int>(), 2);
 }
 
 TEST_F(SlurmCluster, AnExperimentRunsItsCellsThroughAnSrunLauncher) {
