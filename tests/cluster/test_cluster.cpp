@@ -64,10 +64,10 @@ TEST_F(NetnsCluster, TwoNodesOfTwoRanksGiveTheOneRankLogits) {
   const std::string one = (dir_ / "one.npy").string(), four = (dir_ / "four.npy").string();
   const CommandResult a = run(tiny_command(moe_ep(), "forward", kTokens) + " --logits-out " + one);
   ASSERT_EQ(a.exit_code, 0) << a.err;
-  const CommandResult b = run(
-      mpirun_nodes("--quiet -np 4 " + tiny_command(moe_ep(), "forward", kTokens) +
-                   " --logits-out " + four),
-      120);
+  const CommandResult b =
+      run(mpirun_nodes("--quiet -np 4 " + tiny_command(moe_ep(), "forward", kTokens) +
+                       " --logits-out " + four),
+          120);
   ASSERT_EQ(b.exit_code, 0) << b.err;
   EXPECT_LE(relative_max_diff(runtime::read_npy_f32(four), runtime::read_npy_f32(one)), 1e-5);
 }
@@ -80,7 +80,8 @@ std::string rank_pids(const std::string& cluster) {
     std::ifstream env("/proc/" + pid + "/environ");
     std::string entry;
     while (std::getline(env, entry, '\0')) {
-      if (entry.rfind("OMPI_COMM_WORLD_RANK=", 0) == 0) out << entry.substr(21) << " " << pid << "\n";
+      if (entry.rfind("OMPI_COMM_WORLD_RANK=", 0) == 0)
+        out << entry.substr(21) << " " << pid << "\n";
     }
   }
   return out.str();
@@ -150,7 +151,8 @@ TEST_F(SlurmCluster, TheBatchScriptRunsAsWritten) {
 
 TEST_F(SlurmCluster, AnExperimentRunsItsCellsThroughAnSrunLauncher) {
   const std::string config = (dir_ / "experiment.yaml").string();
-  std::ofstream(config) << "name: srun cells\nmode: run\nmodel: " << source("configs/models/tiny.yaml")
+  std::ofstream(config) << "name: srun cells\nmode: run\nmodel: "
+                        << source("configs/models/tiny.yaml")
                         << "\nrun_config: " << source("configs/bench/tiny.yaml")
                         << "\nlauncher: \"srun -n {ranks} --export=ALL,OPENBLAS_NUM_THREADS=1\""
                         << "\nranks: [2]\nset: [\"workload.num_sequences=4\", "
