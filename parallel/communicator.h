@@ -11,6 +11,8 @@
 #include <string>
 #include <type_traits>
 
+#include "parallel/node_layout.h"
+
 namespace moe::parallel {
 
 enum class ReduceOp { kSum, kMax, kMin };
@@ -35,8 +37,10 @@ class Communicator {
   virtual ~Communicator() = default;
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  virtual int local_rank() const = 0;
-  virtual int local_size() const = 0;  // ranks on this node
+  // Nodes from MPI (ranks sharing memory, MPI_Comm_split_type), or CommOptions::ranks_per_node.
+  virtual const NodeLayout& node_layout() const = 0;
+  int local_rank() const { return node_layout().local_rank; }
+  int local_size() const { return node_layout().local_size; }  // ranks on this node
   virtual std::string name() const = 0;
   // True when buffers passed to all_to_all_v live in device memory (NCCL).
   virtual bool device_buffers() const = 0;
@@ -110,6 +114,9 @@ class Communicator {
 
 struct CommOptions {
   double timeout_s = 60.0;  // a collective not complete by then throws (and the job aborts)
+  // Nodes of this many consecutive ranks instead of the detected ones (--ranks-per-node: tests
+  // of the node-first exchange on one machine); 0 detects.
+  int ranks_per_node = 0;
 };
 
 // MPI must be initialised (see MpiSession); the MPI communicator uses MPI_COMM_WORLD.

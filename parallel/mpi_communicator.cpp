@@ -95,7 +95,7 @@ class MpiCommunicator final : public Communicator {
     MOE_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
     MOE_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
     MOE_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size_));
-    compute_local_rank();
+    layout_ = detect_node_layout();
   }
 
   ~MpiCommunicator() override {
@@ -105,8 +105,7 @@ class MpiCommunicator final : public Communicator {
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  int local_rank() const override { return local_rank_; }
-  int local_size() const override { return local_size_; }
+  const NodeLayout& node_layout() const override { return layout_; }
   std::string name() const override { return "mpi"; }
   bool device_buffers() const override { return false; }
 
@@ -345,26 +344,27 @@ class MpiCommunicator final : public Communicator {
               op, options_.timeout_s, rank_);
   }
 
-  // Local rank = position among the ranks on the same host. No non-blocking MPI_Comm_split_type
-  // exists, so the host names are exchanged with a timed all-gather instead.
-  void compute_local_rank() {
-    char name[MPI_MAX_PROCESSOR_NAME] = {};
-    int len = 0;
-    MOE_MPI_CHECK(MPI_Get_processor_name(name, &len));
-    std::vector<char> all(static_cast<size_t>(MPI_MAX_PROCESSOR_NAME) * size_);
-    all_gather_raw(name, MPI_MAX_PROCESSOR_NAME, all.data(), all.size());
-    local_rank_ = 0;
-    local_size_ = 0;
-    for (int r = 0; r < size_; ++r) {
-      const char* other = all.data() + static_cast<size_t>(r) * MPI_MAX_PROCESSOR_NAME;
-      if (!std::equal(name, name + MPI_MAX_PROCESSOR_NAME, other)) continue;
-      ++local_size_;
-      if (r < rank_) ++local_rank_;
+  // Nodes: MPI's shared-memory split gives each rank its node (ranks that can share memory); the
+  // lowest world rank of each node labels it. --ranks-per-node replaces this with fixed blocks.
+  // Runs once at construction, before any rank can have failed a collective.
+  NodeLayout detect_node_layout() {
+    if (options_.ranks_per_node > 0) {
+      return node_layout_for_ranks_per_node(size_, rank_, options_.ranks_per_node);
     }
+    MPI_Comm shared = MPI_COMM_NULL;
+    MOE_MPI_CHECK(
+        MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &shared));
+    int leader = rank_;
+    MOE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &leader, 1, MPI_INT, MPI_MIN, shared));
+    MOE_MPI_CHECK(MPI_Comm_free(&shared));
+    std::vector<int> leaders(static_cast<size_t>(size_));
+    all_gather_raw(&leader, sizeof(int), leaders.data(), leaders.size() * sizeof(int));
+    return node_layout_from_ids(leaders, rank_, "from MPI_Comm_split_type");
   }
 
   CommOptions options_;
-  int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
+  int rank_ = 0, size_ = 1;
+  NodeLayout layout_;
   bool shut_down_ = false;
   std::string failed_op_;           // non-empty after a timeout
   uint64_t exchange_seq_ = 0;       // calls of start_exchange, for its tags
@@ -379,7 +379,9 @@ std::unique_ptr<Communicator> make_mpi_communicator(const CommOptions& options) 
 }
 
 std::unique_ptr<Communicator> make_host_communicator(const CommOptions& options) {
-  return mpi_live() ? make_mpi_communicator(options) : make_one_rank_communicator();
+  if (mpi_live()) return make_mpi_communicator(options);
+  if (options.ranks_per_node > 0) node_layout_for_ranks_per_node(1, 0, options.ranks_per_node);
+  return make_one_rank_communicator();
 }
 
 bool started_by_launcher() {

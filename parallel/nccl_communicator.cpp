@@ -83,8 +83,7 @@ class NcclCommunicatorImpl final : public Communicator {
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
-  int local_rank() const override { return mpi_->local_rank(); }
-  int local_size() const override { return mpi_->local_size(); }
+  const NodeLayout& node_layout() const override { return mpi_->node_layout(); }
   // Until a stream is bound the communicator synchronises the device before each exchange.
   void bind_compute_stream(void* stream) override {
     compute_stream_ = static_cast<cudaStream_t>(stream);

@@ -16,8 +16,7 @@ class OneRankCommunicator final : public Communicator {
  public:
   int rank() const override { return 0; }
   int size() const override { return 1; }
-  int local_rank() const override { return 0; }
-  int local_size() const override { return 1; }
+  const NodeLayout& node_layout() const override { return layout_; }
   std::string name() const override { return "one-rank"; }
   bool device_buffers() const override { return false; }
 
@@ -95,6 +94,7 @@ class OneRankCommunicator final : public Communicator {
     if (bytes > 0 && send != recv) std::memmove(recv, send, bytes);
   }
 
+  NodeLayout layout_;  // one node of one rank
   bool shut_down_ = false;
 };
 

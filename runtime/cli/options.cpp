@@ -90,6 +90,10 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool model_required) {
                   "Compute threads per rank (default: OPENBLAS_NUM_THREADS, else cores on this "
                   "node / ranks on this node)")
       ->check(at_least(0));
+  cmd->add_option("--ranks-per-node", o.ranks_per_node,
+                  "Treat every G consecutive ranks as one node instead of the nodes MPI reports "
+                  "(rehearse a multi-node layout on one machine); G must divide the rank count")
+      ->check(at_least(1));
   cmd->add_flag("--quiet", o.quiet, "Do not print the resolved setup and load progress");
 }
 

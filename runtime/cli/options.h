@@ -26,6 +26,7 @@ struct ModelOptions {
   std::string trace_out;       // rank 0 writes the run's routing trace here (runtime/io/trace.h)
   double timeout_s = 120;
   int threads = 0;  // host compute threads per rank; 0: cores on this node / ranks on this node
+  int ranks_per_node = 0;  // nodes of this many consecutive ranks; 0: detected from MPI
   bool quiet = false;
 
   parallel::CommKind resolved_comm() const {
@@ -36,7 +37,7 @@ struct ModelOptions {
 };
 
 // Adds --model, --weights, --backend, --compute-dtype, --comm, --placement, --graph,
-// --json, --timeout, --threads, --quiet.
+// --json, --timeout, --threads, --ranks-per-node, --quiet.
 void add_model_options(CLI::App* cmd, ModelOptions& o, bool model_required);
 
 // Number validators: "must be >= lo" / "must be > lo", naming the value given.

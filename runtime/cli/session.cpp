@@ -51,6 +51,7 @@ void open_compute(Session& s, const ModelOptions& o) {
                "--comm nccl needs --backend cuda (NCCL moves device memory)");
   parallel::CommOptions copts;
   copts.timeout_s = o.timeout_s;
+  copts.ranks_per_node = o.ranks_per_node;
   s.comm = parallel::make_communicator(comm, copts);
   kernels::set_host_threads(o.threads > 0 ? o.threads : default_threads(s.comm->local_size()));
   kernels::BackendOptions bopts;
@@ -78,9 +79,9 @@ void open_model_inputs(Session& s, const ModelOptions& o) {
   log0(s, o.quiet,
        fmt::format("{}\n  weights: {}", format_config(s.config), s.weights->describe()));
   log0(s, o.quiet,
-       fmt::format("{} rank(s), backend {} ({} compute), comm {}, placement {}, {} compute "
+       fmt::format("{} rank(s) ({}), backend {} ({} compute), comm {}, placement {}, {} compute "
                    "thread(s) per rank",
-                   s.size(), s.backend->name(),
+                   s.size(), s.comm->node_layout().describe(), s.backend->name(),
                    kernels::compute_dtype_name(s.backend->compute_dtype()), s.comm->name(),
                    s.placement->strategy(), kernels::host_threads()));
 }

@@ -1,7 +1,8 @@
 // Multi-node runs on one machine. NetnsCluster: two "hosts" made of network namespaces with their
 // own hostnames (tests/cluster/netns_cluster.sh), Open MPI's remote daemons started through a
-// launch agent instead of ssh, TCP between the nodes: 2 x 2 ranks give the one-rank logits, and a
-// rank killed on the second node ends the whole job with one line naming it. SlurmCluster: a
+// launch agent instead of ssh, TCP between the nodes: 2 x 2 ranks give the one-rank logits, the
+// nodes come from MPI (unequal ones are refused), and a rank killed on the second node ends the
+// whole job with one line naming it. SlurmCluster: a
 // one-node Slurm started in a temporary directory (tests/cluster/slurm_cluster.sh): `srun` runs
 // moe-ep, launch/moe-ep.sbatch runs as written, and an experiment runs its cells through an srun
 // launcher. Each skips, saying why,
@@ -70,6 +71,29 @@ TEST_F(NetnsCluster, TwoNodesOfTwoRanksGiveTheOneRankLogits) {
           120);
   ASSERT_EQ(b.exit_code, 0) << b.err;
   EXPECT_LE(relative_max_diff(runtime::read_npy_f32(four), runtime::read_npy_f32(one)), 1e-5);
+}
+
+// Nodes come from MPI: run --json reports the two nodes of two ranks, and three ranks on nodes of
+// two and one are refused on every rank with one line naming the node sizes.
+TEST_F(NetnsCluster, NodesComeFromMpiAndUnequalNodesAreRefused) {
+  const std::string json = (dir_ / "run.json").string();
+  const CommandResult r = run(mpirun_nodes("--quiet -np 4 " + moe_ep() + " run --quiet --config " +
+                                           source("configs/bench/tiny.yaml") + " --json " + json),
+                              120);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(read_text(json));
+  EXPECT_EQ(j["nodes"].get<int>(), 2);
+  EXPECT_EQ(j["ranks_per_node"].get<int>(), 2);
+
+  const CommandResult bad =
+      run(mpirun_nodes("--quiet -np 3 " + moe_ep() + " run --quiet --config " +
+                       source("configs/bench/tiny.yaml")),
+          60);
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(
+      bad.err.find("mismatched node layout (from MPI_Comm_split_type): nodes hold 2, 1 ranks"),
+      std::string::npos)
+      << bad.err;
 }
 
 // The pids of moe-ep ranks in node1's namespace, as "rank pid" lines.

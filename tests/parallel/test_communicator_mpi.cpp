@@ -219,9 +219,34 @@ TEST(MpiCommunicator, IdentityAndLocalRankOnOneHost) {
   EXPECT_EQ(comm->rank(), rank);
   EXPECT_EQ(comm->size(), size);
   EXPECT_EQ(comm->local_rank(), rank) << "every test rank runs on this host";
+  EXPECT_EQ(comm->local_size(), size);
+  EXPECT_EQ(comm->node_layout().num_nodes, 1);
   EXPECT_EQ(comm->name(), "mpi");
   EXPECT_FALSE(comm->device_buffers());
   comm->barrier();
+}
+
+// --ranks-per-node replaces the detected nodes by blocks of G ranks, and a G that does not divide
+// the world size is refused on every rank alike (so no rank is left waiting).
+TEST(MpiCommunicator, RanksPerNodeOverridesTheDetectedNodes) {
+  int size = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &size);
+  for (int g = 1; g <= size; ++g) {
+    CommOptions o;
+    o.timeout_s = 10;
+    o.ranks_per_node = g;
+    if (size % g != 0) {
+      EXPECT_THROW(make_mpi_communicator(o), moe::Error) << "G=" << g;
+      continue;
+    }
+    auto comm = make_mpi_communicator(o);
+    const NodeLayout& l = comm->node_layout();
+    EXPECT_EQ(l.num_nodes, size / g);
+    EXPECT_EQ(l.local_size, g);
+    EXPECT_EQ(l.node, comm->rank() / g);
+    EXPECT_EQ(comm->local_rank(), comm->rank() % g);
+    comm->shutdown();
+  }
 }
 
 TEST(MpiCommunicator, CallsAfterShutdownThrow) {
