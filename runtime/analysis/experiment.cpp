@@ -17,6 +17,7 @@
 #include "kernels/common/check.h"
 #include "parallel/yaml_util.h"
 #include "runtime/io/config.h"
+#include "runtime/io/hostfile.h"
 #include "runtime/model/synthetic_routing.h"
 
 namespace moe::runtime {
@@ -263,6 +264,28 @@ void parse_settings(const y::Doc& doc, ExperimentConfig& c) {
   }
 }
 
+// hostfile (mode run): read and checked now, so that a bad file or a rank count that would split
+// a node fails before any cell runs; the launcher takes its path at {hostfile}.
+void check_hostfile(const y::Doc& doc, const std::string& path, ExperimentConfig& c) {
+  const YAML::Node& root = doc.root;
+  const bool has_placeholder = c.launcher.find("{hostfile}") != std::string::npos;
+  if (!root["hostfile"].IsDefined()) {
+    if (has_placeholder) {
+      y::fail(doc, root["launcher"], "launcher", "uses {hostfile} but the file sets no hostfile");
+    }
+    return;
+  }
+  if (c.mode != "run") y::fail(doc, root["hostfile"], "hostfile", "only mode 'run' launches jobs");
+  if (!has_placeholder) {
+    y::fail(doc, root["launcher"].IsDefined() ? root["launcher"] : root, "launcher",
+            "must contain {hostfile} when hostfile is set (e.g. \"mpirun --hostfile {hostfile} "
+            "-np {ranks}\")");
+  }
+  c.hostfile = resolve(path, y::require<std::string>(doc, root, "hostfile"));
+  const Hostfile hosts = load_hostfile(c.hostfile);
+  for (int n : c.ranks) hosts.check_ranks(n, fmt::format("{}: ranks {}", c.source, n));
+}
+
 // The keys only one mode takes: run needs an existing run_config and places every layer.
 void check_mode_keys(const y::Doc& doc, const std::string& path, ExperimentConfig& c) {
   const YAML::Node& root = doc.root;
@@ -278,6 +301,7 @@ void check_mode_keys(const y::Doc& doc, const std::string& path, ExperimentConfi
   } else if (root["run_config"].IsDefined()) {
     y::fail(doc, root["run_config"], "run_config", "only mode 'run' reads a run config");
   }
+  check_hostfile(doc, path, c);
 }
 
 // The model's MoE layers, the first `max_layers` of them (0: all).
@@ -308,8 +332,9 @@ void run_cell(const ExperimentConfig& c, const ExperimentWorkload& w, const Expe
   std::string cmd = fmt::format(
       "timeout -k 10 {} {} {} run --config {} --quiet "
       "--placement {} --json {} --set 'workload.routing={}'",
-      c.timeout_s, replace_all(c.launcher, "{ranks}", std::to_string(n)), exe, c.run_config, yaml,
-      json, w.routing_yaml);
+      c.timeout_s,
+      replace_all(replace_all(c.launcher, "{ranks}", std::to_string(n)), "{hostfile}", c.hostfile),
+      exe, c.run_config, yaml, json, w.routing_yaml);
   for (const std::string& s : c.sets) cmd += fmt::format(" --set '{}'", s);
   cmd += fmt::format(" >{} 2>&1 </dev/null", log);
   const int rc = shell(cmd);
@@ -342,7 +367,7 @@ ExperimentConfig load_experiment_config(const std::string& path) {
   y::reject_unknown_keys(
       doc, root,
       {"name", "mode", "model", "ranks", "placements", "workloads", "tokens", "tokens_per_step",
-       "layers", "run_config", "launcher", "set", "timeout_s"});
+       "layers", "run_config", "launcher", "hostfile", "set", "timeout_s"});
   ExperimentConfig c;
   c.source = path;
   c.name = y::value_or<std::string>(doc, root, "name", fs::path(path).stem().string());

@@ -43,6 +43,7 @@ struct ExperimentConfig {
   // run
   std::string run_config;  // base run YAML; each workload's routing replaces workload.routing
   std::string launcher = "mpirun --allow-run-as-root --oversubscribe -np {ranks}";
+  std::string hostfile;  // Open MPI hostfile for the launcher's {hostfile}; checked at load
   std::vector<std::string> sets;  // extra --set overrides for every run
   int64_t timeout_s = 1200;       // per run
 };

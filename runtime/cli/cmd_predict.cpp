@@ -7,20 +7,23 @@
 #include <memory>
 
 #include "kernels/common/check.h"
+#include "parallel/node_layout.h"
 #include "runtime/analysis/cost_model.h"
 #include "runtime/analysis/hardware.h"
 #include "runtime/cli/commands.h"
 #include "runtime/cli/options.h"
 #include "runtime/cli/report.h"
+#include "runtime/io/hostfile.h"
 #include "runtime/io/run_config.h"
 
 namespace moe::runtime {
 namespace {
 
 struct PredictArgs {
-  std::string config, hardware, placement, json;
+  std::string config, hardware, placement, json, hostfile;
   std::vector<std::string> sets;
   int ranks = 0;
+  int ranks_per_node = 0;  // 0: the profile's comm.ranks_per_node
   int64_t max_routed_tokens = CostOptions{}.max_routed_tokens;
 };
 
@@ -35,6 +38,21 @@ std::string default_hardware(const RunConfig& rc) {
   return (fs::path("configs") / "hardware" / file).string();
 }
 
+// --hostfile or --ranks-per-node: the nodes the ranks fill, which price intra- and inter-node
+// peers apart (HardwareProfile::ranks_per_node).
+void apply_node_layout(const PredictArgs& a, HardwareProfile& hw) {
+  MOE_CHECK_AS("config", a.hostfile.empty() || a.ranks_per_node == 0,
+               "give --hostfile or --ranks-per-node, not both");
+  if (!a.hostfile.empty()) {
+    const Hostfile hosts = load_hostfile(a.hostfile);
+    hosts.check_ranks(a.ranks, fmt::format("--ranks {}", a.ranks));
+    hw.ranks_per_node = hosts.slots_per_node();
+  } else if (a.ranks_per_node > 0) {
+    parallel::node_layout_for_ranks_per_node(a.ranks, 0, a.ranks_per_node);
+    hw.ranks_per_node = a.ranks_per_node;
+  }
+}
+
 int run_predict(const PredictArgs& a, int rank) {
   const RunConfig rc = load_run_config(a.config, a.sets);
   const ModelConfig config = load_model_config(rc.model);
@@ -42,7 +60,8 @@ int run_predict(const PredictArgs& a, int rank) {
   MOE_CHECK_AS("config", std::filesystem::exists(hw_path),
                "--hardware: profile '{}' not found (write one with `moe-ep calibrate --out FILE`)",
                hw_path);
-  const HardwareProfile hw = load_hardware_profile(hw_path);
+  HardwareProfile hw = load_hardware_profile(hw_path);
+  apply_node_layout(a, hw);
 
   CostWorkload w{rc.workload};
   w.threads = static_cast<int>(rc.threads);
@@ -65,6 +84,7 @@ int run_predict(const PredictArgs& a, int rank) {
     j["model"] = config.name;
     j["config"] = rc.source;
     j["hardware_file"] = hw_path;
+    j["ranks_per_node"] = hw.ranks_per_node;
     j["workload"] = {{"num_sequences", w.num_sequences},
                      {"prompt_len", w.prompt_len},
                      {"decode_steps", w.decode_steps}};
@@ -89,6 +109,12 @@ Command add_predict_command(CLI::App& app, int world_rank) {
   cmd->add_option("--placement", a->placement,
                   "Placement YAML, or a strategy: contiguous, round_robin, load_balanced, "
                   "replicated[:R], coactivation (fitted on the workload's routing)");
+  cmd->add_option("--hostfile", a->hostfile,
+                  "Open MPI hostfile the ranks would fill (`host slots=N` lines): nodes of N "
+                  "ranks, priced with the profile's intra- and inter-node links");
+  cmd->add_option("--ranks-per-node", a->ranks_per_node,
+                  "Nodes of G ranks (default: the profile's comm.ranks_per_node)")
+      ->check(at_least(1));
   cmd->add_option("--set", a->sets, "Override a key of the run YAML: key=value (repeatable)");
   cmd->add_option("--max-routed-tokens", a->max_routed_tokens,
                   "Tokens routed per layer and step before the routing is sampled")

@@ -150,6 +150,14 @@ TEST(ExperimentCli, BadExperimentFilesFailWithOneLineNamingFileLineAndKey) {
        "{kind: router}",
        {"router.yaml:11", "workloads[0].routing", "router"}},
       {"bad_mode", "mode: analyze", "mode: simulate", {"bad_mode.yaml:2", "'mode'"}},
+      {"hostfile_in_analyze",
+       "tokens: 512",
+       "tokens: 512\nhostfile: hosts\nlauncher: \"mpirun --hostfile {hostfile} -np {ranks}\"",
+       {"hostfile_in_analyze.yaml:6", "'hostfile'", "only mode 'run'"}},
+      {"hostfile_slot_without_hostfile",
+       "tokens: 512",
+       "tokens: 512\nlauncher: \"mpirun --hostfile {hostfile} -np {ranks}\"",
+       {"hostfile_slot_without_hostfile.yaml:6", "'launcher'", "sets no hostfile"}},
       {"no_launcher_slot",
        "tokens: 512",
        "tokens: 512\nlauncher: srun",
@@ -165,6 +173,37 @@ TEST(ExperimentCli, BadExperimentFilesFailWithOneLineNamingFileLineAndKey) {
     for (const std::string& m : c.must) {
       EXPECT_NE(r.err.find(m), std::string::npos) << c.name << " lacks '" << m << "': " << r.err;
     }
+  }
+}
+
+// A run experiment's hostfile is read before any cell runs: a bad line, or a rank count that
+// would leave a node part-filled, ends it with one line.
+TEST(ExperimentCli, HostfileIsCheckedBeforeAnyCellRuns) {
+  auto dir = temp_dir("experiment_hostfile");
+  std::ofstream(dir / "good") << "n0 slots=2\nn1 slots=2\n";
+  std::ofstream(dir / "bad") << "n0 slots=2\nn1 slots=3\n";
+  const auto text = [&](const std::string& hosts, const std::string& ranks) {
+    std::string yaml = experiment_text(
+        "mode: analyze\n", "mode: run\nrun_config: " + source("configs/bench/tiny.yaml") +
+                               "\nhostfile: " + hosts +
+                               "\nlauncher: \"mpirun --hostfile {hostfile} -np {ranks}\"\n");
+    return yaml.replace(yaml.find("ranks: [2, 4]"), 13, "ranks: " + ranks);
+  };
+  struct Case {
+    std::string hosts, ranks, must;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"bad", "[2, 4]", "bad:2: mismatched node layout: host n1 has slots=3"},
+           {"good", "[2, 3]", "ranks 3: mismatched node layout: 3 ranks fill hostfile"},
+           {"good", "[8]", "ranks 8: 8 ranks do not fit hostfile"}}) {
+    const std::string cfg = (dir / "exp.yaml").string();
+    std::ofstream(cfg) << text(c.hosts, c.ranks);
+    auto r = run(moe_ep() + " experiment --config " + cfg + " --out " + (dir / "o").string() +
+                 " --no-plots");
+    EXPECT_EQ(r.exit_code, 1) << r.out;
+    EXPECT_EQ(count_lines(r.err), 1) << r.err;
+    EXPECT_NE(r.err.find(c.must), std::string::npos) << c.must << ": " << r.err;
+    EXPECT_FALSE(std::filesystem::exists(dir / "o" / "runs")) << "no cell may have run";
   }
 }
 

@@ -59,6 +59,29 @@ TEST(CostCli, PredictWritesPrefillAndDecodeStepPerPhase) {
   }
 }
 
+// Nodes from a hostfile price the peers on the other node with the slower inter-node link.
+TEST(CostCli, PredictPricesTheNodesOfAHostfile) {
+  auto dir = temp_dir("predict_nodes");
+  auto hw = dir / "hw.yaml";
+  std::ofstream(hw) << kGoodProfile << "  inter_node: {latency_us: 5, bandwidth_gbps: 0.5}\n";
+  auto hosts = dir / "hosts";
+  std::ofstream(hosts) << "n0 slots=2\nn1 slots=2\n";
+  auto one = dir / "one.json", two = dir / "two.json";
+  const std::string base = moe_ep() + " predict --config " + source("configs/bench/tiny.yaml") +
+                           " --ranks 4 --hardware " + hw.string();
+  auto a = run(base + " --ranks-per-node 4 --json " + one.string());
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  auto b = run(base + " --hostfile " + hosts.string() + " --json " + two.string());
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  const auto j1 = nlohmann::json::parse(read_text(one)), j2 = nlohmann::json::parse(read_text(two));
+  EXPECT_EQ(j1.at("ranks_per_node").get<int>(), 4);
+  EXPECT_EQ(j2.at("ranks_per_node").get<int>(), 2);
+  const auto dispatch = [](const nlohmann::json& j) {
+    return j.at("decode_step").at("phases").at("dispatch").get<double>();
+  };
+  EXPECT_GT(dispatch(j2), dispatch(j1)) << "two nodes cross the slower link";
+}
+
 TEST(CostCli, PlanPlotDrawsThePicture) {
   auto dir = temp_dir("planplot");
   auto png = dir / "plan.png";
@@ -145,6 +168,12 @@ TEST(CostCli, BadPredictAndCalibrateArgumentsGetOneLine) {
       {"bad_placement", predict_cmd(hw.string(), "--placement scattered"), 1, "scattered"},
       {"bad_replicas", predict_cmd(hw.string(), "--placement replicated:x"), 1, "replicated:x"},
       {"bad_set", predict_cmd(hw.string(), "--set workload.prompt_len=-3"), 1, "prompt_len"},
+      {"hostfile_and_ranks_per_node", predict_cmd(hw.string(), "--hostfile x --ranks-per-node 2"),
+       1, "not both"},
+      {"ranks_per_node_not_dividing", predict_cmd(hw.string(), "--ranks-per-node 3"), 1,
+       "--ranks-per-node 3 does not divide the world size 2"},
+      {"missing_hostfile", predict_cmd(hw.string(), "--hostfile " + (dir / "nohosts").string()), 1,
+       "nohosts: cannot open it"},
       {"calibrate_no_out", moe_ep() + " calibrate", 2, "--out"},
       {"calibrate_bad_threads", moe_ep() + " calibrate --out x.yaml --threads 0", 2, "--threads"},
       {"calibrate_merge_nothing",

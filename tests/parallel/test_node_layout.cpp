@@ -37,8 +37,9 @@ TEST(NodeLayout, UnequalNodesAreAMismatchNamingTheirSizes) {
 }
 
 TEST(NodeLayout, InterleavedNodesAreAMismatchNamingTheRank) {
-  const std::string e =
-      test::expect_error("comm", [] { node_layout_from_ids(std::vector<int>{0, 1, 0, 1}, 1, "x"); });
+  const std::string e = test::expect_error("comm", [] {
+    node_layout_from_ids(std::vector<int>{0, 1, 0, 1}, 1, "x");
+  });
   EXPECT_NE(e.find("the ranks of node 0 are not consecutive (rank 2"), std::string::npos) << e;
 }
 
