@@ -9,7 +9,7 @@
 namespace moe::parallel {
 
 struct NodeLayout {
-  int node = 0;        // this rank's node, 0..num_nodes-1 in rank order
+  int node = 0;  // this rank's node, 0..num_nodes-1 in rank order
   int num_nodes = 1;
   int local_rank = 0;  // position among the ranks of this node (picks the GPU on CUDA)
   int local_size = 1;  // ranks per node, the same on every node

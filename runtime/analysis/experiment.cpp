@@ -419,6 +419,7 @@ ExperimentResults run_experiment(const ExperimentConfig& c, const std::string& o
         const auto lists = fit_placement(fit, p.strategy, n);
         const parallel::Placement placement = placement_from_lists(lists, fit, n, p.name);
         if (c.mode == "analyze") {
+          opt.ranks_per_node = p.strategy.ranks_per_node;
           cell.fit = analyze_placement(fit, placement, opt);
           const auto a0 = std::chrono::steady_clock::now();
           cell.measured = analyze_placement(held, placement, opt);
@@ -530,20 +531,23 @@ std::string ExperimentResults::csv() const {
   std::string s =
       "workload,routing,skew,ranks,placement,strategy,balancedness,fitted_balancedness,"
       "min_balancedness,mean_max_vio,cross_rank_rows_per_token,cross_rank_pairs_per_token,"
-      "bytes_sent_remote,bytes_kept_local,bytes_remote_without_dedup,dedup_saved,seconds";
+      "bytes_sent_remote,bytes_kept_local,bytes_remote_without_dedup,dedup_saved,seconds,"
+      "ranks_per_node,inter_node_rows_per_token_flat,inter_node_rows_per_token_node_first";
   for (const auto& p : phases) s += fmt::format(",{0}_max_s,{0}_mean_s", p);
   s += "\n";
   for (const ExperimentCell& c : cells) {
     const PlacementReport& m = c.measured;
     s += fmt::format(
         "{},\"{}\",{},{},{},{},{:.6f},{},{:.6f},{:.6f},{:.6f},{:.6f},{},{},{},{:.6f},"
-        "{:.3f}",
+        "{:.3f},{},{:.6f},{:.6f}",
         c.workload, c.routing, c.skew ? fmt::format("{:g}", *c.skew) : "", c.ranks, c.placement,
         c.strategy, m.mean_balancedness,
         c.fit ? fmt::format("{:.6f}", c.fit->mean_balancedness) : "", m.min_balancedness,
         m.mean_max_vio, m.cross_rank_rows_per_token(), m.cross_rank_pairs_per_token(),
         m.traffic.bytes_sent_remote, m.traffic.bytes_kept_local,
-        m.traffic.bytes_remote_without_dedup, dedup_saved(m.traffic), c.seconds);
+        m.traffic.bytes_remote_without_dedup, dedup_saved(m.traffic), c.seconds,
+        m.nodes.ranks_per_node > 0 ? m.nodes.ranks_per_node : c.ranks,
+        m.inter_node_rows_per_token(false), m.inter_node_rows_per_token(true));
     for (const auto& p : phases) {
       s += fmt::format(",{:.6f},{:.6f}", phase_value(c, p, "max_s"), phase_value(c, p, "mean_s"));
     }

@@ -10,6 +10,7 @@
 
 #include "kernels/common/check.h"
 #include "parallel/dispatcher.h"
+#include "parallel/node_layout.h"
 
 namespace moe::runtime {
 namespace {
@@ -18,11 +19,36 @@ namespace {
 struct LayerCounter {
   std::vector<int64_t> pairs_per_expert, pairs_per_rank, rows_per_rank;
   int64_t rows_remote = 0, rows_local = 0, pairs_remote = 0;
+  NodeTraffic nodes;
 };
 
+// One token's destination ranks (deduplicated, `dests`) counted by link for both exchanges; the
+// token lives on `src`, nodes hold g ranks.
+void count_node_rows(int src, const std::vector<int>& dests, int g, NodeTraffic& x) {
+  const int src_node = src / g;
+  for (size_t i = 0; i < dests.size(); ++i) {
+    const int d = dests[i];
+    if (d == src) continue;
+    const int node = d / g;
+    if (node == src_node) {
+      ++x.flat_intra_rows;
+      ++x.node_first_intra_rows;
+      continue;
+    }
+    ++x.flat_inter_rows;
+    const int proxy = node * g + src % g;  // where the node's one copy lands
+    bool first_of_node = true;
+    for (size_t j = 0; j < i; ++j) first_of_node = first_of_node && dests[j] / g != node;
+    if (first_of_node) ++x.node_first_inter_rows;
+    if (d != proxy) ++x.node_first_intra_rows;
+  }
+}
+
 void count_layer(const int32_t* ids, int64_t num_tokens, int top_k,
-                 const parallel::LayerPlacement& lp, int64_t tokens_per_step, LayerCounter& c) {
+                 const parallel::LayerPlacement& lp, const AnalysisOptions& o, LayerCounter& c) {
   const int n = lp.num_ranks();
+  const int g = o.ranks_per_node > 0 ? o.ranks_per_node : n;
+  const int64_t tokens_per_step = o.tokens_per_step;
   const int num_experts = lp.num_experts();
   c = LayerCounter{};
   c.pairs_per_expert.assign(static_cast<size_t>(num_experts), 0);
@@ -31,6 +57,7 @@ void count_layer(const int32_t* ids, int64_t num_tokens, int top_k,
   std::vector<int64_t> stamp(static_cast<size_t>(n), -1);  // last token sent to each rank
   const int64_t batch = tokens_per_step > 0 ? tokens_per_step : std::max<int64_t>(num_tokens, 1);
   std::vector<parallel::ReplicaSplit> split;
+  std::vector<int> dests;
   for (int64_t begin = 0; begin < num_tokens; begin += batch) {
     const int64_t end = std::min(num_tokens, begin + batch);
     split.clear();  // a new dispatch: every rank's counters restart
@@ -39,6 +66,7 @@ void count_layer(const int32_t* ids, int64_t num_tokens, int top_k,
     for (int64_t t = begin; t < end; ++t) {
       const int32_t* row = ids + t * top_k;
       parallel::ReplicaSplit& s = split[static_cast<size_t>(src)];
+      dests.clear();
       for (int j = 0; j < top_k; ++j) {
         const int32_t e = row[j];
         MOE_CHECK_AS("placement", e >= 0 && e < num_experts,
@@ -51,6 +79,7 @@ void count_layer(const int32_t* ids, int64_t num_tokens, int top_k,
         if (stamp[static_cast<size_t>(d)] != t) {
           stamp[static_cast<size_t>(d)] = t;
           ++c.rows_per_rank[static_cast<size_t>(d)];
+          dests.push_back(d);
           if (d == src) {
             ++c.rows_local;
           } else {
@@ -58,12 +87,27 @@ void count_layer(const int32_t* ids, int64_t num_tokens, int top_k,
           }
         }
       }
+      count_node_rows(src, dests, g, c.nodes);
       if (++src == n) src = 0;
     }
   }
 }
 
 }  // namespace
+
+double NodeTraffic::inter_node_dedup() const {
+  return node_first_inter_rows > 0
+             ? static_cast<double>(flat_inter_rows) / static_cast<double>(node_first_inter_rows)
+             : 1.0;
+}
+
+NodeTraffic& NodeTraffic::operator+=(const NodeTraffic& o) {
+  flat_inter_rows += o.flat_inter_rows;
+  flat_intra_rows += o.flat_intra_rows;
+  node_first_inter_rows += o.node_first_inter_rows;
+  node_first_intra_rows += o.node_first_intra_rows;
+  return *this;
+}
 
 double PlacementReport::cross_rank_rows_per_token() const {
   const double denom = static_cast<double>(num_tokens) * static_cast<double>(loads.size());
@@ -73,6 +117,12 @@ double PlacementReport::cross_rank_rows_per_token() const {
 double PlacementReport::cross_rank_pairs_per_token() const {
   const double denom = static_cast<double>(num_tokens) * static_cast<double>(loads.size());
   return denom > 0 ? static_cast<double>(traffic.pairs_remote) / denom : 0.0;
+}
+
+double PlacementReport::inter_node_rows_per_token(bool node_first) const {
+  const double denom = static_cast<double>(num_tokens) * static_cast<double>(loads.size());
+  const int64_t rows = node_first ? nodes.node_first_inter_rows : nodes.flat_inter_rows;
+  return denom > 0 ? static_cast<double>(rows) / denom : 0.0;
 }
 
 nlohmann::json PlacementReport::to_json(bool per_layer) const {
@@ -93,6 +143,16 @@ nlohmann::json PlacementReport::to_json(bool per_layer) const {
                       {"bytes_kept_local", x.bytes_kept_local},
                       {"bytes_remote_without_dedup", x.bytes_remote_without_dedup},
                       {"pairs_per_rank", pairs_per_rank}};
+  j["nodes"] = {{"ranks_per_node", nodes.ranks_per_node > 0 ? nodes.ranks_per_node : num_ranks},
+                {"flat",
+                 {{"inter_node_rows", nodes.flat_inter_rows},
+                  {"intra_node_rows", nodes.flat_intra_rows},
+                  {"inter_node_rows_per_token", inter_node_rows_per_token(false)}}},
+                {"node_first",
+                 {{"inter_node_rows", nodes.node_first_inter_rows},
+                  {"intra_node_rows", nodes.node_first_intra_rows},
+                  {"inter_node_rows_per_token", inter_node_rows_per_token(true)}}},
+                {"inter_node_dedup", nodes.inter_node_dedup()}};
   if (per_layer) {
     nlohmann::json layers_json = nlohmann::json::array();
     for (size_t i = 0; i < loads.size(); ++i) {
@@ -131,6 +191,13 @@ PlacementReport analyze_placement(const RoutingTrace& trace, const parallel::Pla
 
   PlacementReport rep;
   rep.num_ranks = placement.num_ranks();
+  // Nodes of G >= N ranks are one node (as the replicated strategy reads G).
+  AnalysisOptions o = options;
+  if (o.ranks_per_node >= rep.num_ranks) o.ranks_per_node = 0;
+  if (o.ranks_per_node > 0) {
+    parallel::node_layout_for_ranks_per_node(rep.num_ranks, 0, o.ranks_per_node);
+  }
+  rep.nodes.ranks_per_node = o.ranks_per_node;
   rep.num_tokens = trace.num_tokens(0);
   rep.pairs_per_rank.assign(static_cast<size_t>(rep.num_ranks), 0);
   double sum_bal = 0, sum_vio = 0;
@@ -143,7 +210,8 @@ PlacementReport analyze_placement(const RoutingTrace& trace, const parallel::Pla
     const parallel::LayerPlacement& lp = placement.layer(layer);
     MOE_CHECK_AS("placement", lp.num_experts() == trace.num_experts,
                  "analysis: layer {} of the placement has no experts", layer);
-    count_layer(trace.ids[i].data(), rep.num_tokens, top_k, lp, options.tokens_per_step, c);
+    count_layer(trace.ids[i].data(), rep.num_tokens, top_k, lp, o, c);
+    rep.nodes += c.nodes;
     parallel::LayerLoad load;
     load.tokens_per_expert = c.pairs_per_expert;
     load.tokens_per_rank = c.pairs_per_rank;
@@ -203,9 +271,6 @@ void check_strategy(const StrategySpec& s, const std::string& where) {
                s.name);
   MOE_CHECK_AS("config", s.ranks_per_node >= 0, "{}: ranks per node must be >= 0, got {}", where,
                s.ranks_per_node);
-  MOE_CHECK_AS("config", s.ranks_per_node == 0 || s.name == "replicated",
-               "{}: ranks per node ({}) need strategy 'replicated', not '{}'", where,
-               s.ranks_per_node, s.name);
   MOE_CHECK_AS("config", s.min_balancedness > 0 && s.min_balancedness <= 1,
                "{}: the balancedness bound must be in (0, 1], got {}", where, s.min_balancedness);
 }

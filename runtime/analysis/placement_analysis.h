@@ -26,6 +26,20 @@ namespace moe::runtime {
 struct AnalysisOptions {
   int64_t hidden = 2048;        // hidden size: a row is hidden x 4 bytes (fp32, as exchanged)
   int64_t tokens_per_step = 0;  // rows per dispatch (0: all rows in one)
+  int ranks_per_node = 0;       // nodes of G consecutive ranks for the node split (0: one node)
+};
+
+// Rows that leave their rank, split by link, for the two exchanges. Flat: one row per
+// destination rank (what the dispatcher sends today). Node-first: one row per destination node
+// crosses to the rank of the same local index there (dedup per node), then one row per further
+// rank inside that node; rows for ranks of the sender's own node go directly, as in flat.
+struct NodeTraffic {
+  int ranks_per_node = 0;  // 0: every rank on one node
+  int64_t flat_inter_rows = 0, flat_intra_rows = 0;
+  int64_t node_first_inter_rows = 0, node_first_intra_rows = 0;
+  // Inter-node rows of the flat exchange over those of the node-first one (1 when none cross).
+  double inter_node_dedup() const;
+  NodeTraffic& operator+=(const NodeTraffic& o);
 };
 
 // What one placement does to one routing, summed over ranks (the job-wide view a run reports).
@@ -35,6 +49,7 @@ struct PlacementReport {
   std::vector<int64_t> layers;  // MoE layer index of each entry of `loads`
   std::vector<parallel::LayerLoad> loads;
   parallel::ExchangeStats traffic;      // summed over layers
+  NodeTraffic nodes;                    // summed over layers
   std::vector<int64_t> pairs_per_rank;  // [N] summed over layers
   double mean_balancedness = 1.0, min_balancedness = 1.0;
   double mean_max_vio = 0.0, worst_max_vio = 0.0;
@@ -43,6 +58,8 @@ struct PlacementReport {
   double cross_rank_rows_per_token() const;
   // Same, one row per (token, expert) pair on another rank (no dedup).
   double cross_rank_pairs_per_token() const;
+  // Rows crossing to another node per token and MoE layer: flat, or node-first.
+  double inter_node_rows_per_token(bool node_first) const;
   // Summary (balance, rows and bytes, per-rank pairs); per_layer adds one entry per layer.
   nlohmann::json to_json(bool per_layer) const;
 };
@@ -56,8 +73,10 @@ PlacementReport analyze_placement(const RoutingTrace& trace, const parallel::Pla
 // replicated, coactivation.
 struct StrategySpec {
   std::string name = "contiguous";
-  int redundant = 0;              // replicated: extra slots per layer
-  int ranks_per_node = 0;         // replicated: hierarchical variant when > 0
+  int redundant = 0;  // replicated: extra slots per layer
+  // Nodes of G ranks: the analysis splits traffic by node, and replicated keeps every replica of
+  // an expert inside one node (the hierarchical variant). 0: one node.
+  int ranks_per_node = 0;
   double min_balancedness = 0.9;  // coactivation: bound on the fitted balancedness
   std::string label() const;      // "replicated(R=8)", ...
 };

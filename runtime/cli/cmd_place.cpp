@@ -33,6 +33,7 @@ int run_place(const PlaceArgs& a, int rank) {
   const RoutingTrace trace = read_trace(a.trace);
   AnalysisOptions opt;
   opt.tokens_per_step = a.tokens_per_step;
+  opt.ranks_per_node = a.strategy.ranks_per_node;
   opt.hidden = a.hidden > 0 ? a.hidden : opt.hidden;
   if (!a.model.empty()) {
     const ModelConfig config = load_model_config(a.model);
@@ -71,6 +72,13 @@ int run_place(const PlaceArgs& a, int rank) {
       "per token and layer {:.3f} (without dedup {:.3f})\n",
       rep.mean_balancedness, rep.min_balancedness, rep.mean_max_vio,
       rep.cross_rank_rows_per_token(), rep.cross_rank_pairs_per_token());
+  if (rep.nodes.ranks_per_node > 0) {
+    fmt::print(
+        "nodes of {} ranks: inter-node rows per token and layer {:.3f} flat, {:.3f} node-first "
+        "(one per destination node: {:.2f}x fewer)\n",
+        rep.nodes.ranks_per_node, rep.inter_node_rows_per_token(false),
+        rep.inter_node_rows_per_token(true), rep.nodes.inter_node_dedup());
+  }
   fmt::print("wrote {}\n", a.out);
   if (!a.json.empty()) {
     nlohmann::json j = rep.to_json(true);
@@ -104,7 +112,9 @@ Command add_place_command(CLI::App& app, int world_rank) {
                   "replicated: extra expert slots per layer (default 0)")
       ->check(at_least(0));
   cmd->add_option("--ranks-per-node", a->strategy.ranks_per_node,
-                  "replicated: ranks per node; keeps every replica of an expert inside one node")
+                  "Ranks per node: the analysis splits traffic into intra- and inter-node rows "
+                  "(flat and node-first exchange); replicated also keeps every replica of an "
+                  "expert inside one node")
       ->check(at_least(1));
   cmd->add_option("--min-balancedness", a->strategy.min_balancedness,
                   "coactivation: lowest balancedness it may trade for locality (default 0.9)")

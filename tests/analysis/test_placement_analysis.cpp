@@ -65,9 +65,18 @@ TEST(PlacementAnalysis, CountsEqualTheDispatcherLayoutRankByRank) {
     AnalysisOptions opt;
     opt.hidden = 16;
     opt.tokens_per_step = per_step;
+    opt.ranks_per_node = n % 2 == 0 ? 2 : 1;
     PlacementReport rep = analyze_placement(trace, p, opt);
 
     ASSERT_EQ(rep.loads.size(), 2u);
+    // Every row that leaves its rank is on one link or the other; node-first sends at most as
+    // many inter-node rows, and one extra intra-node hop only where the node's first stop holds
+    // none of the token's experts.
+    const NodeTraffic& nt = rep.nodes;
+    EXPECT_EQ(nt.flat_inter_rows + nt.flat_intra_rows, rep.traffic.rows_sent_remote);
+    EXPECT_LE(nt.node_first_inter_rows, nt.flat_inter_rows);
+    EXPECT_GE(nt.node_first_inter_rows + nt.node_first_intra_rows,
+              nt.flat_inter_rows + nt.flat_intra_rows);
     for (size_t li = 0; li < 2; ++li) {
       const int layer = static_cast<int>(trace.layers[li]);
       // The runtime: per batch, rank r gets rows r, r + n, ... of the batch, in that order.
@@ -131,6 +140,43 @@ TEST(PlacementAnalysis, HandCaseOnTwoRanks) {
   EXPECT_EQ(l.traffic.pairs_remote, 4);
   EXPECT_DOUBLE_EQ(rep.cross_rank_rows_per_token(), 0.75);
   EXPECT_DOUBLE_EQ(rep.mean_balancedness, 1.0);
+}
+
+// Two nodes of two ranks, rank r holds experts 3r..3r+2; token t lives on rank t.
+TEST(PlacementAnalysis, NodeFirstCrossesOncePerDestinationNode) {
+  RoutingTrace t;
+  t.num_experts = 12;
+  t.top_k = 3;
+  t.num_layers = 1;
+  t.layers = {0};
+  t.ids = {{3, 6, 9, 0, 6, 1, 6, 7, 8, 0, 3, 11}};
+  t.weights = {{}};
+  parallel::Placement p =
+      placement_from_lists({{0, {{0, 1, 2}, {3, 4, 5}, {6, 7, 8}, {9, 10, 11}}}}, t, 4, "hand");
+  const PlacementReport rep =
+      analyze_placement(t, p, {.hidden = 8, .tokens_per_step = 0, .ranks_per_node = 2});
+  // Token 0 (rank 0) -> ranks 1, 2, 3: flat 2 inter + 1 intra; node-first 1 inter (to rank 2)
+  // + 2 intra (rank 1 directly, rank 3 from rank 2). Token 1 (rank 1) -> ranks 0, 2: flat 1 + 1;
+  // node-first 1 inter (to rank 3) + 2 intra (rank 0; rank 2 from rank 3). Token 2 stays home.
+  // Token 3 (rank 3) -> ranks 0, 1: flat 2 inter; node-first 1 inter (to rank 1) + 1 intra.
+  EXPECT_EQ(rep.nodes.flat_inter_rows, 5);
+  EXPECT_EQ(rep.nodes.flat_intra_rows, 2);
+  EXPECT_EQ(rep.nodes.node_first_inter_rows, 3);
+  EXPECT_EQ(rep.nodes.node_first_intra_rows, 5);
+  EXPECT_DOUBLE_EQ(rep.nodes.inter_node_dedup(), 5.0 / 3.0);
+  EXPECT_DOUBLE_EQ(rep.inter_node_rows_per_token(true), 0.75);
+  // One node: nothing crosses; nodes of one rank: node-first is the flat exchange.
+  const PlacementReport one = analyze_placement(t, p, {.hidden = 8, .ranks_per_node = 4});
+  EXPECT_EQ(one.nodes.flat_inter_rows, 0);
+  EXPECT_EQ(one.nodes.flat_intra_rows, one.traffic.rows_sent_remote);
+  const PlacementReport each = analyze_placement(t, p, {.hidden = 8, .ranks_per_node = 1});
+  EXPECT_EQ(each.nodes.node_first_inter_rows, each.traffic.rows_sent_remote);
+  EXPECT_EQ(each.nodes.node_first_intra_rows, 0);
+  const std::string bad = test::expect_error(
+      "config", [&] { analyze_placement(t, p, {.hidden = 8, .ranks_per_node = 3}); },
+      test::ErrorText::kMessage);
+  EXPECT_NE(bad.find("--ranks-per-node 3 does not divide the world size 4"), std::string::npos)
+      << bad;
 }
 
 TEST(PlacementAnalysis, RejectsAPlacementForAnotherExpertCount) {
