@@ -54,7 +54,7 @@ StrategySpec parse_strategy(const y::Doc& doc, const YAML::Node& node, const std
   auto non_negative = [&](const char* k) {
     const int64_t v = y::value_or<int64_t>(doc, node, k, 0, key + "." + k);
     if (v < 0 || v > (1 << 20)) y::fail(doc, node[k], key + "." + k, "expected an integer >= 0");
-    if (v > 0 && s.name != "replicated") {
+    if (v > 0 && s.name != "replicated" && std::string(k) != "ranks_per_node") {
       y::fail(doc, node[k], key + "." + k,
               fmt::format("only strategy 'replicated' takes '{}' (this is '{}')", k, s.name));
     }
