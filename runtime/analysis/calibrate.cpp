@@ -299,6 +299,35 @@ void measure_compute(kernels::Backend& be, const ModelConfig& c, HardwareProfile
   p.layout();
 }
 
+// One link from a sweep of message sizes to the peers `to(p)` selects (the same set on every rank
+// by symmetry: same node, or other nodes): bandwidth from the slope, latency per peer from the
+// intercept above the bare collective's cost `t_counts`.
+template <class Timed, class Peers>
+LinkProfile measure_link(parallel::Communicator& comm, Timed& timed, double t_counts, Peers to,
+                         const char* label, nlohmann::json& samples) {
+  const int N = comm.size();
+  int peers = 0;
+  for (int p = 0; p < N; ++p) peers += to(p) ? 1 : 0;
+  std::vector<double> xs, ys;
+  const std::vector<std::pair<int64_t, int>> sizes = {
+      {4 << 10, 200}, {64 << 10, 100}, {512 << 10, 30}, {2 << 20, 12}, {8 << 20, 4}};
+  for (const auto& [bytes, reps] : sizes) {
+    const int64_t n = bytes / static_cast<int64_t>(sizeof(float));
+    std::vector<int64_t> sc(static_cast<size_t>(N), 0);
+    for (int p = 0; p < N; ++p) sc[static_cast<size_t>(p)] = to(p) ? n : 0;
+    std::vector<float> send(static_cast<size_t>(n * peers), 1.0f), recv(send.size());
+    const double t = timed(reps, [&] { comm.all_to_all_v<float>(send, sc, recv, sc); });
+    xs.push_back(static_cast<double>(bytes) * peers);
+    ys.push_back(t);
+    samples[label].push_back({{"bytes_per_peer", bytes}, {"ranks", N}, {"peers", peers}, {"s", t}});
+  }
+  const Fit f = least_squares(xs, ys);
+  LinkProfile link;
+  link.bandwidth_gbps = f.slope > 0 ? 1e-9 / f.slope : 1e3;
+  link.latency_us = std::max(0.0, (f.intercept - t_counts) / std::max(1, peers)) * 1e6;
+  return link;
+}
+
 // Communicator probes at this job's rank count (collective).
 MeasuredComm measure_comm(parallel::Communicator& comm, nlohmann::json& samples) {
   const int N = comm.size();
@@ -319,18 +348,24 @@ MeasuredComm measure_comm(parallel::Communicator& comm, nlohmann::json& samples)
   m.collective_overhead_us = t_counts * 1e6;
   samples["all_to_all_counts_s"] = t_counts;
 
-  std::vector<double> xs, ys;
-  const std::vector<std::pair<int64_t, int>> sizes = {
-      {4 << 10, 200}, {64 << 10, 100}, {512 << 10, 30}, {2 << 20, 12}, {8 << 20, 4}};
-  for (const auto& [bytes, reps] : sizes) {
-    const int64_t n = bytes / static_cast<int64_t>(sizeof(float));
-    std::vector<int64_t> sc(static_cast<size_t>(N), n);
-    sc[static_cast<size_t>(comm.rank())] = 0;  // the runtime never sends to itself
-    std::vector<float> send(static_cast<size_t>(n * (N - 1)), 1.0f), recv(send.size());
-    const double t = timed(reps, [&] { comm.all_to_all_v<float>(send, sc, recv, sc); });
-    xs.push_back(static_cast<double>(bytes) * (N - 1));
-    ys.push_back(t);
-    samples["all_to_all_v"].push_back({{"bytes_per_peer", bytes}, {"ranks", N}, {"s", t}});
+  // Links: one sweep to every peer on one node; across nodes, one sweep to this node's peers and
+  // one to the other nodes' peers, so each link gets its own latency and bandwidth.
+  const parallel::NodeLayout& nodes = comm.node_layout();
+  const int me = comm.rank();
+  if (nodes.num_nodes == 1) {
+    m.link = measure_link(
+        comm, timed, t_counts, [&](int p) { return p != me; }, "all_to_all_v", samples);
+  } else {
+    m.ranks_per_node = nodes.local_size;
+    m.inter_link = measure_link(
+        comm, timed, t_counts, [&](int p) { return nodes.node_of(p) != nodes.node; },
+        "all_to_all_v_inter_node", samples);
+    m.link = nodes.local_size > 1
+                 ? measure_link(
+                       comm, timed, t_counts,
+                       [&](int p) { return p != me && nodes.node_of(p) == nodes.node; },
+                       "all_to_all_v_intra_node", samples)
+                 : m.inter_link;
   }
   // Synchronisation after compute: ~0.2 ms of busy host work per iteration (a layer phase of a
   // small step), alone and followed by a counts exchange; with more ranks than cores the
@@ -358,9 +393,6 @@ MeasuredComm measure_comm(parallel::Communicator& comm, nlohmann::json& samples)
     std::sort(waits.begin(), waits.end());
     m.sync_us = waits[waits.size() / 2] * 1e6;
   }
-  const Fit f = least_squares(xs, ys);
-  m.link.bandwidth_gbps = f.slope > 0 ? 1e-9 / f.slope : 1e3;
-  m.link.latency_us = std::max(0.0, (f.intercept - t_counts) / (N - 1)) * 1e6;
   return m;
 }
 
@@ -480,10 +512,14 @@ CalibrateResult calibrate(kernels::Backend& backend, parallel::Communicator& com
               [](const MeasuredComm& a, const MeasuredComm& b) { return a.ranks < b.ranks; });
   }
   // Unmeasured rank counts fall back to the links: the smallest measured count stands for them.
+  // An entry measured across nodes gives the inter-node link.
   if (!h.measured.empty()) {
     h.intra_node = h.measured.front().link;
     h.inter_node = h.measured.front().link;
     h.collective_overhead_us = h.measured.front().collective_overhead_us;
+    for (const MeasuredComm& m : h.measured) {
+      if (m.ranks_per_node > 0) h.inter_node = m.inter_link;
+    }
   }
   if (!(h.intra_node.bandwidth_gbps > 0)) h.intra_node.bandwidth_gbps = h.memory_bandwidth_gbps;
   if (!(h.inter_node.bandwidth_gbps > 0)) h.inter_node = h.intra_node;

@@ -143,7 +143,9 @@ MeasuredComm read_measured(const y::Doc& doc, const YAML::Node& e, const std::st
   if (!e.IsMap()) y::fail(doc, e, p, "expected a mapping");
   y::reject_unknown_keys(
       doc, e,
-      {"ranks", "collective_us", "latency_us", "bandwidth_gbps", "sync_us", "compute_scale"}, p);
+      {"ranks", "collective_us", "latency_us", "bandwidth_gbps", "sync_us", "compute_scale",
+       "ranks_per_node", "inter_latency_us", "inter_bandwidth_gbps"},
+      p);
   MeasuredComm mc;
   const int64_t r = y::require<int64_t>(doc, e, "ranks", p + ".ranks");
   if (r < 1) y::fail(doc, e["ranks"], p + ".ranks", "must be >= 1");
@@ -157,6 +159,19 @@ MeasuredComm read_measured(const y::Doc& doc, const YAML::Node& e, const std::st
   mc.sync_us = non_negative(doc, e, "sync_us", p + ".sync_us", 0);
   mc.compute_scale =
       e["compute_scale"] ? positive(doc, e, "compute_scale", p + ".compute_scale") : 1.0;
+  if (e["ranks_per_node"]) {
+    const int64_t g = y::require<int64_t>(doc, e, "ranks_per_node", p + ".ranks_per_node");
+    if (g < 1 || r % g != 0) {
+      y::fail(doc, e["ranks_per_node"], p + ".ranks_per_node",
+              fmt::format("must be >= 1 and divide ranks ({})", r));
+    }
+    mc.ranks_per_node = static_cast<int>(g);
+    mc.inter_link.latency_us = non_negative(doc, e, "inter_latency_us", p + ".inter_latency_us", 0);
+    mc.inter_link.bandwidth_gbps =
+        positive(doc, e, "inter_bandwidth_gbps", p + ".inter_bandwidth_gbps");
+  } else if (e["inter_bandwidth_gbps"] || e["inter_latency_us"]) {
+    y::fail(doc, e, p, "an inter-node link needs ranks_per_node (the nodes it was measured on)");
+  }
   return mc;
 }
 
@@ -270,11 +285,18 @@ std::string hardware_profile_yaml(const HardwareProfile& h,
   if (!h.measured.empty()) {
     out << "  measured:\n";
     for (const MeasuredComm& m : h.measured) {
+      const std::string nodes =
+          m.ranks_per_node > 0
+              ? fmt::format(
+                    ", ranks_per_node: {}, inter_latency_us: {:.6g}, "
+                    "inter_bandwidth_gbps: {:.6g}",
+                    m.ranks_per_node, m.inter_link.latency_us, m.inter_link.bandwidth_gbps)
+              : std::string();
       out << fmt::format(
           "    - {{ranks: {}, collective_us: {:.6g}, latency_us: {:.6g}, bandwidth_gbps: "
-          "{:.6g}, sync_us: {:.6g}, compute_scale: {:.4g}}}\n",
+          "{:.6g}, sync_us: {:.6g}, compute_scale: {:.4g}{}}}\n",
           m.ranks, m.collective_overhead_us, m.link.latency_us, m.link.bandwidth_gbps, m.sync_us,
-          m.compute_scale);
+          m.compute_scale, nodes);
     }
   }
   return out.str();

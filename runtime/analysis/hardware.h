@@ -33,6 +33,10 @@ struct MeasuredComm {
   // Per-rank compute rate when all `ranks` compute at once, relative to one rank alone times the
   // core share (rank_compute_share): memory-bandwidth contention, other load. 1 = no loss.
   double compute_scale = 1;
+  // Calibrated across nodes: nodes of this many ranks, peers on another node priced with
+  // inter_link and peers on this node with `link`. 0: one node (`link` for every peer).
+  int ranks_per_node = 0;
+  LinkProfile inter_link;
 };
 
 struct HardwareProfile {

@@ -69,15 +69,19 @@ double exchange_seconds(const HardwareProfile& h, int num_ranks, int rank,
   for (const MeasuredComm& m : h.measured) {
     if (m.ranks == num_ranks) measured = &m;
   }
+  // A measured entry prices its own nodes (one node unless it was calibrated across several).
+  const bool two_level = measured != nullptr && measured->ranks_per_node > 0;
   const LinkProfile intra = measured ? measured->link : h.intra_node;
-  const LinkProfile inter = measured ? measured->link : h.inter_node;
+  const LinkProfile inter =
+      two_level ? measured->inter_link : (measured ? measured->link : h.inter_node);
   const double overhead = measured ? measured->collective_overhead_us : h.collective_overhead_us;
-  const int node = rank / h.ranks_per_node;
+  const int g = two_level ? measured->ranks_per_node : (measured ? num_ranks : h.ranks_per_node);
+  const int node = rank / g;
   double send_intra = 0, recv_intra = 0, send_inter = 0, recv_inter = 0;
   int peers_intra = 0, peers_inter = 0;
   for (int p = 0; p < num_ranks; ++p) {
     if (p == rank) continue;
-    const bool same = measured != nullptr || p / h.ranks_per_node == node;
+    const bool same = p / g == node;
     const double s = send_bytes[static_cast<size_t>(p)], r = recv_bytes[static_cast<size_t>(p)];
     if (s <= 0 && r <= 0) continue;
     (same ? send_intra : send_inter) += s;

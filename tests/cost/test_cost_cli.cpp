@@ -124,6 +124,14 @@ TEST(CostCli, EachBadHardwareProfileExitsOneWithOneLine) {
       {"zero_link",
        replace(g, "bandwidth_gbps: 10}", "bandwidth_gbps: 0}"),
        {"zero_link.yaml:14", "comm.intra_node.bandwidth_gbps"}},
+      {"inter_link_without_nodes",
+       g + "  measured:\n    - {ranks: 4, latency_us: 1, bandwidth_gbps: 2, inter_bandwidth_gbps: "
+           "1}\n",
+       {"inter_link_without_nodes.yaml", "comm.measured[0]", "needs ranks_per_node"}},
+      {"measured_nodes_not_dividing",
+       g + "  measured:\n    - {ranks: 4, latency_us: 1, bandwidth_gbps: 2, ranks_per_node: 3, "
+           "inter_bandwidth_gbps: 1}\n",
+       {"measured_nodes_not_dividing.yaml", "comm.measured[0].ranks_per_node", "divide ranks (4)"}},
       {"table_not_ascending",
        replace(g, "  attention_gflops: 100\n",
                "  attention_gflops: 100\n  gemm_table: [[4, 10], [2, 20]]\n"),

@@ -82,6 +82,15 @@ TEST(CostModel, ExchangeIntraAndInterNode) {
   HardwareProfile m = h;
   m.measured.push_back({4, 2, {0.5, 2}});
   EXPECT_NEAR(exchange_seconds(m, 4, 0, b, b), 2e-6 + 3 * 0.5e-6 + 3e6 / 2e9, 1e-12);
+  // Measured across two nodes of two: its own links per node, whatever the profile's nodes.
+  m.ranks_per_node = 4;
+  m.measured.back().ranks_per_node = 2;
+  m.measured.back().inter_link = {4, 0.5};
+  // intra: 0.5 us + 1e6 / 2e9 = 500.5 us; inter: 2 x 4 us + 2e6 / 0.5e9 = 4008 us; + 2 us.
+  EXPECT_NEAR(exchange_seconds(m, 4, 0, b, b), 2e-6 + 4008e-6, 1e-12);
+  EXPECT_NEAR(exchange_seconds(m, 4, 0, std::vector<double>{0, 1e6, 0, 0},
+                               std::vector<double>{0, 1e6, 0, 0}),
+              2e-6 + 500.5e-6, 1e-12);
 }
 
 ModelConfig two_expert_model() {
@@ -152,6 +161,7 @@ TEST(HardwareProfile, WrittenProfileReadsBack) {
   h.cores = 2;
   h.gemm_table = {{1, 5}, {4, 9.5}};
   h.measured.push_back({2, 3, {0, 4}, 250, 0.8});
+  h.measured.push_back({4, 3, {0, 4}, 250, 0.8, 2, {7, 0.25}});  // across two nodes
   const auto path = std::filesystem::temp_directory_path() / "moe_cost_profile.yaml";
   std::ofstream(path) << hardware_profile_yaml(h, {"test"});
   const HardwareProfile r = load_hardware_profile(path.string());
@@ -159,8 +169,12 @@ TEST(HardwareProfile, WrittenProfileReadsBack) {
   EXPECT_DOUBLE_EQ(r.prefill_gemm_gflops, 1000);
   ASSERT_EQ(r.gemm_table.size(), 2u);
   EXPECT_DOUBLE_EQ(r.gemm_table[1].second, 9.5);
-  ASSERT_EQ(r.measured.size(), 1u);
+  ASSERT_EQ(r.measured.size(), 2u);
   EXPECT_DOUBLE_EQ(r.measured[0].link.bandwidth_gbps, 4);
+  EXPECT_EQ(r.measured[0].ranks_per_node, 0);
+  EXPECT_EQ(r.measured[1].ranks_per_node, 2);
+  EXPECT_DOUBLE_EQ(r.measured[1].inter_link.latency_us, 7);
+  EXPECT_DOUBLE_EQ(r.measured[1].inter_link.bandwidth_gbps, 0.25);
   EXPECT_DOUBLE_EQ(r.measured[0].sync_us, 250);
   EXPECT_DOUBLE_EQ(r.measured[0].compute_scale, 0.8);
   EXPECT_DOUBLE_EQ(r.inter_node.latency_us, 5);

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The cost model on two "nodes" (issue 21): tests/cluster/netns_cluster.sh makes two hosts of
+# network namespaces (TCP over veth between them, shared memory inside each); calibrate measures
+# compute on one rank and then the communicator across the 2 x 2 ranks (an intra-node and an
+# inter-node link, comm.measured with ranks_per_node); each point runs on the 2 x 2 ranks (twice:
+# the faster counts) next to `moe-ep predict --ranks 4` with that profile, and
+# bench/cost_validation.py prints the error table into bench/results/multinode_validation/.
+# Needs root. Usage: bench/validate_multinode.sh [build dir, default build/release]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build="$(realpath "${1:-build/release}")"
+exe="$build/launch/moe-ep"
+out="$PWD/bench/results/multinode_validation"
+cluster="$(mktemp -d)/cluster"
+mkdir -p "$out"
+net=tests/cluster/netns_cluster.sh
+trap '$net down "$cluster"; rm -rf "$(dirname "$cluster")"' EXIT
+$net up "$cluster" 2 2
+mpi=("$net" mpirun "$cluster" --quiet -x OPENBLAS_NUM_THREADS=1 -np 4)
+export OPENBLAS_NUM_THREADS=1
+
+points=(
+  "mid_8x32|mid|configs/bench/mid.yaml|workload.num_sequences=8 workload.prompt_len=32 workload.decode_steps=8"
+  "tiny_64x32|tiny|configs/bench/tiny.yaml|workload.num_sequences=64 workload.prompt_len=32 workload.decode_steps=8"
+)
+for model in mid tiny; do
+  hw="$out/hardware_netns_$model.yaml"
+  "$exe" calibrate --out "$hw" --model "configs/models/$model.yaml" --name "netns-2x2-$model"
+  "${mpi[@]}" "$exe" calibrate --out "$hw" --merge
+done
+for p in "${points[@]}"; do
+  IFS='|' read -r name model cfg sets <<<"$p"
+  args=(--config "$PWD/$cfg" --set threads=1 --set compare_sgemm=false)
+  for s in $sets; do args+=(--set "$s"); done
+  "${mpi[@]}" "$exe" run --quiet "${args[@]}" --json "$out/${name}_n4_run.json" >/dev/null
+  "${mpi[@]}" "$exe" run --quiet "${args[@]}" --json "$out/${name}_n4_run2.json" >/dev/null
+  "$exe" predict "${args[@]}" --ranks 4 --hardware "$out/hardware_netns_$model.yaml" \
+      --json "$out/${name}_n4_predict.json" >/dev/null
+  echo "done $name"
+done
+/usr/bin/python3 bench/cost_validation.py "$out" "$out"
