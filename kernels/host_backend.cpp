@@ -88,14 +88,32 @@ void HostBackend::group_by_slot(const layout::SlotGroupingView& view) {
   layout::emulate(view);
 }
 
-void HostBackend::combine_partial(const RouteEntry* routes, const int32_t* pair_of_entry,
-                                  const float* expert_out, int64_t width, int32_t top_k,
-                                  int32_t num_rows, int32_t own_begin, int32_t own_rows,
-                                  float* partial) {
-  for (int32_t r = 0; r < num_rows; ++r) {
-    float* out = partial + layout::own_last_row(r, own_begin, own_rows, num_rows) * width;
-    layout::partial_span<layout::kHostCombineBlock>(routes, pair_of_entry, expert_out, width, top_k,
-                                                    r, 0, width, out);
+void HostBackend::pack_rows(const wire::PackView& v) {
+  for (int32_t d = 0; d < v.num_ranks; ++d) wire::pack_header(v, d);
+  const int32_t rows = v.send_offsets[v.num_ranks];
+  const int64_t blocks = (v.f.width + kFp8Block - 1) / kFp8Block;
+  for (int32_t i = 0; i < rows; ++i) {
+    wire::pack_routes(v, i);
+    if (v.f.dtype != WireDtype::kFP8) {
+      wire::pack_columns(v, i, 0, v.f.width);
+    } else {
+      for (int64_t b = 0; b < blocks; ++b) wire::pack_fp8_block(v, i, b);
+    }
+  }
+}
+
+void HostBackend::receive_rows(const wire::ReceiveView& v) {
+  wire::plan_receive(v);
+  const int32_t rows = wire::recv_offsets(v)[v.num_ranks];
+  for (int32_t r = 0; r < rows; ++r) {
+    wire::receive_routes(v, r);
+    wire::receive_columns(v, r, 0, v.f.width);
+  }
+}
+
+void HostBackend::combine_partial(const layout::PartialRowsView& v) {
+  for (int32_t q = 0; q < v.num_rows - v.own_rows; ++q) {
+    layout::partial_row_span<layout::kHostCombineBlock>(v, q, 0, v.width);
   }
 }
 

@@ -41,9 +41,9 @@ class HostBackend : public Backend {
 
   void dispatch_layout(const layout::SourceLayoutView& view) final;
   void group_by_slot(const layout::SlotGroupingView& view) final;
-  void combine_partial(const RouteEntry* routes, const int32_t* pair_of_entry,
-                       const float* expert_out, int64_t width, int32_t top_k, int32_t num_rows,
-                       int32_t own_begin, int32_t own_rows, float* partial) final;
+  void pack_rows(const wire::PackView& view) final;
+  void receive_rows(const wire::ReceiveView& view) final;
+  void combine_partial(const layout::PartialRowsView& view) final;
   void combine_residual(const layout::CombineSources& src, const int32_t* token_offsets,
                         const int32_t* token_rows, int64_t width, int32_t num_tokens,
                         float* x) final;
