@@ -30,9 +30,9 @@ void ByteExchange::start_blocks(Communicator& comm, kernels::Backend& backend,
   id_ = comm.start_all_to_all_blocks(host_send_.data(), send_bytes, host_recv_.data(), block_bytes);
 }
 
-void ByteExchange::start_v(Communicator& comm, kernels::Backend& backend,
-                           const unsigned char* send, std::span<const int64_t> send_bytes,
-                           unsigned char* recv, std::span<const int64_t> recv_bytes) {
+void ByteExchange::start_v(Communicator& comm, kernels::Backend& backend, const unsigned char* send,
+                           std::span<const int64_t> send_bytes, unsigned char* recv,
+                           std::span<const int64_t> recv_bytes) {
   MOE_CHECK_AS("dispatch", comm_ == nullptr, "an exchange is already in flight");
   comm_ = &comm;
   backend_ = &backend;

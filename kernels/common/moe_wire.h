@@ -125,7 +125,8 @@ MOE_HD void encode_fp8_block(const float* src, unsigned char* row, int64_t width
 // Element c of a row, widened to fp32 (exact for fp32 and bf16).
 MOE_HD float decode(WireDtype t, const unsigned char* row, int64_t width, int64_t c) {
   if (t == WireDtype::kF32) return reinterpret_cast<const float*>(row)[c];
-  if (t == WireDtype::kBF16) return cuda::bf16_bits_to_f32(reinterpret_cast<const uint16_t*>(row)[c]);
+  if (t == WireDtype::kBF16)
+    return cuda::bf16_bits_to_f32(reinterpret_cast<const uint16_t*>(row)[c]);
   const float scale = reinterpret_cast<const float*>(row + round_up(width, 4))[c / kFp8Block];
   return e4m3_to_float(row[c]) * scale;
 }
@@ -164,8 +165,8 @@ MOE_HD PackTarget pack_target(const PackView& v, int32_t i) {
     unsigned char* slot = v.slots + d * v.f.slot_bytes;
     const int64_t m = n < C ? n : C;
     t.row = slot + v.f.header_bytes + j * v.f.row_bytes;
-    t.routes = reinterpret_cast<RouteEntry*>(slot + v.f.header_bytes + m * v.f.row_bytes) +
-               j * v.f.top_k;
+    t.routes =
+        reinterpret_cast<RouteEntry*>(slot + v.f.header_bytes + m * v.f.row_bytes) + j * v.f.top_k;
     return t;
   }
   int64_t base = 0;  // spill rows of the destinations before d
@@ -196,8 +197,8 @@ MOE_HD void pack_routes(const PackView& v, int32_t i) {
 MOE_HD void pack_columns(const PackView& v, int32_t i, int64_t c0, int64_t c1) {
   const PackTarget t = pack_target(v, i);
   if (t.row == nullptr) return;
-  encode_columns(v.f.dtype, v.hidden + static_cast<int64_t>(v.send_token[i]) * v.f.width, t.row,
-                 c0, c1);
+  encode_columns(v.f.dtype, v.hidden + static_cast<int64_t>(v.send_token[i]) * v.f.width, t.row, c0,
+                 c1);
 }
 
 // Scaling block b of send row i (fp8 wire).
@@ -220,7 +221,7 @@ struct ReceiveView {
   const int32_t* send_token = nullptr;      // [S] (the source layout's)
   const RouteEntry* send_routes = nullptr;  // [S * k]
   const int32_t* send_offsets = nullptr;    // [N + 1]
-  float* rows = nullptr;        // experts' x: the arena itself (fp32) or [R, H] own rows last
+  float* rows = nullptr;         // experts' x: the arena itself (fp32) or [R, H] own rows last
   RouteEntry* routes = nullptr;  // [R * k]
   int32_t* row_at = nullptr;     // [R] row of rows each received row lies at
   int32_t max_rows = 0;          // items the row bodies run over (>= R)
@@ -290,8 +291,7 @@ MOE_HD const RouteEntry* remote_routes(const ReceiveView& v, int32_t s, int32_t 
            static_cast<int64_t>(j) * v.f.top_k;
   }
   const unsigned char* spill = base + v.plan[v.num_ranks + 1 + s] * v.f.row_bytes;
-  return reinterpret_cast<const RouteEntry*>(spill + (n - C) * v.f.row_bytes) +
-         (j - C) * v.f.top_k;
+  return reinterpret_cast<const RouteEntry*>(spill + (n - C) * v.f.row_bytes) + (j - C) * v.f.top_k;
 }
 
 // Row of `rows` received row r lies at.

@@ -21,19 +21,19 @@ struct WireCase {
   int64_t width = 0;
   int32_t tokens = 0;
   kernels::wire::MessageFormat f;
-  std::vector<float> hidden;                    // [T, H]
-  std::vector<int32_t> send_offsets{0};         // [N + 1]
-  std::vector<int32_t> send_token;              // [S]
+  std::vector<float> hidden;                     // [T, H]
+  std::vector<int32_t> send_offsets{0};          // [N + 1]
+  std::vector<int32_t> send_token;               // [S]
   std::vector<kernels::RouteEntry> send_routes;  // [S * k]
-  std::vector<int32_t> header;                  // [N * W]: rows, pairs, max rows, 2 slots
+  std::vector<int32_t> header;                   // [N * W]: rows, pairs, max rows, 2 slots
   int64_t slots_bytes() const { return num_ranks * f.slot_bytes; }
 };
 
 // rows[d] rows for rank d (rows[rank] are the own rows), from `tokens` tokens of `width` values
 // spread over +-8 (and a few tiny ones, for fp8's subnormals).
 inline WireCase make_wire_case(uint32_t seed, int rank, const std::vector<int32_t>& rows,
-                               int64_t width, int top_k, int32_t capacity,
-                               kernels::WireDtype dtype, int32_t tokens = 7) {
+                               int64_t width, int top_k, int32_t capacity, kernels::WireDtype dtype,
+                               int32_t tokens = 7) {
   std::mt19937 rng(seed);
   std::normal_distribution<float> n01(0.0f, 1.0f);
   WireCase c;
@@ -55,9 +55,9 @@ inline WireCase make_wire_case(uint32_t seed, int rank, const std::vector<int32_
     for (int32_t j = 0; j < rows[d]; ++j) {
       c.send_token.push_back(static_cast<int32_t>(rng() % tokens));
       for (int e = 0; e < top_k; ++e) {
-        c.send_routes.push_back(rng() % 2 ? kernels::RouteEntry{static_cast<int32_t>(rng() % 2),
-                                                                 n01(rng)}
-                                          : kernels::RouteEntry{});
+        c.send_routes.push_back(rng() % 2
+                                    ? kernels::RouteEntry{static_cast<int32_t>(rng() % 2), n01(rng)}
+                                    : kernels::RouteEntry{});
       }
     }
   }
@@ -69,9 +69,9 @@ inline WireCase make_wire_case(uint32_t seed, int rank, const std::vector<int32_
 
 // What pack_rows wrote: the slots, then the spill area (zeroed before the op).
 inline std::vector<unsigned char> pack_on(kernels::Backend& be, const WireCase& c) {
-  const int64_t spill_bytes =
-      static_cast<int64_t>(c.send_token.size()) * (c.f.row_bytes + kernels::wire::route_bytes(c.f)) +
-      c.num_ranks * c.f.row_bytes;
+  const int64_t spill_bytes = static_cast<int64_t>(c.send_token.size()) *
+                                  (c.f.row_bytes + kernels::wire::route_bytes(c.f)) +
+                              c.num_ranks * c.f.row_bytes;
   std::vector<unsigned char> out(static_cast<size_t>(c.slots_bytes() + spill_bytes), 0);
   kernels::Buffer<unsigned char> arena;
   arena.assign(be, out.data(), out.size());
@@ -164,7 +164,8 @@ inline Received receive_on(kernels::Backend& be, const WireCase& c,
   }
   out.rows.resize(static_cast<size_t>(R * c.width));
   for (int32_t r = 0; r < R; ++r) {
-    be.download(out.rows.data() + r * c.width, v.rows + static_cast<int64_t>(out.row_at[r]) * c.width,
+    be.download(out.rows.data() + r * c.width,
+                v.rows + static_cast<int64_t>(out.row_at[r]) * c.width,
                 static_cast<size_t>(c.width) * sizeof(float));
   }
   return out;

@@ -79,8 +79,8 @@ void expect_loopback(const test::WireCase& c) {
 TEST(MoeWire, MessageSizesFollowTheFormat) {
   const wire::MessageFormat f = wire::message_format(WireDtype::kBF16, 1024, 8, 11, 4);
   EXPECT_EQ(f.row_bytes, 2048);
-  EXPECT_EQ(f.header_bytes, 64);                         // 44 bytes of header, padded
-  EXPECT_EQ(f.slot_bytes, 5 * 2048);                     // 64 + 4 x (2048 + 64) = 8512 -> 10240
+  EXPECT_EQ(f.header_bytes, 64);                        // 44 bytes of header, padded
+  EXPECT_EQ(f.slot_bytes, 5 * 2048);                    // 64 + 4 x (2048 + 64) = 8512 -> 10240
   EXPECT_EQ(wire::message_bytes(f, 3), 64 + 3 * 2112);  // what MPI sends of a 3-row slot
   EXPECT_EQ(wire::spill_rows(f, 4), 0);
   EXPECT_EQ(wire::spill_rows(f, 6), 3);  // 2 x 2112 bytes in whole rows of 2048
@@ -105,8 +105,8 @@ TEST(MoeWire, RowsAndRoutesSurviveTheRoundTripInEveryWireType) {
   };
   for (const Shape& s : shapes) {
     for (WireDtype t : {WireDtype::kF32, WireDtype::kBF16, WireDtype::kFP8}) {
-      SCOPED_TRACE(testing::Message() << wire_dtype_name(t) << ", " << s.rows.size()
-                                      << " ranks, width " << s.width);
+      SCOPED_TRACE(testing::Message()
+                   << wire_dtype_name(t) << ", " << s.rows.size() << " ranks, width " << s.width);
       expect_loopback(test::make_wire_case(17, s.rank, s.rows, s.width, s.k, s.capacity, t));
     }
   }
@@ -116,7 +116,8 @@ TEST(MoeWire, Fp8BlocksOfZerosAndHugeValuesStayFinite) {
   float row_in[2 * kFp8Block] = {};
   row_in[kFp8Block] = 1e30f;  // saturates nothing: the scale absorbs it
   row_in[kFp8Block + 1] = -3.0f;
-  std::vector<unsigned char> row(static_cast<size_t>(wire::row_bytes(WireDtype::kFP8, 2 * kFp8Block)));
+  std::vector<unsigned char> row(
+      static_cast<size_t>(wire::row_bytes(WireDtype::kFP8, 2 * kFp8Block)));
   for (int64_t b = 0; b < 2; ++b) wire::encode_fp8_block(row_in, row.data(), 2 * kFp8Block, b);
   EXPECT_EQ(wire::decode(WireDtype::kFP8, row.data(), 2 * kFp8Block, 0), 0.0f);
   EXPECT_FLOAT_EQ(wire::decode(WireDtype::kFP8, row.data(), 2 * kFp8Block, kFp8Block), 1e30f);
