@@ -1,7 +1,8 @@
 // HostBackend: the base of every backend whose tensors live in this process's memory (the CPU
 // backend, the tests' naive reference backends). It owns what those share: host memory, the MoE
 // layout ops (the per-thread bodies of kernels/common/moe_layout.h run in loops, so the CPU runs
-// the very code the CUDA kernels run), the combine, the expert grouping, and the fused
+// the very code the CUDA kernels run), the combine (the bodies' arithmetic a whole row at a time,
+// so that it vectorises; same bits, tested), the expert grouping, and the fused
 // attention-block ops composed from the basic ones. A derived backend supplies the arithmetic.
 #pragma once
 
@@ -66,6 +67,7 @@ class HostBackend : public Backend {
 
  private:
   std::vector<ExpertGroup> groups_;  // expert_swiglu's scratch
+  std::vector<float> combine_rows_;  // the combine's row sums (width each)
 };
 
 }  // namespace moe::kernels

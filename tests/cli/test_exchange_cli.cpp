@@ -43,9 +43,9 @@ TEST_F(ExchangeCli, OverlapGivesTheLogitsOfOffOn2And4Ranks) {
     EXPECT_TRUE(same_bits(logits(n, "--compute-dtype bf16 --overlap on", "bf16_on_" + ranks),
                           logits(n, "--compute-dtype bf16 --overlap off", "bf16_off_" + ranks)))
         << n << " ranks, bf16";
-    EXPECT_TRUE(
-        same_bits(logits(n, "--compute-dtype bf16 --dispatch-dtype fp8 --overlap on", "f8_" + ranks),
-                  logits(n, "--compute-dtype bf16 --dispatch-dtype fp8", "f8_off_" + ranks)))
+    EXPECT_TRUE(same_bits(
+        logits(n, "--compute-dtype bf16 --dispatch-dtype fp8 --overlap on", "f8_" + ranks),
+        logits(n, "--compute-dtype bf16 --dispatch-dtype fp8", "f8_off_" + ranks)))
         << n << " ranks, fp8 dispatch";
     const double rel = relative_max_diff(logits(n, "--overlap on", "fp32_on_" + ranks),
                                          logits(n, "--overlap off", "fp32_off_" + ranks));

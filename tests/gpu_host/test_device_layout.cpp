@@ -2,14 +2,17 @@
 // the CUDA kernels in kernels/cuda/moe_layout.cu run and the host backends run in loops) against
 // its sequential specification (parallel::build_dispatch_layout, parallel::group_by_slot) on
 // random routings: uneven placements, replicated experts, ranks with no slots, empty batches,
-// batches over many chunks. Also the combine bodies against the naive fixed-order weighted sum.
+// batches over many chunks. Also the combine bodies and the host backend's combine ops against
+// the naive fixed-order weighted sum.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "kernels/common/moe_layout.h"
 #include "kernels/cpu/reference.h"
 #include "parallel/dispatch_layout.h"
@@ -333,7 +336,13 @@ TEST(DeviceLayout, ReceivedSlotOutOfRangeIsFlagged) {
 // The combine bodies give the naive fixed-order sums bit for bit (same terms, same order), whether
 // a call covers one column (a CUDA thread) or a whole row (the CPU), in fp32 and in bf16 rows
 // (the sums rounded once, when stored); the own rows' sums are formed inside the final sum.
-TEST(DeviceLayout, CombineBodiesMatchWeightedRowSum) {
+// The CPU backend (a HostBackend: host memory, so host vectors are its buffers).
+kernels::Backend& host_backend() {
+  static const std::unique_ptr<kernels::Backend> backend = kernels::make_backend({});
+  return *backend;
+}
+
+TEST(DeviceLayout, CombineBodiesAndHostOpsMatchWeightedRowSum) {
   std::mt19937 rng(5);
   std::normal_distribution<float> n01(0.0f, 1.0f);
   const int k = 4;
@@ -379,6 +388,11 @@ TEST(DeviceLayout, CombineBodiesMatchWeightedRowSum) {
       for (int64_t c = 0; c < width; ++c) layout::partial_row_span<1>(v, q, c, c + 1);
     }
     EXPECT_EQ(by_row, by_column);
+    // The host backend's op (whole-row loops) gives the bodies' bits.
+    std::vector<unsigned char> by_backend(by_row.size(), 0xCD);
+    v.out = by_backend.data();
+    host_backend().combine_partial(v);
+    EXPECT_EQ(by_backend, by_row);
     for (int32_t q = 0; q < rows - own_rows; ++q) {
       const int32_t r = q < own_begin ? q : q + own_rows;  // the own block is left out
       for (int64_t c = 0; c < width; ++c) {
@@ -458,6 +472,10 @@ TEST(DeviceLayout, CombineBodiesMatchWeightedRowSum) {
     }
     EXPECT_EQ(x_row, x_host);
     EXPECT_EQ(x_column, x_host);
+    std::vector<float> x_backend(x);
+    host_backend().combine_residual(cs, token_offsets.data(), token_rows.data(), width, tokens,
+                                    x_backend.data());
+    EXPECT_EQ(x_backend, x_host);
   }
 }
 
