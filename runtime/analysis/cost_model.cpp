@@ -350,7 +350,22 @@ class StepModel {
     seg_d += sync;
     out.balancedness = max_pairs > 0 ? sum_pairs / N_ / max_pairs : 1.0;
     out.critical_s = seg_a + seg_b + seg_c + seg_d;
+    if (w_.overlap && N_ > 1) out.critical_s = overlapped(seg_a + seg_c, seg_b + seg_d, sync);
     return out;
+  }
+
+  // A layer as two micro-batches (--overlap on): each one's exchanges in flight while the other
+  // computes. Of the exchange time `comm` at most half the shorter of compute and comm hides (a
+  // two-stage pipeline fills and drains once per layer), and none where the transport copies
+  // with the cores that compute (a CPU profile: MPI's shared-memory copies run on the ranks'
+  // cores); every exchange's fixed part (latency, overhead, the wait for descheduled ranks) is
+  // paid twice.
+  double overlapped(double compute, double comm, double sync) const {
+    const double hidden = h_.is_cpu() ? 0.0 : 0.5 * std::min(compute, comm);
+    double fixed = 0;
+    const std::vector<double> empty(static_cast<size_t>(N_), 1.0);
+    for (int r = 0; r < N_; ++r) fixed = std::max(fixed, exchange_seconds(h_, N_, r, empty, empty));
+    return compute + comm - hidden + 2.0 * (fixed + sync);
   }
 
   // Rank r's share of one MoE layer: `recv_rows` rows and `recv_pairs` (token, expert) pairs
@@ -358,34 +373,41 @@ class StepModel {
   MoeRankTimes moe_rank(const LayerRankLoad& load, int r, int64_t own_tokens, double recv_rows,
                         double recv_pairs) const {
     const int k = static_cast<int>(s_.top_k);
-    const double row_bytes = static_cast<double>(s_.hidden) * w_.row_bytes;
-    const double route_bytes = static_cast<double>(k) * sizeof(parallel::RouteEntry);
+    const double out_row = static_cast<double>(s_.hidden) * w_.dispatch_row_bytes;
+    const double back_row = static_cast<double>(s_.hidden) * w_.combine_row_bytes;
+    // A row's route entries travel in its message.
+    const double routes = static_cast<double>(k) * sizeof(parallel::RouteEntry);
     MoeRankTimes t;
     double sent_rows = 0;
+    bool spill = false;
     for (int d = 0; d < N_; ++d) sent_rows += load.rows[r][d];
-    // Bytes to and from other ranks.
-    std::vector<double> send_b(N_), recv_b(N_), send_route(N_), recv_route(N_), cnt(N_, 8.0);
+    // Bytes to and from other ranks: one message each way.
+    std::vector<double> send_msg(N_), recv_msg(N_), send_back(N_), recv_back(N_), cnt(N_, 8.0);
     for (int p = 0; p < N_; ++p) {
-      send_b[p] = p == r ? 0 : load.rows[r][p] * row_bytes;
-      recv_b[p] = p == r ? 0 : load.rows[p][r] * row_bytes;
-      send_route[p] = p == r ? 0 : load.rows[r][p] * route_bytes;
-      recv_route[p] = p == r ? 0 : load.rows[p][r] * route_bytes;
-      t.remote_bytes += send_b[p] + send_route[p] + recv_b[p];
+      if (p == r) continue;
+      send_msg[p] = load.rows[r][p] * (out_row + routes);
+      recv_msg[p] = load.rows[p][r] * (out_row + routes);
+      send_back[p] = load.rows[p][r] * back_row;  // rows received go back
+      recv_back[p] = load.rows[r][p] * back_row;
+      t.remote_bytes += send_msg[p] + send_back[p];
+      spill |= load.rows[r][p] > w_.capacity_rows || load.rows[p][r] > w_.capacity_rows;
     }
     const double tokens = static_cast<double>(own_tokens);
     t.layout = host_pairs(tokens * k);
+    // Rows packed straight from the hidden states into the messages (fp32 read, wire type write).
     const double gather =
-        sent_rows > 0 ? memory_seconds(h_, share_, 2.0 * sent_rows * row_bytes) : 0;
+        sent_rows > 0 ? memory_seconds(h_, share_, sent_rows * (4.0 * s_.hidden + out_row)) : 0;
     t.dispatch_host = gather + host_pairs(recv_pairs + recv_rows * k);
-    t.dispatch_comm = exchange_seconds(h_, N_, r, cnt, cnt) +
-                      exchange_seconds(h_, N_, r, send_b, recv_b) +
-                      exchange_seconds(h_, N_, r, send_route, recv_route);
+    // The spill exchange (some message over its capacity) costs another collective's fixed part;
+    // its bytes are part of the message's.
+    t.dispatch_comm = exchange_seconds(h_, N_, r, send_msg, recv_msg) +
+                      (spill ? exchange_seconds(h_, N_, r, cnt, cnt) : 0.0);
     t.expert = expert(load.slot_pairs[r]);
     t.partial = recv_rows > 0
                     ? memory_seconds(h_, share_, 4.0 * s_.hidden * (recv_pairs + recv_rows)) +
                           host_pairs(recv_pairs)
                     : 0;
-    t.combine_comm = exchange_seconds(h_, N_, r, recv_b, send_b);
+    t.combine_comm = exchange_seconds(h_, N_, r, send_back, recv_back);
     t.final_sum = tokens > 0 ? memory_seconds(h_, share_, 4.0 * s_.hidden * (sent_rows + tokens)) +
                                    host_pairs(sent_rows)
                              : 0;
