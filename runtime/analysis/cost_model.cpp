@@ -243,7 +243,44 @@ class StepModel {
     return T == 0 ? 0 : memory_seconds(h_, share_, 6.0 * T * s_.hidden);
   }
 
-  // One step over all ranks.
+  // One step over all ranks; with overlap (several ranks) as two micro-batches, the first half
+  // of each rank's sequences and the rest, as the Model splits them. Each pays its own compute
+  // (GEMMs of half the rows read every weight again) and its own exchanges (their fixed costs
+  // twice). Of the exchange time at most half the shorter of compute and exchange hides (a
+  // two-stage pipeline fills and drains once per layer), and none where the transport copies
+  // with the cores that compute (a CPU profile: MPI's shared-memory copies run on the ranks'
+  // cores).
+  StepCost run_step(const SyntheticRouting& routing, const parallel::Placement& placement,
+                    const std::vector<RankSeqs>& ranks, int64_t step_index,
+                    int64_t logit_rows_per_seq, const CostOptions& o) const {
+    if (!w_.overlap || N_ == 1)
+      return step(routing, placement, ranks, step_index, logit_rows_per_seq, o);
+    std::vector<RankSeqs> halves[2] = {ranks, ranks};
+    for (size_t r = 0; r < ranks.size(); ++r) {
+      const std::vector<int64_t>& seqs = ranks[r].sequences;
+      const auto split = static_cast<std::ptrdiff_t>((seqs.size() + 1) / 2);
+      halves[0][r].sequences.assign(seqs.begin(), seqs.begin() + split);
+      halves[1][r].sequences.assign(seqs.begin() + split, seqs.end());
+      for (std::vector<RankSeqs>& h : halves) {
+        h[r].tokens = static_cast<int64_t>(h[r].sequences.size()) * h[r].new_per_seq;
+      }
+    }
+    StepCost out = step(routing, placement, halves[0], step_index, logit_rows_per_seq, o);
+    const StepCost second = step(routing, placement, halves[1], step_index, logit_rows_per_seq, o);
+    out.total_s += second.total_s;
+    for (int p = 0; p < kNumPhases; ++p) out.phase_s[p] += second.phase_s[p];
+    out.tokens += second.tokens;
+    out.balancedness = (out.balancedness + second.balancedness) / 2;
+    out.remote_rows_per_token = (out.remote_rows_per_token + second.remote_rows_per_token) / 2;
+    out.max_remote_bytes = std::max(out.max_remote_bytes, second.max_remote_bytes);
+    out.sampled = out.sampled || second.sampled;
+    const double comm = out.phase_s[static_cast<int>(Phase::kDispatch)] +
+                        out.phase_s[static_cast<int>(Phase::kCombine)];
+    if (!h_.is_cpu()) out.total_s -= 0.5 * std::min(comm, out.total_s - comm);
+    return out;
+  }
+
+  // One step over all ranks, one batch.
   StepCost step(const SyntheticRouting& routing, const parallel::Placement& placement,
                 const std::vector<RankSeqs>& ranks, int64_t step_index, int64_t logit_rows_per_seq,
                 const CostOptions& o) const {
@@ -350,22 +387,7 @@ class StepModel {
     seg_d += sync;
     out.balancedness = max_pairs > 0 ? sum_pairs / N_ / max_pairs : 1.0;
     out.critical_s = seg_a + seg_b + seg_c + seg_d;
-    if (w_.overlap && N_ > 1) out.critical_s = overlapped(seg_a + seg_c, seg_b + seg_d, sync);
     return out;
-  }
-
-  // A layer as two micro-batches (--overlap on): each one's exchanges in flight while the other
-  // computes. Of the exchange time `comm` at most half the shorter of compute and comm hides (a
-  // two-stage pipeline fills and drains once per layer), and none where the transport copies
-  // with the cores that compute (a CPU profile: MPI's shared-memory copies run on the ranks'
-  // cores); every exchange's fixed part (latency, overhead, the wait for descheduled ranks) is
-  // paid twice.
-  double overlapped(double compute, double comm, double sync) const {
-    const double hidden = h_.is_cpu() ? 0.0 : 0.5 * std::min(compute, comm);
-    double fixed = 0;
-    const std::vector<double> empty(static_cast<size_t>(N_), 1.0);
-    for (int r = 0; r < N_; ++r) fixed = std::max(fixed, exchange_seconds(h_, N_, r, empty, empty));
-    return compute + comm - hidden + 2.0 * (fixed + sync);
   }
 
   // Rank r's share of one MoE layer: `recv_rows` rows and `recv_pairs` (token, expert) pairs
@@ -467,7 +489,7 @@ CostPrediction predict_cost(const ModelConfig& config, const CostWorkload& w,
     }
     return ranks;
   };
-  out.prefill = model.step(routing, placement, ranks_at(w.prompt_len, 0), 0, 1, options);
+  out.prefill = model.run_step(routing, placement, ranks_at(w.prompt_len, 0), 0, 1, options);
 
   // Timed decode steps are steps 1 .. decode_steps - 1 (the engine's first step is the prefill
   // and its last token needs no further step); step d appends one token after prompt + d - 1.
@@ -479,7 +501,7 @@ CostPrediction predict_cost(const ModelConfig& config, const CostWorkload& w,
   for (int64_t i = 0; i < sim; ++i) {
     const int64_t d = 1 + i * steps / sim;
     const StepCost s =
-        model.step(routing, placement, ranks_at(1, w.prompt_len + d - 1), d, 1, options);
+        model.run_step(routing, placement, ranks_at(1, w.prompt_len + d - 1), d, 1, options);
     mean.total_s += s.total_s / sim;
     for (int p = 0; p < kNumPhases; ++p) mean.phase_s[p] += s.phase_s[p] / sim;
     mean.balancedness += s.balancedness / sim;

@@ -91,7 +91,7 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool model_required) {
              "Default: the compute dtype (docs/numerics.md)");
   add_choice<bool>(cmd, "--overlap", o.overlap, {{"on", true}, {"off", false}},
                    "Run each step on several ranks as two micro-batches, one's exchange in flight "
-                   "while the other computes: on | off (default off; docs/gpu.md)");
+                   "while the other computes: on | off (default off; docs/layout.md)");
   cmd->add_option("--json", o.json, "Also write the results as JSON to this file (rank 0)");
   cmd->add_option("--trace-out", o.trace_out,
                   "Record every token's top-k experts and weights in every MoE layer to this "
