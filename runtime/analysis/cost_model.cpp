@@ -243,13 +243,10 @@ class StepModel {
     return T == 0 ? 0 : memory_seconds(h_, share_, 6.0 * T * s_.hidden);
   }
 
-  // One step over all ranks; with overlap (several ranks) as two micro-batches, the first half
-  // of each rank's sequences and the rest, as the Model splits them. Each pays its own compute
-  // (GEMMs of half the rows read every weight again) and its own exchanges (their fixed costs
-  // twice). Of the exchange time at most half the shorter of compute and exchange hides (a
-  // two-stage pipeline fills and drains once per layer), and none where the transport copies
-  // with the cores that compute (a CPU profile: MPI's shared-memory copies run on the ranks'
-  // cores).
+  // One step; with overlap (several ranks) as the Model's two micro-batches, each with its own
+  // compute (half the rows read every weight again) and exchanges (fixed costs twice). At most
+  // half the shorter of compute and exchange hides (a two-stage pipeline per layer); nothing on
+  // a CPU profile, whose MPI shared-memory copies run on the cores that compute.
   StepCost run_step(const SyntheticRouting& routing, const parallel::Placement& placement,
                     const std::vector<RankSeqs>& ranks, int64_t step_index,
                     int64_t logit_rows_per_seq, const CostOptions& o) const {
