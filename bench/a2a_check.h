@@ -3,11 +3,17 @@
 // counts the elements that differ, without gathering anything. Values are multiples of 1/8 with
 // weights multiples of 1/8 and expert scales in {1, 2, 3}, so every fp32 sum the combine forms
 // is exact in any order: a correct exchange has #wrong == 0 exactly, whatever the rank count.
+// Rows in a narrower wire type (bf16 partial rows, fp8 dispatched rows) round at the points the
+// dispatcher rounds them: a2a_expected_on_wire forms the same fp32 operations in the same order.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <numeric>
 #include <vector>
+
+#include "kernels/common/bf16.h"
+#include "kernels/common/moe_wire.h"
 
 namespace moe::bench {
 
@@ -79,6 +85,70 @@ inline int64_t a2a_count_wrong(const float* y, uint64_t seed, int rank, const A2
     for (int64_t c = 0; c < hidden; ++c) {
       wrong += y[t * hidden + c] != a2a_hidden_value(seed, rank, t, c) * f ? 1 : 0;
     }
+  }
+  return wrong;
+}
+
+// What the combine of the dispatcher gives for token t of `rank` (row [hidden] into out) when rows
+// travel as `dispatch` and partial rows come back as `combine` (rank_of_expert[e]: the rank holding
+// expert e, one replica each): per destination rank in ascending order, the fp32 sum in top-k order
+// of w * (scale * x), x the row as that rank received it (own rows stay fp32); partial rows from
+// other ranks rounded to `combine`; then their sum in destination order.
+inline void a2a_expected_on_wire(uint64_t seed, int rank, const A2aRouting& r, int64_t t,
+                                 int64_t hidden, kernels::WireDtype dispatch,
+                                 kernels::WireDtype combine, const std::vector<int>& rank_of_expert,
+                                 float* out) {
+  namespace wire = kernels::wire;
+  std::vector<float> x(static_cast<size_t>(hidden)), sent(x.size());
+  for (int64_t c = 0; c < hidden; ++c)
+    x[static_cast<size_t>(c)] = a2a_hidden_value(seed, rank, t, c);
+  std::vector<unsigned char> row(static_cast<size_t>(wire::row_bytes(dispatch, hidden)));
+  if (dispatch == kernels::WireDtype::kFP8) {
+    for (int64_t b = 0; b < (hidden + kernels::kFp8Block - 1) / kernels::kFp8Block; ++b) {
+      wire::encode_fp8_block(x.data(), row.data(), hidden, b);
+    }
+  } else {
+    wire::encode_columns(dispatch, x.data(), row.data(), 0, hidden);
+  }
+  for (int64_t c = 0; c < hidden; ++c)
+    sent[static_cast<size_t>(c)] = wire::decode(dispatch, row.data(), hidden, c);
+  std::vector<int> dests;
+  for (int j = 0; j < r.top_k; ++j)
+    dests.push_back(rank_of_expert[r.ids[static_cast<size_t>(t * r.top_k + j)]]);
+  std::sort(dests.begin(), dests.end());
+  dests.erase(std::unique(dests.begin(), dests.end()), dests.end());
+  for (int64_t c = 0; c < hidden; ++c) {
+    float total = 0.0f;
+    for (size_t di = 0; di < dests.size(); ++di) {
+      const int d = dests[di];
+      const float in = d == rank ? x[static_cast<size_t>(c)] : sent[static_cast<size_t>(c)];
+      float partial = 0.0f;
+      bool first = true;
+      for (int j = 0; j < r.top_k; ++j) {
+        const size_t i = static_cast<size_t>(t * r.top_k + j);
+        if (rank_of_expert[r.ids[i]] != d) continue;
+        const float term = r.weights[i] * (a2a_expert_scale(r.ids[i]) * in);
+        partial = first ? term : partial + term;
+        first = false;
+      }
+      if (d != rank && combine == kernels::WireDtype::kBF16) partial = round_to_bf16(partial);
+      total = di == 0 ? partial : total + partial;
+    }
+    out[c] = total;
+  }
+}
+
+// Elements of y [tokens, hidden] that differ from a2a_expected_on_wire.
+inline int64_t a2a_count_wrong_on_wire(const float* y, uint64_t seed, int rank, const A2aRouting& r,
+                                       int64_t tokens, int64_t hidden, kernels::WireDtype dispatch,
+                                       kernels::WireDtype combine,
+                                       const std::vector<int>& rank_of_expert) {
+  std::vector<float> want(static_cast<size_t>(hidden));
+  int64_t wrong = 0;
+  for (int64_t t = 0; t < tokens; ++t) {
+    a2a_expected_on_wire(seed, rank, r, t, hidden, dispatch, combine, rank_of_expert, want.data());
+    for (int64_t c = 0; c < hidden; ++c)
+      wrong += y[t * hidden + c] != want[static_cast<size_t>(c)] ? 1 : 0;
   }
   return wrong;
 }

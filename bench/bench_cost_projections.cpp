@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "parallel/dispatcher.h"
 #include "runtime/analysis/cost_model.h"
 #include "runtime/analysis/hardware.h"
 #include "runtime/analysis/plan.h"
@@ -21,6 +22,14 @@ using namespace moe;
 using namespace moe::runtime;
 
 namespace {
+
+// The CUDA runtime's setting: bf16 KV cache, bf16 rows both ways, fixed capacity of the device
+// messages, no overlap.
+void bf16_exchange(CostWorkload& w) {
+  w.kv_bytes = 2;
+  w.dispatch_row_bytes = w.combine_row_bytes = 2;
+  w.capacity_rows = parallel::Dispatcher::kDeviceCapacityRows;
+}
 
 // One expert-parallel exchange of `tokens` tokens per rank, top-k over `experts` experts spread
 // evenly, one row of `row_bytes` per (token, expert) pair (no dedup: DeepEP's low-latency and
@@ -127,7 +136,7 @@ nlohmann::json projections(const ModelConfig& qwen, const HardwareProfile& h) {
           cw.prompt_len = w.prompt_len;
           cw.decode_steps = w.decode_steps;
           cw.routing = routing;
-          cw.kv_bytes = 2;
+          bf16_exchange(cw);
           preds.push_back(predict_cost(qwen, cw, p, h, o));
         }
         const double prefill_s = preds[0].prefill_s();
@@ -192,7 +201,7 @@ nlohmann::json workstation(const ModelConfig& qwen, const std::vector<HardwarePr
       w.prompt_len = 4092;  // + 3 decode steps: the plan's context of 4096
       w.decode_steps = 3;
       w.routing = routing;
-      w.kv_bytes = 2;
+      bf16_exchange(w);
       const CostPrediction pred = predict_cost(qwen, w, p, *s.h, o);
       const double gib = static_cast<double>(m.total_bytes) / (1ull << 30);
       const std::string setup = fmt::format("{} x {}", s.n, s.h->name);

@@ -1,19 +1,23 @@
 // All-to-all benchmark of the expert-parallel exchange, in the style of nccl-tests: the
-// Dispatcher's dispatch + combine alone, for a sweep of tokens x hidden x top-k on the mpirun
-// size N, next to a raw exchange moving the same bytes per peer (MPI_Alltoallv on the host, or the
-// communicator's grouped ncclSend/ncclRecv with --backend cuda --comm nccl). Run under mpirun:
+// Dispatcher's dispatch + combine alone, for a sweep of tokens x hidden x top-k x wire type on the
+// mpirun size N, next to a raw exchange moving the same bytes per peer in the same type
+// (MPI_Alltoallv on the host, or the communicator's grouped ncclSend/ncclRecv with --backend cuda
+// --comm nccl). Run under mpirun:
 //   mpirun -np N bench_dispatch [--tokens 128,512] [--hidden 1024,2048] [--top-k 2,8]
-//                               [--experts 128] [--iters 20] [--stat median|min] [--json F]
-//                               [--csv F]
-// Data and routing are seeded (bench/a2a_check.h); expert compute is an untimed stand-in
-// (out = scale(expert) * in), and every rank counts the output elements that differ from the
-// reference (#wrong; exact: all sums are of multiples of 1/8). The memory floor is measured in the
-// same run: one streaming read of every expert output (what any combine must do at least once),
-// timed right after the stand-in wrote them, as the combine sees them. Columns (per rank, median
-// or min over iterations, then the slowest rank): size = bytes one rank moves (rows and route
-// entries out, rows back, own rows included, as nccl-tests counts its own chunk), algbw = size /
-// time, busbw = algbw x (N-1)/N (nccl-tests' all-to-all factor). Exit code 1 when any element is
-// wrong. Note: bench/ uses MPI directly only for the raw baseline; the runtime never does.
+//                               [--dtype fp32,bf16,fp8] [--experts 128] [--capacity C]
+//                               [--iters 20] [--stat median|min] [--json F] [--csv F]
+// --dtype picks the rows' wire type: fp32 (fp32 compute), bf16 (bf16 compute: rows both ways in
+// bf16), fp8 (bf16 compute: e4m3 rows out, bf16 back). Data and routing are seeded
+// (bench/a2a_check.h); expert compute is an untimed stand-in (out = scale(expert) * in), and every
+// rank counts the output elements that differ from the reference exchange (#wrong; exact: the
+// reference forms the same fp32 operations, rounding where the wire type rounds). The memory floor
+// is measured in the same run: one streaming read of every expert output (what any combine must
+// do at least once), timed right after the stand-in wrote them, as the combine sees them. Columns
+// (per rank, median or min over iterations, then the slowest rank): size = bytes one rank moves
+// (rows and route entries out, rows back, own rows included, as nccl-tests counts its own chunk),
+// algbw = size / time, busbw = algbw x (N-1)/N (nccl-tests' all-to-all factor), coll = exchanges
+// per MoE layer. Exit code 1 when any element is wrong. Note: bench/ uses MPI directly only for
+// the raw baseline; the runtime never does.
 #include <fmt/format.h>
 #include <mpi.h>
 
@@ -56,7 +60,9 @@ struct Options {
   std::vector<int64_t> tokens = {128, 512};
   std::vector<int64_t> hidden = {1024, 2048};
   std::vector<int> top_k = {2, 8};
+  std::vector<std::string> dtypes = {"fp32"};
   int experts = 128;
+  int capacity = 0;  // rows per peer of the fixed-capacity message; 0: the dispatcher's default
   int iters = 20;
   int warmup = 3;
   std::string stat = "median";  // median | min (per rank, over iterations)
@@ -66,6 +72,7 @@ struct Options {
 struct Case {
   int64_t tokens = 0, hidden = 0;
   int top_k = 0;
+  kernels::WireDtype dtype = kernels::WireDtype::kF32;
 };
 
 // One case's figures (slowest rank's medians; bytes are per rank, mean over ranks).
@@ -75,6 +82,7 @@ struct CaseResult {
   double ours_s = 0, raw_s = 0, mem_s = 0;
   double dispatch_s = 0, combine_s = 0;
   int64_t wrong = 0, raw_wrong = 0;  // summed over ranks
+  int64_t collectives = 0;           // exchanges per MoE layer
 };
 
 class A2aBench {
@@ -85,6 +93,8 @@ class A2aBench {
   CaseResult run(const Case& c) {
     const auto placement = parallel::Placement::build({}, {true}, o_.experts, n_);
     const parallel::LayerPlacement& lp = placement.layer(0);
+    std::vector<int> rank_of_expert;
+    for (const auto& replicas : lp.expert_slots) rank_of_expert.push_back(replicas.front().rank);
     const A2aRouting routing = a2a_routing(kSeed, rank_, c.tokens, o_.experts, c.top_k);
     const int64_t H = c.hidden;
 
@@ -105,8 +115,17 @@ class A2aBench {
     weights.assign(backend_, routing.weights.data(), routing.weights.size());
     std::vector<int32_t> slot_begin, row_index;
 
-    parallel::Dispatcher dispatcher(comm_, backend_, H, c.top_k);
+    parallel::DispatcherOptions dopts;
+    dopts.wire = c.dtype;
+    dopts.capacity_rows = o_.capacity;
+    parallel::Dispatcher dispatcher(comm_, backend_, H, c.top_k, dopts);
     dispatcher.set_placement(placement);
+    const parallel::WirePlan wire = dispatcher.wire();
+    const auto count_wrong = [&] {
+      backend_.download(host_y.data(), y.data(), host_y.size() * sizeof(float));
+      return a2a_count_wrong_on_wire(host_y.data(), kSeed, rank_, routing, c.tokens, H,
+                                     wire.dispatch, wire.combine, rank_of_expert);
+    };
     kernels::HostPhaseTimer timer(3);  // layout, dispatch, combine
     dispatcher.set_timer(&timer, 0, 1, 2);
 
@@ -118,7 +137,10 @@ class A2aBench {
       const int64_t R = r.num_recv_rows, P = slot_begin.back();
       row_index.resize(static_cast<size_t>(P));
       backend_.download(row_index.data(), b.row_index, row_index.size() * sizeof(int32_t));
-      host_recv.resize(static_cast<size_t>(R * H));
+      // Rows lie where row_index says (the receive arena for fp32 rows: gaps between sources).
+      int64_t rows_spanned = R > 0 ? 1 : 0;
+      for (int32_t at : row_index) rows_spanned = std::max<int64_t>(rows_spanned, at + 1);
+      host_recv.resize(static_cast<size_t>(rows_spanned * H));
       host_out.resize(static_cast<size_t>(std::max<int64_t>(P, 1) * H));
       backend_.download(host_recv.data(), r.recv_rows, host_recv.size() * sizeof(float));
       const auto& slots = lp.rank_experts[static_cast<size_t>(rank_)];
@@ -192,12 +214,12 @@ class A2aBench {
     double d0 = 0, c0 = 0;
     int64_t pairs = 0;
     const parallel::DispatchHandle first = run_ours(d0, c0, pairs);
-    backend_.download(host_y.data(), y.data(), host_y.size() * sizeof(float));
     CaseResult res;
     res.c = c;
-    res.wrong = a2a_count_wrong(host_y.data(), kSeed, rank_, routing, c.tokens, H);
+    res.wrong = count_wrong();
+    res.collectives = dispatcher.collect_loads()[0].traffic.collectives;
 
-    RawExchange raw = make_raw(first, c);
+    RawExchange raw = make_raw(first, c, wire);
     res.raw_wrong = raw.run_and_check(*this);
 
     std::vector<double> ours, raws, mems, disp, comb;
@@ -217,8 +239,7 @@ class A2aBench {
       comb.push_back(cb);
     }
     // A last check after the timed loop: buffers reused across iterations stay right.
-    backend_.download(host_y.data(), y.data(), host_y.size() * sizeof(float));
-    res.wrong += a2a_count_wrong(host_y.data(), kSeed, rank_, routing, c.tokens, H);
+    res.wrong += count_wrong();
 
     const auto stat = [&](const std::vector<double>& x) {
       return o_.stat == "min" ? minimum(x) : median(x);
@@ -242,7 +263,7 @@ class A2aBench {
 
  private:
   // The raw baseline: the same bytes per peer as our exchange (rows and route entries out, rows
-  // back, own block included), as two plain all-to-alls of bytes.
+  // back, own block included, in the same wire types), as two plain all-to-alls of bytes.
   struct RawExchange {
     std::vector<int64_t> out_bytes, back_bytes;  // [N] per peer
     std::vector<int64_t> out_recv, back_recv;    // [N] per peer
@@ -305,13 +326,15 @@ class A2aBench {
     }
   };
 
-  RawExchange make_raw(const parallel::DispatchHandle& r, const Case& c) {
+  RawExchange make_raw(const parallel::DispatchHandle& r, const Case& c,
+                       const parallel::WirePlan& wire) {
     // One rank exchanges nothing: it sends and receives its own tokens.
     const std::vector<int64_t> one_rank{c.tokens};
     const std::vector<int64_t>& send_counts = n_ == 1 ? one_rank : r.send_counts;
     const std::vector<int64_t>& recv_counts = n_ == 1 ? one_rank : r.recv_counts;
     RawExchange x;
-    const int64_t row_bytes = c.hidden * static_cast<int64_t>(sizeof(float));
+    const int64_t row_bytes = kernels::wire::row_bytes(wire.dispatch, c.hidden);
+    const int64_t back_bytes = kernels::wire::row_bytes(wire.combine, c.hidden);
     const int64_t route_bytes = c.top_k * static_cast<int64_t>(sizeof(parallel::RouteEntry));
     x.out_bytes.resize(static_cast<size_t>(n_));
     x.out_recv.resize(static_cast<size_t>(n_));
@@ -321,8 +344,8 @@ class A2aBench {
     for (size_t p = 0; p < static_cast<size_t>(n_); ++p) {
       x.out_bytes[p] = send_counts[p] * (row_bytes + route_bytes);
       x.out_recv[p] = recv_counts[p] * (row_bytes + route_bytes);
-      x.back_bytes[p] = recv_counts[p] * row_bytes;  // combine: the reverse, rows only
-      x.back_recv[p] = send_counts[p] * row_bytes;
+      x.back_bytes[p] = recv_counts[p] * back_bytes;  // combine: the reverse, rows only
+      x.back_recv[p] = send_counts[p] * back_bytes;
       send_total += x.out_bytes[p] + x.back_bytes[p];
       recv_total += x.out_recv[p] + x.back_recv[p];
     }
@@ -354,21 +377,29 @@ void print_header(const Options& o, int n, const std::string& backend, const std
       "= algbw * (N-1)/N\n");
   fmt::print("# mem = one read of every expert output (the combine's minimum), measured here\n");
   fmt::print(
-      "#{:>6} {:>6} {:>3} {:>11} {:>10} {:>5} | {:>9} {:>8} {:>8} {:>6} | {:>9} {:>6} | "
+      "#{:>6} {:>6} {:>3} {:>11} {:>10} {:>5} {:>4} | {:>9} {:>8} {:>8} {:>6} | {:>9} {:>6} | "
       "{:>6} | {:>8} {:>8} | {:>8} {:>8}\n",
-      "tokens", "hidden", "k", "size(B)", "count", "type", "time(us)", "algbw", "busbw", "#wrong",
-      "raw(us)", "#wrong", "ratio", "mem(us)", "x(r+m)", "disp(us)", "comb(us)");
+      "tokens", "hidden", "k", "size(B)", "count", "type", "coll", "time(us)", "algbw", "busbw",
+      "#wrong", "raw(us)", "#wrong", "ratio", "mem(us)", "x(r+m)", "disp(us)", "comb(us)");
+}
+
+// nccl-tests' count column: elements of the dispatched type in `size` (bytes / element size).
+double element_count(const CaseResult& r) {
+  return r.size_bytes / (r.c.dtype == kernels::WireDtype::kF32    ? 4.0
+                         : r.c.dtype == kernels::WireDtype::kBF16 ? 2.0
+                                                                  : 1.0);
 }
 
 void print_row(const CaseResult& r, int n) {
   const double algbw = r.size_bytes / r.ours_s / 1e9;
   const double busbw = algbw * (n - 1) / n;
   fmt::print(
-      " {:>6} {:>6} {:>3} {:>11.0f} {:>10.0f} {:>5} | {:>9.1f} {:>8.3f} {:>8.3f} {:>6} | "
+      " {:>6} {:>6} {:>3} {:>11.0f} {:>10.0f} {:>5} {:>4} | {:>9.1f} {:>8.3f} {:>8.3f} {:>6} | "
       "{:>9.1f} {:>6} | {:>6.3f} | {:>8.1f} {:>8.3f} | {:>8.1f} {:>8.1f}\n",
-      r.c.tokens, r.c.hidden, r.c.top_k, r.size_bytes, r.size_bytes / 4, "float", r.ours_s * 1e6,
-      algbw, busbw, r.wrong, r.raw_s * 1e6, r.raw_wrong, r.ours_s / r.raw_s, r.mem_s * 1e6,
-      r.ours_s / (r.raw_s + r.mem_s), r.dispatch_s * 1e6, r.combine_s * 1e6);
+      r.c.tokens, r.c.hidden, r.c.top_k, r.size_bytes, element_count(r),
+      kernels::wire_dtype_name(r.c.dtype), r.collectives, r.ours_s * 1e6, algbw, busbw, r.wrong,
+      r.raw_s * 1e6, r.raw_wrong, r.ours_s / r.raw_s, r.mem_s * 1e6, r.ours_s / (r.raw_s + r.mem_s),
+      r.dispatch_s * 1e6, r.combine_s * 1e6);
 }
 
 int run(int argc, char** argv) {
@@ -377,7 +408,15 @@ int run(int argc, char** argv) {
   app.add_option("--tokens", o.tokens, "Tokens per rank (list)")->delimiter(',');
   app.add_option("--hidden", o.hidden, "Hidden sizes (list)")->delimiter(',');
   app.add_option("--top-k", o.top_k, "Experts per token (list)")->delimiter(',');
+  app.add_option("--dtype", o.dtypes,
+                 "Wire types of the rows (list): fp32 (fp32 compute), bf16, fp8 (bf16 compute; "
+                 "fp8 rows out, bf16 back)")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"fp32", "bf16", "fp8"}));
   app.add_option("--experts", o.experts, "Experts per layer");
+  app.add_option("--capacity", o.capacity,
+                 "Rows per peer of the fixed-capacity message (0: the dispatcher's default)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--iters", o.iters, "Timed iterations per case (median reported)");
   app.add_option("--warmup", o.warmup, "Untimed iterations per case");
   app.add_option("--stat", o.stat,
@@ -401,17 +440,29 @@ int run(int argc, char** argv) {
   }
 
   auto comm = parallel::make_communicator(parallel::parse_comm_kind(o.comm), {});
-  auto backend = kernels::make_backend(o.backend, comm->local_rank());
-  comm->bind_compute_stream(backend->compute_stream());
   const int n = comm->size();
-  A2aBench bench(o, *comm, *backend);
   if (comm->rank() == 0) print_header(o, n, o.backend, o.comm);
   std::vector<CaseResult> results;
-  for (int64_t t : o.tokens) {
-    for (int64_t h : o.hidden) {
-      for (int k : o.top_k) {
-        results.push_back(bench.run({t, h, k}));
-        if (comm->rank() == 0) print_row(results.back(), n);
+  for (const std::string& dtype : o.dtypes) {
+    // fp32 rows with fp32 compute; bf16 and fp8 rows with bf16 compute.
+    kernels::BackendOptions bopts;
+    bopts.kind = kernels::parse_backend_kind(o.backend);
+    bopts.local_rank = comm->local_rank();
+    bopts.compute_dtype =
+        dtype == "fp32" ? kernels::ComputeDtype::kF32 : kernels::ComputeDtype::kBF16;
+    if (bopts.kind == kernels::BackendKind::kCuda) bopts.compute_dtype.reset();  // bf16 only
+    auto backend = kernels::make_backend(bopts);
+    comm->bind_compute_stream(backend->compute_stream());
+    const kernels::WireDtype wire = dtype == "fp32"   ? kernels::WireDtype::kF32
+                                    : dtype == "bf16" ? kernels::WireDtype::kBF16
+                                                      : kernels::WireDtype::kFP8;
+    A2aBench bench(o, *comm, *backend);
+    for (int64_t t : o.tokens) {
+      for (int64_t h : o.hidden) {
+        for (int k : o.top_k) {
+          results.push_back(bench.run({t, h, k, wire}));
+          if (comm->rank() == 0) print_row(results.back(), n);
+        }
       }
     }
   }
@@ -445,7 +496,10 @@ int run(int argc, char** argv) {
       j["cases"].push_back({{"tokens_per_rank", r.c.tokens},
                             {"hidden", r.c.hidden},
                             {"top_k", r.c.top_k},
+                            {"dtype", kernels::wire_dtype_name(r.c.dtype)},
+                            {"collectives_per_layer", r.collectives},
                             {"size_bytes", r.size_bytes},
+                            {"count", element_count(r)},
                             {"time_us", r.ours_s * 1e6},
                             {"algbw_gb_s", r.size_bytes / r.ours_s / 1e9},
                             {"busbw_gb_s", r.size_bytes / r.ours_s / 1e9 * (n - 1) / n},
@@ -461,14 +515,17 @@ int run(int argc, char** argv) {
     if (!o.json.empty()) std::ofstream(o.json) << j.dump(2) << "\n";
     if (!o.csv.empty()) {
       std::ofstream f(o.csv);
-      f << "ranks,tokens,hidden,top_k,size_bytes,time_us,algbw_gb_s,busbw_gb_s,wrong,raw_us,"
-           "raw_wrong,ratio,mem_us,ratio_to_raw_plus_mem,dispatch_us,combine_us\n";
+      f << "ranks,tokens,hidden,top_k,dtype,collectives_per_layer,size_bytes,count,time_us,"
+           "algbw_gb_s,busbw_gb_s,wrong,raw_us,raw_wrong,ratio,mem_us,ratio_to_raw_plus_mem,"
+           "dispatch_us,combine_us\n";
       for (const auto& c : j["cases"]) {
         f << n << "," << c["tokens_per_rank"] << "," << c["hidden"] << "," << c["top_k"] << ","
-          << c["size_bytes"] << "," << c["time_us"] << "," << c["algbw_gb_s"] << ","
-          << c["busbw_gb_s"] << "," << c["wrong"] << "," << c["raw_us"] << "," << c["raw_wrong"]
-          << "," << c["ratio"] << "," << c["mem_us"] << "," << c["ratio_to_raw_plus_mem"] << ","
-          << c["dispatch_us"] << "," << c["combine_us"] << "\n";
+          << c["dtype"].get<std::string>() << "," << c["collectives_per_layer"] << ","
+          << c["size_bytes"] << "," << c["count"] << "," << c["time_us"] << "," << c["algbw_gb_s"]
+          << "," << c["busbw_gb_s"] << "," << c["wrong"] << "," << c["raw_us"] << ","
+          << c["raw_wrong"] << "," << c["ratio"] << "," << c["mem_us"] << ","
+          << c["ratio_to_raw_plus_mem"] << "," << c["dispatch_us"] << "," << c["combine_us"]
+          << "\n";
       }
     }
   }

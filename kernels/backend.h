@@ -159,12 +159,13 @@ class Backend {
                            bool renormalise, int32_t* ids, float* weights) = 0;
   virtual void dispatch_layout(const layout::SourceLayoutView& view) = 0;
   virtual void group_by_slot(const layout::SlotGroupingView& view) = 0;
-  // partial[own_last_row(r)] = partial row r, for the num_rows received rows (the own block
-  // [own_begin, own_begin + own_rows) lies last).
-  virtual void combine_partial(const RouteEntry* routes, const int32_t* pair_of_entry,
-                               const float* expert_out, int64_t width, int32_t top_k,
-                               int32_t num_rows, int32_t own_begin, int32_t own_rows,
-                               float* partial) = 0;
+  // The exchange's messages (kernels/common/moe_wire.h): every send row of the source layout
+  // into its destination's message in the wire type (headers too), and the received messages
+  // into the experts' input rows and the received route entries.
+  virtual void pack_rows(const wire::PackView& view) = 0;
+  virtual void receive_rows(const wire::ReceiveView& view) = 0;
+  // The partial rows this rank sends back (every received row but its own), in the wire type.
+  virtual void combine_partial(const layout::PartialRowsView& view) = 0;
   // x[t] += the sum of token t's combined rows, for t < num_tokens: combine and residual in one.
   virtual void combine_residual(const layout::CombineSources& src, const int32_t* token_offsets,
                                 const int32_t* token_rows, int64_t width, int32_t num_tokens,

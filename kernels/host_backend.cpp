@@ -3,6 +3,7 @@
 // backend) link it.
 #include "kernels/host_backend.h"
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 
@@ -15,6 +16,53 @@ BackendTraits in_host_memory(BackendTraits traits) {
   traits.host_memory = true;
   traits.layout_chunk = layout::kHostLayoutChunk;
   return traits;
+}
+
+// The combine bodies' arithmetic (layout::partial_block, combine_residual_block) a whole row at a
+// time, so that the column loops vectorise: per column the same operations in the same order,
+// hence the same bits as the bodies (tests/gpu_host/test_device_layout.cpp compares them).
+// acc = sum over j (ascending) of weight_j * expert_out[pair_j], the first term stored; 0 if none.
+void weighted_row(const RouteEntry* routes, const int32_t* pair_of_entry, const float* expert_out,
+                  int64_t width, int32_t top_k, int32_t r, float* __restrict acc) {
+  bool first = true;
+  for (int32_t j = 0; j < top_k; ++j) {
+    const int32_t p = pair_of_entry[r * top_k + j];
+    if (p < 0) continue;
+    const float w = routes[r * top_k + j].weight;
+    const float* __restrict src = expert_out + static_cast<int64_t>(p) * width;
+    if (first) {
+      for (int64_t c = 0; c < width; ++c) acc[c] = w * src[c];
+    } else {
+      for (int64_t c = 0; c < width; ++c) acc[c] = acc[c] + w * src[c];
+    }
+    first = false;
+  }
+  if (first) std::fill(acc, acc + width, 0.0f);
+}
+
+// acc = row (first) or acc + row, the row in wire type t (fp32 or bf16), widened exactly.
+void add_wire_row(WireDtype t, const unsigned char* row, int64_t width, bool first,
+                  float* __restrict acc) {
+  if (t == WireDtype::kF32) {
+    const float* __restrict in = reinterpret_cast<const float*>(row);
+    if (first) {
+      std::memcpy(acc, in, static_cast<size_t>(width) * sizeof(float));
+    } else {
+      for (int64_t c = 0; c < width; ++c) acc[c] = acc[c] + in[c];
+    }
+    return;
+  }
+  const uint16_t* __restrict in = reinterpret_cast<const uint16_t*>(row);
+  if (first) {
+    for (int64_t c = 0; c < width; ++c) acc[c] = cuda::bf16_bits_to_f32(in[c]);
+  } else {
+    for (int64_t c = 0; c < width; ++c) acc[c] = acc[c] + cuda::bf16_bits_to_f32(in[c]);
+  }
+}
+
+float* grown(std::vector<float>& v, int64_t n) {
+  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
+  return v.data();
 }
 
 }  // namespace
@@ -88,23 +136,70 @@ void HostBackend::group_by_slot(const layout::SlotGroupingView& view) {
   layout::emulate(view);
 }
 
-void HostBackend::combine_partial(const RouteEntry* routes, const int32_t* pair_of_entry,
-                                  const float* expert_out, int64_t width, int32_t top_k,
-                                  int32_t num_rows, int32_t own_begin, int32_t own_rows,
-                                  float* partial) {
-  for (int32_t r = 0; r < num_rows; ++r) {
-    float* out = partial + layout::own_last_row(r, own_begin, own_rows, num_rows) * width;
-    layout::partial_span<layout::kHostCombineBlock>(routes, pair_of_entry, expert_out, width, top_k,
-                                                    r, 0, width, out);
+void HostBackend::pack_rows(const wire::PackView& v) {
+  for (int32_t d = 0; d < v.num_ranks; ++d) wire::pack_header(v, d);
+  const int32_t rows = v.send_offsets[v.num_ranks];
+  const int64_t blocks = (v.f.width + kFp8Block - 1) / kFp8Block;
+  for (int32_t i = 0; i < rows; ++i) {
+    wire::pack_routes(v, i);
+    if (v.f.dtype != WireDtype::kFP8) {
+      wire::pack_columns(v, i, 0, v.f.width);
+    } else {
+      for (int64_t b = 0; b < blocks; ++b) wire::pack_fp8_block(v, i, b);
+    }
+  }
+}
+
+void HostBackend::receive_rows(const wire::ReceiveView& v) {
+  wire::plan_receive(v);
+  const int32_t rows = wire::recv_offsets(v)[v.num_ranks];
+  for (int32_t r = 0; r < rows; ++r) {
+    wire::receive_routes(v, r);
+    wire::receive_columns(v, r, 0, v.f.width);
+  }
+}
+
+void HostBackend::combine_partial(const layout::PartialRowsView& v) {
+  const int64_t row_bytes = wire::row_bytes(v.dtype, v.width);
+  float* acc = grown(combine_rows_, v.width);
+  for (int32_t q = 0; q < v.num_rows - v.own_rows; ++q) {
+    const int32_t r = q < v.own_begin ? q : q + v.own_rows;
+    unsigned char* out = v.out + q * row_bytes;
+    if (v.dtype == WireDtype::kF32) {
+      weighted_row(v.routes, v.pair_of_entry, v.expert_out, v.width, v.top_k, r,
+                   reinterpret_cast<float*>(out));
+      continue;
+    }
+    weighted_row(v.routes, v.pair_of_entry, v.expert_out, v.width, v.top_k, r, acc);
+    uint16_t* __restrict bits = reinterpret_cast<uint16_t*>(out);
+    for (int64_t c = 0; c < v.width; ++c) bits[c] = cuda::f32_to_bf16_bits(acc[c]);
   }
 }
 
 void HostBackend::combine_residual(const layout::CombineSources& src, const int32_t* token_offsets,
                                    const int32_t* token_rows, int64_t width, int32_t num_tokens,
                                    float* x) {
+  const int64_t row_bytes = wire::row_bytes(src.dtype, width);
+  float* acc = grown(combine_rows_, 2 * width);
+  float* own_row = acc + width;
   for (int32_t t = 0; t < num_tokens; ++t) {
-    layout::combine_residual_span<layout::kHostCombineBlock>(src, token_offsets, token_rows, width,
-                                                             t, 0, width, x + t * width);
+    const int32_t begin = token_offsets[t], end = token_offsets[t + 1];
+    for (int32_t k = begin; k < end; ++k) {
+      const int32_t row = token_rows[k];
+      const int32_t own = row - src.own_send_begin;
+      if (own >= 0 && own < src.own_rows) {
+        weighted_row(src.routes, src.pair_of_entry, src.expert_out, width, src.top_k,
+                     src.own_recv_begin + own, own_row);
+        add_wire_row(WireDtype::kF32, reinterpret_cast<const unsigned char*>(own_row), width,
+                     k == begin, acc);
+      } else {
+        const int32_t q = row < src.own_send_begin ? row : row - src.own_rows;
+        add_wire_row(src.dtype, src.returned + q * row_bytes, width, k == begin, acc);
+      }
+    }
+    if (end == begin) std::fill(acc, acc + width, 0.0f);  // x + 0, as the bodies add
+    float* __restrict x_row = x + t * width;
+    for (int64_t c = 0; c < width; ++c) x_row[c] = x_row[c] + acc[c];
   }
 }
 

@@ -1,7 +1,8 @@
 // HostBackend: the base of every backend whose tensors live in this process's memory (the CPU
 // backend, the tests' naive reference backends). It owns what those share: host memory, the MoE
 // layout ops (the per-thread bodies of kernels/common/moe_layout.h run in loops, so the CPU runs
-// the very code the CUDA kernels run), the combine, the expert grouping, and the fused
+// the very code the CUDA kernels run), the combine (the bodies' arithmetic a whole row at a time,
+// so that it vectorises; same bits, tested), the expert grouping, and the fused
 // attention-block ops composed from the basic ones. A derived backend supplies the arithmetic.
 #pragma once
 
@@ -41,9 +42,9 @@ class HostBackend : public Backend {
 
   void dispatch_layout(const layout::SourceLayoutView& view) final;
   void group_by_slot(const layout::SlotGroupingView& view) final;
-  void combine_partial(const RouteEntry* routes, const int32_t* pair_of_entry,
-                       const float* expert_out, int64_t width, int32_t top_k, int32_t num_rows,
-                       int32_t own_begin, int32_t own_rows, float* partial) final;
+  void pack_rows(const wire::PackView& view) final;
+  void receive_rows(const wire::ReceiveView& view) final;
+  void combine_partial(const layout::PartialRowsView& view) final;
   void combine_residual(const layout::CombineSources& src, const int32_t* token_offsets,
                         const int32_t* token_rows, int64_t width, int32_t num_tokens,
                         float* x) final;
@@ -66,6 +67,7 @@ class HostBackend : public Backend {
 
  private:
   std::vector<ExpertGroup> groups_;  // expert_swiglu's scratch
+  std::vector<float> combine_rows_;  // the combine's row sums (width each)
 };
 
 }  // namespace moe::kernels

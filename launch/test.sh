@@ -43,6 +43,7 @@ ASAN_MPI_TESTS=(
   'RoutingCli\.EachBadTraceEndsTheJobWithOneClearLine'
   'RoutingCli\.ForwardLogitsAcrossRebalancesEqualOneRankLogits'
   'EdgeRanks\..*'
+  'ExchangeCli\.RunJsonCountsCollectivesAndHalvesBytesWithBf16Rows'
 )
 
 echo "== format check"

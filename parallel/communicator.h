@@ -1,7 +1,9 @@
 // Communicator: the collectives expert parallelism needs, typed so counts are always elements of
 // T (never bytes). Every call is collective over all ranks and must be entered by every rank in
 // the same order. Blocking calls give up after the timeout and throw, so no rank waits forever.
-// Teardown is explicit (shutdown()); destructors never start a collective.
+// The exchanges can also be started and completed later (start_* / wait), so that two of them,
+// or an exchange and compute, proceed at once. Teardown is explicit (shutdown()); destructors
+// never start a collective.
 #pragma once
 
 #include <cstddef>
@@ -32,6 +34,11 @@ constexpr ScalarType scalar_type_of() {
   }
 }
 
+// A started exchange; wait(id) completes it. Until then the exchange owns every buffer it names
+// (the caller keeps them alive and does not touch them). Each is waited for exactly once, in any
+// order.
+using ExchangeId = int64_t;
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -53,11 +60,29 @@ class Communicator {
   template <class T>
   void all_to_all_v(std::span<const T> send, std::span<const int64_t> send_counts,
                     std::span<T> recv, std::span<const int64_t> recv_counts) {
+    wait(start_all_to_all_v(send, send_counts, recv, recv_counts));
+  }
+  template <class T>
+  ExchangeId start_all_to_all_v(std::span<const T> send, std::span<const int64_t> send_counts,
+                                std::span<T> recv, std::span<const int64_t> recv_counts) {
     static_assert(std::is_trivially_copyable_v<T>);
     check_count_spans(send_counts.size(), recv_counts.size(), size());
-    all_to_all_v_raw(send.data(), send.size(), send_counts.data(), recv.data(), recv.size(),
-                     recv_counts.data(), sizeof(T));
+    return start_all_to_all_v_raw(send.data(), send.size(), send_counts.data(), recv.data(),
+                                  recv.size(), recv_counts.data(), sizeof(T));
   }
+  // Blocks of a fixed size, whose used length only the message itself tells: block d of send
+  // (bytes [d * block_bytes, (d + 1) * block_bytes)) goes to rank d and lands at s * block_bytes
+  // of recv on the receiver; only its first send_bytes[d] bytes matter ([size()] host; nullptr:
+  // all of them). A transport may move the whole block (NCCL, whose receives need their size) or
+  // only send_bytes[d] (MPI, where a receive may be shorter than posted): no count exchange
+  // precedes the payload. Rank r's own block is copied locally.
+  ExchangeId start_all_to_all_blocks(const void* send, const int64_t* send_bytes, void* recv,
+                                     int64_t block_bytes) {
+    check_blocks(block_bytes, send_bytes, size());
+    return start_all_to_all_blocks_raw(send, send_bytes, recv, block_bytes);
+  }
+  // Completes a started exchange (polled against the timeout; throws as the blocking calls do).
+  virtual void wait(ExchangeId id) = 0;
   // Host memory: send [size() * n], recv [size() * n]; block d of send goes to rank d.
   virtual void all_to_all(std::span<const int64_t> send, std::span<int64_t> recv) = 0;
 
@@ -101,9 +126,15 @@ class Communicator {
                            const char* side);
   // Throws moe::Error("comm") unless root is a rank.
   static void check_root(int root, int num_ranks, const char* op);
-  virtual void all_to_all_v_raw(const void* send, size_t send_size, const int64_t* send_counts,
-                                void* recv, size_t recv_size, const int64_t* recv_counts,
-                                size_t elem_bytes) = 0;
+  // Throws moe::Error("comm") unless block_bytes >= 0 and every send_bytes[d] (when given) is in
+  // [0, block_bytes].
+  static void check_blocks(int64_t block_bytes, const int64_t* send_bytes, int num_ranks);
+  virtual ExchangeId start_all_to_all_v_raw(const void* send, size_t send_size,
+                                            const int64_t* send_counts, void* recv,
+                                            size_t recv_size, const int64_t* recv_counts,
+                                            size_t elem_bytes) = 0;
+  virtual ExchangeId start_all_to_all_blocks_raw(const void* send, const int64_t* send_bytes,
+                                                 void* recv, int64_t block_bytes) = 0;
   virtual void all_reduce_raw(void* data, size_t count, ScalarType type, ReduceOp op) = 0;
   virtual void broadcast_raw(void* data, size_t size_bytes, int root) = 0;
   virtual void all_gather_raw(const void* send, size_t send_bytes, void* recv,

@@ -31,6 +31,16 @@ void Communicator::check_counts(const int64_t* counts, int num_ranks, size_t buf
                total, side, buffer_size);
 }
 
+void Communicator::check_blocks(int64_t block_bytes, const int64_t* send_bytes, int num_ranks) {
+  MOE_CHECK_AS("comm", block_bytes >= 0, "all_to_all_blocks: block of {} bytes", block_bytes);
+  if (send_bytes == nullptr) return;
+  for (int r = 0; r < num_ranks; ++r) {
+    MOE_CHECK_AS("comm", send_bytes[r] >= 0 && send_bytes[r] <= block_bytes,
+                 "all_to_all_blocks: {} bytes for rank {} do not fit its block of {} bytes",
+                 send_bytes[r], r, block_bytes);
+  }
+}
+
 void Communicator::check_root(int root, int num_ranks, const char* op) {
   MOE_CHECK_AS("comm", root >= 0 && root < num_ranks, "{}: root {} is not a rank (0..{})", op, root,
                num_ranks - 1);

@@ -27,16 +27,25 @@ ExchangeStats& ExchangeStats::operator+=(const ExchangeStats& o) {
   bytes_kept_local += o.bytes_kept_local;
   bytes_remote_without_dedup += o.bytes_remote_without_dedup;
   pairs_received += o.pairs_received;
+  row_bytes_sent_remote += o.row_bytes_sent_remote;
+  collectives += o.collectives;
   return *this;
+}
+
+WireBytes WireBytes::of(kernels::WireDtype dispatch, kernels::WireDtype combine, int64_t hidden,
+                        int top_k) {
+  WireBytes b;
+  b.dispatch_row = kernels::wire::row_bytes(dispatch, hidden);
+  b.routes = top_k * static_cast<int64_t>(sizeof(RouteEntry));
+  b.combine_row = kernels::wire::row_bytes(combine, hidden);
+  return b;
 }
 
 ExchangeStats exchange_stats(int rank, std::span<const int64_t> send_rows,
                              std::span<const int64_t> send_pairs,
                              std::span<const int64_t> recv_rows,
-                             std::span<const int64_t> recv_pairs, int64_t hidden, int top_k) {
+                             std::span<const int64_t> recv_pairs, const WireBytes& bytes) {
   // Dispatch sends rows + routes, combine returns one partial row per received row.
-  const int64_t row_bytes = hidden * static_cast<int64_t>(sizeof(float));
-  const int64_t routes_bytes = top_k * static_cast<int64_t>(sizeof(RouteEntry));
   const int64_t sent_local = send_rows[rank];
   const int64_t recv_local = recv_rows[rank];
   const int64_t num_recv = sum(recv_rows);
@@ -46,12 +55,14 @@ ExchangeStats exchange_stats(int rank, std::span<const int64_t> send_rows,
   st.pairs_remote = sum(send_pairs) - send_pairs[rank];
   st.rows_received = num_recv;
   st.pairs_received = sum(recv_pairs);
-  st.bytes_sent_remote =
-      st.rows_sent_remote * (row_bytes + routes_bytes) + (num_recv - recv_local) * row_bytes;
-  st.bytes_kept_local = sent_local * (row_bytes + routes_bytes) + recv_local * row_bytes;
+  st.row_bytes_sent_remote =
+      st.rows_sent_remote * bytes.dispatch_row + (num_recv - recv_local) * bytes.combine_row;
+  st.bytes_sent_remote = st.row_bytes_sent_remote + st.rows_sent_remote * bytes.routes;
+  st.bytes_kept_local =
+      sent_local * (bytes.dispatch_row + bytes.routes) + recv_local * bytes.combine_row;
   st.bytes_remote_without_dedup =
-      st.pairs_remote * (row_bytes + static_cast<int64_t>(sizeof(RouteEntry))) +
-      (sum(recv_pairs) - recv_pairs[rank]) * row_bytes;
+      st.pairs_remote * (bytes.dispatch_row + static_cast<int64_t>(sizeof(RouteEntry))) +
+      (sum(recv_pairs) - recv_pairs[rank]) * bytes.combine_row;
   return st;
 }
 

@@ -10,6 +10,7 @@
 #include <span>
 #include <vector>
 
+#include "kernels/common/moe_wire.h"
 #include "kernels/op_args.h"
 #include "parallel/placement.h"
 
@@ -52,9 +53,18 @@ struct SlotGroups {
 SlotGroups group_by_slot(std::span<const RouteEntry> recv_routes, int64_t num_recv_rows, int top_k,
                          int num_local_slots);
 
-// Per-layer traffic and timing of one dispatch+combine on this rank.
-// bytes_remote_without_dedup counts, per remote (token, expert) pair, one hidden row plus one
-// RouteEntry going out and one hidden row coming back: what an exchange without dedup would move.
+// Bytes of one exchanged row on the wire (kernels/common/moe_wire.h).
+struct WireBytes {
+  int64_t dispatch_row = 0;  // a row out: its elements (and fp8 scales)
+  int64_t routes = 0;        // its k route entries, which travel with it
+  int64_t combine_row = 0;   // a row back
+  static WireBytes of(kernels::WireDtype dispatch, kernels::WireDtype combine, int64_t hidden,
+                      int top_k);
+};
+
+// Per-layer traffic of one dispatch+combine on this rank. bytes_remote_without_dedup counts, per
+// remote (token, expert) pair, one row plus one RouteEntry going out and one row coming back, in
+// the same wire types: what an exchange without dedup would move.
 struct ExchangeStats {
   int64_t rows_sent_remote = 0;  // rows to other ranks
   int64_t rows_kept_local = 0;   // rows to this rank
@@ -63,17 +73,20 @@ struct ExchangeStats {
   int64_t bytes_sent_remote = 0;  // dispatch + combine payload to other ranks (rows + routes)
   int64_t bytes_kept_local = 0;
   int64_t bytes_remote_without_dedup = 0;  // same traffic at one row per (token, expert)
-  int64_t pairs_received = 0;  // (row, expert) pairs computed on this rank (all sources)
+  int64_t pairs_received = 0;         // (row, expert) pairs computed on this rank (all sources)
+  int64_t row_bytes_sent_remote = 0;  // the rows' part of bytes_sent_remote (no route entries)
+  int64_t collectives = 0;            // exchanges this rank entered (dispatch and combine)
 
   // Accumulates counters (e.g. over the layers and steps of a run).
   ExchangeStats& operator+=(const ExchangeStats& o);
 };
 
 // The traffic counters of one dispatch+combine on `rank`, from the rows and (token, expert)
-// pairs it sends to each rank and receives from each rank ([N] each).
+// pairs it sends to each rank and receives from each rank ([N] each), in the wire types of
+// `bytes` (collectives stay 0: the exchange counts them).
 ExchangeStats exchange_stats(int rank, std::span<const int64_t> send_rows,
                              std::span<const int64_t> send_pairs,
                              std::span<const int64_t> recv_rows,
-                             std::span<const int64_t> recv_pairs, int64_t hidden, int top_k);
+                             std::span<const int64_t> recv_pairs, const WireBytes& bytes);
 
 }  // namespace moe::parallel

@@ -11,6 +11,8 @@ namespace moe::parallel {
 namespace {
 
 namespace layout = kernels::layout;
+namespace wire = kernels::wire;
+using kernels::WireDtype;
 
 int64_t sum(std::span<const int64_t> v) {
   int64_t s = 0;
@@ -32,15 +34,45 @@ class IntCarver {
   size_t total_ = 0;
 };
 
+// Grows `buf` to `size` bytes keeping its first `keep` bytes.
+void grow_keeping(kernels::Backend& backend, kernels::Buffer<unsigned char>& buf, size_t size,
+                  size_t keep) {
+  if (size <= buf.size()) return;
+  kernels::Buffer<unsigned char> bigger(backend, size);
+  if (keep > 0) backend.copy(bigger.data(), buf.data(), keep);
+  buf = std::move(bigger);
+}
+
 }  // namespace
 
-Dispatcher::Dispatcher(Communicator& comm, kernels::Backend& backend, int64_t hidden, int top_k)
-    : comm_(comm), backend_(backend), hidden_(hidden), top_k_(top_k) {
+WirePlan resolve_wire(kernels::ComputeDtype compute, std::optional<WireDtype> requested) {
+  const bool bf16 = compute == kernels::ComputeDtype::kBF16;
+  if (!requested) return bf16 ? WirePlan{WireDtype::kBF16, WireDtype::kBF16} : WirePlan{};
+  if (*requested == WireDtype::kF32) return WirePlan{};
+  MOE_CHECK_AS("config", bf16,
+               "--dispatch-dtype {} needs --compute-dtype bf16: in fp32 compute the rows travel "
+               "as fp32, so that the logits stay those of an fp32 run",
+               kernels::wire_dtype_name(*requested));
+  return WirePlan{*requested, WireDtype::kBF16};
+}
+
+Dispatcher::Dispatcher(Communicator& comm, kernels::Backend& backend, int64_t hidden, int top_k,
+                       const DispatcherOptions& options)
+    : comm_(comm),
+      backend_(backend),
+      hidden_(hidden),
+      top_k_(top_k),
+      wire_(resolve_wire(backend.compute_dtype(), options.wire)) {
   MOE_CHECK_AS("dispatch", hidden_ >= 1 && top_k_ >= 1,
                "dispatcher needs hidden >= 1 and top_k >= 1 (got {}, {})", hidden_, top_k_);
   MOE_CHECK_AS("dispatch", !comm_.device_buffers() || !backend_.is_host_memory(),
                "communicator {} moves device buffers but backend {} keeps tensors in host memory",
                comm_.name(), backend_.name());
+  MOE_CHECK_AS("dispatch", options.capacity_rows >= 0, "capacity of {} rows per peer",
+               options.capacity_rows);
+  capacity_ = options.capacity_rows > 0 ? options.capacity_rows
+              : comm_.device_buffers()  ? kDeviceCapacityRows
+                                        : kHostCapacityRows;
 }
 
 int64_t Dispatcher::block_ints() const {
@@ -57,7 +89,7 @@ void Dispatcher::set_placement(const Placement& placement) {
     const LayerPlacement& lp = placement.layer(l);
     for (int d = 0; d < lp.num_ranks(); ++d) max_slots = std::max(max_slots, lp.num_local_slots(d));
   }
-  header_width_ = 2 + max_slots;
+  header_width_ = layout::kHeaderSlots + max_slots;
   tables_.clear();
   tables_.resize(static_cast<size_t>(placement.num_layers()));
   for (int l = 0; l < placement.num_layers(); ++l) {
@@ -97,11 +129,13 @@ void Dispatcher::set_placement(const Placement& placement) {
       backend_, static_cast<size_t>(std::max<int64_t>(1, placement.num_layers()) * block_ints()));
   host_blocks_.assign(tables_.size(), {});
   dispatched_.assign(tables_.size(), 0);
+  collectives_.assign(tables_.size(), 0);
 }
 
 void Dispatcher::begin_step() {
   backend_.fill_zero(stats_.data(), stats_.size_bytes());  // error flags and unused counters
   std::fill(dispatched_.begin(), dispatched_.end(), 0);
+  std::fill(collectives_.begin(), collectives_.end(), 0);
   for (auto& b : host_blocks_) b.clear();
 }
 
@@ -110,9 +144,9 @@ void Dispatcher::note_replayed() {
 }
 
 std::vector<const void*> Dispatcher::buffers() const {
-  return {stats_.data(),       source_ints_.data(), recv_ints_.data(),
-          send_routes_.data(), recv_routes_.data(), send_rows_.data(),
-          recv_rows_.data(),   partial_.data(),     returned_.data()};
+  return {stats_.data(),       source_ints_.data(), recv_ints_.data(),  group_ints_.data(),
+          send_routes_.data(), recv_routes_.data(), send_arena_.data(), recv_arena_.data(),
+          partial_.data(),     returned_.data(),    recv_rows_.data()};
 }
 
 void Dispatcher::check_block(int layer, const int32_t* host_block, bool grouping_done) const {
@@ -132,6 +166,10 @@ void Dispatcher::set_timer(kernels::PhaseTimer* timer, int layout_phase, int dis
   layout_phase_ = layout_phase;
   dispatch_phase_ = dispatch_phase;
   combine_phase_ = combine_phase;
+}
+
+wire::MessageFormat Dispatcher::dispatch_format() const {
+  return wire::message_format(wire_.dispatch, hidden_, top_k_, header_width_, capacity_);
 }
 
 layout::SourceLayoutView Dispatcher::source_layout(int layer, int32_t T, const int32_t* ids,
@@ -183,7 +221,15 @@ layout::SourceLayoutView Dispatcher::source_layout(int layer, int32_t T, const i
 
 DispatchHandle Dispatcher::dispatch(int layer, const float* hidden, int64_t num_tokens,
                                     const int32_t* ids, const float* weights) {
+  start_dispatch(layer, hidden, num_tokens, ids, weights);
+  return finish_dispatch();
+}
+
+void Dispatcher::start_dispatch(int layer, const float* hidden, int64_t num_tokens,
+                                const int32_t* ids, const float* weights) {
   const int N = comm_.size();
+  MOE_CHECK_AS("dispatch", flight_.layer < 0, "dispatch of layer {} started before layer {} ended",
+               layer, flight_.layer);
   MOE_CHECK_AS("dispatch",
                layer >= 0 && layer < static_cast<int>(tables_.size()) &&
                    tables_[static_cast<size_t>(layer)].data.size() > 0,
@@ -194,117 +240,199 @@ DispatchHandle Dispatcher::dispatch(int layer, const float* hidden, int64_t num_
   MOE_CHECK_AS("dispatch", num_tokens == 0 || hidden != nullptr,
                "dispatch: {} tokens but no hidden states", num_tokens);
   dispatched_[static_cast<size_t>(layer)] = 1;
-  const layout::SourceLayoutView v =
-      source_layout(layer, static_cast<int32_t>(num_tokens), ids, weights);
+  flight_.layer = layer;
+  flight_.hidden = hidden;
+  flight_.num_tokens = num_tokens;
+  flight_.view = source_layout(layer, static_cast<int32_t>(num_tokens), ids, weights);
   mark(layout_phase_);
+  if (N > 1) send_messages(layer);
+}
 
+DispatchHandle Dispatcher::finish_dispatch() {
+  MOE_CHECK_AS("dispatch", flight_.layer >= 0, "finish_dispatch without start_dispatch");
+  const int layer = flight_.layer;
   DispatchHandle d;
-  d.num_tokens = num_tokens;
-  d.token_offsets = v.token_offsets;
-  d.token_rows = v.token_rows;
-  if (N == 1) {
-    // One rank: token t is send row t, so the rows to compute are the hidden rows themselves and
-    // the routes are this rank's own; the communicator is not used.
-    d.num_recv_rows = num_tokens;
-    d.recv_rows = hidden;
-    d.recv_routes = send_routes_.data();
-    d.own_rows = static_cast<int32_t>(num_tokens);
-    if (num_tokens > kDeviceCountsMaxTokens) {
-      std::vector<int32_t>& host = host_blocks_[static_cast<size_t>(layer)];
-      host.resize(static_cast<size_t>(block_ints()));
-      backend_.download(host.data(), block(layer), host.size() * sizeof(int32_t));
-      check_block(layer, host.data(), false);
-      const int E = num_experts_, W = header_width_;
-      std::copy(host.begin() + E, host.begin() + E + W, host.begin() + E + W);  // recv = send
-    }
+  d.layer = layer;
+  d.num_tokens = flight_.num_tokens;
+  d.token_offsets = flight_.view.token_offsets;
+  d.token_rows = flight_.view.token_rows;
+  if (comm_.size() == 1) {
+    keep_local(layer, d);
+    group_received(layer, d, nullptr);
   } else {
-    exchange_counts(layer, d);
-    exchange_payload(hidden, v.send_token, d);
+    messages_.wait();
+    read_headers(layer, d);
+    receive(d);
   }
-  group_received(layer, d);
+  flight_.layer = -1;
   mark(dispatch_phase_);
   return d;
 }
 
-void Dispatcher::exchange_counts(int layer, DispatchHandle& d) {
+void Dispatcher::keep_local(int layer, DispatchHandle& d) {
+  // Token t is send row t, so the rows to compute are the hidden rows themselves and the routes
+  // are this rank's own; the communicator is not used.
+  d.num_recv_rows = d.num_tokens;
+  d.recv_rows = flight_.hidden;
+  d.recv_routes = send_routes_.data();
+  d.own_rows = static_cast<int32_t>(d.num_tokens);
+  if (d.num_tokens > kDeviceCountsMaxTokens) {
+    std::vector<int32_t>& host = host_blocks_[static_cast<size_t>(layer)];
+    host.resize(static_cast<size_t>(block_ints()));
+    backend_.download(host.data(), block(layer), host.size() * sizeof(int32_t));
+    check_block(layer, host.data(), false);
+    const int E = num_experts_, W = header_width_;
+    std::copy(host.begin() + E, host.begin() + E + W, host.begin() + E + W);  // recv = send
+  }
+}
+
+void Dispatcher::send_messages(int layer) {
   const int N = comm_.size(), rank = comm_.rank(), E = num_experts_, W = header_width_;
+  const wire::MessageFormat f = dispatch_format();
+  const int32_t T = static_cast<int32_t>(flight_.num_tokens);
+  int32_t rows_bound = T * std::min(top_k_, N);
+  const int64_t* send_bytes = nullptr;  // whole blocks
+  if (!comm_.device_buffers()) {
+    // This transport sends only the used part of each block: the host reads the header first.
+    std::vector<int32_t>& host = host_blocks_[static_cast<size_t>(layer)];
+    host.resize(static_cast<size_t>(block_ints()));
+    backend_.download(host.data() + E, block(layer) + E, static_cast<size_t>(N * W) * 4);
+    send_bytes_.assign(static_cast<size_t>(N), f.header_bytes);
+    rows_bound = 0;
+    for (int p = 0; p < N; ++p) {
+      const int64_t n = host[E + p * W + layout::kHeaderRows];
+      rows_bound += static_cast<int32_t>(n);
+      if (p != rank) send_bytes_[p] = wire::message_bytes(f, std::min<int64_t>(n, capacity_));
+    }
+    send_bytes = send_bytes_.data();
+  }
+  const size_t slots_bytes = static_cast<size_t>(N) * static_cast<size_t>(f.slot_bytes);
+  const size_t spill_bytes =
+      static_cast<size_t>(rows_bound) * static_cast<size_t>(f.row_bytes + wire::route_bytes(f)) +
+      static_cast<size_t>(N) * static_cast<size_t>(f.row_bytes);
+  send_arena_.ensure(backend_, slots_bytes + spill_bytes);
+  recv_arena_.ensure(backend_, slots_bytes);
+  wire::PackView pv;
+  pv.f = f;
+  pv.num_ranks = N;
+  pv.rank = rank;
+  pv.hidden = flight_.hidden;
+  pv.send_token = flight_.view.send_token;
+  pv.send_routes = flight_.view.send_routes;
+  pv.send_offsets = flight_.view.send_offsets;
+  pv.header = flight_.view.header;
+  pv.max_rows = rows_bound;
+  pv.slots = send_arena_.data();
+  pv.spill = send_arena_.data() + slots_bytes;
+  backend_.pack_rows(pv);
+  messages_.start_blocks(comm_, backend_, send_arena_.data(), send_bytes, recv_arena_.data(),
+                         f.slot_bytes);
+  ++collectives_[static_cast<size_t>(layer)];
+}
+
+void Dispatcher::read_headers(int layer, DispatchHandle& d) {
+  const int N = comm_.size(), rank = comm_.rank(), E = num_experts_, W = header_width_;
+  const wire::MessageFormat f = dispatch_format();
   int32_t* blk = block(layer);
-  // Headers: block d of the send header goes to rank d. Then one copy of the counters.
-  const std::vector<int64_t> counts(static_cast<size_t>(N), W);
+  for (int s = 0; s < N; ++s) {
+    backend_.copy(blk + E + N * W + s * W, recv_arena_.data() + s * f.slot_bytes,
+                  static_cast<size_t>(W) * sizeof(int32_t));
+  }
   std::vector<int32_t>& host = host_blocks_[static_cast<size_t>(layer)];
   host.resize(static_cast<size_t>(block_ints()));
-  if (comm_.device_buffers() || backend_.is_host_memory()) {
-    comm_.all_to_all_v<int32_t>({blk + E, static_cast<size_t>(N * W)}, counts,
-                                {blk + E + N * W, static_cast<size_t>(N * W)}, counts);
-    backend_.download(host.data(), blk, host.size() * sizeof(int32_t));
-  } else {
-    backend_.download(host.data(), blk, host.size() * sizeof(int32_t));
-    std::vector<int32_t> sent(host.begin() + E, host.begin() + E + N * W);
-    comm_.all_to_all_v<int32_t>(sent, counts, {host.data() + E + N * W, static_cast<size_t>(N * W)},
-                                counts);
-  }
+  backend_.download(host.data(), blk, host.size() * sizeof(int32_t));
   check_block(layer, host.data(), false);
   d.send_counts.resize(N);
   d.recv_counts.resize(N);
   for (int r = 0; r < N; ++r) {
-    d.send_counts[r] = host[E + r * W];
-    d.recv_counts[r] = host[E + N * W + r * W];
+    d.send_counts[r] = host[E + r * W + layout::kHeaderRows];
+    d.recv_counts[r] = host[E + N * W + r * W + layout::kHeaderRows];
   }
   d.num_recv_rows = sum(d.recv_counts);
   MOE_CHECK_AS("dispatch", d.num_recv_rows * top_k_ < INT32_MAX,
                "dispatch: {} received rows is too many", d.num_recv_rows);
   MOE_CHECK_AS("dispatch", d.recv_counts[rank] == d.send_counts[rank],
-               "dispatch: rank {} sends {} rows to itself but the header exchange says {}", rank,
+               "dispatch: rank {} sends {} rows to itself but its message says {}", rank,
                d.send_counts[rank], d.recv_counts[rank]);
   for (int r = 0; r < rank; ++r) {
     d.own_send_begin += static_cast<int32_t>(d.send_counts[r]);
     d.own_recv_begin += static_cast<int32_t>(d.recv_counts[r]);
   }
   d.own_rows = static_cast<int32_t>(d.send_counts[rank]);
+  // Every rank received every sender's largest message size: all agree on the spill exchange.
+  bool spill = false;
+  for (int s = 0; s < N; ++s) spill |= host[E + N * W + s * W + layout::kHeaderMaxRows] > capacity_;
+  if (spill) {
+    exchange_spill(d);
+    ++collectives_[static_cast<size_t>(layer)];
+  }
 }
 
-void Dispatcher::exchange_payload(const float* hidden, const int32_t* send_token,
-                                  DispatchHandle& d) {
-  const int64_t num_send = sum(d.send_counts);
-  const int64_t own_end = d.own_send_begin + d.own_rows;
-  const int64_t remote_recv = d.num_recv_rows - d.own_rows;
-  // Rows for other ranks packed without the own block; own rows straight into the tail of the
-  // receive buffer.
-  send_rows_.ensure(backend_,
-                    static_cast<size_t>(std::max<int64_t>(num_send - d.own_rows, 1) * hidden_));
-  recv_rows_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(d.num_recv_rows, 1) * hidden_));
-  if (d.own_send_begin > 0) {
-    backend_.gather_rows(hidden, hidden_, send_token, d.own_send_begin, send_rows_.data());
+void Dispatcher::exchange_spill(const DispatchHandle& d) {
+  const int N = comm_.size(), rank = comm_.rank();
+  const wire::MessageFormat f = dispatch_format();
+  spill_send_.assign(static_cast<size_t>(N), 0);
+  spill_recv_.assign(static_cast<size_t>(N), 0);
+  int64_t recv_rows = 0;
+  for (int p = 0; p < N; ++p) {
+    if (p == rank) continue;
+    spill_send_[p] = wire::spill_rows(f, d.send_counts[p]) * f.row_bytes;
+    spill_recv_[p] = wire::spill_rows(f, d.recv_counts[p]) * f.row_bytes;
+    recv_rows += wire::spill_rows(f, d.recv_counts[p]);
   }
-  if (num_send > own_end) {
-    backend_.gather_rows(hidden, hidden_, send_token + own_end, num_send - own_end,
-                         send_rows_.data() + d.own_send_begin * hidden_);
-  }
-  if (d.own_rows > 0) {
-    backend_.gather_rows(hidden, hidden_, send_token + d.own_send_begin, d.own_rows,
-                         recv_rows_.data() + remote_recv * hidden_);
-  }
-  set_remote_counts(d);
-  exchange_rows<float>(comm_, backend_, hidden_, send_rows_.data(), remote_send_, recv_rows_.data(),
-                       remote_recv_, row_scratch_);
-  // Routes travel whole (own block included), in received order.
-  recv_routes_.ensure(backend_,
-                      static_cast<size_t>(std::max<int64_t>(d.num_recv_rows * top_k_, 1)));
-  exchange_rows<kernels::RouteEntry>(comm_, backend_, top_k_, send_routes_.data(), d.send_counts,
-                                     recv_routes_.data(), d.recv_counts, route_scratch_);
-  d.recv_rows = recv_rows_.data();
-  d.recv_routes = recv_routes_.data();
+  // The spill lands right after the slots' arena rows; the slots are kept when the arena grows.
+  const size_t slots_bytes = static_cast<size_t>(N) * static_cast<size_t>(f.slot_bytes);
+  grow_keeping(backend_, recv_arena_,
+               slots_bytes + static_cast<size_t>(f.header_bytes + recv_rows * f.row_bytes),
+               slots_bytes);
+  spill_.start_v(comm_, backend_, send_arena_.data() + slots_bytes, spill_send_,
+                 recv_arena_.data() + slots_bytes + f.header_bytes, spill_recv_);
+  spill_.wait();
 }
 
-void Dispatcher::set_remote_counts(const DispatchHandle& d) {
-  const int rank = comm_.rank();
-  remote_send_ = d.send_counts;
-  remote_send_[rank] = 0;
-  remote_recv_ = d.recv_counts;
-  remote_recv_[rank] = 0;
+void Dispatcher::receive(DispatchHandle& d) {
+  const int N = comm_.size(), rank = comm_.rank(), E = num_experts_, W = header_width_;
+  const wire::MessageFormat f = dispatch_format();
+  const int32_t R = static_cast<int32_t>(d.num_recv_rows), k = top_k_;
+  const bool in_place = wire::rows_in_place(f);
+  // Arena rows: the slots, every source's spill, then (fp32 rows) the own rows.
+  int64_t arena_rows = N * wire::slot_rows(f);
+  for (int s = 0; s < N; ++s) {
+    if (s != rank) arena_rows += wire::spill_rows(f, d.recv_counts[s]);
+  }
+  if (in_place) arena_rows += d.own_rows;
+  grow_keeping(backend_, recv_arena_,
+               static_cast<size_t>(f.header_bytes + arena_rows * f.row_bytes), recv_arena_.size());
+  if (!in_place)
+    recv_rows_.ensure(backend_, static_cast<size_t>(std::max<int32_t>(R, 1) * hidden_));
+  recv_routes_.ensure(backend_, static_cast<size_t>(std::max(R * k, 1)));
+  IntCarver carve;
+  const size_t plan = carve.add(2 * N + 2), row_at = carve.add(R);
+  recv_ints_.ensure(backend_, carve.total());
+
+  wire::ReceiveView rv;
+  rv.f = f;
+  rv.num_ranks = N;
+  rv.rank = rank;
+  rv.arena = recv_arena_.data();
+  rv.recv_header = block(flight_.layer) + E + N * W;
+  rv.plan = recv_ints_.data() + plan;
+  rv.hidden = flight_.hidden;
+  rv.send_token = flight_.view.send_token;
+  rv.send_routes = flight_.view.send_routes;
+  rv.send_offsets = flight_.view.send_offsets;
+  rv.rows =
+      in_place ? reinterpret_cast<float*>(recv_arena_.data() + f.header_bytes) : recv_rows_.data();
+  rv.routes = recv_routes_.data();
+  rv.row_at = recv_ints_.data() + row_at;
+  rv.max_rows = R;
+  backend_.receive_rows(rv);
+  d.recv_rows = rv.rows;
+  d.recv_routes = rv.routes;
+  group_received(flight_.layer, d, rv.row_at);
 }
 
-void Dispatcher::group_received(int layer, DispatchHandle& d) {
+void Dispatcher::group_received(int layer, DispatchHandle& d, const int32_t* row_at) {
   const int N = comm_.size(), E = num_experts_, W = header_width_;
   const int32_t R = static_cast<int32_t>(d.num_recv_rows), k = top_k_;
   const int32_t S = tables_[static_cast<size_t>(layer)].local_slots;
@@ -315,20 +443,19 @@ void Dispatcher::group_received(int layer, DispatchHandle& d) {
   const size_t slot_begin = rc.add(S + 1);
   const size_t row_index = rc.add(static_cast<int64_t>(R) * k);
   const size_t pair_of_entry = rc.add(static_cast<int64_t>(R) * k);
-  recv_ints_.ensure(backend_, rc.total());
-  int32_t* ri = recv_ints_.data();
+  group_ints_.ensure(backend_, rc.total());
+  int32_t* gi = group_ints_.data();
   layout::SlotGroupingView g;
   g.routes = d.recv_routes;
   g.num_rows = R;
   g.top_k = k;
   g.chunk_size = chunk;
   g.num_slots = S;
-  g.own_begin = d.own_recv_begin;
-  g.own_rows = d.own_rows;
-  g.chunk_slot = ri + chunk_slot;
-  g.slot_begin = ri + slot_begin;
-  g.row_index = ri + row_index;
-  g.pair_of_entry = ri + pair_of_entry;
+  g.row_at = row_at;
+  g.chunk_slot = gi + chunk_slot;
+  g.slot_begin = gi + slot_begin;
+  g.row_index = gi + row_index;
+  g.pair_of_entry = gi + pair_of_entry;
   g.error = block(layer) + E + 2 * N * W + 1;
   backend_.group_by_slot(g);
 
@@ -343,7 +470,7 @@ void Dispatcher::group_received(int layer, DispatchHandle& d) {
     d.host_slot_begin.assign(static_cast<size_t>(g.num_slots) + 1, 0);
     for (int32_t s = 0; s < g.num_slots; ++s) {
       int32_t pairs = 0;
-      for (int r = 0; r < N; ++r) pairs += host[E + N * W + r * W + 2 + s];
+      for (int r = 0; r < N; ++r) pairs += host[E + N * W + r * W + layout::kHeaderSlots + s];
       d.host_slot_begin[s + 1] = d.host_slot_begin[s] + pairs;
     }
     d.experts.host_slot_begin = d.host_slot_begin.data();
@@ -351,32 +478,62 @@ void Dispatcher::group_received(int layer, DispatchHandle& d) {
 }
 
 void Dispatcher::combine(const float* expert_out, const DispatchHandle& d, float* x) {
-  const int N = comm_.size();
-  const int32_t R = static_cast<int32_t>(d.num_recv_rows);
-  const int64_t remote_recv = d.num_recv_rows - d.own_rows;
-  partial_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(R, 1) * hidden_));
-  if (R > 0) {
-    backend_.combine_partial(d.recv_routes, d.pair_of_entry, expert_out, hidden_, top_k_, R,
-                             d.own_recv_begin, d.own_rows, partial_.data());
+  start_combine(expert_out, d);
+  finish_combine(d, x);
+}
+
+void Dispatcher::start_combine(const float* expert_out, const DispatchHandle& d) {
+  const int N = comm_.size(), rank = comm_.rank();
+  expert_out_ = expert_out;
+  if (N == 1) return;
+  // The reverse exchange: each source gets its rows back, in the order it sent them.
+  const int64_t row_bytes = wire::row_bytes(wire_.combine, hidden_);
+  const int64_t out_rows = d.num_recv_rows - d.own_rows;
+  const int64_t back_rows = sum(d.send_counts) - d.own_rows;
+  partial_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(out_rows, 1) * row_bytes));
+  returned_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(back_rows, 1) * row_bytes));
+  if (out_rows > 0) {
+    layout::PartialRowsView pv;
+    pv.routes = d.recv_routes;
+    pv.pair_of_entry = d.pair_of_entry;
+    pv.expert_out = expert_out;
+    pv.width = hidden_;
+    pv.top_k = top_k_;
+    pv.num_rows = static_cast<int32_t>(d.num_recv_rows);
+    pv.own_begin = d.own_recv_begin;
+    pv.own_rows = d.own_rows;
+    pv.dtype = wire_.combine;
+    pv.out = partial_.data();
+    backend_.combine_partial(pv);
   }
-  layout::CombineSources src;
-  src.partial = partial_.data();
-  src.own_send_begin = d.own_send_begin;
-  src.own_rows = d.own_rows;
-  src.remote_recv_rows = static_cast<int32_t>(remote_recv);
-  if (N > 1) {
-    // The reverse exchange: received rows go back where they came from, in the same order.
-    const int64_t returned_rows = sum(d.send_counts) - d.own_rows;
-    returned_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(returned_rows, 1) * hidden_));
-    set_remote_counts(d);
-    exchange_rows<float>(comm_, backend_, hidden_, partial_.data(), remote_recv_, returned_.data(),
-                         remote_send_, row_scratch_);
-    src.returned = returned_.data();
+  back_send_.assign(static_cast<size_t>(N), 0);
+  back_recv_.assign(static_cast<size_t>(N), 0);
+  for (int p = 0; p < N; ++p) {
+    if (p == rank) continue;
+    back_send_[p] = d.recv_counts[p] * row_bytes;
+    back_recv_[p] = d.send_counts[p] * row_bytes;
   }
+  back_.start_v(comm_, backend_, partial_.data(), back_send_, returned_.data(), back_recv_);
+  ++collectives_[static_cast<size_t>(d.layer)];
+}
+
+void Dispatcher::finish_combine(const DispatchHandle& d, float* x) {
+  back_.wait();
   if (d.num_tokens > 0) {
+    layout::CombineSources src;
+    src.returned = returned_.data();
+    src.dtype = wire_.combine;
+    src.own_send_begin = d.own_send_begin;
+    src.own_rows = d.own_rows;
+    src.own_recv_begin = d.own_recv_begin;
+    src.routes = d.recv_routes;
+    src.pair_of_entry = d.pair_of_entry;
+    src.expert_out = expert_out_;
+    src.top_k = top_k_;
     backend_.combine_residual(src, d.token_offsets, d.token_rows, hidden_,
                               static_cast<int32_t>(d.num_tokens), x);
   }
+  expert_out_ = nullptr;
   mark(combine_phase_);
 }
 
@@ -384,6 +541,7 @@ std::vector<LayerLoad> Dispatcher::collect_loads() {
   const int N = comm_.size(), rank = comm_.rank();
   const int64_t B = block_ints();
   const int E = num_experts_, W = header_width_;
+  const WireBytes bytes = WireBytes::of(wire_.dispatch, wire_.combine, hidden_, top_k_);
   std::vector<int32_t> all;
   std::vector<LayerLoad> loads(tables_.size());
   // One copy of every layer's counters: the error flags, and what the host has not seen yet.
@@ -402,15 +560,15 @@ std::vector<LayerLoad> Dispatcher::collect_loads() {
     load.tokens_per_expert.assign(b, b + E);
     std::vector<int64_t> send_rows(N), send_pairs(N), recv_rows(N), recv_pairs(N);
     for (int r = 0; r < N; ++r) {
-      send_rows[r] = b[E + r * W];
-      send_pairs[r] = b[E + r * W + 1];
-      recv_rows[r] = recv_header[r * W];
-      recv_pairs[r] = recv_header[r * W + 1];
+      send_rows[r] = b[E + r * W + layout::kHeaderRows];
+      send_pairs[r] = b[E + r * W + layout::kHeaderPairs];
+      recv_rows[r] = recv_header[r * W + layout::kHeaderRows];
+      recv_pairs[r] = recv_header[r * W + layout::kHeaderPairs];
     }
     load.tokens_per_rank = send_pairs;
     load.rows_per_rank = send_rows;
-    load.traffic =
-        exchange_stats(rank, send_rows, send_pairs, recv_rows, recv_pairs, hidden_, top_k_);
+    load.traffic = exchange_stats(rank, send_rows, send_pairs, recv_rows, recv_pairs, bytes);
+    load.traffic.collectives = collectives_[l];
   }
   return loads;
 }

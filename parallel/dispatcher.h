@@ -1,49 +1,53 @@
 // Expert-parallel token exchange for one MoE layer, the one path every backend runs: the layout
 // (who goes where, deduplicated per destination rank) is computed in backend memory by the layout
-// ops (kernels/common/moe_layout.h bodies: CUDA kernels on the GPU, loops on the CPU), then
-// dispatch moves hidden rows + route entries to the ranks holding their experts and combine brings
-// the expert outputs back and adds them to the residual stream. parallel/dispatch_layout.h is the
-// sequential specification of the same layout.
+// ops (kernels/common/moe_layout.h bodies: CUDA kernels on the GPU, loops on the CPU); dispatch
+// sends every peer ONE message (header, rows in the wire type, route entries:
+// kernels/common/moe_wire.h) and combine sends one message back, whose rows are added to the
+// residual stream. parallel/dispatch_layout.h is the sequential specification of the layout.
 //
-// Buffer layouts on rank r (T own tokens, k = top_k, N ranks; "own" = rows rank r sends to
-// itself, which never pass through the communicator):
+// Buffer layouts on rank r (T own tokens, k = top_k, N ranks, C = capacity rows; "own" = rows
+// rank r sends to itself, which never pass through the communicator):
 //
-//   send rows   [S, H]   S = sum_d send_counts[d]; rows for rank 0 first, then rank 1, ...;
-//                        within a destination in ascending token order; a token appears ONCE
-//                        per destination holding any of its experts (dedup). Only the S - own
-//                        rows for other ranks are gathered into a buffer.
-//   send routes [S, k]   RouteEntry per row: (local_slot on the destination, weight), in the
-//                        token's top-k order; unused entries have local_slot = -1.
-//   recv rows   [R, H]   R = sum_s recv_counts[s]. Logically in source-rank order (recv_routes,
-//                        pair_of_entry use it); in memory the own block is moved last: rows from
-//                        other ranks in source order, then own rows, gathered straight from
-//                        hidden. row_index points into this physical order.
-//   expert in   row_index [P] -> recv row; grouped by local slot ascending, rows ascending.
-//   expert out  [P, H]   one row per (recv row, route entry) pair, same order as row_index.
-//   partial     [R, H]   partial[r] = sum_j weight_j * expert_out[pair(r, j)] in route order;
-//                        physical order of the recv rows.
-//   returned    [S - own, H]  combine sends the other ranks' partial rows back: the exact reverse
-//                        of dispatch. Own rows are read from partial where they lie.
-//   x           [T, H]   x[t] += sum of the rows of t in destination order (fp32).
+//   send rows     [S]      S = sum_d send_counts[d]; for rank 0 first, then rank 1, ...; within a
+//                          destination in ascending token order; a token appears ONCE per
+//                          destination holding any of its experts (dedup). Packed straight from
+//                          hidden into the send arena: slot d holds the first min(n_d, C) rows of
+//                          d's message, the spill area the rest (moe_wire.h draws both).
+//   recv arena             slots of every source, then their spills (second exchange, only when a
+//                          sender's header says it has more than C rows for some rank).
+//   recv rows     [R]      R = sum_s recv_counts[s], received order = source rank order (own block
+//                          at its place). The experts read fp32 rows where they landed in the
+//                          arena (own rows gathered after the spills); other wire types are
+//                          widened into [R, H] with the own block last. row_at[r] says where.
+//   recv routes   [R, k]   RouteEntry per received row, received order.
+//   expert in     row_index [P] -> row of the experts' input; grouped by local slot ascending.
+//   expert out    [P, H]   one row per (recv row, route entry) pair, same order as row_index.
+//   partial out   [R - own, H]  (wire type) partial[r] = sum_j weight_j * expert_out[pair(r, j)] in
+//                          route order, for the rows of other ranks, in received order: combine's
+//                          one message back to each source. Own rows' partial sums are formed
+//                          in the final sum, never stored.
+//   returned      [S - own, H]  (wire type) rows back from the other ranks, send order.
+//   x             [T, H]   x[t] += the sum of the rows of t in destination order (fp32).
 //
-// What the host waits for, per MoE layer:
-//   one rank: nothing when the batch has at most kDeviceCountsMaxTokens tokens (the expert op
-//     reads the slot counts on the device; the step can be captured as a device graph); else one
-//     small copy of the slot counts (cuBLAS's grouped GEMM takes its sizes on the host). The
-//     communicator is not used at all.
-//   several ranks: one header exchange, then one small copy of this rank's counters (the header it
-//     sent and the headers it received: rows and per-slot pairs per rank), which size the
-//     variable exchanges.
+// Collectives per MoE layer (several ranks): dispatch one fixed-block exchange (every pair, one
+// message each way, no count round trip before it), one spill exchange only when some message
+// outgrew C, combine one exchange. What the host waits for: the dispatch messages, then one small
+// copy of the headers they carried (sizes of the spill, the received rows and the per-slot pair
+// counts). One rank: nothing is exchanged; nothing is read on the host when the batch has at most
+// kDeviceCountsMaxTokens tokens (the step can be captured as a device graph).
 // Loads (LayerLoad) come from the same counters: collect_loads() downloads what the host has not
 // already seen, once per step. Sums run in a fixed order with fp32 accumulation, so the result
-// does not depend on how ranks split the work beyond the order stated above.
+// does not depend on how ranks split the work beyond the order stated above (and on the wire type
+// of the partial rows: fp32 rows give the bits of an fp32 sum, docs/numerics.md).
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <vector>
 
 #include "kernels/backend.h"
+#include "kernels/common/moe_wire.h"
 #include "parallel/communicator.h"
 #include "parallel/dispatch_layout.h"
 #include "parallel/exchange.h"
@@ -52,8 +56,26 @@
 
 namespace moe::parallel {
 
+// The wire types of both directions.
+struct WirePlan {
+  kernels::WireDtype dispatch = kernels::WireDtype::kF32;
+  kernels::WireDtype combine = kernels::WireDtype::kF32;
+};
+// Rows travel in the activation dtype unless `requested` says otherwise: fp32 (both directions
+// fp32, any compute), bf16 or fp8 (dispatch; combine bf16), which need bf16 compute. Throws
+// moe::Error("config") naming the combination otherwise.
+WirePlan resolve_wire(kernels::ComputeDtype compute, std::optional<kernels::WireDtype> requested);
+
+struct DispatcherOptions {
+  std::optional<kernels::WireDtype> wire;  // unset: the activation dtype (resolve_wire)
+  // Rows per peer in the fixed-capacity message (the same on every rank); 0: kHostCapacityRows
+  // for a communicator that sends only what is used (MPI), kDeviceCapacityRows for one that
+  // moves whole blocks (NCCL).
+  int32_t capacity_rows = 0;
+};
+
 // What dispatch hands to expert compute and to combine. Pointers into the dispatcher's buffers
-// (backend memory): valid until its next dispatch().
+// (backend memory): valid until its next dispatch.
 struct DispatchHandle {
   DispatchHandle() = default;
   DispatchHandle(const DispatchHandle&) = delete;  // experts.host_slot_begin points into it
@@ -61,8 +83,9 @@ struct DispatchHandle {
   DispatchHandle(DispatchHandle&&) = default;
   DispatchHandle& operator=(DispatchHandle&&) = default;
 
+  int layer = -1;
   kernels::ExpertBatch experts;      // the pairs by local slot (slot weights filled by the caller)
-  const float* recv_rows = nullptr;  // [R, H], own rows last: expert_swiglu's x
+  const float* recv_rows = nullptr;  // expert_swiglu's x (rows at experts.row_index)
   int64_t num_recv_rows = 0;
   int64_t num_tokens = 0;
   // Host copy of slot_begin when the host has the counts, else empty (experts.host_slot_begin
@@ -81,8 +104,11 @@ class Dispatcher {
  public:
   // Batches of at most this many tokens keep the slot counts on the device on one rank.
   static constexpr int64_t kDeviceCountsMaxTokens = 64;
+  static constexpr int32_t kHostCapacityRows = 256;
+  static constexpr int32_t kDeviceCapacityRows = 64;
 
-  Dispatcher(Communicator& comm, kernels::Backend& backend, int64_t hidden, int top_k);
+  Dispatcher(Communicator& comm, kernels::Backend& backend, int64_t hidden, int top_k,
+             const DispatcherOptions& options = {});
 
   // Uploads the routing table of every MoE layer of `placement` (once per placement).
   void set_placement(const Placement& placement);
@@ -91,13 +117,23 @@ class Dispatcher {
   // Marks the layout, dispatch and combine phases on `timer` (not owned; nullptr: no marks).
   void set_timer(kernels::PhaseTimer* timer, int layout_phase, int dispatch_phase,
                  int combine_phase);
+  const WirePlan& wire() const { return wire_; }
+  int32_t capacity_rows() const { return capacity_; }
 
   // ids / weights: [num_tokens, k] in backend memory. hidden: [num_tokens, H]. Collective: every
-  // rank calls it, with num_tokens == 0 allowed.
+  // rank calls it, with num_tokens == 0 allowed. dispatch() = start_dispatch() + finish_dispatch():
+  // between the two the messages are in flight and the caller may compute (hidden, ids and
+  // weights stay untouched until finish_dispatch returns).
   DispatchHandle dispatch(int layer, const float* hidden, int64_t num_tokens, const int32_t* ids,
                           const float* weights);
+  void start_dispatch(int layer, const float* hidden, int64_t num_tokens, const int32_t* ids,
+                      const float* weights);
+  DispatchHandle finish_dispatch();
   // x [num_tokens, H] += the combined expert output. expert_out: [P, H]. Collective.
+  // combine() = start_combine() + finish_combine() (expert_out stays untouched in between).
   void combine(const float* expert_out, const DispatchHandle& d, float* x);
+  void start_combine(const float* expert_out, const DispatchHandle& d);
+  void finish_combine(const DispatchHandle& d, float* x);
 
   // Every MoE layer ran as part of a replayed device graph this step (the host code of
   // dispatch() did not run, the device wrote the counters): collect_loads() reads them all.
@@ -116,6 +152,13 @@ class Dispatcher {
     kernels::RoutingTable table;
     int32_t local_slots = 0;  // this rank's
   };
+  // The dispatch in flight between start_dispatch() and finish_dispatch().
+  struct InFlight {
+    int layer = -1;
+    const float* hidden = nullptr;
+    int64_t num_tokens = 0;
+    kernels::layout::SourceLayoutView view;
+  };
   // Per-layer counters in one buffer, so one download covers a step:
   //   [expert_total E][send header N W][recv header N W][layout error][grouping error]
   int64_t block_ints() const;
@@ -123,17 +166,19 @@ class Dispatcher {
   // Throws on the error flags of a host copy of a layer's block (the grouping's only once the
   // grouping has run).
   void check_block(int layer, const int32_t* host_block, bool grouping_done) const;
-  // Steps of dispatch(): the source-side layout of `layer` into source_ints_ / send_routes_;
-  // the header exchange that tells every rank its counts; the row and route payload; the
-  // receiver-side grouping by local slot.
+  kernels::wire::MessageFormat dispatch_format() const;
+  // Steps of a dispatch: the source-side layout of `layer` into source_ints_ / send_routes_; the
+  // messages packed and sent; the headers they carried read on the host; the spill; the received
+  // rows and routes; the receiver-side grouping by local slot.
   kernels::layout::SourceLayoutView source_layout(int layer, int32_t num_tokens, const int32_t* ids,
                                                   const float* weights);
-  void exchange_counts(int layer, DispatchHandle& d);
-  void exchange_payload(const float* hidden, const int32_t* send_token, DispatchHandle& d);
-  void group_received(int layer, DispatchHandle& d);
-  // remote_send_ / remote_recv_: d's row counts with this rank's own entry zero (what the
-  // communicator moves; own rows stay in place).
-  void set_remote_counts(const DispatchHandle& d);
+  void send_messages(int layer);
+  void read_headers(int layer, DispatchHandle& d);
+  void exchange_spill(const DispatchHandle& d);
+  void receive(DispatchHandle& d);
+  void group_received(int layer, DispatchHandle& d, const int32_t* row_at);
+  // The one-rank dispatch: token t is row t, nothing moves.
+  void keep_local(int layer, DispatchHandle& d);
   void mark(int phase) {
     if (timer_ != nullptr) timer_->mark(phase);
   }
@@ -142,22 +187,28 @@ class Dispatcher {
   kernels::Backend& backend_;
   int64_t hidden_;
   int top_k_;
+  WirePlan wire_;
+  int32_t capacity_ = 0;
   int num_experts_ = 0;
   int header_width_ = 0;
   std::vector<LayerTable> tables_;                 // [layers]; empty data for dense layers
   kernels::Buffer<int32_t> stats_;                 // [layers * block_ints()]
   std::vector<std::vector<int32_t>> host_blocks_;  // [layers] blocks the host already has
   std::vector<char> dispatched_;                   // [layers] this step
+  std::vector<int32_t> collectives_;               // [layers] exchanges entered this step
   kernels::PhaseTimer* timer_ = nullptr;
   int layout_phase_ = 0, dispatch_phase_ = 0, combine_phase_ = 0;
+  InFlight flight_;
+  const float* expert_out_ = nullptr;  // of the combine in flight
 
-  // Scratch reused across layers (grown, never shrunk).
-  kernels::Buffer<int32_t> source_ints_, recv_ints_;
+  // Scratch reused across layers (grown, never shrunk; the receive arena keeps its contents when
+  // it grows).
+  kernels::Buffer<int32_t> source_ints_, recv_ints_, group_ints_;
   kernels::Buffer<kernels::RouteEntry> send_routes_, recv_routes_;
-  kernels::Buffer<float> send_rows_, recv_rows_, partial_, returned_;
-  std::vector<int64_t> remote_send_, remote_recv_;
-  ExchangeScratch<float> row_scratch_;
-  ExchangeScratch<kernels::RouteEntry> route_scratch_;
+  kernels::Buffer<unsigned char> send_arena_, recv_arena_, partial_, returned_;
+  kernels::Buffer<float> recv_rows_;  // widened rows (wire types other than fp32)
+  std::vector<int64_t> send_bytes_, spill_send_, spill_recv_, back_send_, back_recv_;
+  ByteExchange messages_, spill_, back_;
 };
 
 }  // namespace moe::parallel

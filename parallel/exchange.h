@@ -1,5 +1,7 @@
-// Rows of backend memory moved between ranks by one all_to_all_v, whichever memory the
-// communicator moves: the one staging rule the dispatcher and the expert-weight moves share.
+// Moving backend memory between ranks, whichever memory the communicator moves: straight through
+// the communicator when it moves the backend's memory (NCCL, or a host backend with MPI), else
+// staged through host memory (a device backend with MPI). The one staging rule the dispatcher's
+// messages and the expert-weight moves share.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +13,35 @@
 
 namespace moe::parallel {
 
+// True when the communicator moves the backend's memory itself.
+inline bool moves_backend_memory(const Communicator& comm, const kernels::Backend& backend) {
+  return comm.device_buffers() || backend.is_host_memory();
+}
+
+// One started byte exchange of backend memory (fixed blocks or all_to_all_v), completed by
+// wait(); reusable (staging buffers grow, never shrink).
+class ByteExchange {
+ public:
+  // Communicator::start_all_to_all_blocks on backend memory (send and recv: size() blocks).
+  void start_blocks(Communicator& comm, kernels::Backend& backend, const unsigned char* send,
+                    const int64_t* send_bytes, unsigned char* recv, int64_t block_bytes);
+  // Communicator::start_all_to_all_v of bytes on backend memory.
+  void start_v(Communicator& comm, kernels::Backend& backend, const unsigned char* send,
+               std::span<const int64_t> send_bytes, unsigned char* recv,
+               std::span<const int64_t> recv_bytes);
+  // Completes the exchange (a staged one uploads what it received). No-op when none is started.
+  void wait();
+  bool started() const { return comm_ != nullptr; }
+
+ private:
+  Communicator* comm_ = nullptr;
+  kernels::Backend* backend_ = nullptr;
+  ExchangeId id_ = -1;
+  unsigned char* recv_ = nullptr;  // backend memory a staged exchange uploads to
+  size_t recv_size_ = 0;           // 0: not staged
+  std::vector<unsigned char> host_send_, host_recv_;
+};
+
 // Reusable staging of exchange_rows.
 template <class T>
 struct ExchangeScratch {
@@ -19,8 +50,7 @@ struct ExchangeScratch {
 };
 
 // Moves rows of `width` elements of T between ranks (all_to_all_v; counts in rows), from and to
-// backend memory: straight through the communicator when it moves the backend's memory (NCCL, or
-// a host backend with MPI), else staged through host memory (a device backend with MPI).
+// backend memory, staged as moves_backend_memory() says.
 template <class T>
 void exchange_rows(Communicator& comm, kernels::Backend& backend, int64_t width, const T* send,
                    std::span<const int64_t> send_rows, T* recv, std::span<const int64_t> recv_rows,
@@ -35,7 +65,7 @@ void exchange_rows(Communicator& comm, kernels::Backend& backend, int64_t width,
     send_size += static_cast<size_t>(scratch.send_elems[r]);
     recv_size += static_cast<size_t>(scratch.recv_elems[r]);
   }
-  if (comm.device_buffers() || backend.is_host_memory()) {
+  if (moves_backend_memory(comm, backend)) {
     comm.all_to_all_v<T>({send, send_size}, scratch.send_elems, {recv, recv_size},
                          scratch.recv_elems);
     return;

@@ -153,8 +153,9 @@ class MpiCommunicator final : public Communicator {
   }
 
  protected:
-  void all_to_all_v_raw(const void* send, size_t send_size, const int64_t* send_counts, void* recv,
-                        size_t recv_size, const int64_t* recv_counts, size_t elem_bytes) override {
+  ExchangeId start_all_to_all_v_raw(const void* send, size_t send_size, const int64_t* send_counts,
+                                    void* recv, size_t recv_size, const int64_t* recv_counts,
+                                    size_t elem_bytes) override {
     check_usable("all_to_all_v");
     MOE_CHECK_AS("comm", elem_bytes > 0, "all_to_all_v: zero-sized elements");
     Pending p;
@@ -165,6 +166,34 @@ class MpiCommunicator final : public Communicator {
     fill_counts(send_counts, send_size, "send", p.send_counts, p.send_displs);
     fill_counts(recv_counts, recv_size, "recv", p.recv_counts, p.recv_displs);
     start_exchange(send, recv, element_type(elem_bytes), elem_bytes, p);
+    return park(std::move(p));
+  }
+
+  // Every peer's block is received into its whole slot (MPI allows the message to be shorter);
+  // only the used bytes are sent, empty ones too: the receiver cannot know they are empty.
+  ExchangeId start_all_to_all_blocks_raw(const void* send, const int64_t* send_bytes, void* recv,
+                                         int64_t block_bytes) override {
+    check_usable("all_to_all_blocks");
+    const int block = to_int(block_bytes, "block size", "all_to_all_blocks");
+    Pending p;
+    for (int peer = 0; peer < size_; ++peer) {
+      const int64_t displ = static_cast<int64_t>(peer) * block_bytes;
+      p.send_displs.push_back(to_int(displ, "displacement", "all_to_all_blocks"));
+      p.recv_displs.push_back(p.send_displs.back());
+      p.send_counts.push_back(send_bytes != nullptr ? static_cast<int>(send_bytes[peer]) : block);
+      p.recv_counts.push_back(peer == rank_ ? p.send_counts.back() : block);
+    }
+    start_exchange(send, recv, MPI_BYTE, 1, p, /*send_empty=*/true);
+    return park(std::move(p));
+  }
+
+  void wait(ExchangeId id) override {
+    check_usable("wait");
+    auto it = pending_.find(id);
+    MOE_CHECK_AS("comm", it != pending_.end(), "wait: exchange {} is not pending on rank {}", id,
+                 rank_);
+    Pending p = std::move(it->second);
+    pending_.erase(it);
     wait(p, "all_to_all_v");
   }
 
@@ -234,8 +263,9 @@ class MpiCommunicator final : public Communicator {
   // hang after an MPI_Ialltoallv with empty blocks (4 ranks, one without tokens); p2p requests
   // complete reliably, and this is the shape NCCL's grouped send/recv has as well. A per-call tag
   // keeps consecutive exchanges apart.
+  // With send_empty, empty blocks are sent too (fixed blocks: the receiver always posts one).
   void start_exchange(const void* send, void* recv, MPI_Datatype type, size_t elem_bytes,
-                      Pending& p) {
+                      Pending& p, bool send_empty = false) {
     const int tag = kExchangeTagBase + static_cast<int>(exchange_seq_++ % kExchangeTags);
     for (int peer = 0; peer < size_; ++peer) {
       if (peer == rank_ || p.recv_counts[peer] == 0) continue;
@@ -245,7 +275,7 @@ class MpiCommunicator final : public Communicator {
       p.peers.push_back(r);
     }
     for (int peer = 0; peer < size_; ++peer) {
-      if (peer == rank_ || p.send_counts[peer] == 0) continue;
+      if (peer == rank_ || (p.send_counts[peer] == 0 && !send_empty)) continue;
       MPI_Request r;
       MOE_MPI_CHECK(MPI_Isend(static_cast<const char*>(send) + p.send_displs[peer] * elem_bytes,
                               p.send_counts[peer], type, peer, tag, MPI_COMM_WORLD, &r));
@@ -259,6 +289,12 @@ class MpiCommunicator final : public Communicator {
                   static_cast<const char*>(send) + p.send_displs[rank_] * elem_bytes,
                   static_cast<size_t>(p.send_counts[rank_]) * elem_bytes);
     }
+  }
+
+  ExchangeId park(Pending&& p) {
+    const ExchangeId id = next_id_++;
+    pending_.emplace(id, std::move(p));
+    return id;
   }
 
   void check_usable(const char* op) const {
@@ -366,9 +402,11 @@ class MpiCommunicator final : public Communicator {
   int rank_ = 0, size_ = 1;
   NodeLayout layout_;
   bool shut_down_ = false;
-  std::string failed_op_;           // non-empty after a timeout
-  uint64_t exchange_seq_ = 0;       // calls of start_exchange, for its tags
-  std::vector<Pending> abandoned_;  // timed-out requests MPI may still complete
+  std::string failed_op_;                  // non-empty after a timeout
+  uint64_t exchange_seq_ = 0;              // calls of start_exchange, for its tags
+  std::vector<Pending> abandoned_;         // timed-out requests MPI may still complete
+  std::map<ExchangeId, Pending> pending_;  // started, not yet waited for
+  ExchangeId next_id_ = 0;
   std::map<size_t, MPI_Datatype> types_;
 };
 

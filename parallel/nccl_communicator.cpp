@@ -1,8 +1,11 @@
-// NcclCommunicatorImpl (see nccl_communicator.h). Ordering of one all_to_all_v:
+// NcclCommunicatorImpl (see nccl_communicator.h). Ordering of one exchange (all_to_all_v or
+// fixed blocks), started by start_*() and completed by wait():
 //
-//   compute stream: ... producer kernels ── record ready_ ──────────────── wait done_ ── consumers
-//   comm stream:                 wait ready_ ── self copy ── ncclGroup{Send/Recv} ── record done_
+//   compute stream: ... producer kernels ── record ready_ ─────────────── wait done ── consumers
+//   comm stream:                 wait ready_ ── self copy ── ncclGroup{Send/Recv} ── record done
 //
+// Each started exchange records its own `done` event (from a pool), so that several can be in
+// flight while the compute stream goes on; wait() polls the host on it (errors and timeouts).
 // The NCCL communicator is nonblocking (ncclConfig_t.blocking = 0): every NCCL call may return
 // ncclInProgress and is completed by polling ncclCommGetAsyncError against the deadline. On a
 // failed call, a timeout or an async error the communicator is aborted (ncclCommAbort, local;
@@ -15,6 +18,7 @@
 #include <nccl.h>
 
 #include <cstring>
+#include <map>
 #include <span>
 #include <string>
 #include <vector>
@@ -65,7 +69,6 @@ class NcclCommunicatorImpl final : public Communicator {
     MOE_CUDA_CHECK(cudaSetDevice(device_));
     comm_stream_ = kernels::cuda::Stream::create_non_blocking();
     ready_ = kernels::cuda::Event::create();
-    done_ = kernels::cuda::Event::create();
 
     ncclUniqueId id;
     std::memset(&id, 0, sizeof id);
@@ -106,7 +109,7 @@ class NcclCommunicatorImpl final : public Communicator {
     if (shut_down_) return;
     shut_down_ = true;
     if (comm_.get() != nullptr && failed_.empty()) {
-      wait();
+      while (!pending_.empty()) wait(pending_.begin()->first);
       MOE_NCCL_CHECK(ncclCommFinalize(comm_.get()));  // flushes outstanding work
       wait_nccl_idle("ncclCommFinalize");
       MOE_NCCL_CHECK(ncclCommDestroy(comm_.get()));
@@ -116,55 +119,31 @@ class NcclCommunicatorImpl final : public Communicator {
   }
 
  protected:
-  void all_to_all_v_raw(const void* send, size_t send_size, const int64_t* send_counts, void* recv,
-                        size_t recv_size, const int64_t* recv_counts, size_t elem_bytes) override {
+  ExchangeId start_all_to_all_v_raw(const void* send, size_t send_size, const int64_t* send_counts,
+                                    void* recv, size_t recv_size, const int64_t* recv_counts,
+                                    size_t elem_bytes) override {
     ensure_usable("all_to_all_v");
-    const AllToAllPlan plan =
-        plan_all_to_all_v(rank_, size_, send_counts, send_size, recv_counts, recv_size, elem_bytes);
-    if (plan.empty()) return;
-    const auto* src = static_cast<const unsigned char*>(send);
-    auto* dst = static_cast<unsigned char*>(recv);
+    return enqueue(
+        plan_all_to_all_v(rank_, size_, send_counts, send_size, recv_counts, recv_size, elem_bytes),
+        send, recv, "all_to_all_v");
+  }
 
-    if (compute_stream_ != nullptr) {
-      MOE_CUDA_CHECK(cudaEventRecord(ready_.get(), compute_stream_));
-      MOE_CUDA_CHECK(cudaStreamWaitEvent(comm_stream_.get(), ready_.get(), 0));
-    } else {
-      MOE_CUDA_CHECK(cudaDeviceSynchronize());  // producer stream unknown: wait for all of it
-    }
-    if (plan.self_bytes > 0) {
-      MOE_CUDA_CHECK(cudaMemcpyAsync(dst + plan.self_recv_offset_bytes,
-                                     src + plan.self_send_offset_bytes, plan.self_bytes,
-                                     cudaMemcpyDeviceToDevice, comm_stream_.get()));
-    }
-    if (!plan.sends.empty() || !plan.recvs.empty()) {
-      // A failure inside the group ends the group first (issue_group), then fail() aborts the
-      // communicator and throws: no group is left open and no rank waits on a half-issued one.
-      const auto code = [](ncclResult_t rc) {
-        return rc == ncclSuccess || rc == ncclInProgress ? 0 : static_cast<int>(rc);
-      };
-      const GroupIssue issue =
-          issue_group(plan, {[&] { return code(ncclGroupStart()); },
-                             [&](const PeerTransfer& t) {
-                               return code(ncclSend(src + t.offset_bytes, t.size_bytes, ncclUint8,
-                                                    t.peer, comm_.get(), comm_stream_.get()));
-                             },
-                             [&](const PeerTransfer& t) {
-                               return code(ncclRecv(dst + t.offset_bytes, t.size_bytes, ncclUint8,
-                                                    t.peer, comm_.get(), comm_stream_.get()));
-                             },
-                             [&] { return code(ncclGroupEnd()); }});
-      if (!issue.ok()) {
-        fail("all_to_all_v (" + issue.call + ")", static_cast<ncclResult_t>(issue.result));
-      }
-      wait_nccl_idle("all_to_all_v (enqueue)");
-    }
-    MOE_CUDA_CHECK(cudaEventRecord(done_.get(), comm_stream_.get()));
-    if (compute_stream_ != nullptr) {
-      MOE_CUDA_CHECK(cudaStreamWaitEvent(compute_stream_, done_.get(), 0));
-    }
-    pending_ = true;
-    pending_op_ = "all_to_all_v";
-    wait();
+  ExchangeId start_all_to_all_blocks_raw(const void* send, const int64_t* send_bytes, void* recv,
+                                         int64_t block_bytes) override {
+    ensure_usable("all_to_all_blocks");
+    return enqueue(plan_all_to_all_blocks(rank_, size_, send_bytes, block_bytes), send, recv,
+                   "all_to_all_blocks");
+  }
+
+  void wait(ExchangeId id) override {
+    auto it = pending_.find(id);
+    MOE_CHECK_AS("nccl", it != pending_.end(), "wait: exchange {} is not pending on rank {}", id,
+                 rank_);
+    Pending p = std::move(it->second);
+    pending_.erase(it);
+    if (p.done.get() == nullptr) return;  // nothing was enqueued
+    wait_event(p.done.get(), p.op);
+    free_events_.push_back(std::move(p.done));
   }
 
   void all_reduce_raw(void* data, size_t count, ScalarType type, ReduceOp op) override {
@@ -205,11 +184,61 @@ class NcclCommunicatorImpl final : public Communicator {
   }
 
  private:
-  // Blocks (polled against the timeout) until the pending exchange completed on the device.
-  void wait() {
-    if (!pending_) return;
-    pending_ = false;
-    wait_event(done_.get(), pending_op_);
+  struct Pending {
+    kernels::cuda::Event done;  // null when the exchange moved nothing
+    std::string op;
+  };
+
+  // Orders the comm stream after the compute stream's producers, enqueues the plan's copy and
+  // group, records its done event and makes the compute stream's consumers wait for it.
+  ExchangeId enqueue(const AllToAllPlan& plan, const void* send, void* recv, const char* op) {
+    const ExchangeId id = next_id_++;
+    Pending& p = pending_[id];
+    p.op = op;
+    if (plan.empty()) return id;
+    const auto* src = static_cast<const unsigned char*>(send);
+    auto* dst = static_cast<unsigned char*>(recv);
+    if (compute_stream_ != nullptr) {
+      MOE_CUDA_CHECK(cudaEventRecord(ready_.get(), compute_stream_));
+      MOE_CUDA_CHECK(cudaStreamWaitEvent(comm_stream_.get(), ready_.get(), 0));
+    } else {
+      MOE_CUDA_CHECK(cudaDeviceSynchronize());  // producer stream unknown: wait for all of it
+    }
+    if (plan.self_bytes > 0) {
+      MOE_CUDA_CHECK(cudaMemcpyAsync(dst + plan.self_recv_offset_bytes,
+                                     src + plan.self_send_offset_bytes, plan.self_bytes,
+                                     cudaMemcpyDeviceToDevice, comm_stream_.get()));
+    }
+    if (!plan.sends.empty() || !plan.recvs.empty()) {
+      // A failure inside the group ends the group first (issue_group), then fail() aborts the
+      // communicator and throws: no group is left open and no rank waits on a half-issued one.
+      const auto code = [](ncclResult_t rc) {
+        return rc == ncclSuccess || rc == ncclInProgress ? 0 : static_cast<int>(rc);
+      };
+      const GroupIssue issue =
+          issue_group(plan, {[&] { return code(ncclGroupStart()); },
+                             [&](const PeerTransfer& t) {
+                               return code(ncclSend(src + t.offset_bytes, t.size_bytes, ncclUint8,
+                                                    t.peer, comm_.get(), comm_stream_.get()));
+                             },
+                             [&](const PeerTransfer& t) {
+                               return code(ncclRecv(dst + t.offset_bytes, t.size_bytes, ncclUint8,
+                                                    t.peer, comm_.get(), comm_stream_.get()));
+                             },
+                             [&] { return code(ncclGroupEnd()); }});
+      if (!issue.ok()) {
+        fail(std::string(op) + " (" + issue.call + ")", static_cast<ncclResult_t>(issue.result));
+      }
+      wait_nccl_idle(std::string(op) + " (enqueue)");
+    }
+    if (free_events_.empty()) free_events_.push_back(kernels::cuda::Event::create());
+    p.done = std::move(free_events_.back());
+    free_events_.pop_back();
+    MOE_CUDA_CHECK(cudaEventRecord(p.done.get(), comm_stream_.get()));
+    if (compute_stream_ != nullptr) {
+      MOE_CUDA_CHECK(cudaStreamWaitEvent(compute_stream_, p.done.get(), 0));
+    }
+    return id;
   }
 
   void ensure_usable(const char* op) {
@@ -224,14 +253,14 @@ class NcclCommunicatorImpl final : public Communicator {
     failed_ = op + ": " + ncclGetErrorString(rc) +
               (last && *last ? std::string(" (") + last + ")" : std::string());
     comm_.abort();
-    pending_ = false;
+    pending_.clear();
     MOE_THROW("nccl", "{} failed on rank {}", failed_, rank_);
   }
 
   [[noreturn]] void time_out(const std::string& op, double waited_s) {
     failed_ = op + ": timed out";
     comm_.abort();
-    pending_ = false;
+    pending_.clear();
     MOE_THROW("nccl",
               "{} did not complete within {:g} s on rank {} (waited {:.3f} s; another rank failed "
               "or is stuck); the NCCL communicator was aborted",
@@ -291,11 +320,12 @@ class NcclCommunicatorImpl final : public Communicator {
   int rank_ = 0, size_ = 1, device_ = 0;
   // Declared so that comm_ is aborted before the stream it may still use is destroyed.
   kernels::cuda::Stream comm_stream_;
-  kernels::cuda::Event ready_, done_;
+  kernels::cuda::Event ready_;
+  std::vector<kernels::cuda::Event> free_events_;
+  std::map<ExchangeId, Pending> pending_;  // started, not yet waited for
+  ExchangeId next_id_ = 0;
   NcclCommOwner comm_;
   cudaStream_t compute_stream_ = nullptr;
-  bool pending_ = false;
-  std::string pending_op_;
   bool shut_down_ = false;
   std::string failed_;  // non-empty once aborted
 };

@@ -50,6 +50,26 @@ AllToAllPlan plan_all_to_all_v(int rank, int size, const int64_t* send_counts, s
   return plan;
 }
 
+AllToAllPlan plan_all_to_all_blocks(int rank, int size, const int64_t* send_bytes,
+                                    int64_t block_bytes) {
+  MOE_CHECK_AS("comm", size >= 1 && rank >= 0 && rank < size, "all_to_all_blocks: rank {} of {}",
+               rank, size);
+  MOE_CHECK_AS("comm", block_bytes >= 0, "all_to_all_blocks: block of {} bytes", block_bytes);
+  AllToAllPlan plan;
+  const size_t block = static_cast<size_t>(block_bytes);
+  for (int p = 0; p < size; ++p) {
+    if (p == rank) {
+      plan.self_send_offset_bytes = plan.self_recv_offset_bytes = p * block;
+      plan.self_bytes = send_bytes != nullptr ? static_cast<size_t>(send_bytes[p]) : block;
+    } else if (block > 0) {
+      plan.sends.push_back({p, p * block, block});
+      plan.recvs.push_back({p, p * block, block});
+    }
+  }
+  plan.send_bytes = plan.recv_bytes = block * static_cast<size_t>(size);
+  return plan;
+}
+
 GroupIssue issue_group(const AllToAllPlan& plan, const GroupCalls& calls) {
   GroupIssue issue;
   if (const int rc = calls.start(); rc != 0) return {rc, "ncclGroupStart"};

@@ -1,5 +1,6 @@
 // Host-side logic of the NCCL communicator, free of NCCL/CUDA so it is unit-tested on the CPU:
-// the per-peer byte ranges of an all_to_all_v (validated against the buffer sizes), the issue of
+// the per-peer byte ranges of an all_to_all_v (validated against the buffer sizes) and of a
+// fixed-block exchange (whole blocks: a receive must know its size), the issue of
 // its transfers as one NCCL group (a failure inside the group still ends the group), and the
 // deadline-bounded completion poll every device-side wait goes through.
 #pragma once
@@ -37,6 +38,11 @@ struct AllToAllPlan {
 // counts that exceed the buffers, or send_counts[rank] != recv_counts[rank].
 AllToAllPlan plan_all_to_all_v(int rank, int size, const int64_t* send_counts, size_t send_size,
                                const int64_t* recv_counts, size_t recv_size, size_t elem_bytes);
+
+// Fixed blocks of block_bytes, block p at p * block_bytes on both sides: whole blocks to and from
+// every other rank; the own block is copied, send_bytes[rank] of it when send_bytes is given.
+AllToAllPlan plan_all_to_all_blocks(int rank, int size, const int64_t* send_bytes,
+                                    int64_t block_bytes);
 
 // The NCCL calls of one grouped exchange. Each returns 0 when the call succeeded (or is in
 // progress on a nonblocking communicator), else the failing ncclResult_t.

@@ -44,8 +44,10 @@ class OneRankCommunicator final : public Communicator {
   void shutdown() override { shut_down_ = true; }
 
  protected:
-  void all_to_all_v_raw(const void* send, size_t send_size, const int64_t* send_counts, void* recv,
-                        size_t recv_size, const int64_t* recv_counts, size_t elem_bytes) override {
+  // Exchanges complete when started (a copy to itself); wait() only checks the id.
+  ExchangeId start_all_to_all_v_raw(const void* send, size_t send_size, const int64_t* send_counts,
+                                    void* recv, size_t recv_size, const int64_t* recv_counts,
+                                    size_t elem_bytes) override {
     check_usable("all_to_all_v");
     MOE_CHECK_AS("comm", elem_bytes > 0, "all_to_all_v: zero-sized elements");
     check_counts(send_counts, 1, send_size, "send");
@@ -54,6 +56,19 @@ class OneRankCommunicator final : public Communicator {
                  "all_to_all_v: rank 0 sends {} elements to itself but expects {}", send_counts[0],
                  recv_counts[0]);
     copy(send, recv, static_cast<size_t>(send_counts[0]) * elem_bytes);
+    return started_++;
+  }
+
+  ExchangeId start_all_to_all_blocks_raw(const void* send, const int64_t* send_bytes, void* recv,
+                                         int64_t block_bytes) override {
+    check_usable("all_to_all_blocks");
+    copy(send, recv, static_cast<size_t>(send_bytes != nullptr ? send_bytes[0] : block_bytes));
+    return started_++;
+  }
+
+  void wait(ExchangeId id) override {
+    check_usable("wait");
+    MOE_CHECK_AS("comm", id >= 0 && id < started_, "wait: exchange {} was never started", id);
   }
 
   void all_reduce_raw(void*, size_t, ScalarType, ReduceOp) override { check_usable("all_reduce"); }
@@ -96,6 +111,7 @@ class OneRankCommunicator final : public Communicator {
 
   NodeLayout layout_;  // one node of one rank
   bool shut_down_ = false;
+  ExchangeId started_ = 0;
 };
 
 }  // namespace

@@ -31,14 +31,18 @@
 // local slot outside [0, S)) never indexes out of bounds: the pair is sent to replica 0 of expert
 // 0 / dropped, and *error records 1 + the first bad index seen (the caller turns it into an error).
 //
-// The header a rank sends each destination d (width W = 2 + max_local_slots ints):
-//   [rows sent to d, pairs sent to d, pairs for d's local slot 0, 1, ..., zero beyond d's slots]
-// One exchange of headers tells every receiver its row counts and its per-slot pair counts.
+// The header a rank sends each destination d (width W = 3 + max_local_slots ints):
+//   [rows sent to d, pairs sent to d, the most rows this rank sends any other rank,
+//    pairs for d's local slot 0, 1, ..., zero beyond d's slots]
+// It travels at the head of the rows' message (kernels/common/moe_wire.h): every receiver learns
+// its row and per-slot pair counts, and every rank learns from all senders' third field whether
+// any message outgrew the fixed capacity (then every rank joins one spill exchange).
 #pragma once
 
 #include <cstdint>
 
 #include "kernels/common/host_device.h"
+#include "kernels/common/moe_wire.h"
 #include "kernels/op_args.h"
 
 namespace moe::kernels::layout {
@@ -72,9 +76,10 @@ MOE_HD int32_t scan_column(int32_t* counts, int32_t chunks, int32_t width, int32
   return base;
 }
 
-// Ints per header entry (see above).
+// Ints per header entry and the place of its fields (see above).
+inline constexpr int32_t kHeaderRows = 0, kHeaderPairs = 1, kHeaderMaxRows = 2, kHeaderSlots = 3;
 MOE_HD int32_t header_width(const RoutingTable& t) {
-  return 2 + t.max_local_slots;
+  return kHeaderSlots + t.max_local_slots;
 }
 
 // Source side of one layer. Inputs first, then scratch, then outputs; all in one memory space
@@ -142,7 +147,7 @@ MOE_HD void scan_experts(const SourceLayoutView& v, int32_t e) {
   const int32_t r0 = v.table.replica_begin[e], replicas = v.table.replica_begin[e + 1] - r0;
   for (int32_t i = 0; i < replicas; ++i) {
     const int32_t d = v.table.replica_rank[r0 + i], s = v.table.replica_slot[r0 + i];
-    v.header[d * W + 2 + s] = replica_share(base, replicas, v.table.rank, i);
+    v.header[d * W + kHeaderSlots + s] = replica_share(base, replicas, v.table.rank, i);
   }
 }
 
@@ -198,12 +203,12 @@ MOE_HD void scan_dests(const SourceLayoutView& v, int32_t d) {
       scan_column(v.chunk_dest, num_chunks(v.num_tokens, v.chunk_size), v.table.num_ranks, d);
   const int32_t W = header_width(v.table);
   int32_t* h = v.header + d * W;
-  h[0] = base;
+  h[kHeaderRows] = base;
   int32_t pairs = 0;
   const int32_t slots = v.table.rank_num_slots[d];
-  for (int32_t s = 0; s < slots; ++s) pairs += h[2 + s];
-  for (int32_t s = slots; s < v.table.max_local_slots; ++s) h[2 + s] = 0;
-  h[1] = pairs;
+  for (int32_t s = 0; s < slots; ++s) pairs += h[kHeaderSlots + s];
+  for (int32_t s = slots; s < v.table.max_local_slots; ++s) h[kHeaderSlots + s] = 0;
+  h[kHeaderPairs] = pairs;
 }
 
 MOE_HD void scan_rows(const SourceLayoutView& v) {
@@ -211,9 +216,13 @@ MOE_HD void scan_rows(const SourceLayoutView& v) {
       scan_column(v.chunk_rows, num_chunks(v.num_tokens, v.chunk_size), 1, 0);
   const int32_t W = header_width(v.table);
   v.send_offsets[0] = 0;
+  int32_t max_rows = 0;
   for (int32_t d = 0; d < v.table.num_ranks; ++d) {
-    v.send_offsets[d + 1] = v.send_offsets[d] + v.header[d * W];
+    const int32_t rows = v.header[d * W + kHeaderRows];
+    v.send_offsets[d + 1] = v.send_offsets[d] + rows;
+    if (d != v.table.rank && rows > max_rows) max_rows = rows;
   }
+  for (int32_t d = 0; d < v.table.num_ranks; ++d) v.header[d * W + kHeaderMaxRows] = max_rows;
 }
 
 MOE_HD void assign_rows(const SourceLayoutView& v, int32_t t) {
@@ -247,24 +256,15 @@ struct SlotGroupingView {
   int32_t top_k = 0;
   int32_t chunk_size = kDeviceLayoutChunk;  // received rows per chunk
   int32_t num_slots = 0;                    // S
-  // Received rows lie in memory with this rank's own block last (parallel/dispatcher.h): the
-  // own block is rows [own_begin, own_begin + own_rows) in received order. row_index holds the
-  // row's place in memory (own_begin = 0, own_rows = R: memory order = received order).
-  int32_t own_begin = 0;
-  int32_t own_rows = 0;
+  // [R] where each received row lies in the experts' input (kernels/common/moe_wire.h); nullptr:
+  // received row r is row r. row_index holds these places.
+  const int32_t* row_at = nullptr;
   int32_t* chunk_slot = nullptr;     // [C' * S]
   int32_t* slot_begin = nullptr;     // [S + 1]
   int32_t* row_index = nullptr;      // [R * k] memory row of each pair (first slot_begin[S])
   int32_t* pair_of_entry = nullptr;  // [R * k] pair of each entry, -1 if unused
   int32_t* error = nullptr;          // [1] 0, or 1 + first bad entry
 };
-
-// Place in memory of received row r when the own block [own_begin, own_begin + own_rows) of
-// `total` rows is moved last.
-MOE_HD int32_t own_last_row(int32_t r, int32_t own_begin, int32_t own_rows, int32_t total) {
-  if (r < own_begin) return r;
-  return r < own_begin + own_rows ? total - own_rows + (r - own_begin) : r - own_rows;
-}
 
 MOE_HD bool valid_slot(const SlotGroupingView& v, int32_t s) {
   return s >= 0 && s < v.num_slots;
@@ -307,7 +307,7 @@ MOE_HD void assign_pairs(const SlotGroupingView& v, int32_t r) {
     }
     int32_t p = v.slot_begin[s] + v.chunk_slot[static_cast<int64_t>(chunk) * v.num_slots + s];
     for (int32_t q = chunk * v.chunk_size * k; q < i; ++q) p += v.routes[q].local_slot == s ? 1 : 0;
-    v.row_index[p] = own_last_row(r, v.own_begin, v.own_rows, v.num_rows);
+    v.row_index[p] = v.row_at != nullptr ? v.row_at[r] : r;
     v.pair_of_entry[i] = p;
   }
 }
@@ -318,14 +318,13 @@ MOE_HD void assign_pairs(const SlotGroupingView& v, int32_t r) {
 // every split of the columns gives the same bits.
 inline constexpr int kHostCombineBlock = 16;
 
-// out_row[c] = sum over j (ascending) of routes[r k + j].weight * expert_out[pair][c], over the
+// acc[i] = sum over j (ascending) of routes[r k + j].weight * expert_out[pair][c0 + i], over the
 // entries of received row r that this rank computed (0 when it computed none), for the N columns
 // from c0 (N a constant, so the sums stay in registers).
 template <int N>
 MOE_HD void partial_block(const RouteEntry* routes, const int32_t* pair_of_entry,
                           const float* expert_out, int64_t width, int32_t top_k, int32_t r,
-                          int64_t c0, float* out_row) {
-  float acc[N];
+                          int64_t c0, float* acc) {
   for (int i = 0; i < N; ++i) acc[i] = 0.0f;
   bool first = true;
   for (int32_t j = 0; j < top_k; ++j) {
@@ -340,40 +339,80 @@ MOE_HD void partial_block(const RouteEntry* routes, const int32_t* pair_of_entry
     }
     first = false;
   }
-  for (int i = 0; i < N; ++i) out_row[c0 + i] = acc[i];
 }
 
-// partial_block over the columns [c_begin, c_end): blocks of B, then single columns.
-template <int B>
-MOE_HD void partial_span(const RouteEntry* routes, const int32_t* pair_of_entry,
-                         const float* expert_out, int64_t width, int32_t top_k, int32_t r,
-                         int64_t c_begin, int64_t c_end, float* out_row) {
-  int64_t c0 = c_begin;
-  for (; c0 + B <= c_end; c0 += B) {
-    partial_block<B>(routes, pair_of_entry, expert_out, width, top_k, r, c0, out_row);
-  }
-  for (; c0 < c_end; ++c0) {
-    partial_block<1>(routes, pair_of_entry, expert_out, width, top_k, r, c0, out_row);
+// Stores N fp32 values from column c0 of a row of wire type t (fp32 or bf16).
+template <int N>
+MOE_HD void store_block(WireDtype t, unsigned char* row, int64_t c0, const float* v) {
+  if (t == WireDtype::kF32) {
+    float* out = reinterpret_cast<float*>(row) + c0;
+    for (int i = 0; i < N; ++i) out[i] = v[i];
+  } else {
+    uint16_t* out = reinterpret_cast<uint16_t*>(row) + c0;
+    for (int i = 0; i < N; ++i) out[i] = cuda::f32_to_bf16_bits(v[i]);
   }
 }
 
-// Where the combined rows of a token lie (memory orders of parallel/dispatcher.h): rows sent to
-// other ranks come back into `returned`, packed by destination without this rank's own block;
-// rows this rank kept are the partial rows it computed, which lie last in `partial`.
-struct CombineSources {
-  const float* returned = nullptr;  // [S - own_rows, width]
-  const float* partial = nullptr;   // [R, width], own rows last
-  int32_t own_send_begin = 0;       // first own row in send order
-  int32_t own_rows = 0;
-  int32_t remote_recv_rows = 0;  // R - own_rows: where the own partial rows start
+// Loads N values from column c0 of a row of wire type t (fp32 or bf16), widened exactly.
+template <int N>
+MOE_HD void load_block(WireDtype t, const unsigned char* row, int64_t c0, float* v) {
+  if (t == WireDtype::kF32) {
+    const float* in = reinterpret_cast<const float*>(row) + c0;
+    for (int i = 0; i < N; ++i) v[i] = in[i];
+  } else {
+    const uint16_t* in = reinterpret_cast<const uint16_t*>(row) + c0;
+    for (int i = 0; i < N; ++i) v[i] = cuda::bf16_bits_to_f32(in[i]);
+  }
+}
+
+// The partial rows a rank sends back: one per received row of another rank (the own block
+// [own_begin, own_begin + own_rows) is left out: combine_residual sums it in place), in received
+// order, in the combine's wire type (fp32 or bf16).
+struct PartialRowsView {
+  const RouteEntry* routes = nullptr;      // [R * k] received order
+  const int32_t* pair_of_entry = nullptr;  // [R * k]
+  const float* expert_out = nullptr;       // [P, width]
+  int64_t width = 0;
+  int32_t top_k = 0;
+  int32_t num_rows = 0;  // R
+  int32_t own_begin = 0, own_rows = 0;
+  WireDtype dtype = WireDtype::kF32;
+  unsigned char* out = nullptr;  // [R - own_rows] rows of wire::row_bytes(dtype, width)
 };
 
-// The combined row of sent row `row` (send order).
-MOE_HD const float* combined_row(const CombineSources& src, int32_t row, int64_t width) {
-  const int32_t own = row - src.own_send_begin;
-  if (own >= 0 && own < src.own_rows) return src.partial + (src.remote_recv_rows + own) * width;
-  return src.returned + (row < src.own_send_begin ? row : row - src.own_rows) * width;
+// Columns [c_begin, c_end) of outgoing partial row q (received row q, or q + own_rows past the
+// own block): blocks of B, then single columns.
+template <int B>
+MOE_HD void partial_row_span(const PartialRowsView& v, int32_t q, int64_t c_begin, int64_t c_end) {
+  const int32_t r = q < v.own_begin ? q : q + v.own_rows;
+  unsigned char* row = v.out + q * wire::row_bytes(v.dtype, v.width);
+  float acc[B];
+  int64_t c0 = c_begin;
+  for (; c0 + B <= c_end; c0 += B) {
+    partial_block<B>(v.routes, v.pair_of_entry, v.expert_out, v.width, v.top_k, r, c0, acc);
+    store_block<B>(v.dtype, row, c0, acc);
+  }
+  for (; c0 < c_end; ++c0) {
+    partial_block<1>(v.routes, v.pair_of_entry, v.expert_out, v.width, v.top_k, r, c0, acc);
+    store_block<1>(v.dtype, row, c0, acc);
+  }
 }
+
+// Where the combined rows of a token come from (memory orders of parallel/dispatcher.h): rows
+// sent to other ranks come back into `returned`, packed by destination without this rank's own
+// block, in the combine's wire type; rows this rank kept are summed here from the expert outputs
+// (their partial sums are never stored).
+struct CombineSources {
+  const unsigned char* returned = nullptr;  // [S - own_rows] rows of wire::row_bytes(dtype, width)
+  WireDtype dtype = WireDtype::kF32;        // fp32 or bf16
+  int32_t own_send_begin = 0;               // first own row in send order
+  int32_t own_rows = 0;
+  int32_t own_recv_begin = 0;              // first own row in received order
+  const RouteEntry* routes = nullptr;      // [R * k] received order
+  const int32_t* pair_of_entry = nullptr;  // [R * k]
+  const float* expert_out = nullptr;       // [P, width]
+  int32_t top_k = 0;
+};
 
 // x_row[c] += (sum of token t's rows in destination order) for the N columns from c0: the
 // combine and the residual add at once. The sum is finished in fp32 before the add, so the result
@@ -383,10 +422,19 @@ MOE_HD void combine_residual_block(const CombineSources& src, const int32_t* tok
                                    const int32_t* token_rows, int64_t width, int32_t t, int64_t c0,
                                    float* x_row) {
   const int32_t begin = token_offsets[t], end = token_offsets[t + 1];
-  float acc[N];
+  const int64_t row_bytes = wire::row_bytes(src.dtype, width);
+  float acc[N], v[N];
   for (int i = 0; i < N; ++i) acc[i] = 0.0f;
   for (int32_t k = begin; k < end; ++k) {
-    const float* v = combined_row(src, token_rows[k], width) + c0;
+    const int32_t row = token_rows[k];
+    const int32_t own = row - src.own_send_begin;
+    if (own >= 0 && own < src.own_rows) {
+      partial_block<N>(src.routes, src.pair_of_entry, src.expert_out, width, src.top_k,
+                       src.own_recv_begin + own, c0, v);
+    } else {
+      const int32_t q = row < src.own_send_begin ? row : row - src.own_rows;
+      load_block<N>(src.dtype, src.returned + q * row_bytes, c0, v);
+    }
     if (k == begin) {
       for (int i = 0; i < N; ++i) acc[i] = v[i];
     } else {

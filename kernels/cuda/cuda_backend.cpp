@@ -522,12 +522,16 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
     MOE_CUDA_CHECK(cuda::launch_slot_grouping(view, stream_.get()));
     op_done("group_by_slot");
   }
-  void combine_partial(const RouteEntry* routes, const int32_t* pair_of_entry,
-                       const float* expert_out, int64_t width, int32_t top_k, int32_t num_rows,
-                       int32_t own_begin, int32_t own_rows, float* partial) override {
-    MOE_CUDA_CHECK(cuda::launch_combine_partial(routes, pair_of_entry, expert_out, width, top_k,
-                                                num_rows, own_begin, own_rows, partial,
-                                                stream_.get()));
+  void pack_rows(const wire::PackView& view) override {
+    MOE_CUDA_CHECK(cuda::launch_pack_rows(view, stream_.get()));
+    op_done("pack_rows");
+  }
+  void receive_rows(const wire::ReceiveView& view) override {
+    MOE_CUDA_CHECK(cuda::launch_receive_rows(view, stream_.get()));
+    op_done("receive_rows");
+  }
+  void combine_partial(const layout::PartialRowsView& view) override {
+    MOE_CUDA_CHECK(cuda::launch_combine_partial(view, stream_.get()));
     op_done("combine_partial");
   }
   void combine_residual(const layout::CombineSources& src, const int32_t* token_offsets,

@@ -48,17 +48,60 @@ void launch_over(Kernel kernel, const View& v, int32_t n, cudaStream_t stream) {
   if (n > 0) kernel<<<blocks_for(n), kThreads, 0, stream>>>(v, n);
 }
 
-__global__ void combine_partial_kernel(const RouteEntry* routes, const int32_t* pair_of_entry,
-                                       const float* expert_out, int64_t width, int32_t top_k,
-                                       int32_t num_rows, int32_t own_begin, int32_t own_rows,
-                                       float* partial) {
+__global__ void pack_header_kernel(wire::PackView v) {
+  const int32_t d = static_cast<int32_t>(threadIdx.x);
+  if (d < v.num_ranks) wire::pack_header(v, d);
+}
+
+__global__ void pack_routes_kernel(wire::PackView v) {
+  const int32_t i = static_cast<int32_t>(blockIdx.x) * kThreads + static_cast<int32_t>(threadIdx.x);
+  if (i < v.max_rows) wire::pack_routes(v, i);
+}
+
+// Thread per column (fp32 / bf16) or per scaling block (fp8), rows blockIdx.y + j gridDim.y.
+__global__ void pack_columns_kernel(wire::PackView v, int64_t items) {
   const int64_t c = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
-  if (c >= width) return;
-  for (int32_t r = static_cast<int32_t>(blockIdx.y); r < num_rows;
-       r += static_cast<int32_t>(gridDim.y)) {
-    float* row = partial + layout::own_last_row(r, own_begin, own_rows, num_rows) * width;
-    layout::partial_span<1>(routes, pair_of_entry, expert_out, width, top_k, r, c, c + 1, row);
+  if (c >= items) return;
+  for (int32_t i = static_cast<int32_t>(blockIdx.y); i < v.max_rows;
+       i += static_cast<int32_t>(gridDim.y)) {
+    if (v.f.dtype == WireDtype::kFP8) {
+      wire::pack_fp8_block(v, i, c);
+    } else {
+      wire::pack_columns(v, i, c, c + 1);
+    }
   }
+}
+
+__global__ void plan_receive_kernel(wire::ReceiveView v) {
+  wire::plan_receive(v);
+}
+
+__global__ void receive_routes_kernel(wire::ReceiveView v) {
+  const int32_t r = static_cast<int32_t>(blockIdx.x) * kThreads + static_cast<int32_t>(threadIdx.x);
+  if (r < v.max_rows) wire::receive_routes(v, r);
+}
+
+__global__ void receive_columns_kernel(wire::ReceiveView v) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (c >= v.f.width) return;
+  for (int32_t r = static_cast<int32_t>(blockIdx.y); r < v.max_rows;
+       r += static_cast<int32_t>(gridDim.y)) {
+    wire::receive_columns(v, r, c, c + 1);
+  }
+}
+
+__global__ void combine_partial_kernel(layout::PartialRowsView v) {
+  const int64_t c = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  if (c >= v.width) return;
+  for (int32_t q = static_cast<int32_t>(blockIdx.y); q < v.num_rows - v.own_rows;
+       q += static_cast<int32_t>(gridDim.y)) {
+    layout::partial_row_span<1>(v, q, c, c + 1);
+  }
+}
+
+dim3 row_grid(int64_t columns, int32_t rows) {
+  return dim3(static_cast<unsigned>(blocks_for(columns)),
+              static_cast<unsigned>(rows < kMaxGridY ? rows : kMaxGridY));
 }
 
 __global__ void combine_residual_kernel(layout::CombineSources src, const int32_t* token_offsets,
@@ -102,15 +145,30 @@ cudaError_t launch_slot_grouping(const layout::SlotGroupingView& v, cudaStream_t
   return cudaGetLastError();
 }
 
-cudaError_t launch_combine_partial(const RouteEntry* routes, const int32_t* pair_of_entry,
-                                   const float* expert_out, int64_t width, int32_t top_k,
-                                   int32_t num_rows, int32_t own_begin, int32_t own_rows,
-                                   float* partial, cudaStream_t stream) {
-  if (num_rows <= 0 || width <= 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>(blocks_for(width)),
-                  static_cast<unsigned>(num_rows < kMaxGridY ? num_rows : kMaxGridY));
-  combine_partial_kernel<<<grid, kThreads, 0, stream>>>(
-      routes, pair_of_entry, expert_out, width, top_k, num_rows, own_begin, own_rows, partial);
+cudaError_t launch_pack_rows(const wire::PackView& v, cudaStream_t stream) {
+  if (v.num_ranks > 0) pack_header_kernel<<<1, v.num_ranks, 0, stream>>>(v);
+  if (v.max_rows > 0 && v.f.width > 0) {
+    pack_routes_kernel<<<blocks_for(v.max_rows), kThreads, 0, stream>>>(v);
+    const int64_t items =
+        v.f.dtype == WireDtype::kFP8 ? (v.f.width + kFp8Block - 1) / kFp8Block : v.f.width;
+    pack_columns_kernel<<<row_grid(items, v.max_rows), kThreads, 0, stream>>>(v, items);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_receive_rows(const wire::ReceiveView& v, cudaStream_t stream) {
+  plan_receive_kernel<<<1, 1, 0, stream>>>(v);
+  if (v.max_rows > 0 && v.f.width > 0) {
+    receive_routes_kernel<<<blocks_for(v.max_rows), kThreads, 0, stream>>>(v);
+    receive_columns_kernel<<<row_grid(v.f.width, v.max_rows), kThreads, 0, stream>>>(v);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t launch_combine_partial(const layout::PartialRowsView& v, cudaStream_t stream) {
+  const int32_t rows = v.num_rows - v.own_rows;
+  if (rows <= 0 || v.width <= 0) return cudaSuccess;
+  combine_partial_kernel<<<row_grid(v.width, rows), kThreads, 0, stream>>>(v);
   return cudaGetLastError();
 }
 
@@ -118,10 +176,8 @@ cudaError_t launch_combine_residual(const layout::CombineSources& src, const int
                                     const int32_t* token_rows, int64_t width, int32_t num_tokens,
                                     float* x, cudaStream_t stream) {
   if (num_tokens <= 0 || width <= 0) return cudaSuccess;
-  const dim3 grid(static_cast<unsigned>(blocks_for(width)),
-                  static_cast<unsigned>(num_tokens < kMaxGridY ? num_tokens : kMaxGridY));
-  combine_residual_kernel<<<grid, kThreads, 0, stream>>>(src, token_offsets, token_rows, width,
-                                                         num_tokens, x);
+  combine_residual_kernel<<<row_grid(width, num_tokens), kThreads, 0, stream>>>(
+      src, token_offsets, token_rows, width, num_tokens, x);
   return cudaGetLastError();
 }
 

@@ -243,7 +243,41 @@ class StepModel {
     return T == 0 ? 0 : memory_seconds(h_, share_, 6.0 * T * s_.hidden);
   }
 
-  // One step over all ranks.
+  // One step; with overlap (several ranks) as the Model's two micro-batches, each with its own
+  // compute (half the rows read every weight again) and exchanges (fixed costs twice). At most
+  // half the shorter of compute and exchange hides (a two-stage pipeline per layer); nothing on
+  // a CPU profile, whose MPI shared-memory copies run on the cores that compute.
+  StepCost run_step(const SyntheticRouting& routing, const parallel::Placement& placement,
+                    const std::vector<RankSeqs>& ranks, int64_t step_index,
+                    int64_t logit_rows_per_seq, const CostOptions& o) const {
+    if (!w_.overlap || N_ == 1)
+      return step(routing, placement, ranks, step_index, logit_rows_per_seq, o);
+    std::vector<RankSeqs> halves[2] = {ranks, ranks};
+    for (size_t r = 0; r < ranks.size(); ++r) {
+      const std::vector<int64_t>& seqs = ranks[r].sequences;
+      const auto split = static_cast<std::ptrdiff_t>((seqs.size() + 1) / 2);
+      halves[0][r].sequences.assign(seqs.begin(), seqs.begin() + split);
+      halves[1][r].sequences.assign(seqs.begin() + split, seqs.end());
+      for (std::vector<RankSeqs>& h : halves) {
+        h[r].tokens = static_cast<int64_t>(h[r].sequences.size()) * h[r].new_per_seq;
+      }
+    }
+    StepCost out = step(routing, placement, halves[0], step_index, logit_rows_per_seq, o);
+    const StepCost second = step(routing, placement, halves[1], step_index, logit_rows_per_seq, o);
+    out.total_s += second.total_s;
+    for (int p = 0; p < kNumPhases; ++p) out.phase_s[p] += second.phase_s[p];
+    out.tokens += second.tokens;
+    out.balancedness = (out.balancedness + second.balancedness) / 2;
+    out.remote_rows_per_token = (out.remote_rows_per_token + second.remote_rows_per_token) / 2;
+    out.max_remote_bytes = std::max(out.max_remote_bytes, second.max_remote_bytes);
+    out.sampled = out.sampled || second.sampled;
+    const double comm = out.phase_s[static_cast<int>(Phase::kDispatch)] +
+                        out.phase_s[static_cast<int>(Phase::kCombine)];
+    if (!h_.is_cpu()) out.total_s -= 0.5 * std::min(comm, out.total_s - comm);
+    return out;
+  }
+
+  // One step over all ranks, one batch.
   StepCost step(const SyntheticRouting& routing, const parallel::Placement& placement,
                 const std::vector<RankSeqs>& ranks, int64_t step_index, int64_t logit_rows_per_seq,
                 const CostOptions& o) const {
@@ -358,34 +392,41 @@ class StepModel {
   MoeRankTimes moe_rank(const LayerRankLoad& load, int r, int64_t own_tokens, double recv_rows,
                         double recv_pairs) const {
     const int k = static_cast<int>(s_.top_k);
-    const double row_bytes = static_cast<double>(s_.hidden) * w_.row_bytes;
-    const double route_bytes = static_cast<double>(k) * sizeof(parallel::RouteEntry);
+    const double out_row = static_cast<double>(s_.hidden) * w_.dispatch_row_bytes;
+    const double back_row = static_cast<double>(s_.hidden) * w_.combine_row_bytes;
+    // A row's route entries travel in its message.
+    const double routes = static_cast<double>(k) * sizeof(parallel::RouteEntry);
     MoeRankTimes t;
     double sent_rows = 0;
+    bool spill = false;
     for (int d = 0; d < N_; ++d) sent_rows += load.rows[r][d];
-    // Bytes to and from other ranks.
-    std::vector<double> send_b(N_), recv_b(N_), send_route(N_), recv_route(N_), cnt(N_, 8.0);
+    // Bytes to and from other ranks: one message each way.
+    std::vector<double> send_msg(N_), recv_msg(N_), send_back(N_), recv_back(N_), cnt(N_, 8.0);
     for (int p = 0; p < N_; ++p) {
-      send_b[p] = p == r ? 0 : load.rows[r][p] * row_bytes;
-      recv_b[p] = p == r ? 0 : load.rows[p][r] * row_bytes;
-      send_route[p] = p == r ? 0 : load.rows[r][p] * route_bytes;
-      recv_route[p] = p == r ? 0 : load.rows[p][r] * route_bytes;
-      t.remote_bytes += send_b[p] + send_route[p] + recv_b[p];
+      if (p == r) continue;
+      send_msg[p] = load.rows[r][p] * (out_row + routes);
+      recv_msg[p] = load.rows[p][r] * (out_row + routes);
+      send_back[p] = load.rows[p][r] * back_row;  // rows received go back
+      recv_back[p] = load.rows[r][p] * back_row;
+      t.remote_bytes += send_msg[p] + send_back[p];
+      spill |= load.rows[r][p] > w_.capacity_rows || load.rows[p][r] > w_.capacity_rows;
     }
     const double tokens = static_cast<double>(own_tokens);
     t.layout = host_pairs(tokens * k);
+    // Rows packed straight from the hidden states into the messages (fp32 read, wire type write).
     const double gather =
-        sent_rows > 0 ? memory_seconds(h_, share_, 2.0 * sent_rows * row_bytes) : 0;
+        sent_rows > 0 ? memory_seconds(h_, share_, sent_rows * (4.0 * s_.hidden + out_row)) : 0;
     t.dispatch_host = gather + host_pairs(recv_pairs + recv_rows * k);
-    t.dispatch_comm = exchange_seconds(h_, N_, r, cnt, cnt) +
-                      exchange_seconds(h_, N_, r, send_b, recv_b) +
-                      exchange_seconds(h_, N_, r, send_route, recv_route);
+    // The spill exchange (some message over its capacity) costs another collective's fixed part;
+    // its bytes are part of the message's.
+    t.dispatch_comm = exchange_seconds(h_, N_, r, send_msg, recv_msg) +
+                      (spill ? exchange_seconds(h_, N_, r, cnt, cnt) : 0.0);
     t.expert = expert(load.slot_pairs[r]);
     t.partial = recv_rows > 0
                     ? memory_seconds(h_, share_, 4.0 * s_.hidden * (recv_pairs + recv_rows)) +
                           host_pairs(recv_pairs)
                     : 0;
-    t.combine_comm = exchange_seconds(h_, N_, r, recv_b, send_b);
+    t.combine_comm = exchange_seconds(h_, N_, r, send_back, recv_back);
     t.final_sum = tokens > 0 ? memory_seconds(h_, share_, 4.0 * s_.hidden * (sent_rows + tokens)) +
                                    host_pairs(sent_rows)
                              : 0;
@@ -445,7 +486,7 @@ CostPrediction predict_cost(const ModelConfig& config, const CostWorkload& w,
     }
     return ranks;
   };
-  out.prefill = model.step(routing, placement, ranks_at(w.prompt_len, 0), 0, 1, options);
+  out.prefill = model.run_step(routing, placement, ranks_at(w.prompt_len, 0), 0, 1, options);
 
   // Timed decode steps are steps 1 .. decode_steps - 1 (the engine's first step is the prefill
   // and its last token needs no further step); step d appends one token after prompt + d - 1.
@@ -457,7 +498,7 @@ CostPrediction predict_cost(const ModelConfig& config, const CostWorkload& w,
   for (int64_t i = 0; i < sim; ++i) {
     const int64_t d = 1 + i * steps / sim;
     const StepCost s =
-        model.step(routing, placement, ranks_at(1, w.prompt_len + d - 1), d, 1, options);
+        model.run_step(routing, placement, ranks_at(1, w.prompt_len + d - 1), d, 1, options);
     mean.total_s += s.total_s / sim;
     for (int p = 0; p < kNumPhases; ++p) mean.phase_s[p] += s.phase_s[p] / sim;
     mean.balancedness += s.balancedness / sim;

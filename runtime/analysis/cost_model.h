@@ -27,9 +27,15 @@ namespace moe::runtime {
 // per sequence; sequence i on rank i mod N. Routing kind "router" is modelled as uniform (see
 // predict_cost).
 struct CostWorkload : Workload {
-  int threads = 0;    // CPU threads per rank (0: cores / ranks, as the runtime picks)
-  int kv_bytes = 4;   // KV-cache element bytes: 4 on the CPU backend, 2 on CUDA
-  int row_bytes = 4;  // bytes per exchanged hidden element (the runtime sends fp32 rows)
+  int threads = 0;   // CPU threads per rank (0: cores / ranks, as the runtime picks)
+  int kv_bytes = 4;  // KV-cache element bytes: 4 on the CPU backend, 2 on CUDA
+  // Bytes per hidden element of the rows on the wire, each way (parallel::resolve_wire: fp32
+  // compute 4 / 4, bf16 compute 2 / 2, fp8 dispatch 1 + 4/128 / 2).
+  double dispatch_row_bytes = 4, combine_row_bytes = 4;
+  // Rows per peer of the fixed-capacity dispatch message; a rank sending more to some peer adds
+  // the spill exchange (parallel::Dispatcher).
+  int64_t capacity_rows = 256;
+  bool overlap = false;  // --overlap on: two micro-batches per step (several ranks)
 };
 
 struct CostOptions {

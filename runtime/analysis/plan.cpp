@@ -7,6 +7,8 @@
 #include <cmath>
 
 #include "kernels/common/check.h"
+#include "kernels/common/moe_wire.h"
+#include "parallel/dispatcher.h"
 
 namespace moe::runtime {
 namespace {
@@ -62,6 +64,17 @@ RankMemory rank_memory(const ModelConfig& c, const ParamBreakdown& p, const Plan
   // plus the route entries travelling with the dispatched rows.
   m.communication_bytes =
       2 * (send_rows + recv_rows) * h * act + (send_rows + recv_rows) * k * kRouteEntryBytes;
+  if (has_moe && n > 1) {
+    // The messages: every peer's fixed-capacity slot on both sides (the larger, host capacity),
+    // the route entries a second time (in the messages and in their own buffers), the spill's
+    // padding row per peer and the headers.
+    const kernels::wire::MessageFormat f = kernels::wire::message_format(
+        kernels::WireDtype::kF32, h, static_cast<int32_t>(k),
+        kernels::layout::kHeaderSlots + static_cast<int32_t>(m.expert_slots_per_layer),
+        parallel::Dispatcher::kHostCapacityRows);
+    m.communication_bytes += 2 * n * f.slot_bytes + (send_rows + recv_rows) * k * kRouteEntryBytes +
+                             n * f.row_bytes + 2 * f.header_bytes;
+  }
 
   // Activation buffers of one prefill step of all this rank's tokens; buffers are reused from
   // layer to layer, so one set is counted:

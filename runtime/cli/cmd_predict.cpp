@@ -5,8 +5,11 @@
 
 #include <filesystem>
 #include <memory>
+#include <optional>
 
 #include "kernels/common/check.h"
+#include "kernels/common/moe_wire.h"
+#include "parallel/dispatcher.h"
 #include "parallel/node_layout.h"
 #include "runtime/analysis/cost_model.h"
 #include "runtime/analysis/hardware.h"
@@ -25,6 +28,8 @@ struct PredictArgs {
   int ranks = 0;
   int ranks_per_node = 0;  // 0: the profile's comm.ranks_per_node
   int64_t max_routed_tokens = CostOptions{}.max_routed_tokens;
+  std::optional<kernels::WireDtype> dispatch_dtype;
+  bool overlap = false;
 };
 
 // Default profile: the shipped one for the run's backend, in configs/hardware/ next to the run
@@ -66,6 +71,21 @@ int run_predict(const PredictArgs& a, int rank) {
   CostWorkload w{rc.workload};
   w.threads = static_cast<int>(rc.threads);
   w.kv_bytes = kernels::kv_dtype_bytes(kernels::kv_cache_dtype(rc.backend));
+  // The rows' wire types as a run resolves them (the backend's compute dtype unless set).
+  const kernels::ComputeDtype compute = rc.compute_dtype.value_or(
+      rc.backend == kernels::BackendKind::kCuda ? kernels::ComputeDtype::kBF16
+                                                : kernels::ComputeDtype::kF32);
+  const parallel::WirePlan wire = parallel::resolve_wire(compute, a.dispatch_dtype);
+  const auto element_bytes = [&config](kernels::WireDtype t) {
+    return static_cast<double>(kernels::wire::row_bytes(t, config.hidden_size)) /
+           static_cast<double>(config.hidden_size);
+  };
+  w.dispatch_row_bytes = element_bytes(wire.dispatch);
+  w.combine_row_bytes = element_bytes(wire.combine);
+  w.capacity_rows = rc.backend == kernels::BackendKind::kCuda
+                        ? parallel::Dispatcher::kDeviceCapacityRows
+                        : parallel::Dispatcher::kHostCapacityRows;
+  w.overlap = a.overlap;
   const std::string placement_name =
       !a.placement.empty() ? a.placement : (!rc.placement.empty() ? rc.placement : "contiguous");
   const parallel::Placement placement =
@@ -119,6 +139,10 @@ Command add_predict_command(CLI::App& app, int world_rank) {
   cmd->add_option("--max-routed-tokens", a->max_routed_tokens,
                   "Tokens routed per layer and step before the routing is sampled")
       ->check(at_least(1));
+  add_choice(cmd, "--dispatch-dtype", a->dispatch_dtype, wire_dtype_choices(),
+             "Wire type of the dispatched rows, as for run (default: the compute dtype)");
+  add_choice<bool>(cmd, "--overlap", a->overlap, {{"on", true}, {"off", false}},
+                   "Price two micro-batches per step, as run --overlap on: on | off (default off)");
   cmd->add_option("--json", a->json, "Also write the prediction as JSON to this file");
   return {cmd, [a, world_rank] { return run_predict(*a, world_rank); }};
 }

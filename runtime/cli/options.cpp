@@ -48,6 +48,12 @@ std::vector<std::pair<std::string, parallel::CommKind>> comm_choices() {
   return {{"mpi", parallel::CommKind::kMpi}, {"nccl", parallel::CommKind::kNccl}};
 }
 
+std::vector<std::pair<std::string, kernels::WireDtype>> wire_dtype_choices() {
+  return {{"fp32", kernels::WireDtype::kF32},
+          {"bf16", kernels::WireDtype::kBF16},
+          {"fp8", kernels::WireDtype::kFP8}};
+}
+
 CLI::Validator one_of(std::vector<std::string> choices) {
   const std::string list = fmt::format("{}", fmt::join(choices, " | "));
   return CLI::Validator(
@@ -79,6 +85,13 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool model_required) {
                    "Capture small single-rank steps (decode) once per batch shape as a device "
                    "graph and replay them: on | off (default: on with cuda; with cpu, on runs the "
                    "same graph-safe step eagerly)");
+  add_choice(cmd, "--dispatch-dtype", o.dispatch_dtype, wire_dtype_choices(),
+             "Type of the rows dispatch sends to other ranks: fp32 | bf16 | fp8 (e4m3, one "
+             "scale per 128 values; bf16 and fp8 need bf16 compute; combine returns bf16 then). "
+             "Default: the compute dtype (docs/numerics.md)");
+  add_choice<bool>(cmd, "--overlap", o.overlap, {{"on", true}, {"off", false}},
+                   "Run each step on several ranks as two micro-batches, one's exchange in flight "
+                   "while the other computes: on | off (default off; docs/layout.md)");
   cmd->add_option("--json", o.json, "Also write the results as JSON to this file (rank 0)");
   cmd->add_option("--trace-out", o.trace_out,
                   "Record every token's top-k experts and weights in every MoE layer to this "

@@ -22,8 +22,10 @@ struct ModelOptions {
   std::optional<parallel::CommKind> comm;  // unset: nccl with cuda, mpi with cpu
   std::string placement;                   // placement YAML
   std::optional<bool> graphs;  // --graph on | off; unset: on where the backend has graphs (cuda)
-  std::string json;            // rank 0 writes the results here as JSON
-  std::string trace_out;       // rank 0 writes the run's routing trace here (runtime/io/trace.h)
+  std::optional<kernels::WireDtype> dispatch_dtype;  // unset: the activation dtype
+  bool overlap = false;                              // --overlap on: two micro-batches per step
+  std::string json;                                  // rank 0 writes the results here as JSON
+  std::string trace_out;  // rank 0 writes the run's routing trace here (runtime/io/trace.h)
   double timeout_s = 120;
   int threads = 0;  // host compute threads per rank; 0: cores on this node / ranks on this node
   int ranks_per_node = 0;  // nodes of this many consecutive ranks; 0: detected from MPI
@@ -37,7 +39,7 @@ struct ModelOptions {
 };
 
 // Adds --model, --weights, --backend, --compute-dtype, --comm, --placement, --graph,
-// --json, --timeout, --threads, --ranks-per-node, --quiet.
+// --dispatch-dtype, --overlap, --json, --timeout, --threads, --ranks-per-node, --quiet.
 void add_model_options(CLI::App* cmd, ModelOptions& o, bool model_required);
 
 // Number validators: "must be >= lo" / "must be > lo", naming the value given.
@@ -68,5 +70,6 @@ CLI::Option* add_choice(CLI::App* cmd, const std::string& flag, Target& target,
 std::vector<std::pair<std::string, kernels::BackendKind>> backend_choices();
 std::vector<std::pair<std::string, kernels::ComputeDtype>> compute_dtype_choices();
 std::vector<std::pair<std::string, parallel::CommKind>> comm_choices();
+std::vector<std::pair<std::string, kernels::WireDtype>> wire_dtype_choices();
 
 }  // namespace moe::runtime

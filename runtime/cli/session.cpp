@@ -59,6 +59,7 @@ void open_compute(Session& s, const ModelOptions& o) {
   bopts.local_rank = s.comm->local_rank();
   bopts.compute_dtype = o.compute_dtype;
   s.backend = kernels::make_backend(bopts);
+  parallel::resolve_wire(s.backend->compute_dtype(), o.dispatch_dtype);  // before any weight loads
   s.comm->bind_compute_stream(s.backend->compute_stream());
   s.device_used_at_open = s.backend->device_used_bytes();
 }
@@ -144,6 +145,7 @@ std::unique_ptr<Session> open_session(const ModelOptions& o, int64_t max_seqs, i
       std::make_unique<Model>(s->config, *s->placement, *s->comm, *s->backend, *s->weights,
                               std::max<int64_t>(slots, 1), max_len, load_progress(*s, o.quiet));
   if (o.graphs) s->model->set_graphs(*o.graphs);
+  s->model->set_exchange({{o.dispatch_dtype}, o.overlap});
   s->load_s = std::chrono::duration<double>(Clock::now() - t0).count();
   s->fault = FaultInjection::from_env(s->rank());
   if (!o.trace_out.empty()) s->trace_recorder = std::make_unique<TraceRecorder>(s->config);

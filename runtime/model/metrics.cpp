@@ -52,6 +52,15 @@ MetricsReport MetricsCollector::reduce(parallel::Communicator& comm, Instrumenta
   return r;
 }
 
+nlohmann::json MetricsReport::max_collectives_per_layer() const {
+  nlohmann::json by_phase = nlohmann::json::object();
+  for (const auto& l : loads) {
+    const int64_t n = l.load.traffic.collectives / num_ranks;
+    by_phase[l.phase] = std::max<int64_t>(by_phase.value(l.phase, int64_t{0}), n);
+  }
+  return by_phase;
+}
+
 nlohmann::json MetricsReport::to_json(bool per_layer) const {
   nlohmann::json j;
   j["num_ranks"] = num_ranks;
@@ -62,7 +71,11 @@ nlohmann::json MetricsReport::to_json(bool per_layer) const {
       {"bytes_saved_by_dedup", traffic.bytes_remote_without_dedup - traffic.bytes_sent_remote},
       {"rows_sent_remote", traffic.rows_sent_remote},
       {"rows_kept_local", traffic.rows_kept_local},
-      {"pairs_remote", traffic.pairs_remote}};
+      {"pairs_remote", traffic.pairs_remote},
+      {"row_bytes_sent_remote", traffic.row_bytes_sent_remote},
+      // Every rank enters the same exchanges: the sum over ranks is N times one rank's.
+      {"collectives", traffic.collectives / num_ranks},
+      {"max_collectives_per_layer", max_collectives_per_layer()}};
   j["load"] = {{"mean_balancedness", mean_balancedness},
                {"min_balancedness", min_balancedness},
                {"mean_max_vio", mean_max_vio},
@@ -81,6 +94,8 @@ nlohmann::json MetricsReport::to_json(bool per_layer) const {
                      {"tokens_per_rank", l.load.tokens_per_rank},
                      {"rows_per_rank", l.load.rows_per_rank},
                      {"bytes_sent_remote", l.load.traffic.bytes_sent_remote},
+                     {"row_bytes_sent_remote", l.load.traffic.row_bytes_sent_remote},
+                     {"collectives", l.load.traffic.collectives / num_ranks},
                      {"balancedness", l.load.balancedness()},
                      {"max_vio", l.load.max_violation()}});
     }

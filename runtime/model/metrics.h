@@ -39,6 +39,10 @@ struct MetricsReport {
   std::string timing_method;  // how phase times were taken (kernels/phase_timer.h)
 
   nlohmann::json to_json(bool per_layer) const;
+  // {phase: the most exchanges one rank entered in one MoE layer of one step of that phase}
+  // ("collectives" of a layer: dispatch, spill when a message outgrew its capacity, combine;
+  // two of each with --overlap, one per micro-batch).
+  nlohmann::json max_collectives_per_layer() const;
   std::string summary() const;  // human table (rank 0 prints it)
 };
 

@@ -4,6 +4,9 @@
 // instrumentation (instrumentation.h: phase times, FLOPs, routing hooks). step() runs one forward
 // over this rank's batch and is collective: every rank calls it the same number of times (a rank
 // with no sequences passes an empty batch), issuing the same collectives in the same order.
+// With overlap (ExchangeSettings) a step on several ranks runs as two micro-batches (the first
+// half of this rank's sequences, then the rest, possibly none), so that one micro-batch's rows
+// are in flight while the other computes; each row's arithmetic is the same either way.
 #pragma once
 
 #include <cstdint>
@@ -39,6 +42,14 @@ struct ModelShapes {
   int64_t num_experts = 0, top_k = 0;
   explicit ModelShapes(const ModelConfig& c);
   ModelShapes() = default;
+};
+
+// How the MoE layers exchange rows: the wire type and capacity (parallel::DispatcherOptions), and
+// whether a step on several ranks runs as two micro-batches whose exchanges overlap the other's
+// compute (one rank: nothing to overlap, one batch).
+struct ExchangeSettings {
+  parallel::DispatcherOptions dispatcher;
+  bool overlap = false;
 };
 
 // One sequence's part of a step: `tokens` are new tokens, appended after `past_len` cached ones.
@@ -84,6 +95,12 @@ class Model {
   void set_graphs(bool on);
   bool graphs_on() const { return graphs_on_; }
 
+  // Rebuilds the MoE layers' exchange (not collective: every rank passes the same settings before
+  // its next step). Throws moe::Error("config") on a wire type the compute dtype does not allow.
+  void set_exchange(const ExchangeSettings& settings);
+  const ExchangeSettings& exchange() const { return exchange_; }
+  const parallel::WirePlan& wire() const { return moe_->wire(); }
+
   const ModelShapes& shapes() const { return shapes_; }
   const ModelConfig& config() const { return config_; }
   const ModelWeights& weights() const { return weights_; }
@@ -94,12 +111,15 @@ class Model {
 
  private:
   struct Batch;  // a step's metadata (model.cpp)
+  struct Part;   // a micro-batch of it
   Batch prepare(const std::vector<SeqStep>& seqs, const std::vector<int64_t>& logit_rows,
-                bool graph_step);
+                bool graph_step, bool overlap);
   // Everything the device computes in a step, up to the logits.
   void forward(const Batch& b);
-  void attention_block(int64_t layer, const Batch& b);
-  void mlp_block(int64_t layer, const Batch& b);
+  // The layers with two micro-batches, each one's exchanges in flight while the other computes.
+  void forward_overlapped(const Batch& b);
+  void attention_block(int64_t layer, const Batch& b, const Part& p);
+  void mlp_block(int64_t layer, const Batch& b, const Part& p);
   // Every buffer a graph step touches and the backend's scratch generation.
   std::vector<const void*> graph_fingerprint();
 
@@ -111,7 +131,9 @@ class Model {
   Instrumentation instr_;
   KvCache cache_;
   ModelWeights weights_;
-  MoeLayer moe_;
+  ExchangeSettings exchange_;
+  std::unique_ptr<MoeLayer> moe_;
+  std::unique_ptr<MoeLayer> moe_second_;  // the second micro-batch's (overlap only)
   StepGraphs graphs_;
   bool graphs_on_ = false;
   int64_t num_steps_ = 0;
@@ -124,6 +146,7 @@ class Model {
   // The step's metadata, uploaded once per step.
   kernels::Buffer<int32_t> ids_, positions_, logit_rows_;
   kernels::Buffer<kernels::AttentionSeq> seqs_;
+  kernels::Buffer<kernels::AttentionSeq> part_seqs_[2];  // each micro-batch's, rows from its own
 };
 
 }  // namespace moe::runtime

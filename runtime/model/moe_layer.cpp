@@ -4,15 +4,18 @@
 
 #include <algorithm>
 
+#include "kernels/common/check.h"
+
 namespace moe::runtime {
 
 MoeLayer::MoeLayer(const ModelConfig& config, parallel::Communicator& comm,
-                   kernels::Backend& backend, Instrumentation& instrumentation)
+                   kernels::Backend& backend, Instrumentation& instrumentation,
+                   const parallel::DispatcherOptions& options)
     : config_(config),
       backend_(backend),
       instr_(instrumentation),
-      dispatcher_(comm, backend, config.hidden_size, static_cast<int>(config.num_experts_per_tok)) {
-}
+      dispatcher_(comm, backend, config.hidden_size, static_cast<int>(config.num_experts_per_tok),
+                  options) {}
 
 void MoeLayer::begin_step(int64_t step) {
   step_ = step;
@@ -23,6 +26,14 @@ void MoeLayer::begin_step(int64_t step) {
 
 void MoeLayer::run(int layer, const LayerWeights& w, const float* h, const bf16* h_bf16,
                    std::span<const TokenId> tokens, float* x) {
+  start(layer, w, h, h_bf16, tokens);
+  compute(w);
+  finish(x);
+}
+
+void MoeLayer::start(int layer, const LayerWeights& w, const float* h, const bf16* h_bf16,
+                     std::span<const TokenId> tokens) {
+  MOE_CHECK(stage_ == Stage::kIdle, "MoE layer {} started while another is in flight", layer);
   const int64_t T = static_cast<int64_t>(tokens.size());
   const int64_t H = config_.hidden_size, E = config_.num_experts, k = config_.num_experts_per_tok;
   const size_t rows = static_cast<size_t>(std::max<int64_t>(T, 1));
@@ -36,9 +47,15 @@ void MoeLayer::run(int layer, const LayerWeights& w, const float* h, const bf16*
   }
   if (instr_.has_routing_hooks()) run_hooks(layer, tokens);
   instr_.mark(Phase::kRouter);
+  dispatcher_.start_dispatch(layer, h, T, topk_ids_.data(), topk_weights_.data());
+  stage_ = Stage::kStarted;
+}
 
-  parallel::DispatchHandle d =
-      dispatcher_.dispatch(layer, h, T, topk_ids_.data(), topk_weights_.data());
+void MoeLayer::compute(const LayerWeights& w) {
+  MOE_CHECK(stage_ == Stage::kStarted, "MoE layer computed before it started");
+  const int64_t H = config_.hidden_size;
+  handle_ = dispatcher_.finish_dispatch();
+  parallel::DispatchHandle& d = handle_;
   d.experts.slot_weights = w.slot_weights_dev.data();
   d.experts.host_slot_weights = w.slot_weights.data();
   expert_out_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(d.experts.max_pairs, 1) * H));
@@ -48,8 +65,14 @@ void MoeLayer::run(int layer, const LayerWeights& w, const float* h, const bf16*
   }
   // The FLOPs of the pairs computed are counted from the loads (collect_loads).
   instr_.mark(Phase::kExpert);
+  dispatcher_.start_combine(expert_out_.data(), d);
+  stage_ = Stage::kComputed;
+}
 
-  dispatcher_.combine(expert_out_.data(), d, x);
+void MoeLayer::finish(float* x) {
+  MOE_CHECK(stage_ == Stage::kComputed, "MoE layer finished before its experts ran");
+  dispatcher_.finish_combine(handle_, x);
+  stage_ = Stage::kIdle;
 }
 
 void MoeLayer::run_hooks(int layer, std::span<const TokenId> tokens) {

@@ -124,5 +124,19 @@ TEST(CliBadInput, PromptLongerThanMaxPositionsIsRejected) {
   EXPECT_NE(r.err.find("max_position_embeddings"), std::string::npos) << r.err;
 }
 
+// Rows narrower than the compute dtype would change an fp32 run's logits: refused, naming both
+// flags.
+TEST(CliBadInput, NarrowDispatchRowsInFp32ComputeAreRefused) {
+  for (const char* dtype : {"bf16", "fp8"}) {
+    auto r = run(moe_ep() + " forward --model " + kTiny + " --tokens 1,2 --dispatch-dtype " +
+                 dtype + " --logits-out " + (temp_dir("badwire") / "x.npy").string());
+    EXPECT_EQ(r.exit_code, 1) << dtype;
+    EXPECT_EQ(count_lines(r.err), 1) << r.err;
+    EXPECT_NE(r.err.find(std::string("--dispatch-dtype ") + dtype + " needs --compute-dtype bf16"),
+              std::string::npos)
+        << r.err;
+  }
+}
+
 }  // namespace
 }  // namespace moe::test

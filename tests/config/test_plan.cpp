@@ -204,8 +204,12 @@ TEST(PlanMemory, SmallModelRankTwoMatchesTheStatedFormulas) {
   EXPECT_EQ(m.expert_shard_bytes, 4 * 36 * 2);
   EXPECT_EQ(m.kv_cache_bytes, 2 * 3 * 2 * 2 * 5 * 2);  // 2 x layers x kv_width x seqs x ctx x 2
   // send rows 10 * min(k=2, N=2) = 20, recv rows 3 * 5 = 15 (worst case): rows both ways
-  // in fp32 plus 8-byte route entries per row and k.
-  EXPECT_EQ(m.communication_bytes, 2 * (20 + 15) * 4 * 4 + (20 + 15) * 2 * 8);
+  // in fp32 plus 8-byte route entries per row and k; the messages: a 256-row slot per peer on
+  // both sides (header of 3 + 2 slots ints, 64 bytes aligned; rows of 16 bytes + 2 route entries
+  // of 8), the route entries again, a padding row per peer and two headers.
+  const int64_t slot = 64 + 256 * (16 + 16);
+  EXPECT_EQ(m.communication_bytes, 2 * (20 + 15) * 4 * 4 + (20 + 15) * 2 * 8 + 2 * 2 * slot +
+                                       (20 + 15) * 2 * 8 + 2 * 16 + 2 * 64);
   // hidden 3*10*4 + q/out 2*10*4 + k/v 2*10*2 = 240; pairs 15*2 = 30 rows of (2*4 + 3*3) = 510;
   // dense 3*10*6 = 180 -> 930; logits 2*10 + router 10*4 + 2*10*2 = 100; all fp32.
   EXPECT_EQ(m.activation_buffer_bytes, (930 + 100) * 4);

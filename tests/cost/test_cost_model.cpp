@@ -4,6 +4,7 @@
 // so every token uses every expert).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 
@@ -140,10 +141,43 @@ TEST(CostModel, ExpertAndDispatchPhasesFollowTheRouting) {
   EXPECT_NEAR(two.prefill.phase_s[static_cast<int>(Phase::kExpert)], expert_flops / 2 / 500e9,
               1e-15);
   EXPECT_DOUBLE_EQ(two.prefill.remote_rows_per_token, 1.0);
-  // Counts (2 x 8 B... one int64 per peer), rows, routes at 1 GB/s.
-  const double dispatch_comm = (8 + 320 + 160) / 1e9;
+  // One message: rows and their route entries, at 1 GB/s (no count round trip).
+  const double dispatch_comm = (320 + 160) / 1e9;
   EXPECT_NEAR(two.prefill.phase_s[static_cast<int>(Phase::kDispatch)], dispatch_comm, 1e-12);
   EXPECT_NEAR(two.prefill.phase_s[static_cast<int>(Phase::kCombine)], 320 / 1e9, 1e-12);
+  // What a rank sends in the layer: its message (rows and routes), then the 10 rows back.
+  EXPECT_DOUBLE_EQ(two.prefill.max_remote_bytes, 320 + 160 + 320);
+
+  // bf16 rows both ways: half the row bytes; the route entries stay.
+  CostWorkload bf16 = w;
+  bf16.dispatch_row_bytes = bf16.combine_row_bytes = 2;
+  const CostPrediction half = predict_cost(c, bf16, p2, h);
+  EXPECT_DOUBLE_EQ(half.prefill.max_remote_bytes, 160 + 160 + 160);
+  EXPECT_NEAR(half.prefill.phase_s[static_cast<int>(Phase::kDispatch)], (160 + 160) / 1e9, 1e-12);
+
+  // Capacity below the 10 rows a rank sends: the spill exchange adds one collective's fixed cost
+  // (here its 16 B of counts, 8 each way... one int64 per peer, at 1 GB/s).
+  CostWorkload small = w;
+  small.capacity_rows = 4;
+  const CostPrediction spilled = predict_cost(c, small, p2, h);
+  EXPECT_NEAR(spilled.prefill.phase_s[static_cast<int>(Phase::kDispatch)], dispatch_comm + 8 / 1e9,
+              1e-12);
+
+  // Overlap: two micro-batches per rank, here its one sequence and none (the empty second costs
+  // nothing: no bytes, no latency, no launch cost in this profile). On a GPU profile half the
+  // shorter of exchange and compute hides; on a CPU profile (MPI copies on the computing cores)
+  // nothing does.
+  CostWorkload over = w;
+  over.overlap = true;
+  const double comm = two.prefill.phase_s[static_cast<int>(Phase::kDispatch)] +
+                      two.prefill.phase_s[static_cast<int>(Phase::kCombine)];
+  EXPECT_NEAR(predict_cost(c, over, p2, h).prefill.total_s,
+              two.prefill.total_s - 0.5 * std::min(comm, two.prefill.total_s - comm), 1e-15);
+  HardwareProfile cpu = h;
+  cpu.kind = "cpu";
+  cpu.cores = 2;
+  EXPECT_NEAR(predict_cost(c, over, p2, cpu).prefill.total_s,
+              predict_cost(c, w, p2, cpu).prefill.total_s, 1e-15);
 
   // Ranks that time-share cores: a measured wait after compute joins each of the two
   // synchronisations of the (one) MoE layer, and the step.

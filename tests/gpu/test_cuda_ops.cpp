@@ -14,6 +14,7 @@
 #include "gpu_test_util.h"
 #include "kernels/common/check.h"
 #include "tests/common/backend_calls.h"
+#include "tests/common/wire_case.h"
 
 namespace moe::kernels::test {
 namespace {
@@ -331,8 +332,9 @@ TEST_F(CudaOpsTest, AddInplaceAndGatherRowsAreExact) {
 }
 
 // The combine ops (the layout bodies of kernels/common/moe_layout.h, one CUDA thread per column)
-// against the host backend's (the same bodies over whole rows): partial sums per received row in
-// route order, own block moved last; then each token's rows summed and added to the residual.
+// against the host backend's (the same bodies over whole rows), in fp32 and bf16 rows: partial
+// sums per received row of other ranks in route order; then each token's rows (returned ones,
+// and own ones summed in place) added to the residual.
 TEST_F(CudaOpsTest, CombineOpsMatchTheHostBackend) {
   std::mt19937 rng(9);
   const int64_t width = 77;
@@ -346,33 +348,80 @@ TEST_F(CudaOpsTest, CombineOpsMatchTheHostBackend) {
     pair_of_entry[i] = pairs++;
   }
   const auto expert_out = random_floats(rng, pairs * width);
-  std::vector<float> want_partial(rows * width);
-  ref_->combine_partial(routes.data(), pair_of_entry.data(), expert_out.data(), width, k, rows,
-                        own_begin, own_rows, want_partial.data());
   auto d_routes = to_gpu(routes);
   auto d_pairs = to_gpu(pair_of_entry);
   auto d_out = to_gpu(expert_out);
-  Buffer<float> d_partial(*gpu_, want_partial.size());
-  gpu_->combine_partial(d_routes.data(), d_pairs.data(), d_out.data(), width, k, rows, own_begin,
-                        own_rows, d_partial.data());
-  EXPECT_TRUE(close_to(from_gpu(d_partial), want_partial, 1e-6, 1e-6));
-
-  // 6 tokens over 9 sent rows, rows 2..4 kept on this rank (the own partial rows lie last).
-  const int32_t tokens = 6, send_rows = 9, own_send_begin = 2, own_kept = 3;
+  // 6 tokens over 9 sent rows, rows 2..4 kept on this rank (received rows own_begin..).
+  const int32_t tokens = 6, send_rows = 9, own_send_begin = 2;
   const std::vector<int32_t> token_offsets = {0, 2, 3, 5, 6, 8, 9};
   const std::vector<int32_t> token_rows = {0, 5, 2, 1, 6, 3, 4, 7, 8};
-  const auto returned = random_floats(rng, (send_rows - own_kept) * width);
-  const auto partial = random_floats(rng, (rows + own_kept) * width);
   const auto x = random_floats(rng, tokens * width);
-  layout::CombineSources host_src{returned.data(), partial.data(), own_send_begin, own_kept, rows};
-  std::vector<float> want_x(x);
-  ref_->combine_residual(host_src, token_offsets.data(), token_rows.data(), width, tokens,
-                         want_x.data());
-  auto d_returned = to_gpu(returned), d_part = to_gpu(partial), d_x = to_gpu(x);
-  auto d_offsets = to_gpu(token_offsets), d_token_rows = to_gpu(token_rows);
-  layout::CombineSources dev_src{d_returned.data(), d_part.data(), own_send_begin, own_kept, rows};
-  gpu_->combine_residual(dev_src, d_offsets.data(), d_token_rows.data(), width, tokens, d_x.data());
-  EXPECT_TRUE(close_to(from_gpu(d_x), want_x, 1e-6, 1e-6));
+  for (WireDtype dtype : {WireDtype::kF32, WireDtype::kBF16}) {
+    SCOPED_TRACE(wire_dtype_name(dtype));
+    const int64_t row_bytes = wire::row_bytes(dtype, width);
+    std::vector<unsigned char> want_partial((rows - own_rows) * row_bytes);
+    layout::PartialRowsView v{
+        routes.data(), pair_of_entry.data(), expert_out.data(), width, k, rows, own_begin, own_rows,
+        dtype,         want_partial.data()};
+    ref_->combine_partial(v);
+    Buffer<unsigned char> d_partial(*gpu_, want_partial.size());
+    v.routes = d_routes.data();
+    v.pair_of_entry = d_pairs.data();
+    v.expert_out = d_out.data();
+    v.out = d_partial.data();
+    gpu_->combine_partial(v);
+    EXPECT_EQ(from_gpu(d_partial), want_partial);  // the same fp32 operations, the same bits
+
+    std::vector<unsigned char> returned((send_rows - own_rows) * row_bytes);
+    const auto values = random_floats(rng, (send_rows - own_rows) * width);
+    for (int32_t q = 0; q < send_rows - own_rows; ++q) {
+      wire::encode_columns(dtype, values.data() + q * width, returned.data() + q * row_bytes, 0,
+                           width);
+    }
+    layout::CombineSources src;
+    src.returned = returned.data();
+    src.dtype = dtype;
+    src.own_send_begin = own_send_begin;
+    src.own_rows = own_rows;
+    src.own_recv_begin = own_begin;
+    src.routes = routes.data();
+    src.pair_of_entry = pair_of_entry.data();
+    src.expert_out = expert_out.data();
+    src.top_k = k;
+    std::vector<float> want_x(x);
+    ref_->combine_residual(src, token_offsets.data(), token_rows.data(), width, tokens,
+                           want_x.data());
+    auto d_returned = to_gpu(returned);
+    auto d_x = to_gpu(x);
+    auto d_offsets = to_gpu(token_offsets), d_token_rows = to_gpu(token_rows);
+    src.returned = d_returned.data();
+    src.routes = d_routes.data();
+    src.pair_of_entry = d_pairs.data();
+    src.expert_out = d_out.data();
+    gpu_->combine_residual(src, d_offsets.data(), d_token_rows.data(), width, tokens, d_x.data());
+    EXPECT_EQ(from_gpu(d_x), want_x);
+  }
+}
+
+// pack_rows and receive_rows (kernels/common/moe_wire.h, one thread per column or fp8 block)
+// write the same bytes as the host backend's loops over the same bodies, spills included.
+TEST_F(CudaOpsTest, WirePackAndReceiveMatchTheHostBackend) {
+  for (WireDtype dtype : {WireDtype::kF32, WireDtype::kBF16, WireDtype::kFP8}) {
+    SCOPED_TRACE(wire_dtype_name(dtype));
+    const moe::test::WireCase c = moe::test::make_wire_case(3, 1, {3, 2, 4}, 200, 3, 2, dtype);
+    const std::vector<unsigned char> host = moe::test::pack_on(*ref_, c);
+    EXPECT_EQ(moe::test::pack_on(*gpu_, c), host);
+    const moe::test::Received want = moe::test::receive_on(*ref_, c, host);
+    const moe::test::Received got = moe::test::receive_on(*gpu_, c, host);
+    EXPECT_EQ(got.row_at, want.row_at);
+    EXPECT_EQ(got.rows, want.rows);
+    ASSERT_EQ(got.routes.size(), want.routes.size());
+    for (size_t i = 0; i < got.routes.size(); ++i) {
+      EXPECT_TRUE(got.routes[i].local_slot == want.routes[i].local_slot &&
+                  got.routes[i].weight == want.routes[i].weight)
+          << "entry " << i;
+    }
+  }
 }
 
 }  // namespace

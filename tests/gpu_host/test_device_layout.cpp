@@ -2,14 +2,17 @@
 // the CUDA kernels in kernels/cuda/moe_layout.cu run and the host backends run in loops) against
 // its sequential specification (parallel::build_dispatch_layout, parallel::group_by_slot) on
 // random routings: uneven placements, replicated experts, ranks with no slots, empty batches,
-// batches over many chunks. Also the combine bodies against the naive fixed-order weighted sum.
+// batches over many chunks. Also the combine bodies and the host backend's combine ops against
+// the naive fixed-order weighted sum.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <memory>
 #include <numeric>
 #include <random>
 #include <vector>
 
+#include "kernels/backend.h"
 #include "kernels/common/moe_layout.h"
 #include "kernels/cpu/reference.h"
 #include "parallel/dispatch_layout.h"
@@ -160,9 +163,14 @@ void expect_source_matches(const LayerPlacement& lp, int rank, const std::vector
   ASSERT_EQ(run.error, 0);
   const int N = lp.num_ranks(), W = layout::header_width(ht.table);
   const int64_t S = host.num_send_rows();
+  int64_t max_remote_rows = 0;
   for (int d = 0; d < N; ++d) {
-    EXPECT_EQ(run.header[d * W], host.send_counts[d]) << "rows to rank " << d;
-    EXPECT_EQ(run.header[d * W + 1], host.pairs_per_rank[d]) << "pairs to rank " << d;
+    if (d != rank) max_remote_rows = std::max(max_remote_rows, host.send_counts[d]);
+  }
+  for (int d = 0; d < N; ++d) {
+    EXPECT_EQ(run.header[d * W + layout::kHeaderRows], host.send_counts[d]) << "rows to " << d;
+    EXPECT_EQ(run.header[d * W + layout::kHeaderPairs], host.pairs_per_rank[d]) << "pairs to " << d;
+    EXPECT_EQ(run.header[d * W + layout::kHeaderMaxRows], max_remote_rows) << "header of " << d;
     EXPECT_EQ(run.send_offsets[d + 1] - run.send_offsets[d], host.send_counts[d]);
   }
   for (int e = 0; e < lp.num_experts(); ++e) EXPECT_EQ(run.expert_total[e], host.expert_tokens[e]);
@@ -189,10 +197,11 @@ void expect_source_matches(const LayerPlacement& lp, int rank, const std::vector
       }
     }
     for (int s = 0; s < lp.num_local_slots(d); ++s) {
-      EXPECT_EQ(run.header[d * W + 2 + s], per_slot[s]) << "rank " << d << " slot " << s;
+      EXPECT_EQ(run.header[d * W + layout::kHeaderSlots + s], per_slot[s])
+          << "rank " << d << " slot " << s;
     }
     for (int s = lp.num_local_slots(d); s < ht.table.max_local_slots; ++s) {
-      EXPECT_EQ(run.header[d * W + 2 + s], 0);
+      EXPECT_EQ(run.header[d * W + layout::kHeaderSlots + s], 0);
     }
   }
 }
@@ -250,7 +259,7 @@ struct GroupingRun {
   layout::SlotGroupingView g;
 
   GroupingRun(const std::vector<RouteEntry>& routes, int32_t rows, int k, int32_t slots,
-              int32_t own_begin, int32_t own_rows, int32_t chunk = layout::kDeviceLayoutChunk)
+              const std::vector<int32_t>* row_at, int32_t chunk = layout::kDeviceLayoutChunk)
       : chunk_slot(static_cast<size_t>(layout::num_chunks(rows, chunk)) * slots, -5),
         slot_begin(slots + 1, -5),
         row_index(static_cast<size_t>(rows) * k, -5),
@@ -260,8 +269,7 @@ struct GroupingRun {
     g.top_k = k;
     g.chunk_size = chunk;
     g.num_slots = slots;
-    g.own_begin = own_begin;
-    g.own_rows = own_rows;
+    g.row_at = row_at != nullptr ? row_at->data() : nullptr;
     g.chunk_slot = chunk_slot.data();
     g.slot_begin = slot_begin.data();
     g.row_index = row_index.data();
@@ -271,13 +279,13 @@ struct GroupingRun {
   }
 };
 
-// Emulated receiver grouping of one received route block against group_by_slot, with the own
-// block moved last as the dispatcher lays rows out in memory.
+// Emulated receiver grouping of one received route block against group_by_slot, with received
+// rows placed where row_at says (nullptr: row r at r), as the dispatcher's receive lays them out.
 void expect_grouping_matches(const std::vector<RouteEntry>& routes, int32_t rows, int k,
-                             int32_t slots, int32_t own_begin, int32_t own_rows, int32_t chunk) {
+                             int32_t slots, const std::vector<int32_t>* row_at, int32_t chunk) {
   SCOPED_TRACE(testing::Message() << "chunk " << chunk);
   const parallel::SlotGroups host = parallel::group_by_slot(routes, rows, k, slots);
-  const GroupingRun run(routes, rows, k, slots, own_begin, own_rows, chunk);
+  const GroupingRun run(routes, rows, k, slots, row_at, chunk);
   const int32_t error = run.error;
   const std::vector<int32_t>& slot_begin = run.slot_begin;
   const std::vector<int32_t>& row_index = run.row_index;
@@ -286,10 +294,7 @@ void expect_grouping_matches(const std::vector<RouteEntry>& routes, int32_t rows
   for (int32_t s = 0; s <= slots; ++s) ASSERT_EQ(slot_begin[s], host.slot_begin[s]) << "slot " << s;
   for (int64_t p = 0; p < host.num_pairs(); ++p) {
     const int32_t r = host.row_index[p];
-    const int32_t memory_row = r < own_begin              ? r
-                               : r < own_begin + own_rows ? rows - own_rows + (r - own_begin)
-                                                          : r - own_rows;
-    ASSERT_EQ(row_index[p], memory_row) << "pair " << p;
+    ASSERT_EQ(row_index[p], row_at != nullptr ? (*row_at)[r] : r) << "pair " << p;
   }
   for (int64_t i = 0; i < static_cast<int64_t>(rows) * k; ++i) {
     ASSERT_EQ(pair_of_entry[i], host.pair_of_entry[i]) << "entry " << i;
@@ -308,30 +313,40 @@ TEST(DeviceLayout, ReceiverGroupingMatchesGroupBySlot) {
       e = rng() % 2 ? RouteEntry{static_cast<int32_t>((rng() % slots) / (1 + rng() % 2)), 0.25f}
                     : RouteEntry{};
     }
-    const int32_t own_begin = rows == 0 ? 0 : static_cast<int32_t>(rng() % (rows + 1));
-    const int32_t own_rows = static_cast<int32_t>(rng() % (rows - own_begin + 1));
+    // Rows placed anywhere (distinct places, with gaps), or in received order.
+    std::vector<int32_t> row_at(static_cast<size_t>(rows));
+    std::iota(row_at.begin(), row_at.end(), 0);
+    std::shuffle(row_at.begin(), row_at.end(), rng);
+    for (int32_t& a : row_at) a = 3 * a + static_cast<int32_t>(rng() % 3);
     SCOPED_TRACE(testing::Message() << rows << " rows, k " << k << ", " << slots << " slots");
     for (int32_t chunk : kChunks) {
-      expect_grouping_matches(routes, rows, k, slots, own_begin, own_rows, chunk);
+      expect_grouping_matches(routes, rows, k, slots, trial % 4 == 0 ? nullptr : &row_at, chunk);
     }
   }
 }
 
 TEST(DeviceLayout, ReceivedSlotOutOfRangeIsFlagged) {
   const std::vector<RouteEntry> routes{{0, 1.0f}, {5, 1.0f}, {1, 1.0f}, {-1, 0.0f}};
-  const GroupingRun run(routes, 2, 2, 2, 0, 2);
+  const GroupingRun run(routes, 2, 2, 2, nullptr);
   EXPECT_EQ(run.error, 1 + 1);
   EXPECT_EQ(run.pair_of_entry[1], -1);  // dropped, not written out of bounds
   EXPECT_EQ(run.slot_begin[2], 2);
 }
 
 // The combine bodies give the naive fixed-order sums bit for bit (same terms, same order), whether
-// a call covers one column (a CUDA thread) or a whole row (the CPU).
-TEST(DeviceLayout, CombineBodiesMatchWeightedRowSum) {
+// a call covers one column (a CUDA thread) or a whole row (the CPU), in fp32 and in bf16 rows
+// (the sums rounded once, when stored); the own rows' sums are formed inside the final sum.
+// The CPU backend (a HostBackend: host memory, so host vectors are its buffers).
+kernels::Backend& host_backend() {
+  static const std::unique_ptr<kernels::Backend> backend = kernels::make_backend({});
+  return *backend;
+}
+
+TEST(DeviceLayout, CombineBodiesAndHostOpsMatchWeightedRowSum) {
   std::mt19937 rng(5);
   std::normal_distribution<float> n01(0.0f, 1.0f);
   const int k = 4;
-  const int32_t rows = 23;
+  const int32_t rows = 23, own_begin = 7, own_rows = 5;
   const int64_t width = 37;
   std::vector<RouteEntry> routes(rows * k);
   std::vector<int32_t> pair_of_entry(rows * k, -1);
@@ -358,23 +373,42 @@ TEST(DeviceLayout, CombineBodiesMatchWeightedRowSum) {
   std::vector<float> want(static_cast<size_t>(rows) * width);
   kernels::cpu::reference::weighted_row_sum(expert_out.data(), width, src.data(), w.data(),
                                             offsets.data(), rows, want.data());
-  std::vector<float> by_row(want.size()), by_column(want.size());
-  for (int32_t r = 0; r < rows; ++r) {
-    float* row = by_row.data() + r * width;
-    layout::partial_span<layout::kHostCombineBlock>(routes.data(), pair_of_entry.data(),
-                                                    expert_out.data(), width, k, r, 0, width, row);
-    for (int64_t c = 0; c < width; ++c) {
-      layout::partial_span<1>(routes.data(), pair_of_entry.data(), expert_out.data(), width, k, r,
-                              c, c + 1, by_column.data() + r * width);
+  for (kernels::WireDtype dtype : {kernels::WireDtype::kF32, kernels::WireDtype::kBF16}) {
+    SCOPED_TRACE(kernels::wire_dtype_name(dtype));
+    const int64_t row_bytes = kernels::wire::row_bytes(dtype, width);
+    std::vector<unsigned char> by_row((rows - own_rows) * row_bytes, 0xAB), by_column(by_row);
+    layout::PartialRowsView v{
+        routes.data(), pair_of_entry.data(), expert_out.data(), width, k, rows, own_begin, own_rows,
+        dtype,         by_row.data()};
+    for (int32_t q = 0; q < rows - own_rows; ++q) {
+      layout::partial_row_span<layout::kHostCombineBlock>(v, q, 0, width);
+    }
+    v.out = by_column.data();
+    for (int32_t q = 0; q < rows - own_rows; ++q) {
+      for (int64_t c = 0; c < width; ++c) layout::partial_row_span<1>(v, q, c, c + 1);
+    }
+    EXPECT_EQ(by_row, by_column);
+    // The host backend's op (whole-row loops) gives the bodies' bits.
+    std::vector<unsigned char> by_backend(by_row.size(), 0xCD);
+    v.out = by_backend.data();
+    host_backend().combine_partial(v);
+    EXPECT_EQ(by_backend, by_row);
+    for (int32_t q = 0; q < rows - own_rows; ++q) {
+      const int32_t r = q < own_begin ? q : q + own_rows;  // the own block is left out
+      for (int64_t c = 0; c < width; ++c) {
+        const float expect = dtype == kernels::WireDtype::kF32 ? want[r * width + c]
+                                                               : round_to_bf16(want[r * width + c]);
+        ASSERT_EQ(kernels::wire::decode(dtype, by_row.data() + q * row_bytes, width, c), expect)
+            << "row " << r << " column " << c;
+      }
     }
   }
-  EXPECT_EQ(by_row, want);
-  EXPECT_EQ(by_column, want);
 
-  // Final sum + residual: tokens with rows kept on this rank and rows returned by others.
-  const int32_t tokens = 9, own_send_begin = 4, own_rows = 5, remote_recv = 6;
+  // Final sum + residual: tokens with rows kept on this rank (summed from expert_out) and rows
+  // returned by others (stored in the wire type).
+  const int32_t tokens = 9, own_send_begin = 4;
   std::vector<int32_t> token_offsets{0}, token_rows;
-  const int32_t send_rows = 14;  // rows 4..8 are own
+  const int32_t send_rows = 14;  // rows 4..8 are own: received rows own_begin.. of this rank
   for (int32_t t = 0; t < tokens; ++t) {
     for (int32_t r = 0; r < send_rows; ++r) {
       if ((r + t) % 4 == 0) token_rows.push_back(r);
@@ -382,38 +416,67 @@ TEST(DeviceLayout, CombineBodiesMatchWeightedRowSum) {
     if (token_rows.size() == static_cast<size_t>(token_offsets.back())) token_rows.push_back(t);
     token_offsets.push_back(static_cast<int32_t>(token_rows.size()));
   }
-  std::vector<float> returned(static_cast<size_t>(send_rows - own_rows) * width),
-      partial(static_cast<size_t>(remote_recv + own_rows) * width), x(tokens * width);
-  for (float& v : returned) v = n01(rng);
-  for (float& v : partial) v = n01(rng);
+  std::vector<float> returned_f32(static_cast<size_t>(send_rows - own_rows) * width),
+      x(tokens * width);
+  for (float& v : returned_f32) v = n01(rng);
   for (float& v : x) v = n01(rng);
-  layout::CombineSources cs{returned.data(), partial.data(), own_send_begin, own_rows, remote_recv};
-  // Host path: the combine buffer [returned][partial], one weighted_row_sum, then add_inplace.
-  std::vector<float> buffer(returned);
-  buffer.insert(buffer.end(), partial.begin(), partial.end());
-  std::vector<int32_t> final_src;
-  const int32_t returned_rows = send_rows - own_rows;
-  for (int32_t row : token_rows) {
-    const bool own = row >= own_send_begin && row < own_send_begin + own_rows;
-    final_src.push_back(own ? returned_rows + remote_recv + (row - own_send_begin)
-                            : (row < own_send_begin ? row : row - own_rows));
-  }
-  std::vector<int64_t> offsets64(token_offsets.begin(), token_offsets.end());
-  std::vector<float> y(tokens * width), x_host(x);
-  kernels::cpu::reference::weighted_row_sum(buffer.data(), width, final_src.data(), nullptr,
-                                            offsets64.data(), tokens, y.data());
-  kernels::cpu::reference::add_inplace(x_host.data(), y.data(), tokens * width);
-  std::vector<float> x_row(x), x_column(x);
-  for (int32_t t = 0; t < tokens; ++t) {
-    layout::combine_residual_span<layout::kHostCombineBlock>(
-        cs, token_offsets.data(), token_rows.data(), width, t, 0, width, x_row.data() + t * width);
-    for (int64_t c = 0; c < width; ++c) {
-      layout::combine_residual_span<1>(cs, token_offsets.data(), token_rows.data(), width, t, c,
-                                       c + 1, x_column.data() + t * width);
+  for (kernels::WireDtype dtype : {kernels::WireDtype::kF32, kernels::WireDtype::kBF16}) {
+    SCOPED_TRACE(kernels::wire_dtype_name(dtype));
+    const int64_t row_bytes = kernels::wire::row_bytes(dtype, width);
+    std::vector<unsigned char> returned(returned_f32.size() / width * row_bytes);
+    std::vector<float> widened(returned_f32.size());
+    for (size_t i = 0; i < returned_f32.size() / width; ++i) {
+      kernels::wire::encode_columns(dtype, returned_f32.data() + i * width,
+                                    returned.data() + i * row_bytes, 0, width);
+      for (int64_t c = 0; c < width; ++c) {
+        widened[i * width + c] =
+            kernels::wire::decode(dtype, returned.data() + i * row_bytes, width, c);
+      }
     }
+    layout::CombineSources cs;
+    cs.returned = returned.data();
+    cs.dtype = dtype;
+    cs.own_send_begin = own_send_begin;
+    cs.own_rows = own_rows;
+    cs.own_recv_begin = own_begin;
+    cs.routes = routes.data();
+    cs.pair_of_entry = pair_of_entry.data();
+    cs.expert_out = expert_out.data();
+    cs.top_k = k;
+    // Reference: the combine buffer [returned rows][own partial rows], one weighted_row_sum, then
+    // add_inplace.
+    std::vector<float> buffer(widened);
+    buffer.insert(buffer.end(), want.begin() + own_begin * width,
+                  want.begin() + (own_begin + own_rows) * width);
+    std::vector<int32_t> final_src;
+    const int32_t returned_rows = send_rows - own_rows;
+    for (int32_t row : token_rows) {
+      const bool own = row >= own_send_begin && row < own_send_begin + own_rows;
+      final_src.push_back(own ? returned_rows + (row - own_send_begin)
+                              : (row < own_send_begin ? row : row - own_rows));
+    }
+    std::vector<int64_t> offsets64(token_offsets.begin(), token_offsets.end());
+    std::vector<float> y(tokens * width), x_host(x);
+    kernels::cpu::reference::weighted_row_sum(buffer.data(), width, final_src.data(), nullptr,
+                                              offsets64.data(), tokens, y.data());
+    kernels::cpu::reference::add_inplace(x_host.data(), y.data(), tokens * width);
+    std::vector<float> x_row(x), x_column(x);
+    for (int32_t t = 0; t < tokens; ++t) {
+      layout::combine_residual_span<layout::kHostCombineBlock>(cs, token_offsets.data(),
+                                                               token_rows.data(), width, t, 0,
+                                                               width, x_row.data() + t * width);
+      for (int64_t c = 0; c < width; ++c) {
+        layout::combine_residual_span<1>(cs, token_offsets.data(), token_rows.data(), width, t, c,
+                                         c + 1, x_column.data() + t * width);
+      }
+    }
+    EXPECT_EQ(x_row, x_host);
+    EXPECT_EQ(x_column, x_host);
+    std::vector<float> x_backend(x);
+    host_backend().combine_residual(cs, token_offsets.data(), token_rows.data(), width, tokens,
+                                    x_backend.data());
+    EXPECT_EQ(x_backend, x_host);
   }
-  EXPECT_EQ(x_row, x_host);
-  EXPECT_EQ(x_column, x_host);
 }
 
 }  // namespace
