@@ -45,8 +45,8 @@ std::vector<kernels::GemmShape> prefill_shapes(const Model& m, int64_t tokens,
       continue;
     }
     shapes.push_back({tokens, s.num_experts, s.hidden});
-    for (const auto& entry : metrics.loads) {
-      if (entry.step != 0 || entry.layer != l) continue;
+    for (const auto& entry : metrics.layers) {
+      if (entry.phase != "prefill" || entry.layer != l) continue;
       const parallel::LayerPlacement& lp = placement.layer(static_cast<int>(l));
       for (int e : lp.rank_experts[rank]) {
         const int64_t replicas = static_cast<int64_t>(lp.expert_slots[e].size());
@@ -177,7 +177,7 @@ void print_run_report(const Session& s, const Workload& w, const RunResult& r,
                                "(cudaMemGetInfo, whole device)",
                                mem[5] / 1e6, 100.0 * mem[5] / plan.total_bytes));
   fmt::print("{}", r.metrics.summary());
-  if (rebalancer) fmt::print("{}", rebalancer->summary(r.metrics));
+  if (rebalancer) fmt::print("{}", rebalancer->summary());
 }
 
 nlohmann::json run_report_json(const Session& s, const Workload& w, const RunResult& r,
@@ -222,7 +222,7 @@ nlohmann::json run_report_json(const Session& s, const Workload& w, const RunRes
           {"load_per_rank", s.load_per_rank},
           {"metrics", r.metrics.to_json(true)},
           {"tokens", r.out.tokens},
-          {"rebalance", rebalancer ? rebalancer->to_json(r.metrics) : nlohmann::json()}};
+          {"rebalance", rebalancer ? rebalancer->to_json() : nlohmann::json()}};
 }
 
 int run_run(const RunArgs& a, const CLI::App& cmd) {
@@ -249,6 +249,7 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
   RunResult r;
   r.out = engine.generate(prompts, decode_steps);
   r.metrics = engine.metrics().reduce(*s->comm, s->model->instrumentation());
+  if (rebalancer) rebalancer->finish();
   write_trace_out(*s, o);
   r.memory = max_rank_memory(*s);
   r.plan = planned_memory(*s, w.num_sequences, context);
