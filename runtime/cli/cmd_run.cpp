@@ -59,20 +59,6 @@ std::vector<kernels::GemmShape> prefill_shapes(const Model& m, int64_t tokens,
   return shapes;
 }
 
-// The run config's model, weights and settings wherever the command line left them unset.
-ModelOptions run_model_options(const RunArgs& a, const CLI::App& cmd, const RunConfig& rc) {
-  ModelOptions o = a.model;
-  o.model = rc.model;
-  if (o.weights.empty()) o.weights = rc.weights;
-  if (o.placement.empty()) o.placement = rc.placement;
-  if (cmd.count("--backend") == 0) o.backend = rc.backend;
-  if (!o.compute_dtype) o.compute_dtype = rc.compute_dtype;
-  if (!o.comm) o.comm = rc.comm;
-  if (o.threads == 0) o.threads = static_cast<int>(rc.threads);
-  if (cmd.count("--timeout") == 0) o.timeout_s = rc.timeout_s;
-  return o;
-}
-
 // Routing (workload.routing; nullptr: the model's router), checked before any weight loads: a
 // replayed trace must hold every row the workload routes.
 std::unique_ptr<SyntheticRouting> workload_routing(const RunConfig& rc, const ModelOptions& o,
@@ -227,7 +213,7 @@ nlohmann::json run_report_json(const Session& s, const Workload& w, const RunRes
 
 int run_run(const RunArgs& a, const CLI::App& cmd) {
   const RunConfig rc = load_run_config(a.config, a.sets);
-  const ModelOptions o = run_model_options(a, cmd, rc);
+  const ModelOptions o = model_options_with_run_config(a.model, cmd, rc);
   const Workload& w = rc.workload;
   check_context_fits(load_model_config(o.model), w.prompt_len + w.decode_steps,
                      fmt::format("{}: workload.prompt_len + workload.decode_steps", rc.source));
