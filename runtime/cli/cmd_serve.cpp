@@ -63,7 +63,8 @@ int run_serve(ServeArgs& a, const CLI::App& cmd) {
   const ModelOptions& o = a.model;
   MOE_CHECK_AS("input", !o.model.empty(), "serve needs --model or --config");
   const ModelConfig probe = load_model_config(o.model);
-  if (a.max_model_len == 0) a.max_model_len = std::min<int64_t>(4096, probe.max_position_embeddings);
+  if (a.max_model_len == 0)
+    a.max_model_len = std::min<int64_t>(4096, probe.max_position_embeddings);
   check_context_fits(probe, a.max_model_len, "--max-model-len");
   MOE_CHECK_AS("input", a.max_batch_tokens >= a.max_seqs,
                "--max-batch-tokens ({}) must be at least --max-seqs ({}): every running sequence "

@@ -19,21 +19,20 @@ ApiError bad_field(const std::string& field, const std::string& what) {
 std::optional<ApiError> integer_field(const json& v, const std::string& field, int64_t lo,
                                       int64_t& out) {
   if (!v.is_number_integer()) return bad_field(field, "must be an integer");
-  const int64_t x = v.is_number_unsigned() && v.get<uint64_t>() > INT64_MAX
-                        ? INT64_MAX
-                        : v.get<int64_t>();
+  const int64_t x =
+      v.is_number_unsigned() && v.get<uint64_t>() > INT64_MAX ? INT64_MAX : v.get<int64_t>();
   if (x < lo) return bad_field(field, fmt::format("must be >= {}, got {}", lo, x));
   out = x;
   return std::nullopt;
 }
 
-std::optional<ApiError> number_field(const json& v, const std::string& field, double lo,
-                                     double hi, bool lo_open, double& out) {
+std::optional<ApiError> number_field(const json& v, const std::string& field, double lo, double hi,
+                                     bool lo_open, double& out) {
   if (!v.is_number()) return bad_field(field, "must be a number");
   const double x = v.get<double>();
   if (!std::isfinite(x) || x > hi || x < lo || (lo_open && x == lo)) {
-    return bad_field(field, fmt::format("must be in {}{}, {}], got {}", lo_open ? "(" : "[", lo,
-                                        hi, x));
+    return bad_field(field,
+                     fmt::format("must be in {}{}, {}], got {}", lo_open ? "(" : "[", lo, hi, x));
   }
   out = x;
   return std::nullopt;
@@ -90,8 +89,9 @@ std::optional<ApiError> parse_messages(const json& v, std::vector<ChatMessage>& 
         msg.role = value.get<std::string>();
         if (msg.role == "developer") msg.role = "system";
         if (msg.role != "system" && msg.role != "user" && msg.role != "assistant") {
-          return bad_field(f + ".role", "must be system, user or assistant (tools are not "
-                                        "supported)");
+          return bad_field(f + ".role",
+                           "must be system, user or assistant (tools are not "
+                           "supported)");
         }
       } else if (key == "content") {
         if (auto e = parse_content(value, f + ".content", msg.content)) return e;
@@ -142,8 +142,10 @@ std::optional<ApiError> parse_prompt(const json& v, CompletionRequest& out) {
 bool parse_common(const std::string& key, const json& value, CompletionRequest& r,
                   std::optional<ApiError>& err) {
   if (key == "model") {
-    if (!value.is_string()) err = bad_field("model", "must be a string");
-    else r.model = value.get<std::string>();
+    if (!value.is_string())
+      err = bad_field("model", "must be a string");
+    else
+      r.model = value.get<std::string>();
   } else if (key == "max_tokens" || key == "max_completion_tokens") {
     int64_t n = 0;
     if (!value.is_null() && !(err = integer_field(value, key, 1, n))) r.max_tokens = n;
@@ -153,15 +155,20 @@ bool parse_common(const std::string& key, const json& value, CompletionRequest& 
     if (!value.is_null()) err = number_field(value, key, 0, 1, true, r.sampling.top_p);
   } else if (key == "top_k") {
     int64_t k = 0;  // -1 and 0: every token (vLLM spells "all" -1)
-    if (!value.is_null() && !(err = integer_field(value, key, -1, k))) r.sampling.top_k = k < 0 ? 0 : k;
+    if (!value.is_null() && !(err = integer_field(value, key, -1, k)))
+      r.sampling.top_k = k < 0 ? 0 : k;
   } else if (key == "seed") {
-    if (!value.is_null() && !value.is_number_integer()) err = bad_field(key, "must be an integer");
-    else if (!value.is_null()) r.sampling.seed = static_cast<uint64_t>(value.get<int64_t>());
+    if (!value.is_null() && !value.is_number_integer())
+      err = bad_field(key, "must be an integer");
+    else if (!value.is_null())
+      r.sampling.seed = static_cast<uint64_t>(value.get<int64_t>());
   } else if (key == "stop") {
     if (!value.is_null()) err = parse_stop(value, r.stop);
   } else if (key == "stream") {
-    if (!value.is_null() && !value.is_boolean()) err = bad_field(key, "must be true or false");
-    else r.stream = value.is_boolean() && value.get<bool>();
+    if (!value.is_null() && !value.is_boolean())
+      err = bad_field(key, "must be true or false");
+    else
+      r.stream = value.is_boolean() && value.get<bool>();
   } else if (key == "stream_options") {
     if (value.is_null()) return true;
     if (!value.is_object()) err = bad_field(key, "must be an object");
@@ -206,9 +213,11 @@ std::optional<ApiError> parse_request(const std::string& body, Endpoint endpoint
   try {
     j = json::parse(body);
   } catch (const json::parse_error& e) {
-    return ApiError{400, fmt::format("the body is not valid JSON: {}", e.what()), "invalid_request_error", ""};
+    return ApiError{400, fmt::format("the body is not valid JSON: {}", e.what()),
+                    "invalid_request_error", ""};
   }
-  if (!j.is_object()) return ApiError{400, "the body must be a JSON object", "invalid_request_error", ""};
+  if (!j.is_object())
+    return ApiError{400, "the body must be a JSON object", "invalid_request_error", ""};
   const char* what = endpoint == Endpoint::kChat ? "messages" : "prompt";
   if (!j.contains(what)) return bad_field(what, "is missing");
   for (const auto& [key, value] : j.items()) {
@@ -323,8 +332,8 @@ nlohmann::json stream_chunk(const ResponseHead& head, const std::string& text, b
 }
 
 nlohmann::json usage_chunk(const ResponseHead& head, const Usage& usage) {
-  json j = head_json(head, head.endpoint == Endpoint::kChat ? "chat.completion.chunk"
-                                                            : "text_completion");
+  json j = head_json(
+      head, head.endpoint == Endpoint::kChat ? "chat.completion.chunk" : "text_completion");
   j["choices"] = json::array();
   j["usage"] = usage.to_json();
   return j;

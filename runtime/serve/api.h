@@ -28,11 +28,11 @@ enum class Endpoint { kChat, kCompletion };
 
 struct CompletionRequest {
   Endpoint endpoint = Endpoint::kChat;
-  std::string model;                  // empty: the served model
-  std::vector<ChatMessage> messages;  // chat
+  std::string model;                    // empty: the served model
+  std::vector<ChatMessage> messages;    // chat
   std::optional<bool> enable_thinking;  // chat_template_kwargs.enable_thinking
-  std::string prompt_text;            // completion, text prompt
-  std::vector<int32_t> prompt_ids;    // completion, prompt given as token ids
+  std::string prompt_text;              // completion, text prompt
+  std::vector<int32_t> prompt_ids;      // completion, prompt given as token ids
   bool prompt_is_ids = false;
   std::optional<int64_t> max_tokens;  // unset: up to the context
   SamplingParams sampling;

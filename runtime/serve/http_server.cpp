@@ -92,6 +92,33 @@ int connection_socket(const httplib::Request& req) {
   return found;
 }
 
+// Debian's httplib is compiled with a listen backlog of 5, so a burst of connections (hundreds of
+// idle clients, many streams at once) would see dropped SYNs and 1 s retries. Linux lets listen()
+// be called again on a listening socket to set its backlog; the socket is found like
+// connection_socket() finds a connection's.
+void widen_listen_backlog(int port) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return;
+  while (dirent* d = readdir(dir)) {
+    const int fd = std::atoi(d->d_name);
+    int listening = 0;
+    socklen_t len = sizeof(listening);
+    sockaddr_storage local{};
+    socklen_t ll = sizeof(local);
+    if (fd <= 2 || getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) != 0 || !listening ||
+        getsockname(fd, reinterpret_cast<sockaddr*>(&local), &ll) != 0) {
+      continue;
+    }
+    const int bound = local.ss_family == AF_INET
+                          ? ntohs(reinterpret_cast<const sockaddr_in&>(local).sin_port)
+                      : local.ss_family == AF_INET6
+                          ? ntohs(reinterpret_cast<const sockaddr_in6&>(local).sin6_port)
+                          : -1;
+    if (bound == port) listen(fd, SOMAXCONN);
+  }
+  closedir(dir);
+}
+
 // True when the peer closed the connection (readable with nothing to read, or an error).
 bool peer_closed(int fd) {
   if (fd < 0) return false;
@@ -112,9 +139,10 @@ std::string default_error_message(const httplib::Request& req, int status, int64
     case 400:
       return "malformed HTTP request, or the request was not received in time";
     case 404:
-      return fmt::format("no route {} {} (routes: POST /v1/chat/completions, POST "
-                         "/v1/completions, GET /v1/models, GET /health, GET /metrics)",
-                         req.method, req.path);
+      return fmt::format(
+          "no route {} {} (routes: POST /v1/chat/completions, POST "
+          "/v1/completions, GET /v1/models, GET /health, GET /metrics)",
+          req.method, req.path);
     case 413:
       return fmt::format("the request body exceeds the limit of {} bytes", max_body);
     case 414:
@@ -169,8 +197,9 @@ std::optional<ApiError> HttpFront::Impl::admit(const httplib::Request& req, Endp
   if (draining) return ApiError{503, "the server is shutting down", "unavailable_error", ""};
   if (auto e = parse_request(req.body, endpoint, cr)) return e;
   if (!cr.model.empty() && cr.model != options.model_name) {
-    return ApiError{404, fmt::format("model '{}' is not served here (this server serves '{}')",
-                                     cr.model, options.model_name),
+    return ApiError{404,
+                    fmt::format("model '{}' is not served here (this server serves '{}')", cr.model,
+                                options.model_name),
                     "not_found_error", "model"};
   }
   std::vector<int32_t> prompt;
@@ -211,10 +240,9 @@ void HttpFront::Impl::completion(const httplib::Request& req, httplib::Response&
   CompletionRequest cr;
   std::shared_ptr<ServeRequest> r;
   if (auto e = admit(req, endpoint, cr, r)) return answer(res, name, *e);
-  const ResponseHead head{endpoint,
-                          fmt::format("{}-{}", endpoint == Endpoint::kChat ? "chatcmpl" : "cmpl",
-                                      r->id()),
-                          static_cast<int64_t>(std::time(nullptr)), options.model_name};
+  const ResponseHead head{
+      endpoint, fmt::format("{}-{}", endpoint == Endpoint::kChat ? "chatcmpl" : "cmpl", r->id()),
+      static_cast<int64_t>(std::time(nullptr)), options.model_name};
   // Wait (streaming: until admitted; else: until done), watching the client.
   const int fd = connection_socket(req);
   std::string text;
@@ -229,8 +257,8 @@ void HttpFront::Impl::completion(const httplib::Request& req, httplib::Response&
       return;
     }
   }
-  if (u.error_status != 0) return answer(res, name, {u.error_status, u.error_message,
-                                                      "server_error", ""});
+  if (u.error_status != 0)
+    return answer(res, name, {u.error_status, u.error_message, "server_error", ""});
   if (cr.stream) return stream(res, r, head, cr.include_usage, text);
   const Usage usage{static_cast<int64_t>(r->spec().prompt.size()), u.completion_tokens};
   res.set_content(full_response(head, text, u.finish_reason, usage)
@@ -263,7 +291,8 @@ void HttpFront::Impl::stream(httplib::Response& res, std::shared_ptr<ServeReques
         }
         if (u.done) {
           if (u.error_status != 0) {
-            out += sse_event(ApiError{u.error_status, u.error_message, "server_error", ""}.to_json());
+            out +=
+                sse_event(ApiError{u.error_status, u.error_message, "server_error", ""}.to_json());
           } else {
             const Usage usage{static_cast<int64_t>(r->spec().prompt.size()), u.completion_tokens};
             out += sse_event(stream_chunk(head, "", false, u.finish_reason, &usage));
@@ -271,8 +300,9 @@ void HttpFront::Impl::stream(httplib::Response& res, std::shared_ptr<ServeReques
           }
           out += kSseDone;
         }
-        if (!out.empty() && !sink.write(out.data(), out.size())) {
+        if (!out.empty() && !sink.write(out.data(), out.size())) {  // the client went away
           r->abandon();
+          metrics.count_request(name, 499);
           return false;
         }
         if (u.done) {
@@ -296,8 +326,11 @@ void HttpFront::Impl::routes() {
   });
   server.Get("/v1/models", [this, json_reply](const httplib::Request& q, httplib::Response& s) {
     if (!authorized(q)) {
-      return answer(s, "models", {401, "missing or wrong API key (send Authorization: Bearer "
-                                       "<key>)", "authentication_error", ""});
+      return answer(s, "models",
+                    {401,
+                     "missing or wrong API key (send Authorization: Bearer "
+                     "<key>)",
+                     "authentication_error", ""});
     }
     json_reply(s, {{"object", "list"},
                    {"data", json::array({{{"id", options.model_name},
@@ -324,18 +357,21 @@ void HttpFront::Impl::routes() {
                            const httplib::Request& q, httplib::Response& s) {
       s.status = 405;
       s.set_header("Allow", method);
-      s.set_content(error_body(405, fmt::format("{} {} is not allowed; use {}", q.method, path,
-                                                method), "invalid_request_error"),
-                    "application/json");
+      s.set_content(
+          error_body(405, fmt::format("{} {} is not allowed; use {}", q.method, path, method),
+                     "invalid_request_error"),
+          "application/json");
     };
-    if (std::string(method) == "POST") server.Get(path, wrong);
-    else server.Post(path, wrong);
+    if (std::string(method) == "POST")
+      server.Get(path, wrong);
+    else
+      server.Post(path, wrong);
     server.Put(path, wrong);
     server.Patch(path, wrong);
     server.Delete(path, wrong);
   }
-  server.set_error_handler(httplib::Server::HandlerWithResponse(
-      [this](const httplib::Request& q, httplib::Response& s) {
+  server.set_error_handler(httplib::Server::HandlerWithResponse([this](const httplib::Request& q,
+                                                                       httplib::Response& s) {
     if (!s.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
     s.set_content(error_body(s.status, default_error_message(q, s.status, options.max_body_bytes),
                              s.status >= 500 ? "server_error" : "invalid_request_error"),
@@ -384,6 +420,7 @@ int HttpFront::start() {
   MOE_CHECK_AS("serve", port > 0,
                "cannot listen on {}:{} (address in use, or not an address of this machine)",
                m.options.host, m.options.port);
+  widen_listen_backlog(port);
   m.listener = std::thread([&m] { m.server.listen_after_bind(); });
   return port;
 }

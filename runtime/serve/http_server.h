@@ -19,11 +19,11 @@ namespace moe::runtime::serve {
 
 struct FrontOptions {
   std::string host = "127.0.0.1";
-  int port = 8000;                    // 0: any free port (start() returns it)
-  std::string api_key;                // non-empty: /v1/* needs "Authorization: Bearer <key>"
-  std::string model_name;             // what /v1/models lists and requests may name
-  int64_t max_body_bytes = 1 << 20;   // larger bodies get 413
-  int read_timeout_s = 10;            // a request not received by then gets 400; idle keep-alive
+  int port = 8000;                       // 0: any free port (start() returns it)
+  std::string api_key;                   // non-empty: /v1/* needs "Authorization: Bearer <key>"
+  std::string model_name;                // what /v1/models lists and requests may name
+  int64_t max_body_bytes = 1 << 20;      // larger bodies get 413
+  int read_timeout_s = 10;               // a request not received by then gets 400; idle keep-alive
   int64_t max_connection_threads = 512;  // connections beyond wait for a thread
 };
 

@@ -15,7 +15,8 @@ namespace moe::runtime::serve {
 
 class Histogram {
  public:
-  explicit Histogram(std::vector<double> bounds) : bounds_(std::move(bounds)), counts_(bounds_.size() + 1) {}
+  explicit Histogram(std::vector<double> bounds)
+      : bounds_(std::move(bounds)), counts_(bounds_.size() + 1) {}
   void observe(double v);
   // The metric's lines ("<name>_bucket{le=...}", _sum, _count).
   std::string render(const std::string& name, const std::string& help) const;
@@ -30,8 +31,8 @@ class Histogram {
 
 // Scheduler state as of the latest step (set by rank 0's loop).
 struct SchedulerGauges {
-  int64_t queued = 0;         // waiting for a KV slot
-  int64_t running = 0;        // admitted sequences
+  int64_t queued = 0;   // waiting for a KV slot
+  int64_t running = 0;  // admitted sequences
   int64_t kv_slots_used = 0, kv_slots_total = 0;
   int64_t steps_total = 0;
 };

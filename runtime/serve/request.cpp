@@ -51,6 +51,11 @@ bool ServeRequest::client_gone() const {
   return gone_;
 }
 
+bool ServeRequest::finished() const {
+  std::lock_guard lock(mutex_);
+  return done_;
+}
+
 void ServeRequest::abandon() {
   std::lock_guard lock(mutex_);
   gone_ = true;

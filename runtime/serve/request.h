@@ -37,6 +37,7 @@ class ServeRequest {
   // Ends the request with an error the client gets (status, message).
   void fail(int status, const std::string& message);
   bool client_gone() const;
+  bool finished() const;  // answered (done or failed)
 
   // ---- the handler's side
   struct Update {
