@@ -164,14 +164,16 @@ class RawConnection {
   RawConnection& operator=(const RawConnection&) = delete;
   bool open() const { return fd_ >= 0; }
   bool send(const std::string& s) {
-    return fd_ >= 0 && ::send(fd_, s.data(), s.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(s.size());
+    return fd_ >= 0 &&
+           ::send(fd_, s.data(), s.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(s.size());
   }
   // A POST of `body` to /v1/completions (HTTP/1.1, closed after the answer); `headers`: more
   // header lines, each ending in CRLF.
   bool post(const std::string& body, const std::string& headers = "") {
-    return send("POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
-                "application/json\r\nConnection: close\r\n" + headers + "Content-Length: " +
-                std::to_string(body.size()) + "\r\n\r\n" + body);
+    return send(
+        "POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+        "application/json\r\nConnection: close\r\n" +
+        headers + "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body);
   }
   // Reads until `needle` was received (empty: until the peer closes) or `timeout_s` passed;
   // returns everything received so far.
@@ -214,10 +216,9 @@ inline std::vector<std::string> generate_texts(const std::string& launcher,
   for (size_t i = 0; i < prompts.size(); ++i) {
     const fs::path out = dir / ("gen" + std::to_string(i) + ".json");
     std::ofstream(dir / "prompt.txt") << prompts[i];
-    const CommandResult r =
-        run(launcher + " generate --quiet " + model_flags + " --prompts-file " +
-            (dir / "prompt.txt").string() + " " + flags + " --max-new-tokens " +
-            std::to_string(max_new) + " --json " + out.string());
+    const CommandResult r = run(launcher + " generate --quiet " + model_flags + " --prompts-file " +
+                                (dir / "prompt.txt").string() + " " + flags + " --max-new-tokens " +
+                                std::to_string(max_new) + " --json " + out.string());
     EXPECT_EQ(r.exit_code, 0) << r.err;
     texts.push_back(json::parse(read_text(out))["texts"][0]);
   }

@@ -11,8 +11,7 @@ namespace {
 
 const std::string kKey = "sk-test";
 const httplib::Headers kAuth = {{"Authorization", "Bearer " + kKey}};
-const std::string kLongStream =
-    R"({"prompt":"Hello there","max_tokens":2000,"stream":true})";
+const std::string kLongStream = R"({"prompt":"Hello there","max_tokens":2000,"stream":true})";
 const std::string kGoodChat =
     R"({"messages":[{"role":"user","content":"Hello there"}],"max_tokens":4})";
 
@@ -67,22 +66,34 @@ TEST(ServeHttp, EveryBadInputGetsItsStatusAndMessageAndTheServerServesAfter) {
       {"a prompt longer than --max-model-len", "POST", "/v1/completions", ids_prompt(2100), kAuth,
        400, "--max-model-len is 2048"},
       {"a body over the limit", "POST", "/v1/completions",
-       R"({"prompt":")" + std::string(40000, 'a') + "\"}", kAuth, 413, "exceeds the limit of 32768"},
-      {"an unknown route", "POST", "/v1/embeddings", "{}", kAuth, 404, "no route POST /v1/embeddings"},
+       R"({"prompt":")" + std::string(40000, 'a') + "\"}", kAuth, 413,
+       "exceeds the limit of 32768"},
+      {"an unknown route", "POST", "/v1/embeddings", "{}", kAuth, 404,
+       "no route POST /v1/embeddings"},
       {"a wrong method", "GET", "/v1/chat/completions", "", kAuth, 405,
        "GET /v1/chat/completions is not allowed; use POST"},
-      {"a missing API key", "POST", "/v1/chat/completions", kGoodChat, {}, 401,
+      {"a missing API key",
+       "POST",
+       "/v1/chat/completions",
+       kGoodChat,
+       {},
+       401,
        "missing or wrong API key"},
-      {"a wrong API key", "POST", "/v1/chat/completions", kGoodChat,
-       {{"Authorization", "Bearer nope"}}, 401, "missing or wrong API key"},
+      {"a wrong API key",
+       "POST",
+       "/v1/chat/completions",
+       kGoodChat,
+       {{"Authorization", "Bearer nope"}},
+       401,
+       "missing or wrong API key"},
       {"an unknown model", "POST", "/v1/chat/completions", "{" + msgs + R"(,"model":"gpt-9"})",
        kAuth, 404, "model 'gpt-9' is not served here"},
   };
   for (const BadInput& c : cases) {
     auto cl = client(s);
-    const httplib::Result r = c.method == "GET" ? cl.Get(c.path, c.headers)
-                                                : cl.Post(c.path, c.headers, c.body,
-                                                          "application/json");
+    const httplib::Result r = c.method == "GET"
+                                  ? cl.Get(c.path, c.headers)
+                                  : cl.Post(c.path, c.headers, c.body, "application/json");
     ASSERT_TRUE(r) << c.what << ": no answer";
     EXPECT_EQ(r->status, c.status) << c.what << ": " << r->body;
     const json body = json::parse(r->body, nullptr, false);
@@ -108,8 +119,9 @@ TEST(ServeHttp, SlowAndIdleClientsHoldOnlyTheirOwnConnection) {
     ASSERT_TRUE(idle.back()->open()) << "connection " << i;
   }
   RawConnection slow(s.port());
-  ASSERT_TRUE(slow.send("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                        "Content-Length: 500\r\n\r\n{\"messages\":"));
+  ASSERT_TRUE(
+      slow.send("POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                "Content-Length: 500\r\n\r\n{\"messages\":"));
   expect_good_request_answered(s, "200 idle connections and a stalled one");
   const std::string& got = slow.read_until("malformed HTTP request", 15);
   EXPECT_TRUE(got.find("HTTP/1.1 400") == 0 || (got.empty() && slow.peer_closed()))
@@ -140,9 +152,8 @@ TEST(ServeHttp, AFullQueueAnswers429AndAVanishedClientFreesItsSlot) {
   ASSERT_TRUE(stream->post(kLongStream, "Authorization: Bearer " + kKey + "\r\n"));
   ASSERT_NE(stream->read_until("\"text_completion\"", 30).find("text_completion"),
             std::string::npos);
-  auto waiting = std::async(std::launch::async, [&] {
-    return post(s, "/v1/chat/completions", kGoodChat, kAuth);
-  });
+  auto waiting = std::async(std::launch::async,
+                            [&] { return post(s, "/v1/chat/completions", kGoodChat, kAuth); });
   for (int i = 0; i < 500 && metric(s, "moe_ep_queue_length") != 1; ++i)
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   ASSERT_EQ(metric(s, "moe_ep_queue_length"), 1) << "the second request never queued";

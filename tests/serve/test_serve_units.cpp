@@ -161,8 +161,8 @@ TEST(ServeApi, StreamChunksFollowOpenAi) {
   EXPECT_EQ(last["choices"][0]["finish_reason"], "length");
   EXPECT_EQ(last["usage"]["total_tokens"], 8);
   EXPECT_EQ(runtime::serve::sse_event({{"a", 1}}), "data: {\"a\":1}\n\n");
-  const auto full = runtime::serve::full_response(
-      {Endpoint::kCompletion, "cmpl-1", 42, "tiny"}, "text", "stop", usage);
+  const auto full = runtime::serve::full_response({Endpoint::kCompletion, "cmpl-1", 42, "tiny"},
+                                                  "text", "stop", usage);
   EXPECT_EQ(full["object"], "text_completion");
   EXPECT_EQ(full["choices"][0]["text"], "text");
 }
@@ -174,8 +174,8 @@ struct TinyEngine {
   std::unique_ptr<runtime::WeightSource> weights =
       runtime::make_synthetic_weights(config, config.seed);
   std::unique_ptr<kernels::Backend> backend = kernels::make_backend("cpu", 0);
-  parallel::Placement placement = parallel::Placement::build(
-      {}, config.moe_layers(), static_cast<int>(config.num_experts), 1);
+  parallel::Placement placement =
+      parallel::Placement::build({}, config.moe_layers(), static_cast<int>(config.num_experts), 1);
   runtime::Model model;
   TinyEngine(int64_t slots, int64_t max_len)
       : model(config, placement, *comm, *backend, *weights, slots, max_len) {}
@@ -201,16 +201,15 @@ TEST(ServeEngine, ContinuousBatchingKeepsTheBudgetAndTheAnswers) {
   std::vector<int64_t> decoding_before;
   while (submitted < lengths.size() || !engine.idle()) {
     while (submitted < lengths.size() && arrive_at[submitted] <= step) {
-      engine.submit({static_cast<int64_t>(submitted), prompt_of(lengths[submitted], submitted), 6,
-                     {}, 0});
+      engine.submit(
+          {static_cast<int64_t>(submitted), prompt_of(lengths[submitted], submitted), 6, {}, 0});
       ++submitted;
     }
     std::vector<int64_t> decoded;
-    const runtime::StepStats st =
-        engine.step([&](int64_t id, int32_t tok, runtime::Finish) {
-          got[id].push_back(tok);
-          decoded.push_back(id);
-        });
+    const runtime::StepStats st = engine.step([&](int64_t id, int32_t tok, runtime::Finish) {
+      got[id].push_back(tok);
+      decoded.push_back(id);
+    });
     EXPECT_LE(st.num_tokens, 12) << "step " << step;
     // a sequence that decoded in the previous step and is not finished decodes again
     for (int64_t id : decoding_before) {
@@ -240,9 +239,9 @@ TEST(ServeTrace, RowsAreStepMajorOverSeveralStepsAndSequences) {
   const int k = static_cast<int>(config.num_experts_per_tok);
   // (step, sequence, position) in the order routed: step 0 = sequence 3's chunk then 1's prompt;
   // step 1 = sequence 1 decoding, 3's second chunk, 0 starting; step 2 = 0 and 3 decoding.
-  const std::vector<std::array<int64_t, 3>> routed = {
-      {0, 3, 0}, {0, 3, 1}, {0, 1, 0}, {0, 1, 1}, {0, 1, 2}, {1, 1, 3}, {1, 3, 2},
-      {1, 3, 3}, {1, 0, 0}, {2, 3, 4}, {2, 0, 1}};
+  const std::vector<std::array<int64_t, 3>> routed = {{0, 3, 0}, {0, 3, 1}, {0, 1, 0}, {0, 1, 1},
+                                                      {0, 1, 2}, {1, 1, 3}, {1, 3, 2}, {1, 3, 3},
+                                                      {1, 0, 0}, {2, 3, 4}, {2, 0, 1}};
   std::map<int64_t, std::vector<runtime::TokenId>> by_step;
   for (const auto& r : routed) by_step[r[0]].push_back({r[1], r[2]});
   for (const auto& [step, tokens] : by_step) {
@@ -260,9 +259,9 @@ TEST(ServeTrace, RowsAreStepMajorOverSeveralStepsAndSequences) {
     }
   }
   const runtime::RoutingTrace t = rec.gather(*comm);
-  const std::vector<std::array<int64_t, 3>> want = {
-      {0, 1, 0}, {0, 1, 1}, {0, 1, 2}, {0, 3, 0}, {0, 3, 1}, {1, 0, 0}, {1, 1, 3},
-      {1, 3, 2}, {1, 3, 3}, {2, 0, 1}, {2, 3, 4}};
+  const std::vector<std::array<int64_t, 3>> want = {{0, 1, 0}, {0, 1, 1}, {0, 1, 2}, {0, 3, 0},
+                                                    {0, 3, 1}, {1, 0, 0}, {1, 1, 3}, {1, 3, 2},
+                                                    {1, 3, 3}, {2, 0, 1}, {2, 3, 4}};
   ASSERT_EQ(t.num_tokens(0), static_cast<int64_t>(want.size()));
   for (size_t i = 0; i < t.layers.size(); ++i) {
     for (size_t row = 0; row < want.size(); ++row) {
