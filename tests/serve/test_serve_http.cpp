@@ -36,6 +36,18 @@ std::string ids_prompt(int64_t n) {
   return s + R"(],"max_tokens":1})";
 }
 
+// The value of the /metrics line that starts with `line_start` (-1: none).
+int64_t metric(const ServerProcess& s, const std::string& line_start) {
+  auto c = client(s);
+  const auto r = c.Get("/metrics");
+  if (!r) return -1;
+  std::istringstream in(r->body);
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind(line_start + " ", 0) == 0) return std::stoll(line.substr(line_start.size() + 1));
+  }
+  return -1;
+}
+
 struct BadInput {
   std::string what, method, path, body;
   httplib::Headers headers;
@@ -103,6 +115,12 @@ TEST(ServeHttp, EveryBadInputGetsItsStatusAndMessageAndTheServerServesAfter) {
     EXPECT_NE(message.find(c.message), std::string::npos) << c.what << ": " << message;
     expect_good_request_answered(s, c.what);
   }
+  // /metrics counted them: the two API-key failures, every good request and its latency.
+  EXPECT_EQ(metric(s, R"(moe_ep_requests_total{endpoint="chat",status="401"})"), 2);
+  const auto good = static_cast<int64_t>(cases.size());
+  EXPECT_EQ(metric(s, R"(moe_ep_requests_total{endpoint="chat",status="200"})"), good);
+  EXPECT_EQ(metric(s, "moe_ep_time_to_first_token_seconds_count"), good);
+  EXPECT_EQ(metric(s, "moe_ep_generation_tokens_total"), 4 * good);
   EXPECT_TRUE(s.running()) << s.log();
 }
 
@@ -129,17 +147,6 @@ TEST(ServeHttp, SlowAndIdleClientsHoldOnlyTheirOwnConnection) {
   idle.clear();
   expect_good_request_answered(s, "the stalled client timed out");
   EXPECT_TRUE(s.running()) << s.log();
-}
-
-int64_t metric(const ServerProcess& s, const std::string& line_start) {
-  auto c = client(s);
-  const auto r = c.Get("/metrics");
-  if (!r) return -1;
-  std::istringstream in(r->body);
-  for (std::string line; std::getline(in, line);) {
-    if (line.rfind(line_start + " ", 0) == 0) return std::stoll(line.substr(line_start.size() + 1));
-  }
-  return -1;
 }
 
 // One KV slot and a queue of one: a long stream runs, the next request waits, a third gets 429;
