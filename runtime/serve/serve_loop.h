@@ -4,7 +4,8 @@
 // publishes the scheduler gauges and, every metrics window, the per-layer figures for /metrics.
 // On a stop request it drains: queued requests get 503, running ones finish within the grace
 // period (then 503), and the loop ends on every rank. A failed collective (a rank died or hangs)
-// answers every open request 503 before the error ends the job.
+// answers every open request 503 before the error ends the job; so does a step that does not end
+// after a stop request (mpirun signals every rank when one dies, then kills them).
 #pragma once
 
 #include <atomic>
