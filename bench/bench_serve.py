@@ -31,6 +31,7 @@ import random
 import re
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -226,8 +227,8 @@ def main():
         servers = {}
         try:
             for sched in args.schedules.split(","):
-                servers[sched] = Server(args.moe_ep, args.serve_args, sched,
-                                        f"/tmp/bench_serve_{sched}.log")
+                log = os.path.join(tempfile.gettempdir(), f"bench_serve_{sched}.log")
+                servers[sched] = Server(args.moe_ep, args.serve_args, sched, log)
             for k, rate in enumerate(rates):  # the same arrivals and lengths per schedule
                 for sched, server in servers.items():
                     rows.append({"schedule": sched,
