@@ -10,7 +10,9 @@
 #      MPI (the communicator and dispatcher at an even and an odd world size, the HF checkpoint
 #      loaders and forward on 2 ranks, dedup, replicas and the memory report, the bf16 model at
 #      1/2/4 ranks, trace record/replay and bad traces, rebalancing, ranks without sequences or
-#      experts and the graph-safe step). The other mpi tests run the same code at more world
+#      experts and the graph-safe step, the server's step loop on 2 ranks). The unit label holds
+#      the one-process serve tests (bad inputs, idle and vanished clients, SIGTERM, the openai
+#      client). The other mpi tests run the same code at more world
 #      sizes, placements or command-line variants (stage 2 runs them all) or only check how a job
 #      ends (fault injection, a stuck rank). MOE_TEST_ASAN_ALL=1 runs every test here.
 #   4. libFuzzer (safetensors header parser, tokenizer.json loader) for MOE_FUZZ_SECONDS (60).
@@ -44,6 +46,7 @@ ASAN_MPI_TESTS=(
   'RoutingCli\.ForwardLogitsAcrossRebalancesEqualOneRankLogits'
   'EdgeRanks\..*'
   'ExchangeCli\.RunJsonCountsCollectivesAndHalvesBytesWithBf16Rows'
+  'serve_openai_client_2ranks'
 )
 
 echo "== format check"

@@ -25,7 +25,8 @@ int run_cli(int argc, char** argv, int world_rank) {
                                          add_tokenize_command(app, world_rank),
                                          add_detokenize_command(app, world_rank),
                                          add_predict_command(app, world_rank),
-                                         add_calibrate_command(app)};
+                                         add_calibrate_command(app),
+                                         add_serve_command(app)};
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

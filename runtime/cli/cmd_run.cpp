@@ -45,8 +45,8 @@ std::vector<kernels::GemmShape> prefill_shapes(const Model& m, int64_t tokens,
       continue;
     }
     shapes.push_back({tokens, s.num_experts, s.hidden});
-    for (const auto& entry : metrics.loads) {
-      if (entry.step != 0 || entry.layer != l) continue;
+    for (const auto& entry : metrics.layers) {
+      if (entry.phase != "prefill" || entry.layer != l) continue;
       const parallel::LayerPlacement& lp = placement.layer(static_cast<int>(l));
       for (int e : lp.rank_experts[rank]) {
         const int64_t replicas = static_cast<int64_t>(lp.expert_slots[e].size());
@@ -57,20 +57,6 @@ std::vector<kernels::GemmShape> prefill_shapes(const Model& m, int64_t tokens,
     }
   }
   return shapes;
-}
-
-// The run config's model, weights and settings wherever the command line left them unset.
-ModelOptions run_model_options(const RunArgs& a, const CLI::App& cmd, const RunConfig& rc) {
-  ModelOptions o = a.model;
-  o.model = rc.model;
-  if (o.weights.empty()) o.weights = rc.weights;
-  if (o.placement.empty()) o.placement = rc.placement;
-  if (cmd.count("--backend") == 0) o.backend = rc.backend;
-  if (!o.compute_dtype) o.compute_dtype = rc.compute_dtype;
-  if (!o.comm) o.comm = rc.comm;
-  if (o.threads == 0) o.threads = static_cast<int>(rc.threads);
-  if (cmd.count("--timeout") == 0) o.timeout_s = rc.timeout_s;
-  return o;
 }
 
 // Routing (workload.routing; nullptr: the model's router), checked before any weight loads: a
@@ -177,7 +163,7 @@ void print_run_report(const Session& s, const Workload& w, const RunResult& r,
                                "(cudaMemGetInfo, whole device)",
                                mem[5] / 1e6, 100.0 * mem[5] / plan.total_bytes));
   fmt::print("{}", r.metrics.summary());
-  if (rebalancer) fmt::print("{}", rebalancer->summary(r.metrics));
+  if (rebalancer) fmt::print("{}", rebalancer->summary());
 }
 
 nlohmann::json run_report_json(const Session& s, const Workload& w, const RunResult& r,
@@ -224,12 +210,12 @@ nlohmann::json run_report_json(const Session& s, const Workload& w, const RunRes
           {"load_per_rank", s.load_per_rank},
           {"metrics", r.metrics.to_json(true)},
           {"tokens", r.out.tokens},
-          {"rebalance", rebalancer ? rebalancer->to_json(r.metrics) : nlohmann::json()}};
+          {"rebalance", rebalancer ? rebalancer->to_json() : nlohmann::json()}};
 }
 
 int run_run(const RunArgs& a, const CLI::App& cmd) {
   const RunConfig rc = load_run_config(a.config, a.sets);
-  const ModelOptions o = run_model_options(a, cmd, rc);
+  const ModelOptions o = model_options_with_run_config(a.model, cmd, rc);
   const Workload& w = rc.workload;
   check_context_fits(load_model_config(o.model), w.prompt_len + w.decode_steps,
                      fmt::format("{}: workload.prompt_len + workload.decode_steps", rc.source));
@@ -251,6 +237,7 @@ int run_run(const RunArgs& a, const CLI::App& cmd) {
   RunResult r;
   r.out = engine.generate(prompts, decode_steps);
   r.metrics = engine.metrics().reduce(*s->comm, s->model->instrumentation());
+  if (rebalancer) rebalancer->finish();
   write_trace_out(*s, o);
   r.memory = max_rank_memory(*s);
   r.plan = planned_memory(*s, w.num_sequences, context);

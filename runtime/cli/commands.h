@@ -21,6 +21,7 @@ Command add_place_command(CLI::App& app, int world_rank);
 Command add_experiment_command(CLI::App& app, int world_rank);
 Command add_predict_command(CLI::App& app, int world_rank);
 Command add_calibrate_command(CLI::App& app);
+Command add_serve_command(CLI::App& app);
 Command add_tokenize_command(CLI::App& app, int world_rank);
 Command add_detokenize_command(CLI::App& app, int world_rank);
 

@@ -154,6 +154,20 @@ std::unique_ptr<Session> open_session(const ModelOptions& o, int64_t max_seqs, i
   return s;
 }
 
+ModelOptions model_options_with_run_config(const ModelOptions& options, const CLI::App& cmd,
+                                           const RunConfig& rc) {
+  ModelOptions o = options;
+  o.model = rc.model;
+  if (o.weights.empty()) o.weights = rc.weights;
+  if (o.placement.empty()) o.placement = rc.placement;
+  if (cmd.count("--backend") == 0) o.backend = rc.backend;
+  if (!o.compute_dtype) o.compute_dtype = rc.compute_dtype;
+  if (!o.comm) o.comm = rc.comm;
+  if (o.threads == 0) o.threads = static_cast<int>(rc.threads);
+  if (cmd.count("--timeout") == 0) o.timeout_s = rc.timeout_s;
+  return o;
+}
+
 void set_routing_hook(Session& s, RoutingHook* hook) {
   s.routing_source = hook;
   std::vector<RoutingHook*> hooks;

@@ -14,6 +14,7 @@
 #include "parallel/placement.h"
 #include "runtime/cli/options.h"
 #include "runtime/io/config.h"
+#include "runtime/io/run_config.h"
 #include "runtime/io/weights.h"
 #include "runtime/model/fault_injection.h"
 #include "runtime/model/model.h"
@@ -54,6 +55,11 @@ std::unique_ptr<Session> open_session(const ModelOptions& options, int64_t max_s
 void set_routing_hook(Session& s, RoutingHook* hook);
 // With --trace-out: gathers the recorded routing (collective) and rank 0 writes the file.
 void write_trace_out(Session& s, const ModelOptions& options);
+
+// `options` with the run config's model, weights and settings wherever the command line `cmd`
+// left them unset.
+ModelOptions model_options_with_run_config(const ModelOptions& options, const CLI::App& cmd,
+                                           const RunConfig& rc);
 
 // Rank 0 prints "moe-ep: <line>" to stderr unless quiet.
 void log0(const Session& s, bool quiet, const std::string& line);

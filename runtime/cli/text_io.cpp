@@ -82,19 +82,12 @@ std::vector<std::vector<int32_t>> encode_prompts(const Tokenizer& tokenizer,
       out.push_back(tokenizer.encode(prompt));
       continue;
     }
-    // the chat format's markers must be added tokens of this tokenizer, else the model would
-    // read them as plain text
-    for (const char* marker : {"<|im_start|>", "<|im_end|>"}) tokenizer.added_token_id(marker);
     std::vector<ChatMessage> messages;
     if (options.system) messages.push_back({"system", *options.system});
     messages.push_back({"user", prompt});
     ChatOptions chat;
-    if (options.no_think) {
-      chat.enable_thinking = false;
-      tokenizer.added_token_id("<think>");
-      tokenizer.added_token_id("</think>");
-    }
-    out.push_back(tokenizer.encode(render_qwen3_chat(messages, chat)));
+    if (options.no_think) chat.enable_thinking = false;
+    out.push_back(encode_chat(tokenizer, messages, chat));
   }
   return out;
 }
@@ -141,12 +134,8 @@ void TextStreamPrinter::on_token(int64_t sequence, int32_t token) {
   if (ended_[sequence]) return;
   const bool eos = std::find(eos_ids_.begin(), eos_ids_.end(), token) != eos_ids_.end();
   if (!eos) {
-    if (token >= 0 && token < tokenizer_.vocab_size()) {
-      try {
-        emit(sequence, decoders_[sequence].push(token));
-      } catch (const Error&) {  // an id inside the range that the tokenizer does not assign
-        ++num_unknown_ids_;
-      }
+    if (tokenizer_.has_id(token)) {
+      emit(sequence, decoders_[sequence].push(token));
     } else {
       ++num_unknown_ids_;
     }

@@ -98,4 +98,14 @@ std::string render_qwen3_chat(std::span<const ChatMessage> messages, const ChatO
   return out;
 }
 
+std::vector<int32_t> encode_chat(const Tokenizer& tokenizer, std::span<const ChatMessage> messages,
+                                 const ChatOptions& options) {
+  for (const char* marker : {"<|im_start|>", "<|im_end|>"}) tokenizer.added_token_id(marker);
+  if (options.enable_thinking == false) {
+    tokenizer.added_token_id("<think>");
+    tokenizer.added_token_id("</think>");
+  }
+  return tokenizer.encode(render_qwen3_chat(messages, options));
+}
+
 }  // namespace moe::runtime

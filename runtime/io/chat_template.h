@@ -3,9 +3,13 @@
 // system / user / assistant / tool messages with text content (no tool definitions or calls).
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <span>
 #include <string>
+#include <vector>
+
+#include "runtime/io/tokenizer.h"
 
 namespace moe::runtime {
 
@@ -25,5 +29,11 @@ struct ChatOptions {
 // unknown role). Assistant turns before the last user query lose their <think> reasoning, as
 // the template drops it.
 std::string render_qwen3_chat(std::span<const ChatMessage> messages, const ChatOptions& options);
+
+// The ids of the rendered conversation. The chat format's markers (and <think> when thinking is
+// off) must be added tokens of `tokenizer`, else the model would read them as plain text: throws
+// moe::Error("tokenizer") naming the missing one.
+std::vector<int32_t> encode_chat(const Tokenizer& tokenizer, std::span<const ChatMessage> messages,
+                                 const ChatOptions& options);
 
 }  // namespace moe::runtime

@@ -297,6 +297,11 @@ std::string_view Tokenizer::token_bytes(int32_t id) const {
   return impl_->id_bytes[id];
 }
 
+bool Tokenizer::has_id(int32_t id) const {
+  return id >= 0 && static_cast<size_t>(id) < impl_->id_bytes.size() &&
+         impl_->id_kind[id] != Impl::Kind::kNone;
+}
+
 bool Tokenizer::is_special(int32_t id) const {
   token_bytes(id);  // throws for an unknown id
   return impl_->id_kind[id] == Impl::Kind::kSpecial;
@@ -305,6 +310,7 @@ bool Tokenizer::is_special(int32_t id) const {
 std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_tokens) const {
   std::string bytes;
   for (int32_t id : ids) {
+    if (!has_id(id)) continue;
     const std::string_view b = token_bytes(id);
     if (skip_special_tokens && impl_->id_kind[id] == Impl::Kind::kSpecial) continue;
     bytes.append(b);
@@ -345,6 +351,7 @@ StreamDecoder::StreamDecoder(const Tokenizer& tokenizer, bool skip_special_token
     : tokenizer_(&tokenizer), skip_special_tokens_(skip_special_tokens) {}
 
 std::string StreamDecoder::push(int32_t id) {
+  if (!tokenizer_->has_id(id)) return {};
   const std::string_view bytes = tokenizer_->token_bytes(id);
   if (skip_special_tokens_ && tokenizer_->is_special(id)) return {};
   pending_.append(bytes);

@@ -42,13 +42,15 @@ class Tokenizer {
   // Ids of `text` (UTF-8; ill-formed sequences read as U+FFFD, one per maximal subpart, as
   // Python's errors="replace"). Safe to call from several threads.
   std::vector<int32_t> encode(std::string_view text) const;
-  // Text of `ids`: the tokens' bytes, with ill-formed UTF-8 replaced by U+FFFD. Throws for an id
-  // the tokenizer does not have.
+  // Text of `ids`: the tokens' bytes, with ill-formed UTF-8 replaced by U+FFFD. Ids the tokenizer
+  // does not have are left out, as `tokenizers` does (a model's embedding may be larger than its
+  // tokenizer: Qwen3's ids 151,669-151,935).
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const;
 
   // The bytes one id stands for (may be part of a UTF-8 character); throws for an unknown id.
   std::string_view token_bytes(int32_t id) const;
   bool is_special(int32_t id) const;
+  bool has_id(int32_t id) const;
   // The id of a token given as in the vocabulary (byte-level form) or as an added token.
   std::optional<int32_t> token_to_id(std::string_view token) const;
   // The id of an added token the caller relies on (e.g. "<|im_end|>"); throws naming the file
@@ -72,7 +74,8 @@ class Tokenizer {
 class StreamDecoder {
  public:
   explicit StreamDecoder(const Tokenizer& tokenizer, bool skip_special_tokens = false);
-  // The text completed by this id (often empty while a character is incomplete).
+  // The text completed by this id (often empty while a character is incomplete; empty for an id
+  // the tokenizer does not have).
   std::string push(int32_t id);
   // The bytes still held (an incomplete character at the end of the stream) as U+FFFD.
   std::string finish();

@@ -5,7 +5,10 @@
 #include <unicode/normalizer2.h>
 #include <unicode/stringpiece.h>
 #include <unicode/uchar.h>
+#include <unicode/uniset.h>
 #include <unicode/utf8.h>
+
+#include <memory>
 
 #include "kernels/common/check.h"
 #include "runtime/io/tokenizer_impl.h"
@@ -155,11 +158,35 @@ const ByteLevelAlphabet& alphabet() {
 
 // ---- NFC -----------------------------------------------------------------------------------
 
-std::string nfc_normalize(std::string_view s, const std::string& source) {
+namespace {
+
+// NFC as of Unicode 9.0, the tables of the `tokenizers` library (its unicode-normalization
+// crate): characters assigned after 9.0 are left as they are and split the text into runs that
+// are normalised apart, as ICU's FilteredNormalizer2 over [:age=9.0:] does. ICU's own NFC follows
+// its current Unicode version, under which e.g. U+1AC1 (Unicode 14, combining class 230) swaps
+// with a following U+0334 (class 1); `tokenizers` keeps their order.
+struct Nfc9 {
+  icu::UnicodeSet assigned_by_9;
+  std::unique_ptr<icu::FilteredNormalizer2> normalizer;
   UErrorCode status = U_ZERO_ERROR;
-  const icu::Normalizer2* nfc = icu::Normalizer2::getNFCInstance(status);
-  MOE_CHECK_AS("tokenizer", U_SUCCESS(status), "{}: ICU NFC normalizer unavailable: {}", source,
-               u_errorName(status));
+  Nfc9() : assigned_by_9(icu::UnicodeString("[:age=9.0:]"), status) {
+    const icu::Normalizer2* nfc =
+        U_SUCCESS(status) ? icu::Normalizer2::getNFCInstance(status) : nullptr;
+    if (U_SUCCESS(status)) {
+      assigned_by_9.freeze();
+      normalizer = std::make_unique<icu::FilteredNormalizer2>(*nfc, assigned_by_9);
+    }
+  }
+};
+
+}  // namespace
+
+std::string nfc_normalize(std::string_view s, const std::string& source) {
+  static const Nfc9 nfc9;
+  UErrorCode status = nfc9.status;
+  const icu::Normalizer2* nfc = nfc9.normalizer.get();
+  MOE_CHECK_AS("tokenizer", U_SUCCESS(status) && nfc != nullptr,
+               "{}: ICU NFC (Unicode 9.0) normalizer unavailable: {}", source, u_errorName(status));
   const icu::StringPiece piece(s.data(), static_cast<int32_t>(s.size()));
   if (nfc->isNormalizedUTF8(piece, status) && U_SUCCESS(status)) return std::string(s);
   status = U_ZERO_ERROR;

@@ -1,47 +1,87 @@
-// Metrics: local accumulation per step, one reduction over ranks at the end.
+// Metrics: local accumulation per step, folded into job-wide totals by flush() (one reduction).
 #include "runtime/model/metrics.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
 
+#include "kernels/common/check.h"
+
 namespace moe::runtime {
 
-void MetricsCollector::add_step(const std::string& phase, const StepResult& step) {
-  for (size_t l = 0; l < step.loads.size(); ++l) {
-    if (step.loads[l].tokens_per_expert.empty()) continue;  // dense layer
-    local_.push_back({num_steps_, phase, static_cast<int64_t>(l), step.loads[l]});
-  }
-  ++num_steps_;
+void BalanceStats::add(const parallel::LayerLoad& load) {
+  const double bal = load.balancedness(), vio = load.max_violation();
+  ++entries;
+  sum_balancedness += bal;
+  sum_max_vio += vio;
+  min_balancedness = std::min(min_balancedness, bal);
+  worst_max_vio = std::max(worst_max_vio, vio);
 }
 
-MetricsReport MetricsCollector::reduce(parallel::Communicator& comm, Instrumentation& instr) const {
+int MetricsCollector::phase_index(const std::string& phase) {
+  const auto it = std::find(phase_names_.begin(), phase_names_.end(), phase);
+  if (it != phase_names_.end()) return static_cast<int>(it - phase_names_.begin());
+  phase_names_.push_back(phase);
+  pending_steps_per_phase_.push_back(0);
+  return static_cast<int>(phase_names_.size()) - 1;
+}
+
+void MetricsCollector::add_step(const std::string& phase, const StepResult& step) {
+  const int p = phase_index(phase);
+  for (size_t l = 0; l < step.loads.size(); ++l) {
+    if (step.loads[l].tokens_per_expert.empty()) continue;  // dense layer
+    pending_.push_back({p, static_cast<int64_t>(l), step.loads[l]});
+  }
+  ++pending_steps_;
+  ++pending_steps_per_phase_[static_cast<size_t>(p)];
+}
+
+void MetricsCollector::flush(parallel::Communicator& comm) {
+  std::vector<parallel::LayerLoad> local;
+  local.reserve(pending_.size());
+  for (const Pending& e : pending_) local.push_back(e.load);
+  // Every rank ran the same steps and layers, so entries line up across ranks (checked).
+  const std::vector<parallel::LayerLoad> summed = parallel::sum_over_ranks(comm, local);
+  window_.clear();
+  for (size_t i = 0; i < pending_.size(); ++i) {
+    const Pending& e = pending_[i];
+    balance_.add(summed[i]);
+    const std::string& phase = phase_names_[static_cast<size_t>(e.phase)];
+    auto total = std::find_if(totals_.begin(), totals_.end(), [&](const LayerTotal& t) {
+      return t.phase == phase && t.layer == e.layer;
+    });
+    if (total == totals_.end()) total = totals_.insert(totals_.end(), {phase, e.layer, 0, {}});
+    total->load += summed[i];
+    auto win = std::find_if(window_.begin(), window_.end(),
+                            [&](const LayerTotal& t) { return t.layer == e.layer; });
+    if (win == window_.end()) win = window_.insert(window_.end(), {"window", e.layer, 0, {}});
+    win->load += summed[i];
+  }
+  for (LayerTotal& t : totals_) {
+    const size_t p = static_cast<size_t>(phase_index(t.phase));
+    t.steps += pending_steps_per_phase_[p];
+  }
+  for (LayerTotal& w : window_) w.steps = pending_steps_;
+  steps_total_ += pending_steps_;
+  pending_.clear();
+  pending_steps_ = 0;
+  std::fill(pending_steps_per_phase_.begin(), pending_steps_per_phase_.end(), 0);
+}
+
+MetricsReport MetricsCollector::reduce(parallel::Communicator& comm, Instrumentation& instr) {
+  flush(comm);
   const PhaseTimes& times = instr.times();
   MetricsReport r;
   r.num_ranks = comm.size();
   r.timing_method = instr.timing_method();
-  std::vector<parallel::LayerLoad> local;
-  local.reserve(local_.size());
-  for (const auto& e : local_) local.push_back(e.load);
-  // Every rank ran the same steps and layers, so entries line up across ranks (checked).
-  std::vector<parallel::LayerLoad> summed = parallel::sum_over_ranks(comm, local);
-
-  double sum_bal = 0, sum_vio = 0;
-  for (size_t i = 0; i < local_.size(); ++i) {
-    LayerStepLoad entry{local_[i].step, local_[i].phase, local_[i].layer, std::move(summed[i])};
-    const double bal = entry.load.balancedness(), vio = entry.load.max_violation();
-    sum_bal += bal;
-    sum_vio += vio;
-    r.min_balancedness = std::min(r.min_balancedness, bal);
-    r.worst_max_vio = std::max(r.worst_max_vio, vio);
-    r.traffic += entry.load.traffic;
-    r.loads.push_back(std::move(entry));
+  r.layers = totals_;
+  for (const LayerTotal& t : totals_) r.traffic += t.load.traffic;
+  if (balance_.entries > 0) {
+    r.mean_balancedness = balance_.sum_balancedness / static_cast<double>(balance_.entries);
+    r.mean_max_vio = balance_.sum_max_vio / static_cast<double>(balance_.entries);
+    r.min_balancedness = balance_.min_balancedness;
+    r.worst_max_vio = balance_.worst_max_vio;
   }
-  if (!r.loads.empty()) {
-    r.mean_balancedness = sum_bal / static_cast<double>(r.loads.size());
-    r.mean_max_vio = sum_vio / static_cast<double>(r.loads.size());
-  }
-
   std::vector<double> values(times.seconds.begin(), times.seconds.end());
   values.push_back(times.total());
   const parallel::RankSpread spread = parallel::spread_over_ranks(comm, values);
@@ -86,9 +126,9 @@ nlohmann::json MetricsReport::to_json(bool per_layer) const {
   j["timing_method"] = timing_method;
   if (per_layer) {
     nlohmann::json arr = nlohmann::json::array();
-    for (const auto& l : loads) {
-      arr.push_back({{"step", l.step},
-                     {"phase", l.phase},
+    for (const auto& l : layers) {
+      arr.push_back({{"phase", l.phase},
+                     {"steps", l.steps},
                      {"layer", l.layer},
                      {"tokens_per_expert", l.load.tokens_per_expert},
                      {"tokens_per_rank", l.load.tokens_per_rank},

@@ -62,11 +62,36 @@ Rebalancer::Rebalancer(const RebalanceConfig& config, Model& model, parallel::Co
   model_.set_step_observer([this](int64_t step, const StepResult& r) { on_step(step, r); });
 }
 
+double measured_balancedness(const std::vector<parallel::LayerLoad>& summed) {
+  double sum = 0;
+  int n = 0;
+  for (const parallel::LayerLoad& l : summed) {
+    if (l.tokens_per_rank.empty()) continue;  // dense layer
+    sum += l.balancedness();
+    ++n;
+  }
+  return n > 0 ? sum / n : -1;
+}
+
+void Rebalancer::finish() {
+  if (!events_.empty()) {
+    since_event_.resize(static_cast<size_t>(model_.config().num_hidden_layers));
+    const double after = measured_balancedness(parallel::sum_over_ranks(comm_, since_event_));
+    events_.back().balancedness_after = steps_since_event_ > 0 ? after : -1;
+  }
+  since_event_.clear();
+  steps_since_event_ = 0;
+}
+
 void Rebalancer::on_step(int64_t step, const StepResult& result) {
   window_.push_back(result.loads);
   while (static_cast<int64_t>(window_.size()) > config_.window) window_.pop_front();
+  if (since_event_.empty()) since_event_.resize(result.loads.size());
+  for (size_t l = 0; l < result.loads.size(); ++l) since_event_[l] += result.loads[l];
+  ++steps_since_event_;
   if ((step + 1) % config_.every != 0) return;
   const auto t0 = std::chrono::steady_clock::now();
+  finish();  // the previous event's steps end here
 
   const ModelConfig& mc = model_.config();
   std::vector<parallel::LayerLoad> sum(window_.front().size());
@@ -112,6 +137,7 @@ void Rebalancer::on_step(int64_t step, const StepResult& result) {
   RebalanceEvent e;
   e.after_step = step;
   e.window_first_step = step - static_cast<int64_t>(window_.size()) + 1;
+  e.balancedness_before = measured_balancedness(total);
   e.fitted_balancedness = num_moe > 0 ? fitted / num_moe : 1.0;
   e.slots_per_layer = slots;
   e.experts_moved = moved[0];
@@ -121,33 +147,7 @@ void Rebalancer::on_step(int64_t step, const StepResult& result) {
   events_.push_back(e);
 }
 
-double measured_balancedness(const MetricsReport& metrics, int64_t first_step, int64_t last_step) {
-  std::map<int64_t, std::vector<int64_t>> per_layer;  // layer -> pairs per rank, summed
-  for (const LayerStepLoad& entry : metrics.loads) {
-    if (entry.step < first_step || entry.step > last_step) continue;
-    auto& acc = per_layer[entry.layer];
-    const auto& r = entry.load.tokens_per_rank;
-    if (acc.empty()) acc.assign(r.size(), 0);
-    for (size_t i = 0; i < r.size() && i < acc.size(); ++i) acc[i] += r[i];
-  }
-  if (per_layer.empty()) return -1;
-  double sum = 0;
-  for (const auto& [layer, ranks] : per_layer) sum += parallel::balancedness(ranks);
-  return sum / static_cast<double>(per_layer.size());
-}
-
-namespace {
-
-// Steps after event i that ran under its placement: up to the next event, or every later step.
-std::pair<int64_t, int64_t> after_range(const std::vector<RebalanceEvent>& events, size_t i) {
-  const int64_t first = events[i].after_step + 1;
-  const int64_t last = i + 1 < events.size() ? events[i + 1].after_step : INT64_MAX;
-  return {first, last};
-}
-
-}  // namespace
-
-nlohmann::json Rebalancer::to_json(const MetricsReport& metrics) const {
+nlohmann::json Rebalancer::to_json() const {
   nlohmann::json j = {{"every", config_.every},
                       {"window", config_.window},
                       {"strategy", config_.strategy},
@@ -156,9 +156,7 @@ nlohmann::json Rebalancer::to_json(const MetricsReport& metrics) const {
   int64_t total_bytes = 0;
   for (size_t i = 0; i < events_.size(); ++i) {
     const RebalanceEvent& e = events_[i];
-    const auto [first, last] = after_range(events_, i);
-    const double before = measured_balancedness(metrics, e.window_first_step, e.after_step);
-    const double after = measured_balancedness(metrics, first, last);
+    const double before = e.balancedness_before, after = e.balancedness_after;
     total_bytes += e.bytes_moved;
     j["events"].push_back(
         {{"after_step", e.after_step},
@@ -176,7 +174,7 @@ nlohmann::json Rebalancer::to_json(const MetricsReport& metrics) const {
   return j;
 }
 
-std::string Rebalancer::summary(const MetricsReport& metrics) const {
+std::string Rebalancer::summary() const {
   std::ostringstream s;
   s << fmt::format("rebalance    every {} steps on the last {}, strategy {}{}: {} time(s)\n",
                    config_.every, config_.window, config_.strategy,
@@ -186,9 +184,7 @@ std::string Rebalancer::summary(const MetricsReport& metrics) const {
                    events_.size());
   for (size_t i = 0; i < events_.size(); ++i) {
     const RebalanceEvent& e = events_[i];
-    const auto [first, last] = after_range(events_, i);
-    const double before = measured_balancedness(metrics, e.window_first_step, e.after_step);
-    const double after = measured_balancedness(metrics, first, last);
+    const double before = e.balancedness_before, after = e.balancedness_after;
     s << fmt::format(
         "  after step {:<3} balancedness {:.3f} (steps {}..{}) -> {} measured after "
         "(fitted {:.3f}); moved {} expert(s), {:.2f} MB, kept {}, {:.1f} ms\n",

@@ -20,7 +20,10 @@ namespace moe::runtime {
 struct RebalanceEvent {
   int64_t after_step = 0;          // the placement changed after this step
   int64_t window_first_step = 0;   // loads of steps window_first_step..after_step chose it
+  double balancedness_before = 1;  // measured on the window (see measured_balancedness)
   double fitted_balancedness = 1;  // new placement on the window's loads (replicas share evenly)
+  double balancedness_after = -1;  // measured on the steps after it up to the next event or the
+                                   // end (-1: none ran)
   int64_t slots_per_layer = 0;     // expert slots of a MoE layer in the new placement
   int64_t experts_moved = 0;       // (layer, expert) slots filled over the communicator, all ranks
   int64_t bytes_moved = 0;         // their bf16 weight bytes, all ranks
@@ -34,26 +37,29 @@ class Rebalancer {
   Rebalancer(const RebalanceConfig& config, Model& model, parallel::Communicator& comm);
   // Collective on the steps where it rebalances (every rank sees the same steps).
   void on_step(int64_t step, const StepResult& result);
+  // Collective: measures the steps after the last rebalance (call once, after the last step).
+  void finish();
 
   const RebalanceConfig& config() const { return config_; }
   const std::vector<RebalanceEvent>& events() const { return events_; }
 
-  // Balancedness as measured (pairs per rank as the runtime routed them, summed over the steps,
-  // mean over MoE layers) in the window before each rebalance and over the steps after it up to
-  // the next one or the end (null when none ran), beside the fitted figure and the bytes moved.
-  nlohmann::json to_json(const MetricsReport& metrics) const;
-  std::string summary(const MetricsReport& metrics) const;
+  // Balancedness as measured in the window before each rebalance and over the steps after it up
+  // to the next one or the end (null when none ran), beside the fitted figure and the bytes moved.
+  nlohmann::json to_json() const;
+  std::string summary() const;
 
  private:
   RebalanceConfig config_;
   Model& model_;
   parallel::Communicator& comm_;
   std::deque<std::vector<parallel::LayerLoad>> window_;  // this rank's loads, last `window` steps
+  std::vector<parallel::LayerLoad> since_event_;  // this rank's loads since the last rebalance
+  int64_t steps_since_event_ = 0;
   std::vector<RebalanceEvent> events_;
 };
 
-// Mean over MoE layers of the balancedness of pairs per rank summed over steps first..last of
-// `metrics` (-1 when no step is in range).
-double measured_balancedness(const MetricsReport& metrics, int64_t first_step, int64_t last_step);
+// Measured balancedness of job-wide loads summed over some steps: the mean over MoE layers of the
+// balancedness of pairs per rank (-1 when no MoE layer has load entries).
+double measured_balancedness(const std::vector<parallel::LayerLoad>& summed);
 
 }  // namespace moe::runtime
