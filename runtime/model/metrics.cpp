@@ -52,6 +52,8 @@ void MetricsCollector::flush(parallel::Communicator& comm) {
     });
     if (total == totals_.end()) total = totals_.insert(totals_.end(), {phase, e.layer, 0, {}});
     total->load += summed[i];
+    total->max_collectives =
+        std::max(total->max_collectives, summed[i].traffic.collectives / comm.size());
     auto win = std::find_if(window_.begin(), window_.end(),
                             [&](const LayerTotal& t) { return t.layer == e.layer; });
     if (win == window_.end()) win = window_.insert(window_.end(), {"window", e.layer, 0, {}});
@@ -94,9 +96,8 @@ MetricsReport MetricsCollector::reduce(parallel::Communicator& comm, Instrumenta
 
 nlohmann::json MetricsReport::max_collectives_per_layer() const {
   nlohmann::json by_phase = nlohmann::json::object();
-  for (const auto& l : loads) {
-    const int64_t n = l.load.traffic.collectives / num_ranks;
-    by_phase[l.phase] = std::max<int64_t>(by_phase.value(l.phase, int64_t{0}), n);
+  for (const LayerTotal& l : layers) {
+    by_phase[l.phase] = std::max<int64_t>(by_phase.value(l.phase, int64_t{0}), l.max_collectives);
   }
   return by_phase;
 }
@@ -136,6 +137,7 @@ nlohmann::json MetricsReport::to_json(bool per_layer) const {
                      {"bytes_sent_remote", l.load.traffic.bytes_sent_remote},
                      {"row_bytes_sent_remote", l.load.traffic.row_bytes_sent_remote},
                      {"collectives", l.load.traffic.collectives / num_ranks},
+                     {"max_collectives_per_step", l.max_collectives},
                      {"balancedness", l.load.balancedness()},
                      {"max_vio", l.load.max_violation()}});
     }

@@ -23,6 +23,7 @@ struct LayerTotal {
   int64_t layer = 0;
   int64_t steps = 0;
   parallel::LayerLoad load;
+  int64_t max_collectives = 0;  // the most exchanges one rank entered in one step of this layer
 };
 
 struct PhaseSummary {
