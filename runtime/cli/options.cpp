@@ -91,6 +91,9 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool model_required) {
                   "node / ranks on this node)")
       ->check(at_least(0));
   cmd->add_flag("--quiet", o.quiet, "Do not print the resolved setup and load progress");
+  add_choice<bool>(cmd, "--quantize", o.quantize_fp8, {{"fp8", true}},
+                   "Hold bf16 weights as FP8 (e4m3, 128 x 128 block scales, as the published FP8 "
+                   "checkpoints: attention, experts, dense MLPs): fp8 (docs/fp8.md)");
 }
 
 }  // namespace moe::runtime

@@ -27,6 +27,7 @@ struct ModelOptions {
   double timeout_s = 120;
   int threads = 0;  // host compute threads per rank; 0: cores on this node / ranks on this node
   bool quiet = false;
+  bool quantize_fp8 = false;  // --quantize fp8: bf16 weights held as e4m3 + block scales
 
   parallel::CommKind resolved_comm() const {
     if (comm) return *comm;
@@ -36,7 +37,7 @@ struct ModelOptions {
 };
 
 // Adds --model, --weights, --backend, --compute-dtype, --comm, --placement, --graph,
-// --json, --timeout, --threads, --quiet.
+// --json, --timeout, --threads, --quiet, --quantize.
 void add_model_options(CLI::App* cmd, ModelOptions& o, bool model_required);
 
 // Number validators: "must be >= lo" / "must be > lo", naming the value given.

@@ -71,6 +71,11 @@ void open_model_inputs(Session& s, const ModelOptions& o) {
   s.from_checkpoint = !weights_dir.empty();
   s.weights = s.from_checkpoint ? open_checkpoint(weights_dir, s.config)
                                 : make_synthetic_weights(s.config, s.config.seed);
+  if (o.quantize_fp8) {
+    const WeightQuantization recipe = WeightQuantization::published_fp8();
+    s.weights = quantize_weights(std::move(s.weights), recipe);
+    if (!s.config.quantization.fp8) s.config.quantization = recipe;
+  }
   parallel::PlacementSpec spec;
   if (!o.placement.empty()) spec = parallel::load_placement_spec(o.placement);
   s.placement = parallel::Placement::build(spec, s.config.moe_layers(),

@@ -167,7 +167,7 @@ void Model::attention_block(int64_t l, const Batch& b) {
   if (T > 0) {
     const float eps = config_.rms_norm_eps;
     backend_.rmsnorm(x_.data(), w.input_norm.data(), T, s.hidden, eps, h_.data(), h_bf16);
-    backend_.qkv_projection(h_.data(), h_bf16, w.qkv_proj.data(), T, s.hidden, s.q_width,
+    backend_.qkv_projection(h_.data(), h_bf16, w.qkv_proj.view(), T, s.hidden, s.q_width,
                             s.kv_width, q_.data(), k_.data(), v_.data());
     backend_.qk_norm_rope(q_.data(), k_.data(), w.q_norm.data(), w.k_norm.data(), positions_.data(),
                           T, s.num_heads, s.num_kv_heads, s.head_dim, eps, config_.rope_theta);
@@ -178,7 +178,7 @@ void Model::attention_block(int64_t l, const Batch& b) {
     batch.num_rows = T;
     backend_.attention(q_.data(), k_.data(), v_.data(), batch,
                        {s.num_heads, s.num_kv_heads, s.head_dim}, cache_.view(l), attn_.data());
-    backend_.linear(attn_.data(), w.o_proj.data(), T, s.q_width, s.hidden, tmp_.data());
+    backend_.linear(attn_.data(), w.o_proj.view(), T, s.q_width, s.hidden, tmp_.data());
     // h_bf16 = bf16(h_) here too, for the GEMM after it (router or dense MLP).
     backend_.add_rmsnorm(x_.data(), tmp_.data(), w.post_norm.data(), T, s.hidden, eps, h_.data(),
                          h_bf16);
@@ -196,7 +196,7 @@ void Model::mlp_block(int64_t l, const Batch& b) {
     return;
   }
   if (T > 0) {
-    backend_.swiglu_mlp(h_.data(), {w.mlp_gate.data(), w.mlp_up.data(), w.mlp_down.data()}, T,
+    backend_.swiglu_mlp(h_.data(), {w.mlp_gate.view(), w.mlp_up.view(), w.mlp_down.view()}, T,
                         s.hidden, s.dense_inter, tmp_.data());
   }
   instr_.mark(Phase::kDenseMlp);
