@@ -5,7 +5,8 @@ set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config clang
           libopenmpi-dev openmpi-bin libyaml-cpp-dev libfmt-dev nlohmann-json3-dev libcli11-dev
           libopenblas-dev libgtest-dev libgmock-dev libbenchmark-dev python3-numpy python3-matplotlib
-          libpcre2-dev libicu-dev libdnnl-dev clang-format)
+          libpcre2-dev libicu-dev libdnnl-dev clang-format
+          slurm-wlm munge iproute2)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -203,15 +203,14 @@ void Model::mlp_block(int64_t l, const Batch& b) {
   if (T > 0) backend_.add_inplace(x_.data(), tmp_.data(), T * s.hidden);
 }
 
-std::vector<const void*> Model::graph_fingerprint() const {
+std::vector<const void*> Model::graph_fingerprint() {
   std::vector<const void*> f = {x_.data(),    h_.data(),         q_.data(),   k_.data(),
                                 v_.data(),    attn_.data(),      tmp_.data(), h_bf16_.data(),
                                 sel_.data(),  logits_.data(),    ids_.data(), positions_.data(),
                                 seqs_.data(), logit_rows_.data()};
   const std::vector<const void*> m = moe_.buffers();
   f.insert(f.end(), m.begin(), m.end());
-  const kernels::DeviceGraphs* graphs = const_cast<kernels::Backend&>(backend_).graphs();
-  if (graphs != nullptr) {
+  if (const kernels::DeviceGraphs* graphs = backend_.graphs()) {
     f.push_back(reinterpret_cast<const void*>(static_cast<intptr_t>(graphs->memory_generation())));
   }
   return f;

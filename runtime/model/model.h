@@ -100,7 +100,8 @@ class Model {
   void forward(const Batch& b);
   void attention_block(int64_t layer, const Batch& b);
   void mlp_block(int64_t layer, const Batch& b);
-  std::vector<const void*> graph_fingerprint() const;
+  // Every buffer a graph step touches and the backend's scratch generation.
+  std::vector<const void*> graph_fingerprint();
 
   ModelConfig config_;
   ModelShapes shapes_;

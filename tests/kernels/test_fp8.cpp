@@ -24,8 +24,8 @@ uint8_t nearest_code(float x) {
   for (int c = 0; c < 256; ++c) {
     if (is_nan_code(c)) continue;
     const double err = std::fabs(static_cast<double>(e4m3_to_float(static_cast<uint8_t>(c))) - x);
-    const bool better = best < 0 || err < best_err ||
-                        (err == best_err && (c & 1) == 0 && (best & 1) != 0);
+    const bool better =
+        best < 0 || err < best_err || (err == best_err && (c & 1) == 0 && (best & 1) != 0);
     // Of +0 and -0 keep the one with x's sign.
     const bool zero_sign = err == best_err && e4m3_to_float(static_cast<uint8_t>(c)) == 0.0f &&
                            std::signbit(x) == ((c & 0x80) != 0);
@@ -60,10 +60,10 @@ TEST(Fp8, KnownValues) {
 }
 
 TEST(Fp8, TiesGoToTheEvenCode) {
-  EXPECT_EQ(float_to_e4m3(1.0625f), 0x38);  // between 1 (m 0) and 1.125 (m 1)
-  EXPECT_EQ(float_to_e4m3(1.1875f), 0x3A);  // between 1.125 (m 1) and 1.25 (m 2)
-  EXPECT_EQ(float_to_e4m3(0x1p-10f), 0x00);      // half the smallest subnormal
-  EXPECT_EQ(float_to_e4m3(3 * 0x1p-10f), 0x02);  // between 1 and 2 x 2^-9
+  EXPECT_EQ(float_to_e4m3(1.0625f), 0x38);        // between 1 (m 0) and 1.125 (m 1)
+  EXPECT_EQ(float_to_e4m3(1.1875f), 0x3A);        // between 1.125 (m 1) and 1.25 (m 2)
+  EXPECT_EQ(float_to_e4m3(0x1p-10f), 0x00);       // half the smallest subnormal
+  EXPECT_EQ(float_to_e4m3(3 * 0x1p-10f), 0x02);   // between 1 and 2 x 2^-9
   EXPECT_EQ(float_to_e4m3(15 * 0x1p-10f), 0x08);  // between 7 x 2^-9 and 2^-6
 }
 
