@@ -72,6 +72,14 @@ WeightBytes weight_bytes(const ModelConfig& c) {
   return b;
 }
 
+int64_t active_weight_bytes(const ModelConfig& c, const WeightBytes& bytes, int64_t top_k) {
+  int64_t active = bytes.dense_replica();
+  for (int64_t per_expert : bytes.per_expert) {
+    active += std::min(top_k, c.num_experts) * per_expert;
+  }
+  return active;
+}
+
 int64_t attention_params_per_layer(const ModelConfig& c) {
   const int64_t h = c.hidden_size;
   return h * c.q_width() + 2 * h * c.kv_width() + c.q_width() * h + 2 * c.head_dim;

@@ -61,6 +61,8 @@ struct WeightBytes {
   int64_t dense_replica() const { return total() - experts; }  // what every rank holds
 };
 WeightBytes weight_bytes(const ModelConfig& config);
+// Weight bytes one token reads at top_k (count_active_params' tensors, as stored).
+int64_t active_weight_bytes(const ModelConfig& config, const WeightBytes& bytes, int64_t top_k);
 
 // Weights one rank holds: the dense replica plus its expert slots (replicas included), with the
 // bytes they take as stored.
