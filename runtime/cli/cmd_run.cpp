@@ -62,7 +62,7 @@ std::vector<kernels::GemmShape> prefill_shapes(const Model& m, int64_t tokens,
 // The run config's model, weights and settings wherever the command line left them unset.
 ModelOptions run_model_options(const RunArgs& a, const CLI::App& cmd, const RunConfig& rc) {
   ModelOptions o = a.model;
-  o.model = rc.model;
+  if (o.model.empty()) o.model = rc.model;
   if (o.weights.empty()) o.weights = rc.weights;
   if (o.placement.empty()) o.placement = rc.placement;
   if (cmd.count("--backend") == 0) o.backend = rc.backend;
