@@ -118,11 +118,15 @@ MOE_HOT_CLONES void axpy(float a, const float* x, int64_t n, float* y) {
 }
 
 // y [rows, out] for small rows: each W row is converted once into an L1-resident fp32 row and
-// dotted with every x row (one bf16 row straight from bf16).
+// dotted with every x row (one row straight from bf16, or e4m3 through dot_e4m3_row).
 void linear_small_rows(const float* x, WeightView w, int64_t rows, int64_t in, int64_t out,
                        float* y) {
   if (rows == 1 && !w.is_e4m3()) {
     for (int64_t o = 0; o < out; ++o) y[o] = dot_bf16(x, w.bf16_data() + o * in, in);
+    return;
+  }
+  if (rows == 1) {
+    for (int64_t o = 0; o < out; ++o) y[o] = dot_e4m3_row(x, w, in, o);
     return;
   }
   thread_local std::vector<float> row_buf;

@@ -58,6 +58,44 @@ __attribute__((target("avx2,f16c"))) void e4m3_block_avx2(const uint8_t* q, floa
   }
   for (; i < n; ++i) out[i] = e4m3_dequantise(q[c0 + i], s);
 }
+
+// x . (codes of one row): each 128-column block summed from code values x 2^-8 (exact, as above)
+// times x, then scaled once by the block's scale x 2^8. A NaN code makes the sum NaN.
+__attribute__((target("avx2,f16c,fma"))) float dot_e4m3_avx2(const float* x, const uint8_t* q,
+                                                              const float* srow, int64_t cols) {
+  const __m128i zero = _mm_setzero_si128();
+  const __m128i keep = _mm_set1_epi16(static_cast<short>(0xBFFF));
+  const __m128i nan_mag = _mm_set1_epi8(0x7F);
+  __m256 total = _mm256_setzero_ps();
+  float rest = 0.0f;
+  for (int64_t c0 = 0; c0 < cols; c0 += kFp8Block) {
+    const int64_t n = std::min(kFp8Block, cols - c0);
+    const float s = srow[c0 / kFp8Block];
+    if (!(s <= kVectorMaxScale && s >= -kVectorMaxScale)) {
+      for (int64_t i = 0; i < n; ++i) rest += x[c0 + i] * e4m3_dequantise(q[c0 + i], s);
+      continue;
+    }
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + kCodesPerStep <= n; i += kCodesPerStep) {
+      const __m128i codes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(q + c0 + i));
+      if (_mm_movemask_epi8(_mm_cmpeq_epi8(_mm_and_si128(codes, nan_mag), nan_mag)) != 0) {
+        a0 = _mm256_set1_ps(__builtin_nanf(""));
+        continue;
+      }
+      // u16 lane = code << 8 (unpacked into the high byte), arithmetic >> 1, bit 14 cleared.
+      const __m128i lo = _mm_and_si128(_mm_srai_epi16(_mm_unpacklo_epi8(zero, codes), 1), keep);
+      const __m128i hi = _mm_and_si128(_mm_srai_epi16(_mm_unpackhi_epi8(zero, codes), 1), keep);
+      a0 = _mm256_fmadd_ps(_mm256_cvtph_ps(lo), _mm256_loadu_ps(x + c0 + i), a0);
+      a1 = _mm256_fmadd_ps(_mm256_cvtph_ps(hi), _mm256_loadu_ps(x + c0 + i + 8), a1);
+    }
+    for (; i < n; ++i) rest += x[c0 + i] * e4m3_dequantise(q[c0 + i], s);
+    total = _mm256_fmadd_ps(_mm256_add_ps(a0, a1), _mm256_set1_ps(s * 256.0f), total);
+  }
+  const __m128 h = _mm_add_ps(_mm256_castps256_ps128(total), _mm256_extractf128_ps(total, 1));
+  const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1))) + rest;
+}
 #endif
 
 // Row r of an e4m3 matrix [.., cols] into out [cols].
@@ -89,6 +127,18 @@ void weight_rows_to_f32(WeightView w, int64_t cols, int64_t r0, int64_t nr, floa
     return;
   }
   for (int64_t r = 0; r < nr; ++r) e4m3_row(w, cols, r0 + r, dst + r * cols);
+}
+
+float dot_e4m3_row(const float* x, WeightView w, int64_t cols, int64_t r) {
+  const uint8_t* q = w.codes() + r * cols;
+  const float* srow = w.scales + (r / kFp8Block) * fp8_num_blocks(cols);
+#ifdef MOE_HAVE_X86_FP8_PATH
+  static const bool has_fma = __builtin_cpu_supports("fma");
+  if (cpu_has_fp8_path() && has_fma) return dot_e4m3_avx2(x, q, srow, cols);
+#endif
+  float acc = 0.0f;
+  for (int64_t c = 0; c < cols; ++c) acc += x[c] * e4m3_dequantise(q[c], srow[c / kFp8Block]);
+  return acc;
 }
 
 void weight_rows_to_bf16(WeightView w, int64_t cols, int64_t r0, int64_t nr, bf16* dst) {
