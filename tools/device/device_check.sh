@@ -28,7 +28,8 @@
 #      3 and 4 are the gtest suites of ESSENTIAL_TESTS below, the one list of what this stage runs;
 #   5. bench_gpu on Qwen3-30B-A3B (synthetic weights, runtime::Model): decode at batch 1/8/64
 #      with the HBM-floor column and the per-phase breakdown (CUDA events), prefill 1 x 4096
-#      with MFU; then the essential table. bench_gpu sizes itself to the device's free memory and
+#      with MFU; the FP8 row (--quantize fp8: decode at batch 1 against the FP8 HBM floor); then
+#      the essential table. bench_gpu sizes itself to the device's free memory and
 #      names the batches it skips (on an 80 GB card: b=64, whose 64 x 4096-position KV cache does
 #      not fit beside the 61 GB of weights; the H200 runs all three).
 # OPTIONAL stages, as the budget allows: every other test of `ctest -L gpu`, each once (HF
@@ -496,6 +497,17 @@ if [[ $FULL == 1 ]]; then
   BENCH_RC=$?
   [[ $BENCH_RC -eq 0 ]] || STATUS=1
   note "bench_gpu: rc $BENCH_RC"
+  # The FP8 row: the same model with its weights held as e4m3 + 128 x 128 block scales
+  # (--quantize fp8), decode at batch 1 against the FP8 HBM floor (half the bf16 bytes).
+  limit=$(left_s)
+  ((limit <= 120)) || limit=120
+  FP8_FLAGS=("${BENCH_FLAGS[@]}" --quantize fp8 --batches 1 --prefill-len 0)
+  say "bench_gpu ${FP8_FLAGS[*]} (limit ${limit}s)"
+  run_logged "$OUT/bench_gpu_fp8.log" "$limit" "${TEST_ENV[@]}" "$FULL_DIR/bench/bench_gpu" \
+    "${FP8_FLAGS[@]}" --json "$OUT/bench_gpu_fp8.json"
+  BENCH_FP8_RC=$?
+  [[ $BENCH_FP8_RC -eq 0 ]] || STATUS=1
+  note "bench_gpu fp8: rc $BENCH_FP8_RC"
 fi
 ESSENTIAL_S=$(($(date +%s) - T0))
 essential_table() {
@@ -508,6 +520,9 @@ essential_table() {
   for t in "${summary[@]}"; do echo "$t"; done
   [[ -f "$OUT/bench_gpu.log" ]] && sed -n '/ synthetic weights, phase times: /,$p' "$OUT/bench_gpu.log"
   [[ $BENCH_RC == 0 || $BENCH_RC == skipped ]] || tail -5 "$OUT/bench_gpu.log"
+  [[ -f "$OUT/bench_gpu_fp8.log" ]] && sed -n '/ synthetic weights, phase times: /,$p' "$OUT/bench_gpu_fp8.log"
+  [[ ${BENCH_FP8_RC:-skipped} == 0 || ${BENCH_FP8_RC:-skipped} == skipped ]] ||
+    tail -5 "$OUT/bench_gpu_fp8.log"
   echo "essential result: $([[ $STATUS -eq 0 ]] && echo PASS || echo FAIL)"
 }
 essential_table | tee -a "$LOG" | tee "$OUT/essential.txt"
