@@ -33,6 +33,7 @@
 
 #include "kernels/common/check.h"
 #include "kernels/common/fp8.h"
+#include "runtime/io/matrix_slice.h"
 #include "runtime/io/safetensors.h"
 #include "runtime/io/weights.h"
 
@@ -87,22 +88,6 @@ std::optional<ExpertName> parse_expert_name(std::string_view name) {
 }
 
 enum class FusedLayout { kStandard, kTransposed };
-
-// Where requested tensor dst [rows, cols] lies in a stored tensor: a matrix [src_rows, src_cols]
-// starting at element `base` (an expert's slab of a fused tensor, or the whole tensor), with
-// dst(r, c) = src(r0 + r, c) when not transposed and src(c, c0 + r) when transposed.
-struct MatrixSlice {
-  int64_t base = 0;
-  int64_t src_rows = 0, src_cols = 0;
-  int64_t rows = 0, cols = 0;  // dst
-  int64_t r0 = 0, c0 = 0;
-  bool transposed = false;
-  int64_t matrix_index = 0;  // which [src_rows, src_cols] matrix of the tensor (the expert)
-  // Source (row, col) of dst element (r, c).
-  std::pair<int64_t, int64_t> source(int64_t r, int64_t c) const {
-    return transposed ? std::pair{c, c0 + r} : std::pair{r0 + r, c};
-  }
-};
 
 // Converts one element of a checkpoint dtype to bf16 (round to nearest even).
 template <SafetensorsDtype D>
@@ -542,43 +527,27 @@ class SafetensorsCheckpoint final : public WeightSource {
               at.shard->path, candidates.front(), t);
   }
 
-  // codes [rows * cols] of slice m (e4m3 bytes copied as they are; transposed in 32 x 32 tiles).
+  // codes [rows * cols] of slice m (matrix_slice.h).
   void copy_codes(const Located& at, const MatrixSlice& m, uint8_t* codes, const std::string& name,
                   const std::string& what) {
-    const auto* src = reinterpret_cast<const uint8_t*>(at.shard->mapped->data(*at.tensor).data());
-    const int64_t last = m.base + (m.transposed ? (m.cols - 1) * m.src_cols + m.c0 + m.rows
-                                                : (m.r0 + m.rows) * m.src_cols);
-    MOE_CHECK_AS("checkpoint", m.rows * m.cols == 0 || last <= at.tensor->numel,
+    MOE_CHECK_AS("checkpoint", m.source_end() <= at.tensor->numel,
                  "{}: internal: slice past tensor end, tensor '{}'", at.shard->path, name);
-    if (!m.transposed) {
-      if (m.rows * m.cols > 0) {
-        std::memcpy(codes, src + m.base + m.r0 * m.src_cols, static_cast<size_t>(m.rows * m.cols));
-      }
-    } else {
-      constexpr int64_t kTile = 32;
-      for (int64_t r0 = 0; r0 < m.rows; r0 += kTile) {
-        for (int64_t c0 = 0; c0 < m.cols; c0 += kTile) {
-          for (int64_t c = c0; c < std::min(m.cols, c0 + kTile); ++c) {
-            for (int64_t r = r0; r < std::min(m.rows, r0 + kTile); ++r) {
-              codes[r * m.cols + c] = src[m.base + c * m.src_cols + m.c0 + r];
-            }
-          }
-        }
-      }
-    }
+    copy_slice_codes(reinterpret_cast<const uint8_t*>(at.shard->mapped->data(*at.tensor).data()), m,
+                     codes);
     stats_.bytes_read += m.rows * m.cols;
     trace(at, what);
   }
 
-  // scales [ceil(rows / 128), ceil(cols / 128)] of slice m: each destination block must lie in
-  // one stored block (else the slice has no block scales of its own: an error naming it).
+  // scales [ceil(rows / 128), ceil(cols / 128)] of slice m: the scale tensor must have the
+  // weight's block grid and dtype F32 or BF16, and each destination block must lie in one stored
+  // block (else the slice has no block scales of its own: an error naming it).
   void copy_scales(const Located& weight, const MatrixSlice& m, float* scales,
                    const std::string& name, const std::string& what) {
     const std::string& scale_name = scale_name_of(weight);
     const Located at = locate(scale_name);
     const SafetensorsTensor& t = *at.tensor;
-    const int64_t sr = kernels::fp8_num_blocks(m.src_rows), sc = kernels::fp8_num_blocks(m.src_cols);
-    std::vector<int64_t> want = {sr, sc};
+    std::vector<int64_t> want = {kernels::fp8_num_blocks(m.src_rows),
+                                 kernels::fp8_num_blocks(m.src_cols)};
     if (weight.tensor->shape.size() == 3) want.insert(want.begin(), weight.tensor->shape[0]);
     if (t.shape != want) {
       MOE_THROW("checkpoint",
@@ -591,38 +560,15 @@ class SafetensorsCheckpoint final : public WeightSource {
       MOE_THROW("checkpoint", "{}: scale tensor '{}' has dtype {} (F32 or BF16 expected), tensor '{}'",
                 at.shard->path, scale_name, dtype_name(t.dtype), name);
     }
-    const std::byte* src = at.shard->mapped->data(t).data();
-    const int64_t grid = m.matrix_index * sr * sc;
-    const auto scale_at = [&](int64_t i) {
-      if (t.dtype == SafetensorsDtype::kF32) {
-        float f;
-        std::memcpy(&f, src + (grid + i) * 4, 4);
-        return f;
-      }
-      bf16 b;
-      std::memcpy(&b.bits, src + (grid + i) * 2, 2);
-      return bf16_to_float(b);
-    };
-    const int64_t br_n = kernels::fp8_num_blocks(m.rows), bc_n = kernels::fp8_num_blocks(m.cols);
-    for (int64_t br = 0; br < br_n; ++br) {
-      for (int64_t bc = 0; bc < bc_n; ++bc) {
-        const auto [r_first, c_first] = m.source(br * kernels::kFp8Block, bc * kernels::kFp8Block);
-        const auto [r_last, c_last] =
-            m.source(std::min(m.rows, (br + 1) * kernels::kFp8Block) - 1,
-                     std::min(m.cols, (bc + 1) * kernels::kFp8Block) - 1);
-        const int64_t b_first = r_first / kernels::kFp8Block, b_last = r_last / kernels::kFp8Block;
-        const int64_t k_first = c_first / kernels::kFp8Block, k_last = c_last / kernels::kFp8Block;
-        if (b_first != b_last || k_first != k_last) {
-          MOE_THROW("checkpoint",
-                    "{}: the slice of fused F8_E4M3 tensor '{}' crosses its 128 x 128 scale blocks "
-                    "(an expert part whose size is not a multiple of 128 and does not fit one "
-                    "block), tensor '{}'",
-                    weight.shard->path, weight.tensor->name, name);
-        }
-        scales[br * bc_n + bc] = scale_at(b_first * sc + k_first);
-      }
+    if (!copy_slice_scales(at.shard->mapped->data(t).data(), t.dtype, m, scales)) {
+      MOE_THROW("checkpoint",
+                "{}: the slice of fused F8_E4M3 tensor '{}' crosses its 128 x 128 scale blocks "
+                "(an expert part whose size is not a multiple of 128 and does not fit one block), "
+                "tensor '{}'",
+                weight.shard->path, weight.tensor->name, name);
     }
-    stats_.bytes_read += br_n * bc_n * dtype_size_bytes(t.dtype);
+    stats_.bytes_read +=
+        kernels::fp8_num_scales(m.rows, m.cols) * static_cast<int64_t>(dtype_size_bytes(t.dtype));
     trace(at, what);
   }
 
