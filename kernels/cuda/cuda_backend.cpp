@@ -389,7 +389,7 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
     const int64_t step = has_e4m3(groups) ? kDequantGroups : static_cast<int64_t>(groups.size());
     for (int64_t g0 = 0; g0 < static_cast<int64_t>(groups.size()); g0 += step) {
       const int64_t n = std::min<int64_t>(step, static_cast<int64_t>(groups.size()) - g0);
-      if (step == kDequantGroups) dequantise_groups(groups.data() + g0, n, hidden, inter);
+      if (step == kDequantGroups) fp8_->dequantise_groups(groups.data() + g0, n, hidden, inter);
       const cuda::GroupedSwigluPlan plan =
           cuda::plan_grouped_swiglu(groups.data() + g0, n, pair_identity_.data(), hidden, inter);
       run_grouped(plan, x, batch.row_index, out);
@@ -404,25 +404,6 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
       }
     }
     return false;
-  }
-
-  // Replaces the e4m3 weights of groups [0, n) by bf16 copies in fp8_scratch_ (valid until the
-  // next use of it), for the grouped bf16 GEMM.
-  void dequantise_groups(ExpertGroup* groups, int64_t n, int64_t hidden, int64_t inter) {
-    const size_t matrix_bytes = cuda::align_up(static_cast<size_t>(hidden * inter) * 2, 256);
-    auto* s = static_cast<unsigned char*>(
-        ensure_device(fp8_scratch_, static_cast<size_t>(3 * n) * matrix_bytes));
-    for (int64_t g = 0; g < n; ++g) {
-      WeightView* parts[3] = {&groups[g].weights.gate, &groups[g].weights.up,
-                              &groups[g].weights.down};
-      for (int p = 0; p < 3; ++p) {
-        if (!parts[p]->is_e4m3()) continue;
-        auto* dst = reinterpret_cast<bf16*>(s + static_cast<size_t>(3 * g + p) * matrix_bytes);
-        const int64_t rows = p == 2 ? hidden : inter;
-        fp8_->dequantise(*parts[p], rows, hidden * inter / rows, dst);
-        *parts[p] = WeightView(dst);
-      }
-    }
   }
 
   // The grouped cuBLAS SwiGLU of a plan (grouped_gemm_plan.h) whose gather sources are pairs p,
@@ -833,7 +814,7 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
   DeviceBytes meta_;
   DeviceBytes scratch_;
   DeviceBytes graph_scratch_;  // graph-safe attention's partials only (captured pointers)
-  DeviceBytes fp8_scratch_;    // cuda::Fp8Gemm's and dequantise_groups' (never carved by others)
+  DeviceBytes fp8_scratch_;    // cuda::Fp8Gemm's (never carved by others)
   // Expert groups whose e4m3 weights are dequantised at a time on the grouped path (scratch: this
   // many experts' three matrices in bf16, about 9 MB each for Qwen3-30B-A3B).
   static constexpr int64_t kDequantGroups = 16;

@@ -182,4 +182,20 @@ void Fp8Gemm::dequantise(WeightView w, int64_t rows, int64_t cols, bf16* out) {
   MOE_CUDA_CHECK(launch_dequantise_e4m3(w, rows, cols, out, stream_));
 }
 
+void Fp8Gemm::dequantise_groups(ExpertGroup* groups, int64_t n, int64_t hidden, int64_t inter) {
+  const size_t matrix_bytes = align256(static_cast<size_t>(hidden * inter) * sizeof(bf16));
+  auto* s = static_cast<unsigned char*>(scratch_(static_cast<size_t>(3 * n) * matrix_bytes));
+  for (int64_t g = 0; g < n; ++g) {
+    WeightView* parts[3] = {&groups[g].weights.gate, &groups[g].weights.up,
+                            &groups[g].weights.down};
+    for (int p = 0; p < 3; ++p) {
+      if (!parts[p]->is_e4m3()) continue;
+      auto* dst = reinterpret_cast<bf16*>(s + static_cast<size_t>(3 * g + p) * matrix_bytes);
+      const int64_t rows = p == 2 ? hidden : inter;
+      dequantise(*parts[p], rows, hidden * inter / rows, dst);
+      *parts[p] = WeightView(dst);
+    }
+  }
+}
+
 }  // namespace moe::kernels::cuda

@@ -41,6 +41,9 @@ class Fp8Gemm {
               int64_t out, float* y);
   // out [rows, cols] = bf16 values of an e4m3 w (for the grouped bf16 GEMM of large batches).
   void dequantise(WeightView w, int64_t rows, int64_t cols, bf16* out);
+  // Replaces the e4m3 weights of expert groups [0, n) by bf16 copies in scratch (valid until the
+  // next use of it), for the grouped bf16 GEMM of large batches.
+  void dequantise_groups(ExpertGroup* groups, int64_t n, int64_t hidden, int64_t inter);
   // Whether linear() of these sizes runs the cuBLASLt block-scaled GEMM.
   bool uses_block_scaled_gemm(int64_t rows, int64_t in, int64_t out);
 
