@@ -59,19 +59,25 @@ INSTANTIATE_TEST_SUITE_P(AllFixtures, HfFixture,
                                   std::to_string(std::get<1>(info.param)) + "ranks";
                          });
 
-// A checkpoint whose index lacks one expert's tensor: only the rank that holds that expert
-// reads it, finds it missing, and must end the whole 2-rank job with a message naming it.
-TEST(HfCheckpointFault, MissingExpertTensorSeenByOneRankEndsTheJobNamingRankAndTensor) {
-  auto src = std::filesystem::path(source("tests/fixtures/hf/moe128"));
-  auto dir = temp_dir("hf_missing");
-  for (const auto& e : std::filesystem::directory_iterator(src)) {
+// A copy of fixture `name` in temp dir `tag` whose index no longer lists `tensor`.
+std::filesystem::path copy_without(const std::string& name, const std::string& tensor,
+                                   const std::string& tag) {
+  auto dir = temp_dir(tag);
+  for (const auto& e : std::filesystem::directory_iterator(source("tests/fixtures/hf/" + name))) {
     std::filesystem::copy_file(e.path(), dir / e.path().filename(),
                                std::filesystem::copy_options::overwrite_existing);
   }
   auto index = nlohmann::json::parse(read_text(dir / "model.safetensors.index.json"));
-  const std::string victim = "model.layers.1.mlp.experts.100.up_proj.weight";  // rank 1 of 2
-  ASSERT_EQ(index["weight_map"].erase(victim), 1u);
+  EXPECT_EQ(index["weight_map"].erase(tensor), 1u) << name << " lists no " << tensor;
   std::ofstream(dir / "model.safetensors.index.json") << index.dump();
+  return dir;
+}
+
+// A checkpoint whose index lacks one expert's tensor: only the rank that holds that expert
+// reads it, finds it missing, and must end the whole 2-rank job with a message naming it.
+TEST(HfCheckpointFault, MissingExpertTensorSeenByOneRankEndsTheJobNamingRankAndTensor) {
+  const std::string victim = "model.layers.1.mlp.experts.100.up_proj.weight";  // rank 1 of 2
+  auto dir = copy_without("moe128", victim, "hf_missing");
   auto r = run(mpirun(2) + " forward --model " + dir.string() + " --tokens 1,2,3 --logits-out " +
                    (dir / "x.npy").string(),
                60);
@@ -135,16 +141,8 @@ TEST(HfCheckpointLoad, Fp8CheckpointIsHeldAsStoredAndRunTakesIt) {
 // An FP8 checkpoint whose index lacks one scale tensor ends the 2-rank job with one line naming
 // the shard file, the scale looked for and the weight.
 TEST(HfCheckpointFault, Fp8WeightWithoutItsScaleEndsTheJobNamingFileAndTensor) {
-  auto src = std::filesystem::path(source("tests/fixtures/hf/fused_t_fp8"));
-  auto dir = temp_dir("hf_fp8_no_scale");
-  for (const auto& e : std::filesystem::directory_iterator(src)) {
-    std::filesystem::copy_file(e.path(), dir / e.path().filename(),
-                               std::filesystem::copy_options::overwrite_existing);
-  }
-  auto index = nlohmann::json::parse(read_text(dir / "model.safetensors.index.json"));
   const std::string scale = "model.layers.1.mlp.experts.down_proj_scale_inv";
-  ASSERT_EQ(index["weight_map"].erase(scale), 1u);
-  std::ofstream(dir / "model.safetensors.index.json") << index.dump();
+  auto dir = copy_without("fused_t_fp8", scale, "hf_fp8_no_scale");
   auto r = run(mpirun(2) + " forward --model " + dir.string() + " --tokens 1,2,3 --logits-out " +
                    (dir / "x.npy").string(),
                60);

@@ -489,25 +489,24 @@ if [[ $FULL == 1 ]]; then
     BENCH_FLAGS=(--model "$ROOT/${BENCH_MODEL:-configs/models/mid.yaml}" --backend cpu
       --batches 1,8,4096 --context 64 --decode-steps 2 --prefill-len 512 --free-gb 5)
   fi
-  limit=$(left_s)
-  ((limit <= 240)) || limit=240
-  say "bench_gpu ${BENCH_FLAGS[*]} (limit ${limit}s)"
-  run_logged "$OUT/bench_gpu.log" "$limit" "${TEST_ENV[@]}" "$FULL_DIR/bench/bench_gpu" \
-    "${BENCH_FLAGS[@]}" --json "$OUT/bench_gpu.json"
-  BENCH_RC=$?
-  [[ $BENCH_RC -eq 0 ]] || STATUS=1
-  note "bench_gpu: rc $BENCH_RC"
+  run_bench() { # $1: output name, $2: seconds at most, rest: flags; the exit code in BENCH_LAST_RC
+    local name=$1 limit
+    limit=$(left_s)
+    ((limit <= $2)) || limit=$2
+    shift 2
+    say "bench_gpu $* (limit ${limit}s)"
+    run_logged "$OUT/$name.log" "$limit" "${TEST_ENV[@]}" "$FULL_DIR/bench/bench_gpu" "$@" \
+      --json "$OUT/$name.json"
+    BENCH_LAST_RC=$?
+    [[ $BENCH_LAST_RC -eq 0 ]] || STATUS=1
+    note "$name: rc $BENCH_LAST_RC"
+  }
+  run_bench bench_gpu 240 "${BENCH_FLAGS[@]}"
+  BENCH_RC=$BENCH_LAST_RC
   # The FP8 row: the same model with its weights held as e4m3 + 128 x 128 block scales
   # (--quantize fp8), decode at batch 1 against the FP8 HBM floor (half the bf16 bytes).
-  limit=$(left_s)
-  ((limit <= 120)) || limit=120
-  FP8_FLAGS=("${BENCH_FLAGS[@]}" --quantize fp8 --batches 1 --prefill-len 0)
-  say "bench_gpu ${FP8_FLAGS[*]} (limit ${limit}s)"
-  run_logged "$OUT/bench_gpu_fp8.log" "$limit" "${TEST_ENV[@]}" "$FULL_DIR/bench/bench_gpu" \
-    "${FP8_FLAGS[@]}" --json "$OUT/bench_gpu_fp8.json"
-  BENCH_FP8_RC=$?
-  [[ $BENCH_FP8_RC -eq 0 ]] || STATUS=1
-  note "bench_gpu fp8: rc $BENCH_FP8_RC"
+  run_bench bench_gpu_fp8 120 "${BENCH_FLAGS[@]}" --quantize fp8 --batches 1 --prefill-len 0
+  BENCH_FP8_RC=$BENCH_LAST_RC
 fi
 ESSENTIAL_S=$(($(date +%s) - T0))
 essential_table() {
