@@ -132,7 +132,10 @@ MOE_HD void e4m3_quantise_block(const float* w, int64_t rows, int64_t cols, int6
   const int64_t c1 = c0 + kFp8Block < cols ? c0 + kFp8Block : cols;
   float amax = 0.0f;
   for (int64_t r = r0; r < r1; ++r) {
-    for (int64_t c = c0; c < c1; ++c) amax = fmaxf(amax, fabsf(w[r * cols + c]));
+    for (int64_t c = c0; c < c1; ++c) {
+      const float m = fabsf(w[r * cols + c]);
+      amax = m > amax ? m : amax;  // fmaxf's answer (a NaN is skipped) without a libm call
+    }
   }
   const float s = e4m3_block_scale(amax);
   scales[br * fp8_num_blocks(cols) + bc] = s;
