@@ -123,8 +123,8 @@ class Backend {
   // y [rows, out] = x [rows, in] . w^T, w [out, in] bf16 or e4m3 with block scales (op_args.h).
   // x_bf16 (nullable) holds bf16(x) as a producer wrote it: a backend whose GEMMs round x to bf16
   // reads it instead of rounding x again (same values).
-  virtual void linear(const float* x, WeightView w, int64_t rows, int64_t in, int64_t out,
-                      float* y, const bf16* x_bf16 = nullptr) = 0;
+  virtual void linear(const float* x, WeightView w, int64_t rows, int64_t in, int64_t out, float* y,
+                      const bf16* x_bf16 = nullptr) = 0;
   // The q, k and v projections with the three weights stacked in one matrix w_qkv
   // [q_width + 2 * kv_width, hidden] (q rows, then k rows, then v rows; split_qkv): q [rows,
   // q_width], k and v [rows, kv_width]; the same values as linear() on each block. x_bf16 as in

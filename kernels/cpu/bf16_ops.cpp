@@ -180,7 +180,7 @@ void Bf16Ops::gemm_e4m3_blocks(const bf16* a, WeightView w, int64_t m, int64_t n
     weight_rows_to_bf16(w, k, o0, nb, wb);
     onednn_->run(a, wb, m, nb, k, c_block_.data(), c_f32 == nullptr);
     auto* dst = reinterpret_cast<unsigned char*>(c_f32 != nullptr ? static_cast<void*>(c_f32)
-                                                                   : static_cast<void*>(c_bf16));
+                                                                  : static_cast<void*>(c_bf16));
     for (int64_t r = 0; r < mp; ++r) {
       std::memcpy(dst + static_cast<size_t>(r * n + o0) * elem,
                   c_block_.data() + static_cast<size_t>(r * nb) * elem,
@@ -244,8 +244,7 @@ void Bf16Ops::grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inte
     const ExpertGroup& g = groups[gi];
     MOE_CHECK(g.begin >= 0 && g.count >= 0, "grouped_expert_swiglu: group {} has begin {} count {}",
               gi, g.begin, g.count);
-    MOE_CHECK(g.count == 0 ||
-                  (g.weights.gate.data && g.weights.up.data && g.weights.down.data),
+    MOE_CHECK(g.count == 0 || (g.weights.gate.data && g.weights.up.data && g.weights.down.data),
               "grouped_expert_swiglu: group {} has no weights", gi);
     for (int64_t p = g.begin; p < g.begin + g.count; ++p) {
       MOE_CHECK(row_index[p] >= 0, "grouped_expert_swiglu: negative row index {} at {}",

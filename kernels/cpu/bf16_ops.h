@@ -49,8 +49,8 @@ class Bf16Ops {
   void gemm(const bf16* a, WeightView w, int64_t m, int64_t n, int64_t k, float* c_f32,
             bf16* c_bf16);
   // gemm() through oneDNN for e4m3 weights: blocks of rows dequantised, their columns of c.
-  void gemm_e4m3_blocks(const bf16* a, WeightView w, int64_t m, int64_t n, int64_t k,
-                        float* c_f32, bf16* c_bf16);
+  void gemm_e4m3_blocks(const bf16* a, WeightView w, int64_t m, int64_t n, int64_t k, float* c_f32,
+                        bf16* c_bf16);
 
   std::unique_ptr<OnednnBf16Gemm> onednn_;
   // Scratch, grown on demand, never shrunk: [padded rows, width] per stage.

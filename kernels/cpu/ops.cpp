@@ -1,8 +1,8 @@
 // Fast CPU ops of kernels/cpu/ops.h: fp32 activations, bf16 or e4m3 weights, fp32 accumulation.
 // Invariants: weights are never converted as a whole (only cache-sized blocks or single rows,
-// into thread_local scratch that only grows; weight_rows.h); every op is a no-op on zero rows; argument checks
-// (shapes, ids, indices, cache bounds) run before anything is written, so a call that throws on
-// them leaves its outputs and the KV cache untouched.
+// into thread_local scratch that only grows; weight_rows.h); every op is a no-op on zero rows;
+// argument checks (shapes, ids, indices, cache bounds) run before anything is written, so a call
+// that throws on them leaves its outputs and the KV cache untouched.
 #include "kernels/cpu/ops.h"
 
 #include <cblas.h>

@@ -1,5 +1,6 @@
 // Naive reference ops (see reference.h): one output element at a time, double accumulation,
-// no scratch reuse, no BLAS; e4m3 weights element by element through fp8.h's dequantise body. Slow on purpose; only tests and documentation use them.
+// no scratch reuse, no BLAS; e4m3 weights element by element through fp8.h's dequantise body. Slow
+// on purpose; only tests and documentation use them.
 #include "kernels/cpu/reference.h"
 
 #include <algorithm>

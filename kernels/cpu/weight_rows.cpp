@@ -36,7 +36,7 @@ bool cpu_has_fp8_path() {
 
 // Columns [c0, c0 + n) of one block (same scale s) of an e4m3 row, 16 at a time.
 __attribute__((target("avx2,f16c"))) void e4m3_block_avx2(const uint8_t* q, float s, int64_t c0,
-                                                           int64_t n, float* out) {
+                                                          int64_t n, float* out) {
   const __m256 scale = _mm256_set1_ps(s * 256.0f);
   const __m256i keep = _mm256_set1_epi16(static_cast<short>(0xBFFF));
   const __m128i nan_mag = _mm_set1_epi8(0x7F);
@@ -62,7 +62,7 @@ __attribute__((target("avx2,f16c"))) void e4m3_block_avx2(const uint8_t* q, floa
 // x . (codes of one row): each 128-column block summed from code values x 2^-8 (exact, as above)
 // times x, then scaled once by the block's scale x 2^8. A NaN code makes the sum NaN.
 __attribute__((target("avx2,f16c,fma"))) float dot_e4m3_avx2(const float* x, const uint8_t* q,
-                                                              const float* srow, int64_t cols) {
+                                                             const float* srow, int64_t cols) {
   const __m128i zero = _mm_setzero_si128();
   const __m128i keep = _mm_set1_epi16(static_cast<short>(0xBFFF));
   const __m128i nan_mag = _mm_set1_epi8(0x7F);

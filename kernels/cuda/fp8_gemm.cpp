@@ -36,11 +36,10 @@ size_t align256(size_t n) {
 void gemm_bf16(cublasHandle_t cublas, const bf16* w, const bf16* xb, int64_t rows, int64_t in,
                int64_t out, void* y, cudaDataType_t y_type) {
   const float alpha = 1.0f, beta = 0.0f;
-  MOE_CUBLAS_CHECK(cublasGemmEx(cublas, CUBLAS_OP_T, CUBLAS_OP_N, as_int(out, "out"),
-                                as_int(rows, "rows"), as_int(in, "in"), &alpha, w, CUDA_R_16BF,
-                                as_int(in, "in"), xb, CUDA_R_16BF, as_int(in, "in"), &beta, y,
-                                y_type, as_int(out, "out"), CUBLAS_COMPUTE_32F,
-                                CUBLAS_GEMM_DEFAULT));
+  MOE_CUBLAS_CHECK(cublasGemmEx(
+      cublas, CUBLAS_OP_T, CUBLAS_OP_N, as_int(out, "out"), as_int(rows, "rows"), as_int(in, "in"),
+      &alpha, w, CUDA_R_16BF, as_int(in, "in"), xb, CUDA_R_16BF, as_int(in, "in"), &beta, y, y_type,
+      as_int(out, "out"), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 // cuBLASLt handle, per-shape descriptors and algorithms.
@@ -158,9 +157,9 @@ void Fp8Gemm::linear(WeightView w, const float* x, const bf16* x_bf16, int64_t r
     MOE_CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(sh.desc, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER,
                                                     &b_scale, sizeof(b_scale)));
     const float alpha = 1.0f, beta = 0.0f;
-    MOE_CUBLAS_CHECK(cublasLtMatmul(lt_->handle, sh.desc, &alpha, w.data, sh.a, xq, sh.b, &beta,
-                                    y, sh.d, y, sh.d, &sh.algo, lt_->workspace,
-                                    lt_->workspace_bytes, stream_));
+    MOE_CUBLAS_CHECK(cublasLtMatmul(lt_->handle, sh.desc, &alpha, w.data, sh.a, xq, sh.b, &beta, y,
+                                    sh.d, y, sh.d, &sh.algo, lt_->workspace, lt_->workspace_bytes,
+                                    stream_));
     return;
 #endif
   }

@@ -38,13 +38,12 @@ GroupedSwigluPlan plan_grouped_swiglu(const ExpertGroup* groups, int64_t num_gro
     MOE_CHECK(grp.count < INT_MAX, "grouped_expert_swiglu: group {} has {} rows (> INT_MAX)", g,
               grp.count);
     if (grp.count == 0) continue;
+    MOE_CHECK(grp.weights.gate.data != nullptr && grp.weights.up.data != nullptr &&
+                  grp.weights.down.data != nullptr,
+              "grouped_expert_swiglu: group {} has {} rows but missing weights", g, grp.count);
     MOE_CHECK(
-        grp.weights.gate.data != nullptr && grp.weights.up.data != nullptr &&
-            grp.weights.down.data != nullptr,
-        "grouped_expert_swiglu: group {} has {} rows but missing weights", g, grp.count);
-    MOE_CHECK(!grp.weights.gate.is_e4m3() && !grp.weights.up.is_e4m3() &&
-                  !grp.weights.down.is_e4m3(),
-              "grouped_expert_swiglu: group {} has e4m3 weights (the grouped GEMM takes bf16)", g);
+        !grp.weights.gate.is_e4m3() && !grp.weights.up.is_e4m3() && !grp.weights.down.is_e4m3(),
+        "grouped_expert_swiglu: group {} has e4m3 weights (the grouped GEMM takes bf16)", g);
     order.push_back(g);
   }
   std::sort(order.begin(), order.end(),

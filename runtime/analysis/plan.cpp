@@ -37,8 +37,7 @@ int64_t expert_bytes(const ParamBreakdown& p, const WeightBytes& b) {
 }
 
 RankMemory rank_memory(const ModelConfig& c, const ParamBreakdown& p, const WeightBytes& b,
-                       const PlanOptions& o,
-                       int num_ranks, int64_t override_slots) {
+                       const PlanOptions& o, int num_ranks, int64_t override_slots) {
   RankMemory m;
   m.num_ranks = num_ranks;
   const int64_t n = num_ranks;
@@ -204,7 +203,8 @@ PlanReport make_plan(const ModelConfig& config, const PlanOptions& options) {
     r.ranks.push_back(rank_memory(config, r.params, r.weight_bytes, options,
                                   static_cast<int>(options.expert_slots_per_rank.size()), largest));
   } else {
-    for (int n : options.ranks) r.ranks.push_back(rank_memory(config, r.params, r.weight_bytes, options, n, -1));
+    for (int n : options.ranks)
+      r.ranks.push_back(rank_memory(config, r.params, r.weight_bytes, options, n, -1));
   }
   return r;
 }

@@ -112,10 +112,11 @@ Command add_plan_command(CLI::App& app, int world_rank) {
       ->check(greater_than(0));
   add_choice(cmd, "--backend", a->backend, backend_choices(),
              "Backend whose KV cache to size: cuda (bf16, default) | cpu (fp32)");
-  add_choice<WeightsDtype>(cmd, "--weights-dtype", a->weights,
-             {{"bf16", WeightsDtype::kBf16}, {"fp8", WeightsDtype::kFp8}},
-             "Size the weights as if stored bf16 | fp8 (e4m3 + 128 x 128 block scales, as the "
-             "published FP8 checkpoints; default: as the config's quantization_config says)");
+  add_choice<WeightsDtype>(
+      cmd, "--weights-dtype", a->weights,
+      {{"bf16", WeightsDtype::kBf16}, {"fp8", WeightsDtype::kFp8}},
+      "Size the weights as if stored bf16 | fp8 (e4m3 + 128 x 128 block scales, as the "
+      "published FP8 checkpoints; default: as the config's quantization_config says)");
   cmd->add_option("--json", a->json, "Also write the plan as JSON to this file");
   cmd->add_option("--plot", a->plot,
                   "Draw memory held vs parameters active per token (top-k 1-16) and per-rank "

@@ -238,13 +238,14 @@ class SafetensorsCheckpoint final : public WeightSource {
     MOE_CHECK_AS("checkpoint", shape.size() == 2 && shape[0] >= 0 && shape[1] >= 0,
                  "{}: e4m3 tensor requested with shape {}, expected 2-D, tensor '{}'", dir_,
                  shape_str(shape), name);
-    MOE_CHECK_AS("checkpoint",
-                 static_cast<int64_t>(codes.size()) == shape[0] * shape[1] &&
-                     static_cast<int64_t>(scales.size()) == kernels::fp8_num_scales(shape[0], shape[1]),
-                 "{}: destination holds {} codes and {} scales, shape {} needs {} and {}, tensor "
-                 "'{}'",
-                 dir_, codes.size(), scales.size(), shape_str(shape), shape[0] * shape[1],
-                 kernels::fp8_num_scales(shape[0], shape[1]), name);
+    MOE_CHECK_AS(
+        "checkpoint",
+        static_cast<int64_t>(codes.size()) == shape[0] * shape[1] &&
+            static_cast<int64_t>(scales.size()) == kernels::fp8_num_scales(shape[0], shape[1]),
+        "{}: destination holds {} codes and {} scales, shape {} needs {} and {}, tensor "
+        "'{}'",
+        dir_, codes.size(), scales.size(), shape_str(shape), shape[0] * shape[1],
+        kernels::fp8_num_scales(shape[0], shape[1]), name);
     MOE_CHECK_AS("checkpoint", dtype(name) == kernels::WeightDtype::kE4M3,
                  "{}: tensor is not F8_E4M3 (read it as bf16), tensor '{}'", dir_, name);
     const Stored st = stored(name);
@@ -557,7 +558,8 @@ class SafetensorsCheckpoint final : public WeightSource {
                 shape_str(weight.tensor->shape), name);
     }
     if (t.dtype != SafetensorsDtype::kF32 && t.dtype != SafetensorsDtype::kBF16) {
-      MOE_THROW("checkpoint", "{}: scale tensor '{}' has dtype {} (F32 or BF16 expected), tensor '{}'",
+      MOE_THROW("checkpoint",
+                "{}: scale tensor '{}' has dtype {} (F32 or BF16 expected), tensor '{}'",
                 at.shard->path, scale_name, dtype_name(t.dtype), name);
     }
     if (!copy_slice_scales(at.shard->mapped->data(t).data(), t.dtype, m, scales)) {

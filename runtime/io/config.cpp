@@ -209,10 +209,11 @@ WeightQuantization read_quantization(const KeyReader& root) {
   if (!root.present("quantization_config")) return q;
   const KeyReader r = root.child("quantization_config");
   for (const auto& k : r.keys()) {
-    if (k != "quant_method" && k != "fmt" && k != "weight_block_size" &&
-        k != "activation_scheme" && k != "modules_to_not_convert" && k != "dequantize") {
-      r.fail(k, "not understood (an FP8 quantization_config has quant_method, fmt, "
-                "weight_block_size, activation_scheme, modules_to_not_convert)");
+    if (k != "quant_method" && k != "fmt" && k != "weight_block_size" && k != "activation_scheme" &&
+        k != "modules_to_not_convert" && k != "dequantize") {
+      r.fail(k,
+             "not understood (an FP8 quantization_config has quant_method, fmt, "
+             "weight_block_size, activation_scheme, modules_to_not_convert)");
     }
   }
   if (!r.present("quant_method")) r.fail("quant_method", "missing required key");
@@ -227,9 +228,8 @@ WeightQuantization read_quantization(const KeyReader& root) {
   }
   if (r.present("weight_block_size") &&
       r.get_int_list("weight_block_size") != std::vector<int64_t>{128, 128}) {
-    r.fail("weight_block_size",
-           fmt::format("[{}] is not supported (only [128, 128])",
-                       fmt::join(r.get_int_list("weight_block_size"), ", ")));
+    r.fail("weight_block_size", fmt::format("[{}] is not supported (only [128, 128])",
+                                            fmt::join(r.get_int_list("weight_block_size"), ", ")));
   }
   if (r.present("activation_scheme") && r.get_string("activation_scheme") != "dynamic") {
     r.fail("activation_scheme",

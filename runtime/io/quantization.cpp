@@ -39,8 +39,8 @@ bool WeightQuantization::quantizes(const std::string& name) const {
   const bool linear = name.ends_with("_proj.weight") || name.ends_with("_proj") ||
                       name.ends_with(".mlp.gate.weight");
   if (!linear) return false;
-  const std::string module =
-      name.ends_with(".weight") ? name.substr(0, name.size() - std::string(".weight").size())
+  const std::string module = name.ends_with(".weight")
+                                 ? name.substr(0, name.size() - std::string(".weight").size())
                                  : name;
   const std::vector<std::string> parts = dotted_parts(module);
   for (const std::string& entry : modules_to_not_convert) {

@@ -36,9 +36,8 @@ int64_t weight_matrix_bytes(int64_t rows, int64_t cols, kernels::WeightDtype dty
 WeightBytes weight_bytes(const ModelConfig& c) {
   const WeightQuantization& q = c.quantization;
   const auto matrix = [&](const std::string& name, int64_t rows, int64_t cols) {
-    return weight_matrix_bytes(rows, cols,
-                               q.quantizes(name) ? kernels::WeightDtype::kE4M3
-                                                 : kernels::WeightDtype::kBF16);
+    return weight_matrix_bytes(
+        rows, cols, q.quantizes(name) ? kernels::WeightDtype::kE4M3 : kernels::WeightDtype::kBF16);
   };
   const int64_t h = c.hidden_size;
   WeightBytes b;

@@ -97,8 +97,8 @@ WeightBuffer ModelWeights::load_stacked(WeightSource& w,
   b.dtype = expected != nullptr ? *expected : w.dtype(parts.front().first);
   for (const auto& [name, part_rows] : parts) {
     const kernels::WeightDtype d = w.dtype(name);
-    MOE_CHECK_AS("weights", d == b.dtype, "tensor '{}' is stored as {}, but {} expected ({})",
-                 name, dtype_label(d), dtype_label(b.dtype),
+    MOE_CHECK_AS("weights", d == b.dtype, "tensor '{}' is stored as {}, but {} expected ({})", name,
+                 dtype_label(d), dtype_label(b.dtype),
                  expected != nullptr ? "the config's quantization_config sets its layer's experts"
                                      : "q, k and v of a layer are stacked as one type");
   }
@@ -112,8 +112,9 @@ WeightBuffer ModelWeights::load_stacked(WeightSource& w,
     int64_t at = 0;
     for (const auto& [name, part_rows] : parts) {
       const std::vector<int64_t> shape = {part_rows, cols};
-      w.read(name, shape, std::span<bf16>(host).subspan(static_cast<size_t>(at * cols),
-                                                        static_cast<size_t>(part_rows * cols)));
+      w.read(name, shape,
+             std::span<bf16>(host).subspan(static_cast<size_t>(at * cols),
+                                           static_cast<size_t>(part_rows * cols)));
       at += part_rows;
     }
     b.data = upload(reinterpret_cast<const uint8_t*>(host.data()), host.size() * sizeof(bf16));
@@ -126,11 +127,11 @@ WeightBuffer ModelWeights::load_stacked(WeightSource& w,
   for (const auto& [name, part_rows] : parts) {
     const std::vector<int64_t> shape = {part_rows, cols};
     const int64_t n = kernels::fp8_num_scales(part_rows, cols);
-    w.read_e4m3(name, shape,
-                std::span<uint8_t>(codes).subspan(static_cast<size_t>(at * cols),
-                                                  static_cast<size_t>(part_rows * cols)),
-                std::span<float>(scales).subspan(static_cast<size_t>(scale_at),
-                                                 static_cast<size_t>(n)));
+    w.read_e4m3(
+        name, shape,
+        std::span<uint8_t>(codes).subspan(static_cast<size_t>(at * cols),
+                                          static_cast<size_t>(part_rows * cols)),
+        std::span<float>(scales).subspan(static_cast<size_t>(scale_at), static_cast<size_t>(n)));
     at += part_rows;
     scale_at += n;
   }
@@ -189,8 +190,8 @@ void ModelWeights::load_layer(WeightSource& w, const parallel::Placement& placem
 }
 
 void ModelWeights::measure_held_bytes() {
-  int64_t dense = static_cast<int64_t>(embed_.size_bytes() + final_norm_.size_bytes() +
-                                       lm_head_.size_bytes());
+  int64_t dense =
+      static_cast<int64_t>(embed_.size_bytes() + final_norm_.size_bytes() + lm_head_.size_bytes());
   int64_t experts = 0;
   for (const LayerWeights& L : layers_) {
     dense += static_cast<int64_t>(L.input_norm.size_bytes() + L.post_norm.size_bytes() +
@@ -336,7 +337,8 @@ PlacementChange ModelWeights::move_experts(LayerWeights& L, const parallel::Laye
       ++change.experts_kept;
       continue;
     }
-    const size_t src = static_cast<size_t>(recv_at[static_cast<size_t>(source_of(from, rank_, e))]++);
+    const size_t src =
+        static_cast<size_t>(recv_at[static_cast<size_t>(source_of(from, rank_, e))]++);
     ExpertSlot b;
     b.logical = e;
     unpack(recv.data() + src * stride, b);

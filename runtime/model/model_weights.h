@@ -34,7 +34,7 @@ struct WeightBuffer {
 };
 
 struct ExpertSlot {
-  int logical = -1;              // the expert this slot holds
+  int logical = -1;             // the expert this slot holds
   WeightBuffer gate, up, down;  // [I, H], [I, H], [H, I]
 };
 
@@ -44,9 +44,9 @@ struct LayerWeights {
   // q_proj, k_proj, v_proj stacked: [q_width + 2 kv_width, H], q rows first, then k, then v
   // (e4m3: the three scale grids stacked too, kernels::split_qkv).
   WeightBuffer qkv_proj;
-  WeightBuffer o_proj;                                       // [H, q_width]
-  kernels::Buffer<bf16> q_norm, k_norm;                      // [head_dim]
-  WeightBuffer router;                                       // [E, H] (MoE)
+  WeightBuffer o_proj;                   // [H, q_width]
+  kernels::Buffer<bf16> q_norm, k_norm;  // [head_dim]
+  WeightBuffer router;                   // [E, H] (MoE)
   // The element types of this layer's expert gate, up and down (the same for every expert).
   kernels::WeightDtype expert_dtypes[3] = {};
   std::vector<ExpertSlot> experts;                           // this rank's local slots (MoE)
@@ -96,8 +96,8 @@ class ModelWeights {
                            const kernels::WeightDtype* expected = nullptr);
   // Matrices [rows_i, cols] stacked by rows into one buffer, in the order given (one dtype).
   WeightBuffer load_stacked(WeightSource& w,
-                            const std::vector<std::pair<std::string, int64_t>>& parts,
-                            int64_t cols, const kernels::WeightDtype* expected = nullptr);
+                            const std::vector<std::pair<std::string, int64_t>>& parts, int64_t cols,
+                            const kernels::WeightDtype* expected = nullptr);
   // Uploads `count` host elements into a new buffer and reports progress.
   template <class T>
   kernels::Buffer<T> upload(const T* host, size_t count);

@@ -46,8 +46,7 @@ TensorBytes fp8_scale_tensor(std::string dtype = "F32", std::vector<int64_t> sha
 }
 
 TensorBytes fp8_weight_tensor(std::string name = kFp8Weight, std::string dtype = "F8_E4M3") {
-  return {std::move(name), std::move(dtype), {kFp8Rows, kFp8Cols},
-          fp8_codes(kFp8Rows * kFp8Cols)};
+  return {std::move(name), std::move(dtype), {kFp8Rows, kFp8Cols}, fp8_codes(kFp8Rows * kFp8Cols)};
 }
 
 // read_e4m3 of kFp8Weight; the message of the checkpoint error it throws, "" if none.

@@ -60,7 +60,10 @@ struct BadQuantization {
 TEST(Fp8Config, EachUnreadValueFailsNamingTheKey) {
   const std::vector<BadQuantization> cases = {
       {"fmt", [](json& q) { q["fmt"] = "e5m2"; }, "quantization_config.fmt", "only e4m3"},
-      {"block", [](json& q) { q["weight_block_size"] = {64, 64}; },
+      {"block",
+       [](json& q) {
+         q["weight_block_size"] = {64, 64};
+       },
        "quantization_config.weight_block_size", "only [128, 128]"},
       {"method", [](json& q) { q["quant_method"] = "gptq"; }, "quantization_config.quant_method",
        "'gptq' is not supported"},
@@ -112,9 +115,9 @@ TEST(Fp8Plan, Qwen3FitsTwo24GbCardsWithFp8AndNeedsFourWithBf16) {
   const int64_t attention_blocks = 32 * 16 + 2 * 4 * 16 + 16 * 32;
   const int64_t expert_weights = 128LL * 48 * 3 * 768 * 2048;
   const int64_t attention_weights = 48LL * (4096 * 2048 * 2 + 512 * 2048 * 2);
-  EXPECT_EQ(bf16.total_bytes - fp8.total_bytes,
-            expert_weights + attention_weights -
-                4 * 48 * (128 * blocks_per_expert + attention_blocks));
+  EXPECT_EQ(
+      bf16.total_bytes - fp8.total_bytes,
+      expert_weights + attention_weights - 4 * 48 * (128 * blocks_per_expert + attention_blocks));
   EXPECT_EQ(fp8.total_bytes, 31'174'545'408);  // the published checkpoint: about 31 GB
   EXPECT_FALSE(bf16.ranks[1].fits);
   EXPECT_TRUE(fp8.ranks[1].fits);

@@ -296,8 +296,10 @@ void emulate_expert_small(const float* x, int64_t hidden, int64_t inter, const i
       for (int64_t o = 0; o < inter; ++o) {
         for (int64_t r = 0; r < nr; ++r) {
           for (int l = 0; l < kWarpLanes; ++l) {
-            lg[l] = expert_dot_lane(bits(w.gate.bf16_data() + o * hidden), &xs[r * hidden], hidden, l);
-            lu[l] = expert_dot_lane(bits(w.up.bf16_data() + o * hidden), &xs[r * hidden], hidden, l);
+            lg[l] =
+                expert_dot_lane(bits(w.gate.bf16_data() + o * hidden), &xs[r * hidden], hidden, l);
+            lu[l] =
+                expert_dot_lane(bits(w.up.bf16_data() + o * hidden), &xs[r * hidden], hidden, l);
           }
           act[(r0 + r) * inter + o] = swiglu_act_bits(warp_sum_emulated(lg), warp_sum_emulated(lu));
         }

@@ -122,9 +122,9 @@ TEST(HfCheckpointLoad, Fp8CheckpointIsHeldAsStoredAndRunTakesIt) {
   const std::string dir = source("tests/fixtures/hf/moe128_fp8");
   auto out = temp_dir("hf_fp8_run");
   auto json = (out / "run.json").string();
-  auto r = run(mpirun(2) + " run --quiet --config " + source("configs/bench/tiny.yaml") +
-               " --model " + dir +
-               " --set workload.prompt_len=8 --set workload.decode_steps=4 --json " + json);
+  auto r =
+      run(mpirun(2) + " run --quiet --config " + source("configs/bench/tiny.yaml") + " --model " +
+          dir + " --set workload.prompt_len=8 --set workload.decode_steps=4 --json " + json);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   auto j = nlohmann::json::parse(read_text(json));
   EXPECT_EQ(j["model"], "moe128_fp8");

@@ -69,8 +69,8 @@ TEST(Fp8Weights, RowConversionsGiveTheDequantiseBodysBitsForEveryCode) {
   // Rows from the middle of a block use that block's scales.
   std::vector<float> one(static_cast<size_t>(m.cols));
   cpu::weight_rows_to_f32(m.view(), m.cols, 129, 1, one.data());
-  EXPECT_EQ(f32_bits(one[299]), f32_bits(e4m3_dequantise(m.codes[129 * 300 + 299],
-                                                         m.scales[1 * 3 + 2])));
+  EXPECT_EQ(f32_bits(one[299]),
+            f32_bits(e4m3_dequantise(m.codes[129 * 300 + 299], m.scales[1 * 3 + 2])));
 }
 
 TEST(Fp8Weights, QuantisedBlockHoldsTheNearestCodesOfValueOverAmaxOver448) {
@@ -85,7 +85,8 @@ TEST(Fp8Weights, QuantisedBlockHoldsTheNearestCodesOfValueOverAmaxOver448) {
   std::vector<uint8_t> codes(w.size());
   std::vector<float> scales(static_cast<size_t>(fp8_num_scales(rows, cols)));
   for (int64_t br = 0; br < 2; ++br) {
-    for (int64_t bc = 0; bc < 2; ++bc) e4m3_quantise_block(w.data(), rows, cols, br, bc, codes.data(), scales.data());
+    for (int64_t bc = 0; bc < 2; ++bc)
+      e4m3_quantise_block(w.data(), rows, cols, br, bc, codes.data(), scales.data());
   }
   EXPECT_EQ(scales[3], 1.0f);
   for (int64_t br = 0; br < 2; ++br) {
