@@ -22,8 +22,8 @@ int64_t ceil_div(int64_t a, int64_t b) {
 
 // How the weights are stored, for the headings.
 std::string weights_label(const ModelConfig& c) {
-  return c.quantization.fp8 ? "fp8: linear layers e4m3 + one fp32 scale per 128 x 128 block, "
-                              "embedding, norms, router and lm_head bf16"
+  return c.quantization.fp8 ? "fp8: e4m3 + one fp32 scale per 128 x 128 block where the "
+                              "quantization_config says (linear layers), else bf16"
                             : "bf16, 2 bytes each";
 }
 

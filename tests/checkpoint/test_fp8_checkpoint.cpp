@@ -133,6 +133,32 @@ TEST(Fp8Checkpoint, E5m2IsNotRead) {
   EXPECT_THAT(msg, HasSubstr(std::string("tensor '") + kFp8Weight + "'"));
 }
 
+// A fused F8 expert tensor whose expert parts do not align with its 128-row scale blocks: the up
+// part of [E, 2 x 100, H] spans rows 100-199, two blocks, so it has no scale of its own.
+TEST(Fp8Checkpoint, FusedExpertPartAcrossScaleBlocksIsAnError) {
+  ScratchDir dir;
+  const int64_t E = 2, I = 100, H = 64;
+  const std::string fused = "model.layers.0.mlp.experts.gate_up_proj";
+  write_safetensors(
+      dir / "model.safetensors",
+      {TensorBytes{fused, "F8_E4M3", {E, 2 * I, H}, fp8_codes(E * 2 * I * H)},
+       TensorBytes{fused + "_scale_inv", "F32", {E, 2, 1}, to_bytes(std::vector<float>(4, 1.0f))}});
+  auto ckpt = open_checkpoint(dir.str(), fp8_config());
+  std::vector<uint8_t> codes(static_cast<size_t>(I * H));
+  std::vector<float> scales(1);
+  // gate (rows 0-99) lies in block 0: read with that block's scale.
+  ckpt->read_e4m3("model.layers.0.mlp.experts.1.gate_proj.weight", std::vector<int64_t>{I, H},
+                  codes, scales);
+  EXPECT_EQ(scales[0], 1.0f);
+  const std::string msg = checkpoint_error([&] {
+    ckpt->read_e4m3("model.layers.0.mlp.experts.1.up_proj.weight", std::vector<int64_t>{I, H},
+                    codes, scales);
+  });
+  EXPECT_THAT(msg, HasSubstr("crosses its 128 x 128 scale blocks"));
+  EXPECT_THAT(msg, HasSubstr("tensor 'model.layers.0.mlp.experts.1.up_proj.weight'"));
+  EXPECT_THAT(msg, HasSubstr((dir / "model.safetensors").string()));
+}
+
 // `--quantize fp8` (quantize_weights) of the bf16 moe128 fixture against the FP8 fixture written
 // by tests/fixtures/make_fp8_fixtures.py from it: the same codes and scales, bit for bit.
 TEST(Fp8Checkpoint, QuantizeFp8OfTheBf16FixtureEqualsTheFixtureWritersQuantiser) {
