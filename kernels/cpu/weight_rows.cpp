@@ -1,4 +1,5 @@
-// weight_rows.h. The e4m3 rows take an AVX2 + F16C path where the CPU has it: a code's bits
+// weight_rows.h. The e4m3 rows take an AVX2 + F16C path (the one-row dot also an AVX-512 one)
+// where the CPU has it: a code's bits
 // shifted into an fp16 (sign, then the 7 exponent-and-mantissa bits at the fp16 exponent's low
 // end) are exactly its value times 2^-8, subnormal codes included (an fp16 subnormal), and
 // vcvtph2ps widens them exactly; the block scale times 2^8 (exact) then gives the one rounding
@@ -96,6 +97,43 @@ __attribute__((target("avx2,f16c,fma"))) float dot_e4m3_avx2(const float* x, con
   const __m128 h2 = _mm_add_ps(h, _mm_movehl_ps(h, h));
   return _mm_cvtss_f32(_mm_add_ss(h2, _mm_shuffle_ps(h2, h2, 1))) + rest;
 }
+
+// dot_e4m3_avx2 with 512-bit registers: 32 codes per step.
+__attribute__((target("avx512f,avx512bw,f16c,fma"))) float dot_e4m3_avx512(const float* x,
+                                                                           const uint8_t* q,
+                                                                           const float* srow,
+                                                                           int64_t cols) {
+  const __m512i keep = _mm512_set1_epi16(static_cast<short>(0xBFFF));
+  const __m256i nan_mag = _mm256_set1_epi8(0x7F);
+  __m512 total = _mm512_setzero_ps();
+  float rest = 0.0f;
+  for (int64_t c0 = 0; c0 < cols; c0 += kFp8Block) {
+    const int64_t n = std::min(kFp8Block, cols - c0);
+    const float s = srow[c0 / kFp8Block];
+    if (!(s <= kVectorMaxScale && s >= -kVectorMaxScale)) {
+      for (int64_t i = 0; i < n; ++i) rest += x[c0 + i] * e4m3_dequantise(q[c0 + i], s);
+      continue;
+    }
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 2 * kCodesPerStep <= n; i += 2 * kCodesPerStep) {
+      const __m256i codes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + c0 + i));
+      if (_mm256_movemask_epi8(_mm256_cmpeq_epi8(_mm256_and_si256(codes, nan_mag), nan_mag)) != 0) {
+        a0 = _mm512_set1_ps(__builtin_nanf(""));
+        continue;
+      }
+      __m512i h = _mm512_cvtepu8_epi16(codes);
+      h = _mm512_and_si512(_mm512_srai_epi16(_mm512_slli_epi16(h, 8), 1), keep);
+      a0 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_castsi512_si256(h)), _mm512_loadu_ps(x + c0 + i),
+                           a0);
+      a1 = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm512_extracti64x4_epi64(h, 1)),
+                           _mm512_loadu_ps(x + c0 + i + 16), a1);
+    }
+    for (; i < n; ++i) rest += x[c0 + i] * e4m3_dequantise(q[c0 + i], s);
+    total = _mm512_fmadd_ps(_mm512_add_ps(a0, a1), _mm512_set1_ps(s * 256.0f), total);
+  }
+  return _mm512_reduce_add_ps(total) + rest;
+}
 #endif
 
 // Row r of an e4m3 matrix [.., cols] into out [cols].
@@ -134,6 +172,9 @@ float dot_e4m3_row(const float* x, WeightView w, int64_t cols, int64_t r) {
   const float* srow = w.scales + (r / kFp8Block) * fp8_num_blocks(cols);
 #ifdef MOE_HAVE_X86_FP8_PATH
   static const bool has_fma = __builtin_cpu_supports("fma");
+  static const bool has_avx512 =
+      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  if (cpu_has_fp8_path() && has_fma && has_avx512) return dot_e4m3_avx512(x, q, srow, cols);
   if (cpu_has_fp8_path() && has_fma) return dot_e4m3_avx2(x, q, srow, cols);
 #endif
   float acc = 0.0f;
