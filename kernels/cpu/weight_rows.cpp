@@ -1,9 +1,9 @@
 // weight_rows.h. The e4m3 rows take an AVX2 + F16C path (the one-row dot also an AVX-512 one)
-// where the CPU has it: a code's bits
-// shifted into an fp16 (sign, then the 7 exponent-and-mantissa bits at the fp16 exponent's low
-// end) are exactly its value times 2^-8, subnormal codes included (an fp16 subnormal), and
-// vcvtph2ps widens them exactly; the block scale times 2^8 (exact) then gives the one rounding
-// e4m3_dequantise does. Codes that are NaN (0x7F, 0xFF) take the scalar body.
+// where the CPU has it: a code's bits shifted into an fp16 (sign, then the 7 exponent-and-mantissa
+// bits at the fp16 exponent's low end) are exactly its value times 2^-8, subnormal codes included
+// (an fp16 subnormal), and vcvtph2ps widens them exactly; the block scale times 2^8 (exact) then
+// gives the one rounding e4m3_dequantise does. Codes that are NaN (0x7F, 0xFF) take the scalar
+// body.
 #include "kernels/cpu/weight_rows.h"
 
 #include <algorithm>
@@ -167,15 +167,28 @@ void weight_rows_to_f32(WeightView w, int64_t cols, int64_t r0, int64_t nr, floa
   for (int64_t r = 0; r < nr; ++r) e4m3_row(w, cols, r0 + r, dst + r * cols);
 }
 
-float dot_e4m3_row(const float* x, WeightView w, int64_t cols, int64_t r) {
+bool has_dot_path(DotPath path) {
+#ifdef MOE_HAVE_X86_FP8_PATH
+  static const bool avx2 = cpu_has_fp8_path() && __builtin_cpu_supports("fma");
+  static const bool avx512 =
+      avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  if (path == DotPath::kAvx2) return avx2;
+  if (path == DotPath::kAvx512) return avx512;
+#endif
+  return path == DotPath::kScalar || path == DotPath::kBest;
+}
+
+float dot_e4m3_row(const float* x, WeightView w, int64_t cols, int64_t r, DotPath path) {
   const uint8_t* q = w.codes() + r * cols;
   const float* srow = w.scales + (r / kFp8Block) * fp8_num_blocks(cols);
 #ifdef MOE_HAVE_X86_FP8_PATH
-  static const bool has_fma = __builtin_cpu_supports("fma");
-  static const bool has_avx512 =
-      __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  if (cpu_has_fp8_path() && has_fma && has_avx512) return dot_e4m3_avx512(x, q, srow, cols);
-  if (cpu_has_fp8_path() && has_fma) return dot_e4m3_avx2(x, q, srow, cols);
+  const bool best = path == DotPath::kBest;
+  if ((best || path == DotPath::kAvx512) && has_dot_path(DotPath::kAvx512)) {
+    return dot_e4m3_avx512(x, q, srow, cols);
+  }
+  if ((best || path == DotPath::kAvx2) && has_dot_path(DotPath::kAvx2)) {
+    return dot_e4m3_avx2(x, q, srow, cols);
+  }
 #endif
   float acc = 0.0f;
   for (int64_t c = 0; c < cols; ++c) acc += x[c] * e4m3_dequantise(q[c], srow[c / kFp8Block]);

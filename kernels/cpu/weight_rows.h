@@ -16,7 +16,12 @@ void weight_rows_to_f32(WeightView w, int64_t cols, int64_t r0, int64_t nr, floa
 // x [cols] . row r of an e4m3 matrix, fp32, without writing the row out (decode's one-row
 // linear): per 128-column block the products of x with the code values, times the block's scale
 // (the same terms as x . dequantised row up to fp32 rounding; a NaN code gives NaN).
-float dot_e4m3_row(const float* x, WeightView w, int64_t cols, int64_t r);
+// path: the fastest this CPU has (kBest), or one named for tests (a missing one runs the scalar
+// loop; has_dot_path says which exist).
+enum class DotPath { kBest, kAvx512, kAvx2, kScalar };
+float dot_e4m3_row(const float* x, WeightView w, int64_t cols, int64_t r,
+                   DotPath path = DotPath::kBest);
+bool has_dot_path(DotPath path);
 
 // The same rows as the bf16 operand of bf16 compute: bf16 weights as stored, e4m3 weights as
 // bf16(dequantised value) (round to nearest even).

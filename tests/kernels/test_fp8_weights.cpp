@@ -130,11 +130,20 @@ TEST(Fp8Weights, OneRowDotMatchesTheDequantisedDotAndNanPropagates) {
       want += p;
       mag += std::fabs(p);
     }
-    EXPECT_NEAR(cpu::dot_e4m3_row(x.data(), w.view(), w.cols, r), want, 1e-6 * mag) << r;
+    for (cpu::DotPath path :
+         {cpu::DotPath::kBest, cpu::DotPath::kAvx512, cpu::DotPath::kAvx2, cpu::DotPath::kScalar}) {
+      if (!cpu::has_dot_path(path)) continue;
+      EXPECT_NEAR(cpu::dot_e4m3_row(x.data(), w.view(), w.cols, r, path), want, 1e-6 * mag)
+          << "row " << r << " path " << static_cast<int>(path);
+    }
   }
   w.codes[1 * w.cols + 517] = 0x7F;  // NaN
-  EXPECT_TRUE(std::isnan(cpu::dot_e4m3_row(x.data(), w.view(), w.cols, 1)));
-  EXPECT_FALSE(std::isnan(cpu::dot_e4m3_row(x.data(), w.view(), w.cols, 0)));
+  for (cpu::DotPath path :
+       {cpu::DotPath::kBest, cpu::DotPath::kAvx512, cpu::DotPath::kAvx2, cpu::DotPath::kScalar}) {
+    if (!cpu::has_dot_path(path)) continue;
+    EXPECT_TRUE(std::isnan(cpu::dot_e4m3_row(x.data(), w.view(), w.cols, 1, path)));
+    EXPECT_FALSE(std::isnan(cpu::dot_e4m3_row(x.data(), w.view(), w.cols, 0, path)));
+  }
 }
 
 TEST(Fp8Weights, LinearWithE4m3WeightsMatchesTheReferenceOnDequantisedValues) {
