@@ -3,7 +3,8 @@
 // default. Measures decode steps at batch 1/8/64 after a prefill of --context tokens per
 // sequence, and one prefill of 1 x --prefill-len tokens. Beside each decode time: the HBM floor,
 // the bytes the step must read (dense replica without the embedding table, plus every expert the
-// batch's routing touched; runtime/model/arithmetic.h) over the device's bandwidth; beside the
+// batch's routing touched, as held: bf16, or e4m3 + block scales with --quantize fp8;
+// runtime/model/arithmetic.h) over the device's bandwidth; beside the
 // prefill: MFU against the dense bf16 peak. Phase times come from the backend's PhaseTimer (CUDA
 // events on the GPU). Never a pass/fail test: prints a fixed table, writes JSON (--json).
 //
@@ -15,6 +16,7 @@
 //
 //   bench_gpu [--model configs/models/qwen3-30b-a3b.yaml] [--backend cuda|cpu] [--batches 1,8,64]
 //             [--context 512] [--decode-steps 8] [--prefill-len 4096] [--free-gb GB] [--json FILE]
+//             [--quantize fp8]
 #include <fmt/format.h>
 
 #include <CLI/CLI.hpp>
@@ -83,14 +85,17 @@ struct CaseResult {
 double step_bytes_floor(const runtime::ModelConfig& config,
                         const std::vector<parallel::LayerLoad>& job_loads, int num_ranks) {
   const runtime::ParamBreakdown p = runtime::count_params(config);
-  double params = static_cast<double>(p.dense_replica() - p.embedding);
-  if (config.tie_word_embeddings) params += static_cast<double>(p.embedding);  // the lm_head
+  const runtime::WeightBytes b = runtime::weight_bytes(config);  // as held: bf16 or FP8
+  double bytes = static_cast<double>(b.dense_replica() - b.embedding);
+  if (config.tie_word_embeddings) bytes += static_cast<double>(b.embedding);  // the lm_head
   int64_t touched = 0;
   for (const parallel::LayerLoad& load : job_loads) {
     for (int64_t t : load.tokens_per_expert) touched += t > 0 ? 1 : 0;
   }
-  params += static_cast<double>(touched) * static_cast<double>(p.per_expert) / num_ranks;
-  return params * runtime::kWeightBytes;
+  const double expert_bytes =
+      p.experts > 0 ? static_cast<double>(b.experts) / static_cast<double>(p.experts / p.per_expert)
+                    : 0.0;
+  return bytes + static_cast<double>(touched) * expert_bytes / num_ranks;
 }
 
 // Device memory left unplanned: cuBLAS workspaces, captured graphs, NCCL and allocator slack.
@@ -324,8 +329,9 @@ class Bench {
 void print_table(const BenchOptions& o, const runtime::Session& s,
                  const std::vector<CaseResult>& cases, const std::string& timing,
                  const std::vector<std::string>& skipped) {
-  fmt::print("\n{} on {} ({} rank(s), comm {}), synthetic weights, phase times: {}\n",
-             s.config.name, s.backend->name(), s.size(), s.comm->name(), timing);
+  fmt::print("\n{} on {} ({} rank(s), comm {}), synthetic weights, phase times: {}{}\n",
+             s.config.name, s.backend->name(), s.size(), s.comm->name(), timing,
+             s.config.quantization.fp8 ? "; weights fp8 (e4m3 + 128 x 128 block scales)" : "");
   fmt::print("HBM floor at {:.2f} TB/s, MFU against {:.0f} TFLOP/s dense bf16\n", o.hbm_tb_s,
              o.peak_tflops);
   fmt::print(

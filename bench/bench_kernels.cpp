@@ -1,7 +1,7 @@
 // Microbenchmark of the CPU kernels (kernels/cpu/ops.h) next to a plain fp32 cblas_sgemm of the
-// same shapes. Prints one fixed table (best-of-N wall time per call); --json FILE and --csv FILE
-// write the same rows. Not a test: nothing here passes or fails. Thread count is OpenBLAS's
-// (OPENBLAS_NUM_THREADS).
+// same shapes (linear with bf16 weights and with the same weights as e4m3 + block scales). Prints
+// one fixed table (best-of-N wall time per call); --json FILE and --csv FILE write the same rows.
+// Not a test: nothing here passes or fails. Thread count is OpenBLAS's (OPENBLAS_NUM_THREADS).
 #include <cblas.h>
 #include <fmt/format.h>
 
@@ -20,6 +20,7 @@
 
 #include "bench/bench_util.h"
 #include "kernels/common/bf16.h"
+#include "kernels/common/fp8.h"
 #include "kernels/cpu/ops.h"
 
 namespace {
@@ -103,6 +104,20 @@ int main(int argc, char** argv) {
         [&] { cpu::linear(x.data(), w.data(), s.rows, s.in, s.out, y.data()); }, min_seconds);
     rows.push_back(
         {"linear_bf16", shape, t_lin, flops / t_lin * 1e-6, 2.0 * s.out * s.in / t_lin * 1e-6});
+    // The same weights as e4m3 + 128 x 128 block scales (kernels/common/fp8.h).
+    std::vector<uint8_t> codes(s.out * s.in);
+    std::vector<float> scales(moe::kernels::fp8_num_scales(s.out, s.in));
+    for (int64_t br = 0; br < moe::kernels::fp8_num_blocks(s.out); ++br) {
+      for (int64_t bc = 0; bc < moe::kernels::fp8_num_blocks(s.in); ++bc) {
+        moe::kernels::e4m3_quantise_block(wf.data(), s.out, s.in, br, bc, codes.data(),
+                                          scales.data());
+      }
+    }
+    const moe::kernels::WeightView w8(codes.data(), scales.data());
+    const double t_fp8 =
+        time_ms([&] { cpu::linear(x.data(), w8, s.rows, s.in, s.out, y.data()); }, min_seconds);
+    const double fp8_bytes = static_cast<double>(codes.size()) + 4.0 * scales.size();
+    rows.push_back({"linear_e4m3", shape, t_fp8, flops / t_fp8 * 1e-6, fp8_bytes / t_fp8 * 1e-6});
   }
 
   // Attention, mid-model geometry (16 heads, 4 kv heads, head_dim 64): prefill and decode.

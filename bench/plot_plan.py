@@ -18,6 +18,7 @@ def main(src, out):
     plan = json.load(open(src))
     model = plan["model"]["name"]
     total_gib = plan["total_bytes"] / GIB
+    weights = plan["options"].get("weights_dtype", "bf16")
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
 
     act = plan["active"]
@@ -25,14 +26,14 @@ def main(src, out):
     active_gib = [a["active_bytes"] / GIB for a in act]
     x = range(len(ks))
     ax1.bar(x, [total_gib] * len(ks), color="#d9d9d9", label="held in memory (all experts)")
-    ax1.bar(x, active_gib, color="tab:red", label="active per token (bf16 weights read)")
+    ax1.bar(x, active_gib, color="tab:red", label=f"active per token ({weights} weights read)")
     for i, a in enumerate(act):
         ax1.text(i, active_gib[i] + total_gib * 0.01, f"{100 * a['share']:.1f}%", ha="center",
                  fontsize=8)
     ax1.set_xticks(list(x))
     ax1.set_xticklabels([f"k={k}" + ("\n(model)" if a["configured"] else "")
                          for k, a in zip(ks, act)])
-    ax1.set_ylabel("GiB (bf16)")
+    ax1.set_ylabel(f"GiB (weights {weights})")
     ax1.set_title(f"{model}: memory held vs parameters active per token")
     ax1.legend(loc="upper left", fontsize=8)
 
@@ -56,7 +57,7 @@ def main(src, out):
     ax2.set_xlabel("ranks N (contiguous placement; largest rank)")
     ax2.set_ylabel("GiB per rank")
     o = plan["options"]
-    ax2.set_title(f"per-rank memory, batch {o['batch']} x context {o['context']}")
+    ax2.set_title(f"per-rank memory, {weights} weights, batch {o['batch']} x context {o['context']}")
     ax2.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)

@@ -120,14 +120,16 @@ class Backend {
   // y = rmsnorm(x) per row of dim; y_bf16 (nullable, [rows, dim]) also receives bf16(y).
   virtual void rmsnorm(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps,
                        float* y, bf16* y_bf16 = nullptr) = 0;
-  // y [rows, out] = x [rows, in] . w^T. x_bf16 (nullable) holds bf16(x) as a producer wrote it:
-  // a backend whose GEMMs round x to bf16 reads it instead of rounding x again (same values).
-  virtual void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out,
-                      float* y, const bf16* x_bf16 = nullptr) = 0;
+  // y [rows, out] = x [rows, in] . w^T, w [out, in] bf16 or e4m3 with block scales (op_args.h).
+  // x_bf16 (nullable) holds bf16(x) as a producer wrote it: a backend whose GEMMs round x to bf16
+  // reads it instead of rounding x again (same values).
+  virtual void linear(const float* x, WeightView w, int64_t rows, int64_t in, int64_t out, float* y,
+                      const bf16* x_bf16 = nullptr) = 0;
   // The q, k and v projections with the three weights stacked in one matrix w_qkv
-  // [q_width + 2 * kv_width, hidden] (q rows, then k rows, then v rows): q [rows, q_width], k and
-  // v [rows, kv_width]; the same values as linear() on each block. x_bf16 as in linear().
-  virtual void qkv_projection(const float* x, const bf16* x_bf16, const bf16* w_qkv, int64_t rows,
+  // [q_width + 2 * kv_width, hidden] (q rows, then k rows, then v rows; split_qkv): q [rows,
+  // q_width], k and v [rows, kv_width]; the same values as linear() on each block. x_bf16 as in
+  // linear().
+  virtual void qkv_projection(const float* x, const bf16* x_bf16, WeightView w_qkv, int64_t rows,
                               int64_t hidden, int64_t q_width, int64_t kv_width, float* q, float* k,
                               float* v) = 0;
   // In place on q [rows, heads, head_dim] and k [rows, kv_heads, head_dim]: per-head RMSNorm

@@ -105,12 +105,13 @@ void HostBackend::rmsnorm(const float* x, const bf16* w, int64_t rows, int64_t d
   for (int64_t i = 0; i < rows * dim; ++i) y_bf16[i] = float_to_bf16(y[i]);
 }
 
-void HostBackend::qkv_projection(const float* x, const bf16* x_bf16, const bf16* w_qkv,
-                                 int64_t rows, int64_t hidden, int64_t q_width, int64_t kv_width,
-                                 float* q, float* k, float* v) {
-  linear(x, w_qkv, rows, hidden, q_width, q, x_bf16);
-  linear(x, w_qkv + q_width * hidden, rows, hidden, kv_width, k, x_bf16);
-  linear(x, w_qkv + (q_width + kv_width) * hidden, rows, hidden, kv_width, v, x_bf16);
+void HostBackend::qkv_projection(const float* x, const bf16* x_bf16, WeightView w_qkv, int64_t rows,
+                                 int64_t hidden, int64_t q_width, int64_t kv_width, float* q,
+                                 float* k, float* v) {
+  const QkvWeights w = split_qkv(w_qkv, hidden, q_width, kv_width);
+  linear(x, w.q, rows, hidden, q_width, q, x_bf16);
+  linear(x, w.k, rows, hidden, kv_width, k, x_bf16);
+  linear(x, w.v, rows, hidden, kv_width, v, x_bf16);
 }
 
 void HostBackend::qk_norm_rope(float* q, float* k, const bf16* q_norm_w, const bf16* k_norm_w,

@@ -29,7 +29,7 @@ class HostBackend : public Backend {
   void rmsnorm(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps, float* y,
                bf16* y_bf16) final;
   // linear() on each block of rows of w_qkv.
-  void qkv_projection(const float* x, const bf16* x_bf16, const bf16* w_qkv, int64_t rows,
+  void qkv_projection(const float* x, const bf16* x_bf16, WeightView w_qkv, int64_t rows,
                       int64_t hidden, int64_t q_width, int64_t kv_width, float* q, float* k,
                       float* v) final;
   // norm_rows(q), norm_rows(k), rope(q), rope(k).

@@ -1,11 +1,13 @@
 // The argument structs of the Backend ops (kernels/backend.h): attention batches, KV-cache views,
-// expert weights and batches, route entries and routing tables. Tensors and metadata live in the
-// backend's memory unless a field says "host"; shapes are in the comments, sizes in elements.
+// weight views, expert weights and batches, route entries and routing tables. Tensors and
+// metadata live in the backend's memory unless a field says "host"; shapes are in the comments,
+// sizes in elements.
 #pragma once
 
 #include <cstdint>
 
 #include "kernels/common/bf16.h"
+#include "kernels/common/fp8.h"
 
 namespace moe::kernels {
 
@@ -43,11 +45,72 @@ struct AttentionShape {
   int64_t head_dim = 0;
 };
 
+// Element type of a weight matrix in backend memory.
+enum class WeightDtype : int32_t { kBF16 = 0, kE4M3 = 1 };
+
+// A weight matrix [rows, cols], row-major as checkpoints store it (y = x W^T): bf16 values, or
+// e4m3 codes with one fp32 scale per 128 x 128 block, scales [ceil(rows / 128), ceil(cols / 128)]
+// row-major (kernels/common/fp8.h: weight = e4m3 value x its block's scale). The shape is the
+// op's to give; a bf16 pointer converts to a view implicitly.
+struct WeightView {
+  const void* data = nullptr;     // bf16 [rows, cols] or e4m3 codes [rows, cols]
+  const float* scales = nullptr;  // e4m3 only
+  WeightDtype dtype = WeightDtype::kBF16;
+
+  WeightView() = default;
+  WeightView(const bf16* w) : data(w) {}  // NOLINT(google-explicit-constructor)
+  WeightView(const uint8_t* codes, const float* block_scales)
+      : data(codes), scales(block_scales), dtype(WeightDtype::kE4M3) {}
+  bool is_e4m3() const { return dtype == WeightDtype::kE4M3; }
+  const bf16* bf16_data() const { return static_cast<const bf16*>(data); }
+  const uint8_t* codes() const { return static_cast<const uint8_t*>(data); }
+  // Rows [r0, ...) of a matrix with `cols` columns; an e4m3 view needs r0 % 128 == 0 (the
+  // sub-matrix's blocks must be the parent's).
+  WeightView rows_from(int64_t r0, int64_t cols) const {
+    WeightView v = *this;
+    if (is_e4m3()) {
+      v.data = codes() + r0 * cols;
+      v.scales = scales + (r0 / kFp8Block) * fp8_num_blocks(cols);
+    } else {
+      v.data = bf16_data() + r0 * cols;
+    }
+    return v;
+  }
+};
+inline bool operator==(const WeightView& a, const WeightView& b) {
+  return a.data == b.data && a.scales == b.scales && a.dtype == b.dtype;
+}
+inline bool operator!=(const WeightView& a, const WeightView& b) {
+  return !(a == b);
+}
+
+// The q, k and v blocks of a stacked projection weight [q_width + 2 kv_width, hidden]: rows
+// stacked without gaps, and for e4m3 the three scale grids stacked too (each block's 128-row
+// groups start at its own first row), so the stack is one matrix exactly when both widths are
+// multiples of 128.
+struct QkvWeights {
+  WeightView q, k, v;
+};
+inline QkvWeights split_qkv(WeightView w, int64_t hidden, int64_t q_width, int64_t kv_width) {
+  QkvWeights p{w, w, w};
+  if (!w.is_e4m3()) {
+    p.k.data = w.bf16_data() + q_width * hidden;
+    p.v.data = w.bf16_data() + (q_width + kv_width) * hidden;
+    return p;
+  }
+  const int64_t scale_cols = fp8_num_blocks(hidden);
+  p.k.data = w.codes() + q_width * hidden;
+  p.k.scales = w.scales + fp8_num_blocks(q_width) * scale_cols;
+  p.v.data = w.codes() + (q_width + kv_width) * hidden;
+  p.v.scales = p.k.scales + fp8_num_blocks(kv_width) * scale_cols;
+  return p;
+}
+
 // One expert's SwiGLU weights, row-major as checkpoints store them (y = x W^T).
 struct ExpertWeights {
-  const bf16* gate = nullptr;  // [inter, hidden]
-  const bf16* up = nullptr;    // [inter, hidden]
-  const bf16* down = nullptr;  // [hidden, inter]
+  WeightView gate;  // [inter, hidden]
+  WeightView up;    // [inter, hidden]
+  WeightView down;  // [hidden, inter]
 };
 
 // Entries [begin, begin + count) of a grouped-expert call all use these weights.

@@ -2,9 +2,12 @@
 // all-ones code is NaN, the largest finite value 448), as the published FP8 checkpoints and
 // DeepEP's FP8 dispatch store it, and block scaling: a block of values shares one fp32 scale s,
 // stored as q = e4m3(x / s) and read back as e4m3_to_float(q) * s. Per-element bodies shared by
-// the CUDA kernels and the CPU (MOE_HD), so both round the same way.
+// the CUDA kernels and the CPU (MOE_HD), so both round the same way. Weights are quantised in
+// 128 x 128 blocks: a matrix [rows, cols] has scales [ceil(rows / 128), ceil(cols / 128)],
+// row-major (the published checkpoints' `weight_scale_inv`).
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -82,6 +85,71 @@ MOE_HD uint8_t float_to_e4m3(float x) {
 // An all-zero block gets scale 1.
 MOE_HD float e4m3_block_scale(float amax) {
   return amax > 0.0f ? amax / kE4m3Max : 1.0f;
+}
+
+// One value of a block with scale s: e4m3(x / s) (the division correctly rounded on both sides).
+MOE_HD uint8_t e4m3_quantise(float x, float scale) {
+  return float_to_e4m3(x / scale);
+}
+
+// ---- 128 x 128 block-scaled weight matrices (the 2-D dequantise body both backends run) ----
+
+// Blocks along a dimension of n elements (the last one may be partial).
+MOE_HD int64_t fp8_num_blocks(int64_t n) {
+  return (n + kFp8Block - 1) / kFp8Block;
+}
+
+// Scales of a [rows, cols] matrix.
+MOE_HD int64_t fp8_num_scales(int64_t rows, int64_t cols) {
+  return fp8_num_blocks(rows) * fp8_num_blocks(cols);
+}
+
+// The dequantised weight: the code's value times its block's scale, one fp32 rounding (no FMA
+// contraction on the device, so the CPU computes the same bits).
+MOE_HD float e4m3_dequantise(uint8_t code, float scale) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(e4m3_to_float(code), scale);
+#else
+  return e4m3_to_float(code) * scale;
+#endif
+}
+
+// Element c of row r of an e4m3 matrix with `cols` columns: codes [rows, cols] and the block
+// scales [ceil(rows / 128), ceil(cols / 128)].
+MOE_HD float e4m3_matrix_value(const uint8_t* codes, const float* scales, int64_t cols, int64_t r,
+                               int64_t c) {
+  return e4m3_dequantise(codes[r * cols + c],
+                         scales[(r / kFp8Block) * fp8_num_blocks(cols) + c / kFp8Block]);
+}
+
+// Quantises block (br, bc) of a [rows, cols] fp32 matrix w: the block's scale from its largest
+// magnitude (e4m3_block_scale) into scales[br * ceil(cols / 128) + bc], then each of its values
+// (e4m3_quantise) into codes, same index as in w.
+MOE_HD void e4m3_quantise_block(const float* w, int64_t rows, int64_t cols, int64_t br, int64_t bc,
+                                uint8_t* codes, float* scales) {
+  const int64_t r0 = br * kFp8Block, c0 = bc * kFp8Block;
+  const int64_t r1 = r0 + kFp8Block < rows ? r0 + kFp8Block : rows;
+  const int64_t c1 = c0 + kFp8Block < cols ? c0 + kFp8Block : cols;
+  float amax = 0.0f;
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t c = c0; c < c1; ++c) {
+      const float m = fabsf(w[r * cols + c]);
+      amax = m > amax ? m : amax;  // fmaxf's answer (a NaN is skipped) without a libm call
+    }
+  }
+  const float s = e4m3_block_scale(amax);
+  scales[br * fp8_num_blocks(cols) + bc] = s;
+  for (int64_t r = r0; r < r1; ++r) {
+    for (int64_t c = c0; c < c1; ++c) codes[r * cols + c] = e4m3_quantise(w[r * cols + c], s);
+  }
+}
+
+// Columns [c0, c0 + n) of row r dequantised to fp32 (any span; blocks change every 128 columns).
+MOE_HD void e4m3_dequantise_row(const uint8_t* codes, const float* scales, int64_t cols, int64_t r,
+                                int64_t c0, int64_t n, float* out) {
+  const uint8_t* q = codes + r * cols;
+  const float* s = scales + (r / kFp8Block) * fp8_num_blocks(cols);
+  for (int64_t c = c0; c < c0 + n; ++c) out[c - c0] = e4m3_dequantise(q[c], s[c / kFp8Block]);
 }
 
 }  // namespace moe::kernels

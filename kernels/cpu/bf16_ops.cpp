@@ -12,6 +12,7 @@
 #include "kernels/common/check.h"
 #include "kernels/common/rounding.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/weight_rows.h"
 
 // As in ops.cpp: the dot-product loop gets an AVX2+FMA clone picked at load time.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__AVX2__) && defined(__has_attribute)
@@ -28,6 +29,8 @@ namespace {
 
 // fp32 copy of a block of W rows in the fallback GEMM: sized to stay in L2.
 constexpr int64_t kFallbackBlockBytes = 256 * 1024;
+// bf16 copy of a block of dequantised e4m3 W rows for oneDNN (rows a multiple of 16).
+constexpr int64_t kDequantBlockBytes = 512 * 1024;
 // Lanes of each dot product: lane j sums the terms i = j mod kLanes in order.
 constexpr int kLanes = 8;
 
@@ -112,11 +115,16 @@ int64_t Bf16Ops::padded(int64_t m) const {
   return onednn_ ? OnednnBf16Gemm::padded_rows(m) : m;
 }
 
-void Bf16Ops::gemm(const bf16* a, const bf16* w, int64_t m, int64_t n, int64_t k, float* c_f32,
+void Bf16Ops::gemm(const bf16* a, WeightView w, int64_t m, int64_t n, int64_t k, float* c_f32,
                    bf16* c_bf16) {
   if (m <= 0 || n <= 0) return;
+  if (onednn_ && !w.is_e4m3()) {
+    onednn_->run(a, w.bf16_data(), m, n, k, c_f32 ? static_cast<void*>(c_f32) : c_bf16,
+                 c_f32 == nullptr);
+    return;
+  }
   if (onednn_) {
-    onednn_->run(a, w, m, n, k, c_f32 ? static_cast<void*>(c_f32) : c_bf16, c_f32 == nullptr);
+    gemm_e4m3_blocks(a, w, m, n, k, c_f32, c_bf16);
     return;
   }
   // Fallback: the operands are bf16 values, so fp32 products are exact; they are summed by one
@@ -132,7 +140,13 @@ void Bf16Ops::gemm(const bf16* a, const bf16* w, int64_t m, int64_t n, int64_t k
   float* wf = grow(w_f_, block * k);
   for (int64_t o0 = 0; o0 < n; o0 += block) {
     const int64_t nb = std::min(block, n - o0);
-    bf16_to_f32(w + o0 * k, nb * k, wf);
+    if (w.is_e4m3()) {
+      bf16* wb = grow(w_b_, nb * k);
+      weight_rows_to_bf16(w, k, o0, nb, wb);
+      bf16_to_f32(wb, nb * k, wf);
+    } else {
+      bf16_to_f32(w.bf16_data() + o0 * k, nb * k, wf);
+    }
     for (int64_t r = 0; r < m; r += 2) {
       const float* a0 = af + r * k;
       const float* a1 = r + 1 < m ? a0 + k : a0;
@@ -151,7 +165,31 @@ void Bf16Ops::gemm(const bf16* a, const bf16* w, int64_t m, int64_t n, int64_t k
   if (c_f32 == nullptr) f32_to_bf16(c, m * n, c_bf16);
 }
 
-void Bf16Ops::linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out,
+void Bf16Ops::gemm_e4m3_blocks(const bf16* a, WeightView w, int64_t m, int64_t n, int64_t k,
+                               float* c_f32, bf16* c_bf16) {
+  // Blocks of W rows dequantised to bf16, each multiplied by oneDNN into a [mp, nb] block of C
+  // that is then copied into its columns: the same products and sums as on a bf16 copy of W.
+  const int64_t mp = padded(m);
+  int64_t block = kDequantBlockBytes / (k * static_cast<int64_t>(sizeof(bf16)));
+  block = std::min(std::max<int64_t>(16, block / 16 * 16), n);
+  bf16* wb = grow(w_b_, block * k);
+  const size_t elem = c_f32 != nullptr ? sizeof(float) : sizeof(bf16);
+  c_block_.resize(static_cast<size_t>(mp * block) * elem);
+  for (int64_t o0 = 0; o0 < n; o0 += block) {
+    const int64_t nb = std::min(block, n - o0);
+    weight_rows_to_bf16(w, k, o0, nb, wb);
+    onednn_->run(a, wb, m, nb, k, c_block_.data(), c_f32 == nullptr);
+    auto* dst = reinterpret_cast<unsigned char*>(c_f32 != nullptr ? static_cast<void*>(c_f32)
+                                                                  : static_cast<void*>(c_bf16));
+    for (int64_t r = 0; r < mp; ++r) {
+      std::memcpy(dst + static_cast<size_t>(r * n + o0) * elem,
+                  c_block_.data() + static_cast<size_t>(r * nb) * elem,
+                  static_cast<size_t>(nb) * elem);
+    }
+  }
+}
+
+void Bf16Ops::linear(const float* x, WeightView w, int64_t rows, int64_t in, int64_t out,
                      float* y) {
   static_assert(rounding::kLinearInput && !rounding::kLinearOutput);
   if (rows <= 0 || out <= 0) return;
@@ -176,7 +214,7 @@ void Bf16Ops::swiglu_mlp(const float* x, ExpertWeights w, int64_t rows, int64_t 
   constexpr rounding::SwigluRounding r = rounding::kDenseSwiglu;
   static_assert(r.input && !r.gate_up && r.activation && !r.output);
   if (rows <= 0) return;
-  MOE_CHECK(w.gate != nullptr && w.up != nullptr && w.down != nullptr,
+  MOE_CHECK(w.gate.data != nullptr && w.up.data != nullptr && w.down.data != nullptr,
             "swiglu_mlp: missing gate/up/down weights");
   const int64_t mp = padded(rows);
   bf16* xb = grow(x_b_, mp * hidden);       // [mp, hidden]
@@ -206,7 +244,7 @@ void Bf16Ops::grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inte
     const ExpertGroup& g = groups[gi];
     MOE_CHECK(g.begin >= 0 && g.count >= 0, "grouped_expert_swiglu: group {} has begin {} count {}",
               gi, g.begin, g.count);
-    MOE_CHECK(g.count == 0 || (g.weights.gate && g.weights.up && g.weights.down),
+    MOE_CHECK(g.count == 0 || (g.weights.gate.data && g.weights.up.data && g.weights.down.data),
               "grouped_expert_swiglu: group {} has no weights", gi);
     for (int64_t p = g.begin; p < g.begin + g.count; ++p) {
       MOE_CHECK(row_index[p] >= 0, "grouped_expert_swiglu: negative row index {} at {}",

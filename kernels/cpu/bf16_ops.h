@@ -1,6 +1,7 @@
 // The CPU backend's bf16 compute mode: the ops that round (linear, the SwiGLU MLPs, attention's
 // KV append) with activations rounded to bf16 exactly where kernels/common/rounding.h says, bf16
-// weights used as loaded (no fp32 copy), fp32 accumulation. GEMMs run through oneDNN where it has
+// weights used as loaded (no fp32 copy; e4m3 weights as bf16(dequantised), a block of rows at a
+// time), fp32 accumulation. GEMMs run through oneDNN where it has
 // a bf16 matmul for this CPU; elsewhere on a fixed-order fp32 dot-product GEMM over the same
 // bf16-valued operands (weights widened in L2-sized blocks): products are exact either way, so
 // only the fp32 summation order differs. The fallback's result for a row never depends on the
@@ -30,7 +31,7 @@ class Bf16Ops {
   int64_t num_primitives() const { return onednn_ ? onednn_->num_primitives() : 0; }
 
   // Same shapes and contracts as ops.h; the rounding points are rounding.h's.
-  void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out, float* y);
+  void linear(const float* x, WeightView w, int64_t rows, int64_t in, int64_t out, float* y);
   void swiglu_mlp(const float* x, ExpertWeights w, int64_t rows, int64_t hidden, int64_t inter,
                   float* y);
   void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
@@ -43,13 +44,18 @@ class Bf16Ops {
   // Rows the GEMM buffers of an m-row call hold (oneDNN's padded bucket, else m).
   int64_t padded(int64_t m) const;
   // c [m, n] = a [m, k] . w^T with a bf16 of padded(m) rows (rows past m zero); c fp32 or bf16
-  // (exactly one non-null) of padded(m) rows.
-  void gemm(const bf16* a, const bf16* w, int64_t m, int64_t n, int64_t k, float* c_f32,
+  // (exactly one non-null) of padded(m) rows. e4m3 weights enter as bf16(dequantised), a block
+  // of rows at a time (weight_rows.h).
+  void gemm(const bf16* a, WeightView w, int64_t m, int64_t n, int64_t k, float* c_f32,
             bf16* c_bf16);
+  // gemm() through oneDNN for e4m3 weights: blocks of rows dequantised, their columns of c.
+  void gemm_e4m3_blocks(const bf16* a, WeightView w, int64_t m, int64_t n, int64_t k, float* c_f32,
+                        bf16* c_bf16);
 
   std::unique_ptr<OnednnBf16Gemm> onednn_;
   // Scratch, grown on demand, never shrunk: [padded rows, width] per stage.
-  std::vector<bf16> x_b_, gate_b_, up_b_, act_b_, down_b_;
+  std::vector<bf16> x_b_, gate_b_, up_b_, act_b_, down_b_, w_b_;
+  std::vector<unsigned char> c_block_;  // one block of c columns (fp32 or bf16)
   std::vector<float> gate_f_, up_f_, out_f_, a_f_, w_f_, k_f_, v_f_;
 };
 

@@ -28,7 +28,7 @@ class CpuBackend : public HostBackend {
                  float* out) override {
     cpu::embedding(table, vocab, hidden, ids, n, out);
   }
-  void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out, float* y,
+  void linear(const float* x, WeightView w, int64_t rows, int64_t in, int64_t out, float* y,
               const bf16* /*x_bf16*/) override {
     cpu::linear(x, w, rows, in, out, y);
   }
@@ -70,7 +70,7 @@ class CpuBf16Backend final : public CpuBackend {
   explicit CpuBf16Backend(bool force_fallback)
       : CpuBackend(ComputeDtype::kBF16), ops_(force_fallback) {}
 
-  void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out, float* y,
+  void linear(const float* x, WeightView w, int64_t rows, int64_t in, int64_t out, float* y,
               const bf16* /*x_bf16*/) override {
     ops_.linear(x, w, rows, in, out, y);
   }

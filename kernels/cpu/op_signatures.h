@@ -17,8 +17,8 @@ void embedding(const bf16* table, int64_t vocab, int64_t hidden, const int32_t* 
 // y [rows, dim] = x * rsqrt(mean(x^2) + eps) * w, per row, fp32. x and y may alias.
 void rmsnorm(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps, float* y);
 
-// y [rows, out] = x [rows, in] . W^T, W [out, in] bf16.
-void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out, float* y);
+// y [rows, out] = x [rows, in] . W^T, W [out, in] bf16 or e4m3 with block scales (op_args.h).
+void linear(const float* x, WeightView w, int64_t rows, int64_t in, int64_t out, float* y);
 
 // Rotate-half (NeoX) RoPE in place on x [rows, heads, head_dim]; row r sits at positions[r].
 // inv_freq[i] = theta^(-2i/head_dim); out = x*cos + rotate_half(x)*sin.

@@ -1,8 +1,8 @@
-// Fast CPU ops of kernels/cpu/ops.h: fp32 activations, bf16 weights, fp32 accumulation.
-// Invariants: weights are never converted as a whole (only cache-sized blocks, into
-// thread_local scratch that only grows); every op is a no-op on zero rows; argument checks
-// (shapes, ids, indices, cache bounds) run before anything is written, so a call that throws on
-// them leaves its outputs and the KV cache untouched.
+// Fast CPU ops of kernels/cpu/ops.h: fp32 activations, bf16 or e4m3 weights, fp32 accumulation.
+// Invariants: weights are never converted as a whole (only cache-sized blocks or single rows,
+// into thread_local scratch that only grows; weight_rows.h); every op is a no-op on zero rows;
+// argument checks (shapes, ids, indices, cache bounds) run before anything is written, so a call
+// that throws on them leaves its outputs and the KV cache untouched.
 #include "kernels/cpu/ops.h"
 
 #include <cblas.h>
@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "kernels/common/check.h"
+#include "kernels/cpu/weight_rows.h"
 
 // The default build targets baseline x86-64 (SSE2); the loops that stream weights get an
 // AVX2+FMA clone picked at load time, so decode speed does not depend on -march=native.
@@ -85,11 +86,6 @@ void check_blas_dim(int64_t v, const char* what) {
   MOE_CHECK(v >= 0 && v <= INT_MAX, "{} = {} does not fit a BLAS int", what, v);
 }
 
-MOE_HOT_CLONES void convert_bf16_block(const bf16* src, int64_t n, float* dst) {
-  const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
-  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_bits_to_f32(s[i]);
-}
-
 MOE_HOT_CLONES float dot_bf16(const float* x, const bf16* w, int64_t n) {
   const uint16_t* wb = reinterpret_cast<const uint16_t*>(w);
   float acc[kLanes] = {};
@@ -122,17 +118,21 @@ MOE_HOT_CLONES void axpy(float a, const float* x, int64_t n, float* y) {
 }
 
 // y [rows, out] for small rows: each W row is converted once into an L1-resident fp32 row and
-// dotted with every x row.
-void linear_small_rows(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out,
+// dotted with every x row (one row straight from bf16, or e4m3 through dot_e4m3_row).
+void linear_small_rows(const float* x, WeightView w, int64_t rows, int64_t in, int64_t out,
                        float* y) {
+  if (rows == 1 && !w.is_e4m3()) {
+    for (int64_t o = 0; o < out; ++o) y[o] = dot_bf16(x, w.bf16_data() + o * in, in);
+    return;
+  }
   if (rows == 1) {
-    for (int64_t o = 0; o < out; ++o) y[o] = dot_bf16(x, w + o * in, in);
+    for (int64_t o = 0; o < out; ++o) y[o] = dot_e4m3_row(x, w, in, o);
     return;
   }
   thread_local std::vector<float> row_buf;
   float* wf = scratch(row_buf, in);
   for (int64_t o = 0; o < out; ++o) {
-    convert_bf16_block(w + o * in, in, wf);
+    weight_rows_to_f32(w, in, o, 1, wf);
     for (int64_t r = 0; r < rows; ++r) y[r * out + o] = dot_f32(x + r * in, wf, in);
   }
 }
@@ -233,7 +233,7 @@ void rmsnorm(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps
   }
 }
 
-void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out, float* y) {
+void linear(const float* x, WeightView w, int64_t rows, int64_t in, int64_t out, float* y) {
   if (rows <= 0 || out <= 0) return;
   if (in <= 0) {
     std::fill(y, y + rows * out, 0.0f);
@@ -265,7 +265,7 @@ void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out
   float* wf = scratch(w_buf, block * in);
   for (int64_t o0 = 0; o0 < out; o0 += block) {
     const int64_t nb = std::min(block, out - o0);
-    convert_bf16_block(w + o0 * in, nb * in, wf);
+    weight_rows_to_f32(w, in, o0, nb, wf);
     for (int64_t c0 = 0; c0 < nb; c0 += chunk) {
       const int64_t nc = std::min(chunk, nb - c0);
       // y[:, o0+c0 : o0+c0+nc] = x [rows, in] . wf[c0:c0+nc, in]^T
@@ -464,7 +464,7 @@ MOE_HOT_CLONES void silu_mul(const float* gate, const float* up, int64_t n, floa
 void swiglu_mlp(const float* x, ExpertWeights w, int64_t rows, int64_t hidden, int64_t inter,
                 float* y) {
   if (rows <= 0) return;
-  MOE_CHECK(w.gate != nullptr && w.up != nullptr && w.down != nullptr,
+  MOE_CHECK(w.gate.data != nullptr && w.up.data != nullptr && w.down.data != nullptr,
             "swiglu_mlp: missing gate/up/down weights");
   thread_local std::vector<float> gate_buf, up_buf;
   float* gate = scratch(gate_buf, rows * inter);  // [rows, inter]

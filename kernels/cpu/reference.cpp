@@ -1,5 +1,6 @@
 // Naive reference ops (see reference.h): one output element at a time, double accumulation,
-// no scratch reuse, no BLAS. Slow on purpose; only tests and documentation use them.
+// no scratch reuse, no BLAS; e4m3 weights element by element through fp8.h's dequantise body. Slow
+// on purpose; only tests and documentation use them.
 #include "kernels/cpu/reference.h"
 
 #include <algorithm>
@@ -15,6 +16,12 @@ namespace {
 
 float silu(float g) {
   return g / (1.0f + std::exp(-g));
+}
+
+// Element (r, c) of a weight matrix with `cols` columns, as fp32 (e4m3: fp8.h's dequantise body).
+float weight_value(WeightView w, int64_t cols, int64_t r, int64_t c) {
+  if (!w.is_e4m3()) return bf16_to_float(w.bf16_data()[r * cols + c]);
+  return e4m3_matrix_value(w.codes(), w.scales, cols, r, c);
 }
 
 }  // namespace
@@ -81,12 +88,12 @@ void rmsnorm(const float* x, const bf16* w, int64_t rows, int64_t dim, float eps
   }
 }
 
-void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out, float* y) {
+void linear(const float* x, WeightView w, int64_t rows, int64_t in, int64_t out, float* y) {
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t o = 0; o < out; ++o) {
       double acc = 0.0;
       for (int64_t i = 0; i < in; ++i) {
-        acc += static_cast<double>(x[r * in + i]) * bf16_to_float(w[o * in + i]);
+        acc += static_cast<double>(x[r * in + i]) * weight_value(w, in, o, i);
       }
       y[r * out + o] = static_cast<float>(acc);
     }

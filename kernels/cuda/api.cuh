@@ -139,4 +139,20 @@ cudaError_t launch_expert_swiglu_small(const float* x, int64_t hidden, int64_t i
                                        int64_t max_active_slots, int rows_per_pass, bf16* act,
                                        float* out, cudaStream_t stream);
 
+// ---- e4m3 weights (expert_small.cu, fp8_convert.cu; bodies in kernels/common/fp8.h) ----
+
+// y [rows, out] (fp32) = x [rows, in] . w^T for a few rows (the fused dequantise-and-multiply of
+// decode): x rounded to bf16 (or x_bf16 when given), w's values as bf16(dequantised), fp32
+// accumulation. Needs linear_small_shape_ok(in), 16-byte aligned x_bf16 rows and 8-byte aligned
+// e4m3 rows (any rows count; passes of linear_rows_per_pass rows).
+cudaError_t launch_linear_small(const float* x, const bf16* x_bf16, WeightView w, int64_t in,
+                                int64_t out, int64_t rows, float* y, cudaStream_t stream);
+// out [rows, cols] = bf16(dequantised w), for a bf16 GEMM of an e4m3 weight.
+cudaError_t launch_dequantise_e4m3(WeightView w, int64_t rows, int64_t cols, bf16* out,
+                                   cudaStream_t stream);
+// Rows of x [rows, cols] (fp32, or x_bf16 when x is null) quantised in 1 x 128 groups: q [rows,
+// cols] e4m3 codes, scales [ceil(cols / 128), rows] (one per group, row index fastest).
+cudaError_t launch_quantise_rows_e4m3(const float* x, const bf16* x_bf16, int64_t rows,
+                                      int64_t cols, uint8_t* q, float* scales, cudaStream_t stream);
+
 }  // namespace moe::kernels::cuda

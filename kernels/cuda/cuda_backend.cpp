@@ -3,7 +3,8 @@
 // staging buffer (meta_) and scratch buffer (scratch_) are reused in stream order; a pinned
 // staging slot is rewritten only after the event recorded behind its last copy has completed;
 // a buffer that grows first waits for the stream (in-flight kernels may still read the old one).
-// Numerics: bf16 compute, rounding exactly where kernels/common/rounding.h says (asserted below).
+// Numerics: bf16 compute, rounding exactly where kernels/common/rounding.h says (asserted below);
+// e4m3 weights go through cuda::Fp8Gemm (fp8_gemm.h).
 // MOE_EP_CUDA_SYNC=1 synchronises and checks after every op, so an asynchronous fault is reported
 // under the op that caused it rather than at the next synchronisation.
 #include "kernels/cuda/cuda_backend.h"
@@ -26,6 +27,7 @@
 #include "kernels/cuda/attention_tc_plan.h"
 #include "kernels/cuda/cuda_raii.h"
 #include "kernels/cuda/event_phase_timer.h"
+#include "kernels/cuda/fp8_gemm.h"
 #include "kernels/cuda/fused_math.h"
 #include "kernels/cuda/grouped_gemm_plan.h"
 #include "kernels/cuda/moe_layout_launch.h"
@@ -46,11 +48,6 @@ namespace {
 
 using cuda::DeviceBytes;
 using cuda::StagingLayout;
-
-int to_int(int64_t v, const char* what) {
-  MOE_CHECK_AS("cuda", v >= 0 && v <= INT_MAX, "{} = {} does not fit cuBLAS's int", what, v);
-  return static_cast<int>(v);
-}
 
 // Carves sub-buffers out of one scratch reservation; offsets 256-byte aligned.
 class ScratchCarver {
@@ -79,6 +76,10 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
     MOE_CUBLAS_CHECK(
         cublasSetWorkspace(cublas_.get(), cublas_workspace_.get(), cublas_workspace_.size_bytes()));
     for (PinnedSlot& slot : pinned_) slot.consumed = cuda::Event::create();
+    fp8_ = std::make_unique<cuda::Fp8Gemm>(
+        device_, stream_.get(), cublas_.get(), cublas_workspace_.get(),
+        cublas_workspace_.size_bytes(),
+        [this](size_t size_bytes) { return ensure_device(fp8_scratch_, size_bytes); });
     const char* sync_env = std::getenv("MOE_EP_CUDA_SYNC");
     sync_each_op_ = sync_env != nullptr && std::strcmp(sync_env, "0") != 0 && *sync_env != '\0';
   }
@@ -109,7 +110,8 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
     return total_bytes;
   }
   size_t internal_bytes() const override {
-    size_t bytes = meta_.size_bytes() + scratch_.size_bytes() + graph_scratch_.size_bytes();
+    size_t bytes = meta_.size_bytes() + scratch_.size_bytes() + graph_scratch_.size_bytes() +
+                   fp8_scratch_.size_bytes();
     for (const InvFreq& f : inv_freq_) bytes += f.buf.size_bytes();
     return bytes;
   }
@@ -180,12 +182,17 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
 
   // x_bf16 (nullable) = bf16(x) as its producer wrote it: the GEMM reads it instead of
   // converting x again.
-  void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out, float* y,
+  void linear(const float* x, WeightView w, int64_t rows, int64_t in, int64_t out, float* y,
               const bf16* x_bf16) override {
     static_assert(rounding::kLinearInput && !rounding::kLinearOutput);  // bf16(x), fp32 y
     if (rows <= 0 || out <= 0) return;
+    if (w.is_e4m3()) {
+      fp8_->linear(w, x, x_bf16, rows, in, out, y);
+      op_done("linear");
+      return;
+    }
     if (x_bf16 != nullptr) {
-      gemm_bf16(w, x_bf16, rows, in, out, y, CUDA_R_32F);
+      gemm(w, x_bf16, rows, in, out, y);
       op_done("linear");
       return;
     }
@@ -194,7 +201,7 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
     unsigned char* s = scratch(carve.total());
     auto* xb = reinterpret_cast<bf16*>(s + xb_at);
     MOE_CUDA_CHECK(cuda::launch_f32_to_bf16(x, rows * in, xb, stream_.get()));
-    gemm_bf16(w, xb, rows, in, out, y, CUDA_R_32F);
+    gemm(w, xb, rows, in, out, y);
     op_done("linear");
   }
 
@@ -313,10 +320,10 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
     auto* up = reinterpret_cast<float*>(s + up_at);
     auto* act = reinterpret_cast<bf16*>(s + act_at);
     MOE_CUDA_CHECK(cuda::launch_f32_to_bf16(x, rows * hidden, xb, stream_.get()));
-    gemm_bf16(w.gate, xb, rows, hidden, inter, gate, CUDA_R_32F);
-    gemm_bf16(w.up, xb, rows, hidden, inter, up, CUDA_R_32F);
+    gemm(w.gate, xb, rows, hidden, inter, gate);
+    gemm(w.up, xb, rows, hidden, inter, up);
     MOE_CUDA_CHECK(cuda::launch_silu_mul_to_bf16(gate, up, rows * inter, act, stream_.get()));
-    gemm_bf16(w.down, act, rows, inter, hidden, y, CUDA_R_32F);
+    gemm(w.down, act, rows, inter, hidden, y);
     op_done("swiglu_mlp");
   }
 
@@ -378,10 +385,25 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
     const int64_t pairs = host_begin[batch.num_slots];
     pair_identity_.resize(static_cast<size_t>(pairs));
     for (int64_t p = 0; p < pairs; ++p) pair_identity_[p] = static_cast<int32_t>(p);
-    const cuda::GroupedSwigluPlan plan = cuda::plan_grouped_swiglu(
-        groups.data(), static_cast<int64_t>(groups.size()), pair_identity_.data(), hidden, inter);
-    run_grouped(plan, x, batch.row_index, out);
+    // e4m3 experts: up to kDequantGroups groups at a time, their weights dequantised to bf16.
+    const int64_t step = has_e4m3(groups) ? kDequantGroups : static_cast<int64_t>(groups.size());
+    for (int64_t g0 = 0; g0 < static_cast<int64_t>(groups.size()); g0 += step) {
+      const int64_t n = std::min<int64_t>(step, static_cast<int64_t>(groups.size()) - g0);
+      if (step == kDequantGroups) fp8_->dequantise_groups(groups.data() + g0, n, hidden, inter);
+      const cuda::GroupedSwigluPlan plan =
+          cuda::plan_grouped_swiglu(groups.data() + g0, n, pair_identity_.data(), hidden, inter);
+      run_grouped(plan, x, batch.row_index, out);
+    }
     op_done("expert_swiglu");
+  }
+
+  static bool has_e4m3(const std::vector<ExpertGroup>& groups) {
+    for (const ExpertGroup& g : groups) {
+      if (g.weights.gate.is_e4m3() || g.weights.up.is_e4m3() || g.weights.down.is_e4m3()) {
+        return true;
+      }
+    }
+    return false;
   }
 
   // The grouped cuBLAS SwiGLU of a plan (grouped_gemm_plan.h) whose gather sources are pairs p,
@@ -454,11 +476,21 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
   // One GEMM of the stacked weights into a [rows, q + 2 kv] scratch, then one kernel that splits
   // it into q, k and v (each contiguous, as attention and the norms read them). Same bits as three
   // linear() calls: every output element is the same dot product over the same bf16 operands.
-  void qkv_projection(const float* x, const bf16* x_bf16, const bf16* w_qkv, int64_t rows,
+  // An e4m3 stack is one matrix only when both widths are multiples of 128 (split_qkv); else
+  // three e4m3 GEMMs write q, k and v directly.
+  void qkv_projection(const float* x, const bf16* x_bf16, WeightView w_qkv, int64_t rows,
                       int64_t hidden, int64_t q_width, int64_t kv_width, float* q, float* k,
                       float* v) override {
     static_assert(rounding::kLinearInput && !rounding::kLinearOutput);
     if (rows <= 0) return;
+    if (w_qkv.is_e4m3() && (q_width % kFp8Block != 0 || kv_width % kFp8Block != 0)) {
+      const QkvWeights w = split_qkv(w_qkv, hidden, q_width, kv_width);
+      fp8_->linear(w.q, x, x_bf16, rows, hidden, q_width, q);
+      fp8_->linear(w.k, x, x_bf16, rows, hidden, kv_width, k);
+      fp8_->linear(w.v, x, x_bf16, rows, hidden, kv_width, v);
+      op_done("qkv_projection");
+      return;
+    }
     const int64_t width = q_width + 2 * kv_width;
     ScratchCarver carve;
     const size_t xb_at =
@@ -472,7 +504,11 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
       xb = conv;
     }
     auto* qkv = reinterpret_cast<float*>(s + qkv_at);
-    gemm_bf16(w_qkv, xb, rows, hidden, width, qkv, CUDA_R_32F);
+    if (w_qkv.is_e4m3()) {
+      fp8_->linear(w_qkv, x, xb, rows, hidden, width, qkv);
+    } else {
+      gemm(w_qkv, xb, rows, hidden, width, qkv);
+    }
     MOE_CUDA_CHECK(cuda::launch_split_qkv(qkv, rows, q_width, kv_width, q, k, v, stream_.get()));
     op_done("qkv_projection");
   }
@@ -709,15 +745,14 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
     return static_cast<unsigned char*>(dev);
   }
 
-  // y = x W^T: W [out, in] bf16 row-major, x [rows, in] bf16, y [rows, out] of type y_type.
-  void gemm_bf16(const bf16* w, const bf16* xb, int64_t rows, int64_t in, int64_t out, void* y,
-                 cudaDataType_t y_type) {
-    const float alpha = 1.0f, beta = 0.0f;
-    MOE_CUBLAS_CHECK(cublasGemmEx(cublas_.get(), CUBLAS_OP_T, CUBLAS_OP_N, to_int(out, "out"),
-                                  to_int(rows, "rows"), to_int(in, "in"), &alpha, w, CUDA_R_16BF,
-                                  to_int(in, "in"), xb, CUDA_R_16BF, to_int(in, "in"), &beta, y,
-                                  y_type, to_int(out, "out"), CUBLAS_COMPUTE_32F,
-                                  CUBLAS_GEMM_DEFAULT));
+  // y [rows, out] (fp32) = xb . w^T, xb [rows, in] bf16 (rounding.h's GEMM input); w bf16 or
+  // e4m3.
+  void gemm(WeightView w, const bf16* xb, int64_t rows, int64_t in, int64_t out, float* y) {
+    if (w.is_e4m3()) {
+      fp8_->linear(w, nullptr, xb, rows, in, out, y);
+    } else {
+      cuda::gemm_bf16(cublas_.get(), w.bf16_data(), xb, rows, in, out, y, CUDA_R_32F);
+    }
   }
 
   // One cublasGemmGroupedBatchedEx call for every expert group of one projection. bf16 in and
@@ -783,6 +818,11 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
   DeviceBytes meta_;
   DeviceBytes scratch_;
   DeviceBytes graph_scratch_;  // graph-safe attention's partials only (captured pointers)
+  DeviceBytes fp8_scratch_;    // cuda::Fp8Gemm's (never carved by others)
+  // Expert groups whose e4m3 weights are dequantised at a time on the grouped path (scratch: this
+  // many experts' three matrices in bf16, about 9 MB each for Qwen3-30B-A3B).
+  static constexpr int64_t kDequantGroups = 16;
+  std::unique_ptr<cuda::Fp8Gemm> fp8_;  // after stream_, cublas_ and the workspace
   struct InvFreq {
     double theta = 0;
     int64_t head_dim = 0;

@@ -1,7 +1,9 @@
 // The small-batch expert SwiGLU (ExpertBatch with few rows per local slot) as two
 // memory-bound kernels that read the grouping on the device (the grouped cuBLAS path's gather is
-// elementwise.cu's row gather). Per-thread math and rounding points: fused_math.h (kGroupedSwiglu:
-// input, gate/up, activation and output all bf16, fp32 accumulation).
+// elementwise.cu's row gather), and the small-batch linear of e4m3 weights (the fused
+// dequantise-and-multiply for decode). Per-thread math and rounding points: fused_math.h
+// (kGroupedSwiglu: input, gate/up, activation and output all bf16, fp32 accumulation; e4m3
+// weights enter as bf16(dequantised), e4m3_chunk_bf16_bits).
 //
 // Work decomposition (both kernels): blockIdx.y = ordinal of an active slot (slots without rows
 // are skipped by the ballot search, so the grid is sized by min(num_slots, max_pairs) and not by
@@ -9,6 +11,8 @@
 // feature. A warp streams its weight row(s) once per pass of up to rows_per_pass rows with
 // 16-byte loads (lane l reads chunks l, l + 32, ...: coalesced 512 bytes per warp load), dots
 // them with every row of the pass held in shared memory as bf16, and butterflies the lane sums.
+// An e4m3 row is streamed with 8-byte loads (8 codes per chunk, 256 bytes per warp load): half
+// the bytes of bf16, which is the whole point at these sizes.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -42,12 +46,51 @@ __device__ __forceinline__ Vec8 unpack_vec8(uint4 raw) {
   return v;
 }
 
-// The warp's dot products of NW weight rows (bf16 in global memory, `width` wide) with each of
-// the nr rows of a pass in shared memory (bf16 bits, rows `width` apart). Lane l streams the
-// 16-byte chunks l, l + 32, ... of every weight row once (expert_dot_lane's order); the lane
-// partials are butterflied, so every lane returns the full sums dots[n][r] for r < nr.
+// One weight row as the warps stream it: bf16 values, or e4m3 codes with the scale row of its
+// 128-row block.
+struct WeightRow {
+  const void* data = nullptr;
+  const float* scales = nullptr;
+  bool e4m3 = false;
+};
+
+__device__ __forceinline__ WeightRow weight_row(const WeightView& w, int64_t row, int64_t cols) {
+  WeightRow r;
+  r.e4m3 = w.dtype == WeightDtype::kE4M3;
+  if (r.e4m3) {
+    r.data = static_cast<const uint8_t*>(w.data) + row * cols;
+    r.scales = w.scales + (row / kFp8Block) * fp8_num_blocks(cols);
+  } else {
+    r.data = static_cast<const bf16*>(w.data) + row * cols;
+  }
+  return r;
+}
+
+// Chunk c (elements 8c .. 8c + 7) of a weight row as bf16 bits.
+__device__ __forceinline__ Vec8 load_chunk(const WeightRow& w, int64_t c) {
+  if (!w.e4m3) {
+    return unpack_vec8(
+        __ldg(reinterpret_cast<const uint4*>(static_cast<const bf16*>(w.data) + c * kBf16PerVec)));
+  }
+  const uint2 raw =
+      __ldg(reinterpret_cast<const uint2*>(static_cast<const uint8_t*>(w.data) + c * kBf16PerVec));
+  uint8_t codes[kBf16PerVec];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    codes[i] = static_cast<uint8_t>(raw.x >> (8 * i));
+    codes[4 + i] = static_cast<uint8_t>(raw.y >> (8 * i));
+  }
+  Vec8 v;
+  e4m3_chunk_bf16_bits(codes, __ldg(w.scales + c * kBf16PerVec / kFp8Block), v.e);
+  return v;
+}
+
+// The warp's dot products of NW weight rows (`width` wide, bf16 or e4m3) with each of the nr rows
+// of a pass in shared memory (bf16 bits, rows `width` apart). Lane l streams the chunks l,
+// l + 32, ... of every weight row once (expert_dot_lane's order); the lane partials are
+// butterflied, so every lane returns the full sums dots[n][r] for r < nr.
 template <int NW>
-__device__ __forceinline__ void warp_dots(const bf16* const (&w)[NW], const uint16_t* rows_s,
+__device__ __forceinline__ void warp_dots(const WeightRow (&w)[NW], const uint16_t* rows_s,
                                           int64_t width, int nr, int lane,
                                           float (&dots)[NW][kExpertRowsPerPass]) {
   const int64_t chunks = width / kBf16PerVec;
@@ -60,9 +103,7 @@ __device__ __forceinline__ void warp_dots(const bf16* const (&w)[NW], const uint
   for (int64_t c = lane; c < chunks; c += kWarpLanes) {
     Vec8 wv[NW];
 #pragma unroll
-    for (int n = 0; n < NW; ++n) {
-      wv[n] = unpack_vec8(__ldg(reinterpret_cast<const uint4*>(w[n] + c * kBf16PerVec)));
-    }
+    for (int n = 0; n < NW; ++n) wv[n] = load_chunk(w[n], c);
 #pragma unroll
     for (int r = 0; r < kExpertRowsPerPass; ++r) {
       if (r < nr) {
@@ -166,8 +207,8 @@ __global__ void __launch_bounds__(kThreads)
   const ExpertCta cta = expert_cta(slot_begin, slot_weights, num_slots, inter);
   if (cta.slot < 0) return;  // fewer active slots than grid rows: the whole CTA leaves
   const int64_t o = cta.feature;
-  const bf16* const rows[2] = {cta.weights.gate + (cta.active ? o : 0) * hidden,
-                               cta.weights.up + (cta.active ? o : 0) * hidden};
+  const WeightRow rows[2] = {weight_row(cta.weights.gate, cta.active ? o : 0, hidden),
+                             weight_row(cta.weights.up, cta.active ? o : 0, hidden)};
   auto load = [&](int64_t r0, int nr) {
     for (int64_t i = threadIdx.x; i < nr * hidden / 4; i += kThreads) {
       const int64_t r = (i * 4) / hidden, c = (i * 4) % hidden;
@@ -202,7 +243,7 @@ __global__ void __launch_bounds__(kThreads)
   const ExpertCta cta = expert_cta(slot_begin, slot_weights, num_slots, hidden);
   if (cta.slot < 0) return;
   const int64_t h = cta.feature;
-  const bf16* const rows[1] = {cta.weights.down + (cta.active ? h : 0) * inter};
+  const WeightRow rows[1] = {weight_row(cta.weights.down, cta.active ? h : 0, inter)};
   auto load = [&](int64_t r0, int nr) {
     // act rows of the pass are contiguous: pairs r0 .. r0 + nr, 16-byte chunks.
     const uint4* src = reinterpret_cast<const uint4*>(act + r0 * inter);
@@ -220,7 +261,48 @@ __global__ void __launch_bounds__(kThreads)
   for_each_pass(cta, rows_per_pass, load, compute);
 }
 
+// y[r, o] = (bf16 row r of x) . (W row o as bf16 operands), fp32 (rounding.h: linear rounds its
+// input, not its output). x rows come from x_bf16 when given, else are rounded from x.
+__global__ void __launch_bounds__(kThreads)
+    linear_small_kernel(const float* x, const bf16* x_bf16, WeightView w, int64_t in, int64_t out,
+                        int64_t rows, int rows_per_pass, float* y) {
+  extern __shared__ __align__(16) uint16_t xs[];  // [rows_per_pass, in] bf16 bits
+  const int lane = threadIdx.x & 31;
+  const int64_t o = static_cast<int64_t>(blockIdx.x) * kExpertWarps + (threadIdx.x >> 5);
+  const bool active = o < out;
+  const WeightRow row[1] = {weight_row(w, active ? o : 0, in)};
+  for (int64_t r0 = 0; r0 < rows; r0 += rows_per_pass) {
+    const int nr = static_cast<int>(std::min<int64_t>(rows_per_pass, rows - r0));
+    __syncthreads();  // the previous pass is done with shared memory
+    for (int64_t i = threadIdx.x; i < nr * in; i += kThreads) {
+      xs[i] = x_bf16 != nullptr ? x_bf16[r0 * in + i].bits : f32_to_bf16_bits(x[r0 * in + i]);
+    }
+    __syncthreads();
+    if (!active) continue;
+    float dots[1][kExpertRowsPerPass];
+    warp_dots(row, xs, in, nr, lane, dots);
+#pragma unroll
+    for (int r = 0; r < kExpertRowsPerPass; ++r) {
+      if (r < nr && lane == 0) y[(r0 + r) * out + o] = dots[0][r];
+    }
+  }
+}
+
 }  // namespace
+
+cudaError_t launch_linear_small(const float* x, const bf16* x_bf16, WeightView w, int64_t in,
+                                int64_t out, int64_t rows, float* y, cudaStream_t stream) {
+  if (rows <= 0 || out <= 0) return cudaGetLastError();
+  if (!linear_small_shape_ok(in) || (x == nullptr && x_bf16 == nullptr)) {
+    return cudaErrorInvalidValue;
+  }
+  const int rows_per_pass = linear_rows_per_pass(in, rows);
+  const dim3 grid(static_cast<unsigned>((out + kExpertWarps - 1) / kExpertWarps));
+  const size_t smem = static_cast<size_t>(rows_per_pass) * in * sizeof(uint16_t);
+  linear_small_kernel<<<grid, kThreads, smem, stream>>>(x, x_bf16, w, in, out, rows, rows_per_pass,
+                                                        y);
+  return cudaGetLastError();
+}
 
 cudaError_t launch_expert_swiglu_small(const float* x, int64_t hidden, int64_t inter,
                                        const int32_t* row_index, const int32_t* slot_begin,

@@ -16,6 +16,7 @@
 #include <cstdint>
 
 #include "kernels/common/bf16.h"
+#include "kernels/common/fp8.h"
 #include "kernels/cuda/device_math.h"
 
 namespace moe::kernels::cuda {
@@ -146,6 +147,26 @@ MOE_HD float expert_dot_lane(const uint16_t* w, const uint16_t* x, int64_t n, in
   return acc;
 }
 
+// The bf16 operands of one 8-element chunk of an e4m3 weight row (all in one 128-column block,
+// scale s): each code dequantised (fp8.h) and rounded to bf16, the weight operand of bf16
+// compute; the CPU's weight_rows_to_bf16 gives the same bits.
+MOE_HD void e4m3_chunk_bf16_bits(const uint8_t* codes, float scale, uint16_t* out) {
+  for (int e = 0; e < kBf16PerVec; ++e) out[e] = f32_to_bf16_bits(e4m3_dequantise(codes[e], scale));
+}
+
+// expert_dot_lane for an e4m3 weight row: codes [n] with the row's block scales (one per 128
+// columns), x bf16 bits [n]; the same chunks in the same order.
+MOE_HD float expert_dot_lane_e4m3(const uint8_t* codes, const float* scale_row, const uint16_t* x,
+                                  int64_t n, int lane) {
+  float acc = 0.0f;
+  for (int64_t c = lane; c < n / kBf16PerVec; c += kWarpLanes) {
+    uint16_t w[kBf16PerVec];
+    e4m3_chunk_bf16_bits(codes + c * kBf16PerVec, scale_row[c * kBf16PerVec / kFp8Block], w);
+    acc = dot8_bf16(acc, w, x + c * kBf16PerVec);
+  }
+  return acc;
+}
+
 // kGroupedSwiglu rounding of one intermediate element: gate and up GEMM outputs rounded to bf16,
 // silu(gate) * up in fp32 from the rounded values, rounded to bf16 (the act bits).
 MOE_HD uint16_t swiglu_act_bits(float gate_sum, float up_sum) {
@@ -173,8 +194,8 @@ inline constexpr int64_t kExpertSmallMaxRows = 16;
 // Shared memory of one CTA (the default limit, no opt-in): rows_per_pass rows of bf16.
 inline constexpr int64_t kExpertSmemBytes = 48 * 1024;
 
-// Shapes the small-batch kernels take: 16-byte chunks of every row (widths % 8) and at least one
-// row of the wider input in shared memory.
+// Shapes the small-batch kernels take: 16-byte chunks of every row (widths % 8; an e4m3 row's
+// chunk is 8 bytes) and at least one row of the wider input in shared memory.
 MOE_HD bool expert_small_shape_ok(int64_t hidden, int64_t inter) {
   const int64_t widest = hidden > inter ? hidden : inter;
   return hidden > 0 && inter > 0 && hidden % kBf16PerVec == 0 && inter % kBf16PerVec == 0 &&
@@ -188,6 +209,18 @@ MOE_HD int expert_rows_per_pass(int64_t hidden, int64_t inter, int64_t max_rows)
   int64_t r = kExpertSmemBytes / (widest * 2);
   if (r > kExpertRowsPerPass) r = kExpertRowsPerPass;
   if (max_rows >= 1 && r > max_rows) r = max_rows;
+  return static_cast<int>(r < 1 ? 1 : r);
+}
+
+// The small-batch linear (y = x W^T for a few rows of x, e4m3 W): rows of `in` in shared memory.
+MOE_HD bool linear_small_shape_ok(int64_t in) {
+  return in > 0 && in % kBf16PerVec == 0 && in * 2 <= kExpertSmemBytes;
+}
+// Rows per pass of the small-batch linear.
+MOE_HD int linear_rows_per_pass(int64_t in, int64_t rows) {
+  int64_t r = kExpertSmemBytes / (in * 2);
+  if (r > kExpertRowsPerPass) r = kExpertRowsPerPass;
+  if (rows >= 1 && r > rows) r = rows;
   return static_cast<int>(r < 1 ? 1 : r);
 }
 

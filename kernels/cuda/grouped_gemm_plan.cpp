@@ -38,9 +38,12 @@ GroupedSwigluPlan plan_grouped_swiglu(const ExpertGroup* groups, int64_t num_gro
     MOE_CHECK(grp.count < INT_MAX, "grouped_expert_swiglu: group {} has {} rows (> INT_MAX)", g,
               grp.count);
     if (grp.count == 0) continue;
+    MOE_CHECK(grp.weights.gate.data != nullptr && grp.weights.up.data != nullptr &&
+                  grp.weights.down.data != nullptr,
+              "grouped_expert_swiglu: group {} has {} rows but missing weights", g, grp.count);
     MOE_CHECK(
-        grp.weights.gate != nullptr && grp.weights.up != nullptr && grp.weights.down != nullptr,
-        "grouped_expert_swiglu: group {} has {} rows but missing weights", g, grp.count);
+        !grp.weights.gate.is_e4m3() && !grp.weights.up.is_e4m3() && !grp.weights.down.is_e4m3(),
+        "grouped_expert_swiglu: group {} has e4m3 weights (the grouped GEMM takes bf16)", g);
     order.push_back(g);
   }
   std::sort(order.begin(), order.end(),
@@ -109,9 +112,9 @@ GroupedGemmArgs grouped_gemm_args(const GroupedSwigluPlan& plan, Projection proj
   for (size_t g = 0; g < G; ++g) {
     const ExpertWeights& w = plan.weights[g];
     args.n[g] = plan.rows[g];
-    args.a[g] = projection == Projection::kGate ? static_cast<const void*>(w.gate)
-                : projection == Projection::kUp ? static_cast<const void*>(w.up)
-                                                : static_cast<const void*>(w.down);
+    args.a[g] = projection == Projection::kGate ? w.gate.data
+                : projection == Projection::kUp ? w.up.data
+                                                : w.down.data;
     args.b[g] = in_base + plan.compact_begin[g] * k * kElemBytes;
     args.c[g] = out_base + plan.compact_begin[g] * m * kElemBytes;
   }

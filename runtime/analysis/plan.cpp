@@ -22,12 +22,24 @@ int64_t ceil_div(int64_t a, int64_t b) {
   return (a + b - 1) / b;
 }
 
+// How the weights are stored, for the headings.
+std::string weights_label(const ModelConfig& c) {
+  return c.quantization.fp8 ? "fp8: e4m3 + one fp32 scale per 128 x 128 block where the "
+                              "quantization_config says (linear layers), else bf16"
+                            : "bf16, 2 bytes each";
+}
+
 std::string gib(int64_t bytes) {
   return fmt::format("{:.2f}", static_cast<double>(bytes) / kGiB);
 }
 
-RankMemory rank_memory(const ModelConfig& c, const ParamBreakdown& p, const PlanOptions& o,
-                       int num_ranks, int64_t override_slots) {
+// Bytes of one expert (gate, up, down as stored), the same in every MoE layer of a config.
+int64_t expert_bytes(const ParamBreakdown& p, const WeightBytes& b) {
+  return p.num_moe_layers > 0 && p.per_expert > 0 ? b.experts / (p.experts / p.per_expert) : 0;
+}
+
+RankMemory rank_memory(const ModelConfig& c, const ParamBreakdown& p, const WeightBytes& b,
+                       const PlanOptions& o, int num_ranks, int64_t override_slots) {
   RankMemory m;
   m.num_ranks = num_ranks;
   const int64_t n = num_ranks;
@@ -48,8 +60,8 @@ RankMemory rank_memory(const ModelConfig& c, const ParamBreakdown& p, const Plan
   m.sequences = ceil_div(o.batch, n);
   m.tokens = m.sequences * o.context;
 
-  m.dense_replica_bytes = p.dense_replica() * kWeightBytes;
-  m.expert_shard_bytes = m.expert_slots * p.per_expert * kWeightBytes;
+  m.dense_replica_bytes = b.dense_replica();
+  m.expert_shard_bytes = m.expert_slots * expert_bytes(p, b);
   // K and V for every layer, every position of this rank's sequences.
   m.kv_cache_bytes = 2 * c.num_hidden_layers * c.kv_width() * m.sequences * o.context * o.kv_bytes;
 
@@ -165,11 +177,12 @@ PlanReport make_plan(const ModelConfig& config, const PlanOptions& options) {
   r.options = options;
   r.params = count_params(config);
   r.total_params = r.params.total;
-  r.total_bytes = r.total_params * kWeightBytes;
+  r.weight_bytes = weight_bytes(config);
+  r.total_bytes = r.weight_bytes.total();
   r.configured_top_k = config.num_experts > 0 ? config.num_experts_per_tok : 0;
   r.active_params = count_active_params(config, r.configured_top_k);
   r.active_share = static_cast<double>(r.active_params) / static_cast<double>(r.total_params);
-  r.active_bytes = r.active_params * kWeightBytes;
+  r.active_bytes = active_weight_bytes(config, r.weight_bytes, r.configured_top_k);
   r.matmul_params_per_token = matmul_params_per_token(config, r.configured_top_k);
   const TokenFlops flops = flops_per_token(config, r.configured_top_k, options.context);
   r.matmul_flops_per_token = flops.matmul;
@@ -190,6 +203,7 @@ PlanReport make_plan(const ModelConfig& config, const PlanOptions& options) {
     row.top_k = k;
     row.active_params = count_active_params(config, k);
     row.share = static_cast<double>(row.active_params) / static_cast<double>(r.total_params);
+    row.active_bytes = active_weight_bytes(config, r.weight_bytes, k);
     row.matmul_params = matmul_params_per_token(config, k);
     row.flops_per_token = flops_per_token(config, k, options.context).total();
     row.configured = k == r.configured_top_k;
@@ -199,10 +213,11 @@ PlanReport make_plan(const ModelConfig& config, const PlanOptions& options) {
   if (!options.expert_slots_per_rank.empty()) {
     int64_t largest = *std::max_element(options.expert_slots_per_rank.begin(),
                                         options.expert_slots_per_rank.end());
-    r.ranks.push_back(rank_memory(config, r.params, options,
+    r.ranks.push_back(rank_memory(config, r.params, r.weight_bytes, options,
                                   static_cast<int>(options.expert_slots_per_rank.size()), largest));
   } else {
-    for (int n : options.ranks) r.ranks.push_back(rank_memory(config, r.params, options, n, -1));
+    for (int n : options.ranks)
+      r.ranks.push_back(rank_memory(config, r.params, r.weight_bytes, options, n, -1));
   }
   return r;
 }
@@ -220,19 +235,22 @@ std::string format_plan(const PlanReport& r) {
       c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.num_experts, r.configured_top_k,
       c.moe_intermediate_size, with_thousands(c.vocab_size));
 
-  auto prow = [](const std::string& what, int64_t n) {
-    return std::vector<std::string>{what, with_thousands(n), with_thousands(n * kWeightBytes)};
+  auto prow = [](const std::string& what, int64_t n, int64_t bytes) {
+    return std::vector<std::string>{what, with_thousands(n), with_thousands(bytes)};
   };
+  const WeightBytes& b = r.weight_bytes;
   std::vector<std::vector<std::string>> rows = {
-      prow("embedding", p.embedding),
-      prow(c.tie_word_embeddings ? "lm_head (tied: shares embedding)" : "lm_head", p.lm_head),
-      prow("attention (q,k,v,o, q/k norms)", p.attention),
-      prow("layer norms", p.layer_norms + p.final_norm),
-      prow("router", p.router),
-      prow(fmt::format("experts ({} x {} layers)", c.num_experts, p.num_moe_layers), p.experts),
-      prow(fmt::format("dense MLP ({} layers)", p.num_dense_layers), p.dense_mlp),
-      prow("total", r.total_params)};
-  out += "Parameters (bf16, 2 bytes each)\n";
+      prow("embedding", p.embedding, b.embedding),
+      prow(c.tie_word_embeddings ? "lm_head (tied: shares embedding)" : "lm_head", p.lm_head,
+           b.lm_head),
+      prow("attention (q,k,v,o, q/k norms)", p.attention, b.attention),
+      prow("layer norms", p.layer_norms + p.final_norm, b.layer_norms + b.final_norm),
+      prow("router", p.router, b.router),
+      prow(fmt::format("experts ({} x {} layers)", c.num_experts, p.num_moe_layers), p.experts,
+           b.experts),
+      prow(fmt::format("dense MLP ({} layers)", p.num_dense_layers), p.dense_mlp, b.dense_mlp),
+      prow("total", r.total_params, r.total_bytes)};
+  out += fmt::format("Parameters (weights {})\n", weights_label(c));
   out += table({"part", "parameters", "bytes"}, rows);
   out +=
       fmt::format("  total: {} parameters, {} bytes ({} GiB)\n\n", with_thousands(r.total_params),
@@ -245,7 +263,7 @@ std::string format_plan(const PlanReport& r) {
   for (const auto& a : r.active) {
     rows.push_back({fmt::format("{}{}", a.top_k, a.configured ? " (configured)" : ""),
                     with_thousands(a.active_params), fmt::format("{:.2f}%", 100.0 * a.share),
-                    with_thousands(a.active_params * kWeightBytes),
+                    with_thousands(a.active_bytes),
                     fmt::format("{:.2f}", a.flops_per_token / 1e9)});
   }
   out += table({"top-k", "active params", "share", "active bytes", "GFLOP/token"}, rows);
@@ -260,9 +278,9 @@ std::string format_plan(const PlanReport& r) {
 
   const bool overridden = !r.options.expert_slots_per_rank.empty();
   out += fmt::format(
-      "Per-rank memory, GiB (largest rank; batch {} x context {}; KV cache {}; activations fp32; "
-      "placement {}; GPU {} GiB)\n",
-      r.options.batch, with_thousands(r.options.context),
+      "Per-rank memory, GiB (largest rank; weights {}; batch {} x context {}; KV cache {}; "
+      "activations fp32; placement {}; GPU {} GiB)\n",
+      c.quantization.fp8 ? "fp8" : "bf16", r.options.batch, with_thousands(r.options.context),
       r.options.kv_bytes == 2 ? "bf16 (cuda)" : "fp32 (cpu)",
       overridden ? (r.options.placement_name.empty() ? "given" : r.options.placement_name)
                  : "contiguous",
@@ -310,6 +328,7 @@ nlohmann::json plan_to_json(const PlanReport& r) {
       {"context", r.options.context},
       {"gpu_mem_gib", r.options.gpu_mem_gib},
       {"kv_bytes", r.options.kv_bytes},
+      {"weights_dtype", c.quantization.fp8 ? "fp8" : "bf16"},
       {"placement",
        r.options.expert_slots_per_rank.empty()
            ? std::string("contiguous")
@@ -335,7 +354,7 @@ nlohmann::json plan_to_json(const PlanReport& r) {
     j["active"].push_back({{"top_k", a.top_k},
                            {"active_params", a.active_params},
                            {"share", a.share},
-                           {"active_bytes", a.active_params * kWeightBytes},
+                           {"active_bytes", a.active_bytes},
                            {"matmul_params", a.matmul_params},
                            {"flops_per_token", a.flops_per_token},
                            {"configured", a.configured}});

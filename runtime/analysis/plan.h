@@ -39,6 +39,7 @@ struct ActiveRow {
   int64_t top_k = 0;
   int64_t active_params = 0;
   double share = 0;            // active_params / total
+  int64_t active_bytes = 0;    // their weights as stored (config.quantization)
   int64_t matmul_params = 0;   // active weights used in a matmul (no embedding lookup, norms)
   double flops_per_token = 0;  // 2 x matmul_params + attention FLOPs at options.context
   bool configured = false;     // the model's own num_experts_per_tok
@@ -51,8 +52,8 @@ struct RankMemory {
   int64_t expert_slots_per_layer = 0;  // ceil(E / N) for contiguous placement
   int64_t sequences = 0;               // ceil(batch / N)
   int64_t tokens = 0;                  // sequences x context (one prefill step)
-  int64_t dense_replica_bytes = 0;     // everything but experts, bf16
-  int64_t expert_shard_bytes = 0;      // expert_slots x 3 H I, bf16
+  int64_t dense_replica_bytes = 0;     // everything but experts, as stored
+  int64_t expert_shard_bytes = 0;      // expert_slots x one expert's 3 H I weights, as stored
   int64_t kv_cache_bytes = 0;
   int64_t activation_buffer_bytes = 0;
   int64_t communication_bytes = 0;
@@ -67,11 +68,12 @@ struct PlanReport {
   PlanOptions options;
   ParamBreakdown params;
   int64_t total_params = 0;
-  int64_t total_bytes = 0;  // bf16
+  WeightBytes weight_bytes;  // by role, as config.quantization stores them
+  int64_t total_bytes = 0;   // weights as stored
   int64_t configured_top_k = 0;
   int64_t active_params = 0;  // at configured_top_k
   double active_share = 0;
-  int64_t active_bytes = 0;              // bf16 weights touched per token
+  int64_t active_bytes = 0;              // weight bytes touched per token, as stored
   int64_t matmul_params_per_token = 0;   // at configured_top_k
   double matmul_flops_per_token = 0;     // 2 x matmul_params_per_token
   double attention_flops_per_token = 0;  // 4 x layers x heads x head_dim x context

@@ -1,5 +1,6 @@
 // `moe-ep plan`: parameters, active parameters, FLOPs per token and per-rank memory for N ranks,
-// from the config alone (no weights, no collectives; rank 0 prints).
+// from the config alone (no weights, no collectives; rank 0 prints); --weights-dtype sizes the
+// weights as bf16 or FP8 whatever the checkpoint stores.
 #include <fmt/format.h>
 
 #include <cstdlib>
@@ -17,12 +18,16 @@
 namespace moe::runtime {
 namespace {
 
+// `--weights-dtype`: the checkpoint's own (config.json's quantization_config), or what if.
+enum class WeightsDtype { kAsStored, kBf16, kFp8 };
+
 struct PlanArgs {
   std::string model, placement, json, plot;
   kernels::BackendKind backend = kernels::BackendKind::kCuda;
   int ranks = 0;
   int64_t batch = 1, context = 4096;
   double gpu_mem_gib = kDefaultGpuMemGib;
+  WeightsDtype weights = WeightsDtype::kAsStored;
 };
 
 // The plotting script: bench/plot_plan.py under the working directory, else beside the source
@@ -54,7 +59,11 @@ void draw_plan(const PlanArgs& a, const ModelConfig& config, PlanOptions po) {
 }
 
 int run_plan(const PlanArgs& a, int rank) {
-  const ModelConfig config = load_model_config(a.model);
+  ModelConfig config = load_model_config(a.model);
+  if (a.weights == WeightsDtype::kBf16) config.quantization = WeightQuantization();
+  if (a.weights == WeightsDtype::kFp8 && !config.quantization.fp8) {
+    config.quantization = WeightQuantization::published_fp8();
+  }
   PlanOptions po;
   po.kv_bytes = kernels::kv_dtype_bytes(kernels::kv_cache_dtype(a.backend));
   po.batch = a.batch;
@@ -103,6 +112,11 @@ Command add_plan_command(CLI::App& app, int world_rank) {
       ->check(greater_than(0));
   add_choice(cmd, "--backend", a->backend, backend_choices(),
              "Backend whose KV cache to size: cuda (bf16, default) | cpu (fp32)");
+  add_choice<WeightsDtype>(
+      cmd, "--weights-dtype", a->weights,
+      {{"bf16", WeightsDtype::kBf16}, {"fp8", WeightsDtype::kFp8}},
+      "Size the weights as if stored bf16 | fp8 (e4m3 + 128 x 128 block scales, as the "
+      "published FP8 checkpoints; default: as the config's quantization_config says)");
   cmd->add_option("--json", a->json, "Also write the plan as JSON to this file");
   cmd->add_option("--plot", a->plot,
                   "Draw memory held vs parameters active per token (top-k 1-16) and per-rank "

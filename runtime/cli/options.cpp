@@ -108,6 +108,9 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool model_required) {
                   "(rehearse a multi-node layout on one machine); G must divide the rank count")
       ->check(at_least(1));
   cmd->add_flag("--quiet", o.quiet, "Do not print the resolved setup and load progress");
+  add_choice<bool>(cmd, "--quantize", o.quantize_fp8, {{"fp8", true}},
+                   "Hold bf16 weights as FP8 (e4m3, 128 x 128 block scales, as the published FP8 "
+                   "checkpoints: attention, experts, dense MLPs): fp8 (docs/fp8.md)");
 }
 
 }  // namespace moe::runtime

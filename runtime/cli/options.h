@@ -30,6 +30,7 @@ struct ModelOptions {
   int threads = 0;  // host compute threads per rank; 0: cores on this node / ranks on this node
   int ranks_per_node = 0;  // nodes of this many consecutive ranks; 0: detected from MPI
   bool quiet = false;
+  bool quantize_fp8 = false;  // --quantize fp8: bf16 weights held as e4m3 + block scales
 
   parallel::CommKind resolved_comm() const {
     if (comm) return *comm;
@@ -39,7 +40,8 @@ struct ModelOptions {
 };
 
 // Adds --model, --weights, --backend, --compute-dtype, --comm, --placement, --graph,
-// --dispatch-dtype, --overlap, --json, --timeout, --threads, --ranks-per-node, --quiet.
+// --dispatch-dtype, --overlap, --json, --timeout, --threads, --ranks-per-node, --quiet,
+// --quantize.
 void add_model_options(CLI::App* cmd, ModelOptions& o, bool model_required);
 
 // Number validators: "must be >= lo" / "must be > lo", naming the value given.

@@ -73,6 +73,11 @@ void open_model_inputs(Session& s, const ModelOptions& o) {
   s.from_checkpoint = !weights_dir.empty();
   s.weights = s.from_checkpoint ? open_checkpoint(weights_dir, s.config)
                                 : make_synthetic_weights(s.config, s.config.seed);
+  if (o.quantize_fp8) {
+    const WeightQuantization recipe = WeightQuantization::published_fp8();
+    s.weights = quantize_weights(std::move(s.weights), recipe);
+    if (!s.config.quantization.fp8) s.config.quantization = recipe;
+  }
   parallel::PlacementSpec spec;
   if (!o.placement.empty()) spec = parallel::load_placement_spec(o.placement);
   s.placement = parallel::Placement::build(spec, s.config.moe_layers(),
@@ -157,7 +162,7 @@ std::unique_ptr<Session> open_session(const ModelOptions& o, int64_t max_seqs, i
 ModelOptions model_options_with_run_config(const ModelOptions& options, const CLI::App& cmd,
                                            const RunConfig& rc) {
   ModelOptions o = options;
-  o.model = rc.model;
+  if (o.model.empty()) o.model = rc.model;
   if (o.weights.empty()) o.weights = rc.weights;
   if (o.placement.empty()) o.placement = rc.placement;
   if (cmd.count("--backend") == 0) o.backend = rc.backend;

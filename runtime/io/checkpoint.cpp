@@ -2,6 +2,12 @@
 // headers), maps a shard only when one of its tensors is first read, and copies only that
 // tensor's bytes (one expert's slice of a fused tensor), converting F16/F32 to bf16 (RNE).
 //
+// FP8 checkpoints (docs/fp8.md): an F8_E4M3 tensor W comes with its scale tensor
+// (`W_without_.weight.weight_scale_inv`, or `W_scale_inv` / `W_scales_inv` for a fused expert
+// tensor without `.weight`), F32 or BF16 [ceil(rows / 128), ceil(cols / 128)] per matrix
+// ([E, .., ..] for fused), and the dequantised weight is code value x scale. An F8 tensor is read
+// only when config.json's quantization_config makes it FP8 (WeightQuantization::quantizes).
+//
 // Expert layouts. The model asks for per-expert names `P.E.{gate,up,down}_proj.weight` with
 // P = model.layers.L.mlp.experts, gate/up [I, H], down [H, I]. When a checkpoint fuses experts,
 // they are found as `P.gate_up_proj` / `P.down_proj` (with or without `.weight`) in one of two
@@ -26,6 +32,8 @@
 #include <unordered_map>
 
 #include "kernels/common/check.h"
+#include "kernels/common/fp8.h"
+#include "runtime/io/matrix_slice.h"
 #include "runtime/io/safetensors.h"
 #include "runtime/io/weights.h"
 
@@ -183,15 +191,67 @@ class SafetensorsCheckpoint final : public WeightSource {
     MOE_CHECK_AS("checkpoint", static_cast<int64_t>(dst.size()) == numel,
                  "{}: destination holds {} elements but shape {} has {}, tensor '{}'", dir_,
                  dst.size(), shape_str(shape), numel, name);
-    if (tensor_shard_.count(name) != 0) {
-      read_whole(name, shape, dst);
-    } else if (std::optional<ExpertName> en = parse_expert_name(name);
-               en && fused_name(*en) != nullptr) {
-      read_expert_slice(name, *en, shape, dst);
+    const Stored st = stored(name);
+    const MatrixSlice m = slice_of(name, st, shape);
+    const std::string what = slice_label(st);
+    if (m.transposed) {
+      // dst(r, c) = src(c, c0 + r).
+      copy_converted(st.at, m.base + m.c0, m.rows, m.cols, 1, m.src_cols, dst.data(), what);
     } else {
-      MOE_THROW("checkpoint", "{}: tensor not found in the checkpoint{}, tensor '{}'", dir_,
-                en_hint(name), name);
+      copy_converted(st.at, m.base + m.r0 * m.src_cols, 1, m.rows * m.cols, m.rows * m.cols, 1,
+                     dst.data(), what);
     }
+    ++stats_.tensors_read;
+    stats_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  }
+
+  kernels::WeightDtype dtype(const std::string& name) override {
+    const Stored st = stored(name);
+    const SafetensorsDtype d = st.at.tensor->dtype;
+    if (d == SafetensorsDtype::kF8E5M2) {
+      MOE_THROW("checkpoint",
+                "{}: dtype F8_E5M2 is not read (FP8 checkpoints are e4m3: quantization_config.fmt "
+                "e4m3), tensor '{}'",
+                st.at.shard->path, st.at.tensor->name);
+    }
+    if (d != SafetensorsDtype::kF8E4M3) return kernels::WeightDtype::kBF16;
+    if (!config_.quantization.fp8) {
+      MOE_THROW("checkpoint",
+                "{}: dtype F8_E4M3, but config.json announces no FP8 weights (no "
+                "quantization_config with quant_method fp8), tensor '{}'",
+                st.at.shard->path, st.at.tensor->name);
+    }
+    if (!config_.quantization.quantizes(st.at.tensor->name)) {
+      MOE_THROW("checkpoint",
+                "{}: dtype F8_E4M3, but config.json's quantization_config does not make it FP8 "
+                "(modules_to_not_convert names it, or it is not a linear layer's weight), tensor "
+                "'{}'",
+                st.at.shard->path, st.at.tensor->name);
+    }
+    scale_name_of(st.at);  // a missing scale tensor is reported now
+    return kernels::WeightDtype::kE4M3;
+  }
+
+  void read_e4m3(const std::string& name, std::span<const int64_t> shape, std::span<uint8_t> codes,
+                 std::span<float> scales) override {
+    const auto t0 = std::chrono::steady_clock::now();
+    MOE_CHECK_AS("checkpoint", shape.size() == 2 && shape[0] >= 0 && shape[1] >= 0,
+                 "{}: e4m3 tensor requested with shape {}, expected 2-D, tensor '{}'", dir_,
+                 shape_str(shape), name);
+    MOE_CHECK_AS(
+        "checkpoint",
+        static_cast<int64_t>(codes.size()) == shape[0] * shape[1] &&
+            static_cast<int64_t>(scales.size()) == kernels::fp8_num_scales(shape[0], shape[1]),
+        "{}: destination holds {} codes and {} scales, shape {} needs {} and {}, tensor "
+        "'{}'",
+        dir_, codes.size(), scales.size(), shape_str(shape), shape[0] * shape[1],
+        kernels::fp8_num_scales(shape[0], shape[1]), name);
+    MOE_CHECK_AS("checkpoint", dtype(name) == kernels::WeightDtype::kE4M3,
+                 "{}: tensor is not F8_E4M3 (read it as bf16), tensor '{}'", dir_, name);
+    const Stored st = stored(name);
+    const MatrixSlice m = slice_of(name, st, shape);
+    copy_codes(st.at, m, codes.data(), name, slice_label(st));
+    copy_scales(st.at, m, scales.data(), name, slice_label(st));
     ++stats_.tensors_read;
     stats_.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   }
@@ -324,22 +384,7 @@ class SafetensorsCheckpoint final : public WeightSource {
                   at.shard->path, dtype_name(t.dtype), t.name);
     }
     stats_.bytes_read += rows * cols * esize;
-    if (trace_) {
-      stats_.tensors_touched.push_back(
-          requested.empty() ? fmt::format("{}:{}", at.shard->file, t.name)
-                            : fmt::format("{}:{}[{}]", at.shard->file, t.name, requested));
-    }
-  }
-
-  void read_whole(const std::string& name, std::span<const int64_t> shape, std::span<bf16> dst) {
-    const Located at = locate(name);
-    const std::vector<int64_t>& have = at.tensor->shape;
-    if (!std::equal(have.begin(), have.end(), shape.begin(), shape.end())) {
-      MOE_THROW("checkpoint", "{}: shape {} in the checkpoint, the model expects {}, tensor '{}'",
-                at.shard->path, shape_str(have), shape_str(shape), name);
-    }
-    const int64_t numel = at.tensor->numel;
-    copy_converted(at, 0, 1, numel, numel, 1, dst.data(), "");
+    trace(at, requested);
   }
 
   // Stored name of the fused tensor holding this expert part, or nullptr.
@@ -396,10 +441,43 @@ class SafetensorsCheckpoint final : public WeightSource {
     return FusedLayout::kStandard;
   }
 
-  void read_expert_slice(const std::string& name, const ExpertName& en,
-                         std::span<const int64_t> shape, std::span<bf16> dst) {
+  // The stored tensor behind requested name: itself, or the fused tensor holding an expert part.
+  struct Stored {
+    Located at;
+    std::optional<ExpertName> expert;  // set for a slice of a fused tensor
+  };
+  Stored stored(const std::string& name) {
+    if (tensor_shard_.count(name) != 0) return {locate(name), std::nullopt};
+    std::optional<ExpertName> en = parse_expert_name(name);
+    if (!en || fused_name(*en) == nullptr) {
+      MOE_THROW("checkpoint", "{}: tensor not found in the checkpoint{}, tensor '{}'", dir_,
+                en_hint(name), name);
+    }
+    return {locate(*fused_name(*en)), en};
+  }
+
+  // "expert E, gate|up|down" for a slice of a fused tensor, "" for a whole tensor.
+  static std::string slice_label(const Stored& st) {
+    return st.expert ? fmt::format("expert {}, {}", st.expert->expert, part_name(st.expert->part))
+                     : std::string();
+  }
+
+  // Where the requested [shape] lies in its stored tensor (checks the stored shape).
+  MatrixSlice slice_of(const std::string& name, const Stored& st, std::span<const int64_t> shape) {
+    const std::vector<int64_t>& have = st.at.tensor->shape;
+    MatrixSlice m;
+    if (!st.expert) {
+      if (!std::equal(have.begin(), have.end(), shape.begin(), shape.end())) {
+        MOE_THROW("checkpoint", "{}: shape {} in the checkpoint, the model expects {}, tensor '{}'",
+                  st.at.shard->path, shape_str(have), shape_str(shape), name);
+      }
+      // Any rank: a matrix of rows = product of the leading dimensions.
+      m.cols = m.src_cols = shape.empty() ? 1 : shape.back();
+      m.rows = m.src_rows = m.cols > 0 ? st.at.tensor->numel / m.cols : 0;
+      return m;
+    }
+    const ExpertName& en = *st.expert;
     const bool gate_up = en.part != ExpertPart::kDown;
-    const Located at = locate(*fused_name(en));
     if (shape.size() != 2) {
       MOE_THROW("checkpoint",
                 "{}: expert tensor requested with shape {}, expected 2-D, tensor '{}'", dir_,
@@ -408,27 +486,100 @@ class SafetensorsCheckpoint final : public WeightSource {
     // gate/up are [I, H], down is [H, I].
     const int64_t inter = gate_up ? shape[0] : shape[1];
     const int64_t hidden = gate_up ? shape[1] : shape[0];
-    const FusedLayout layout = decide_layout(en, at, inter, hidden, name);
-    const int64_t num_experts = at.tensor->shape[0];
+    const FusedLayout layout = decide_layout(en, st.at, inter, hidden, name);
+    const int64_t num_experts = have[0];
     if (en.expert >= num_experts) {
       MOE_THROW("checkpoint",
                 "{}: expert {} requested, but fused tensor '{}' holds {} experts, tensor '{}'",
-                at.shard->path, en.expert, at.tensor->name, num_experts, name);
+                st.at.shard->path, en.expert, st.at.tensor->name, num_experts, name);
     }
-    const int64_t slab = en.expert * inter * hidden * (gate_up ? 2 : 1);  // expert's first element
-    const std::string what = fmt::format("expert {}, {}", en.expert, part_name(en.part));
+    m.rows = shape[0];
+    m.cols = shape[1];
+    m.src_rows = have[1];
+    m.src_cols = have[2];
+    m.matrix_index = en.expert;
+    m.base = en.expert * have[1] * have[2];
+    const int64_t part_offset = en.part == ExpertPart::kUp ? inter : 0;
     if (layout == FusedLayout::kStandard) {
-      // [E, 2I, H] / [E, H, I]: the part is one contiguous block.
-      const int64_t offset = slab + (en.part == ExpertPart::kUp ? inter * hidden : 0);
-      copy_converted(at, offset, 1, inter * hidden, inter * hidden, 1, dst.data(), what);
-    } else if (gate_up) {
-      // [E, H, 2I]: dst[i][h] = T[e][h][part * I + i].
-      const int64_t offset = slab + (en.part == ExpertPart::kUp ? inter : 0);
-      copy_converted(at, offset, inter, hidden, 1, 2 * inter, dst.data(), what);
+      m.r0 = part_offset;  // [E, 2I, H]: gate rows, then up rows; [E, H, I]: the whole matrix
     } else {
-      // [E, I, H]: dst[h][i] = T[e][i][h].
-      copy_converted(at, slab, hidden, inter, 1, hidden, dst.data(), what);
+      m.transposed = true;  // [E, H, 2I]: gate columns, then up columns; [E, I, H]: transposed
+      m.c0 = part_offset;
     }
+    return m;
+  }
+
+  // Name of the scale tensor of F8 tensor `at` (throws naming both when the checkpoint lacks it).
+  const std::string& scale_name_of(const Located& at) const {
+    const std::string& t = at.tensor->name;
+    std::vector<std::string> candidates;
+    if (ends_with(t, ".weight")) {
+      candidates.push_back(t.substr(0, t.size() - 7) + ".weight_scale_inv");
+    } else {
+      candidates = {t + "_scale_inv", t + "_scales_inv"};
+    }
+    for (const std::string& c : candidates) {
+      const auto it = tensor_shard_.find(c);
+      if (it != tensor_shard_.end()) return it->first;
+    }
+    MOE_THROW("checkpoint",
+              "{}: F8_E4M3 tensor without its block scales: no tensor '{}' in the checkpoint, "
+              "tensor '{}'",
+              at.shard->path, candidates.front(), t);
+  }
+
+  // codes [rows * cols] of slice m (matrix_slice.h).
+  void copy_codes(const Located& at, const MatrixSlice& m, uint8_t* codes, const std::string& name,
+                  const std::string& what) {
+    MOE_CHECK_AS("checkpoint", m.source_end() <= at.tensor->numel,
+                 "{}: internal: slice past tensor end, tensor '{}'", at.shard->path, name);
+    copy_slice_codes(reinterpret_cast<const uint8_t*>(at.shard->mapped->data(*at.tensor).data()), m,
+                     codes);
+    stats_.bytes_read += m.rows * m.cols;
+    trace(at, what);
+  }
+
+  // scales [ceil(rows / 128), ceil(cols / 128)] of slice m: the scale tensor must have the
+  // weight's block grid and dtype F32 or BF16, and each destination block must lie in one stored
+  // block (else the slice has no block scales of its own: an error naming it).
+  void copy_scales(const Located& weight, const MatrixSlice& m, float* scales,
+                   const std::string& name, const std::string& what) {
+    const std::string& scale_name = scale_name_of(weight);
+    const Located at = locate(scale_name);
+    const SafetensorsTensor& t = *at.tensor;
+    std::vector<int64_t> want = {kernels::fp8_num_blocks(m.src_rows),
+                                 kernels::fp8_num_blocks(m.src_cols)};
+    if (weight.tensor->shape.size() == 3) want.insert(want.begin(), weight.tensor->shape[0]);
+    if (t.shape != want) {
+      MOE_THROW("checkpoint",
+                "{}: scale tensor '{}' has shape {}, expected {} for the F8_E4M3 weight's shape {} "
+                "in 128 x 128 blocks, tensor '{}'",
+                at.shard->path, scale_name, shape_str(t.shape), shape_str(want),
+                shape_str(weight.tensor->shape), name);
+    }
+    if (t.dtype != SafetensorsDtype::kF32 && t.dtype != SafetensorsDtype::kBF16) {
+      MOE_THROW("checkpoint",
+                "{}: scale tensor '{}' has dtype {} (F32 or BF16 expected), tensor '{}'",
+                at.shard->path, scale_name, dtype_name(t.dtype), name);
+    }
+    if (!copy_slice_scales(at.shard->mapped->data(t).data(), t.dtype, m, scales)) {
+      MOE_THROW("checkpoint",
+                "{}: the slice of fused F8_E4M3 tensor '{}' crosses its 128 x 128 scale blocks "
+                "(an expert part whose size is not a multiple of 128 and does not fit one block), "
+                "tensor '{}'",
+                weight.shard->path, weight.tensor->name, name);
+    }
+    stats_.bytes_read +=
+        kernels::fp8_num_scales(m.rows, m.cols) * static_cast<int64_t>(dtype_size_bytes(t.dtype));
+    trace(at, what);
+  }
+
+  // One LoadStats::tensors_touched entry ("file:tensor" or "file:tensor[what]").
+  void trace(const Located& at, const std::string& what) {
+    if (!trace_) return;
+    stats_.tensors_touched.push_back(
+        what.empty() ? fmt::format("{}:{}", at.shard->file, at.tensor->name)
+                     : fmt::format("{}:{}[{}]", at.shard->file, at.tensor->name, what));
   }
 
   std::string dir_;

@@ -78,7 +78,8 @@ const std::vector<std::string> kModelKeys = {"name",
                                              "model_type",
                                              "hidden_act",
                                              "attention_bias",
-                                             "use_sliding_window"};
+                                             "use_sliding_window",
+                                             "quantization_config"};
 
 // Typed access to one mapping of a loaded document (YAML, or JSON read by yaml-cpp, which keeps
 // every key's line). Key paths in messages are dotted from the document root
@@ -109,6 +110,14 @@ class KeyReader {
   }
   std::vector<int64_t> get_int_list(const std::string& key) const {
     return yu::int_list(doc_, node(key), path_of(key));
+  }
+  std::vector<std::string> get_string_list(const std::string& key) const {
+    std::vector<std::string> out;
+    const YAML::Node list = node(key);
+    for (size_t i = 0; i < list.size(); ++i) {
+      out.push_back(yu::as<std::string>(doc_, list[i], fmt::format("{}[{}]", path_of(key), i)));
+    }
+    return out;
   }
   KeyReader child(const std::string& key) const {
     if (!is_map(key)) fail(key, "expected a mapping (an object)");
@@ -192,6 +201,53 @@ void check_supported(const KeyReader& r) {
   if (r.present("rope_scaling")) {
     r.fail("rope_scaling", "RoPE scaling is not supported (must be null or absent)");
   }
+}
+
+// `quantization_config`: block-quantized FP8 (the only format read), every other value refused.
+WeightQuantization read_quantization(const KeyReader& root) {
+  WeightQuantization q;
+  if (!root.present("quantization_config")) return q;
+  const KeyReader r = root.child("quantization_config");
+  for (const auto& k : r.keys()) {
+    if (k != "quant_method" && k != "fmt" && k != "weight_block_size" && k != "activation_scheme" &&
+        k != "modules_to_not_convert" && k != "dequantize") {
+      r.fail(k,
+             "not understood (an FP8 quantization_config has quant_method, fmt, "
+             "weight_block_size, activation_scheme, modules_to_not_convert)");
+    }
+  }
+  if (!r.present("quant_method")) r.fail("quant_method", "missing required key");
+  const std::string method = r.get_string("quant_method");
+  if (method != "fp8") {
+    r.fail("quant_method", fmt::format("'{}' is not supported (only fp8: e4m3 weights with "
+                                       "128 x 128 block scales)",
+                                       method));
+  }
+  if (r.present("fmt") && r.get_string("fmt") != "e4m3") {
+    r.fail("fmt", fmt::format("'{}' is not supported (only e4m3)", r.get_string("fmt")));
+  }
+  if (r.present("weight_block_size") &&
+      r.get_int_list("weight_block_size") != std::vector<int64_t>{128, 128}) {
+    r.fail("weight_block_size", fmt::format("[{}] is not supported (only [128, 128])",
+                                            fmt::join(r.get_int_list("weight_block_size"), ", ")));
+  }
+  if (r.present("activation_scheme") && r.get_string("activation_scheme") != "dynamic") {
+    r.fail("activation_scheme",
+           fmt::format("'{}' is not supported (only dynamic: no activation scales are stored)",
+                       r.get_string("activation_scheme")));
+  }
+  if (r.present("dequantize") && r.get_bool("dequantize")) {
+    r.fail("dequantize", "true is not supported (the weights are read as stored)");
+  }
+  if (r.present("modules_to_not_convert")) {
+    const KeyReader list = r;
+    if (!list.is_list("modules_to_not_convert")) {
+      r.fail("modules_to_not_convert", "expected a list of module names");
+    }
+    q.modules_to_not_convert = r.get_string_list("modules_to_not_convert");
+  }
+  q.fp8 = true;
+  return q;
 }
 
 // Token ids: an integer, or (eos in HF configs) a list whose first element is taken.
@@ -287,6 +343,7 @@ ModelConfig read_model(const KeyReader& r, const std::string& source,
   int64_t seed = opt<int64_t>(r, "seed", 0, get_int);
   if (seed < 0) r.fail("seed", fmt::format("must be >= 0, got {}", seed));
   c.seed = static_cast<uint64_t>(seed);
+  c.quantization = read_quantization(r);
   c.validate();
   return c;
 }
@@ -486,12 +543,16 @@ std::string format_config(const ModelConfig& c) {
       "  num_experts {}  num_experts_per_tok {}  moe_intermediate_size {}  norm_topk_prob {}\n"
       "  intermediate_size {}  decoder_sparse_step {}  mlp_only_layers [{}]\n"
       "  rms_norm_eps {}  rope_theta {}  max_position_embeddings {}  tie_word_embeddings {}\n"
-      "  bos_token_id {}  eos_token_id {}  seed {}",
+      "  bos_token_id {}  eos_token_id {}  seed {}{}",
       c.name, c.source.empty() ? "<built-in>" : c.source, c.vocab_size, c.hidden_size,
       c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.num_experts,
       c.num_experts_per_tok, c.moe_intermediate_size, c.norm_topk_prob, c.intermediate_size,
       c.decoder_sparse_step, fmt::join(c.mlp_only_layers, ", "), c.rms_norm_eps, c.rope_theta,
-      c.max_position_embeddings, c.tie_word_embeddings, c.bos_token_id, c.eos_token_id, c.seed);
+      c.max_position_embeddings, c.tie_word_embeddings, c.bos_token_id, c.eos_token_id, c.seed,
+      c.quantization.fp8
+          ? fmt::format("\n  quantization fp8 e4m3, 128 x 128 blocks, {} module(s) not converted",
+                        c.quantization.modules_to_not_convert.size())
+          : std::string());
 }
 
 // ---- loaders -------------------------------------------------------------------------------

@@ -10,6 +10,25 @@
 
 namespace moe::runtime {
 
+// A checkpoint's block-quantized FP8 weights as its config.json `quantization_config` announces
+// them (transformers' fine-grained FP8: quant_method fp8, fmt e4m3, weight_block_size [128, 128],
+// activation_scheme dynamic); docs/fp8.md.
+struct WeightQuantization {
+  bool fp8 = false;
+  std::vector<std::string> modules_to_not_convert;
+
+  // Whether tensor `name` (an HF name) is e4m3 with 128 x 128 block scales under this config: the
+  // weight of a linear layer of a decoder layer (q/k/v/o projections, router, experts, dense MLP,
+  // fused expert tensors) whose module modules_to_not_convert does not name. An entry names a
+  // module when its dot-separated parts appear as a run of the module's parts ('*' matches one
+  // part): "mlp.gate" names "model.layers.3.mlp.gate" but not "model.layers.3.mlp.gate_proj".
+  // Embeddings, norms and lm_head are never e4m3.
+  bool quantizes(const std::string& name) const;
+  // The published Qwen3-MoE FP8 recipe, for `plan --weights-dtype fp8` and `--quantize fp8`:
+  // attention projections, experts and dense MLPs in e4m3; routers (and what is never e4m3) not.
+  static WeightQuantization published_fp8();
+};
+
 struct ModelConfig {
   std::string name = "model";
   int64_t vocab_size = 0;
@@ -33,6 +52,7 @@ struct ModelConfig {
   int64_t bos_token_id = -1;
   int64_t eos_token_id = -1;
   uint64_t seed = 0;                     // synthetic weights (model YAML key `seed`)
+  WeightQuantization quantization;       // `quantization_config` (absent: every weight bf16)
   std::string source;                    // file it was read from, for messages
   std::map<std::string, int> key_lines;  // 1-based line of each key in `source` (0/absent: unknown)
 

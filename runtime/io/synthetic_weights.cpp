@@ -1,5 +1,7 @@
 // Synthetic weights: element i of tensor `name` is a pure function of (seed, name, i), so every
-// rank builds exactly the tensors it owns with no communication, whatever the world size.
+// rank builds exactly the tensors it owns with no communication, whatever the world size. Tensors
+// the config's quantization_config makes FP8 are those values quantised (WeightSource's default
+// read_e4m3).
 // Scales keep activations well-conditioned through any depth (see scale_for).
 #include <algorithm>
 #include <cmath>
@@ -79,6 +81,11 @@ class SyntheticWeights final : public WeightSource {
       }
     }
     ++stats_.tensors_read;
+  }
+  // e4m3 (the bf16 values above, quantised) where the config's quantization_config says so.
+  kernels::WeightDtype dtype(const std::string& name) override {
+    return config_.quantization.quantizes(name) ? kernels::WeightDtype::kE4M3
+                                                : kernels::WeightDtype::kBF16;
   }
   bool contains(const std::string& name) const override {
     // Tied models have no lm_head tensor; everything else exists.

@@ -28,6 +28,57 @@ ParamBreakdown count_params(const ModelConfig& c) {
   return p;
 }
 
+int64_t weight_matrix_bytes(int64_t rows, int64_t cols, kernels::WeightDtype dtype) {
+  if (dtype == kernels::WeightDtype::kBF16) return rows * cols * kWeightBytes;
+  return rows * cols + kernels::fp8_num_scales(rows, cols) * static_cast<int64_t>(sizeof(float));
+}
+
+WeightBytes weight_bytes(const ModelConfig& c) {
+  const WeightQuantization& q = c.quantization;
+  const auto matrix = [&](const std::string& name, int64_t rows, int64_t cols) {
+    return weight_matrix_bytes(
+        rows, cols, q.quantizes(name) ? kernels::WeightDtype::kE4M3 : kernels::WeightDtype::kBF16);
+  };
+  const int64_t h = c.hidden_size;
+  WeightBytes b;
+  b.embedding = c.vocab_size * h * kWeightBytes;
+  b.lm_head = c.tie_word_embeddings ? 0 : c.vocab_size * h * kWeightBytes;
+  b.final_norm = h * kWeightBytes;
+  b.per_expert.assign(static_cast<size_t>(c.num_hidden_layers), 0);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    const std::string p = fmt::format("model.layers.{}.", l);
+    b.attention += matrix(p + "self_attn.q_proj.weight", c.q_width(), h) +
+                   matrix(p + "self_attn.k_proj.weight", c.kv_width(), h) +
+                   matrix(p + "self_attn.v_proj.weight", c.kv_width(), h) +
+                   matrix(p + "self_attn.o_proj.weight", h, c.q_width()) +
+                   2 * c.head_dim * kWeightBytes;
+    b.layer_norms += 2 * h * kWeightBytes;
+    if (!c.layer_is_moe(l)) {
+      const int64_t d = c.intermediate_size;
+      b.dense_mlp += matrix(p + "mlp.gate_proj.weight", d, h) +
+                     matrix(p + "mlp.up_proj.weight", d, h) +
+                     matrix(p + "mlp.down_proj.weight", h, d);
+      continue;
+    }
+    const int64_t i = c.moe_intermediate_size;
+    const std::string e = p + "mlp.experts.0.";
+    b.per_expert[static_cast<size_t>(l)] = matrix(e + "gate_proj.weight", i, h) +
+                                           matrix(e + "up_proj.weight", i, h) +
+                                           matrix(e + "down_proj.weight", h, i);
+    b.experts += c.num_experts * b.per_expert[static_cast<size_t>(l)];
+    b.router += matrix(p + "mlp.gate.weight", c.num_experts, h);
+  }
+  return b;
+}
+
+int64_t active_weight_bytes(const ModelConfig& c, const WeightBytes& bytes, int64_t top_k) {
+  int64_t active = bytes.dense_replica();
+  for (int64_t per_expert : bytes.per_expert) {
+    active += std::min(top_k, c.num_experts) * per_expert;
+  }
+  return active;
+}
+
 int64_t attention_params_per_layer(const ModelConfig& c) {
   const int64_t h = c.hidden_size;
   return h * c.q_width() + 2 * h * c.kv_width() + c.q_width() * h + 2 * c.head_dim;
@@ -53,11 +104,15 @@ RankWeights rank_weights(const ModelConfig& c, const parallel::Placement& placem
   MOE_CHECK(placement.num_layers() == c.num_hidden_layers, "placement has {} layers, model has {}",
             placement.num_layers(), c.num_hidden_layers);
   const ParamBreakdown p = count_params(c);
+  const WeightBytes bytes = weight_bytes(c);
   RankWeights w;
   w.dense_params = p.dense_replica();
+  w.dense_weight_bytes = bytes.dense_replica();
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
-    if (c.layer_is_moe(l))
-      w.expert_slots += placement.layer(static_cast<int>(l)).num_local_slots(rank);
+    if (!c.layer_is_moe(l)) continue;
+    const int64_t slots = placement.layer(static_cast<int>(l)).num_local_slots(rank);
+    w.expert_slots += slots;
+    w.expert_weight_bytes += slots * bytes.per_expert[static_cast<size_t>(l)];
   }
   w.expert_params = w.expert_slots * p.per_expert;
   return w;

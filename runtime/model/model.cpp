@@ -257,7 +257,7 @@ void Model::attention_block(int64_t l, const Batch& b, const Part& p) {
   if (T > 0) {
     const float eps = config_.rms_norm_eps;
     backend_.rmsnorm(x, w.input_norm.data(), T, s.hidden, eps, h, h_bf16);
-    backend_.qkv_projection(h, h_bf16, w.qkv_proj.data(), T, s.hidden, s.q_width, s.kv_width, q, k,
+    backend_.qkv_projection(h, h_bf16, w.qkv_proj.view(), T, s.hidden, s.q_width, s.kv_width, q, k,
                             v);
     backend_.qk_norm_rope(q, k, w.q_norm.data(), w.k_norm.data(), positions_.data() + r0, T,
                           s.num_heads, s.num_kv_heads, s.head_dim, eps, config_.rope_theta);
@@ -268,7 +268,7 @@ void Model::attention_block(int64_t l, const Batch& b, const Part& p) {
     batch.num_rows = T;
     backend_.attention(q, k, v, batch, {s.num_heads, s.num_kv_heads, s.head_dim}, cache_.view(l),
                        attn);
-    backend_.linear(attn, w.o_proj.data(), T, s.q_width, s.hidden, tmp);
+    backend_.linear(attn, w.o_proj.view(), T, s.q_width, s.hidden, tmp);
     // h_bf16 = bf16(h) here too, for the GEMM after it (router or dense MLP).
     backend_.add_rmsnorm(x, tmp, w.post_norm.data(), T, s.hidden, eps, h, h_bf16);
   }
@@ -286,7 +286,7 @@ void Model::mlp_block(int64_t l, const Batch& b, const Part& p) {
     return;
   }
   if (T > 0) {
-    backend_.swiglu_mlp(h_.data() + r0, {w.mlp_gate.data(), w.mlp_up.data(), w.mlp_down.data()}, T,
+    backend_.swiglu_mlp(h_.data() + r0, {w.mlp_gate.view(), w.mlp_up.view(), w.mlp_down.view()}, T,
                         s.hidden, s.dense_inter, tmp_.data() + r0);
   }
   instr_.mark(Phase::kDenseMlp);

@@ -41,7 +41,7 @@ void MoeLayer::start(int layer, const LayerWeights& w, const float* h, const bf1
   topk_ids_.ensure(backend_, rows * k);
   topk_weights_.ensure(backend_, rows * k);
   if (T > 0) {
-    backend_.linear(h, w.router.data(), T, H, E, router_logits_.data(), h_bf16);
+    backend_.linear(h, w.router.view(), T, H, E, router_logits_.data(), h_bf16);
     backend_.router_topk(router_logits_.data(), T, E, k, config_.norm_topk_prob, topk_ids_.data(),
                          topk_weights_.data());
   }

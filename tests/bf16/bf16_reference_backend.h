@@ -1,6 +1,7 @@
 // The GPU's numerics on the naive reference ops: tests/gpu's ReferenceBackend rounding to bf16 at
 // the points of a rounding statement (by default kernels/common/rounding.h's; tests flip single
-// points to show their inputs detect each one). Ops that do not round are the reference's.
+// points to show their inputs detect each one). Ops that do not round are the reference's. An
+// e4m3 weight enters a bf16 GEMM as bf16(dequantised value), as on the GPU.
 #pragma once
 
 #include <cstdint>
@@ -27,10 +28,11 @@ class Bf16ReferenceBackend final : public ReferenceBackend {
       : ReferenceBackend({"reference-bf16", true, KvDtype::kF32, ComputeDtype::kBF16}),
         p_(points) {}
 
-  void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out, float* y,
+  void linear(const float* x, WeightView w, int64_t rows, int64_t in, int64_t out, float* y,
               const bf16* /*x_bf16*/ = nullptr) override {
     const std::vector<float> xr = maybe_round(x, rows * in, p_.linear_input);
-    cpu::reference::linear(xr.data(), w, rows, in, out, y);
+    const std::vector<bf16> wb = as_bf16(w, out, in);
+    cpu::reference::linear(xr.data(), wb.empty() ? w : WeightView(wb.data()), rows, in, out, y);
     if (p_.linear_output) round_inplace(y, rows * out);
   }
   void attention(const float* q, const float* k, const float* v, const AttentionBatch& batch,
@@ -63,6 +65,17 @@ class Bf16ReferenceBackend final : public ReferenceBackend {
   static void round_inplace(float* v, int64_t n) {
     for (int64_t i = 0; i < n; ++i) v[i] = round_to_bf16(v[i]);
   }
+  // bf16(dequantised) values of an e4m3 matrix [rows, cols]; empty for a bf16 one.
+  static std::vector<bf16> as_bf16(WeightView w, int64_t rows, int64_t cols) {
+    std::vector<bf16> out;
+    if (!w.is_e4m3()) return out;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        out.push_back(float_to_bf16(e4m3_matrix_value(w.codes(), w.scales, cols, r, c)));
+      }
+    }
+    return out;
+  }
   static std::vector<float> maybe_round(const float* v, int64_t n, bool round) {
     std::vector<float> out(v, v + n);
     if (round) round_inplace(out.data(), n);
@@ -73,6 +86,11 @@ class Bf16ReferenceBackend final : public ReferenceBackend {
                          rounding::SwigluRounding r, float* y) {
     const std::vector<float> xr = maybe_round(x, hidden, r.input);
     std::vector<float> gate(static_cast<size_t>(inter)), up(static_cast<size_t>(inter));
+    const std::vector<bf16> gb = as_bf16(w.gate, inter, hidden), ub = as_bf16(w.up, inter, hidden),
+                            db = as_bf16(w.down, hidden, inter);
+    if (!gb.empty()) w.gate = WeightView(gb.data());
+    if (!ub.empty()) w.up = WeightView(ub.data());
+    if (!db.empty()) w.down = WeightView(db.data());
     cpu::reference::linear(xr.data(), w.gate, 1, hidden, inter, gate.data());
     cpu::reference::linear(xr.data(), w.up, 1, hidden, inter, up.data());
     if (r.gate_up) {

@@ -19,7 +19,7 @@ class ReferenceBackend : public HostBackend {
                  float* out) override {
     cpu::reference::embedding(table, vocab, hidden, ids, n, out);
   }
-  void linear(const float* x, const bf16* w, int64_t rows, int64_t in, int64_t out, float* y,
+  void linear(const float* x, WeightView w, int64_t rows, int64_t in, int64_t out, float* y,
               const bf16* /*x_bf16*/) override {
     cpu::reference::linear(x, w, rows, in, out, y);
   }

@@ -296,8 +296,10 @@ void emulate_expert_small(const float* x, int64_t hidden, int64_t inter, const i
       for (int64_t o = 0; o < inter; ++o) {
         for (int64_t r = 0; r < nr; ++r) {
           for (int l = 0; l < kWarpLanes; ++l) {
-            lg[l] = expert_dot_lane(bits(w.gate + o * hidden), &xs[r * hidden], hidden, l);
-            lu[l] = expert_dot_lane(bits(w.up + o * hidden), &xs[r * hidden], hidden, l);
+            lg[l] =
+                expert_dot_lane(bits(w.gate.bf16_data() + o * hidden), &xs[r * hidden], hidden, l);
+            lu[l] =
+                expert_dot_lane(bits(w.up.bf16_data() + o * hidden), &xs[r * hidden], hidden, l);
           }
           act[(r0 + r) * inter + o] = swiglu_act_bits(warp_sum_emulated(lg), warp_sum_emulated(lu));
         }
@@ -311,7 +313,7 @@ void emulate_expert_small(const float* x, int64_t hidden, int64_t inter, const i
     for (int64_t p = slot_begin[s]; p < slot_begin[s + 1]; ++p) {
       for (int64_t h = 0; h < hidden; ++h) {
         for (int l = 0; l < kWarpLanes; ++l) {
-          lg[l] = expert_dot_lane(bits(w.down + h * inter), &act[p * inter], inter, l);
+          lg[l] = expert_dot_lane(bits(w.down.bf16_data() + h * inter), &act[p * inter], inter, l);
         }
         out[p * hidden + h] = expert_out_value(warp_sum_emulated(lg));
       }

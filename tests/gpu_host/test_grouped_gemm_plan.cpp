@@ -116,12 +116,12 @@ TEST(GroupedPlan, GemmArgsDescribeYEqualsXWTransposedPerProjection) {
   EXPECT_EQ(gate.group_size, (std::vector<int>{1, 1}));
   EXPECT_EQ(gate.alpha, (std::vector<float>{1.0f, 1.0f}));
   EXPECT_EQ(gate.beta, (std::vector<float>{0.0f, 0.0f}));
-  EXPECT_EQ(gate.a[1], groups[1].weights.gate);
+  EXPECT_EQ(gate.a[1], groups[1].weights.gate.data);
   EXPECT_EQ(gate.b[1], base + 2 * H * 2);  // x_c row 2, bf16
   EXPECT_EQ(gate.c[1], base + 0x100000 + 2 * I * 2);
 
   const GroupedGemmArgs up = grouped_gemm_args(plan, Projection::kUp, s);
-  EXPECT_EQ(up.a[0], groups[0].weights.up);
+  EXPECT_EQ(up.a[0], groups[0].weights.up.data);
   EXPECT_EQ(up.c[1], base + 0x200000 + 2 * I * 2);
 
   const GroupedGemmArgs down = grouped_gemm_args(plan, Projection::kDown, s);
@@ -130,7 +130,7 @@ TEST(GroupedPlan, GemmArgsDescribeYEqualsXWTransposedPerProjection) {
   EXPECT_EQ(down.lda, (std::vector<int>{40, 40}));
   EXPECT_EQ(down.ldb, (std::vector<int>{40, 40}));
   EXPECT_EQ(down.ldc, (std::vector<int>{24, 24}));
-  EXPECT_EQ(down.a[0], groups[0].weights.down);
+  EXPECT_EQ(down.a[0], groups[0].weights.down.data);
   EXPECT_EQ(down.b[1], base + 0x300000 + 2 * I * 2);  // act_c row 2
   EXPECT_EQ(down.c[1], base + 0x400000 + 2 * H * 2);  // down_c row 2
 

@@ -1,6 +1,6 @@
 // The HuggingFace fixtures (tests/fixtures/hf, made by transformers itself with
-// tests/fixtures/make_fixtures.py): prompts, transformers' greedy continuations and, per prompt,
-// its float32 logits in logits_<i>.npy.
+// tests/fixtures/make_fixtures.py) and their FP8 versions: prompts, the reference greedy
+// continuations and, per prompt, its float32 logits in logits_<i>.npy.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -11,8 +11,11 @@
 
 namespace moe::test {
 
-inline const std::vector<std::string> kFixtures = {"moe128", "dense_mix", "tied", "fused",
-                                                   "fused_t"};
+// The FP8 ones (`*_fp8`, tests/fixtures/make_fp8_fixtures.py) are the bf16 ones' weights quantised
+// as the published FP8 checkpoints store them, one per expert layout; their reference is the
+// float64 forward of the dequantised weights.
+inline const std::vector<std::string> kFixtures = {
+    "moe128", "dense_mix", "tied", "fused", "fused_t", "moe128_fp8", "fused_fp8", "fused_t_fp8"};
 
 struct Fixture {
   std::string dir;

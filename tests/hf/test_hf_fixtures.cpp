@@ -1,6 +1,7 @@
 // moe-ep against transformers' own float32 logits and greedy continuations, for every fixture
-// (per-expert, dense-mix, tied, fused, transposed-fused layouts) on 1, 2 and 4 ranks; and a
-// checkpoint fault that only one rank can see.
+// (per-expert, dense-mix, tied, fused, transposed-fused layouts, and the FP8 fixtures against the
+// float64 forward of their dequantised weights) on 1, 2 and 4 ranks; checkpoint faults that only
+// one rank can see; an FP8 checkpoint held as stored.
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -58,19 +59,25 @@ INSTANTIATE_TEST_SUITE_P(AllFixtures, HfFixture,
                                   std::to_string(std::get<1>(info.param)) + "ranks";
                          });
 
-// A checkpoint whose index lacks one expert's tensor: only the rank that holds that expert
-// reads it, finds it missing, and must end the whole 2-rank job with a message naming it.
-TEST(HfCheckpointFault, MissingExpertTensorSeenByOneRankEndsTheJobNamingRankAndTensor) {
-  auto src = std::filesystem::path(source("tests/fixtures/hf/moe128"));
-  auto dir = temp_dir("hf_missing");
-  for (const auto& e : std::filesystem::directory_iterator(src)) {
+// A copy of fixture `name` in temp dir `tag` whose index no longer lists `tensor`.
+std::filesystem::path copy_without(const std::string& name, const std::string& tensor,
+                                   const std::string& tag) {
+  auto dir = temp_dir(tag);
+  for (const auto& e : std::filesystem::directory_iterator(source("tests/fixtures/hf/" + name))) {
     std::filesystem::copy_file(e.path(), dir / e.path().filename(),
                                std::filesystem::copy_options::overwrite_existing);
   }
   auto index = nlohmann::json::parse(read_text(dir / "model.safetensors.index.json"));
-  const std::string victim = "model.layers.1.mlp.experts.100.up_proj.weight";  // rank 1 of 2
-  ASSERT_EQ(index["weight_map"].erase(victim), 1u);
+  EXPECT_EQ(index["weight_map"].erase(tensor), 1u) << name << " lists no " << tensor;
   std::ofstream(dir / "model.safetensors.index.json") << index.dump();
+  return dir;
+}
+
+// A checkpoint whose index lacks one expert's tensor: only the rank that holds that expert
+// reads it, finds it missing, and must end the whole 2-rank job with a message naming it.
+TEST(HfCheckpointFault, MissingExpertTensorSeenByOneRankEndsTheJobNamingRankAndTensor) {
+  const std::string victim = "model.layers.1.mlp.experts.100.up_proj.weight";  // rank 1 of 2
+  auto dir = copy_without("moe128", victim, "hf_missing");
   auto r = run(mpirun(2) + " forward --model " + dir.string() + " --tokens 1,2,3 --logits-out " +
                    (dir / "x.npy").string(),
                60);
@@ -107,6 +114,45 @@ TEST(HfCheckpointLoad, EachOfEightRanksReadsOnlyItsOwnExperts) {
     experts += rank["local_experts"].get<int64_t>();
   }
   EXPECT_EQ(experts, 2 * 128);
+}
+
+// An FP8 checkpoint is held as stored (e4m3 codes + fp32 block scales: bytes read == bytes held,
+// half of bf16 plus the scales) and `run` takes it on 2 ranks.
+TEST(HfCheckpointLoad, Fp8CheckpointIsHeldAsStoredAndRunTakesIt) {
+  const std::string dir = source("tests/fixtures/hf/moe128_fp8");
+  auto out = temp_dir("hf_fp8_run");
+  auto json = (out / "run.json").string();
+  auto r =
+      run(mpirun(2) + " run --quiet --config " + source("configs/bench/tiny.yaml") + " --model " +
+          dir + " --set workload.prompt_len=8 --set workload.decode_steps=4 --json " + json);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  auto j = nlohmann::json::parse(read_text(json));
+  EXPECT_EQ(j["model"], "moe128_fp8");
+  ASSERT_EQ(j["load_per_rank"].size(), 2u);
+  for (const auto& rank : j["load_per_rank"]) {
+    const int64_t held =
+        rank["dense_replica_bytes"].get<int64_t>() + rank["expert_shard_bytes"].get<int64_t>();
+    EXPECT_EQ(rank["bytes_read"].get<int64_t>(), held) << "rank " << rank["rank"];
+    // 2 layers x 64 experts x (gate, up, down: 24 x 64 codes + one fp32 scale each).
+    EXPECT_EQ(rank["expert_shard_bytes"].get<int64_t>(), 2 * 64 * 3 * (24 * 64 + 4));
+  }
+}
+
+// An FP8 checkpoint whose index lacks one scale tensor ends the 2-rank job with one line naming
+// the shard file, the scale looked for and the weight.
+TEST(HfCheckpointFault, Fp8WeightWithoutItsScaleEndsTheJobNamingFileAndTensor) {
+  const std::string scale = "model.layers.1.mlp.experts.down_proj_scale_inv";
+  auto dir = copy_without("fused_t_fp8", scale, "hf_fp8_no_scale");
+  auto r = run(mpirun(2) + " forward --model " + dir.string() + " --tokens 1,2,3 --logits-out " +
+                   (dir / "x.npy").string(),
+               60);
+  EXPECT_EQ(r.exit_code, 1) << r.err;
+  EXPECT_NE(r.err.find("F8_E4M3 tensor without its block scales: no tensor '" + scale + "'"),
+            std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find("tensor 'model.layers.1.mlp.experts.down_proj'"), std::string::npos)
+      << r.err;
+  EXPECT_NE(r.err.find(".safetensors"), std::string::npos) << r.err;
 }
 
 }  // namespace

@@ -28,7 +28,8 @@
 #      3 and 4 are the gtest suites of ESSENTIAL_TESTS below, the one list of what this stage runs;
 #   5. bench_gpu on Qwen3-30B-A3B (synthetic weights, runtime::Model): decode at batch 1/8/64
 #      with the HBM-floor column and the per-phase breakdown (CUDA events), prefill 1 x 4096
-#      with MFU; then the essential table. bench_gpu sizes itself to the device's free memory and
+#      with MFU; the FP8 row (--quantize fp8: decode at batch 1 against the FP8 HBM floor); then
+#      the essential table. bench_gpu sizes itself to the device's free memory and
 #      names the batches it skips (on an 80 GB card: b=64, whose 64 x 4096-position KV cache does
 #      not fit beside the 61 GB of weights; the H200 runs all three).
 # OPTIONAL stages, as the budget allows: every other test of `ctest -L gpu`, each once (HF
@@ -488,14 +489,24 @@ if [[ $FULL == 1 ]]; then
     BENCH_FLAGS=(--model "$ROOT/${BENCH_MODEL:-configs/models/mid.yaml}" --backend cpu
       --batches 1,8,4096 --context 64 --decode-steps 2 --prefill-len 512 --free-gb 5)
   fi
-  limit=$(left_s)
-  ((limit <= 240)) || limit=240
-  say "bench_gpu ${BENCH_FLAGS[*]} (limit ${limit}s)"
-  run_logged "$OUT/bench_gpu.log" "$limit" "${TEST_ENV[@]}" "$FULL_DIR/bench/bench_gpu" \
-    "${BENCH_FLAGS[@]}" --json "$OUT/bench_gpu.json"
-  BENCH_RC=$?
-  [[ $BENCH_RC -eq 0 ]] || STATUS=1
-  note "bench_gpu: rc $BENCH_RC"
+  run_bench() { # $1: output name, $2: seconds at most, rest: flags; the exit code in BENCH_LAST_RC
+    local name=$1 limit
+    limit=$(left_s)
+    ((limit <= $2)) || limit=$2
+    shift 2
+    say "bench_gpu $* (limit ${limit}s)"
+    run_logged "$OUT/$name.log" "$limit" "${TEST_ENV[@]}" "$FULL_DIR/bench/bench_gpu" "$@" \
+      --json "$OUT/$name.json"
+    BENCH_LAST_RC=$?
+    [[ $BENCH_LAST_RC -eq 0 ]] || STATUS=1
+    note "$name: rc $BENCH_LAST_RC"
+  }
+  run_bench bench_gpu 240 "${BENCH_FLAGS[@]}"
+  BENCH_RC=$BENCH_LAST_RC
+  # The FP8 row: the same model with its weights held as e4m3 + 128 x 128 block scales
+  # (--quantize fp8), decode at batch 1 against the FP8 HBM floor (half the bf16 bytes).
+  run_bench bench_gpu_fp8 120 "${BENCH_FLAGS[@]}" --quantize fp8 --batches 1 --prefill-len 0
+  BENCH_FP8_RC=$BENCH_LAST_RC
 fi
 ESSENTIAL_S=$(($(date +%s) - T0))
 essential_table() {
@@ -508,6 +519,9 @@ essential_table() {
   for t in "${summary[@]}"; do echo "$t"; done
   [[ -f "$OUT/bench_gpu.log" ]] && sed -n '/ synthetic weights, phase times: /,$p' "$OUT/bench_gpu.log"
   [[ $BENCH_RC == 0 || $BENCH_RC == skipped ]] || tail -5 "$OUT/bench_gpu.log"
+  [[ -f "$OUT/bench_gpu_fp8.log" ]] && sed -n '/ synthetic weights, phase times: /,$p' "$OUT/bench_gpu_fp8.log"
+  [[ ${BENCH_FP8_RC:-skipped} == 0 || ${BENCH_FP8_RC:-skipped} == skipped ]] ||
+    tail -5 "$OUT/bench_gpu_fp8.log"
   echo "essential result: $([[ $STATUS -eq 0 ]] && echo PASS || echo FAIL)"
 }
 essential_table | tee -a "$LOG" | tee "$OUT/essential.txt"
