@@ -26,7 +26,13 @@
 # and a cold build then takes longer).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash launch/setup.sh
+bash launch/setup.sh  # python3-venv and curl among them
+# The Python the client tests name (tests/CMakeLists.txt: build/test-venv): the openai package
+# (serve tests), tokenizers and dashscope's qwen.tiktoken (the real Qwen vocabulary), from PyPI;
+# without this venv those tests are skipped.
+python3 -m venv build/test-venv
+build/test-venv/bin/pip install -q --disable-pip-version-check openai==3.63.0 tokenizers==0.23.3
+build/test-venv/bin/pip install -q --disable-pip-version-check --no-deps dashscope==2.0.2
 export OPENBLAS_NUM_THREADS=1
 if command -v ccache >/dev/null; then
   export CMAKE_C_COMPILER_LAUNCHER=ccache CMAKE_CXX_COMPILER_LAUNCHER=ccache

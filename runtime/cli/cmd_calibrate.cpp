@@ -105,18 +105,15 @@ int run_calibrate(const CalibrateArgs& a, bool model_given) {
       h.prefill_gemm_gflops, h.decode_gemm_gflops, h.grouped_gemm_gflops, h.attention_gflops,
       h.weight_read_gbps, h.memory_bandwidth_gbps, h.launch_overhead_us, h.layout_ns_per_pair);
   for (const MeasuredComm& m : h.measured) {
-    const std::string nodes =
-        m.ranks_per_node > 0
-            ? fmt::format(
-                  " inside a node (nodes of {}); between nodes {:.1f} us per peer, "
-                  "{:.2f} GB/s",
-                  m.ranks_per_node, m.inter_link.latency_us, m.inter_link.bandwidth_gbps)
-            : std::string();
     fmt::print(
-        "comm at {} ranks: collective {:.1f} us, latency {:.1f} us per peer, {:.2f} GB/s{}, "
+        "comm at {} ranks: collective {:.1f} us, latency {:.1f} us per peer, {:.2f} GB/s, "
         "wait after compute {:.1f} us\n",
-        m.ranks, m.collective_overhead_us, m.link.latency_us, m.link.bandwidth_gbps, nodes,
-        m.sync_us);
+        m.ranks, m.collective_overhead_us, m.link.latency_us, m.link.bandwidth_gbps, m.sync_us);
+    if (m.ranks_per_node > 0) {
+      fmt::print(
+          "  that link inside nodes of {} ranks; between nodes {:.1f} us per peer, {:.2f} GB/s\n",
+          m.ranks_per_node, m.inter_link.latency_us, m.inter_link.bandwidth_gbps);
+    }
   }
   if (!a.json.empty()) write_json(a.json, r.samples);
   return 0;

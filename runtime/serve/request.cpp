@@ -19,7 +19,8 @@ void ServeRequest::mark_started() {
   changed_.notify_all();
 }
 
-bool ServeRequest::on_token(int32_t token, Finish finish) {
+bool ServeRequest::on_token(int32_t token, Finish finish,
+                            const std::function<void(const ServeRequest&)>& on_over) {
   std::lock_guard lock(mutex_);
   if (done_) return true;
   if (completion_tokens_++ == 0) first_token_at_ = Clock::now();
@@ -30,6 +31,7 @@ bool ServeRequest::on_token(int32_t token, Finish finish) {
   if (stopped || finish != Finish::kRunning) {
     done_ = true;
     finish_reason_ = (stopped || eos) ? "stop" : "length";
+    if (on_over) on_over(*this);
   }
   ++version_;
   changed_.notify_all();

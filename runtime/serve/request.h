@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -32,8 +33,10 @@ class ServeRequest {
   // ---- the scheduler's side
   void mark_started();  // admitted to the engine
   // A new token; returns true when the request is over (end of sequence, max tokens, or a stop
-  // string: the engine must then drop the sequence).
-  bool on_token(int32_t token, Finish finish);
+  // string: the engine must then drop the sequence). `on_over` runs once, when it is over, before
+  // the client can see it (so what it counts is in /metrics by the time the answer arrives).
+  bool on_token(int32_t token, Finish finish,
+                const std::function<void(const ServeRequest&)>& on_over = {});
   // Ends the request with an error the client gets (status, message).
   void fail(int status, const std::string& message);
   bool client_gone() const;

@@ -38,10 +38,10 @@ struct Active {
     std::lock_guard lock(mutex);
     const auto it = requests.find(id);
     if (it == requests.end()) return;
-    ++counts[id];
-    if (!it->second->on_token(token, f)) return;
+    const int64_t completion_tokens = ++counts[id];
+    const auto count_it = [&](const ServeRequest& r) { finish(r, completion_tokens); };
+    if (!it->second->on_token(token, f, count_it)) return;
     if (f == Finish::kRunning) engine.cancel(id);  // a stop string ended it
-    finish(*it->second, counts[id]);
     counts.erase(id);
     requests.erase(it);
   }

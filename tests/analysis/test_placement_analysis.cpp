@@ -118,16 +118,22 @@ TEST(PlacementAnalysis, CountsEqualTheDispatcherLayoutRankByRank) {
   }
 }
 
+// A one-layer trace written out by hand: `ids` holds top_k experts per token.
+RoutingTrace one_layer_trace(int experts, int top_k, std::vector<int32_t> ids) {
+  RoutingTrace t;
+  t.num_experts = experts;
+  t.top_k = top_k;
+  t.num_layers = 1;
+  t.layers = {0};
+  t.ids = {std::move(ids)};
+  t.weights = {{}};
+  return t;
+}
+
 TEST(PlacementAnalysis, HandCaseOnTwoRanks) {
   // 4 tokens, top-2, experts 0..3: rank 0 holds {0, 1}, rank 1 holds {2, 3}. Rows 0, 2 live on
   // rank 0, rows 1, 3 on rank 1.
-  RoutingTrace t;
-  t.num_experts = 4;
-  t.top_k = 2;
-  t.num_layers = 1;
-  t.layers = {0};
-  t.ids = {{0, 1, 0, 2, 2, 3, 1, 3}};
-  t.weights = {{}};
+  const RoutingTrace t = one_layer_trace(4, 2, {0, 1, 0, 2, 2, 3, 1, 3});
   parallel::Placement p = placement_from_lists({{0, {{0, 1}, {2, 3}}}}, t, 2, "hand");
   PlacementReport rep = analyze_placement(t, p, {.hidden = 8, .tokens_per_step = 0});
   const parallel::LayerLoad& l = rep.loads[0];
@@ -144,13 +150,7 @@ TEST(PlacementAnalysis, HandCaseOnTwoRanks) {
 
 // Two nodes of two ranks, rank r holds experts 3r..3r+2; token t lives on rank t.
 TEST(PlacementAnalysis, NodeFirstCrossesOncePerDestinationNode) {
-  RoutingTrace t;
-  t.num_experts = 12;
-  t.top_k = 3;
-  t.num_layers = 1;
-  t.layers = {0};
-  t.ids = {{3, 6, 9, 0, 6, 1, 6, 7, 8, 0, 3, 11}};
-  t.weights = {{}};
+  const RoutingTrace t = one_layer_trace(12, 3, {3, 6, 9, 0, 6, 1, 6, 7, 8, 0, 3, 11});
   parallel::Placement p =
       placement_from_lists({{0, {{0, 1, 2}, {3, 4, 5}, {6, 7, 8}, {9, 10, 11}}}}, t, 4, "hand");
   const PlacementReport rep =
