@@ -145,8 +145,9 @@ class Communicator {
 
 struct CommOptions {
   double timeout_s = 60.0;  // a collective not complete by then throws (and the job aborts)
-  // Nodes of this many consecutive ranks instead of the detected ones (--ranks-per-node: tests
-  // of the node-first exchange on one machine); 0 detects.
+  // Nodes of this many consecutive ranks instead of the detected ones (--ranks-per-node: a
+  // multi-node layout rehearsed on one machine; local ranks, and so GPUs, then repeat every G
+  // ranks); 0 detects.
   int ranks_per_node = 0;
 };
 
