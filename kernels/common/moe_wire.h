@@ -39,10 +39,12 @@ MOE_HD int64_t round_up(int64_t n, int64_t m) {
   return (n + m - 1) / m * m;
 }
 
-// Bytes of one row of `width` elements: fp8 rows carry their codes, then their scales.
+// Bytes of one row of `width` elements: fp8 rows carry their codes, then their scales. Always a
+// multiple of 4, so that headers, route entries and fp8 scales placed after whole rows stay
+// aligned (a bf16 row of odd width gets 2 bytes of padding).
 MOE_HD int64_t row_bytes(WireDtype t, int64_t width) {
   if (t == WireDtype::kF32) return 4 * width;
-  if (t == WireDtype::kBF16) return 2 * width;
+  if (t == WireDtype::kBF16) return round_up(2 * width, 4);
   return round_up(width, 4) + 4 * ((width + kFp8Block - 1) / kFp8Block);
 }
 
