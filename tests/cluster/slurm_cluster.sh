@@ -63,6 +63,8 @@ cmd_up() {
   [[ "$node" == NodeName=* ]] || { cmd_down "$dir"; skip "slurmd -C cannot describe this node"; }
   cat >"$dir/slurm.conf" <<EOF
 ClusterName=moetest
+# Job ids of clusters started side by side must differ: a step's PMIx and spool names carry them.
+FirstJobId=$((1000 + (RANDOM * 32768 + RANDOM) % 60000000))
 SlurmctldHost=$(hostname)
 SlurmctldPort=$(free_port)
 SlurmdPort=$(free_port)
