@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 build="$(realpath "${1:-build/release}")"
 exe="$build/launch/moe-ep"
-out="$PWD/bench/results/multinode_validation"
+out=bench/results/multinode_validation  # relative: the JSON files name their inputs as given
 cluster="$(mktemp -d)/cluster"
 mkdir -p "$out"
 net=tests/cluster/netns_cluster.sh
@@ -30,7 +30,7 @@ for model in mid tiny; do
 done
 for p in "${points[@]}"; do
   IFS='|' read -r name model cfg sets <<<"$p"
-  args=(--config "$PWD/$cfg" --set threads=1 --set compare_sgemm=false)
+  args=(--config "$cfg" --set threads=1 --set compare_sgemm=false)
   for s in $sets; do args+=(--set "$s"); done
   "${mpi[@]}" "$exe" run --quiet "${args[@]}" --json "$out/${name}_n4_run.json" >/dev/null
   "${mpi[@]}" "$exe" run --quiet "${args[@]}" --json "$out/${name}_n4_run2.json" >/dev/null
