@@ -51,17 +51,18 @@ StrategySpec parse_strategy(const y::Doc& doc, const YAML::Node& node, const std
     y::fail(doc, node["strategy"], key + ".strategy",
             fmt::format("unknown strategy '{}' (known: {})", s.name, fmt::join(names, ", ")));
   }
-  auto non_negative = [&](const char* k) {
+  // ranks_per_node describes the nodes (any strategy); redundant slots are replicated's alone.
+  auto non_negative = [&](const char* k, bool replicated_only) {
     const int64_t v = y::value_or<int64_t>(doc, node, k, 0, key + "." + k);
     if (v < 0 || v > (1 << 20)) y::fail(doc, node[k], key + "." + k, "expected an integer >= 0");
-    if (v > 0 && s.name != "replicated" && std::string(k) != "ranks_per_node") {
+    if (v > 0 && replicated_only && s.name != "replicated") {
       y::fail(doc, node[k], key + "." + k,
               fmt::format("only strategy 'replicated' takes '{}' (this is '{}')", k, s.name));
     }
     return static_cast<int>(v);
   };
-  s.redundant = non_negative("redundant");
-  s.ranks_per_node = non_negative("ranks_per_node");
+  s.redundant = non_negative("redundant", true);
+  s.ranks_per_node = non_negative("ranks_per_node", false);
   s.min_balancedness =
       y::value_or<double>(doc, node, "min_balancedness", 0.9, key + ".min_balancedness");
   if (!(s.min_balancedness > 0 && s.min_balancedness <= 1)) {
