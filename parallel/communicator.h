@@ -48,6 +48,10 @@ class Communicator {
   virtual const NodeLayout& node_layout() const = 0;
   int local_rank() const { return node_layout().local_rank; }
   int local_size() const { return node_layout().local_size; }  // ranks on this node
+  // The ranks of this rank's node as a communicator of their own (rank = local rank), owned by
+  // this one and shut down with it; this one itself when the job is one node. Collective on the
+  // first call: every rank calls it at the same point. The node-first exchange's second level.
+  virtual Communicator& node_communicator() = 0;
   virtual std::string name() const = 0;
   // True when buffers passed to all_to_all_v live in device memory (NCCL).
   virtual bool device_buffers() const = 0;

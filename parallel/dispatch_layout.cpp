@@ -29,6 +29,8 @@ ExchangeStats& ExchangeStats::operator+=(const ExchangeStats& o) {
   pairs_received += o.pairs_received;
   row_bytes_sent_remote += o.row_bytes_sent_remote;
   collectives += o.collectives;
+  rows_sent_inter_node += o.rows_sent_inter_node;
+  bytes_sent_inter_node += o.bytes_sent_inter_node;
   return *this;
 }
 
@@ -44,7 +46,8 @@ WireBytes WireBytes::of(kernels::WireDtype dispatch, kernels::WireDtype combine,
 ExchangeStats exchange_stats(int rank, std::span<const int64_t> send_rows,
                              std::span<const int64_t> send_pairs,
                              std::span<const int64_t> recv_rows,
-                             std::span<const int64_t> recv_pairs, const WireBytes& bytes) {
+                             std::span<const int64_t> recv_pairs, const WireBytes& bytes,
+                             const NodeLayout* nodes) {
   // Dispatch sends rows + routes, combine returns one partial row per received row.
   const int64_t sent_local = send_rows[rank];
   const int64_t recv_local = recv_rows[rank];
@@ -63,6 +66,16 @@ ExchangeStats exchange_stats(int rank, std::span<const int64_t> send_rows,
   st.bytes_remote_without_dedup =
       st.pairs_remote * (bytes.dispatch_row + static_cast<int64_t>(sizeof(RouteEntry))) +
       (sum(recv_pairs) - recv_pairs[rank]) * bytes.combine_row;
+  if (nodes != nullptr) {
+    int64_t back_rows = 0;  // rows this rank returns to other nodes
+    for (size_t p = 0; p < send_rows.size(); ++p) {
+      if (nodes->node_of(static_cast<int>(p)) == nodes->node_of(rank)) continue;
+      st.rows_sent_inter_node += send_rows[p];
+      back_rows += recv_rows[p];
+    }
+    st.bytes_sent_inter_node = st.rows_sent_inter_node * (bytes.dispatch_row + bytes.routes) +
+                               back_rows * bytes.combine_row;
+  }
   return st;
 }
 

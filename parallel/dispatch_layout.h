@@ -12,6 +12,7 @@
 
 #include "kernels/common/moe_wire.h"
 #include "kernels/op_args.h"
+#include "parallel/node_layout.h"
 #include "parallel/placement.h"
 
 namespace moe::parallel {
@@ -76,6 +77,10 @@ struct ExchangeStats {
   int64_t pairs_received = 0;         // (row, expert) pairs computed on this rank (all sources)
   int64_t row_bytes_sent_remote = 0;  // the rows' part of bytes_sent_remote (no route entries)
   int64_t collectives = 0;            // exchanges this rank entered (dispatch and combine)
+  // The part of the remote traffic whose peer is on another node (rows out; rows and routes out
+  // plus rows back).
+  int64_t rows_sent_inter_node = 0;
+  int64_t bytes_sent_inter_node = 0;
 
   // Accumulates counters (e.g. over the layers and steps of a run).
   ExchangeStats& operator+=(const ExchangeStats& o);
@@ -83,10 +88,12 @@ struct ExchangeStats {
 
 // The traffic counters of one dispatch+combine on `rank`, from the rows and (token, expert)
 // pairs it sends to each rank and receives from each rank ([N] each), in the wire types of
-// `bytes` (collectives stay 0: the exchange counts them).
+// `bytes` (collectives stay 0: the exchange counts them). `nodes` says which peers are on other
+// nodes (nullptr: all on this rank's node).
 ExchangeStats exchange_stats(int rank, std::span<const int64_t> send_rows,
                              std::span<const int64_t> send_pairs,
                              std::span<const int64_t> recv_rows,
-                             std::span<const int64_t> recv_pairs, const WireBytes& bytes);
+                             std::span<const int64_t> recv_pairs, const WireBytes& bytes,
+                             const NodeLayout* nodes = nullptr);
 
 }  // namespace moe::parallel

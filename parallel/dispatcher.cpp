@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <memory>
 
 #include "kernels/common/check.h"
 
@@ -43,7 +44,69 @@ void grow_keeping(kernels::Backend& backend, kernels::Buffer<unsigned char>& buf
   buf = std::move(bigger);
 }
 
+// The flat routing: every replica of e where the placement puts it.
+RoutingArrays flat_routing(const LayerPlacement& lp) {
+  RoutingArrays a;
+  a.begin.push_back(0);
+  for (const auto& replicas : lp.expert_slots) {
+    for (const Slot& s : replicas) {
+      a.ranks.push_back(s.rank);
+      a.slots.push_back(s.local_slot);
+    }
+    a.begin.push_back(static_cast<int32_t>(a.ranks.size()));
+  }
+  for (int d = 0; d < lp.num_ranks(); ++d) a.num_slots.push_back(lp.num_local_slots(d));
+  return a;
+}
+
+// The node-first routing of a rank with local index `local`: expert e goes to the rank of that
+// local index on each node holding a replica of e (once per node), and its "slot" there is e
+// itself, the id the node's own exchange routes by.
+RoutingArrays proxy_routing(const LayerPlacement& lp, const NodeLayout& nodes) {
+  RoutingArrays a;
+  a.begin.push_back(0);
+  for (int e = 0; e < lp.num_experts(); ++e) {
+    std::vector<int> holding;
+    for (const Slot& s : lp.expert_slots[static_cast<size_t>(e)]) {
+      const int node = nodes.node_of(s.rank);
+      if (std::find(holding.begin(), holding.end(), node) == holding.end()) holding.push_back(node);
+    }
+    std::sort(holding.begin(), holding.end());
+    for (int node : holding) {
+      a.ranks.push_back(nodes.first_rank(node) + nodes.local_rank);
+      a.slots.push_back(e);
+    }
+    a.begin.push_back(static_cast<int32_t>(a.ranks.size()));
+  }
+  a.num_slots.assign(static_cast<size_t>(lp.num_ranks()), lp.num_experts());
+  return a;
+}
+
+// The part of `lp` on this rank's node, its ranks numbered by local index (experts elsewhere
+// have no replica: the first level never forwards them here).
+LayerPlacement node_part(const LayerPlacement& lp, const NodeLayout& nodes) {
+  std::vector<std::vector<int>> rank_experts;
+  for (int i = 0; i < nodes.local_size; ++i) {
+    rank_experts.push_back(lp.rank_experts[static_cast<size_t>(nodes.first_rank(nodes.node) + i)]);
+  }
+  LayerPlacement part;
+  part.rank_experts = std::move(rank_experts);
+  part.expert_slots.assign(static_cast<size_t>(lp.num_experts()), {});
+  for (int r = 0; r < part.num_ranks(); ++r) {
+    for (int s = 0; s < part.num_local_slots(r); ++s) {
+      part.expert_slots[static_cast<size_t>(
+                            part.rank_experts[static_cast<size_t>(r)][static_cast<size_t>(s)])]
+          .push_back(Slot{r, s});
+    }
+  }
+  return part;
+}
+
 }  // namespace
+
+const char* exchange_kind_name(ExchangeKind kind) {
+  return kind == ExchangeKind::kHierarchical ? "hierarchical" : "flat";
+}
 
 WirePlan resolve_wire(kernels::ComputeDtype compute, std::optional<WireDtype> requested) {
   const bool bf16 = compute == kernels::ComputeDtype::kBF16;
@@ -73,6 +136,14 @@ Dispatcher::Dispatcher(Communicator& comm, kernels::Backend& backend, int64_t hi
   capacity_ = options.capacity_rows > 0 ? options.capacity_rows
               : comm_.device_buffers()  ? kDeviceCapacityRows
                                         : kHostCapacityRows;
+  const ExchangeKind kind = options.exchange.value_or(
+      comm_.node_layout().num_nodes > 1 ? ExchangeKind::kHierarchical : ExchangeKind::kFlat);
+  if (kind == ExchangeKind::kHierarchical && comm_.size() > 1) {
+    DispatcherOptions in_node = options;
+    in_node.exchange = ExchangeKind::kFlat;
+    inner_ =
+        std::make_unique<Dispatcher>(comm_.node_communicator(), backend_, hidden_, top_k_, in_node);
+  }
 }
 
 int64_t Dispatcher::block_ints() const {
@@ -80,38 +151,50 @@ int64_t Dispatcher::block_ints() const {
 }
 
 void Dispatcher::set_placement(const Placement& placement) {
-  const int N = comm_.size(), rank = comm_.rank();
+  const int N = comm_.size();
   MOE_CHECK_AS("dispatch", placement.num_ranks() == N,
                "dispatch: placement is for {} ranks but the job has {}", placement.num_ranks(), N);
-  num_experts_ = placement.num_experts();
-  int max_slots = 0;
-  for (int l = 0; l < placement.num_layers(); ++l) {
-    const LayerPlacement& lp = placement.layer(l);
-    for (int d = 0; d < lp.num_ranks(); ++d) max_slots = std::max(max_slots, lp.num_local_slots(d));
-  }
-  header_width_ = layout::kHeaderSlots + max_slots;
-  tables_.clear();
-  tables_.resize(static_cast<size_t>(placement.num_layers()));
+  const NodeLayout& nodes = comm_.node_layout();
+  std::vector<RoutingArrays> layers(static_cast<size_t>(placement.num_layers()));
+  std::vector<RoutingArrays> in_node(inner_ != nullptr ? layers.size() : 0);
   for (int l = 0; l < placement.num_layers(); ++l) {
     const LayerPlacement& lp = placement.layer(l);
     if (lp.num_experts() == 0) continue;  // dense layer
-    MOE_CHECK_AS("dispatch", lp.num_experts() == num_experts_,
-                 "layer {} places {} experts, the model has {}", l, lp.num_experts(), num_experts_);
-    // replica_begin [E + 1] | replica_rank [Rp] | replica_slot [Rp] | rank_num_slots [N]
-    std::vector<int32_t> begin{0}, ranks, slots, num_slots;
-    for (const auto& replicas : lp.expert_slots) {
-      for (const Slot& s : replicas) {
-        ranks.push_back(s.rank);
-        slots.push_back(s.local_slot);
-      }
-      begin.push_back(static_cast<int32_t>(ranks.size()));
+    MOE_CHECK_AS("dispatch", lp.num_experts() == placement.num_experts(),
+                 "layer {} places {} experts, the model has {}", l, lp.num_experts(),
+                 placement.num_experts());
+    if (inner_ == nullptr) {
+      layers[static_cast<size_t>(l)] = flat_routing(lp);
+    } else {
+      layers[static_cast<size_t>(l)] = proxy_routing(lp, nodes);
+      in_node[static_cast<size_t>(l)] = flat_routing(node_part(lp, nodes));
     }
-    for (int d = 0; d < N; ++d) num_slots.push_back(lp.num_local_slots(d));
+  }
+  set_routing(layers, placement.num_experts());
+  if (inner_ != nullptr) inner_->set_routing(in_node, placement.num_experts());
+}
+
+void Dispatcher::set_routing(const std::vector<RoutingArrays>& layers, int num_experts) {
+  const int N = comm_.size(), rank = comm_.rank();
+  num_experts_ = num_experts;
+  int max_slots = 0;
+  for (const RoutingArrays& a : layers) {
+    for (int32_t n : a.num_slots) max_slots = std::max(max_slots, n);
+  }
+  header_width_ = layout::kHeaderSlots + max_slots;
+  tables_.clear();
+  tables_.resize(layers.size());
+  for (size_t l = 0; l < layers.size(); ++l) {
+    const RoutingArrays& a = layers[l];
+    if (a.begin.empty()) continue;  // dense layer
+    MOE_CHECK_AS("dispatch", static_cast<int>(a.num_slots.size()) == N,
+                 "layer {}: routing for {} ranks, the communicator has {}", l, a.num_slots.size(),
+                 N);
     std::vector<int32_t> flat;
-    for (const auto* part : {&begin, &ranks, &slots, &num_slots}) {
+    for (const auto* part : {&a.begin, &a.ranks, &a.slots, &a.num_slots}) {
       flat.insert(flat.end(), part->begin(), part->end());
     }
-    LayerTable& t = tables_[static_cast<size_t>(l)];
+    LayerTable& t = tables_[l];
     t.data = kernels::Buffer<int32_t>(backend_, flat.size());
     backend_.upload(t.data.data(), flat.data(), flat.size() * sizeof(int32_t));
     const int32_t* base = t.data.data();
@@ -120,13 +203,14 @@ void Dispatcher::set_placement(const Placement& placement) {
     t.table.rank = rank;
     t.table.max_local_slots = max_slots;
     t.table.replica_begin = base;
-    t.table.replica_rank = base + begin.size();
-    t.table.replica_slot = base + begin.size() + ranks.size();
-    t.table.rank_num_slots = base + begin.size() + 2 * ranks.size();
-    t.local_slots = lp.num_local_slots(rank);
+    t.table.replica_rank = base + a.begin.size();
+    t.table.replica_slot = base + a.begin.size() + a.ranks.size();
+    t.table.rank_num_slots = base + a.begin.size() + 2 * a.ranks.size();
+    t.local_slots = a.num_slots[static_cast<size_t>(rank)];
   }
   stats_ = kernels::Buffer<int32_t>(
-      backend_, static_cast<size_t>(std::max<int64_t>(1, placement.num_layers()) * block_ints()));
+      backend_, static_cast<size_t>(std::max<int64_t>(1, static_cast<int64_t>(layers.size())) *
+                                    block_ints()));
   host_blocks_.assign(tables_.size(), {});
   dispatched_.assign(tables_.size(), 0);
   collectives_.assign(tables_.size(), 0);
@@ -137,16 +221,29 @@ void Dispatcher::begin_step() {
   std::fill(dispatched_.begin(), dispatched_.end(), 0);
   std::fill(collectives_.begin(), collectives_.end(), 0);
   for (auto& b : host_blocks_) b.clear();
+  if (inner_ != nullptr) inner_->begin_step();
 }
 
 void Dispatcher::note_replayed() {
   for (size_t l = 0; l < tables_.size(); ++l) dispatched_[l] = tables_[l].data.size() > 0;
+  if (inner_ != nullptr) inner_->note_replayed();
 }
 
 std::vector<const void*> Dispatcher::buffers() const {
-  return {stats_.data(),       source_ints_.data(), recv_ints_.data(),  group_ints_.data(),
-          send_routes_.data(), recv_routes_.data(), send_arena_.data(), recv_arena_.data(),
-          partial_.data(),     returned_.data(),    recv_rows_.data()};
+  std::vector<const void*> b = {stats_.data(),      source_ints_.data(), recv_ints_.data(),
+                                group_ints_.data(), send_routes_.data(), recv_routes_.data(),
+                                send_arena_.data(), recv_arena_.data(),  partial_.data(),
+                                returned_.data(),   recv_rows_.data()};
+  if (inner_ != nullptr) {
+    for (const void* p : inner_->buffers()) b.push_back(p);
+    for (const void* p :
+         {static_cast<const void*>(node_rows_.data()), static_cast<const void*>(node_sums_.data()),
+          static_cast<const void*>(unit_routes_.data()),
+          static_cast<const void*>(unit_pairs_.data())}) {
+      b.push_back(p);
+    }
+  }
+  return b;
 }
 
 void Dispatcher::check_block(int layer, const int32_t* host_block, bool grouping_done) const {
@@ -166,6 +263,7 @@ void Dispatcher::set_timer(kernels::PhaseTimer* timer, int layout_phase, int dis
   layout_phase_ = layout_phase;
   dispatch_phase_ = dispatch_phase;
   combine_phase_ = combine_phase;
+  if (inner_ != nullptr) inner_->set_timer(timer, layout_phase, dispatch_phase, combine_phase);
 }
 
 wire::MessageFormat Dispatcher::dispatch_format() const {
@@ -173,7 +271,8 @@ wire::MessageFormat Dispatcher::dispatch_format() const {
 }
 
 layout::SourceLayoutView Dispatcher::source_layout(int layer, int32_t T, const int32_t* ids,
-                                                   const float* weights) {
+                                                   const float* weights,
+                                                   const kernels::RouteEntry* forwarded) {
   const int32_t N = comm_.size(), k = top_k_, E = num_experts_, W = header_width_;
   const int32_t chunk = backend_.traits().layout_chunk;
   const int32_t C = layout::num_chunks(T, chunk);
@@ -196,6 +295,7 @@ layout::SourceLayoutView Dispatcher::source_layout(int layer, int32_t T, const i
   layout::SourceLayoutView v;
   v.ids = ids;
   v.weights = weights;
+  v.forwarded = forwarded;
   v.num_tokens = T;
   v.top_k = k;
   v.chunk_size = chunk;
@@ -243,9 +343,42 @@ void Dispatcher::start_dispatch(int layer, const float* hidden, int64_t num_toke
   flight_.layer = layer;
   flight_.hidden = hidden;
   flight_.num_tokens = num_tokens;
-  flight_.view = source_layout(layer, static_cast<int32_t>(num_tokens), ids, weights);
+  flight_.view = source_layout(layer, static_cast<int32_t>(num_tokens), ids, weights, forwarded_);
+  forwarded_ = nullptr;
   mark(layout_phase_);
   if (N > 1) send_messages(layer);
+}
+
+void Dispatcher::start_forwarded(int layer, const float* rows, int64_t num_rows,
+                                 const kernels::RouteEntry* routes) {
+  forwarded_ = routes;
+  start_dispatch(layer, rows, num_rows, nullptr, nullptr);
+}
+
+DispatchHandle Dispatcher::forward_in_node(DispatchHandle&& received) {
+  const int64_t R = received.num_recv_rows, H = hidden_;
+  const int k = top_k_;
+  received_ = std::move(received);
+  const kernels::RouteEntry* routes = received_.recv_routes;
+  node_rows_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(R, 1) * H));
+  if (R > 0) backend_.gather_rows(received_.recv_rows, H, received_.row_at, R, node_rows_.data());
+  if (R > unit_rows_) {
+    // Row r is pair r with weight 1 (1 * x is exactly x): the combine returns node_sums_ as is.
+    const int64_t n = std::max<int64_t>(R, 2 * unit_rows_);
+    std::vector<kernels::RouteEntry> unit(static_cast<size_t>(n * k));
+    std::vector<int32_t> pairs(static_cast<size_t>(n * k), -1);
+    for (int64_t r = 0; r < n; ++r) {
+      unit[static_cast<size_t>(r * k)] = kernels::RouteEntry{0, 1.0f};
+      pairs[static_cast<size_t>(r * k)] = static_cast<int32_t>(r);
+    }
+    unit_routes_.assign(backend_, unit.data(), unit.size());
+    unit_pairs_.assign(backend_, pairs.data(), pairs.size());
+    unit_rows_ = n;
+  }
+  received_.recv_routes = unit_routes_.data();
+  received_.pair_of_entry = unit_pairs_.data();
+  inner_->start_forwarded(received_.layer, node_rows_.data(), R, routes);
+  return inner_->finish_dispatch();
 }
 
 DispatchHandle Dispatcher::finish_dispatch() {
@@ -266,6 +399,7 @@ DispatchHandle Dispatcher::finish_dispatch() {
   }
   flight_.layer = -1;
   mark(dispatch_phase_);
+  if (inner_ != nullptr) return forward_in_node(std::move(d));
   return d;
 }
 
@@ -429,7 +563,8 @@ void Dispatcher::receive(DispatchHandle& d) {
   backend_.receive_rows(rv);
   d.recv_rows = rv.rows;
   d.recv_routes = rv.routes;
-  group_received(flight_.layer, d, rv.row_at);
+  d.row_at = rv.row_at;
+  if (inner_ == nullptr) group_received(flight_.layer, d, rv.row_at);  // else the node's exchange
 }
 
 void Dispatcher::group_received(int layer, DispatchHandle& d, const int32_t* row_at) {
@@ -483,6 +618,23 @@ void Dispatcher::combine(const float* expert_out, const DispatchHandle& d, float
 }
 
 void Dispatcher::start_combine(const float* expert_out, const DispatchHandle& d) {
+  if (inner_ == nullptr) {
+    start_combine_rows(expert_out, d);
+    return;
+  }
+  // The node's sums of each received row (summed inside the node first), then one row back each.
+  const int64_t R = received_.num_recv_rows;
+  node_sums_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(R, 1) * hidden_));
+  backend_.fill_zero(node_sums_.data(), static_cast<size_t>(R * hidden_) * sizeof(float));
+  inner_->combine(expert_out, d, node_sums_.data());
+  start_combine_rows(node_sums_.data(), received_);
+}
+
+void Dispatcher::finish_combine(const DispatchHandle& d, float* x) {
+  finish_combine_rows(inner_ != nullptr ? received_ : d, x);
+}
+
+void Dispatcher::start_combine_rows(const float* expert_out, const DispatchHandle& d) {
   const int N = comm_.size(), rank = comm_.rank();
   expert_out_ = expert_out;
   if (N == 1) return;
@@ -517,7 +669,7 @@ void Dispatcher::start_combine(const float* expert_out, const DispatchHandle& d)
   ++collectives_[static_cast<size_t>(d.layer)];
 }
 
-void Dispatcher::finish_combine(const DispatchHandle& d, float* x) {
+void Dispatcher::finish_combine_rows(const DispatchHandle& d, float* x) {
   back_.wait();
   if (d.num_tokens > 0) {
     layout::CombineSources src;
@@ -567,10 +719,40 @@ std::vector<LayerLoad> Dispatcher::collect_loads() {
     }
     load.tokens_per_rank = send_pairs;
     load.rows_per_rank = send_rows;
-    load.traffic = exchange_stats(rank, send_rows, send_pairs, recv_rows, recv_pairs, bytes);
+    load.traffic = exchange_stats(rank, send_rows, send_pairs, recv_rows, recv_pairs, bytes,
+                                  &comm_.node_layout());
     load.traffic.collectives = collectives_[l];
   }
+  if (inner_ != nullptr) add_node_level(inner_->collect_loads(), loads);
   return loads;
+}
+
+void Dispatcher::add_node_level(const std::vector<LayerLoad>& in_node,
+                                std::vector<LayerLoad>& loads) const {
+  // The pairs and rows each rank of this node computes came through this rank's node exchange
+  // (one proxy per source and node): in world ranks, they are the job's per-rank loads once
+  // summed over ranks. Traffic adds both levels; a row forwarded inside the node after crossing
+  // nodes counts at both hops, what stays on this rank is the node level's.
+  const NodeLayout& nodes = comm_.node_layout();
+  const int first = nodes.first_rank(nodes.node);
+  for (size_t l = 0; l < loads.size(); ++l) {
+    if (!dispatched_[l]) continue;
+    LayerLoad& load = loads[l];
+    const LayerLoad& node = in_node[l];
+    load.tokens_per_rank.assign(load.tokens_per_rank.size(), 0);
+    load.rows_per_rank.assign(load.rows_per_rank.size(), 0);
+    for (size_t i = 0; i < node.tokens_per_rank.size(); ++i) {
+      load.tokens_per_rank[first + i] = node.tokens_per_rank[i];
+      load.rows_per_rank[first + i] = node.rows_per_rank[i];
+    }
+    ExchangeStats t = load.traffic;
+    t += node.traffic;
+    t.rows_kept_local = node.traffic.rows_kept_local;
+    t.bytes_kept_local = node.traffic.bytes_kept_local;
+    t.rows_received = node.traffic.rows_received;
+    t.pairs_received = node.traffic.pairs_received;
+    load.traffic = t;
+  }
 }
 
 }  // namespace moe::parallel

@@ -42,6 +42,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <span>
 #include <vector>
@@ -66,8 +67,17 @@ struct WirePlan {
 // moe::Error("config") naming the combination otherwise.
 WirePlan resolve_wire(kernels::ComputeDtype compute, std::optional<kernels::WireDtype> requested);
 
+// How rows reach the ranks of other nodes. kFlat: straight to every destination rank, one row
+// per (token, rank). kHierarchical (node-first): one row per (token, destination node) crosses to
+// the rank of the sender's local index there (the proxy), which forwards it inside its node, and
+// the combine sums inside the node before the one row goes back.
+enum class ExchangeKind { kFlat, kHierarchical };
+const char* exchange_kind_name(ExchangeKind kind);
+
 struct DispatcherOptions {
   std::optional<kernels::WireDtype> wire;  // unset: the activation dtype (resolve_wire)
+  // Unset: hierarchical when the communicator spans several nodes, else flat.
+  std::optional<ExchangeKind> exchange;
   // Rows per peer in the fixed-capacity message (the same on every rank); 0: kHostCapacityRows
   // for a communicator that sends only what is used (MPI), kDeviceCapacityRows for one that
   // moves whole blocks (NCCL).
@@ -98,6 +108,13 @@ struct DispatchHandle {
   const int32_t* pair_of_entry = nullptr;            // [R * k]
   const int32_t* token_offsets = nullptr;            // [T + 1]
   const int32_t* token_rows = nullptr;               // [S]
+  const int32_t* row_at = nullptr;  // [R] where received row r lies in recv_rows (several ranks)
+};
+
+// One layer's routing as the flat arrays the dispatcher uploads (kernels::RoutingTable):
+// replica_begin [E + 1], replica_rank and replica_slot [replicas], rank_num_slots [N].
+struct RoutingArrays {
+  std::vector<int32_t> begin, ranks, slots, num_slots;
 };
 
 class Dispatcher {
@@ -119,6 +136,9 @@ class Dispatcher {
                  int combine_phase);
   const WirePlan& wire() const { return wire_; }
   int32_t capacity_rows() const { return capacity_; }
+  ExchangeKind exchange() const {
+    return inner_ != nullptr ? ExchangeKind::kHierarchical : ExchangeKind::kFlat;
+  }
 
   // ids / weights: [num_tokens, k] in backend memory. hidden: [num_tokens, H]. Collective: every
   // rank calls it, with num_tokens == 0 allowed. dispatch() = start_dispatch() + finish_dispatch():
@@ -161,6 +181,19 @@ class Dispatcher {
   };
   // Per-layer counters in one buffer, so one download covers a step:
   //   [expert_total E][send header N W][recv header N W][layout error][grouping error]
+  // The tables of every layer (empty arrays: a dense layer), E experts.
+  void set_routing(const std::vector<RoutingArrays>& layers, int num_experts);
+  // The node-first exchange's second level: the dispatch of the rows this node received
+  // (`rows` [R, H], received order), with their forwarded route entries.
+  void start_forwarded(int layer, const float* rows, int64_t num_rows,
+                       const kernels::RouteEntry* routes);
+  // Node-first: the rows the first level received go to the node's ranks; returns their handle.
+  DispatchHandle forward_in_node(DispatchHandle&& received);
+  // Node-first: the node level's loads and traffic folded into the first level's `loads`.
+  void add_node_level(const std::vector<LayerLoad>& in_node, std::vector<LayerLoad>& loads) const;
+  // The combine of one level: expert_out [pairs of d, H] summed per row and sent back / added.
+  void start_combine_rows(const float* expert_out, const DispatchHandle& d);
+  void finish_combine_rows(const DispatchHandle& d, float* x);
   int64_t block_ints() const;
   int32_t* block(int layer) { return stats_.data() + layer * block_ints(); }
   // Throws on the error flags of a host copy of a layer's block (the grouping's only once the
@@ -171,7 +204,8 @@ class Dispatcher {
   // messages packed and sent; the headers they carried read on the host; the spill; the received
   // rows and routes; the receiver-side grouping by local slot.
   kernels::layout::SourceLayoutView source_layout(int layer, int32_t num_tokens, const int32_t* ids,
-                                                  const float* weights);
+                                                  const float* weights,
+                                                  const kernels::RouteEntry* forwarded = nullptr);
   void send_messages(int layer);
   void read_headers(int layer, DispatchHandle& d);
   void exchange_spill(const DispatchHandle& d);
@@ -199,7 +233,8 @@ class Dispatcher {
   kernels::PhaseTimer* timer_ = nullptr;
   int layout_phase_ = 0, dispatch_phase_ = 0, combine_phase_ = 0;
   InFlight flight_;
-  const float* expert_out_ = nullptr;  // of the combine in flight
+  const kernels::RouteEntry* forwarded_ = nullptr;  // start_forwarded's routes for start_dispatch
+  const float* expert_out_ = nullptr;               // of the combine in flight
 
   // Scratch reused across layers (grown, never shrunk; the receive arena keeps its contents when
   // it grows).
@@ -209,6 +244,18 @@ class Dispatcher {
   kernels::Buffer<float> recv_rows_;  // widened rows (wire types other than fp32)
   std::vector<int64_t> send_bytes_, spill_send_, spill_recv_, back_send_, back_recv_;
   ByteExchange messages_, spill_, back_;
+
+  // Node-first exchange (kHierarchical on several ranks): this dispatcher sends to the node
+  // proxies and `inner_`, over the node communicator, delivers inside the node.
+  std::unique_ptr<Dispatcher> inner_;
+  DispatchHandle received_;  // the first level's handle of the layer in flight
+  // The node's rows in received order (inner_'s tokens), and their sums coming back from it.
+  kernels::Buffer<float> node_rows_, node_sums_;
+  // Each received row as one pair of weight 1 (entry 0 -> pair r): the first level's combine
+  // then sends node_sums_ rows back unchanged.
+  kernels::Buffer<kernels::RouteEntry> unit_routes_;
+  kernels::Buffer<int32_t> unit_pairs_;
+  int64_t unit_rows_ = 0;
 };
 
 }  // namespace moe::parallel

@@ -21,11 +21,12 @@ void add_into(std::vector<int64_t>& dst, const std::vector<int64_t>& src, const 
 }
 
 // ExchangeStats counters in a fixed order, for packing.
-constexpr int kTrafficCounters = 10;
+constexpr int kTrafficCounters = 12;
 void pack_traffic(const ExchangeStats& s, std::vector<int64_t>& out) {
   out.insert(out.end(), {s.rows_sent_remote, s.rows_kept_local, s.pairs_remote, s.rows_received,
                          s.bytes_sent_remote, s.bytes_kept_local, s.bytes_remote_without_dedup,
-                         s.pairs_received, s.row_bytes_sent_remote, s.collectives});
+                         s.pairs_received, s.row_bytes_sent_remote, s.collectives,
+                         s.rows_sent_inter_node, s.bytes_sent_inter_node});
 }
 ExchangeStats unpack_traffic(const int64_t* v) {
   ExchangeStats s;
@@ -39,6 +40,8 @@ ExchangeStats unpack_traffic(const int64_t* v) {
   s.pairs_received = v[7];
   s.row_bytes_sent_remote = v[8];
   s.collectives = v[9];
+  s.rows_sent_inter_node = v[10];
+  s.bytes_sent_inter_node = v[11];
   return s;
 }
 

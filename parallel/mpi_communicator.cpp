@@ -1,8 +1,9 @@
-// MpiCommunicator (host memory, MPI_COMM_WORLD), MpiSession (process-wide MPI lifetime; moe-ep
-// starts MPI only under a launcher) and make_host_communicator, which picks MPI or one rank.
-// Every collective is started non-blocking and completed by polling MPI_Test against a deadline,
-// so a stuck or dead peer turns into a moe::Error("comm") instead of a hang. After a timeout the
-// communicator refuses further calls: the abandoned operation may still touch its buffers.
+// MpiCommunicator (host memory, MPI_COMM_WORLD or a node's part of it), MpiSession (process-wide
+// MPI lifetime; moe-ep starts MPI only under a launcher) and make_host_communicator, which picks
+// MPI or one rank. Every collective is started non-blocking and completed by polling MPI_Test
+// against a deadline, so a stuck or dead peer turns into a moe::Error("comm") instead of a hang.
+// After a timeout the communicator refuses further calls: the abandoned operation may still touch
+// its buffers.
 #include <mpi.h>
 #include <sched.h>
 
@@ -92,10 +93,23 @@ class MpiCommunicator final : public Communicator {
     MOE_CHECK_AS("comm", options_.timeout_s > 0, "collective timeout must be > 0 s, got {}",
                  options_.timeout_s);
     // Errors come back as return codes so MOE_MPI_CHECK can turn them into moe::Error.
-    MOE_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
-    MOE_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
-    MOE_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size_));
+    MOE_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+    MOE_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+    MOE_MPI_CHECK(MPI_Comm_size(comm_, &size_));
     layout_ = detect_node_layout();
+  }
+
+  // The ranks of one node of `parent_layout` as their own communicator (`comm`, owned).
+  MpiCommunicator(const CommOptions& options, MPI_Comm comm, const NodeLayout& parent_layout)
+      : options_(options), comm_(comm), owns_comm_(true) {
+    MOE_MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+    MOE_MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+    MOE_MPI_CHECK(MPI_Comm_size(comm_, &size_));
+    layout_.local_rank = parent_layout.local_rank;
+    layout_.local_size = parent_layout.local_size;
+    MOE_CHECK_AS("comm", rank_ == layout_.local_rank && size_ == layout_.local_size,
+                 "node communicator: rank {} of {}, but the node layout says {} of {}", rank_,
+                 size_, layout_.local_rank, layout_.local_size);
   }
 
   ~MpiCommunicator() override {
@@ -106,6 +120,17 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   const NodeLayout& node_layout() const override { return layout_; }
+  // Split by node on the first call (collective over this communicator).
+  Communicator& node_communicator() override {
+    if (layout_.num_nodes == 1) return *this;
+    if (node_ == nullptr) {
+      check_usable("node_communicator");
+      MPI_Comm c = MPI_COMM_NULL;
+      MOE_MPI_CHECK(MPI_Comm_split(comm_, layout_.node, rank_, &c));
+      node_ = std::make_unique<MpiCommunicator>(options_, c, layout_);
+    }
+    return *node_;
+  }
   std::string name() const override { return "mpi"; }
   bool device_buffers() const override { return false; }
 
@@ -131,7 +156,7 @@ class MpiCommunicator final : public Communicator {
   void barrier() override {
     check_usable("barrier");
     MPI_Request req;
-    MOE_MPI_CHECK(MPI_Ibarrier(MPI_COMM_WORLD, &req));
+    MOE_MPI_CHECK(MPI_Ibarrier(comm_, &req));
     wait(req, "barrier");
   }
 
@@ -149,7 +174,10 @@ class MpiCommunicator final : public Communicator {
   void shutdown() override {
     if (shut_down_) return;
     shut_down_ = true;
-    if (mpi_live()) free_types();
+    if (node_ != nullptr) node_->shutdown();
+    if (!mpi_live()) return;
+    free_types();
+    if (owns_comm_) MPI_Comm_free(&comm_);
   }
 
  protected:
@@ -201,8 +229,8 @@ class MpiCommunicator final : public Communicator {
     check_usable("all_reduce");
     const int n = to_int(static_cast<int64_t>(count), "element count", "all_reduce");
     MPI_Request req;
-    MOE_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, nonnull(data), n, to_mpi(type), to_mpi(op),
-                                 MPI_COMM_WORLD, &req));
+    MOE_MPI_CHECK(
+        MPI_Iallreduce(MPI_IN_PLACE, nonnull(data), n, to_mpi(type), to_mpi(op), comm_, &req));
     wait(req, "all_reduce");
   }
 
@@ -211,7 +239,7 @@ class MpiCommunicator final : public Communicator {
     check_root(root, size_, "broadcast");
     const int n = to_int(static_cast<int64_t>(size_bytes), "byte count", "broadcast");
     MPI_Request req;
-    MOE_MPI_CHECK(MPI_Ibcast(nonnull(data), n, MPI_BYTE, root, MPI_COMM_WORLD, &req));
+    MOE_MPI_CHECK(MPI_Ibcast(nonnull(data), n, MPI_BYTE, root, comm_, &req));
     wait(req, "broadcast");
   }
 
@@ -222,8 +250,8 @@ class MpiCommunicator final : public Communicator {
                  size_, send_bytes);
     const int n = to_int(static_cast<int64_t>(send_bytes), "byte count", "all_gather");
     MPI_Request req;
-    MOE_MPI_CHECK(MPI_Iallgather(nonnull(send), n, MPI_BYTE, nonnull(recv), n, MPI_BYTE,
-                                 MPI_COMM_WORLD, &req));
+    MOE_MPI_CHECK(
+        MPI_Iallgather(nonnull(send), n, MPI_BYTE, nonnull(recv), n, MPI_BYTE, comm_, &req));
     wait(req, "all_gather");
   }
 
@@ -246,7 +274,7 @@ class MpiCommunicator final : public Communicator {
     MPI_Datatype type = element_type(elem_bytes);
     MOE_MPI_CHECK(MPI_Igatherv(
         nonnull(send), n, type, nonnull(recv), rank_ == root ? p.recv_counts.data() : nullptr,
-        rank_ == root ? p.recv_displs.data() : nullptr, type, root, MPI_COMM_WORLD, &p.request));
+        rank_ == root ? p.recv_displs.data() : nullptr, type, root, comm_, &p.request));
     wait(p, "gather_v");
   }
 
@@ -271,14 +299,14 @@ class MpiCommunicator final : public Communicator {
       if (peer == rank_ || p.recv_counts[peer] == 0) continue;
       MPI_Request r;
       MOE_MPI_CHECK(MPI_Irecv(static_cast<char*>(recv) + p.recv_displs[peer] * elem_bytes,
-                              p.recv_counts[peer], type, peer, tag, MPI_COMM_WORLD, &r));
+                              p.recv_counts[peer], type, peer, tag, comm_, &r));
       p.peers.push_back(r);
     }
     for (int peer = 0; peer < size_; ++peer) {
       if (peer == rank_ || (p.send_counts[peer] == 0 && !send_empty)) continue;
       MPI_Request r;
       MOE_MPI_CHECK(MPI_Isend(static_cast<const char*>(send) + p.send_displs[peer] * elem_bytes,
-                              p.send_counts[peer], type, peer, tag, MPI_COMM_WORLD, &r));
+                              p.send_counts[peer], type, peer, tag, comm_, &r));
       p.peers.push_back(r);
     }
     MOE_CHECK_AS("comm", p.send_counts[rank_] == p.recv_counts[rank_],
@@ -388,8 +416,7 @@ class MpiCommunicator final : public Communicator {
       return node_layout_for_ranks_per_node(size_, rank_, options_.ranks_per_node);
     }
     MPI_Comm shared = MPI_COMM_NULL;
-    MOE_MPI_CHECK(
-        MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &shared));
+    MOE_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &shared));
     int leader = rank_;
     MOE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &leader, 1, MPI_INT, MPI_MIN, shared));
     MOE_MPI_CHECK(MPI_Comm_free(&shared));
@@ -399,6 +426,9 @@ class MpiCommunicator final : public Communicator {
   }
 
   CommOptions options_;
+  MPI_Comm comm_ = MPI_COMM_WORLD;
+  bool owns_comm_ = false;                 // a node communicator frees its MPI_Comm
+  std::unique_ptr<MpiCommunicator> node_;  // node_communicator(), made on first use
   int rank_ = 0, size_ = 1;
   NodeLayout layout_;
   bool shut_down_ = false;

@@ -53,7 +53,7 @@ class NcclCommOwner {
 class NcclCommunicatorImpl final : public Communicator {
  public:
   NcclCommunicatorImpl(const CommOptions& options, int device)
-      : options_(options), mpi_(make_host_communicator(options)) {
+      : options_(options), owned_host_(make_host_communicator(options)), mpi_(owned_host_.get()) {
     MOE_CHECK_AS("nccl", options_.timeout_s > 0, "collective timeout must be > 0 s, got {}",
                  options_.timeout_s);
     rank_ = mpi_->rank();
@@ -81,15 +81,45 @@ class NcclCommunicatorImpl final : public Communicator {
     wait_nccl_idle("ncclCommInitRankConfig");
   }
 
+  // The node's part of `parent` (ncclCommSplit by node), with `host` (the parent's host
+  // communicator's node communicator) for the host collectives; same device as the parent.
+  NcclCommunicatorImpl(const CommOptions& options, NcclCommunicatorImpl& parent, Communicator& host)
+      : options_(options),
+        mpi_(&host),
+        rank_(host.rank()),
+        size_(host.size()),
+        device_(parent.device_) {
+    MOE_CUDA_CHECK(cudaSetDevice(device_));
+    comm_stream_ = kernels::cuda::Stream::create_non_blocking();
+    ready_ = kernels::cuda::Event::create();
+    compute_stream_ = parent.compute_stream_;
+    ncclConfig_t config = NCCL_CONFIG_INITIALIZER;
+    config.blocking = 0;
+    const NodeLayout& layout = parent.node_layout();
+    MOE_NCCL_CHECK(
+        ncclCommSplit(parent.comm_.get(), layout.node, layout.local_rank, comm_.out(), &config));
+    wait_nccl_idle("ncclCommSplit");
+  }
+
   // No collective in the destructor: a communicator not shut down is aborted (local) by comm_.
   ~NcclCommunicatorImpl() override = default;
 
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   const NodeLayout& node_layout() const override { return mpi_->node_layout(); }
+  // Split by node on the first call (collective; the host communicator splits alongside).
+  Communicator& node_communicator() override {
+    if (node_layout().num_nodes == 1) return *this;
+    if (node_ == nullptr) {
+      ensure_usable("node_communicator");
+      node_ = std::make_unique<NcclCommunicatorImpl>(options_, *this, mpi_->node_communicator());
+    }
+    return *node_;
+  }
   // Until a stream is bound the communicator synchronises the device before each exchange.
   void bind_compute_stream(void* stream) override {
     compute_stream_ = static_cast<cudaStream_t>(stream);
+    if (node_ != nullptr) node_->bind_compute_stream(stream);
   }
   std::string name() const override { return "nccl"; }
   bool device_buffers() const override { return true; }
@@ -108,6 +138,7 @@ class NcclCommunicatorImpl final : public Communicator {
   void shutdown() override {
     if (shut_down_) return;
     shut_down_ = true;
+    if (node_ != nullptr) node_->shutdown();
     if (comm_.get() != nullptr && failed_.empty()) {
       while (!pending_.empty()) wait(pending_.begin()->first);
       MOE_NCCL_CHECK(ncclCommFinalize(comm_.get()));  // flushes outstanding work
@@ -115,7 +146,7 @@ class NcclCommunicatorImpl final : public Communicator {
       MOE_NCCL_CHECK(ncclCommDestroy(comm_.get()));
       comm_.release();
     }
-    mpi_->shutdown();
+    if (owned_host_ != nullptr) owned_host_->shutdown();  // a node's host part: its parent's
   }
 
  protected:
@@ -316,7 +347,9 @@ class NcclCommunicatorImpl final : public Communicator {
   }
 
   CommOptions options_;
-  std::unique_ptr<Communicator> mpi_;
+  std::unique_ptr<Communicator> owned_host_;    // the world's; a node communicator has none
+  Communicator* mpi_ = nullptr;                 // host collectives (MPI or one rank)
+  std::unique_ptr<NcclCommunicatorImpl> node_;  // node_communicator(), made on first use
   int rank_ = 0, size_ = 1, device_ = 0;
   // Declared so that comm_ is aborted before the stream it may still use is destroyed.
   kernels::cuda::Stream comm_stream_;

@@ -17,6 +17,7 @@ class OneRankCommunicator final : public Communicator {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   const NodeLayout& node_layout() const override { return layout_; }
+  Communicator& node_communicator() override { return *this; }
   std::string name() const override { return "one-rank"; }
   bool device_buffers() const override { return false; }
 

@@ -86,8 +86,12 @@ MOE_HD int32_t header_width(const RoutingTable& t) {
 // (device memory for the CUDA kernels, host memory for the emulation). Sizes: E experts, N ranks,
 // T tokens, C chunks, S_max = T * min(k, N) rows at most.
 struct SourceLayoutView {
-  const int32_t* ids = nullptr;             // [T * k] top-k expert ids
-  const float* weights = nullptr;           // [T * k] router weights
+  const int32_t* ids = nullptr;    // [T * k] top-k expert ids
+  const float* weights = nullptr;  // [T * k] router weights
+  // Instead of ids / weights: route entries a node-first exchange forwarded to this node
+  // ([T * k]; local_slot holds the expert id, weight the router weight). An entry with a negative
+  // id belongs to another node and routes nowhere (no error, no row, no pair).
+  const RouteEntry* forwarded = nullptr;
   int32_t num_tokens = 0;                   // T
   int32_t top_k = 0;                        // k
   int32_t chunk_size = kDeviceLayoutChunk;  // tokens per chunk
@@ -113,6 +117,18 @@ MOE_HD bool valid_expert(const SourceLayoutView& v, int32_t e) {
   return e >= 0 && e < v.table.num_experts;
 }
 
+// Pair p's expert id and router weight, from whichever input the view has.
+MOE_HD int32_t pair_expert(const SourceLayoutView& v, int32_t p) {
+  return v.forwarded != nullptr ? v.forwarded[p].local_slot : v.ids[p];
+}
+MOE_HD float pair_weight(const SourceLayoutView& v, int32_t p) {
+  return v.forwarded != nullptr ? v.forwarded[p].weight : v.weights[p];
+}
+// A forwarded entry for another node: no destination here.
+MOE_HD bool routes_nowhere(const SourceLayoutView& v, int32_t p) {
+  return v.forwarded != nullptr && v.forwarded[p].local_slot < 0;
+}
+
 MOE_HD void note_error(int32_t* error, int32_t index) {
   if (*error == 0) *error = 1 + index;
 }
@@ -123,10 +139,10 @@ MOE_HD void count_experts(const SourceLayoutView& v, int32_t chunk) {
   for (int32_t e = 0; e < E; ++e) counts[e] = 0;
   const int32_t t_end = chunk_end(chunk, v.chunk_size, v.num_tokens);
   for (int32_t p = chunk * v.chunk_size * k; p < t_end * k; ++p) {
-    const int32_t e = v.ids[p];
+    const int32_t e = pair_expert(v, p);
     if (valid_expert(v, e)) {
       ++counts[e];
-    } else {
+    } else if (!routes_nowhere(v, p)) {
       note_error(v.error, p);
     }
   }
@@ -153,7 +169,12 @@ MOE_HD void scan_experts(const SourceLayoutView& v, int32_t e) {
 
 MOE_HD void choose_slot(const SourceLayoutView& v, int32_t p) {
   const int32_t k = v.top_k;
-  const int32_t e_raw = v.ids[p];
+  if (routes_nowhere(v, p)) {
+    v.pair_dest[p] = -1;
+    v.pair_slot[p] = -1;
+    return;
+  }
+  const int32_t e_raw = pair_expert(v, p);
   const int32_t e = valid_expert(v, e_raw) ? e_raw : 0;
   const int32_t r0 = v.table.replica_begin[e], replicas = v.table.replica_begin[e + 1] - r0;
   int32_t i = 0;
@@ -161,7 +182,7 @@ MOE_HD void choose_slot(const SourceLayoutView& v, int32_t p) {
     // n = pairs for e before p: those of earlier chunks plus earlier ones in p's chunk.
     const int32_t chunk = p / (v.chunk_size * k);
     int32_t n = v.chunk_expert[static_cast<int64_t>(chunk) * v.table.num_experts + e];
-    for (int32_t q = chunk * v.chunk_size * k; q < p; ++q) n += v.ids[q] == e ? 1 : 0;
+    for (int32_t q = chunk * v.chunk_size * k; q < p; ++q) n += pair_expert(v, q) == e ? 1 : 0;
     i = static_cast<int32_t>((static_cast<uint32_t>(n) + static_cast<uint32_t>(v.table.rank)) %
                              static_cast<uint32_t>(replicas));
   }
@@ -175,6 +196,7 @@ MOE_HD void token_dests(const SourceLayoutView& v, int32_t t) {
   int32_t n = 0;
   for (int32_t j = 0; j < k; ++j) {  // insertion into a sorted list without duplicates
     const int32_t d = v.pair_dest[t * k + j];
+    if (d < 0) continue;  // routes nowhere
     int32_t at = 0;
     while (at < n && out[at] < d) ++at;
     if (at < n && out[at] == d) continue;
@@ -244,7 +266,8 @@ MOE_HD void assign_rows(const SourceLayoutView& v, int32_t t) {
     RouteEntry* routes = v.send_routes + static_cast<int64_t>(row) * k;
     for (int32_t j = 0; j < k; ++j) {
       const int32_t p = t * k + j;
-      routes[j] = v.pair_dest[p] == d ? RouteEntry{v.pair_slot[p], v.weights[p]} : RouteEntry{};
+      routes[j] =
+          v.pair_dest[p] == d ? RouteEntry{v.pair_slot[p], pair_weight(v, p)} : RouteEntry{};
     }
   }
 }

@@ -175,6 +175,7 @@ nlohmann::json run_report_json(const Session& s, const Workload& w, const RunRes
           {"ranks", s.size()},
           {"nodes", s.comm->node_layout().num_nodes},
           {"ranks_per_node", s.comm->node_layout().local_size},
+          {"exchange", parallel::exchange_kind_name(s.model->exchange_kind())},
           {"backend", s.backend->name()},
           {"compute_dtype", kernels::compute_dtype_name(s.backend->compute_dtype())},
           {"placement", s.placement->strategy()},

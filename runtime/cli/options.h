@@ -10,6 +10,7 @@
 
 #include "kernels/backend.h"
 #include "parallel/communicator.h"
+#include "parallel/dispatcher.h"
 
 namespace moe::runtime {
 
@@ -23,6 +24,7 @@ struct ModelOptions {
   std::string placement;                   // placement YAML
   std::optional<bool> graphs;  // --graph on | off; unset: on where the backend has graphs (cuda)
   std::optional<kernels::WireDtype> dispatch_dtype;  // unset: the activation dtype
+  std::optional<parallel::ExchangeKind> exchange;    // unset: hierarchical across nodes
   bool overlap = false;                              // --overlap on: two micro-batches per step
   std::string json;                                  // rank 0 writes the results here as JSON
   std::string trace_out;  // rank 0 writes the run's routing trace here (runtime/io/trace.h)

@@ -150,7 +150,7 @@ std::unique_ptr<Session> open_session(const ModelOptions& o, int64_t max_seqs, i
       std::make_unique<Model>(s->config, *s->placement, *s->comm, *s->backend, *s->weights,
                               std::max<int64_t>(slots, 1), max_len, load_progress(*s, o.quiet));
   if (o.graphs) s->model->set_graphs(*o.graphs);
-  s->model->set_exchange({{o.dispatch_dtype}, o.overlap});
+  s->model->set_exchange({{o.dispatch_dtype, o.exchange}, o.overlap});
   s->load_s = std::chrono::duration<double>(Clock::now() - t0).count();
   s->fault = FaultInjection::from_env(s->rank());
   if (!o.trace_out.empty()) s->trace_recorder = std::make_unique<TraceRecorder>(s->config);

@@ -114,6 +114,10 @@ nlohmann::json MetricsReport::to_json(bool per_layer) const {
       {"rows_kept_local", traffic.rows_kept_local},
       {"pairs_remote", traffic.pairs_remote},
       {"row_bytes_sent_remote", traffic.row_bytes_sent_remote},
+      {"rows_sent_inter_node", traffic.rows_sent_inter_node},
+      {"rows_sent_intra_node", traffic.rows_sent_remote - traffic.rows_sent_inter_node},
+      {"bytes_sent_inter_node", traffic.bytes_sent_inter_node},
+      {"bytes_sent_intra_node", traffic.bytes_sent_remote - traffic.bytes_sent_inter_node},
       // Every rank enters the same exchanges: the sum over ranks is N times one rank's.
       {"collectives", traffic.collectives / num_ranks},
       {"max_collectives_per_layer", max_collectives_per_layer()}};
@@ -136,6 +140,7 @@ nlohmann::json MetricsReport::to_json(bool per_layer) const {
                      {"rows_per_rank", l.load.rows_per_rank},
                      {"bytes_sent_remote", l.load.traffic.bytes_sent_remote},
                      {"row_bytes_sent_remote", l.load.traffic.row_bytes_sent_remote},
+                     {"bytes_sent_inter_node", l.load.traffic.bytes_sent_inter_node},
                      {"collectives", l.load.traffic.collectives / num_ranks},
                      {"max_collectives_per_step", l.max_collectives},
                      {"balancedness", l.load.balancedness()},

@@ -100,6 +100,7 @@ class Model {
   void set_exchange(const ExchangeSettings& settings);
   const ExchangeSettings& exchange() const { return exchange_; }
   const parallel::WirePlan& wire() const { return moe_->wire(); }
+  parallel::ExchangeKind exchange_kind() const { return moe_->exchange_kind(); }
 
   const ModelShapes& shapes() const { return shapes_; }
   const ModelConfig& config() const { return config_; }

@@ -42,6 +42,7 @@ class MoeLayer {
   // A layer is between start() and finish().
   bool in_flight() const { return stage_ != Stage::kIdle; }
   const parallel::WirePlan& wire() const { return dispatcher_.wire(); }
+  parallel::ExchangeKind exchange_kind() const { return dispatcher_.exchange(); }
 
   // This rank's load of every MoE layer of the step (others empty); one download of counters.
   std::vector<parallel::LayerLoad> collect_loads() { return dispatcher_.collect_loads(); }

@@ -263,6 +263,83 @@ TEST(DispatcherMpi, EveryRankWithoutTokensStillCompletesTheExchange) {
   EXPECT_EQ(r.load.traffic.bytes_sent_remote, 0);
 }
 
+// The node-first exchange on every node size dividing the world (--ranks-per-node rehearsal):
+// the reference result (it sums inside the node first, so only to fp32 rounding of the flat
+// order), and the rows that cross nodes counted from the routing: flat sends one per (token,
+// rank on another node), node-first one per (token, other node).
+TEST(DispatcherMpi, NodeFirstExchangeEqualsTheReferenceAndCrossesEachNodeOnce) {
+  auto world = make_comm();
+  const int n = world->size(), me = world->rank();
+  const int E = 24, k = 4;
+  testing::ExpertBank bank(2025, 32, 16);
+  std::vector<int> allowed;
+  for (int e = 0; e < E; ++e) {
+    if (e % 5 != 3) allowed.push_back(e);
+  }
+  auto backend = kernels::make_backend("cpu", 0);
+  for (int g = 1; g <= n; ++g) {
+    if (n % g != 0) continue;
+    SCOPED_TRACE("ranks per node " + std::to_string(g));
+    CommOptions options;
+    options.timeout_s = 60;
+    options.ranks_per_node = g;
+    auto comm = make_mpi_communicator(options);
+    DispatcherOptions hier, flat;
+    hier.exchange = ExchangeKind::kHierarchical;
+    flat.exchange = ExchangeKind::kFlat;
+    Dispatcher node_first(*comm, *backend, bank.hidden(), k, hier);
+    Dispatcher direct(*comm, *backend, bank.hidden(), k, flat);
+    EXPECT_EQ(node_first.exchange(), n > 1 ? ExchangeKind::kHierarchical : ExchangeKind::kFlat);
+    // The default: node-first when there are several nodes.
+    EXPECT_EQ(Dispatcher(*comm, *backend, bank.hidden(), k).exchange(),
+              n / g > 1 ? ExchangeKind::kHierarchical : ExchangeKind::kFlat);
+    for (const auto& lists :
+         {contiguous_placement(E, n), round_robin_placement(E, n), replicated_lists(E, n)}) {
+      const Placement placement = testing::one_layer(lists, E);
+      node_first.set_placement(placement);
+      direct.set_placement(placement);
+      const LayerCheck got =
+          check_layer(*comm, *backend, node_first, placement, bank, k, allowed, 5);
+      EXPECT_LE(got.rel_diff, 1e-5);
+      std::vector<int64_t> pairs = {got.pairs, tokens_of(me) * k};
+      comm->all_reduce<int64_t>(pairs, ReduceOp::kSum);
+      EXPECT_EQ(pairs[0], pairs[1]);  // every pair computed once
+    }
+    // Without replicas the destinations are fixed: count the rows that cross nodes.
+    const Placement placement = testing::one_layer(round_robin_placement(E, n), E);
+    node_first.set_placement(placement);
+    direct.set_placement(placement);
+    const int64_t T = tokens_of(me);
+    auto routing = testing::make_routing(testing::mix_seed(6, me), T, k, allowed);
+    int64_t flat_rows = 0, node_rows = 0;
+    for (int64_t t = 0; t < T; ++t) {
+      std::vector<int> ranks, nodes;
+      for (int j = 0; j < k; ++j) {
+        const int d = routing.ids[t * k + j] % n;  // round robin
+        if (std::find(ranks.begin(), ranks.end(), d) == ranks.end()) ranks.push_back(d);
+        if (d / g != me / g && std::find(nodes.begin(), nodes.end(), d / g) == nodes.end())
+          nodes.push_back(d / g);
+      }
+      for (int d : ranks) flat_rows += d / g != me / g ? 1 : 0;
+      node_rows += static_cast<int64_t>(nodes.size());
+    }
+    auto x = testing::random_floats(testing::mix_seed(8, me), static_cast<size_t>(T * 32), 1.f);
+    const testing::LayerRun a =
+        testing::run_moe_layer(node_first, *backend, placement, me, bank, x, T, routing);
+    const testing::LayerRun b =
+        testing::run_moe_layer(direct, *backend, placement, me, bank, x, T, routing);
+    EXPECT_EQ(b.load.traffic.rows_sent_inter_node, flat_rows);
+    EXPECT_EQ(a.load.traffic.rows_sent_inter_node, n > 1 ? node_rows : 0);
+    EXPECT_LE(testing::relative_max_diff(a.y, b.y), 1e-5);
+    // The per-rank loads are the flat exchange's once summed over the job.
+    const LayerLoad ja = sum_over_ranks(*comm, {a.load}).at(0);
+    const LayerLoad jb = sum_over_ranks(*comm, {b.load}).at(0);
+    EXPECT_EQ(ja.tokens_per_rank, jb.tokens_per_rank);
+    EXPECT_EQ(ja.tokens_per_expert, jb.tokens_per_expert);
+    comm->shutdown();
+  }
+}
+
 TEST(DispatcherMpi, PlacementForAnotherWorldSizeIsRejectedOnEveryRank) {
   auto comm = make_comm();
   auto backend = kernels::make_backend("cpu", 0);
