@@ -64,6 +64,7 @@
 #include "parallel/exchange.h"
 #include "parallel/load_stats.h"
 #include "parallel/placement.h"
+#include "parallel/routing_tables.h"
 
 namespace moe::parallel {
 
@@ -119,12 +120,6 @@ struct DispatchHandle {
   const int32_t* token_offsets = nullptr;            // [T + 1]
   const int32_t* token_rows = nullptr;               // [S]
   const int32_t* row_at = nullptr;  // [R] where received row r lies in recv_rows (several ranks)
-};
-
-// One layer's routing as the flat arrays the dispatcher uploads (kernels::RoutingTable):
-// replica_begin [E + 1], replica_rank and replica_slot [replicas], rank_num_slots [N].
-struct RoutingArrays {
-  std::vector<int32_t> begin, ranks, slots, num_slots;
 };
 
 class Dispatcher {
