@@ -195,7 +195,7 @@ void HostBackend::combine_residual(const layout::CombineSources& src, const int3
                      k == begin, acc);
       } else {
         const int32_t q = row < src.own_send_begin ? row : row - src.own_rows;
-        add_wire_row(src.dtype, src.returned + q * row_bytes, width, k == begin, acc);
+        add_wire_row(src.dtype, layout::returned_row(src, q, row_bytes), width, k == begin, acc);
       }
     }
     if (end == begin) std::fill(acc, acc + width, 0.0f);  // x + 0, as the bodies add

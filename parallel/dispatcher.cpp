@@ -1,5 +1,6 @@
 // Dispatcher: the expert-parallel exchange of one MoE layer with its layout computed in backend
-// memory (dispatcher.h draws the buffers and says what the host waits for).
+// memory (dispatcher.h draws the buffers and says what the host waits for). The shared-arena
+// parts (segment layout, combine through the arena) are dispatcher_arena.cpp.
 #include "parallel/dispatcher.h"
 
 #include <algorithm>
@@ -73,6 +74,8 @@ Dispatcher::Dispatcher(Communicator& comm, kernels::Backend& backend, int64_t hi
   capacity_ = options.capacity_rows > 0 ? options.capacity_rows
               : comm_.device_buffers()  ? kDeviceCapacityRows
                                         : kHostCapacityRows;
+  arena_wanted_ = options.shared_memory && comm_.size() > 1 && !comm_.device_buffers() &&
+                  backend_.is_host_memory();
 }
 
 int64_t Dispatcher::block_ints() const {
@@ -260,7 +263,11 @@ DispatchHandle Dispatcher::finish_dispatch() {
     keep_local(layer, d);
     group_received(layer, d, nullptr);
   } else {
-    messages_.wait();
+    if (arena_ != nullptr) {
+      arena_->wait_all(kDispatchCounter, dispatch_seq_, "dispatch");
+    } else {
+      messages_.wait();
+    }
     read_headers(layer, d);
     receive(d);
   }
@@ -306,12 +313,14 @@ void Dispatcher::send_messages(int layer) {
     }
     send_bytes = send_bytes_.data();
   }
-  const size_t slots_bytes = static_cast<size_t>(N) * static_cast<size_t>(f.slot_bytes);
+  ensure_arena();
+  const size_t slots_bytes =
+      arena_ != nullptr ? 0 : static_cast<size_t>(N) * static_cast<size_t>(f.slot_bytes);
   const size_t spill_bytes =
       static_cast<size_t>(rows_bound) * static_cast<size_t>(f.row_bytes + wire::route_bytes(f)) +
       static_cast<size_t>(N) * static_cast<size_t>(f.row_bytes);
   send_arena_.ensure(backend_, slots_bytes + spill_bytes);
-  recv_arena_.ensure(backend_, slots_bytes);
+  recv_arena_.ensure(backend_, std::max<size_t>(slots_bytes, static_cast<size_t>(f.header_bytes)));
   wire::PackView pv;
   pv.f = f;
   pv.num_ranks = N;
@@ -322,11 +331,15 @@ void Dispatcher::send_messages(int layer) {
   pv.send_offsets = flight_.view.send_offsets;
   pv.header = flight_.view.header;
   pv.max_rows = rows_bound;
-  pv.slots = send_arena_.data();
+  pv.slots = arena_ != nullptr ? arena_->segment(rank) : send_arena_.data();
   pv.spill = send_arena_.data() + slots_bytes;
   backend_.pack_rows(pv);
-  messages_.start_blocks(comm_, backend_, send_arena_.data(), send_bytes, recv_arena_.data(),
-                         f.slot_bytes);
+  if (arena_ != nullptr) {
+    arena_->publish(kDispatchCounter, ++dispatch_seq_);
+  } else {
+    messages_.start_blocks(comm_, backend_, send_arena_.data(), send_bytes, recv_arena_.data(),
+                           f.slot_bytes);
+  }
   ++collectives_[static_cast<size_t>(layer)];
 }
 
@@ -335,8 +348,9 @@ void Dispatcher::read_headers(int layer, DispatchHandle& d) {
   const wire::MessageFormat f = dispatch_format();
   int32_t* blk = block(layer);
   for (int s = 0; s < N; ++s) {
-    backend_.copy(blk + E + N * W + s * W, recv_arena_.data() + s * f.slot_bytes,
-                  static_cast<size_t>(W) * sizeof(int32_t));
+    const unsigned char* slot = arena_ != nullptr ? arena_->segment(s) + rank * f.slot_bytes
+                                                  : recv_arena_.data() + s * f.slot_bytes;
+    backend_.copy(blk + E + N * W + s * W, slot, static_cast<size_t>(W) * sizeof(int32_t));
   }
   std::vector<int32_t>& host = host_blocks_[static_cast<size_t>(layer)];
   host.resize(static_cast<size_t>(block_ints()));
@@ -366,6 +380,7 @@ void Dispatcher::read_headers(int layer, DispatchHandle& d) {
     exchange_spill(d);
     ++collectives_[static_cast<size_t>(layer)];
   }
+  d.combine_in_arena = arena_ != nullptr && !spill;
 }
 
 void Dispatcher::exchange_spill(const DispatchHandle& d) {
@@ -380,12 +395,14 @@ void Dispatcher::exchange_spill(const DispatchHandle& d) {
     spill_recv_[p] = wire::spill_rows(f, d.recv_counts[p]) * f.row_bytes;
     recv_rows += wire::spill_rows(f, d.recv_counts[p]);
   }
-  // The spill lands right after the slots' arena rows; the slots are kept when the arena grows.
+  // The spill lands right after the slots' arena rows (the receive arena keeps the slots when it
+  // grows; with a shared arena those rows stay unused); it was packed after the send slots.
   const size_t slots_bytes = static_cast<size_t>(N) * static_cast<size_t>(f.slot_bytes);
+  const size_t send_slots_bytes = arena_ != nullptr ? 0 : slots_bytes;
   grow_keeping(backend_, recv_arena_,
                slots_bytes + static_cast<size_t>(f.header_bytes + recv_rows * f.row_bytes),
-               slots_bytes);
-  spill_.start_v(comm_, backend_, send_arena_.data() + slots_bytes, spill_send_,
+               send_slots_bytes);
+  spill_.start_v(comm_, backend_, send_arena_.data() + send_slots_bytes, spill_send_,
                  recv_arena_.data() + slots_bytes + f.header_bytes, spill_recv_);
   spill_.wait();
 }
@@ -394,15 +411,22 @@ void Dispatcher::receive(DispatchHandle& d) {
   const int N = comm_.size(), rank = comm_.rank(), E = num_experts_, W = header_width_;
   const wire::MessageFormat f = dispatch_format();
   const int32_t R = static_cast<int32_t>(d.num_recv_rows), k = top_k_;
-  const bool in_place = wire::rows_in_place(f);
-  // Arena rows: the slots, every source's spill, then (fp32 rows) the own rows.
-  int64_t arena_rows = N * wire::slot_rows(f);
-  for (int s = 0; s < N; ++s) {
-    if (s != rank) arena_rows += wire::spill_rows(f, d.recv_counts[s]);
+  // A shared arena is read in place unless a spill came apart from it or the own rows do not fit
+  // this rank's own slot.
+  const bool shared = arena_ != nullptr;
+  const bool in_place =
+      wire::rows_in_place(f) && (!shared || (d.combine_in_arena && d.own_rows <= capacity_));
+  if (!shared) {
+    // Arena rows: the slots, every source's spill, then (fp32 rows) the own rows.
+    int64_t arena_rows = N * wire::slot_rows(f);
+    for (int s = 0; s < N; ++s) {
+      if (s != rank) arena_rows += wire::spill_rows(f, d.recv_counts[s]);
+    }
+    if (in_place) arena_rows += d.own_rows;
+    grow_keeping(backend_, recv_arena_,
+                 static_cast<size_t>(f.header_bytes + arena_rows * f.row_bytes),
+                 recv_arena_.size());
   }
-  if (in_place) arena_rows += d.own_rows;
-  grow_keeping(backend_, recv_arena_,
-               static_cast<size_t>(f.header_bytes + arena_rows * f.row_bytes), recv_arena_.size());
   if (!in_place)
     recv_rows_.ensure(backend_, static_cast<size_t>(std::max<int32_t>(R, 1) * hidden_));
   recv_routes_.ensure(backend_, static_cast<size_t>(std::max(R * k, 1)));
@@ -414,15 +438,20 @@ void Dispatcher::receive(DispatchHandle& d) {
   rv.f = f;
   rv.num_ranks = N;
   rv.rank = rank;
-  rv.arena = recv_arena_.data();
+  rv.arena = shared ? arena_->segment(0) + rank * f.slot_bytes : recv_arena_.data();
+  rv.slot_stride = shared ? arena_->segment_bytes() : f.slot_bytes;
+  rv.spill = recv_arena_.data() + f.header_bytes;
+  rv.in_place = in_place;
+  rv.own_in_slot = shared && in_place;
   rv.recv_header = block(flight_.layer) + E + N * W;
   rv.plan = recv_ints_.data() + plan;
   rv.hidden = flight_.hidden;
   rv.send_token = flight_.view.send_token;
   rv.send_routes = flight_.view.send_routes;
   rv.send_offsets = flight_.view.send_offsets;
-  rv.rows =
-      in_place ? reinterpret_cast<float*>(recv_arena_.data() + f.header_bytes) : recv_rows_.data();
+  rv.rows = in_place
+                ? reinterpret_cast<float*>(const_cast<unsigned char*>(rv.arena) + f.header_bytes)
+                : recv_rows_.data();
   rv.routes = recv_routes_.data();
   rv.row_at = recv_ints_.data() + row_at;
   rv.max_rows = R;
@@ -486,6 +515,10 @@ void Dispatcher::start_combine(const float* expert_out, const DispatchHandle& d)
   const int N = comm_.size(), rank = comm_.rank();
   expert_out_ = expert_out;
   if (N == 1) return;
+  if (d.combine_in_arena) {
+    start_combine_in_arena(d);
+    return;
+  }
   // The reverse exchange: each source gets its rows back, in the order it sent them.
   const int64_t row_bytes = wire::row_bytes(wire_.combine, hidden_);
   const int64_t out_rows = d.num_recv_rows - d.own_rows;
@@ -518,10 +551,17 @@ void Dispatcher::start_combine(const float* expert_out, const DispatchHandle& d)
 }
 
 void Dispatcher::finish_combine(const DispatchHandle& d, float* x) {
-  back_.wait();
+  const int64_t* returned_at = nullptr;
+  if (d.combine_in_arena) {
+    arena_->wait_all(kCombineCounter, combine_seq_, "combine");
+    returned_at = returned_offsets(d);
+  } else {
+    back_.wait();
+  }
   if (d.num_tokens > 0) {
     layout::CombineSources src;
-    src.returned = returned_.data();
+    src.returned = d.combine_in_arena ? arena_->segment(0) : returned_.data();
+    src.returned_at = returned_at;
     src.dtype = wire_.combine;
     src.own_send_begin = d.own_send_begin;
     src.own_rows = d.own_rows;

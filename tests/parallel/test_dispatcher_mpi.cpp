@@ -169,6 +169,64 @@ TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
   }
 }
 
+// The shared arena against the messages: the same y bit for bit and the same collective counts,
+// in fp32 and bf16 rows, with and without a spill (capacity 2), over consecutive calls (segments
+// reused without barriers), and with more own rows than the capacity.
+TEST(DispatcherMpi, SharedArenaGivesTheBitsOfTheMessages) {
+  auto comm = make_comm();
+  const int n = comm->size(), me = comm->rank();
+  const int E = 16, k = 3;
+  const int64_t H = 40;
+  std::vector<int> allowed(E);
+  std::iota(allowed.begin(), allowed.end(), 0);
+  const auto lists = replicated_lists(E, n);
+  const Placement placement = testing::one_layer(lists, E);
+  for (const kernels::ComputeDtype dtype :
+       {kernels::ComputeDtype::kF32, kernels::ComputeDtype::kBF16}) {
+    kernels::BackendOptions bo;
+    bo.compute_dtype = dtype;
+    auto backend = kernels::make_backend(bo);
+    for (const int32_t capacity : {0, 2}) {
+      std::vector<std::vector<float>> ys[2];
+      std::vector<int32_t> collectives[2];
+      for (const bool shared : {false, true}) {
+        DispatcherOptions o;
+        o.capacity_rows = capacity;
+        o.shared_memory = shared;
+        Dispatcher dispatcher(*comm, *backend, H, k, o);
+        dispatcher.set_placement(placement);
+        for (uint64_t seed : {11u, 12u, 13u, 14u}) {
+          const int64_t T = seed >= 13u ? 3 * tokens_of(me) : tokens_of(me);
+          // Seed 14 routes to this rank's own experts only: more own rows than capacity 2.
+          auto routing = testing::make_routing(testing::mix_seed(seed, me), T, k,
+                                               seed == 14u ? lists[me] : allowed);
+          auto x =
+              testing::random_floats(testing::mix_seed(seed, me), static_cast<size_t>(T * H), 1.f);
+          dispatcher.begin_step();
+          const DispatchHandle r =
+              dispatcher.dispatch(0, x.data(), T, routing.ids.data(), routing.weights.data());
+          const kernels::ExpertBatch& b = r.experts;
+          std::vector<float> out(std::max<size_t>(1, static_cast<size_t>(b.max_pairs * H)));
+          for (int slot = 0; slot < placement.layer(0).num_local_slots(me); ++slot) {
+            const float scale = 1.0f + static_cast<float>(lists[me][slot]) / 8.0f;
+            for (int64_t p = b.slot_begin[slot]; p < b.slot_begin[slot + 1]; ++p) {
+              for (int64_t c = 0; c < H; ++c)
+                out[p * H + c] = r.recv_rows[b.row_index[p] * H + c] * scale;
+            }
+          }
+          std::vector<float> y(static_cast<size_t>(T * H), 0.5f);
+          dispatcher.combine(out.data(), r, y.data());
+          ys[shared].push_back(std::move(y));
+          collectives[shared].push_back(dispatcher.collect_loads()[0].traffic.collectives);
+        }
+        EXPECT_EQ(dispatcher.uses_shared_arena(), shared && n > 1);
+      }
+      EXPECT_EQ(ys[1], ys[0]) << "capacity " << capacity << ", rank " << me;
+      EXPECT_EQ(collectives[1], collectives[0]) << "capacity " << capacity;
+    }
+  }
+}
+
 TEST(DispatcherMpi, ShippedTinyExplicitMapsMatchTheReferenceAtTop8) {
   auto comm = make_comm();
   const int n = comm->size();
