@@ -525,20 +525,7 @@ void Dispatcher::start_combine(const float* expert_out, const DispatchHandle& d)
   const int64_t back_rows = sum(d.send_counts) - d.own_rows;
   partial_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(out_rows, 1) * row_bytes));
   returned_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(back_rows, 1) * row_bytes));
-  if (out_rows > 0) {
-    layout::PartialRowsView pv;
-    pv.routes = d.recv_routes;
-    pv.pair_of_entry = d.pair_of_entry;
-    pv.expert_out = expert_out;
-    pv.width = hidden_;
-    pv.top_k = top_k_;
-    pv.num_rows = static_cast<int32_t>(d.num_recv_rows);
-    pv.own_begin = d.own_recv_begin;
-    pv.own_rows = d.own_rows;
-    pv.dtype = wire_.combine;
-    pv.out = partial_.data();
-    backend_.combine_partial(pv);
-  }
+  write_partial_rows(d, partial_.data());
   back_send_.assign(static_cast<size_t>(N), 0);
   back_recv_.assign(static_cast<size_t>(N), 0);
   for (int p = 0; p < N; ++p) {
@@ -548,6 +535,22 @@ void Dispatcher::start_combine(const float* expert_out, const DispatchHandle& d)
   }
   back_.start_v(comm_, backend_, partial_.data(), back_send_, returned_.data(), back_recv_);
   ++collectives_[static_cast<size_t>(d.layer)];
+}
+
+void Dispatcher::write_partial_rows(const DispatchHandle& d, unsigned char* out) {
+  if (d.num_recv_rows == d.own_rows) return;
+  layout::PartialRowsView pv;
+  pv.routes = d.recv_routes;
+  pv.pair_of_entry = d.pair_of_entry;
+  pv.expert_out = expert_out_;
+  pv.width = hidden_;
+  pv.top_k = top_k_;
+  pv.num_rows = static_cast<int32_t>(d.num_recv_rows);
+  pv.own_begin = d.own_recv_begin;
+  pv.own_rows = d.own_rows;
+  pv.dtype = wire_.combine;
+  pv.out = out;
+  backend_.combine_partial(pv);
 }
 
 void Dispatcher::finish_combine(const DispatchHandle& d, float* x) {

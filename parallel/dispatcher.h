@@ -187,6 +187,8 @@ class Dispatcher {
   // another format; the communicator may have none.
   void ensure_arena();
   void start_combine_in_arena(const DispatchHandle& d);
+  // combine_partial of the rows other ranks sent (received order, own rows skipped) into out.
+  void write_partial_rows(const DispatchHandle& d, unsigned char* out);
   // Byte offsets of the returned rows in the peers' combine areas (from segment 0).
   const int64_t* returned_offsets(const DispatchHandle& d);
   // Steps of a dispatch: the source-side layout of `layer` into source_ints_ / send_routes_; the

@@ -57,20 +57,7 @@ void Dispatcher::start_combine_in_arena(const DispatchHandle& d) {
     table[s] = q;
     if (s != rank) q += d.recv_counts[s];
   }
-  if (q > 0) {
-    layout::PartialRowsView pv;
-    pv.routes = d.recv_routes;
-    pv.pair_of_entry = d.pair_of_entry;
-    pv.expert_out = expert_out_;
-    pv.width = hidden_;
-    pv.top_k = top_k_;
-    pv.num_rows = static_cast<int32_t>(d.num_recv_rows);
-    pv.own_begin = d.own_recv_begin;
-    pv.own_rows = d.own_rows;
-    pv.dtype = wire_.combine;
-    pv.out = area + wire::round_up(N * 8, wire::kHeaderAlignBytes);
-    backend_.combine_partial(pv);
-  }
+  write_partial_rows(d, area + wire::round_up(N * 8, wire::kHeaderAlignBytes));
   arena_->publish(kCombineCounter, ++combine_seq_);
   ++collectives_[static_cast<size_t>(d.layer)];
 }
@@ -85,7 +72,8 @@ const int64_t* Dispatcher::returned_offsets(const DispatchHandle& d) {
     const unsigned char* area = arena_->segment(p) + arena_combine_at();
     const int64_t first = reinterpret_cast<const int64_t*>(area)[rank];
     const int64_t from = p * arena_->segment_bytes() + rows_at + first * row_bytes;
-    for (int64_t j = 0; j < d.send_counts[p]; ++j) host_returned_at_.push_back(from + j * row_bytes);
+    for (int64_t j = 0; j < d.send_counts[p]; ++j)
+      host_returned_at_.push_back(from + j * row_bytes);
   }
   returned_at_.ensure(backend_, std::max<size_t>(host_returned_at_.size(), 1));
   backend_.upload(returned_at_.data(), host_returned_at_.data(),

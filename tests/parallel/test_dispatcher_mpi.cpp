@@ -105,6 +105,24 @@ TEST(DispatcherMpi, CombineEqualsSingleProcessReferenceForEveryPlacement) {
 // y[t] = sum over t's rows in destination order of (sum over the row's routes in top-k order of
 // w * out): received rows are stored out of order, and own rows skip the communicator, so this
 // catches a row that lands in the wrong place or a sum taken in another order.
+float expert_scale(int expert) {
+  return 1.0f + static_cast<float>(expert) / 8.0f;
+}
+
+// Stand-in experts: each pair's output is its row times expert_scale(the slot's expert).
+std::vector<float> scaled_outputs(const DispatchHandle& r, const std::vector<int>& rank_experts,
+                                  int64_t H) {
+  const kernels::ExpertBatch& b = r.experts;
+  std::vector<float> out(std::max<size_t>(1, static_cast<size_t>(b.max_pairs * H)));
+  for (int slot = 0; slot < static_cast<int>(rank_experts.size()); ++slot) {
+    const float scale = expert_scale(rank_experts[slot]);
+    for (int64_t p = b.slot_begin[slot]; p < b.slot_begin[slot + 1]; ++p) {
+      for (int64_t c = 0; c < H; ++c) out[p * H + c] = r.recv_rows[b.row_index[p] * H + c] * scale;
+    }
+  }
+  return out;
+}
+
 TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
   auto comm = make_comm();
   auto backend = kernels::make_backend("cpu", 0);
@@ -114,7 +132,6 @@ TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
   const int64_t T = tokens_of(me);
   std::vector<int> allowed(E);
   std::iota(allowed.begin(), allowed.end(), 0);
-  auto scale_of = [](int expert) { return 1.0f + static_cast<float>(expert) / 8.0f; };
   Dispatcher dispatcher(*comm, *backend, H, k);
   for (const auto& lists : {round_robin_placement(E, n), replicated_lists(E, n)}) {
     LayerPlacement::from_rank_experts(lists, E).validate(E, n, "bit_for_bit");
@@ -127,15 +144,7 @@ TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
       dispatcher.begin_step();
       const DispatchHandle r =
           dispatcher.dispatch(0, x.data(), T, routing.ids.data(), routing.weights.data());
-      const kernels::ExpertBatch& b = r.experts;
-      std::vector<float> out(std::max<size_t>(1, static_cast<size_t>(b.max_pairs * H)));
-      for (int slot = 0; slot < placement.layer(0).num_local_slots(me); ++slot) {
-        const float scale = scale_of(lists[me][slot]);
-        for (int64_t p = b.slot_begin[slot]; p < b.slot_begin[slot + 1]; ++p) {
-          for (int64_t c = 0; c < H; ++c)
-            out[p * H + c] = r.recv_rows[b.row_index[p] * H + c] * scale;
-        }
-      }
+      const std::vector<float> out = scaled_outputs(r, lists[me], H);
       std::vector<float> y(static_cast<size_t>(T * H), 0.0f);
       dispatcher.combine(out.data(), r, y.data());
 
@@ -155,7 +164,7 @@ TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
             for (int j = 0; j < k; ++j) {
               const RouteEntry& e = L.send_routes[static_cast<size_t>(row) * k + j];
               if (e.local_slot < 0) continue;
-              const float o = x[t * H + c] * scale_of(lists[dest_of_row[row]][e.local_slot]);
+              const float o = x[t * H + c] * expert_scale(lists[dest_of_row[row]][e.local_slot]);
               partial = first_route ? e.weight * o : partial + e.weight * o;
               first_route = false;
             }
@@ -205,15 +214,7 @@ TEST(DispatcherMpi, SharedArenaGivesTheBitsOfTheMessages) {
           dispatcher.begin_step();
           const DispatchHandle r =
               dispatcher.dispatch(0, x.data(), T, routing.ids.data(), routing.weights.data());
-          const kernels::ExpertBatch& b = r.experts;
-          std::vector<float> out(std::max<size_t>(1, static_cast<size_t>(b.max_pairs * H)));
-          for (int slot = 0; slot < placement.layer(0).num_local_slots(me); ++slot) {
-            const float scale = 1.0f + static_cast<float>(lists[me][slot]) / 8.0f;
-            for (int64_t p = b.slot_begin[slot]; p < b.slot_begin[slot + 1]; ++p) {
-              for (int64_t c = 0; c < H; ++c)
-                out[p * H + c] = r.recv_rows[b.row_index[p] * H + c] * scale;
-            }
-          }
+          const std::vector<float> out = scaled_outputs(r, lists[me], H);
           std::vector<float> y(static_cast<size_t>(T * H), 0.5f);
           dispatcher.combine(out.data(), r, y.data());
           ys[shared].push_back(std::move(y));
