@@ -61,8 +61,9 @@ class SharedArena {
   int64_t segment_bytes() const { return segment_bytes_; }
   // Counter `counter` of this rank = value (release: this rank's earlier writes come first).
   void publish(int counter, uint64_t value);
-  // Until every other rank's counter `counter` is >= value (acquire). Yields between polls (ranks
-  // may share cores); throws moe::Error("comm") naming `op` and the late rank after the timeout.
+  // Until every other rank's counter `counter` is >= value (acquire). Yields, then sleeps until
+  // the publisher wakes it (ranks may share cores); throws moe::Error("comm") naming `op` and the
+  // late rank after the timeout.
   void wait_all(int counter, uint64_t value, const char* op) const;
 
  private:

@@ -1,10 +1,19 @@
 // SharedArena (communicator.h): counters in memory every rank maps, published with release stores
-// and polled with acquire loads. A waiting rank yields between polls, since ranks may share cores
-// (4 ranks on 2 here) and a spinning one would starve the rank it waits for.
+// and polled with acquire loads. A waiting rank yields for a short while, then sleeps on the
+// counter (a futex on Linux, which the publisher wakes): ranks may share cores (4 ranks on 2
+// here), and a rank that kept polling would take the core from the rank it waits for.
 #include <sched.h>
 
 #include <atomic>
 #include <chrono>
+#include <climits>
+#include <ctime>
+
+#if defined(__linux__)
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "kernels/common/check.h"
 #include "parallel/communicator.h"
@@ -13,7 +22,37 @@ namespace moe::parallel {
 namespace {
 
 constexpr int64_t kCounterStride = 8;  // uint64 per counter: one 64-byte line each
-constexpr int kArenaSpinPolls = 64;    // polls before the first yield
+// Yielding costs nothing while another rank wants the core, and a sleeper's wake-up costs tens of
+// microseconds: sleep only once the wait is long (a peer descheduled, or far behind).
+constexpr auto kArenaYieldFor = std::chrono::microseconds(200);
+constexpr auto kArenaSleepSlice = std::chrono::milliseconds(10);  // the deadline is checked
+
+// The futex word of a counter: its low 32 bits (x86 and every Linux target here are little
+// endian; a waiter that sees a stale word returns at once and polls again).
+uint32_t* futex_word(uint64_t* counter) {
+  return reinterpret_cast<uint32_t*>(counter);
+}
+
+void wake_all(uint64_t* counter) {
+#if defined(__linux__)
+  syscall(SYS_futex, futex_word(counter), FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
+#else
+  (void)counter;
+#endif
+}
+
+// Sleeps while the counter's low word is still `seen_low` (at most one slice; spurious returns are
+// fine: the caller polls again).
+void sleep_on(uint64_t* counter, uint32_t seen_low) {
+#if defined(__linux__)
+  timespec slice{0, std::chrono::duration_cast<std::chrono::nanoseconds>(kArenaSleepSlice).count()};
+  syscall(SYS_futex, futex_word(counter), FUTEX_WAIT, seen_low, &slice, nullptr, 0);
+#else
+  (void)counter;
+  (void)seen_low;
+  sched_yield();
+#endif
+}
 
 }  // namespace
 
@@ -22,28 +61,32 @@ uint64_t* SharedArena::counter_at(int rank, int counter) const {
 }
 
 void SharedArena::publish(int counter, uint64_t value) {
-  std::atomic_ref<uint64_t>(*counter_at(rank_, counter)).store(value, std::memory_order_release);
+  uint64_t* c = counter_at(rank_, counter);
+  std::atomic_ref<uint64_t>(*c).store(value, std::memory_order_release);
+  wake_all(c);
 }
 
 void SharedArena::wait_all(int counter, uint64_t value, const char* op) const {
   using Clock = std::chrono::steady_clock;
-  Clock::time_point deadline{};
+  const Clock::time_point start = Clock::now();
+  const Clock::time_point deadline = start + std::chrono::duration_cast<Clock::duration>(
+                                                 std::chrono::duration<double>(timeout_s_));
   for (int r = 0; r < num_ranks_; ++r) {
     if (r == rank_) continue;
-    std::atomic_ref<uint64_t> seen(*counter_at(r, counter));
-    for (int poll = 0; seen.load(std::memory_order_acquire) < value; ++poll) {
-      if (poll < kArenaSpinPolls) continue;
-      sched_yield();
-      if (poll % 64 != 0) continue;
+    uint64_t* c = counter_at(r, counter);
+    std::atomic_ref<uint64_t> seen(*c);
+    for (uint64_t now_seen = seen.load(std::memory_order_acquire); now_seen < value;
+         now_seen = seen.load(std::memory_order_acquire)) {
       const Clock::time_point now = Clock::now();
-      if (deadline == Clock::time_point{}) {
-        deadline = now + std::chrono::duration_cast<Clock::duration>(
-                             std::chrono::duration<double>(timeout_s_));
-      }
       MOE_CHECK_AS("comm", now < deadline,
                    "shared-memory {} did not complete within {:g} s on rank {}: rank {} never "
                    "published (it failed or is stuck)",
                    op, timeout_s_, rank_, r);
+      if (now - start < kArenaYieldFor) {
+        sched_yield();
+      } else {
+        sleep_on(c, static_cast<uint32_t>(now_seen));
+      }
     }
   }
 }
