@@ -49,21 +49,23 @@ class SharedArena {
  public:
   static constexpr int kCounters = 4;  // counters per rank
 
+  // oversubscribed: more ranks than the node's cores (a waiting rank then sleeps soon).
   SharedArena(unsigned char* first_segment, int64_t segment_bytes, uint64_t* counters,
-              int num_ranks, int rank, double timeout_s)
+              int num_ranks, int rank, double timeout_s, bool oversubscribed)
       : base_(first_segment),
         segment_bytes_(segment_bytes),
         counters_(counters),
         num_ranks_(num_ranks),
         rank_(rank),
-        timeout_s_(timeout_s) {}
+        timeout_s_(timeout_s),
+        oversubscribed_(oversubscribed) {}
   unsigned char* segment(int rank) const { return base_ + rank * segment_bytes_; }
   int64_t segment_bytes() const { return segment_bytes_; }
   // Counter `counter` of this rank = value (release: this rank's earlier writes come first).
   void publish(int counter, uint64_t value);
   // Until every other rank's counter `counter` is >= value (acquire). Yields, then sleeps until
-  // the publisher wakes it (ranks may share cores); throws moe::Error("comm") naming `op` and the
-  // late rank after the timeout.
+  // the publisher wakes it (soon when ranks share cores, so as to leave the core to the rank it
+  // waits for); throws moe::Error("comm") naming `op` and the late rank after the timeout.
   void wait_all(int counter, uint64_t value, const char* op) const;
 
  private:
@@ -74,6 +76,7 @@ class SharedArena {
   uint64_t* counters_;  // [num_ranks][kCounters], one cache line each
   int num_ranks_, rank_;
   double timeout_s_;
+  bool oversubscribed_;
 };
 
 class Communicator {

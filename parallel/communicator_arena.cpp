@@ -1,7 +1,8 @@
 // SharedArena (communicator.h): counters in memory every rank maps, published with release stores
-// and polled with acquire loads. A waiting rank yields for a short while, then sleeps on the
-// counter (a futex on Linux, which the publisher wakes): ranks may share cores (4 ranks on 2
-// here), and a rank that kept polling would take the core from the rank it waits for.
+// and polled with acquire loads. A waiting rank yields, then sleeps on the counter (a futex on
+// Linux, which the publisher wakes). When ranks share cores (4 ranks on 2 here) it sleeps soon,
+// since polling would take the core from the rank it waits for; otherwise only after a long
+// wait, since waking a sleeper costs tens of microseconds (more on a VM, whose idle vCPU halts).
 #include <sched.h>
 
 #include <atomic>
@@ -22,10 +23,9 @@ namespace moe::parallel {
 namespace {
 
 constexpr int64_t kCounterStride = 8;  // uint64 per counter: one 64-byte line each
-// Yielding costs nothing while another rank wants the core, and a sleeper's wake-up costs tens of
-// microseconds: sleep only once the wait is long (a peer descheduled, or far behind).
-constexpr auto kArenaYieldFor = std::chrono::microseconds(200);
-constexpr auto kArenaSleepSlice = std::chrono::milliseconds(10);  // the deadline is checked
+constexpr auto kArenaYieldShared = std::chrono::microseconds(50);  // ranks share cores
+constexpr auto kArenaYieldAlone = std::chrono::milliseconds(20);   // a core per rank
+constexpr auto kArenaSleepSlice = std::chrono::milliseconds(10);   // the deadline is checked
 
 // The futex word of a counter: its low 32 bits (x86 and every Linux target here are little
 // endian; a waiter that sees a stale word returns at once and polls again).
@@ -82,7 +82,7 @@ void SharedArena::wait_all(int counter, uint64_t value, const char* op) const {
                    "shared-memory {} did not complete within {:g} s on rank {}: rank {} never "
                    "published (it failed or is stuck)",
                    op, timeout_s_, rank_, r);
-      if (now - start < kArenaYieldFor) {
+      if (now - start < (oversubscribed_ ? kArenaYieldShared : kArenaYieldAlone)) {
         sched_yield();
       } else {
         sleep_on(c, static_cast<uint32_t>(now_seen));

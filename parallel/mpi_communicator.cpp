@@ -5,6 +5,7 @@
 // communicator refuses further calls: the abandoned operation may still touch its buffers.
 #include <mpi.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -188,8 +189,9 @@ class MpiCommunicator final : public Communicator {
       std::memset(first + (rank_ * SharedArena::kCounters + c) * 64, 0, 64);
     }
     barrier();  // every rank's counters are zero before anyone publishes
+    const bool oversubscribed = size_ > static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
     return std::make_shared<SharedArena>(first + counter_bytes, segment_bytes, counters, size_,
-                                         rank_, options_.timeout_s);
+                                         rank_, options_.timeout_s, oversubscribed);
   }
 
  protected:
