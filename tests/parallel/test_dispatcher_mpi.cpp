@@ -123,6 +123,19 @@ std::vector<float> scaled_outputs(const DispatchHandle& r, const std::vector<int
   return out;
 }
 
+// One step of a one-layer placement: dispatch, the stand-in experts, combine into y (all y0).
+std::vector<float> exchange_once(Dispatcher& dispatcher, const std::vector<float>& x, int64_t T,
+                                 const testing::Routing& routing,
+                                 const std::vector<int>& rank_experts, int64_t H, float y0) {
+  dispatcher.begin_step();
+  const DispatchHandle r =
+      dispatcher.dispatch(0, x.data(), T, routing.ids.data(), routing.weights.data());
+  const std::vector<float> out = scaled_outputs(r, rank_experts, H);
+  std::vector<float> y(static_cast<size_t>(T * H), y0);
+  dispatcher.combine(out.data(), r, y.data());
+  return y;
+}
+
 TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
   auto comm = make_comm();
   auto backend = kernels::make_backend("cpu", 0);
@@ -141,12 +154,7 @@ TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
       auto routing = testing::make_routing(testing::mix_seed(seed, me), T, k, allowed);
       auto x =
           testing::random_floats(testing::mix_seed(seed + 7, me), static_cast<size_t>(T * H), 1.f);
-      dispatcher.begin_step();
-      const DispatchHandle r =
-          dispatcher.dispatch(0, x.data(), T, routing.ids.data(), routing.weights.data());
-      const std::vector<float> out = scaled_outputs(r, lists[me], H);
-      std::vector<float> y(static_cast<size_t>(T * H), 0.0f);
-      dispatcher.combine(out.data(), r, y.data());
+      const std::vector<float> y = exchange_once(dispatcher, x, T, routing, lists[me], H, 0.0f);
 
       // The expected sum, in the order the specification lays the rows out.
       const DispatchLayout L =
@@ -211,13 +219,7 @@ TEST(DispatcherMpi, SharedArenaGivesTheBitsOfTheMessages) {
                                                seed == 14u ? lists[me] : allowed);
           auto x =
               testing::random_floats(testing::mix_seed(seed, me), static_cast<size_t>(T * H), 1.f);
-          dispatcher.begin_step();
-          const DispatchHandle r =
-              dispatcher.dispatch(0, x.data(), T, routing.ids.data(), routing.weights.data());
-          const std::vector<float> out = scaled_outputs(r, lists[me], H);
-          std::vector<float> y(static_cast<size_t>(T * H), 0.5f);
-          dispatcher.combine(out.data(), r, y.data());
-          ys[shared].push_back(std::move(y));
+          ys[shared].push_back(exchange_once(dispatcher, x, T, routing, lists[me], H, 0.5f));
           collectives[shared].push_back(dispatcher.collect_loads()[0].traffic.collectives);
         }
         EXPECT_EQ(dispatcher.uses_shared_arena(), shared && n > 1);
