@@ -71,11 +71,14 @@ Dispatcher::Dispatcher(Communicator& comm, kernels::Backend& backend, int64_t hi
                comm_.name(), backend_.name());
   MOE_CHECK_AS("dispatch", options.capacity_rows >= 0, "capacity of {} rows per peer",
                options.capacity_rows);
-  capacity_ = options.capacity_rows > 0 ? options.capacity_rows
-              : comm_.device_buffers()  ? kDeviceCapacityRows
-                                        : kHostCapacityRows;
   arena_wanted_ = options.shared_memory && comm_.size() > 1 && !comm_.device_buffers() &&
                   backend_.is_host_memory();
+  // The same on every rank: the node layout is.
+  const bool one_node = arena_wanted_ && comm_.node_layout().num_nodes == 1;
+  capacity_ = options.capacity_rows > 0 ? options.capacity_rows
+              : comm_.device_buffers()  ? kDeviceCapacityRows
+              : one_node                ? kSharedCapacityRows
+                                        : kHostCapacityRows;
 }
 
 int64_t Dispatcher::block_ints() const {

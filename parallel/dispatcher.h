@@ -73,9 +73,9 @@ WirePlan resolve_wire(kernels::ComputeDtype compute, std::optional<kernels::Wire
 
 struct DispatcherOptions {
   std::optional<kernels::WireDtype> wire;  // unset: the activation dtype (resolve_wire)
-  // Rows per peer in the fixed-capacity message (the same on every rank); 0: kHostCapacityRows
-  // for a communicator that sends only what is used (MPI), kDeviceCapacityRows for one that
-  // moves whole blocks (NCCL).
+  // Rows per peer in the fixed-capacity message (the same on every rank); 0: kSharedCapacityRows
+  // over a shared arena (every rank on one node), else kHostCapacityRows for a communicator that
+  // sends only what is used (MPI), kDeviceCapacityRows for one that moves whole blocks (NCCL).
   int32_t capacity_rows = 0;
   // Use the communicator's shared arena (Communicator::make_shared_arena) when it has one and the
   // backend keeps tensors in host memory; false: always the messages.
@@ -114,6 +114,9 @@ class Dispatcher {
   // Batches of at most this many tokens keep the slot counts on the device on one rank.
   static constexpr int64_t kDeviceCountsMaxTokens = 64;
   static constexpr int32_t kHostCapacityRows = 256;
+  // A shared arena's slots cost address space only (pages nobody writes take no memory), so they
+  // are large enough that prefill batches rarely spill.
+  static constexpr int32_t kSharedCapacityRows = 1024;
   static constexpr int32_t kDeviceCapacityRows = 64;
 
   Dispatcher(Communicator& comm, kernels::Backend& backend, int64_t hidden, int top_k,
