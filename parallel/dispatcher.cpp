@@ -399,13 +399,14 @@ void Dispatcher::exchange_spill(const DispatchHandle& d) {
     recv_rows += wire::spill_rows(f, d.recv_counts[p]);
   }
   // The spill lands right after the slots' arena rows (the receive arena keeps the slots when it
-  // grows; with a shared arena those rows stay unused); it was packed after the send slots.
-  const size_t slots_bytes = static_cast<size_t>(N) * static_cast<size_t>(f.slot_bytes);
-  const size_t send_slots_bytes = arena_ != nullptr ? 0 : slots_bytes;
+  // grows), and was packed after the send slots; with a shared arena both buffers hold the spill
+  // alone.
+  const size_t slots_bytes =
+      arena_ != nullptr ? 0 : static_cast<size_t>(N) * static_cast<size_t>(f.slot_bytes);
   grow_keeping(backend_, recv_arena_,
                slots_bytes + static_cast<size_t>(f.header_bytes + recv_rows * f.row_bytes),
-               send_slots_bytes);
-  spill_.start_v(comm_, backend_, send_arena_.data() + send_slots_bytes, spill_send_,
+               slots_bytes);
+  spill_.start_v(comm_, backend_, send_arena_.data() + slots_bytes, spill_send_,
                  recv_arena_.data() + slots_bytes + f.header_bytes, spill_recv_);
   spill_.wait();
 }
@@ -444,6 +445,7 @@ void Dispatcher::receive(DispatchHandle& d) {
   rv.arena = shared ? arena_->segment(0) + rank * f.slot_bytes : recv_arena_.data();
   rv.slot_stride = shared ? arena_->segment_bytes() : f.slot_bytes;
   rv.spill = recv_arena_.data() + f.header_bytes;
+  rv.spill_first_row = shared ? 0 : N * wire::slot_rows(f);
   rv.in_place = in_place;
   rv.own_in_slot = shared && in_place;
   rv.recv_header = block(flight_.layer) + E + N * W;

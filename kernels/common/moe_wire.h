@@ -18,8 +18,8 @@
 // A shared arena (parallel/communicator.h) is read in place instead: the slot source s filled for
 // this rank lies in s's segment, one segment (a multiple of row_bytes) after the other, so the
 // same arena-row arithmetic holds with slot_stride = the segment size; own rows are copied into
-// this rank's own slot; the spill (a separate exchange) lies apart, and a rank that received one
-// widens every row (in_place off).
+// this rank's own slot; the spill (a separate exchange) lies apart, from row 0 of its own buffer,
+// and a rank that received one widens every row (in_place off).
 #pragma once
 
 #include <cstdint>
@@ -221,15 +221,16 @@ MOE_HD void pack_fp8_block(const PackView& v, int32_t i, int64_t b) {
 struct ReceiveView {
   MessageFormat f;
   int32_t num_ranks = 0, rank = 0;
-  const unsigned char* arena = nullptr;     // slot of source s at arena + s * slot_stride
-  int64_t slot_stride = 0;                  // a multiple of row_bytes
-  const unsigned char* spill = nullptr;     // arena row a of a spill at spill + a * row_bytes
-  bool in_place = false;                    // the experts read fp32 rows where they lie
-  bool own_in_slot = false;                 // in place: own rows in this rank's own slot
-  const int32_t* recv_header = nullptr;     // [N * W] received headers (own included)
-  int32_t* plan = nullptr;                  // [2N + 2] written by plan_receive
-  const float* hidden = nullptr;            // [T, H] own rows come from here
-  const int32_t* send_token = nullptr;      // [S] (the source layout's)
+  const unsigned char* arena = nullptr;  // slot of source s at arena + s * slot_stride
+  int64_t slot_stride = 0;               // a multiple of row_bytes
+  const unsigned char* spill = nullptr;  // arena row a of a spill at spill + a * row_bytes
+  int64_t spill_first_row = 0;           // the first source's spill: N * slot_rows, or 0 when apart
+  bool in_place = false;                 // the experts read fp32 rows where they lie
+  bool own_in_slot = false;              // in place: own rows in this rank's own slot
+  const int32_t* recv_header = nullptr;  // [N * W] received headers (own included)
+  int32_t* plan = nullptr;               // [2N + 2] written by plan_receive
+  const float* hidden = nullptr;         // [T, H] own rows come from here
+  const int32_t* send_token = nullptr;   // [S] (the source layout's)
   const RouteEntry* send_routes = nullptr;  // [S * k]
   const int32_t* send_offsets = nullptr;    // [N + 1]
   float* rows = nullptr;         // experts' x: arena + header_bytes (in place) or [R, H] own last
@@ -257,7 +258,7 @@ MOE_HD void plan_receive(const ReceiveView& v) {
   int32_t* offsets = v.plan;
   int32_t* spill_base = v.plan + N + 1;
   offsets[0] = 0;
-  int64_t spill = static_cast<int64_t>(N) * slot_rows(v.f);
+  int64_t spill = v.spill_first_row;
   for (int32_t s = 0; s < N; ++s) {
     const int32_t n = v.recv_header[s * W];
     offsets[s + 1] = offsets[s] + n;
