@@ -24,8 +24,10 @@ namespace {
 
 constexpr int64_t kCounterStride = 8;  // uint64 per counter: one 64-byte line each
 constexpr auto kArenaYieldShared = std::chrono::microseconds(50);  // ranks share cores
-constexpr auto kArenaYieldAlone = std::chrono::milliseconds(20);   // a core per rank
-constexpr auto kArenaSleepSlice = std::chrono::milliseconds(10);   // the deadline is checked
+// A core per rank: waits are tens of microseconds unless a peer lost its core to another job;
+// past 1 ms sleeping frees this core for that job (a wake-up costs less than the wait by then).
+constexpr auto kArenaYieldAlone = std::chrono::milliseconds(1);
+constexpr auto kArenaSleepSlice = std::chrono::milliseconds(10);  // the deadline is checked
 
 // The futex word of a counter: its low 32 bits (x86 and every Linux target here are little
 // endian; a waiter that sees a stale word returns at once and polls again).
