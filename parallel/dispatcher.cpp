@@ -581,42 +581,4 @@ void Dispatcher::finish_combine_rows(const DispatchHandle& d, float* x) {
   mark(combine_phase_);
 }
 
-std::vector<LayerLoad> Dispatcher::collect_loads() {
-  const int N = comm_.size(), rank = comm_.rank();
-  const int64_t B = block_ints();
-  const int E = num_experts_, W = header_width_;
-  const WireBytes bytes = WireBytes::of(wire_.dispatch, wire_.combine, hidden_, top_k_);
-  std::vector<int32_t> all;
-  std::vector<LayerLoad> loads(tables_.size());
-  // One copy of every layer's counters: the error flags, and what the host has not seen yet.
-  if (std::find(dispatched_.begin(), dispatched_.end(), 1) != dispatched_.end()) {
-    all.resize(static_cast<size_t>(B) * tables_.size());
-    backend_.download(all.data(), stats_.data(), all.size() * sizeof(int32_t));
-  }
-  for (size_t l = 0; l < tables_.size(); ++l) {
-    if (!dispatched_[l]) continue;
-    check_block(static_cast<int>(l), all.data() + l * B, true);
-    // Several ranks over a host communicator: the received headers exist only on the host.
-    const int32_t* b = host_blocks_[l].empty() ? all.data() + l * B : host_blocks_[l].data();
-    // One rank exchanges nothing: what it received is what it sent.
-    const int32_t* recv_header = N == 1 ? b + E : b + E + N * W;
-    LayerLoad& load = loads[l];
-    load.tokens_per_expert.assign(b, b + E);
-    std::vector<int64_t> send_rows(N), send_pairs(N), recv_rows(N), recv_pairs(N);
-    for (int r = 0; r < N; ++r) {
-      send_rows[r] = b[E + r * W + layout::kHeaderRows];
-      send_pairs[r] = b[E + r * W + layout::kHeaderPairs];
-      recv_rows[r] = recv_header[r * W + layout::kHeaderRows];
-      recv_pairs[r] = recv_header[r * W + layout::kHeaderPairs];
-    }
-    load.tokens_per_rank = send_pairs;
-    load.rows_per_rank = send_rows;
-    load.traffic = exchange_stats(rank, send_rows, send_pairs, recv_rows, recv_pairs, bytes,
-                                  &comm_.node_layout());
-    load.traffic.collectives = collectives_[l];
-  }
-  if (inner_ != nullptr) add_node_level(inner_->collect_loads(), loads);
-  return loads;
-}
-
 }  // namespace moe::parallel
