@@ -35,6 +35,16 @@
 // copy of the headers they carried (sizes of the spill, the received rows and the per-slot pair
 // counts). One rank: nothing is exchanged; nothing is read on the host when the batch has at most
 // kDeviceCountsMaxTokens tokens (the step can be captured as a device graph).
+// Node-first exchange (ExchangeKind::kHierarchical, the default when the communicator spans
+// several nodes): this dispatcher's tables route expert e to the proxy of each node holding it
+// (the rank of this rank's local index there; the "slot" is e itself), so a token's row crosses
+// to a node once; the proxy gathers what it received into node_rows [R1, H] (received order)
+// and `inner_`, a flat dispatcher over the node communicator, dispatches those rows by the
+// forwarded entries (kernels/common/moe_layout.h: negative ids route nowhere). Combine: the
+// node level sums into node_sums [R1, H] (zeroed; the node's ranks in local rank order), then
+// each received row goes back as one pair of weight 1 (exactly its sum) and the source adds the
+// nodes' rows in node order. So x[t] += sum over nodes of (sum over that node's ranks), which
+// differs from the flat order only in fp32 rounding (docs/numerics.md). 4 collectives per layer.
 // Loads (LayerLoad) come from the same counters: collect_loads() downloads what the host has not
 // already seen, once per step. Sums run in a fixed order with fp32 accumulation, so the result
 // does not depend on how ranks split the work beyond the order stated above (and on the wire type
@@ -54,6 +64,7 @@
 #include "parallel/exchange.h"
 #include "parallel/load_stats.h"
 #include "parallel/placement.h"
+#include "parallel/routing_tables.h"
 
 namespace moe::parallel {
 
@@ -109,12 +120,6 @@ struct DispatchHandle {
   const int32_t* token_offsets = nullptr;            // [T + 1]
   const int32_t* token_rows = nullptr;               // [S]
   const int32_t* row_at = nullptr;  // [R] where received row r lies in recv_rows (several ranks)
-};
-
-// One layer's routing as the flat arrays the dispatcher uploads (kernels::RoutingTable):
-// replica_begin [E + 1], replica_rank and replica_slot [replicas], rank_num_slots [N].
-struct RoutingArrays {
-  std::vector<int32_t> begin, ranks, slots, num_slots;
 };
 
 class Dispatcher {

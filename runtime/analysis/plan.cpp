@@ -72,20 +72,34 @@ RankMemory rank_memory(const ModelConfig& c, const ParamBreakdown& p, const Weig
   const int64_t send_rows = has_moe ? m.tokens * std::min(k, n) : 0;
   const int64_t recv_rows = has_moe ? o.batch * o.context : 0;
   const int64_t pairs = recv_rows * std::min(k, std::max<int64_t>(m.expert_slots_per_layer, 0));
-  // Dispatch send + recv, combine's partial (recv side) + returned (send side), each [rows, H];
-  // plus the route entries travelling with the dispatched rows.
-  m.communication_bytes =
-      2 * (send_rows + recv_rows) * h * act + (send_rows + recv_rows) * k * kRouteEntryBytes;
-  if (has_moe && n > 1) {
-    // The messages: every peer's fixed-capacity slot on both sides (the larger, host capacity),
-    // the route entries a second time (in the messages and in their own buffers), the spill's
-    // padding row per peer and the headers.
+  // One exchange level over `peers` ranks whose slots carry `header_slots` per-slot counts:
+  // dispatch send + recv, combine's partial (recv side) + returned (send side), each [rows, H];
+  // the route entries travelling with the dispatched rows; and with several peers the messages:
+  // every peer's fixed-capacity slot on both sides (the larger, host capacity), the route entries
+  // a second time (in the messages and in their own buffers), the spill's padding row per peer
+  // and the headers.
+  const auto level_bytes = [&](int64_t peers, int64_t sent, int64_t received,
+                               int64_t header_slots) {
+    int64_t bytes = 2 * (sent + received) * h * act + (sent + received) * k * kRouteEntryBytes;
+    if (!has_moe || peers <= 1) return bytes;
     const kernels::wire::MessageFormat f = kernels::wire::message_format(
         kernels::WireDtype::kF32, h, static_cast<int32_t>(k),
-        kernels::layout::kHeaderSlots + static_cast<int32_t>(m.expert_slots_per_layer),
+        kernels::layout::kHeaderSlots + static_cast<int32_t>(header_slots),
         parallel::Dispatcher::kHostCapacityRows);
-    m.communication_bytes += 2 * n * f.slot_bytes + (send_rows + recv_rows) * k * kRouteEntryBytes +
-                             n * f.row_bytes + 2 * f.header_bytes;
+    return bytes + 2 * peers * f.slot_bytes + (sent + received) * k * kRouteEntryBytes +
+           peers * f.row_bytes + 2 * f.header_bytes;
+  };
+  const int64_t g = o.ranks_per_node;
+  if (has_moe && g > 0 && n > g) {
+    // Node-first: the first level sends one row per destination node to its proxy (slots named
+    // by expert id), which keeps the rows it received and their sums ([R, H] each) and runs the
+    // node's flat exchange on them.
+    const int64_t first_sent = m.tokens * std::min(k, n / g);
+    m.communication_bytes =
+        level_bytes(n, first_sent, recv_rows, e) + 2 * recv_rows * h * act +
+        level_bytes(g, recv_rows * std::min(k, g), recv_rows, m.expert_slots_per_layer);
+  } else {
+    m.communication_bytes = level_bytes(n, send_rows, recv_rows, m.expert_slots_per_layer);
   }
 
   // Activation buffers of one prefill step of all this rank's tokens; buffers are reused from

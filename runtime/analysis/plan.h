@@ -32,6 +32,9 @@ struct PlanOptions {
   // `ranks`) and the largest entry sizes the expert shard.
   std::vector<int64_t> expert_slots_per_rank;
   std::string placement_name;  // shown next to the override ("contiguous" otherwise)
+  // Nodes of this many ranks exchanging node-first (--exchange hierarchical): the proxy's second
+  // exchange and its node rows are counted too. 0: the flat exchange.
+  int ranks_per_node = 0;
 };
 
 // Parameters that touch one token at a given top-k.

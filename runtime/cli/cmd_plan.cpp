@@ -25,6 +25,7 @@ struct PlanArgs {
   std::string model, placement, json, plot;
   kernels::BackendKind backend = kernels::BackendKind::kCuda;
   int ranks = 0;
+  int ranks_per_node = 0;
   int64_t batch = 1, context = 4096;
   double gpu_mem_gib = kDefaultGpuMemGib;
   WeightsDtype weights = WeightsDtype::kAsStored;
@@ -69,6 +70,7 @@ int run_plan(const PlanArgs& a, int rank) {
   po.batch = a.batch;
   po.context = a.context;
   po.gpu_mem_gib = a.gpu_mem_gib;
+  po.ranks_per_node = a.ranks_per_node;
   if (a.ranks > 0) po.ranks = {a.ranks};
   if (!a.placement.empty()) {
     // Expert counts per rank come from the placement, for the one world size it was written for.
@@ -103,6 +105,10 @@ Command add_plan_command(CLI::App& app, int world_rank) {
   cmd->add_option("--ranks", a->ranks, "Only this world size (default: 1, 2, 4, 8)")
       ->check(at_least(1));
   cmd->add_option("--placement", a->placement, "Placement YAML: expert counts per rank");
+  cmd->add_option("--ranks-per-node", a->ranks_per_node,
+                  "Nodes of this many ranks exchanging node-first (the default across nodes): "
+                  "count the second exchange level's buffers too")
+      ->check(at_least(1));
   cmd->add_option("--batch", a->batch, "Sequences in flight, for the KV cache (default 1)")
       ->check(at_least(1));
   cmd->add_option("--context", a->context, "Tokens per sequence, for the KV cache (default 4096)")

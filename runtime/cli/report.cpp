@@ -43,6 +43,9 @@ RankMemory planned_memory(const Session& s, int64_t sequences, int64_t context) 
   po.kv_bytes = static_cast<int>(kernels::kv_dtype_bytes(s.backend->kv_cache_dtype()));
   po.expert_slots_per_rank = expert_slots_per_rank(s.config, *s.placement);
   po.placement_name = s.placement->strategy();
+  if (s.model->exchange_kind() == parallel::ExchangeKind::kHierarchical) {
+    po.ranks_per_node = s.comm->node_layout().local_size;
+  }
   return make_plan(s.config, po).ranks.at(0);
 }
 

@@ -217,6 +217,24 @@ TEST(PlanMemory, SmallModelRankTwoMatchesTheStatedFormulas) {
                                m.communication_bytes + m.activation_buffer_bytes);
 }
 
+// Node-first on nodes of one rank (two nodes): the first level is the flat exchange's shape
+// here (one row per destination node = per rank; slots carry 4 expert-id counts, header still
+// 64 bytes), plus the proxy's node rows and sums (15 x 16 bytes each) and the node's own
+// one-rank level: 15 rows out (15 x min(k, 1)) and 15 in, both ways in fp32, route entries.
+TEST(PlanMemory, NodeFirstAddsTheProxyRowsAndTheNodeLevel) {
+  PlanOptions o;
+  o.batch = 3;
+  o.context = 5;
+  o.ranks = {2};
+  const RankMemory flat = make_plan(small_model(), o).ranks.at(0);
+  o.ranks_per_node = 1;
+  const RankMemory node_first = make_plan(small_model(), o).ranks.at(0);
+  EXPECT_EQ(node_first.communication_bytes - flat.communication_bytes,
+            2 * 15 * 16 + (2 * (15 + 15) * 16 + (15 + 15) * 2 * 8));
+  o.ranks_per_node = 2;  // one node: nothing node-first
+  EXPECT_EQ(make_plan(small_model(), o).ranks.at(0).communication_bytes, flat.communication_bytes);
+}
+
 TEST(PlanMemory, FitsComparesTotalWithGpuMemory) {
   PlanOptions o;
   o.batch = 3;
