@@ -59,9 +59,9 @@ std::string CostPrediction::format() const {
       parallel::exchange_kind_name(exchange), hardware, placement, routing);
   o << fmt::format(
       "prefill      {:.6f} s   {:.1f} tokens/s   balancedness {:.3f}   remote rows "
-      "per token and layer {:.2f}{}\n",
+      "per token and layer {:.2f} ({:.2f} to other nodes){}\n",
       prefill.total_s, prefill.total_s > 0 ? prefill.tokens / prefill.total_s : 0.0,
-      prefill.balancedness, prefill.remote_rows_per_token,
+      prefill.balancedness, prefill.remote_rows_per_token, prefill.inter_node_rows_per_token,
       prefill.sampled ? " (routing sampled)" : "");
   o << fmt::format("decode step  {:.6f} s   {:.1f} tokens/s   (mean of {} timed steps)\n",
                    decode.total_s, decode.total_s > 0 ? decode.tokens / decode.total_s : 0.0,
