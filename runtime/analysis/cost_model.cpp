@@ -323,8 +323,7 @@ class StepModel {
       for (double p : load.slot_pairs[r]) recv_pairs += p;
       max_pairs = std::max(max_pairs, recv_pairs);
       sum_pairs += recv_pairs;
-      const MoeRankTimes t = node_first_ ? moe_rank_node_first(load, r, ranks[r].tokens, recv_pairs)
-                                         : moe_rank(load, r, ranks[r].tokens, recv_pairs);
+      const MoeRankTimes t = moe_rank(load, r, ranks[r].tokens, recv_pairs);
       out.max_remote_bytes = std::max(out.max_remote_bytes, t.remote_bytes);
       phases.add(r, Phase::kAttention, layer_weight * attn[r]);
       phases.add(r, Phase::kRouter, layer_weight * rtr[r]);
@@ -411,58 +410,46 @@ class StepModel {
     return memory_seconds(h_, share_, 4.0 * s_.hidden * (pairs + rows));
   }
 
-  // Rank r's share of one MoE layer, flat exchange: `recv_pairs` (token, expert) pairs arrive
-  // for its experts; `own_tokens` are its own.
+  // Rank r's share of one MoE layer: `recv_pairs` (token, expert) pairs arrive for its experts;
+  // `own_tokens` are its own. Flat: one exchange. Node-first: r is a source (its tokens to the
+  // proxies of their nodes), a proxy (the rows of the sources with its local index, forwarded
+  // inside its node) and a destination.
   MoeRankTimes moe_rank(const LayerRankLoad& load, int r, int64_t own_tokens,
                         double recv_pairs) const {
     const int k = static_cast<int>(s_.top_k);
-    const LevelTimes x = exchange_level(load.rows, r, CollectiveScope::kJob);
+    // x: the level rows leave their source by; y: the level they reach the experts by.
+    const LevelTimes x =
+        exchange_level(node_first_ ? load.node_rows : load.rows, r, CollectiveScope::kJob);
+    const LevelTimes y =
+        node_first_ ? exchange_level(load.forward_rows, r, CollectiveScope::kNode) : x;
     MoeRankTimes t;
-    t.remote_bytes = x.remote_bytes;
     const double tokens = static_cast<double>(own_tokens);
     t.layout = host_pairs(tokens * k);
-    t.dispatch_host = pack_seconds(x.sent_rows) + host_pairs(recv_pairs + x.recv_rows * k);
     t.dispatch_comm = x.dispatch_comm;
-    t.expert = expert(load.slot_pairs[r]);
-    t.partial =
-        x.recv_rows > 0 ? row_sum_seconds(recv_pairs, x.recv_rows) + host_pairs(recv_pairs) : 0;
-    t.combine_comm = x.combine_comm;
-    t.final_sum = tokens > 0 ? row_sum_seconds(x.sent_rows, tokens) + host_pairs(x.sent_rows) : 0;
-    return t;
-  }
-
-  // The same, node-first: r is a source (its tokens to the proxies of their nodes), a proxy (the
-  // rows of the sources with its local index, forwarded inside its node) and a destination.
-  MoeRankTimes moe_rank_node_first(const LayerRankLoad& load, int r, int64_t own_tokens,
-                                   double recv_pairs) const {
-    const int k = static_cast<int>(s_.top_k);
-    const LevelTimes x = exchange_level(load.node_rows, r, CollectiveScope::kJob);
-    const LevelTimes y = exchange_level(load.forward_rows, r, CollectiveScope::kNode);
-    MoeRankTimes t;
-    t.remote_bytes = x.remote_bytes + y.remote_bytes;
-    const double tokens = static_cast<double>(own_tokens);
-    t.layout = host_pairs(tokens * k);
-    t.dispatch_host = pack_seconds(x.sent_rows);
-    t.dispatch_comm = x.dispatch_comm;
-    // The proxy reads the received rows' routes, gathers the rows (one fp32 pass) and lays them
-    // out for its node; packs them, and groups what the node sends it by slot.
-    const double fwd = x.recv_rows;
-    t.forward_layout = host_pairs(2 * fwd * k) +
-                       (fwd > 0 ? memory_seconds(h_, share_, 8.0 * s_.hidden * fwd) : 0.0);
-    t.forward_dispatch = pack_seconds(y.sent_rows) + host_pairs(recv_pairs + y.recv_rows * k);
-    t.node_dispatch_comm = y.dispatch_comm;
+    const double grouping = host_pairs(recv_pairs + y.recv_rows * k);
+    t.dispatch_host = pack_seconds(x.sent_rows) + (node_first_ ? 0.0 : grouping);
+    if (node_first_) {
+      t.remote_bytes = y.remote_bytes;
+      // The proxy reads the received rows' routes, gathers the rows (one fp32 pass) and lays
+      // them out for its node; packs them, and groups what the node sends it by slot.
+      const double fwd = x.recv_rows;
+      t.forward_layout = host_pairs(2 * fwd * k) +
+                         (fwd > 0 ? memory_seconds(h_, share_, 8.0 * s_.hidden * fwd) : 0.0);
+      t.forward_dispatch = pack_seconds(y.sent_rows) + grouping;
+      t.node_dispatch_comm = y.dispatch_comm;
+      t.node_combine_comm = y.combine_comm;
+      // The node's rows back summed per forwarded row into zeroed fp32 rows, then those written
+      // (wire type) as the first level's rows back.
+      const double back_bytes = (4.0 + w_.combine_row_bytes) * static_cast<double>(s_.hidden);
+      t.node_sum = fwd > 0 ? memory_seconds(h_, share_, 4.0 * s_.hidden * fwd) +
+                                 row_sum_seconds(y.sent_rows, fwd) + host_pairs(y.sent_rows) +
+                                 memory_seconds(h_, share_, (fwd - x.own_rows) * back_bytes)
+                           : 0.0;
+    }
+    t.remote_bytes += x.remote_bytes;
     t.expert = expert(load.slot_pairs[r]);
     t.partial =
         y.recv_rows > 0 ? row_sum_seconds(recv_pairs, y.recv_rows) + host_pairs(recv_pairs) : 0;
-    t.node_combine_comm = y.combine_comm;
-    // The node's rows back summed per forwarded row into zeroed fp32 rows, then those written
-    // (wire type) as the first level's rows back.
-    t.node_sum = fwd > 0 ? memory_seconds(h_, share_, 4.0 * s_.hidden * fwd) +
-                               row_sum_seconds(y.sent_rows, fwd) + host_pairs(y.sent_rows) +
-                               memory_seconds(h_, share_,
-                                              (fwd - x.own_rows) * (4.0 + w_.combine_row_bytes) *
-                                                  static_cast<double>(s_.hidden))
-                         : 0.0;
     t.combine_comm = x.combine_comm;
     t.final_sum = tokens > 0 ? row_sum_seconds(x.sent_rows, tokens) + host_pairs(x.sent_rows) : 0;
     return t;

@@ -94,21 +94,36 @@ TEST(CostModel, ExchangeIntraAndInterNode) {
               2e-6 + 500.5e-6, 1e-12);
 }
 
-ModelConfig two_expert_model() {
-  ModelConfig c = test::tiny_model("two", {.vocab = 16,
-                                           .hidden = 8,
-                                           .layers = 1,
-                                           .heads = 2,
-                                           .kv_heads = 1,
-                                           .head_dim = 4,
-                                           .intermediate = 16,
-                                           .moe_intermediate = 4,
-                                           .experts = 2,
-                                           .top_k = 2});  // every token uses both experts
+// One MoE layer of hidden 8 where every token uses every one of `experts` experts (top-k = E).
+ModelConfig all_experts_model(const std::string& name, int experts) {
+  ModelConfig c = test::tiny_model(name, {.vocab = 16,
+                                          .hidden = 8,
+                                          .layers = 1,
+                                          .heads = 2,
+                                          .kv_heads = 1,
+                                          .head_dim = 4,
+                                          .intermediate = 16,
+                                          .moe_intermediate = 4,
+                                          .experts = experts,
+                                          .top_k = experts});
   c.norm_topk_prob = true;
   c.max_position_embeddings = 64;
   c.validate();
   return c;
+}
+
+ModelConfig two_expert_model() {
+  return all_experts_model("two", 2);
+}
+
+// `sequences` sequences of 10 prompt tokens and one timed decode step, uniform routing.
+CostWorkload uniform_workload(int64_t sequences) {
+  CostWorkload w;
+  w.num_sequences = sequences;
+  w.prompt_len = 10;
+  w.decode_steps = 2;
+  w.routing.kind = "uniform";
+  return w;
 }
 
 TEST(CostModel, ExpertAndDispatchPhasesFollowTheRouting) {
@@ -118,11 +133,7 @@ TEST(CostModel, ExpertAndDispatchPhasesFollowTheRouting) {
   h.weight_read_gbps = 1e12;
   h.collective_overhead_us = 0;
   h.intra_node = {0, 1};  // 1 GB/s, no latency
-  CostWorkload w;
-  w.num_sequences = 2;
-  w.prompt_len = 10;
-  w.decode_steps = 2;
-  w.routing.kind = "uniform";
+  const CostWorkload w = uniform_workload(2);
 
   // One rank: both experts compute all 20 prefill tokens: 2 x 6 x 20 x H x I FLOP at 500 GFLOP/s.
   parallel::PlacementSpec spec;
@@ -193,29 +204,14 @@ TEST(CostModel, ExpertAndDispatchPhasesFollowTheRouting) {
 // e): rank r sends each of its 10 prefill tokens once to its own node (itself) and once to the
 // rank of its local index on the other node (the proxy), which forwards it to both ranks there.
 TEST(CostModel, NodeFirstExchangeCrossesOncePerNode) {
-  ModelConfig c = test::tiny_model("four", {.vocab = 16,
-                                            .hidden = 8,
-                                            .layers = 1,
-                                            .heads = 2,
-                                            .kv_heads = 1,
-                                            .head_dim = 4,
-                                            .intermediate = 16,
-                                            .moe_intermediate = 4,
-                                            .experts = 4,
-                                            .top_k = 4});
-  c.max_position_embeddings = 64;
-  c.validate();
+  const ModelConfig c = all_experts_model("four", 4);
   HardwareProfile h = simple_gpu();
   h.memory_bandwidth_gbps = 1e12;  // host work vanishes: the phases are the exchanges
   h.weight_read_gbps = 1e12;
   // Calibrated across 2 nodes of 2: job collective 10 us, the node's 3 us and 1 us of wait;
   // inside a node 1 GB/s, between nodes 0.5 GB/s, no per-peer latency.
   h.measured.push_back({4, 10, {0, 1}, 0, 1, 2, {0, 0.5}, 3, 1});
-  CostWorkload w;
-  w.num_sequences = 4;
-  w.prompt_len = 10;
-  w.decode_steps = 2;
-  w.routing.kind = "uniform";
+  const CostWorkload w = uniform_workload(4);
   parallel::PlacementSpec spec;
   const parallel::Placement p = parallel::Placement::build(spec, c.moe_layers(), 4, 4);
 
