@@ -171,6 +171,9 @@ class A2aBench {
       pairs = expert_compute(r);
       backend_.fill_zero(y.data(), y.size_bytes());
       backend_.synchronize();
+      // Every rank enters the combine together, as both raw exchanges start after a barrier: the
+      // combine's time must not include a peer still running its (untimed) stand-in.
+      comm_.barrier();
       t0 = Clock::now();
       timer.start();
       dispatcher.combine(expert_out.data(), r, y.data());

@@ -9,8 +9,37 @@
 
 #include "kernels/common/check.h"
 
+// The bf16 row conversions get AVX-512 and AVX2 clones picked at load time (the default build
+// targets SSE2, whose 32-to-16-bit narrowing is slow). Per element they are the bodies'
+// conversions (kernels/cuda/device_math.h), and they multiply nothing (no clone can contract an
+// FMA), so the bits do not depend on the clone.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__AVX2__) && defined(__has_attribute)
+#if __has_attribute(target_clones)
+#define MOE_WIRE_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#endif
+#endif
+#ifndef MOE_WIRE_CLONES
+#define MOE_WIRE_CLONES
+#endif
+
 namespace moe::kernels {
 namespace {
+
+MOE_WIRE_CLONES void encode_bf16_row(const float* __restrict src, uint16_t* __restrict out,
+                                     int64_t width) {
+  for (int64_t c = 0; c < width; ++c) out[c] = cuda::f32_to_bf16_bits(src[c]);
+}
+
+// out = the bf16 row widened (first), or out + the widened row.
+MOE_WIRE_CLONES void widen_bf16_row(const uint16_t* __restrict in, int64_t width, bool add,
+                                    float* __restrict out) {
+  if (add) {
+    for (int64_t c = 0; c < width; ++c) out[c] = out[c] + cuda::bf16_bits_to_f32(in[c]);
+  } else {
+    for (int64_t c = 0; c < width; ++c) out[c] = cuda::bf16_bits_to_f32(in[c]);
+  }
+}
 
 BackendTraits in_host_memory(BackendTraits traits) {
   traits.host_memory = true;
@@ -52,12 +81,7 @@ void add_wire_row(WireDtype t, const unsigned char* row, int64_t width, bool fir
     }
     return;
   }
-  const uint16_t* __restrict in = reinterpret_cast<const uint16_t*>(row);
-  if (first) {
-    for (int64_t c = 0; c < width; ++c) acc[c] = cuda::bf16_bits_to_f32(in[c]);
-  } else {
-    for (int64_t c = 0; c < width; ++c) acc[c] = acc[c] + cuda::bf16_bits_to_f32(in[c]);
-  }
+  widen_bf16_row(reinterpret_cast<const uint16_t*>(row), width, !first, acc);
 }
 
 float* grown(std::vector<float>& v, int64_t n) {
@@ -143,10 +167,18 @@ void HostBackend::pack_rows(const wire::PackView& v) {
   const int64_t blocks = (v.f.width + kFp8Block - 1) / kFp8Block;
   for (int32_t i = 0; i < rows; ++i) {
     wire::pack_routes(v, i);
-    if (v.f.dtype != WireDtype::kFP8) {
-      wire::pack_columns(v, i, 0, v.f.width);
-    } else {
+    if (v.f.dtype == WireDtype::kFP8) {
       for (int64_t b = 0; b < blocks; ++b) wire::pack_fp8_block(v, i, b);
+      continue;
+    }
+    // pack_columns' rows, whole (the bf16 one in a vector clone).
+    const wire::PackTarget t = wire::pack_target(v, i);
+    if (t.row == nullptr) continue;
+    const float* src = v.hidden + static_cast<int64_t>(v.send_token[i]) * v.f.width;
+    if (v.f.dtype == WireDtype::kBF16) {
+      encode_bf16_row(src, reinterpret_cast<uint16_t*>(t.row), v.f.width);
+    } else {
+      std::memcpy(t.row, src, static_cast<size_t>(v.f.width) * sizeof(float));
     }
   }
 }
@@ -156,7 +188,24 @@ void HostBackend::receive_rows(const wire::ReceiveView& v) {
   const int32_t rows = wire::recv_offsets(v)[v.num_ranks];
   for (int32_t r = 0; r < rows; ++r) {
     wire::receive_routes(v, r);
-    wire::receive_columns(v, r, 0, v.f.width);
+    // receive_columns' rows, whole (the bf16 widening in a vector clone).
+    const wire::ReceivedRow x = wire::received_row(v, r);
+    float* out = v.rows + static_cast<int64_t>(wire::row_position(v, x, r)) * v.f.width;
+    if (x.source == v.rank) {
+      const int32_t token = v.send_token[v.send_offsets[v.rank] + x.index];
+      std::memcpy(out, v.hidden + static_cast<int64_t>(token) * v.f.width,
+                  static_cast<size_t>(v.f.width) * sizeof(float));
+    } else if (v.f.dtype == WireDtype::kBF16) {
+      const auto* in = reinterpret_cast<const uint16_t*>(wire::remote_row(v, x.source, x.index));
+      widen_bf16_row(in, v.f.width, false, out);
+    } else if (v.f.dtype == WireDtype::kF32) {
+      if (!v.in_place) {
+        std::memcpy(out, wire::remote_row(v, x.source, x.index),
+                    static_cast<size_t>(v.f.width) * sizeof(float));
+      }
+    } else {
+      wire::receive_columns(v, r, 0, v.f.width);
+    }
   }
 }
 
@@ -172,8 +221,7 @@ void HostBackend::combine_partial(const layout::PartialRowsView& v) {
       continue;
     }
     weighted_row(v.routes, v.pair_of_entry, v.expert_out, v.width, v.top_k, r, acc);
-    uint16_t* __restrict bits = reinterpret_cast<uint16_t*>(out);
-    for (int64_t c = 0; c < v.width; ++c) bits[c] = cuda::f32_to_bf16_bits(acc[c]);
+    encode_bf16_row(acc, reinterpret_cast<uint16_t*>(out), v.width);
   }
 }
 
@@ -195,7 +243,7 @@ void HostBackend::combine_residual(const layout::CombineSources& src, const int3
                      k == begin, acc);
       } else {
         const int32_t q = row < src.own_send_begin ? row : row - src.own_rows;
-        add_wire_row(src.dtype, src.returned + q * row_bytes, width, k == begin, acc);
+        add_wire_row(src.dtype, layout::returned_row(src, q, row_bytes), width, k == begin, acc);
       }
     }
     if (end == begin) std::fill(acc, acc + width, 0.0f);  // x + 0, as the bodies add

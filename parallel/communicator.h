@@ -39,6 +39,46 @@ constexpr ScalarType scalar_type_of() {
 // order.
 using ExchangeId = int64_t;
 
+// Memory every rank of a communicator maps (all of them share one node's memory): each rank owns
+// one segment of segment_bytes() and the segments lie back to back, so that one base pointer and a
+// row index address any rank's rows. Each rank publishes its progress in counters (release stores
+// after its writes) that the others wait for (acquire loads): data written before publish(c, v)
+// is visible to a rank whose wait_all(c, v) returned. The communicator owns the memory until its
+// shutdown(); the arena itself makes no collective call.
+class SharedArena {
+ public:
+  static constexpr int kCounters = 4;  // counters per rank
+
+  // oversubscribed: more ranks than the node's cores (a waiting rank then sleeps soon).
+  SharedArena(unsigned char* first_segment, int64_t segment_bytes, uint64_t* counters,
+              int num_ranks, int rank, double timeout_s, bool oversubscribed)
+      : base_(first_segment),
+        segment_bytes_(segment_bytes),
+        counters_(counters),
+        num_ranks_(num_ranks),
+        rank_(rank),
+        timeout_s_(timeout_s),
+        oversubscribed_(oversubscribed) {}
+  unsigned char* segment(int rank) const { return base_ + rank * segment_bytes_; }
+  int64_t segment_bytes() const { return segment_bytes_; }
+  // Counter `counter` of this rank = value (release: this rank's earlier writes come first).
+  void publish(int counter, uint64_t value);
+  // Until every other rank's counter `counter` is >= value (acquire). Yields, then sleeps until
+  // the publisher wakes it (soon when ranks share cores, so as to leave the core to the rank it
+  // waits for); throws moe::Error("comm") naming `op` and the late rank after the timeout.
+  void wait_all(int counter, uint64_t value, const char* op) const;
+
+ private:
+  uint64_t* counter_at(int rank, int counter) const;
+
+  unsigned char* base_;
+  int64_t segment_bytes_;
+  uint64_t* counters_;  // [num_ranks][kCounters], one cache line each
+  int num_ranks_, rank_;
+  double timeout_s_;
+  bool oversubscribed_;
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -87,6 +127,13 @@ class Communicator {
   }
   // Completes a started exchange (polled against the timeout; throws as the blocking calls do).
   virtual void wait(ExchangeId id) = 0;
+  // A new SharedArena of segment_bytes per rank, or nullptr when this communicator has none (its
+  // ranks do not share memory, it has one rank, or it moves device memory). Collective: every rank
+  // calls it with the same size and gets an arena, or every rank gets nullptr. The memory stays
+  // mapped until shutdown().
+  virtual std::shared_ptr<SharedArena> make_shared_arena(int64_t /*segment_bytes*/) {
+    return nullptr;
+  }
   // Host memory: send [size() * n], recv [size() * n]; block d of send goes to rank d.
   virtual void all_to_all(std::span<const int64_t> send, std::span<int64_t> recv) = 0;
 

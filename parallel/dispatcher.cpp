@@ -1,5 +1,6 @@
 // Dispatcher: the expert-parallel exchange of one MoE layer with its layout computed in backend
-// memory (dispatcher.h draws the buffers and says what the host waits for).
+// memory (dispatcher.h draws the buffers and says what the host waits for). The shared-arena
+// parts (segment layout, combine through the arena) are dispatcher_arena.cpp.
 #include "parallel/dispatcher.h"
 
 #include <algorithm>
@@ -75,8 +76,13 @@ Dispatcher::Dispatcher(Communicator& comm, kernels::Backend& backend, int64_t hi
                comm_.name(), backend_.name());
   MOE_CHECK_AS("dispatch", options.capacity_rows >= 0, "capacity of {} rows per peer",
                options.capacity_rows);
+  arena_wanted_ = options.shared_memory && comm_.size() > 1 && !comm_.device_buffers() &&
+                  backend_.is_host_memory();
+  // The same on every rank: the node layout is.
+  const bool one_node = arena_wanted_ && comm_.node_layout().num_nodes == 1;
   capacity_ = options.capacity_rows > 0 ? options.capacity_rows
               : comm_.device_buffers()  ? kDeviceCapacityRows
+              : one_node                ? kSharedCapacityRows
                                         : kHostCapacityRows;
   const ExchangeKind kind = options.exchange.value_or(
       comm_.node_layout().num_nodes > 1 ? ExchangeKind::kHierarchical : ExchangeKind::kFlat);
@@ -237,7 +243,11 @@ DispatchHandle Dispatcher::finish_dispatch() {
     keep_local(layer, d);
     group_received(layer, d, nullptr);
   } else {
-    messages_.wait();
+    if (arena_ != nullptr) {
+      arena_->wait_all(kDispatchCounter, dispatch_seq_, "dispatch");
+    } else {
+      messages_.wait();
+    }
     read_headers(layer, d);
     receive(d);
   }
@@ -284,12 +294,14 @@ void Dispatcher::send_messages(int layer) {
     }
     send_bytes = send_bytes_.data();
   }
-  const size_t slots_bytes = static_cast<size_t>(N) * static_cast<size_t>(f.slot_bytes);
+  ensure_arena();
+  const size_t slots_bytes =
+      arena_ != nullptr ? 0 : static_cast<size_t>(N) * static_cast<size_t>(f.slot_bytes);
   const size_t spill_bytes =
       static_cast<size_t>(rows_bound) * static_cast<size_t>(f.row_bytes + wire::route_bytes(f)) +
       static_cast<size_t>(N) * static_cast<size_t>(f.row_bytes);
   send_arena_.ensure(backend_, slots_bytes + spill_bytes);
-  recv_arena_.ensure(backend_, slots_bytes);
+  recv_arena_.ensure(backend_, std::max<size_t>(slots_bytes, static_cast<size_t>(f.header_bytes)));
   wire::PackView pv;
   pv.f = f;
   pv.num_ranks = N;
@@ -300,11 +312,15 @@ void Dispatcher::send_messages(int layer) {
   pv.send_offsets = flight_.view.send_offsets;
   pv.header = flight_.view.header;
   pv.max_rows = rows_bound;
-  pv.slots = send_arena_.data();
+  pv.slots = arena_ != nullptr ? arena_->segment(rank) : send_arena_.data();
   pv.spill = send_arena_.data() + slots_bytes;
   backend_.pack_rows(pv);
-  messages_.start_blocks(comm_, backend_, send_arena_.data(), send_bytes, recv_arena_.data(),
-                         f.slot_bytes);
+  if (arena_ != nullptr) {
+    arena_->publish(kDispatchCounter, ++dispatch_seq_);
+  } else {
+    messages_.start_blocks(comm_, backend_, send_arena_.data(), send_bytes, recv_arena_.data(),
+                           f.slot_bytes);
+  }
   ++collectives_[static_cast<size_t>(layer)];
 }
 
@@ -313,8 +329,9 @@ void Dispatcher::read_headers(int layer, DispatchHandle& d) {
   const wire::MessageFormat f = dispatch_format();
   int32_t* blk = block(layer);
   for (int s = 0; s < N; ++s) {
-    backend_.copy(blk + E + N * W + s * W, recv_arena_.data() + s * f.slot_bytes,
-                  static_cast<size_t>(W) * sizeof(int32_t));
+    const unsigned char* slot = arena_ != nullptr ? arena_->segment(s) + rank * f.slot_bytes
+                                                  : recv_arena_.data() + s * f.slot_bytes;
+    backend_.copy(blk + E + N * W + s * W, slot, static_cast<size_t>(W) * sizeof(int32_t));
   }
   std::vector<int32_t>& host = host_blocks_[static_cast<size_t>(layer)];
   host.resize(static_cast<size_t>(block_ints()));
@@ -344,6 +361,7 @@ void Dispatcher::read_headers(int layer, DispatchHandle& d) {
     exchange_spill(d);
     ++collectives_[static_cast<size_t>(layer)];
   }
+  d.combine_in_arena = arena_ != nullptr && !spill;
 }
 
 void Dispatcher::exchange_spill(const DispatchHandle& d) {
@@ -358,8 +376,11 @@ void Dispatcher::exchange_spill(const DispatchHandle& d) {
     spill_recv_[p] = wire::spill_rows(f, d.recv_counts[p]) * f.row_bytes;
     recv_rows += wire::spill_rows(f, d.recv_counts[p]);
   }
-  // The spill lands right after the slots' arena rows; the slots are kept when the arena grows.
-  const size_t slots_bytes = static_cast<size_t>(N) * static_cast<size_t>(f.slot_bytes);
+  // The spill lands right after the slots' arena rows (the receive arena keeps the slots when it
+  // grows), and was packed after the send slots; with a shared arena both buffers hold the spill
+  // alone.
+  const size_t slots_bytes =
+      arena_ != nullptr ? 0 : static_cast<size_t>(N) * static_cast<size_t>(f.slot_bytes);
   grow_keeping(backend_, recv_arena_,
                slots_bytes + static_cast<size_t>(f.header_bytes + recv_rows * f.row_bytes),
                slots_bytes);
@@ -372,15 +393,22 @@ void Dispatcher::receive(DispatchHandle& d) {
   const int N = comm_.size(), rank = comm_.rank(), E = num_experts_, W = header_width_;
   const wire::MessageFormat f = dispatch_format();
   const int32_t R = static_cast<int32_t>(d.num_recv_rows), k = top_k_;
-  const bool in_place = wire::rows_in_place(f);
-  // Arena rows: the slots, every source's spill, then (fp32 rows) the own rows.
-  int64_t arena_rows = N * wire::slot_rows(f);
-  for (int s = 0; s < N; ++s) {
-    if (s != rank) arena_rows += wire::spill_rows(f, d.recv_counts[s]);
+  // A shared arena is read in place unless a spill came apart from it or the own rows do not fit
+  // this rank's own slot.
+  const bool shared = arena_ != nullptr;
+  const bool in_place =
+      wire::rows_in_place(f) && (!shared || (d.combine_in_arena && d.own_rows <= capacity_));
+  if (!shared) {
+    // Arena rows: the slots, every source's spill, then (fp32 rows) the own rows.
+    int64_t arena_rows = N * wire::slot_rows(f);
+    for (int s = 0; s < N; ++s) {
+      if (s != rank) arena_rows += wire::spill_rows(f, d.recv_counts[s]);
+    }
+    if (in_place) arena_rows += d.own_rows;
+    grow_keeping(backend_, recv_arena_,
+                 static_cast<size_t>(f.header_bytes + arena_rows * f.row_bytes),
+                 recv_arena_.size());
   }
-  if (in_place) arena_rows += d.own_rows;
-  grow_keeping(backend_, recv_arena_,
-               static_cast<size_t>(f.header_bytes + arena_rows * f.row_bytes), recv_arena_.size());
   if (!in_place)
     recv_rows_.ensure(backend_, static_cast<size_t>(std::max<int32_t>(R, 1) * hidden_));
   recv_routes_.ensure(backend_, static_cast<size_t>(std::max(R * k, 1)));
@@ -392,15 +420,21 @@ void Dispatcher::receive(DispatchHandle& d) {
   rv.f = f;
   rv.num_ranks = N;
   rv.rank = rank;
-  rv.arena = recv_arena_.data();
+  rv.arena = shared ? arena_->segment(0) + rank * f.slot_bytes : recv_arena_.data();
+  rv.slot_stride = shared ? arena_->segment_bytes() : f.slot_bytes;
+  rv.spill = recv_arena_.data() + f.header_bytes;
+  rv.spill_first_row = shared ? 0 : N * wire::slot_rows(f);
+  rv.in_place = in_place;
+  rv.own_in_slot = shared && in_place;
   rv.recv_header = block(flight_.layer) + E + N * W;
   rv.plan = recv_ints_.data() + plan;
   rv.hidden = flight_.hidden;
   rv.send_token = flight_.view.send_token;
   rv.send_routes = flight_.view.send_routes;
   rv.send_offsets = flight_.view.send_offsets;
-  rv.rows =
-      in_place ? reinterpret_cast<float*>(recv_arena_.data() + f.header_bytes) : recv_rows_.data();
+  rv.rows = in_place
+                ? reinterpret_cast<float*>(const_cast<unsigned char*>(rv.arena) + f.header_bytes)
+                : recv_rows_.data();
   rv.routes = recv_routes_.data();
   rv.row_at = recv_ints_.data() + row_at;
   rv.max_rows = R;
@@ -482,26 +516,17 @@ void Dispatcher::start_combine_rows(const float* expert_out, const DispatchHandl
   const int N = comm_.size(), rank = comm_.rank();
   expert_out_ = expert_out;
   if (N == 1) return;
+  if (d.combine_in_arena) {
+    start_combine_in_arena(d);
+    return;
+  }
   // The reverse exchange: each source gets its rows back, in the order it sent them.
   const int64_t row_bytes = wire::row_bytes(wire_.combine, hidden_);
   const int64_t out_rows = d.num_recv_rows - d.own_rows;
   const int64_t back_rows = sum(d.send_counts) - d.own_rows;
   partial_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(out_rows, 1) * row_bytes));
   returned_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(back_rows, 1) * row_bytes));
-  if (out_rows > 0) {
-    layout::PartialRowsView pv;
-    pv.routes = d.recv_routes;
-    pv.pair_of_entry = d.pair_of_entry;
-    pv.expert_out = expert_out;
-    pv.width = hidden_;
-    pv.top_k = top_k_;
-    pv.num_rows = static_cast<int32_t>(d.num_recv_rows);
-    pv.own_begin = d.own_recv_begin;
-    pv.own_rows = d.own_rows;
-    pv.dtype = wire_.combine;
-    pv.out = partial_.data();
-    backend_.combine_partial(pv);
-  }
+  write_partial_rows(d, partial_.data());
   back_send_.assign(static_cast<size_t>(N), 0);
   back_recv_.assign(static_cast<size_t>(N), 0);
   for (int p = 0; p < N; ++p) {
@@ -513,11 +538,34 @@ void Dispatcher::start_combine_rows(const float* expert_out, const DispatchHandl
   ++collectives_[static_cast<size_t>(d.layer)];
 }
 
+void Dispatcher::write_partial_rows(const DispatchHandle& d, unsigned char* out) {
+  if (d.num_recv_rows == d.own_rows) return;
+  layout::PartialRowsView pv;
+  pv.routes = d.recv_routes;
+  pv.pair_of_entry = d.pair_of_entry;
+  pv.expert_out = expert_out_;
+  pv.width = hidden_;
+  pv.top_k = top_k_;
+  pv.num_rows = static_cast<int32_t>(d.num_recv_rows);
+  pv.own_begin = d.own_recv_begin;
+  pv.own_rows = d.own_rows;
+  pv.dtype = wire_.combine;
+  pv.out = out;
+  backend_.combine_partial(pv);
+}
+
 void Dispatcher::finish_combine_rows(const DispatchHandle& d, float* x) {
-  back_.wait();
+  const int64_t* returned_at = nullptr;
+  if (d.combine_in_arena) {
+    arena_->wait_all(kCombineCounter, combine_seq_, "combine");
+    returned_at = returned_offsets(d);
+  } else {
+    back_.wait();
+  }
   if (d.num_tokens > 0) {
     layout::CombineSources src;
-    src.returned = returned_.data();
+    src.returned = d.combine_in_arena ? arena_->segment(0) : returned_.data();
+    src.returned_at = returned_at;
     src.dtype = wire_.combine;
     src.own_send_begin = d.own_send_begin;
     src.own_rows = d.own_rows;

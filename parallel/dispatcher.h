@@ -45,6 +45,11 @@
 // each received row goes back as one pair of weight 1 (exactly its sum) and the source adds the
 // nodes' rows in node order. So x[t] += sum over nodes of (sum over that node's ranks), which
 // differs from the flat order only in fp32 rounding (docs/numerics.md). 4 collectives per layer.
+// Shared arena (every rank on one node, host memory; dispatcher_arena.cpp): the send slots are
+// this rank's segment of Communicator::make_shared_arena, published instead of sent; the
+// receiver reads every sender's slot where it lies (fp32 rows: the experts' input in place, own
+// rows copied into this rank's own slot) and combine's partial rows are read in the expert rank's
+// segment. The spill still moves as messages, and so does the combine of a layer that spilled.
 // Loads (LayerLoad) come from the same counters: collect_loads() downloads what the host has not
 // already seen, once per step. Sums run in a fixed order with fp32 accumulation, so the result
 // does not depend on how ranks split the work beyond the order stated above (and on the wire type
@@ -89,10 +94,13 @@ struct DispatcherOptions {
   std::optional<kernels::WireDtype> wire;  // unset: the activation dtype (resolve_wire)
   // Unset: hierarchical when the communicator spans several nodes, else flat.
   std::optional<ExchangeKind> exchange;
-  // Rows per peer in the fixed-capacity message (the same on every rank); 0: kHostCapacityRows
-  // for a communicator that sends only what is used (MPI), kDeviceCapacityRows for one that
-  // moves whole blocks (NCCL).
+  // Rows per peer in the fixed-capacity message (the same on every rank); 0: kSharedCapacityRows
+  // over a shared arena (every rank on one node), else kHostCapacityRows for a communicator that
+  // sends only what is used (MPI), kDeviceCapacityRows for one that moves whole blocks (NCCL).
   int32_t capacity_rows = 0;
+  // Use the communicator's shared arena (Communicator::make_shared_arena) when it has one and the
+  // backend keeps tensors in host memory; false: always the messages.
+  bool shared_memory = true;
 };
 
 // What dispatch hands to expert compute and to combine. Pointers into the dispatcher's buffers
@@ -115,6 +123,7 @@ struct DispatchHandle {
   // Combine's part.
   std::vector<int64_t> send_counts, recv_counts;  // [N] rows (host; several ranks only)
   int32_t own_send_begin = 0, own_recv_begin = 0, own_rows = 0;
+  bool combine_in_arena = false;  // the combine goes through the shared arena (no spill this layer)
   const kernels::RouteEntry* recv_routes = nullptr;  // [R * k] received order
   const int32_t* pair_of_entry = nullptr;            // [R * k]
   const int32_t* token_offsets = nullptr;            // [T + 1]
@@ -127,6 +136,9 @@ class Dispatcher {
   // Batches of at most this many tokens keep the slot counts on the device on one rank.
   static constexpr int64_t kDeviceCountsMaxTokens = 64;
   static constexpr int32_t kHostCapacityRows = 256;
+  // A shared arena's slots cost address space only (pages nobody writes take no memory), so they
+  // are large enough that prefill batches rarely spill.
+  static constexpr int32_t kSharedCapacityRows = 1024;
   static constexpr int32_t kDeviceCapacityRows = 64;
 
   Dispatcher(Communicator& comm, kernels::Backend& backend, int64_t hidden, int top_k,
@@ -144,6 +156,8 @@ class Dispatcher {
   ExchangeKind exchange() const {
     return inner_ != nullptr ? ExchangeKind::kHierarchical : ExchangeKind::kFlat;
   }
+  // True once the exchanges go through a shared arena (after the first dispatch on several ranks).
+  bool uses_shared_arena() const { return arena_ != nullptr; }
 
   // ids / weights: [num_tokens, k] in backend memory. hidden: [num_tokens, H]. Collective: every
   // rank calls it, with num_tokens == 0 allowed. dispatch() = start_dispatch() + finish_dispatch():
@@ -172,6 +186,7 @@ class Dispatcher {
   std::vector<LayerLoad> collect_loads();
 
  private:
+  static constexpr int kDispatchCounter = 0, kCombineCounter = 1;  // of the SharedArena
   struct LayerTable {
     kernels::Buffer<int32_t> data;  // replica_begin | replica_rank | replica_slot | rank_num_slots
     kernels::RoutingTable table;
@@ -205,6 +220,18 @@ class Dispatcher {
   // grouping has run).
   void check_block(int layer, const int32_t* host_block, bool grouping_done) const;
   kernels::wire::MessageFormat dispatch_format() const;
+  // The shared arena's segment: the dispatch slots (one per destination, as the send arena's),
+  // then the combine area: a table of where each source's partial rows start, then the rows.
+  int64_t arena_combine_at() const;
+  int64_t arena_segment_bytes() const;
+  // Creates (collectively) the arena when the options allow one and it is missing or sized for
+  // another format; the communicator may have none.
+  void ensure_arena();
+  void start_combine_in_arena(const DispatchHandle& d);
+  // combine_partial of the rows other ranks sent (received order, own rows skipped) into out.
+  void write_partial_rows(const DispatchHandle& d, unsigned char* out);
+  // Byte offsets of the returned rows in the peers' combine areas (from segment 0).
+  const int64_t* returned_offsets(const DispatchHandle& d);
   // Steps of a dispatch: the source-side layout of `layer` into source_ints_ / send_routes_; the
   // messages packed and sent; the headers they carried read on the host; the spill; the received
   // rows and routes; the receiver-side grouping by local slot.
@@ -240,6 +267,9 @@ class Dispatcher {
   InFlight flight_;
   const kernels::RouteEntry* forwarded_ = nullptr;  // start_forwarded's routes for start_dispatch
   const float* expert_out_ = nullptr;               // of the combine in flight
+  bool arena_wanted_ = true;
+  std::shared_ptr<SharedArena> arena_;
+  uint64_t dispatch_seq_ = 0, combine_seq_ = 0;  // values published so far (same on every rank)
 
   // Scratch reused across layers (grown, never shrunk; the receive arena keeps its contents when
   // it grows).
@@ -247,6 +277,8 @@ class Dispatcher {
   kernels::Buffer<kernels::RouteEntry> send_routes_, recv_routes_;
   kernels::Buffer<unsigned char> send_arena_, recv_arena_, partial_, returned_;
   kernels::Buffer<float> recv_rows_;  // widened rows (wire types other than fp32)
+  kernels::Buffer<int64_t> returned_at_;
+  std::vector<int64_t> host_returned_at_;
   std::vector<int64_t> send_bytes_, spill_send_, spill_recv_, back_send_, back_recv_;
   ByteExchange messages_, spill_, back_;
 

@@ -6,6 +6,7 @@
 // its buffers.
 #include <mpi.h>
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
@@ -34,6 +35,8 @@ constexpr auto kMaxSleep = std::chrono::microseconds(100);
 // Tags of the point-to-point all-to-all exchanges (cycled per call; MPI guarantees >= 32767).
 constexpr int kExchangeTagBase = 1000;
 constexpr uint64_t kExchangeTags = 16384;
+// Bytes of one rank's SharedArena counters: one 64-byte line per counter.
+constexpr int64_t kArenaCounterBytes = SharedArena::kCounters * 64;
 
 // A stand-in address for empty buffers: some MPI paths reject null even with zero counts.
 alignas(16) unsigned char g_empty[16];
@@ -110,6 +113,13 @@ class MpiCommunicator final : public Communicator {
     MOE_CHECK_AS("comm", rank_ == layout_.local_rank && size_ == layout_.local_size,
                  "node communicator: rank {} of {}, but the node layout says {} of {}", rank_,
                  size_, layout_.local_rank, layout_.local_size);
+    // A node of --ranks-per-node on one machine shares memory too; one of MPI's always does.
+    MPI_Comm shared = MPI_COMM_NULL;
+    MOE_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &shared));
+    int shared_size = 0;
+    MOE_MPI_CHECK(MPI_Comm_size(shared, &shared_size));
+    MOE_MPI_CHECK(MPI_Comm_free(&shared));
+    node_shared_ = shared_size == size_;
   }
 
   ~MpiCommunicator() override {
@@ -177,7 +187,46 @@ class MpiCommunicator final : public Communicator {
     if (node_ != nullptr) node_->shutdown();
     if (!mpi_live()) return;
     free_types();
+    for (MPI_Win& w : windows_) MPI_Win_free(&w);  // collective, as shutdown is
+    windows_.clear();
     if (owns_comm_) MPI_Comm_free(&comm_);
+  }
+
+  // One MPI_Win_allocate_shared window over this communicator: rank 0's part starts with every
+  // rank's counters, then come the segments, rank after rank (MPI's contiguous default, checked
+  // below).
+  std::shared_ptr<SharedArena> make_shared_arena(int64_t segment_bytes) override {
+    check_usable("make_shared_arena");
+    MOE_CHECK_AS("comm", segment_bytes > 0, "shared arena of {} bytes per rank", segment_bytes);
+    if (!node_shared_ || layout_.num_nodes != 1 || size_ == 1) return nullptr;
+    barrier();  // every rank is here (or this throws after the timeout): the allocation cannot hang
+    const int64_t counter_bytes = kArenaCounterBytes * size_;
+    const MPI_Aint mine = static_cast<MPI_Aint>(segment_bytes + (rank_ == 0 ? counter_bytes : 0));
+    unsigned char* base = nullptr;
+    MPI_Win win = MPI_WIN_NULL;
+    MOE_MPI_CHECK(MPI_Win_allocate_shared(mine, 1, MPI_INFO_NULL, comm_, &base, &win));
+    windows_.push_back(win);
+    MPI_Aint size0 = 0;
+    int disp = 0;
+    unsigned char* first = nullptr;
+    MOE_MPI_CHECK(MPI_Win_shared_query(win, 0, &size0, &disp, &first));
+    bool contiguous = true;
+    for (int r = 1; r < size_; ++r) {
+      MPI_Aint size_r = 0;
+      unsigned char* at = nullptr;
+      MOE_MPI_CHECK(MPI_Win_shared_query(win, r, &size_r, &disp, &at));
+      contiguous &= at == first + counter_bytes + r * segment_bytes;
+    }
+    // Every rank maps the same window, so all see the same answer (and keep the message path).
+    if (!contiguous) return nullptr;
+    auto* counters = reinterpret_cast<uint64_t*>(first);
+    for (int c = 0; c < SharedArena::kCounters; ++c) {
+      std::memset(first + (rank_ * SharedArena::kCounters + c) * 64, 0, 64);
+    }
+    barrier();  // every rank's counters are zero before anyone publishes
+    const bool oversubscribed = size_ > static_cast<int>(sysconf(_SC_NPROCESSORS_ONLN));
+    return std::make_shared<SharedArena>(first + counter_bytes, segment_bytes, counters, size_,
+                                         rank_, options_.timeout_s, oversubscribed);
   }
 
  protected:
@@ -411,15 +460,19 @@ class MpiCommunicator final : public Communicator {
   // Nodes: MPI's shared-memory split gives each rank its node (ranks that can share memory); the
   // lowest world rank of each node labels it. --ranks-per-node replaces this with fixed blocks.
   // Runs once at construction, before any rank can have failed a collective.
+  // Also sets node_shared_ (every rank of the world shares this rank's memory), even when
+  // --ranks-per-node pretends otherwise.
   NodeLayout detect_node_layout() {
+    MPI_Comm shared = MPI_COMM_NULL;
+    MOE_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &shared));
+    int leader = rank_, shared_size = 0;
+    MOE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &leader, 1, MPI_INT, MPI_MIN, shared));
+    MOE_MPI_CHECK(MPI_Comm_size(shared, &shared_size));
+    MOE_MPI_CHECK(MPI_Comm_free(&shared));
+    node_shared_ = shared_size == size_;
     if (options_.ranks_per_node > 0) {
       return node_layout_for_ranks_per_node(size_, rank_, options_.ranks_per_node);
     }
-    MPI_Comm shared = MPI_COMM_NULL;
-    MOE_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &shared));
-    int leader = rank_;
-    MOE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &leader, 1, MPI_INT, MPI_MIN, shared));
-    MOE_MPI_CHECK(MPI_Comm_free(&shared));
     std::vector<int> leaders(static_cast<size_t>(size_));
     all_gather_raw(&leader, sizeof(int), leaders.data(), leaders.size() * sizeof(int));
     return node_layout_from_ids(leaders, rank_, "from MPI_Comm_split_type");
@@ -431,6 +484,8 @@ class MpiCommunicator final : public Communicator {
   std::unique_ptr<MpiCommunicator> node_;  // node_communicator(), made on first use
   int rank_ = 0, size_ = 1;
   NodeLayout layout_;
+  bool node_shared_ = false;      // every rank on this rank's node (MPI_Comm_split_type)
+  std::vector<MPI_Win> windows_;  // shared arenas, freed by shutdown()
   bool shut_down_ = false;
   std::string failed_op_;                  // non-empty after a timeout
   uint64_t exchange_seq_ = 0;              // calls of start_exchange, for its tags

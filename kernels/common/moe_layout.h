@@ -427,8 +427,11 @@ MOE_HD void partial_row_span(const PartialRowsView& v, int32_t q, int64_t c_begi
 // (their partial sums are never stored).
 struct CombineSources {
   const unsigned char* returned = nullptr;  // [S - own_rows] rows of wire::row_bytes(dtype, width)
-  WireDtype dtype = WireDtype::kF32;        // fp32 or bf16
-  int32_t own_send_begin = 0;               // first own row in send order
+  // Byte offset of returned row q from `returned` ([S - own_rows]: rows read in place from a
+  // shared arena, apart per peer); nullptr: q * row_bytes.
+  const int64_t* returned_at = nullptr;
+  WireDtype dtype = WireDtype::kF32;  // fp32 or bf16
+  int32_t own_send_begin = 0;         // first own row in send order
   int32_t own_rows = 0;
   int32_t own_recv_begin = 0;              // first own row in received order
   const RouteEntry* routes = nullptr;      // [R * k] received order
@@ -436,6 +439,10 @@ struct CombineSources {
   const float* expert_out = nullptr;       // [P, width]
   int32_t top_k = 0;
 };
+
+MOE_HD const unsigned char* returned_row(const CombineSources& src, int32_t q, int64_t row_bytes) {
+  return src.returned + (src.returned_at != nullptr ? src.returned_at[q] : q * row_bytes);
+}
 
 // x_row[c] += (sum of token t's rows in destination order) for the N columns from c0: the
 // combine and the residual add at once. The sum is finished in fp32 before the add, so the result
@@ -456,7 +463,7 @@ MOE_HD void combine_residual_block(const CombineSources& src, const int32_t* tok
                        src.own_recv_begin + own, c0, v);
     } else {
       const int32_t q = row < src.own_send_begin ? row : row - src.own_rows;
-      load_block<N>(src.dtype, src.returned + q * row_bytes, c0, v);
+      load_block<N>(src.dtype, returned_row(src, q, row_bytes), c0, v);
     }
     if (k == begin) {
       for (int i = 0; i < N; ++i) acc[i] = v[i];

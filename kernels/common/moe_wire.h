@@ -15,6 +15,11 @@
 // then (fp32 rows only) this rank's own rows. With `base` = arena + header_bytes, every row lies
 // at base + a * row_bytes for an integer "arena row" a (slot_bytes is a multiple of row_bytes), so
 // fp32 rows are the experts' input where they landed; other wire types are widened to fp32 first.
+// A shared arena (parallel/communicator.h) is read in place instead: the slot source s filled for
+// this rank lies in s's segment, one segment (a multiple of row_bytes) after the other, so the
+// same arena-row arithmetic holds with slot_stride = the segment size; own rows are copied into
+// this rank's own slot; the spill (a separate exchange) lies apart, from row 0 of its own buffer,
+// and a rank that received one widens every row (in_place off).
 #pragma once
 
 #include <cstdint>
@@ -216,14 +221,19 @@ MOE_HD void pack_fp8_block(const PackView& v, int32_t i, int64_t b) {
 struct ReceiveView {
   MessageFormat f;
   int32_t num_ranks = 0, rank = 0;
-  const unsigned char* arena = nullptr;     // received slots, then the spill area
-  const int32_t* recv_header = nullptr;     // [N * W] received headers (own included)
-  int32_t* plan = nullptr;                  // [2N + 2] written by plan_receive
-  const float* hidden = nullptr;            // [T, H] own rows come from here
-  const int32_t* send_token = nullptr;      // [S] (the source layout's)
+  const unsigned char* arena = nullptr;  // slot of source s at arena + s * slot_stride
+  int64_t slot_stride = 0;               // a multiple of row_bytes
+  const unsigned char* spill = nullptr;  // arena row a of a spill at spill + a * row_bytes
+  int64_t spill_first_row = 0;           // the first source's spill: N * slot_rows, or 0 when apart
+  bool in_place = false;                 // the experts read fp32 rows where they lie
+  bool own_in_slot = false;              // in place: own rows in this rank's own slot
+  const int32_t* recv_header = nullptr;  // [N * W] received headers (own included)
+  int32_t* plan = nullptr;               // [2N + 2] written by plan_receive
+  const float* hidden = nullptr;         // [T, H] own rows come from here
+  const int32_t* send_token = nullptr;   // [S] (the source layout's)
   const RouteEntry* send_routes = nullptr;  // [S * k]
   const int32_t* send_offsets = nullptr;    // [N + 1]
-  float* rows = nullptr;         // experts' x: the arena itself (fp32) or [R, H] own rows last
+  float* rows = nullptr;         // experts' x: arena + header_bytes (in place) or [R, H] own last
   RouteEntry* routes = nullptr;  // [R * k]
   int32_t* row_at = nullptr;     // [R] row of rows each received row lies at
   int32_t max_rows = 0;          // items the row bodies run over (>= R)
@@ -248,7 +258,7 @@ MOE_HD void plan_receive(const ReceiveView& v) {
   int32_t* offsets = v.plan;
   int32_t* spill_base = v.plan + N + 1;
   offsets[0] = 0;
-  int64_t spill = static_cast<int64_t>(N) * slot_rows(v.f);
+  int64_t spill = v.spill_first_row;
   for (int32_t s = 0; s < N; ++s) {
     const int32_t n = v.recv_header[s * W];
     offsets[s + 1] = offsets[s] + n;
@@ -256,7 +266,9 @@ MOE_HD void plan_receive(const ReceiveView& v) {
     if (s != v.rank) spill += spill_rows(v.f, n);
   }
   const int32_t own = v.recv_header[v.rank * W];
-  v.plan[2 * N + 1] = rows_in_place(v.f) ? static_cast<int32_t>(spill) : offsets[N] - own;
+  v.plan[2 * N + 1] = v.own_in_slot ? static_cast<int32_t>(v.rank * (v.slot_stride / v.f.row_bytes))
+                      : v.in_place  ? static_cast<int32_t>(spill)
+                                    : offsets[N] - own;
 }
 
 // Received row r: its source and its index within the source's rows.
@@ -278,21 +290,20 @@ MOE_HD ReceivedRow received_row(const ReceiveView& v, int32_t r) {
 // Start of remote row (s, j) in the arena: in slot s or in s's spill.
 MOE_HD const unsigned char* remote_row(const ReceiveView& v, int32_t s, int32_t j) {
   const int64_t C = v.f.capacity;
-  const unsigned char* base = v.arena + v.f.header_bytes;
-  if (j < C) return base + s * v.f.slot_bytes + j * v.f.row_bytes;
-  return base + (v.plan[v.num_ranks + 1 + s] + (j - C)) * v.f.row_bytes;
+  if (j < C) return v.arena + s * v.slot_stride + v.f.header_bytes + j * v.f.row_bytes;
+  return v.spill + (v.plan[v.num_ranks + 1 + s] + (j - C)) * v.f.row_bytes;
 }
 
 MOE_HD const RouteEntry* remote_routes(const ReceiveView& v, int32_t s, int32_t j) {
   const int64_t C = v.f.capacity;
   const int64_t n = v.recv_header[s * v.f.header_ints];
-  const unsigned char* base = v.arena + v.f.header_bytes;
   if (j < C) {
     const int64_t m = n < C ? n : C;
-    return reinterpret_cast<const RouteEntry*>(base + s * v.f.slot_bytes + m * v.f.row_bytes) +
+    const unsigned char* rows = v.arena + s * v.slot_stride + v.f.header_bytes;
+    return reinterpret_cast<const RouteEntry*>(rows + m * v.f.row_bytes) +
            static_cast<int64_t>(j) * v.f.top_k;
   }
-  const unsigned char* spill = base + v.plan[v.num_ranks + 1 + s] * v.f.row_bytes;
+  const unsigned char* spill = v.spill + v.plan[v.num_ranks + 1 + s] * v.f.row_bytes;
   return reinterpret_cast<const RouteEntry*>(spill + (n - C) * v.f.row_bytes) + (j - C) * v.f.top_k;
 }
 
@@ -300,9 +311,9 @@ MOE_HD const RouteEntry* remote_routes(const ReceiveView& v, int32_t s, int32_t 
 MOE_HD int32_t row_position(const ReceiveView& v, const ReceivedRow& x, int32_t r) {
   const int32_t* offsets = recv_offsets(v);
   if (x.source == v.rank) return own_row_base(v) + x.index;
-  if (rows_in_place(v.f)) {
+  if (v.in_place) {
     const int64_t C = v.f.capacity;
-    return static_cast<int32_t>(x.index < C ? x.source * slot_rows(v.f) + x.index
+    return static_cast<int32_t>(x.index < C ? x.source * (v.slot_stride / v.f.row_bytes) + x.index
                                             : v.plan[v.num_ranks + 1 + x.source] + x.index - C);
   }
   const int32_t own = offsets[v.rank + 1] - offsets[v.rank];
@@ -336,7 +347,7 @@ MOE_HD void receive_columns(const ReceiveView& v, int32_t r, int64_t c0, int64_t
   } else if (v.f.dtype == WireDtype::kBF16) {  // the type tested once per row: the loop vectorises
     const uint16_t* in = reinterpret_cast<const uint16_t*>(remote_row(v, x.source, x.index));
     for (int64_t c = c0; c < c1; ++c) out[c] = cuda::bf16_bits_to_f32(in[c]);
-  } else if (!rows_in_place(v.f)) {
+  } else if (!v.in_place) {
     const unsigned char* row = remote_row(v, x.source, x.index);
     for (int64_t c = c0; c < c1; ++c) out[c] = decode(v.f.dtype, row, H, c);
   }

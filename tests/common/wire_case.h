@@ -144,6 +144,10 @@ inline Received receive_on(kernels::Backend& be, const WireCase& c,
   v.num_ranks = N;
   v.rank = c.rank;
   v.arena = d_arena.data();
+  v.slot_stride = c.f.slot_bytes;
+  v.spill = d_arena.data() + c.f.header_bytes;
+  v.spill_first_row = N * kernels::wire::slot_rows(c.f);
+  v.in_place = in_place;
   v.recv_header = header.data();
   v.plan = plan.data();
   v.hidden = hidden.data();

@@ -258,6 +258,53 @@ TEST(MpiCommunicator, CallsAfterShutdownThrow) {
   EXPECT_THROW(comm->all_to_all(v, v), moe::Error);
 }
 
+// Every rank of the test job runs on this machine: the arena exists for 2+ ranks (not for 1, nor
+// for pretend nodes of --ranks-per-node), segments lie back to back, and what a rank wrote before
+// publishing is what the others read after waiting. A counter nobody publishes times out.
+TEST(MpiCommunicator, SharedArenaPublishesSegmentsToEveryRankAndTimesOut) {
+  auto comm = make_comm(0.3);
+  const int me = comm->rank(), n = comm->size();
+  constexpr int64_t kBytes = 4096;
+  std::shared_ptr<SharedArena> arena = comm->make_shared_arena(kBytes);
+  ASSERT_EQ(arena != nullptr, n > 1);
+  if (n > 1) {
+    EXPECT_EQ(arena->segment_bytes(), kBytes);
+    EXPECT_EQ(arena->segment(n - 1), arena->segment(0) + (n - 1) * kBytes);
+    for (uint64_t round = 1; round <= 3; ++round) {
+      auto* mine = reinterpret_cast<uint64_t*>(arena->segment(me));
+      for (int i = 0; i < 16; ++i) mine[i] = round * 1000 + me * 16 + i;
+      arena->publish(0, round);
+      arena->wait_all(0, round, "test");
+      int64_t wrong = 0;
+      for (int r = 0; r < n; ++r) {
+        const auto* theirs = reinterpret_cast<const uint64_t*>(arena->segment(r));
+        for (int i = 0; i < 16; ++i) wrong += theirs[i] != round * 1000 + r * 16 + i;
+      }
+      EXPECT_EQ(wrong, 0) << "round " << round;
+      comm->barrier();  // nobody overwrites before every rank read (the test's own reuse rule)
+    }
+    try {
+      arena->wait_all(1, 1, "silence");
+      ADD_FAILURE() << "waited for a counter nobody published";
+    } catch (const moe::Error& e) {
+      EXPECT_EQ(e.subsystem(), "comm");
+      EXPECT_NE(e.message().find("shared-memory silence did not complete within 0.3 s on rank " +
+                                 std::to_string(me)),
+                std::string::npos)
+          << e.message();
+    }
+  }
+  comm->barrier();
+  comm->shutdown();
+  if (n > 1) {
+    CommOptions o;
+    o.ranks_per_node = 1;
+    auto pretend = make_mpi_communicator(o);
+    EXPECT_EQ(pretend->make_shared_arena(kBytes), nullptr) << "pretend nodes share no memory";
+    pretend->shutdown();
+  }
+}
+
 // One rank skips a collective: the others throw a named "comm" error once the timeout passes
 // and refuse later calls. Then the skipping rank joins late (completing the abandoned operation)
 // and everyone meets at a plain MPI barrier so the suite goes on cleanly.

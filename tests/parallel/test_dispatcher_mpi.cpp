@@ -105,6 +105,37 @@ TEST(DispatcherMpi, CombineEqualsSingleProcessReferenceForEveryPlacement) {
 // y[t] = sum over t's rows in destination order of (sum over the row's routes in top-k order of
 // w * out): received rows are stored out of order, and own rows skip the communicator, so this
 // catches a row that lands in the wrong place or a sum taken in another order.
+float expert_scale(int expert) {
+  return 1.0f + static_cast<float>(expert) / 8.0f;
+}
+
+// Stand-in experts: each pair's output is its row times expert_scale(the slot's expert).
+std::vector<float> scaled_outputs(const DispatchHandle& r, const std::vector<int>& rank_experts,
+                                  int64_t H) {
+  const kernels::ExpertBatch& b = r.experts;
+  std::vector<float> out(std::max<size_t>(1, static_cast<size_t>(b.max_pairs * H)));
+  for (int slot = 0; slot < static_cast<int>(rank_experts.size()); ++slot) {
+    const float scale = expert_scale(rank_experts[slot]);
+    for (int64_t p = b.slot_begin[slot]; p < b.slot_begin[slot + 1]; ++p) {
+      for (int64_t c = 0; c < H; ++c) out[p * H + c] = r.recv_rows[b.row_index[p] * H + c] * scale;
+    }
+  }
+  return out;
+}
+
+// One step of a one-layer placement: dispatch, the stand-in experts, combine into y (all y0).
+std::vector<float> exchange_once(Dispatcher& dispatcher, const std::vector<float>& x, int64_t T,
+                                 const testing::Routing& routing,
+                                 const std::vector<int>& rank_experts, int64_t H, float y0) {
+  dispatcher.begin_step();
+  const DispatchHandle r =
+      dispatcher.dispatch(0, x.data(), T, routing.ids.data(), routing.weights.data());
+  const std::vector<float> out = scaled_outputs(r, rank_experts, H);
+  std::vector<float> y(static_cast<size_t>(T * H), y0);
+  dispatcher.combine(out.data(), r, y.data());
+  return y;
+}
+
 TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
   auto comm = make_comm();
   auto backend = kernels::make_backend("cpu", 0);
@@ -114,7 +145,6 @@ TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
   const int64_t T = tokens_of(me);
   std::vector<int> allowed(E);
   std::iota(allowed.begin(), allowed.end(), 0);
-  auto scale_of = [](int expert) { return 1.0f + static_cast<float>(expert) / 8.0f; };
   Dispatcher dispatcher(*comm, *backend, H, k);
   for (const auto& lists : {round_robin_placement(E, n), replicated_lists(E, n)}) {
     LayerPlacement::from_rank_experts(lists, E).validate(E, n, "bit_for_bit");
@@ -124,20 +154,7 @@ TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
       auto routing = testing::make_routing(testing::mix_seed(seed, me), T, k, allowed);
       auto x =
           testing::random_floats(testing::mix_seed(seed + 7, me), static_cast<size_t>(T * H), 1.f);
-      dispatcher.begin_step();
-      const DispatchHandle r =
-          dispatcher.dispatch(0, x.data(), T, routing.ids.data(), routing.weights.data());
-      const kernels::ExpertBatch& b = r.experts;
-      std::vector<float> out(std::max<size_t>(1, static_cast<size_t>(b.max_pairs * H)));
-      for (int slot = 0; slot < placement.layer(0).num_local_slots(me); ++slot) {
-        const float scale = scale_of(lists[me][slot]);
-        for (int64_t p = b.slot_begin[slot]; p < b.slot_begin[slot + 1]; ++p) {
-          for (int64_t c = 0; c < H; ++c)
-            out[p * H + c] = r.recv_rows[b.row_index[p] * H + c] * scale;
-        }
-      }
-      std::vector<float> y(static_cast<size_t>(T * H), 0.0f);
-      dispatcher.combine(out.data(), r, y.data());
+      const std::vector<float> y = exchange_once(dispatcher, x, T, routing, lists[me], H, 0.0f);
 
       // The expected sum, in the order the specification lays the rows out.
       const DispatchLayout L =
@@ -155,7 +172,7 @@ TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
             for (int j = 0; j < k; ++j) {
               const RouteEntry& e = L.send_routes[static_cast<size_t>(row) * k + j];
               if (e.local_slot < 0) continue;
-              const float o = x[t * H + c] * scale_of(lists[dest_of_row[row]][e.local_slot]);
+              const float o = x[t * H + c] * expert_scale(lists[dest_of_row[row]][e.local_slot]);
               partial = first_route ? e.weight * o : partial + e.weight * o;
               first_route = false;
             }
@@ -165,6 +182,50 @@ TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
         }
       }
       EXPECT_EQ(y, want) << "seed " << seed << ", rank " << me;
+    }
+  }
+}
+
+// The shared arena against the messages: the same y bit for bit and the same collective counts,
+// in fp32 and bf16 rows, with and without a spill (capacity 2), over consecutive calls (segments
+// reused without barriers), and with more own rows than the capacity.
+TEST(DispatcherMpi, SharedArenaGivesTheBitsOfTheMessages) {
+  auto comm = make_comm();
+  const int n = comm->size(), me = comm->rank();
+  const int E = 16, k = 3;
+  const int64_t H = 40;
+  std::vector<int> allowed(E);
+  std::iota(allowed.begin(), allowed.end(), 0);
+  const auto lists = replicated_lists(E, n);
+  const Placement placement = testing::one_layer(lists, E);
+  for (const kernels::ComputeDtype dtype :
+       {kernels::ComputeDtype::kF32, kernels::ComputeDtype::kBF16}) {
+    kernels::BackendOptions bo;
+    bo.compute_dtype = dtype;
+    auto backend = kernels::make_backend(bo);
+    for (const int32_t capacity : {0, 2}) {
+      std::vector<std::vector<float>> ys[2];
+      std::vector<int32_t> collectives[2];
+      for (const bool shared : {false, true}) {
+        DispatcherOptions o;
+        o.capacity_rows = capacity;
+        o.shared_memory = shared;
+        Dispatcher dispatcher(*comm, *backend, H, k, o);
+        dispatcher.set_placement(placement);
+        for (uint64_t seed : {11u, 12u, 13u, 14u}) {
+          const int64_t T = seed >= 13u ? 3 * tokens_of(me) : tokens_of(me);
+          // Seed 14 routes to this rank's own experts only: more own rows than capacity 2.
+          auto routing = testing::make_routing(testing::mix_seed(seed, me), T, k,
+                                               seed == 14u ? lists[me] : allowed);
+          auto x =
+              testing::random_floats(testing::mix_seed(seed, me), static_cast<size_t>(T * H), 1.f);
+          ys[shared].push_back(exchange_once(dispatcher, x, T, routing, lists[me], H, 0.5f));
+          collectives[shared].push_back(dispatcher.collect_loads()[0].traffic.collectives);
+        }
+        EXPECT_EQ(dispatcher.uses_shared_arena(), shared && n > 1);
+      }
+      EXPECT_EQ(ys[1], ys[0]) << "capacity " << capacity << ", rank " << me;
+      EXPECT_EQ(collectives[1], collectives[0]) << "capacity " << capacity;
     }
   }
 }
