@@ -24,11 +24,13 @@ using namespace moe::runtime;
 namespace {
 
 // The CUDA runtime's setting: bf16 KV cache, bf16 rows both ways, fixed capacity of the device
-// messages, no overlap.
-void bf16_exchange(CostWorkload& w) {
+// messages, no overlap; the flat exchange unless `exchange` says otherwise.
+void bf16_exchange(CostWorkload& w,
+                   parallel::ExchangeKind exchange = parallel::ExchangeKind::kFlat) {
   w.kv_bytes = 2;
   w.dispatch_row_bytes = w.combine_row_bytes = 2;
   w.capacity_rows = parallel::Dispatcher::kDeviceCapacityRows;
+  w.exchange = exchange;
 }
 
 // One expert-parallel exchange of `tokens` tokens per rank, top-k over `experts` experts spread
@@ -96,27 +98,57 @@ struct Workload {
   int64_t seqs_per_rank, prompt_len, decode_steps;
 };
 
-nlohmann::json projections(const ModelConfig& qwen, const HardwareProfile& h) {
-  nlohmann::json out = nlohmann::json::array();
-  const std::vector<std::string> strategies = {"contiguous", "round_robin", "load_balanced",
-                                               "replicated"};
-  const std::vector<std::pair<std::string, RoutingSpec>> routings = [] {
-    RoutingSpec u, z;
-    u.kind = "uniform";
-    z.kind = "zipf";
-    z.s = 1.2;
-    return std::vector<std::pair<std::string, RoutingSpec>>{{"uniform", u}, {"zipf1.2", z}};
-  }();
-  // Prefill: 4 x 2048 tokens per GPU. Decode: 128 sequences per GPU at context 2048 (DeepEP's
-  // decode setting), and 1 sequence per GPU (latency-bound).
-  const std::vector<Workload> loads = {{"prefill 4x2048/GPU", 4, 2048, 2},
-                                       {"decode 128/GPU ctx 2048", 128, 2048, 3},
-                                       {"decode 1/GPU ctx 2048", 1, 2048, 3}};
+std::vector<std::pair<std::string, RoutingSpec>> projection_routings() {
+  RoutingSpec u, z;
+  u.kind = "uniform";
+  z.kind = "zipf";
+  z.s = 1.2;
+  return {{"uniform", u}, {"zipf1.2", z}};
+}
+
+// Prefill: 4 x 2048 tokens per GPU. Decode: 128 sequences per GPU at context 2048 (DeepEP's
+// decode setting), and 1 sequence per GPU (latency-bound).
+std::vector<Workload> projection_loads() {
+  return {{"prefill 4x2048/GPU", 4, 2048, 2},
+          {"decode 128/GPU ctx 2048", 128, 2048, 3},
+          {"decode 1/GPU ctx 2048", 1, 2048, 3}};
+}
+
+// Four of the 48 MoE layers, routing sampled past 65,536 tokens, one decode step.
+CostOptions projection_options() {
   CostOptions o;
   o.max_layers = 4;
   o.max_routed_tokens = 65536;
   o.max_decode_steps = 1;
-  fmt::print("\n## Qwen3-30B-A3B on {} GPUs (cost model)\n\n", h.name);
+  return o;
+}
+
+// Each of `loads` on N GPUs (its sequences per GPU times N) with the CUDA runtime's exchange.
+std::vector<CostPrediction> predict_loads(const ModelConfig& qwen, const HardwareProfile& h,
+                                          const parallel::Placement& p, const RoutingSpec& routing,
+                                          int N, const std::vector<Workload>& loads,
+                                          const CostOptions& o, parallel::ExchangeKind kind) {
+  std::vector<CostPrediction> preds;
+  for (const Workload& w : loads) {
+    CostWorkload cw;
+    cw.num_sequences = w.seqs_per_rank * N;
+    cw.prompt_len = w.prompt_len;
+    cw.decode_steps = w.decode_steps;
+    cw.routing = routing;
+    bf16_exchange(cw, kind);
+    preds.push_back(predict_cost(qwen, cw, p, h, o));
+  }
+  return preds;
+}
+
+nlohmann::json projections(const ModelConfig& qwen, const HardwareProfile& h) {
+  nlohmann::json out = nlohmann::json::array();
+  const std::vector<std::string> strategies = {"contiguous", "round_robin", "load_balanced",
+                                               "replicated"};
+  const std::vector<std::pair<std::string, RoutingSpec>> routings = projection_routings();
+  const std::vector<Workload> loads = projection_loads();
+  const CostOptions o = projection_options();
+  fmt::print("\n## Qwen3-30B-A3B on {} GPUs (cost model, flat exchange)\n\n", h.name);
   fmt::print(
       "| GPUs | routing | placement | prefill s | prefill tok/s | decode 128/GPU step ms | "
       "decode tok/s | batch-1/GPU step ms | balancedness (prefill) |\n");
@@ -129,16 +161,8 @@ nlohmann::json projections(const ModelConfig& qwen, const HardwareProfile& h) {
         const parallel::Placement p =
             make_cost_placement(placement_name, qwen, routing, 1, N, 8192);
         nlohmann::json entry = {{"gpus", N}, {"routing", rname}, {"placement", placement_name}};
-        std::vector<CostPrediction> preds;
-        for (const Workload& w : loads) {
-          CostWorkload cw;
-          cw.num_sequences = w.seqs_per_rank * N;
-          cw.prompt_len = w.prompt_len;
-          cw.decode_steps = w.decode_steps;
-          cw.routing = routing;
-          bf16_exchange(cw);
-          preds.push_back(predict_cost(qwen, cw, p, h, o));
-        }
+        const std::vector<CostPrediction> preds =
+            predict_loads(qwen, h, p, routing, N, loads, o, parallel::ExchangeKind::kFlat);
         const double prefill_s = preds[0].prefill_s();
         const double prefill_tps = preds[0].prefill.tokens / prefill_s;
         const double dec_s = preds[1].decode_step_s();
@@ -157,6 +181,54 @@ nlohmann::json projections(const ModelConfig& qwen, const HardwareProfile& h) {
         fmt::print("| {} | {} | {} | {:.4f} | {:.0f} | {:.2f} | {:.0f} | {:.2f} | {:.3f} |\n", N,
                    rname, placement_name, prefill_s, prefill_tps, dec_s * 1e3, dec_tps, b1_s * 1e3,
                    preds[0].prefill.balancedness);
+        out.push_back(entry);
+      }
+    }
+  }
+  return out;
+}
+
+// Flat vs node-first exchange side by side from 16 GPUs (2 nodes) on: the same workloads as the
+// projections, contiguous and replicated placements.
+nlohmann::json exchanges(const ModelConfig& qwen, const HardwareProfile& h) {
+  nlohmann::json out = nlohmann::json::array();
+  const std::vector<std::pair<std::string, RoutingSpec>> routings = projection_routings();
+  const std::vector<Workload> loads = projection_loads();
+  const CostOptions o = projection_options();
+  fmt::print("\n## Qwen3-30B-A3B on {} nodes of {}: flat vs node-first exchange (cost model)\n\n",
+             h.name, h.ranks_per_node);
+  fmt::print(
+      "| GPUs | routing | placement | prefill s flat / node-first | decode 128/GPU step ms flat / "
+      "node-first | batch-1/GPU step ms flat / node-first | inter-node rows/token (prefill) flat "
+      "/ node-first |\n|---|---|---|---|---|---|---|\n");
+  for (int N : {16, 32, 64, 128, 256}) {
+    for (const auto& [rname, routing] : routings) {
+      for (const std::string& placement_name :
+           {std::string("contiguous"), fmt::format("replicated:{}", std::max(N, 32))}) {
+        const parallel::Placement p =
+            make_cost_placement(placement_name, qwen, routing, 1, N, 8192);
+        nlohmann::json entry = {{"gpus", N}, {"routing", rname}, {"placement", placement_name}};
+        std::string cells[4];
+        for (const auto kind :
+             {parallel::ExchangeKind::kFlat, parallel::ExchangeKind::kHierarchical}) {
+          const std::vector<CostPrediction> preds =
+              predict_loads(qwen, h, p, routing, N, loads, o, kind);
+          const char* sep = kind == parallel::ExchangeKind::kFlat ? "" : " / ";
+          cells[0] += fmt::format("{}{:.3f}", sep, preds[0].prefill_s());
+          cells[1] += fmt::format("{}{:.1f}", sep, preds[1].decode_step_s() * 1e3);
+          cells[2] += fmt::format("{}{:.2f}", sep, preds[2].decode_step_s() * 1e3);
+          cells[3] += fmt::format("{}{:.2f}", sep, preds[0].prefill.inter_node_rows_per_token);
+          entry[parallel::exchange_kind_name(kind)] = {
+              {"prefill_s", preds[0].prefill_s()},
+              {"decode_step_s", preds[1].decode_step_s()},
+              {"decode_batch1_step_s", preds[2].decode_step_s()},
+              {"prefill_inter_node_rows_per_token", preds[0].prefill.inter_node_rows_per_token},
+              {"prefill_phases", preds[0].to_json()["prefill"]["phases"]},
+              {"decode_phases", preds[1].to_json()["decode_step"]["phases"]},
+              {"batch1_phases", preds[2].to_json()["decode_step"]["phases"]}};
+        }
+        fmt::print("| {} | {} | {} | {} | {} | {} | {} |\n", N, rname, placement_name, cells[0],
+                   cells[1], cells[2], cells[3]);
         out.push_back(entry);
       }
     }
@@ -241,6 +313,7 @@ int main(int argc, char** argv) {
     nlohmann::json j;
     j["anchors"] = anchors(h100);
     j["projections"] = projections(qwen, h100);
+    j["exchanges"] = exchanges(qwen, h100);
     j["workstation"] = workstation(qwen, cards, h200);
     if (!json_path.empty()) std::ofstream(json_path) << j.dump(1) << "\n";
   } catch (const std::exception& e) {

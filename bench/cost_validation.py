@@ -1,9 +1,12 @@
 #!/usr/bin/python3
 """Per-point error of `moe-ep predict` against `moe-ep run` (bench/validate_cost_model.sh).
 
-Reads DIR/<point>_n<N>_{run,predict}.json (and _run2.json: the faster run counts), prints a markdown table (prefill and mean decode step,
-measured vs predicted, error = predicted / measured - 1), the mean absolute error and the worst
-point, and writes OUT/cost_validation.{json,md,png}."""
+Reads DIR/<point>_n<N>_{run,predict}.json (and _run2.json: the faster run counts), prints a
+markdown table (prefill and mean decode step, measured vs predicted, error = predicted / measured
+- 1), the mean absolute error and the worst point; then per point the run's phase totals (slowest
+rank, prefill and decode together, of the faster run) next to predict's phases_run_total_s, and
+the inter-node bytes a run counted next to predict's (where the run has nodes); writes
+OUT/cost_validation.{json,md,png}."""
 import glob
 import json
 import os
@@ -15,8 +18,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+PHASES = ("attention", "router", "layout", "dispatch", "expert", "combine", "lm_head")
+
+
 def main(src, out):
     rows = []
+    pairs = {}  # point -> (faster run, prediction)
     for run_path in sorted(glob.glob(os.path.join(src, "*_run.json"))):
         pred_path = run_path.replace("_run.json", "_predict.json")
         if not os.path.exists(pred_path):
@@ -32,6 +39,7 @@ def main(src, out):
                     "decode step": min(sum(r["decode_step_s"]) / len(r["decode_step_s"])
                                        if r["decode_step_s"] else 0.0 for r in runs)}
         predicted = {"prefill": pred["prefill_s"], "decode step": pred["decode_step_s"]}
+        pairs[point] = (min(runs, key=lambda r: r["prefill_s"] + sum(r["decode_step_s"])), pred)
         for what in ("prefill", "decode step"):
             if measured[what] <= 0:
                 continue
@@ -50,6 +58,25 @@ def main(src, out):
     lines.append("")
     lines.append(f"mean absolute error {100 * mae:.1f}% over {len(rows)} points; worst "
                  f"{100 * worst['error']:+.1f}% ({worst['point']}, {worst['what']})")
+    lines += ["", "Phases, whole run (s, slowest rank; measured / predicted):", "",
+              "| point | " + " | ".join(PHASES) + " |", "|---|" + "---|" * len(PHASES)]
+    bytes_lines = []
+    for point, (run, pred) in sorted(pairs.items()):
+        measured = run["metrics"]["phases"]
+        cells = [f"{measured[ph]['max_s']:.3f} / {pred['phases_run_total_s'][ph]:.3f}"
+                 for ph in PHASES]
+        lines.append(f"| {point} | " + " | ".join(cells) + " |")
+        traffic = run["metrics"]["traffic"]
+        if "bytes_sent_inter_node" in traffic and "inter_node_bytes" in pred["prefill"]:
+            predicted = (pred["prefill"]["inter_node_bytes"] +
+                         pred["timed_decode_steps"] * pred["decode_step"]["inter_node_bytes"])
+            bytes_lines.append(f"| {point} | {pred.get('exchange', '?')} | "
+                               f"{traffic['bytes_sent_inter_node']:,} | {predicted:,.0f} | "
+                               f"{predicted / max(1, traffic['bytes_sent_inter_node']) - 1:+.1%} |")
+    if bytes_lines:
+        lines += ["", "Inter-node bytes, whole run (all ranks):", "",
+                  "| point | exchange | measured | predicted | error |", "|---|---|---|---|---|"]
+        lines += bytes_lines
     text = "\n".join(lines)
     print(text)
     os.makedirs(out, exist_ok=True)

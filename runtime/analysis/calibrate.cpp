@@ -328,23 +328,61 @@ LinkProfile measure_link(parallel::Communicator& comm, Timed& timed, double t_co
   return link;
 }
 
+// Seconds per call of fn on `comm`, the slowest rank's (collective: every rank calls it).
+template <class F>
+double timed_collective(parallel::Communicator& comm, int reps, F&& fn) {
+  comm.barrier();
+  fn();
+  comm.barrier();
+  const auto t0 = Clock::now();
+  for (int i = 0; i < reps; ++i) fn();
+  std::vector<double> t{std::chrono::duration<double>(Clock::now() - t0).count() / reps};
+  comm.all_reduce<double>(t, parallel::ReduceOp::kMax);
+  return t[0];
+}
+
+// The bare collective's cost on `comm`: an all_to_all of one count per peer.
+double counts_collective_seconds(parallel::Communicator& comm) {
+  std::vector<int64_t> counts(static_cast<size_t>(comm.size()), 1), out(counts.size());
+  return timed_collective(comm, 300, [&] { comm.all_to_all(counts, out); });
+}
+
+// Synchronisation after compute on `comm`: ~0.2 ms of busy host work per iteration (a layer
+// phase of a small step), alone and followed by a counts exchange; with more ranks than cores
+// the difference is the wait for descheduled ranks. Median of 5 trials (the scheduler is noisy).
+double sync_wait_seconds(parallel::Communicator& comm, double t_counts, const char* label,
+                         nlohmann::json& samples) {
+  std::vector<int64_t> counts(static_cast<size_t>(comm.size()), 1), out(counts.size());
+  std::vector<float> a(64 * 256, 0.5f), b(a.size(), 0.25f);
+  volatile float sink = 0;
+  auto busy = [&] {
+    float acc = 0;
+    for (int rep = 0; rep < 12; ++rep) {
+      for (size_t i = 0; i < a.size(); ++i) acc += a[i] * b[(i * 7) % b.size()];
+    }
+    sink = sink + acc;
+  };
+  std::vector<double> waits;
+  for (int trial = 0; trial < 5; ++trial) {
+    const double alone = timed_collective(comm, 50, busy);
+    const double synced = timed_collective(comm, 50, [&] {
+      busy();
+      comm.all_to_all(counts, out);
+    });
+    waits.push_back(std::max(0.0, synced - alone - t_counts));
+    samples[label].push_back({{"busy_s", alone}, {"busy_then_collective_s", synced}});
+  }
+  std::sort(waits.begin(), waits.end());
+  return waits[waits.size() / 2];
+}
+
 // Communicator probes at this job's rank count (collective).
 MeasuredComm measure_comm(parallel::Communicator& comm, nlohmann::json& samples) {
   const int N = comm.size();
   MeasuredComm m;
   m.ranks = N;
-  auto timed = [&](int reps, auto&& fn) {
-    comm.barrier();
-    fn();
-    comm.barrier();
-    const auto t0 = Clock::now();
-    for (int i = 0; i < reps; ++i) fn();
-    std::vector<double> t{std::chrono::duration<double>(Clock::now() - t0).count() / reps};
-    comm.all_reduce<double>(t, parallel::ReduceOp::kMax);
-    return t[0];
-  };
-  std::vector<int64_t> counts(static_cast<size_t>(N), 1), counts_out(static_cast<size_t>(N));
-  const double t_counts = timed(300, [&] { comm.all_to_all(counts, counts_out); });
+  auto timed = [&](int reps, auto&& fn) { return timed_collective(comm, reps, fn); };
+  const double t_counts = counts_collective_seconds(comm);
   m.collective_overhead_us = t_counts * 1e6;
   samples["all_to_all_counts_s"] = t_counts;
 
@@ -367,31 +405,17 @@ MeasuredComm measure_comm(parallel::Communicator& comm, nlohmann::json& samples)
                        "all_to_all_v_intra_node", samples)
                  : m.inter_link;
   }
-  // Synchronisation after compute: ~0.2 ms of busy host work per iteration (a layer phase of a
-  // small step), alone and followed by a counts exchange; with more ranks than cores the
-  // difference is the wait for descheduled ranks. Median of 5 trials (the scheduler is noisy).
-  {
-    std::vector<float> a(64 * 256, 0.5f), b(a.size(), 0.25f);
-    volatile float sink = 0;
-    auto busy = [&] {
-      float acc = 0;
-      for (int rep = 0; rep < 12; ++rep) {
-        for (size_t i = 0; i < a.size(); ++i) acc += a[i] * b[(i * 7) % b.size()];
-      }
-      sink = sink + acc;
-    };
-    std::vector<double> waits;
-    for (int trial = 0; trial < 5; ++trial) {
-      const double alone = timed(50, busy);
-      const double synced = timed(50, [&] {
-        busy();
-        comm.all_to_all(counts, counts_out);
-      });
-      waits.push_back(std::max(0.0, synced - alone - t_counts));
-      samples["sync"].push_back({{"busy_s", alone}, {"busy_then_collective_s", synced}});
-    }
-    std::sort(waits.begin(), waits.end());
-    m.sync_us = waits[waits.size() / 2] * 1e6;
+  m.sync_us = sync_wait_seconds(comm, t_counts, "sync", samples) * 1e6;
+  if (nodes.num_nodes > 1) {
+    // The node-first exchange's second level runs on each node's own communicator, every node
+    // at once (as here): its fixed cost and wait after compute, the slowest node's.
+    parallel::Communicator& node = comm.node_communicator();
+    std::vector<double> v{counts_collective_seconds(node), 0};
+    v[1] = sync_wait_seconds(node, v[0], "node_sync", samples);
+    comm.all_reduce<double>(v, parallel::ReduceOp::kMax);
+    m.node_collective_overhead_us = v[0] * 1e6;
+    m.node_sync_us = v[1] * 1e6;
+    samples["node_all_to_all_counts_s"] = v[0];
   }
   return m;
 }

@@ -8,10 +8,10 @@
 #include <algorithm>
 #include <cmath>
 #include <memory>
-#include <sstream>
 
 #include "kernels/common/check.h"
 #include "parallel/dispatcher.h"
+#include "runtime/analysis/layer_routing.h"
 #include "runtime/analysis/placement_analysis.h"
 #include "runtime/model/arithmetic.h"
 #include "runtime/model/synthetic_routing.h"
@@ -28,68 +28,6 @@ RoutingSpec modelled_routing(const RoutingSpec& routing, uint64_t seed) {
   spec.seed = seed;
   spec.source = "router modelled as uniform";
   return spec;
-}
-
-// One rank's share of one step: its sequences (new tokens, cached tokens).
-struct RankSeqs {
-  std::vector<int64_t> sequences;
-  int64_t tokens = 0;
-  int64_t new_per_seq = 0;
-  int64_t past_len = 0;
-};
-
-// Loads of one MoE layer on every rank, in (token, expert) pairs and deduplicated rows.
-struct LayerRankLoad {
-  std::vector<int64_t> tokens;                  // [N] own tokens
-  std::vector<std::vector<double>> rows;        // [N src][N dst] rows sent (dedup)
-  std::vector<std::vector<double>> slot_pairs;  // [N][local slots] pairs computed
-  std::vector<double> send_pairs;               // [N] pairs over all destinations
-};
-
-LayerRankLoad route_layer(const SyntheticRouting& routing, const parallel::LayerPlacement& lp,
-                          int layer, int64_t step, const std::vector<RankSeqs>& ranks,
-                          int64_t stride, int top_k) {
-  const int N = static_cast<int>(ranks.size());
-  LayerRankLoad out;
-  out.tokens.assign(N, 0);
-  out.rows.assign(N, std::vector<double>(N, 0.0));
-  out.slot_pairs.resize(N);
-  out.send_pairs.assign(N, 0.0);
-  for (int r = 0; r < N; ++r) out.slot_pairs[r].assign(lp.num_local_slots(r), 0.0);
-  const double scale = static_cast<double>(stride);
-  for (int r = 0; r < N; ++r) {
-    const RankSeqs& rs = ranks[r];
-    out.tokens[r] = rs.tokens;
-    std::vector<int32_t> ids;
-    std::vector<float> weights;
-    int64_t index = 0, count = 0;
-    for (int64_t seq : rs.sequences) {
-      for (int64_t t = 0; t < rs.new_per_seq; ++t, ++index) {
-        if (index % stride != 0) continue;
-        ids.resize(static_cast<size_t>((count + 1) * top_k));
-        weights.resize(ids.size());
-        routing.route_token(step, layer, TokenId{seq, rs.past_len + t},
-                            std::span<int32_t>(ids).subspan(count * top_k, top_k),
-                            std::span<float>(weights).subspan(count * top_k, top_k));
-        ++count;
-      }
-    }
-    const parallel::DispatchLayout L =
-        parallel::build_dispatch_layout(lp, r, ids, weights, count, top_k);
-    int64_t row = 0;
-    for (int d = 0; d < N; ++d) {
-      out.rows[r][d] = scale * static_cast<double>(L.send_counts[d]);
-      for (int64_t i = 0; i < L.send_counts[d]; ++i, ++row) {
-        for (int j = 0; j < top_k; ++j) {
-          const int32_t slot = L.send_routes[static_cast<size_t>(row * top_k + j)].local_slot;
-          if (slot < 0) continue;
-          out.slot_pairs[d][slot] += scale;
-          out.send_pairs[r] += scale;
-        }
-      }
-    }
-  }
-  return out;
 }
 
 // Each rank's time per phase in one step.
@@ -135,13 +73,17 @@ LayerSample sample_layers(const ModelConfig& c, int max_layers) {
 struct MoeRankTimes {
   double layout = 0, dispatch_host = 0, dispatch_comm = 0, expert = 0;
   double partial = 0, combine_comm = 0, final_sum = 0;
-  double remote_bytes = 0;  // sent to and received from other ranks
+  // Node-first only: the proxy's work between the levels (its second layout, then packing and
+  // grouping), the node's two exchanges, and the sum inside the node before the row goes back.
+  double forward_layout = 0, forward_dispatch = 0, node_dispatch_comm = 0, node_combine_comm = 0;
+  double node_sum = 0;
+  double remote_bytes = 0;  // sent to other ranks
 };
 
 // One simulated MoE layer over all ranks.
 struct MoeLayerCost {
-  double critical_s = 0;        // the four segments between synchronisations, slowest rank each
-  double balancedness = 1;      // mean / max pairs per rank
+  double critical_s = 0;    // the segments between synchronisations (4; node-first 8), slowest rank
+  double balancedness = 1;  // mean / max pairs per rank
   double max_remote_bytes = 0;  // busiest rank
 };
 
@@ -154,9 +96,23 @@ class StepModel {
         w_(w),
         h_(h),
         N_(num_ranks),
-        share_(rank_compute_share(h, num_ranks, w.threads)) {}
+        share_(rank_compute_share(h, num_ranks, w.threads)),
+        g_(std::max(1, std::min(num_ranks, priced_ranks_per_node(h, num_ranks)))),
+        node_first_(num_ranks > 1 &&
+                    w.exchange.value_or(num_ranks > g_ ? parallel::ExchangeKind::kHierarchical
+                                                       : parallel::ExchangeKind::kFlat) ==
+                        parallel::ExchangeKind::kHierarchical) {
+    MOE_CHECK_AS("config", !node_first_ || N_ % g_ == 0,
+                 "predict: the hierarchical exchange needs whole nodes, but {} ranks do not fill "
+                 "nodes of {}",
+                 N_, g_);
+  }
 
   double share() const { return share_; }
+  int ranks_per_node() const { return g_; }
+  parallel::ExchangeKind exchange() const {
+    return node_first_ ? parallel::ExchangeKind::kHierarchical : parallel::ExchangeKind::kFlat;
+  }
 
   // Dense part of one layer on a rank: attention block (or nothing for 0 tokens).
   double attention(const RankSeqs& r) const {
@@ -193,13 +149,6 @@ class StepModel {
     const double logits = static_cast<double>(T) * s_.num_experts;
     return gemm_seconds(h_, share_, T, s_.hidden, s_.num_experts) +
            memory_seconds(h_, share_, 4.0 * logits) + logits * h_.topk_ns_per_logit * 1e-9 / share_;
-  }
-
-  double sync_seconds() const {
-    for (const MeasuredComm& m : h_.measured) {
-      if (m.ranks == N_) return m.sync_us * kMicro;
-    }
-    return 0;
   }
 
   double host_pairs(double pairs) const { return pairs * h_.layout_ns_per_pair * 1e-9 / share_; }
@@ -269,6 +218,11 @@ class StepModel {
     out.tokens += second.tokens;
     out.balancedness = (out.balancedness + second.balancedness) / 2;
     out.remote_rows_per_token = (out.remote_rows_per_token + second.remote_rows_per_token) / 2;
+    out.inter_node_rows_per_token =
+        (out.inter_node_rows_per_token + second.inter_node_rows_per_token) / 2;
+    out.intra_node_rows_per_token =
+        (out.intra_node_rows_per_token + second.intra_node_rows_per_token) / 2;
+    out.inter_node_bytes += second.inter_node_bytes;
     out.max_remote_bytes = std::max(out.max_remote_bytes, second.max_remote_bytes);
     out.sampled = out.sampled || second.sampled;
     const double comm = out.phase_s[static_cast<int>(Phase::kDispatch)] +
@@ -302,25 +256,33 @@ class StepModel {
     }
     for (size_t i = 0; i < layers.dense.size(); ++i) total += dense_layer(ranks, attn, phases);
 
-    double balance_sum = 0, remote_rows = 0;
+    double balance_sum = 0;
+    LinkRows rows;  // over the MoE layers
     for (int l : layers.simulated) {
-      const LayerRankLoad load = route_layer(routing, placement.layer(l), l, step_index, ranks,
-                                             stride, static_cast<int>(s_.top_k));
+      const LayerRankLoad load =
+          route_layer(routing, placement.layer(l), l, step_index, ranks, stride,
+                      static_cast<int>(s_.top_k), node_first_ ? g_ : 0);
       const MoeLayerCost layer = moe_layer(load, ranks, attn, rtr, layers.weight, phases);
-      for (int r = 0; r < N_; ++r) {
-        for (int p = 0; p < N_; ++p) {
-          if (p != r) remote_rows += load.rows[r][p] * layers.weight;
-        }
-      }
+      const LinkRows layer_rows = link_rows(load, g_);
+      rows.remote += layers.weight * layer_rows.remote;
+      rows.inter_node += layers.weight * layer_rows.inter_node;
+      rows.intra_node += layers.weight * layer_rows.intra_node;
       out.max_remote_bytes = std::max(out.max_remote_bytes, layer.max_remote_bytes);
       balance_sum += layer.balancedness;
       total += layers.weight * layer.critical_s;
     }
     out.balancedness = layers.simulated.empty() ? 1.0 : balance_sum / layers.simulated.size();
-    out.remote_rows_per_token =
-        total_tokens > 0 && !layers.moe.empty()
-            ? remote_rows / static_cast<double>(total_tokens) / layers.moe.size()
-            : 0;
+    const double per_token = total_tokens > 0 && !layers.moe.empty()
+                                 ? 1.0 / static_cast<double>(total_tokens) / layers.moe.size()
+                                 : 0.0;
+    out.remote_rows_per_token = rows.remote * per_token;
+    out.inter_node_rows_per_token = rows.inter_node * per_token;
+    out.intra_node_rows_per_token = rows.intra_node * per_token;
+    // Every row that crosses nodes goes out with its route entries and comes back once.
+    out.inter_node_bytes =
+        rows.inter_node * static_cast<double>(s_.hidden) *
+            (w_.dispatch_row_bytes + w_.combine_row_bytes) +
+        rows.inter_node * static_cast<double>(s_.top_k) * sizeof(parallel::RouteEntry);
 
     for (int r = 0; r < N_; ++r) {
       const int64_t rows = static_cast<int64_t>(ranks[r].sequences.size()) * logit_rows_per_seq;
@@ -347,89 +309,149 @@ class StepModel {
 
   // One simulated MoE layer: adds each rank's phases, weighted for the MoE layers it stands for.
   // Segments between synchronisations: the final sum of the previous layer through the dispatch's
-  // host work, the dispatch exchange, the experts and partial sums, the combine exchange.
+  // host work, the dispatch exchange, the experts and partial sums, the combine exchange. The
+  // node-first exchange adds the proxy's forwarding and the node's dispatch between the first
+  // two, and the node's combine and sum between the last two.
   MoeLayerCost moe_layer(const LayerRankLoad& load, const std::vector<RankSeqs>& ranks,
                          const std::vector<double>& attn, const std::vector<double>& rtr,
                          double layer_weight, RankPhases& phases) const {
     MoeLayerCost out;
-    double seg_a = 0, seg_b = 0, seg_c = 0, seg_d = 0, max_pairs = 0, sum_pairs = 0;
-    std::vector<double> recv_rows(N_, 0.0), recv_pairs(N_, 0.0);
+    std::array<double, 8> seg{};
+    double max_pairs = 0, sum_pairs = 0;
     for (int r = 0; r < N_; ++r) {
-      for (int d = 0; d < N_; ++d) recv_rows[d] += load.rows[r][d];
-      for (double p : load.slot_pairs[r]) recv_pairs[r] += p;
-    }
-    for (int r = 0; r < N_; ++r) {
-      max_pairs = std::max(max_pairs, recv_pairs[r]);
-      sum_pairs += recv_pairs[r];
-      const MoeRankTimes t = moe_rank(load, r, ranks[r].tokens, recv_rows[r], recv_pairs[r]);
+      double recv_pairs = 0;
+      for (double p : load.slot_pairs[r]) recv_pairs += p;
+      max_pairs = std::max(max_pairs, recv_pairs);
+      sum_pairs += recv_pairs;
+      const MoeRankTimes t = moe_rank(load, r, ranks[r].tokens, recv_pairs);
       out.max_remote_bytes = std::max(out.max_remote_bytes, t.remote_bytes);
       phases.add(r, Phase::kAttention, layer_weight * attn[r]);
       phases.add(r, Phase::kRouter, layer_weight * rtr[r]);
-      phases.add(r, Phase::kLayout, layer_weight * t.layout);
-      phases.add(r, Phase::kDispatch, layer_weight * (t.dispatch_host + t.dispatch_comm));
+      phases.add(r, Phase::kLayout, layer_weight * (t.layout + t.forward_layout));
+      phases.add(r, Phase::kDispatch,
+                 layer_weight * (t.dispatch_host + t.dispatch_comm + t.forward_dispatch +
+                                 t.node_dispatch_comm));
       phases.add(r, Phase::kExpert, layer_weight * t.expert);
-      phases.add(r, Phase::kCombine, layer_weight * (t.partial + t.combine_comm + t.final_sum));
-      seg_a = std::max(seg_a, t.final_sum + attn[r] + rtr[r] + t.layout + t.dispatch_host);
-      seg_b = std::max(seg_b, t.dispatch_comm);
-      seg_c = std::max(seg_c, t.expert + t.partial);
-      seg_d = std::max(seg_d, t.combine_comm);
+      phases.add(r, Phase::kCombine,
+                 layer_weight *
+                     (t.partial + t.node_combine_comm + t.node_sum + t.combine_comm + t.final_sum));
+      const std::array<double, 8> mine = {
+          t.final_sum + attn[r] + rtr[r] + t.layout + t.dispatch_host,
+          t.dispatch_comm,
+          t.forward_layout + t.forward_dispatch,
+          t.node_dispatch_comm,
+          t.expert + t.partial,
+          t.node_combine_comm,
+          t.node_sum,
+          t.combine_comm};
+      for (size_t i = 0; i < seg.size(); ++i) seg[i] = std::max(seg[i], mine[i]);
     }
-    // Time-shared cores: the two collectives that follow compute wait for descheduled ranks.
-    const double sync = sync_seconds();
+    // Time-shared cores: the collectives that follow compute wait for descheduled ranks.
+    const double sync = collective_sync_seconds(h_, N_, CollectiveScope::kJob);
+    const double node_sync =
+        node_first_ ? collective_sync_seconds(h_, N_, CollectiveScope::kNode) : 0.0;
     for (int r = 0; r < N_; ++r) {
-      phases.add(r, Phase::kDispatch, layer_weight * sync);
-      phases.add(r, Phase::kCombine, layer_weight * sync);
+      phases.add(r, Phase::kDispatch, layer_weight * (sync + node_sync));
+      phases.add(r, Phase::kCombine, layer_weight * (sync + node_sync));
     }
-    seg_b += sync;
-    seg_d += sync;
+    seg[1] += sync;
+    seg[7] += sync;
+    seg[3] += node_sync;
+    seg[5] += node_sync;
     out.balancedness = max_pairs > 0 ? sum_pairs / N_ / max_pairs : 1.0;
-    out.critical_s = seg_a + seg_b + seg_c + seg_d;
+    for (double v : seg) out.critical_s += v;
     return out;
   }
 
-  // Rank r's share of one MoE layer: `recv_rows` rows and `recv_pairs` (token, expert) pairs
-  // arrive for its experts; `tokens` are its own.
-  MoeRankTimes moe_rank(const LayerRankLoad& load, int r, int64_t own_tokens, double recv_rows,
-                        double recv_pairs) const {
-    const int k = static_cast<int>(s_.top_k);
+  // One exchange of rank r over `rows` [src][dst] (the flat rows, or one level of node-first):
+  // the dispatch message (rows and their route entries; a message over its capacity adds the
+  // spill exchange's fixed part, its bytes being the message's) and the rows back.
+  struct LevelTimes {
+    double sent_rows = 0, recv_rows = 0, own_rows = 0;
+    double dispatch_comm = 0, combine_comm = 0, remote_bytes = 0;
+  };
+  LevelTimes exchange_level(const std::vector<std::vector<double>>& rows, int r,
+                            CollectiveScope scope) const {
     const double out_row = static_cast<double>(s_.hidden) * w_.dispatch_row_bytes;
     const double back_row = static_cast<double>(s_.hidden) * w_.combine_row_bytes;
-    // A row's route entries travel in its message.
-    const double routes = static_cast<double>(k) * sizeof(parallel::RouteEntry);
-    MoeRankTimes t;
-    double sent_rows = 0;
+    const double routes = static_cast<double>(s_.top_k) * sizeof(parallel::RouteEntry);
+    std::vector<double> send_msg(N_), recv_msg(N_), send_back(N_), recv_back(N_), cnt(N_);
+    LevelTimes t;
     bool spill = false;
-    for (int d = 0; d < N_; ++d) sent_rows += load.rows[r][d];
-    // Bytes to and from other ranks: one message each way.
-    std::vector<double> send_msg(N_), recv_msg(N_), send_back(N_), recv_back(N_), cnt(N_, 8.0);
     for (int p = 0; p < N_; ++p) {
-      if (p == r) continue;
-      send_msg[p] = load.rows[r][p] * (out_row + routes);
-      recv_msg[p] = load.rows[p][r] * (out_row + routes);
-      send_back[p] = load.rows[p][r] * back_row;  // rows received go back
-      recv_back[p] = load.rows[r][p] * back_row;
+      t.sent_rows += rows[r][p];
+      t.recv_rows += rows[p][r];
+      const bool peer = scope == CollectiveScope::kJob || p / g_ == r / g_;
+      if (p == r || !peer) continue;
+      cnt[p] = 8.0;
+      send_msg[p] = rows[r][p] * (out_row + routes);
+      recv_msg[p] = rows[p][r] * (out_row + routes);
+      send_back[p] = rows[p][r] * back_row;  // rows received go back
+      recv_back[p] = rows[r][p] * back_row;
       t.remote_bytes += send_msg[p] + send_back[p];
-      spill |= load.rows[r][p] > w_.capacity_rows || load.rows[p][r] > w_.capacity_rows;
+      spill |= rows[r][p] > w_.capacity_rows || rows[p][r] > w_.capacity_rows;
     }
+    t.own_rows = rows[r][r];
+    t.dispatch_comm = exchange_seconds(h_, N_, r, send_msg, recv_msg, scope) +
+                      (spill ? exchange_seconds(h_, N_, r, cnt, cnt, scope) : 0.0);
+    t.combine_comm = exchange_seconds(h_, N_, r, send_back, recv_back, scope);
+    return t;
+  }
+
+  // Rows packed straight from fp32 rows into messages (fp32 read, wire type write).
+  double pack_seconds(double rows) const {
+    return rows > 0 ? memory_seconds(h_, share_,
+                                     rows * (4.0 * s_.hidden + w_.dispatch_row_bytes * s_.hidden))
+                    : 0.0;
+  }
+  // The experts' rows summed per received row (`rows` rows, `pairs` pairs), or `rows` returned
+  // rows added into `into` fp32 rows.
+  double row_sum_seconds(double pairs, double rows) const {
+    return memory_seconds(h_, share_, 4.0 * s_.hidden * (pairs + rows));
+  }
+
+  // Rank r's share of one MoE layer: `recv_pairs` (token, expert) pairs arrive for its experts;
+  // `own_tokens` are its own. Flat: one exchange. Node-first: r is a source (its tokens to the
+  // proxies of their nodes), a proxy (the rows of the sources with its local index, forwarded
+  // inside its node) and a destination.
+  MoeRankTimes moe_rank(const LayerRankLoad& load, int r, int64_t own_tokens,
+                        double recv_pairs) const {
+    const int k = static_cast<int>(s_.top_k);
+    // x: the level rows leave their source by; y: the level they reach the experts by.
+    const LevelTimes x =
+        exchange_level(node_first_ ? load.node_rows : load.rows, r, CollectiveScope::kJob);
+    const LevelTimes y =
+        node_first_ ? exchange_level(load.forward_rows, r, CollectiveScope::kNode) : x;
+    MoeRankTimes t;
     const double tokens = static_cast<double>(own_tokens);
     t.layout = host_pairs(tokens * k);
-    // Rows packed straight from the hidden states into the messages (fp32 read, wire type write).
-    const double gather =
-        sent_rows > 0 ? memory_seconds(h_, share_, sent_rows * (4.0 * s_.hidden + out_row)) : 0;
-    t.dispatch_host = gather + host_pairs(recv_pairs + recv_rows * k);
-    // The spill exchange (some message over its capacity) costs another collective's fixed part;
-    // its bytes are part of the message's.
-    t.dispatch_comm = exchange_seconds(h_, N_, r, send_msg, recv_msg) +
-                      (spill ? exchange_seconds(h_, N_, r, cnt, cnt) : 0.0);
+    t.dispatch_comm = x.dispatch_comm;
+    const double grouping = host_pairs(recv_pairs + y.recv_rows * k);
+    t.dispatch_host = pack_seconds(x.sent_rows) + (node_first_ ? 0.0 : grouping);
+    if (node_first_) {
+      t.remote_bytes = y.remote_bytes;
+      // The proxy reads the received rows' routes, gathers the rows (one fp32 pass) and lays
+      // them out for its node; packs them, and groups what the node sends it by slot.
+      const double fwd = x.recv_rows;
+      t.forward_layout = host_pairs(2 * fwd * k) +
+                         (fwd > 0 ? memory_seconds(h_, share_, 8.0 * s_.hidden * fwd) : 0.0);
+      t.forward_dispatch = pack_seconds(y.sent_rows) + grouping;
+      t.node_dispatch_comm = y.dispatch_comm;
+      t.node_combine_comm = y.combine_comm;
+      // The node's rows back summed per forwarded row into zeroed fp32 rows, then those written
+      // (wire type) as the first level's rows back.
+      const double back_bytes = (4.0 + w_.combine_row_bytes) * static_cast<double>(s_.hidden);
+      t.node_sum = fwd > 0 ? memory_seconds(h_, share_, 4.0 * s_.hidden * fwd) +
+                                 row_sum_seconds(y.sent_rows, fwd) + host_pairs(y.sent_rows) +
+                                 memory_seconds(h_, share_, (fwd - x.own_rows) * back_bytes)
+                           : 0.0;
+    }
+    t.remote_bytes += x.remote_bytes;
     t.expert = expert(load.slot_pairs[r]);
-    t.partial = recv_rows > 0
-                    ? memory_seconds(h_, share_, 4.0 * s_.hidden * (recv_pairs + recv_rows)) +
-                          host_pairs(recv_pairs)
-                    : 0;
-    t.combine_comm = exchange_seconds(h_, N_, r, send_back, recv_back);
-    t.final_sum = tokens > 0 ? memory_seconds(h_, share_, 4.0 * s_.hidden * (sent_rows + tokens)) +
-                                   host_pairs(sent_rows)
-                             : 0;
+    t.partial =
+        y.recv_rows > 0 ? row_sum_seconds(recv_pairs, y.recv_rows) + host_pairs(recv_pairs) : 0;
+    t.combine_comm = x.combine_comm;
+    t.final_sum = tokens > 0 ? row_sum_seconds(x.sent_rows, tokens) + host_pairs(x.sent_rows) : 0;
     return t;
   }
 
@@ -440,13 +462,9 @@ class StepModel {
   const HardwareProfile& h_;
   int N_;
   double share_;
+  int g_;            // ranks per node as priced
+  bool node_first_;  // the node-first exchange
 };
-
-nlohmann::json phases_json(const StepCost& s) {
-  nlohmann::json j = nlohmann::json::object();
-  for (int p = 0; p < kNumPhases; ++p) j[kPhaseNames[p]] = s.phase_s[p];
-  return j;
-}
 
 }  // namespace
 
@@ -472,6 +490,8 @@ CostPrediction predict_cost(const ModelConfig& config, const CostWorkload& w,
   out.placement = placement.strategy();
   out.routing = w.routing.is_router() ? "router (modelled as uniform)" : w.routing.describe();
   out.compute_share = model.share();
+  out.ranks_per_node = model.ranks_per_node();
+  out.exchange = model.exchange();
 
   auto ranks_at = [&](int64_t new_per_seq, int64_t past) {
     std::vector<RankSeqs> ranks(static_cast<size_t>(N));
@@ -503,6 +523,9 @@ CostPrediction predict_cost(const ModelConfig& config, const CostWorkload& w,
     for (int p = 0; p < kNumPhases; ++p) mean.phase_s[p] += s.phase_s[p] / sim;
     mean.balancedness += s.balancedness / sim;
     mean.remote_rows_per_token += s.remote_rows_per_token / sim;
+    mean.inter_node_rows_per_token += s.inter_node_rows_per_token / sim;
+    mean.intra_node_rows_per_token += s.intra_node_rows_per_token / sim;
+    mean.inter_node_bytes += s.inter_node_bytes / sim;
     mean.max_remote_bytes = std::max(mean.max_remote_bytes, s.max_remote_bytes);
     mean.tokens = s.tokens;
     mean.sampled = mean.sampled || s.sampled;
@@ -552,59 +575,6 @@ parallel::Placement make_cost_placement(const std::string& name, const ModelConf
       generate_trace(modelled_routing(routing, seed), config, std::max<int64_t>(1, fit_tokens));
   return placement_from_lists(fit_placement(trace, strategy, num_ranks), trace, num_ranks,
                               strategy.label());
-}
-
-nlohmann::json CostPrediction::to_json() const {
-  const auto step_json = [](const StepCost& s) {
-    return nlohmann::json{{"seconds", s.total_s},
-                          {"tokens", s.tokens},
-                          {"tokens_per_s", s.total_s > 0 ? s.tokens / s.total_s : 0.0},
-                          {"phases", phases_json(s)},
-                          {"balancedness", s.balancedness},
-                          {"remote_rows_per_token", s.remote_rows_per_token},
-                          {"max_remote_bytes_per_layer", s.max_remote_bytes},
-                          {"routing_sampled", s.sampled}};
-  };
-  nlohmann::json phases_run = nlohmann::json::object();
-  for (int p = 0; p < kNumPhases; ++p) {
-    phases_run[kPhaseNames[p]] = prefill.phase_s[p] + timed_decode_steps * decode.phase_s[p];
-  }
-  return {{"command", "predict"},
-          {"ranks", num_ranks},
-          {"hardware", hardware},
-          {"placement", placement},
-          {"routing", routing},
-          {"compute_share_per_rank", compute_share},
-          {"prefill_s", prefill.total_s},
-          {"decode_step_s", decode.total_s},
-          {"timed_decode_steps", timed_decode_steps},
-          {"prefill", step_json(prefill)},
-          {"decode_step", step_json(decode)},
-          {"phases_run_total_s", phases_run}};
-}
-
-std::string CostPrediction::format() const {
-  std::ostringstream o;
-  o << fmt::format("moe-ep predict: {} rank(s), hardware {}, placement {}, routing {}\n", num_ranks,
-                   hardware, placement, routing);
-  o << fmt::format(
-      "prefill      {:.6f} s   {:.1f} tokens/s   balancedness {:.3f}   remote rows "
-      "per token and layer {:.2f}{}\n",
-      prefill.total_s, prefill.total_s > 0 ? prefill.tokens / prefill.total_s : 0.0,
-      prefill.balancedness, prefill.remote_rows_per_token,
-      prefill.sampled ? " (routing sampled)" : "");
-  o << fmt::format("decode step  {:.6f} s   {:.1f} tokens/s   (mean of {} timed steps)\n",
-                   decode.total_s, decode.total_s > 0 ? decode.tokens / decode.total_s : 0.0,
-                   timed_decode_steps);
-  o << fmt::format("{:<10} {:>12} {:>14}\n", "phase", "prefill s", "decode step s");
-  for (int p = 0; p < kNumPhases; ++p) {
-    if (prefill.phase_s[p] == 0 && decode.phase_s[p] == 0) continue;
-    o << fmt::format("{:<10} {:>12.6f} {:>14.6f}\n", kPhaseNames[p], prefill.phase_s[p],
-                     decode.phase_s[p]);
-  }
-  o << "(phase times: slowest rank per phase; the step time is the slowest rank between the "
-       "synchronisations of each MoE layer)\n";
-  return o.str();
 }
 
 }  // namespace moe::runtime

@@ -8,10 +8,12 @@
 #include <array>
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
 
+#include "parallel/dispatcher.h"
 #include "parallel/placement.h"
 #include "runtime/analysis/hardware.h"
 #include "runtime/analysis/op_cost.h"
@@ -36,6 +38,9 @@ struct CostWorkload : Workload {
   // the spill exchange (parallel::Dispatcher).
   int64_t capacity_rows = 256;
   bool overlap = false;  // --overlap on: two micro-batches per step (several ranks)
+  // The exchange priced (parallel/dispatcher.h); unset: as the runtime picks it, hierarchical
+  // (node-first) when the ranks span several nodes of priced_ranks_per_node (op_cost.h).
+  std::optional<parallel::ExchangeKind> exchange = std::nullopt;
 };
 
 struct CostOptions {
@@ -50,12 +55,17 @@ struct StepCost {
   int64_t tokens = 0;                        // tokens in the step, whole job
   double balancedness = 1;                   // mean over layers of mean / max pairs per rank
   double remote_rows_per_token = 0;          // deduplicated rows sent to other ranks, per layer
-  double max_remote_bytes = 0;               // one MoE layer, dispatch + combine, busiest rank
-  bool sampled = false;                      // routing sampled (max_routed_tokens)
+  // The same rows by link (node-first: both levels' rows; the analysis's NodeTraffic).
+  double inter_node_rows_per_token = 0, intra_node_rows_per_token = 0;
+  double inter_node_bytes = 0;  // all ranks and MoE layers, dispatch + combine
+  double max_remote_bytes = 0;  // one MoE layer, dispatch + combine, busiest rank
+  bool sampled = false;         // routing sampled (max_routed_tokens)
 };
 
 struct CostPrediction {
   int num_ranks = 1;
+  int ranks_per_node = 1;  // nodes as priced (priced_ranks_per_node)
+  parallel::ExchangeKind exchange = parallel::ExchangeKind::kFlat;
   std::string hardware, placement, routing;
   double compute_share = 1;
   StepCost prefill, decode;  // decode: mean of one decode step
@@ -67,10 +77,11 @@ struct CostPrediction {
   std::string format() const;  // human table
 };
 
-// Predicts the workload. Synthetic routing (uniform, zipf, ...) is replayed token by token,
-// exactly as the run routes it; kind "router" (the model's own router on synthetic weights) is
-// modelled as uniform routing with the workload's seed. `placement` must be built for
-// num_ranks ranks.
+// Predicts the workload. The node-first exchange needs whole nodes (N a multiple of the ranks per
+// node), else moe::Error("config"). Synthetic routing (uniform, zipf, ...) is replayed token by
+// token, exactly as the run routes it; kind "router" (the model's own router on synthetic weights)
+// is modelled as uniform routing with the workload's seed. `placement` must be built for num_ranks
+// ranks.
 CostPrediction predict_cost(const ModelConfig& config, const CostWorkload& workload,
                             const parallel::Placement& placement, const HardwareProfile& hardware,
                             const CostOptions& options = {});

@@ -141,11 +141,11 @@ void read_overhead(const y::Doc& doc, HardwareProfile& h) {
 MeasuredComm read_measured(const y::Doc& doc, const YAML::Node& e, const std::string& p,
                            const std::vector<MeasuredComm>& earlier) {
   if (!e.IsMap()) y::fail(doc, e, p, "expected a mapping");
-  y::reject_unknown_keys(
-      doc, e,
-      {"ranks", "collective_us", "latency_us", "bandwidth_gbps", "sync_us", "compute_scale",
-       "ranks_per_node", "inter_latency_us", "inter_bandwidth_gbps"},
-      p);
+  y::reject_unknown_keys(doc, e,
+                         {"ranks", "collective_us", "latency_us", "bandwidth_gbps", "sync_us",
+                          "compute_scale", "ranks_per_node", "inter_latency_us",
+                          "inter_bandwidth_gbps", "node_collective_us", "node_sync_us"},
+                         p);
   MeasuredComm mc;
   const int64_t r = y::require<int64_t>(doc, e, "ranks", p + ".ranks");
   if (r < 1) y::fail(doc, e["ranks"], p + ".ranks", "must be >= 1");
@@ -169,8 +169,17 @@ MeasuredComm read_measured(const y::Doc& doc, const YAML::Node& e, const std::st
     mc.inter_link.latency_us = non_negative(doc, e, "inter_latency_us", p + ".inter_latency_us", 0);
     mc.inter_link.bandwidth_gbps =
         positive(doc, e, "inter_bandwidth_gbps", p + ".inter_bandwidth_gbps");
-  } else if (e["inter_bandwidth_gbps"] || e["inter_latency_us"]) {
-    y::fail(doc, e, p, "an inter-node link needs ranks_per_node (the nodes it was measured on)");
+    if (e["node_collective_us"]) {
+      mc.node_collective_overhead_us =
+          non_negative(doc, e, "node_collective_us", p + ".node_collective_us", 0);
+    }
+    if (e["node_sync_us"])
+      mc.node_sync_us = non_negative(doc, e, "node_sync_us", p + ".node_sync_us", 0);
+  } else if (e["inter_bandwidth_gbps"] || e["inter_latency_us"] || e["node_collective_us"] ||
+             e["node_sync_us"]) {
+    y::fail(doc, e, p,
+            "an inter-node link or node collective needs ranks_per_node (the nodes it was "
+            "measured on)");
   }
   return mc;
 }
@@ -197,6 +206,13 @@ void read_comm(const y::Doc& doc, HardwareProfile& h) {
 }
 
 }  // namespace
+
+const MeasuredComm* HardwareProfile::measured_for(int ranks) const {
+  for (const MeasuredComm& m : measured) {
+    if (m.ranks == ranks) return &m;
+  }
+  return nullptr;
+}
 
 void HardwareProfile::validate() const {
   const auto bad = [&](const char* key, double v) {
@@ -285,13 +301,19 @@ std::string hardware_profile_yaml(const HardwareProfile& h,
   if (!h.measured.empty()) {
     out << "  measured:\n";
     for (const MeasuredComm& m : h.measured) {
-      const std::string nodes =
+      std::string nodes =
           m.ranks_per_node > 0
               ? fmt::format(
                     ", ranks_per_node: {}, inter_latency_us: {:.6g}, "
                     "inter_bandwidth_gbps: {:.6g}",
                     m.ranks_per_node, m.inter_link.latency_us, m.inter_link.bandwidth_gbps)
               : std::string();
+      if (m.ranks_per_node > 0 && m.node_collective_overhead_us >= 0) {
+        nodes += fmt::format(", node_collective_us: {:.6g}", m.node_collective_overhead_us);
+      }
+      if (m.ranks_per_node > 0 && m.node_sync_us >= 0) {
+        nodes += fmt::format(", node_sync_us: {:.6g}", m.node_sync_us);
+      }
       out << fmt::format(
           "    - {{ranks: {}, collective_us: {:.6g}, latency_us: {:.6g}, bandwidth_gbps: "
           "{:.6g}, sync_us: {:.6g}, compute_scale: {:.4g}{}}}\n",

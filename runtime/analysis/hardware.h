@@ -36,7 +36,12 @@ struct MeasuredComm {
   // Calibrated across nodes: nodes of this many ranks, peers on another node priced with
   // inter_link and peers on this node with `link`. 0: one node (`link` for every peer).
   int ranks_per_node = 0;
-  LinkProfile inter_link;
+  LinkProfile inter_link{};
+  // Calibrated across nodes: one collective on a node's own communicator (the node-first
+  // exchange's second level), its fixed cost and its wait after compute. < 0: not measured, the
+  // job-wide collective_overhead_us and sync_us stand in.
+  double node_collective_overhead_us = -1;
+  double node_sync_us = -1;
 };
 
 struct HardwareProfile {
@@ -83,6 +88,8 @@ struct HardwareProfile {
   std::vector<MeasuredComm> measured;  // calibrate's per-rank-count entries
 
   bool is_cpu() const { return kind == "cpu"; }
+  // The measured entry for exactly `ranks` ranks, or nullptr.
+  const MeasuredComm* measured_for(int ranks) const;
   // Throws moe::Error("config") naming source and the bad key.
   void validate() const;
 };

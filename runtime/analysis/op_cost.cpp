@@ -17,10 +17,8 @@ double combine_roofline(const HardwareProfile& h, double weight_s, double flop_s
 }  // namespace
 
 double rank_compute_share(const HardwareProfile& h, int num_ranks, int threads) {
-  double scale = 1.0;
-  for (const MeasuredComm& m : h.measured) {
-    if (m.ranks == num_ranks) scale = m.compute_scale;
-  }
+  const MeasuredComm* m = h.measured_for(num_ranks);
+  const double scale = m != nullptr ? m->compute_scale : 1.0;
   if (!h.is_cpu()) return scale;
   const int local = std::max(1, std::min(num_ranks, h.ranks_per_node));
   const int t = threads > 0 ? threads : std::max(1, h.cores / local);
@@ -62,20 +60,37 @@ double memory_seconds(const HardwareProfile& h, double share, double bytes) {
   return bytes / (h.memory_bandwidth_gbps * kGiga * share) + h.launch_overhead_us * kMicro;
 }
 
+int priced_ranks_per_node(const HardwareProfile& h, int num_ranks) {
+  const MeasuredComm* m = h.measured_for(num_ranks);
+  if (m == nullptr) return h.ranks_per_node;
+  return m->ranks_per_node > 0 ? m->ranks_per_node : num_ranks;
+}
+
+double collective_overhead_seconds(const HardwareProfile& h, int num_ranks, CollectiveScope scope) {
+  const MeasuredComm* m = h.measured_for(num_ranks);
+  if (m == nullptr) return h.collective_overhead_us * kMicro;
+  const bool node = scope == CollectiveScope::kNode && m->node_collective_overhead_us >= 0;
+  return (node ? m->node_collective_overhead_us : m->collective_overhead_us) * kMicro;
+}
+
+double collective_sync_seconds(const HardwareProfile& h, int num_ranks, CollectiveScope scope) {
+  const MeasuredComm* m = h.measured_for(num_ranks);
+  if (m == nullptr) return 0;
+  const bool node = scope == CollectiveScope::kNode && m->node_sync_us >= 0;
+  return (node ? m->node_sync_us : m->sync_us) * kMicro;
+}
+
 double exchange_seconds(const HardwareProfile& h, int num_ranks, int rank,
-                        std::span<const double> send_bytes, std::span<const double> recv_bytes) {
+                        std::span<const double> send_bytes, std::span<const double> recv_bytes,
+                        CollectiveScope scope) {
   if (num_ranks <= 1) return 0;
-  const MeasuredComm* measured = nullptr;
-  for (const MeasuredComm& m : h.measured) {
-    if (m.ranks == num_ranks) measured = &m;
-  }
+  const MeasuredComm* measured = h.measured_for(num_ranks);
   // A measured entry prices its own nodes (one node unless it was calibrated across several).
   const bool two_level = measured != nullptr && measured->ranks_per_node > 0;
   const LinkProfile intra = measured ? measured->link : h.intra_node;
   const LinkProfile inter =
       two_level ? measured->inter_link : (measured ? measured->link : h.inter_node);
-  const double overhead = measured ? measured->collective_overhead_us : h.collective_overhead_us;
-  const int g = two_level ? measured->ranks_per_node : (measured ? num_ranks : h.ranks_per_node);
+  const int g = priced_ranks_per_node(h, num_ranks);
   const int node = rank / g;
   double send_intra = 0, recv_intra = 0, send_inter = 0, recv_inter = 0;
   int peers_intra = 0, peers_inter = 0;
@@ -92,7 +107,7 @@ double exchange_seconds(const HardwareProfile& h, int num_ranks, int rank,
                          std::max(send_intra, recv_intra) / (intra.bandwidth_gbps * kGiga);
   const double t_inter = peers_inter * inter.latency_us * kMicro +
                          std::max(send_inter, recv_inter) / (inter.bandwidth_gbps * kGiga);
-  return overhead * kMicro + std::max(t_intra, t_inter);
+  return collective_overhead_seconds(h, num_ranks, scope) + std::max(t_intra, t_inter);
 }
 
 }  // namespace moe::runtime

@@ -30,11 +30,25 @@ double gemm_seconds(const HardwareProfile& h, double share, int64_t rows, int64_
                     bool grouped = false);
 // Seconds of an element-wise op or copy moving `bytes` (read + write), launch included.
 double memory_seconds(const HardwareProfile& h, double share, double bytes);
+// Which communicator a collective runs on: the job's, or one node's ranks (the second level of
+// the node-first exchange, parallel/dispatcher.h).
+enum class CollectiveScope { kJob, kNode };
+
+// Ranks per node as the exchange is priced: a measured entry for num_ranks prices its own nodes
+// (one node of num_ranks unless it was calibrated across several), else comm.ranks_per_node.
+int priced_ranks_per_node(const HardwareProfile& h, int num_ranks);
+// Fixed cost of one collective of `scope` in a job of num_ranks ranks, and the extra wait of one
+// that follows compute (ranks time-sharing cores). A measured entry calibrated across nodes
+// carries both for the node's communicator; elsewhere the node's are the job's.
+double collective_overhead_seconds(const HardwareProfile& h, int num_ranks, CollectiveScope scope);
+double collective_sync_seconds(const HardwareProfile& h, int num_ranks, CollectiveScope scope);
 // Seconds of one all_to_all_v on `rank` of `num_ranks` that sends send_bytes[p] to and receives
-// recv_bytes[p] from each rank p (own entries ignored): the collective overhead, a latency per
-// peer exchanged with, and the larger direction over the link bandwidth; intra- and inter-node
-// peers proceed concurrently. A profile's measured entry for num_ranks replaces the link.
+// recv_bytes[p] from each rank p (job ranks; own entries ignored): the collective overhead of
+// `scope`, a latency per peer exchanged with, and the larger direction over the link bandwidth;
+// intra- and inter-node peers proceed concurrently. A profile's measured entry for num_ranks
+// replaces the links. A kNode exchange has peers on this rank's node only.
 double exchange_seconds(const HardwareProfile& h, int num_ranks, int rank,
-                        std::span<const double> send_bytes, std::span<const double> recv_bytes);
+                        std::span<const double> send_bytes, std::span<const double> recv_bytes,
+                        CollectiveScope scope = CollectiveScope::kJob);
 
 }  // namespace moe::runtime

@@ -111,8 +111,10 @@ int run_calibrate(const CalibrateArgs& a, bool model_given) {
         m.ranks, m.collective_overhead_us, m.link.latency_us, m.link.bandwidth_gbps, m.sync_us);
     if (m.ranks_per_node > 0) {
       fmt::print(
-          "  that link inside nodes of {} ranks; between nodes {:.1f} us per peer, {:.2f} GB/s\n",
-          m.ranks_per_node, m.inter_link.latency_us, m.inter_link.bandwidth_gbps);
+          "  that link inside nodes of {} ranks; between nodes {:.1f} us per peer, {:.2f} GB/s; "
+          "a node's own collective {:.1f} us, wait after compute {:.1f} us\n",
+          m.ranks_per_node, m.inter_link.latency_us, m.inter_link.bandwidth_gbps,
+          m.node_collective_overhead_us, m.node_sync_us);
     }
   }
   if (!a.json.empty()) write_json(a.json, r.samples);

@@ -29,6 +29,7 @@ struct PredictArgs {
   int ranks_per_node = 0;  // 0: the profile's comm.ranks_per_node
   int64_t max_routed_tokens = CostOptions{}.max_routed_tokens;
   std::optional<kernels::WireDtype> dispatch_dtype;
+  std::optional<parallel::ExchangeKind> exchange;  // unset: the runtime's rule
   bool overlap = false;
 };
 
@@ -44,18 +45,31 @@ std::string default_hardware(const RunConfig& rc) {
 }
 
 // --hostfile or --ranks-per-node: the nodes the ranks fill, which price intra- and inter-node
-// peers apart (HardwareProfile::ranks_per_node).
+// peers apart (HardwareProfile::ranks_per_node) and pick the exchange. A measured entry for the
+// rank count prices the nodes it was calibrated on, so it must agree.
 void apply_node_layout(const PredictArgs& a, HardwareProfile& hw) {
   MOE_CHECK_AS("config", a.hostfile.empty() || a.ranks_per_node == 0,
                "give --hostfile or --ranks-per-node, not both");
+  std::string flag;
   if (!a.hostfile.empty()) {
     const Hostfile hosts = load_hostfile(a.hostfile);
     hosts.check_ranks(a.ranks, fmt::format("--ranks {}", a.ranks));
     hw.ranks_per_node = hosts.slots_per_node();
+    flag = fmt::format("--hostfile {} (nodes of {})", a.hostfile, hw.ranks_per_node);
   } else if (a.ranks_per_node > 0) {
     parallel::node_layout_for_ranks_per_node(a.ranks, 0, a.ranks_per_node);
     hw.ranks_per_node = a.ranks_per_node;
+    flag = fmt::format("--ranks-per-node {}", a.ranks_per_node);
   }
+  const MeasuredComm* m = hw.measured_for(a.ranks);
+  const int measured_nodes =
+      m == nullptr ? 0 : (m->ranks_per_node > 0 ? m->ranks_per_node : a.ranks);
+  MOE_CHECK_AS(
+      "config",
+      flag.empty() || m == nullptr || measured_nodes == std::min(a.ranks, hw.ranks_per_node),
+      "{}: the profile {} measured {} ranks in nodes of {} (comm.measured); calibrate "
+      "on the nodes you predict, or leave the node flag out",
+      flag, hw.source, a.ranks, measured_nodes);
 }
 
 int run_predict(const PredictArgs& a, int rank) {
@@ -86,6 +100,7 @@ int run_predict(const PredictArgs& a, int rank) {
                         ? parallel::Dispatcher::kDeviceCapacityRows
                         : parallel::Dispatcher::kHostCapacityRows;
   w.overlap = a.overlap;
+  w.exchange = a.exchange;
   const std::string placement_name =
       !a.placement.empty() ? a.placement : (!rc.placement.empty() ? rc.placement : "contiguous");
   const parallel::Placement placement =
@@ -104,7 +119,6 @@ int run_predict(const PredictArgs& a, int rank) {
     j["model"] = config.name;
     j["config"] = rc.source;
     j["hardware_file"] = hw_path;
-    j["ranks_per_node"] = hw.ranks_per_node;
     j["workload"] = {{"num_sequences", w.num_sequences},
                      {"prompt_len", w.prompt_len},
                      {"decode_steps", w.decode_steps}};
@@ -141,6 +155,9 @@ Command add_predict_command(CLI::App& app, int world_rank) {
       ->check(at_least(1));
   add_choice(cmd, "--dispatch-dtype", a->dispatch_dtype, wire_dtype_choices(),
              "Wire type of the dispatched rows, as for run (default: the compute dtype)");
+  add_choice(cmd, "--exchange", a->exchange, exchange_choices(),
+             "Exchange to price, as for run: flat | hierarchical (node-first). Default: "
+             "hierarchical when the ranks span several nodes, else flat");
   add_choice<bool>(cmd, "--overlap", a->overlap, {{"on", true}, {"off", false}},
                    "Price two micro-batches per step, as run --overlap on: on | off (default off)");
   cmd->add_option("--json", a->json, "Also write the prediction as JSON to this file");

@@ -54,6 +54,11 @@ std::vector<std::pair<std::string, kernels::WireDtype>> wire_dtype_choices() {
           {"fp8", kernels::WireDtype::kFP8}};
 }
 
+std::vector<std::pair<std::string, parallel::ExchangeKind>> exchange_choices() {
+  return {{"flat", parallel::ExchangeKind::kFlat},
+          {"hierarchical", parallel::ExchangeKind::kHierarchical}};
+}
+
 CLI::Validator one_of(std::vector<std::string> choices) {
   const std::string list = fmt::format("{}", fmt::join(choices, " | "));
   return CLI::Validator(
@@ -89,14 +94,11 @@ void add_model_options(CLI::App* cmd, ModelOptions& o, bool model_required) {
              "Type of the rows dispatch sends to other ranks: fp32 | bf16 | fp8 (e4m3, one "
              "scale per 128 values; bf16 and fp8 need bf16 compute; combine returns bf16 then). "
              "Default: the compute dtype (docs/numerics.md)");
-  add_choice<parallel::ExchangeKind>(
-      cmd, "--exchange", o.exchange,
-      {{"flat", parallel::ExchangeKind::kFlat},
-       {"hierarchical", parallel::ExchangeKind::kHierarchical}},
-      "How rows reach other nodes: flat (straight to each destination rank) | "
-      "hierarchical (node-first: once per destination node, then inside it; the combine "
-      "sums inside the node first). Default: hierarchical when the ranks span several "
-      "nodes, else flat (docs/multinode.md)");
+  add_choice(cmd, "--exchange", o.exchange, exchange_choices(),
+             "How rows reach other nodes: flat (straight to each destination rank) | "
+             "hierarchical (node-first: once per destination node, then inside it; the combine "
+             "sums inside the node first). Default: hierarchical when the ranks span several "
+             "nodes, else flat (docs/multinode.md)");
   add_choice<bool>(cmd, "--overlap", o.overlap, {{"on", true}, {"off", false}},
                    "Run each step on several ranks as two micro-batches, one's exchange in flight "
                    "while the other computes: on | off (default off; docs/layout.md)");

@@ -75,5 +75,7 @@ std::vector<std::pair<std::string, kernels::BackendKind>> backend_choices();
 std::vector<std::pair<std::string, kernels::ComputeDtype>> compute_dtype_choices();
 std::vector<std::pair<std::string, parallel::CommKind>> comm_choices();
 std::vector<std::pair<std::string, kernels::WireDtype>> wire_dtype_choices();
+// --exchange: flat | hierarchical (run's and predict's).
+std::vector<std::pair<std::string, parallel::ExchangeKind>> exchange_choices();
 
 }  // namespace moe::runtime

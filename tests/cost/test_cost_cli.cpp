@@ -80,6 +80,20 @@ TEST(CostCli, PredictPricesTheNodesOfAHostfile) {
     return j.at("decode_step").at("phases").at("dispatch").get<double>();
   };
   EXPECT_GT(dispatch(j2), dispatch(j1)) << "two nodes cross the slower link";
+  // The exchange as a run picks it: node-first across nodes, flat on one; flat on request.
+  EXPECT_EQ(j1.at("exchange").get<std::string>(), "flat");
+  EXPECT_EQ(j2.at("exchange").get<std::string>(), "hierarchical");
+  auto flat = dir / "flat.json";
+  auto c = run(base + " --hostfile " + hosts.string() + " --exchange flat --json " + flat.string());
+  ASSERT_EQ(c.exit_code, 0) << c.err;
+  const auto j3 = nlohmann::json::parse(read_text(flat));
+  EXPECT_EQ(j3.at("exchange").get<std::string>(), "flat");
+  const auto inter = [](const nlohmann::json& j) {
+    return j.at("prefill").at("inter_node_rows_per_token").get<double>();
+  };
+  EXPECT_EQ(inter(j1), 0.0);
+  EXPECT_GT(inter(j3), inter(j2)) << "node-first crosses once per destination node";
+  EXPECT_GT(inter(j2), 0.9) << "nearly every token of tiny (top-8) reaches the other node";
 }
 
 TEST(CostCli, PlanPlotDrawsThePicture) {
@@ -157,6 +171,10 @@ TEST(CostCli, BadPredictAndCalibrateArgumentsGetOneLine) {
   auto dir = temp_dir("badargs");
   auto hw = dir / "hw.yaml";
   std::ofstream(hw) << kGoodProfile;
+  // Measured at 2 ranks on one node: nodes of 1 would contradict it.
+  auto measured = dir / "measured.yaml";
+  std::ofstream(measured) << kGoodProfile
+                          << "  measured:\n    - {ranks: 2, collective_us: 1, bandwidth_gbps: 5}\n";
   struct Case {
     std::string name, cmd;
     int exit_code;
@@ -180,6 +198,9 @@ TEST(CostCli, BadPredictAndCalibrateArgumentsGetOneLine) {
        1, "not both"},
       {"ranks_per_node_not_dividing", predict_cmd(hw.string(), "--ranks-per-node 3"), 1,
        "--ranks-per-node 3 does not divide the world size 2"},
+      {"nodes_against_measured", predict_cmd(measured.string(), "--ranks-per-node 1"), 1,
+       "measured 2 ranks in nodes of 2"},
+      {"bad_exchange", predict_cmd(hw.string(), "--exchange ring"), 2, "--exchange"},
       {"missing_hostfile", predict_cmd(hw.string(), "--hostfile " + (dir / "nohosts").string()), 1,
        "nohosts: cannot open it"},
       {"calibrate_no_out", moe_ep() + " calibrate", 2, "--out"},

@@ -94,21 +94,36 @@ TEST(CostModel, ExchangeIntraAndInterNode) {
               2e-6 + 500.5e-6, 1e-12);
 }
 
-ModelConfig two_expert_model() {
-  ModelConfig c = test::tiny_model("two", {.vocab = 16,
-                                           .hidden = 8,
-                                           .layers = 1,
-                                           .heads = 2,
-                                           .kv_heads = 1,
-                                           .head_dim = 4,
-                                           .intermediate = 16,
-                                           .moe_intermediate = 4,
-                                           .experts = 2,
-                                           .top_k = 2});  // every token uses both experts
+// One MoE layer of hidden 8 where every token uses every one of `experts` experts (top-k = E).
+ModelConfig all_experts_model(const std::string& name, int experts) {
+  ModelConfig c = test::tiny_model(name, {.vocab = 16,
+                                          .hidden = 8,
+                                          .layers = 1,
+                                          .heads = 2,
+                                          .kv_heads = 1,
+                                          .head_dim = 4,
+                                          .intermediate = 16,
+                                          .moe_intermediate = 4,
+                                          .experts = experts,
+                                          .top_k = experts});
   c.norm_topk_prob = true;
   c.max_position_embeddings = 64;
   c.validate();
   return c;
+}
+
+ModelConfig two_expert_model() {
+  return all_experts_model("two", 2);
+}
+
+// `sequences` sequences of 10 prompt tokens and one timed decode step, uniform routing.
+CostWorkload uniform_workload(int64_t sequences) {
+  CostWorkload w;
+  w.num_sequences = sequences;
+  w.prompt_len = 10;
+  w.decode_steps = 2;
+  w.routing.kind = "uniform";
+  return w;
 }
 
 TEST(CostModel, ExpertAndDispatchPhasesFollowTheRouting) {
@@ -118,11 +133,7 @@ TEST(CostModel, ExpertAndDispatchPhasesFollowTheRouting) {
   h.weight_read_gbps = 1e12;
   h.collective_overhead_us = 0;
   h.intra_node = {0, 1};  // 1 GB/s, no latency
-  CostWorkload w;
-  w.num_sequences = 2;
-  w.prompt_len = 10;
-  w.decode_steps = 2;
-  w.routing.kind = "uniform";
+  const CostWorkload w = uniform_workload(2);
 
   // One rank: both experts compute all 20 prefill tokens: 2 x 6 x 20 x H x I FLOP at 500 GFLOP/s.
   parallel::PlacementSpec spec;
@@ -189,13 +200,71 @@ TEST(CostModel, ExpertAndDispatchPhasesFollowTheRouting) {
   EXPECT_NEAR(waited.prefill.total_s - two.prefill.total_s, 200e-6, 1e-12);
 }
 
+// Node-first on 2 nodes x 2 ranks, every token on every rank (4 experts, top-4, expert e on rank
+// e): rank r sends each of its 10 prefill tokens once to its own node (itself) and once to the
+// rank of its local index on the other node (the proxy), which forwards it to both ranks there.
+TEST(CostModel, NodeFirstExchangeCrossesOncePerNode) {
+  const ModelConfig c = all_experts_model("four", 4);
+  HardwareProfile h = simple_gpu();
+  h.memory_bandwidth_gbps = 1e12;  // host work vanishes: the phases are the exchanges
+  h.weight_read_gbps = 1e12;
+  // Calibrated across 2 nodes of 2: job collective 10 us, the node's 3 us and 1 us of wait;
+  // inside a node 1 GB/s, between nodes 0.5 GB/s, no per-peer latency.
+  h.measured.push_back({4, 10, {0, 1}, 0, 1, 2, {0, 0.5}, 3, 1});
+  const CostWorkload w = uniform_workload(4);
+  parallel::PlacementSpec spec;
+  const parallel::Placement p = parallel::Placement::build(spec, c.moe_layers(), 4, 4);
+
+  const CostPrediction node_first = predict_cost(c, w, p, h);  // default: several nodes
+  EXPECT_EQ(node_first.exchange, parallel::ExchangeKind::kHierarchical);
+  EXPECT_EQ(node_first.ranks_per_node, 2);
+  // Per token: 1 row to the other node; inside nodes 1 row to the own node's other rank and 1
+  // forwarded by the proxy.
+  EXPECT_DOUBLE_EQ(node_first.prefill.inter_node_rows_per_token, 1.0);
+  EXPECT_DOUBLE_EQ(node_first.prefill.intra_node_rows_per_token, 2.0);
+  // A row is 8 fp32 (32 B) with 4 route entries (32 B) out and 32 B back: 40 rows cross.
+  EXPECT_DOUBLE_EQ(node_first.prefill.inter_node_bytes, 40 * 96);
+  // Rank 0 sends: level 1, 10 rows + routes to proxy 2 (640 B) and the 10 rows proxy 2 sent it
+  // back (320 B); level 2, as proxy, 20 rows + routes to rank 1 (1280 B) and 20 rows back (640 B).
+  EXPECT_DOUBLE_EQ(node_first.prefill.max_remote_bytes, 640 + 320 + 1280 + 640);
+  // Dispatch: level 1 (10 us + 640 B each way at 0.5 GB/s), level 2 (3 us + 1280 B at 1 GB/s, and
+  // 1 us of node wait). Combine: 320 B at 0.5 GB/s + 10 us, 640 B at 1 GB/s + 3 us + 1 us.
+  const auto phase = [](const StepCost& s, Phase ph) { return s.phase_s[static_cast<int>(ph)]; };
+  EXPECT_NEAR(phase(node_first.prefill, Phase::kDispatch), (10 + 1.28 + 3 + 1.28 + 1) * 1e-6,
+              1e-12);
+  EXPECT_NEAR(phase(node_first.prefill, Phase::kCombine), (10 + 0.64 + 3 + 0.64 + 1) * 1e-6, 1e-12);
+
+  CostWorkload flat_w = w;
+  flat_w.exchange = parallel::ExchangeKind::kFlat;
+  const CostPrediction flat = predict_cost(c, flat_w, p, h);
+  EXPECT_EQ(flat.exchange, parallel::ExchangeKind::kFlat);
+  EXPECT_DOUBLE_EQ(flat.prefill.inter_node_rows_per_token, 2.0);
+  EXPECT_DOUBLE_EQ(flat.prefill.intra_node_rows_per_token, 1.0);
+  EXPECT_DOUBLE_EQ(flat.prefill.inter_node_bytes, 80 * 96);
+  EXPECT_DOUBLE_EQ(flat.prefill.max_remote_bytes, 3 * 640 + 3 * 320);
+  // One collective each way: 640 B to the node's other rank at 1 GB/s beside 1280 B to the
+  // other node at 0.5 GB/s; back 320 B beside 640 B.
+  EXPECT_NEAR(phase(flat.prefill, Phase::kDispatch), (10 + 2.56) * 1e-6, 1e-12);
+  EXPECT_NEAR(phase(flat.prefill, Phase::kCombine), (10 + 1.28) * 1e-6, 1e-12);
+
+  // The node-first exchange needs whole nodes.
+  HardwareProfile odd = simple_gpu();
+  odd.ranks_per_node = 3;
+  try {
+    predict_cost(c, w, p, odd);
+    ADD_FAILURE() << "4 ranks in nodes of 3 priced node-first";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("do not fill nodes of 3"), std::string::npos) << e.what();
+  }
+}
+
 TEST(HardwareProfile, WrittenProfileReadsBack) {
   HardwareProfile h = simple_gpu();
   h.kind = "cpu";
   h.cores = 2;
   h.gemm_table = {{1, 5}, {4, 9.5}};
   h.measured.push_back({2, 3, {0, 4}, 250, 0.8});
-  h.measured.push_back({4, 3, {0, 4}, 250, 0.8, 2, {7, 0.25}});  // across two nodes
+  h.measured.push_back({4, 3, {0, 4}, 250, 0.8, 2, {7, 0.25}, 1.5, 0});  // across two nodes
   const auto path = std::filesystem::temp_directory_path() / "moe_cost_profile.yaml";
   std::ofstream(path) << hardware_profile_yaml(h, {"test"});
   const HardwareProfile r = load_hardware_profile(path.string());
@@ -209,6 +278,9 @@ TEST(HardwareProfile, WrittenProfileReadsBack) {
   EXPECT_EQ(r.measured[1].ranks_per_node, 2);
   EXPECT_DOUBLE_EQ(r.measured[1].inter_link.latency_us, 7);
   EXPECT_DOUBLE_EQ(r.measured[1].inter_link.bandwidth_gbps, 0.25);
+  EXPECT_DOUBLE_EQ(r.measured[1].node_collective_overhead_us, 1.5);
+  EXPECT_DOUBLE_EQ(r.measured[1].node_sync_us, 0);
+  EXPECT_LT(r.measured[0].node_collective_overhead_us, 0);  // one node: none written, none read
   EXPECT_DOUBLE_EQ(r.measured[0].sync_us, 250);
   EXPECT_DOUBLE_EQ(r.measured[0].compute_scale, 0.8);
   EXPECT_DOUBLE_EQ(r.inter_node.latency_us, 5);
