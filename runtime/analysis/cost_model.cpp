@@ -378,6 +378,9 @@ class StepModel {
     std::vector<double> send_msg(N_), recv_msg(N_), send_back(N_), recv_back(N_), cnt(N_);
     LevelTimes t;
     bool spill = false;
+    const int64_t capacity = over_shared_arena(h_, N_, scope)
+                                 ? parallel::Dispatcher::kSharedCapacityRows
+                                 : w_.capacity_rows;
     for (int p = 0; p < N_; ++p) {
       t.sent_rows += rows[r][p];
       t.recv_rows += rows[p][r];
@@ -389,7 +392,7 @@ class StepModel {
       send_back[p] = rows[p][r] * back_row;  // rows received go back
       recv_back[p] = rows[r][p] * back_row;
       t.remote_bytes += send_msg[p] + send_back[p];
-      spill |= rows[r][p] > w_.capacity_rows || rows[p][r] > w_.capacity_rows;
+      spill |= rows[r][p] > capacity || rows[p][r] > capacity;
     }
     t.own_rows = rows[r][r];
     t.dispatch_comm = exchange_seconds(h_, N_, r, send_msg, recv_msg, scope) +

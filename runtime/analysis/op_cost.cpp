@@ -80,10 +80,17 @@ double collective_sync_seconds(const HardwareProfile& h, int num_ranks, Collecti
   return (node ? m->node_sync_us : m->sync_us) * kMicro;
 }
 
+bool over_shared_arena(const HardwareProfile& h, int num_ranks, CollectiveScope scope) {
+  return h.kind == "cpu" && num_ranks > 1 &&
+         (scope == CollectiveScope::kNode || priced_ranks_per_node(h, num_ranks) >= num_ranks);
+}
+
 double exchange_seconds(const HardwareProfile& h, int num_ranks, int rank,
                         std::span<const double> send_bytes, std::span<const double> recv_bytes,
                         CollectiveScope scope) {
   if (num_ranks <= 1) return 0;
+  if (over_shared_arena(h, num_ranks, scope))
+    return collective_overhead_seconds(h, num_ranks, scope);
   const MeasuredComm* measured = h.measured_for(num_ranks);
   // A measured entry prices its own nodes (one node unless it was calibrated across several).
   const bool two_level = measured != nullptr && measured->ranks_per_node > 0;

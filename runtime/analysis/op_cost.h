@@ -42,11 +42,16 @@ int priced_ranks_per_node(const HardwareProfile& h, int num_ranks);
 // carries both for the node's communicator; elsewhere the node's are the job's.
 double collective_overhead_seconds(const HardwareProfile& h, int num_ranks, CollectiveScope scope);
 double collective_sync_seconds(const HardwareProfile& h, int num_ranks, CollectiveScope scope);
+// True when the exchange of `scope` goes through a node-shared arena (parallel::SharedArena): a
+// CPU job's communicator whose ranks all share one node (the whole job on one node, or a node's
+// own level of the node-first exchange). The pack is then the transfer: no bytes cross a link.
+bool over_shared_arena(const HardwareProfile& h, int num_ranks, CollectiveScope scope);
 // Seconds of one all_to_all_v on `rank` of `num_ranks` that sends send_bytes[p] to and receives
 // recv_bytes[p] from each rank p (job ranks; own entries ignored): the collective overhead of
 // `scope`, a latency per peer exchanged with, and the larger direction over the link bandwidth;
 // intra- and inter-node peers proceed concurrently. A profile's measured entry for num_ranks
-// replaces the links. A kNode exchange has peers on this rank's node only.
+// replaces the links. A kNode exchange has peers on this rank's node only. Over a shared arena
+// only the overhead is left (the receivers read the rows in place, priced with their readers).
 double exchange_seconds(const HardwareProfile& h, int num_ranks, int rank,
                         std::span<const double> send_bytes, std::span<const double> recv_bytes,
                         CollectiveScope scope = CollectiveScope::kJob);

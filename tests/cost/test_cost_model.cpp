@@ -94,6 +94,27 @@ TEST(CostModel, ExchangeIntraAndInterNode) {
               2e-6 + 500.5e-6, 1e-12);
 }
 
+// A CPU job on one node exchanges through the shared arena: only the collective's fixed cost,
+// whatever the bytes; across nodes the job's exchange pays its links, a node's own does not.
+TEST(CostModel, ExchangeOverTheSharedArenaCostsTheOverheadOnly) {
+  HardwareProfile h = simple_gpu();
+  h.kind = "cpu";
+  h.ranks_per_node = 4;
+  const std::vector<double> b = {0, 1e6, 1e6, 1e6};
+  EXPECT_TRUE(over_shared_arena(h, 4, CollectiveScope::kJob));
+  EXPECT_NEAR(exchange_seconds(h, 4, 0, b, b), 10e-6, 1e-12);
+  h.ranks_per_node = 2;
+  EXPECT_FALSE(over_shared_arena(h, 4, CollectiveScope::kJob));
+  EXPECT_NEAR(exchange_seconds(h, 4, 0, b, b), 10e-6 + 2010e-6, 1e-12);
+  EXPECT_TRUE(over_shared_arena(h, 4, CollectiveScope::kNode));
+  EXPECT_NEAR(exchange_seconds(h, 4, 0, std::vector<double>{0, 1e6, 0, 0},
+                               std::vector<double>{0, 1e6, 0, 0}, CollectiveScope::kNode),
+              collective_overhead_seconds(h, 4, CollectiveScope::kNode), 1e-12);
+  h.kind = "gpu";  // NCCL moves the bytes
+  EXPECT_FALSE(over_shared_arena(h, 4, CollectiveScope::kNode));
+  EXPECT_FALSE(over_shared_arena(h, 1, CollectiveScope::kJob));
+}
+
 // One MoE layer of hidden 8 where every token uses every one of `experts` experts (top-k = E).
 ModelConfig all_experts_model(const std::string& name, int experts) {
   ModelConfig c = test::tiny_model(name, {.vocab = 16,
