@@ -67,7 +67,9 @@ def main(src, out):
                  for ph in PHASES]
         lines.append(f"| {point} | " + " | ".join(cells) + " |")
         traffic = run["metrics"]["traffic"]
-        if "bytes_sent_inter_node" in traffic and "inter_node_bytes" in pred["prefill"]:
+        # One node: nothing crosses, nothing to compare.
+        if "bytes_sent_inter_node" in traffic and "inter_node_bytes" in pred["prefill"] and (
+                traffic["bytes_sent_inter_node"] > 0 or pred["prefill"]["inter_node_bytes"] > 0):
             predicted = (pred["prefill"]["inter_node_bytes"] +
                          pred["timed_decode_steps"] * pred["decode_step"]["inter_node_bytes"])
             bytes_lines.append(f"| {point} | {pred.get('exchange', '?')} | "
