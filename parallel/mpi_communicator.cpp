@@ -114,12 +114,7 @@ class MpiCommunicator final : public Communicator {
                  "node communicator: rank {} of {}, but the node layout says {} of {}", rank_,
                  size_, layout_.local_rank, layout_.local_size);
     // A node of --ranks-per-node on one machine shares memory too; one of MPI's always does.
-    MPI_Comm shared = MPI_COMM_NULL;
-    MOE_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &shared));
-    int shared_size = 0;
-    MOE_MPI_CHECK(MPI_Comm_size(shared, &shared_size));
-    MOE_MPI_CHECK(MPI_Comm_free(&shared));
-    node_shared_ = shared_size == size_;
+    node_shared_ = split_shared().size == size_;
   }
 
   ~MpiCommunicator() override {
@@ -457,22 +452,34 @@ class MpiCommunicator final : public Communicator {
               op, options_.timeout_s, rank_);
   }
 
+  // The ranks of this communicator that share this rank's memory (MPI_Comm_split_type): how
+  // many, and the lowest rank among them. Collective.
+  struct SharedGroup {
+    int size = 1, leader = 0;
+  };
+  SharedGroup split_shared() {
+    MPI_Comm shared = MPI_COMM_NULL;
+    MOE_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &shared));
+    SharedGroup g;
+    g.leader = rank_;
+    MOE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &g.leader, 1, MPI_INT, MPI_MIN, shared));
+    MOE_MPI_CHECK(MPI_Comm_size(shared, &g.size));
+    MOE_MPI_CHECK(MPI_Comm_free(&shared));
+    return g;
+  }
+
   // Nodes: MPI's shared-memory split gives each rank its node (ranks that can share memory); the
   // lowest world rank of each node labels it. --ranks-per-node replaces this with fixed blocks.
   // Runs once at construction, before any rank can have failed a collective.
   // Also sets node_shared_ (every rank of the world shares this rank's memory), even when
   // --ranks-per-node pretends otherwise.
   NodeLayout detect_node_layout() {
-    MPI_Comm shared = MPI_COMM_NULL;
-    MOE_MPI_CHECK(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &shared));
-    int leader = rank_, shared_size = 0;
-    MOE_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &leader, 1, MPI_INT, MPI_MIN, shared));
-    MOE_MPI_CHECK(MPI_Comm_size(shared, &shared_size));
-    MOE_MPI_CHECK(MPI_Comm_free(&shared));
-    node_shared_ = shared_size == size_;
+    const SharedGroup shared = split_shared();
+    node_shared_ = shared.size == size_;
     if (options_.ranks_per_node > 0) {
       return node_layout_for_ranks_per_node(size_, rank_, options_.ranks_per_node);
     }
+    int leader = shared.leader;
     std::vector<int> leaders(static_cast<size_t>(size_));
     all_gather_raw(&leader, sizeof(int), leaders.data(), leaders.size() * sizeof(int));
     return node_layout_from_ids(leaders, rank_, "from MPI_Comm_split_type");

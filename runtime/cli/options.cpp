@@ -55,8 +55,11 @@ std::vector<std::pair<std::string, kernels::WireDtype>> wire_dtype_choices() {
 }
 
 std::vector<std::pair<std::string, parallel::ExchangeKind>> exchange_choices() {
-  return {{"flat", parallel::ExchangeKind::kFlat},
-          {"hierarchical", parallel::ExchangeKind::kHierarchical}};
+  std::vector<std::pair<std::string, parallel::ExchangeKind>> choices;
+  for (auto kind : {parallel::ExchangeKind::kFlat, parallel::ExchangeKind::kHierarchical}) {
+    choices.emplace_back(parallel::exchange_kind_name(kind), kind);
+  }
+  return choices;
 }
 
 CLI::Validator one_of(std::vector<std::string> choices) {
