@@ -2,13 +2,23 @@
 #include "kernels/cpu/host.h"
 
 #include <cblas.h>
+#include <sched.h>
 
+#include <algorithm>
 #include <chrono>
 #include <random>
+#include <thread>
 
 #include "kernels/common/check.h"
 
 namespace moe::kernels {
+
+int usable_cores() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
 
 void set_host_threads(int num_threads) {
   openblas_set_num_threads(num_threads < 1 ? 1 : num_threads);

@@ -1,12 +1,16 @@
-// Host-side helpers the runtime uses without reaching into a backend: this process's compute
-// threads (BLAS and the CPU backend's loops), argmax over host logits, and the plain sgemm rate
-// `moe-ep run` reports the forward's GFLOP/s against.
+// Host-side helpers the runtime uses without reaching into a backend: the cores this process may
+// run on, its compute threads (BLAS and the CPU backend's loops), argmax over host logits, and the
+// plain sgemm rate `moe-ep run` reports the forward's GFLOP/s against.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
 namespace moe::kernels {
+
+// The cores this process may run on: its CPU affinity mask (taskset, mpirun --bind-to, a Slurm
+// cpuset, a container's cpu set), not the machine's count. At least 1.
+int usable_cores();
 
 void set_host_threads(int num_threads);
 int host_threads();

@@ -48,24 +48,6 @@ double time_call(F&& fn, double min_s = 0.05) {
   return best;
 }
 
-struct Fit {
-  double intercept = 0, slope = 0;
-};
-Fit least_squares(const std::vector<double>& x, const std::vector<double>& y) {
-  const double n = static_cast<double>(x.size());
-  const double mx = std::accumulate(x.begin(), x.end(), 0.0) / n;
-  const double my = std::accumulate(y.begin(), y.end(), 0.0) / n;
-  double sxy = 0, sxx = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    sxy += (x[i] - mx) * (y[i] - my);
-    sxx += (x[i] - mx) * (x[i] - mx);
-  }
-  Fit f;
-  f.slope = sxx > 0 ? sxy / sxx : 0;
-  f.intercept = my - f.slope * mx;
-  return f;
-}
-
 std::vector<bf16> random_bf16(size_t n, uint32_t seed) {
   std::mt19937 rng(seed);
   std::uniform_real_distribution<float> u(-0.05f, 0.05f);
@@ -321,7 +303,7 @@ LinkProfile measure_link(parallel::Communicator& comm, Timed& timed, double t_co
     ys.push_back(t);
     samples[label].push_back({{"bytes_per_peer", bytes}, {"ranks", N}, {"peers", peers}, {"s", t}});
   }
-  const Fit f = least_squares(xs, ys);
+  const LineFit f = relative_least_squares(xs, ys);
   LinkProfile link;
   link.bandwidth_gbps = f.slope > 0 ? 1e-9 / f.slope : 1e3;
   link.latency_us = std::max(0.0, (f.intercept - t_counts) / std::max(1, peers)) * 1e6;
@@ -466,14 +448,39 @@ double measure_compute_scale(kernels::Backend& be, parallel::Communicator& comm,
   std::sort(trials.begin(), trials.end());
   const std::vector<double> together{trials[1]};
   kernels::set_host_threads(saved);
+  // The share this job's layout gives a rank (its node's ranks on its node's cores), so that
+  // share x scale = alone / together whatever the layout.
   HardwareProfile plain = h;
   plain.measured.clear();
+  plain.ranks_per_node = comm.node_layout().local_size;
   const double share = rank_compute_share(plain, comm.size(), threads);
   samples["compute_scale"] = {{"alone_s", alone[0]}, {"together_s", together[0]}, {"share", share}};
   return std::clamp(alone[0] / together[0] / share, 0.05, 2.0);
 }
 
 }  // namespace
+
+LineFit relative_least_squares(const std::vector<double>& x, const std::vector<double>& y) {
+  double sw = 0, swx = 0, swy = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double w = y[i] > 0 ? 1.0 / (y[i] * y[i]) : 0.0;
+    sw += w;
+    swx += w * x[i];
+    swy += w * y[i];
+  }
+  LineFit f;
+  if (sw <= 0) return f;
+  const double mx = swx / sw, my = swy / sw;
+  double sxy = 0, sxx = 0;
+  for (size_t i = 0; i < x.size(); ++i) {
+    const double w = y[i] > 0 ? 1.0 / (y[i] * y[i]) : 0.0;
+    sxy += w * (x[i] - mx) * (y[i] - my);
+    sxx += w * (x[i] - mx) * (x[i] - mx);
+  }
+  f.slope = sxx > 0 ? sxy / sxx : 0;
+  f.intercept = my - f.slope * mx;
+  return f;
+}
 
 CalibrateResult calibrate(kernels::Backend& backend, parallel::Communicator& comm,
                           const ModelConfig& shapes, const HardwareProfile& base,
@@ -483,10 +490,7 @@ CalibrateResult calibrate(kernels::Backend& backend, parallel::Communicator& com
   HardwareProfile& h = r.profile;
   h.name = o.name;
   h.kind = backend.is_host_memory() ? "cpu" : "gpu";
-  h.cores = h.is_cpu() ? (o.cores > 0
-                              ? o.cores
-                              : static_cast<int>(std::max(1u, std::thread::hardware_concurrency())))
-                       : 0;
+  h.cores = h.is_cpu() ? (o.cores > 0 ? o.cores : kernels::usable_cores()) : 0;
   // One node: every rank of a calibrated CPU job shares its cores.
   if (h.is_cpu()) h.ranks_per_node = std::max(h.ranks_per_node, 64);
   if (o.measure_compute) {

@@ -7,6 +7,7 @@
 
 #include <nlohmann/json.hpp>
 #include <string>
+#include <vector>
 
 #include "kernels/backend.h"
 #include "parallel/communicator.h"
@@ -18,7 +19,7 @@ namespace moe::runtime {
 struct CalibrateOptions {
   bool measure_compute = true;  // false: keep `base`'s compute and memory (--merge)
   int threads = 1;              // host threads while measuring compute
-  int cores = 0;                // CPU cores of the node (0: std::thread::hardware_concurrency)
+  int cores = 0;                // CPU cores of the node (0: the cores this process may run on)
   std::string name = "this-machine";
 };
 
@@ -26,6 +27,15 @@ struct CalibrateResult {
   HardwareProfile profile;
   nlohmann::json samples;  // every raw measurement, for the record
 };
+
+// y = intercept + slope x by least squares on the relative residual (weights 1 / y^2), as the
+// link probes fit time = latency + bytes / bandwidth over sizes spanning three orders of
+// magnitude: a plain fit lets the largest transfers decide the intercept, so their noise swung
+// the latency between 0 and 150 us from one calibration to the next.
+struct LineFit {
+  double intercept = 0, slope = 0;
+};
+LineFit relative_least_squares(const std::vector<double>& x, const std::vector<double>& y);
 
 // Collective (every rank calls it). `shapes` gives the GEMM shapes to probe (hidden, expert
 // width, experts, heads); `base` supplies what is not measured (compute with --merge, and the

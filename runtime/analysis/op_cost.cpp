@@ -20,7 +20,7 @@ double rank_compute_share(const HardwareProfile& h, int num_ranks, int threads) 
   const MeasuredComm* m = h.measured_for(num_ranks);
   const double scale = m != nullptr ? m->compute_scale : 1.0;
   if (!h.is_cpu()) return scale;
-  const int local = std::max(1, std::min(num_ranks, h.ranks_per_node));
+  const int local = std::max(1, std::min(num_ranks, priced_ranks_per_node(h, num_ranks)));
   const int t = threads > 0 ? threads : std::max(1, h.cores / local);
   return scale * t * std::min(1.0, static_cast<double>(h.cores) / (static_cast<double>(local) * t));
 }

@@ -138,7 +138,9 @@ Command add_calibrate_command(CLI::App& app) {
   cmd->add_option("--name", a->name, "Profile name (default this-machine)");
   cmd->add_option("--threads", a->threads, "Host threads while measuring compute (default 1)")
       ->check(at_least(1));
-  cmd->add_option("--cores", a->cores, "CPU cores the ranks share (default: this machine's)")
+  cmd->add_option(
+         "--cores", a->cores,
+         "CPU cores the ranks of a node share (default: the cores this process may run on)")
       ->check(at_least(1));
   add_choice(cmd, "--backend", a->backend, backend_choices(), "Backend to measure: cpu | cuda");
   cmd->add_option("--timeout", a->timeout_s, "Collective timeout in seconds")

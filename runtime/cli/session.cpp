@@ -8,7 +8,6 @@
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
-#include <thread>
 
 #include "kernels/common/check.h"
 #include "kernels/cpu/host.h"
@@ -24,7 +23,7 @@ int default_threads(int ranks_on_node) {
   if (const char* s = std::getenv("OPENBLAS_NUM_THREADS")) {
     if (std::atoi(s) > 0) return std::atoi(s);
   }
-  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  const int cores = kernels::usable_cores();
   return std::max(1, cores / std::max(1, ranks_on_node));
 }
 

@@ -11,6 +11,7 @@
 
 #include "kernels/common/check.h"
 #include "kernels/common/hash.h"
+#include "kernels/cpu/host.h"
 #include "runtime/io/weights.h"
 
 namespace moe::runtime {
@@ -69,9 +70,8 @@ class SyntheticWeights final : public WeightSource {
     // Elements are independent, so large tensors are filled by every core of the machine,
     // whatever the BLAS thread setting: the 61 GB of Qwen3-30B-A3B in seconds, not minutes.
     constexpr int64_t kMinChunk = int64_t{1} << 16;
-    const int64_t workers =
-        std::min<int64_t>(static_cast<int64_t>(std::max(1u, std::thread::hardware_concurrency())),
-                          (numel + kMinChunk - 1) / kMinChunk);
+    const int64_t workers = std::min<int64_t>(static_cast<int64_t>(kernels::usable_cores()),
+                                              (numel + kMinChunk - 1) / kMinChunk);
     if (workers <= 1) {
       fill(0, numel);
     } else {

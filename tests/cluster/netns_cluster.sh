@@ -4,6 +4,10 @@
 # others by veth links to a bridge in a hub namespace (addresses 10.254.0.1.. exist only inside
 # these namespaces). Open MPI starts its remote daemons through a launch agent that enters the
 # node's namespace instead of ssh (plm_rsh_agent); TCP between nodes, shared memory within one.
+# Each node gets its own CPUs, as a real host has (this process's CPUs split evenly, taskset on
+# the node's daemon, hence on its ranks), when there are at least as many CPUs as nodes; with
+# fewer, the nodes share them all. Unconfined, two nodes' ranks on shared cores run in step or
+# not as the scheduler happens to place them, for seconds at a time.
 #
 #   netns_cluster.sh up DIR NODES SLOTS    make the namespaces; DIR (new, empty) keeps the state
 #   netns_cluster.sh mpirun DIR ARGS...    mpirun ARGS across the nodes (from node0), SLOTS per node
@@ -59,6 +63,15 @@ cmd_up() {
   echo "$prefix" >"$dir/prefix"
   echo "$nodes" >"$dir/nodes"
   echo "$slots" >"$dir/slots"
+  local cpus=() per
+  mapfile -t cpus < <(taskset -pc $$ | sed 's/.*: //' | tr ',' '\n' |
+    awk -F- '{ for (c = $1; c <= ($2 == "" ? $1 : $2); ++c) print c }')
+  per=$((${#cpus[@]} / nodes))
+  # A node with fewer CPUs than ranks: Open MPI's waits yield (it does so itself only when the
+  # hostfile's slots are oversubscribed, and here they are not).
+  local yield=0
+  if (((per > 0 ? per : ${#cpus[@]}) < slots)); then yield=1; fi
+  echo "$yield" >"$dir/yield"
   set -e
   trap 'cmd_down "$dir"' ERR
   ip netns exec "$hub" ip link add br0 type bridge
@@ -81,12 +94,18 @@ cmd_up() {
     ip netns exec "$ns" ip addr add "10.254.0.$((k + 1))/16" dev "$prefix-e$k"
     ip netns exec "$ns" ip link set "$prefix-e$k" up
     echo "node$k slots=$slots" >>"$dir/hostfile"
+    if ((per > 0)); then
+      local mine="${cpus[*]:$((k * per)):per}"
+      echo "${mine// /,}" >"$dir/cpus_node$k"
+    else
+      taskset -pc $$ | sed 's/.*: //' >"$dir/cpus_node$k"
+    fi
   done
   # The launch agent Open MPI calls as `agent HOST CMD...` in place of ssh.
   cat >"$dir/agent" <<EOF
 #!/bin/sh
 host="\$1"; shift
-exec ip netns exec "$prefix-\$host" unshare --uts /bin/sh -c 'hostname "\$0"; exec /bin/sh -c "\$1"' "\$host" "\$*"
+exec taskset -c "\$(cat "$dir/cpus_\$host")" ip netns exec "$prefix-\$host" unshare --uts /bin/sh -c 'hostname "\$0"; exec /bin/sh -c "\$1"' "\$host" "\$*"
 EOF
   chmod +x "$dir/agent"
   trap - ERR
@@ -97,7 +116,8 @@ EOF
 as_host() {
   local dir="$1" host="$2"
   shift 2
-  exec ip netns exec "$(state "$dir" prefix)-$host" unshare --uts /bin/sh -c \
+  exec taskset -c "$(state "$dir" "cpus_$host")" ip netns exec "$(state "$dir" prefix)-$host" \
+    unshare --uts /bin/sh -c \
     'hostname "$0"; exec "$@"' "$host" "$@"
 }
 
@@ -105,9 +125,11 @@ cmd_mpirun() {
   local dir="$1"
   shift
   [[ -f "$dir/prefix" ]] || die "no cluster in $dir (run up first)"
-  as_host "$dir" node0 mpirun --allow-run-as-root --oversubscribe --hostfile "$dir/hostfile" \
+  as_host "$dir" node0 mpirun --allow-run-as-root --oversubscribe --bind-to none \
+    --hostfile "$dir/hostfile" \
     --mca plm_rsh_agent "$dir/agent" --mca oob_tcp_if_include 10.254.0.0/16 \
-    --mca btl_tcp_if_include 10.254.0.0/16 --mca btl self,vader,tcp "$@"
+    --mca btl_tcp_if_include 10.254.0.0/16 --mca btl self,vader,tcp \
+    --mca mpi_yield_when_idle "$(state "$dir" yield)" "$@"
 }
 
 case "${1:-}" in

@@ -1,7 +1,7 @@
 // The cost model's arithmetic on cases small enough to compute by hand: compute share of ranks
 // on shared cores, GEMM roofline / sum / measured table, exchanges over one or two nodes, and a
 // whole prediction whose expert and dispatch phases follow from the routing exactly (top-k = E,
-// so every token uses every expert).
+// so every token uses every expert); the link fit calibrate uses.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "kernels/common/check.h"
+#include "runtime/analysis/calibrate.h"
 #include "runtime/analysis/cost_model.h"
 #include "runtime/analysis/hardware.h"
 #include "tests/common/tiny_model.h"
@@ -46,6 +47,32 @@ TEST(CostModel, CpuRanksBeyondCoresTimeShare) {
   EXPECT_DOUBLE_EQ(rank_compute_share(h, 4, 1), 0.5);  // 4 ranks on 2 cores
   EXPECT_DOUBLE_EQ(rank_compute_share(h, 1, 0), 2.0);  // default threads: cores / ranks
   EXPECT_DOUBLE_EQ(rank_compute_share(h, 1, 4), 2.0);  // 4 threads on 2 cores
+  // Calibrated across nodes of 2 ranks: a rank shares its node's cores with 1 other, not 3.
+  h.cores = 1;
+  MeasuredComm across;
+  across.ranks = 4;
+  across.ranks_per_node = 2;
+  across.compute_scale = 0.8;
+  h.measured = {across};
+  EXPECT_DOUBLE_EQ(rank_compute_share(h, 4, 1), 0.5 * 0.8);
+  h.measured.clear();
+  EXPECT_DOUBLE_EQ(rank_compute_share(h, 4, 1), 0.25);  // one node of 64: all 4 on 1 core
+}
+
+TEST(CostModel, LinkFitKeepsTheLatencyWhenLargeTransfersAreNoisy) {
+  // time = 20 us + bytes / 1 GB/s at calibrate's sizes (x 1 peer).
+  const std::vector<double> x = {4096, 65536, 524288, 2097152, 8388608};
+  std::vector<double> y;
+  for (double b : x) y.push_back(20e-6 + b * 1e-9);
+  LineFit f = relative_least_squares(x, y);
+  EXPECT_NEAR(f.intercept, 20e-6, 1e-9);
+  EXPECT_NEAR(f.slope, 1e-9, 1e-15);
+  // The 8 MiB transfer 5% slower (one noisy sweep): the latency moves by under 1 us, where an
+  // unweighted fit moves it by 30 us (to below zero).
+  y.back() *= 1.05;
+  f = relative_least_squares(x, y);
+  EXPECT_NEAR(f.intercept, 20e-6, 1e-6);
+  EXPECT_NEAR(f.slope, 1e-9, 0.1e-9);
 }
 
 TEST(CostModel, GemmRooflineSumAndTable) {

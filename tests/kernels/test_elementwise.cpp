@@ -1,10 +1,12 @@
 // Row-wise ops against the reference: embedding, RMSNorm, RoPE (plus a hand-computed pin of the
-// reference RoPE itself), SiLU*up, residual add, row gather, argmax.
+// reference RoPE itself), SiLU*up, residual add, row gather, argmax; the usable cores.
 #include <gtest/gtest.h>
+#include <sched.h>
 
 #include <cmath>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "kernel_test_util.h"
@@ -213,6 +215,25 @@ TEST(Argmax, ReturnsFirstOfEqualMaxima) {
   std::vector<float> neg = {-5.0f, -1.0f, -1.0f};
   EXPECT_EQ(kernels::argmax(neg.data(), neg.size()), 1);
   EXPECT_THROW(kernels::argmax(x.data(), 0), moe::Error);
+}
+
+TEST(UsableCores, FollowTheAffinityMaskNotTheMachine) {
+  const int all = usable_cores();
+  EXPECT_GE(all, 1);
+  EXPECT_LE(all, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())));
+  int confined = 0;
+  std::thread([&] {  // affinity is per thread: confine a fresh one to its first allowed CPU
+    cpu_set_t set;
+    ASSERT_EQ(sched_getaffinity(0, sizeof(set), &set), 0);
+    int first = 0;
+    while (!CPU_ISSET(first, &set)) ++first;
+    CPU_ZERO(&set);
+    CPU_SET(first, &set);
+    ASSERT_EQ(sched_setaffinity(0, sizeof(set), &set), 0);
+    confined = usable_cores();
+  })
+      .join();
+  EXPECT_EQ(confined, 1);
 }
 
 TEST(Argmax, IsTheFirstLargestOnRandomVectors) {
