@@ -13,11 +13,26 @@
 
 namespace moe::kernels {
 
+static_assert(kMaxCpus <= CPU_SETSIZE);
+
 int usable_cores() {
   cpu_set_t set;
   CPU_ZERO(&set);
   if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
   return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+std::vector<int32_t> usable_cpu_mask() {
+  std::vector<int32_t> mask(kMaxCpus, 0);
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    for (int c = 0; c < kMaxCpus; ++c) mask[static_cast<size_t>(c)] = CPU_ISSET(c, &set) ? 1 : 0;
+  } else {
+    const int n = std::min<int>(kMaxCpus, static_cast<int>(std::thread::hardware_concurrency()));
+    std::fill(mask.begin(), mask.begin() + std::max(1, n), 1);
+  }
+  return mask;
 }
 
 void set_host_threads(int num_threads) {

@@ -9,8 +9,11 @@
 namespace moe::kernels {
 
 // The cores this process may run on: its CPU affinity mask (taskset, mpirun --bind-to, a Slurm
-// cpuset, a container's cpu set), not the machine's count. At least 1.
+// cpuset, a container's cpu set), not the machine's count. At least 1. As a mask: 1 for each
+// usable CPU id below kMaxCpus (a fixed length, so that ranks can OR theirs by a max-reduce).
+inline constexpr int kMaxCpus = 1024;
 int usable_cores();
+std::vector<int32_t> usable_cpu_mask();
 
 void set_host_threads(int num_threads);
 int host_threads();

@@ -458,6 +458,15 @@ double measure_compute_scale(kernels::Backend& be, parallel::Communicator& comm,
   return std::clamp(alone[0] / together[0] / share, 0.05, 2.0);
 }
 
+// The CPUs of this node the job may use: the union of its ranks' affinity masks (collective).
+// A launcher that binds each rank to a core leaves each rank one CPU, yet the node has them all;
+// a node confined by taskset or a cpuset has only those.
+int node_cores(parallel::Communicator& comm) {
+  std::vector<int32_t> mask = kernels::usable_cpu_mask();
+  comm.node_communicator().all_reduce<int32_t>(mask, parallel::ReduceOp::kMax);
+  return std::max<int>(1, static_cast<int>(std::count(mask.begin(), mask.end(), 1)));
+}
+
 }  // namespace
 
 LineFit relative_least_squares(const std::vector<double>& x, const std::vector<double>& y) {
@@ -490,7 +499,7 @@ CalibrateResult calibrate(kernels::Backend& backend, parallel::Communicator& com
   HardwareProfile& h = r.profile;
   h.name = o.name;
   h.kind = backend.is_host_memory() ? "cpu" : "gpu";
-  h.cores = h.is_cpu() ? (o.cores > 0 ? o.cores : kernels::usable_cores()) : 0;
+  h.cores = h.is_cpu() ? (o.cores > 0 ? o.cores : node_cores(comm)) : 0;
   // One node: every rank of a calibrated CPU job shares its cores.
   if (h.is_cpu()) h.ranks_per_node = std::max(h.ranks_per_node, 64);
   if (o.measure_compute) {

@@ -4,10 +4,12 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
+#include <thread>
 
 #include "kernels/common/check.h"
 #include "kernels/cpu/host.h"
@@ -18,13 +20,14 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// OPENBLAS_NUM_THREADS wins when set; otherwise this node's cores are shared among its ranks.
+// OPENBLAS_NUM_THREADS wins when set; otherwise this node's cores are shared among its ranks,
+// and no rank runs more threads than the CPUs it is bound to (mpirun binds 1-2 ranks to a core).
 int default_threads(int ranks_on_node) {
   if (const char* s = std::getenv("OPENBLAS_NUM_THREADS")) {
     if (std::atoi(s) > 0) return std::atoi(s);
   }
-  const int cores = kernels::usable_cores();
-  return std::max(1, cores / std::max(1, ranks_on_node));
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, std::min(kernels::usable_cores(), cores / std::max(1, ranks_on_node)));
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <sched.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -231,9 +232,14 @@ TEST(UsableCores, FollowTheAffinityMaskNotTheMachine) {
     CPU_SET(first, &set);
     ASSERT_EQ(sched_setaffinity(0, sizeof(set), &set), 0);
     confined = usable_cores();
+    const std::vector<int32_t> mask = usable_cpu_mask();
+    EXPECT_EQ(std::count(mask.begin(), mask.end(), 1), 1);
+    EXPECT_EQ(mask[static_cast<size_t>(first)], 1);
   })
       .join();
   EXPECT_EQ(confined, 1);
+  const std::vector<int32_t> mask = usable_cpu_mask();
+  EXPECT_EQ(std::count(mask.begin(), mask.end(), 1), all);
 }
 
 TEST(Argmax, IsTheFirstLargestOnRandomVectors) {
