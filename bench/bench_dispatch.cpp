@@ -109,6 +109,7 @@ class A2aBench {
     kernels::Buffer<float> y(backend_, std::max<size_t>(host_hidden.size(), 1));
     kernels::Buffer<float> expert_out;
     std::vector<float> host_recv, host_out, host_y(host_hidden.size());
+    std::vector<bf16> host_recv_bf16;
     kernels::Buffer<int32_t> ids;
     kernels::Buffer<float> weights;
     ids.assign(backend_, routing.ids.data(), routing.ids.size());
@@ -137,12 +138,21 @@ class A2aBench {
       const int64_t R = r.num_recv_rows, P = slot_begin.back();
       row_index.resize(static_cast<size_t>(P));
       backend_.download(row_index.data(), b.row_index, row_index.size() * sizeof(int32_t));
-      // Rows lie where row_index says (the receive arena for fp32 rows: gaps between sources).
+      // Rows lie where row_index says (the receive arena for rows read in place: gaps between
+      // sources).
       int64_t rows_spanned = R > 0 ? 1 : 0;
       for (int32_t at : row_index) rows_spanned = std::max<int64_t>(rows_spanned, at + 1);
       host_recv.resize(static_cast<size_t>(rows_spanned * H));
       host_out.resize(static_cast<size_t>(std::max<int64_t>(P, 1) * H));
-      backend_.download(host_recv.data(), r.recv_rows, host_recv.size() * sizeof(float));
+      if (r.recv_rows_bf16 != nullptr) {  // bf16 rows read where they landed
+        host_recv_bf16.resize(host_recv.size());
+        backend_.download(host_recv_bf16.data(), r.recv_rows_bf16,
+                          host_recv_bf16.size() * sizeof(bf16));
+        for (size_t i = 0; i < host_recv.size(); ++i)
+          host_recv[i] = bf16_to_float(host_recv_bf16[i]);
+      } else {
+        backend_.download(host_recv.data(), r.recv_rows, host_recv.size() * sizeof(float));
+      }
       const auto& slots = lp.rank_experts[static_cast<size_t>(rank_)];
       for (size_t slot = 0; slot + 1 < slot_begin.size(); ++slot) {
         const float scale = a2a_expert_scale(slots[slot]);
