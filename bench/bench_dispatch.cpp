@@ -315,8 +315,12 @@ class A2aBench {
                     MPI_BYTE, MPI_COMM_WORLD);
       return seconds_since(t0);
     }
+    // Both directions start from a barrier (untimed), as the dispatch and the combine do: a
+    // rank's time never includes a peer still finishing the previous step.
     double run(A2aBench& b) {
-      return exchange(b, out_bytes, out_recv) + exchange(b, back_bytes, back_recv);
+      const double out_s = exchange(b, out_bytes, out_recv);
+      b.comm_.barrier();
+      return out_s + exchange(b, back_bytes, back_recv);
     }
     // One exchange of seeded bytes, each received byte checked against its sender's pattern.
     int64_t run_and_check(A2aBench& b) {
