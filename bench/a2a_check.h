@@ -92,7 +92,8 @@ inline int64_t a2a_count_wrong(const float* y, uint64_t seed, int rank, const A2
 // What the combine of the dispatcher gives for token t of `rank` (row [hidden] into out) when rows
 // travel as `dispatch` and partial rows come back as `combine` (rank_of_expert[e]: the rank holding
 // expert e, one replica each): per destination rank in ascending order, the fp32 sum in top-k order
-// of w * (scale * x), x the row as that rank received it (own rows stay fp32); partial rows from
+// of w * (scale * x), x the row as that rank received it (own rows stay fp32 but in bf16
+// dispatch, where every row reaches the experts as a bf16 value); partial rows from
 // other ranks rounded to `combine`; then their sum in destination order.
 inline void a2a_expected_on_wire(uint64_t seed, int rank, const A2aRouting& r, int64_t t,
                                  int64_t hidden, kernels::WireDtype dispatch,
@@ -121,7 +122,8 @@ inline void a2a_expected_on_wire(uint64_t seed, int rank, const A2aRouting& r, i
     float total = 0.0f;
     for (size_t di = 0; di < dests.size(); ++di) {
       const int d = dests[di];
-      const float in = d == rank ? x[static_cast<size_t>(c)] : sent[static_cast<size_t>(c)];
+      const bool as_sent = d != rank || dispatch == kernels::WireDtype::kBF16;
+      const float in = as_sent ? sent[static_cast<size_t>(c)] : x[static_cast<size_t>(c)];
       float partial = 0.0f;
       bool first = true;
       for (int j = 0; j < r.top_k; ++j) {

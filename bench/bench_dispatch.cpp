@@ -109,6 +109,7 @@ class A2aBench {
     kernels::Buffer<float> y(backend_, std::max<size_t>(host_hidden.size(), 1));
     kernels::Buffer<float> expert_out;
     std::vector<float> host_recv, host_out, host_y(host_hidden.size());
+    std::vector<bf16> host_recv_bf16;
     kernels::Buffer<int32_t> ids;
     kernels::Buffer<float> weights;
     ids.assign(backend_, routing.ids.data(), routing.ids.size());
@@ -134,20 +135,31 @@ class A2aBench {
       const kernels::ExpertBatch& b = r.experts;
       slot_begin.resize(static_cast<size_t>(b.num_slots + 1));
       backend_.download(slot_begin.data(), b.slot_begin, slot_begin.size() * sizeof(int32_t));
-      const int64_t R = r.num_recv_rows, P = slot_begin.back();
+      const int64_t P = slot_begin.back();
       row_index.resize(static_cast<size_t>(P));
       backend_.download(row_index.data(), b.row_index, row_index.size() * sizeof(int32_t));
-      // Rows lie where row_index says (the receive arena for fp32 rows: gaps between sources).
-      int64_t rows_spanned = R > 0 ? 1 : 0;
-      for (int32_t at : row_index) rows_spanned = std::max<int64_t>(rows_spanned, at + 1);
-      host_recv.resize(static_cast<size_t>(rows_spanned * H));
-      host_out.resize(static_cast<size_t>(std::max<int64_t>(P, 1) * H));
-      backend_.download(host_recv.data(), r.recv_rows, host_recv.size() * sizeof(float));
+      // The rows the pairs name, one download each: rows read in place lie apart in the arena
+      // (segments apart over a shared arena), and copying the whole span would stream megabytes
+      // through the caches between the timed phases.
+      host_recv.resize(static_cast<size_t>(std::max<int64_t>(P, 1) * H));
+      host_out.resize(host_recv.size());
+      host_recv_bf16.resize(static_cast<size_t>(H));
+      for (int64_t p = 0; p < P; ++p) {
+        const int64_t at = static_cast<int64_t>(row_index[static_cast<size_t>(p)]) * H;
+        float* in = host_recv.data() + p * H;
+        if (r.recv_rows_bf16 != nullptr) {  // bf16 rows read where they landed
+          backend_.download(host_recv_bf16.data(), r.recv_rows_bf16 + at,
+                            static_cast<size_t>(H) * sizeof(bf16));
+          for (int64_t col = 0; col < H; ++col) in[col] = bf16_to_float(host_recv_bf16[col]);
+        } else {
+          backend_.download(in, r.recv_rows + at, static_cast<size_t>(H) * sizeof(float));
+        }
+      }
       const auto& slots = lp.rank_experts[static_cast<size_t>(rank_)];
       for (size_t slot = 0; slot + 1 < slot_begin.size(); ++slot) {
         const float scale = a2a_expert_scale(slots[slot]);
         for (int64_t p = slot_begin[slot]; p < slot_begin[slot + 1]; ++p) {
-          const float* in = host_recv.data() + row_index[static_cast<size_t>(p)] * H;
+          const float* in = host_recv.data() + p * H;
           float* out = host_out.data() + p * H;
           for (int64_t col = 0; col < H; ++col) out[col] = scale * in[col];
         }
@@ -303,8 +315,12 @@ class A2aBench {
                     MPI_BYTE, MPI_COMM_WORLD);
       return seconds_since(t0);
     }
+    // Both directions start from a barrier (untimed), as the dispatch and the combine do: a
+    // rank's time never includes a peer still finishing the previous step.
     double run(A2aBench& b) {
-      return exchange(b, out_bytes, out_recv) + exchange(b, back_bytes, back_recv);
+      const double out_s = exchange(b, out_bytes, out_recv);
+      b.comm_.barrier();
+      return out_s + exchange(b, back_bytes, back_recv);
     }
     // One exchange of seeded bytes, each received byte checked against its sender's pattern.
     int64_t run_and_check(A2aBench& b) {

@@ -31,6 +31,13 @@ MOE_WIRE_CLONES void encode_bf16_row(const float* __restrict src, uint16_t* __re
   for (int64_t c = 0; c < width; ++c) out[c] = cuda::f32_to_bf16_bits(src[c]);
 }
 
+// out = the bf16 values of src (round to nearest even), as fp32.
+MOE_WIRE_CLONES void round_bf16_row(const float* __restrict src, int64_t width,
+                                    float* __restrict out) {
+  for (int64_t c = 0; c < width; ++c)
+    out[c] = cuda::bf16_bits_to_f32(cuda::f32_to_bf16_bits(src[c]));
+}
+
 // out = the bf16 row widened (first), or out + the widened row.
 MOE_WIRE_CLONES void widen_bf16_row(const uint16_t* __restrict in, int64_t width, bool add,
                                     float* __restrict out) {
@@ -188,21 +195,28 @@ void HostBackend::receive_rows(const wire::ReceiveView& v) {
   const int32_t rows = wire::recv_offsets(v)[v.num_ranks];
   for (int32_t r = 0; r < rows; ++r) {
     wire::receive_routes(v, r);
-    // receive_columns' rows, whole (the bf16 widening in a vector clone).
+    // receive_columns' rows, whole (the bf16 conversions in vector clones).
     const wire::ReceivedRow x = wire::received_row(v, r);
-    float* out = v.rows + static_cast<int64_t>(wire::row_position(v, x, r)) * v.f.width;
+    unsigned char* row = wire::input_row(v, wire::row_position(v, x, r));
+    auto* out = reinterpret_cast<float*>(row);
     if (x.source == v.rank) {
       const int32_t token = v.send_token[v.send_offsets[v.rank] + x.index];
-      std::memcpy(out, v.hidden + static_cast<int64_t>(token) * v.f.width,
-                  static_cast<size_t>(v.f.width) * sizeof(float));
+      const float* src = v.hidden + static_cast<int64_t>(token) * v.f.width;
+      if (v.f.dtype != WireDtype::kBF16) {
+        std::memcpy(out, src, static_cast<size_t>(v.f.width) * sizeof(float));
+      } else if (v.in_place) {
+        encode_bf16_row(src, reinterpret_cast<uint16_t*>(row), v.f.width);
+      } else {
+        round_bf16_row(src, v.f.width, out);
+      }
+    } else if (v.in_place) {
+      continue;
     } else if (v.f.dtype == WireDtype::kBF16) {
       const auto* in = reinterpret_cast<const uint16_t*>(wire::remote_row(v, x.source, x.index));
       widen_bf16_row(in, v.f.width, false, out);
     } else if (v.f.dtype == WireDtype::kF32) {
-      if (!v.in_place) {
-        std::memcpy(out, wire::remote_row(v, x.source, x.index),
-                    static_cast<size_t>(v.f.width) * sizeof(float));
-      }
+      std::memcpy(out, wire::remote_row(v, x.source, x.index),
+                  static_cast<size_t>(v.f.width) * sizeof(float));
     } else {
       wire::receive_columns(v, r, 0, v.f.width);
     }
@@ -253,7 +267,10 @@ void HostBackend::combine_residual(const layout::CombineSources& src, const int3
 }
 
 void HostBackend::expert_swiglu(const float* x, int64_t hidden, int64_t inter,
-                                const ExpertBatch& batch, float* out) {
+                                const ExpertBatch& batch, float* out, const bf16* x_bf16) {
+  MOE_CHECK(x_bf16 == nullptr || compute_dtype() == ComputeDtype::kBF16,
+            "expert_swiglu: bf16 input rows need bf16 compute (backend {} computes in {})", name(),
+            compute_dtype_name(compute_dtype()));
   groups_.clear();
   for (int64_t s = 0; s < batch.num_slots; ++s) {
     const int64_t begin = batch.slot_begin[s], end = batch.slot_begin[s + 1];
@@ -262,7 +279,7 @@ void HostBackend::expert_swiglu(const float* x, int64_t hidden, int64_t inter,
     if (end > begin) groups_.push_back({batch.slot_weights[s], begin, end - begin});
   }
   if (groups_.empty()) return;
-  grouped_swiglu(x, hidden, inter, groups_.data(), static_cast<int64_t>(groups_.size()),
+  grouped_swiglu(x, x_bf16, hidden, inter, groups_.data(), static_cast<int64_t>(groups_.size()),
                  batch.row_index, out);
 }
 

@@ -50,7 +50,7 @@ class HostBackend : public Backend {
                         float* x) final;
   // One group per slot with pairs, then grouped_swiglu().
   void expert_swiglu(const float* x, int64_t hidden, int64_t inter, const ExpertBatch& batch,
-                     float* out) final;
+                     float* out, const bf16* x_bf16) final;
 
  protected:
   // y [rows, dim] = x * rsqrt(mean(x^2) + eps) * w, per row. x and y may alias.
@@ -60,8 +60,10 @@ class HostBackend : public Backend {
   virtual void rope(float* x, const int32_t* positions, int64_t rows, int64_t heads,
                     int64_t head_dim, double theta) = 0;
   // For every group g and pair p in [g.begin, g.begin + g.count):
-  //   out[p] = down_g(silu(gate_g(x[row_index[p]])) * up_g(x[row_index[p]])).
-  virtual void grouped_swiglu(const float* x, int64_t hidden, int64_t inter,
+  //   out[p] = down_g(silu(gate_g(x[row_index[p]])) * up_g(x[row_index[p]])),
+  // rows read from x_bf16 when it is given (only to a backend computing in bf16: expert_swiglu
+  // checks).
+  virtual void grouped_swiglu(const float* x, const bf16* x_bf16, int64_t hidden, int64_t inter,
                               const ExpertGroup* groups, int64_t num_groups,
                               const int32_t* row_index, float* out) = 0;
 

@@ -394,10 +394,11 @@ void Dispatcher::receive(DispatchHandle& d) {
   const wire::MessageFormat f = dispatch_format();
   const int32_t R = static_cast<int32_t>(d.num_recv_rows), k = top_k_;
   // A shared arena is read in place unless a spill came apart from it or the own rows do not fit
-  // this rank's own slot.
+  // this rank's own slot; a node-first proxy forwards fp32 rows (gather_rows), so it widens bf16.
   const bool shared = arena_ != nullptr;
-  const bool in_place =
-      wire::rows_in_place(f) && (!shared || (d.combine_in_arena && d.own_rows <= capacity_));
+  const bool in_place = wire::rows_in_place(f) &&
+                        (f.dtype == WireDtype::kF32 || inner_ == nullptr) &&
+                        (!shared || (d.combine_in_arena && d.own_rows <= capacity_));
   if (!shared) {
     // Arena rows: the slots, every source's spill, then (fp32 rows) the own rows.
     int64_t arena_rows = N * wire::slot_rows(f);
@@ -432,14 +433,17 @@ void Dispatcher::receive(DispatchHandle& d) {
   rv.send_token = flight_.view.send_token;
   rv.send_routes = flight_.view.send_routes;
   rv.send_offsets = flight_.view.send_offsets;
-  rv.rows = in_place
-                ? reinterpret_cast<float*>(const_cast<unsigned char*>(rv.arena) + f.header_bytes)
-                : recv_rows_.data();
+  rv.rows = in_place ? const_cast<unsigned char*>(rv.arena) + f.header_bytes
+                     : reinterpret_cast<unsigned char*>(recv_rows_.data());
   rv.routes = recv_routes_.data();
   rv.row_at = recv_ints_.data() + row_at;
   rv.max_rows = R;
   backend_.receive_rows(rv);
-  d.recv_rows = rv.rows;
+  if (wire::rows_dtype(rv) == WireDtype::kBF16) {
+    d.recv_rows_bf16 = reinterpret_cast<const bf16*>(rv.rows);
+  } else {
+    d.recv_rows = reinterpret_cast<const float*>(rv.rows);
+  }
   d.recv_routes = rv.routes;
   d.row_at = rv.row_at;
   if (inner_ == nullptr) group_received(flight_.layer, d, rv.row_at);  // else the node's exchange

@@ -16,9 +16,12 @@
 //   recv arena             slots of every source, then their spills (second exchange, only when a
 //                          sender's header says it has more than C rows for some rank).
 //   recv rows     [R]      R = sum_s recv_counts[s], received order = source rank order (own block
-//                          at its place). The experts read fp32 rows where they landed in the
-//                          arena (own rows gathered after the spills); other wire types are
-//                          widened into [R, H] with the own block last. row_at[r] says where.
+//                          at its place). The experts read fp32 rows, and bf16 rows of even
+//                          width, where they landed in the arena (own rows written after the
+//                          spills in the wire type); fp8 rows are widened into [R, H] fp32 with
+//                          the own block last. row_at[r] says where. bf16 dispatch on several
+//                          ranks hands every row to the experts as a bf16 value
+//                          (wire::receive_columns).
 //   recv routes   [R, k]   RouteEntry per received row, received order.
 //   expert in     row_index [P] -> row of the experts' input; grouped by local slot ascending.
 //   expert out    [P, H]   one row per (recv row, route entry) pair, same order as row_index.
@@ -47,13 +50,14 @@
 // differs from the flat order only in fp32 rounding (docs/numerics.md). 4 collectives per layer.
 // Shared arena (every rank on one node, host memory; dispatcher_arena.cpp): the send slots are
 // this rank's segment of Communicator::make_shared_arena, published instead of sent; the
-// receiver reads every sender's slot where it lies (fp32 rows: the experts' input in place, own
-// rows copied into this rank's own slot) and combine's partial rows are read in the expert rank's
-// segment. The spill still moves as messages, and so does the combine of a layer that spilled.
-// Loads (LayerLoad) come from the same counters: collect_loads() downloads what the host has not
-// already seen, once per step. Sums run in a fixed order with fp32 accumulation, so the result
-// does not depend on how ranks split the work beyond the order stated above (and on the wire type
-// of the partial rows: fp32 rows give the bits of an fp32 sum, docs/numerics.md).
+// receiver reads every sender's slot where it lies (fp32 and bf16 rows: the experts' input in
+// place, own rows written into this rank's own slot) and combine's partial rows are read in the
+// expert rank's segment. A node-first proxy widens bf16 rows (it forwards fp32 rows). The spill
+// still moves as messages, and so does the combine of a layer that spilled. Loads (LayerLoad) come
+// from the same counters: collect_loads() downloads what the host has not already seen, once per
+// step. Sums run in a fixed order with fp32 accumulation, so the result does not depend on how
+// ranks split the work beyond the order stated above (and on the wire type of the partial rows:
+// fp32 rows give the bits of an fp32 sum, docs/numerics.md).
 #pragma once
 
 #include <cstdint>
@@ -113,8 +117,11 @@ struct DispatchHandle {
   DispatchHandle& operator=(DispatchHandle&&) = default;
 
   int layer = -1;
-  kernels::ExpertBatch experts;      // the pairs by local slot (slot weights filled by the caller)
-  const float* recv_rows = nullptr;  // expert_swiglu's x (rows at experts.row_index)
+  kernels::ExpertBatch experts;  // the pairs by local slot (slot weights filled by the caller)
+  // expert_swiglu's input (rows at experts.row_index): x, or x_bf16 when the rows stayed bf16
+  // (exactly one is set once rows were received).
+  const float* recv_rows = nullptr;
+  const bf16* recv_rows_bf16 = nullptr;
   int64_t num_recv_rows = 0;
   int64_t num_tokens = 0;
   // Host copy of slot_begin when the host has the counts, else empty (experts.host_slot_begin
@@ -276,7 +283,7 @@ class Dispatcher {
   kernels::Buffer<int32_t> source_ints_, recv_ints_, group_ints_;
   kernels::Buffer<kernels::RouteEntry> send_routes_, recv_routes_;
   kernels::Buffer<unsigned char> send_arena_, recv_arena_, partial_, returned_;
-  kernels::Buffer<float> recv_rows_;  // widened rows (wire types other than fp32)
+  kernels::Buffer<float> recv_rows_;  // widened rows (rows not read in place)
   kernels::Buffer<int64_t> returned_at_;
   std::vector<int64_t> host_returned_at_;
   std::vector<int64_t> send_bytes_, spill_send_, spill_recv_, back_send_, back_recv_;

@@ -12,14 +12,19 @@
 //   | n - C rows | (n - C) x k RouteEntry | padding to whole rows |
 //
 // Receive arena: the N slots back to back, then the spill from every source in source order,
-// then (fp32 rows only) this rank's own rows. With `base` = arena + header_bytes, every row lies
-// at base + a * row_bytes for an integer "arena row" a (slot_bytes is a multiple of row_bytes), so
-// fp32 rows are the experts' input where they landed; other wire types are widened to fp32 first.
+// then (rows read in place) this rank's own rows. With `base` = arena + header_bytes, every row
+// lies at base + a * row_bytes for an integer "arena row" a (slot_bytes is a multiple of
+// row_bytes), so fp32 rows and bf16 rows of even width (row_bytes = 2 * width: whole rows of
+// `width` bf16 at stride width) are the experts' input where they landed, own rows written there
+// in the wire type; fp8 rows (and bf16 rows of odd width) are widened to fp32 first.
 // A shared arena (parallel/communicator.h) is read in place instead: the slot source s filled for
 // this rank lies in s's segment, one segment (a multiple of row_bytes) after the other, so the
-// same arena-row arithmetic holds with slot_stride = the segment size; own rows are copied into
+// same arena-row arithmetic holds with slot_stride = the segment size; own rows are written into
 // this rank's own slot; the spill (a separate exchange) lies apart, from row 0 of its own buffer,
 // and a rank that received one widens every row (in_place off).
+// In bf16 dispatch the experts read every row as a bf16 value, own rows included (rounded where
+// they are written, in place or widened: the experts' input rounding, kernels/common/rounding.h,
+// would round them the same).
 #pragma once
 
 #include <cstdint>
@@ -225,7 +230,7 @@ struct ReceiveView {
   int64_t slot_stride = 0;               // a multiple of row_bytes
   const unsigned char* spill = nullptr;  // arena row a of a spill at spill + a * row_bytes
   int64_t spill_first_row = 0;           // the first source's spill: N * slot_rows, or 0 when apart
-  bool in_place = false;                 // the experts read fp32 rows where they lie
+  bool in_place = false;                 // the experts read the rows where they lie
   bool own_in_slot = false;              // in place: own rows in this rank's own slot
   const int32_t* recv_header = nullptr;  // [N * W] received headers (own included)
   int32_t* plan = nullptr;               // [2N + 2] written by plan_receive
@@ -233,7 +238,9 @@ struct ReceiveView {
   const int32_t* send_token = nullptr;   // [S] (the source layout's)
   const RouteEntry* send_routes = nullptr;  // [S * k]
   const int32_t* send_offsets = nullptr;    // [N + 1]
-  float* rows = nullptr;         // experts' x: arena + header_bytes (in place) or [R, H] own last
+  // The experts' input: arena + header_bytes (in place: rows in the wire type at row_bytes) or
+  // [R, H] fp32 with the own block last (rows_dtype, rows_stride_bytes).
+  unsigned char* rows = nullptr;
   RouteEntry* routes = nullptr;  // [R * k]
   int32_t* row_at = nullptr;     // [R] row of rows each received row lies at
   int32_t max_rows = 0;          // items the row bodies run over (>= R)
@@ -248,9 +255,18 @@ MOE_HD int32_t own_row_base(const ReceiveView& v) {
   return v.plan[2 * v.num_ranks + 1];
 }
 
-// True when the experts read the fp32 rows where they landed.
+// True when the experts can read the rows where they landed: fp32 rows, and bf16 rows of even
+// width (whole rows of width bf16 at row_bytes).
 MOE_HD bool rows_in_place(const MessageFormat& f) {
-  return f.dtype == WireDtype::kF32;
+  return f.dtype == WireDtype::kF32 || (f.dtype == WireDtype::kBF16 && f.row_bytes == 2 * f.width);
+}
+
+// Element type and row stride of `rows`: the wire's in place, else fp32.
+MOE_HD WireDtype rows_dtype(const ReceiveView& v) {
+  return v.in_place ? v.f.dtype : WireDtype::kF32;
+}
+MOE_HD int64_t rows_stride_bytes(const ReceiveView& v) {
+  return v.in_place ? v.f.row_bytes : 4 * v.f.width;
 }
 
 MOE_HD void plan_receive(const ReceiveView& v) {
@@ -333,23 +349,37 @@ MOE_HD void receive_routes(const ReceiveView& v, int32_t r) {
   v.row_at[r] = row_position(v, x, r);
 }
 
-// Columns [c0, c1) of received row r into `rows`: own rows gathered from hidden, remote rows
-// widened from the wire (nothing to do for fp32 rows, read in place).
+// Start of the experts' input row at `position` (row_position) in `rows`.
+MOE_HD unsigned char* input_row(const ReceiveView& v, int32_t position) {
+  return v.rows + static_cast<int64_t>(position) * rows_stride_bytes(v);
+}
+
+// Columns [c0, c1) of received row r into `rows`: own rows gathered from hidden (in the rows'
+// type; bf16 values in bf16 dispatch), remote rows widened from the wire (nothing to do for rows
+// read in place).
 MOE_HD void receive_columns(const ReceiveView& v, int32_t r, int64_t c0, int64_t c1) {
   const ReceivedRow x = received_row(v, r);
   if (!x.valid) return;
   const int64_t H = v.f.width;
-  float* out = v.rows + static_cast<int64_t>(row_position(v, x, r)) * H;
+  unsigned char* row = input_row(v, row_position(v, x, r));
+  float* out = reinterpret_cast<float*>(row);
   if (x.source == v.rank) {
     const float* src =
         v.hidden + static_cast<int64_t>(v.send_token[v.send_offsets[v.rank] + x.index]) * H;
-    for (int64_t c = c0; c < c1; ++c) out[c] = src[c];
+    if (v.in_place || v.f.dtype != WireDtype::kBF16) {
+      encode_columns(rows_dtype(v), src, row, c0, c1);
+    } else {
+      for (int64_t c = c0; c < c1; ++c)
+        out[c] = cuda::bf16_bits_to_f32(cuda::f32_to_bf16_bits(src[c]));
+    }
+  } else if (v.in_place) {
+    return;
   } else if (v.f.dtype == WireDtype::kBF16) {  // the type tested once per row: the loop vectorises
     const uint16_t* in = reinterpret_cast<const uint16_t*>(remote_row(v, x.source, x.index));
     for (int64_t c = c0; c < c1; ++c) out[c] = cuda::bf16_bits_to_f32(in[c]);
-  } else if (!v.in_place) {
-    const unsigned char* row = remote_row(v, x.source, x.index);
-    for (int64_t c = c0; c < c1; ++c) out[c] = decode(v.f.dtype, row, H, c);
+  } else {
+    const unsigned char* wire_row = remote_row(v, x.source, x.index);
+    for (int64_t c = c0; c < c1; ++c) out[c] = decode(v.f.dtype, wire_row, H, c);
   }
 }
 

@@ -237,7 +237,7 @@ void Bf16Ops::swiglu_mlp(const float* x, ExpertWeights w, int64_t rows, int64_t 
 
 void Bf16Ops::grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
                                     const ExpertGroup* groups, int64_t num_groups,
-                                    const int32_t* row_index, float* out) {
+                                    const int32_t* row_index, float* out, const bf16* x_bf16) {
   constexpr rounding::SwigluRounding r = rounding::kGroupedSwiglu;
   static_assert(r.input && r.gate_up && r.activation && r.output);
   for (int64_t gi = 0; gi < num_groups; ++gi) {
@@ -251,7 +251,8 @@ void Bf16Ops::grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inte
                 row_index[p], p);
     }
   }
-  // One GEMM per projection and group: the group's rows gathered (as bf16) into one block.
+  // One GEMM per projection and group: the group's rows gathered (as bf16: rounded from x, or
+  // copied from x_bf16) into one block.
   for (int64_t gi = 0; gi < num_groups; ++gi) {
     const ExpertGroup& g = groups[gi];
     if (g.count == 0) continue;
@@ -262,8 +263,13 @@ void Bf16Ops::grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inte
     bf16* act = grow(act_b_, mp * inter);     // [mp, inter]
     bf16* down = grow(down_b_, mp * hidden);  // [mp, hidden]
     for (int64_t i = 0; i < m; ++i) {
-      f32_to_bf16(x + static_cast<int64_t>(row_index[g.begin + i]) * hidden, hidden,
-                  xb + i * hidden);
+      const int64_t at = static_cast<int64_t>(row_index[g.begin + i]) * hidden;
+      if (x_bf16 != nullptr) {
+        std::memcpy(static_cast<void*>(xb + i * hidden), x_bf16 + at,
+                    sizeof(bf16) * static_cast<size_t>(hidden));
+      } else {
+        f32_to_bf16(x + at, hidden, xb + i * hidden);
+      }
     }
     std::memset(static_cast<void*>(xb + m * hidden), 0,
                 sizeof(bf16) * static_cast<size_t>((mp - m) * hidden));

@@ -48,11 +48,12 @@ cudaError_t launch_add_inplace(float* x, const float* y, int64_t n, cudaStream_t
 // dst [n, width] = src rows idx[0..n).
 cudaError_t launch_gather_rows(const float* src, int64_t width, const int32_t* idx, int64_t n,
                                float* dst, cudaStream_t stream);
-// dst [n, width] bf16 row j = bf16(x[row_index[pair[j]]]); pair[j] < 0 gives a zero row (the
-// grouped GEMM's gather when row_index lives on the device).
-cudaError_t launch_gather_pairs_to_bf16(const float* x, int64_t width, const int32_t* pair,
-                                        const int32_t* row_index, int64_t n, bf16* dst,
-                                        cudaStream_t stream);
+// dst [n, width] bf16 row j = bf16(x[row_index[pair[j]]]), or x_bf16[row_index[pair[j]]] when
+// x_bf16 is not null; pair[j] < 0 gives a zero row (the grouped GEMM's gather when row_index
+// lives on the device).
+cudaError_t launch_gather_pairs_to_bf16(const float* x, const bf16* x_bf16, int64_t width,
+                                        const int32_t* pair, const int32_t* row_index, int64_t n,
+                                        bf16* dst, cudaStream_t stream);
 // dst rows dst_idx[i] = float(src [n, width] row i); dst_idx[i] < 0 is skipped.
 cudaError_t launch_scatter_rows_from_bf16(const bf16* src, int64_t width, const int32_t* dst_idx,
                                           int64_t n, float* dst, cudaStream_t stream);
@@ -131,13 +132,15 @@ cudaError_t launch_split_qkv(const float* qkv, int64_t rows, int64_t q_width, in
 // Small-batch expert SwiGLU over a grouping in device memory (ExpertBatch): pairs
 // [slot_begin[s], slot_begin[s + 1]) use slot_weights[s] (device table); act [max_pairs, inter]
 // is bf16 scratch; out [max_pairs, hidden] rows of the pairs present. max_active_slots bounds the
-// slots with rows (grid rows). Needs expert_small_shape_ok, 16-byte aligned x, act and weights,
-// and 1 <= rows_per_pass <= kExpertRowsPerPass.
-cudaError_t launch_expert_swiglu_small(const float* x, int64_t hidden, int64_t inter,
-                                       const int32_t* row_index, const int32_t* slot_begin,
-                                       const ExpertWeights* slot_weights, int64_t num_slots,
-                                       int64_t max_active_slots, int rows_per_pass, bf16* act,
-                                       float* out, cudaStream_t stream);
+// slots with rows (grid rows). x rows are read from x_bf16 when it is not null (bf16 values),
+// else rounded from x. Needs expert_small_shape_ok, 16-byte aligned x (or x_bf16), act and
+// weights, and 1 <= rows_per_pass <= kExpertRowsPerPass.
+cudaError_t launch_expert_swiglu_small(const float* x, const bf16* x_bf16, int64_t hidden,
+                                       int64_t inter, const int32_t* row_index,
+                                       const int32_t* slot_begin, const ExpertWeights* slot_weights,
+                                       int64_t num_slots, int64_t max_active_slots,
+                                       int rows_per_pass, bf16* act, float* out,
+                                       cudaStream_t stream);
 
 // ---- e4m3 weights (expert_small.cu, fp8_convert.cu; bodies in kernels/common/fp8.h) ----
 

@@ -330,15 +330,16 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
   // Small-batch kernels (expert_small.cu) when every slot has few rows or the counts are only on
   // the device; else the grouped cuBLAS path with the gather reading row_index on the device.
   void expert_swiglu(const float* x, int64_t hidden, int64_t inter, const ExpertBatch& batch,
-                     float* out) override {
+                     float* out, const bf16* x_bf16) override {
     static_assert(rounding::kGroupedSwiglu.input && rounding::kGroupedSwiglu.gate_up &&
                   rounding::kGroupedSwiglu.activation && rounding::kGroupedSwiglu.output);
     if (batch.num_slots <= 0 || batch.max_pairs <= 0) return;
     MOE_CHECK(
         batch.row_index != nullptr && batch.slot_begin != nullptr && batch.slot_weights != nullptr,
         "expert_swiglu: row_index, slot_begin and slot_weights must be set");
+    const void* rows = x_bf16 != nullptr ? static_cast<const void*>(x_bf16) : x;
     const bool small_ok = cuda::expert_small_shape_ok(hidden, inter) &&
-                          reinterpret_cast<uintptr_t>(x) % 16 == 0 && batch.max_pairs < INT_MAX;
+                          reinterpret_cast<uintptr_t>(rows) % 16 == 0 && batch.max_pairs < INT_MAX;
     const int32_t* host_begin = batch.host_slot_begin;
     if (host_begin == nullptr && !small_ok) {  // only the grouped GEMM fits: fetch the counts
       slot_begin_host_.resize(static_cast<size_t>(batch.num_slots + 1));
@@ -368,8 +369,8 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
       auto* act =
           reinterpret_cast<bf16*>(scratch(static_cast<size_t>(pairs * inter) * sizeof(bf16)));
       MOE_CUDA_CHECK(cuda::launch_expert_swiglu_small(
-          x, hidden, inter, batch.row_index, batch.slot_begin, batch.slot_weights, batch.num_slots,
-          grid_slots, rows_per_pass, act, out, stream_.get()));
+          x, x_bf16, hidden, inter, batch.row_index, batch.slot_begin, batch.slot_weights,
+          batch.num_slots, grid_slots, rows_per_pass, act, out, stream_.get()));
       op_done("expert_swiglu");
       return;
     }
@@ -392,7 +393,7 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
       if (step == kDequantGroups) fp8_->dequantise_groups(groups.data() + g0, n, hidden, inter);
       const cuda::GroupedSwigluPlan plan =
           cuda::plan_grouped_swiglu(groups.data() + g0, n, pair_identity_.data(), hidden, inter);
-      run_grouped(plan, x, batch.row_index, out);
+      run_grouped(plan, x, x_bf16, batch.row_index, out);
     }
     op_done("expert_swiglu");
   }
@@ -407,9 +408,9 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
   }
 
   // The grouped cuBLAS SwiGLU of a plan (grouped_gemm_plan.h) whose gather sources are pairs p,
-  // read as x[row_index[p]] (row_index in device memory).
-  void run_grouped(const cuda::GroupedSwigluPlan& plan, const float* x, const int32_t* row_index,
-                   float* out) {
+  // read as x[row_index[p]] or x_bf16[row_index[p]] (row_index in device memory).
+  void run_grouped(const cuda::GroupedSwigluPlan& plan, const float* x, const bf16* x_bf16,
+                   const int32_t* row_index, float* out) {
     const int64_t hidden = plan.hidden;
     const int64_t G = plan.num_gemm_groups();
     if (G == 0) return;
@@ -440,7 +441,7 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
     unsigned char* meta = stage(layout);
 
     MOE_CUDA_CHECK(cuda::launch_gather_pairs_to_bf16(
-        x, hidden, reinterpret_cast<const int32_t*>(meta + gather_at), row_index, Pc,
+        x, x_bf16, hidden, reinterpret_cast<const int32_t*>(meta + gather_at), row_index, Pc,
         static_cast<bf16*>(const_cast<void*>(sc.x)), stream_.get()));
     grouped_gemm(args[0], meta + ptr_at[0][0], meta + ptr_at[0][1], meta + ptr_at[0][2]);
     grouped_gemm(args[1], meta + ptr_at[1][0], meta + ptr_at[1][1], meta + ptr_at[1][2]);

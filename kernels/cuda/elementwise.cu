@@ -125,9 +125,11 @@ __global__ void gather_rows_kernel(const float* src, int64_t width, const int32_
   for (int64_t c = threadIdx.x; c < width; c += blockDim.x) d[c] = s[c];
 }
 
-// dst row j = bf16(x row row_index[pair[j]]); pair[j] < 0 gives a zero row (padding).
-__global__ void gather_pairs_to_bf16_kernel(const float* x, int64_t width, const int32_t* pair,
-                                            const int32_t* row_index, bf16* dst) {
+// dst row j = bf16(x row row_index[pair[j]]) (or the x_bf16 row when given); pair[j] < 0 gives
+// a zero row (padding).
+__global__ void gather_pairs_to_bf16_kernel(const float* x, const bf16* x_bf16, int64_t width,
+                                            const int32_t* pair, const int32_t* row_index,
+                                            bf16* dst) {
   const int64_t row = blockIdx.x;
   const int32_t at = pair[row];
   bf16* d = dst + row * width;
@@ -135,7 +137,12 @@ __global__ void gather_pairs_to_bf16_kernel(const float* x, int64_t width, const
     for (int64_t c = threadIdx.x; c < width; c += blockDim.x) d[c].bits = 0;
     return;
   }
-  const float* s = x + static_cast<int64_t>(row_index[at]) * width;
+  const int64_t from = static_cast<int64_t>(row_index[at]) * width;
+  if (x_bf16 != nullptr) {
+    for (int64_t c = threadIdx.x; c < width; c += blockDim.x) d[c] = x_bf16[from + c];
+    return;
+  }
+  const float* s = x + from;
   for (int64_t c = threadIdx.x; c < width; c += blockDim.x) store_bf16(d + c, s[c]);
 }
 
@@ -250,10 +257,11 @@ cudaError_t launch_gather_rows(const float* src, int64_t width, const int32_t* i
   return launch_rows(gather_rows_kernel, n, width, stream, src, width, idx, dst);
 }
 
-cudaError_t launch_gather_pairs_to_bf16(const float* x, int64_t width, const int32_t* pair,
-                                        const int32_t* row_index, int64_t n, bf16* dst,
-                                        cudaStream_t stream) {
-  return launch_rows(gather_pairs_to_bf16_kernel, n, width, stream, x, width, pair, row_index, dst);
+cudaError_t launch_gather_pairs_to_bf16(const float* x, const bf16* x_bf16, int64_t width,
+                                        const int32_t* pair, const int32_t* row_index, int64_t n,
+                                        bf16* dst, cudaStream_t stream) {
+  return launch_rows(gather_pairs_to_bf16_kernel, n, width, stream, x, x_bf16, width, pair,
+                     row_index, dst);
 }
 
 cudaError_t launch_scatter_rows_from_bf16(const bf16* src, int64_t width, const int32_t* dst_idx,

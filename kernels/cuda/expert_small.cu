@@ -198,11 +198,13 @@ __device__ __forceinline__ void for_each_pass(const ExpertCta& cta, int rows_per
 }
 
 // act[p, o] = swiglu_act_bits(gate_o . x_p, up_o . x_p) for the pairs p of the CTA's slot.
-// x rows come from x[row_index[p]] (fp32), rounded to bf16 into shared memory.
+// x rows come from x[row_index[p]] (fp32), rounded to bf16 into shared memory, or from
+// x_bf16[row_index[p]] copied as they are.
 __global__ void __launch_bounds__(kThreads)
-    expert_gate_up_kernel(const float* x, int64_t hidden, int64_t inter, const int32_t* row_index,
-                          const int32_t* slot_begin, const ExpertWeights* slot_weights,
-                          int64_t num_slots, int rows_per_pass, bf16* act) {
+    expert_gate_up_kernel(const float* x, const bf16* x_bf16, int64_t hidden, int64_t inter,
+                          const int32_t* row_index, const int32_t* slot_begin,
+                          const ExpertWeights* slot_weights, int64_t num_slots, int rows_per_pass,
+                          bf16* act) {
   extern __shared__ __align__(16) uint16_t xs[];  // [rows_per_pass, hidden] bf16 bits
   const ExpertCta cta = expert_cta(slot_begin, slot_weights, num_slots, inter);
   if (cta.slot < 0) return;  // fewer active slots than grid rows: the whole CTA leaves
@@ -210,6 +212,14 @@ __global__ void __launch_bounds__(kThreads)
   const WeightRow rows[2] = {weight_row(cta.weights.gate, cta.active ? o : 0, hidden),
                              weight_row(cta.weights.up, cta.active ? o : 0, hidden)};
   auto load = [&](int64_t r0, int nr) {
+    if (x_bf16 != nullptr) {  // 16-byte chunks of bf16 rows
+      for (int64_t i = threadIdx.x; i < nr * hidden / kBf16PerVec; i += kThreads) {
+        const int64_t r = (i * kBf16PerVec) / hidden, c = (i * kBf16PerVec) % hidden;
+        *reinterpret_cast<uint4*>(xs + r * hidden + c) = *reinterpret_cast<const uint4*>(
+            x_bf16 + static_cast<int64_t>(row_index[r0 + r]) * hidden + c);
+      }
+      return;
+    }
     for (int64_t i = threadIdx.x; i < nr * hidden / 4; i += kThreads) {
       const int64_t r = (i * 4) / hidden, c = (i * 4) % hidden;
       const float4 v = *reinterpret_cast<const float4*>(
@@ -304,11 +314,12 @@ cudaError_t launch_linear_small(const float* x, const bf16* x_bf16, WeightView w
   return cudaGetLastError();
 }
 
-cudaError_t launch_expert_swiglu_small(const float* x, int64_t hidden, int64_t inter,
-                                       const int32_t* row_index, const int32_t* slot_begin,
-                                       const ExpertWeights* slot_weights, int64_t num_slots,
-                                       int64_t max_active_slots, int rows_per_pass, bf16* act,
-                                       float* out, cudaStream_t stream) {
+cudaError_t launch_expert_swiglu_small(const float* x, const bf16* x_bf16, int64_t hidden,
+                                       int64_t inter, const int32_t* row_index,
+                                       const int32_t* slot_begin, const ExpertWeights* slot_weights,
+                                       int64_t num_slots, int64_t max_active_slots,
+                                       int rows_per_pass, bf16* act, float* out,
+                                       cudaStream_t stream) {
   if (num_slots <= 0 || max_active_slots <= 0) return cudaGetLastError();
   if (!expert_small_shape_ok(hidden, inter) || rows_per_pass < 1 ||
       rows_per_pass > kExpertRowsPerPass || max_active_slots > 65535) {
@@ -318,7 +329,7 @@ cudaError_t launch_expert_swiglu_small(const float* x, int64_t hidden, int64_t i
   const dim3 grid_gu(static_cast<unsigned>((inter + kExpertWarps - 1) / kExpertWarps), slots);
   const size_t smem_gu = static_cast<size_t>(rows_per_pass) * hidden * sizeof(uint16_t);
   expert_gate_up_kernel<<<grid_gu, kThreads, smem_gu, stream>>>(
-      x, hidden, inter, row_index, slot_begin, slot_weights, num_slots, rows_per_pass, act);
+      x, x_bf16, hidden, inter, row_index, slot_begin, slot_weights, num_slots, rows_per_pass, act);
   const cudaError_t rc = cudaGetLastError();
   if (rc != cudaSuccess) return rc;
   const dim3 grid_d(static_cast<unsigned>((hidden + kExpertWarps - 1) / kExpertWarps), slots);

@@ -61,7 +61,7 @@ void MoeLayer::compute(const LayerWeights& w) {
   expert_out_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(d.experts.max_pairs, 1) * H));
   if (d.experts.max_pairs > 0) {
     backend_.expert_swiglu(d.recv_rows, H, config_.moe_intermediate_size, d.experts,
-                           expert_out_.data());
+                           expert_out_.data(), d.recv_rows_bf16);
   }
   // The FLOPs of the pairs computed are counted from the loads (collect_loads).
   instr_.mark(Phase::kExpert);

@@ -132,6 +132,41 @@ TEST(Bf16Ops, DenseAndGroupedSwigluMatchTheBf16RoundedReference) {
   }
 }
 
+// The experts given their rows as bf16 values (x_bf16, x null: how the dispatcher hands over
+// bf16 rows) give the bits of the fp32 rows they came from, since the experts round their input
+// (rounding.h); an fp32-compute backend refuses bf16 rows.
+TEST(Bf16Ops, GroupedSwigluOnBf16RowsGivesTheBitsOfTheFp32Rows) {
+  std::mt19937 rng(15);
+  Bf16ReferenceBackend gpu_numerics;
+  std::vector<std::unique_ptr<Backend>> backends = bf16_backends();
+  const int64_t hidden = 64, inter = 48, rows = 9;
+  const auto x = random_floats(rng, rows * hidden, -2.0f, 2.0f);
+  std::vector<bf16> xb(x.size());
+  for (size_t i = 0; i < x.size(); ++i) xb[i] = float_to_bf16(x[i]);
+  const auto g = random_bf16(rng, inter * hidden, 0.1f);
+  const auto u = random_bf16(rng, inter * hidden, 0.1f);
+  const auto d = random_bf16(rng, hidden * inter, 0.1f);
+  const ExpertGroup groups[2] = {{{g.data(), u.data(), d.data()}, 0, 5},
+                                 {{u.data(), g.data(), d.data()}, 5, 7}};
+  const std::vector<int32_t> row_index = {8, 0, 3, 3, 7, 1, 2, 8, 5, 0, 6, 4};  // repeats too
+  std::vector<Backend*> all = {&gpu_numerics};
+  for (auto& be : backends) all.push_back(be.get());
+  for (Backend* be : all) {
+    SCOPED_TRACE(be->name());
+    std::vector<float> from_f32(12 * hidden), from_bf16(from_f32.size(), -1.0f);
+    moe::test::grouped_swiglu(*be, x.data(), hidden, inter, groups, 2, row_index.data(),
+                              from_f32.data());
+    moe::test::grouped_swiglu(*be, nullptr, hidden, inter, groups, 2, row_index.data(),
+                              from_bf16.data(), true, xb.data());
+    EXPECT_EQ(from_bf16, from_f32);
+  }
+  auto fp32 = make_cpu_backend(ComputeDtype::kF32);
+  std::vector<float> out(12 * hidden);
+  EXPECT_THROW(moe::test::grouped_swiglu(*fp32, nullptr, hidden, inter, groups, 2, row_index.data(),
+                                         out.data(), true, xb.data()),
+               moe::Error);
+}
+
 TEST(Bf16Ops, AttentionReadsBf16RoundedKeysAndValuesFromTheCache) {
   std::mt19937 rng(13);
   const AttentionShape shape{4, 2, 16};

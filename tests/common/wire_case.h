@@ -101,7 +101,7 @@ inline std::vector<unsigned char> pack_on(kernels::Backend& be, const WireCase& 
 }
 
 // The received side of a loopback: rows [R, H] in received order, as the experts read them
-// (rows at row_at), and the received route entries.
+// (rows at row_at; bf16 rows read in place widened), and the received route entries.
 struct Received {
   std::vector<float> rows;
   std::vector<kernels::RouteEntry> routes;
@@ -154,7 +154,8 @@ inline Received receive_on(kernels::Backend& be, const WireCase& c,
   v.send_token = tokens.data();
   v.send_routes = send_routes.data();
   v.send_offsets = offsets.data();
-  v.rows = in_place ? reinterpret_cast<float*>(d_arena.data() + c.f.header_bytes) : rows.data();
+  v.rows =
+      in_place ? d_arena.data() + c.f.header_bytes : reinterpret_cast<unsigned char*>(rows.data());
   v.routes = routes.data();
   v.row_at = row_at.data();
   v.max_rows = R;
@@ -167,10 +168,17 @@ inline Received receive_on(kernels::Backend& be, const WireCase& c,
     be.download(out.row_at.data(), row_at.data(), out.row_at.size() * sizeof(int32_t));
   }
   out.rows.resize(static_cast<size_t>(R * c.width));
+  const bool bf16_rows = kernels::wire::rows_dtype(v) == kernels::WireDtype::kBF16;
+  std::vector<bf16> bits(static_cast<size_t>(c.width));
   for (int32_t r = 0; r < R; ++r) {
-    be.download(out.rows.data() + r * c.width,
-                v.rows + static_cast<int64_t>(out.row_at[r]) * c.width,
-                static_cast<size_t>(c.width) * sizeof(float));
+    const unsigned char* row = kernels::wire::input_row(v, out.row_at[r]);
+    if (!bf16_rows) {
+      be.download(out.rows.data() + r * c.width, row, static_cast<size_t>(c.width) * sizeof(float));
+      continue;
+    }
+    be.download(bits.data(), row, bits.size() * sizeof(bf16));
+    for (int64_t col = 0; col < c.width; ++col)
+      out.rows[r * c.width + col] = bf16_to_float(bits[col]);
   }
   return out;
 }

@@ -178,6 +178,15 @@ void run_expert_case(Backend& gpu, int64_t hidden, int64_t inter,
   // about 2^-8 of an output, a few percent of the rms at most (tests/gpu_host FusedMath).
   EXPECT_TRUE(close_to(got, want, 3e-2 * rms(want), 1e-2))
       << hidden << "x" << inter << (host_counts ? " host counts" : " device counts");
+  // The rows as bf16 values (x_bf16, x null), as the dispatcher hands over bf16 rows: the
+  // experts round their input, so the same bits.
+  std::vector<bf16> xb(x.size());
+  for (size_t i = 0; i < x.size(); ++i) xb[i] = float_to_bf16(x[i]);
+  auto d_xb = upload_vector(gpu, xb);
+  auto d_out_b = upload_vector(gpu, std::vector<float>(max_pairs * hidden, 0.0f));
+  gpu.expert_swiglu(nullptr, hidden, inter, experts.batch(), d_out_b.data(), d_xb.data());
+  EXPECT_EQ(download_vector(gpu, d_out_b), got)
+      << "bf16 rows, " << hidden << "x" << inter << (host_counts ? " host counts" : "");
 }
 
 TEST_F(CudaOpsTest, ExpertSwigluSmallKernelWithDeviceCounts) {

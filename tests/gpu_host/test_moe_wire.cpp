@@ -50,7 +50,9 @@ void expect_loopback(const test::WireCase& c) {
       }
       const float* want = c.hidden.data() + c.send_token[i] * H;
       const float* row = got.rows.data() + r * H;
-      const bool exact = s == c.rank || c.f.dtype == WireDtype::kF32;  // own rows stay fp32
+      // Own rows stay fp32 but in bf16 dispatch, which hands every row over as a bf16 value.
+      const bool exact =
+          c.f.dtype == WireDtype::kF32 || (s == c.rank && c.f.dtype != WireDtype::kBF16);
       float amax = 0;
       for (int64_t col = 0; col < H; ++col) {
         if (col % kFp8Block == 0) {
@@ -87,6 +89,11 @@ TEST(MoeWire, MessageSizesFollowTheFormat) {
   EXPECT_EQ(wire::row_bytes(WireDtype::kF32, 100), 400);
   EXPECT_EQ(wire::row_bytes(WireDtype::kFP8, 1000), 1000 + 4 * 8);  // codes, then 8 scales
   EXPECT_EQ(wire::row_bytes(WireDtype::kFP8, 130), 132 + 4 * 2);
+  // The experts read fp32 rows and whole bf16 rows where they land; the rest is widened.
+  EXPECT_TRUE(wire::rows_in_place(wire::message_format(WireDtype::kF32, 37, 2, 11, 4)));
+  EXPECT_TRUE(wire::rows_in_place(f));
+  EXPECT_FALSE(wire::rows_in_place(wire::message_format(WireDtype::kBF16, 37, 2, 11, 4)));
+  EXPECT_FALSE(wire::rows_in_place(wire::message_format(WireDtype::kFP8, 1024, 8, 11, 4)));
 }
 
 TEST(MoeWire, RowsAndRoutesSurviveTheRoundTripInEveryWireType) {

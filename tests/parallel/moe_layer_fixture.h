@@ -147,7 +147,9 @@ inline LayerRun run_moe_layer(
   batch.slot_weights = slots.data();
   batch.host_slot_weights = slots.data();
   std::vector<float> out(static_cast<size_t>(std::max<int64_t>(batch.max_pairs, 1) * H));
-  if (batch.max_pairs > 0) backend.expert_swiglu(d.recv_rows, H, bank.inter(), batch, out.data());
+  if (batch.max_pairs > 0) {
+    backend.expert_swiglu(d.recv_rows, H, bank.inter(), batch, out.data(), d.recv_rows_bf16);
+  }
   if (inspect) inspect(d, out);
   LayerRun run;
   run.y.assign(static_cast<size_t>(num_tokens * H), 0.0f);

@@ -109,6 +109,11 @@ float expert_scale(int expert) {
   return 1.0f + static_cast<float>(expert) / 8.0f;
 }
 
+// Element i of the experts' input (the rows stay bf16 in bf16 dispatch).
+float received_value(const DispatchHandle& r, int64_t i) {
+  return r.recv_rows_bf16 != nullptr ? bf16_to_float(r.recv_rows_bf16[i]) : r.recv_rows[i];
+}
+
 // Stand-in experts: each pair's output is its row times expert_scale(the slot's expert).
 std::vector<float> scaled_outputs(const DispatchHandle& r, const std::vector<int>& rank_experts,
                                   int64_t H) {
@@ -117,35 +122,40 @@ std::vector<float> scaled_outputs(const DispatchHandle& r, const std::vector<int
   for (int slot = 0; slot < static_cast<int>(rank_experts.size()); ++slot) {
     const float scale = expert_scale(rank_experts[slot]);
     for (int64_t p = b.slot_begin[slot]; p < b.slot_begin[slot + 1]; ++p) {
-      for (int64_t c = 0; c < H; ++c) out[p * H + c] = r.recv_rows[b.row_index[p] * H + c] * scale;
+      for (int64_t c = 0; c < H; ++c)
+        out[p * H + c] = received_value(r, b.row_index[p] * H + c) * scale;
     }
   }
   return out;
 }
 
 // One step of a one-layer placement: dispatch, the stand-in experts, combine into y (all y0).
+// bf16_input (optional): whether the experts got their rows as bf16.
 std::vector<float> exchange_once(Dispatcher& dispatcher, const std::vector<float>& x, int64_t T,
                                  const testing::Routing& routing,
-                                 const std::vector<int>& rank_experts, int64_t H, float y0) {
+                                 const std::vector<int>& rank_experts, int64_t H, float y0,
+                                 bool* bf16_input = nullptr) {
   dispatcher.begin_step();
   const DispatchHandle r =
       dispatcher.dispatch(0, x.data(), T, routing.ids.data(), routing.weights.data());
+  if (bf16_input != nullptr) *bf16_input = r.recv_rows_bf16 != nullptr;
   const std::vector<float> out = scaled_outputs(r, rank_experts, H);
   std::vector<float> y(static_cast<size_t>(T * H), y0);
   dispatcher.combine(out.data(), r, y.data());
   return y;
 }
 
-TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
-  auto comm = make_comm();
-  auto backend = kernels::make_backend("cpu", 0);
-  const int n = comm->size(), me = comm->rank();
+void expect_fixed_order_sum(Communicator& comm, kernels::ComputeDtype dtype, int64_t H) {
+  kernels::BackendOptions bo;
+  bo.compute_dtype = dtype;
+  auto backend = kernels::make_backend(bo);
+  const bool bf16_rows = dtype == kernels::ComputeDtype::kBF16;
+  const int n = comm.size(), me = comm.rank();
   const int E = 24, k = 4;
-  const int64_t H = 37;  // not a multiple of any vector width
   const int64_t T = tokens_of(me);
   std::vector<int> allowed(E);
   std::iota(allowed.begin(), allowed.end(), 0);
-  Dispatcher dispatcher(*comm, *backend, H, k);
+  Dispatcher dispatcher(comm, *backend, H, k);
   for (const auto& lists : {round_robin_placement(E, n), replicated_lists(E, n)}) {
     LayerPlacement::from_rank_experts(lists, E).validate(E, n, "bit_for_bit");
     const Placement placement = testing::one_layer(lists, E);
@@ -154,7 +164,11 @@ TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
       auto routing = testing::make_routing(testing::mix_seed(seed, me), T, k, allowed);
       auto x =
           testing::random_floats(testing::mix_seed(seed + 7, me), static_cast<size_t>(T * H), 1.f);
-      const std::vector<float> y = exchange_once(dispatcher, x, T, routing, lists[me], H, 0.0f);
+      bool bf16_input = false;
+      const std::vector<float> y =
+          exchange_once(dispatcher, x, T, routing, lists[me], H, 0.0f, &bf16_input);
+      // Several ranks: bf16 rows of even width stay where they landed.
+      EXPECT_EQ(bf16_input, bf16_rows && n > 1 && H % 2 == 0);
 
       // The expected sum, in the order the specification lays the rows out.
       const DispatchLayout L =
@@ -172,10 +186,12 @@ TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
             for (int j = 0; j < k; ++j) {
               const RouteEntry& e = L.send_routes[static_cast<size_t>(row) * k + j];
               if (e.local_slot < 0) continue;
-              const float o = x[t * H + c] * expert_scale(lists[dest_of_row[row]][e.local_slot]);
+              const float in = bf16_rows && n > 1 ? round_to_bf16(x[t * H + c]) : x[t * H + c];
+              const float o = in * expert_scale(lists[dest_of_row[row]][e.local_slot]);
               partial = first_route ? e.weight * o : partial + e.weight * o;
               first_route = false;
             }
+            if (bf16_rows && dest_of_row[row] != me) partial = round_to_bf16(partial);
             acc = i == L.token_offsets[t] ? partial : acc + partial;
           }
           want[t * H + c] = acc;
@@ -183,6 +199,25 @@ TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
       }
       EXPECT_EQ(y, want) << "seed " << seed << ", rank " << me;
     }
+  }
+}
+
+// In bf16 compute on several ranks the rows travel as bf16 both ways: every row reaches the
+// experts as a bf16 value (own rows included; in place at even width, widened at odd width) and
+// the partial rows of other ranks come back rounded to bf16. One rank hands over the hidden rows
+// themselves (the experts round them).
+TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
+  auto comm = make_comm();
+  struct Case {
+    kernels::ComputeDtype dtype;
+    int64_t hidden;
+  };
+  for (const Case& cs :
+       {Case{kernels::ComputeDtype::kF32, 37}, Case{kernels::ComputeDtype::kBF16, 37},
+        Case{kernels::ComputeDtype::kBF16, 40}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << kernels::compute_dtype_name(cs.dtype) << ", H " << cs.hidden);
+    expect_fixed_order_sum(*comm, cs.dtype, cs.hidden);
   }
 }
 
