@@ -12,12 +12,13 @@
 // rank counts the output elements that differ from the reference exchange (#wrong; exact: the
 // reference forms the same fp32 operations, rounding where the wire type rounds). The memory floor
 // is measured in the same run: one streaming read of every expert output (what any combine must
-// do at least once), timed right after the stand-in wrote them, as the combine sees them. Columns
-// (per rank, median or min over iterations, then the slowest rank): size = bytes one rank moves
-// (rows and route entries out, rows back, own rows included, as nccl-tests counts its own chunk),
-// algbw = size / time, busbw = algbw x (N-1)/N (nccl-tests' all-to-all factor), coll = exchanges
-// per MoE layer. Exit code 1 when any element is wrong. Note: bench/ uses MPI directly only for
-// the raw baseline; the runtime never does.
+// do at least once), timed right after the stand-in wrote them, as the combine sees them; and one
+// read-modify-write of the hidden rows, the residual add the combine fuses (x + combined rows).
+// Columns (per rank, median or min over iterations, then the slowest rank): size = bytes one rank
+// moves (rows and route entries out, rows back, own rows included, as nccl-tests counts its own
+// chunk), algbw = size / time, busbw = algbw x (N-1)/N (nccl-tests' all-to-all factor), coll =
+// exchanges per MoE layer. Exit code 1 when any element is wrong. Note: bench/ uses MPI directly
+// only for the raw baseline; the runtime never does.
 #include <fmt/format.h>
 #include <mpi.h>
 
@@ -80,6 +81,8 @@ struct CaseResult {
   Case c;
   double size_bytes = 0;  // dispatch + combine, own rows included
   double ours_s = 0, raw_s = 0, mem_s = 0;
+  double residual_s = 0;  // one read-modify-write of the hidden states, the fused residual's
+  double floor_s() const { return mem_s + residual_s; }
   double dispatch_s = 0, combine_s = 0;
   int64_t wrong = 0, raw_wrong = 0;  // summed over ranks
   int64_t collectives = 0;           // exchanges per MoE layer
@@ -225,6 +228,29 @@ class A2aBench {
       return s;
     };
 
+    // The residual's floor: the combine returns x + the combined rows (the layer's residual add,
+    // fused), so it also reads and writes every hidden row once, which the raw exchange does not
+    // do and an unfused layer does in its own pass. Adding -0.0 is exact for every value, so y
+    // keeps its bits. Device memory: a device-to-device copy (one read, one write).
+    kernels::Buffer<float> residual_scratch;
+    auto run_residual = [&] {
+      const int64_t n = c.tokens * H;
+      if (!backend_.is_host_memory()) {
+        residual_scratch.ensure(backend_, static_cast<size_t>(std::max<int64_t>(n, 1)));
+        backend_.synchronize();
+        const auto t0 = Clock::now();
+        backend_.copy(residual_scratch.data(), y.data(), static_cast<size_t>(n) * sizeof(float));
+        backend_.synchronize();
+        return seconds_since(t0);
+      }
+      volatile float minus_zero = -0.0f;
+      const float add = minus_zero;
+      float* x = y.data();
+      const auto t0 = Clock::now();
+      for (int64_t i = 0; i < n; ++i) x[i] = x[i] + add;
+      return seconds_since(t0);
+    };
+
     // First call: fixes the per-peer counts the raw exchange mirrors, and checks the result.
     double d0 = 0, c0 = 0;
     int64_t pairs = 0;
@@ -237,11 +263,12 @@ class A2aBench {
     RawExchange raw = make_raw(first, c, wire);
     res.raw_wrong = raw.run_and_check(*this);
 
-    std::vector<double> ours, raws, mems, disp, comb;
+    std::vector<double> ours, raws, mems, residuals, disp, comb;
     for (int i = 0; i < o_.warmup + o_.iters; ++i) {
       double d = 0, cb = 0;
       run_ours(d, cb, pairs);
       const double mem = run_mem(pairs);  // stand-in output still as the combine saw it
+      const double residual = run_residual();
       comm_.barrier();
       const double raw_s = raw.run(*this);
       std::array<double, 3> phases{};
@@ -250,6 +277,7 @@ class A2aBench {
       ours.push_back(d + cb);
       raws.push_back(raw_s);
       mems.push_back(mem);
+      residuals.push_back(residual);
       disp.push_back(d);
       comb.push_back(cb);
     }
@@ -259,7 +287,8 @@ class A2aBench {
     const auto stat = [&](const std::vector<double>& x) {
       return o_.stat == "min" ? minimum(x) : median(x);
     };
-    std::array<double, 5> v = {stat(ours), stat(raws), stat(mems), stat(disp), stat(comb)};
+    std::array<double, 6> v = {stat(ours), stat(raws), stat(mems),
+                               stat(disp), stat(comb), stat(residuals)};
     comm_.all_reduce(std::span<double>(v), parallel::ReduceOp::kMax);
     std::array<double, 1> size = {raw.size_bytes};
     comm_.all_reduce(std::span<double>(size), parallel::ReduceOp::kSum);
@@ -270,6 +299,7 @@ class A2aBench {
     res.mem_s = v[2];
     res.dispatch_s = v[3];
     res.combine_s = v[4];
+    res.residual_s = v[5];
     res.size_bytes = size[0] / n_;
     res.wrong = wrong[0];
     res.raw_wrong = wrong[1];
@@ -394,12 +424,16 @@ void print_header(const Options& o, int n, const std::string& backend, const std
   fmt::print(
       "# size = bytes per rank (out + back, own rows included); algbw = size / time; busbw "
       "= algbw * (N-1)/N\n");
-  fmt::print("# mem = one read of every expert output (the combine's minimum), measured here\n");
+  fmt::print(
+      "# mem = one read of every expert output (the combine's minimum), res = one "
+      "read-modify-write "
+      "of the hidden rows (the residual add the combine fuses), both measured here\n");
   fmt::print(
       "#{:>6} {:>6} {:>3} {:>11} {:>10} {:>5} {:>4} | {:>9} {:>8} {:>8} {:>6} | {:>9} {:>6} | "
-      "{:>6} | {:>8} {:>8} | {:>8} {:>8}\n",
+      "{:>6} | {:>8} {:>8} | {:>8} {:>8} | {:>8} {:>8}\n",
       "tokens", "hidden", "k", "size(B)", "count", "type", "coll", "time(us)", "algbw", "busbw",
-      "#wrong", "raw(us)", "#wrong", "ratio", "mem(us)", "x(r+m)", "disp(us)", "comb(us)");
+      "#wrong", "raw(us)", "#wrong", "ratio", "mem(us)", "x(r+m)", "res(us)", "x(r+m+x)",
+      "disp(us)", "comb(us)");
 }
 
 // nccl-tests' count column: elements of the dispatched type in `size` (bytes / element size).
@@ -414,11 +448,12 @@ void print_row(const CaseResult& r, int n) {
   const double busbw = algbw * (n - 1) / n;
   fmt::print(
       " {:>6} {:>6} {:>3} {:>11.0f} {:>10.0f} {:>5} {:>4} | {:>9.1f} {:>8.3f} {:>8.3f} {:>6} | "
-      "{:>9.1f} {:>6} | {:>6.3f} | {:>8.1f} {:>8.3f} | {:>8.1f} {:>8.1f}\n",
+      "{:>9.1f} {:>6} | {:>6.3f} | {:>8.1f} {:>8.3f} | {:>8.1f} {:>8.3f} | {:>8.1f} {:>8.1f}\n",
       r.c.tokens, r.c.hidden, r.c.top_k, r.size_bytes, element_count(r),
       kernels::wire_dtype_name(r.c.dtype), r.collectives, r.ours_s * 1e6, algbw, busbw, r.wrong,
       r.raw_s * 1e6, r.raw_wrong, r.ours_s / r.raw_s, r.mem_s * 1e6, r.ours_s / (r.raw_s + r.mem_s),
-      r.dispatch_s * 1e6, r.combine_s * 1e6);
+      r.residual_s * 1e6, r.ours_s / (r.raw_s + r.floor_s()), r.dispatch_s * 1e6,
+      r.combine_s * 1e6);
 }
 
 int run(int argc, char** argv) {
@@ -487,12 +522,15 @@ int run(int argc, char** argv) {
   }
   int64_t wrong = 0;
   double ratio_min = 1e30, ratio_max = 0, floor_min = 1e30, floor_max = 0, busbw_sum = 0;
+  double full_min = 1e30, full_max = 0;
   for (const CaseResult& r : results) {
     wrong += r.wrong + r.raw_wrong;
     ratio_min = std::min(ratio_min, r.ours_s / r.raw_s);
     ratio_max = std::max(ratio_max, r.ours_s / r.raw_s);
     floor_min = std::min(floor_min, r.ours_s / (r.raw_s + r.mem_s));
     floor_max = std::max(floor_max, r.ours_s / (r.raw_s + r.mem_s));
+    full_min = std::min(full_min, r.ours_s / (r.raw_s + r.floor_s()));
+    full_max = std::max(full_max, r.ours_s / (r.raw_s + r.floor_s()));
     busbw_sum += r.size_bytes / r.ours_s / 1e9 * (n - 1) / n;
   }
   if (comm->rank() == 0) {
@@ -500,8 +538,8 @@ int run(int argc, char** argv) {
     fmt::print("# avg busbw: {:.3f} GB/s\n", busbw_sum / static_cast<double>(results.size()));
     fmt::print(
         "# ratio dispatch+combine / raw: {:.3f} .. {:.3f} (goal <= 1.15); / (raw + mem): "
-        "{:.3f} .. {:.3f}\n",
-        ratio_min, ratio_max, floor_min, floor_max);
+        "{:.3f} .. {:.3f}; / (raw + mem + res): {:.3f} .. {:.3f}\n",
+        ratio_min, ratio_max, floor_min, floor_max, full_min, full_max);
     nlohmann::json j;
     j["ranks"] = n;
     j["experts"] = o.experts;
@@ -512,39 +550,43 @@ int run(int argc, char** argv) {
     j["wrong"] = wrong;
     j["cases"] = nlohmann::json::array();
     for (const CaseResult& r : results) {
-      j["cases"].push_back({{"tokens_per_rank", r.c.tokens},
-                            {"hidden", r.c.hidden},
-                            {"top_k", r.c.top_k},
-                            {"dtype", kernels::wire_dtype_name(r.c.dtype)},
-                            {"collectives_per_layer", r.collectives},
-                            {"size_bytes", r.size_bytes},
-                            {"count", element_count(r)},
-                            {"time_us", r.ours_s * 1e6},
-                            {"algbw_gb_s", r.size_bytes / r.ours_s / 1e9},
-                            {"busbw_gb_s", r.size_bytes / r.ours_s / 1e9 * (n - 1) / n},
-                            {"wrong", r.wrong},
-                            {"raw_us", r.raw_s * 1e6},
-                            {"raw_wrong", r.raw_wrong},
-                            {"ratio", r.ours_s / r.raw_s},
-                            {"mem_us", r.mem_s * 1e6},
-                            {"ratio_to_raw_plus_mem", r.ours_s / (r.raw_s + r.mem_s)},
-                            {"dispatch_us", r.dispatch_s * 1e6},
-                            {"combine_us", r.combine_s * 1e6}});
+      j["cases"].push_back(
+          {{"tokens_per_rank", r.c.tokens},
+           {"hidden", r.c.hidden},
+           {"top_k", r.c.top_k},
+           {"dtype", kernels::wire_dtype_name(r.c.dtype)},
+           {"collectives_per_layer", r.collectives},
+           {"size_bytes", r.size_bytes},
+           {"count", element_count(r)},
+           {"time_us", r.ours_s * 1e6},
+           {"algbw_gb_s", r.size_bytes / r.ours_s / 1e9},
+           {"busbw_gb_s", r.size_bytes / r.ours_s / 1e9 * (n - 1) / n},
+           {"wrong", r.wrong},
+           {"raw_us", r.raw_s * 1e6},
+           {"raw_wrong", r.raw_wrong},
+           {"ratio", r.ours_s / r.raw_s},
+           {"mem_us", r.mem_s * 1e6},
+           {"ratio_to_raw_plus_mem", r.ours_s / (r.raw_s + r.mem_s)},
+           {"residual_us", r.residual_s * 1e6},
+           {"ratio_to_raw_plus_mem_plus_residual", r.ours_s / (r.raw_s + r.floor_s())},
+           {"dispatch_us", r.dispatch_s * 1e6},
+           {"combine_us", r.combine_s * 1e6}});
     }
     if (!o.json.empty()) std::ofstream(o.json) << j.dump(2) << "\n";
     if (!o.csv.empty()) {
       std::ofstream f(o.csv);
       f << "ranks,tokens,hidden,top_k,dtype,collectives_per_layer,size_bytes,count,time_us,"
            "algbw_gb_s,busbw_gb_s,wrong,raw_us,raw_wrong,ratio,mem_us,ratio_to_raw_plus_mem,"
-           "dispatch_us,combine_us\n";
+           "residual_us,ratio_to_raw_plus_mem_plus_residual,dispatch_us,combine_us\n";
       for (const auto& c : j["cases"]) {
         f << n << "," << c["tokens_per_rank"] << "," << c["hidden"] << "," << c["top_k"] << ","
           << c["dtype"].get<std::string>() << "," << c["collectives_per_layer"] << ","
           << c["size_bytes"] << "," << c["count"] << "," << c["time_us"] << "," << c["algbw_gb_s"]
           << "," << c["busbw_gb_s"] << "," << c["wrong"] << "," << c["raw_us"] << ","
           << c["raw_wrong"] << "," << c["ratio"] << "," << c["mem_us"] << ","
-          << c["ratio_to_raw_plus_mem"] << "," << c["dispatch_us"] << "," << c["combine_us"]
-          << "\n";
+          << c["ratio_to_raw_plus_mem"] << "," << c["residual_us"] << ","
+          << c["ratio_to_raw_plus_mem_plus_residual"] << "," << c["dispatch_us"] << ","
+          << c["combine_us"] << "\n";
       }
     }
   }
