@@ -564,8 +564,10 @@ void MpiSession::abort_job(const std::string& line, int exit_code) {
     std::_Exit(exit_code);
   }
   // When every rank hits the same error (a bad config read everywhere), rank 0's MPI_Abort ends
-  // the others during their pause, so the job prints one line instead of N.
-  if (rank != 0) std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  // the others during their pause, so the job prints one line instead of N. The pause allows for
+  // a loaded machine, where the abort takes hundreds of milliseconds to reach the other ranks
+  // (300 ms let three lines through under load 6); a fault on one other rank alone costs it.
+  if (rank != 0) std::this_thread::sleep_for(std::chrono::milliseconds(1000));
   std::fprintf(stderr, "%s\n", line.c_str());
   std::fflush(stderr);
   std::fflush(stdout);
