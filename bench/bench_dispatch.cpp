@@ -14,8 +14,8 @@
 // exchange (#wrong; exact: the reference forms the same fp32 operations, rounding where the wire
 // type and the bf16 experts round). The memory floor is measured in the same run: one streaming
 // read of every expert output in that dtype (what any combine must do at least once; bf16
-// outputs are half the bytes), timed right after the stand-in wrote them, as the combine sees
-// them; and one
+// outputs are half the bytes; read as integer words, so the memory sets the time), timed right
+// after the stand-in wrote them, as the combine sees them; and one
 // read-modify-write of the hidden rows, the residual add the combine fuses (x + combined rows).
 // Columns (per rank, median or min over iterations, then the slowest rank): size = bytes one rank
 // moves (rows and route entries out, rows back, own rows included, as nccl-tests counts its own
@@ -52,24 +52,21 @@ constexpr uint64_t kSeed = 20261129;
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
-// The sum of n values read once in order (fp32, or bf16 bits widened): the memory floor's read.
-inline float widened_value(float v) {
-  return v;
-}
-inline float widened_value(uint16_t bits) {
-  return kernels::cuda::bf16_bits_to_f32(bits);
-}
-template <class T>
-float sum_stream(const T* src, int64_t n) {
-  float acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
-  int64_t i = 0;
+// One streaming read of `bytes` bytes, summed as 8-byte integer words (integer adds vectorise, so
+// this is the memory's floor whatever the values' dtype, not the adds').
+uint64_t sum_words(const unsigned char* src, size_t bytes) {
+  const auto* w = reinterpret_cast<const uint64_t*>(src);
+  const size_t n = bytes / 8;
+  uint64_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
+  size_t i = 0;
   for (; i + 4 <= n; i += 4) {
-    acc0 += widened_value(src[i]);
-    acc1 += widened_value(src[i + 1]);
-    acc2 += widened_value(src[i + 2]);
-    acc3 += widened_value(src[i + 3]);
+    acc0 += w[i];
+    acc1 += w[i + 1];
+    acc2 += w[i + 2];
+    acc3 += w[i + 3];
   }
-  for (; i < n; ++i) acc0 += widened_value(src[i]);
+  for (; i < n; ++i) acc0 += w[i];
+  for (size_t b = n * 8; b < bytes; ++b) acc1 += src[b];
   return acc0 + acc1 + acc2 + acc3;
 }
 
@@ -252,11 +249,9 @@ class A2aBench {
         return seconds_since(t0) / 2;
       }
       const auto t0 = Clock::now();
-      const float sum = bf16_out
-                            ? sum_stream(reinterpret_cast<const uint16_t*>(expert_out.data()), n)
-                            : sum_stream(reinterpret_cast<const float*>(expert_out.data()), n);
+      const uint64_t sum = sum_words(expert_out.data(), bytes);
       const double s = seconds_since(t0);
-      volatile float sink = sum;  // keeps the loop
+      volatile uint64_t sink = sum;  // keeps the loop
       (void)sink;
       return s;
     };
@@ -458,7 +453,8 @@ void print_header(const Options& o, int n, const std::string& backend, const std
       "# size = bytes per rank (out + back, own rows included); algbw = size / time; busbw "
       "= algbw * (N-1)/N\n");
   fmt::print(
-      "# mem = one read of every expert output (the combine's minimum), res = one "
+      "# mem = one read of every expert output in the experts' dtype (fp32; bf16 for bf16 and "
+      "fp8 rows: the combine's minimum), res = one "
       "read-modify-write "
       "of the hidden rows (the residual add the combine fuses), both measured here\n");
   fmt::print(
