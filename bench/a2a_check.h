@@ -4,7 +4,9 @@
 // weights multiples of 1/8 and expert scales in {1, 2, 3}, so every fp32 sum the combine forms
 // is exact in any order: a correct exchange has #wrong == 0 exactly, whatever the rank count.
 // Rows in a narrower wire type (bf16 partial rows, fp8 dispatched rows) round at the points the
-// dispatcher rounds them: a2a_expected_on_wire forms the same fp32 operations in the same order.
+// dispatcher rounds them, and the stand-in expert's output is rounded to bf16 where the runtime's
+// experts compute in bf16 (bf16 and fp8 rows): a2a_expected_on_wire forms the same fp32
+// operations in the same order.
 #pragma once
 
 #include <algorithm>
@@ -33,9 +35,18 @@ inline float a2a_hidden_value(uint64_t seed, int rank, int64_t token, int64_t co
   return static_cast<float>(static_cast<int>(h % 17) - 8) / 8.0f;
 }
 
-// The stand-in expert computes out = scale(expert) * in.
+// The stand-in expert computes out = scale(expert) * in, rounded to bf16 when the rows are bf16
+// or fp8 (bf16 compute: a2a_expert_out).
 inline float a2a_expert_scale(int expert) {
   return static_cast<float>(1 + expert % 3);
+}
+
+// The stand-in expert's output value for input `in`: scale(expert) * in, stored as bf16 when the
+// dispatch wire type says the runtime computes in bf16 (everything but fp32 rows), as the
+// runtime's bf16 experts store their output.
+inline float a2a_expert_out(int expert, float in, kernels::WireDtype dispatch) {
+  const float out = a2a_expert_scale(expert) * in;
+  return dispatch == kernels::WireDtype::kF32 ? out : round_to_bf16(out);
 }
 
 // One rank's routing: top_k distinct experts per token, weights in {1/8, 2/8, 3/8, 4/8}.
@@ -92,7 +103,7 @@ inline int64_t a2a_count_wrong(const float* y, uint64_t seed, int rank, const A2
 // What the combine of the dispatcher gives for token t of `rank` (row [hidden] into out) when rows
 // travel as `dispatch` and partial rows come back as `combine` (rank_of_expert[e]: the rank holding
 // expert e, one replica each): per destination rank in ascending order, the fp32 sum in top-k order
-// of w * (scale * x), x the row as that rank received it (own rows stay fp32 but in bf16
+// of w * a2a_expert_out(x), x the row as that rank received it (own rows stay fp32 but in bf16
 // dispatch, where every row reaches the experts as a bf16 value); partial rows from
 // other ranks rounded to `combine`; then their sum in destination order.
 inline void a2a_expected_on_wire(uint64_t seed, int rank, const A2aRouting& r, int64_t t,
@@ -129,7 +140,7 @@ inline void a2a_expected_on_wire(uint64_t seed, int rank, const A2aRouting& r, i
       for (int j = 0; j < r.top_k; ++j) {
         const size_t i = static_cast<size_t>(t * r.top_k + j);
         if (rank_of_expert[r.ids[i]] != d) continue;
-        const float term = r.weights[i] * (a2a_expert_scale(r.ids[i]) * in);
+        const float term = r.weights[i] * a2a_expert_out(r.ids[i], in, dispatch);
         partial = first ? term : partial + term;
         first = false;
       }

@@ -8,11 +8,14 @@
 //                               [--iters 20] [--stat median|min] [--json F] [--csv F]
 // --dtype picks the rows' wire type: fp32 (fp32 compute), bf16 (bf16 compute: rows both ways in
 // bf16), fp8 (bf16 compute: e4m3 rows out, bf16 back). Data and routing are seeded
-// (bench/a2a_check.h); expert compute is an untimed stand-in (out = scale(expert) * in), and every
-// rank counts the output elements that differ from the reference exchange (#wrong; exact: the
-// reference forms the same fp32 operations, rounding where the wire type rounds). The memory floor
-// is measured in the same run: one streaming read of every expert output (what any combine must
-// do at least once), timed right after the stand-in wrote them, as the combine sees them; and one
+// (bench/a2a_check.h); expert compute is an untimed stand-in (out = scale(expert) * in, in the
+// dtype the runtime's experts write: fp32 for fp32 rows, bf16 for bf16 and fp8 rows, which need
+// bf16 compute), and every rank counts the output elements that differ from the reference
+// exchange (#wrong; exact: the reference forms the same fp32 operations, rounding where the wire
+// type and the bf16 experts round). The memory floor is measured in the same run: one streaming
+// read of every expert output in that dtype (what any combine must do at least once; bf16
+// outputs are half the bytes; read as integer words, so the memory sets the time), timed right
+// after the stand-in wrote them, as the combine sees them; and one
 // read-modify-write of the hidden rows, the residual add the combine fuses (x + combined rows).
 // Columns (per rank, median or min over iterations, then the slowest rank): size = bytes one rank
 // moves (rows and route entries out, rows back, own rows included, as nccl-tests counts its own
@@ -49,6 +52,24 @@ constexpr uint64_t kSeed = 20261129;
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
 }
+// One streaming read of `bytes` bytes, summed as 8-byte integer words (integer adds vectorise, so
+// this is the memory's floor whatever the values' dtype, not the adds').
+uint64_t sum_words(const unsigned char* src, size_t bytes) {
+  const auto* w = reinterpret_cast<const uint64_t*>(src);
+  const size_t n = bytes / 8;
+  uint64_t acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
+  size_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    acc0 += w[i];
+    acc1 += w[i + 1];
+    acc2 += w[i + 2];
+    acc3 += w[i + 3];
+  }
+  for (; i < n; ++i) acc0 += w[i];
+  for (size_t b = n * 8; b < bytes; ++b) acc1 += src[b];
+  return acc0 + acc1 + acc2 + acc3;
+}
+
 double median(std::vector<double> v) {
   std::sort(v.begin(), v.end());
   return v.empty() ? 0.0 : v[v.size() / 2];
@@ -110,9 +131,9 @@ class A2aBench {
     kernels::Buffer<float> hidden(backend_, std::max<size_t>(host_hidden.size(), 1));
     backend_.upload(hidden.data(), host_hidden.data(), host_hidden.size() * sizeof(float));
     kernels::Buffer<float> y(backend_, std::max<size_t>(host_hidden.size(), 1));
-    kernels::Buffer<float> expert_out;
+    kernels::Buffer<unsigned char> expert_out;  // [P, H] fp32, or bf16 where the experts are bf16
     std::vector<float> host_recv, host_out, host_y(host_hidden.size());
-    std::vector<bf16> host_recv_bf16;
+    std::vector<bf16> host_recv_bf16, host_out_bf16;
     kernels::Buffer<int32_t> ids;
     kernels::Buffer<float> weights;
     ids.assign(backend_, routing.ids.data(), routing.ids.size());
@@ -125,6 +146,9 @@ class A2aBench {
     parallel::Dispatcher dispatcher(comm_, backend_, H, c.top_k, dopts);
     dispatcher.set_placement(placement);
     const parallel::WirePlan wire = dispatcher.wire();
+    // bf16 and fp8 rows need bf16 compute, whose experts write bf16 rows (MoeLayer).
+    const bool bf16_out = wire.dispatch != kernels::WireDtype::kF32;
+    const size_t out_elem_bytes = bf16_out ? sizeof(bf16) : sizeof(float);
     const auto count_wrong = [&] {
       backend_.download(host_y.data(), y.data(), host_y.size() * sizeof(float));
       return a2a_count_wrong_on_wire(host_y.data(), kSeed, rank_, routing, c.tokens, H,
@@ -133,7 +157,8 @@ class A2aBench {
     kernels::HostPhaseTimer timer(3);  // layout, dispatch, combine
     dispatcher.set_timer(&timer, 0, 1, 2);
 
-    // Untimed stand-in for the expert GEMMs: out[p] = scale(expert of p's slot) * in[row(p)].
+    // Untimed stand-in for the expert GEMMs: out[p] = scale(expert of p's slot) * in[row(p)],
+    // stored as the runtime's experts store it (a2a_expert_out).
     auto expert_compute = [&](const parallel::DispatchHandle& r) {
       const kernels::ExpertBatch& b = r.experts;
       slot_begin.resize(static_cast<size_t>(b.num_slots + 1));
@@ -160,15 +185,22 @@ class A2aBench {
       }
       const auto& slots = lp.rank_experts[static_cast<size_t>(rank_)];
       for (size_t slot = 0; slot + 1 < slot_begin.size(); ++slot) {
-        const float scale = a2a_expert_scale(slots[slot]);
         for (int64_t p = slot_begin[slot]; p < slot_begin[slot + 1]; ++p) {
           const float* in = host_recv.data() + p * H;
           float* out = host_out.data() + p * H;
-          for (int64_t col = 0; col < H; ++col) out[col] = scale * in[col];
+          for (int64_t col = 0; col < H; ++col) {
+            out[col] = a2a_expert_out(slots[slot], in[col], wire.dispatch);
+          }
         }
       }
-      expert_out.ensure(backend_, host_out.size());
-      backend_.upload(expert_out.data(), host_out.data(), host_out.size() * sizeof(float));
+      expert_out.ensure(backend_, host_out.size() * out_elem_bytes);
+      if (bf16_out) {
+        host_out_bf16.resize(host_out.size());
+        for (size_t i = 0; i < host_out.size(); ++i) host_out_bf16[i] = float_to_bf16(host_out[i]);
+        backend_.upload(expert_out.data(), host_out_bf16.data(), host_out.size() * sizeof(bf16));
+      } else {
+        backend_.upload(expert_out.data(), host_out.data(), host_out.size() * sizeof(float));
+      }
       return P;
     };
 
@@ -191,39 +223,35 @@ class A2aBench {
       comm_.barrier();
       t0 = Clock::now();
       timer.start();
-      dispatcher.combine(expert_out.data(), r, y.data());
+      if (bf16_out) {
+        dispatcher.combine(reinterpret_cast<const bf16*>(expert_out.data()), r, y.data());
+      } else {
+        dispatcher.combine(reinterpret_cast<const float*>(expert_out.data()), r, y.data());
+      }
       backend_.synchronize();
       combine_s = seconds_since(t0);
       return r;
     };
 
-    // The memory floor: one read of every expert output, right after they were written, where
-    // the combine reads them. Device memory: half a device-to-device copy (read + write).
-    kernels::Buffer<float> mem_scratch;
+    // The memory floor: one read of every expert output, in the dtype the experts wrote, right
+    // after they were written, where the combine reads them. Device memory: half a
+    // device-to-device copy (read + write).
+    kernels::Buffer<unsigned char> mem_scratch;
     auto run_mem = [&](int64_t pairs) {
       const int64_t n = pairs * H;
+      const size_t bytes = static_cast<size_t>(n) * out_elem_bytes;
       if (!backend_.is_host_memory()) {
-        mem_scratch.ensure(backend_, static_cast<size_t>(std::max<int64_t>(n, 1)));
+        mem_scratch.ensure(backend_, std::max<size_t>(bytes, 1));
         backend_.synchronize();
         const auto t0 = Clock::now();
-        backend_.copy(mem_scratch.data(), expert_out.data(),
-                      static_cast<size_t>(n) * sizeof(float));
+        backend_.copy(mem_scratch.data(), expert_out.data(), bytes);
         backend_.synchronize();
         return seconds_since(t0) / 2;
       }
-      const float* src = expert_out.data();
       const auto t0 = Clock::now();
-      float acc0 = 0, acc1 = 0, acc2 = 0, acc3 = 0;
-      int64_t i = 0;
-      for (; i + 4 <= n; i += 4) {
-        acc0 += src[i];
-        acc1 += src[i + 1];
-        acc2 += src[i + 2];
-        acc3 += src[i + 3];
-      }
-      for (; i < n; ++i) acc0 += src[i];
+      const uint64_t sum = sum_words(expert_out.data(), bytes);
       const double s = seconds_since(t0);
-      volatile float sink = acc0 + acc1 + acc2 + acc3;  // keeps the loop
+      volatile uint64_t sink = sum;  // keeps the loop
       (void)sink;
       return s;
     };
@@ -425,7 +453,8 @@ void print_header(const Options& o, int n, const std::string& backend, const std
       "# size = bytes per rank (out + back, own rows included); algbw = size / time; busbw "
       "= algbw * (N-1)/N\n");
   fmt::print(
-      "# mem = one read of every expert output (the combine's minimum), res = one "
+      "# mem = one read of every expert output in the experts' dtype (fp32; bf16 for bf16 and "
+      "fp8 rows: the combine's minimum), res = one "
       "read-modify-write "
       "of the hidden rows (the residual add the combine fuses), both measured here\n");
   fmt::print(

@@ -177,9 +177,12 @@ class Backend {
   // x_bf16 (nullable; bf16 compute only, else moe::Error): rows [*, hidden] of bf16 values, read
   // instead of x (which may then be null). The experts round their input to bf16
   // (rounding.h), so bf16 rows give the bits of their fp32 widening passed as x.
+  // out_bf16 (nullable; bf16 compute only, else moe::Error): rows [P, hidden] written there as
+  // bf16 instead of into out (which may then be null). The experts round their output to bf16
+  // (rounding.h), so these are exactly the values out would hold, in half the bytes.
   virtual void expert_swiglu(const float* x, int64_t hidden, int64_t inter,
-                             const ExpertBatch& batch, float* out,
-                             const bf16* x_bf16 = nullptr) = 0;
+                             const ExpertBatch& batch, float* out, const bf16* x_bf16 = nullptr,
+                             bf16* out_bf16 = nullptr) = 0;
 
  protected:
   void note_alloc(size_t size_bytes) {

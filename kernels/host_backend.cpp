@@ -58,22 +58,43 @@ BackendTraits in_host_memory(BackendTraits traits) {
 // time, so that the column loops vectorise: per column the same operations in the same order,
 // hence the same bits as the bodies (tests/gpu_host/test_device_layout.cpp compares them).
 // acc = sum over j (ascending) of weight_j * expert_out[pair_j], the first term stored; 0 if none.
-void weighted_row(const RouteEntry* routes, const int32_t* pair_of_entry, const float* expert_out,
-                  int64_t width, int32_t top_k, int32_t r, float* __restrict acc) {
+// Rows of fp32 or of bf16 values (widened exactly, as layout::load_block does).
+inline float widened(float v) {
+  return v;
+}
+inline float widened(uint16_t bits) {
+  return cuda::bf16_bits_to_f32(bits);
+}
+
+template <class T>
+void weighted_row_of(const RouteEntry* routes, const int32_t* pair_of_entry, const T* expert_out,
+                     int64_t width, int32_t top_k, int32_t r, float* __restrict acc) {
   bool first = true;
   for (int32_t j = 0; j < top_k; ++j) {
     const int32_t p = pair_of_entry[r * top_k + j];
     if (p < 0) continue;
     const float w = routes[r * top_k + j].weight;
-    const float* __restrict src = expert_out + static_cast<int64_t>(p) * width;
+    const T* __restrict src = expert_out + static_cast<int64_t>(p) * width;
     if (first) {
-      for (int64_t c = 0; c < width; ++c) acc[c] = w * src[c];
+      for (int64_t c = 0; c < width; ++c) acc[c] = w * widened(src[c]);
     } else {
-      for (int64_t c = 0; c < width; ++c) acc[c] = acc[c] + w * src[c];
+      for (int64_t c = 0; c < width; ++c) acc[c] = acc[c] + w * widened(src[c]);
     }
     first = false;
   }
   if (first) std::fill(acc, acc + width, 0.0f);
+}
+
+void weighted_row(const RouteEntry* routes, const int32_t* pair_of_entry,
+                  layout::ExpertRows expert_out, int64_t width, int32_t top_k, int32_t r,
+                  float* __restrict acc) {
+  if (expert_out.dtype == WireDtype::kF32) {
+    weighted_row_of(routes, pair_of_entry, reinterpret_cast<const float*>(expert_out.data), width,
+                    top_k, r, acc);
+  } else {
+    weighted_row_of(routes, pair_of_entry, reinterpret_cast<const uint16_t*>(expert_out.data),
+                    width, top_k, r, acc);
+  }
 }
 
 // acc = row (first) or acc + row, the row in wire type t (fp32 or bf16), widened exactly.
@@ -267,9 +288,13 @@ void HostBackend::combine_residual(const layout::CombineSources& src, const int3
 }
 
 void HostBackend::expert_swiglu(const float* x, int64_t hidden, int64_t inter,
-                                const ExpertBatch& batch, float* out, const bf16* x_bf16) {
+                                const ExpertBatch& batch, float* out, const bf16* x_bf16,
+                                bf16* out_bf16) {
   MOE_CHECK(x_bf16 == nullptr || compute_dtype() == ComputeDtype::kBF16,
             "expert_swiglu: bf16 input rows need bf16 compute (backend {} computes in {})", name(),
+            compute_dtype_name(compute_dtype()));
+  MOE_CHECK(out_bf16 == nullptr || compute_dtype() == ComputeDtype::kBF16,
+            "expert_swiglu: bf16 output rows need bf16 compute (backend {} computes in {})", name(),
             compute_dtype_name(compute_dtype()));
   groups_.clear();
   for (int64_t s = 0; s < batch.num_slots; ++s) {
@@ -280,7 +305,7 @@ void HostBackend::expert_swiglu(const float* x, int64_t hidden, int64_t inter,
   }
   if (groups_.empty()) return;
   grouped_swiglu(x, x_bf16, hidden, inter, groups_.data(), static_cast<int64_t>(groups_.size()),
-                 batch.row_index, out);
+                 batch.row_index, out, out_bf16);
 }
 
 }  // namespace moe::kernels

@@ -50,7 +50,7 @@ class HostBackend : public Backend {
                         float* x) final;
   // One group per slot with pairs, then grouped_swiglu().
   void expert_swiglu(const float* x, int64_t hidden, int64_t inter, const ExpertBatch& batch,
-                     float* out, const bf16* x_bf16) final;
+                     float* out, const bf16* x_bf16, bf16* out_bf16) final;
 
  protected:
   // y [rows, dim] = x * rsqrt(mean(x^2) + eps) * w, per row. x and y may alias.
@@ -61,11 +61,11 @@ class HostBackend : public Backend {
                     int64_t head_dim, double theta) = 0;
   // For every group g and pair p in [g.begin, g.begin + g.count):
   //   out[p] = down_g(silu(gate_g(x[row_index[p]])) * up_g(x[row_index[p]])),
-  // rows read from x_bf16 when it is given (only to a backend computing in bf16: expert_swiglu
-  // checks).
+  // rows read from x_bf16 when it is given and written to out_bf16 instead of out when that is
+  // given (both only to a backend computing in bf16: expert_swiglu checks).
   virtual void grouped_swiglu(const float* x, const bf16* x_bf16, int64_t hidden, int64_t inter,
                               const ExpertGroup* groups, int64_t num_groups,
-                              const int32_t* row_index, float* out) = 0;
+                              const int32_t* row_index, float* out, bf16* out_bf16) = 0;
 
  private:
   std::vector<ExpertGroup> groups_;  // expert_swiglu's scratch

@@ -494,12 +494,13 @@ void Dispatcher::group_received(int layer, DispatchHandle& d, const int32_t* row
   }
 }
 
-void Dispatcher::combine(const float* expert_out, const DispatchHandle& d, float* x) {
+void Dispatcher::combine(kernels::layout::ExpertRows expert_out, const DispatchHandle& d,
+                         float* x) {
   start_combine(expert_out, d);
   finish_combine(d, x);
 }
 
-void Dispatcher::start_combine(const float* expert_out, const DispatchHandle& d) {
+void Dispatcher::start_combine(kernels::layout::ExpertRows expert_out, const DispatchHandle& d) {
   if (inner_ == nullptr) {
     start_combine_rows(expert_out, d);
     return;
@@ -516,7 +517,8 @@ void Dispatcher::finish_combine(const DispatchHandle& d, float* x) {
   finish_combine_rows(inner_ != nullptr ? received_ : d, x);
 }
 
-void Dispatcher::start_combine_rows(const float* expert_out, const DispatchHandle& d) {
+void Dispatcher::start_combine_rows(kernels::layout::ExpertRows expert_out,
+                                    const DispatchHandle& d) {
   const int N = comm_.size(), rank = comm_.rank();
   expert_out_ = expert_out;
   if (N == 1) return;
@@ -581,7 +583,7 @@ void Dispatcher::finish_combine_rows(const DispatchHandle& d, float* x) {
     backend_.combine_residual(src, d.token_offsets, d.token_rows, hidden_,
                               static_cast<int32_t>(d.num_tokens), x);
   }
-  expert_out_ = nullptr;
+  expert_out_ = {};
   mark(combine_phase_);
 }
 

@@ -24,7 +24,8 @@
 //                          (wire::receive_columns).
 //   recv routes   [R, k]   RouteEntry per received row, received order.
 //   expert in     row_index [P] -> row of the experts' input; grouped by local slot ascending.
-//   expert out    [P, H]   one row per (recv row, route entry) pair, same order as row_index.
+//   expert out    [P, H]   one row per (recv row, route entry) pair, same order as row_index;
+//                          the caller's, fp32 or bf16 (the compute dtype's).
 //   partial out   [R - own, H]  (wire type) partial[r] = sum_j weight_j * expert_out[pair(r, j)] in
 //                          route order, for the rows of other ranks, in received order: combine's
 //                          one message back to each source. Own rows' partial sums are formed
@@ -175,10 +176,12 @@ class Dispatcher {
   void start_dispatch(int layer, const float* hidden, int64_t num_tokens, const int32_t* ids,
                       const float* weights);
   DispatchHandle finish_dispatch();
-  // x [num_tokens, H] += the combined expert output. expert_out: [P, H]. Collective.
-  // combine() = start_combine() + finish_combine() (expert_out stays untouched in between).
-  void combine(const float* expert_out, const DispatchHandle& d, float* x);
-  void start_combine(const float* expert_out, const DispatchHandle& d);
+  // x [num_tokens, H] += the combined expert output. expert_out: [P, H], fp32 or bf16 (a float*
+  // or bf16* converts; bf16 from experts computing in bf16, which round their output to it).
+  // Collective. combine() = start_combine() + finish_combine() (expert_out stays untouched in
+  // between).
+  void combine(kernels::layout::ExpertRows expert_out, const DispatchHandle& d, float* x);
+  void start_combine(kernels::layout::ExpertRows expert_out, const DispatchHandle& d);
   void finish_combine(const DispatchHandle& d, float* x);
 
   // Every MoE layer ran as part of a replayed device graph this step (the host code of
@@ -219,7 +222,7 @@ class Dispatcher {
   // Node-first: the node level's loads and traffic folded into the first level's `loads`.
   void add_node_level(const std::vector<LayerLoad>& in_node, std::vector<LayerLoad>& loads) const;
   // The combine of one level: expert_out [pairs of d, H] summed per row and sent back / added.
-  void start_combine_rows(const float* expert_out, const DispatchHandle& d);
+  void start_combine_rows(kernels::layout::ExpertRows expert_out, const DispatchHandle& d);
   void finish_combine_rows(const DispatchHandle& d, float* x);
   int64_t block_ints() const;
   int32_t* block(int layer) { return stats_.data() + layer * block_ints(); }
@@ -273,7 +276,7 @@ class Dispatcher {
   int layout_phase_ = 0, dispatch_phase_ = 0, combine_phase_ = 0;
   InFlight flight_;
   const kernels::RouteEntry* forwarded_ = nullptr;  // start_forwarded's routes for start_dispatch
-  const float* expert_out_ = nullptr;               // of the combine in flight
+  kernels::layout::ExpertRows expert_out_;          // of the combine in flight
   bool arena_wanted_ = true;
   std::shared_ptr<SharedArena> arena_;
   uint64_t dispatch_seq_ = 0, combine_seq_ = 0;  // values published so far (same on every rank)

@@ -41,6 +41,7 @@
 
 #include <cstdint>
 
+#include "kernels/common/bf16.h"
 #include "kernels/common/host_device.h"
 #include "kernels/common/moe_wire.h"
 #include "kernels/op_args.h"
@@ -341,29 +342,6 @@ MOE_HD void assign_pairs(const SlotGroupingView& v, int32_t r) {
 // every split of the columns gives the same bits.
 inline constexpr int kHostCombineBlock = 16;
 
-// acc[i] = sum over j (ascending) of routes[r k + j].weight * expert_out[pair][c0 + i], over the
-// entries of received row r that this rank computed (0 when it computed none), for the N columns
-// from c0 (N a constant, so the sums stay in registers).
-template <int N>
-MOE_HD void partial_block(const RouteEntry* routes, const int32_t* pair_of_entry,
-                          const float* expert_out, int64_t width, int32_t top_k, int32_t r,
-                          int64_t c0, float* acc) {
-  for (int i = 0; i < N; ++i) acc[i] = 0.0f;
-  bool first = true;
-  for (int32_t j = 0; j < top_k; ++j) {
-    const int32_t p = pair_of_entry[r * top_k + j];
-    if (p < 0) continue;
-    const float w = routes[r * top_k + j].weight;
-    const float* src = expert_out + p * width + c0;
-    if (first) {
-      for (int i = 0; i < N; ++i) acc[i] = w * src[i];
-    } else {
-      for (int i = 0; i < N; ++i) acc[i] = acc[i] + w * src[i];
-    }
-    first = false;
-  }
-}
-
 // Stores N fp32 values from column c0 of a row of wire type t (fp32 or bf16).
 template <int N>
 MOE_HD void store_block(WireDtype t, unsigned char* row, int64_t c0, const float* v) {
@@ -388,13 +366,57 @@ MOE_HD void load_block(WireDtype t, const unsigned char* row, int64_t c0, float*
   }
 }
 
+// The experts' output rows [P, width] as the combine reads them: fp32, or bf16 (the compute
+// dtype's: the bf16 experts round their output, so these are the values an fp32 row would hold)
+// at a stride of width bf16 values. Converts from either pointer, so a caller passes its buffer.
+struct ExpertRows {
+  const unsigned char* data = nullptr;
+  WireDtype dtype = WireDtype::kF32;  // kF32 or kBF16
+
+  ExpertRows() = default;
+  MOE_HD ExpertRows(const float* rows)  // NOLINT(google-explicit-constructor)
+      : data(reinterpret_cast<const unsigned char*>(rows)), dtype(WireDtype::kF32) {}
+  MOE_HD ExpertRows(const bf16* rows)  // NOLINT(google-explicit-constructor)
+      : data(reinterpret_cast<const unsigned char*>(rows)), dtype(WireDtype::kBF16) {}
+  MOE_HD int64_t row_bytes(int64_t width) const {
+    return (dtype == WireDtype::kF32 ? 4 : 2) * width;
+  }
+  MOE_HD const unsigned char* row(int32_t p, int64_t width) const {
+    return data + p * row_bytes(width);
+  }
+};
+
+// acc[i] = sum over j (ascending) of routes[r k + j].weight * expert_out[pair][c0 + i], over the
+// entries of received row r that this rank computed (0 when it computed none), for the N columns
+// from c0 (N a constant, so the sums stay in registers). bf16 outputs are widened exactly.
+template <int N>
+MOE_HD void partial_block(const RouteEntry* routes, const int32_t* pair_of_entry,
+                          ExpertRows expert_out, int64_t width, int32_t top_k, int32_t r,
+                          int64_t c0, float* acc) {
+  for (int i = 0; i < N; ++i) acc[i] = 0.0f;
+  bool first = true;
+  float src[N];
+  for (int32_t j = 0; j < top_k; ++j) {
+    const int32_t p = pair_of_entry[r * top_k + j];
+    if (p < 0) continue;
+    const float w = routes[r * top_k + j].weight;
+    load_block<N>(expert_out.dtype, expert_out.row(p, width), c0, src);
+    if (first) {
+      for (int i = 0; i < N; ++i) acc[i] = w * src[i];
+    } else {
+      for (int i = 0; i < N; ++i) acc[i] = acc[i] + w * src[i];
+    }
+    first = false;
+  }
+}
+
 // The partial rows a rank sends back: one per received row of another rank (the own block
 // [own_begin, own_begin + own_rows) is left out: combine_residual sums it in place), in received
 // order, in the combine's wire type (fp32 or bf16).
 struct PartialRowsView {
   const RouteEntry* routes = nullptr;      // [R * k] received order
   const int32_t* pair_of_entry = nullptr;  // [R * k]
-  const float* expert_out = nullptr;       // [P, width]
+  ExpertRows expert_out;                   // [P, width]
   int64_t width = 0;
   int32_t top_k = 0;
   int32_t num_rows = 0;  // R
@@ -436,7 +458,7 @@ struct CombineSources {
   int32_t own_recv_begin = 0;              // first own row in received order
   const RouteEntry* routes = nullptr;      // [R * k] received order
   const int32_t* pair_of_entry = nullptr;  // [R * k]
-  const float* expert_out = nullptr;       // [P, width]
+  ExpertRows expert_out;                   // [P, width]
   int32_t top_k = 0;
 };
 

@@ -237,7 +237,8 @@ void Bf16Ops::swiglu_mlp(const float* x, ExpertWeights w, int64_t rows, int64_t 
 
 void Bf16Ops::grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
                                     const ExpertGroup* groups, int64_t num_groups,
-                                    const int32_t* row_index, float* out, const bf16* x_bf16) {
+                                    const int32_t* row_index, float* out, const bf16* x_bf16,
+                                    bf16* out_bf16) {
   constexpr rounding::SwigluRounding r = rounding::kGroupedSwiglu;
   static_assert(r.input && r.gate_up && r.activation && r.output);
   for (int64_t gi = 0; gi < num_groups; ++gi) {
@@ -282,7 +283,12 @@ void Bf16Ops::grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inte
     silu_mul(gf, uf, m * inter, gf);
     to_bf16_padded(gf, m, mp, inter, act);
     gemm(act, g.weights.down, m, hidden, inter, nullptr, down);
-    bf16_to_f32(down, m * hidden, out + g.begin * hidden);
+    if (out_bf16 != nullptr) {
+      std::memcpy(static_cast<void*>(out_bf16 + g.begin * hidden), down,
+                  sizeof(bf16) * static_cast<size_t>(m * hidden));
+    } else {
+      bf16_to_f32(down, m * hidden, out + g.begin * hidden);
+    }
   }
 }
 

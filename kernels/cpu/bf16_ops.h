@@ -35,10 +35,12 @@ class Bf16Ops {
   void swiglu_mlp(const float* x, ExpertWeights w, int64_t rows, int64_t hidden, int64_t inter,
                   float* y);
   // x_bf16 (nullable): the rows as bf16 values, copied into the GEMM block instead of rounding
-  // x's (same values; x may then be null).
+  // x's (same values; x may then be null). out_bf16 (nullable): the down GEMM's bf16 rows copied
+  // there as they are instead of widened into out (same values; out may then be null).
   void grouped_expert_swiglu(const float* x, int64_t hidden, int64_t inter,
                              const ExpertGroup* groups, int64_t num_groups,
-                             const int32_t* row_index, float* out, const bf16* x_bf16 = nullptr);
+                             const int32_t* row_index, float* out, const bf16* x_bf16 = nullptr,
+                             bf16* out_bf16 = nullptr);
   void attention(const float* q, const float* k, const float* v, const AttentionSeq* seqs,
                  int64_t num_seqs, AttentionShape shape, KvCacheView cache, float* out);
 

@@ -59,10 +59,10 @@ class CpuBackend : public HostBackend {
             double theta) override {
     cpu::rope(x, positions, rows, heads, head_dim, theta);
   }
-  // fp32 compute: x_bf16 is never given (HostBackend::expert_swiglu checks).
+  // fp32 compute: x_bf16 and out_bf16 are never given (HostBackend::expert_swiglu checks).
   void grouped_swiglu(const float* x, const bf16* /*x_bf16*/, int64_t hidden, int64_t inter,
                       const ExpertGroup* groups, int64_t num_groups, const int32_t* row_index,
-                      float* out) override {
+                      float* out, bf16* /*out_bf16*/) override {
     cpu::grouped_expert_swiglu(x, hidden, inter, groups, num_groups, row_index, out);
   }
 };
@@ -88,8 +88,9 @@ class CpuBf16Backend final : public CpuBackend {
  protected:
   void grouped_swiglu(const float* x, const bf16* x_bf16, int64_t hidden, int64_t inter,
                       const ExpertGroup* groups, int64_t num_groups, const int32_t* row_index,
-                      float* out) override {
-    ops_.grouped_expert_swiglu(x, hidden, inter, groups, num_groups, row_index, out, x_bf16);
+                      float* out, bf16* out_bf16) override {
+    ops_.grouped_expert_swiglu(x, hidden, inter, groups, num_groups, row_index, out, x_bf16,
+                               out_bf16);
   }
 
  private:

@@ -54,9 +54,11 @@ cudaError_t launch_gather_rows(const float* src, int64_t width, const int32_t* i
 cudaError_t launch_gather_pairs_to_bf16(const float* x, const bf16* x_bf16, int64_t width,
                                         const int32_t* pair, const int32_t* row_index, int64_t n,
                                         bf16* dst, cudaStream_t stream);
-// dst rows dst_idx[i] = float(src [n, width] row i); dst_idx[i] < 0 is skipped.
+// dst rows dst_idx[i] = float(src [n, width] row i), or dst_bf16 rows = src row i as it is when
+// dst_bf16 is given (dst then unused); dst_idx[i] < 0 is skipped.
 cudaError_t launch_scatter_rows_from_bf16(const bf16* src, int64_t width, const int32_t* dst_idx,
-                                          int64_t n, float* dst, cudaStream_t stream);
+                                          int64_t n, float* dst, bf16* dst_bf16,
+                                          cudaStream_t stream);
 
 // Router: fp32 softmax over experts of logits [rows, experts], top-k by probability (ties to the
 // lower id), optional renormalisation. ids/weights [rows, k] in device memory. A row whose
@@ -139,7 +141,7 @@ cudaError_t launch_expert_swiglu_small(const float* x, const bf16* x_bf16, int64
                                        int64_t inter, const int32_t* row_index,
                                        const int32_t* slot_begin, const ExpertWeights* slot_weights,
                                        int64_t num_slots, int64_t max_active_slots,
-                                       int rows_per_pass, bf16* act, float* out,
+                                       int rows_per_pass, bf16* act, float* out, bf16* out_bf16,
                                        cudaStream_t stream);
 
 // ---- e4m3 weights (expert_small.cu, fp8_convert.cu; bodies in kernels/common/fp8.h) ----

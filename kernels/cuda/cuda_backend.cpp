@@ -329,8 +329,9 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
 
   // Small-batch kernels (expert_small.cu) when every slot has few rows or the counts are only on
   // the device; else the grouped cuBLAS path with the gather reading row_index on the device.
+  // out_bf16 (bf16 compute, always here): the bf16 output rows stored as they are, not widened.
   void expert_swiglu(const float* x, int64_t hidden, int64_t inter, const ExpertBatch& batch,
-                     float* out, const bf16* x_bf16) override {
+                     float* out, const bf16* x_bf16, bf16* out_bf16) override {
     static_assert(rounding::kGroupedSwiglu.input && rounding::kGroupedSwiglu.gate_up &&
                   rounding::kGroupedSwiglu.activation && rounding::kGroupedSwiglu.output);
     if (batch.num_slots <= 0 || batch.max_pairs <= 0) return;
@@ -370,7 +371,7 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
           reinterpret_cast<bf16*>(scratch(static_cast<size_t>(pairs * inter) * sizeof(bf16)));
       MOE_CUDA_CHECK(cuda::launch_expert_swiglu_small(
           x, x_bf16, hidden, inter, batch.row_index, batch.slot_begin, batch.slot_weights,
-          batch.num_slots, grid_slots, rows_per_pass, act, out, stream_.get()));
+          batch.num_slots, grid_slots, rows_per_pass, act, out, out_bf16, stream_.get()));
       op_done("expert_swiglu");
       return;
     }
@@ -393,7 +394,7 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
       if (step == kDequantGroups) fp8_->dequantise_groups(groups.data() + g0, n, hidden, inter);
       const cuda::GroupedSwigluPlan plan =
           cuda::plan_grouped_swiglu(groups.data() + g0, n, pair_identity_.data(), hidden, inter);
-      run_grouped(plan, x, x_bf16, batch.row_index, out);
+      run_grouped(plan, x, x_bf16, batch.row_index, out, out_bf16);
     }
     op_done("expert_swiglu");
   }
@@ -408,9 +409,10 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
   }
 
   // The grouped cuBLAS SwiGLU of a plan (grouped_gemm_plan.h) whose gather sources are pairs p,
-  // read as x[row_index[p]] or x_bf16[row_index[p]] (row_index in device memory).
+  // read as x[row_index[p]] or x_bf16[row_index[p]] (row_index in device memory); the down rows
+  // scattered into out widened, or into out_bf16 as they are when it is given.
   void run_grouped(const cuda::GroupedSwigluPlan& plan, const float* x, const bf16* x_bf16,
-                   const int32_t* row_index, float* out) {
+                   const int32_t* row_index, float* out, bf16* out_bf16) {
     const int64_t hidden = plan.hidden;
     const int64_t G = plan.num_gemm_groups();
     if (G == 0) return;
@@ -451,7 +453,7 @@ class CudaBackendImpl final : public CudaBackend, public DeviceGraphs {
     grouped_gemm(args[2], meta + ptr_at[2][0], meta + ptr_at[2][1], meta + ptr_at[2][2]);
     MOE_CUDA_CHECK(cuda::launch_scatter_rows_from_bf16(
         static_cast<const bf16*>(sc.down), hidden,
-        reinterpret_cast<const int32_t*>(meta + scatter_at), Pc, out, stream_.get()));
+        reinterpret_cast<const int32_t*>(meta + scatter_at), Pc, out, out_bf16, stream_.get()));
   }
 
   void add_inplace(float* x, const float* y, int64_t n) override {

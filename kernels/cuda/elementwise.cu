@@ -147,11 +147,16 @@ __global__ void gather_pairs_to_bf16_kernel(const float* x, const bf16* x_bf16, 
 }
 
 __global__ void scatter_rows_from_bf16_kernel(const bf16* src, int64_t width,
-                                              const int32_t* dst_idx, float* dst) {
+                                              const int32_t* dst_idx, float* dst, bf16* dst_bf16) {
   const int64_t row = blockIdx.x;
   const int32_t to = dst_idx[row];
   if (to < 0) return;
   const bf16* s = src + row * width;
+  if (dst_bf16 != nullptr) {
+    bf16* d = dst_bf16 + static_cast<int64_t>(to) * width;
+    for (int64_t c = threadIdx.x; c < width; c += blockDim.x) d[c] = s[c];
+    return;
+  }
   float* d = dst + static_cast<int64_t>(to) * width;
   for (int64_t c = threadIdx.x; c < width; c += blockDim.x) d[c] = load_bf16(s + c);
 }
@@ -265,8 +270,10 @@ cudaError_t launch_gather_pairs_to_bf16(const float* x, const bf16* x_bf16, int6
 }
 
 cudaError_t launch_scatter_rows_from_bf16(const bf16* src, int64_t width, const int32_t* dst_idx,
-                                          int64_t n, float* dst, cudaStream_t stream) {
-  return launch_rows(scatter_rows_from_bf16_kernel, n, width, stream, src, width, dst_idx, dst);
+                                          int64_t n, float* dst, bf16* dst_bf16,
+                                          cudaStream_t stream) {
+  return launch_rows(scatter_rows_from_bf16_kernel, n, width, stream, src, width, dst_idx, dst,
+                     dst_bf16);
 }
 
 cudaError_t launch_fill_random_bf16(bf16* dst, int64_t n, uint64_t seed, float scale,

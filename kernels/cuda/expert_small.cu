@@ -244,11 +244,12 @@ __global__ void __launch_bounds__(kThreads)
   for_each_pass(cta, rows_per_pass, load, compute);
 }
 
-// out[p, h] = expert_out_value(down_h . act_p) for the pairs p of the CTA's slot.
+// out[p, h] = expert_out_value(down_h . act_p) for the pairs p of the CTA's slot, or its bf16
+// bits into out_bf16 when that is given.
 __global__ void __launch_bounds__(kThreads)
     expert_down_kernel(const bf16* act, int64_t hidden, int64_t inter, const int32_t* slot_begin,
                        const ExpertWeights* slot_weights, int64_t num_slots, int rows_per_pass,
-                       float* out) {
+                       float* out, bf16* out_bf16) {
   extern __shared__ __align__(16) uint16_t as[];  // [rows_per_pass, inter] bf16 bits
   const ExpertCta cta = expert_cta(slot_begin, slot_weights, num_slots, hidden);
   if (cta.slot < 0) return;
@@ -265,7 +266,12 @@ __global__ void __launch_bounds__(kThreads)
     warp_dots(rows, as, inter, nr, cta.lane, dots);
 #pragma unroll
     for (int r = 0; r < kExpertRowsPerPass; ++r) {
-      if (r < nr && cta.lane == 0) out[(r0 + r) * hidden + h] = expert_out_value(dots[0][r]);
+      if (r >= nr || cta.lane != 0) continue;
+      if (out_bf16 != nullptr) {
+        out_bf16[(r0 + r) * hidden + h].bits = f32_to_bf16_bits(dots[0][r]);
+      } else {
+        out[(r0 + r) * hidden + h] = expert_out_value(dots[0][r]);
+      }
     }
   };
   for_each_pass(cta, rows_per_pass, load, compute);
@@ -318,7 +324,7 @@ cudaError_t launch_expert_swiglu_small(const float* x, const bf16* x_bf16, int64
                                        int64_t inter, const int32_t* row_index,
                                        const int32_t* slot_begin, const ExpertWeights* slot_weights,
                                        int64_t num_slots, int64_t max_active_slots,
-                                       int rows_per_pass, bf16* act, float* out,
+                                       int rows_per_pass, bf16* act, float* out, bf16* out_bf16,
                                        cudaStream_t stream) {
   if (num_slots <= 0 || max_active_slots <= 0) return cudaGetLastError();
   if (!expert_small_shape_ok(hidden, inter) || rows_per_pass < 1 ||
@@ -335,7 +341,7 @@ cudaError_t launch_expert_swiglu_small(const float* x, const bf16* x_bf16, int64
   const dim3 grid_d(static_cast<unsigned>((hidden + kExpertWarps - 1) / kExpertWarps), slots);
   const size_t smem_d = static_cast<size_t>(rows_per_pass) * inter * sizeof(uint16_t);
   expert_down_kernel<<<grid_d, kThreads, smem_d, stream>>>(
-      act, hidden, inter, slot_begin, slot_weights, num_slots, rows_per_pass, out);
+      act, hidden, inter, slot_begin, slot_weights, num_slots, rows_per_pass, out, out_bf16);
   return cudaGetLastError();
 }
 

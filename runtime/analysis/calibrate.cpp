@@ -119,7 +119,10 @@ void ComputeProbes::grouped() {
   kernels::Buffer<bf16> ew = upload(be, host);
   const int64_t max_g = 64;
   kernels::Buffer<float> ex = upload(be, std::vector<float>(E * max_g * H, 0.01f));
-  kernels::Buffer<float> eo(be, static_cast<size_t>(E * max_g * H));
+  // The outputs in the compute dtype, as MoeLayer stores them (bf16 compute: bf16 rows).
+  const bool bf16_out = be.compute_dtype() == kernels::ComputeDtype::kBF16;
+  kernels::Buffer<float> eo(be, bf16_out ? 1 : static_cast<size_t>(E * max_g * H));
+  kernels::Buffer<bf16> eo_bf16(be, bf16_out ? static_cast<size_t>(E * max_g * H) : 1);
   h.grouped_table.clear();
   for (int64_t g : {1, 2, 4, 8, 16, 64}) {
     // Slot e computes rows [e g, e g + g), with the counts on the host as a prefill has them.
@@ -131,8 +134,10 @@ void ComputeProbes::grouped() {
     std::vector<int32_t> row_index(static_cast<size_t>(E * g));
     std::iota(row_index.begin(), row_index.end(), 0);
     const kernels::HostExpertGroups experts(be, groups.data(), E, row_index.data());
-    const double t =
-        time_call([&] { be.expert_swiglu(ex.data(), H, I, experts.batch(), eo.data()); });
+    const double t = time_call([&] {
+      be.expert_swiglu(ex.data(), H, I, experts.batch(), bf16_out ? nullptr : eo.data(), nullptr,
+                       bf16_out ? eo_bf16.data() : nullptr);
+    });
     h.grouped_table.emplace_back(g, 6.0 * H * I * E * g / t * 1e-9);
     samples["grouped"].push_back({{"experts", E}, {"rows_per_expert", g}, {"s", t}});
   }

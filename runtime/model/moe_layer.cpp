@@ -58,14 +58,25 @@ void MoeLayer::compute(const LayerWeights& w) {
   parallel::DispatchHandle& d = handle_;
   d.experts.slot_weights = w.slot_weights_dev.data();
   d.experts.host_slot_weights = w.slot_weights.data();
-  expert_out_.ensure(backend_, static_cast<size_t>(std::max<int64_t>(d.experts.max_pairs, 1) * H));
+  // The experts' output in the compute dtype: bf16 experts round their output to bf16
+  // (kernels/common/rounding.h), so bf16 rows carry the same values in half the bytes.
+  const bool bf16_out = backend_.compute_dtype() == kernels::ComputeDtype::kBF16;
+  const size_t elems = static_cast<size_t>(std::max<int64_t>(d.experts.max_pairs, 1) * H);
+  expert_out_.ensure(backend_, elems * (bf16_out ? sizeof(bf16) : sizeof(float)));
+  auto* out_f32 = reinterpret_cast<float*>(expert_out_.data());
+  auto* out_bf16 = reinterpret_cast<bf16*>(expert_out_.data());
   if (d.experts.max_pairs > 0) {
     backend_.expert_swiglu(d.recv_rows, H, config_.moe_intermediate_size, d.experts,
-                           expert_out_.data(), d.recv_rows_bf16);
+                           bf16_out ? nullptr : out_f32, d.recv_rows_bf16,
+                           bf16_out ? out_bf16 : nullptr);
   }
   // The FLOPs of the pairs computed are counted from the loads (collect_loads).
   instr_.mark(Phase::kExpert);
-  dispatcher_.start_combine(expert_out_.data(), d);
+  if (bf16_out) {
+    dispatcher_.start_combine(out_bf16, d);
+  } else {
+    dispatcher_.start_combine(out_f32, d);
+  }
   stage_ = Stage::kComputed;
 }
 

@@ -63,12 +63,12 @@ class MoeLayer {
   parallel::Dispatcher dispatcher_;
   int64_t step_ = 0;
   Stage stage_ = Stage::kIdle;
-  parallel::DispatchHandle handle_;       // of the layer in flight
-  kernels::Buffer<float> router_logits_;  // [T, E]
-  kernels::Buffer<int32_t> topk_ids_;     // [T, k]
-  kernels::Buffer<float> topk_weights_;   // [T, k]
-  kernels::Buffer<float> expert_out_;     // [P, H]
-  std::vector<int32_t> host_ids_;         // hooks' copies
+  parallel::DispatchHandle handle_;            // of the layer in flight
+  kernels::Buffer<float> router_logits_;       // [T, E]
+  kernels::Buffer<int32_t> topk_ids_;          // [T, k]
+  kernels::Buffer<float> topk_weights_;        // [T, k]
+  kernels::Buffer<unsigned char> expert_out_;  // [P, H] in the compute dtype (fp32 or bf16)
+  std::vector<int32_t> host_ids_;              // hooks' copies
   std::vector<float> host_weights_;
 };
 

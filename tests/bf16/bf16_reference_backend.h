@@ -53,16 +53,20 @@ class Bf16ReferenceBackend final : public ReferenceBackend {
  protected:
   void grouped_swiglu(const float* x, const bf16* x_bf16, int64_t hidden, int64_t inter,
                       const ExpertGroup* groups, int64_t num_groups, const int32_t* row_index,
-                      float* out) override {
-    std::vector<float> widened(static_cast<size_t>(hidden));
+                      float* out, bf16* out_bf16) override {
+    std::vector<float> widened(static_cast<size_t>(hidden)), row(static_cast<size_t>(hidden));
     for (int64_t g = 0; g < num_groups; ++g) {
       for (int64_t p = groups[g].begin; p < groups[g].begin + groups[g].count; ++p) {
         const int64_t at = static_cast<int64_t>(row_index[p]) * hidden;
         if (x_bf16 != nullptr) {
           for (int64_t c = 0; c < hidden; ++c) widened[c] = bf16_to_float(x_bf16[at + c]);
         }
+        float* y = out_bf16 != nullptr ? row.data() : out + p * hidden;
         swiglu_row(x_bf16 != nullptr ? widened.data() : x + at, groups[g].weights, hidden, inter,
-                   p_.grouped, out + p * hidden);
+                   p_.grouped, y);
+        if (out_bf16 != nullptr) {
+          for (int64_t c = 0; c < hidden; ++c) out_bf16[p * hidden + c] = float_to_bf16(y[c]);
+        }
       }
     }
   }

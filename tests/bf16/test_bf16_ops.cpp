@@ -7,6 +7,7 @@
 #include <cmath>
 #include <memory>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "bf16_reference_backend.h"
@@ -134,7 +135,9 @@ TEST(Bf16Ops, DenseAndGroupedSwigluMatchTheBf16RoundedReference) {
 
 // The experts given their rows as bf16 values (x_bf16, x null: how the dispatcher hands over
 // bf16 rows) give the bits of the fp32 rows they came from, since the experts round their input
-// (rounding.h); an fp32-compute backend refuses bf16 rows.
+// (rounding.h); asked for bf16 output rows (out_bf16, out null: how MoeLayer takes them) they
+// write exactly the values of the fp32 rows, which the experts round to bf16; an fp32-compute
+// backend refuses bf16 rows either way.
 TEST(Bf16Ops, GroupedSwigluOnBf16RowsGivesTheBitsOfTheFp32Rows) {
   std::mt19937 rng(15);
   Bf16ReferenceBackend gpu_numerics;
@@ -159,12 +162,30 @@ TEST(Bf16Ops, GroupedSwigluOnBf16RowsGivesTheBitsOfTheFp32Rows) {
     moe::test::grouped_swiglu(*be, nullptr, hidden, inter, groups, 2, row_index.data(),
                               from_bf16.data(), true, xb.data());
     EXPECT_EQ(from_bf16, from_f32);
+    for (const bool bf16_in : {false, true}) {
+      std::vector<bf16> out_b(from_f32.size(), float_to_bf16(-1.0f));
+      moe::test::grouped_swiglu(*be, bf16_in ? nullptr : x.data(), hidden, inter, groups, 2,
+                                row_index.data(), nullptr, true, bf16_in ? xb.data() : nullptr,
+                                out_b.data());
+      std::vector<float> widened(out_b.size());
+      for (size_t i = 0; i < out_b.size(); ++i) widened[i] = bf16_to_float(out_b[i]);
+      EXPECT_EQ(widened, from_f32) << "bf16 output rows, bf16 input " << bf16_in;
+    }
   }
   auto fp32 = make_cpu_backend(ComputeDtype::kF32);
   std::vector<float> out(12 * hidden);
   EXPECT_THROW(moe::test::grouped_swiglu(*fp32, nullptr, hidden, inter, groups, 2, row_index.data(),
                                          out.data(), true, xb.data()),
                moe::Error);
+  std::vector<bf16> out_b(out.size());
+  try {
+    moe::test::grouped_swiglu(*fp32, x.data(), hidden, inter, groups, 2, row_index.data(), nullptr,
+                              true, nullptr, out_b.data());
+    ADD_FAILURE() << "an fp32-compute backend took bf16 output rows";
+  } catch (const moe::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("bf16 output rows need bf16 compute"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(Bf16Ops, AttentionReadsBf16RoundedKeysAndValuesFromTheCache) {

@@ -20,14 +20,14 @@ kernels::Buffer<T> in_backend(kernels::Backend& be, const T* host, int64_t n) {
   return b;
 }
 
-// out = the grouped SwiGLU of `groups` (x or x_bf16, out in be's memory; groups and row_index on
-// the host; kernels/expert_groups.h says how groups must lie).
+// out (or out_bf16) = the grouped SwiGLU of `groups` (x or x_bf16, out or out_bf16 in be's
+// memory; groups and row_index on the host; kernels/expert_groups.h says how groups must lie).
 inline void grouped_swiglu(kernels::Backend& be, const float* x, int64_t hidden, int64_t inter,
                            const kernels::ExpertGroup* groups, int64_t num_groups,
                            const int32_t* row_index, float* out, bool host_counts = true,
-                           const bf16* x_bf16 = nullptr) {
+                           const bf16* x_bf16 = nullptr, bf16* out_bf16 = nullptr) {
   const kernels::HostExpertGroups experts(be, groups, num_groups, row_index, host_counts);
-  be.expert_swiglu(x, hidden, inter, experts.batch(), out, x_bf16);
+  be.expert_swiglu(x, hidden, inter, experts.batch(), out, x_bf16, out_bf16);
 }
 
 // attention() over sequences held on the host (q, k, v, cache, out in be's memory). host_seqs:

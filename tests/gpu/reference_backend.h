@@ -52,10 +52,10 @@ class ReferenceBackend : public HostBackend {
             double theta) override {
     cpu::reference::rope(x, positions, rows, heads, head_dim, theta);
   }
-  // fp32 compute: x_bf16 is never given (HostBackend::expert_swiglu checks).
+  // fp32 compute: x_bf16 and out_bf16 are never given (HostBackend::expert_swiglu checks).
   void grouped_swiglu(const float* x, const bf16* /*x_bf16*/, int64_t hidden, int64_t inter,
                       const ExpertGroup* groups, int64_t num_groups, const int32_t* row_index,
-                      float* out) override {
+                      float* out, bf16* /*out_bf16*/) override {
     cpu::reference::grouped_expert_swiglu(x, hidden, inter, groups, num_groups, row_index, out);
   }
 };

@@ -187,6 +187,17 @@ void run_expert_case(Backend& gpu, int64_t hidden, int64_t inter,
   gpu.expert_swiglu(nullptr, hidden, inter, experts.batch(), d_out_b.data(), d_xb.data());
   EXPECT_EQ(download_vector(gpu, d_out_b), got)
       << "bf16 rows, " << hidden << "x" << inter << (host_counts ? " host counts" : "");
+  // bf16 output rows (out_bf16, out null), as MoeLayer takes them: the experts round their
+  // output, so exactly the values of the fp32 rows; rows past the pairs present stay untouched.
+  const bf16 untouched = float_to_bf16(-3.0f);
+  auto d_bout = upload_vector(gpu, std::vector<bf16>(max_pairs * hidden, untouched));
+  gpu.expert_swiglu(nullptr, hidden, inter, experts.batch(), nullptr, d_xb.data(), d_bout.data());
+  const auto bout = download_vector(gpu, d_bout);
+  for (int64_t i = 0; i < P * hidden; ++i) {
+    ASSERT_EQ(bf16_to_float(bout[i]), got[i])
+        << "bf16 output " << i << ", " << hidden << "x" << inter;
+  }
+  for (int64_t i = P * hidden; i < max_pairs * hidden; ++i) ASSERT_EQ(bout[i].bits, untouched.bits);
 }
 
 TEST_F(CudaOpsTest, ExpertSwigluSmallKernelWithDeviceCounts) {

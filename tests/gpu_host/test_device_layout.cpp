@@ -10,6 +10,7 @@
 #include <memory>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "kernels/backend.h"
@@ -335,7 +336,8 @@ TEST(DeviceLayout, ReceivedSlotOutOfRangeIsFlagged) {
 
 // The combine bodies give the naive fixed-order sums bit for bit (same terms, same order), whether
 // a call covers one column (a CUDA thread) or a whole row (the CPU), in fp32 and in bf16 rows
-// (the sums rounded once, when stored); the own rows' sums are formed inside the final sum.
+// (the sums rounded once, when stored), from fp32 and from bf16 expert outputs; the own rows'
+// sums are formed inside the final sum.
 // The CPU backend (a HostBackend: host memory, so host vectors are its buffers).
 kernels::Backend& host_backend() {
   static const std::unique_ptr<kernels::Backend> backend = kernels::make_backend({});
@@ -356,127 +358,145 @@ TEST(DeviceLayout, CombineBodiesAndHostOpsMatchWeightedRowSum) {
     routes[i] = RouteEntry{0, n01(rng)};
     pair_of_entry[i] = pairs++;
   }
-  std::vector<float> expert_out(static_cast<size_t>(pairs) * width);
-  for (float& x : expert_out) x = n01(rng);
-  // The naive sum over the entries of each row.
-  std::vector<int64_t> offsets{0};
-  std::vector<int32_t> src;
-  std::vector<float> w;
-  for (int32_t r = 0; r < rows; ++r) {
-    for (int j = 0; j < k; ++j) {
-      if (pair_of_entry[r * k + j] < 0) continue;
-      src.push_back(pair_of_entry[r * k + j]);
-      w.push_back(routes[r * k + j].weight);
-    }
-    offsets.push_back(static_cast<int64_t>(src.size()));
+  // Expert outputs in fp32, and in bf16 (as bf16 experts write them): the bodies read either,
+  // each value widened exactly.
+  std::vector<float> expert_out_f32(static_cast<size_t>(pairs) * width);
+  for (float& x : expert_out_f32) x = n01(rng);
+  std::vector<bf16> expert_out_bf16(expert_out_f32.size());
+  for (size_t i = 0; i < expert_out_f32.size(); ++i) {
+    expert_out_bf16[i] = float_to_bf16(expert_out_f32[i]);
   }
-  std::vector<float> want(static_cast<size_t>(rows) * width);
-  kernels::cpu::reference::weighted_row_sum(expert_out.data(), width, src.data(), w.data(),
-                                            offsets.data(), rows, want.data());
-  for (kernels::WireDtype dtype : {kernels::WireDtype::kF32, kernels::WireDtype::kBF16}) {
-    SCOPED_TRACE(kernels::wire_dtype_name(dtype));
-    const int64_t row_bytes = kernels::wire::row_bytes(dtype, width);
-    std::vector<unsigned char> by_row((rows - own_rows) * row_bytes, 0xAB), by_column(by_row);
-    layout::PartialRowsView v{
-        routes.data(), pair_of_entry.data(), expert_out.data(), width, k, rows, own_begin, own_rows,
-        dtype,         by_row.data()};
-    for (int32_t q = 0; q < rows - own_rows; ++q) {
-      layout::partial_row_span<layout::kHostCombineBlock>(v, q, 0, width);
+  for (kernels::WireDtype expert_dtype : {kernels::WireDtype::kF32, kernels::WireDtype::kBF16}) {
+    SCOPED_TRACE(std::string("expert outputs ") + kernels::wire_dtype_name(expert_dtype));
+    const bool f32_out = expert_dtype == kernels::WireDtype::kF32;
+    const layout::ExpertRows expert_rows = f32_out ? layout::ExpertRows(expert_out_f32.data())
+                                                   : layout::ExpertRows(expert_out_bf16.data());
+    // The values the combine reads.
+    std::vector<float> expert_out(expert_out_f32.size());
+    for (size_t i = 0; i < expert_out.size(); ++i) {
+      expert_out[i] = f32_out ? expert_out_f32[i] : bf16_to_float(expert_out_bf16[i]);
     }
-    v.out = by_column.data();
-    for (int32_t q = 0; q < rows - own_rows; ++q) {
-      for (int64_t c = 0; c < width; ++c) layout::partial_row_span<1>(v, q, c, c + 1);
+    // The naive sum over the entries of each row.
+    std::vector<int64_t> offsets{0};
+    std::vector<int32_t> src;
+    std::vector<float> w;
+    for (int32_t r = 0; r < rows; ++r) {
+      for (int j = 0; j < k; ++j) {
+        if (pair_of_entry[r * k + j] < 0) continue;
+        src.push_back(pair_of_entry[r * k + j]);
+        w.push_back(routes[r * k + j].weight);
+      }
+      offsets.push_back(static_cast<int64_t>(src.size()));
     }
-    EXPECT_EQ(by_row, by_column);
-    // The host backend's op (whole-row loops) gives the bodies' bits.
-    // Same fill as by_row: a bf16 row of odd width ends in 2 padding bytes nobody writes.
-    std::vector<unsigned char> by_backend(by_row.size(), 0xAB);
-    v.out = by_backend.data();
-    host_backend().combine_partial(v);
-    EXPECT_EQ(by_backend, by_row);
-    for (int32_t q = 0; q < rows - own_rows; ++q) {
-      const int32_t r = q < own_begin ? q : q + own_rows;  // the own block is left out
-      for (int64_t c = 0; c < width; ++c) {
-        const float expect = dtype == kernels::WireDtype::kF32 ? want[r * width + c]
-                                                               : round_to_bf16(want[r * width + c]);
-        ASSERT_EQ(kernels::wire::decode(dtype, by_row.data() + q * row_bytes, width, c), expect)
-            << "row " << r << " column " << c;
+    std::vector<float> want(static_cast<size_t>(rows) * width);
+    kernels::cpu::reference::weighted_row_sum(expert_out.data(), width, src.data(), w.data(),
+                                              offsets.data(), rows, want.data());
+    for (kernels::WireDtype dtype : {kernels::WireDtype::kF32, kernels::WireDtype::kBF16}) {
+      SCOPED_TRACE(kernels::wire_dtype_name(dtype));
+      const int64_t row_bytes = kernels::wire::row_bytes(dtype, width);
+      std::vector<unsigned char> by_row((rows - own_rows) * row_bytes, 0xAB), by_column(by_row);
+      layout::PartialRowsView v{
+          routes.data(), pair_of_entry.data(), expert_rows, width, k, rows, own_begin, own_rows,
+          dtype,         by_row.data()};
+      for (int32_t q = 0; q < rows - own_rows; ++q) {
+        layout::partial_row_span<layout::kHostCombineBlock>(v, q, 0, width);
+      }
+      v.out = by_column.data();
+      for (int32_t q = 0; q < rows - own_rows; ++q) {
+        for (int64_t c = 0; c < width; ++c) layout::partial_row_span<1>(v, q, c, c + 1);
+      }
+      EXPECT_EQ(by_row, by_column);
+      // The host backend's op (whole-row loops) gives the bodies' bits.
+      // Same fill as by_row: a bf16 row of odd width ends in 2 padding bytes nobody writes.
+      std::vector<unsigned char> by_backend(by_row.size(), 0xAB);
+      v.out = by_backend.data();
+      host_backend().combine_partial(v);
+      EXPECT_EQ(by_backend, by_row);
+      for (int32_t q = 0; q < rows - own_rows; ++q) {
+        const int32_t r = q < own_begin ? q : q + own_rows;  // the own block is left out
+        for (int64_t c = 0; c < width; ++c) {
+          const float expect = dtype == kernels::WireDtype::kF32
+                                   ? want[r * width + c]
+                                   : round_to_bf16(want[r * width + c]);
+          ASSERT_EQ(kernels::wire::decode(dtype, by_row.data() + q * row_bytes, width, c), expect)
+              << "row " << r << " column " << c;
+        }
       }
     }
-  }
 
-  // Final sum + residual: tokens with rows kept on this rank (summed from expert_out) and rows
-  // returned by others (stored in the wire type).
-  const int32_t tokens = 9, own_send_begin = 4;
-  std::vector<int32_t> token_offsets{0}, token_rows;
-  const int32_t send_rows = 14;  // rows 4..8 are own: received rows own_begin.. of this rank
-  for (int32_t t = 0; t < tokens; ++t) {
-    for (int32_t r = 0; r < send_rows; ++r) {
-      if ((r + t) % 4 == 0) token_rows.push_back(r);
-    }
-    if (token_rows.size() == static_cast<size_t>(token_offsets.back())) token_rows.push_back(t);
-    token_offsets.push_back(static_cast<int32_t>(token_rows.size()));
-  }
-  std::vector<float> returned_f32(static_cast<size_t>(send_rows - own_rows) * width),
-      x(tokens * width);
-  for (float& v : returned_f32) v = n01(rng);
-  for (float& v : x) v = n01(rng);
-  for (kernels::WireDtype dtype : {kernels::WireDtype::kF32, kernels::WireDtype::kBF16}) {
-    SCOPED_TRACE(kernels::wire_dtype_name(dtype));
-    const int64_t row_bytes = kernels::wire::row_bytes(dtype, width);
-    std::vector<unsigned char> returned(returned_f32.size() / width * row_bytes);
-    std::vector<float> widened(returned_f32.size());
-    for (size_t i = 0; i < returned_f32.size() / width; ++i) {
-      kernels::wire::encode_columns(dtype, returned_f32.data() + i * width,
-                                    returned.data() + i * row_bytes, 0, width);
-      for (int64_t c = 0; c < width; ++c) {
-        widened[i * width + c] =
-            kernels::wire::decode(dtype, returned.data() + i * row_bytes, width, c);
-      }
-    }
-    layout::CombineSources cs;
-    cs.returned = returned.data();
-    cs.dtype = dtype;
-    cs.own_send_begin = own_send_begin;
-    cs.own_rows = own_rows;
-    cs.own_recv_begin = own_begin;
-    cs.routes = routes.data();
-    cs.pair_of_entry = pair_of_entry.data();
-    cs.expert_out = expert_out.data();
-    cs.top_k = k;
-    // Reference: the combine buffer [returned rows][own partial rows], one weighted_row_sum, then
-    // add_inplace.
-    std::vector<float> buffer(widened);
-    buffer.insert(buffer.end(), want.begin() + own_begin * width,
-                  want.begin() + (own_begin + own_rows) * width);
-    std::vector<int32_t> final_src;
-    const int32_t returned_rows = send_rows - own_rows;
-    for (int32_t row : token_rows) {
-      const bool own = row >= own_send_begin && row < own_send_begin + own_rows;
-      final_src.push_back(own ? returned_rows + (row - own_send_begin)
-                              : (row < own_send_begin ? row : row - own_rows));
-    }
-    std::vector<int64_t> offsets64(token_offsets.begin(), token_offsets.end());
-    std::vector<float> y(tokens * width), x_host(x);
-    kernels::cpu::reference::weighted_row_sum(buffer.data(), width, final_src.data(), nullptr,
-                                              offsets64.data(), tokens, y.data());
-    kernels::cpu::reference::add_inplace(x_host.data(), y.data(), tokens * width);
-    std::vector<float> x_row(x), x_column(x);
+    // Final sum + residual: tokens with rows kept on this rank (summed from expert_out) and rows
+    // returned by others (stored in the wire type).
+    const int32_t tokens = 9, own_send_begin = 4;
+    std::vector<int32_t> token_offsets{0}, token_rows;
+    const int32_t send_rows = 14;  // rows 4..8 are own: received rows own_begin.. of this rank
     for (int32_t t = 0; t < tokens; ++t) {
-      layout::combine_residual_span<layout::kHostCombineBlock>(cs, token_offsets.data(),
-                                                               token_rows.data(), width, t, 0,
-                                                               width, x_row.data() + t * width);
-      for (int64_t c = 0; c < width; ++c) {
-        layout::combine_residual_span<1>(cs, token_offsets.data(), token_rows.data(), width, t, c,
-                                         c + 1, x_column.data() + t * width);
+      for (int32_t r = 0; r < send_rows; ++r) {
+        if ((r + t) % 4 == 0) token_rows.push_back(r);
       }
+      if (token_rows.size() == static_cast<size_t>(token_offsets.back())) token_rows.push_back(t);
+      token_offsets.push_back(static_cast<int32_t>(token_rows.size()));
     }
-    EXPECT_EQ(x_row, x_host);
-    EXPECT_EQ(x_column, x_host);
-    std::vector<float> x_backend(x);
-    host_backend().combine_residual(cs, token_offsets.data(), token_rows.data(), width, tokens,
-                                    x_backend.data());
-    EXPECT_EQ(x_backend, x_host);
+    std::vector<float> returned_f32(static_cast<size_t>(send_rows - own_rows) * width),
+        x(tokens * width);
+    for (float& v : returned_f32) v = n01(rng);
+    for (float& v : x) v = n01(rng);
+    for (kernels::WireDtype dtype : {kernels::WireDtype::kF32, kernels::WireDtype::kBF16}) {
+      SCOPED_TRACE(kernels::wire_dtype_name(dtype));
+      const int64_t row_bytes = kernels::wire::row_bytes(dtype, width);
+      std::vector<unsigned char> returned(returned_f32.size() / width * row_bytes);
+      std::vector<float> widened(returned_f32.size());
+      for (size_t i = 0; i < returned_f32.size() / width; ++i) {
+        kernels::wire::encode_columns(dtype, returned_f32.data() + i * width,
+                                      returned.data() + i * row_bytes, 0, width);
+        for (int64_t c = 0; c < width; ++c) {
+          widened[i * width + c] =
+              kernels::wire::decode(dtype, returned.data() + i * row_bytes, width, c);
+        }
+      }
+      layout::CombineSources cs;
+      cs.returned = returned.data();
+      cs.dtype = dtype;
+      cs.own_send_begin = own_send_begin;
+      cs.own_rows = own_rows;
+      cs.own_recv_begin = own_begin;
+      cs.routes = routes.data();
+      cs.pair_of_entry = pair_of_entry.data();
+      cs.expert_out = expert_rows;
+      cs.top_k = k;
+      // Reference: the combine buffer [returned rows][own partial rows], one weighted_row_sum, then
+      // add_inplace.
+      std::vector<float> buffer(widened);
+      buffer.insert(buffer.end(), want.begin() + own_begin * width,
+                    want.begin() + (own_begin + own_rows) * width);
+      std::vector<int32_t> final_src;
+      const int32_t returned_rows = send_rows - own_rows;
+      for (int32_t row : token_rows) {
+        const bool own = row >= own_send_begin && row < own_send_begin + own_rows;
+        final_src.push_back(own ? returned_rows + (row - own_send_begin)
+                                : (row < own_send_begin ? row : row - own_rows));
+      }
+      std::vector<int64_t> offsets64(token_offsets.begin(), token_offsets.end());
+      std::vector<float> y(tokens * width), x_host(x);
+      kernels::cpu::reference::weighted_row_sum(buffer.data(), width, final_src.data(), nullptr,
+                                                offsets64.data(), tokens, y.data());
+      kernels::cpu::reference::add_inplace(x_host.data(), y.data(), tokens * width);
+      std::vector<float> x_row(x), x_column(x);
+      for (int32_t t = 0; t < tokens; ++t) {
+        layout::combine_residual_span<layout::kHostCombineBlock>(cs, token_offsets.data(),
+                                                                 token_rows.data(), width, t, 0,
+                                                                 width, x_row.data() + t * width);
+        for (int64_t c = 0; c < width; ++c) {
+          layout::combine_residual_span<1>(cs, token_offsets.data(), token_rows.data(), width, t, c,
+                                           c + 1, x_column.data() + t * width);
+        }
+      }
+      EXPECT_EQ(x_row, x_host);
+      EXPECT_EQ(x_column, x_host);
+      std::vector<float> x_backend(x);
+      host_backend().combine_residual(cs, token_offsets.data(), token_rows.data(), width, tokens,
+                                      x_backend.data());
+      EXPECT_EQ(x_backend, x_host);
+    }
   }
 }
 

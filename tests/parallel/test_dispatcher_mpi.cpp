@@ -130,18 +130,25 @@ std::vector<float> scaled_outputs(const DispatchHandle& r, const std::vector<int
 }
 
 // One step of a one-layer placement: dispatch, the stand-in experts, combine into y (all y0).
-// bf16_input (optional): whether the experts got their rows as bf16.
+// bf16_input (optional): whether the experts got their rows as bf16. bf16_output: the outputs
+// handed to the combine as bf16 rows (rounded), as bf16 experts write them.
 std::vector<float> exchange_once(Dispatcher& dispatcher, const std::vector<float>& x, int64_t T,
                                  const testing::Routing& routing,
                                  const std::vector<int>& rank_experts, int64_t H, float y0,
-                                 bool* bf16_input = nullptr) {
+                                 bool* bf16_input = nullptr, bool bf16_output = false) {
   dispatcher.begin_step();
   const DispatchHandle r =
       dispatcher.dispatch(0, x.data(), T, routing.ids.data(), routing.weights.data());
   if (bf16_input != nullptr) *bf16_input = r.recv_rows_bf16 != nullptr;
   const std::vector<float> out = scaled_outputs(r, rank_experts, H);
   std::vector<float> y(static_cast<size_t>(T * H), y0);
-  dispatcher.combine(out.data(), r, y.data());
+  if (bf16_output) {
+    std::vector<bf16> out_bf16(out.size());
+    for (size_t i = 0; i < out.size(); ++i) out_bf16[i] = float_to_bf16(out[i]);
+    dispatcher.combine(out_bf16.data(), r, y.data());
+  } else {
+    dispatcher.combine(out.data(), r, y.data());
+  }
   return y;
 }
 
@@ -160,44 +167,51 @@ void expect_fixed_order_sum(Communicator& comm, kernels::ComputeDtype dtype, int
     LayerPlacement::from_rank_experts(lists, E).validate(E, n, "bit_for_bit");
     const Placement placement = testing::one_layer(lists, E);
     dispatcher.set_placement(placement);
-    for (uint64_t seed : {3u, 4u}) {
-      auto routing = testing::make_routing(testing::mix_seed(seed, me), T, k, allowed);
-      auto x =
-          testing::random_floats(testing::mix_seed(seed + 7, me), static_cast<size_t>(T * H), 1.f);
-      bool bf16_input = false;
-      const std::vector<float> y =
-          exchange_once(dispatcher, x, T, routing, lists[me], H, 0.0f, &bf16_input);
-      // Several ranks: bf16 rows of even width stay where they landed.
-      EXPECT_EQ(bf16_input, bf16_rows && n > 1 && H % 2 == 0);
+    // bf16 compute: the expert outputs as fp32 rows and as bf16 rows (rounded, as bf16 experts
+    // write them), which the combine widens exactly.
+    const std::vector<bool> bf16_outputs =
+        bf16_rows ? std::vector<bool>{false, true} : std::vector<bool>{false};
+    for (const bool bf16_out : bf16_outputs) {
+      for (uint64_t seed : {3u, 4u}) {
+        auto routing = testing::make_routing(testing::mix_seed(seed, me), T, k, allowed);
+        auto x = testing::random_floats(testing::mix_seed(seed + 7, me), static_cast<size_t>(T * H),
+                                        1.f);
+        bool bf16_input = false;
+        const std::vector<float> y =
+            exchange_once(dispatcher, x, T, routing, lists[me], H, 0.0f, &bf16_input, bf16_out);
+        // Several ranks: bf16 rows of even width stay where they landed.
+        EXPECT_EQ(bf16_input, bf16_rows && n > 1 && H % 2 == 0);
 
-      // The expected sum, in the order the specification lays the rows out.
-      const DispatchLayout L =
-          build_dispatch_layout(placement.layer(0), me, routing.ids, routing.weights, T, k);
-      std::vector<int> dest_of_row;
-      for (int d = 0; d < n; ++d) dest_of_row.insert(dest_of_row.end(), L.send_counts[d], d);
-      std::vector<float> want(static_cast<size_t>(T * H));
-      for (int64_t t = 0; t < T; ++t) {
-        for (int64_t c = 0; c < H; ++c) {
-          float acc = 0.0f;
-          for (int64_t i = L.token_offsets[t]; i < L.token_offsets[t + 1]; ++i) {
-            const int32_t row = L.token_rows[i];
-            float partial = 0.0f;
-            bool first_route = true;
-            for (int j = 0; j < k; ++j) {
-              const RouteEntry& e = L.send_routes[static_cast<size_t>(row) * k + j];
-              if (e.local_slot < 0) continue;
-              const float in = bf16_rows && n > 1 ? round_to_bf16(x[t * H + c]) : x[t * H + c];
-              const float o = in * expert_scale(lists[dest_of_row[row]][e.local_slot]);
-              partial = first_route ? e.weight * o : partial + e.weight * o;
-              first_route = false;
+        // The expected sum, in the order the specification lays the rows out.
+        const DispatchLayout L =
+            build_dispatch_layout(placement.layer(0), me, routing.ids, routing.weights, T, k);
+        std::vector<int> dest_of_row;
+        for (int d = 0; d < n; ++d) dest_of_row.insert(dest_of_row.end(), L.send_counts[d], d);
+        std::vector<float> want(static_cast<size_t>(T * H));
+        for (int64_t t = 0; t < T; ++t) {
+          for (int64_t c = 0; c < H; ++c) {
+            float acc = 0.0f;
+            for (int64_t i = L.token_offsets[t]; i < L.token_offsets[t + 1]; ++i) {
+              const int32_t row = L.token_rows[i];
+              float partial = 0.0f;
+              bool first_route = true;
+              for (int j = 0; j < k; ++j) {
+                const RouteEntry& e = L.send_routes[static_cast<size_t>(row) * k + j];
+                if (e.local_slot < 0) continue;
+                const float in = bf16_rows && n > 1 ? round_to_bf16(x[t * H + c]) : x[t * H + c];
+                const float scaled = in * expert_scale(lists[dest_of_row[row]][e.local_slot]);
+                const float o = bf16_out ? round_to_bf16(scaled) : scaled;
+                partial = first_route ? e.weight * o : partial + e.weight * o;
+                first_route = false;
+              }
+              if (bf16_rows && dest_of_row[row] != me) partial = round_to_bf16(partial);
+              acc = i == L.token_offsets[t] ? partial : acc + partial;
             }
-            if (bf16_rows && dest_of_row[row] != me) partial = round_to_bf16(partial);
-            acc = i == L.token_offsets[t] ? partial : acc + partial;
+            want[t * H + c] = acc;
           }
-          want[t * H + c] = acc;
         }
+        EXPECT_EQ(y, want) << "seed " << seed << ", rank " << me << ", bf16 outputs " << bf16_out;
       }
-      EXPECT_EQ(y, want) << "seed " << seed << ", rank " << me;
     }
   }
 }
@@ -205,7 +219,7 @@ void expect_fixed_order_sum(Communicator& comm, kernels::ComputeDtype dtype, int
 // In bf16 compute on several ranks the rows travel as bf16 both ways: every row reaches the
 // experts as a bf16 value (own rows included; in place at even width, widened at odd width) and
 // the partial rows of other ranks come back rounded to bf16. One rank hands over the hidden rows
-// themselves (the experts round them).
+// themselves (the experts round them). bf16 compute also combines bf16 expert outputs.
 TEST(DispatcherMpi, CombineIsTheFixedOrderFp32SumBitForBit) {
   auto comm = make_comm();
   struct Case {
