@@ -22,6 +22,16 @@
 #ifndef MOE_WIRE_CLONES
 #define MOE_WIRE_CLONES
 #endif
+// The combine's row loops (multiply-add) get the same clones with FMA contraction off: each
+// column's product is rounded before the add, as in the bodies, so every clone gives their bits.
+#if defined(MOE_WIRE_CLONES) && defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
+    !defined(__AVX2__)
+#define MOE_COMBINE_CLONES                                                     \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
+                 optimize("fp-contract=off")))
+#else
+#define MOE_COMBINE_CLONES
+#endif
 
 namespace moe::kernels {
 namespace {
@@ -66,6 +76,35 @@ inline float widened(uint16_t bits) {
   return cuda::bf16_bits_to_f32(bits);
 }
 
+// acc = w * src (first), or acc + w * src.
+MOE_COMBINE_CLONES void weighted_add_f32(const float* __restrict src, float w, int64_t width,
+                                         bool first, float* __restrict acc) {
+  if (first) {
+    for (int64_t c = 0; c < width; ++c) acc[c] = w * widened(src[c]);
+  } else {
+    for (int64_t c = 0; c < width; ++c) acc[c] = acc[c] + w * widened(src[c]);
+  }
+}
+MOE_COMBINE_CLONES void weighted_add_bf16(const uint16_t* __restrict src, float w, int64_t width,
+                                          bool first, float* __restrict acc) {
+  if (first) {
+    for (int64_t c = 0; c < width; ++c) acc[c] = w * widened(src[c]);
+  } else {
+    for (int64_t c = 0; c < width; ++c) acc[c] = acc[c] + w * widened(src[c]);
+  }
+}
+void weighted_add(const float* src, float w, int64_t width, bool first, float* acc) {
+  weighted_add_f32(src, w, width, first, acc);
+}
+void weighted_add(const uint16_t* src, float w, int64_t width, bool first, float* acc) {
+  weighted_add_bf16(src, w, width, first, acc);
+}
+
+// acc = acc + in.
+MOE_COMBINE_CLONES void add_row(const float* __restrict in, int64_t width, float* __restrict acc) {
+  for (int64_t c = 0; c < width; ++c) acc[c] = acc[c] + in[c];
+}
+
 template <class T>
 void weighted_row_of(const RouteEntry* routes, const int32_t* pair_of_entry, const T* expert_out,
                      int64_t width, int32_t top_k, int32_t r, float* __restrict acc) {
@@ -73,13 +112,8 @@ void weighted_row_of(const RouteEntry* routes, const int32_t* pair_of_entry, con
   for (int32_t j = 0; j < top_k; ++j) {
     const int32_t p = pair_of_entry[r * top_k + j];
     if (p < 0) continue;
-    const float w = routes[r * top_k + j].weight;
-    const T* __restrict src = expert_out + static_cast<int64_t>(p) * width;
-    if (first) {
-      for (int64_t c = 0; c < width; ++c) acc[c] = w * widened(src[c]);
-    } else {
-      for (int64_t c = 0; c < width; ++c) acc[c] = acc[c] + w * widened(src[c]);
-    }
+    weighted_add(expert_out + static_cast<int64_t>(p) * width, routes[r * top_k + j].weight, width,
+                 first, acc);
     first = false;
   }
   if (first) std::fill(acc, acc + width, 0.0f);
@@ -105,7 +139,7 @@ void add_wire_row(WireDtype t, const unsigned char* row, int64_t width, bool fir
     if (first) {
       std::memcpy(acc, in, static_cast<size_t>(width) * sizeof(float));
     } else {
-      for (int64_t c = 0; c < width; ++c) acc[c] = acc[c] + in[c];
+      add_row(in, width, acc);
     }
     return;
   }
@@ -282,8 +316,7 @@ void HostBackend::combine_residual(const layout::CombineSources& src, const int3
       }
     }
     if (end == begin) std::fill(acc, acc + width, 0.0f);  // x + 0, as the bodies add
-    float* __restrict x_row = x + t * width;
-    for (int64_t c = 0; c < width; ++c) x_row[c] = x_row[c] + acc[c];
+    add_row(acc, width, x + t * width);                   // x + acc: the same sum as acc + x
   }
 }
 
