@@ -13,23 +13,24 @@
 // targets SSE2, whose 32-to-16-bit narrowing is slow). Per element they are the bodies'
 // conversions (kernels/cuda/device_math.h), and they multiply nothing (no clone can contract an
 // FMA), so the bits do not depend on the clone.
+// The combine's row loops (multiply-add) get the same clones with FMA contraction off (GCC's
+// optimize attribute): each column's product is rounded before the add, as in the bodies, so
+// every clone gives their bits; without that attribute they stay plain loops.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__AVX2__) && defined(__has_attribute)
 #if __has_attribute(target_clones)
 #define MOE_WIRE_CLONES \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#if !defined(__clang__)
+#define MOE_COMBINE_CLONES                                                     \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
+                 optimize("fp-contract=off")))
+#endif
 #endif
 #endif
 #ifndef MOE_WIRE_CLONES
 #define MOE_WIRE_CLONES
 #endif
-// The combine's row loops (multiply-add) get the same clones with FMA contraction off: each
-// column's product is rounded before the add, as in the bodies, so every clone gives their bits.
-#if defined(MOE_WIRE_CLONES) && defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && \
-    !defined(__AVX2__)
-#define MOE_COMBINE_CLONES                                                     \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
-                 optimize("fp-contract=off")))
-#else
+#ifndef MOE_COMBINE_CLONES
 #define MOE_COMBINE_CLONES
 #endif
 
