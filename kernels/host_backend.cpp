@@ -77,28 +77,15 @@ inline float widened(uint16_t bits) {
   return cuda::bf16_bits_to_f32(bits);
 }
 
-// acc = w * src (first), or acc + w * src.
-MOE_COMBINE_CLONES void weighted_add_f32(const float* __restrict src, float w, int64_t width,
-                                         bool first, float* __restrict acc) {
+// acc = w * src (first), or acc + w * src; src fp32 or bf16 values.
+template <class T>
+MOE_COMBINE_CLONES void weighted_add(const T* __restrict src, float w, int64_t width, bool first,
+                                     float* __restrict acc) {
   if (first) {
     for (int64_t c = 0; c < width; ++c) acc[c] = w * widened(src[c]);
   } else {
     for (int64_t c = 0; c < width; ++c) acc[c] = acc[c] + w * widened(src[c]);
   }
-}
-MOE_COMBINE_CLONES void weighted_add_bf16(const uint16_t* __restrict src, float w, int64_t width,
-                                          bool first, float* __restrict acc) {
-  if (first) {
-    for (int64_t c = 0; c < width; ++c) acc[c] = w * widened(src[c]);
-  } else {
-    for (int64_t c = 0; c < width; ++c) acc[c] = acc[c] + w * widened(src[c]);
-  }
-}
-void weighted_add(const float* src, float w, int64_t width, bool first, float* acc) {
-  weighted_add_f32(src, w, width, first, acc);
-}
-void weighted_add(const uint16_t* src, float w, int64_t width, bool first, float* acc) {
-  weighted_add_bf16(src, w, width, first, acc);
 }
 
 // acc = acc + in.
