@@ -233,21 +233,23 @@ class A2aBench {
       return r;
     };
 
+    // Device memory: seconds of one device-to-device copy of `bytes` from src (a read and a write),
+    // into a scratch buffer the two floors share.
+    kernels::Buffer<unsigned char> copy_scratch;
+    auto device_copy_seconds = [&](const void* src, size_t bytes) {
+      copy_scratch.ensure(backend_, std::max<size_t>(bytes, 1));
+      backend_.synchronize();
+      const auto t0 = Clock::now();
+      backend_.copy(copy_scratch.data(), src, bytes);
+      backend_.synchronize();
+      return seconds_since(t0);
+    };
+
     // The memory floor: one read of every expert output, in the dtype the experts wrote, right
-    // after they were written, where the combine reads them. Device memory: half a
-    // device-to-device copy (read + write).
-    kernels::Buffer<unsigned char> mem_scratch;
+    // after they were written, where the combine reads them. Device memory: half a copy.
     auto run_mem = [&](int64_t pairs) {
-      const int64_t n = pairs * H;
-      const size_t bytes = static_cast<size_t>(n) * out_elem_bytes;
-      if (!backend_.is_host_memory()) {
-        mem_scratch.ensure(backend_, std::max<size_t>(bytes, 1));
-        backend_.synchronize();
-        const auto t0 = Clock::now();
-        backend_.copy(mem_scratch.data(), expert_out.data(), bytes);
-        backend_.synchronize();
-        return seconds_since(t0) / 2;
-      }
+      const size_t bytes = static_cast<size_t>(pairs * H) * out_elem_bytes;
+      if (!backend_.is_host_memory()) return device_copy_seconds(expert_out.data(), bytes) / 2;
       const auto t0 = Clock::now();
       const uint64_t sum = sum_words(expert_out.data(), bytes);
       const double s = seconds_since(t0);
@@ -259,17 +261,11 @@ class A2aBench {
     // The residual's floor: the combine returns x + the combined rows (the layer's residual add,
     // fused), so it also reads and writes every hidden row once, which the raw exchange does not
     // do and an unfused layer does in its own pass. Adding -0.0 is exact for every value, so y
-    // keeps its bits. Device memory: a device-to-device copy (one read, one write).
-    kernels::Buffer<float> residual_scratch;
+    // keeps its bits. Device memory: a copy (one read, one write).
     auto run_residual = [&] {
       const int64_t n = c.tokens * H;
       if (!backend_.is_host_memory()) {
-        residual_scratch.ensure(backend_, static_cast<size_t>(std::max<int64_t>(n, 1)));
-        backend_.synchronize();
-        const auto t0 = Clock::now();
-        backend_.copy(residual_scratch.data(), y.data(), static_cast<size_t>(n) * sizeof(float));
-        backend_.synchronize();
-        return seconds_since(t0);
+        return device_copy_seconds(y.data(), static_cast<size_t>(n) * sizeof(float));
       }
       volatile float minus_zero = -0.0f;
       const float add = minus_zero;

@@ -15,13 +15,6 @@ namespace moe::kernels {
 
 static_assert(kMaxCpus <= CPU_SETSIZE);
 
-int usable_cores() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-}
-
 std::vector<int32_t> usable_cpu_mask() {
   std::vector<int32_t> mask(kMaxCpus, 0);
   cpu_set_t set;
@@ -33,6 +26,11 @@ std::vector<int32_t> usable_cpu_mask() {
     std::fill(mask.begin(), mask.begin() + std::max(1, n), 1);
   }
   return mask;
+}
+
+int usable_cores() {
+  const std::vector<int32_t> mask = usable_cpu_mask();
+  return std::max<int>(1, static_cast<int>(std::count(mask.begin(), mask.end(), 1)));
 }
 
 void set_host_threads(int num_threads) {

@@ -94,12 +94,9 @@ cmd_up() {
     ip netns exec "$ns" ip addr add "10.254.0.$((k + 1))/16" dev "$prefix-e$k"
     ip netns exec "$ns" ip link set "$prefix-e$k" up
     echo "node$k slots=$slots" >>"$dir/hostfile"
-    if ((per > 0)); then
-      local mine="${cpus[*]:$((k * per)):per}"
-      echo "${mine// /,}" >"$dir/cpus_node$k"
-    else
-      taskset -pc $$ | sed 's/.*: //' >"$dir/cpus_node$k"
-    fi
+    local mine="${cpus[*]}"
+    if ((per > 0)); then mine="${cpus[*]:$((k * per)):per}"; fi
+    echo "${mine// /,}" >"$dir/cpus_node$k"
   done
   # The launch agent Open MPI calls as `agent HOST CMD...` in place of ssh.
   cat >"$dir/agent" <<EOF
