@@ -7,57 +7,19 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "kernels/bf16_rows.h"
 #include "kernels/common/check.h"
+#include "kernels/host_simd.h"
 
-// The bf16 row conversions get AVX-512 and AVX2 clones picked at load time (the default build
-// targets SSE2, whose 32-to-16-bit narrowing is slow). Per element they are the bodies'
-// conversions (kernels/cuda/device_math.h), and they multiply nothing (no clone can contract an
-// FMA), so the bits do not depend on the clone.
-// The combine's row loops (multiply-add) get the same clones with FMA contraction off (GCC's
-// optimize attribute): each column's product is rounded before the add, as in the bodies, so
-// every clone gives their bits; without that attribute they stay plain loops.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__AVX2__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define MOE_WIRE_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#if !defined(__clang__)
-#define MOE_COMBINE_CLONES                                                     \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default"), \
-                 optimize("fp-contract=off")))
-#endif
-#endif
-#endif
-#ifndef MOE_WIRE_CLONES
-#define MOE_WIRE_CLONES
-#endif
-#ifndef MOE_COMBINE_CLONES
-#define MOE_COMBINE_CLONES
+// The combine's row loops (multiply-add) get AVX-512 and AVX2 clones with FMA contraction off
+// (host_simd.h): each column's product is rounded before the add, as in the bodies, so every
+// clone gives their bits. The bf16 rows' conversions and sums are bf16_rows.h's.
+#if defined(__clang__)
+#pragma clang fp contract(off)
 #endif
 
 namespace moe::kernels {
 namespace {
-
-MOE_WIRE_CLONES void encode_bf16_row(const float* __restrict src, uint16_t* __restrict out,
-                                     int64_t width) {
-  for (int64_t c = 0; c < width; ++c) out[c] = cuda::f32_to_bf16_bits(src[c]);
-}
-
-// out = the bf16 values of src (round to nearest even), as fp32.
-MOE_WIRE_CLONES void round_bf16_row(const float* __restrict src, int64_t width,
-                                    float* __restrict out) {
-  for (int64_t c = 0; c < width; ++c)
-    out[c] = cuda::bf16_bits_to_f32(cuda::f32_to_bf16_bits(src[c]));
-}
-
-// out = the bf16 row widened (first), or out + the widened row.
-MOE_WIRE_CLONES void widen_bf16_row(const uint16_t* __restrict in, int64_t width, bool add,
-                                    float* __restrict out) {
-  if (add) {
-    for (int64_t c = 0; c < width; ++c) out[c] = out[c] + cuda::bf16_bits_to_f32(in[c]);
-  } else {
-    for (int64_t c = 0; c < width; ++c) out[c] = cuda::bf16_bits_to_f32(in[c]);
-  }
-}
 
 BackendTraits in_host_memory(BackendTraits traits) {
   traits.host_memory = true;
@@ -68,8 +30,9 @@ BackendTraits in_host_memory(BackendTraits traits) {
 // The combine bodies' arithmetic (layout::partial_block, combine_residual_block) a whole row at a
 // time, so that the column loops vectorise: per column the same operations in the same order,
 // hence the same bits as the bodies (tests/gpu_host/test_device_layout.cpp compares them).
-// acc = sum over j (ascending) of weight_j * expert_out[pair_j], the first term stored; 0 if none.
-// Rows of fp32 or of bf16 values (widened exactly, as layout::load_block does).
+// A row's weighted sum is the sum over its entries j (ascending) with a pair here of
+// weight_j * expert_out[pair_j], the first term stored; 0 if none. Rows of fp32 or of bf16 values
+// (widened exactly, as layout::load_block does).
 inline float widened(float v) {
   return v;
 }
@@ -77,47 +40,105 @@ inline float widened(uint16_t bits) {
   return cuda::bf16_bits_to_f32(bits);
 }
 
-// acc = w * src (first), or acc + w * src; src fp32 or bf16 values.
-template <class T>
-MOE_COMBINE_CLONES void weighted_add(const T* __restrict src, float w, int64_t width, bool first,
-                                     float* __restrict acc) {
+// acc = w * src (first), or acc + w * src.
+MOE_CLONES_AVX512_EXACT void weighted_add(const float* __restrict src, float w, int64_t width,
+                                          bool first, float* __restrict acc) {
   if (first) {
-    for (int64_t c = 0; c < width; ++c) acc[c] = w * widened(src[c]);
+    for (int64_t c = 0; c < width; ++c) acc[c] = w * src[c];
   } else {
-    for (int64_t c = 0; c < width; ++c) acc[c] = acc[c] + w * widened(src[c]);
+    for (int64_t c = 0; c < width; ++c) acc[c] = acc[c] + w * src[c];
+  }
+}
+
+// x = x + (sum + row), or x + row when sum is null (row fp32 or bf16 values): a token's last row
+// and the residual add in one pass, the same two adds in the same order as acc = sum + row;
+// x = x + acc.
+template <class T>
+MOE_CLONES_AVX512_EXACT void add_sum_row(const float* __restrict sum, const T* __restrict row,
+                                         int64_t width, float* __restrict x) {
+  if (sum == nullptr) {
+    for (int64_t c = 0; c < width; ++c) x[c] = x[c] + widened(row[c]);
+  } else {
+    for (int64_t c = 0; c < width; ++c) x[c] = x[c] + (sum[c] + widened(row[c]));
   }
 }
 
 // acc = acc + in.
-MOE_COMBINE_CLONES void add_row(const float* __restrict in, int64_t width, float* __restrict acc) {
+MOE_CLONES_AVX512_EXACT void add_row(const float* __restrict in, int64_t width,
+                                     float* __restrict acc) {
   for (int64_t c = 0; c < width; ++c) acc[c] = acc[c] + in[c];
 }
 
-template <class T>
-void weighted_row_of(const RouteEntry* routes, const int32_t* pair_of_entry, const T* expert_out,
-                     int64_t width, int32_t top_k, int32_t r, float* __restrict acc) {
-  bool first = true;
-  for (int32_t j = 0; j < top_k; ++j) {
-    const int32_t p = pair_of_entry[r * top_k + j];
-    if (p < 0) continue;
-    weighted_add(expert_out + static_cast<int64_t>(p) * width, routes[r * top_k + j].weight, width,
-                 first, acc);
-    first = false;
-  }
-  if (first) std::fill(acc, acc + width, 0.0f);
+void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t o = 0; o < bytes; o += 64) __builtin_prefetch(c + o);
 }
 
-void weighted_row(const RouteEntry* routes, const int32_t* pair_of_entry,
-                  layout::ExpertRows expert_out, int64_t width, int32_t top_k, int32_t r,
-                  float* __restrict acc) {
-  if (expert_out.dtype == WireDtype::kF32) {
-    weighted_row_of(routes, pair_of_entry, reinterpret_cast<const float*>(expert_out.data), width,
-                    top_k, r, acc);
-  } else {
-    weighted_row_of(routes, pair_of_entry, reinterpret_cast<const uint16_t*>(expert_out.data),
-                    width, top_k, r, acc);
+// The weighted sums of one combine's rows, and where each goes (bf16_rows.h's SumTo): from bf16
+// expert outputs in one pass over the row's terms (weighted_sum_bf16); from fp32 ones term by
+// term into a scratch row first.
+class RowSums {
+ public:
+  RowSums(const RouteEntry* routes, const int32_t* pair_of_entry, layout::ExpertRows expert_out,
+          int64_t width, int32_t top_k, CombineScratch& scratch)
+      : routes_(routes),
+        pair_of_entry_(pair_of_entry),
+        expert_out_(expert_out),
+        width_(width),
+        top_k_(top_k),
+        scratch_(scratch) {
+    if (static_cast<int64_t>(scratch_.sum.size()) < width) scratch_.sum.resize(width);
+    scratch_.rows.resize(static_cast<size_t>(top_k));
+    scratch_.weights.resize(static_cast<size_t>(top_k));
   }
-}
+
+  void to(int32_t r, SumTo to, float* out, const float* acc, uint16_t* bits) const {
+    if (expert_out_.dtype == WireDtype::kBF16) {
+      const auto* outputs = reinterpret_cast<const uint16_t*>(expert_out_.data);
+      WeightedRows terms{scratch_.rows.data(), scratch_.weights.data(), 0};
+      for (int32_t j = 0; j < top_k_; ++j) {
+        const int32_t p = pair_of_entry_[r * top_k_ + j];
+        if (p < 0) continue;
+        scratch_.rows[terms.count] = outputs + static_cast<int64_t>(p) * width_;
+        scratch_.weights[terms.count++] = routes_[r * top_k_ + j].weight;
+      }
+      weighted_sum_bf16(terms, width_, to, out, acc, bits);
+      return;
+    }
+    float* sum = to == SumTo::kStore ? out : scratch_.sum.data();
+    const auto* outputs = reinterpret_cast<const float*>(expert_out_.data);
+    bool first = true;
+    for (int32_t j = 0; j < top_k_; ++j) {
+      const int32_t p = pair_of_entry_[r * top_k_ + j];
+      if (p < 0) continue;
+      weighted_add(outputs + static_cast<int64_t>(p) * width_, routes_[r * top_k_ + j].weight,
+                   width_, first, sum);
+      first = false;
+    }
+    if (first) std::fill(sum, sum + width_, 0.0f);
+    if (to == SumTo::kAdd) add_row(sum, width_, out);
+    if (to == SumTo::kAddSum) add_sum_row(acc, sum, width_, out);
+    if (to == SumTo::kNarrow) narrow_bf16(sum, width_, bits);
+  }
+
+  // Asks for the expert output rows row r's sum reads (they lie scattered over the experts'
+  // output: each is a new stream for the hardware prefetcher).
+  void prefetch(int32_t r) const {
+    const int64_t bytes = expert_out_.row_bytes(width_);
+    for (int32_t j = 0; j < top_k_; ++j) {
+      const int32_t p = pair_of_entry_[r * top_k_ + j];
+      if (p >= 0) prefetch_bytes(expert_out_.data + p * bytes, bytes);
+    }
+  }
+
+ private:
+  const RouteEntry* routes_;
+  const int32_t* pair_of_entry_;
+  layout::ExpertRows expert_out_;
+  int64_t width_;
+  int32_t top_k_;
+  CombineScratch& scratch_;
+};
 
 // acc = row (first) or acc + row, the row in wire type t (fp32 or bf16), widened exactly.
 void add_wire_row(WireDtype t, const unsigned char* row, int64_t width, bool first,
@@ -131,12 +152,7 @@ void add_wire_row(WireDtype t, const unsigned char* row, int64_t width, bool fir
     }
     return;
   }
-  widen_bf16_row(reinterpret_cast<const uint16_t*>(row), width, !first, acc);
-}
-
-float* grown(std::vector<float>& v, int64_t n) {
-  if (static_cast<int64_t>(v.size()) < n) v.resize(static_cast<size_t>(n));
-  return v.data();
+  widen_bf16(reinterpret_cast<const uint16_t*>(row), width, !first, acc);
 }
 
 }  // namespace
@@ -176,7 +192,7 @@ void HostBackend::rmsnorm(const float* x, const bf16* w, int64_t rows, int64_t d
                           float* y, bf16* y_bf16) {
   norm_rows(x, w, rows, dim, eps, y);
   if (y_bf16 == nullptr) return;
-  for (int64_t i = 0; i < rows * dim; ++i) y_bf16[i] = float_to_bf16(y[i]);
+  narrow_bf16(y, rows * dim, reinterpret_cast<uint16_t*>(y_bf16));
 }
 
 void HostBackend::qkv_projection(const float* x, const bf16* x_bf16, WeightView w_qkv, int64_t rows,
@@ -213,22 +229,28 @@ void HostBackend::group_by_slot(const layout::SlotGroupingView& view) {
 
 void HostBackend::pack_rows(const wire::PackView& v) {
   for (int32_t d = 0; d < v.num_ranks; ++d) wire::pack_header(v, d);
-  const int32_t rows = v.send_offsets[v.num_ranks];
+  // Token by token: the token's row is encoded once (pack_columns' or pack_fp8_block's bodies,
+  // whole rows, the bf16 one in bf16_rows.h), into its first destination, and copied (every
+  // encoding is a self-contained row of row_bytes) to the others while it is in L1.
   const int64_t blocks = (v.f.width + kFp8Block - 1) / kFp8Block;
-  for (int32_t i = 0; i < rows; ++i) {
-    wire::pack_routes(v, i);
-    if (v.f.dtype == WireDtype::kFP8) {
-      for (int64_t b = 0; b < blocks; ++b) wire::pack_fp8_block(v, i, b);
-      continue;
-    }
-    // pack_columns' rows, whole (the bf16 one in a vector clone).
-    const wire::PackTarget t = wire::pack_target(v, i);
-    if (t.row == nullptr) continue;
-    const float* src = v.hidden + static_cast<int64_t>(v.send_token[i]) * v.f.width;
-    if (v.f.dtype == WireDtype::kBF16) {
-      encode_bf16_row(src, reinterpret_cast<uint16_t*>(t.row), v.f.width);
-    } else {
-      std::memcpy(t.row, src, static_cast<size_t>(v.f.width) * sizeof(float));
+  for (int32_t token = 0; token < v.num_tokens; ++token) {
+    const float* src = v.hidden + static_cast<int64_t>(token) * v.f.width;
+    const unsigned char* encoded = nullptr;
+    for (int32_t k = v.token_offsets[token]; k < v.token_offsets[token + 1]; ++k) {
+      const int32_t i = v.token_rows[k];
+      wire::pack_routes(v, i);
+      const wire::PackTarget t = wire::pack_target(v, i);
+      if (t.row == nullptr) continue;
+      if (encoded != nullptr) {
+        std::memcpy(t.row, encoded, static_cast<size_t>(v.f.row_bytes));
+      } else if (v.f.dtype == WireDtype::kFP8) {
+        for (int64_t b = 0; b < blocks; ++b) wire::pack_fp8_block(v, i, b);
+      } else if (v.f.dtype == WireDtype::kBF16) {
+        narrow_bf16(src, v.f.width, reinterpret_cast<uint16_t*>(t.row));
+      } else {
+        std::memcpy(t.row, src, static_cast<size_t>(v.f.width) * sizeof(float));
+      }
+      if (encoded == nullptr) encoded = t.row;
     }
   }
 }
@@ -243,20 +265,21 @@ void HostBackend::receive_rows(const wire::ReceiveView& v) {
     unsigned char* row = wire::input_row(v, wire::row_position(v, x, r));
     auto* out = reinterpret_cast<float*>(row);
     if (x.source == v.rank) {
+      if (v.own_packed) continue;
       const int32_t token = v.send_token[v.send_offsets[v.rank] + x.index];
       const float* src = v.hidden + static_cast<int64_t>(token) * v.f.width;
       if (v.f.dtype != WireDtype::kBF16) {
         std::memcpy(out, src, static_cast<size_t>(v.f.width) * sizeof(float));
       } else if (v.in_place) {
-        encode_bf16_row(src, reinterpret_cast<uint16_t*>(row), v.f.width);
+        narrow_bf16(src, v.f.width, reinterpret_cast<uint16_t*>(row));
       } else {
-        round_bf16_row(src, v.f.width, out);
+        round_bf16(src, v.f.width, out);
       }
     } else if (v.in_place) {
       continue;
     } else if (v.f.dtype == WireDtype::kBF16) {
       const auto* in = reinterpret_cast<const uint16_t*>(wire::remote_row(v, x.source, x.index));
-      widen_bf16_row(in, v.f.width, false, out);
+      widen_bf16(in, v.f.width, false, out);
     } else if (v.f.dtype == WireDtype::kF32) {
       std::memcpy(out, wire::remote_row(v, x.source, x.index),
                   static_cast<size_t>(v.f.width) * sizeof(float));
@@ -268,17 +291,17 @@ void HostBackend::receive_rows(const wire::ReceiveView& v) {
 
 void HostBackend::combine_partial(const layout::PartialRowsView& v) {
   const int64_t row_bytes = wire::row_bytes(v.dtype, v.width);
-  float* acc = grown(combine_rows_, v.width);
-  for (int32_t q = 0; q < v.num_rows - v.own_rows; ++q) {
-    const int32_t r = q < v.own_begin ? q : q + v.own_rows;
+  const RowSums sums(v.routes, v.pair_of_entry, v.expert_out, v.width, v.top_k, combine_scratch_);
+  const int32_t rows = v.num_rows - v.own_rows;
+  auto row_of = [&](int32_t q) { return q < v.own_begin ? q : q + v.own_rows; };
+  for (int32_t q = 0; q < rows; ++q) {
+    if (q + 1 < rows) sums.prefetch(row_of(q + 1));
     unsigned char* out = v.out + q * row_bytes;
     if (v.dtype == WireDtype::kF32) {
-      weighted_row(v.routes, v.pair_of_entry, v.expert_out, v.width, v.top_k, r,
-                   reinterpret_cast<float*>(out));
-      continue;
+      sums.to(row_of(q), SumTo::kStore, reinterpret_cast<float*>(out), nullptr, nullptr);
+    } else {
+      sums.to(row_of(q), SumTo::kNarrow, nullptr, nullptr, reinterpret_cast<uint16_t*>(out));
     }
-    weighted_row(v.routes, v.pair_of_entry, v.expert_out, v.width, v.top_k, r, acc);
-    encode_bf16_row(acc, reinterpret_cast<uint16_t*>(out), v.width);
   }
 }
 
@@ -286,25 +309,56 @@ void HostBackend::combine_residual(const layout::CombineSources& src, const int3
                                    const int32_t* token_rows, int64_t width, int32_t num_tokens,
                                    float* x) {
   const int64_t row_bytes = wire::row_bytes(src.dtype, width);
-  float* acc = grown(combine_rows_, 2 * width);
-  float* own_row = acc + width;
-  for (int32_t t = 0; t < num_tokens; ++t) {
-    const int32_t begin = token_offsets[t], end = token_offsets[t + 1];
-    for (int32_t k = begin; k < end; ++k) {
+  const RowSums sums(src.routes, src.pair_of_entry, src.expert_out, width, src.top_k,
+                     combine_scratch_);
+  if (static_cast<int64_t>(combine_scratch_.acc.size()) < width) combine_scratch_.acc.resize(width);
+  float* acc = combine_scratch_.acc.data();
+  // Asks for token t's rows: the own rows' expert outputs, the returned rows, x.
+  auto prefetch_rows = [&](int32_t t) {
+    for (int32_t k = token_offsets[t]; k < token_offsets[t + 1]; ++k) {
       const int32_t row = token_rows[k];
       const int32_t own = row - src.own_send_begin;
       if (own >= 0 && own < src.own_rows) {
-        weighted_row(src.routes, src.pair_of_entry, src.expert_out, width, src.top_k,
-                     src.own_recv_begin + own, own_row);
-        add_wire_row(WireDtype::kF32, reinterpret_cast<const unsigned char*>(own_row), width,
-                     k == begin, acc);
+        sums.prefetch(src.own_recv_begin + own);
       } else {
         const int32_t q = row < src.own_send_begin ? row : row - src.own_rows;
-        add_wire_row(src.dtype, layout::returned_row(src, q, row_bytes), width, k == begin, acc);
+        prefetch_bytes(layout::returned_row(src, q, row_bytes), row_bytes);
       }
     }
-    if (end == begin) std::fill(acc, acc + width, 0.0f);  // x + 0, as the bodies add
-    add_row(acc, width, x + t * width);                   // x + acc: the same sum as acc + x
+    prefetch_bytes(x + t * width, width * 4);
+  };
+  if (num_tokens > 0) prefetch_rows(0);
+  for (int32_t t = 0; t < num_tokens; ++t) {
+    if (t + 1 < num_tokens) prefetch_rows(t + 1);
+    const int32_t begin = token_offsets[t], end = token_offsets[t + 1];
+    float* x_row = x + t * width;
+    if (end == begin) {  // x + 0, as the bodies add
+      std::fill(acc, acc + width, 0.0f);
+      add_row(acc, width, x_row);
+      continue;
+    }
+    // acc = the token's rows summed in order; the last row goes straight into x (x + acc).
+    for (int32_t k = begin; k < end; ++k) {
+      const bool first = k == begin, last = k + 1 == end;
+      const int32_t row = token_rows[k];
+      const int32_t own = row - src.own_send_begin;
+      if (own >= 0 && own < src.own_rows) {
+        const SumTo to =
+            first ? (last ? SumTo::kAdd : SumTo::kStore) : (last ? SumTo::kAddSum : SumTo::kAdd);
+        sums.to(src.own_recv_begin + own, to, last ? x_row : acc, acc, nullptr);
+        continue;
+      }
+      const int32_t q = row < src.own_send_begin ? row : row - src.own_rows;
+      const unsigned char* returned = layout::returned_row(src, q, row_bytes);
+      const float* sum = first ? nullptr : acc;
+      if (!last) {
+        add_wire_row(src.dtype, returned, width, first, acc);
+      } else if (src.dtype == WireDtype::kF32) {
+        add_sum_row(sum, reinterpret_cast<const float*>(returned), width, x_row);
+      } else {
+        add_sum_row(sum, reinterpret_cast<const uint16_t*>(returned), width, x_row);
+      }
+    }
   }
 }
 

@@ -13,6 +13,14 @@
 
 namespace moe::kernels {
 
+// The host combine's scratch, grown and kept: a token's running sum and a row's sum (width
+// each), a row's terms (top_k each).
+struct CombineScratch {
+  std::vector<float> acc, sum;
+  std::vector<const uint16_t*> rows;
+  std::vector<float> weights;
+};
+
 class HostBackend : public Backend {
  public:
   explicit HostBackend(BackendTraits traits);
@@ -69,7 +77,7 @@ class HostBackend : public Backend {
 
  private:
   std::vector<ExpertGroup> groups_;  // expert_swiglu's scratch
-  std::vector<float> combine_rows_;  // the combine's row sums (width each)
+  CombineScratch combine_scratch_;
 };
 
 }  // namespace moe::kernels

@@ -148,6 +148,10 @@ void Dispatcher::set_timer(kernels::PhaseTimer* timer, int layout_phase, int dis
   if (inner_ != nullptr) inner_->set_timer(timer, layout_phase, dispatch_phase, combine_phase);
 }
 
+bool Dispatcher::rows_read_in_place(const wire::MessageFormat& f) const {
+  return wire::rows_in_place(f) && (f.dtype == WireDtype::kF32 || inner_ == nullptr);
+}
+
 wire::MessageFormat Dispatcher::dispatch_format() const {
   return wire::message_format(wire_.dispatch, hidden_, top_k_, header_width_, capacity_);
 }
@@ -314,6 +318,16 @@ void Dispatcher::send_messages(int layer) {
   pv.max_rows = rows_bound;
   pv.slots = arena_ != nullptr ? arena_->segment(rank) : send_arena_.data();
   pv.spill = send_arena_.data() + slots_bytes;
+  pv.num_tokens = T;
+  pv.token_offsets = flight_.view.token_offsets;
+  pv.token_rows = flight_.view.token_rows;
+  // Over a shared arena the own rows go with the peers' rows, into the own slot, when receive()
+  // will read them there (it also needs no spill anywhere, known after the headers: if one came,
+  // receive() writes them again, elsewhere).
+  pv.own_in_slot =
+      arena_ != nullptr && rows_read_in_place(f) &&
+      host_blocks_[static_cast<size_t>(layer)][E + rank * W + layout::kHeaderRows] <= capacity_;
+  flight_.own_packed = pv.own_in_slot;
   backend_.pack_rows(pv);
   if (arena_ != nullptr) {
     arena_->publish(kDispatchCounter, ++dispatch_seq_);
@@ -396,9 +410,8 @@ void Dispatcher::receive(DispatchHandle& d) {
   // A shared arena is read in place unless a spill came apart from it or the own rows do not fit
   // this rank's own slot; a node-first proxy forwards fp32 rows (gather_rows), so it widens bf16.
   const bool shared = arena_ != nullptr;
-  const bool in_place = wire::rows_in_place(f) &&
-                        (f.dtype == WireDtype::kF32 || inner_ == nullptr) &&
-                        (!shared || (d.combine_in_arena && d.own_rows <= capacity_));
+  const bool in_place =
+      rows_read_in_place(f) && (!shared || (d.combine_in_arena && d.own_rows <= capacity_));
   if (!shared) {
     // Arena rows: the slots, every source's spill, then (fp32 rows) the own rows.
     int64_t arena_rows = N * wire::slot_rows(f);
@@ -427,6 +440,7 @@ void Dispatcher::receive(DispatchHandle& d) {
   rv.spill_first_row = shared ? 0 : N * wire::slot_rows(f);
   rv.in_place = in_place;
   rv.own_in_slot = shared && in_place;
+  rv.own_packed = rv.own_in_slot && flight_.own_packed;
   rv.recv_header = block(flight_.layer) + E + N * W;
   rv.plan = recv_ints_.data() + plan;
   rv.hidden = flight_.hidden;

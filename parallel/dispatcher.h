@@ -208,6 +208,7 @@ class Dispatcher {
     const float* hidden = nullptr;
     int64_t num_tokens = 0;
     kernels::layout::SourceLayoutView view;
+    bool own_packed = false;  // the pack wrote the own rows into the own slot
   };
   // Per-layer counters in one buffer, so one download covers a step:
   //   [expert_total E][send header N W][recv header N W][layout error][grouping error]
@@ -230,6 +231,9 @@ class Dispatcher {
   // grouping has run).
   void check_block(int layer, const int32_t* host_block, bool grouping_done) const;
   kernels::wire::MessageFormat dispatch_format() const;
+  // Whether rows in format f can be the experts' input where they land (fp32 rows, bf16 rows of
+  // even width; a node-first proxy forwards fp32 rows, so it widens bf16).
+  bool rows_read_in_place(const kernels::wire::MessageFormat& f) const;
   // The shared arena's segment: the dispatch slots (one per destination, as the send arena's),
   // then the combine area: a table of where each source's partial rows start, then the rows.
   int64_t arena_combine_at() const;

@@ -512,7 +512,8 @@ MOE_HD void combine_residual_span(const CombineSources& src, const int32_t* toke
 
 // Host loops over the bodies in launch order: the host backends' layout ops, which the tests
 // compare field by field with the sequential specification (parallel/dispatch_layout.h).
-inline void emulate(const SourceLayoutView& v) {
+inline void emulate(const SourceLayoutView& view) {
+  const SourceLayoutView v = view;  // a local copy: stores through its arrays cannot alias it
   const int32_t C = num_chunks(v.num_tokens, v.chunk_size);
   const int32_t P = v.num_tokens * v.top_k;
   *v.error = 0;
@@ -526,7 +527,8 @@ inline void emulate(const SourceLayoutView& v) {
   for (int32_t t = 0; t < v.num_tokens; ++t) assign_rows(v, t);
 }
 
-inline void emulate(const SlotGroupingView& v) {
+inline void emulate(const SlotGroupingView& view) {
+  const SlotGroupingView v = view;
   const int32_t C = num_chunks(v.num_rows, v.chunk_size);
   *v.error = 0;
   for (int32_t c = 0; c < C; ++c) count_slots(v, c);

@@ -20,11 +20,11 @@
 // A shared arena (parallel/communicator.h) is read in place instead: the slot source s filled for
 // this rank lies in s's segment, one segment (a multiple of row_bytes) after the other, so the
 // same arena-row arithmetic holds with slot_stride = the segment size; own rows are written into
-// this rank's own slot; the spill (a separate exchange) lies apart, from row 0 of its own buffer,
-// and a rank that received one widens every row (in_place off).
-// In bf16 dispatch the experts read every row as a bf16 value, own rows included (rounded where
-// they are written, in place or widened: the experts' input rounding, kernels/common/rounding.h,
-// would round them the same).
+// this rank's own slot (by the pack, with the peers' rows, when it knows they fit); the spill (a
+// separate exchange) lies apart, from row 0 of its own buffer, and a rank that received one widens
+// every row (in_place off). In bf16 dispatch the experts read every row as a bf16 value, own rows
+// included (rounded where they are written, in place or widened: the experts' input rounding,
+// kernels/common/rounding.h, would round them the same).
 #pragma once
 
 #include <cstdint>
@@ -155,10 +155,19 @@ struct PackView {
   int32_t max_rows = 0;                     // items the row bodies run over (>= S)
   unsigned char* slots = nullptr;           // [N * slot_bytes]
   unsigned char* spill = nullptr;           // spill rows per destination, in destination order
+  // Own rows too, in the wire type, into this rank's own slot (a shared arena read in place,
+  // with the own rows within the capacity): the receive then leaves them (ReceiveView::own_packed).
+  bool own_in_slot = false;
+  // Send rows per token (the source layout's token_offsets [T + 1], token_rows), so that a host
+  // can encode each token's row once and copy it to every destination.
+  int32_t num_tokens = 0;
+  const int32_t* token_offsets = nullptr;
+  const int32_t* token_rows = nullptr;
 };
 
-// Where send row i goes: its row and route entries inside a message (null for own rows and i
-// beyond the send rows).
+// Where send row i goes: its row and route entries inside a message (null for i beyond the send
+// rows and for own rows, whose row is in the own slot when own_in_slot and whose routes the
+// receive takes from send_routes).
 struct PackTarget {
   unsigned char* row = nullptr;
   RouteEntry* routes = nullptr;
@@ -169,10 +178,14 @@ MOE_HD PackTarget pack_target(const PackView& v, int32_t i) {
   if (i >= v.send_offsets[v.num_ranks]) return t;
   int32_t d = 0;
   while (i >= v.send_offsets[d + 1]) ++d;
-  if (d == v.rank) return t;
   const int64_t j = i - v.send_offsets[d];
   const int64_t n = v.send_offsets[d + 1] - v.send_offsets[d];
   const int64_t C = v.f.capacity;
+  if (d == v.rank) {
+    if (v.own_in_slot && j < C)
+      t.row = v.slots + d * v.f.slot_bytes + v.f.header_bytes + j * v.f.row_bytes;
+    return t;
+  }
   if (j < C) {
     unsigned char* slot = v.slots + d * v.f.slot_bytes;
     const int64_t m = n < C ? n : C;
@@ -199,7 +212,7 @@ MOE_HD void pack_header(const PackView& v, int32_t d) {
 
 MOE_HD void pack_routes(const PackView& v, int32_t i) {
   const PackTarget t = pack_target(v, i);
-  if (t.row == nullptr) return;
+  if (t.routes == nullptr) return;
   for (int32_t j = 0; j < v.f.top_k; ++j) {
     t.routes[j] = v.send_routes[static_cast<int64_t>(i) * v.f.top_k + j];
   }
@@ -232,6 +245,7 @@ struct ReceiveView {
   int64_t spill_first_row = 0;           // the first source's spill: N * slot_rows, or 0 when apart
   bool in_place = false;                 // the experts read the rows where they lie
   bool own_in_slot = false;              // in place: own rows in this rank's own slot
+  bool own_packed = false;               // own_in_slot, and the pack wrote them there
   const int32_t* recv_header = nullptr;  // [N * W] received headers (own included)
   int32_t* plan = nullptr;               // [2N + 2] written by plan_receive
   const float* hidden = nullptr;         // [T, H] own rows come from here
@@ -364,6 +378,7 @@ MOE_HD void receive_columns(const ReceiveView& v, int32_t r, int64_t c0, int64_t
   unsigned char* row = input_row(v, row_position(v, x, r));
   float* out = reinterpret_cast<float*>(row);
   if (x.source == v.rank) {
+    if (v.own_packed) return;
     const float* src =
         v.hidden + static_cast<int64_t>(v.send_token[v.send_offsets[v.rank] + x.index]) * H;
     if (v.in_place || v.f.dtype != WireDtype::kBF16) {

@@ -13,16 +13,9 @@
 #include "kernels/common/rounding.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/weight_rows.h"
+#include "kernels/host_simd.h"
 
-// As in ops.cpp: the dot-product loop gets an AVX2+FMA clone picked at load time.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__AVX2__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define MOE_BF16_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
-#endif
-#ifndef MOE_BF16_CLONES
-#define MOE_BF16_CLONES
-#endif
+// As in ops.cpp: the dot-product loop gets an AVX2+FMA clone (host_simd.h).
 
 namespace moe::kernels::cpu {
 namespace {
@@ -39,7 +32,7 @@ constexpr int kLanes = 8;
 // added in order, then the tail. Every output of the fallback GEMM goes through this one
 // function (edge rows and columns repeat a valid row), so a result never depends on its
 // neighbours in the call.
-MOE_BF16_CLONES void dot_2x4(const float* a0, const float* a1, const float* const w[4], int64_t n,
+MOE_CLONES_AVX2 void dot_2x4(const float* a0, const float* a1, const float* const w[4], int64_t n,
                              float out[8]) {
   float acc[8][kLanes] = {};
   int64_t i = 0;

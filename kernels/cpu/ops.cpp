@@ -17,19 +17,13 @@
 #include <string>
 #include <vector>
 
+#include "kernels/bf16_rows.h"
 #include "kernels/common/check.h"
 #include "kernels/cpu/weight_rows.h"
+#include "kernels/host_simd.h"
 
-// The default build targets baseline x86-64 (SSE2); the loops that stream weights get an
-// AVX2+FMA clone picked at load time, so decode speed does not depend on -march=native.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__AVX2__) && defined(__has_attribute)
-#if __has_attribute(target_clones)
-#define MOE_HOT_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#endif
-#endif
-#ifndef MOE_HOT_CLONES
-#define MOE_HOT_CLONES
-#endif
+// The loops that stream weights get an AVX2+FMA clone (host_simd.h), so decode speed does not
+// depend on -march=native.
 
 namespace moe::kernels::cpu {
 namespace {
@@ -86,7 +80,7 @@ void check_blas_dim(int64_t v, const char* what) {
   MOE_CHECK(v >= 0 && v <= INT_MAX, "{} = {} does not fit a BLAS int", what, v);
 }
 
-MOE_HOT_CLONES float dot_bf16(const float* x, const bf16* w, int64_t n) {
+MOE_CLONES_AVX2 float dot_bf16(const float* x, const bf16* w, int64_t n) {
   const uint16_t* wb = reinterpret_cast<const uint16_t*>(w);
   float acc[kLanes] = {};
   int64_t i = 0;
@@ -100,7 +94,7 @@ MOE_HOT_CLONES float dot_bf16(const float* x, const bf16* w, int64_t n) {
   return s + tail;
 }
 
-MOE_HOT_CLONES float dot_f32(const float* a, const float* b, int64_t n) {
+MOE_CLONES_AVX2 float dot_f32(const float* a, const float* b, int64_t n) {
   float acc[kLanes] = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
@@ -113,7 +107,7 @@ MOE_HOT_CLONES float dot_f32(const float* a, const float* b, int64_t n) {
   return s + tail;
 }
 
-MOE_HOT_CLONES void axpy(float a, const float* x, int64_t n, float* y) {
+MOE_CLONES_AVX2 void axpy(float a, const float* x, int64_t n, float* y) {
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
@@ -167,7 +161,7 @@ inline float exp_approx(float x) {
 }
 
 // In-place softmax of row[0..n) in fp32 (max subtracted); the row then sums to 1.
-MOE_HOT_CLONES void softmax_inplace(float* row, int64_t n) {
+MOE_CLONES_AVX2 void softmax_inplace(float* row, int64_t n) {
   // Max through order-preserving integer keys (vectorises, unlike a float compare reduction).
   int32_t m_key = INT32_MIN;
   for (int64_t j = 0; j < n; ++j) {
@@ -191,20 +185,12 @@ MOE_HOT_CLONES void softmax_inplace(float* row, int64_t n) {
 
 }  // namespace
 
-MOE_HOT_CLONES void bf16_to_f32(const bf16* src, int64_t n, float* dst) {
-  const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
-  for (int64_t i = 0; i < n; ++i) dst[i] = bf16_bits_to_f32(s[i]);
+void bf16_to_f32(const bf16* src, int64_t n, float* dst) {
+  widen_bf16(reinterpret_cast<const uint16_t*>(src), n, false, dst);
 }
 
 void f32_to_bf16(const float* src, int64_t n, bf16* dst) {
-  // Branch-free form of float_to_bf16 (bf16.h) so the loop vectorises; same results.
-  uint16_t* d = reinterpret_cast<uint16_t*>(dst);
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t u = std::bit_cast<uint32_t>(src[i]);
-    const bool is_nan = (u & 0x7fffffffu) > 0x7f800000u;
-    const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    d[i] = static_cast<uint16_t>(is_nan ? ((u >> 16) | 0x0040u) : rounded);
-  }
+  narrow_bf16(src, n, reinterpret_cast<uint16_t*>(dst));
 }
 
 void embedding(const bf16* table, int64_t vocab, int64_t hidden, const int32_t* ids, int64_t n,
@@ -453,7 +439,7 @@ void router_topk(const float* logits, int64_t rows, int64_t experts, int64_t k, 
   }
 }
 
-MOE_HOT_CLONES void silu_mul(const float* gate, const float* up, int64_t n, float* out) {
+MOE_CLONES_AVX2 void silu_mul(const float* gate, const float* up, int64_t n, float* out) {
   // exp_approx keeps this loop vectorised; for g < -88 it gives ~1e-36 instead of -0.
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];

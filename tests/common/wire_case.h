@@ -26,6 +26,11 @@ struct WireCase {
   std::vector<int32_t> send_token;               // [S]
   std::vector<kernels::RouteEntry> send_routes;  // [S * k]
   std::vector<int32_t> header;                   // [N * W]: rows, pairs, max rows, 2 slots
+  std::vector<int32_t> token_offsets{0};         // [T + 1] send rows of each token,
+  std::vector<int32_t> token_rows;               // ascending
+  // The pack writes the own rows into the own slot, and the receive reads them there (a shared
+  // arena's way; needs rows read in place and the own rows within the capacity).
+  bool own_in_slot = false;
   int64_t slots_bytes() const { return num_ranks * f.slot_bytes; }
 };
 
@@ -64,6 +69,12 @@ inline WireCase make_wire_case(uint32_t seed, int rank, const std::vector<int32_
   for (int d = 0; d < c.num_ranks; ++d) {
     c.header.insert(c.header.end(), {rows[d], 2 * rows[d], max_rows, rows[d], rows[d]});
   }
+  for (int32_t t = 0; t < tokens; ++t) {
+    for (size_t i = 0; i < c.send_token.size(); ++i) {
+      if (c.send_token[i] == t) c.token_rows.push_back(static_cast<int32_t>(i));
+    }
+    c.token_offsets.push_back(static_cast<int32_t>(c.token_rows.size()));
+  }
   return c;
 }
 
@@ -77,10 +88,12 @@ inline std::vector<unsigned char> pack_on(kernels::Backend& be, const WireCase& 
   arena.assign(be, out.data(), out.size());
   kernels::Buffer<float> hidden;
   hidden.assign(be, c.hidden.data(), c.hidden.size());
-  kernels::Buffer<int32_t> offsets, tokens, header;
+  kernels::Buffer<int32_t> offsets, tokens, header, token_offsets, token_rows;
   offsets.assign(be, c.send_offsets.data(), c.send_offsets.size());
   tokens.assign(be, c.send_token.data(), c.send_token.size());
   header.assign(be, c.header.data(), c.header.size());
+  token_offsets.assign(be, c.token_offsets.data(), c.token_offsets.size());
+  token_rows.assign(be, c.token_rows.data(), c.token_rows.size());
   kernels::Buffer<kernels::RouteEntry> routes;
   routes.assign(be, c.send_routes.data(), c.send_routes.size());
   kernels::wire::PackView v;
@@ -95,6 +108,10 @@ inline std::vector<unsigned char> pack_on(kernels::Backend& be, const WireCase& 
   v.max_rows = static_cast<int32_t>(c.send_token.size()) + 3;  // a bound, as a device knows it
   v.slots = arena.data();
   v.spill = arena.data() + c.slots_bytes();
+  v.own_in_slot = c.own_in_slot;
+  v.num_tokens = c.tokens;
+  v.token_offsets = token_offsets.data();
+  v.token_rows = token_rows.data();
   be.pack_rows(v);
   be.download(out.data(), arena.data(), out.size());
   return out;
@@ -112,7 +129,8 @@ inline Received receive_on(kernels::Backend& be, const WireCase& c,
                            const std::vector<unsigned char>& packed) {
   const int N = c.num_ranks;
   const int32_t R = c.send_offsets[N];
-  // The arena as the dispatcher lays it out: slots, a header-sized gap, the spills, own rows.
+  // The arena as the dispatcher lays it out: slots, a header-sized gap, the spills, own rows (or
+  // in their slot: own_in_slot).
   int64_t spill_rows = 0;
   for (int s = 0; s < N; ++s) {
     if (s != c.rank) spill_rows += kernels::wire::spill_rows(c.f, c.header[s * c.f.header_ints]);
@@ -148,6 +166,7 @@ inline Received receive_on(kernels::Backend& be, const WireCase& c,
   v.spill = d_arena.data() + c.f.header_bytes;
   v.spill_first_row = N * kernels::wire::slot_rows(c.f);
   v.in_place = in_place;
+  v.own_in_slot = v.own_packed = c.own_in_slot;
   v.recv_header = header.data();
   v.plan = plan.data();
   v.hidden = hidden.data();

@@ -112,9 +112,18 @@ TEST(MoeWire, RowsAndRoutesSurviveTheRoundTripInEveryWireType) {
   };
   for (const Shape& s : shapes) {
     for (WireDtype t : {WireDtype::kF32, WireDtype::kBF16, WireDtype::kFP8}) {
-      SCOPED_TRACE(testing::Message()
-                   << wire_dtype_name(t) << ", " << s.rows.size() << " ranks, width " << s.width);
-      expect_loopback(test::make_wire_case(17, s.rank, s.rows, s.width, s.k, s.capacity, t));
+      test::WireCase c = test::make_wire_case(17, s.rank, s.rows, s.width, s.k, s.capacity, t);
+      // Own rows packed into their slot too, where the rows are read in place and fit.
+      const bool can_own_in_slot =
+          wire::rows_in_place(c.f) && s.rows[static_cast<size_t>(s.rank)] <= s.capacity;
+      for (bool own_in_slot : {false, true}) {
+        if (own_in_slot && !can_own_in_slot) continue;
+        SCOPED_TRACE(testing::Message()
+                     << wire_dtype_name(t) << ", " << s.rows.size() << " ranks, width " << s.width
+                     << (own_in_slot ? ", own rows in their slot" : ""));
+        c.own_in_slot = own_in_slot;
+        expect_loopback(c);
+      }
     }
   }
 }

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kernel_test_util.h"
+#include "kernels/bf16_rows.h"
 #include "kernels/common/bf16.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/reference.h"
@@ -100,6 +101,109 @@ TEST(Bf16, BulkConversionsMatchScalarHelpers) {
       ASSERT_EQ(std::bit_cast<uint32_t>(back_fast[i]), std::bit_cast<uint32_t>(back_ref[i]));
       ASSERT_EQ(std::bit_cast<uint32_t>(back_fast[i]), static_cast<uint32_t>(fast[i].bits) << 16);
     }
+  }
+}
+
+// bf16_rows.h: on CPUs with AVX512-BF16 its narrowing runs on the convert instruction, which
+// zeroes subnormal inputs, so every special value is placed in every lane of a group of 16 (and in
+// the tail) among ordinary neighbours: each element must keep float_to_bf16's bits.
+TEST(Bf16Rows, EveryLaneKeepsTheScalarBitsForSpecialValues) {
+  const uint32_t specials[] = {0x00000001u, 0x007fffffu, 0x80000001u, 0x00018000u, 0x7f800001u,
+                               0xffc00000u, 0x7f800000u, 0xff800000u, 0x00000000u, 0x80000000u,
+                               0x7f7fffffu, 0x3f808000u, 0x3f818000u, 0x3f807fffu};
+  const int64_t n = 37;  // two groups of 16 and a tail of 5
+  for (uint32_t special : specials) {
+    for (int64_t at = 0; at < n; ++at) {
+      std::vector<float> src(n);
+      for (int64_t i = 0; i < n; ++i) src[i] = 1.5f + 0.37f * static_cast<float>(i);
+      src[at] = std::bit_cast<float>(special);
+      std::vector<uint16_t> narrow(n);
+      std::vector<float> rounded(n), in_place = src;
+      narrow_bf16(src.data(), n, narrow.data());
+      round_bf16(src.data(), n, rounded.data());
+      round_bf16(in_place.data(), n, in_place.data());
+      for (int64_t i = 0; i < n; ++i) {
+        const uint16_t want = float_to_bf16(src[i]).bits;
+        ASSERT_EQ(narrow[i], want) << "special " << special << " at " << at << ", element " << i;
+        ASSERT_EQ(std::bit_cast<uint32_t>(rounded[i]), static_cast<uint32_t>(want) << 16);
+        ASSERT_EQ(std::bit_cast<uint32_t>(in_place[i]), static_cast<uint32_t>(want) << 16);
+      }
+    }
+  }
+}
+
+TEST(Bf16Rows, WidenAddsInOrder) {
+  const std::vector<uint16_t> rows = {0x3f80u, 0xc000u, 0x7f80u, 0x0001u, 0x8000u};
+  std::vector<float> acc = {0.5f, 0.5f, 1.0f, 0.0f, -0.0f};
+  widen_bf16(rows.data(), 5, true, acc.data());
+  EXPECT_EQ(acc, (std::vector<float>{1.5f, -1.5f, std::numeric_limits<float>::infinity(),
+                                     bf16_to_float(bf16{0x0001u}), -0.0f}));
+  EXPECT_TRUE(std::signbit(acc[4]));
+  widen_bf16(rows.data(), 5, false, acc.data());
+  for (size_t i = 0; i < rows.size(); ++i)
+    EXPECT_EQ(std::bit_cast<uint32_t>(acc[i]), static_cast<uint32_t>(rows[i]) << 16);
+}
+
+// weighted_sum_bf16 against the plain scalar loop, for 0 to 3 terms and every destination, over
+// 37 columns (two groups of 16 in the AVX512-BF16 path, the tail in the portable one). Each
+// product must be rounded before its add (an FMA rounds once): with e0 = 1, w0 = -(1 + 2^-7 +
+// 2^-23), e1 = 1 + 2^-7 and w1 = 1 + 2^-23 a multiply and an add give 0, an FMA 2^-30; that column
+// walks every lane. Tiny values make some sums subnormal (the narrowing's other path).
+TEST(Bf16Rows, WeightedSumsRoundEachProductAndGoWhereAsked) {
+  const int64_t n = 37;
+  std::mt19937 rng(3);
+  std::normal_distribution<float> n01(0.0f, 1.0f);
+  std::vector<std::vector<uint16_t>> rows(3, std::vector<uint16_t>(n));
+  for (auto& row : rows) {
+    for (int64_t i = 0; i < n; ++i)
+      row[i] = float_to_bf16((i % 9 == 4 ? 1e-38f : 1.0f) * n01(rng)).bits;
+  }
+  const float w1 = std::bit_cast<float>(0x3f800001u);
+  const volatile float trap = w1 * bf16_to_float(bf16{0x3f81u});  // rounded: 1 + 2^-7 + 2^-23
+  const float weights[3] = {-trap, w1, 0.75f};
+  std::vector<float> acc(n), base(n);
+  for (int64_t i = 0; i < n; ++i) {
+    acc[i] = n01(rng);
+    base[i] = n01(rng);
+  }
+  for (int64_t at = 0; at < n; ++at) {
+    rows[0][at] = 0x3f80u;  // 1
+    rows[1][at] = 0x3f81u;  // 1 + 2^-7
+    const uint16_t* ptrs[3] = {rows[0].data(), rows[1].data(), rows[2].data()};
+    for (int32_t count = 0; count <= 3; ++count) {
+      std::vector<float> want_sum(n);
+      for (int64_t i = 0; i < n; ++i) {
+        float sum = 0.0f;
+        for (int32_t j = 0; j < count; ++j) {
+          const volatile float term = weights[j] * bf16_to_float(bf16{ptrs[j][i]});
+          sum = j == 0 ? term : sum + term;
+        }
+        want_sum[i] = sum;
+      }
+      if (count == 2) ASSERT_EQ(want_sum[at], 0.0f);
+      const WeightedRows terms{ptrs, weights, count};
+      for (SumTo to : {SumTo::kStore, SumTo::kAdd, SumTo::kAddSum, SumTo::kNarrow}) {
+        std::vector<float> out = base;
+        std::vector<uint16_t> bits(n);
+        weighted_sum_bf16(terms, n, to, out.data(), acc.data(), bits.data());
+        for (int64_t i = 0; i < n; ++i) {
+          const float s = want_sum[i];
+          SCOPED_TRACE(testing::Message() << count << " terms, mode " << static_cast<int>(to)
+                                          << ", trap at " << at << ", column " << i);
+          if (to == SumTo::kNarrow) {
+            ASSERT_EQ(bits[i], float_to_bf16(s).bits);
+            continue;
+          }
+          const volatile float inner = acc[i] + s;
+          const float want = to == SumTo::kStore ? s
+                             : to == SumTo::kAdd ? base[i] + s
+                                                 : base[i] + inner;
+          ASSERT_EQ(std::bit_cast<uint32_t>(out[i]), std::bit_cast<uint32_t>(want));
+        }
+      }
+    }
+    rows[0][at] = float_to_bf16(n01(rng)).bits;
+    rows[1][at] = float_to_bf16(n01(rng)).bits;
   }
 }
 
