@@ -4,6 +4,7 @@
 #include "kernels/host_backend.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <cstring>
 
@@ -67,6 +68,30 @@ MOE_CLONES_AVX512_EXACT void add_sum_row(const float* __restrict sum, const T* _
 MOE_CLONES_AVX512_EXACT void add_row(const float* __restrict in, int64_t width,
                                      float* __restrict acc) {
   for (int64_t c = 0; c < width; ++c) acc[c] = acc[c] + in[c];
+}
+
+// A row of `width` values as an fp8 wire row: encode_fp8_block's body over every block, in a
+// vector clone (the encoding divides and converts, each step exact or correctly rounded, so no
+// clone changes a bit).
+MOE_CLONES_AVX512_EXACT void encode_fp8_row(const float* src, int64_t width, unsigned char* row) {
+  for (int64_t b = 0; b < (width + kFp8Block - 1) / kFp8Block; ++b)
+    wire::encode_fp8_block(src, row, width, b);
+}
+
+// An fp8 wire row widened: wire::decode's values (e4m3_dequantise), a block at a time, the codes'
+// values from a table of all 256.
+MOE_CLONES_AVX512_EXACT void decode_fp8_row(const unsigned char* row, int64_t width, float* out) {
+  static const std::array<float, 256> value = [] {
+    std::array<float, 256> t{};
+    for (int c = 0; c < 256; ++c) t[c] = e4m3_to_float(static_cast<uint8_t>(c));
+    return t;
+  }();
+  const float* scales = wire::fp8_row_scales(row, width);
+  for (int64_t c0 = 0; c0 < width; c0 += kFp8Block) {
+    const float scale = scales[c0 / kFp8Block];
+    const int64_t c1 = c0 + kFp8Block < width ? c0 + kFp8Block : width;
+    for (int64_t c = c0; c < c1; ++c) out[c] = value[row[c]] * scale;
+  }
 }
 
 void prefetch_bytes(const void* p, int64_t bytes) {
@@ -232,7 +257,6 @@ void HostBackend::pack_rows(const wire::PackView& v) {
   // Token by token: the token's row is encoded once (pack_columns' or pack_fp8_block's bodies,
   // whole rows, the bf16 one in bf16_rows.h), into its first destination, and copied (every
   // encoding is a self-contained row of row_bytes) to the others while it is in L1.
-  const int64_t blocks = (v.f.width + kFp8Block - 1) / kFp8Block;
   for (int32_t token = 0; token < v.num_tokens; ++token) {
     const float* src = v.hidden + static_cast<int64_t>(token) * v.f.width;
     const unsigned char* encoded = nullptr;
@@ -244,7 +268,7 @@ void HostBackend::pack_rows(const wire::PackView& v) {
       if (encoded != nullptr) {
         std::memcpy(t.row, encoded, static_cast<size_t>(v.f.row_bytes));
       } else if (v.f.dtype == WireDtype::kFP8) {
-        for (int64_t b = 0; b < blocks; ++b) wire::pack_fp8_block(v, i, b);
+        encode_fp8_row(src, v.f.width, t.row);
       } else if (v.f.dtype == WireDtype::kBF16) {
         narrow_bf16(src, v.f.width, reinterpret_cast<uint16_t*>(t.row));
       } else {
@@ -284,7 +308,7 @@ void HostBackend::receive_rows(const wire::ReceiveView& v) {
       std::memcpy(out, wire::remote_row(v, x.source, x.index),
                   static_cast<size_t>(v.f.width) * sizeof(float));
     } else {
-      wire::receive_columns(v, r, 0, v.f.width);
+      decode_fp8_row(wire::remote_row(v, x.source, x.index), v.f.width, out);
     }
   }
 }

@@ -40,45 +40,40 @@ MOE_HD float bits_float(uint32_t b) {
 #endif
 }
 
-// The value of an e4m3 code (NaN for 0x7F and 0xFF).
+// The value of an e4m3 code (NaN for 0x7F and 0xFF). Branch-free, as float_to_e4m3.
 MOE_HD float e4m3_to_float(uint8_t code) {
   const uint32_t sign = static_cast<uint32_t>(code & 0x80u) << 24;
   const uint32_t e = (code >> 3) & 0xFu, m = code & 0x7u;
-  if (e == 15 && m == 7) return bits_float(sign | 0x7FC00000u);
-  if (e == 0) {  // subnormal: m / 8 * 2^-6, exact in fp32
-    const float v = static_cast<float>(m) * (1.0f / 512.0f);
-    return sign != 0 ? -v : v;
-  }
   // Normal: rebias the exponent (7 -> 127) and widen the mantissa (3 -> 23 bits).
-  return bits_float(sign | ((e + 120u) << 23) | (m << 20));
+  const uint32_t normal = sign | ((e + 120u) << 23) | (m << 20);
+  // Subnormal: m / 8 * 2^-6, exact in fp32, with the code's sign (-0 for 0x80).
+  const uint32_t subnormal = sign | float_bits(static_cast<float>(m) * (1.0f / 512.0f));
+  uint32_t bits = e == 0 ? subnormal : normal;
+  bits = (code & 0x7Fu) == 0x7Fu ? sign | 0x7FC00000u : bits;
+  return bits_float(bits);
 }
 
 // x rounded to the nearest e4m3 value (ties to even), saturating to +-448 (a finite input above
 // the range, and +-inf, give +-448); NaN gives 0x7F with x's sign.
+// Branch-free (both ranges computed, one selected), so that host loops over it vectorise.
 MOE_HD uint8_t float_to_e4m3(float x) {
   const uint32_t bits = float_bits(x);
-  const uint8_t sign = static_cast<uint8_t>((bits >> 24) & 0x80u);
-  const uint32_t abs_bits = bits & 0x7FFFFFFFu;
-  if (abs_bits > 0x7F800000u) return static_cast<uint8_t>(sign | 0x7Fu);  // NaN
-  if (abs_bits >= 0x3C800000u) {  // >= 2^-6: the normal range (or above it)
-    int32_t e = static_cast<int32_t>(abs_bits >> 23) - 127 + 7;
-    uint32_t m = (abs_bits >> 20) & 0x7u;
-    const uint32_t rest = abs_bits & 0xFFFFFu, half = 0x80000u;
-    if (rest > half || (rest == half && (m & 1u) != 0)) ++m;
-    if (m == 8) {
-      m = 0;
-      ++e;
-    }
-    if (e > 15 || (e == 15 && m == 7)) return static_cast<uint8_t>(sign | 0x7Eu);  // 448
-    return static_cast<uint8_t>(sign | (static_cast<uint32_t>(e) << 3) | m);
-  }
-  // Subnormal range: multiples of 2^-9, the integer multiple rounded to even (8 is 2^-6, the
-  // smallest normal, whose code is 0x08).
-  const float q = bits_float(abs_bits) * 512.0f;  // exact: a power-of-two scaling
-  uint32_t n = static_cast<uint32_t>(q);
-  const float frac = q - static_cast<float>(n);
-  if (frac > 0.5f || (frac == 0.5f && (n & 1u) != 0)) ++n;
-  return static_cast<uint8_t>(sign | n);
+  const uint32_t sign = (bits >> 24) & 0x80u;
+  const uint32_t a = bits & 0x7FFFFFFFu;
+  // |x| >= 2^-6, the normal range: the mantissa rounded to 3 bits at bit 20, ties to even (a carry
+  // bumps the exponent), the exponent rebiased (127 -> 7); past 448 (code 0x7E; inf included) it
+  // saturates.
+  const uint32_t rounded = (a + 0x7FFFFu + ((a >> 20) & 1u)) >> 20;
+  const uint32_t normal = rounded - (120u << 3);
+  const uint32_t saturated = normal > 0x7Eu ? 0x7Eu : normal;
+  // Below: multiples of 2^-9, |x| * 512 (exact: a power-of-two scaling) rounded to an integer,
+  // ties to even, by adding 2^23 (below 2^23 the sum's last bit is the integer's unit; 8 is
+  // 2^-6, the smallest normal, code 0x08).
+  const float q = bits_float(a) * 512.0f;
+  const uint32_t subnormal = float_bits(q + 8388608.0f) - 0x4B000000u;
+  uint32_t code = a >= 0x3C800000u ? saturated : subnormal;
+  code = a > 0x7F800000u ? 0x7Fu : code;  // NaN
+  return static_cast<uint8_t>(sign | code);
 }
 
 // The scale of a block whose largest magnitude is amax: the block's largest value maps to 448.

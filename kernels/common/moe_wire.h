@@ -124,14 +124,23 @@ MOE_HD void encode_columns(WireDtype t, const float* src, unsigned char* row, in
 // Block b of an fp8 row: the block's scale (its largest magnitude maps to 448) and its codes.
 MOE_HD void encode_fp8_block(const float* src, unsigned char* row, int64_t width, int64_t b) {
   const int64_t c0 = b * kFp8Block, c1 = c0 + kFp8Block < width ? c0 + kFp8Block : width;
-  float amax = 0.0f;
+  // The largest magnitude, NaN never winning (the scale stays finite): non-negative floats order
+  // as their bits do, so an integer maximum (which vectorises) over the magnitudes' bits, NaNs
+  // (bits above infinity's) counted as zero.
+  uint32_t amax = 0;
   for (int64_t c = c0; c < c1; ++c) {
-    const float a = src[c] < 0.0f ? -src[c] : src[c];
-    amax = a > amax ? a : amax;  // NaN never wins: the scale stays finite
+    const uint32_t a = float_bits(src[c]) & 0x7FFFFFFFu;
+    const uint32_t counted = a > 0x7F800000u ? 0u : a;
+    amax = counted > amax ? counted : amax;
   }
-  const float scale = e4m3_block_scale(amax);
+  const float scale = e4m3_block_scale(bits_float(amax));
   reinterpret_cast<float*>(row + round_up(width, 4))[b] = scale;
   for (int64_t c = c0; c < c1; ++c) row[c] = float_to_e4m3(src[c] / scale);
+}
+
+// The block scales of an fp8 row (after its codes, padded to 4 bytes).
+MOE_HD const float* fp8_row_scales(const unsigned char* row, int64_t width) {
+  return reinterpret_cast<const float*>(row + round_up(width, 4));
 }
 
 // Element c of a row, widened to fp32 (exact for fp32 and bf16).
@@ -139,8 +148,7 @@ MOE_HD float decode(WireDtype t, const unsigned char* row, int64_t width, int64_
   if (t == WireDtype::kF32) return reinterpret_cast<const float*>(row)[c];
   if (t == WireDtype::kBF16)
     return cuda::bf16_bits_to_f32(reinterpret_cast<const uint16_t*>(row)[c]);
-  const float scale = reinterpret_cast<const float*>(row + round_up(width, 4))[c / kFp8Block];
-  return e4m3_to_float(row[c]) * scale;
+  return e4m3_dequantise(row[c], fp8_row_scales(row, width)[c / kFp8Block]);
 }
 
 // ---- Dispatch, sending side: rows of the source layout into the messages.
