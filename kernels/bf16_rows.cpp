@@ -170,34 +170,27 @@ bool has_avx512_bf16() {
 
 }  // namespace
 
-void narrow_bf16(const float* src, int64_t n, uint16_t* dst) {
+// The AVX512-BF16 path where the CPU has it (then return), else on to the portable loop.
 #ifdef MOE_HAVE_AVX512_BF16_PATH
-  if (has_avx512_bf16()) {
-    narrow_avx512_bf16(src, n, dst);
-    return;
-  }
+#define MOE_AVX512_BF16_FIRST(call) \
+  if (has_avx512_bf16()) return call
+#else
+#define MOE_AVX512_BF16_FIRST(call)
 #endif
+
+void narrow_bf16(const float* src, int64_t n, uint16_t* dst) {
+  MOE_AVX512_BF16_FIRST(narrow_avx512_bf16(src, n, dst));
   narrow_portable(src, n, dst);
 }
 
 void round_bf16(const float* src, int64_t n, float* dst) {
-#ifdef MOE_HAVE_AVX512_BF16_PATH
-  if (has_avx512_bf16()) {
-    round_avx512_bf16(src, n, dst);
-    return;
-  }
-#endif
+  MOE_AVX512_BF16_FIRST(round_avx512_bf16(src, n, dst));
   round_portable(src, n, dst);
 }
 
 void weighted_sum_bf16(WeightedRows terms, int64_t n, SumTo to, float* out, const float* acc,
                        uint16_t* bits) {
-#ifdef MOE_HAVE_AVX512_BF16_PATH
-  if (has_avx512_bf16()) {
-    weighted_sum_avx512_bf16(terms, n, to, out, acc, bits);
-    return;
-  }
-#endif
+  MOE_AVX512_BF16_FIRST(weighted_sum_avx512_bf16(terms, n, to, out, acc, bits));
   weighted_sum_portable(terms, 0, n, to, out, acc, bits);
 }
 
