@@ -10,10 +10,6 @@
 
 namespace moe::kernels {
 
-const char* compute_dtype_name(ComputeDtype dtype) {
-  return dtype == ComputeDtype::kBF16 ? "bf16" : "fp32";
-}
-
 ComputeDtype parse_compute_dtype(const std::string& text) {
   if (text == "fp32") return ComputeDtype::kF32;
   if (text == "bf16") return ComputeDtype::kBF16;

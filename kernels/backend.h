@@ -23,8 +23,10 @@ namespace moe::kernels {
 // (exact products), fp32 accumulation. kBF16: activations rounded to bf16 at the points stated
 // in kernels/common/rounding.h, bf16 x bf16 products, fp32 accumulation.
 enum class ComputeDtype : int32_t { kF32 = 0, kBF16 = 1 };
-// "fp32" | "bf16".
-const char* compute_dtype_name(ComputeDtype dtype);
+// "fp32" | "bf16" (inline: the device's fallback build links no backend.cpp).
+constexpr const char* compute_dtype_name(ComputeDtype dtype) {
+  return dtype == ComputeDtype::kBF16 ? "bf16" : "fp32";
+}
 // Parses "fp32" or "bf16"; anything else throws moe::Error (subsystem "config") naming both.
 ComputeDtype parse_compute_dtype(const std::string& text);
 
