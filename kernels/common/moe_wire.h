@@ -126,11 +126,11 @@ MOE_HD void encode_fp8_block(const float* src, unsigned char* row, int64_t width
   const int64_t c0 = b * kFp8Block, c1 = c0 + kFp8Block < width ? c0 + kFp8Block : width;
   // The largest magnitude, NaN never winning (the scale stays finite): non-negative floats order
   // as their bits do, so an integer maximum (which vectorises) over the magnitudes' bits, NaNs
-  // (bits above infinity's) counted as zero.
+  // (bits above infinity's) masked to zero (a mask, not a select: GCC vectorises this one).
   uint32_t amax = 0;
   for (int64_t c = c0; c < c1; ++c) {
     const uint32_t a = float_bits(src[c]) & 0x7FFFFFFFu;
-    const uint32_t counted = a > 0x7F800000u ? 0u : a;
+    const uint32_t counted = a & (0u - static_cast<uint32_t>(a <= 0x7F800000u));
     amax = counted > amax ? counted : amax;
   }
   const float scale = e4m3_block_scale(bits_float(amax));
