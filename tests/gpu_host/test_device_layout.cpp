@@ -426,14 +426,20 @@ TEST(DeviceLayout, CombineBodiesAndHostOpsMatchWeightedRowSum) {
 
     // Final sum + residual: tokens with rows kept on this rank (summed from expert_out) and rows
     // returned by others (stored in the wire type).
-    const int32_t tokens = 9, own_send_begin = 4;
+    // The last two tokens have two rows each, own then returned and returned then own (the
+    // host's one-pass shapes for 2 ranks).
+    const int32_t tokens = 11, own_send_begin = 4;
     std::vector<int32_t> token_offsets{0}, token_rows;
     const int32_t send_rows = 14;  // rows 4..8 are own: received rows own_begin.. of this rank
-    for (int32_t t = 0; t < tokens; ++t) {
+    for (int32_t t = 0; t < tokens - 2; ++t) {
       for (int32_t r = 0; r < send_rows; ++r) {
         if ((r + t) % 4 == 0) token_rows.push_back(r);
       }
       if (token_rows.size() == static_cast<size_t>(token_offsets.back())) token_rows.push_back(t);
+      token_offsets.push_back(static_cast<int32_t>(token_rows.size()));
+    }
+    for (const auto& rows : {std::vector<int32_t>{4, 10}, std::vector<int32_t>{2, 6}}) {
+      token_rows.insert(token_rows.end(), rows.begin(), rows.end());
       token_offsets.push_back(static_cast<int32_t>(token_rows.size()));
     }
     std::vector<float> returned_f32(static_cast<size_t>(send_rows - own_rows) * width),
