@@ -378,16 +378,15 @@ TEST_F(CudaOpsTest, CombineOpsMatchTheHostBackend) {
       wire::encode_columns(dtype, values.data() + q * width, returned.data() + q * row_bytes, 0,
                            width);
     }
-    layout::CombineSources src;
-    src.returned = returned.data();
-    src.dtype = dtype;
-    src.own_send_begin = own_send_begin;
-    src.own_rows = own_rows;
-    src.own_recv_begin = own_begin;
-    src.routes = routes.data();
-    src.pair_of_entry = pair_of_entry.data();
-    src.expert_out = expert_out.data();
-    src.top_k = k;
+    layout::CombineSources src{.returned = returned.data(),
+                               .dtype = dtype,
+                               .own_send_begin = own_send_begin,
+                               .own_rows = own_rows,
+                               .own_recv_begin = own_begin,
+                               .routes = routes.data(),
+                               .pair_of_entry = pair_of_entry.data(),
+                               .expert_out = expert_out.data(),
+                               .top_k = k};
     std::vector<float> want_x(x);
     ref_->combine_residual(src, token_offsets.data(), token_rows.data(), width, tokens,
                            want_x.data());

@@ -459,16 +459,15 @@ TEST(DeviceLayout, CombineBodiesAndHostOpsMatchWeightedRowSum) {
               kernels::wire::decode(dtype, returned.data() + i * row_bytes, width, c);
         }
       }
-      layout::CombineSources cs;
-      cs.returned = returned.data();
-      cs.dtype = dtype;
-      cs.own_send_begin = own_send_begin;
-      cs.own_rows = own_rows;
-      cs.own_recv_begin = own_begin;
-      cs.routes = routes.data();
-      cs.pair_of_entry = pair_of_entry.data();
-      cs.expert_out = expert_rows;
-      cs.top_k = k;
+      const layout::CombineSources cs{.returned = returned.data(),
+                                      .dtype = dtype,
+                                      .own_send_begin = own_send_begin,
+                                      .own_rows = own_rows,
+                                      .own_recv_begin = own_begin,
+                                      .routes = routes.data(),
+                                      .pair_of_entry = pair_of_entry.data(),
+                                      .expert_out = expert_rows,
+                                      .top_k = k};
       // Reference: the combine buffer [returned rows][own partial rows], one weighted_row_sum, then
       // add_inplace.
       std::vector<float> buffer(widened);
