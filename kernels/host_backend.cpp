@@ -262,8 +262,8 @@ void HostBackend::pack_rows(const wire::PackView& v) {
     const unsigned char* encoded = nullptr;
     for (int32_t k = v.token_offsets[token]; k < v.token_offsets[token + 1]; ++k) {
       const int32_t i = v.token_rows[k];
-      wire::pack_routes(v, i);
       const wire::PackTarget t = wire::pack_target(v, i);
+      wire::pack_routes(v, i, t);
       if (t.row == nullptr) continue;
       if (encoded != nullptr) {
         std::memcpy(t.row, encoded, static_cast<size_t>(v.f.row_bytes));

@@ -218,12 +218,16 @@ MOE_HD void pack_header(const PackView& v, int32_t d) {
   for (int32_t w = 0; w < v.f.header_ints; ++w) out[w] = v.header[d * v.f.header_ints + w];
 }
 
-MOE_HD void pack_routes(const PackView& v, int32_t i) {
-  const PackTarget t = pack_target(v, i);
+// Send row i's route entries to t (its pack_target), if it has a place for them.
+MOE_HD void pack_routes(const PackView& v, int32_t i, const PackTarget& t) {
   if (t.routes == nullptr) return;
   for (int32_t j = 0; j < v.f.top_k; ++j) {
     t.routes[j] = v.send_routes[static_cast<int64_t>(i) * v.f.top_k + j];
   }
+}
+
+MOE_HD void pack_routes(const PackView& v, int32_t i) {
+  pack_routes(v, i, pack_target(v, i));
 }
 
 // Columns [c0, c1) of send row i (fp32 / bf16 wire).
