@@ -269,6 +269,9 @@ void HostBackend::pack_rows(const wire::PackView& v) {
         std::memcpy(t.row, encoded, static_cast<size_t>(v.f.row_bytes));
       } else if (v.f.dtype == WireDtype::kFP8) {
         encode_fp8_row(src, v.f.width, t.row);
+      } else if (v.f.dtype == WireDtype::kBF16 && v.hidden_bf16 != nullptr) {
+        std::memcpy(t.row, v.hidden_bf16 + static_cast<int64_t>(token) * v.f.width,
+                    static_cast<size_t>(v.f.width) * sizeof(uint16_t));
       } else if (v.f.dtype == WireDtype::kBF16) {
         narrow_bf16(src, v.f.width, reinterpret_cast<uint16_t*>(t.row));
       } else {

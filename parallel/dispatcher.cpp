@@ -206,13 +206,14 @@ layout::SourceLayoutView Dispatcher::source_layout(int layer, int32_t T, const i
 }
 
 DispatchHandle Dispatcher::dispatch(int layer, const float* hidden, int64_t num_tokens,
-                                    const int32_t* ids, const float* weights) {
-  start_dispatch(layer, hidden, num_tokens, ids, weights);
+                                    const int32_t* ids, const float* weights,
+                                    const bf16* hidden_bf16) {
+  start_dispatch(layer, hidden, num_tokens, ids, weights, hidden_bf16);
   return finish_dispatch();
 }
 
 void Dispatcher::start_dispatch(int layer, const float* hidden, int64_t num_tokens,
-                                const int32_t* ids, const float* weights) {
+                                const int32_t* ids, const float* weights, const bf16* hidden_bf16) {
   const int N = comm_.size();
   MOE_CHECK_AS("dispatch", flight_.layer < 0, "dispatch of layer {} started before layer {} ended",
                layer, flight_.layer);
@@ -228,6 +229,7 @@ void Dispatcher::start_dispatch(int layer, const float* hidden, int64_t num_toke
   dispatched_[static_cast<size_t>(layer)] = 1;
   flight_.layer = layer;
   flight_.hidden = hidden;
+  flight_.hidden_bf16 = hidden_bf16;
   flight_.num_tokens = num_tokens;
   flight_.view = source_layout(layer, static_cast<int32_t>(num_tokens), ids, weights, forwarded_);
   forwarded_ = nullptr;
@@ -311,6 +313,7 @@ void Dispatcher::send_messages(int layer) {
   pv.num_ranks = N;
   pv.rank = rank;
   pv.hidden = flight_.hidden;
+  pv.hidden_bf16 = reinterpret_cast<const uint16_t*>(flight_.hidden_bf16);
   pv.send_token = flight_.view.send_token;
   pv.send_routes = flight_.view.send_routes;
   pv.send_offsets = flight_.view.send_offsets;

@@ -167,14 +167,16 @@ class Dispatcher {
   // True once the exchanges go through a shared arena (after the first dispatch on several ranks).
   bool uses_shared_arena() const { return arena_ != nullptr; }
 
-  // ids / weights: [num_tokens, k] in backend memory. hidden: [num_tokens, H]. Collective: every
-  // rank calls it, with num_tokens == 0 allowed. dispatch() = start_dispatch() + finish_dispatch():
-  // between the two the messages are in flight and the caller may compute (hidden, ids and
-  // weights stay untouched until finish_dispatch returns).
+  // ids / weights: [num_tokens, k] in backend memory. hidden: [num_tokens, H]; hidden_bf16, if
+  // the caller has it (bf16 compute does): the same rows rounded to bf16, from which bf16 rows
+  // are copied instead of converted (the same bits). Collective: every rank calls it, with
+  // num_tokens == 0 allowed. dispatch() = start_dispatch() + finish_dispatch(): between the two
+  // the messages are in flight and the caller may compute (hidden, hidden_bf16, ids and weights
+  // stay untouched until finish_dispatch returns).
   DispatchHandle dispatch(int layer, const float* hidden, int64_t num_tokens, const int32_t* ids,
-                          const float* weights);
+                          const float* weights, const bf16* hidden_bf16 = nullptr);
   void start_dispatch(int layer, const float* hidden, int64_t num_tokens, const int32_t* ids,
-                      const float* weights);
+                      const float* weights, const bf16* hidden_bf16 = nullptr);
   DispatchHandle finish_dispatch();
   // x [num_tokens, H] += the combined expert output. expert_out: [P, H], fp32 or bf16 (a float*
   // or bf16* converts; bf16 from experts computing in bf16, which round their output to it).
@@ -206,6 +208,7 @@ class Dispatcher {
   struct InFlight {
     int layer = -1;
     const float* hidden = nullptr;
+    const bf16* hidden_bf16 = nullptr;
     int64_t num_tokens = 0;
     kernels::layout::SourceLayoutView view;
     bool own_packed = false;  // the pack wrote the own rows into the own slot

@@ -155,7 +155,10 @@ MOE_HD float decode(WireDtype t, const unsigned char* row, int64_t width, int64_
 struct PackView {
   MessageFormat f;
   int32_t num_ranks = 0, rank = 0;
-  const float* hidden = nullptr;            // [T, H]
+  const float* hidden = nullptr;  // [T, H]
+  // [T, H] the same rows rounded to bf16 (bf16 bits), where the caller has them (bf16 compute
+  // keeps a bf16 copy of the experts' input): a bf16 wire row is then copied, not converted.
+  const uint16_t* hidden_bf16 = nullptr;
   const int32_t* send_token = nullptr;      // [S] token of each send row (destination order)
   const RouteEntry* send_routes = nullptr;  // [S * k]
   const int32_t* send_offsets = nullptr;    // [N + 1] first send row of each destination
@@ -234,8 +237,13 @@ MOE_HD void pack_routes(const PackView& v, int32_t i) {
 MOE_HD void pack_columns(const PackView& v, int32_t i, int64_t c0, int64_t c1) {
   const PackTarget t = pack_target(v, i);
   if (t.row == nullptr) return;
-  encode_columns(v.f.dtype, v.hidden + static_cast<int64_t>(v.send_token[i]) * v.f.width, t.row, c0,
-                 c1);
+  const int64_t at = static_cast<int64_t>(v.send_token[i]) * v.f.width;
+  if (v.f.dtype == WireDtype::kBF16 && v.hidden_bf16 != nullptr) {
+    uint16_t* out = reinterpret_cast<uint16_t*>(t.row);
+    for (int64_t c = c0; c < c1; ++c) out[c] = v.hidden_bf16[at + c];
+    return;
+  }
+  encode_columns(v.f.dtype, v.hidden + at, t.row, c0, c1);
 }
 
 // Scaling block b of send row i (fp8 wire).

@@ -401,10 +401,12 @@ class StepModel {
     return t;
   }
 
-  // Rows packed straight from fp32 rows into messages (fp32 read, wire type write).
-  double pack_seconds(double rows) const {
-    return rows > 0 ? memory_seconds(h_, share_,
-                                     rows * (4.0 * s_.hidden + w_.dispatch_row_bytes * s_.hidden))
+  // Rows packed straight into messages: read from the fp32 rows, or copied from their bf16 copy
+  // for bf16 rows at the source (bf16 compute has one; a proxy forwards fp32 rows); the wire
+  // type written.
+  double pack_seconds(double rows, bool from_source) const {
+    const double read = from_source && w_.dispatch_row_bytes == 2.0 ? 2.0 : 4.0;
+    return rows > 0 ? memory_seconds(h_, share_, rows * (read + w_.dispatch_row_bytes) * s_.hidden)
                     : 0.0;
   }
   // The experts' rows summed per received row (`rows` rows, `pairs` pairs), or `rows` returned
@@ -430,7 +432,7 @@ class StepModel {
     t.layout = host_pairs(tokens * k);
     t.dispatch_comm = x.dispatch_comm;
     const double grouping = host_pairs(recv_pairs + y.recv_rows * k);
-    t.dispatch_host = pack_seconds(x.sent_rows) + (node_first_ ? 0.0 : grouping);
+    t.dispatch_host = pack_seconds(x.sent_rows, true) + (node_first_ ? 0.0 : grouping);
     if (node_first_) {
       t.remote_bytes = y.remote_bytes;
       // The proxy reads the received rows' routes, gathers the rows (one fp32 pass) and lays
@@ -438,7 +440,7 @@ class StepModel {
       const double fwd = x.recv_rows;
       t.forward_layout = host_pairs(2 * fwd * k) +
                          (fwd > 0 ? memory_seconds(h_, share_, 8.0 * s_.hidden * fwd) : 0.0);
-      t.forward_dispatch = pack_seconds(y.sent_rows) + grouping;
+      t.forward_dispatch = pack_seconds(y.sent_rows, false) + grouping;
       t.node_dispatch_comm = y.dispatch_comm;
       t.node_combine_comm = y.combine_comm;
       // The node's rows back summed per forwarded row into zeroed fp32 rows, then those written

@@ -47,7 +47,7 @@ void MoeLayer::start(int layer, const LayerWeights& w, const float* h, const bf1
   }
   if (instr_.has_routing_hooks()) run_hooks(layer, tokens);
   instr_.mark(Phase::kRouter);
-  dispatcher_.start_dispatch(layer, h, T, topk_ids_.data(), topk_weights_.data());
+  dispatcher_.start_dispatch(layer, h, T, topk_ids_.data(), topk_weights_.data(), h_bf16);
   stage_ = Stage::kStarted;
 }
 

@@ -31,6 +31,8 @@ struct WireCase {
   // The pack writes the own rows into the own slot, and the receive reads them there (a shared
   // arena's way; needs rows read in place and the own rows within the capacity).
   bool own_in_slot = false;
+  // The pack also gets the rows rounded to bf16 (PackView::hidden_bf16, as bf16 compute has them).
+  bool bf16_copy = false;
   int64_t slots_bytes() const { return num_ranks * f.slot_bytes; }
 };
 
@@ -88,6 +90,12 @@ inline std::vector<unsigned char> pack_on(kernels::Backend& be, const WireCase& 
   arena.assign(be, out.data(), out.size());
   kernels::Buffer<float> hidden;
   hidden.assign(be, c.hidden.data(), c.hidden.size());
+  kernels::Buffer<uint16_t> hidden_bf16;
+  if (c.bf16_copy) {
+    std::vector<uint16_t> rounded(c.hidden.size());
+    for (size_t i = 0; i < rounded.size(); ++i) rounded[i] = float_to_bf16(c.hidden[i]).bits;
+    hidden_bf16.assign(be, rounded.data(), rounded.size());
+  }
   kernels::Buffer<int32_t> offsets, tokens, header, token_offsets, token_rows;
   offsets.assign(be, c.send_offsets.data(), c.send_offsets.size());
   tokens.assign(be, c.send_token.data(), c.send_token.size());
@@ -101,6 +109,7 @@ inline std::vector<unsigned char> pack_on(kernels::Backend& be, const WireCase& 
   v.num_ranks = c.num_ranks;
   v.rank = c.rank;
   v.hidden = hidden.data();
+  v.hidden_bf16 = c.bf16_copy ? hidden_bf16.data() : nullptr;
   v.send_token = tokens.data();
   v.send_routes = routes.data();
   v.send_offsets = offsets.data();

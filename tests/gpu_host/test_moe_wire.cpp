@@ -118,11 +118,16 @@ TEST(MoeWire, RowsAndRoutesSurviveTheRoundTripInEveryWireType) {
           wire::rows_in_place(c.f) && s.rows[static_cast<size_t>(s.rank)] <= s.capacity;
       for (bool own_in_slot : {false, true}) {
         if (own_in_slot && !can_own_in_slot) continue;
-        SCOPED_TRACE(testing::Message()
-                     << wire_dtype_name(t) << ", " << s.rows.size() << " ranks, width " << s.width
-                     << (own_in_slot ? ", own rows in their slot" : ""));
-        c.own_in_slot = own_in_slot;
-        expect_loopback(c);
+        // With the rows' bf16 copy (bf16 compute): bf16 rows copied from it, the same bits.
+        for (bool bf16_copy : {false, true}) {
+          SCOPED_TRACE(testing::Message()
+                       << wire_dtype_name(t) << ", " << s.rows.size() << " ranks, width " << s.width
+                       << (own_in_slot ? ", own rows in their slot" : "")
+                       << (bf16_copy ? ", bf16 copy" : ""));
+          c.own_in_slot = own_in_slot;
+          c.bf16_copy = bf16_copy;
+          expect_loopback(c);
+        }
       }
     }
   }

@@ -131,14 +131,21 @@ std::vector<float> scaled_outputs(const DispatchHandle& r, const std::vector<int
 
 // One step of a one-layer placement: dispatch, the stand-in experts, combine into y (all y0).
 // bf16_input (optional): whether the experts got their rows as bf16. bf16_output: the outputs
-// handed to the combine as bf16 rows (rounded), as bf16 experts write them.
+// handed to the combine as bf16 rows (rounded), as bf16 experts write them. bf16_copy: the
+// dispatch also gets x rounded to bf16 (as bf16 compute has it).
 std::vector<float> exchange_once(Dispatcher& dispatcher, const std::vector<float>& x, int64_t T,
                                  const testing::Routing& routing,
                                  const std::vector<int>& rank_experts, int64_t H, float y0,
-                                 bool* bf16_input = nullptr, bool bf16_output = false) {
+                                 bool* bf16_input = nullptr, bool bf16_output = false,
+                                 bool bf16_copy = false) {
   dispatcher.begin_step();
+  std::vector<bf16> x_bf16;
+  if (bf16_copy) {
+    for (const float v : x) x_bf16.push_back(float_to_bf16(v));
+  }
   const DispatchHandle r =
-      dispatcher.dispatch(0, x.data(), T, routing.ids.data(), routing.weights.data());
+      dispatcher.dispatch(0, x.data(), T, routing.ids.data(), routing.weights.data(),
+                          bf16_copy ? x_bf16.data() : nullptr);
   if (bf16_input != nullptr) *bf16_input = r.recv_rows_bf16 != nullptr;
   const std::vector<float> out = scaled_outputs(r, rank_experts, H);
   std::vector<float> y(static_cast<size_t>(T * H), y0);
@@ -172,13 +179,15 @@ void expect_fixed_order_sum(Communicator& comm, kernels::ComputeDtype dtype, int
     const std::vector<bool> bf16_outputs =
         bf16_rows ? std::vector<bool>{false, true} : std::vector<bool>{false};
     for (const bool bf16_out : bf16_outputs) {
-      for (uint64_t seed : {3u, 4u}) {
+      for (uint64_t seed : {3u, 4u, 5u}) {
+        // Seed 5 in bf16 compute: the dispatch also gets x's bf16 copy (the same sums).
+        const bool bf16_copy = bf16_rows && seed == 5u;
         auto routing = testing::make_routing(testing::mix_seed(seed, me), T, k, allowed);
         auto x = testing::random_floats(testing::mix_seed(seed + 7, me), static_cast<size_t>(T * H),
                                         1.f);
         bool bf16_input = false;
-        const std::vector<float> y =
-            exchange_once(dispatcher, x, T, routing, lists[me], H, 0.0f, &bf16_input, bf16_out);
+        const std::vector<float> y = exchange_once(dispatcher, x, T, routing, lists[me], H, 0.0f,
+                                                   &bf16_input, bf16_out, bf16_copy);
         // Several ranks: bf16 rows of even width stay where they landed.
         EXPECT_EQ(bf16_input, bf16_rows && n > 1 && H % 2 == 0);
 
