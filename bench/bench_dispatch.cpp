@@ -20,8 +20,10 @@
 // Columns (per rank, median or min over iterations, then the slowest rank): size = bytes one rank
 // moves (rows and route entries out, rows back, own rows included, as nccl-tests counts its own
 // chunk), algbw = size / time, busbw = algbw x (N-1)/N (nccl-tests' all-to-all factor), coll =
-// exchanges per MoE layer. Exit code 1 when any element is wrong. Note: bench/ uses MPI directly
-// only for the raw baseline; the runtime never does.
+// exchanges per MoE layer. The dispatch, the combine and each raw exchange start after a barrier,
+// and the dispatch and the combine end in one (untimed): where ranks share cores, no rank's time
+// includes a peer's untimed work. Exit code 1 when any element is wrong. Note: bench/ uses MPI
+// directly only for the raw baseline; the runtime never does.
 #include <fmt/format.h>
 #include <mpi.h>
 
