@@ -167,8 +167,10 @@ layout::SourceLayoutView Dispatcher::source_layout(int layer, int32_t T, const i
   const size_t chunk_expert = carve.add(static_cast<int64_t>(C) * E);
   const size_t chunk_dest = carve.add(static_cast<int64_t>(C) * N);
   const size_t chunk_rows = carve.add(C);
+  const size_t pair_before = carve.add(T * k);
   const size_t pair_dest = carve.add(T * k), pair_slot = carve.add(T * k);
   const size_t token_ndest = carve.add(T), token_dest = carve.add(T * k);
+  const size_t token_rows_before = carve.add(T), token_dest_before = carve.add(T * k);
   const size_t send_offsets = carve.add(N + 1);
   const size_t send_token = carve.add(max_rows);
   const size_t token_offsets = carve.add(T + 1);
@@ -189,10 +191,13 @@ layout::SourceLayoutView Dispatcher::source_layout(int layer, int32_t T, const i
   v.chunk_expert = si + chunk_expert;
   v.chunk_dest = si + chunk_dest;
   v.chunk_rows = si + chunk_rows;
+  v.pair_before = si + pair_before;
   v.pair_dest = si + pair_dest;
   v.pair_slot = si + pair_slot;
   v.token_ndest = si + token_ndest;
   v.token_dest = si + token_dest;
+  v.token_rows_before = si + token_rows_before;
+  v.token_dest_before = si + token_dest_before;
   v.expert_total = blk;
   v.header = blk + E;
   v.send_offsets = si + send_offsets;
@@ -474,6 +479,7 @@ void Dispatcher::group_received(int layer, DispatchHandle& d, const int32_t* row
   const int32_t Cr = layout::num_chunks(R, chunk);
   IntCarver rc;
   const size_t chunk_slot = rc.add(static_cast<int64_t>(Cr) * S);
+  const size_t entry_before = rc.add(static_cast<int64_t>(R) * k);
   const size_t slot_begin = rc.add(S + 1);
   const size_t row_index = rc.add(static_cast<int64_t>(R) * k);
   const size_t pair_of_entry = rc.add(static_cast<int64_t>(R) * k);
@@ -487,6 +493,7 @@ void Dispatcher::group_received(int layer, DispatchHandle& d, const int32_t* row
   g.num_slots = S;
   g.row_at = row_at;
   g.chunk_slot = gi + chunk_slot;
+  g.entry_before = gi + entry_before;
   g.slot_begin = gi + slot_begin;
   g.row_index = gi + row_index;
   g.pair_of_entry = gi + pair_of_entry;

@@ -5,24 +5,28 @@
 //
 // Every ordered choice of the host layout ("the n-th pair for expert e", "rows by destination,
 // then ascending token", "pairs by slot, then ascending row") is a stable counting sort. A thread
-// cannot walk all earlier items, so items are cut into chunks: a per-chunk count, an exclusive
-// scan of each key over the chunks (one thread per key), then each item adds the count of equal
-// keys before it within its own chunk (at most a chunk's worth of reads). Launch order (each step
-// reads only what earlier steps wrote; a step's threads write disjoint entries):
+// cannot walk all earlier items, so items are cut into chunks: one thread per chunk counts its
+// items per key, noting for each item how many equal keys came before it in the chunk; an
+// exclusive scan of each key over the chunks (one thread per key); then each item's place is its
+// key's base for its chunk plus that note. Launch order (each step reads only what earlier steps
+// wrote; a step's threads write disjoint entries):
 //
 //   source side (T tokens, k = top_k, P = T k pairs, C = ceil(T / chunk) chunks)
-//     1. count_experts   [C]  chunk_expert[c][e] = pairs of chunk c routed to expert e
+//     1. count_experts   [C]  chunk_expert[c][e] = pairs of chunk c routed to expert e;
+//                             pair_before[p] = pairs for p's expert earlier in its chunk
 //     2. scan_experts    [E]  chunk_expert -> exclusive base over chunks; expert_total[e]; the
 //                             pair counts of e's replica slots into the header
 //     3. choose_slot     [P]  pair_dest, pair_slot (replica (n + rank) mod c, as ReplicaSplit)
 //     4. token_dests     [T]  ascending distinct destinations of each token (the dedup)
 //     5. count_dests     [C]  chunk_dest[c][d] = tokens of chunk c sending a row to d;
-//                             chunk_rows[c] = rows of chunk c
+//                             chunk_rows[c] = rows of chunk c; per token, the rows of the earlier
+//                             tokens of its chunk (all, and to each of its destinations)
 //     6. scan_dests      [N]  chunk_dest -> exclusive base; header rows / pairs of d
 //     7. scan_rows       [1]  chunk_rows -> exclusive base; send_offsets; token_offsets[T]
 //     8. assign_rows     [T]  send_token, send_routes, token_offsets, token_rows
 //   receiver side (R received rows, S local slots, C' = ceil(R / chunk) chunks)
-//     1. count_slots     [C'] chunk_slot[c][s] = entries of chunk c naming slot s
+//     1. count_slots     [C'] chunk_slot[c][s] = entries of chunk c naming slot s;
+//                             entry_before[i] = entries for i's slot earlier in its chunk
 //     2. scan_slots      [S]  chunk_slot -> exclusive base; slot totals into slot_begin[s + 1]
 //     3. scan_slot_begin [1]  slot_begin prefix sums
 //     4. assign_pairs    [R]  row_index, pair_of_entry
@@ -49,11 +53,11 @@
 namespace moe::kernels::layout {
 
 // Items per chunk (tokens on the source side, received rows on the receiver side), set per
-// backend in BackendTraits::layout_chunk: a GPU wants few chunks (one thread per chunk counts
-// them), a host loop wants short in-chunk scans (each item counts the equal keys before it in its
-// chunk). The result does not depend on it.
+// backend in BackendTraits::layout_chunk: a GPU wants enough chunks to spread the counting over
+// threads but not so many that the per-key scans grow long; a host loop wants few chunks (every
+// chunk zeroes and scans a count per key). The result does not depend on it.
 inline constexpr int32_t kDeviceLayoutChunk = 32;
-inline constexpr int32_t kHostLayoutChunk = 8;
+inline constexpr int32_t kHostLayoutChunk = 64;
 
 MOE_HD int32_t num_chunks(int32_t items, int32_t chunk) {
   return (items + chunk - 1) / chunk;
@@ -98,12 +102,15 @@ struct SourceLayoutView {
   int32_t chunk_size = kDeviceLayoutChunk;  // tokens per chunk
   RoutingTable table;                       //
   int32_t* chunk_expert = nullptr;          // [C * E]
+  int32_t* pair_before = nullptr;           // [T * k] see count_experts
   int32_t* chunk_dest = nullptr;            // [C * N]
   int32_t* chunk_rows = nullptr;            // [C]
   int32_t* pair_dest = nullptr;             // [T * k]
   int32_t* pair_slot = nullptr;             // [T * k]
   int32_t* token_ndest = nullptr;           // [T]
   int32_t* token_dest = nullptr;            // [T * k] first token_ndest[t] entries of row t
+  int32_t* token_rows_before = nullptr;     // [T] see count_dests
+  int32_t* token_dest_before = nullptr;     // [T * k] see count_dests
   int32_t* expert_total = nullptr;          // [E] pairs per logical expert
   int32_t* header = nullptr;                // [N * W]
   int32_t* send_offsets = nullptr;          // [N + 1] first row for each destination
@@ -142,7 +149,7 @@ MOE_HD void count_experts(const SourceLayoutView& v, int32_t chunk) {
   for (int32_t p = chunk * v.chunk_size * k; p < t_end * k; ++p) {
     const int32_t e = pair_expert(v, p);
     if (valid_expert(v, e)) {
-      ++counts[e];
+      v.pair_before[p] = counts[e]++;
     } else if (!routes_nowhere(v, p)) {
       note_error(v.error, p);
     }
@@ -182,8 +189,8 @@ MOE_HD void choose_slot(const SourceLayoutView& v, int32_t p) {
   if (replicas > 1 && valid_expert(v, e_raw)) {
     // n = pairs for e before p: those of earlier chunks plus earlier ones in p's chunk.
     const int32_t chunk = p / (v.chunk_size * k);
-    int32_t n = v.chunk_expert[static_cast<int64_t>(chunk) * v.table.num_experts + e];
-    for (int32_t q = chunk * v.chunk_size * k; q < p; ++q) n += pair_expert(v, q) == e ? 1 : 0;
+    const int32_t n =
+        v.chunk_expert[static_cast<int64_t>(chunk) * v.table.num_experts + e] + v.pair_before[p];
     i = static_cast<int32_t>((static_cast<uint32_t>(n) + static_cast<uint32_t>(v.table.rank)) %
                              static_cast<uint32_t>(replicas));
   }
@@ -215,7 +222,10 @@ MOE_HD void count_dests(const SourceLayoutView& v, int32_t chunk) {
   int32_t rows = 0;
   const int32_t t_end = chunk_end(chunk, v.chunk_size, v.num_tokens);
   for (int32_t t = chunk * v.chunk_size; t < t_end; ++t) {
-    for (int32_t i = 0; i < v.token_ndest[t]; ++i) ++counts[v.token_dest[t * k + i]];
+    v.token_rows_before[t] = rows;
+    for (int32_t i = 0; i < v.token_ndest[t]; ++i) {
+      v.token_dest_before[t * k + i] = counts[v.token_dest[t * k + i]]++;
+    }
     rows += v.token_ndest[t];
   }
   v.chunk_rows[chunk] = rows;
@@ -251,16 +261,13 @@ MOE_HD void scan_rows(const SourceLayoutView& v) {
 MOE_HD void assign_rows(const SourceLayoutView& v, int32_t t) {
   const int32_t k = v.top_k, N = v.table.num_ranks;
   const int32_t chunk = t / v.chunk_size;
-  int32_t offset = v.chunk_rows[chunk];
-  for (int32_t u = chunk * v.chunk_size; u < t; ++u) offset += v.token_ndest[u];
+  const int32_t offset = v.chunk_rows[chunk] + v.token_rows_before[t];
   v.token_offsets[t] = offset;
   for (int32_t i = 0; i < v.token_ndest[t]; ++i) {
     const int32_t d = v.token_dest[t * k + i];
-    // Earlier tokens of this chunk that also send a row to d.
-    int32_t before = v.chunk_dest[static_cast<int64_t>(chunk) * N + d];
-    for (int32_t u = chunk * v.chunk_size; u < t; ++u) {
-      for (int32_t m = 0; m < v.token_ndest[u]; ++m) before += v.token_dest[u * k + m] == d ? 1 : 0;
-    }
+    // Tokens before t that send a row to d: in earlier chunks, then earlier in t's chunk.
+    const int32_t before =
+        v.chunk_dest[static_cast<int64_t>(chunk) * N + d] + v.token_dest_before[t * k + i];
     const int32_t row = v.send_offsets[d] + before;
     v.send_token[row] = t;
     v.token_rows[offset + i] = row;
@@ -284,6 +291,7 @@ struct SlotGroupingView {
   // received row r is row r. row_index holds these places.
   const int32_t* row_at = nullptr;
   int32_t* chunk_slot = nullptr;     // [C' * S]
+  int32_t* entry_before = nullptr;   // [R * k] see count_slots
   int32_t* slot_begin = nullptr;     // [S + 1]
   int32_t* row_index = nullptr;      // [R * k] memory row of each pair (first slot_begin[S])
   int32_t* pair_of_entry = nullptr;  // [R * k] pair of each entry, -1 if unused
@@ -302,7 +310,7 @@ MOE_HD void count_slots(const SlotGroupingView& v, int32_t chunk) {
   for (int32_t i = chunk * v.chunk_size * k; i < r_end * k; ++i) {
     const int32_t s = v.routes[i].local_slot;
     if (valid_slot(v, s)) {
-      ++counts[s];
+      v.entry_before[i] = counts[s]++;
     } else if (s >= 0) {
       note_error(v.error, i);
     }
@@ -329,8 +337,9 @@ MOE_HD void assign_pairs(const SlotGroupingView& v, int32_t r) {
       v.pair_of_entry[i] = -1;
       continue;
     }
-    int32_t p = v.slot_begin[s] + v.chunk_slot[static_cast<int64_t>(chunk) * v.num_slots + s];
-    for (int32_t q = chunk * v.chunk_size * k; q < i; ++q) p += v.routes[q].local_slot == s ? 1 : 0;
+    const int32_t p = v.slot_begin[s] +
+                      v.chunk_slot[static_cast<int64_t>(chunk) * v.num_slots + s] +
+                      v.entry_before[i];
     v.row_index[p] = v.row_at != nullptr ? v.row_at[r] : r;
     v.pair_of_entry[i] = p;
   }

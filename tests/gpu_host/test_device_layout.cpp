@@ -92,8 +92,9 @@ struct HostTable {
 
 // Storage of one emulated source layout.
 struct SourceRun {
-  std::vector<int32_t> chunk_expert, chunk_dest, chunk_rows, pair_dest, pair_slot, token_ndest,
-      token_dest, expert_total, header, send_offsets, send_token, token_offsets, token_rows;
+  std::vector<int32_t> chunk_expert, pair_before, chunk_dest, chunk_rows, pair_dest, pair_slot,
+      token_ndest, token_dest, token_rows_before, token_dest_before, expert_total, header,
+      send_offsets, send_token, token_offsets, token_rows;
   std::vector<RouteEntry> send_routes;
   int32_t error = -7;  // emulate() must reset it
   layout::SourceLayoutView v;
@@ -107,12 +108,15 @@ struct SourceRun {
     // Poisoned scratch and outputs: every entry read must have been written first.
     const auto sized = [](std::vector<int32_t>& a, int64_t n) { a.assign(n, -12345); };
     sized(chunk_expert, static_cast<int64_t>(C) * E);
+    sized(pair_before, tokens * k);
     sized(chunk_dest, static_cast<int64_t>(C) * N);
     sized(chunk_rows, C);
     sized(pair_dest, tokens * k);
     sized(pair_slot, tokens * k);
     sized(token_ndest, tokens);
     sized(token_dest, tokens * k);
+    sized(token_rows_before, tokens);
+    sized(token_dest_before, tokens * k);
     sized(expert_total, E);
     sized(header, N * layout::header_width(table));
     sized(send_offsets, N + 1);
@@ -127,12 +131,15 @@ struct SourceRun {
     v.chunk_size = chunk;
     v.table = table;
     v.chunk_expert = chunk_expert.data();
+    v.pair_before = pair_before.data();
     v.chunk_dest = chunk_dest.data();
     v.chunk_rows = chunk_rows.data();
     v.pair_dest = pair_dest.data();
     v.pair_slot = pair_slot.data();
     v.token_ndest = token_ndest.data();
     v.token_dest = token_dest.data();
+    v.token_rows_before = token_rows_before.data();
+    v.token_dest_before = token_dest_before.data();
     v.expert_total = expert_total.data();
     v.header = header.data();
     v.send_offsets = send_offsets.data();
@@ -255,13 +262,14 @@ TEST(DeviceLayout, BadExpertIdIsFlaggedWithoutOutOfBoundsWrites) {
 
 // Storage of one emulated receiver grouping (poisoned, as SourceRun).
 struct GroupingRun {
-  std::vector<int32_t> chunk_slot, slot_begin, row_index, pair_of_entry;
+  std::vector<int32_t> chunk_slot, entry_before, slot_begin, row_index, pair_of_entry;
   int32_t error = -3;
   layout::SlotGroupingView g;
 
   GroupingRun(const std::vector<RouteEntry>& routes, int32_t rows, int k, int32_t slots,
               const std::vector<int32_t>* row_at, int32_t chunk = layout::kDeviceLayoutChunk)
       : chunk_slot(static_cast<size_t>(layout::num_chunks(rows, chunk)) * slots, -5),
+        entry_before(static_cast<size_t>(rows) * k, -5),
         slot_begin(slots + 1, -5),
         row_index(static_cast<size_t>(rows) * k, -5),
         pair_of_entry(static_cast<size_t>(rows) * k, -5) {
@@ -272,6 +280,7 @@ struct GroupingRun {
     g.num_slots = slots;
     g.row_at = row_at != nullptr ? row_at->data() : nullptr;
     g.chunk_slot = chunk_slot.data();
+    g.entry_before = entry_before.data();
     g.slot_begin = slot_begin.data();
     g.row_index = row_index.data();
     g.pair_of_entry = pair_of_entry.data();
