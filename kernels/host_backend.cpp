@@ -297,6 +297,9 @@ void HostBackend::receive_rows(const wire::ReceiveView& v) {
       const float* src = v.hidden + static_cast<int64_t>(token) * v.f.width;
       if (v.f.dtype != WireDtype::kBF16) {
         std::memcpy(out, src, static_cast<size_t>(v.f.width) * sizeof(float));
+      } else if (v.in_place && v.hidden_bf16 != nullptr) {
+        std::memcpy(row, v.hidden_bf16 + static_cast<int64_t>(token) * v.f.width,
+                    static_cast<size_t>(v.f.width) * sizeof(uint16_t));
       } else if (v.in_place) {
         narrow_bf16(src, v.f.width, reinterpret_cast<uint16_t*>(row));
       } else {

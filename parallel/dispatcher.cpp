@@ -452,6 +452,7 @@ void Dispatcher::receive(DispatchHandle& d) {
   rv.recv_header = block(flight_.layer) + E + N * W;
   rv.plan = recv_ints_.data() + plan;
   rv.hidden = flight_.hidden;
+  rv.hidden_bf16 = reinterpret_cast<const uint16_t*>(flight_.hidden_bf16);
   rv.send_token = flight_.view.send_token;
   rv.send_routes = flight_.view.send_routes;
   rv.send_offsets = flight_.view.send_offsets;

@@ -121,6 +121,19 @@ MOE_HD void encode_columns(WireDtype t, const float* src, unsigned char* row, in
   }
 }
 
+// Columns [c0, c1) of hidden row `at` (its first element's index) into a row of fp32 or bf16:
+// bf16 from the rows' bf16 copy where the caller has one (the same bits as rounding), else
+// encoded from the fp32 rows.
+MOE_HD void hidden_columns(WireDtype t, const float* hidden, const uint16_t* hidden_bf16,
+                           int64_t at, unsigned char* row, int64_t c0, int64_t c1) {
+  if (t == WireDtype::kBF16 && hidden_bf16 != nullptr) {
+    uint16_t* out = reinterpret_cast<uint16_t*>(row);
+    for (int64_t c = c0; c < c1; ++c) out[c] = hidden_bf16[at + c];
+    return;
+  }
+  encode_columns(t, hidden + at, row, c0, c1);
+}
+
 // Block b of an fp8 row: the block's scale (its largest magnitude maps to 448) and its codes.
 MOE_HD void encode_fp8_block(const float* src, unsigned char* row, int64_t width, int64_t b) {
   const int64_t c0 = b * kFp8Block, c1 = c0 + kFp8Block < width ? c0 + kFp8Block : width;
@@ -237,13 +250,8 @@ MOE_HD void pack_routes(const PackView& v, int32_t i) {
 MOE_HD void pack_columns(const PackView& v, int32_t i, int64_t c0, int64_t c1) {
   const PackTarget t = pack_target(v, i);
   if (t.row == nullptr) return;
-  const int64_t at = static_cast<int64_t>(v.send_token[i]) * v.f.width;
-  if (v.f.dtype == WireDtype::kBF16 && v.hidden_bf16 != nullptr) {
-    uint16_t* out = reinterpret_cast<uint16_t*>(t.row);
-    for (int64_t c = c0; c < c1; ++c) out[c] = v.hidden_bf16[at + c];
-    return;
-  }
-  encode_columns(v.f.dtype, v.hidden + at, t.row, c0, c1);
+  hidden_columns(v.f.dtype, v.hidden, v.hidden_bf16,
+                 static_cast<int64_t>(v.send_token[i]) * v.f.width, t.row, c0, c1);
 }
 
 // Scaling block b of send row i (fp8 wire).
@@ -269,7 +277,8 @@ struct ReceiveView {
   const int32_t* recv_header = nullptr;  // [N * W] received headers (own included)
   int32_t* plan = nullptr;               // [2N + 2] written by plan_receive
   const float* hidden = nullptr;         // [T, H] own rows come from here
-  const int32_t* send_token = nullptr;   // [S] (the source layout's)
+  const uint16_t* hidden_bf16 = nullptr;    // [T, H] or null: as PackView::hidden_bf16
+  const int32_t* send_token = nullptr;      // [S] (the source layout's)
   const RouteEntry* send_routes = nullptr;  // [S * k]
   const int32_t* send_offsets = nullptr;    // [N + 1]
   // The experts' input: arena + header_bytes (in place: rows in the wire type at row_bytes) or
@@ -399,10 +408,10 @@ MOE_HD void receive_columns(const ReceiveView& v, int32_t r, int64_t c0, int64_t
   float* out = reinterpret_cast<float*>(row);
   if (x.source == v.rank) {
     if (v.own_packed) return;
-    const float* src =
-        v.hidden + static_cast<int64_t>(v.send_token[v.send_offsets[v.rank] + x.index]) * H;
+    const int64_t at = static_cast<int64_t>(v.send_token[v.send_offsets[v.rank] + x.index]) * H;
+    const float* src = v.hidden + at;
     if (v.in_place || v.f.dtype != WireDtype::kBF16) {
-      encode_columns(rows_dtype(v), src, row, c0, c1);
+      hidden_columns(rows_dtype(v), v.hidden, v.hidden_bf16, at, row, c0, c1);
     } else {
       for (int64_t c = c0; c < c1; ++c)
         out[c] = cuda::bf16_bits_to_f32(cuda::f32_to_bf16_bits(src[c]));

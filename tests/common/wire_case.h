@@ -80,6 +80,16 @@ inline WireCase make_wire_case(uint32_t seed, int rank, const std::vector<int32_
   return c;
 }
 
+// The case's rows rounded to bf16 in be's memory when it has bf16_copy (else an empty buffer).
+inline kernels::Buffer<uint16_t> bf16_copy_on(kernels::Backend& be, const WireCase& c) {
+  kernels::Buffer<uint16_t> out;
+  if (!c.bf16_copy) return out;
+  std::vector<uint16_t> rounded(c.hidden.size());
+  for (size_t i = 0; i < rounded.size(); ++i) rounded[i] = float_to_bf16(c.hidden[i]).bits;
+  out.assign(be, rounded.data(), rounded.size());
+  return out;
+}
+
 // What pack_rows wrote: the slots, then the spill area (zeroed before the op).
 inline std::vector<unsigned char> pack_on(kernels::Backend& be, const WireCase& c) {
   const int64_t spill_bytes = static_cast<int64_t>(c.send_token.size()) *
@@ -90,12 +100,7 @@ inline std::vector<unsigned char> pack_on(kernels::Backend& be, const WireCase& 
   arena.assign(be, out.data(), out.size());
   kernels::Buffer<float> hidden;
   hidden.assign(be, c.hidden.data(), c.hidden.size());
-  kernels::Buffer<uint16_t> hidden_bf16;
-  if (c.bf16_copy) {
-    std::vector<uint16_t> rounded(c.hidden.size());
-    for (size_t i = 0; i < rounded.size(); ++i) rounded[i] = float_to_bf16(c.hidden[i]).bits;
-    hidden_bf16.assign(be, rounded.data(), rounded.size());
-  }
+  const kernels::Buffer<uint16_t> hidden_bf16 = bf16_copy_on(be, c);
   kernels::Buffer<int32_t> offsets, tokens, header, token_offsets, token_rows;
   offsets.assign(be, c.send_offsets.data(), c.send_offsets.size());
   tokens.assign(be, c.send_token.data(), c.send_token.size());
@@ -179,6 +184,8 @@ inline Received receive_on(kernels::Backend& be, const WireCase& c,
   v.recv_header = header.data();
   v.plan = plan.data();
   v.hidden = hidden.data();
+  const kernels::Buffer<uint16_t> hidden_bf16 = bf16_copy_on(be, c);
+  v.hidden_bf16 = c.bf16_copy ? hidden_bf16.data() : nullptr;
   v.send_token = tokens.data();
   v.send_routes = send_routes.data();
   v.send_offsets = offsets.data();
